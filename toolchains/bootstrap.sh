@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Installs every Debian package the project needs and fetches mbedTLS 3.6 LTS source (Debian 13's
+# signed source package). Idempotent: a second run with nothing missing takes about a second.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+top=$(dirname "$here")
+deps=${VANTAGE_DEPS_DIR:-$top/.deps}
+mbedtls_suite=trixie
+mbedtls_version_prefix=3.6.
+
+sudo_cmd=()
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "bootstrap: run as root or install sudo" >&2; exit 1; }
+  sudo_cmd=(sudo)
+fi
+as_root() { "${sudo_cmd[@]}" "$@"; }
+
+# Host tools, cross compilers and QEMU, and the header-only libraries (Multi-Arch: foreign or
+# arch-independent, so the host's copy serves every target).
+host_packages=(
+  build-essential cmake ninja-build pkg-config file dpkg-dev ca-certificates
+  g++-aarch64-linux-gnu g++-arm-linux-gnueabihf qemu-user-static
+  libasio-dev flatbuffers-compiler libflatbuffers-dev doctest-dev
+  libboost-dev libreaderwriterqueue-dev
+)
+foreign_arches=(arm64 armhf)
+
+# `apt-get update` can fail while a mirror is mid-sync ("File has unexpected size"); retry with
+# backoff, and after the last try carry on with the lists apt already has rather than failing a
+# build over an index that none of our packages comes from.
+apt_update() {
+  local tries=${VANTAGE_APT_TRIES:-4} delay=5 i
+  for ((i = 1; i <= tries; i++)); do
+    if as_root apt-get "$@" update -q; then return 0; fi
+    if ((i < tries)); then
+      echo "bootstrap: apt-get update failed (try $i/$tries), retrying in ${delay}s" >&2
+      sleep "$delay"; delay=$((delay * 2))
+    fi
+  done
+  echo "bootstrap: apt-get update still failing; continuing with the package lists already present" >&2
+  return 1
+}
+
+missing_packages() {
+  local p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || echo "$p"
+  done
+}
+
+ensure_packages() {
+  local need
+  local current
+  current=$(dpkg --print-foreign-architectures)
+  local a added=0
+  for a in "${foreign_arches[@]}"; do
+    if ! grep -qx "$a" <<<"$current"; then as_root dpkg --add-architecture "$a"; added=1; fi
+  done
+  mapfile -t need < <(missing_packages "${host_packages[@]}")
+  if ((${#need[@]} == 0 && added == 0)); then return 0; fi
+  apt_update || true
+  if ((${#need[@]})); then
+    echo "bootstrap: installing ${need[*]}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
+  fi
+}
+
+# mbedTLS 3.6 LTS from Debian 13's source package, through a private apt configuration so the
+# system's sources stay untouched. apt checks the .dsc and tarball hashes against the Release
+# file signed by Debian's archive key (debian-archive-keyring ships the trixie keys).
+fetch_mbedtls() {
+  local dest=$deps/mbedtls
+  if [ -f "$dest/.vantage-version" ] && [ -f "$dest/include/mbedtls/build_info.h" ]; then return 0; fi
+  local apt_dir=$deps/apt
+  mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$deps/src"
+  echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $mbedtls_suite main" \
+    >"$apt_dir/sources.list"
+  local opts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o Dir::Etc::SourceParts=/dev/null
+              -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache"
+              -o Dir::State::status=/dev/null -o APT::Sandbox::User=root)
+  local tries=4 i
+  for ((i = 1; i <= tries; i++)); do
+    apt-get "${opts[@]}" update -q && break
+    ((i == tries)) && { echo "bootstrap: cannot read Debian $mbedtls_suite sources" >&2; return 1; }
+    sleep $((5 * i))
+  done
+  rm -rf "$deps/src" && mkdir -p "$deps/src"
+  (cd "$deps/src" && apt-get "${opts[@]}" source -q --download-only "mbedtls/$mbedtls_suite")
+  local dsc
+  dsc=$(ls "$deps"/src/mbedtls_*.dsc)
+  local version
+  version=$(sed -n 's/^Version: //p' "$dsc")
+  case "$version" in
+    "$mbedtls_version_prefix"*) ;;
+    *) echo "bootstrap: expected mbedTLS ${mbedtls_version_prefix}x, got $version" >&2; return 1 ;;
+  esac
+  rm -rf "$dest.tmp"
+  # The Debian patches (a GCC 14 build fix, no bundled third-party code) are applied. The
+  # uploader's inline signature needs debian-keyring to check; the archive signature above
+  # already covers the .dsc and tarballs by hash, so dpkg-source's warning about it is not shown.
+  if ! (cd "$deps/src" && dpkg-source -x "$(basename "$dsc")" "$dest.tmp") >"$deps/dpkg-source.log" 2>&1; then
+    cat "$deps/dpkg-source.log" >&2
+    return 1
+  fi
+  echo "$version" >"$dest.tmp/.vantage-version"
+  rm -rf "$dest" && mv "$dest.tmp" "$dest"
+  echo "bootstrap: mbedTLS $version source ready in $dest"
+}
+
+ensure_packages
+fetch_mbedtls

@@ -1,0 +1,26 @@
+# The front door: `make demo` and `make test`. Everything here is a thin call into
+# toolchains/bootstrap.sh (packages, mbedTLS source) and the CMake presets.
+.PHONY: all bootstrap build demo test bench clean
+
+all: build
+
+bootstrap:
+	@toolchains/bootstrap.sh
+
+build: bootstrap
+	@cmake --preset release >/dev/null
+	@cmake --build --preset release
+
+demo: bootstrap
+	@tests/demo.sh
+
+test: bootstrap
+	@tests/run-all.sh
+
+bench: bootstrap
+	@cmake --preset bench >/dev/null
+	@cmake --build --preset bench
+	@bench/run.sh build/bench/bench
+
+clean:
+	rm -rf build

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# `make test`: the unit suite natively under ASan+UBSan, the concurrency tests under TSan, and the
+# whole unit suite cross-built for aarch64 and armhf and run under QEMU user-mode. Prints how many
+# tests ran in each configuration; exits non-zero if any configuration failed to build or pass.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+stages=(
+  "asan-ubsan|native (ASan+UBSan)"
+  "tsan|native (TSan, concurrency)"
+  "aarch64|qemu-aarch64"
+  "armhf|qemu-arm"
+)
+if [ -n "${VANTAGE_TEST_STAGES:-}" ]; then
+  read -r -a only <<<"$VANTAGE_TEST_STAGES"
+  filtered=()
+  for s in "${stages[@]}"; do
+    for o in "${only[@]}"; do [ "${s%%|*}" = "$o" ] && filtered+=("$s"); done
+  done
+  stages=("${filtered[@]}")
+fi
+
+logs=build/test-logs
+mkdir -p "$logs"
+summary=()
+total_pass=0 total_fail=0 bad=0
+
+for s in "${stages[@]}"; do
+  preset=${s%%|*} label=${s#*|}
+  echo "=== $label: configure and build (preset $preset)"
+  start=$SECONDS
+  if ! cmake --preset "$preset" >"$logs/$preset.configure.log" 2>&1; then
+    cat "$logs/$preset.configure.log"
+    summary+=("$(printf '  %-30s configure FAILED' "$label")"); bad=1; continue
+  fi
+  if ! cmake --build --preset "$preset" >"$logs/$preset.build.log" 2>&1; then
+    grep -E -A12 '^FAILED|error:' "$logs/$preset.build.log" | head -n 80
+    tail -n 5 "$logs/$preset.build.log"
+    summary+=("$(printf '  %-30s build FAILED' "$label")"); bad=1; continue
+  fi
+  echo "=== $label: test"
+  ctest --preset "$preset" 2>&1 | tee "$logs/$preset.test.log"
+  rc=${PIPESTATUS[0]}
+  line=$(grep -E 'tests passed, [0-9]+ tests? failed out of [0-9]+' "$logs/$preset.test.log" | tail -n 1)
+  total=$(sed -nE 's/.*out of ([0-9]+).*/\1/p' <<<"$line")
+  failed=$(sed -nE 's/.*passed, ([0-9]+) tests? failed.*/\1/p' <<<"$line")
+  total=${total:-0} failed=${failed:-0}
+  if [ "$rc" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
+  passed=$((total - failed))
+  total_pass=$((total_pass + passed)) total_fail=$((total_fail + failed))
+  ((rc != 0 || total == 0)) && bad=1
+  summary+=("$(printf '  %-30s %4d passed, %d failed  (%ds)' "$label" "$passed" "$failed" $((SECONDS - start)))")
+done
+
+echo
+echo "=== make test summary"
+printf '%s\n' "${summary[@]}"
+echo "$total_pass passed, $total_fail failed"
+exit "$bad"

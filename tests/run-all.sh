@@ -46,7 +46,7 @@ for s in "${stages[@]}"; do
   failed=$(sed -nE 's/.*passed, ([0-9]+) tests? failed.*/\1/p' <<<"$line")
   total=${total:-0} failed=${failed:-0}
   if [ "$rc" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
-  passed=$((total - failed))
+  passed=$((total > failed ? total - failed : 0))
   total_pass=$((total_pass + passed)) total_fail=$((total_fail + failed))
   ((rc != 0 || total == 0)) && bad=1
   summary+=("$(printf '  %-30s %4d passed, %d failed  (%ds)' "$label" "$passed" "$failed" $((SECONDS - start)))")

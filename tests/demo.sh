@@ -29,6 +29,6 @@ say "hot path: lock-free ring vs peers, histogram record cost (short run; make b
 cmake --preset bench >/dev/null
 cmake --build --preset bench | tail -n 1
 build/bench/bench/ring_bench --items 5000000 --reps 3
-build/bench/bench/histogram_bench --quick
+build/bench/bench/histogram_bench 5000000 3
 
 say "done: run 'make test' for the full suite (native sanitizers, TSan, qemu-aarch64, qemu-arm)"

@@ -30,8 +30,8 @@
 #include <type_traits>
 #include <vector>
 
-#include <boost/lockfree/spsc_queue.hpp>
 #include <readerwriterqueue.h>
+#include <boost/lockfree/spsc_queue.hpp>
 
 #include "platform/spsc_ring.hpp"
 
@@ -127,8 +127,7 @@ class BoostFixedQueue {
 template <typename T, std::size_t kBlock>
 class MoodyQueue {
  public:
-  explicit MoodyQueue(std::size_t capacity)
-      : queue_(kBlock >= capacity ? capacity - 1 : capacity) {}
+  explicit MoodyQueue(std::size_t capacity) : queue_(kBlock >= capacity ? capacity - 1 : capacity) {}
   bool push(const T& item) { return queue_.try_enqueue(item); }
   bool pop(T& item) { return queue_.try_dequeue(item); }
 
@@ -165,8 +164,8 @@ inline void blocked(const Config& cfg) {
 }
 
 [[noreturn]] void fail(const char* what, const std::string& queue, std::uint64_t at) {
-  std::fprintf(stderr, "FATAL: %s lost/reordered/corrupted items (%s, first at %llu)\n",
-               queue.c_str(), what, static_cast<unsigned long long>(at));
+  std::fprintf(stderr, "FATAL: %s lost/reordered/corrupted items (%s, first at %llu)\n", queue.c_str(), what,
+               static_cast<unsigned long long>(at));
   std::exit(1);
 }
 
@@ -363,25 +362,33 @@ void add_queues(std::vector<Measurement>& out, const Config& cfg) {
     if (label.find(cfg.only) == std::string::npos) {
       return;
     }
-    out.push_back({"single", label, family,
-                   [&cfg, label] { return RoundTrip{throughput_single<Q, T>(cfg, label), 0}; },
-                   {}, {}});
+    out.push_back({"single",
+                   label,
+                   family,
+                   [&cfg, label] {
+                     return RoundTrip{throughput_single<Q, T>(cfg, label), 0};
+                   },
+                   {},
+                   {}});
     if constexpr (HasBatch<Q, T>) {
-      out.push_back({"batch", label, family,
-                     [&cfg, label] { return RoundTrip{throughput_batch<Q, T>(cfg, label), 0}; },
-                     {}, {}});
+      out.push_back({"batch",
+                     label,
+                     family,
+                     [&cfg, label] {
+                       return RoundTrip{throughput_batch<Q, T>(cfg, label), 0};
+                     },
+                     {},
+                     {}});
     }
     if (cfg.rtt_iters > 0) {
-      out.push_back({"rtt", label, family, [&cfg, label] { return round_trip<Q, T>(cfg, label); },
-                     {}, {}});
+      out.push_back({"rtt", label, family, [&cfg, label] { return round_trip<Q, T>(cfg, label); }, {}, {}});
     }
   };
   add.template operator()<RingQueue<T>>("SpscRing", "");
   add.template operator()<BoostRuntimeQueue<T>>("boost::lockfree::spsc_queue", "[runtime capacity]");
   add.template operator()<BoostFixedQueue<T>>("boost::lockfree::spsc_queue", "[capacity<65536>]");
   add.template operator()<MoodyQueue<T, 512>>("moodycamel::ReaderWriterQueue", "[block 512]");
-  add.template operator()<MoodyQueue<T, kCapacity>>("moodycamel::ReaderWriterQueue",
-                                                    "[one 65536 block]");
+  add.template operator()<MoodyQueue<T, kCapacity>>("moodycamel::ReaderWriterQueue", "[one 65536 block]");
 }
 
 const Measurement* fastest_in_family(const std::vector<Measurement>& all, const std::string& mode,
@@ -415,22 +422,20 @@ void run_all(const Config& cfg) {
 
   const double items = static_cast<double>(cfg.items);
   const std::string batch_mode = "batch" + std::to_string(cfg.batch);
-  std::printf("%-8s %-50s %13s %9s %15s\n", "mode", "queue", "best Mitem/s", "ns/item",
-              "median Mitem/s");
+  std::printf("%-8s %-50s %13s %9s %15s\n", "mode", "queue", "best Mitem/s", "ns/item", "median Mitem/s");
   for (const Measurement& m : all) {
     if (m.mode != "rtt") {
-      std::printf("%-8s %-50s %13.1f %9.2f %15.1f\n",
-                  m.mode == "batch" ? batch_mode.c_str() : "single", m.queue.c_str(),
-                  items / m.best() / 1e6, m.best() / items * 1e9, items / median(m.cost) / 1e6);
+      std::printf("%-8s %-50s %13.1f %9.2f %15.1f\n", m.mode == "batch" ? batch_mode.c_str() : "single",
+                  m.queue.c_str(), items / m.best() / 1e6, m.best() / items * 1e9,
+                  items / median(m.cost) / 1e6);
     }
   }
   if (cfg.rtt_iters > 0) {
-    std::printf("\n%-8s %-50s %13s %9s %15s\n", "mode", "queue", "best p50 ns", "p99 ns",
-                "median p50 ns");
+    std::printf("\n%-8s %-50s %13s %9s %15s\n", "mode", "queue", "best p50 ns", "p99 ns", "median p50 ns");
     for (const Measurement& m : all) {
       if (m.mode == "rtt") {
-        std::printf("%-8s %-50s %13.0f %9.0f %15.0f\n", "rtt", m.queue.c_str(), m.best(),
-                    median(m.p99_ns), median(m.cost));
+        std::printf("%-8s %-50s %13.0f %9.0f %15.0f\n", "rtt", m.queue.c_str(), m.best(), median(m.p99_ns),
+                    median(m.cost));
       }
     }
   }
@@ -439,8 +444,7 @@ void run_all(const Config& cfg) {
   // SpscRing cost from runs made moments apart, and reports the median, which is the
   // steadier figure on a noisy host. Above 1 means SpscRing is faster (more items/s or
   // a shorter round trip). Each peer is represented by its fastest configuration.
-  const std::array<std::string, 2> peers{"boost::lockfree::spsc_queue",
-                                         "moodycamel::ReaderWriterQueue"};
+  const std::array<std::string, 2> peers{"boost::lockfree::spsc_queue", "moodycamel::ReaderWriterQueue"};
   const std::array<const char*, 3> modes{"single", "batch", "rtt"};
   std::printf("\n");
   for (const char* mode : modes) {
@@ -459,16 +463,14 @@ void run_all(const Config& cfg) {
       if (ring == nullptr || other == nullptr) {
         continue;
       }
-      std::printf("ratio SpscRing/%s %s: %.2fx\n", peer.c_str(), mode,
-                  other->best() / ring->best());
+      std::printf("ratio SpscRing/%s %s: %.2fx\n", peer.c_str(), mode, other->best() / ring->best());
       std::vector<double> per_rep;
       for (std::size_t r = 0; r < ring->cost.size(); ++r) {
         per_rep.push_back(other->cost[r] / ring->cost[r]);
       }
       char line[256];
       std::snprintf(line, sizeof(line), "paired SpscRing/%s %s: median %.2fx (min %.2fx, max %.2fx)",
-                    peer.c_str(), mode, median(per_rep),
-                    *std::min_element(per_rep.begin(), per_rep.end()),
+                    peer.c_str(), mode, median(per_rep), *std::min_element(per_rep.begin(), per_rep.end()),
                     *std::max_element(per_rep.begin(), per_rep.end()));
       paired_lines.emplace_back(line);
     }
@@ -558,12 +560,12 @@ int main(int argc, char** argv) {
     }
   }
 
-  std::printf("payload %s (%d bytes), capacity %zu, %llu items, batch %zu, %llu RTT iterations, "
-              "best of %d, producer CPU %d, consumer CPU %d\n\n",
-              cfg.payload_bytes == 16 ? "{uint64 seq; int64 t}" : "uint64", cfg.payload_bytes,
-              kCapacity, static_cast<unsigned long long>(cfg.items), cfg.batch,
-              static_cast<unsigned long long>(cfg.rtt_iters), cfg.reps, cfg.producer_cpu,
-              cfg.consumer_cpu);
+  std::printf(
+      "payload %s (%d bytes), capacity %zu, %llu items, batch %zu, %llu RTT iterations, "
+      "best of %d, producer CPU %d, consumer CPU %d\n\n",
+      cfg.payload_bytes == 16 ? "{uint64 seq; int64 t}" : "uint64", cfg.payload_bytes, kCapacity,
+      static_cast<unsigned long long>(cfg.items), cfg.batch, static_cast<unsigned long long>(cfg.rtt_iters),
+      cfg.reps, cfg.producer_cpu, cfg.consumer_cpu);
   if (cfg.payload_bytes == 16) {
     run_all<Sample16>(cfg);
   } else {

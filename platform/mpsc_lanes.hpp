@@ -56,23 +56,20 @@ class MpscLanes {
     Producer& operator=(const Producer&) = delete;
     ~Producer() = default;
 
-    [[nodiscard]] bool try_push(const T& item) noexcept(
-        std::is_nothrow_copy_constructible_v<T>) {
+    [[nodiscard]] bool try_push(const T& item) noexcept(std::is_nothrow_copy_constructible_v<T>) {
       return lane_->try_push(item);
     }
 
     [[nodiscard]] bool try_push(T&& item) noexcept { return lane_->try_push(std::move(item)); }
 
     template <typename... Args>
-      requires std::constructible_from<T, Args&&...>
-    [[nodiscard]] bool try_emplace(Args&&... args) noexcept(
-        std::is_nothrow_constructible_v<T, Args&&...>) {
+    requires std::constructible_from<T, Args&&...>
+    [[nodiscard]] bool try_emplace(Args&&... args) noexcept(std::is_nothrow_constructible_v<T, Args&&...>) {
       return lane_->try_emplace(std::forward<Args>(args)...);
     }
 
-    [[nodiscard]] std::size_t try_push_n(const T* items, std::size_t n) noexcept
-      requires std::is_nothrow_copy_constructible_v<T>
-    {
+    [[nodiscard]] std::size_t try_push_n(
+        const T* items, std::size_t n) noexcept requires std::is_nothrow_copy_constructible_v<T> {
       return lane_->try_push_n(items, n);
     }
 
@@ -125,9 +122,8 @@ class MpscLanes {
   // Moves up to `max` items into out[0, max), taking at most max / lane_count (at
   // least 1) from a lane per visit and resuming after the last lane visited, so a busy
   // producer cannot starve the others within or across calls.
-  [[nodiscard]] std::size_t try_pop_n(T* out, std::size_t max) noexcept
-    requires std::is_nothrow_move_assignable_v<T>
-  {
+  [[nodiscard]] std::size_t try_pop_n(
+      T* out, std::size_t max) noexcept requires std::is_nothrow_move_assignable_v<T> {
     return visit_lanes(max, [out](SpscRing<T>& lane, std::size_t done, std::size_t quota) {
       return lane.try_pop_n(out + done, quota);
     });
@@ -136,11 +132,9 @@ class MpscLanes {
   // Calls f(T&&) on up to `max` items with the same fairness as try_pop_n; items are
   // consumed in place, so T need not be default constructible.
   template <typename F>
-    requires std::invocable<F&, T&&>
-  std::size_t drain(F&& f, std::size_t max) {
-    return visit_lanes(max, [&f](SpscRing<T>& lane, std::size_t, std::size_t quota) {
-      return lane.drain(f, quota);
-    });
+  requires std::invocable<F&, T&&> std::size_t drain(F&& f, std::size_t max) {
+    return visit_lanes(
+        max, [&f](SpscRing<T>& lane, std::size_t, std::size_t quota) { return lane.drain(f, quota); });
   }
 
   [[nodiscard]] std::size_t size_approx() const noexcept {
@@ -152,8 +146,7 @@ class MpscLanes {
   }
 
   [[nodiscard]] bool empty_approx() const noexcept {
-    return std::all_of(lanes_.begin(), lanes_.end(),
-                       [](const auto& lane) { return lane->empty_approx(); });
+    return std::all_of(lanes_.begin(), lanes_.end(), [](const auto& lane) { return lane->empty_approx(); });
   }
 
   [[nodiscard]] std::size_t lane_count() const noexcept { return lanes_.size(); }

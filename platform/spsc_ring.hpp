@@ -34,8 +34,7 @@ namespace vantage::platform {
 // cores on every operation.
 template <typename T>
 class SpscRing {
-  static_assert(std::is_nothrow_move_constructible_v<T>,
-                "SpscRing<T> requires a nothrow move constructor");
+  static_assert(std::is_nothrow_move_constructible_v<T>, "SpscRing<T> requires a nothrow move constructor");
   static_assert(std::is_nothrow_destructible_v<T>, "SpscRing<T> requires a nothrow destructor");
 
  public:
@@ -58,7 +57,7 @@ class SpscRing {
     for (std::size_t i = head_.load(std::memory_order_relaxed); i != tail; ++i) {
       std::destroy_at(slot(i));
     }
-    ::operator delete(slots_, std::align_val_t{kSlotAlignment});
+    ::operator delete (slots_, std::align_val_t{kSlotAlignment});
   }
 
   // ---- producer side ----
@@ -70,9 +69,8 @@ class SpscRing {
   [[nodiscard]] bool try_push(T&& item) noexcept { return try_emplace(std::move(item)); }
 
   template <typename... Args>
-    requires std::constructible_from<T, Args&&...>
-  [[nodiscard]] bool try_emplace(Args&&... args) noexcept(
-      std::is_nothrow_constructible_v<T, Args&&...>) {
+  requires std::constructible_from<T, Args&&...>
+  [[nodiscard]] bool try_emplace(Args&&... args) noexcept(std::is_nothrow_constructible_v<T, Args&&...>) {
     // Relaxed: only this thread ever writes tail_.
     const std::size_t tail = tail_.load(std::memory_order_relaxed);
     if (tail - cached_head_ == capacity()) {
@@ -92,9 +90,8 @@ class SpscRing {
 
   // Copies as many of items[0, n) as fit and publishes them with one store.
   // Returns how many were pushed (0 when full).
-  [[nodiscard]] std::size_t try_push_n(const T* items, std::size_t n) noexcept
-    requires std::is_nothrow_copy_constructible_v<T>
-  {
+  [[nodiscard]] std::size_t try_push_n(
+      const T* items, std::size_t n) noexcept requires std::is_nothrow_copy_constructible_v<T> {
     // Relaxed: only this thread ever writes tail_.
     const std::size_t tail = tail_.load(std::memory_order_relaxed);
     std::size_t free_slots = capacity() - (tail - cached_head_);
@@ -142,9 +139,8 @@ class SpscRing {
 
   // Moves up to `max` items into out[0, max) and frees their slots with one store.
   // Returns how many were popped (0 when empty).
-  [[nodiscard]] std::size_t try_pop_n(T* out, std::size_t max) noexcept
-    requires std::is_nothrow_move_assignable_v<T>
-  {
+  [[nodiscard]] std::size_t try_pop_n(
+      T* out, std::size_t max) noexcept requires std::is_nothrow_move_assignable_v<T> {
     // Relaxed: only this thread ever writes head_.
     const std::size_t head = head_.load(std::memory_order_relaxed);
     const std::size_t count = readable(head, max);
@@ -166,8 +162,7 @@ class SpscRing {
   // output needed). An item counts as consumed once f returns; if f throws, the items
   // consumed so far are released and the one f threw on stays at the front.
   template <typename F>
-    requires std::invocable<F&, T&&>
-  std::size_t drain(F&& f, std::size_t max) {
+  requires std::invocable<F&, T&&> std::size_t drain(F&& f, std::size_t max) {
     // Relaxed: only this thread ever writes head_.
     const std::size_t head = head_.load(std::memory_order_relaxed);
     const std::size_t count = readable(head, max);
@@ -239,9 +234,8 @@ class SpscRing {
   }
 
   static T* allocate_slots(std::size_t capacity) {
-    const std::size_t bytes =
-        (capacity * sizeof(T) + kSlotAlignment - 1) / kSlotAlignment * kSlotAlignment;
-    return static_cast<T*>(::operator new(bytes, std::align_val_t{kSlotAlignment}));
+    const std::size_t bytes = (capacity * sizeof(T) + kSlotAlignment - 1) / kSlotAlignment * kSlotAlignment;
+    return static_cast<T*>(::operator new (bytes, std::align_val_t{kSlotAlignment}));
   }
 
   // Consumer only: how many items (up to max) are readable starting at head.

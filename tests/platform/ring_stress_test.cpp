@@ -65,8 +65,9 @@ std::uint64_t payload_checksum(const Payload& p) {
 }
 
 Payload make_payload(std::uint64_t seq) {
-  Payload p{seq, mix(seq), mix(seq + 1), ~seq, static_cast<std::uint32_t>(seq * 3),
-            static_cast<std::uint16_t>(seq), 0};
+  Payload p{
+      seq, mix(seq), mix(seq + 1), ~seq, static_cast<std::uint32_t>(seq * 3), static_cast<std::uint16_t>(seq),
+      0};
   p.checksum = payload_checksum(p);
   return p;
 }
@@ -160,8 +161,7 @@ TEST_SUITE("ring stress") {
     std::array<Tagged, 37> batch{};
     std::uint64_t sent = 0;
     for (std::size_t round = 0; sent < items; ++round) {
-      const std::size_t want =
-          std::min<std::uint64_t>(1 + round % batch.size(), items - sent);
+      const std::size_t want = std::min<std::uint64_t>(1 + round % batch.size(), items - sent);
       for (std::size_t i = 0; i < want; ++i) {
         batch[i] = Tagged{1, sent + i};
       }

@@ -34,9 +34,7 @@ class Counted {
  public:
   explicit Counted(int value) noexcept : value_(value) { ++counts.constructed; }
   Counted(const Counted& other) noexcept : value_(other.value_) { ++counts.constructed; }
-  Counted(Counted&& other) noexcept : value_(std::exchange(other.value_, -1)) {
-    ++counts.constructed;
-  }
+  Counted(Counted&& other) noexcept : value_(std::exchange(other.value_, -1)) { ++counts.constructed; }
   Counted& operator=(const Counted& other) noexcept = default;
   Counted& operator=(Counted&& other) noexcept {
     value_ = std::exchange(other.value_, -1);
@@ -184,7 +182,7 @@ TEST_SUITE("SpscRing") {
     CHECK(ring.try_pop_n(out.data(), 2) == 2);  // slots 5, 6
     CHECK(out[0] == 0);
     CHECK(out[1] == 1);
-    CHECK(ring.try_push_n(items.data() + 8, 4) == 2);  // room for two more
+    CHECK(ring.try_push_n(items.data() + 8, 4) == 2);    // room for two more
     CHECK(ring.try_pop_n(out.data(), out.size()) == 8);  // crosses the wrap: slots 7, 0..6
     for (int i = 0; i < 8; ++i) {
       CHECK(out[static_cast<std::size_t>(i)] == 2 + i);
@@ -259,9 +257,9 @@ TEST_SUITE("SpscRing") {
     {
       SpscRing<Counted> ring(8);
       const Counted original(1);
-      CHECK(ring.try_push(original));         // copy
-      CHECK(ring.try_push(Counted(2)));       // move from a temporary
-      CHECK(ring.try_emplace(3));             // in place
+      CHECK(ring.try_push(original));    // copy
+      CHECK(ring.try_push(Counted(2)));  // move from a temporary
+      CHECK(ring.try_emplace(3));        // in place
       const std::array<Counted, 3> batch{Counted(4), Counted(5), Counted(6)};
       CHECK(ring.try_push_n(batch.data(), batch.size()) == 3);
       // original + batch (4) + 6 in the ring.

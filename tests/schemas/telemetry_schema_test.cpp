@@ -38,10 +38,11 @@ Bytes build_batch() {
   std::vector<wire::HistogramBucket> buckets{{300, 7}, {301, 90}, {412, 3}};
   std::vector<flatbuffers::Offset<wire::LatencySummary>> latency;
   latency.push_back(wire::CreateLatencySummaryDirect(
-      fbb, "ams1-edge-02:7801", wire::Protocol::UdpEcho, 100, 97, 3, 1, 2, 0, 1, 2, 1'500'000,
-      9'800'000, 2'100'000.5, 310'000.25, 2'000'000, 2'600'000, 9'000'000, 9'800'000, 41'000.0, 250'000,
+      fbb, "ams1-edge-02:7801", wire::Protocol::UdpEcho, 100, 97, 3, 1, 2, 0, 1, 2, 1'500'000, 9'800'000,
+      2'100'000.5, 310'000.25, 2'000'000, 2'600'000, 9'000'000, 9'800'000, 41'000.0, 250'000,
       wire::TimestampSource::Kernel, 1, &buckets));
-  latency.push_back(wire::CreateLatencySummaryDirect(fbb, "203.0.113.9:443", wire::Protocol::TcpConnect, 10, 10));
+  latency.push_back(
+      wire::CreateLatencySummaryDirect(fbb, "203.0.113.9:443", wire::Protocol::TcpConnect, 10, 10));
 
   std::vector<wire::CpuUsage> cpus{{-1, 0.25f, 0.05f, 0.01f, 0.0f, 0.002f, 0.01f, 0.678f, 0},
                                    {0, 0.5f, 0.1f, 0.0f, 0.0f, 0.0f, 0.02f, 0.38f, 1'800'000}};
@@ -49,15 +50,17 @@ Bytes build_batch() {
   wire::Pressure psi(1.5f, 0.0f, 0.0f, 0.25f, 0.125f);
   wire::LoadAverage loadavg(0.5f, 0.75f, 1.0f);
   wire::NetRates eth0_rates(1e6, 2e6, 1000, 2000, 0, 0, 0.5, 0);
-  std::vector<flatbuffers::Offset<wire::NetInterface>> net{wire::CreateNetInterfaceDirect(fbb, "eth0", &eth0_rates)};
+  std::vector<flatbuffers::Offset<wire::NetInterface>> net{
+      wire::CreateNetInterfaceDirect(fbb, "eth0", &eth0_rates)};
   std::vector<flatbuffers::Offset<wire::Temperature>> temps{
       wire::CreateTemperatureDirect(fbb, "thermal_zone0/cpu-thermal", 48.5f)};
   std::vector<flatbuffers::Offset<wire::LoadSample>> load{wire::CreateLoadSampleDirect(
       fbb, 1'790'000'000'000'000'000, "arm64", &cpus, &mem, &psi, &loadavg, &net, &temps)};
 
   std::vector<wire::RttSample> raw{{0, 41, 5'000'000'000, 2'000'000}, {0, 42, 5'010'000'000, -1}};
-  auto batch = wire::CreateBatchDirect(fbb, "fra1-edge-07", 4242, 1'790'000'000'000'000'000,
-                                       1'790'000'001'000'000'000, "eu-central", "fra1", &latency, &load, &raw);
+  auto batch =
+      wire::CreateBatchDirect(fbb, "fra1-edge-07", 4242, 1'790'000'000'000'000'000, 1'790'000'001'000'000'000,
+                              "eu-central", "fra1", &latency, &load, &raw);
   return finish(fbb, wire::Message::Batch, batch.Union());
 }
 
@@ -173,7 +176,8 @@ TEST_CASE("the verifier rejects every truncation that cuts into a frame's data")
     for (std::size_t len = 0; len < full.size(); ++len) {
       const Bytes cut(full.begin(), full.begin() + static_cast<std::ptrdiff_t>(len));
       if (verifies(cut)) {
-        CHECK_MESSAGE(full.size() - len < 8, "prefix of " << len << " of " << full.size() << " bytes accepted");
+        CHECK_MESSAGE(full.size() - len < 8,
+                      "prefix of " << len << " of " << full.size() << " bytes accepted");
         check(cut);  // only padding was lost: every field still reads the same
       }
     }

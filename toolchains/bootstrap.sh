@@ -9,12 +9,17 @@ deps=${VANTAGE_DEPS_DIR:-$top/.deps}
 mbedtls_suite=trixie
 mbedtls_version_prefix=3.6.
 
-sudo_cmd=()
-if [ "$(id -u)" -ne 0 ]; then
-  command -v sudo >/dev/null || { echo "bootstrap: run as root or install sudo" >&2; exit 1; }
-  sudo_cmd=(sudo)
-fi
-as_root() { "${sudo_cmd[@]}" "$@"; }
+# Root is needed only to install packages; a machine that has them all needs no sudo.
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then
+    "$@"
+  elif command -v sudo >/dev/null; then
+    sudo "$@"
+  else
+    echo "bootstrap: '$*' needs root: run as root or install sudo" >&2
+    exit 1
+  fi
+}
 
 # Host tools, cross compilers and QEMU, and the header-only libraries (Multi-Arch: foreign or
 # arch-independent, so the host's copy serves every target).

@@ -99,6 +99,19 @@ void push_spin(SpscRing<T>& ring, const T& item) {
 }
 
 // One producer, one consumer, single-item API on both sides.
+// Pushes all of items[0, n) through anything with try_push_n (a ring or a lane's
+// Producer), yielding while it is full.
+template <typename Sink, typename T>
+void push_all(Sink& sink, const T* items, std::size_t n) {
+  for (std::size_t done = 0; done < n;) {
+    const std::size_t pushed = sink.try_push_n(items + done, n - done);
+    if (pushed == 0) {
+      std::this_thread::yield();
+    }
+    done += pushed;
+  }
+}
+
 void run_spsc_single(std::size_t capacity, std::uint64_t items) {
   SpscRing<Tagged> ring(capacity);
   SequenceCheck check;
@@ -165,14 +178,7 @@ TEST_SUITE("ring stress") {
       for (std::size_t i = 0; i < want; ++i) {
         batch[i] = Tagged{1, sent + i};
       }
-      std::size_t done = 0;
-      while (done < want) {
-        const std::size_t pushed = ring.try_push_n(batch.data() + done, want - done);
-        if (pushed == 0) {
-          std::this_thread::yield();
-        }
-        done += pushed;
-      }
+      push_all(ring, batch.data(), want);
       sent += want;
     }
     consumer.join();
@@ -235,14 +241,7 @@ TEST_SUITE("ring stress") {
         for (std::size_t i = 0; i < want; ++i) {
           batch[i] = make_payload(seq + i);
         }
-        std::size_t done = 0;
-        while (done < want) {
-          const std::size_t pushed = ring.try_push_n(batch.data() + done, want - done);
-          if (pushed == 0) {
-            std::this_thread::yield();
-          }
-          done += pushed;
-        }
+        push_all(ring, batch.data(), want);
         seq += want;
       }
       consumer.join();
@@ -303,14 +302,7 @@ TEST_SUITE("ring stress") {
             for (std::size_t i = 0; i < want; ++i) {
               batch[i] = Tagged{id, seq + i};
             }
-            std::size_t done = 0;
-            while (done < want) {
-              const std::size_t pushed = p.try_push_n(batch.data() + done, want - done);
-              if (pushed == 0) {
-                std::this_thread::yield();
-              }
-              done += pushed;
-            }
+            push_all(p, batch.data(), want);
             seq += want;
           }
         });

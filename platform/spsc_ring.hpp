@@ -32,8 +32,14 @@ namespace vantage::platform {
 // only when its copy says full (producer) or empty (consumer). In steady state the two
 // index cache lines therefore stay in their owner's cache instead of bouncing between
 // cores on every operation.
+// Lets tests start both indices just below the wrap of size_t, which real traffic reaches
+// only after 2^32 items on 32-bit targets. Defined by the tests only.
+struct SpscRingTestAccess;
+
 template <typename T>
 class SpscRing {
+  friend struct SpscRingTestAccess;
+
   static_assert(std::is_nothrow_move_constructible_v<T>, "SpscRing<T> requires a nothrow move constructor");
   static_assert(std::is_nothrow_destructible_v<T>, "SpscRing<T> requires a nothrow destructor");
 

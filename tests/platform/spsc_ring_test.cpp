@@ -3,8 +3,10 @@
 #include <doctest/doctest.h>
 
 #include <array>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <numeric>
 #include <optional>
@@ -14,6 +16,19 @@
 
 #include "platform/mpsc_lanes.hpp"
 #include "platform/spsc_ring.hpp"
+
+namespace vantage::platform {
+struct SpscRingTestAccess {
+  // Both sides agree the ring is empty at `index`; only valid before any thread uses it.
+  template <typename T>
+  static void start_at(SpscRing<T>& ring, std::size_t index) {
+    ring.tail_.store(index, std::memory_order_relaxed);
+    ring.head_.store(index, std::memory_order_relaxed);
+    ring.cached_head_ = index;
+    ring.cached_tail_ = index;
+  }
+};
+}  // namespace vantage::platform
 
 namespace {
 
@@ -162,6 +177,39 @@ TEST_SUITE("SpscRing") {
     }
     CHECK(next_pop == next_push);
     CHECK(next_push > 8 * 1000);  // the indices lapped the 8 slots thousands of times
+  }
+
+  TEST_CASE("indices wrapping past SIZE_MAX keep FIFO, full and empty exact") {
+    // On armhf size_t is 32 bits, so a long-running agent wraps the indices after 2^32
+    // items; start just below the wrap instead of pushing that many.
+    SpscRing<std::uint64_t> ring(8);
+    vantage::platform::SpscRingTestAccess::start_at(ring, std::numeric_limits<std::size_t>::max() - 20);
+    std::uint64_t next_in = 0;
+    std::uint64_t next_out = 0;
+    for (int round = 0; round < 10; ++round) {  // 10 rounds x 8 items crosses the wrap
+      while (ring.try_push(next_in)) {
+        ++next_in;
+      }
+      CHECK(ring.size_approx() == 8);
+      CHECK(next_in - next_out == 8);
+      std::uint64_t out = 0;
+      for (int i = 0; i < 5; ++i) {
+        REQUIRE(ring.try_pop(out));
+        CHECK(out == next_out++);
+      }
+      std::array<std::uint64_t, 8> batch{};
+      const std::size_t got = ring.try_pop_n(batch.data(), batch.size());
+      CHECK(got == 3);
+      for (std::size_t i = 0; i < got; ++i) {
+        CHECK(batch[i] == next_out++);
+      }
+      CHECK(ring.empty_approx());
+      CHECK_FALSE(ring.try_pop(out));
+    }
+    const std::array<std::uint64_t, 5> more{1, 2, 3, 4, 5};
+    CHECK(ring.try_push_n(more.data(), more.size()) == 5);
+    CHECK(ring.try_push_n(more.data(), more.size()) == 3);  // only 3 of 8 slots left
+    CHECK(ring.size_approx() == 8);
   }
 
   TEST_CASE("batch push and pop report partial counts across the wrap point") {

@@ -1,0 +1,133 @@
+#include "agent/probes/probe_packet.hpp"
+
+#include <algorithm>
+#include <cassert>
+#include <cstring>
+
+namespace vantage::agent::probes {
+namespace {
+
+constexpr std::size_t kOffMagic = 0;
+constexpr std::size_t kOffVersion = 4;
+constexpr std::size_t kOffFlags = 5;
+constexpr std::size_t kOffReserved = 6;
+constexpr std::size_t kOffSequence = 8;
+constexpr std::size_t kOffSenderId = 16;
+constexpr std::size_t kOffSendNs = 24;
+constexpr std::size_t kOffRxNs = 32;
+constexpr std::size_t kOffTxNs = 40;
+constexpr std::size_t kOffBoot = 48;
+constexpr std::size_t kOffSessionId = 56;
+constexpr std::size_t kOffSessionRx = 60;
+static_assert(kOffSessionRx + 4 == kProbeHeaderSize);
+
+// Shifts rather than a byte-swapped memcpy: the same code is correct on any host byte
+// order, and compilers turn it into a single unaligned load or store on the three targets.
+template <typename T>
+T load_le(const std::byte* p) noexcept {
+  unsigned char b[sizeof(T)];
+  std::memcpy(b, p, sizeof(T));
+  T v = 0;
+  for (std::size_t i = sizeof(T); i-- > 0;) {
+    v = static_cast<T>((v << 8) | b[i]);
+  }
+  return v;
+}
+
+template <typename T>
+void store_le(std::byte* p, T v) noexcept {
+  unsigned char b[sizeof(T)];
+  for (std::size_t i = 0; i < sizeof(T); ++i) {
+    b[i] = static_cast<unsigned char>(v >> (8 * i));
+  }
+  std::memcpy(p, b, sizeof(T));
+}
+
+}  // namespace
+
+const char* to_string(ProbeDecodeStatus status) noexcept {
+  switch (status) {
+    case ProbeDecodeStatus::kOk:
+      return "ok";
+    case ProbeDecodeStatus::kTooShort:
+      return "too short";
+    case ProbeDecodeStatus::kTooLong:
+      return "too long";
+    case ProbeDecodeStatus::kBadMagic:
+      return "bad magic";
+    case ProbeDecodeStatus::kBadVersion:
+      return "bad version";
+    case ProbeDecodeStatus::kBadFlags:
+      return "bad flags";
+    case ProbeDecodeStatus::kBadReserved:
+      return "bad reserved";
+  }
+  return "unknown";
+}
+
+ProbeDecodeStatus decode_probe(std::span<const std::byte> bytes, ProbeKind expected, ProbeHeader& out,
+                               std::size_t max_size) noexcept {
+  // Magic before length, so foreign traffic of any size is classified as foreign.
+  if (bytes.size() < kProbeHeaderSize) {
+    if (bytes.size() >= 4 && load_le<std::uint32_t>(bytes.data() + kOffMagic) != kProbeMagic) {
+      return ProbeDecodeStatus::kBadMagic;
+    }
+    return ProbeDecodeStatus::kTooShort;
+  }
+  const std::byte* p = bytes.data();
+  if (load_le<std::uint32_t>(p + kOffMagic) != kProbeMagic) {
+    return ProbeDecodeStatus::kBadMagic;
+  }
+  if (bytes.size() > std::min(max_size, kMaxProbeSize)) {
+    return ProbeDecodeStatus::kTooLong;
+  }
+  if (load_le<std::uint8_t>(p + kOffVersion) != kProbeVersion) {
+    return ProbeDecodeStatus::kBadVersion;
+  }
+  const auto flags = load_le<std::uint8_t>(p + kOffFlags);
+  const bool reply = (flags & kFlagReply) != 0;
+  if ((flags & ~kKnownFlags) != 0 || reply != (expected == ProbeKind::kReply) || (!reply && flags != 0)) {
+    return ProbeDecodeStatus::kBadFlags;
+  }
+  if (load_le<std::uint16_t>(p + kOffReserved) != 0) {
+    return ProbeDecodeStatus::kBadReserved;
+  }
+  out.flags = flags;
+  out.sequence = load_le<std::uint64_t>(p + kOffSequence);
+  out.sender_id = load_le<std::uint64_t>(p + kOffSenderId);
+  out.send_ns = load_le<std::uint64_t>(p + kOffSendNs);
+  out.reflector_rx_ns = load_le<std::uint64_t>(p + kOffRxNs);
+  out.reflector_tx_ns = load_le<std::uint64_t>(p + kOffTxNs);
+  out.reflector_boot = load_le<std::uint64_t>(p + kOffBoot);
+  out.session_id = load_le<std::uint32_t>(p + kOffSessionId);
+  out.session_rx = load_le<std::uint32_t>(p + kOffSessionRx);
+  return ProbeDecodeStatus::kOk;
+}
+
+std::size_t encode_request(const ProbeHeader& header, std::span<std::byte> out, std::size_t size) noexcept {
+  if (size < kProbeHeaderSize || size > kMaxProbeSize || size > out.size()) {
+    return 0;
+  }
+  std::byte* p = out.data();
+  std::memset(p, 0, size);
+  store_le<std::uint32_t>(p + kOffMagic, kProbeMagic);
+  store_le<std::uint8_t>(p + kOffVersion, kProbeVersion);
+  store_le<std::uint64_t>(p + kOffSequence, header.sequence);
+  store_le<std::uint64_t>(p + kOffSenderId, header.sender_id);
+  store_le<std::uint64_t>(p + kOffSendNs, header.send_ns);
+  return size;
+}
+
+void stamp_reply(std::span<std::byte> packet, const ReplyStamp& stamp) noexcept {
+  assert(packet.size() >= kProbeHeaderSize);
+  std::byte* p = packet.data();
+  const std::uint8_t flags = kFlagReply | (stamp.kernel_rx_timestamp ? kFlagKernelRxTimestamp : 0);
+  store_le<std::uint8_t>(p + kOffFlags, flags);
+  store_le<std::uint64_t>(p + kOffRxNs, stamp.rx_ns);
+  store_le<std::uint64_t>(p + kOffTxNs, stamp.tx_ns);
+  store_le<std::uint64_t>(p + kOffBoot, stamp.boot);
+  store_le<std::uint32_t>(p + kOffSessionId, stamp.session_id);
+  store_le<std::uint32_t>(p + kOffSessionRx, stamp.session_rx);
+}
+
+}  // namespace vantage::agent::probes

@@ -1,0 +1,287 @@
+#include "agent/probes/reflector.hpp"
+
+#include <netinet/in.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <asio/ip/address.hpp>
+#include <asio/ip/v6_only.hpp>
+#include <asio/post.hpp>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <ctime>
+#include <span>
+#include <utility>
+
+namespace vantage::agent::probes {
+namespace {
+
+// Datagrams handled per wakeup before re-arming the wait: drains a burst in one go while
+// letting other work on the same io_context run during a sustained flood. The wait fires
+// again at once while the socket still holds data.
+constexpr int kMaxBatch = 64;
+
+std::uint64_t now_ns(clockid_t clock) noexcept {
+  timespec ts{};
+  ::clock_gettime(clock, &ts);
+  // tv_sec is 32 bits on armhf: widen before multiplying.
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000u + static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
+// Identifies this reflector instance (boot_id) and keys the source tables' hashes. Reads the
+// kernel's entropy pool; if that is unavailable, time and pid still make a restart visible.
+std::uint64_t random_u64() noexcept {
+  std::uint64_t v = 0;
+  if (::getrandom(&v, sizeof(v), GRND_NONBLOCK) == static_cast<ssize_t>(sizeof(v)) && v != 0) {
+    return v;
+  }
+  v = now_ns(CLOCK_REALTIME) ^ (now_ns(CLOCK_MONOTONIC) << 17) ^ static_cast<std::uint64_t>(::getpid());
+  return v != 0 ? v : 1;
+}
+
+bool valid(const ReflectorConfig& c) noexcept {
+  return c.max_probe_size >= kProbeHeaderSize && c.max_probe_size <= kMaxProbeSize &&
+         c.rate_limit.rate_per_s > 0 && c.rate_limit.burst > 0 && c.max_sources > 0;
+}
+
+// IPv4 is keyed as ::ffff:a.b.c.d, the form a dual-stack socket reports it in.
+bool source_key(const sockaddr_storage& peer, SourceKey& key) noexcept {
+  if (peer.ss_family == AF_INET6) {
+    sockaddr_in6 sin6{};
+    std::memcpy(&sin6, &peer, sizeof(sin6));
+    std::memcpy(key.address.data(), &sin6.sin6_addr, 16);
+    return true;
+  }
+  if (peer.ss_family == AF_INET) {
+    sockaddr_in sin{};
+    std::memcpy(&sin, &peer, sizeof(sin));
+    key.address = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    std::memcpy(key.address.data() + 12, &sin.sin_addr, 4);
+    return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+const char* to_string(TimestampSource source) noexcept {
+  switch (source) {
+    case TimestampSource::kKernelRealtime:
+      return "kernel (SO_TIMESTAMPNS, CLOCK_REALTIME)";
+    case TimestampSource::kUserMonotonic:
+      return "user space (CLOCK_MONOTONIC)";
+  }
+  return "unknown";
+}
+
+Reflector::Reflector(asio::io_context& io, ReflectorConfig config)
+    : io_(io),
+      config_(std::move(config)),
+      socket_(io),
+      boot_id_(random_u64()),
+      rate_table_(config_.max_sources, random_u64()),
+      session_table_(config_.max_sources, random_u64()),
+      buffer_(std::min(std::max(config_.max_probe_size, kProbeHeaderSize), kMaxProbeSize) + 1) {}
+
+Reflector::~Reflector() = default;
+
+std::error_code Reflector::start() {
+  if (!valid(config_)) {
+    return std::make_error_code(std::errc::invalid_argument);
+  }
+  std::error_code ec;
+  const asio::ip::address address = asio::ip::make_address(config_.bind_address, ec);
+  if (ec) {
+    return ec;
+  }
+  const asio::ip::udp::endpoint endpoint(address, config_.port);
+  socket_.open(endpoint.protocol(), ec);
+  if (ec) {
+    return ec;
+  }
+  // Linux's default for IPV6_V6ONLY is a sysctl (net.ipv6.bindv6only); set it explicitly so
+  // "::" is dual-stack on every host.
+  if (address.is_v6() && address.is_unspecified()) {
+    socket_.set_option(asio::ip::v6_only(false), ec);
+  }
+  if (!ec) {
+    socket_.bind(endpoint, ec);
+  }
+  if (!ec) {
+    socket_.non_blocking(true, ec);
+  }
+  if (ec) {
+    std::error_code ignored;
+    socket_.close(ignored);
+    return ec;
+  }
+  const int one = 1;
+  const bool kernel = config_.kernel_timestamps && ::setsockopt(socket_.native_handle(), SOL_SOCKET,
+                                                                SO_TIMESTAMPNS, &one, sizeof(one)) == 0;
+  timestamp_source_.store(kernel ? TimestampSource::kKernelRealtime : TimestampSource::kUserMonotonic,
+                          std::memory_order_relaxed);
+  stopping_ = false;
+  arm();
+  return {};
+}
+
+void Reflector::stop() {
+  asio::post(io_, [this] {
+    stopping_ = true;
+    std::error_code ignored;
+    socket_.close(ignored);
+  });
+}
+
+asio::ip::udp::endpoint Reflector::local_endpoint() const {
+  std::error_code ignored;
+  return socket_.local_endpoint(ignored);
+}
+
+ReflectorCounters Reflector::counters() const noexcept {
+  ReflectorCounters c;
+  c.received = received_.get();
+  c.replied = replied_.get();
+  c.dropped_short = dropped_short_.get();
+  c.dropped_malformed = dropped_malformed_.get();
+  c.dropped_foreign = dropped_foreign_.get();
+  c.dropped_rate_limited = dropped_rate_limited_.get();
+  c.send_errors = send_errors_.get();
+  c.receive_errors = receive_errors_.get();
+  c.source_evictions = source_evictions_.load(std::memory_order_relaxed);
+  return c;
+}
+
+void Reflector::arm() {
+  socket_.async_wait(asio::ip::udp::socket::wait_read, [this](const std::error_code& ec) {
+    // operation_aborted is the normal end after stop(); any other wait error would repeat
+    // forever if re-armed, so the reflector stays down and the socket error is visible as
+    // silence in the counters.
+    if (ec || stopping_) {
+      return;
+    }
+    on_readable();
+    if (!stopping_ && socket_.is_open()) {
+      arm();
+    }
+  });
+}
+
+void Reflector::on_readable() {
+  const bool kernel = timestamp_source() == TimestampSource::kKernelRealtime;
+  for (int i = 0; i < kMaxBatch; ++i) {
+    iovec iov{buffer_.data(), buffer_.size()};
+    msghdr msg{};
+    msg.msg_name = &peer_;
+    msg.msg_namelen = sizeof(peer_);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control_.data();
+    msg.msg_controllen = control_.size();
+    const ssize_t n = ::recvmsg(socket_.native_handle(), &msg, MSG_DONTWAIT);
+    if (n < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      if (errno != EAGAIN && errno != EWOULDBLOCK) {
+        receive_errors_.bump();
+      }
+      return;
+    }
+    const std::uint64_t mono = now_ns(CLOCK_MONOTONIC);
+    std::uint64_t rx = mono;
+    bool kernel_rx = false;
+    if (kernel) {
+      for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS &&
+            c->cmsg_len >= CMSG_LEN(sizeof(timespec))) {
+          // CMSG_DATA is not guaranteed to be aligned for timespec.
+          timespec ts{};
+          std::memcpy(&ts, CMSG_DATA(c), sizeof(ts));
+          rx =
+              static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000u + static_cast<std::uint64_t>(ts.tv_nsec);
+          kernel_rx = true;
+        }
+      }
+      // A datagram without the stamp still needs rx and tx in the same clock.
+      if (!kernel_rx) {
+        rx = now_ns(CLOCK_REALTIME);
+      }
+    }
+    peer_len_ = msg.msg_namelen;
+    handle_datagram(static_cast<std::size_t>(n), (msg.msg_flags & MSG_TRUNC) != 0, mono, rx, kernel_rx);
+  }
+}
+
+void Reflector::handle_datagram(std::size_t size, bool truncated, std::uint64_t now_mono_ns,
+                                std::uint64_t rx_ns, bool kernel_rx) {
+  received_.bump();
+  // A truncated datagram was longer than the buffer, which is longer than any accepted probe.
+  const std::span<std::byte> packet(buffer_.data(), truncated ? buffer_.size() : size);
+  ProbeHeader probe;
+  switch (decode_probe(packet, ProbeKind::kRequest, probe, config_.max_probe_size)) {
+    case ProbeDecodeStatus::kOk:
+      break;
+    case ProbeDecodeStatus::kTooShort:
+      dropped_short_.bump();
+      return;
+    case ProbeDecodeStatus::kBadMagic:
+      dropped_foreign_.bump();
+      return;
+    case ProbeDecodeStatus::kTooLong:
+    case ProbeDecodeStatus::kBadVersion:
+    case ProbeDecodeStatus::kBadFlags:
+    case ProbeDecodeStatus::kBadReserved:
+      dropped_malformed_.bump();
+      return;
+  }
+  SourceKey key;
+  if (!source_key(peer_, key)) {
+    dropped_malformed_.bump();
+    return;
+  }
+  // Rate-limit before creating a session, so an over-rate or spoofing source cannot churn
+  // the session table faster than its own rate allows.
+  bool inserted = false;
+  auto& limit = rate_table_.find_or_insert(key, now_mono_ns, inserted);
+  if (inserted) {
+    limit.value.reset(config_.rate_limit, now_mono_ns);
+    source_evictions_.store(rate_table_.evictions(), std::memory_order_relaxed);
+  }
+  if (!limit.value.try_take(config_.rate_limit, now_mono_ns)) {
+    dropped_rate_limited_.bump();
+    return;
+  }
+  key.qualifier = probe.sender_id;
+  auto& session = session_table_.find_or_insert(key, now_mono_ns, inserted);
+  if (inserted) {
+    // 0 is never a session id, so a prober can use it as "no baseline yet".
+    if (++next_session_id_ == 0) {
+      ++next_session_id_;
+    }
+    session.value.id = next_session_id_;
+  }
+  ++session.value.rx;
+
+  ReplyStamp stamp;
+  stamp.rx_ns = rx_ns;
+  stamp.boot = boot_id_;
+  stamp.session_id = session.value.id;
+  stamp.session_rx = session.value.rx;
+  stamp.kernel_rx_timestamp = kernel_rx;
+  stamp.tx_ns =
+      now_ns(timestamp_source() == TimestampSource::kKernelRealtime ? CLOCK_REALTIME : CLOCK_MONOTONIC);
+  stamp_reply(packet, stamp);
+  // Same length as the request: the reply is never larger than what the source sent.
+  const ssize_t sent = ::sendto(socket_.native_handle(), packet.data(), packet.size(), MSG_DONTWAIT,
+                                reinterpret_cast<const sockaddr*>(&peer_), peer_len_);
+  if (sent == static_cast<ssize_t>(packet.size())) {
+    replied_.bump();
+  } else {
+    send_errors_.bump();
+  }
+}
+
+}  // namespace vantage::agent::probes

@@ -1,0 +1,430 @@
+#include "agent/probes/udp_prober.hpp"
+
+#include <netinet/in.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <asio/ip/address.hpp>
+#include <asio/ip/v6_only.hpp>
+#include <asio/post.hpp>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <span>
+#include <utility>
+
+namespace vantage::agent::probes {
+namespace {
+
+// Datagrams handled per wakeup before re-arming the wait, as in the Reflector: a burst is
+// drained in one go without starving the timer on the same io_context.
+constexpr int kMaxBatch = 64;
+constexpr double kMaxRatePerS = 100'000.0;
+
+std::int64_t now_ns(clockid_t clock) noexcept {
+  timespec ts{};
+  ::clock_gettime(clock, &ts);
+  // tv_sec is 32 bits on armhf: widen before multiplying.
+  return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + static_cast<std::int64_t>(ts.tv_nsec);
+}
+
+std::uint64_t random_seed() noexcept {
+  std::uint64_t v = 0;
+  if (::getrandom(&v, sizeof(v), GRND_NONBLOCK) == static_cast<ssize_t>(sizeof(v))) {
+    return v;
+  }
+  // Without the entropy pool, time still separates agents started at different instants.
+  return static_cast<std::uint64_t>(now_ns(CLOCK_REALTIME)) ^
+         static_cast<std::uint64_t>(now_ns(CLOCK_MONOTONIC));
+}
+
+// splitmix64: a full-period 64-bit generator; jitter needs spread, not cryptographic quality.
+std::uint64_t next_random(std::uint64_t& state) noexcept {
+  std::uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+// Uniform in [0, 1) from the top 53 bits.
+double uniform01(std::uint64_t& state) noexcept {
+  return static_cast<double>(next_random(state) >> 11) * 0x1.0p-53;
+}
+
+bool valid(const UdpProbeTarget& t) noexcept {
+  return std::isfinite(t.rate_per_s) && t.rate_per_s > 0 && t.rate_per_s <= kMaxRatePerS &&
+         t.payload_size >= kProbeHeaderSize && t.payload_size <= kMaxProbeSize && t.dscp < 64 &&
+         t.endpoint.port() != 0;
+}
+
+// A reflector answers from the address and port it was probed on; the scope id of a
+// link-local address is not compared, as the kernel fills it in on receive.
+bool same_endpoint(const asio::ip::udp::endpoint& target, const sockaddr_storage& peer) noexcept {
+  if (peer.ss_family == AF_INET && target.address().is_v4()) {
+    sockaddr_in sin{};
+    std::memcpy(&sin, &peer, sizeof(sin));
+    const auto bytes = target.address().to_v4().to_bytes();
+    return ntohs(sin.sin_port) == target.port() &&
+           std::memcmp(&sin.sin_addr, bytes.data(), bytes.size()) == 0;
+  }
+  if (peer.ss_family == AF_INET6 && target.address().is_v6()) {
+    sockaddr_in6 sin6{};
+    std::memcpy(&sin6, &peer, sizeof(sin6));
+    const auto bytes = target.address().to_v6().to_bytes();
+    return ntohs(sin6.sin6_port) == target.port() &&
+           std::memcmp(&sin6.sin6_addr, bytes.data(), bytes.size()) == 0;
+  }
+  return false;
+}
+
+}  // namespace
+
+UdpProber::UdpProber(asio::io_context& io, UdpProberConfig config, platform::SpscRing<ProbeEvent>& events)
+    : io_(io), config_(std::move(config)), events_(events), v4_(io), v6_(io), timer_(io) {}
+
+UdpProber::~UdpProber() = default;
+
+std::error_code UdpProber::start() {
+  std::size_t max_payload = kProbeHeaderSize;
+  bool any_v4 = false;
+  bool any_v6 = false;
+  for (std::size_t i = 0; i < config_.targets.size(); ++i) {
+    const UdpProbeTarget& t = config_.targets[i];
+    if (!valid(t)) {
+      return std::make_error_code(std::errc::invalid_argument);
+    }
+    // Replies are told apart by source endpoint only.
+    for (std::size_t j = 0; j < i; ++j) {
+      if (config_.targets[j].endpoint == t.endpoint) {
+        return std::make_error_code(std::errc::invalid_argument);
+      }
+    }
+    max_payload = std::max(max_payload, t.payload_size);
+    (t.endpoint.address().is_v6() ? any_v6 : any_v4) = true;
+  }
+
+  std::error_code ec;
+  if (any_v4) {
+    ec = open(v4_, false);
+  }
+  if (!ec && any_v6) {
+    ec = open(v6_, true);
+  }
+  if (ec) {
+    std::error_code ignored;
+    v4_.socket.close(ignored);
+    v6_.socket.close(ignored);
+    return ec;
+  }
+  kernel_timestamps_.store(
+      (!any_v4 || v4_.kernel_timestamps) && (!any_v6 || v6_.kernel_timestamps) && (any_v4 || any_v6),
+      std::memory_order_relaxed);
+
+  send_buffer_.assign(max_payload, std::byte{0});
+  receive_buffer_.assign(max_payload + 1, std::byte{0});
+  rng_state_ = config_.jitter_seed != 0 ? config_.jitter_seed : random_seed();
+
+  const std::int64_t now = now_ns(CLOCK_MONOTONIC);
+  targets_.clear();
+  targets_.reserve(config_.targets.size());
+  for (const UdpProbeTarget& t : config_.targets) {
+    TargetState s;
+    s.config = t;
+    s.interval_ns = std::max<std::int64_t>(1, std::llround(1e9 / t.rate_per_s));
+    // A random phase within the first interval: targets (and agents) start out of step.
+    s.next_send_ns =
+        now + static_cast<std::int64_t>(uniform01(rng_state_) * static_cast<double>(s.interval_ns));
+    targets_.push_back(s);
+  }
+
+  stopping_ = false;
+  if (any_v4) {
+    arm_read(v4_);
+  }
+  if (any_v6) {
+    arm_read(v6_);
+  }
+  arm_timer();
+  return {};
+}
+
+void UdpProber::stop() {
+  asio::post(io_, [this] {
+    stopping_ = true;
+    timer_.cancel();
+    std::error_code ignored;
+    v4_.socket.close(ignored);
+    v6_.socket.close(ignored);
+  });
+}
+
+UdpProberCounters UdpProber::counters() const noexcept {
+  UdpProberCounters c;
+  c.sent = sent_.get();
+  c.send_errors = send_errors_.get();
+  c.received = received_.get();
+  c.replies = replies_.get();
+  c.dropped_foreign = dropped_foreign_.get();
+  c.dropped_malformed = dropped_malformed_.get();
+  c.dropped_unexpected = dropped_unexpected_.get();
+  c.invalid_dwell = invalid_dwell_.get();
+  c.receive_errors = receive_errors_.get();
+  c.dscp_errors = dscp_errors_.get();
+  c.events_dropped = events_dropped_.get();
+  return c;
+}
+
+std::error_code UdpProber::open(Socket& s, bool v6) {
+  std::error_code ec;
+  const asio::ip::udp::endpoint local(
+      v6 ? asio::ip::address(asio::ip::address_v6::any()) : asio::ip::address(asio::ip::address_v4::any()),
+      0);
+  s.socket.open(local.protocol(), ec);
+  // IPv6-only, so IPv4 replies arrive on the IPv4 socket in their plain form.
+  if (!ec && v6) {
+    s.socket.set_option(asio::ip::v6_only(true), ec);
+  }
+  if (!ec) {
+    s.socket.bind(local, ec);
+  }
+  if (!ec) {
+    s.socket.non_blocking(true, ec);
+  }
+  if (ec) {
+    return ec;
+  }
+  const int one = 1;
+  s.kernel_timestamps = config_.kernel_timestamps && ::setsockopt(s.socket.native_handle(), SOL_SOCKET,
+                                                                  SO_TIMESTAMPNS, &one, sizeof(one)) == 0;
+  s.dscp = 0;
+  return {};
+}
+
+std::int64_t UdpProber::jittered(std::int64_t interval_ns) noexcept {
+  return std::max<std::int64_t>(
+      1, static_cast<std::int64_t>(static_cast<double>(interval_ns) * (0.5 + uniform01(rng_state_))));
+}
+
+void UdpProber::arm_timer() {
+  std::int64_t next = std::numeric_limits<std::int64_t>::max();
+  for (const TargetState& t : targets_) {
+    if (!t.done) {
+      next = std::min(next, t.next_send_ns);
+    }
+  }
+  if (next == std::numeric_limits<std::int64_t>::max() || stopping_) {
+    return;
+  }
+  // libstdc++'s steady_clock is CLOCK_MONOTONIC, the clock the deadlines are kept in.
+  timer_.expires_at(std::chrono::steady_clock::time_point(std::chrono::nanoseconds(next)));
+  timer_.async_wait([this](const std::error_code& ec) {
+    // operation_aborted is the normal end after stop().
+    if (ec || stopping_) {
+      return;
+    }
+    on_timer();
+    arm_timer();
+  });
+}
+
+void UdpProber::on_timer() {
+  const std::int64_t now = now_ns(CLOCK_MONOTONIC);
+  for (TargetState& t : targets_) {
+    if (t.done || t.next_send_ns > now) {
+      continue;
+    }
+    send_probe(t);
+    t.next_send_ns += jittered(t.interval_ns);
+    // Fell more than an interval behind (suspend, a stalled thread): skip the missed probes
+    // instead of sending them in a burst.
+    if (t.next_send_ns < now - t.interval_ns) {
+      t.next_send_ns = now + jittered(t.interval_ns);
+    }
+    if (t.config.count != 0 && t.next_seq >= t.config.count) {
+      t.done = true;
+    }
+  }
+}
+
+void UdpProber::send_probe(TargetState& t) {
+  const bool v6 = t.config.endpoint.address().is_v6();
+  Socket& s = v6 ? v6_ : v4_;
+  const int dscp = t.config.dscp;
+  if (s.dscp != dscp) {
+    const int tos = dscp << 2;  // DSCP is the upper six bits; ECN bits stay 0
+    if (::setsockopt(s.socket.native_handle(), v6 ? IPPROTO_IPV6 : IPPROTO_IP, v6 ? IPV6_TCLASS : IP_TOS,
+                     &tos, sizeof(tos)) == 0) {
+      s.dscp = dscp;
+    } else {
+      dscp_errors_.bump();
+    }
+  }
+
+  ProbeEvent event;
+  event.target = t.config.index;
+  event.protocol = ProbeProtocol::kUdpEcho;
+  event.seq = t.next_seq++;
+
+  ProbeHeader header;
+  header.sequence = event.seq;
+  header.sender_id = config_.sender_id;
+  // Read as late as possible so the RTT excludes encoding; the few bytes written after the
+  // read are the send time itself.
+  event.send_ns = now_ns(CLOCK_MONOTONIC);
+  header.send_ns = static_cast<std::uint64_t>(event.send_ns);
+  const std::size_t size = encode_request(header, send_buffer_, t.config.payload_size);
+  const ssize_t n =
+      size == 0 ? -1
+                : ::sendto(s.socket.native_handle(), send_buffer_.data(), size, MSG_DONTWAIT,
+                           t.config.endpoint.data(), static_cast<socklen_t>(t.config.endpoint.size()));
+  if (n == static_cast<ssize_t>(size) && size != 0) {
+    sent_.bump();
+    event.kind = ProbeEventKind::kSent;
+  } else {
+    send_errors_.bump();
+    event.kind = ProbeEventKind::kSendError;
+  }
+  emit(event);
+}
+
+void UdpProber::arm_read(Socket& s) {
+  s.socket.async_wait(asio::ip::udp::socket::wait_read, [this, &s](const std::error_code& ec) {
+    // As in the Reflector: any error other than operation_aborted would repeat if re-armed.
+    if (ec || stopping_) {
+      return;
+    }
+    on_readable(s);
+    if (!stopping_ && s.socket.is_open()) {
+      arm_read(s);
+    }
+  });
+}
+
+void UdpProber::on_readable(Socket& s) {
+  for (int i = 0; i < kMaxBatch; ++i) {
+    iovec iov{receive_buffer_.data(), receive_buffer_.size()};
+    msghdr msg{};
+    msg.msg_name = &peer_;
+    msg.msg_namelen = sizeof(peer_);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control_.data();
+    msg.msg_controllen = s.kernel_timestamps ? control_.size() : 0;
+    const ssize_t n = ::recvmsg(s.socket.native_handle(), &msg, MSG_DONTWAIT);
+    if (n < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      if (errno != EAGAIN && errno != EWOULDBLOCK) {
+        receive_errors_.bump();
+      }
+      return;
+    }
+    const std::int64_t read_ns = now_ns(CLOCK_MONOTONIC);
+    std::int64_t receive_ns = read_ns;
+    bool kernel_rx = false;
+    if (s.kernel_timestamps) {
+      for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS &&
+            c->cmsg_len >= CMSG_LEN(sizeof(timespec))) {
+          // CMSG_DATA is not guaranteed to be aligned for timespec.
+          timespec ts{};
+          std::memcpy(&ts, CMSG_DATA(c), sizeof(ts));
+          const std::int64_t stamp_rt =
+              static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + static_cast<std::int64_t>(ts.tv_nsec);
+          // realtime - monotonic, with the realtime read bracketed by two monotonic reads.
+          const std::int64_t rt = now_ns(CLOCK_REALTIME);
+          const std::int64_t mono_after = now_ns(CLOCK_MONOTONIC);
+          const std::int64_t offset = rt - (read_ns + (mono_after - read_ns) / 2);
+          const std::int64_t converted = stamp_rt - offset;
+          // A stamp after the read can only come from a realtime step: keep the read time.
+          if (converted <= mono_after) {
+            receive_ns = converted;
+            kernel_rx = true;
+          }
+        }
+      }
+    }
+    handle_reply(static_cast<std::size_t>(n), (msg.msg_flags & MSG_TRUNC) != 0, receive_ns, kernel_rx,
+                 read_ns);
+  }
+}
+
+void UdpProber::handle_reply(std::size_t size, bool truncated, std::int64_t receive_ns, bool kernel_rx,
+                             std::int64_t read_ns) {
+  received_.bump();
+  const std::span<const std::byte> packet(receive_buffer_.data(), truncated ? receive_buffer_.size() : size);
+  ProbeHeader reply;
+  switch (decode_probe(packet, ProbeKind::kReply, reply, receive_buffer_.size() - 1)) {
+    case ProbeDecodeStatus::kOk:
+      break;
+    case ProbeDecodeStatus::kTooShort:
+    case ProbeDecodeStatus::kBadMagic:
+      dropped_foreign_.bump();
+      return;
+    case ProbeDecodeStatus::kTooLong:
+    case ProbeDecodeStatus::kBadVersion:
+    case ProbeDecodeStatus::kBadFlags:
+    case ProbeDecodeStatus::kBadReserved:
+      dropped_malformed_.bump();
+      return;
+  }
+  const TargetState* target = nullptr;
+  for (const TargetState& t : targets_) {
+    if (same_endpoint(t.config.endpoint, peer_)) {
+      target = &t;
+      break;
+    }
+  }
+  if (target == nullptr) {
+    dropped_foreign_.bump();
+    return;
+  }
+  if (reply.sender_id != config_.sender_id || reply.sequence >= target->next_seq ||
+      packet.size() != target->config.payload_size) {
+    dropped_unexpected_.bump();
+    return;
+  }
+
+  ProbeEvent event;
+  event.target = target->config.index;
+  event.protocol = ProbeProtocol::kUdpEcho;
+  event.kind = ProbeEventKind::kReply;
+  event.seq = reply.sequence;
+  event.send_ns = static_cast<std::int64_t>(reply.send_ns);
+  // A kernel stamp before the send time can only come from a realtime step.
+  if (kernel_rx && receive_ns < event.send_ns) {
+    receive_ns = read_ns;
+    kernel_rx = false;
+  }
+  event.receive_ns = receive_ns;
+  event.kernel_rx_timestamp = kernel_rx;
+  event.reflector_kernel_rx = (reply.flags & kFlagKernelRxTimestamp) != 0;
+  // Unsigned difference, then signed: a reflector clock step shows up as negative, not as
+  // an overflow.
+  const auto dwell = static_cast<std::int64_t>(reply.reflector_tx_ns - reply.reflector_rx_ns);
+  const auto rtt = static_cast<std::int64_t>(static_cast<std::uint64_t>(event.receive_ns) - reply.send_ns);
+  if (dwell < 0 || dwell > rtt) {
+    invalid_dwell_.bump();
+  } else {
+    event.reflector_dwell_ns = dwell;
+  }
+  event.reflector_boot = reply.reflector_boot;
+  event.session_id = reply.session_id;
+  event.session_rx = reply.session_rx;
+  replies_.bump();
+  emit(event);
+}
+
+void UdpProber::emit(const ProbeEvent& event) noexcept {
+  // Never wait for the consumer: a full ring costs this one event, counted.
+  if (!events_.try_push(event)) {
+    events_dropped_.bump();
+  }
+}
+
+}  // namespace vantage::agent::probes

@@ -1,0 +1,174 @@
+// The UDP echo prober: sends probes (probe_packet.hpp) to Vantage reflectors at a jittered
+// per-target rate and forwards one ProbeEvent per probe sent and per valid reply to a ring.
+#pragma once
+
+#include <sys/socket.h>
+#include <asio/io_context.hpp>
+#include <asio/ip/udp.hpp>
+#include <asio/steady_timer.hpp>
+
+#include <array>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <system_error>
+#include <vector>
+
+#include "agent/probes/probe_event.hpp"
+#include "agent/probes/probe_packet.hpp"
+#include "platform/spsc_ring.hpp"
+
+namespace vantage::agent::probes {
+
+struct UdpProbeTarget {
+  asio::ip::udp::endpoint endpoint;             // a reflector; IPv4 or IPv6
+  std::uint32_t index = 0;                      // ProbeEvent::target: the agent's index of this target
+  double rate_per_s = 1.0;                      // mean probes per second, > 0
+  std::size_t payload_size = kProbeHeaderSize;  // kProbeHeaderSize..kMaxProbeSize bytes of UDP payload
+  std::uint8_t dscp = 0;                        // 0..63, written into the IP TOS / traffic class
+  // Stop after this many probes (0: never). For one-shot measurements and tests.
+  std::uint64_t count = 0;
+};
+
+struct UdpProberConfig {
+  std::vector<UdpProbeTarget> targets;
+  // Carried in every probe: the reflector keys its session counters on (source, sender_id),
+  // and replies carrying another sender id are not ours.
+  std::uint64_t sender_id = 0;
+  // Ask the kernel for receive timestamps (SO_TIMESTAMPNS); off forces the user-space path.
+  bool kernel_timestamps = true;
+  // Seeds the send-time jitter; 0 takes one from the kernel's entropy pool so that agents
+  // started together still drift apart. Tests fix it to make schedules reproducible.
+  std::uint64_t jitter_seed = 0;
+};
+
+// A snapshot; each field is individually exact, the set is not one atomic cut. Once idle,
+// every datagram read is counted in received and in exactly one of replies or dropped_*.
+struct UdpProberCounters {
+  std::uint64_t sent = 0;
+  std::uint64_t send_errors = 0;        // sendto failed; a kSendError event was emitted
+  std::uint64_t received = 0;           // datagrams read from the sockets
+  std::uint64_t replies = 0;            // valid replies; a kReply event was emitted
+  std::uint64_t dropped_foreign = 0;    // not our magic, or not from a configured target
+  std::uint64_t dropped_malformed = 0;  // our magic but bad version/flags/reserved, or a request
+  // Well-formed reply from a target, but with another sender id, a sequence number not yet
+  // sent, or a length other than the probe's: forged, stale or misrouted.
+  std::uint64_t dropped_unexpected = 0;
+  std::uint64_t invalid_dwell = 0;   // reflector tx < rx or dwell > RTT: dwell reported as 0
+  std::uint64_t receive_errors = 0;  // recvmsg failed with something other than EAGAIN
+  std::uint64_t dscp_errors = 0;     // the socket refused the target's DSCP; sent unmarked
+  std::uint64_t events_dropped = 0;  // the ring was full
+};
+
+// Thread contract: as the Reflector's. start(), the handlers and stop()'s posted work run on
+// the io_context's thread, which is also the ring's only producer. stop(), counters() and the
+// const accessors may be called from any thread once start() has returned. Destroy it only
+// once the io_context no longer runs its handlers.
+//
+// Sockets: one unconnected socket per address family in use, bound to an ephemeral port and
+// shared by all targets of that family, so a prober with hundreds of targets holds two file
+// descriptors. Replies are matched to a target by their source endpoint (a reflector answers
+// from the address and port it was probed on), then checked against sender id, sequence
+// numbers sent so far and probe length. DSCP is set per send with setsockopt, only when it
+// differs from the socket's current marking.
+//
+// Scheduling: one steady_timer for all targets. Each target starts at a random phase within
+// its first interval, and every gap is the mean interval times uniform[0.5, 1.5), so a fleet
+// started together never probes in step. Deadlines advance from the previous deadline, not
+// from when the timer fired, so a late wakeup delays one probe without lowering the rate.
+//
+// Timestamps: send_ns is CLOCK_MONOTONIC read right before sendto and is carried in the probe.
+// receive_ns is the kernel's SO_TIMESTAMPNS stamp when the socket accepts the option.
+// That stamp is CLOCK_REALTIME; it is moved to CLOCK_MONOTONIC with realtime - monotonic
+// sampled right after the datagram is read, bracketing the realtime read between two
+// monotonic reads. The error is half that bracket (well under a microsecond with the vDSO)
+// plus the NTP slew accrued while the datagram sat in the socket (at most 500 ppm of a queue
+// time of microseconds). A realtime step between arrival and read could move the stamp
+// outside [send_ns, read time]; such a stamp is replaced by the monotonic read time. Without
+// the option (QEMU user mode), receive_ns is CLOCK_MONOTONIC read after recvmsg returns.
+//
+// Nothing is allocated per packet: probes are encoded into a buffer sized at start(),
+// replies read into a fixed buffer, and Asio recycles the memory of the few outstanding
+// handlers (one timer wait, one read wait per socket).
+class UdpProber {
+ public:
+  UdpProber(asio::io_context& io, UdpProberConfig config, platform::SpscRing<ProbeEvent>& events);
+  ~UdpProber();
+
+  UdpProber(const UdpProber&) = delete;
+  UdpProber& operator=(const UdpProber&) = delete;
+
+  // Validates the config (rates, sizes, DSCP, no endpoint twice), opens the sockets and
+  // schedules the first probes. Returns std::errc::invalid_argument for a bad config, or
+  // the socket error.
+  [[nodiscard]] std::error_code start();
+
+  // Cancels the timer and closes the sockets on the io_context's thread; the prober then
+  // leaves the io_context without work. Idempotent.
+  void stop();
+
+  // True when every open socket accepted SO_TIMESTAMPNS. Valid after a successful start().
+  bool kernel_timestamps() const noexcept { return kernel_timestamps_.load(std::memory_order_relaxed); }
+  UdpProberCounters counters() const noexcept;
+
+ private:
+  // Single writer (the io_context thread), any reader: relaxed, as in the Reflector.
+  class Counter {
+   public:
+    void bump() noexcept { v_.store(v_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed); }
+    std::uint64_t get() const noexcept { return v_.load(std::memory_order_relaxed); }
+
+   private:
+    std::atomic<std::uint64_t> v_{0};
+  };
+  static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
+
+  struct TargetState {
+    UdpProbeTarget config;
+    std::uint64_t next_seq = 0;
+    std::int64_t interval_ns = 0;
+    std::int64_t next_send_ns = 0;  // CLOCK_MONOTONIC deadline of the next probe
+    bool done = false;              // count reached
+  };
+
+  struct Socket {
+    explicit Socket(asio::io_context& io) : socket(io) {}
+    asio::ip::udp::socket socket;
+    bool kernel_timestamps = false;
+    int dscp = 0;  // the marking currently set on the socket
+  };
+
+  std::error_code open(Socket& s, bool v6);
+  void arm_read(Socket& s);
+  void on_readable(Socket& s);
+  void handle_reply(std::size_t size, bool truncated, std::int64_t receive_ns, bool kernel_rx,
+                    std::int64_t read_ns);
+  void arm_timer();
+  void on_timer();
+  void send_probe(TargetState& t);
+  void emit(const ProbeEvent& event) noexcept;
+  std::int64_t jittered(std::int64_t interval_ns) noexcept;
+
+  asio::io_context& io_;
+  UdpProberConfig config_;
+  platform::SpscRing<ProbeEvent>& events_;
+  Socket v4_;
+  Socket v6_;
+  asio::steady_timer timer_;
+  std::vector<TargetState> targets_;
+  std::uint64_t rng_state_ = 0;
+  bool stopping_ = false;
+  std::atomic<bool> kernel_timestamps_{false};
+
+  // Send buffer of the largest configured probe; receive buffer one byte larger than the
+  // largest probe so an oversized datagram shows up as too long, not cut to size.
+  std::vector<std::byte> send_buffer_;
+  std::vector<std::byte> receive_buffer_;
+  sockaddr_storage peer_{};
+  alignas(std::max_align_t) std::array<unsigned char, 128> control_{};
+
+  Counter sent_, send_errors_, received_, replies_, dropped_foreign_, dropped_malformed_, dropped_unexpected_,
+      invalid_dwell_, receive_errors_, dscp_errors_, events_dropped_;
+};
+
+}  // namespace vantage::agent::probes

@@ -46,9 +46,11 @@ int open_socket(const asio::ip::udp::endpoint& bind_to, bool bind_it) {
 }
 
 asio::ip::udp::endpoint to_endpoint(const sockaddr_storage& ss, socklen_t len) {
+  // An endpoint holds at most a sockaddr_in6 (capacity()); never copy more than that.
   asio::ip::udp::endpoint e;
-  std::memcpy(e.data(), &ss, std::min<std::size_t>(len, sizeof(ss)));
-  e.resize(len);
+  const std::size_t n = std::min<std::size_t>(len, e.capacity());
+  std::memcpy(e.data(), &ss, n);
+  e.resize(n);
   return e;
 }
 

@@ -1,0 +1,673 @@
+#include "agent/probes/icmp_prober.hpp"
+
+#include <fcntl.h>
+#include <netinet/icmp6.h>
+#include <netinet/in.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <asio/bind_allocator.hpp>
+#include <asio/posix/stream_descriptor.hpp>
+#include <asio/post.hpp>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <limits>
+#include <utility>
+
+namespace vantage::agent::probes {
+namespace {
+
+constexpr std::uint8_t kEchoRequestV4 = 8;
+constexpr std::uint8_t kEchoReplyV4 = 0;
+constexpr std::uint8_t kEchoRequestV6 = 128;
+constexpr std::uint8_t kEchoReplyV6 = 129;
+// Linux's ICMP_FILTER option on SOL_RAW (linux/icmp.h, which clashes with netinet/ip_icmp.h):
+// a bit mask of ICMP types the raw socket should not be woken for.
+constexpr int kIcmpFilterOption = 1;
+constexpr std::size_t kIpv4MinHeader = 20;
+// Datagrams handled per wakeup, as in the reflector: drains a burst, then lets others run.
+constexpr int kMaxBatch = 64;
+// A kernel timestamp older than this at read time means the realtime clock stepped in between
+// (settimeofday), so the user-space stamp is used instead of a converted, wrong one.
+constexpr std::int64_t kMaxTimestampAgeNs = 1'000'000'000;
+// An echoed send time this far behind the reply cannot be a probe of ours still in flight.
+constexpr std::int64_t kMaxRttNs = 3600LL * 1'000'000'000;
+
+std::int64_t clock_ns(clockid_t clock) noexcept {
+  timespec ts{};
+  ::clock_gettime(clock, &ts);
+  // tv_sec is 32 bits on armhf: widen before multiplying.
+  return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+std::chrono::steady_clock::time_point at(std::int64_t monotonic) noexcept {
+  // libstdc++'s steady_clock reads CLOCK_MONOTONIC: same epoch as the event times.
+  return std::chrono::steady_clock::time_point(std::chrono::nanoseconds(monotonic));
+}
+
+std::uint64_t random_u64() noexcept {
+  std::uint64_t v = 0;
+  if (::getrandom(&v, sizeof(v), GRND_NONBLOCK) == static_cast<ssize_t>(sizeof(v)) && v != 0) {
+    return v;
+  }
+  v = static_cast<std::uint64_t>(clock_ns(CLOCK_REALTIME)) ^
+      (static_cast<std::uint64_t>(clock_ns(CLOCK_MONOTONIC)) << 17) ^ static_cast<std::uint64_t>(::getpid());
+  return v != 0 ? v : 1;
+}
+
+// splitmix64: jitter only needs to decorrelate agents, not to resist prediction.
+std::uint64_t next_random(std::uint64_t& state) noexcept {
+  std::uint64_t z = (state += 0x9e3779b97f4a7c15u);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebu;
+  return z ^ (z >> 31);
+}
+
+double unit(std::uint64_t& state) noexcept {
+  return static_cast<double>(next_random(state) >> 11) * 0x1.0p-53;
+}
+
+std::int64_t jittered(std::int64_t interval_ns, double jitter, std::uint64_t& state) noexcept {
+  const double factor = 1.0 + jitter * (2.0 * unit(state) - 1.0);
+  return std::max<std::int64_t>(1, static_cast<std::int64_t>(static_cast<double>(interval_ns) * factor));
+}
+
+// Big-endian (network order) accessors on byte spans: the wire is never cast to a struct, so
+// alignment and padding of untrusted buffers do not matter.
+std::uint16_t load16(const std::byte* p) noexcept {
+  return static_cast<std::uint16_t>((std::to_integer<unsigned>(p[0]) << 8) | std::to_integer<unsigned>(p[1]));
+}
+void store16(std::byte* p, std::uint16_t v) noexcept {
+  p[0] = static_cast<std::byte>(v >> 8);
+  p[1] = static_cast<std::byte>(v & 0xff);
+}
+std::uint64_t load64(const std::byte* p) noexcept {
+  std::uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) {
+    v = (v << 8) | std::to_integer<std::uint64_t>(p[i]);
+  }
+  return v;
+}
+void store64(std::byte* p, std::uint64_t v) noexcept {
+  for (int i = 7; i >= 0; --i) {
+    p[i] = static_cast<std::byte>(v & 0xff);
+    v >>= 8;
+  }
+}
+
+// RFC 1071 one's complement sum; 0 over a packet whose checksum field is correct.
+std::uint16_t internet_checksum(std::span<const std::byte> data) noexcept {
+  std::uint32_t sum = 0;
+  std::size_t i = 0;
+  for (; i + 1 < data.size(); i += 2) {
+    sum += load16(&data[i]);
+  }
+  if (i < data.size()) {
+    sum += std::to_integer<std::uint32_t>(data[i]) << 8;
+  }
+  while (sum >> 16) {
+    sum = (sum & 0xffff) + (sum >> 16);
+  }
+  return static_cast<std::uint16_t>(~sum & 0xffff);
+}
+
+bool valid(const IcmpProberConfig& c) noexcept {
+  if (!(c.jitter >= 0.0 && c.jitter <= 0.5)) {
+    return false;
+  }
+  return std::all_of(c.targets.begin(), c.targets.end(), [](const IcmpTarget& t) {
+    return t.rate_per_s > 0.0 && t.rate_per_s <= kMaxIcmpRatePerS && t.dscp <= 63 &&
+           t.payload_size >= kIcmpMinPayload && t.payload_size <= kIcmpMaxPayload &&
+           !t.address.is_unspecified() && !(t.address.is_v6() && t.address.to_v6().is_v4_mapped());
+  });
+}
+
+int default_opener(int domain, int type, int protocol) { return ::socket(domain, type, protocol); }
+
+std::string ping_group_range() {
+  std::ifstream in("/proc/sys/net/ipv4/ping_group_range");
+  std::string low, high;
+  if (!(in >> low >> high)) {
+    return "unreadable";
+  }
+  return "\"" + low + " " + high + "\"";
+}
+
+}  // namespace
+
+// Storage for one outstanding wait's handler (see TcpProber::HandlerMemory for why).
+class IcmpProber::HandlerMemory {
+ public:
+  void* allocate(std::size_t size) {
+    if (!in_use_ && size <= sizeof(storage_)) {
+      in_use_ = true;
+      return storage_;
+    }
+    return ::operator new(size);
+  }
+  void deallocate(void* p) noexcept {
+    if (p == storage_) {
+      in_use_ = false;
+    } else {
+      ::operator delete(p);
+    }
+  }
+
+ private:
+  alignas(std::max_align_t) unsigned char storage_[256];
+  bool in_use_ = false;
+};
+
+namespace {
+
+template <typename T, typename Memory>
+class HandlerAllocator {
+ public:
+  using value_type = T;
+  explicit HandlerAllocator(Memory& memory) noexcept : memory_(&memory) {}
+  template <typename U>
+  HandlerAllocator(const HandlerAllocator<U, Memory>& other) noexcept : memory_(other.memory()) {}
+  T* allocate(std::size_t n) { return static_cast<T*>(memory_->allocate(sizeof(T) * n)); }
+  void deallocate(T* p, std::size_t) noexcept { memory_->deallocate(p); }
+  Memory* memory() const noexcept { return memory_; }
+  template <typename U>
+  bool operator==(const HandlerAllocator<U, Memory>& other) const noexcept {
+    return memory_ == other.memory();
+  }
+
+ private:
+  Memory* memory_;
+};
+
+template <typename Memory, typename Handler>
+auto with_memory(Memory& memory, Handler&& handler) {
+  return asio::bind_allocator(HandlerAllocator<int, Memory>(memory), std::forward<Handler>(handler));
+}
+
+}  // namespace
+
+std::size_t encode_icmp_echo_request(std::span<std::byte> out, bool ipv6, std::uint16_t id,
+                                     std::uint16_t wire_seq, std::uint64_t cookie, std::int64_t send_ns,
+                                     std::uint32_t target, std::size_t payload_size) noexcept {
+  const std::size_t size = kIcmpHeaderSize + payload_size;
+  if (payload_size < kIcmpMinPayload || out.size() < size) {
+    return 0;
+  }
+  std::byte* p = out.data();
+  p[0] = static_cast<std::byte>(ipv6 ? kEchoRequestV6 : kEchoRequestV4);
+  p[1] = std::byte{0};
+  store16(p + 2, 0);
+  store16(p + 4, id);
+  store16(p + 6, wire_seq);
+  std::byte* payload = p + kIcmpHeaderSize;
+  store64(payload, cookie);
+  store64(payload + 8, static_cast<std::uint64_t>(send_ns));
+  store64(payload + 16, static_cast<std::uint64_t>(target) << 32);
+  for (std::size_t i = kIcmpMinPayload; i < payload_size; ++i) {
+    payload[i] = static_cast<std::byte>(i & 0xff);
+  }
+  if (!ipv6) {
+    store16(p + 2, internet_checksum(std::span<const std::byte>(p, size)));
+  }
+  return size;
+}
+
+IcmpParseStatus parse_icmp_echo_reply(std::span<const std::byte> packet, bool ipv6, bool with_ip_header,
+                                      bool check_id, std::uint16_t id, std::uint64_t cookie,
+                                      IcmpEchoReply& out) noexcept {
+  if (with_ip_header && !ipv6) {
+    if (packet.size() < kIpv4MinHeader) {
+      return IcmpParseStatus::kTooShort;
+    }
+    const unsigned version = std::to_integer<unsigned>(packet[0]) >> 4;
+    const std::size_t header = (std::to_integer<std::size_t>(packet[0]) & 0x0f) * 4;
+    if (version != 4 || header < kIpv4MinHeader || header > packet.size()) {
+      return IcmpParseStatus::kMalformed;
+    }
+    if (std::to_integer<unsigned>(packet[9]) != IPPROTO_ICMP) {
+      return IcmpParseStatus::kNotEchoReply;
+    }
+    packet = packet.subspan(header);
+  }
+  if (packet.size() < kIcmpHeaderSize) {
+    return IcmpParseStatus::kTooShort;
+  }
+  if (std::to_integer<std::uint8_t>(packet[0]) != (ipv6 ? kEchoReplyV6 : kEchoReplyV4) ||
+      std::to_integer<std::uint8_t>(packet[1]) != 0) {
+    return IcmpParseStatus::kNotEchoReply;
+  }
+  out.id = load16(&packet[4]);
+  out.wire_seq = load16(&packet[6]);
+  if (check_id && out.id != id) {
+    return IcmpParseStatus::kWrongId;
+  }
+  if (packet.size() < kIcmpHeaderSize + kIcmpMinPayload) {
+    return IcmpParseStatus::kTooShort;
+  }
+  // Ping sockets and the IPv6 stack check the checksum before delivery; an IPv4 raw socket
+  // hands over whatever arrived.
+  if (with_ip_header && !ipv6 && internet_checksum(packet) != 0) {
+    return IcmpParseStatus::kMalformed;
+  }
+  const std::byte* payload = packet.data() + kIcmpHeaderSize;
+  if (load64(payload) != cookie) {
+    return IcmpParseStatus::kWrongCookie;
+  }
+  out.send_ns = static_cast<std::int64_t>(load64(payload + 8));
+  out.target = static_cast<std::uint32_t>(load64(payload + 16) >> 32);
+  return IcmpParseStatus::kOk;
+}
+
+bool unwrap_icmp_sequence(std::uint64_t next_seq, std::uint16_t wire_seq, std::uint64_t& seq) noexcept {
+  if (next_seq == 0) {
+    return false;
+  }
+  const std::uint64_t last = next_seq - 1;
+  // How far behind the last sent seq this one is, modulo 2^16: replies older than 65536
+  // probes alias onto newer ones, which the aggregator's timeout has long written off.
+  const std::uint16_t behind = static_cast<std::uint16_t>(static_cast<std::uint16_t>(last) - wire_seq);
+  if (behind > last) {
+    return false;
+  }
+  seq = last - behind;
+  return true;
+}
+
+struct IcmpProber::Family {
+  Family(asio::io_context& io, bool v6) : descriptor(io), ipv6(v6) {}
+  asio::posix::stream_descriptor descriptor;
+  bool ipv6;
+  IcmpSocketKind kind = IcmpSocketKind::kNone;
+  bool kernel_ts = false;
+  std::uint16_t id = 0;  // raw sockets: ours; ping sockets: the kernel rewrites it
+  int current_tos = -1;
+  std::vector<std::byte> tx;
+  std::vector<std::byte> rx;
+  sockaddr_storage peer{};
+  alignas(std::max_align_t) std::array<unsigned char, 128> control{};
+  HandlerMemory wait_memory;
+};
+
+struct IcmpProber::Target {
+  IcmpTarget config;
+  Family* family = nullptr;
+  sockaddr_storage address{};
+  socklen_t address_len = 0;
+  std::int64_t interval_ns = 0;
+  std::int64_t next_due_ns = 0;
+  std::uint64_t next_seq = 0;
+};
+
+IcmpProber::IcmpProber(asio::io_context& io, IcmpProberConfig config, platform::SpscRing<ProbeEvent>& ring)
+    : io_(io),
+      config_(std::move(config)),
+      ring_(ring),
+      schedule_timer_(io),
+      schedule_memory_(std::make_unique<HandlerMemory>()),
+      rng_state_(random_u64()),
+      cookie_(random_u64()) {}
+
+IcmpProber::~IcmpProber() = default;
+
+IcmpStartResult IcmpProber::open_family(Family& family) {
+  const IcmpSocketOpener opener = config_.socket_opener != nullptr ? config_.socket_opener : default_opener;
+  const int domain = family.ipv6 ? AF_INET6 : AF_INET;
+  const int protocol = family.ipv6 ? static_cast<int>(IPPROTO_ICMPV6) : static_cast<int>(IPPROTO_ICMP);
+  const char* const name = family.ipv6 ? "ICMPv6" : "ICMP";
+  int fd = -1;
+  int error = 0;
+  std::string why;
+  if (config_.mode != IcmpSocketMode::kRaw) {
+    fd = opener(domain, SOCK_DGRAM | SOCK_CLOEXEC, protocol);
+    if (fd >= 0) {
+      family.kind = IcmpSocketKind::kDgram;
+    } else {
+      error = errno;
+      why = std::string("ping socket: ") + std::strerror(error) + " (gid " + std::to_string(::getegid()) +
+            " must be within net.ipv4.ping_group_range, now " + ping_group_range() + ")";
+    }
+  }
+  if (fd < 0 && config_.mode != IcmpSocketMode::kDgram) {
+    fd = opener(domain, SOCK_RAW | SOCK_CLOEXEC, protocol);
+    if (fd >= 0) {
+      family.kind = IcmpSocketKind::kRaw;
+    } else {
+      error = errno;
+      why += std::string(why.empty() ? "" : "; ") + "raw socket: " + std::strerror(error) +
+             " (needs CAP_NET_RAW)";
+    }
+  }
+  if (fd < 0) {
+    return {std::error_code(error != 0 ? error : EACCES, std::generic_category()),
+            std::string(name) + " probing unavailable (mode " +
+                (config_.mode == IcmpSocketMode::kAuto    ? "auto"
+                 : config_.mode == IcmpSocketMode::kDgram ? "dgram"
+                                                          : "raw") +
+                "): " + why};
+  }
+  std::error_code ec;
+  family.descriptor.assign(fd, ec);
+  if (!ec) {
+    family.descriptor.non_blocking(true, ec);
+  }
+  if (ec) {
+    return {ec, std::string(name) + " probing unavailable: " + ec.message()};
+  }
+  if (family.kind == IcmpSocketKind::kRaw) {
+    family.id = static_cast<std::uint16_t>(random_u64());
+    // Only echo replies wake us; a raw socket otherwise sees every ICMP message on the host,
+    // including our own requests on loopback. Best effort: the parser rejects them anyway.
+    if (family.ipv6) {
+      icmp6_filter filter{};
+      ICMP6_FILTER_SETBLOCKALL(&filter);
+      ICMP6_FILTER_SETPASS(kEchoReplyV6, &filter);
+      ::setsockopt(fd, IPPROTO_ICMPV6, ICMP6_FILTER, &filter, sizeof(filter));
+    } else {
+      const std::uint32_t blocked = ~(std::uint32_t{1} << kEchoReplyV4);
+      ::setsockopt(fd, SOL_RAW, kIcmpFilterOption, &blocked, sizeof(blocked));
+    }
+  }
+  const int one = 1;
+  family.kernel_ts =
+      config_.kernel_timestamps && ::setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(one)) == 0;
+  family.tx.assign(kIcmpHeaderSize + kIcmpMaxPayload, std::byte{0});
+  // Room for an IPv4 header with options in front of the largest reply, plus one byte so an
+  // oversized datagram shows as truncated.
+  family.rx.assign(60 + kIcmpHeaderSize + kIcmpMaxPayload + 1, std::byte{0});
+  return {};
+}
+
+IcmpStartResult IcmpProber::start() {
+  if (!valid(config_)) {
+    return {std::make_error_code(std::errc::invalid_argument), "invalid ICMP prober configuration"};
+  }
+  const bool need_v4 = std::any_of(config_.targets.begin(), config_.targets.end(),
+                                   [](const IcmpTarget& t) { return t.address.is_v4(); });
+  const bool need_v6 = std::any_of(config_.targets.begin(), config_.targets.end(),
+                                   [](const IcmpTarget& t) { return t.address.is_v6(); });
+  auto v4 = need_v4 ? std::make_unique<Family>(io_, false) : nullptr;
+  auto v6 = need_v6 ? std::make_unique<Family>(io_, true) : nullptr;
+  for (Family* family : {v4.get(), v6.get()}) {
+    if (family != nullptr) {
+      if (IcmpStartResult result = open_family(*family); !result.ok()) {
+        return result;  // the unique_ptrs close whatever was opened
+      }
+    }
+  }
+  v4_ = std::move(v4);
+  v6_ = std::move(v6);
+  kind_v4_.store(v4_ ? v4_->kind : IcmpSocketKind::kNone, std::memory_order_relaxed);
+  kind_v6_.store(v6_ ? v6_->kind : IcmpSocketKind::kNone, std::memory_order_relaxed);
+  kernel_ts_v4_.store(v4_ && v4_->kernel_ts, std::memory_order_relaxed);
+  kernel_ts_v6_.store(v6_ && v6_->kernel_ts, std::memory_order_relaxed);
+
+  const std::int64_t now = clock_ns(CLOCK_MONOTONIC);
+  targets_.clear();
+  targets_.reserve(config_.targets.size());
+  for (const IcmpTarget& t : config_.targets) {
+    Target target;
+    target.config = t;
+    if (t.address.is_v4()) {
+      target.family = v4_.get();
+      sockaddr_in sin{};
+      sin.sin_family = AF_INET;
+      const auto bytes = t.address.to_v4().to_bytes();
+      std::memcpy(&sin.sin_addr, bytes.data(), bytes.size());
+      std::memcpy(&target.address, &sin, sizeof(sin));
+      target.address_len = sizeof(sin);
+    } else {
+      target.family = v6_.get();
+      sockaddr_in6 sin6{};
+      sin6.sin6_family = AF_INET6;
+      const auto v6addr = t.address.to_v6();
+      const auto bytes = v6addr.to_bytes();
+      std::memcpy(&sin6.sin6_addr, bytes.data(), bytes.size());
+      sin6.sin6_scope_id = static_cast<std::uint32_t>(v6addr.scope_id());
+      std::memcpy(&target.address, &sin6, sizeof(sin6));
+      target.address_len = sizeof(sin6);
+    }
+    target.interval_ns = std::max<std::int64_t>(1, std::llround(1e9 / t.rate_per_s));
+    target.next_due_ns =
+        now + static_cast<std::int64_t>(static_cast<double>(target.interval_ns) * unit(rng_state_));
+    targets_.push_back(target);
+  }
+  stopping_ = false;
+  for (Family* family : {v4_.get(), v6_.get()}) {
+    if (family != nullptr) {
+      arm_receive(*family);
+    }
+  }
+  if (!targets_.empty()) {
+    arm_schedule();
+  }
+  return {};
+}
+
+void IcmpProber::stop() {
+  asio::post(io_, [this] {
+    stopping_ = true;
+    schedule_timer_.cancel();
+    for (Family* family : {v4_.get(), v6_.get()}) {
+      if (family != nullptr) {
+        std::error_code ignored;
+        family->descriptor.close(ignored);
+      }
+    }
+  });
+}
+
+IcmpProberCounters IcmpProber::counters() const noexcept {
+  IcmpProberCounters c;
+  c.sent = sent_.get();
+  c.replies = replies_.get();
+  c.send_errors = send_errors_.get();
+  c.dropped_foreign = dropped_foreign_.get();
+  c.dropped_malformed = dropped_malformed_.get();
+  c.receive_errors = receive_errors_.get();
+  c.ring_full = ring_full_.get();
+  return c;
+}
+
+// One timer for all targets, armed for the earliest due probe (see TcpProber::arm_schedule).
+void IcmpProber::arm_schedule() {
+  std::int64_t earliest = std::numeric_limits<std::int64_t>::max();
+  for (const Target& target : targets_) {
+    earliest = std::min(earliest, target.next_due_ns);
+  }
+  schedule_timer_.expires_at(at(earliest));
+  schedule_timer_.async_wait(with_memory(*schedule_memory_, [this](const std::error_code& ec) {
+    if (!ec && !stopping_) {
+      on_schedule();
+    }
+  }));
+}
+
+void IcmpProber::on_schedule() {
+  const std::int64_t now = clock_ns(CLOCK_MONOTONIC);
+  for (Target& target : targets_) {
+    if (target.next_due_ns > now) {
+      continue;
+    }
+    send(target);
+    target.next_due_ns += jittered(target.interval_ns, config_.jitter, rng_state_);
+    // After a stall resume the rate from now instead of firing the missed probes at once.
+    if (target.next_due_ns <= now) {
+      target.next_due_ns = now + jittered(target.interval_ns, config_.jitter, rng_state_);
+    }
+  }
+  arm_schedule();
+}
+
+void IcmpProber::send(Target& target) {
+  Family& family = *target.family;
+  const int fd = family.descriptor.native_handle();
+  const int tos = target.config.dscp << 2;
+  if (tos != family.current_tos) {
+    // Best effort, and only when it changes: targets of one family share the socket.
+    if (family.ipv6) {
+      ::setsockopt(fd, IPPROTO_IPV6, IPV6_TCLASS, &tos, sizeof(tos));
+    } else {
+      ::setsockopt(fd, IPPROTO_IP, IP_TOS, &tos, sizeof(tos));
+    }
+    family.current_tos = tos;
+  }
+  ProbeEvent event;
+  event.target = target.config.target;
+  event.protocol = ProbeProtocol::kIcmpEcho;
+  event.seq = target.next_seq++;
+  const auto index = static_cast<std::uint32_t>(&target - targets_.data());
+  event.send_ns = clock_ns(CLOCK_MONOTONIC);
+  const std::size_t size =
+      encode_icmp_echo_request(family.tx, family.ipv6, family.id, static_cast<std::uint16_t>(event.seq),
+                               cookie_, event.send_ns, index, target.config.payload_size);
+  const ssize_t sent = ::sendto(fd, family.tx.data(), size, MSG_DONTWAIT,
+                                reinterpret_cast<const sockaddr*>(&target.address), target.address_len);
+  if (sent == static_cast<ssize_t>(size)) {
+    event.kind = ProbeEventKind::kSent;
+    sent_.bump();
+  } else {
+    event.kind = ProbeEventKind::kSendError;
+    send_errors_.bump();
+  }
+  emit(event);
+}
+
+void IcmpProber::arm_receive(Family& family) {
+  Family* const f = &family;
+  family.descriptor.async_wait(asio::posix::stream_descriptor::wait_read,
+                               with_memory(family.wait_memory, [this, f](const std::error_code& ec) {
+                                 // operation_aborted is the normal end after stop(); any other
+                                 // wait error would repeat forever if re-armed.
+                                 if (ec || stopping_) {
+                                   return;
+                                 }
+                                 on_readable(*f);
+                                 if (!stopping_ && f->descriptor.is_open()) {
+                                   arm_receive(*f);
+                                 }
+                               }));
+}
+
+void IcmpProber::on_readable(Family& family) {
+  for (int i = 0; i < kMaxBatch; ++i) {
+    iovec iov{family.rx.data(), family.rx.size()};
+    msghdr msg{};
+    msg.msg_name = &family.peer;
+    msg.msg_namelen = sizeof(family.peer);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = family.control.data();
+    msg.msg_controllen = family.control.size();
+    const ssize_t n = ::recvmsg(family.descriptor.native_handle(), &msg, MSG_DONTWAIT);
+    if (n < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      if (errno != EAGAIN && errno != EWOULDBLOCK) {
+        receive_errors_.bump();
+      }
+      return;
+    }
+    const std::int64_t mono = clock_ns(CLOCK_MONOTONIC);
+    std::int64_t receive_ns = mono;
+    bool kernel_rx = false;
+    if (family.kernel_ts) {
+      for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS &&
+            c->cmsg_len >= CMSG_LEN(sizeof(timespec))) {
+          // CMSG_DATA is not guaranteed to be aligned for timespec.
+          timespec ts{};
+          std::memcpy(&ts, CMSG_DATA(c), sizeof(ts));
+          // The kernel stamps in CLOCK_REALTIME. Its age, measured against a realtime read
+          // taken next to the monotonic one, carries over to CLOCK_MONOTONIC; the two reads
+          // are a few hundred ns apart, far below an RTT's resolution that matters here.
+          const std::int64_t kernel_real = static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+          const std::int64_t age = clock_ns(CLOCK_REALTIME) - kernel_real;
+          if (age >= 0 && age <= kMaxTimestampAgeNs) {
+            receive_ns = mono - age;
+            kernel_rx = true;
+          }
+        }
+      }
+    }
+    if ((msg.msg_flags & MSG_TRUNC) != 0) {
+      dropped_malformed_.bump();
+      continue;
+    }
+    handle_reply(family, static_cast<std::size_t>(n), receive_ns, kernel_rx);
+  }
+}
+
+void IcmpProber::handle_reply(Family& family, std::size_t size, std::int64_t receive_ns, bool kernel_rx) {
+  IcmpEchoReply reply;
+  const bool raw = family.kind == IcmpSocketKind::kRaw;
+  switch (parse_icmp_echo_reply(std::span<const std::byte>(family.rx.data(), size), family.ipv6,
+                                raw && !family.ipv6, raw, family.id, cookie_, reply)) {
+    case IcmpParseStatus::kOk:
+      break;
+    case IcmpParseStatus::kNotEchoReply:
+    case IcmpParseStatus::kWrongId:
+    case IcmpParseStatus::kWrongCookie:
+      dropped_foreign_.bump();
+      return;
+    case IcmpParseStatus::kTooShort:
+    case IcmpParseStatus::kMalformed:
+      dropped_malformed_.bump();
+      return;
+  }
+  // The cookie says we sent it; the target index and the source address must still agree, so
+  // a reply (or a forged one) cannot be credited to a different target.
+  if (reply.target >= targets_.size()) {
+    dropped_malformed_.bump();
+    return;
+  }
+  Target& target = targets_[reply.target];
+  bool same_source = false;
+  if (target.family == &family) {
+    if (family.ipv6) {
+      sockaddr_in6 from{}, to{};
+      std::memcpy(&from, &family.peer, sizeof(from));
+      std::memcpy(&to, &target.address, sizeof(to));
+      same_source = from.sin6_family == AF_INET6 && std::memcmp(&from.sin6_addr, &to.sin6_addr, 16) == 0;
+    } else {
+      sockaddr_in from{}, to{};
+      std::memcpy(&from, &family.peer, sizeof(from));
+      std::memcpy(&to, &target.address, sizeof(to));
+      same_source = from.sin_family == AF_INET && from.sin_addr.s_addr == to.sin_addr.s_addr;
+    }
+  }
+  if (!same_source) {
+    dropped_foreign_.bump();
+    return;
+  }
+  std::uint64_t seq = 0;
+  const std::int64_t rtt = receive_ns - reply.send_ns;
+  if (!unwrap_icmp_sequence(target.next_seq, reply.wire_seq, seq) || rtt < 0 || rtt > kMaxRttNs) {
+    dropped_malformed_.bump();
+    return;
+  }
+  ProbeEvent event;
+  event.target = target.config.target;
+  event.protocol = ProbeProtocol::kIcmpEcho;
+  event.kind = ProbeEventKind::kReply;
+  event.kernel_rx_timestamp = kernel_rx;
+  event.seq = seq;
+  event.send_ns = reply.send_ns;
+  event.receive_ns = receive_ns;
+  replies_.bump();
+  emit(event);
+}
+
+void IcmpProber::emit(const ProbeEvent& event) noexcept {
+  if (!ring_.try_push(event)) {
+    ring_full_.bump();
+  }
+}
+
+}  // namespace vantage::agent::probes

@@ -1,0 +1,361 @@
+#include "agent/probes/tcp_prober.hpp"
+
+#include <netinet/in.h>
+#include <netinet/ip.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <asio/bind_allocator.hpp>
+#include <asio/error.hpp>
+#include <asio/post.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <ctime>
+#include <limits>
+#include <utility>
+
+namespace vantage::agent::probes {
+namespace {
+
+std::int64_t monotonic_ns() noexcept {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  // tv_sec is 32 bits on armhf: widen before multiplying.
+  return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+// libstdc++'s steady_clock reads CLOCK_MONOTONIC, so event times and timer deadlines share an
+// epoch and a deadline is just send_ns + timeout.
+std::chrono::steady_clock::time_point at(std::int64_t monotonic) noexcept {
+  return std::chrono::steady_clock::time_point(std::chrono::nanoseconds(monotonic));
+}
+
+std::uint64_t seed() noexcept {
+  std::uint64_t v = 0;
+  if (::getrandom(&v, sizeof(v), GRND_NONBLOCK) == static_cast<ssize_t>(sizeof(v))) {
+    return v;
+  }
+  // Without entropy, pid and time still separate agents that started together.
+  return static_cast<std::uint64_t>(monotonic_ns()) ^ (static_cast<std::uint64_t>(::getpid()) << 32);
+}
+
+// splitmix64: jitter only needs to decorrelate agents, not to resist prediction.
+std::uint64_t next_random(std::uint64_t& state) noexcept {
+  std::uint64_t z = (state += 0x9e3779b97f4a7c15u);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebu;
+  return z ^ (z >> 31);
+}
+
+// Uniform in [0, 1).
+double unit(std::uint64_t& state) noexcept {
+  return static_cast<double>(next_random(state) >> 11) * 0x1.0p-53;
+}
+
+std::int64_t jittered(std::int64_t interval_ns, double jitter, std::uint64_t& state) noexcept {
+  const double factor = 1.0 + jitter * (2.0 * unit(state) - 1.0);
+  return std::max<std::int64_t>(1, static_cast<std::int64_t>(static_cast<double>(interval_ns) * factor));
+}
+
+bool valid(const TcpProberConfig& c) noexcept {
+  if (!(c.jitter >= 0.0 && c.jitter <= 0.5)) {
+    return false;
+  }
+  return std::all_of(c.targets.begin(), c.targets.end(), [](const TcpTarget& t) {
+    return t.rate_per_s > 0.0 && t.rate_per_s <= kMaxTcpRatePerS && t.timeout.count() > 0 && t.dscp <= 63 &&
+           t.endpoint.port() != 0;
+  });
+}
+
+}  // namespace
+
+// Storage for one outstanding operation's handler, so arming a connect or a timer never
+// reaches the heap. Asio frees the handler's memory before invoking it, so the handler may
+// immediately start the next operation of the same kind in the same block.
+class TcpProber::HandlerMemory {
+ public:
+  void* allocate(std::size_t size) {
+    if (!in_use_ && size <= sizeof(storage_)) {
+      in_use_ = true;
+      return storage_;
+    }
+    // Only if Asio's operation outgrows the block (a different Asio version): still correct.
+    return ::operator new(size);
+  }
+  void deallocate(void* p) noexcept {
+    if (p == storage_) {
+      in_use_ = false;
+    } else {
+      ::operator delete(p);
+    }
+  }
+
+ private:
+  alignas(std::max_align_t) unsigned char storage_[256];
+  bool in_use_ = false;
+};
+
+namespace {
+
+template <typename T, typename Memory>
+class HandlerAllocator {
+ public:
+  using value_type = T;
+  explicit HandlerAllocator(Memory& memory) noexcept : memory_(&memory) {}
+  template <typename U>
+  HandlerAllocator(const HandlerAllocator<U, Memory>& other) noexcept : memory_(other.memory()) {}
+  T* allocate(std::size_t n) { return static_cast<T*>(memory_->allocate(sizeof(T) * n)); }
+  void deallocate(T* p, std::size_t) noexcept { memory_->deallocate(p); }
+  Memory* memory() const noexcept { return memory_; }
+  template <typename U>
+  bool operator==(const HandlerAllocator<U, Memory>& other) const noexcept {
+    return memory_ == other.memory();
+  }
+
+ private:
+  Memory* memory_;
+};
+
+template <typename Memory, typename Handler>
+auto with_memory(Memory& memory, Handler&& handler) {
+  return asio::bind_allocator(HandlerAllocator<int, Memory>(memory), std::forward<Handler>(handler));
+}
+
+}  // namespace
+
+struct TcpProber::Slot {
+  explicit Slot(asio::io_context& io) : socket(io), timer(io) {}
+  asio::ip::tcp::socket socket;
+  asio::steady_timer timer;
+  HandlerMemory connect_memory;
+  HandlerMemory timer_memory;
+  Target* target = nullptr;
+  std::uint64_t seq = 0;
+  std::int64_t send_ns = 0;
+  int pending = 0;    // outstanding connect + timer operations; the slot is free at 0
+  bool done = false;  // the outcome of this attempt is decided; late completions are ignored
+};
+
+struct TcpProber::Target {
+  TcpTarget config;
+  std::int64_t interval_ns = 0;
+  std::int64_t next_due_ns = 0;
+  std::uint64_t next_seq = 0;
+  std::vector<std::unique_ptr<Slot>> slots;
+};
+
+TcpProber::TcpProber(asio::io_context& io, TcpProberConfig config, platform::SpscRing<ProbeEvent>& ring)
+    : io_(io),
+      config_(std::move(config)),
+      ring_(ring),
+      schedule_timer_(io),
+      schedule_memory_(std::make_unique<HandlerMemory>()),
+      rng_state_(seed()) {}
+
+TcpProber::~TcpProber() = default;
+
+std::error_code TcpProber::start() {
+  if (!valid(config_)) {
+    return std::make_error_code(std::errc::invalid_argument);
+  }
+  const std::int64_t now = monotonic_ns();
+  targets_.clear();
+  targets_.reserve(config_.targets.size());
+  for (const TcpTarget& t : config_.targets) {
+    auto target = std::make_unique<Target>();
+    target->config = t;
+    target->interval_ns = std::max<std::int64_t>(1, std::llround(1e9 / t.rate_per_s));
+    target->next_due_ns =
+        now + static_cast<std::int64_t>(static_cast<double>(target->interval_ns) * unit(rng_state_));
+    // Enough slots for every connect that can still be within its timeout, plus headroom for
+    // jitter; a connect's slot is reused only once both of its operations have completed.
+    const double in_flight = std::ceil(t.rate_per_s * std::chrono::duration<double>(t.timeout).count());
+    const std::size_t slots = std::clamp<std::size_t>(static_cast<std::size_t>(std::min(in_flight, 1e6)) + 2,
+                                                      1, kMaxTcpSlotsPerTarget);
+    target->slots.reserve(slots);
+    for (std::size_t i = 0; i < slots; ++i) {
+      target->slots.push_back(std::make_unique<Slot>(io_));
+      target->slots.back()->target = target.get();
+    }
+    targets_.push_back(std::move(target));
+  }
+  stopping_ = false;
+  if (!targets_.empty()) {
+    arm_schedule();
+  }
+  return {};
+}
+
+void TcpProber::stop() {
+  asio::post(io_, [this] {
+    stopping_ = true;
+    schedule_timer_.cancel();
+    for (auto& target : targets_) {
+      for (auto& slot : target->slots) {
+        if (slot->pending > 0) {
+          slot->done = true;
+          std::error_code ignored;
+          slot->socket.close(ignored);
+          slot->timer.cancel();
+        }
+      }
+    }
+  });
+}
+
+TcpProberCounters TcpProber::counters() const noexcept {
+  TcpProberCounters c;
+  c.sent = sent_.get();
+  c.established = established_.get();
+  c.refused = refused_.get();
+  c.connect_errors = connect_errors_.get();
+  c.timeouts = timeouts_.get();
+  c.open_errors = open_errors_.get();
+  c.slots_busy = slots_busy_.get();
+  c.ring_full = ring_full_.get();
+  return c;
+}
+
+// One timer for all targets, armed for the earliest due probe: a wakeup per probe, not per
+// target, and no handler allocation because only one wait is ever outstanding.
+void TcpProber::arm_schedule() {
+  std::int64_t earliest = std::numeric_limits<std::int64_t>::max();
+  for (const auto& target : targets_) {
+    earliest = std::min(earliest, target->next_due_ns);
+  }
+  schedule_timer_.expires_at(at(earliest));
+  schedule_timer_.async_wait(with_memory(*schedule_memory_, [this](const std::error_code& ec) {
+    if (!ec && !stopping_) {
+      on_schedule();
+    }
+  }));
+}
+
+void TcpProber::on_schedule() {
+  const std::int64_t now = monotonic_ns();
+  for (auto& target : targets_) {
+    if (target->next_due_ns > now) {
+      continue;
+    }
+    launch(*target, now);
+    target->next_due_ns += jittered(target->interval_ns, config_.jitter, rng_state_);
+    // After a stall (suspend, a starved thread) resume the rate from now instead of firing
+    // the missed probes back to back.
+    if (target->next_due_ns <= now) {
+      target->next_due_ns = now + jittered(target->interval_ns, config_.jitter, rng_state_);
+    }
+  }
+  arm_schedule();
+}
+
+void TcpProber::launch(Target& target, std::int64_t now_ns) {
+  const auto free_slot = std::find_if(target.slots.begin(), target.slots.end(),
+                                      [](const std::unique_ptr<Slot>& s) { return s->pending == 0; });
+  if (free_slot == target.slots.end()) {
+    // Skipped without a kSent, so the aggregator sees a lower rate rather than false loss.
+    slots_busy_.bump();
+    return;
+  }
+  Slot& slot = **free_slot;
+  ProbeEvent event;
+  event.target = target.config.target;
+  event.protocol = ProbeProtocol::kTcpConnect;
+  event.seq = target.next_seq++;
+
+  const asio::ip::tcp::endpoint& endpoint = target.config.endpoint;
+  std::error_code ec;
+  slot.socket.open(endpoint.protocol(), ec);
+  if (ec) {
+    open_errors_.bump();
+    event.kind = ProbeEventKind::kSendError;
+    event.send_ns = now_ns;
+    emit(event);
+    return;
+  }
+  // Best effort: a host that refuses the option still gets probed, just unmarked.
+  const int tos = target.config.dscp << 2;
+  if (endpoint.address().is_v6()) {
+    ::setsockopt(slot.socket.native_handle(), IPPROTO_IPV6, IPV6_TCLASS, &tos, sizeof(tos));
+  } else {
+    ::setsockopt(slot.socket.native_handle(), IPPROTO_IP, IP_TOS, &tos, sizeof(tos));
+  }
+
+  slot.seq = event.seq;
+  slot.done = false;
+  slot.pending = 2;
+  Slot* const s = &slot;
+  // Stamped right before async_connect, whose initiation issues the non-blocking connect()
+  // (the SYN) at once; its completion is always posted, so the kSent emitted after it still
+  // precedes the outcome in the ring.
+  slot.send_ns = monotonic_ns();
+  slot.socket.async_connect(endpoint, with_memory(slot.connect_memory, [this, s](const std::error_code& e) {
+                              on_connected(*s, e);
+                            }));
+  slot.timer.expires_at(at(slot.send_ns + target.config.timeout.count()));
+  slot.timer.async_wait(
+      with_memory(slot.timer_memory, [this, s](const std::error_code& e) { on_timeout(*s, e); }));
+  event.kind = ProbeEventKind::kSent;
+  event.send_ns = slot.send_ns;
+  sent_.bump();
+  emit(event);
+}
+
+void TcpProber::on_connected(Slot& slot, const std::error_code& ec) {
+  --slot.pending;
+  if (slot.done) {
+    // Timed out or stopped first; a connect that completed in the same loop iteration as its
+    // timeout is still a timeout, so the reported RTT never exceeds the timeout.
+    return;
+  }
+  slot.done = true;
+  ProbeEvent event;
+  event.target = slot.target->config.target;
+  event.protocol = ProbeProtocol::kTcpConnect;
+  event.seq = slot.seq;
+  event.send_ns = slot.send_ns;
+  if (!ec) {
+    // Read when the io_context thread sees the socket writable, so a busy thread inflates the
+    // RTT; TCP offers no kernel timestamp for the SYN-ACK to a connecting socket.
+    event.kind = ProbeEventKind::kReply;
+    event.receive_ns = monotonic_ns();
+    established_.bump();
+    emit(event);
+  } else if (ec != asio::error::operation_aborted) {
+    event.kind = ProbeEventKind::kSendError;
+    if (ec == asio::error::connection_refused || ec == asio::error::connection_reset) {
+      refused_.bump();
+    } else {
+      connect_errors_.bump();
+    }
+    emit(event);
+  }
+  // An ordinary close (FIN), not SO_LINGER 0 (RST): the TIME_WAIT it leaves on this host costs
+  // a small kernel record per probe for 60 s and is keyed by the target's address and port,
+  // so ports run short only beyond ~400 probes/s to one target; an RST would instead show
+  // up as an aborted connection in the target's logs and alarms for every probe.
+  std::error_code ignored;
+  slot.socket.close(ignored);
+  slot.timer.cancel();
+}
+
+void TcpProber::on_timeout(Slot& slot, const std::error_code& ec) {
+  --slot.pending;
+  if (ec == asio::error::operation_aborted || slot.done) {
+    return;
+  }
+  slot.done = true;
+  timeouts_.bump();
+  // Closing aborts the pending connect (its handler sees operation_aborted and the slot frees)
+  // and drops the half-open socket, so targets that never answer cannot pile up descriptors.
+  std::error_code ignored;
+  slot.socket.close(ignored);
+}
+
+void TcpProber::emit(const ProbeEvent& event) noexcept {
+  if (!ring_.try_push(event)) {
+    ring_full_.bump();
+  }
+}
+
+}  // namespace vantage::agent::probes

@@ -20,6 +20,10 @@
 #include <limits>
 #include <utility>
 
+#include "agent/probes/probe_schedule.hpp"
+#include "platform/clock.hpp"
+#include "platform/rx_timestamp.hpp"
+
 namespace vantage::agent::probes {
 namespace {
 
@@ -39,12 +43,7 @@ constexpr std::int64_t kMaxTimestampAgeNs = 1'000'000'000;
 // An echoed send time this far behind the reply cannot be a probe of ours still in flight.
 constexpr std::int64_t kMaxRttNs = 3600LL * 1'000'000'000;
 
-std::int64_t clock_ns(clockid_t clock) noexcept {
-  timespec ts{};
-  ::clock_gettime(clock, &ts);
-  // tv_sec is 32 bits on armhf: widen before multiplying.
-  return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
-}
+using platform::clock_ns;
 
 std::chrono::steady_clock::time_point at(std::int64_t monotonic) noexcept {
   // libstdc++'s steady_clock reads CLOCK_MONOTONIC: same epoch as the event times.
@@ -59,23 +58,6 @@ std::uint64_t random_u64() noexcept {
   v = static_cast<std::uint64_t>(clock_ns(CLOCK_REALTIME)) ^
       (static_cast<std::uint64_t>(clock_ns(CLOCK_MONOTONIC)) << 17) ^ static_cast<std::uint64_t>(::getpid());
   return v != 0 ? v : 1;
-}
-
-// splitmix64: jitter only needs to decorrelate agents, not to resist prediction.
-std::uint64_t next_random(std::uint64_t& state) noexcept {
-  std::uint64_t z = (state += 0x9e3779b97f4a7c15u);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebu;
-  return z ^ (z >> 31);
-}
-
-double unit(std::uint64_t& state) noexcept {
-  return static_cast<double>(next_random(state) >> 11) * 0x1.0p-53;
-}
-
-std::int64_t jittered(std::int64_t interval_ns, double jitter, std::uint64_t& state) noexcept {
-  const double factor = 1.0 + jitter * (2.0 * unit(state) - 1.0);
-  return std::max<std::int64_t>(1, static_cast<std::int64_t>(static_cast<double>(interval_ns) * factor));
 }
 
 // Big-endian (network order) accessors on byte spans: the wire is never cast to a struct, so
@@ -373,9 +355,7 @@ IcmpStartResult IcmpProber::open_family(Family& family) {
       ::setsockopt(fd, SOL_RAW, kIcmpFilterOption, &blocked, sizeof(blocked));
     }
   }
-  const int one = 1;
-  family.kernel_ts =
-      config_.kernel_timestamps && ::setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(one)) == 0;
+  family.kernel_ts = config_.kernel_timestamps && platform::enable_kernel_rx_timestamps(fd);
   family.tx.assign(kIcmpHeaderSize + kIcmpMaxPayload, std::byte{0});
   // Room for an IPv4 header with options in front of the largest reply, plus one byte so an
   // oversized datagram shows as truncated.
@@ -434,7 +414,7 @@ IcmpStartResult IcmpProber::start() {
     }
     target.interval_ns = std::max<std::int64_t>(1, std::llround(1e9 / t.rate_per_s));
     target.next_due_ns =
-        now + static_cast<std::int64_t>(static_cast<double>(target.interval_ns) * unit(rng_state_));
+        now + static_cast<std::int64_t>(static_cast<double>(target.interval_ns) * uniform01(rng_state_));
     targets_.push_back(target);
   }
   stopping_ = false;
@@ -495,10 +475,10 @@ void IcmpProber::on_schedule() {
       continue;
     }
     send(target);
-    target.next_due_ns += jittered(target.interval_ns, config_.jitter, rng_state_);
+    target.next_due_ns += jittered_interval(target.interval_ns, config_.jitter, rng_state_);
     // After a stall resume the rate from now instead of firing the missed probes at once.
     if (target.next_due_ns <= now) {
-      target.next_due_ns = now + jittered(target.interval_ns, config_.jitter, rng_state_);
+      target.next_due_ns = now + jittered_interval(target.interval_ns, config_.jitter, rng_state_);
     }
   }
   arm_schedule();
@@ -578,21 +558,14 @@ void IcmpProber::on_readable(Family& family) {
     std::int64_t receive_ns = mono;
     bool kernel_rx = false;
     if (family.kernel_ts) {
-      for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
-        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS &&
-            c->cmsg_len >= CMSG_LEN(sizeof(timespec))) {
-          // CMSG_DATA is not guaranteed to be aligned for timespec.
-          timespec ts{};
-          std::memcpy(&ts, CMSG_DATA(c), sizeof(ts));
-          // The kernel stamps in CLOCK_REALTIME. Its age, measured against a realtime read
-          // taken next to the monotonic one, carries over to CLOCK_MONOTONIC; the two reads
-          // are a few hundred ns apart, far below an RTT's resolution that matters here.
-          const std::int64_t kernel_real = static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
-          const std::int64_t age = clock_ns(CLOCK_REALTIME) - kernel_real;
-          if (age >= 0 && age <= kMaxTimestampAgeNs) {
-            receive_ns = mono - age;
-            kernel_rx = true;
-          }
+      if (const auto kernel_real = platform::kernel_rx_realtime_ns(msg)) {
+        // The kernel stamps in CLOCK_REALTIME. Its age, measured against a realtime read
+        // taken next to the monotonic one, carries over to CLOCK_MONOTONIC; the two reads
+        // are a few hundred ns apart, far below an RTT's resolution that matters here.
+        const std::int64_t age = clock_ns(CLOCK_REALTIME) - *kernel_real;
+        if (age >= 0 && age <= kMaxTimestampAgeNs) {
+          receive_ns = mono - age;
+          kernel_rx = true;
         }
       }
     }

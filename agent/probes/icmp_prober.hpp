@@ -18,6 +18,7 @@
 
 #include "agent/probes/probe_event.hpp"
 #include "platform/spsc_ring.hpp"
+#include "platform/stat_counter.hpp"
 
 namespace vantage::agent::probes {
 
@@ -153,14 +154,8 @@ class IcmpProber {
   struct Family;
   class HandlerMemory;
 
-  class Counter {
-   public:
-    void bump() noexcept { v_.store(v_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed); }
-    std::uint64_t get() const noexcept { return v_.load(std::memory_order_relaxed); }
-
-   private:
-    std::atomic<std::uint64_t> v_{0};
-  };
+  // Single writer (the io_context thread), any reader.
+  using Counter = platform::StatCounter;
 
   IcmpStartResult open_family(Family& family);
   void arm_schedule();

@@ -15,6 +15,9 @@
 #include <span>
 #include <utility>
 
+#include "platform/clock.hpp"
+#include "platform/rx_timestamp.hpp"
+
 namespace vantage::agent::probes {
 namespace {
 
@@ -23,11 +26,9 @@ namespace {
 // again at once while the socket still holds data.
 constexpr int kMaxBatch = 64;
 
+// The reflector's stamps travel as unsigned nanoseconds.
 std::uint64_t now_ns(clockid_t clock) noexcept {
-  timespec ts{};
-  ::clock_gettime(clock, &ts);
-  // tv_sec is 32 bits on armhf: widen before multiplying.
-  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000u + static_cast<std::uint64_t>(ts.tv_nsec);
+  return static_cast<std::uint64_t>(platform::clock_ns(clock));
 }
 
 // Identifies this reflector instance (boot_id) and keys the source tables' hashes. Reads the
@@ -117,9 +118,8 @@ std::error_code Reflector::start() {
     socket_.close(ignored);
     return ec;
   }
-  const int one = 1;
-  const bool kernel = config_.kernel_timestamps && ::setsockopt(socket_.native_handle(), SOL_SOCKET,
-                                                                SO_TIMESTAMPNS, &one, sizeof(one)) == 0;
+  const bool kernel =
+      config_.kernel_timestamps && platform::enable_kernel_rx_timestamps(socket_.native_handle());
   timestamp_source_.store(kernel ? TimestampSource::kKernelRealtime : TimestampSource::kUserMonotonic,
                           std::memory_order_relaxed);
   stopping_ = false;
@@ -194,19 +194,11 @@ void Reflector::on_readable() {
     std::uint64_t rx = mono;
     bool kernel_rx = false;
     if (kernel) {
-      for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
-        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS &&
-            c->cmsg_len >= CMSG_LEN(sizeof(timespec))) {
-          // CMSG_DATA is not guaranteed to be aligned for timespec.
-          timespec ts{};
-          std::memcpy(&ts, CMSG_DATA(c), sizeof(ts));
-          rx =
-              static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000u + static_cast<std::uint64_t>(ts.tv_nsec);
-          kernel_rx = true;
-        }
-      }
-      // A datagram without the stamp still needs rx and tx in the same clock.
-      if (!kernel_rx) {
+      if (const auto stamp = platform::kernel_rx_realtime_ns(msg)) {
+        rx = static_cast<std::uint64_t>(*stamp);
+        kernel_rx = true;
+      } else {
+        // A datagram without the stamp still needs rx and tx in the same clock.
         rx = now_ns(CLOCK_REALTIME);
       }
     }

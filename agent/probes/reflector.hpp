@@ -17,6 +17,7 @@
 #include "agent/probes/probe_packet.hpp"
 #include "agent/probes/source_table.hpp"
 #include "agent/probes/token_bucket.hpp"
+#include "platform/stat_counter.hpp"
 
 namespace vantage::agent::probes {
 
@@ -110,19 +111,8 @@ class Reflector {
     std::uint32_t rx = 0;
   };
 
-  // Written only by the io_context thread and read by anyone. Relaxed is enough: each counter
-  // is a monotonic statistic on its own, no reader infers anything about other memory from
-  // its value, and 64-bit atomics are lock-free on all three targets (ldrexd/strexd on armhf).
-  // The single writer bumps with load + store, avoiding a read-modify-write per packet.
-  class Counter {
-   public:
-    void bump() noexcept { v_.store(v_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed); }
-    std::uint64_t get() const noexcept { return v_.load(std::memory_order_relaxed); }
-
-   private:
-    std::atomic<std::uint64_t> v_{0};
-  };
-  static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
+  // Written only by the io_context thread and read by anyone.
+  using Counter = platform::StatCounter;
 
   void arm();
   void on_readable();

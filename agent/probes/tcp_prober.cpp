@@ -11,19 +11,16 @@
 
 #include <algorithm>
 #include <cmath>
-#include <ctime>
 #include <limits>
 #include <utility>
+
+#include "agent/probes/probe_schedule.hpp"
+#include "platform/clock.hpp"
 
 namespace vantage::agent::probes {
 namespace {
 
-std::int64_t monotonic_ns() noexcept {
-  timespec ts{};
-  ::clock_gettime(CLOCK_MONOTONIC, &ts);
-  // tv_sec is 32 bits on armhf: widen before multiplying.
-  return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
-}
+using platform::monotonic_ns;
 
 // libstdc++'s steady_clock reads CLOCK_MONOTONIC, so event times and timer deadlines share an
 // epoch and a deadline is just send_ns + timeout.
@@ -38,24 +35,6 @@ std::uint64_t seed() noexcept {
   }
   // Without entropy, pid and time still separate agents that started together.
   return static_cast<std::uint64_t>(monotonic_ns()) ^ (static_cast<std::uint64_t>(::getpid()) << 32);
-}
-
-// splitmix64: jitter only needs to decorrelate agents, not to resist prediction.
-std::uint64_t next_random(std::uint64_t& state) noexcept {
-  std::uint64_t z = (state += 0x9e3779b97f4a7c15u);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebu;
-  return z ^ (z >> 31);
-}
-
-// Uniform in [0, 1).
-double unit(std::uint64_t& state) noexcept {
-  return static_cast<double>(next_random(state) >> 11) * 0x1.0p-53;
-}
-
-std::int64_t jittered(std::int64_t interval_ns, double jitter, std::uint64_t& state) noexcept {
-  const double factor = 1.0 + jitter * (2.0 * unit(state) - 1.0);
-  return std::max<std::int64_t>(1, static_cast<std::int64_t>(static_cast<double>(interval_ns) * factor));
 }
 
 bool valid(const TcpProberConfig& c) noexcept {
@@ -167,7 +146,7 @@ std::error_code TcpProber::start() {
     target->config = t;
     target->interval_ns = std::max<std::int64_t>(1, std::llround(1e9 / t.rate_per_s));
     target->next_due_ns =
-        now + static_cast<std::int64_t>(static_cast<double>(target->interval_ns) * unit(rng_state_));
+        now + static_cast<std::int64_t>(static_cast<double>(target->interval_ns) * uniform01(rng_state_));
     // Enough slots for every connect that can still be within its timeout, plus headroom for
     // jitter; a connect's slot is reused only once both of its operations have completed.
     const double in_flight = std::ceil(t.rate_per_s * std::chrono::duration<double>(t.timeout).count());
@@ -239,11 +218,11 @@ void TcpProber::on_schedule() {
       continue;
     }
     launch(*target, now);
-    target->next_due_ns += jittered(target->interval_ns, config_.jitter, rng_state_);
+    target->next_due_ns += jittered_interval(target->interval_ns, config_.jitter, rng_state_);
     // After a stall (suspend, a starved thread) resume the rate from now instead of firing
     // the missed probes back to back.
     if (target->next_due_ns <= now) {
-      target->next_due_ns = now + jittered(target->interval_ns, config_.jitter, rng_state_);
+      target->next_due_ns = now + jittered_interval(target->interval_ns, config_.jitter, rng_state_);
     }
   }
   arm_schedule();

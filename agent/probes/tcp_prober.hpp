@@ -6,7 +6,6 @@
 #include <asio/ip/tcp.hpp>
 #include <asio/steady_timer.hpp>
 
-#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -16,6 +15,7 @@
 
 #include "agent/probes/probe_event.hpp"
 #include "platform/spsc_ring.hpp"
+#include "platform/stat_counter.hpp"
 
 namespace vantage::agent::probes {
 
@@ -85,15 +85,8 @@ class TcpProber {
   struct Target;
   class HandlerMemory;
 
-  // Single writer (the io_context thread), any reader; see Reflector::Counter.
-  class Counter {
-   public:
-    void bump() noexcept { v_.store(v_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed); }
-    std::uint64_t get() const noexcept { return v_.load(std::memory_order_relaxed); }
-
-   private:
-    std::atomic<std::uint64_t> v_{0};
-  };
+  // Single writer (the io_context thread), any reader.
+  using Counter = platform::StatCounter;
 
   void arm_schedule();
   void on_schedule();

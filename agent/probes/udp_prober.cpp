@@ -17,6 +17,10 @@
 #include <span>
 #include <utility>
 
+#include "agent/probes/probe_schedule.hpp"
+#include "platform/clock.hpp"
+#include "platform/rx_timestamp.hpp"
+
 namespace vantage::agent::probes {
 namespace {
 
@@ -25,12 +29,7 @@ namespace {
 constexpr int kMaxBatch = 64;
 constexpr double kMaxRatePerS = 100'000.0;
 
-std::int64_t now_ns(clockid_t clock) noexcept {
-  timespec ts{};
-  ::clock_gettime(clock, &ts);
-  // tv_sec is 32 bits on armhf: widen before multiplying.
-  return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + static_cast<std::int64_t>(ts.tv_nsec);
-}
+using platform::clock_ns;
 
 std::uint64_t random_seed() noexcept {
   std::uint64_t v = 0;
@@ -38,21 +37,8 @@ std::uint64_t random_seed() noexcept {
     return v;
   }
   // Without the entropy pool, time still separates agents started at different instants.
-  return static_cast<std::uint64_t>(now_ns(CLOCK_REALTIME)) ^
-         static_cast<std::uint64_t>(now_ns(CLOCK_MONOTONIC));
-}
-
-// splitmix64: a full-period 64-bit generator; jitter needs spread, not cryptographic quality.
-std::uint64_t next_random(std::uint64_t& state) noexcept {
-  std::uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
-
-// Uniform in [0, 1) from the top 53 bits.
-double uniform01(std::uint64_t& state) noexcept {
-  return static_cast<double>(next_random(state) >> 11) * 0x1.0p-53;
+  return static_cast<std::uint64_t>(clock_ns(CLOCK_REALTIME)) ^
+         static_cast<std::uint64_t>(clock_ns(CLOCK_MONOTONIC));
 }
 
 bool valid(const UdpProbeTarget& t) noexcept {
@@ -128,7 +114,7 @@ std::error_code UdpProber::start() {
   receive_buffer_.assign(max_payload + 1, std::byte{0});
   rng_state_ = config_.jitter_seed != 0 ? config_.jitter_seed : random_seed();
 
-  const std::int64_t now = now_ns(CLOCK_MONOTONIC);
+  const std::int64_t now = clock_ns(CLOCK_MONOTONIC);
   targets_.clear();
   targets_.reserve(config_.targets.size());
   for (const UdpProbeTarget& t : config_.targets) {
@@ -197,9 +183,8 @@ std::error_code UdpProber::open(Socket& s, bool v6) {
   if (ec) {
     return ec;
   }
-  const int one = 1;
-  s.kernel_timestamps = config_.kernel_timestamps && ::setsockopt(s.socket.native_handle(), SOL_SOCKET,
-                                                                  SO_TIMESTAMPNS, &one, sizeof(one)) == 0;
+  s.kernel_timestamps =
+      config_.kernel_timestamps && platform::enable_kernel_rx_timestamps(s.socket.native_handle());
   s.dscp = 0;
   return {};
 }
@@ -232,7 +217,7 @@ void UdpProber::arm_timer() {
 }
 
 void UdpProber::on_timer() {
-  const std::int64_t now = now_ns(CLOCK_MONOTONIC);
+  const std::int64_t now = clock_ns(CLOCK_MONOTONIC);
   for (TargetState& t : targets_) {
     if (t.done || t.next_send_ns > now) {
       continue;
@@ -274,7 +259,7 @@ void UdpProber::send_probe(TargetState& t) {
   header.sender_id = config_.sender_id;
   // Read as late as possible so the RTT excludes encoding; the few bytes written after the
   // read are the send time itself.
-  event.send_ns = now_ns(CLOCK_MONOTONIC);
+  event.send_ns = clock_ns(CLOCK_MONOTONIC);
   header.send_ns = static_cast<std::uint64_t>(event.send_ns);
   const std::size_t size = encode_request(header, send_buffer_, t.config.payload_size);
   const ssize_t n =
@@ -324,28 +309,20 @@ void UdpProber::on_readable(Socket& s) {
       }
       return;
     }
-    const std::int64_t read_ns = now_ns(CLOCK_MONOTONIC);
+    const std::int64_t read_ns = clock_ns(CLOCK_MONOTONIC);
     std::int64_t receive_ns = read_ns;
     bool kernel_rx = false;
     if (s.kernel_timestamps) {
-      for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
-        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS &&
-            c->cmsg_len >= CMSG_LEN(sizeof(timespec))) {
-          // CMSG_DATA is not guaranteed to be aligned for timespec.
-          timespec ts{};
-          std::memcpy(&ts, CMSG_DATA(c), sizeof(ts));
-          const std::int64_t stamp_rt =
-              static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + static_cast<std::int64_t>(ts.tv_nsec);
-          // realtime - monotonic, with the realtime read bracketed by two monotonic reads.
-          const std::int64_t rt = now_ns(CLOCK_REALTIME);
-          const std::int64_t mono_after = now_ns(CLOCK_MONOTONIC);
-          const std::int64_t offset = rt - (read_ns + (mono_after - read_ns) / 2);
-          const std::int64_t converted = stamp_rt - offset;
-          // A stamp after the read can only come from a realtime step: keep the read time.
-          if (converted <= mono_after) {
-            receive_ns = converted;
-            kernel_rx = true;
-          }
+      if (const auto stamp_rt = platform::kernel_rx_realtime_ns(msg)) {
+        // realtime - monotonic, with the realtime read bracketed by two monotonic reads.
+        const std::int64_t rt = clock_ns(CLOCK_REALTIME);
+        const std::int64_t mono_after = clock_ns(CLOCK_MONOTONIC);
+        const std::int64_t offset = rt - (read_ns + (mono_after - read_ns) / 2);
+        const std::int64_t converted = *stamp_rt - offset;
+        // A stamp after the read can only come from a realtime step: keep the read time.
+        if (converted <= mono_after) {
+          receive_ns = converted;
+          kernel_rx = true;
         }
       }
     }

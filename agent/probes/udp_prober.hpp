@@ -17,6 +17,7 @@
 #include "agent/probes/probe_event.hpp"
 #include "agent/probes/probe_packet.hpp"
 #include "platform/spsc_ring.hpp"
+#include "platform/stat_counter.hpp"
 
 namespace vantage::agent::probes {
 
@@ -112,16 +113,8 @@ class UdpProber {
   UdpProberCounters counters() const noexcept;
 
  private:
-  // Single writer (the io_context thread), any reader: relaxed, as in the Reflector.
-  class Counter {
-   public:
-    void bump() noexcept { v_.store(v_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed); }
-    std::uint64_t get() const noexcept { return v_.load(std::memory_order_relaxed); }
-
-   private:
-    std::atomic<std::uint64_t> v_{0};
-  };
-  static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
+  // Single writer (the io_context thread), any reader.
+  using Counter = platform::StatCounter;
 
   struct TargetState {
     UdpProbeTarget config;

@@ -22,6 +22,8 @@
 
 namespace vantage::agent::probes {
 
+class HandlerMemory;  // handler_memory.hpp
+
 // Our payload: cookie (8) | send_ns (8) | target (4) | zero (4), then padding up to the size.
 inline constexpr std::size_t kIcmpMinPayload = 24;
 inline constexpr std::size_t kIcmpMaxPayload = 1452;  // fits a 1500-byte MTU over IPv6
@@ -152,7 +154,6 @@ class IcmpProber {
  private:
   struct Target;
   struct Family;
-  class HandlerMemory;
 
   // Single writer (the io_context thread), any reader.
   using Counter = platform::StatCounter;

@@ -14,6 +14,7 @@
 #include <limits>
 #include <utility>
 
+#include "agent/probes/handler_memory.hpp"
 #include "agent/probes/probe_schedule.hpp"
 #include "platform/clock.hpp"
 
@@ -45,60 +46,6 @@ bool valid(const TcpProberConfig& c) noexcept {
     return t.rate_per_s > 0.0 && t.rate_per_s <= kMaxTcpRatePerS && t.timeout.count() > 0 && t.dscp <= 63 &&
            t.endpoint.port() != 0;
   });
-}
-
-}  // namespace
-
-// Storage for one outstanding operation's handler, so arming a connect or a timer never
-// reaches the heap. Asio frees the handler's memory before invoking it, so the handler may
-// immediately start the next operation of the same kind in the same block.
-class TcpProber::HandlerMemory {
- public:
-  void* allocate(std::size_t size) {
-    if (!in_use_ && size <= sizeof(storage_)) {
-      in_use_ = true;
-      return storage_;
-    }
-    // Only if Asio's operation outgrows the block (a different Asio version): still correct.
-    return ::operator new(size);
-  }
-  void deallocate(void* p) noexcept {
-    if (p == storage_) {
-      in_use_ = false;
-    } else {
-      ::operator delete(p);
-    }
-  }
-
- private:
-  alignas(std::max_align_t) unsigned char storage_[256];
-  bool in_use_ = false;
-};
-
-namespace {
-
-template <typename T, typename Memory>
-class HandlerAllocator {
- public:
-  using value_type = T;
-  explicit HandlerAllocator(Memory& memory) noexcept : memory_(&memory) {}
-  template <typename U>
-  HandlerAllocator(const HandlerAllocator<U, Memory>& other) noexcept : memory_(other.memory()) {}
-  T* allocate(std::size_t n) { return static_cast<T*>(memory_->allocate(sizeof(T) * n)); }
-  void deallocate(T* p, std::size_t) noexcept { memory_->deallocate(p); }
-  Memory* memory() const noexcept { return memory_; }
-  template <typename U>
-  bool operator==(const HandlerAllocator<U, Memory>& other) const noexcept {
-    return memory_ == other.memory();
-  }
-
- private:
-  Memory* memory_;
-};
-
-template <typename Memory, typename Handler>
-auto with_memory(Memory& memory, Handler&& handler) {
-  return asio::bind_allocator(HandlerAllocator<int, Memory>(memory), std::forward<Handler>(handler));
 }
 
 }  // namespace

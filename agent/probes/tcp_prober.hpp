@@ -19,6 +19,8 @@
 
 namespace vantage::agent::probes {
 
+class HandlerMemory;  // handler_memory.hpp
+
 struct TcpTarget {
   std::uint32_t target = 0;  // copied into every event (index into the agent's target list)
   asio::ip::tcp::endpoint endpoint;
@@ -83,7 +85,6 @@ class TcpProber {
  private:
   struct Slot;
   struct Target;
-  class HandlerMemory;
 
   // Single writer (the io_context thread), any reader.
   using Counter = platform::StatCounter;

@@ -23,6 +23,7 @@
 
 #include "agent/probes/probe_packet.hpp"
 #include "agent/probes/reflector.hpp"
+#include "tests/agent/probes/running_reflector.hpp"
 
 namespace {
 
@@ -36,6 +37,7 @@ using probes::Reflector;
 using probes::ReflectorConfig;
 using probes::ReflectorCounters;
 using probes::TimestampSource;
+using probes::test::RunningReflector;
 
 using Bytes = std::vector<std::byte>;
 
@@ -89,50 +91,6 @@ class Peer {
  private:
   asio::io_context io_;
   udp::socket socket_;
-};
-
-// A started Reflector whose io_context runs on its own thread, stopped and joined on scope exit.
-class RunningReflector {
- public:
-  explicit RunningReflector(ReflectorConfig config) : reflector_(io_, std::move(config)) {
-    const std::error_code ec = reflector_.start();
-    REQUIRE_MESSAGE(!ec, ec.message());
-    thread_ = std::thread([this] { io_.run(); });
-  }
-  ~RunningReflector() {
-    reflector_.stop();
-    thread_.join();
-  }
-  RunningReflector(const RunningReflector&) = delete;
-  RunningReflector& operator=(const RunningReflector&) = delete;
-
-  Reflector& operator*() { return reflector_; }
-  Reflector* operator->() { return &reflector_; }
-
-  // The reflector's port at the given loopback address.
-  udp::endpoint target(const std::string& address) {
-    return udp::endpoint(asio::ip::make_address(address), reflector_.local_endpoint().port());
-  }
-
-  // Counters once the reflector has read `received` datagrams and finished handling them (or
-  // after a long timeout). A reply can reach the test before the reflector counts it as sent.
-  ReflectorCounters counters_after(std::uint64_t received) {
-    const auto deadline = std::chrono::steady_clock::now() + kReplyTimeout;
-    for (;;) {
-      const ReflectorCounters c = reflector_.counters();
-      const std::uint64_t handled = c.replied + c.dropped_short + c.dropped_malformed + c.dropped_foreign +
-                                    c.dropped_rate_limited + c.send_errors;
-      if ((c.received >= received && handled >= received) || std::chrono::steady_clock::now() >= deadline) {
-        return c;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
-  }
-
- private:
-  asio::io_context io_;
-  Reflector reflector_;
-  std::thread thread_;
 };
 
 ReflectorConfig loopback_config(const std::string& address) {

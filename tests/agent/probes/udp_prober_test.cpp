@@ -23,6 +23,7 @@
 #include "agent/probes/reflector.hpp"
 #include "agent/probes/udp_prober.hpp"
 #include "platform/spsc_ring.hpp"
+#include "tests/agent/probes/running_reflector.hpp"
 #include "tests/agent/probes/udp_relay.hpp"
 
 namespace {
@@ -37,6 +38,7 @@ using probes::UdpProber;
 using probes::UdpProberConfig;
 using probes::UdpProbeTarget;
 using probes::test::RelayDirection;
+using probes::test::RunningReflector;
 using probes::test::UdpRelay;
 using probes::test::UdpRelayConfig;
 using EventRing = vantage::platform::SpscRing<ProbeEvent>;
@@ -46,38 +48,16 @@ using namespace std::chrono_literals;
 constexpr auto kDeadline = 10s;
 constexpr std::uint64_t kSenderId = 0x5e11de7;
 
-// A Reflector on a loopback address whose io_context runs on its own thread.
-class RunningReflector {
- public:
-  explicit RunningReflector(const std::string& address) : reflector_(io_, config(address)) {
-    const std::error_code ec = reflector_.start();
-    REQUIRE_MESSAGE(!ec, ec.message());
-    thread_ = std::thread([this] { io_.run(); });
-  }
-  ~RunningReflector() {
-    reflector_.stop();
-    thread_.join();
-  }
-  RunningReflector(const RunningReflector&) = delete;
-  RunningReflector& operator=(const RunningReflector&) = delete;
-
-  Reflector* operator->() { return &reflector_; }
-  udp::endpoint endpoint() const { return reflector_.local_endpoint(); }
-
- private:
-  static ReflectorConfig config(const std::string& address) {
-    ReflectorConfig c;
-    c.bind_address = address;
-    c.port = 0;
-    // The tests probe faster than the production default allows one source.
-    c.rate_limit = {.rate_per_s = 10'000, .burst = 1'000};
-    return c;
-  }
-
-  asio::io_context io_;
-  Reflector reflector_;
-  std::thread thread_;
-};
+// A reflector on a loopback address that lets the tests probe faster than the production
+// default allows one source.
+ReflectorConfig fast_loopback(const std::string& address) {
+  ReflectorConfig c;
+  c.bind_address = address;
+  c.port = 0;
+  // The tests probe faster than the production default allows one source.
+  c.rate_limit = {.rate_per_s = 10'000, .burst = 1'000};
+  return c;
+}
 
 // A started UdpProber on its own io_context thread; the test thread is the ring's consumer.
 class RunningProber {
@@ -167,7 +147,7 @@ TEST_CASE("udp prober: echo against a reflector, every probe answered once, in o
   constexpr std::uint64_t kProbes = 20;
   for (const std::string address : {"127.0.0.1", "::1"}) {
     CAPTURE(address);
-    RunningReflector reflector(address);
+    RunningReflector reflector(fast_loopback(address));
     RunningProber prober(one_target(reflector.endpoint(), 200, kProbes));
     REQUIRE(prober.collect_until([&] { return prober.count(ProbeEventKind::kReply) >= kProbes; }));
 
@@ -215,7 +195,7 @@ TEST_CASE("udp prober: RTT through a relay adding 20 ms +- 2 ms matches the dela
   constexpr std::uint64_t kProbes = 25;
   for (const std::string address : {"127.0.0.1", "::1"}) {
     CAPTURE(address);
-    RunningReflector reflector(address);
+    RunningReflector reflector(fast_loopback(address));
     UdpRelayConfig rc;
     rc.upstream = reflector.endpoint();
     rc.outbound.base_delay = 10ms;
@@ -279,7 +259,7 @@ TEST_CASE("udp prober: injected loss, duplication and reordering show up exactly
   const std::set<std::uint64_t> dup_in{8, 17};
   const std::set<std::uint64_t> reorder_in{9, 21};
 
-  RunningReflector reflector("127.0.0.1");
+  RunningReflector reflector(fast_loopback("127.0.0.1"));
   UdpRelayConfig rc;
   rc.upstream = reflector.endpoint();
   rc.outbound.base_delay = 1ms;
@@ -382,7 +362,7 @@ TEST_CASE("udp prober: injected loss, duplication and reordering show up exactly
 
 TEST_CASE("udp prober: a full event ring drops and counts instead of blocking") {
   constexpr std::uint64_t kProbes = 20;
-  RunningReflector reflector("127.0.0.1");
+  RunningReflector reflector(fast_loopback("127.0.0.1"));
   RunningProber prober(one_target(reflector.endpoint(), 500, kProbes), 4);
   // Nobody consumes: the prober must keep probing and answering with the ring full.
   const auto deadline = std::chrono::steady_clock::now() + kDeadline;
@@ -405,8 +385,8 @@ TEST_CASE("udp prober: send times are jittered around the configured rate") {
   constexpr std::uint64_t kProbes = 60;
   constexpr double kRate = 100;
   constexpr std::int64_t kInterval = 10'000'000;
-  RunningReflector reflector("127.0.0.1");
-  RunningReflector other("127.0.0.1");
+  RunningReflector reflector(fast_loopback("127.0.0.1"));
+  RunningReflector other(fast_loopback("127.0.0.1"));
   UdpProberConfig config = one_target(reflector.endpoint(), kRate, kProbes);
   // A second target at the same rate, to see the two are not sent in step.
   UdpProbeTarget second = config.targets[0];

@@ -23,6 +23,7 @@
 #include "agent/probes/handler_memory.hpp"
 #include "agent/probes/probe_schedule.hpp"
 #include "platform/clock.hpp"
+#include "platform/receive_datagram.hpp"
 #include "platform/rx_timestamp.hpp"
 
 namespace vantage::agent::probes {
@@ -486,20 +487,10 @@ void IcmpProber::arm_receive(Family& family) {
 
 void IcmpProber::on_readable(Family& family) {
   for (int i = 0; i < kMaxBatch; ++i) {
-    iovec iov{family.rx.data(), family.rx.size()};
-    msghdr msg{};
-    msg.msg_name = &family.peer;
-    msg.msg_namelen = sizeof(family.peer);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = family.control.data();
-    msg.msg_controllen = family.control.size();
-    const ssize_t n = ::recvmsg(family.descriptor.native_handle(), &msg, MSG_DONTWAIT);
-    if (n < 0) {
-      if (errno == EINTR) {
-        continue;
-      }
-      if (errno != EAGAIN && errno != EWOULDBLOCK) {
+    const platform::ReceivedDatagram d =
+        platform::receive_datagram(family.descriptor.native_handle(), family.rx, family.peer, family.control);
+    if (d.status != platform::ReceivedDatagram::Status::kDatagram) {
+      if (d.status == platform::ReceivedDatagram::Status::kError) {
         receive_errors_.bump();
       }
       return;
@@ -508,7 +499,7 @@ void IcmpProber::on_readable(Family& family) {
     std::int64_t receive_ns = mono;
     bool kernel_rx = false;
     if (family.kernel_ts) {
-      if (const auto kernel_real = platform::kernel_rx_realtime_ns(msg)) {
+      if (const auto kernel_real = d.kernel_realtime_ns) {
         // The kernel stamps in CLOCK_REALTIME. Its age, measured against a realtime read
         // taken next to the monotonic one, carries over to CLOCK_MONOTONIC; the two reads
         // are a few hundred ns apart, far below an RTT's resolution that matters here.
@@ -519,11 +510,11 @@ void IcmpProber::on_readable(Family& family) {
         }
       }
     }
-    if ((msg.msg_flags & MSG_TRUNC) != 0) {
+    if (d.truncated) {
       dropped_malformed_.bump();
       continue;
     }
-    handle_reply(family, static_cast<std::size_t>(n), receive_ns, kernel_rx);
+    handle_reply(family, d.size, receive_ns, kernel_rx);
   }
 }
 

@@ -16,6 +16,7 @@
 #include <utility>
 
 #include "platform/clock.hpp"
+#include "platform/receive_datagram.hpp"
 #include "platform/rx_timestamp.hpp"
 
 namespace vantage::agent::probes {
@@ -172,20 +173,11 @@ void Reflector::arm() {
 void Reflector::on_readable() {
   const bool kernel = timestamp_source() == TimestampSource::kKernelRealtime;
   for (int i = 0; i < kMaxBatch; ++i) {
-    iovec iov{buffer_.data(), buffer_.size()};
-    msghdr msg{};
-    msg.msg_name = &peer_;
-    msg.msg_namelen = sizeof(peer_);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control_.data();
-    msg.msg_controllen = control_.size();
-    const ssize_t n = ::recvmsg(socket_.native_handle(), &msg, MSG_DONTWAIT);
-    if (n < 0) {
-      if (errno == EINTR) {
-        continue;
-      }
-      if (errno != EAGAIN && errno != EWOULDBLOCK) {
+    const platform::ReceivedDatagram d =
+        platform::receive_datagram(socket_.native_handle(), buffer_, peer_,
+                                   kernel ? std::span<unsigned char>(control_) : std::span<unsigned char>());
+    if (d.status != platform::ReceivedDatagram::Status::kDatagram) {
+      if (d.status == platform::ReceivedDatagram::Status::kError) {
         receive_errors_.bump();
       }
       return;
@@ -194,16 +186,16 @@ void Reflector::on_readable() {
     std::uint64_t rx = mono;
     bool kernel_rx = false;
     if (kernel) {
-      if (const auto stamp = platform::kernel_rx_realtime_ns(msg)) {
-        rx = static_cast<std::uint64_t>(*stamp);
+      if (d.kernel_realtime_ns) {
+        rx = static_cast<std::uint64_t>(*d.kernel_realtime_ns);
         kernel_rx = true;
       } else {
         // A datagram without the stamp still needs rx and tx in the same clock.
         rx = now_ns(CLOCK_REALTIME);
       }
     }
-    peer_len_ = msg.msg_namelen;
-    handle_datagram(static_cast<std::size_t>(n), (msg.msg_flags & MSG_TRUNC) != 0, mono, rx, kernel_rx);
+    peer_len_ = d.peer_len;
+    handle_datagram(d.size, d.truncated, mono, rx, kernel_rx);
   }
 }
 

@@ -19,6 +19,7 @@
 
 #include "agent/probes/probe_schedule.hpp"
 #include "platform/clock.hpp"
+#include "platform/receive_datagram.hpp"
 #include "platform/rx_timestamp.hpp"
 
 namespace vantage::agent::probes {
@@ -291,20 +292,11 @@ void UdpProber::arm_read(Socket& s) {
 
 void UdpProber::on_readable(Socket& s) {
   for (int i = 0; i < kMaxBatch; ++i) {
-    iovec iov{receive_buffer_.data(), receive_buffer_.size()};
-    msghdr msg{};
-    msg.msg_name = &peer_;
-    msg.msg_namelen = sizeof(peer_);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control_.data();
-    msg.msg_controllen = s.kernel_timestamps ? control_.size() : 0;
-    const ssize_t n = ::recvmsg(s.socket.native_handle(), &msg, MSG_DONTWAIT);
-    if (n < 0) {
-      if (errno == EINTR) {
-        continue;
-      }
-      if (errno != EAGAIN && errno != EWOULDBLOCK) {
+    const platform::ReceivedDatagram d = platform::receive_datagram(
+        s.socket.native_handle(), receive_buffer_, peer_,
+        s.kernel_timestamps ? std::span<unsigned char>(control_) : std::span<unsigned char>());
+    if (d.status != platform::ReceivedDatagram::Status::kDatagram) {
+      if (d.status == platform::ReceivedDatagram::Status::kError) {
         receive_errors_.bump();
       }
       return;
@@ -313,7 +305,7 @@ void UdpProber::on_readable(Socket& s) {
     std::int64_t receive_ns = read_ns;
     bool kernel_rx = false;
     if (s.kernel_timestamps) {
-      if (const auto stamp_rt = platform::kernel_rx_realtime_ns(msg)) {
+      if (const auto stamp_rt = d.kernel_realtime_ns) {
         // realtime - monotonic, with the realtime read bracketed by two monotonic reads.
         const std::int64_t rt = clock_ns(CLOCK_REALTIME);
         const std::int64_t mono_after = clock_ns(CLOCK_MONOTONIC);
@@ -326,8 +318,7 @@ void UdpProber::on_readable(Socket& s) {
         }
       }
     }
-    handle_reply(static_cast<std::size_t>(n), (msg.msg_flags & MSG_TRUNC) != 0, receive_ns, kernel_rx,
-                 read_ns);
+    handle_reply(d.size, d.truncated, receive_ns, kernel_rx, read_ns);
   }
 }
 

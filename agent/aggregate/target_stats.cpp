@@ -436,17 +436,44 @@ flatbuffers::Offset<wire::LatencySummary> build_latency_summary(flatbuffers::Fla
     summary.rtt.for_each_nonzero(
         [&out](SparseBucket bucket) { *out++ = wire::HistogramBucket(bucket.index, bucket.count); });
   }
-  return wire::CreateLatencySummary(
-      fbb, name, to_wire(summary.protocol), to_wire_count(summary.sent), to_wire_count(summary.received),
-      to_wire_count(summary.lost), to_wire_count(summary.late), to_wire_count(summary.reordered),
-      to_wire_count(summary.duplicates), to_wire_count(summary.lost_outbound),
-      to_wire_count(summary.lost_inbound), to_wire_ns(summary.min_ns), to_wire_ns(summary.max_ns),
-      summary.mean_ns, summary.stddev_ns, to_wire_ns(summary.p50_ns), to_wire_ns(summary.p90_ns),
-      to_wire_ns(summary.p99_ns), to_wire_ns(summary.p999_ns), summary.jitter_mean_ns,
-      to_wire_ns(summary.jitter_p99_ns),
-      summary.timestamp_source == TimestampSource::kKernel ? wire::TimestampSource::Kernel
-                                                           : wire::TimestampSource::Userspace,
-      scheme, histogram);
+  // The builder rather than CreateLatencySummary: thirty positional arguments of mostly the
+  // same type would let a swapped pair compile. Wide fields first, as the generated Create
+  // functions do, so the table needs no alignment padding.
+  wire::LatencySummaryBuilder out(fbb);
+  out.add_min_ns(to_wire_ns(summary.min_ns));
+  out.add_max_ns(to_wire_ns(summary.max_ns));
+  out.add_mean_ns(summary.mean_ns);
+  out.add_stddev_ns(summary.stddev_ns);
+  out.add_p50_ns(to_wire_ns(summary.p50_ns));
+  out.add_p90_ns(to_wire_ns(summary.p90_ns));
+  out.add_p99_ns(to_wire_ns(summary.p99_ns));
+  out.add_p999_ns(to_wire_ns(summary.p999_ns));
+  out.add_jitter_mean_ns(summary.jitter_mean_ns);
+  out.add_jitter_p99_ns(to_wire_ns(summary.jitter_p99_ns));
+  out.add_target(name);
+  out.add_sent(to_wire_count(summary.sent));
+  out.add_received(to_wire_count(summary.received));
+  out.add_lost(to_wire_count(summary.lost));
+  out.add_late(to_wire_count(summary.late));
+  out.add_reordered(to_wire_count(summary.reordered));
+  out.add_duplicates(to_wire_count(summary.duplicates));
+  out.add_lost_outbound(to_wire_count(summary.lost_outbound));
+  out.add_lost_inbound(to_wire_count(summary.lost_inbound));
+  out.add_histogram(histogram);
+  out.add_send_errors(to_wire_count(summary.send_errors));
+  out.add_unexpected(to_wire_count(summary.unexpected));
+  out.add_invalid(to_wire_count(summary.invalid));
+  out.add_reflector_restarts(to_wire_count(summary.reflector_restarts));
+  out.add_session_resets(to_wire_count(summary.session_resets));
+  out.add_ipdv_count(to_wire_count(summary.ipdv_count));
+  out.add_histogram_overflow(to_wire_count(summary.rtt.overflow()));
+  out.add_histogram_dropped(to_wire_count(summary.rtt.dropped()));
+  out.add_protocol(to_wire(summary.protocol));
+  out.add_timestamp_source(summary.timestamp_source == TimestampSource::kKernel
+                               ? wire::TimestampSource::Kernel
+                               : wire::TimestampSource::Userspace);
+  out.add_histogram_scheme(scheme);
+  return out.Finish();
 }
 
 }  // namespace vantage::agent::aggregate

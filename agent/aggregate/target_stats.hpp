@@ -216,7 +216,8 @@ class TargetStats {
 // Appends a wire::LatencySummary for summary to fbb. target is the label to ship (host:port
 // or a pseudonym). Counters above the wire's 32 bits saturate; the histogram goes as sparse
 // buckets with histogram_scheme = LatencyHistogram::kScheme, or scheme 0 and no vector when
-// the interval had no RTT. Counters the schema does not have yet are not written.
+// the interval had no RTT. Every counter of IntervalSummary is written, plus the RTT
+// histogram's overflow() and dropped() so a receiver can rebuild it with from_sparse().
 flatbuffers::Offset<wire::LatencySummary> build_latency_summary(flatbuffers::FlatBufferBuilder& fbb,
                                                                 std::string_view target,
                                                                 const IntervalSummary& summary);

@@ -118,6 +118,15 @@ void check_batch(const Bytes& b) {
   REQUIRE(udp->histogram()->size() == 3);
   CHECK(udp->histogram()->Get(1)->index() == 301);
   CHECK(udp->histogram()->Get(1)->count() == 90);
+  // Fields appended after the first version are absent from its buffers and read as 0.
+  CHECK(udp->send_errors() == 0);
+  CHECK(udp->unexpected() == 0);
+  CHECK(udp->invalid() == 0);
+  CHECK(udp->reflector_restarts() == 0);
+  CHECK(udp->session_resets() == 0);
+  CHECK(udp->ipdv_count() == 0);
+  CHECK(udp->histogram_overflow() == 0);
+  CHECK(udp->histogram_dropped() == 0);
   const auto* tcp = batch->latency()->Get(1);
   CHECK(tcp->protocol() == wire::Protocol::TcpConnect);
   CHECK(tcp->histogram() == nullptr);  // absent vector: the reader must cope

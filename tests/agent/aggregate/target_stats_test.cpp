@@ -529,8 +529,12 @@ TEST_CASE("the wire LatencySummary passes the verifier and round-trips") {
       stats.on_event(e);
     }
   }
+  stats.on_event(send_error(200));                    // a probe that never left the host
+  stats.on_event(reply(5000, 190 * kMs, 1'000'000));  // never sent
   const IntervalSummary s = stats.close_interval(1000 * kMs);
   REQUIRE(s.lost == 4);
+  REQUIRE(s.send_errors == 1);
+  REQUIRE(s.unexpected == 1);
 
   flatbuffers::FlatBufferBuilder fbb;
   std::vector<flatbuffers::Offset<wire::LatencySummary>> latency{
@@ -560,6 +564,15 @@ TEST_CASE("the wire LatencySummary passes the verifier and round-trips") {
   CHECK(l->jitter_p99_ns() == static_cast<std::int64_t>(s.jitter_p99_ns));
   CHECK(l->timestamp_source() == wire::TimestampSource::Kernel);
   CHECK(l->histogram_scheme() == LatencyHistogram::kScheme);
+  CHECK(l->send_errors() == 1);
+  CHECK(l->unexpected() == 1);
+  CHECK(l->invalid() == 0);
+  CHECK(l->reflector_restarts() == 0);
+  CHECK(l->session_resets() == 0);
+  CHECK(l->ipdv_count() == s.ipdv_count);
+  CHECK(l->ipdv_count() == 195);  // consecutive pairs among the 196 received
+  CHECK(l->histogram_overflow() == 0);
+  CHECK(l->histogram_dropped() == 0);
 
   // The buckets rebuild the same histogram on the collector side.
   std::vector<vantage::agent::SparseBucket> buckets;
@@ -572,6 +585,8 @@ TEST_CASE("the wire LatencySummary passes the verifier and round-trips") {
   hs.max_ns = static_cast<std::uint64_t>(l->max_ns());
   hs.mean_ns = l->mean_ns();
   hs.stddev_ns = l->stddev_ns();
+  hs.overflow = l->histogram_overflow();
+  hs.dropped = l->histogram_dropped();
   const auto rebuilt = LatencyHistogram::from_sparse(hs, buckets);
   REQUIRE(rebuilt);
   CHECK(rebuilt.histogram->percentile(99.0) == s.p99_ns);
@@ -586,4 +601,49 @@ TEST_CASE("the wire LatencySummary passes the verifier and round-trips") {
   flatbuffers::FlatBufferBuilder saturated;
   saturated.Finish(build_latency_summary(saturated, "x", huge));
   CHECK(flatbuffers::GetRoot<wire::LatencySummary>(saturated.GetBufferPointer())->sent() == UINT32_MAX);
+}
+
+TEST_CASE("every counter reaches its own wire field, saturating at 32 bits") {
+  // Distinct values per field, so a field written into its neighbour's slot shows up.
+  IntervalSummary in;
+  in.send_errors = 11;
+  in.unexpected = 12;
+  in.invalid = 13;
+  in.reflector_restarts = 14;
+  in.session_resets = 15;
+  in.ipdv_count = 16;
+  in.rtt.record(5 * kMs);
+  in.rtt.record(LatencyHistogram::kOverflowThreshold + 1);
+  in.rtt.record(LatencyHistogram::kOverflowThreshold * 2);
+  in.rtt.record_signed(-1);
+
+  flatbuffers::FlatBufferBuilder fbb;
+  fbb.Finish(build_latency_summary(fbb, "x", in));
+  flatbuffers::Verifier verifier(fbb.GetBufferPointer(), fbb.GetSize());
+  REQUIRE(verifier.VerifyBuffer<wire::LatencySummary>(nullptr));
+  const auto* l = flatbuffers::GetRoot<wire::LatencySummary>(fbb.GetBufferPointer());
+  CHECK(l->send_errors() == 11);
+  CHECK(l->unexpected() == 12);
+  CHECK(l->invalid() == 13);
+  CHECK(l->reflector_restarts() == 14);
+  CHECK(l->session_resets() == 15);
+  CHECK(l->ipdv_count() == 16);
+  CHECK(l->histogram_overflow() == 2);
+  CHECK(l->histogram_dropped() == 1);
+  CHECK(l->histogram()->size() == 2);
+
+  IntervalSummary huge;
+  huge.send_errors = huge.unexpected = huge.invalid = std::uint64_t{1} << 33;
+  huge.reflector_restarts = huge.session_resets = huge.ipdv_count = UINT64_MAX;
+  flatbuffers::FlatBufferBuilder saturated;
+  saturated.Finish(build_latency_summary(saturated, "x", huge));
+  const auto* h = flatbuffers::GetRoot<wire::LatencySummary>(saturated.GetBufferPointer());
+  CHECK(h->send_errors() == UINT32_MAX);
+  CHECK(h->unexpected() == UINT32_MAX);
+  CHECK(h->invalid() == UINT32_MAX);
+  CHECK(h->reflector_restarts() == UINT32_MAX);
+  CHECK(h->session_resets() == UINT32_MAX);
+  CHECK(h->ipdv_count() == UINT32_MAX);
+  CHECK(h->histogram_overflow() == 0);
+  CHECK(h->histogram_dropped() == 0);
 }

@@ -22,12 +22,15 @@ as_root() {
 }
 
 # Host tools, cross compilers and QEMU, and the header-only libraries (Multi-Arch: foreign or
-# arch-independent, so the host's copy serves every target).
+# arch-independent, so the host's copy serves every target). python3 checks the agent's JSON in
+# tests; iproute2 makes the network namespaces; irtt and collectd-core are the peers that
+# bench/ measures the agent against (liboping0: collectd's ping plugin, only Recommended).
 host_packages=(
   build-essential cmake ninja-build pkg-config file dpkg-dev ca-certificates
   g++-aarch64-linux-gnu g++-arm-linux-gnueabihf qemu-user-static
   libasio-dev flatbuffers-compiler libflatbuffers-dev doctest-dev
   libboost-dev libreaderwriterqueue-dev
+  python3 iproute2 irtt collectd-core liboping0
 )
 foreign_arches=(arm64 armhf)
 

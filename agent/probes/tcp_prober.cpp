@@ -107,6 +107,7 @@ std::error_code TcpProber::start() {
     targets_.push_back(std::move(target));
   }
   stopping_ = false;
+  sending_stopped_ = false;
   if (!targets_.empty()) {
     arm_schedule();
   }
@@ -127,6 +128,13 @@ void TcpProber::stop() {
         }
       }
     }
+  });
+}
+
+void TcpProber::stop_sending() {
+  asio::post(io_, [this] {
+    sending_stopped_ = true;
+    schedule_timer_.cancel();
   });
 }
 
@@ -152,7 +160,7 @@ void TcpProber::arm_schedule() {
   }
   schedule_timer_.expires_at(at(earliest));
   schedule_timer_.async_wait(with_memory(*schedule_memory_, [this](const std::error_code& ec) {
-    if (!ec && !stopping_) {
+    if (!ec && !stopping_ && !sending_stopped_) {
       on_schedule();
     }
   }));

@@ -80,6 +80,10 @@ class TcpProber {
   // io_context's thread. Idempotent.
   void stop();
 
+  // Starts no further connects; those in flight still complete, fail or time out with their
+  // events, so a measurement ends with every probe resolved. Posted like stop(); idempotent.
+  void stop_sending();
+
   TcpProberCounters counters() const noexcept;
 
  private:
@@ -104,6 +108,7 @@ class TcpProber {
   std::vector<std::unique_ptr<Target>> targets_;
   std::uint64_t rng_state_;
   bool stopping_ = false;
+  bool sending_stopped_ = false;
 
   Counter sent_, established_, refused_, connect_errors_, timeouts_, open_errors_, slots_busy_, ring_full_;
 };

@@ -129,6 +129,7 @@ std::error_code UdpProber::start() {
   }
 
   stopping_ = false;
+  sending_stopped_ = false;
   if (any_v4) {
     arm_read(v4_);
   }
@@ -146,6 +147,13 @@ void UdpProber::stop() {
     std::error_code ignored;
     v4_.socket.close(ignored);
     v6_.socket.close(ignored);
+  });
+}
+
+void UdpProber::stop_sending() {
+  asio::post(io_, [this] {
+    sending_stopped_ = true;
+    timer_.cancel();
   });
 }
 
@@ -202,14 +210,14 @@ void UdpProber::arm_timer() {
       next = std::min(next, t.next_send_ns);
     }
   }
-  if (next == std::numeric_limits<std::int64_t>::max() || stopping_) {
+  if (next == std::numeric_limits<std::int64_t>::max() || stopping_ || sending_stopped_) {
     return;
   }
   // libstdc++'s steady_clock is CLOCK_MONOTONIC, the clock the deadlines are kept in.
   timer_.expires_at(std::chrono::steady_clock::time_point(std::chrono::nanoseconds(next)));
   timer_.async_wait([this](const std::error_code& ec) {
     // operation_aborted is the normal end after stop().
-    if (ec || stopping_) {
+    if (ec || stopping_ || sending_stopped_) {
       return;
     }
     on_timer();

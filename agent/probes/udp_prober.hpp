@@ -108,6 +108,11 @@ class UdpProber {
   // leaves the io_context without work. Idempotent.
   void stop();
 
+  // Sends no further probes but keeps the sockets open, so replies to the probes in flight
+  // still arrive and are forwarded: a measurement ends with every probe answered or timed
+  // out, not cut off. Posted to the io_context's thread like stop(); idempotent.
+  void stop_sending();
+
   // True when every open socket accepted SO_TIMESTAMPNS. Valid after a successful start().
   bool kernel_timestamps() const noexcept { return kernel_timestamps_.load(std::memory_order_relaxed); }
   UdpProberCounters counters() const noexcept;
@@ -151,6 +156,7 @@ class UdpProber {
   std::vector<TargetState> targets_;
   std::uint64_t rng_state_ = 0;
   bool stopping_ = false;
+  bool sending_stopped_ = false;
   std::atomic<bool> kernel_timestamps_{false};
 
   // Send buffer of the largest configured probe; receive buffer one byte larger than the

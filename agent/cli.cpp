@@ -1,0 +1,288 @@
+#include "agent/cli.hpp"
+
+#include <asio/io_context.hpp>
+#include <asio/ip/udp.hpp>
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <limits>
+#include <system_error>
+
+namespace vantage::agent {
+
+namespace {
+
+using probes::ProbeProtocol;
+
+template <typename T>
+bool parse_number(std::string_view text, T& out) {
+  const char* end = text.data() + text.size();
+  const auto [ptr, ec] = std::from_chars(text.data(), end, out);
+  return ec == std::errc() && ptr == end && !text.empty();
+}
+
+bool parse_seconds(std::string_view text, double& out, bool allow_zero) {
+  // from_chars for double: locale-independent, and rejects "1e", "nan" trailing junk.
+  double v = 0;
+  if (!parse_number(text, v) || !std::isfinite(v) || v < 0 || (!allow_zero && v == 0) || v > 1e7) {
+    return false;
+  }
+  out = v;
+  return true;
+}
+
+std::optional<asio::ip::address> resolve(const std::string& host, std::string& error) {
+  std::error_code ec;
+  asio::ip::address address = asio::ip::make_address(host, ec);
+  if (!ec) {
+    return address;
+  }
+  asio::io_context io;
+  asio::ip::udp::resolver resolver(io);
+  const auto results = resolver.resolve(host, "", ec);
+  if (ec || results.empty()) {
+    error = "cannot resolve '" + host + "': " + (ec ? ec.message() : "no address");
+    return std::nullopt;
+  }
+  return results.begin()->endpoint().address();
+}
+
+// "host:port", "[v6]:port", or with port optional: "host", "[v6]", "v6".
+bool split_host_port(std::string_view text, bool port_required, std::string& host,
+                     std::optional<std::uint16_t>& port, std::string& error) {
+  std::string_view rest;
+  if (!text.empty() && text.front() == '[') {
+    const std::size_t close = text.find(']');
+    if (close == std::string_view::npos) {
+      error = "missing ']' in '" + std::string(text) + "'";
+      return false;
+    }
+    host = std::string(text.substr(1, close - 1));
+    rest = text.substr(close + 1);
+    if (!rest.empty() && rest.front() != ':') {
+      error = "expected ':PORT' after ']' in '" + std::string(text) + "'";
+      return false;
+    }
+  } else {
+    const std::size_t colon = text.rfind(':');
+    // More than one colon without brackets is a bare IPv6 address.
+    if (colon != std::string_view::npos && text.find(':') == colon) {
+      host = std::string(text.substr(0, colon));
+      rest = text.substr(colon);
+    } else {
+      host = std::string(text);
+    }
+  }
+  if (!rest.empty()) {
+    std::uint16_t p = 0;
+    if (!parse_number(rest.substr(1), p) || p == 0) {
+      error = "bad port in '" + std::string(text) + "' (expected 1..65535)";
+      return false;
+    }
+    port = p;
+  }
+  if (host.empty()) {
+    error = "missing host in '" + std::string(text) + "'";
+    return false;
+  }
+  if (port_required && !port) {
+    error = "missing port in '" + std::string(text) + "' (expected HOST:PORT)";
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+const char* usage_text() noexcept {
+  return "usage: vantage-agent [options] [targets]\n"
+         "  --version             print version, architecture and TLS library, then exit\n"
+         "  --once SECONDS        measure for SECONDS, print one report, exit\n"
+         "  --json                reports as JSON, one object per line\n"
+         "  --interval SECONDS    report every SECONDS (default 10; with --once only at the end)\n"
+         "targets (repeatable; the per-target options apply to the targets that follow them):\n"
+         "  --udp HOST[:PORT]     UDP echo against a Vantage reflector (default port 8627)\n"
+         "  --tcp HOST:PORT       TCP connect time\n"
+         "  --icmp HOST           ICMP echo (ping socket or CAP_NET_RAW)\n"
+         "  --rate N              probes per second (default 1)\n"
+         "  --timeout MS          a reply later than this is lost (default 1000)\n"
+         "  --size BYTES          UDP/ICMP payload bytes (default 64 UDP, 56 ICMP)\n"
+         "  --dscp N              DSCP 0..63 (default 0)\n"
+         "other:\n"
+         "  --reflector ADDR:PORT answer peers' probes there (default [::]:8627; off with --once)\n"
+         "  --no-reflector        answer nobody's probes\n"
+         "  --reflector-rate N    probes per second answered per source address (default 100)\n"
+         "  --load-interval SECONDS  host load sampling period (default 1; 0 turns it off)\n"
+         "  --host-root PATH      read /proc and /sys under PATH instead of /\n"
+         "  --icmp-socket auto|dgram|raw  ICMP socket kind (default auto)\n"
+         "  --no-kernel-timestamps  take receive times in user space\n";
+}
+
+ParsedArgs parse_args(const std::vector<std::string_view>& args) {
+  AgentOptions o;
+  double rate = 1.0;
+  double timeout_ms = 1000.0;
+  std::size_t size = 0;
+  std::uint8_t dscp = 0;
+  std::optional<probes::ReflectorConfig> reflector = probes::ReflectorConfig{};
+  bool reflector_explicit = false;
+  std::optional<std::uint32_t> reflector_rate;
+
+  auto fail = [](std::string message) { return ParsedArgs{std::nullopt, std::move(message)}; };
+
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    const std::string_view arg = args[i];
+    auto value = [&](std::string_view& out) {
+      if (i + 1 >= args.size()) {
+        return false;
+      }
+      out = args[++i];
+      return true;
+    };
+    std::string_view v;
+    std::string error;
+
+    if (arg == "--version") {
+      o.show_version = true;
+    } else if (arg == "--help" || arg == "-h") {
+      o.show_help = true;
+    } else if (arg == "--json") {
+      o.json = true;
+    } else if (arg == "--no-reflector") {
+      reflector.reset();
+      reflector_explicit = true;
+    } else if (arg == "--no-kernel-timestamps") {
+      o.measurement.kernel_timestamps = false;
+      if (reflector) reflector->kernel_timestamps = false;
+    } else if (arg == "--once" || arg == "--interval" || arg == "--load-interval") {
+      double seconds = 0;
+      if (!value(v) || !parse_seconds(v, seconds, arg == "--load-interval")) {
+        return fail(std::string(arg) + ": expected a number of seconds" +
+                    (arg == "--load-interval" ? " (0 turns sampling off)" : " > 0"));
+      }
+      const auto ns = std::chrono::nanoseconds(std::llround(seconds * 1e9));
+      if (arg == "--once") {
+        o.once_seconds = seconds;
+      } else if (arg == "--interval") {
+        o.measurement.report_interval = ns;
+        o.explicit_interval = true;
+      } else {
+        o.measurement.load_interval = ns;
+      }
+    } else if (arg == "--rate") {
+      if (!value(v) || !parse_number(v, rate) || !(rate > 0.0) || rate > 1000.0) {
+        return fail("--rate: expected probes per second in (0, 1000]");
+      }
+    } else if (arg == "--timeout") {
+      if (!value(v) || !parse_number(v, timeout_ms) || !(timeout_ms > 0.0) || timeout_ms > 60000.0) {
+        return fail("--timeout: expected milliseconds in (0, 60000]");
+      }
+    } else if (arg == "--size") {
+      if (!value(v) || !parse_number(v, size) || size == 0) {
+        return fail("--size: expected a payload size in bytes");
+      }
+    } else if (arg == "--dscp") {
+      unsigned d = 0;
+      if (!value(v) || !parse_number(v, d) || d > 63) {
+        return fail("--dscp: expected 0..63");
+      }
+      dscp = static_cast<std::uint8_t>(d);
+    } else if (arg == "--host-root") {
+      if (!value(v) || v.empty()) {
+        return fail("--host-root: expected a directory");
+      }
+      o.measurement.host_root = std::string(v);
+    } else if (arg == "--icmp-socket") {
+      if (!value(v)) {
+        return fail("--icmp-socket: expected auto, dgram or raw");
+      }
+      if (v == "auto") {
+        o.measurement.icmp_mode = probes::IcmpSocketMode::kAuto;
+      } else if (v == "dgram") {
+        o.measurement.icmp_mode = probes::IcmpSocketMode::kDgram;
+      } else if (v == "raw") {
+        o.measurement.icmp_mode = probes::IcmpSocketMode::kRaw;
+      } else {
+        return fail("--icmp-socket: expected auto, dgram or raw, not '" + std::string(v) + "'");
+      }
+    } else if (arg == "--reflector") {
+      std::string host;
+      std::optional<std::uint16_t> port;
+      if (!value(v)) {
+        return fail("--reflector: expected ADDR:PORT");
+      }
+      if (!split_host_port(v, true, host, port, error)) {
+        return fail("--reflector: " + error);
+      }
+      std::error_code ec;
+      (void)asio::ip::make_address(host, ec);
+      if (ec) {
+        return fail("--reflector: '" + host + "' is not an IP address");
+      }
+      const bool kernel = !reflector || reflector->kernel_timestamps;
+      reflector = probes::ReflectorConfig{};
+      reflector->bind_address = host;
+      reflector->port = *port;
+      reflector->kernel_timestamps = kernel && o.measurement.kernel_timestamps;
+      reflector_explicit = true;
+    } else if (arg == "--reflector-rate") {
+      std::uint32_t r = 0;
+      if (!value(v) || !parse_number(v, r) || r == 0 || r > 1'000'000) {
+        return fail("--reflector-rate: expected probes per second in 1..1000000");
+      }
+      reflector_rate = r;
+    } else if (arg == "--udp" || arg == "--tcp" || arg == "--icmp") {
+      const ProbeProtocol protocol = arg == "--udp"   ? ProbeProtocol::kUdpEcho
+                                     : arg == "--tcp" ? ProbeProtocol::kTcpConnect
+                                                      : ProbeProtocol::kIcmpEcho;
+      if (!value(v)) {
+        return fail(std::string(arg) + ": expected a target");
+      }
+      std::string host;
+      std::optional<std::uint16_t> port;
+      if (!split_host_port(v, protocol == ProbeProtocol::kTcpConnect, host, port, error)) {
+        return fail(std::string(arg) + ": " + error);
+      }
+      if (protocol == ProbeProtocol::kIcmpEcho && port) {
+        return fail("--icmp: ICMP has no port ('" + std::string(v) + "')");
+      }
+      const std::optional<asio::ip::address> address = resolve(host, error);
+      if (!address) {
+        return fail(std::string(arg) + ": " + error);
+      }
+      ProbeTargetSpec t;
+      t.protocol = protocol;
+      t.address = *address;
+      t.port = protocol == ProbeProtocol::kUdpEcho ? port.value_or(probes::kDefaultReflectorPort)
+                                                   : port.value_or(0);
+      t.label = target_label(protocol, t.address, t.port);
+      t.rate_per_s = rate;
+      t.timeout = std::chrono::nanoseconds(std::llround(timeout_ms * 1e6));
+      t.payload_size = size;
+      t.dscp = dscp;
+      o.measurement.targets.push_back(std::move(t));
+    } else {
+      return fail("unknown argument '" + std::string(arg) + "'");
+    }
+  }
+
+  // A one-shot run is a client: it binds the reflector port only when asked to.
+  if (o.once_seconds && !reflector_explicit) {
+    reflector.reset();
+  }
+  if (reflector && reflector_rate) {
+    // A fifth of a second's worth of burst, and never less than the default's.
+    reflector->rate_limit = {
+        .rate_per_s = *reflector_rate,
+        .burst = std::max<std::uint32_t>(reflector->rate_limit.burst, *reflector_rate / 5)};
+  }
+  o.measurement.reflector = reflector;
+  if (o.once_seconds && !o.explicit_interval) {
+    // One report at the end; finish() closes it.
+    o.measurement.report_interval = std::chrono::hours(24 * 365);
+  }
+  return ParsedArgs{std::move(o), {}};
+}
+
+}  // namespace vantage::agent

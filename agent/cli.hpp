@@ -1,0 +1,33 @@
+// vantage-agent's command line: ad-hoc targets and one-shot runs (the TOML config file covers
+// the daemon's full settings).
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "agent/measurement.hpp"
+
+namespace vantage::agent {
+
+struct AgentOptions {
+  bool show_version = false;
+  bool show_help = false;
+  std::optional<double> once_seconds;  // --once: measure this long, report, exit
+  bool json = false;
+  bool explicit_interval = false;  // --interval given (with --once: report every interval too)
+  MeasurementConfig measurement;
+};
+
+struct ParsedArgs {
+  std::optional<AgentOptions> options;
+  std::string error;  // one line naming the argument, when options is empty
+};
+
+// Host names are resolved here (first address returned), so a typo fails at start-up.
+ParsedArgs parse_args(const std::vector<std::string_view>& args);
+
+const char* usage_text() noexcept;
+
+}  // namespace vantage::agent

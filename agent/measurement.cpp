@@ -1,0 +1,417 @@
+#include "agent/measurement.hpp"
+
+#include <asio/executor_work_guard.hpp>
+#include <asio/io_context.hpp>
+#include <asio/ip/tcp.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <random>
+#include <stop_token>
+#include <thread>
+#include <utility>
+
+#include "platform/clock.hpp"
+#include "platform/spsc_ring.hpp"
+
+namespace vantage::agent {
+
+namespace {
+
+using probes::ProbeProtocol;
+
+std::chrono::steady_clock::time_point steady_at(std::int64_t monotonic_ns) {
+  // libstdc++'s steady_clock is CLOCK_MONOTONIC, the clock every deadline here is kept in.
+  return std::chrono::steady_clock::time_point(std::chrono::nanoseconds(monotonic_ns));
+}
+
+// Sleeps until a deadline or until stop is requested, whichever comes first. One per thread,
+// made once: libstdc++'s condition_variable_any allocates on construction.
+class StoppableSleep {
+ public:
+  void until(std::stop_token stop, std::int64_t deadline_ns) {
+    std::unique_lock lock(mutex_);
+    cv_.wait_until(lock, stop, steady_at(deadline_ns), [] { return false; });
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable_any cv_;
+};
+
+// Probes tracked per target: twice what can be in flight within one timeout, plus room for
+// reordering, so a slot is never reused while its probe could still be answered.
+std::uint32_t window_for(const ProbeTargetSpec& t) {
+  const double in_flight = t.rate_per_s * std::chrono::duration<double>(t.timeout).count();
+  const double wanted = std::min(2.0 * in_flight + 64.0, double{aggregate::TargetStatsConfig::kMaxWindow});
+  return static_cast<std::uint32_t>(wanted);
+}
+
+std::uint64_t random_u64() {
+  std::random_device device;
+  return (std::uint64_t{device()} << 32) ^ device();
+}
+
+}  // namespace
+
+const char* protocol_name(ProbeProtocol protocol) noexcept {
+  switch (protocol) {
+    case ProbeProtocol::kUdpEcho:
+      return "udp";
+    case ProbeProtocol::kTcpConnect:
+      return "tcp";
+    case ProbeProtocol::kIcmpEcho:
+      return "icmp";
+  }
+  return "unknown";
+}
+
+std::string target_label(ProbeProtocol protocol, const asio::ip::address& address, std::uint16_t port) {
+  const std::string host = address.to_string();
+  if (protocol == ProbeProtocol::kIcmpEcho) {
+    return host;
+  }
+  return (address.is_v6() ? "[" + host + "]" : host) + ":" + std::to_string(port);
+}
+
+struct Measurement::Impl {
+  explicit Impl(const MeasurementConfig& c)
+      : config(c),
+        events(c.event_ring_capacity),
+        loads(16),
+        probe_work(probe_io.get_executor()),
+        reflector_work(reflector_io.get_executor()) {}
+
+  const MeasurementConfig& config;
+  ReportSink sink;
+
+  platform::SpscRing<probes::ProbeEvent> events;  // producer: probe_thread
+  platform::SpscRing<HostLoadRecord> loads;       // producer: sampler_thread
+  std::atomic<std::uint64_t> loads_dropped{0};
+
+  asio::io_context probe_io;
+  asio::io_context reflector_io;
+  asio::executor_work_guard<asio::io_context::executor_type> probe_work;
+  asio::executor_work_guard<asio::io_context::executor_type> reflector_work;
+  std::unique_ptr<probes::UdpProber> udp;
+  std::unique_ptr<probes::TcpProber> tcp;
+  std::unique_ptr<probes::IcmpProber> icmp;
+  std::unique_ptr<probes::Reflector> reflector;
+
+  std::thread probe_thread;
+  std::thread reflector_thread;
+  std::jthread sampler_thread;
+  std::jthread aggregator_thread;
+  std::atomic<bool> final_report{false};
+
+  // Owned by the aggregator thread once it runs.
+  std::vector<aggregate::TargetStats> stats;
+  std::vector<HostLoadRecord> pending_loads;
+  std::int64_t interval_start_ns = 0;
+
+  MeasurementStartResult open_probers();
+  void run_sampler(std::stop_token stop);
+  void run_aggregator(std::stop_token stop);
+  std::size_t drain();
+  void emit(std::int64_t now_ns, bool final);
+  void stop_probe_thread();
+  void stop_reflector_thread();
+};
+
+MeasurementStartResult Measurement::Impl::open_probers() {
+  probes::UdpProberConfig udp_config;
+  udp_config.sender_id = config.sender_id != 0 ? config.sender_id : random_u64();
+  udp_config.kernel_timestamps = config.kernel_timestamps;
+  probes::TcpProberConfig tcp_config;
+  probes::IcmpProberConfig icmp_config;
+  icmp_config.mode = config.icmp_mode;
+  icmp_config.kernel_timestamps = config.kernel_timestamps;
+
+  for (std::size_t i = 0; i < config.targets.size(); ++i) {
+    const ProbeTargetSpec& t = config.targets[i];
+    const auto index = static_cast<std::uint32_t>(i);
+    switch (t.protocol) {
+      case ProbeProtocol::kUdpEcho:
+        udp_config.targets.push_back(probes::UdpProbeTarget{
+            .endpoint = {t.address, t.port},
+            .index = index,
+            .rate_per_s = t.rate_per_s,
+            .payload_size = t.payload_size != 0 ? t.payload_size : probes::kProbeHeaderSize,
+            .dscp = t.dscp,
+            .count = 0,
+        });
+        break;
+      case ProbeProtocol::kTcpConnect:
+        tcp_config.targets.push_back(probes::TcpTarget{
+            .target = index,
+            .endpoint = {t.address, t.port},
+            .rate_per_s = t.rate_per_s,
+            .timeout = t.timeout,
+            .dscp = t.dscp,
+        });
+        break;
+      case ProbeProtocol::kIcmpEcho:
+        icmp_config.targets.push_back(probes::IcmpTarget{
+            .target = index,
+            .address = t.address,
+            .rate_per_s = t.rate_per_s,
+            .timeout = t.timeout,
+            .payload_size = t.payload_size != 0 ? t.payload_size : 56,
+            .dscp = t.dscp,
+        });
+        break;
+    }
+  }
+
+  if (!udp_config.targets.empty()) {
+    udp = std::make_unique<probes::UdpProber>(probe_io, std::move(udp_config), events);
+    if (const std::error_code ec = udp->start()) {
+      return {ec,
+              "UDP echo prober: " + ec.message() +
+                  (ec == std::errc::invalid_argument ? " (rate, payload size, DSCP or a target listed twice)"
+                                                     : "")};
+    }
+  }
+  if (!tcp_config.targets.empty()) {
+    tcp = std::make_unique<probes::TcpProber>(probe_io, std::move(tcp_config), events);
+    if (const std::error_code ec = tcp->start()) {
+      return {ec, "TCP connect prober: " + ec.message()};
+    }
+  }
+  if (!icmp_config.targets.empty()) {
+    icmp = std::make_unique<probes::IcmpProber>(probe_io, std::move(icmp_config), events);
+    probes::IcmpStartResult r = icmp->start();
+    if (!r.ok()) {
+      return {r.error, "ICMP prober: " + (r.message.empty() ? r.error.message() : r.message)};
+    }
+  }
+  return {};
+}
+
+void Measurement::Impl::run_sampler(std::stop_token stop) {
+  samplers::HostSampler sampler(config.host_root);
+  StoppableSleep sleep;
+  const std::int64_t period = config.load_interval.count();
+  std::int64_t next = platform::monotonic_ns();
+  // The first call only takes the baseline snapshot.
+  (void)sampler.sample(next);
+  while (!stop.stop_requested()) {
+    next += period;
+    sleep.until(stop, next);
+    if (stop.stop_requested()) {
+      break;
+    }
+    const std::int64_t now = platform::monotonic_ns();
+    // After a stall (suspend, a starved thread) sample on from now instead of catching up.
+    if (now - next > period) {
+      next = now;
+    }
+    const samplers::HostLoad* load = sampler.sample(now);
+    if (load == nullptr) {
+      continue;
+    }
+    HostLoadRecord record;
+    record.wall_time_ns = platform::realtime_ns();
+    record.load = *load;
+    record.errors.assign(sampler.errors().begin(), sampler.errors().end());
+    if (!loads.try_push(std::move(record))) {
+      loads_dropped.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+}
+
+std::size_t Measurement::Impl::drain() {
+  std::size_t n = events.drain(
+      [this](probes::ProbeEvent&& e) {
+        // Indices come from our own config; anything else would be a prober bug, not input.
+        if (e.target < stats.size()) {
+          stats[e.target].on_event(e);
+        }
+      },
+      events.capacity());
+  n += loads.drain([this](HostLoadRecord&& r) { pending_loads.push_back(std::move(r)); }, loads.capacity());
+  return n;
+}
+
+void Measurement::Impl::emit(std::int64_t now_ns, bool final) {
+  MeasurementReport report;
+  report.start_ns = interval_start_ns;
+  report.end_ns = now_ns;
+  const std::int64_t wall_offset = platform::realtime_ns() - platform::monotonic_ns();
+  report.wall_start_ns = interval_start_ns + wall_offset;
+  report.wall_end_ns = now_ns + wall_offset;
+  report.final = final;
+  report.targets.reserve(stats.size());
+  for (aggregate::TargetStats& s : stats) {
+    report.targets.push_back(s.close_interval(now_ns));
+  }
+  report.loads = std::move(pending_loads);
+  pending_loads.clear();
+  if (udp) report.counters.udp = udp->counters();
+  if (tcp) report.counters.tcp = tcp->counters();
+  if (icmp) report.counters.icmp = icmp->counters();
+  if (reflector) report.counters.reflector = reflector->counters();
+  report.counters.loads_dropped = loads_dropped.load(std::memory_order_relaxed);
+  interval_start_ns = now_ns;
+  if (sink) {
+    sink(std::move(report));
+  }
+}
+
+void Measurement::Impl::run_aggregator(std::stop_token stop) {
+  const std::int64_t interval = config.report_interval.count();
+  const std::int64_t poll = std::chrono::nanoseconds(config.aggregator_poll).count();
+  std::int64_t next_close = interval_start_ns + interval;
+  StoppableSleep sleep;
+  while (!stop.stop_requested()) {
+    drain();
+    const std::int64_t now = platform::monotonic_ns();
+    if (now >= next_close) {
+      emit(now, false);
+      next_close += interval;
+      if (next_close <= now) {
+        next_close = now + interval;
+      }
+    }
+    sleep.until(stop, std::min(next_close, now + poll));
+  }
+  if (final_report.load(std::memory_order_acquire)) {
+    // finish() joined every producer first, so this drain sees every event there will be.
+    drain();
+    emit(platform::monotonic_ns(), true);
+  }
+}
+
+void Measurement::Impl::stop_probe_thread() {
+  if (udp) udp->stop();
+  if (tcp) tcp->stop();
+  if (icmp) icmp->stop();
+  // The probers leave the io_context without work once their stops have run; run() returns.
+  probe_work.reset();
+  if (probe_thread.joinable()) {
+    probe_thread.join();
+  }
+}
+
+void Measurement::Impl::stop_reflector_thread() {
+  if (reflector) reflector->stop();
+  reflector_work.reset();
+  if (reflector_thread.joinable()) {
+    reflector_thread.join();
+  }
+}
+
+Measurement::Measurement(MeasurementConfig config) : config_(std::move(config)) {}
+
+Measurement::~Measurement() { stop(); }
+
+MeasurementStartResult Measurement::start(ReportSink sink) {
+  if (impl_) {
+    return {std::make_error_code(std::errc::operation_in_progress), "measurement already started"};
+  }
+  if (config_.report_interval <= std::chrono::nanoseconds::zero() ||
+      config_.load_interval < std::chrono::nanoseconds::zero() || config_.event_ring_capacity == 0) {
+    return {std::make_error_code(std::errc::invalid_argument),
+            "report interval must be > 0, load interval >= 0, event ring capacity > 0"};
+  }
+  for (const ProbeTargetSpec& t : config_.targets) {
+    if (t.timeout <= std::chrono::nanoseconds::zero() || !(t.rate_per_s > 0.0)) {
+      return {std::make_error_code(std::errc::invalid_argument),
+              "target " + t.label + ": rate and timeout must be > 0"};
+    }
+  }
+
+  auto impl = std::make_unique<Impl>(config_);
+  impl->sink = std::move(sink);
+  if (config_.reflector) {
+    impl->reflector = std::make_unique<probes::Reflector>(impl->reflector_io, *config_.reflector);
+    if (const std::error_code ec = impl->reflector->start()) {
+      return {ec, "reflector on " + config_.reflector->bind_address + " port " +
+                      std::to_string(config_.reflector->port) + ": " + ec.message()};
+    }
+  }
+  if (MeasurementStartResult r = impl->open_probers(); !r.ok()) {
+    // Whatever did start posts its close; running the io_contexts here completes that.
+    impl->stop_probe_thread();
+    impl->probe_io.run();
+    impl->stop_reflector_thread();
+    impl->reflector_io.run();
+    return r;
+  }
+
+  impl->stats.reserve(config_.targets.size());
+  const std::int64_t now = platform::monotonic_ns();
+  for (const ProbeTargetSpec& t : config_.targets) {
+    impl->stats.emplace_back(
+        aggregate::TargetStatsConfig{
+            .protocol = t.protocol, .timeout_ns = t.timeout.count(), .window = window_for(t)},
+        now);
+  }
+  impl->interval_start_ns = now;
+
+  Impl* p = impl.get();
+  impl->probe_thread = std::thread([p] { p->probe_io.run(); });
+  impl->reflector_thread = std::thread([p] { p->reflector_io.run(); });
+  if (config_.load_interval > std::chrono::nanoseconds::zero()) {
+    impl->sampler_thread = std::jthread([p](std::stop_token stop) { p->run_sampler(stop); });
+  }
+  impl->aggregator_thread = std::jthread([p](std::stop_token stop) { p->run_aggregator(stop); });
+  impl_ = std::move(impl);
+  return {};
+}
+
+void Measurement::finish() {
+  if (!impl_) {
+    return;
+  }
+  Impl& impl = *impl_;
+  if (impl.udp) impl.udp->stop_sending();
+  if (impl.tcp) impl.tcp->stop_sending();
+  // PENDING-ICMP if (impl.icmp) impl.icmp->stop_sending();
+  std::chrono::nanoseconds longest{0};
+  for (const ProbeTargetSpec& t : config_.targets) {
+    longest = std::max(longest, t.timeout);
+  }
+  if (longest > std::chrono::nanoseconds::zero()) {
+    // Every probe is now answered or past its timeout; the margin lets a reply read at the
+    // deadline reach the ring.
+    std::this_thread::sleep_for(longest + std::chrono::milliseconds(50));
+  }
+  if (impl.sampler_thread.joinable()) {
+    impl.sampler_thread.request_stop();
+    impl.sampler_thread.join();
+  }
+  impl.stop_probe_thread();
+  impl.final_report.store(true, std::memory_order_release);
+  impl.aggregator_thread.request_stop();
+  impl.aggregator_thread.join();
+  impl.stop_reflector_thread();
+  impl_.reset();
+}
+
+void Measurement::stop() {
+  if (!impl_) {
+    return;
+  }
+  Impl& impl = *impl_;
+  if (impl.sampler_thread.joinable()) {
+    impl.sampler_thread.request_stop();
+    impl.sampler_thread.join();
+  }
+  impl.stop_probe_thread();
+  impl.aggregator_thread.request_stop();
+  impl.aggregator_thread.join();
+  impl.stop_reflector_thread();
+  impl_.reset();
+}
+
+std::optional<asio::ip::udp::endpoint> Measurement::reflector_endpoint() const {
+  if (!impl_ || !impl_->reflector) {
+    return std::nullopt;
+  }
+  return impl_->reflector->local_endpoint();
+}
+
+}  // namespace vantage::agent

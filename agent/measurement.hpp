@@ -1,0 +1,136 @@
+// The agent's measuring pipeline: probers and the host sampler push raw samples through
+// lock-free rings to one aggregator thread, which turns them into per-interval reports.
+#pragma once
+
+#include <asio/ip/address.hpp>
+#include <asio/ip/udp.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include "agent/aggregate/target_stats.hpp"
+#include "agent/probes/icmp_prober.hpp"
+#include "agent/probes/probe_event.hpp"
+#include "agent/probes/reflector.hpp"
+#include "agent/probes/tcp_prober.hpp"
+#include "agent/probes/udp_prober.hpp"
+#include "agent/samplers/host_sampler.hpp"
+#include "platform/host_readers.hpp"
+
+namespace vantage::agent {
+
+struct ProbeTargetSpec {
+  std::string label;  // what reports call it: "192.0.2.1:8627", "[2001:db8::1]:443", "192.0.2.1"
+  probes::ProbeProtocol protocol = probes::ProbeProtocol::kUdpEcho;
+  asio::ip::address address;
+  std::uint16_t port = 0;  // UDP echo and TCP; ignored for ICMP
+  double rate_per_s = 1.0;
+  std::chrono::nanoseconds timeout = std::chrono::seconds(1);
+  std::size_t payload_size = 0;  // 0: the protocol's default (64-byte probe header, 56-byte ping)
+  std::uint8_t dscp = 0;
+};
+
+struct MeasurementConfig {
+  std::vector<ProbeTargetSpec> targets;
+  // A report is emitted every report_interval (aligned to the start), and one last, partial
+  // one by finish().
+  std::chrono::nanoseconds report_interval = std::chrono::seconds(10);
+  // Host load sampling period; 0 turns the sampler off.
+  std::chrono::nanoseconds load_interval = std::chrono::seconds(1);
+  std::filesystem::path host_root = "/";
+  std::optional<probes::ReflectorConfig> reflector;  // nullopt: answer nobody's probes
+  bool kernel_timestamps = true;
+  probes::IcmpSocketMode icmp_mode = probes::IcmpSocketMode::kAuto;
+  std::uint64_t sender_id = 0;  // 0: a random one per start
+  // Events in flight between the probe thread and the aggregator; a full ring drops and counts.
+  std::size_t event_ring_capacity = 16384;
+  // How long the aggregator sleeps when the rings are empty. Event times are stamped by the
+  // probers, so this bounds only how stale the ring gets, not what is measured.
+  std::chrono::milliseconds aggregator_poll{20};
+};
+
+// Cumulative since start; read from each component's own counters when a report is made.
+struct MeasurementCounters {
+  probes::UdpProberCounters udp;
+  probes::TcpProberCounters tcp;
+  probes::IcmpProberCounters icmp;
+  probes::ReflectorCounters reflector;
+  std::uint64_t loads_dropped = 0;  // the sampler's ring was full
+};
+
+struct HostLoadRecord {
+  std::int64_t wall_time_ns = 0;  // end of the sampled interval, ns since the Unix epoch
+  samplers::HostLoad load;
+  std::vector<platform::ReadError> errors;  // what could not be read for this sample
+};
+
+struct MeasurementReport {
+  std::int64_t start_ns = 0;  // CLOCK_MONOTONIC
+  std::int64_t end_ns = 0;
+  std::int64_t wall_start_ns = 0;  // the same instants in ns since the Unix epoch
+  std::int64_t wall_end_ns = 0;
+  bool final = false;                               // the last report, made by finish()
+  std::vector<aggregate::IntervalSummary> targets;  // in MeasurementConfig::targets order
+  std::vector<HostLoadRecord> loads;                // the samples that ended in this interval
+  MeasurementCounters counters;
+};
+
+// Called on the aggregator thread, once per interval; must not block for long (the rings
+// fill meanwhile).
+using ReportSink = std::function<void(MeasurementReport&&)>;
+
+struct MeasurementStartResult {
+  std::error_code error;
+  std::string message;  // one line for the operator when error is set
+  bool ok() const noexcept { return !error; }
+};
+
+// Threads: one io_context thread for all probers (they share one event ring, which that
+// thread alone produces into), one for the reflector, one for the host sampler (reading
+// /proc and /sys may stall on a loaded box; it must not stall probing or aggregation) and the
+// aggregator, the only consumer of both rings and the only owner of the statistics.
+class Measurement {
+ public:
+  explicit Measurement(MeasurementConfig config);
+  ~Measurement();  // stop()
+
+  Measurement(const Measurement&) = delete;
+  Measurement& operator=(const Measurement&) = delete;
+
+  // Validates the targets, opens every socket (so a busy port or a missing ICMP permission is
+  // reported here, not later) and starts the threads. On failure nothing keeps running.
+  [[nodiscard]] MeasurementStartResult start(ReportSink sink);
+
+  // Ends a measurement cleanly: no new probes, then waits for the answers to those in flight
+  // (the longest target timeout, plus a little for the ring), emits the final report covering
+  // everything since the previous one, and stops every thread. Blocks until done.
+  void finish();
+
+  // Stops every thread at once, without a final report. Idempotent.
+  void stop();
+
+  // The reflector's bound endpoint (to read back an ephemeral port), if one runs.
+  std::optional<asio::ip::udp::endpoint> reflector_endpoint() const;
+  const MeasurementConfig& config() const noexcept { return config_; }
+
+ private:
+  struct Impl;
+  MeasurementConfig config_;
+  std::unique_ptr<Impl> impl_;
+};
+
+// "udp", "tcp", "icmp".
+const char* protocol_name(probes::ProbeProtocol protocol) noexcept;
+
+// "192.0.2.1:8627", "[2001:db8::1]:8627"; ICMP targets have no port: "192.0.2.1", "2001:db8::1".
+std::string target_label(probes::ProbeProtocol protocol, const asio::ip::address& address,
+                         std::uint16_t port);
+
+}  // namespace vantage::agent

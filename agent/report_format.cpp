@@ -1,0 +1,395 @@
+#include "agent/report_format.hpp"
+
+#include <cinttypes>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <map>
+#include <string_view>
+
+namespace vantage::agent {
+
+namespace {
+
+using aggregate::IntervalSummary;
+
+std::string printf_string(const char* format, auto... args) {
+  char buffer[256];
+  const int n = std::snprintf(buffer, sizeof buffer, format, args...);
+  return std::string(buffer,
+                     n < 0 ? 0 : std::min<std::size_t>(static_cast<std::size_t>(n), sizeof buffer - 1));
+}
+
+std::string utc_time(std::int64_t wall_ns) {
+  const std::time_t seconds = static_cast<std::time_t>(wall_ns / 1'000'000'000);
+  std::tm tm{};
+  ::gmtime_r(&seconds, &tm);
+  char buffer[32];
+  std::strftime(buffer, sizeof buffer, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buffer;
+}
+
+std::string ms(double ns) { return printf_string("%.3f", ns / 1e6); }
+std::string ms(std::uint64_t ns) { return ms(static_cast<double>(ns)); }
+
+// Mean of the total-CPU busy share and the other figures over the samples of the report.
+struct LoadDigest {
+  std::size_t samples = 0;
+  double busy = 0, user = 0, system = 0, iowait = 0, steal = 0;
+  const samplers::HostLoad* last = nullptr;
+};
+
+LoadDigest digest(const MeasurementReport& report) {
+  LoadDigest d;
+  for (const HostLoadRecord& r : report.loads) {
+    d.last = &r.load;
+    if (r.load.cpus.empty() || r.load.cpus.front().cpu != -1) {
+      continue;
+    }
+    const samplers::CpuUsage& c = r.load.cpus.front();
+    ++d.samples;
+    d.busy += 1.0 - c.idle - c.iowait;
+    d.user += c.user;
+    d.system += c.system;
+    d.iowait += c.iowait;
+    d.steal += c.steal;
+  }
+  if (d.samples > 0) {
+    const double n = static_cast<double>(d.samples);
+    d.busy /= n, d.user /= n, d.system /= n, d.iowait /= n, d.steal /= n;
+  }
+  return d;
+}
+
+class JsonWriter {
+ public:
+  void begin_object() { open('{'); }
+  void end_object() { close('}'); }
+  void begin_array() { open('['); }
+  void end_array() { close(']'); }
+  void key(std::string_view k) {
+    separate();
+    string(k);
+    out_ += ':';
+    after_key_ = true;
+  }
+  void value(std::string_view s) {
+    separate();
+    string(s);
+  }
+  void value(const char* s) { value(std::string_view(s)); }
+  void value(bool b) {
+    separate();
+    out_ += b ? "true" : "false";
+  }
+  void value(std::uint64_t v) {
+    separate();
+    out_ += std::to_string(v);
+  }
+  void value(std::int64_t v) {
+    separate();
+    out_ += std::to_string(v);
+  }
+  void value(std::int32_t v) { value(std::int64_t{v}); }
+  void value(std::uint32_t v) { value(std::uint64_t{v}); }
+  void value(double v) {
+    separate();
+    // JSON has no NaN or infinity; absent figures are null.
+    out_ += std::isfinite(v) ? printf_string("%.9g", v) : "null";
+  }
+  template <typename T>
+  void field(std::string_view k, const T& v) {
+    key(k);
+    value(v);
+  }
+  std::string take() { return std::move(out_); }
+
+ private:
+  void open(char c) {
+    separate();
+    out_ += c;
+    first_ = true;
+  }
+  void close(char c) {
+    out_ += c;
+    first_ = false;
+  }
+  void separate() {
+    if (after_key_) {
+      after_key_ = false;
+      return;
+    }
+    if (!first_ && !out_.empty()) {
+      out_ += ',';
+    }
+    first_ = false;
+  }
+  void string(std::string_view s) {
+    out_ += '"';
+    for (const char ch : s) {
+      const auto c = static_cast<unsigned char>(ch);
+      if (c == '"' || c == '\\') {
+        out_ += '\\';
+        out_ += ch;
+      } else if (c < 0x20) {
+        out_ += printf_string("\\u%04x", static_cast<unsigned>(c));
+      } else {
+        out_ += ch;
+      }
+    }
+    out_ += '"';
+  }
+
+  std::string out_;
+  bool first_ = true;
+  bool after_key_ = false;
+};
+
+void write_rtt(JsonWriter& j, const IntervalSummary& s) {
+  j.begin_object();
+  j.field("min", s.min_ns);
+  j.field("p50", s.p50_ns);
+  j.field("p90", s.p90_ns);
+  j.field("p99", s.p99_ns);
+  j.field("p999", s.p999_ns);
+  j.field("max", s.max_ns);
+  j.field("mean", s.mean_ns);
+  j.field("stddev", s.stddev_ns);
+  j.end_object();
+}
+
+void write_target(JsonWriter& j, const ProbeTargetSpec& spec, const IntervalSummary& s) {
+  j.begin_object();
+  j.field("target", spec.label);
+  j.field("protocol", protocol_name(spec.protocol));
+  j.field("sent", s.sent);
+  j.field("received", s.received);
+  j.field("lost", s.lost);
+  j.field("late", s.late);
+  j.field("reordered", s.reordered);
+  j.field("duplicates", s.duplicates);
+  if (spec.protocol == probes::ProbeProtocol::kUdpEcho) {
+    j.field("lost_outbound", s.lost_outbound);
+    j.field("lost_inbound", s.lost_inbound);
+    j.field("reflector_restarts", s.reflector_restarts);
+    j.field("session_resets", s.session_resets);
+  }
+  j.field("send_errors", s.send_errors);
+  j.field("unexpected", s.unexpected);
+  j.field("invalid", s.invalid);
+  j.field("loss_ratio", s.sent > 0 ? static_cast<double>(s.lost) / static_cast<double>(s.sent) : 0.0);
+  // No reply, no RTT: null rather than zeros a script could take for a measurement.
+  j.key("rtt_ns");
+  if (s.received == 0) {
+    j.value(std::nan(""));
+  } else {
+    write_rtt(j, s);
+  }
+  j.key("jitter_ns");
+  j.begin_object();
+  j.field("samples", s.ipdv_count);
+  j.field("mean", s.jitter_mean_ns);
+  j.field("p99", s.jitter_p99_ns);
+  j.end_object();
+  j.field("timestamps", s.timestamp_source == aggregate::TimestampSource::kKernel ? "kernel" : "userspace");
+  j.end_object();
+}
+
+void write_load(JsonWriter& j, const HostLoadRecord& r) {
+  const samplers::HostLoad& l = r.load;
+  j.begin_object();
+  j.field("time_ns", r.wall_time_ns);
+  j.field("interval_ns", l.interval_ns);
+  j.key("cpus");
+  j.begin_array();
+  for (const samplers::CpuUsage& c : l.cpus) {
+    j.begin_object();
+    j.field("cpu", c.cpu);
+    j.field("user", c.user);
+    j.field("system", c.system);
+    j.field("iowait", c.iowait);
+    j.field("steal", c.steal);
+    j.field("irq", c.irq);
+    j.field("softirq", c.softirq);
+    j.field("idle", c.idle);
+    j.field("freq_khz", c.freq_khz);
+    j.end_object();
+  }
+  j.end_array();
+  j.key("memory");
+  j.begin_object();
+  j.field("total_bytes", l.memory.total_bytes);
+  j.field("available_bytes", l.memory.available_bytes);
+  j.field("swap_total_bytes", l.memory.swap_total_bytes);
+  j.field("swap_free_bytes", l.memory.swap_free_bytes);
+  j.field("dirty_bytes", l.memory.dirty_bytes);
+  j.end_object();
+  // Absent figures (no PSI, no loadavg) are null rather than a sentinel.
+  auto present = [](double v) { return v < 0 ? std::nan("") : v; };
+  j.key("pressure");
+  j.begin_object();
+  j.field("cpu_some_avg10", present(l.pressure.cpu_some_avg10));
+  j.field("memory_some_avg10", present(l.pressure.memory_some_avg10));
+  j.field("memory_full_avg10", present(l.pressure.memory_full_avg10));
+  j.field("io_some_avg10", present(l.pressure.io_some_avg10));
+  j.field("io_full_avg10", present(l.pressure.io_full_avg10));
+  j.end_object();
+  j.key("load_average");
+  j.begin_array();
+  j.value(present(l.load_average.one));
+  j.value(present(l.load_average.five));
+  j.value(present(l.load_average.fifteen));
+  j.end_array();
+  j.key("net");
+  j.begin_array();
+  for (const samplers::NetInterface& n : l.net) {
+    j.begin_object();
+    j.field("name", n.name);
+    j.field("rx_bytes_per_s", n.rates.rx_bytes_per_s);
+    j.field("tx_bytes_per_s", n.rates.tx_bytes_per_s);
+    j.field("rx_packets_per_s", n.rates.rx_packets_per_s);
+    j.field("tx_packets_per_s", n.rates.tx_packets_per_s);
+    j.field("rx_errors_per_s", n.rates.rx_errors_per_s);
+    j.field("tx_errors_per_s", n.rates.tx_errors_per_s);
+    j.field("rx_drops_per_s", n.rates.rx_drops_per_s);
+    j.field("tx_drops_per_s", n.rates.tx_drops_per_s);
+    j.end_object();
+  }
+  j.end_array();
+  j.key("temperatures");
+  j.begin_array();
+  for (const samplers::Temperature& t : l.temperatures) {
+    j.begin_object();
+    j.field("sensor", t.sensor);
+    j.field("celsius", t.celsius);
+    j.end_object();
+  }
+  j.end_array();
+  j.key("errors");
+  j.begin_array();
+  for (const platform::ReadError& e : r.errors) {
+    j.value(e.to_string());
+  }
+  j.end_array();
+  j.end_object();
+}
+
+}  // namespace
+
+std::string format_json(const MeasurementReport& report, const std::vector<ProbeTargetSpec>& targets) {
+  JsonWriter j;
+  j.begin_object();
+  j.field("start_ns", report.wall_start_ns);
+  j.field("end_ns", report.wall_end_ns);
+  j.field("final", report.final);
+  j.key("targets");
+  j.begin_array();
+  for (std::size_t i = 0; i < report.targets.size() && i < targets.size(); ++i) {
+    write_target(j, targets[i], report.targets[i]);
+  }
+  j.end_array();
+  j.key("load");
+  j.begin_array();
+  for (const HostLoadRecord& r : report.loads) {
+    write_load(j, r);
+  }
+  j.end_array();
+  const MeasurementCounters& c = report.counters;
+  j.key("agent");
+  j.begin_object();
+  j.field("events_dropped", c.udp.events_dropped + c.tcp.ring_full + c.icmp.ring_full);
+  j.field("loads_dropped", c.loads_dropped);
+  j.key("reflector");
+  j.begin_object();
+  j.field("received", c.reflector.received);
+  j.field("replied", c.reflector.replied);
+  j.field("dropped_short", c.reflector.dropped_short);
+  j.field("dropped_malformed", c.reflector.dropped_malformed);
+  j.field("dropped_foreign", c.reflector.dropped_foreign);
+  j.field("dropped_rate_limited", c.reflector.dropped_rate_limited);
+  j.field("send_errors", c.reflector.send_errors);
+  j.end_object();
+  j.end_object();
+  j.end_object();
+  return j.take();
+}
+
+std::string format_table(const MeasurementReport& report, const std::vector<ProbeTargetSpec>& targets) {
+  std::string out;
+  const double seconds = static_cast<double>(report.end_ns - report.start_ns) / 1e9;
+  out += printf_string("%.1f s from ", seconds) + utc_time(report.wall_start_ns) + "; RTT in ms\n";
+  if (!report.targets.empty()) {
+    out += printf_string("%-28s %-4s %7s %7s %6s %5s %5s %5s %8s %8s %8s %8s %8s %8s %8s %8s %-6s\n",
+                         "TARGET", "PROT", "SENT", "RECV", "LOST", "LATE", "DUP", "REORD", "MIN", "P50",
+                         "P90", "P99", "MAX", "MEAN", "STDDEV", "JITTER", "STAMPS");
+  }
+  for (std::size_t i = 0; i < report.targets.size() && i < targets.size(); ++i) {
+    const IntervalSummary& s = report.targets[i];
+    out +=
+        printf_string("%-28s %-4s %7" PRIu64 " %7" PRIu64 " %6" PRIu64 " %5" PRIu64 " %5" PRIu64 " %5" PRIu64,
+                      targets[i].label.c_str(), protocol_name(targets[i].protocol), s.sent, s.received,
+                      s.lost, s.late, s.duplicates, s.reordered);
+    if (s.received > 0) {
+      out += printf_string(" %8s %8s %8s %8s %8s %8s %8s %8s", ms(s.min_ns).c_str(), ms(s.p50_ns).c_str(),
+                           ms(s.p90_ns).c_str(), ms(s.p99_ns).c_str(), ms(s.max_ns).c_str(),
+                           ms(s.mean_ns).c_str(), ms(s.stddev_ns).c_str(), ms(s.jitter_mean_ns).c_str());
+    } else {
+      out += printf_string(" %8s %8s %8s %8s %8s %8s %8s %8s", "-", "-", "-", "-", "-", "-", "-", "-");
+    }
+    out += s.timestamp_source == aggregate::TimestampSource::kKernel ? " kernel" : " user";
+    std::string notes;
+    if (targets[i].protocol == probes::ProbeProtocol::kUdpEcho && s.lost > 0) {
+      notes += printf_string(" lost out/in/unknown %" PRIu64 "/%" PRIu64 "/%" PRIu64, s.lost_outbound,
+                             s.lost_inbound, s.lost - std::min(s.lost, s.lost_outbound + s.lost_inbound));
+    }
+    if (s.send_errors > 0) notes += printf_string(" send errors %" PRIu64, s.send_errors);
+    if (s.reflector_restarts > 0)
+      notes += printf_string(" reflector restarts %" PRIu64, s.reflector_restarts);
+    if (!notes.empty()) out += " " + notes;
+    out += '\n';
+  }
+
+  const LoadDigest d = digest(report);
+  if (d.last != nullptr) {
+    const samplers::HostLoad& l = *d.last;
+    out += printf_string(
+        "host: %zu samples; cpu busy %.1f%% (user %.1f, system %.1f, iowait %.1f, steal %.1f)",
+        report.loads.size(), 100 * d.busy, 100 * d.user, 100 * d.system, 100 * d.iowait, 100 * d.steal);
+    if (l.memory.total_bytes > 0) {
+      out += printf_string("; memory available %.2f of %.2f GiB",
+                           static_cast<double>(l.memory.available_bytes) / 1073741824.0,
+                           static_cast<double>(l.memory.total_bytes) / 1073741824.0);
+    }
+    if (l.load_average.one >= 0) {
+      out += printf_string("; load %.2f %.2f %.2f", l.load_average.one, l.load_average.five,
+                           l.load_average.fifteen);
+    }
+    if (l.pressure.cpu_some_avg10 >= 0) {
+      out += printf_string("; pressure cpu %.2f%% io %.2f%% memory %.2f%%", l.pressure.cpu_some_avg10,
+                           l.pressure.io_some_avg10, l.pressure.memory_some_avg10);
+    }
+    out += '\n';
+    for (const samplers::Temperature& t : l.temperatures) {
+      out += printf_string("  temperature %s %.1f C\n", t.sensor.c_str(), t.celsius);
+    }
+    std::map<std::string, std::size_t> errors;
+    for (const HostLoadRecord& r : report.loads) {
+      for (const platform::ReadError& e : r.errors) {
+        ++errors[e.to_string()];
+      }
+    }
+    for (const auto& [message, count] : errors) {
+      out += "  could not read " + message + (count > 1 ? printf_string(" (%zu samples)", count) : "") + "\n";
+    }
+  }
+  const probes::ReflectorCounters& rc = report.counters.reflector;
+  if (rc.received > 0) {
+    out += printf_string("reflector: %" PRIu64 " probes received, %" PRIu64 " answered, %" PRIu64
+                         " rate-limited, %" PRIu64 " malformed or foreign\n",
+                         rc.received, rc.replied, rc.dropped_rate_limited,
+                         rc.dropped_short + rc.dropped_malformed + rc.dropped_foreign);
+  }
+  return out;
+}
+
+}  // namespace vantage::agent

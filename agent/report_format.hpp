@@ -1,0 +1,17 @@
+// Renders a MeasurementReport for people (a fixed-width table) and for scripts (one JSON
+// object per report), as vantage-agent --once prints them.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "agent/measurement.hpp"
+
+namespace vantage::agent {
+
+std::string format_table(const MeasurementReport& report, const std::vector<ProbeTargetSpec>& targets);
+
+// One line, no trailing newline. Times in ns; ratios 0..1. Schema in the README.
+std::string format_json(const MeasurementReport& report, const std::vector<ProbeTargetSpec>& targets);
+
+}  // namespace vantage::agent

@@ -1,0 +1,160 @@
+// vantage-agent's command line and report rendering.
+#include <doctest/doctest.h>
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "agent/cli.hpp"
+#include "agent/report_format.hpp"
+
+namespace {
+
+namespace agent = vantage::agent;
+using agent::parse_args;
+using vantage::agent::probes::ProbeProtocol;
+using namespace std::chrono_literals;
+
+agent::ParsedArgs parse(std::vector<std::string_view> args) { return parse_args(args); }
+
+std::string error_of(std::vector<std::string_view> args) {
+  const agent::ParsedArgs p = parse(std::move(args));
+  CHECK_FALSE(p.options.has_value());
+  return p.error;
+}
+
+}  // namespace
+
+TEST_CASE("cli: targets take the per-target options given before them") {
+  const auto p =
+      parse({"--once", "2.5", "--json", "--udp", "127.0.0.1", "--rate", "10", "--timeout", "250", "--dscp",
+             "46", "--tcp", "[::1]:443", "--size", "200", "--icmp", "::1", "--udp", "192.0.2.7:9000"});
+  REQUIRE_MESSAGE(p.options.has_value(), p.error);
+  const agent::AgentOptions& o = *p.options;
+  CHECK(o.once_seconds == doctest::Approx(2.5));
+  CHECK(o.json);
+  const auto& t = o.measurement.targets;
+  REQUIRE(t.size() == 4);
+
+  CHECK(t[0].protocol == ProbeProtocol::kUdpEcho);
+  CHECK(t[0].label == "127.0.0.1:8627");  // the reflector's default port
+  CHECK(t[0].rate_per_s == doctest::Approx(1.0));
+  CHECK(t[0].timeout == 1s);
+  CHECK(t[0].dscp == 0);
+
+  CHECK(t[1].protocol == ProbeProtocol::kTcpConnect);
+  CHECK(t[1].label == "[::1]:443");
+  CHECK(t[1].address.is_v6());
+  CHECK(t[1].rate_per_s == doctest::Approx(10.0));
+  CHECK(t[1].timeout == 250ms);
+  CHECK(t[1].dscp == 46);
+  CHECK(t[1].payload_size == 0);
+
+  CHECK(t[2].protocol == ProbeProtocol::kIcmpEcho);
+  CHECK(t[2].label == "::1");
+  CHECK(t[2].payload_size == 200);
+
+  CHECK(t[3].label == "192.0.2.7:9000");
+  CHECK(t[3].port == 9000);
+
+  // A one-shot run does not bind the reflector port unless asked, and reports once.
+  CHECK_FALSE(o.measurement.reflector.has_value());
+  CHECK(o.measurement.report_interval > 1000h);
+}
+
+TEST_CASE("cli: the daemon runs the reflector on [::]:8627 unless told otherwise") {
+  auto p = parse({});
+  REQUIRE(p.options.has_value());
+  REQUIRE(p.options->measurement.reflector.has_value());
+  CHECK(p.options->measurement.reflector->bind_address == "::");
+  CHECK(p.options->measurement.reflector->port == 8627);
+  CHECK(p.options->measurement.report_interval == 10s);
+
+  p = parse({"--reflector", "127.0.0.1:9999", "--reflector-rate", "5000", "--once", "1"});
+  REQUIRE(p.options.has_value());
+  REQUIRE(p.options->measurement.reflector.has_value());
+  CHECK(p.options->measurement.reflector->bind_address == "127.0.0.1");
+  CHECK(p.options->measurement.reflector->port == 9999);
+  CHECK(p.options->measurement.reflector->rate_limit.rate_per_s == 5000);
+  CHECK(p.options->measurement.reflector->rate_limit.burst == 1000);
+
+  p = parse({"--no-reflector"});
+  REQUIRE(p.options.has_value());
+  CHECK_FALSE(p.options->measurement.reflector.has_value());
+
+  p = parse({"--no-kernel-timestamps", "--load-interval", "0", "--interval", "5", "--host-root", "/tmp/x"});
+  REQUIRE(p.options.has_value());
+  CHECK_FALSE(p.options->measurement.kernel_timestamps);
+  CHECK_FALSE(p.options->measurement.reflector->kernel_timestamps);
+  CHECK(p.options->measurement.load_interval == 0s);
+  CHECK(p.options->measurement.report_interval == 5s);
+  CHECK(p.options->measurement.host_root == "/tmp/x");
+}
+
+TEST_CASE("cli: every bad argument is named in a one-line error") {
+  CHECK(error_of({"--bogus"}).find("--bogus") != std::string::npos);
+  CHECK(error_of({"--once"}).find("--once") != std::string::npos);
+  CHECK(error_of({"--once", "0"}).find("--once") != std::string::npos);
+  CHECK(error_of({"--once", "-3"}).find("--once") != std::string::npos);
+  CHECK(error_of({"--once", "1x"}).find("--once") != std::string::npos);
+  CHECK(error_of({"--interval", "nan"}).find("--interval") != std::string::npos);
+  CHECK(error_of({"--rate", "0"}).find("--rate") != std::string::npos);
+  CHECK(error_of({"--rate", "5000"}).find("--rate") != std::string::npos);
+  CHECK(error_of({"--timeout", "abc"}).find("--timeout") != std::string::npos);
+  CHECK(error_of({"--dscp", "64"}).find("--dscp") != std::string::npos);
+  CHECK(error_of({"--tcp", "127.0.0.1"}).find("missing port") != std::string::npos);
+  CHECK(error_of({"--udp", "127.0.0.1:0"}).find("bad port") != std::string::npos);
+  CHECK(error_of({"--udp", "127.0.0.1:70000"}).find("bad port") != std::string::npos);
+  CHECK(error_of({"--udp", "[::1"}).find("']'") != std::string::npos);
+  CHECK(error_of({"--icmp", "127.0.0.1:80"}).find("no port") != std::string::npos);
+  CHECK(error_of({"--udp", ":8627"}).find("missing host") != std::string::npos);
+  CHECK(error_of({"--udp", "no-such-host.invalid"}).find("cannot resolve") != std::string::npos);
+  CHECK(error_of({"--reflector", "example:80"}).find("not an IP address") != std::string::npos);
+  CHECK(error_of({"--icmp-socket", "tcp"}).find("auto, dgram or raw") != std::string::npos);
+  CHECK(error_of({"--reflector-rate", "0"}).find("--reflector-rate") != std::string::npos);
+  for (const std::string& e : {error_of({"--bogus"}), error_of({"--rate", "x"})}) {
+    CHECK(e.find('\n') == std::string::npos);
+  }
+}
+
+TEST_CASE("report: table and JSON carry the counts and RTTs, and null for a silent target") {
+  agent::MeasurementReport report;
+  report.start_ns = 1'000'000'000;
+  report.end_ns = 3'000'000'000;
+  report.wall_start_ns = 1'790'000'000'000'000'000;
+  report.wall_end_ns = report.wall_start_ns + 2'000'000'000;
+  report.final = true;
+  std::vector<agent::ProbeTargetSpec> targets(2);
+  targets[0].label = "198.51.100.1:8627";
+  targets[0].protocol = ProbeProtocol::kUdpEcho;
+  targets[1].label = "a\"b";
+  targets[1].protocol = ProbeProtocol::kTcpConnect;
+  report.targets.resize(2);
+  auto& s = report.targets[0];
+  s.sent = 100;
+  s.received = 97;
+  s.lost = 3;
+  s.lost_outbound = 2;
+  s.lost_inbound = 1;
+  s.p50_ns = 20'125'000;
+  s.max_ns = 25'000'000;
+  report.targets[1].sent = 4;
+  report.targets[1].send_errors = 4;
+
+  const std::string json = agent::format_json(report, targets);
+  CHECK(json.find('\n') == std::string::npos);
+  CHECK(json.find("\"target\":\"198.51.100.1:8627\"") != std::string::npos);
+  CHECK(json.find("\"sent\":100,\"received\":97,\"lost\":3") != std::string::npos);
+  CHECK(json.find("\"lost_outbound\":2,\"lost_inbound\":1") != std::string::npos);
+  CHECK(json.find("\"p50\":20125000") != std::string::npos);
+  CHECK(json.find("\"target\":\"a\\\"b\"") != std::string::npos);  // escaped
+  CHECK(json.find("\"rtt_ns\":null") != std::string::npos);        // the TCP target had no reply
+  CHECK(json.find("\"final\":true") != std::string::npos);
+
+  const std::string table = agent::format_table(report, targets);
+  CHECK(table.find("2.0 s from") != std::string::npos);
+  CHECK(table.find("198.51.100.1:8627") != std::string::npos);
+  CHECK(table.find("20.125") != std::string::npos);
+  CHECK(table.find("lost out/in/unknown 2/1/0") != std::string::npos);
+  CHECK(table.find("send errors 4") != std::string::npos);
+}

@@ -1,6 +1,7 @@
 #include "agent/probes/icmp_prober.hpp"
 
 #include <fcntl.h>
+#include <linux/errqueue.h>
 #include <netinet/icmp6.h>
 #include <netinet/in.h>
 #include <sys/random.h>
@@ -33,6 +34,13 @@ constexpr std::uint8_t kEchoRequestV4 = 8;
 constexpr std::uint8_t kEchoReplyV4 = 0;
 constexpr std::uint8_t kEchoRequestV6 = 128;
 constexpr std::uint8_t kEchoReplyV6 = 129;
+constexpr std::uint8_t kDestUnreachableV4 = 3;
+constexpr std::uint8_t kTimeExceededV4 = 11;
+constexpr std::uint8_t kDestUnreachableV6 = 1;
+constexpr std::uint8_t kPacketTooBigV6 = 2;
+constexpr std::uint8_t kTimeExceededV6 = 3;
+constexpr std::size_t kIpv6Header = 40;
+constexpr std::uint8_t kNextHeaderIcmpV6 = 58;
 // Linux's ICMP_FILTER option on SOL_RAW (linux/icmp.h, which clashes with netinet/ip_icmp.h):
 // a bit mask of ICMP types the raw socket should not be woken for.
 constexpr int kIcmpFilterOption = 1;
@@ -151,22 +159,35 @@ std::size_t encode_icmp_echo_request(std::span<std::byte> out, bool ipv6, std::u
   return size;
 }
 
+namespace {
+
+// Checks an IPv4 header at the front of packet and leaves packet holding what follows it.
+// kNotEchoReply stands for "not ICMP inside"; the callers rename it as they need.
+IcmpParseStatus skip_ipv4_header(std::span<const std::byte>& packet) noexcept {
+  if (packet.size() < kIpv4MinHeader) {
+    return IcmpParseStatus::kTooShort;
+  }
+  const unsigned version = std::to_integer<unsigned>(packet[0]) >> 4;
+  const std::size_t header = (std::to_integer<std::size_t>(packet[0]) & 0x0f) * 4;
+  if (version != 4 || header < kIpv4MinHeader || header > packet.size()) {
+    return IcmpParseStatus::kMalformed;
+  }
+  if (std::to_integer<unsigned>(packet[9]) != IPPROTO_ICMP) {
+    return IcmpParseStatus::kNotEchoReply;
+  }
+  packet = packet.subspan(header);
+  return IcmpParseStatus::kOk;
+}
+
+}  // namespace
+
 IcmpParseStatus parse_icmp_echo_reply(std::span<const std::byte> packet, bool ipv6, bool with_ip_header,
                                       bool check_id, std::uint16_t id, std::uint64_t cookie,
                                       IcmpEchoReply& out) noexcept {
   if (with_ip_header && !ipv6) {
-    if (packet.size() < kIpv4MinHeader) {
-      return IcmpParseStatus::kTooShort;
+    if (const IcmpParseStatus status = skip_ipv4_header(packet); status != IcmpParseStatus::kOk) {
+      return status;
     }
-    const unsigned version = std::to_integer<unsigned>(packet[0]) >> 4;
-    const std::size_t header = (std::to_integer<std::size_t>(packet[0]) & 0x0f) * 4;
-    if (version != 4 || header < kIpv4MinHeader || header > packet.size()) {
-      return IcmpParseStatus::kMalformed;
-    }
-    if (std::to_integer<unsigned>(packet[9]) != IPPROTO_ICMP) {
-      return IcmpParseStatus::kNotEchoReply;
-    }
-    packet = packet.subspan(header);
   }
   if (packet.size() < kIcmpHeaderSize) {
     return IcmpParseStatus::kTooShort;
@@ -197,6 +218,84 @@ IcmpParseStatus parse_icmp_echo_reply(std::span<const std::byte> packet, bool ip
   return IcmpParseStatus::kOk;
 }
 
+bool is_icmp_error_for_probe(bool ipv6, std::uint8_t type) noexcept {
+  return ipv6 ? (type == kDestUnreachableV6 || type == kPacketTooBigV6 || type == kTimeExceededV6)
+              : (type == kDestUnreachableV4 || type == kTimeExceededV4);
+}
+
+IcmpParseStatus parse_quoted_echo_request(std::span<const std::byte> quote, bool ipv6, bool check_id,
+                                          std::uint16_t id, std::uint64_t cookie,
+                                          IcmpErrorReport& out) noexcept {
+  if (quote.size() < kIcmpHeaderSize) {
+    return IcmpParseStatus::kTooShort;
+  }
+  if (std::to_integer<std::uint8_t>(quote[0]) != (ipv6 ? kEchoRequestV6 : kEchoRequestV4) ||
+      std::to_integer<std::uint8_t>(quote[1]) != 0) {
+    return IcmpParseStatus::kNotIcmpError;
+  }
+  out.id = load16(&quote[4]);
+  out.wire_seq = load16(&quote[6]);
+  if (check_id && out.id != id) {
+    return IcmpParseStatus::kWrongId;
+  }
+  if (quote.size() < kIcmpHeaderSize + kIcmpMinPayload) {
+    return IcmpParseStatus::kShortQuote;
+  }
+  // Without the cookie anyone who can guess a 16-bit id and seq could close our probes; with
+  // it, only someone who saw the request.
+  const std::byte* payload = quote.data() + kIcmpHeaderSize;
+  if (load64(payload) != cookie) {
+    return IcmpParseStatus::kWrongCookie;
+  }
+  out.send_ns = static_cast<std::int64_t>(load64(payload + 8));
+  out.target = static_cast<std::uint32_t>(load64(payload + 16) >> 32);
+  return IcmpParseStatus::kOk;
+}
+
+IcmpParseStatus parse_icmp_error(std::span<const std::byte> packet, bool ipv6, bool with_ip_header,
+                                 std::uint16_t id, std::uint64_t cookie, IcmpErrorReport& out) noexcept {
+  const bool ipv4_raw = with_ip_header && !ipv6;
+  if (ipv4_raw) {
+    if (const IcmpParseStatus status = skip_ipv4_header(packet); status != IcmpParseStatus::kOk) {
+      return status == IcmpParseStatus::kNotEchoReply ? IcmpParseStatus::kNotIcmpError : status;
+    }
+  }
+  if (packet.size() < kIcmpHeaderSize) {
+    return IcmpParseStatus::kTooShort;
+  }
+  out.type = std::to_integer<std::uint8_t>(packet[0]);
+  out.code = std::to_integer<std::uint8_t>(packet[1]);
+  if (!is_icmp_error_for_probe(ipv6, out.type)) {
+    return IcmpParseStatus::kNotIcmpError;
+  }
+  if (ipv4_raw && internet_checksum(packet) != 0) {
+    return IcmpParseStatus::kMalformed;
+  }
+  std::span<const std::byte> inner = packet.subspan(kIcmpHeaderSize);
+  out.destination = {};
+  if (ipv6) {
+    if (inner.size() < kIpv6Header) {
+      return IcmpParseStatus::kTooShort;
+    }
+    if (std::to_integer<unsigned>(inner[0]) >> 4 != 6) {
+      return IcmpParseStatus::kMalformed;
+    }
+    // We send no extension headers, so an echo request of ours has ICMPv6 right next.
+    if (std::to_integer<std::uint8_t>(inner[6]) != kNextHeaderIcmpV6) {
+      return IcmpParseStatus::kNotIcmpError;
+    }
+    std::memcpy(out.destination.data(), inner.data() + 24, 16);
+    inner = inner.subspan(kIpv6Header);
+  } else {
+    const std::span<const std::byte> quoted_ip = inner;
+    if (const IcmpParseStatus status = skip_ipv4_header(inner); status != IcmpParseStatus::kOk) {
+      return status == IcmpParseStatus::kNotEchoReply ? IcmpParseStatus::kNotIcmpError : status;
+    }
+    std::memcpy(out.destination.data(), quoted_ip.data() + 16, 4);
+  }
+  return parse_quoted_echo_request(inner, ipv6, true, id, cookie, out);
+}
+
 bool unwrap_icmp_sequence(std::uint64_t next_seq, std::uint16_t wire_seq, std::uint64_t& seq) noexcept {
   if (next_seq == 0) {
     return false;
@@ -224,6 +323,10 @@ struct IcmpProber::Family {
   std::vector<std::byte> rx;
   sockaddr_storage peer{};
   alignas(std::max_align_t) std::array<unsigned char, 128> control{};
+  // Error-queue reads: sock_extended_err plus the offender's address (up to 60 bytes with
+  // IPv6), and a timestamp if the kernel adds one.
+  alignas(std::max_align_t) std::array<unsigned char, 192> error_control{};
+  bool error_queue = false;  // ping socket with IP(V6)_RECVERR: ICMP errors come from there
   HandlerMemory wait_memory;
 };
 
@@ -294,17 +397,32 @@ IcmpStartResult IcmpProber::open_family(Family& family) {
   }
   if (family.kind == IcmpSocketKind::kRaw) {
     family.id = static_cast<std::uint16_t>(random_u64());
-    // Only echo replies wake us; a raw socket otherwise sees every ICMP message on the host,
-    // including our own requests on loopback. Best effort: the parser rejects them anyway.
+    // Only echo replies and the errors that can be about a probe wake us; a raw socket
+    // otherwise sees every ICMP message on the host, including our own requests on loopback.
+    // Best effort: the parsers reject the rest anyway.
     if (family.ipv6) {
       icmp6_filter filter{};
       ICMP6_FILTER_SETBLOCKALL(&filter);
-      ICMP6_FILTER_SETPASS(kEchoReplyV6, &filter);
+      for (const std::uint8_t type : {kEchoReplyV6, kDestUnreachableV6, kPacketTooBigV6, kTimeExceededV6}) {
+        ICMP6_FILTER_SETPASS(type, &filter);
+      }
       ::setsockopt(fd, IPPROTO_ICMPV6, ICMP6_FILTER, &filter, sizeof(filter));
     } else {
-      const std::uint32_t blocked = ~(std::uint32_t{1} << kEchoReplyV4);
+      const std::uint32_t blocked =
+          ~((std::uint32_t{1} << kEchoReplyV4) | (std::uint32_t{1} << kDestUnreachableV4) |
+            (std::uint32_t{1} << kTimeExceededV4));
       ::setsockopt(fd, SOL_RAW, kIcmpFilterOption, &blocked, sizeof(blocked));
     }
+  } else {
+    // A ping socket gets ICMP errors about its requests only through the error queue. Linux's
+    // ping_err() tests the IPv4 flag even on IPv6 sockets before queueing, so those need both.
+    // Best effort: without it, such probes are simply counted lost, as before.
+    const int on = 1;
+    bool queued = ::setsockopt(fd, IPPROTO_IP, IP_RECVERR, &on, sizeof(on)) == 0;
+    if (family.ipv6) {
+      queued = ::setsockopt(fd, IPPROTO_IPV6, IPV6_RECVERR, &on, sizeof(on)) == 0 && queued;
+    }
+    family.error_queue = queued;
   }
   family.kernel_ts = config_.kernel_timestamps && platform::enable_kernel_rx_timestamps(fd);
   family.tx.assign(kIcmpHeaderSize + kIcmpMaxPayload, std::byte{0});
@@ -369,6 +487,7 @@ IcmpStartResult IcmpProber::start() {
     targets_.push_back(target);
   }
   stopping_ = false;
+  sending_stopped_ = false;
   for (Family* family : {v4_.get(), v6_.get()}) {
     if (family != nullptr) {
       arm_receive(*family);
@@ -393,11 +512,20 @@ void IcmpProber::stop() {
   });
 }
 
+void IcmpProber::stop_sending() {
+  asio::post(io_, [this] {
+    sending_stopped_ = true;
+    schedule_timer_.cancel();
+  });
+}
+
 IcmpProberCounters IcmpProber::counters() const noexcept {
   IcmpProberCounters c;
   c.sent = sent_.get();
   c.replies = replies_.get();
   c.send_errors = send_errors_.get();
+  c.unreachable = unreachable_.get();
+  c.unattributed_errors = unattributed_errors_.get();
   c.dropped_foreign = dropped_foreign_.get();
   c.dropped_malformed = dropped_malformed_.get();
   c.receive_errors = receive_errors_.get();
@@ -413,7 +541,8 @@ void IcmpProber::arm_schedule() {
   }
   schedule_timer_.expires_at(at(earliest));
   schedule_timer_.async_wait(with_memory(*schedule_memory_, [this](const std::error_code& ec) {
-    if (!ec && !stopping_) {
+    // A wait that completed just before stop_sending()'s cancel still sends nothing.
+    if (!ec && !stopping_ && !sending_stopped_) {
       on_schedule();
     }
   }));
@@ -486,11 +615,19 @@ void IcmpProber::arm_receive(Family& family) {
 }
 
 void IcmpProber::on_readable(Family& family) {
+  // A queued error keeps the socket reporting EPOLLERR until it is read: drain it first, or
+  // the wait would complete again at once, forever.
+  if (family.error_queue) {
+    drain_error_queue(family);
+  }
   for (int i = 0; i < kMaxBatch; ++i) {
     const platform::ReceivedDatagram d =
         platform::receive_datagram(family.descriptor.native_handle(), family.rx, family.peer, family.control);
     if (d.status != platform::ReceivedDatagram::Status::kDatagram) {
-      if (d.status == platform::ReceivedDatagram::Status::kError) {
+      // With RECVERR a plain read reports a newly queued ICMP error once as its errno (e.g.
+      // EHOSTUNREACH): that is the error queue's entry, not a failed receive.
+      if (d.status == platform::ReceivedDatagram::Status::kError &&
+          !(family.error_queue && drain_error_queue(family) != 0)) {
         receive_errors_.bump();
       }
       return;
@@ -521,14 +658,30 @@ void IcmpProber::on_readable(Family& family) {
 void IcmpProber::handle_reply(Family& family, std::size_t size, std::int64_t receive_ns, bool kernel_rx) {
   IcmpEchoReply reply;
   const bool raw = family.kind == IcmpSocketKind::kRaw;
-  switch (parse_icmp_echo_reply(std::span<const std::byte>(family.rx.data(), size), family.ipv6,
-                                raw && !family.ipv6, raw, family.id, cookie_, reply)) {
+  const std::span<const std::byte> packet(family.rx.data(), size);
+  IcmpParseStatus status =
+      parse_icmp_echo_reply(packet, family.ipv6, raw && !family.ipv6, raw, family.id, cookie_, reply);
+  if (status == IcmpParseStatus::kNotEchoReply && raw) {
+    // Raw sockets receive ICMP errors as ordinary datagrams (ping sockets: the error queue).
+    IcmpErrorReport report;
+    status = parse_icmp_error(packet, family.ipv6, !family.ipv6, family.id, cookie_, report);
+    if (status == IcmpParseStatus::kOk) {
+      handle_error(family, report,
+                   std::span<const std::byte>(report.destination.data(), family.ipv6 ? 16 : 4));
+      return;
+    }
+  }
+  switch (status) {
     case IcmpParseStatus::kOk:
       break;
     case IcmpParseStatus::kNotEchoReply:
+    case IcmpParseStatus::kNotIcmpError:
     case IcmpParseStatus::kWrongId:
     case IcmpParseStatus::kWrongCookie:
       dropped_foreign_.bump();
+      return;
+    case IcmpParseStatus::kShortQuote:
+      unattributed_errors_.bump();
       return;
     case IcmpParseStatus::kTooShort:
     case IcmpParseStatus::kMalformed:
@@ -575,6 +728,119 @@ void IcmpProber::handle_reply(Family& family, std::size_t size, std::int64_t rec
   event.send_ns = reply.send_ns;
   event.receive_ns = receive_ns;
   replies_.bump();
+  emit(event);
+}
+
+std::size_t IcmpProber::drain_error_queue(Family& family) {
+  const int fd = family.descriptor.native_handle();
+  std::size_t drained = 0;
+  for (int i = 0; i < kMaxBatch; ++i) {
+    iovec iov{family.rx.data(), family.rx.size()};
+    msghdr msg{};
+    msg.msg_name = &family.peer;
+    msg.msg_namelen = sizeof(family.peer);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = family.error_control.data();
+    msg.msg_controllen = family.error_control.size();
+    const ssize_t n = ::recvmsg(fd, &msg, MSG_ERRQUEUE | MSG_DONTWAIT);
+    if (n < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      if (errno != EAGAIN && errno != EWOULDBLOCK) {
+        receive_errors_.bump();
+      }
+      break;
+    }
+    ++drained;
+    // The data is the quoted request from its ICMP header on (the kernel strips the rest), the
+    // address is the request's destination, and the cmsg names the ICMP type.
+    const int level = family.ipv6 ? IPPROTO_IPV6 : IPPROTO_IP;
+    const int type = family.ipv6 ? IPV6_RECVERR : IP_RECVERR;
+    const std::uint8_t origin = family.ipv6 ? SO_EE_ORIGIN_ICMP6 : SO_EE_ORIGIN_ICMP;
+    bool found = false;
+    sock_extended_err ee{};
+    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+      if (c->cmsg_level == level && c->cmsg_type == type && c->cmsg_len >= CMSG_LEN(sizeof(ee))) {
+        // CMSG_DATA is not guaranteed to be aligned for the struct.
+        std::memcpy(&ee, CMSG_DATA(c), sizeof(ee));
+        found = true;
+        break;
+      }
+    }
+    const std::size_t size = std::min(static_cast<std::size_t>(n), family.rx.size());
+    IcmpErrorReport report;
+    if (!found || ee.ee_origin != origin || !is_icmp_error_for_probe(family.ipv6, ee.ee_type)) {
+      unattributed_errors_.bump();
+      continue;
+    }
+    report.type = ee.ee_type;
+    report.code = ee.ee_code;
+    // The kernel matched the quoted id to this socket already (and rewrote ours on send).
+    switch (parse_quoted_echo_request(std::span<const std::byte>(family.rx.data(), size), family.ipv6, false,
+                                      0, cookie_, report)) {
+      case IcmpParseStatus::kOk:
+        break;
+      case IcmpParseStatus::kWrongCookie:
+        dropped_foreign_.bump();
+        continue;
+      default:
+        unattributed_errors_.bump();
+        continue;
+    }
+    std::span<const std::byte> destination;
+    if (family.ipv6 && msg.msg_namelen >= sizeof(sockaddr_in6) && family.peer.ss_family == AF_INET6) {
+      sockaddr_in6 to{};
+      std::memcpy(&to, &family.peer, sizeof(to));
+      std::memcpy(report.destination.data(), &to.sin6_addr, 16);
+      destination = std::span<const std::byte>(report.destination.data(), 16);
+    } else if (!family.ipv6 && msg.msg_namelen >= sizeof(sockaddr_in) && family.peer.ss_family == AF_INET) {
+      sockaddr_in to{};
+      std::memcpy(&to, &family.peer, sizeof(to));
+      std::memcpy(report.destination.data(), &to.sin_addr, 4);
+      destination = std::span<const std::byte>(report.destination.data(), 4);
+    }
+    handle_error(family, report, destination);
+  }
+  return drained;
+}
+
+void IcmpProber::handle_error(Family& family, const IcmpErrorReport& report,
+                              std::span<const std::byte> destination) {
+  // The cookie says the request was ours; target index, destination and seq must all agree
+  // too, so an error can only close a probe that was sent to the address it names.
+  if (report.target >= targets_.size()) {
+    unattributed_errors_.bump();
+    return;
+  }
+  Target& target = targets_[report.target];
+  bool same_destination = false;
+  if (target.family == &family) {
+    if (family.ipv6 && destination.size() == 16) {
+      sockaddr_in6 to{};
+      std::memcpy(&to, &target.address, sizeof(to));
+      same_destination = std::memcmp(&to.sin6_addr, destination.data(), 16) == 0;
+    } else if (!family.ipv6 && destination.size() == 4) {
+      sockaddr_in to{};
+      std::memcpy(&to, &target.address, sizeof(to));
+      same_destination = std::memcmp(&to.sin_addr, destination.data(), 4) == 0;
+    }
+  }
+  std::uint64_t seq = 0;
+  const std::int64_t age = clock_ns(CLOCK_MONOTONIC) - report.send_ns;
+  if (!same_destination || !unwrap_icmp_sequence(target.next_seq, report.wire_seq, seq) || age < 0 ||
+      age > kMaxRttNs) {
+    unattributed_errors_.bump();
+    return;
+  }
+  ProbeEvent event;
+  event.target = target.config.target;
+  event.protocol = ProbeProtocol::kIcmpEcho;
+  event.kind = ProbeEventKind::kSendError;
+  event.seq = seq;
+  event.send_ns = report.send_ns;
+  unreachable_.bump();
   emit(event);
 }
 

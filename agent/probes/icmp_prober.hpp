@@ -1,11 +1,13 @@
 // ICMP/ICMPv6 echo prober: pings each target at a jittered rate through an unprivileged ping
-// socket or a raw socket, and reports kSent/kReply events into the aggregator's ring.
+// socket or a raw socket, and reports kSent/kReply events into the aggregator's ring, and
+// kSendError for probes a router answered with destination unreachable or time exceeded.
 #pragma once
 
 #include <asio/io_context.hpp>
 #include <asio/ip/address.hpp>
 #include <asio/steady_timer.hpp>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -72,7 +74,14 @@ struct IcmpStartResult {
 struct IcmpProberCounters {
   std::uint64_t sent = 0;
   std::uint64_t replies = 0;
-  std::uint64_t send_errors = 0;        // sendto failed (kSendError emitted)
+  std::uint64_t send_errors = 0;  // sendto failed (kSendError emitted)
+  // An ICMP destination unreachable, packet too big (IPv6) or time exceeded quoting one of our
+  // probes (kSendError emitted for its seq).
+  std::uint64_t unreachable = 0;
+  // ICMP errors quoting an echo request of ours (our id or our ping socket) that cannot be tied
+  // to a probe: a quote too short to hold the cookie (IPv4 routers need only quote 8 bytes),
+  // an error-queue entry not from ICMP, or a seq, target or address that does not match.
+  std::uint64_t unattributed_errors = 0;
   std::uint64_t dropped_foreign = 0;    // not an echo reply to this prober: type, id, cookie, source
   std::uint64_t dropped_malformed = 0;  // too short, bad IP header or checksum, impossible seq/time
   std::uint64_t receive_errors = 0;
@@ -87,7 +96,9 @@ enum class IcmpParseStatus : std::uint8_t {
   kMalformed,
   kNotEchoReply,
   kWrongId,
-  kWrongCookie
+  kWrongCookie,
+  kNotIcmpError,  // parse_icmp_error: not an error type we handle, or not about an echo request
+  kShortQuote,    // an error quoting our echo request, but too little of it to hold our cookie
 };
 
 struct IcmpEchoReply {
@@ -112,19 +123,51 @@ IcmpParseStatus parse_icmp_echo_reply(std::span<const std::byte> packet, bool ip
                                       bool check_id, std::uint16_t id, std::uint64_t cookie,
                                       IcmpEchoReply& out) noexcept;
 
+// An ICMP error about one of our echo requests, from the part of the request it quotes.
+struct IcmpErrorReport {
+  std::uint8_t type = 0;  // ICMP(v6) type and code of the error
+  std::uint8_t code = 0;
+  std::uint16_t id = 0;
+  std::uint16_t wire_seq = 0;
+  std::int64_t send_ns = 0;
+  std::uint32_t target = 0;
+  // Destination of the quoted request (4 bytes for IPv4), from the quoted IP header; raw
+  // sockets only, the error queue reports it as the message's address instead.
+  std::array<std::byte, 16> destination{};
+};
+
+// Whether an ICMP(v6) type is one that says an echo request did not reach its target:
+// destination unreachable (any code) and time exceeded, and for IPv6 packet too big (IPv4's
+// counterpart is unreachable code 4). Redirects, parameter problems and the rest are not.
+bool is_icmp_error_for_probe(bool ipv6, std::uint8_t type) noexcept;
+
+// Parses the echo request quoted in an ICMP error (from its ICMP header on): our type, code 0,
+// optionally our id, and the cookie; fills id, wire_seq, send_ns and target of out.
+IcmpParseStatus parse_quoted_echo_request(std::span<const std::byte> quote, bool ipv6, bool check_id,
+                                          std::uint16_t id, std::uint64_t cookie,
+                                          IcmpErrorReport& out) noexcept;
+
+// Parses an ICMP error as a raw socket receives it (IPv4: behind the IP header): an error type
+// of is_icmp_error_for_probe, the quoted IP header (IPv4 with ICMP inside, or IPv6 with ICMPv6
+// directly next) and a quoted echo request with our id and cookie. Every length is checked
+// against the received size: nothing past `packet` is read.
+IcmpParseStatus parse_icmp_error(std::span<const std::byte> packet, bool ipv6, bool with_ip_header,
+                                 std::uint16_t id, std::uint64_t cookie, IcmpErrorReport& out) noexcept;
+
 // Maps a 16-bit wire sequence back onto the 64-bit per-target counter, given how many probes
 // were sent (next_seq): the latest sent seq with those low 16 bits. False if no sent probe has
 // them (nothing sent yet, or the value predates the first probe).
 bool unwrap_icmp_sequence(std::uint64_t next_seq, std::uint16_t wire_seq, std::uint64_t& seq) noexcept;
 
-// Thread contract as for Reflector: start(), the handlers and stop()'s posted work run on the
-// io_context's thread; stop(), counters() and socket_kind() may be called from any thread
-// after start(). Destroy it only after stop() once the io_context has no more of its
-// handlers to run (run() returned): pending operations keep their handler memory in the prober.
+// Thread contract as for Reflector: start(), the handlers and the posted work of stop() and
+// stop_sending() run on the io_context's thread; stop(), stop_sending(), counters() and
+// socket_kind() may be called from any thread after start(). Destroy it only after stop()
+// once the io_context has no more of its handlers to run (run() returned): pending operations
+// keep their handler memory in the prober.
 //
 // Nothing is allocated per probe: one socket per address family and one schedule timer serve
-// every target, requests are encoded into and replies read from buffers sized at start(), and
-// the three possible outstanding waits use handler memory owned by the prober.
+// every target, requests are encoded into and replies and ICMP errors read from buffers sized
+// at start(), and the three possible outstanding waits use handler memory owned by the prober.
 class IcmpProber {
  public:
   IcmpProber(asio::io_context& io, IcmpProberConfig config, platform::SpscRing<ProbeEvent>& ring);
@@ -140,6 +183,12 @@ class IcmpProber {
 
   // Stops scheduling and closes the sockets on the io_context's thread. Idempotent.
   void stop();
+
+  // Sends no further probes but keeps the sockets open, so replies (and ICMP errors) for the
+  // probes in flight still arrive and are forwarded: a measurement ends with every probe
+  // answered or timed out, not cut off. Posted to the io_context's thread like stop();
+  // idempotent, and stop() still closes everything afterwards.
+  void stop_sending();
 
   // Which kind of socket IPv4 / IPv6 probing uses (kNone if no target has that family).
   IcmpSocketKind socket_kind(bool ipv6) const noexcept {
@@ -165,6 +214,8 @@ class IcmpProber {
   void arm_receive(Family& family);
   void on_readable(Family& family);
   void handle_reply(Family& family, std::size_t size, std::int64_t receive_ns, bool kernel_rx);
+  std::size_t drain_error_queue(Family& family);
+  void handle_error(Family& family, const IcmpErrorReport& report, std::span<const std::byte> destination);
   void emit(const ProbeEvent& event) noexcept;
 
   asio::io_context& io_;
@@ -178,13 +229,15 @@ class IcmpProber {
   std::uint64_t rng_state_;
   std::uint64_t cookie_;
   bool stopping_ = false;
+  bool sending_stopped_ = false;
 
   std::atomic<IcmpSocketKind> kind_v4_{IcmpSocketKind::kNone};
   std::atomic<IcmpSocketKind> kind_v6_{IcmpSocketKind::kNone};
   std::atomic<bool> kernel_ts_v4_{false};
   std::atomic<bool> kernel_ts_v6_{false};
 
-  Counter sent_, replies_, send_errors_, dropped_foreign_, dropped_malformed_, receive_errors_, ring_full_;
+  Counter sent_, replies_, send_errors_, unreachable_, unattributed_errors_, dropped_foreign_,
+      dropped_malformed_, receive_errors_, ring_full_;
 };
 
 }  // namespace vantage::agent::probes

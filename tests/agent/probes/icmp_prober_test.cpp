@@ -1,8 +1,15 @@
-// IcmpProber: wire-level units (16-bit sequence unwrap, echo reply parsing and rejection of
-// foreign or malformed replies), socket selection and its error message through an injected
-// opener, and real pings of 127.0.0.1 and ::1 over whichever socket kinds this host allows.
+// IcmpProber: wire-level units (16-bit sequence unwrap, echo reply and ICMP error parsing and
+// rejection of foreign or malformed ones), socket selection and its error message through an
+// injected opener, real pings of 127.0.0.1 and ::1 over whichever socket kinds this host
+// allows, and, in a private network namespace, injected ICMP errors and stop_sending().
 #include <doctest/doctest.h>
 
+#include <net/if.h>
+#include <netinet/icmp6.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sched.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <asio/io_context.hpp>
@@ -12,9 +19,12 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <random>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -371,4 +381,529 @@ TEST_CASE("IcmpProber: every echo request to ::1 is answered") {
     return;
   }
   check_ping_all_modes("::1");
+}
+
+namespace {
+
+using probes::IcmpErrorReport;
+
+// What a router sends back about one of our requests: an ICMP(v6) error of the given type,
+// quoting the request's IP header and its first quote_len bytes (8 is all RFC 792 asks of
+// IPv4 routers). IPv4 has the outer IP header in front as a raw socket delivers it.
+Bytes icmp_error(bool ipv6, std::uint8_t type, std::uint8_t code, const Bytes& request, std::size_t quote_len,
+                 std::uint8_t inner_protocol = 0) {
+  Bytes b(8, std::byte{0});
+  b[0] = std::byte{type};
+  b[1] = std::byte{code};
+  const std::size_t quoted = std::min(quote_len, request.size());
+  if (ipv6) {
+    Bytes ip(40, std::byte{0});
+    ip[0] = std::byte{0x60};
+    ip[4] = static_cast<std::byte>(request.size() >> 8);
+    ip[5] = static_cast<std::byte>(request.size() & 0xff);
+    ip[6] = std::byte{inner_protocol != 0 ? inner_protocol : std::uint8_t{58}};
+    ip[7] = std::byte{64};
+    ip[23] = std::byte{1};                                          // source ::1
+    for (std::size_t i = 24; i < 40; ++i) ip[i] = std::byte{0x20};  // destination 2020:...
+    b.insert(b.end(), ip.begin(), ip.end());
+  } else {
+    Bytes ip(20, std::byte{0});
+    ip[0] = std::byte{0x45};
+    ip[8] = std::byte{64};
+    ip[9] = std::byte{inner_protocol != 0 ? inner_protocol : std::uint8_t{1}};
+    ip[12] = std::byte{127};
+    ip[15] = std::byte{1};
+    ip[16] = std::byte{192};  // destination 192.0.2.33
+    ip[18] = std::byte{2};
+    ip[19] = std::byte{33};
+    b.insert(b.end(), ip.begin(), ip.end());
+  }
+  b.insert(b.end(), request.begin(), request.begin() + static_cast<std::ptrdiff_t>(quoted));
+  if (!ipv6) {
+    const std::uint16_t sum = checksum(b, 0);
+    b[2] = static_cast<std::byte>(sum >> 8);
+    b[3] = static_cast<std::byte>(sum & 0xff);
+    Bytes outer(20, std::byte{0});
+    outer[0] = std::byte{0x45};
+    outer[9] = std::byte{1};
+    b.insert(b.begin(), outer.begin(), outer.end());
+  }
+  return b;
+}
+
+Bytes request(bool ipv6, std::uint16_t id, std::uint16_t seq, std::uint64_t cookie = kCookie) {
+  Bytes b(probes::kIcmpHeaderSize + 56);
+  REQUIRE(probes::encode_icmp_echo_request(b, ipv6, id, seq, cookie, 12345, 7, 56) == b.size());
+  return b;
+}
+
+// After editing an error built by icmp_error(false, ...): redo its ICMP checksum.
+void refresh_v4_checksum(Bytes& b) {
+  b[22] = b[23] = std::byte{0};
+  const std::uint16_t sum = checksum(Bytes(b.begin() + 20, b.end()), 0);
+  b[22] = static_cast<std::byte>(sum >> 8);
+  b[23] = static_cast<std::byte>(sum & 0xff);
+}
+
+IcmpParseStatus parse_error(const Bytes& b, bool ipv6, std::uint16_t id, IcmpErrorReport& out) {
+  // An exact-size heap copy, so ASan flags any read past the received length.
+  const std::vector<std::byte> exact(b.begin(), b.end());
+  return probes::parse_icmp_error(exact, ipv6, !ipv6, id, kCookie, out);
+}
+
+}  // namespace
+
+TEST_CASE("IcmpProber: unreachable and time-exceeded errors quoting our requests are parsed") {
+  struct Case {
+    bool ipv6;
+    std::uint8_t type;
+    std::uint8_t code;
+  };
+  for (const Case c : {Case{false, 3, 1}, Case{false, 3, 13}, Case{false, 11, 0}, Case{true, 1, 3},
+                       Case{true, 1, 4}, Case{true, 2, 0}, Case{true, 3, 0}}) {
+    CAPTURE(c.ipv6);
+    CAPTURE(int{c.type});
+    IcmpErrorReport out;
+    const Bytes full = icmp_error(c.ipv6, c.type, c.code, request(c.ipv6, 0x1234, 0xbeef), 1000);
+    REQUIRE(parse_error(full, c.ipv6, 0x1234, out) == IcmpParseStatus::kOk);
+    CHECK(out.type == c.type);
+    CHECK(out.code == c.code);
+    CHECK(out.id == 0x1234);
+    CHECK(out.wire_seq == 0xbeef);
+    CHECK(out.send_ns == 12345);
+    CHECK(out.target == 7);
+    if (c.ipv6) {
+      CHECK(out.destination[0] == std::byte{0x20});
+      CHECK(out.destination[15] == std::byte{0x20});
+    } else {
+      CHECK(out.destination[0] == std::byte{192});
+      CHECK(out.destination[3] == std::byte{33});
+    }
+    CHECK(probes::is_icmp_error_for_probe(c.ipv6, c.type));
+
+    // Exactly as much of the request as the cookie, send time and target need.
+    const Bytes minimal = icmp_error(c.ipv6, c.type, c.code, request(c.ipv6, 0x1234, 1),
+                                     probes::kIcmpHeaderSize + probes::kIcmpMinPayload);
+    CHECK(parse_error(minimal, c.ipv6, 0x1234, out) == IcmpParseStatus::kOk);
+    // An 8-byte quote names id and seq but cannot prove the request was ours.
+    CHECK(parse_error(icmp_error(c.ipv6, c.type, c.code, request(c.ipv6, 0x1234, 1), 8), c.ipv6, 0x1234,
+                      out) == IcmpParseStatus::kShortQuote);
+    // Another process's ping (raw sockets see them all), and our id with a forged cookie.
+    CHECK(parse_error(icmp_error(c.ipv6, c.type, c.code, request(c.ipv6, 0x4321, 1), 1000), c.ipv6, 0x1234,
+                      out) == IcmpParseStatus::kWrongId);
+    CHECK(parse_error(icmp_error(c.ipv6, c.type, c.code, request(c.ipv6, 0x1234, 1, kCookie ^ 0x100), 1000),
+                      c.ipv6, 0x1234, out) == IcmpParseStatus::kWrongCookie);
+    // An error about a UDP datagram, or quoting a reply rather than a request, is not ours.
+    CHECK(parse_error(icmp_error(c.ipv6, c.type, c.code, request(c.ipv6, 0x1234, 1), 1000, 17), c.ipv6,
+                      0x1234, out) == IcmpParseStatus::kNotIcmpError);
+    CHECK(parse_error(icmp_error(c.ipv6, c.type, c.code, reply(c.ipv6, 0x1234, 1, kCookie), 1000), c.ipv6,
+                      0x1234, out) == IcmpParseStatus::kNotIcmpError);
+
+    // Every truncation of a valid error is rejected without reading past its end.
+    for (std::size_t len = 0; len < minimal.size(); ++len) {
+      const Bytes cut(minimal.begin(), minimal.begin() + static_cast<std::ptrdiff_t>(len));
+      CHECK(parse_error(cut, c.ipv6, 0x1234, out) != IcmpParseStatus::kOk);
+    }
+  }
+
+  IcmpErrorReport out;
+  // Types that say nothing about the probe's fate: redirect, parameter problem, echo itself.
+  for (const std::uint8_t type : {std::uint8_t{5}, std::uint8_t{12}, std::uint8_t{0}, std::uint8_t{8}}) {
+    CHECK_FALSE(probes::is_icmp_error_for_probe(false, type));
+    Bytes b = icmp_error(false, type, 0, request(false, 0x1234, 1), 1000);
+    CHECK(parse_error(b, false, 0x1234, out) == IcmpParseStatus::kNotIcmpError);
+  }
+  for (const std::uint8_t type : {std::uint8_t{4}, std::uint8_t{128}, std::uint8_t{129}, std::uint8_t{137}}) {
+    CHECK_FALSE(probes::is_icmp_error_for_probe(true, type));
+    CHECK(parse_error(icmp_error(true, type, 0, request(true, 0x1234, 1), 1000), true, 0x1234, out) ==
+          IcmpParseStatus::kNotIcmpError);
+  }
+  // IPv4 raw sockets hand over unchecked bytes: the error's checksum and both IP headers count.
+  Bytes corrupted = icmp_error(false, 3, 1, request(false, 0x1234, 1), 1000);
+  corrupted.back() ^= std::byte{0x01};
+  CHECK(parse_error(corrupted, false, 0x1234, out) == IcmpParseStatus::kMalformed);
+  Bytes bad_inner = icmp_error(false, 3, 1, request(false, 0x1234, 1), 10);
+  bad_inner[28] = std::byte{0x4f};  // the quoted header claims 60 bytes, only 30 are quoted
+  refresh_v4_checksum(bad_inner);
+  CHECK(parse_error(bad_inner, false, 0x1234, out) == IcmpParseStatus::kMalformed);
+  Bytes bad_v6 = icmp_error(true, 1, 0, request(true, 0x1234, 1), 1000);
+  bad_v6[8] = std::byte{0x40};  // quoted header is not IPv6
+  CHECK(parse_error(bad_v6, true, 0x1234, out) == IcmpParseStatus::kMalformed);
+
+  // The error-queue form (ping sockets): only the quoted request, the id already matched.
+  const Bytes quote = request(true, 0x9999, 77);
+  REQUIRE(probes::parse_quoted_echo_request(quote, true, false, 0, kCookie, out) == IcmpParseStatus::kOk);
+  CHECK(out.wire_seq == 77);
+  CHECK(probes::parse_quoted_echo_request(Bytes(quote.begin(), quote.begin() + 8), true, false, 0, kCookie,
+                                          out) == IcmpParseStatus::kShortQuote);
+  CHECK(probes::parse_quoted_echo_request(Bytes(quote.begin(), quote.begin() + 7), true, false, 0, kCookie,
+                                          out) == IcmpParseStatus::kTooShort);
+
+  // Random bytes, and random damage to valid errors, never crash and random bytes never pass.
+  std::mt19937 rng(7);
+  for (int i = 0; i < 3000; ++i) {
+    const bool ipv6 = (i & 1) != 0;
+    Bytes junk(static_cast<std::size_t>(rng() % 160));
+    for (auto& b : junk) {
+      b = static_cast<std::byte>(rng());
+    }
+    CHECK(parse_error(junk, ipv6, 0x1234, out) != IcmpParseStatus::kOk);
+    Bytes damaged = icmp_error(ipv6, ipv6 ? 1 : 3, 0, request(ipv6, 0x1234, 5), rng() % 100);
+    damaged[rng() % damaged.size()] = static_cast<std::byte>(rng());
+    damaged.resize(rng() % (damaged.size() + 1));
+    (void)parse_error(damaged, ipv6, 0x1234, out);
+  }
+}
+
+namespace {
+
+bool write_sysctl(const char* path, const char* value) {
+  std::ofstream out(path);
+  out << value;
+  out.flush();
+  return out.good();
+}
+
+// Runs body on a thread of its own inside a fresh network namespace (only lo, brought up), so
+// the sysctls it sets and the packets it injects never leave it; the namespace goes away with
+// the thread. Returns false, running nothing, where namespaces are not allowed (no root).
+bool in_private_netns(const std::function<void()>& body) {
+  bool entered = false;
+  std::thread thread([&] {
+    // unshare(CLONE_NEWNET) moves only the calling thread: the rest of the test process stays.
+    if (::unshare(CLONE_NEWNET) != 0) {
+      return;
+    }
+    const int fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    ifreq ifr{};
+    std::strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
+    const bool up = fd >= 0 && ::ioctl(fd, SIOCGIFFLAGS, &ifr) == 0 && (ifr.ifr_flags |= IFF_UP) != 0 &&
+                    ::ioctl(fd, SIOCSIFFLAGS, &ifr) == 0;
+    if (fd >= 0) {
+      ::close(fd);
+    }
+    if (!up) {
+      return;
+    }
+    // Both socket kinds are usable in here, and nothing answers echo requests but the test.
+    write_sysctl("/proc/sys/net/ipv4/ping_group_range", "0 2147483647");
+    write_sysctl("/proc/sys/net/ipv4/icmp_echo_ignore_all", "1");
+    write_sysctl("/proc/sys/net/ipv6/icmp/echo_ignore_all", "1");
+    entered = true;
+    try {
+      body();
+    } catch (...) {
+      // A failed REQUIRE has been recorded already; it must not escape the thread.
+    }
+  });
+  thread.join();
+  return entered;
+}
+
+// A raw socket that sees the prober's echo requests on lo and can send anything back to it.
+struct Peer {
+  bool ipv6;
+  int fd;
+
+  explicit Peer(bool v6)
+      : ipv6(v6),
+        fd(::socket(v6 ? AF_INET6 : AF_INET, SOCK_RAW | SOCK_CLOEXEC,
+                    v6 ? static_cast<int>(IPPROTO_ICMPV6) : static_cast<int>(IPPROTO_ICMP))) {}
+  ~Peer() {
+    if (fd >= 0) {
+      ::close(fd);
+    }
+  }
+  Peer(const Peer&) = delete;
+  Peer& operator=(const Peer&) = delete;
+
+  // The next echo request (from its ICMP header on), or empty after timeout_ms.
+  Bytes next_request(int timeout_ms) {
+    Bytes b(2048);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    while (std::chrono::steady_clock::now() < deadline) {
+      pollfd p{fd, POLLIN, 0};
+      if (::poll(&p, 1, 20) <= 0) {
+        continue;
+      }
+      const ssize_t n = ::recv(fd, b.data(), b.size(), 0);
+      if (n <= 0) {
+        continue;
+      }
+      std::size_t skip = 0;
+      if (!ipv6) {
+        skip = (std::to_integer<std::size_t>(b[0]) & 0x0f) * 4;
+      }
+      const auto size = static_cast<std::size_t>(n);
+      if (size >= skip + probes::kIcmpHeaderSize &&
+          std::to_integer<unsigned>(b[skip]) == (ipv6 ? 128u : 8u)) {
+        return Bytes(b.begin() + static_cast<std::ptrdiff_t>(skip),
+                     b.begin() + static_cast<std::ptrdiff_t>(size));
+      }
+    }
+    return {};
+  }
+
+  // Sends an ICMP message (from its header on) to the loopback address; the kernel adds the
+  // IP header, and for ICMPv6 the checksum.
+  bool send(const Bytes& icmp) {
+    sockaddr_storage to{};
+    socklen_t len = 0;
+    if (ipv6) {
+      sockaddr_in6 sin6{};
+      sin6.sin6_family = AF_INET6;
+      sin6.sin6_addr = in6addr_loopback;
+      std::memcpy(&to, &sin6, sizeof(sin6));
+      len = sizeof(sin6);
+    } else {
+      sockaddr_in sin{};
+      sin.sin_family = AF_INET;
+      sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      std::memcpy(&to, &sin, sizeof(sin));
+      len = sizeof(sin);
+    }
+    return ::sendto(fd, icmp.data(), icmp.size(), 0, reinterpret_cast<const sockaddr*>(&to), len) ==
+           static_cast<ssize_t>(icmp.size());
+  }
+
+  // What a router on the way would answer to request: an error quoting its IP header (built
+  // here, as loopback saw it) and the whole request.
+  Bytes error_for(const Bytes& request, std::uint8_t type, std::uint8_t code) const {
+    Bytes b(8, std::byte{0});
+    b[0] = std::byte{type};
+    b[1] = std::byte{code};
+    Bytes ip(ipv6 ? 40 : 20, std::byte{0});
+    if (ipv6) {
+      ip[0] = std::byte{0x60};
+      ip[4] = static_cast<std::byte>(request.size() >> 8);
+      ip[5] = static_cast<std::byte>(request.size() & 0xff);
+      ip[6] = std::byte{58};
+      ip[7] = std::byte{64};
+      ip[23] = ip[39] = std::byte{1};  // ::1 -> ::1
+    } else {
+      ip[0] = std::byte{0x45};
+      const std::size_t total = 20 + request.size();
+      ip[2] = static_cast<std::byte>(total >> 8);
+      ip[3] = static_cast<std::byte>(total & 0xff);
+      ip[8] = std::byte{64};
+      ip[9] = std::byte{1};
+      ip[12] = ip[16] = std::byte{127};  // 127.0.0.1 -> 127.0.0.1
+      ip[15] = ip[19] = std::byte{1};
+      const std::uint16_t ip_sum = checksum(ip, 0);
+      ip[10] = static_cast<std::byte>(ip_sum >> 8);
+      ip[11] = static_cast<std::byte>(ip_sum & 0xff);
+    }
+    b.insert(b.end(), ip.begin(), ip.end());
+    b.insert(b.end(), request.begin(), request.end());
+    if (!ipv6) {
+      const std::uint16_t sum = checksum(b, 0);
+      b[2] = static_cast<std::byte>(sum >> 8);
+      b[3] = static_cast<std::byte>(sum & 0xff);
+    }
+    return b;
+  }
+
+  // The echo reply the target would have sent.
+  Bytes reply_for(const Bytes& request) const {
+    Bytes b = request;
+    b[0] = std::byte{static_cast<unsigned char>(ipv6 ? 129 : 0)};
+    b[2] = b[3] = std::byte{0};
+    if (!ipv6) {
+      const std::uint16_t sum = checksum(b, 0);
+      b[2] = static_cast<std::byte>(sum >> 8);
+      b[3] = static_cast<std::byte>(sum & 0xff);
+    }
+    return b;
+  }
+};
+
+std::uint16_t wire_seq_of(const Bytes& request) {
+  return static_cast<std::uint16_t>((std::to_integer<unsigned>(request[6]) << 8) |
+                                    std::to_integer<unsigned>(request[7]));
+}
+
+std::vector<ProbeEvent> drain(Ring& ring) {
+  std::vector<ProbeEvent> events;
+  ProbeEvent e;
+  while (ring.try_pop(e)) {
+    events.push_back(e);
+  }
+  return events;
+}
+
+// In a private namespace: the prober pings the loopback address, nothing answers, and the test
+// plays the router: it answers some requests with an ICMP error, and also sends errors that
+// must not count (forged cookie, too short a quote, a seq never sent).
+void check_icmp_errors(bool ipv6, IcmpSocketMode mode) {
+  Peer peer(ipv6);
+  REQUIRE(peer.fd >= 0);
+  asio::io_context io;
+  Ring ring(4096);
+  IcmpProberConfig config;
+  config.mode = mode;
+  config.targets = {target(3, ipv6 ? "::1" : "127.0.0.1")};
+  config.targets[0].rate_per_s = 50.0;
+  IcmpProber prober(io, config, ring);
+  const probes::IcmpStartResult started = prober.start();
+  REQUIRE_MESSAGE(started.ok(), started.message);
+  std::thread thread([&io] { io.run(); });
+
+  const std::uint8_t unreachable = ipv6 ? 1 : 3;
+  const std::uint8_t time_exceeded = ipv6 ? 3 : 11;
+  std::set<std::uint16_t> answered;
+  std::size_t ignored = 0;
+  for (int i = 0; i < 6; ++i) {
+    const Bytes req = peer.next_request(1000);
+    if (req.empty()) {
+      break;
+    }
+    switch (i) {
+      case 0:
+      case 1:
+      case 2: {
+        // Codes: host unreachable, hop limit exceeded in transit, network/no route.
+        CHECK(peer.send(peer.error_for(req, i == 1 ? time_exceeded : unreachable, i == 0 ? 1 : 0)));
+        answered.insert(wire_seq_of(req));
+        break;
+      }
+      case 3: {  // someone who guessed id and seq but not the cookie
+        Bytes forged = req;
+        forged[8] ^= std::byte{0x55};
+        CHECK(peer.send(peer.error_for(forged, unreachable, 1)));
+        ++ignored;
+        break;
+      }
+      case 4: {  // a seq 1000 ahead of anything sent
+        Bytes ahead = req;
+        const auto seq = static_cast<std::uint16_t>(wire_seq_of(req) + 1000);
+        ahead[6] = static_cast<std::byte>(seq >> 8);
+        ahead[7] = static_cast<std::byte>(seq & 0xff);
+        CHECK(peer.send(peer.error_for(ahead, unreachable, 1)));
+        ++ignored;
+        break;
+      }
+      default: {  // a router that quotes only the 8 bytes RFC 792 asks for
+        Bytes b = peer.error_for(Bytes(req.begin(), req.begin() + 8), unreachable, 1);
+        CHECK(peer.send(b));
+        ++ignored;
+        break;
+      }
+    }
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(1500);
+  while (prober.counters().unreachable < answered.size() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // room for a wrong extra event
+  prober.stop();
+  thread.join();
+
+  REQUIRE(answered.size() == 3);
+  std::map<std::uint64_t, std::int64_t> sent;
+  std::set<std::uint16_t> errors;
+  for (const ProbeEvent& e : drain(ring)) {
+    CHECK(e.target == 3);
+    if (e.kind == ProbeEventKind::kSent) {
+      sent.emplace(e.seq, e.send_ns);
+    } else {
+      REQUIRE(e.kind == ProbeEventKind::kSendError);
+      const auto it = sent.find(e.seq);
+      REQUIRE(it != sent.end());  // only ever for a probe that was sent
+      CHECK(e.send_ns == it->second);
+      CHECK(errors.insert(static_cast<std::uint16_t>(e.seq)).second);
+    }
+  }
+  const IcmpProberCounters c = prober.counters();
+  INFO("ipv6 " << ipv6 << ", raw " << (mode == IcmpSocketMode::kRaw) << ": " << errors.size()
+               << " errors, unattributed " << c.unattributed_errors << ", foreign " << c.dropped_foreign
+               << ", malformed " << c.dropped_malformed);
+  CHECK(errors == answered);
+  CHECK(c.unreachable == 3);
+  CHECK(c.replies == 0);
+  CHECK(c.send_errors == 0);
+  CHECK(c.unattributed_errors + c.dropped_foreign == ignored);
+  CHECK(c.receive_errors == 0);
+}
+
+}  // namespace
+
+TEST_CASE("IcmpProber: ICMP errors about our requests close exactly those probes (private netns)") {
+  for (const bool ipv6 : {false, true}) {
+    for (const IcmpSocketMode mode : {IcmpSocketMode::kRaw, IcmpSocketMode::kDgram}) {
+      CAPTURE(ipv6);
+      CAPTURE(mode == IcmpSocketMode::kRaw);
+      if (!in_private_netns([&] { check_icmp_errors(ipv6, mode); })) {
+        MESSAGE("skipped: cannot create a network namespace here (needs root)");
+        return;
+      }
+    }
+  }
+}
+
+TEST_CASE("IcmpProber: after stop_sending no probe is sent, and replies still arrive (private netns)") {
+  for (const IcmpSocketMode mode : {IcmpSocketMode::kRaw, IcmpSocketMode::kDgram}) {
+    CAPTURE(mode == IcmpSocketMode::kRaw);
+    const bool ran = in_private_netns([&] {
+      Peer peer(false);
+      REQUIRE(peer.fd >= 0);
+      asio::io_context io;
+      Ring ring(4096);
+      IcmpProberConfig config;
+      config.mode = mode;
+      config.targets = {target(1, "127.0.0.1")};
+      config.targets[0].rate_per_s = 200.0;
+      IcmpProber prober(io, config, ring);
+      const probes::IcmpStartResult started = prober.start();
+      REQUIRE_MESSAGE(started.ok(), started.message);
+      std::thread thread([&io] { io.run(); });
+
+      // Let some probes go out unanswered, so they are in flight when sending stops.
+      std::vector<Bytes> in_flight;
+      while (in_flight.size() < 10) {
+        Bytes req = peer.next_request(1000);
+        REQUIRE(!req.empty());
+        in_flight.push_back(std::move(req));
+      }
+      prober.stop_sending();
+      prober.stop_sending();  // idempotent
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      const std::uint64_t sent_after_stop = prober.counters().sent;
+      // The rest of what went out before the stop took effect is in flight too.
+      for (Bytes req = peer.next_request(50); !req.empty(); req = peer.next_request(50)) {
+        in_flight.push_back(std::move(req));
+      }
+      CHECK(in_flight.size() == sent_after_stop);
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));  // 40 probes at the old rate
+      CHECK(prober.counters().sent == sent_after_stop);
+      CHECK(peer.next_request(50).empty());
+
+      for (const Bytes& req : in_flight) {
+        CHECK(peer.send(peer.reply_for(req)));
+      }
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(1500);
+      while (prober.counters().replies < in_flight.size() && std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      }
+      prober.stop();
+      prober.stop_sending();  // after stop: harmless
+      thread.join();
+
+      std::set<std::uint64_t> sent, replied;
+      for (const ProbeEvent& e : drain(ring)) {
+        if (e.kind == ProbeEventKind::kSent) {
+          sent.insert(e.seq);
+        } else if (e.kind == ProbeEventKind::kReply) {
+          CHECK(sent.count(e.seq) == 1);
+          replied.insert(e.seq);
+        }
+      }
+      CHECK(sent.size() == sent_after_stop);
+      CHECK(replied == sent);  // every probe in flight at the stop was still answered
+      CHECK(prober.counters().sent == sent_after_stop);
+    });
+    if (!ran) {
+      MESSAGE("skipped: cannot create a network namespace here (needs root)");
+      return;
+    }
+  }
 }

@@ -1,5 +1,6 @@
 // One non-blocking recvmsg of a datagram with its sender and, when asked for, the kernel's
-// receive timestamp: the read step shared by the reflector and the UDP and ICMP probers.
+// receive timestamp and the rest of its control data: the read step shared by the reflector
+// and the UDP and ICMP probers.
 #pragma once
 
 #include <sys/socket.h>
@@ -25,10 +26,13 @@ struct ReceivedDatagram {
   bool truncated = false;                          // the datagram was longer than the buffer (MSG_TRUNC)
   socklen_t peer_len = 0;                          // valid bytes of `peer`
   std::optional<std::int64_t> kernel_realtime_ns;  // SCM_TIMESTAMPNS, when control space was given
+  // Bytes of `control` the kernel filled in, for callers that read other control messages
+  // (IP_PKTINFO, ...) themselves; see control_message().
+  std::size_t control_len = 0;
 };
 
 // Reads one datagram without blocking, retrying on EINTR. Pass an empty `control` span when the
-// socket has no kernel timestamps enabled.
+// socket has no kernel timestamps or other ancillary data enabled.
 inline ReceivedDatagram receive_datagram(int fd, std::span<std::byte> buffer, sockaddr_storage& peer,
                                          std::span<unsigned char> control) noexcept {
   ReceivedDatagram out;
@@ -56,9 +60,19 @@ inline ReceivedDatagram receive_datagram(int fd, std::span<std::byte> buffer, so
     out.peer_len = msg.msg_namelen;
     if (!control.empty()) {
       out.kernel_realtime_ns = kernel_rx_realtime_ns(msg);
+      out.control_len = msg.msg_controllen;
     }
     return out;
   }
+}
+
+// A msghdr over the control data of a datagram read by receive_datagram(), for walking it
+// with CMSG_FIRSTHDR/CMSG_NXTHDR.
+inline msghdr control_message(std::span<unsigned char> control, const ReceivedDatagram& d) noexcept {
+  msghdr msg{};
+  msg.msg_control = control.empty() ? nullptr : control.data();
+  msg.msg_controllen = d.control_len;
+  return msg;
 }
 
 }  // namespace vantage::platform

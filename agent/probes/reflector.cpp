@@ -66,6 +66,60 @@ bool source_key(const sockaddr_storage& peer, SourceKey& key) noexcept {
   return false;
 }
 
+// Asks for each datagram's destination address. A dual-stack "::" socket needs only the IPv6
+// option: Linux reports IPv4 arrivals on it as IPV6_PKTINFO with a v4-mapped address, and
+// accepts that form back when sending to a v4-mapped peer.
+bool enable_pktinfo(int fd, bool v6) noexcept {
+  const int one = 1;
+  return v6 ? ::setsockopt(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &one, sizeof(one)) == 0
+            : ::setsockopt(fd, IPPROTO_IP, IP_PKTINFO, &one, sizeof(one)) == 0;
+}
+
+template <typename Info>
+std::size_t put_cmsg(std::span<unsigned char> out, int level, int type, const Info& info) noexcept {
+  static_assert(CMSG_SPACE(sizeof(in6_pktinfo)) >= CMSG_SPACE(sizeof(in_pktinfo)));
+  msghdr msg{};
+  msg.msg_control = out.data();
+  msg.msg_controllen = out.size();
+  cmsghdr* c = CMSG_FIRSTHDR(&msg);
+  c->cmsg_level = level;
+  c->cmsg_type = type;
+  c->cmsg_len = CMSG_LEN(sizeof(Info));
+  std::memcpy(CMSG_DATA(c), &info, sizeof(info));
+  return CMSG_SPACE(sizeof(Info));
+}
+
+// Turns the pktinfo of a received datagram into the control message that makes the reply
+// leave from the same address; returns its length, or 0 when the datagram carried none. The
+// interface index stays 0 so that routing still picks the outgoing interface, as for sendto.
+std::size_t reply_control(const msghdr& received, std::span<unsigned char> out) noexcept {
+  std::size_t len = 0;
+  // glibc's CMSG_NXTHDR takes a non-const msghdr but only reads it.
+  msghdr* m = const_cast<msghdr*>(&received);
+  for (cmsghdr* c = CMSG_FIRSTHDR(m); c != nullptr; c = CMSG_NXTHDR(m, c)) {
+    if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO &&
+        c->cmsg_len >= CMSG_LEN(sizeof(in_pktinfo))) {
+      // CMSG_DATA is not guaranteed to be aligned for the struct.
+      in_pktinfo in{};
+      std::memcpy(&in, CMSG_DATA(c), sizeof(in));
+      // ipi_spec_dst, not ipi_addr: it is the kernel's choice of local address to answer
+      // from, the destination itself for unicast and the interface's address for a
+      // broadcast, which is not a valid source.
+      in_pktinfo reply{};
+      reply.ipi_spec_dst = in.ipi_spec_dst;
+      len = put_cmsg(out, IPPROTO_IP, IP_PKTINFO, reply);
+    } else if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO &&
+               c->cmsg_len >= CMSG_LEN(sizeof(in6_pktinfo))) {
+      in6_pktinfo in{};
+      std::memcpy(&in, CMSG_DATA(c), sizeof(in));
+      in6_pktinfo reply{};
+      reply.ipi6_addr = in.ipi6_addr;
+      len = put_cmsg(out, IPPROTO_IPV6, IPV6_PKTINFO, reply);
+    }
+  }
+  return len;
+}
+
 }  // namespace
 
 const char* to_string(TimestampSource source) noexcept {
@@ -123,6 +177,11 @@ std::error_code Reflector::start() {
       config_.kernel_timestamps && platform::enable_kernel_rx_timestamps(socket_.native_handle());
   timestamp_source_.store(kernel ? TimestampSource::kKernelRealtime : TimestampSource::kUserMonotonic,
                           std::memory_order_relaxed);
+  // Refused (an emulator, an exotic kernel): replies then go out with plain sendto.
+  const bool pktinfo =
+      config_.reply_from_destination && enable_pktinfo(socket_.native_handle(), address.is_v6());
+  replies_from_destination_.store(pktinfo, std::memory_order_relaxed);
+  pinned_reply_sent_ = false;
   stopping_ = false;
   arm();
   return {};
@@ -152,6 +211,7 @@ ReflectorCounters Reflector::counters() const noexcept {
   c.send_errors = send_errors_.get();
   c.receive_errors = receive_errors_.get();
   c.source_evictions = source_evictions_.load(std::memory_order_relaxed);
+  c.replied_unpinned = replied_unpinned_.get();
   return c;
 }
 
@@ -173,9 +233,12 @@ void Reflector::arm() {
 void Reflector::on_readable() {
   const bool kernel = timestamp_source() == TimestampSource::kKernelRealtime;
   for (int i = 0; i < kMaxBatch; ++i) {
+    // Re-read per datagram: a rejected pinned reply turns pktinfo off mid-batch.
+    const bool pktinfo = replies_from_destination();
+    const std::span<unsigned char> control =
+        kernel || pktinfo ? std::span<unsigned char>(control_) : std::span<unsigned char>();
     const platform::ReceivedDatagram d =
-        platform::receive_datagram(socket_.native_handle(), buffer_, peer_,
-                                   kernel ? std::span<unsigned char>(control_) : std::span<unsigned char>());
+        platform::receive_datagram(socket_.native_handle(), buffer_, peer_, control);
     if (d.status != platform::ReceivedDatagram::Status::kDatagram) {
       if (d.status == platform::ReceivedDatagram::Status::kError) {
         receive_errors_.bump();
@@ -195,6 +258,7 @@ void Reflector::on_readable() {
       }
     }
     peer_len_ = d.peer_len;
+    reply_control_len_ = pktinfo ? reply_control(platform::control_message(control, d), reply_control_) : 0;
     handle_datagram(d.size, d.truncated, mono, rx, kernel_rx);
   }
 }
@@ -259,13 +323,49 @@ void Reflector::handle_datagram(std::size_t size, bool truncated, std::uint64_t 
       now_ns(timestamp_source() == TimestampSource::kKernelRealtime ? CLOCK_REALTIME : CLOCK_MONOTONIC);
   stamp_reply(packet, stamp);
   // Same length as the request: the reply is never larger than what the source sent.
-  const ssize_t sent = ::sendto(socket_.native_handle(), packet.data(), packet.size(), MSG_DONTWAIT,
-                                reinterpret_cast<const sockaddr*>(&peer_), peer_len_);
-  if (sent == static_cast<ssize_t>(packet.size())) {
+  if (send_reply(packet)) {
     replied_.bump();
   } else {
     send_errors_.bump();
   }
+}
+
+bool Reflector::send_reply(std::span<const std::byte> packet) {
+  // iovec's pointer is not const, but sendmsg only reads through it.
+  iovec iov{const_cast<std::byte*>(packet.data()), packet.size()};
+  msghdr msg{};
+  msg.msg_name = &peer_;
+  msg.msg_namelen = peer_len_;
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  if (reply_control_len_ != 0) {
+    msg.msg_control = reply_control_.data();
+    msg.msg_controllen = reply_control_len_;
+    const ssize_t sent = ::sendmsg(socket_.native_handle(), &msg, MSG_DONTWAIT);
+    if (sent >= 0) {
+      pinned_reply_sent_ = true;
+      return sent == static_cast<ssize_t>(packet.size());
+    }
+    if (errno != EINVAL) {
+      return false;
+    }
+    // The kernel refused the source address. Once pinned replies have worked, that is this
+    // address going away (or a v4-mapped source on an old kernel); if none ever did, the
+    // platform does not take pktinfo on send (an emulator), so stop trying. Either way a
+    // reply from the routed source is still worth sending: a prober that matches it loses
+    // nothing, and one that does not drops it as it would have.
+    if (!pinned_reply_sent_) {
+      replies_from_destination_.store(false, std::memory_order_relaxed);
+    }
+    msg.msg_control = nullptr;
+    msg.msg_controllen = 0;
+  }
+  const ssize_t sent = ::sendmsg(socket_.native_handle(), &msg, MSG_DONTWAIT);
+  if (sent != static_cast<ssize_t>(packet.size())) {
+    return false;
+  }
+  replied_unpinned_.bump();
+  return true;
 }
 
 }  // namespace vantage::agent::probes

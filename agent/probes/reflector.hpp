@@ -1,8 +1,11 @@
 // The UDP echo reflector: answers peers' probes (probe_packet.hpp) on one address and port,
-// adding its receive and send times, and drops, counts and rate-limits everything else.
+// from the address each probe was sent to, adding its receive and send times, and drops,
+// counts and rate-limits everything else.
 #pragma once
 
+#include <netinet/in.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <asio/io_context.hpp>
 #include <asio/ip/udp.hpp>
 
@@ -10,6 +13,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string>
 #include <system_error>
 #include <vector>
@@ -39,18 +43,24 @@ struct ReflectorConfig {
   std::size_t max_sources = 1024;
   // Ask the kernel for receive timestamps (SO_TIMESTAMPNS); off forces the user-space path.
   bool kernel_timestamps = true;
+  // Answer each probe from the address it was sent to (IP_PKTINFO / IPV6_PKTINFO). Probers
+  // match replies by source endpoint, and on a host with several addresses a wildcard-bound
+  // socket's plain sendto() lets routing pick the source, so a probe to a secondary address
+  // (or 127.0.0.2) would be answered from the primary one and dropped as foreign. Off forces
+  // the plain-sendto fallback.
+  bool reply_from_destination = true;
 };
 
 enum class TimestampSource : std::uint8_t {
   // SO_TIMESTAMPNS: the kernel stamps each datagram on arrival, in CLOCK_REALTIME. The send
-  // time is then read from CLOCK_REALTIME too, right before sendto, so dwell = tx - rx is a
+  // time is then read from CLOCK_REALTIME too, right before sending, so dwell = tx - rx is a
   // difference within one clock. Converting to CLOCK_MONOTONIC would need a realtime/monotonic
   // offset sampled per packet, which adds its own jitter to a value the prober only ever
   // subtracts. A realtime step (settimeofday, not NTP slewing) between the two reads distorts
   // that one dwell; a prober treats a dwell that is negative or above its RTT as invalid.
   kKernelRealtime,
   // The socket refused SO_TIMESTAMPNS (QEMU user mode does) or it was disabled: rx is read
-  // from CLOCK_MONOTONIC after recvmsg returns, tx right before sendto. The dwell then misses
+  // from CLOCK_MONOTONIC after recvmsg returns, tx right before sending. The dwell then misses
   // the time the probe queued in the socket buffer.
   kUserMonotonic,
 };
@@ -67,9 +77,13 @@ struct ReflectorCounters {
   std::uint64_t dropped_malformed = 0;     // our magic, but bad version, flags, reserved or size
   std::uint64_t dropped_foreign = 0;       // not our magic
   std::uint64_t dropped_rate_limited = 0;  // well-formed, but the source is over its rate
-  std::uint64_t send_errors = 0;           // sendto failed (send buffer full, unreachable, ...)
+  std::uint64_t send_errors = 0;           // sendmsg failed (send buffer full, unreachable, ...)
   std::uint64_t receive_errors = 0;        // recvmsg failed with something other than EAGAIN
   std::uint64_t source_evictions = 0;      // rate-limit records recycled because the table was full
+  // Part of replied: sent without a pinned source address, so from whichever one routing
+  // picks. Non-zero when pktinfo is off or unsupported, a datagram arrived without it, or the
+  // kernel refused the destination as a source (EINVAL: e.g. the address was just removed).
+  std::uint64_t replied_unpinned = 0;
 };
 
 // Thread contract: start(), the handlers and stop()'s posted work run on the thread that runs
@@ -102,6 +116,12 @@ class Reflector {
   TimestampSource timestamp_source() const noexcept {
     return timestamp_source_.load(std::memory_order_relaxed);
   }
+  // True while replies are sent from the probed address; false when the config turned it off,
+  // the socket refused pktinfo, or the kernel rejected the first pinned reply (the fallback
+  // is then plain sendto, see replied_unpinned). Valid after a successful start().
+  bool replies_from_destination() const noexcept {
+    return replies_from_destination_.load(std::memory_order_relaxed);
+  }
   std::uint64_t boot_id() const noexcept { return boot_id_; }
   ReflectorCounters counters() const noexcept;
 
@@ -118,11 +138,16 @@ class Reflector {
   void on_readable();
   void handle_datagram(std::size_t size, bool truncated, std::uint64_t now_mono_ns, std::uint64_t rx_ns,
                        bool kernel_rx);
+  bool send_reply(std::span<const std::byte> packet);
 
   asio::io_context& io_;
   ReflectorConfig config_;
   asio::ip::udp::socket socket_;
   std::atomic<TimestampSource> timestamp_source_{TimestampSource::kUserMonotonic};
+  std::atomic<bool> replies_from_destination_{false};
+  // Set by the first reply the kernel sent with a pinned source: from then on an EINVAL is
+  // about that one address, not the platform refusing pktinfo altogether.
+  bool pinned_reply_sent_ = false;
   const std::uint64_t boot_id_;
   std::uint32_t next_session_id_ = 0;
   bool stopping_ = false;
@@ -133,14 +158,19 @@ class Reflector {
   // Receive buffer one byte larger than the largest accepted probe, so that an oversized
   // datagram shows up as too long instead of being silently cut to an acceptable size.
   std::vector<std::byte> buffer_;
-  // Peer address and ancillary data of the datagram being handled; sized for one timestamp
-  // cmsg with room to spare, aligned as the kernel requires for cmsghdr.
+  // Peer address and ancillary data of the datagram being handled, aligned as the kernel
+  // requires for cmsghdr. The receive side holds a timestamp and a pktinfo with room to
+  // spare; the reply side the one pktinfo that pins the reply's source address, or nothing
+  // (reply_control_len_ == 0).
   sockaddr_storage peer_{};
   socklen_t peer_len_ = 0;
   alignas(std::max_align_t) std::array<unsigned char, 128> control_{};
+  static_assert(CMSG_SPACE(sizeof(timespec)) + CMSG_SPACE(sizeof(in6_pktinfo)) <= 128);
+  alignas(std::max_align_t) std::array<unsigned char, CMSG_SPACE(sizeof(in6_pktinfo))> reply_control_{};
+  std::size_t reply_control_len_ = 0;
 
   Counter received_, replied_, dropped_short_, dropped_malformed_, dropped_foreign_, dropped_rate_limited_,
-      send_errors_, receive_errors_;
+      send_errors_, receive_errors_, replied_unpinned_;
   std::atomic<std::uint64_t> source_evictions_{0};
 };
 

@@ -1,7 +1,7 @@
 // Reflector tests over real UDP sockets on 127.0.0.1 and ::1: echo with dwell timestamps and
 // session counters, silent counted drops, per-source rate limiting under a flood, timestamp
-// sources, dual stack and start/stop. Assertions are on counts, never on timing, so they hold
-// under QEMU user mode, ASan and TSan.
+// sources, dual stack, replies from the probed address (127.0.0.2, 127.0.0.3) and start/stop. Assertions are
+// on counts, never on timing, so they hold under QEMU user mode, ASan and TSan.
 #include <doctest/doctest.h>
 
 #include <poll.h>
@@ -9,6 +9,7 @@
 #include <asio/io_context.hpp>
 #include <asio/ip/address.hpp>
 #include <asio/ip/udp.hpp>
+#include <asio/ip/v6_only.hpp>
 
 #include <algorithm>
 #include <cerrno>
@@ -19,10 +20,13 @@
 #include <string>
 #include <system_error>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "agent/probes/probe_packet.hpp"
 #include "agent/probes/reflector.hpp"
+#include "agent/probes/udp_prober.hpp"
+#include "platform/spsc_ring.hpp"
 #include "tests/agent/probes/running_reflector.hpp"
 
 namespace {
@@ -70,6 +74,10 @@ class Peer {
   explicit Peer(const std::string& local_address) : socket_(io_) {
     const udp::endpoint local(asio::ip::make_address(local_address), 0);
     socket_.open(local.protocol());
+    // "::" is a dual-stack client, to send to v4-mapped addresses whatever the host's default.
+    if (local.address().is_v6() && local.address().is_unspecified()) {
+      socket_.set_option(asio::ip::v6_only(false));
+    }
     socket_.bind(local);
   }
 
@@ -88,6 +96,18 @@ class Peer {
     return b;
   }
 
+  // A reply and the endpoint it came from.
+  std::optional<std::pair<Bytes, udp::endpoint>> receive_from(std::chrono::milliseconds timeout) {
+    pollfd pfd{socket_.native_handle(), POLLIN, 0};
+    if (::poll(&pfd, 1, static_cast<int>(timeout.count())) != 1) {
+      return std::nullopt;
+    }
+    Bytes b(65536);
+    udp::endpoint from;
+    b.resize(socket_.receive_from(asio::buffer(b.data(), b.size()), from));
+    return std::pair{std::move(b), from};
+  }
+
  private:
   asio::io_context io_;
   udp::socket socket_;
@@ -104,6 +124,37 @@ ProbeHeader decode_reply(const Bytes& b) {
   ProbeHeader h;
   REQUIRE(probes::decode_probe(b, ProbeKind::kReply, h) == ProbeDecodeStatus::kOk);
   return h;
+}
+
+// ::ffff:a.b.c.d and a.b.c.d are one address: what a dual-stack socket reports for IPv4.
+asio::ip::address unmapped(const asio::ip::address& a) {
+  if (a.is_v6() && a.to_v6().is_v4_mapped()) {
+    return asio::ip::make_address_v4(asio::ip::v4_mapped, a.to_v6());
+  }
+  return a;
+}
+
+// Says which way replies leave, so a run where the fallback is active shows it. Natively the
+// kernel always takes pktinfo; under QEMU user mode it depends on the emulator's version.
+void report_reply_source(Reflector& r) {
+  const std::string how = r.replies_from_destination() ? "yes (pktinfo)" : "no: fallback to plain sendto";
+  MESSAGE("replies from destination: " << how);
+#if defined(__x86_64__)
+  CHECK(r.replies_from_destination());
+#endif
+}
+
+// A reply from the probed endpoint, or, where pktinfo is unavailable, from anywhere: then the
+// fallback must be reported (replied_unpinned, checked by the callers).
+void check_reply_source(Reflector& r, const udp::endpoint& from, const udp::endpoint& probed) {
+  CAPTURE(from);
+  CAPTURE(probed);
+  if (r.replies_from_destination()) {
+    CHECK(unmapped(from.address()) == unmapped(probed.address()));
+    CHECK(from.port() == probed.port());
+  } else {
+    MESSAGE("fallback active: a probe to " << probed << " was answered from " << from);
+  }
 }
 
 void check_balanced(const ReflectorCounters& c) {
@@ -376,6 +427,112 @@ TEST_CASE("a dual-stack reflector on :: answers 127.0.0.1 and ::1 alike") {
   // Distinct source addresses, distinct sessions.
   CHECK(sessions[0] != sessions[1]);
   CHECK(r.counters_after(2).replied == 2);
+}
+
+TEST_CASE("wildcard reflectors answer 127.0.0.2 and 127.0.0.3 from exactly that address") {
+  for (const std::string bind : {"0.0.0.0", "::"}) {
+    CAPTURE(bind);
+    RunningReflector r(loopback_config(bind));
+    report_reply_source(*r);
+    // The client's own address is 127.0.0.1, so routing alone would answer from 127.0.0.1.
+    Peer peer("127.0.0.1");
+    std::uint64_t sent = 0;
+    for (const std::string address : {"127.0.0.2", "127.0.0.3", "127.0.0.1"}) {
+      CAPTURE(address);
+      const auto to = r.target(address);
+      peer.send(to, probe(++sent));
+      const auto reply = peer.receive_from(kReplyTimeout);
+      REQUIRE(reply.has_value());
+      CHECK(decode_reply(reply->first).sequence == sent);
+      check_reply_source(*r, reply->second, to);
+    }
+    const auto c = r.counters_after(sent);
+    CHECK(c.replied == sent);
+    CHECK(c.replied_unpinned == (r->replies_from_destination() ? 0 : sent));
+    check_balanced(c);
+  }
+}
+
+TEST_CASE("a dual-stack reflector answers ::ffff:127.0.0.2 and ::1 from the probed address") {
+  RunningReflector r(loopback_config("::"));
+  report_reply_source(*r);
+  std::uint64_t sent = 0;
+  const std::pair<std::string, std::string> cases[] = {{"::", "::ffff:127.0.0.2"}, {"::1", "::1"}};
+  for (const auto& [local, address] : cases) {
+    CAPTURE(address);
+    Peer peer(local);
+    const auto to = r.target(address);
+    peer.send(to, probe(++sent));
+    const auto reply = peer.receive_from(kReplyTimeout);
+    REQUIRE(reply.has_value());
+    if (r->replies_from_destination()) {
+      // Not only the same address after unmapping: the very form the client sent to.
+      CHECK(reply->second == to);
+    }
+    check_reply_source(*r, reply->second, to);
+  }
+  const auto c = r.counters_after(sent);
+  CHECK(c.replied == sent);
+  CHECK(c.replied_unpinned == (r->replies_from_destination() ? 0 : sent));
+}
+
+TEST_CASE("a UdpProber targeting 127.0.0.2 gets its replies from wildcard reflectors") {
+  constexpr std::uint64_t kProbes = 3;
+  for (const std::string bind : {"0.0.0.0", "::"}) {
+    CAPTURE(bind);
+    RunningReflector r(loopback_config(bind));
+    report_reply_source(*r);
+    asio::io_context io;
+    vantage::platform::SpscRing<probes::ProbeEvent> ring(64);
+    probes::UdpProberConfig config;
+    config.sender_id = 0x5eed;
+    config.jitter_seed = 7;
+    probes::UdpProbeTarget target;
+    target.endpoint = r.target("127.0.0.2");
+    target.rate_per_s = 50;
+    target.count = kProbes;
+    config.targets.push_back(target);
+    probes::UdpProber prober(io, config, ring);
+    REQUIRE_FALSE(prober.start());
+    const auto deadline = std::chrono::steady_clock::now() + kReplyTimeout;
+    for (;;) {
+      io.run_for(std::chrono::milliseconds(10));
+      const auto pc = prober.counters();
+      if (pc.received >= kProbes || std::chrono::steady_clock::now() >= deadline) {
+        break;
+      }
+    }
+    prober.stop();
+    io.run_for(kReplyTimeout);
+    const auto pc = prober.counters();
+    CHECK(pc.sent == kProbes);
+    CHECK(pc.received == kProbes);
+    if (r->replies_from_destination()) {
+      CHECK(pc.replies == kProbes);
+      CHECK(pc.dropped_foreign == 0);
+    } else {
+      MESSAGE("fallback active: the prober accepted " << pc.replies << " of " << kProbes << " replies");
+      CHECK(r.counters_after(kProbes).replied_unpinned == kProbes);
+    }
+  }
+}
+
+TEST_CASE("with pktinfo off, replies go out by plain sendto and say so") {
+  ReflectorConfig config = loopback_config("0.0.0.0");
+  config.reply_from_destination = false;
+  RunningReflector r(config);
+  CHECK_FALSE(r->replies_from_destination());
+  Peer peer("127.0.0.1");
+  for (const std::string address : {"127.0.0.1", "127.0.0.2"}) {
+    CAPTURE(address);
+    peer.send(r.target(address), probe(1));
+    const auto reply = peer.receive_from(kReplyTimeout);
+    REQUIRE(reply.has_value());
+    MESSAGE("a probe to " << address << " was answered from " << reply->second);
+  }
+  const auto c = r.counters_after(2);
+  CHECK(c.replied == 2);
+  CHECK(c.replied_unpinned == 2);
 }
 
 TEST_CASE("start reports bad configs and busy ports and stop ends the io_context's work") {

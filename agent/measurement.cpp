@@ -369,7 +369,7 @@ void Measurement::finish() {
   Impl& impl = *impl_;
   if (impl.udp) impl.udp->stop_sending();
   if (impl.tcp) impl.tcp->stop_sending();
-  // PENDING-ICMP if (impl.icmp) impl.icmp->stop_sending();
+  if (impl.icmp) impl.icmp->stop_sending();
   std::chrono::nanoseconds longest{0};
   for (const ProbeTargetSpec& t : config_.targets) {
     longest = std::max(longest, t.timeout);

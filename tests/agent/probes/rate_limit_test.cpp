@@ -57,7 +57,7 @@ TEST_CASE("token bucket: burst, then the sustained rate") {
   CHECK(passed == 10);
 }
 
-TEST_CASE("token bucket: long idle refills to burst without overflow; time going back refills nothing") {
+TEST_CASE("token bucket: long idle refills to burst without overflow, time going back refills nothing") {
   const TokenBucketConfig cfg{.rate_per_s = UINT32_MAX, .burst = UINT32_MAX};
   TokenBucket b;
   b.reset(cfg, 0);

@@ -210,7 +210,7 @@ TEST_CASE("echo over 127.0.0.1 and ::1 with dwell timestamps and session counter
   }
 }
 
-TEST_CASE("sessions are per sender id; a restarted reflector has a new boot id") {
+TEST_CASE("sessions are per sender id, and a restarted reflector has a new boot id") {
   std::uint64_t first_boot = 0;
   std::uint16_t port = 0;
   {

@@ -221,7 +221,7 @@ TEST_CASE("a counter reset skips that interface for one interval, then it resume
   CHECK(sampler.errors().empty());
 }
 
-TEST_CASE("without sysfs interfaces are matched by name; a name taken by a new ifindex starts fresh") {
+TEST_CASE("without sysfs interfaces are matched by name, and a name taken by a new ifindex starts fresh") {
   HostSnapshot s0;
   s0.net.interfaces = {iface("eth0", -1, 100), iface("veth1", 7, 100)};
   HostSnapshot s1;

@@ -1,0 +1,122 @@
+#include "schemas/frame_codec.hpp"
+
+#include <cstring>
+
+namespace vantage::wire {
+
+namespace {
+
+std::uint32_t load_le32(const std::uint8_t* p) noexcept {
+  return static_cast<std::uint32_t>(p[0]) | static_cast<std::uint32_t>(p[1]) << 8 |
+         static_cast<std::uint32_t>(p[2]) << 16 | static_cast<std::uint32_t>(p[3]) << 24;
+}
+
+}  // namespace
+
+void append_frame(std::vector<std::uint8_t>& out, std::span<const std::uint8_t> flatbuffer) {
+  const auto n = static_cast<std::uint32_t>(flatbuffer.size());
+  const std::uint8_t prefix[kFrameLengthSize] = {
+      static_cast<std::uint8_t>(n), static_cast<std::uint8_t>(n >> 8), static_cast<std::uint8_t>(n >> 16),
+      static_cast<std::uint8_t>(n >> 24)};
+  out.insert(out.end(), prefix, prefix + kFrameLengthSize);
+  out.insert(out.end(), flatbuffer.begin(), flatbuffer.end());
+}
+
+const char* to_string(FrameStatus status) noexcept {
+  switch (status) {
+    case FrameStatus::kNeedMore:
+      return "incomplete frame";
+    case FrameStatus::kFrame:
+      return "frame";
+    case FrameStatus::kTooLarge:
+      return "frame length over the limit";
+    case FrameStatus::kEmpty:
+      return "zero-length frame";
+    case FrameStatus::kInvalid:
+      return "frame failed verification";
+  }
+  return "unknown";
+}
+
+const Frame* verify_frame(std::span<const std::uint8_t> flatbuffer) noexcept {
+  if (flatbuffer.size() < 8 || !FrameBufferHasIdentifier(flatbuffer.data())) {
+    return nullptr;
+  }
+  // Depth and table counts far above anything the agent writes, far below what would make
+  // verification itself a denial of service.
+  flatbuffers::Verifier verifier(flatbuffer.data(), flatbuffer.size(),
+                                 flatbuffers::Verifier::Options{.max_depth = 16, .max_tables = 1'000'000});
+  if (!VerifyFrameBuffer(verifier)) {
+    return nullptr;
+  }
+  return GetFrame(flatbuffer.data());
+}
+
+void FrameReader::feed(std::span<const std::uint8_t> bytes) {
+  if (failed_) {
+    return;
+  }
+  // Compact lazily: drop what earlier frames used before growing the buffer.
+  if (consumed_ > 0) {
+    buffer_.erase(buffer_.begin(), buffer_.begin() + static_cast<std::ptrdiff_t>(consumed_));
+    consumed_ = 0;
+  }
+  frame_ = nullptr;
+  frame_bytes_ = {};
+  buffer_.insert(buffer_.end(), bytes.begin(), bytes.end());
+}
+
+FrameStatus FrameReader::next() {
+  frame_ = nullptr;
+  frame_bytes_ = {};
+  if (failed_) {
+    return failure_;
+  }
+  const std::size_t available = buffer_.size() - consumed_;
+  if (available < kFrameLengthSize) {
+    return FrameStatus::kNeedMore;
+  }
+  const std::uint32_t length = load_le32(buffer_.data() + consumed_);
+  FrameStatus status = FrameStatus::kNeedMore;
+  if (length == 0) {
+    status = FrameStatus::kEmpty;
+  } else if (length > max_frame_) {
+    status = FrameStatus::kTooLarge;
+  }
+  if (status != FrameStatus::kNeedMore) {
+    failed_ = true;
+    failure_ = status;
+    buffer_.clear();
+    buffer_.shrink_to_fit();
+    consumed_ = 0;
+    return status;
+  }
+  if (available - kFrameLengthSize < length) {
+    // Make room once for the whole frame; the limit above bounds this.
+    buffer_.reserve(consumed_ + kFrameLengthSize + length);
+    return FrameStatus::kNeedMore;
+  }
+  const std::span<const std::uint8_t> bytes(buffer_.data() + consumed_ + kFrameLengthSize, length);
+  consumed_ += kFrameLengthSize + length;
+  // The verifier checks that scalars are aligned to their size (8 bytes at most) relative to
+  // memory; vector storage is, an offset inside it may not be. Such frames are copied.
+  const Frame* frame = nullptr;
+  if (reinterpret_cast<std::uintptr_t>(bytes.data()) % 8 == 0) {
+    frame = verify_frame(bytes);
+    frame_bytes_ = bytes;
+  } else {
+    aligned_.assign(bytes.begin(), bytes.end());
+    frame = verify_frame(aligned_);
+    frame_bytes_ = aligned_;
+  }
+  if (frame == nullptr) {
+    failed_ = true;
+    failure_ = FrameStatus::kInvalid;
+    frame_bytes_ = {};
+    return FrameStatus::kInvalid;
+  }
+  frame_ = frame;
+  return FrameStatus::kFrame;
+}
+
+}  // namespace vantage::wire

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make test`: the unit suite natively under ASan+UBSan, the concurrency tests under TSan, and the
-# whole unit suite cross-built for aarch64 and armhf and run under QEMU user-mode. Prints how many
+# whole unit suite cross-built for aarch64 and armhf and run under QEMU user-mode, and each
+# libFuzzer target for a bounded time from its committed corpus. Prints how many
 # tests ran in each configuration; exits non-zero if any configuration failed to build or pass.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -10,6 +11,7 @@ stages=(
   "tsan|native (TSan, concurrency)"
   "aarch64|qemu-aarch64"
   "armhf|qemu-arm"
+  "fuzz|libFuzzer (clang-14)"
 )
 if [ -n "${VANTAGE_TEST_STAGES:-}" ]; then
   read -r -a only <<<"$VANTAGE_TEST_STAGES"

@@ -1,0 +1,716 @@
+// The disk spool: segment scanning and recovery, appends, acks, drops and validated reads.
+#include "agent/ship/spool.hpp"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <string_view>
+
+#include "agent/ship/crc32c.hpp"
+
+// Segment offsets and state files are 64-bit on every target; armhf needs _FILE_OFFSET_BITS=64
+// (set by agent/ship/CMakeLists.txt) or pread/ftruncate would silently work in 32 bits.
+static_assert(sizeof(off_t) == 8, "build with -D_FILE_OFFSET_BITS=64");
+
+namespace vantage::agent::ship {
+
+namespace {
+
+constexpr std::uint32_t kRecordMagic = 0x31525356u;  // "VSR1" on disk
+constexpr std::uint32_t kStateMagic = 0x54535356u;   // "VSST" on disk
+constexpr std::uint32_t kStateVersion = 1;
+constexpr std::size_t kStateBytes = 44;
+constexpr std::size_t kHeader = kSpoolRecordHeaderBytes;
+constexpr std::size_t kHeaderCrcOffset = 16;
+// Segment offsets are u32 in the index; both limits keep every segment below 2^31 bytes.
+constexpr std::uint64_t kMaxSegmentBytes = 1ull << 30;
+constexpr std::uint32_t kMaxRecordBytesLimit = 1u << 30;
+constexpr std::size_t kScanChunk = 64 * 1024;
+constexpr const char* kStateName = "state";
+constexpr const char* kStateTmpName = "state.tmp";
+constexpr std::size_t kSegNameDigits = 20;
+
+void put_u32(std::byte* p, std::uint32_t v) {
+  for (int i = 0; i < 4; ++i) p[i] = static_cast<std::byte>(v >> (8 * i));
+}
+void put_u64(std::byte* p, std::uint64_t v) {
+  for (int i = 0; i < 8; ++i) p[i] = static_cast<std::byte>(v >> (8 * i));
+}
+std::uint32_t get_u32(const std::byte* p) {
+  std::uint32_t v = 0;
+  for (int i = 3; i >= 0; --i) v = (v << 8) | std::to_integer<std::uint32_t>(p[i]);
+  return v;
+}
+std::uint64_t get_u64(const std::byte* p) {
+  std::uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | std::to_integer<std::uint64_t>(p[i]);
+  return v;
+}
+
+struct Header {
+  std::uint32_t magic = 0;
+  std::uint32_t length = 0;
+  std::uint64_t seq = 0;
+  std::uint32_t crc = 0;
+};
+
+Header decode_header(const std::array<std::byte, kHeader>& h) {
+  return Header{get_u32(h.data()), get_u32(h.data() + 4), get_u64(h.data() + 8), get_u32(h.data() + 16)};
+}
+
+SpoolError sys_error(int err, const std::string& what, const std::filesystem::path& path) {
+  return SpoolError{std::error_code(err, std::generic_category()),
+                    what + " " + path.string() + ": " + std::strerror(err)};
+}
+
+// Reads up to n bytes; fewer only at end of file. -1 on error (errno set).
+ssize_t pread_full(int fd, void* buf, std::size_t n, std::uint64_t off) {
+  std::size_t got = 0;
+  while (got < n) {
+    const ssize_t r = ::pread(fd, static_cast<char*>(buf) + got, n - got, static_cast<off_t>(off + got));
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    if (r == 0) break;
+    got += static_cast<std::size_t>(r);
+  }
+  return static_cast<ssize_t>(got);
+}
+
+// 0 or an errno. Header and payload go in one pwritev so that, short of a torn write the next
+// open() cuts off, a record reaches the page cache whole.
+int pwrite_full(int fd, std::span<const std::byte> a, std::span<const std::byte> b, std::uint64_t off) {
+  std::size_t done = 0;
+  const std::size_t total = a.size() + b.size();
+  while (done < total) {
+    std::array<iovec, 2> iov{};
+    int n = 0;
+    if (done < a.size()) {
+      iov[0] = iovec{const_cast<std::byte*>(a.data() + done), a.size() - done};
+      iov[1] = iovec{const_cast<std::byte*>(b.data()), b.size()};
+      n = b.empty() ? 1 : 2;
+    } else {
+      const std::size_t in_b = done - a.size();
+      iov[0] = iovec{const_cast<std::byte*>(b.data() + in_b), b.size() - in_b};
+      n = 1;
+    }
+    const ssize_t w = ::pwritev(fd, iov.data(), n, static_cast<off_t>(off + done));
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    if (w == 0) return EIO;
+    done += static_cast<std::size_t>(w);
+  }
+  return 0;
+}
+
+int fsync_retry(int fd, bool data_only) {
+  for (;;) {
+    const int r = data_only ? ::fdatasync(fd) : ::fsync(fd);
+    if (r == 0) return 0;
+    if (errno != EINTR) return errno;
+  }
+}
+
+struct StateFile {
+  std::uint64_t next_seq = 1;
+  std::uint64_t acked_seq = 0;
+  std::uint64_t dropped_through = 0;
+  std::uint64_t dropped_total = 0;
+};
+
+std::array<std::byte, kStateBytes> encode_state(const StateFile& s) {
+  std::array<std::byte, kStateBytes> b{};
+  put_u32(b.data(), kStateMagic);
+  put_u32(b.data() + 4, kStateVersion);
+  put_u64(b.data() + 8, s.next_seq);
+  put_u64(b.data() + 16, s.acked_seq);
+  put_u64(b.data() + 24, s.dropped_through);
+  put_u64(b.data() + 32, s.dropped_total);
+  put_u32(b.data() + 40, crc32c(std::span<const std::byte>(b.data(), 40)));
+  return b;
+}
+
+enum class StateRead { kOk, kMissing, kCorrupt };
+
+// I/O errors other than "missing" are start-up errors; bad contents are not.
+StateRead read_state(const std::filesystem::path& path, StateFile& out, SpoolError& err) {
+  SpoolFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) {
+    if (errno == ENOENT) return StateRead::kMissing;
+    err = sys_error(errno, "cannot open", path);
+    return StateRead::kCorrupt;
+  }
+  std::array<std::byte, kStateBytes + 1> b{};
+  const ssize_t n = pread_full(fd.get(), b.data(), b.size(), 0);
+  if (n < 0) {
+    err = sys_error(errno, "cannot read", path);
+    return StateRead::kCorrupt;
+  }
+  if (static_cast<std::size_t>(n) != kStateBytes || get_u32(b.data()) != kStateMagic ||
+      get_u32(b.data() + 4) != kStateVersion ||
+      get_u32(b.data() + 40) != crc32c(std::span<const std::byte>(b.data(), 40))) {
+    return StateRead::kCorrupt;
+  }
+  out.next_seq = get_u64(b.data() + 8);
+  out.acked_seq = get_u64(b.data() + 16);
+  out.dropped_through = get_u64(b.data() + 24);
+  out.dropped_total = get_u64(b.data() + 32);
+  return StateRead::kOk;
+}
+
+std::optional<std::uint64_t> parse_segment_name(const std::string& name) {
+  constexpr std::string_view kPrefix = "seg-";
+  constexpr std::string_view kSuffix = ".vsp";
+  if (name.size() != kPrefix.size() + kSegNameDigits + kSuffix.size() || !name.starts_with(kPrefix) ||
+      !name.ends_with(kSuffix)) {
+    return std::nullopt;
+  }
+  std::uint64_t v = 0;
+  for (std::size_t i = kPrefix.size(); i < kPrefix.size() + kSegNameDigits; ++i) {
+    const char c = name[i];
+    if (c < '0' || c > '9') return std::nullopt;
+    const auto d = static_cast<std::uint64_t>(c - '0');
+    if (v > (std::numeric_limits<std::uint64_t>::max() - d) / 10) return std::nullopt;
+    v = v * 10 + d;
+  }
+  return v;
+}
+
+std::string config_problem(const SpoolConfig& c) {
+  if (c.dir.empty()) return "spool dir is empty";
+  if (c.segment_bytes == 0 || c.segment_bytes > kMaxSegmentBytes) return "segment_bytes must be 1..1 GiB";
+  if (c.max_record_bytes == 0 || c.max_record_bytes > kMaxRecordBytesLimit) {
+    return "max_record_bytes must be 1..1 GiB";
+  }
+  if (c.max_bytes <= kHeader) return "max_bytes must exceed the record header";
+  return {};
+}
+
+}  // namespace
+
+SpoolFd& SpoolFd::operator=(SpoolFd&& other) noexcept {
+  if (this != &other) reset(other.release());
+  return *this;
+}
+
+void SpoolFd::reset(int fd) {
+  // close() errors are not retried: on Linux the descriptor is gone either way, and data
+  // durability is decided by the explicit fdatasync calls, not by close.
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = fd;
+}
+
+std::filesystem::path Spool::segment_path(std::uint64_t first_seq) const {
+  std::array<char, 32> name{};
+  std::snprintf(name.data(), name.size(), "seg-%020llu.vsp", static_cast<unsigned long long>(first_seq));
+  return config_.dir / name.data();
+}
+
+Spool::Opened Spool::open(const SpoolConfig& config) {
+  Opened out;
+  if (const std::string problem = config_problem(config); !problem.empty()) {
+    out.error = SpoolError{std::make_error_code(std::errc::invalid_argument),
+                           "spool " + config.dir.string() + ": " + problem};
+    return out;
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(config.dir, ec);
+  if (ec) {
+    out.error = SpoolError{ec, "cannot create spool directory " + config.dir.string() + ": " + ec.message()};
+    return out;
+  }
+  Spool spool(config);
+  spool.dir_fd_.reset(::open(config.dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!spool.dir_fd_.valid()) {
+    out.error = sys_error(errno, "cannot open spool directory", config.dir);
+    return out;
+  }
+  if (SpoolError err = spool.recover(out.warnings)) {
+    out.error = std::move(err);
+    return out;
+  }
+  out.spool.emplace(std::move(spool));
+  return out;
+}
+
+SpoolError Spool::recover(std::vector<std::string>& warnings) {
+  const std::filesystem::path state_path = config_.dir / kStateName;
+  StateFile state;
+  SpoolError err;
+  const StateRead state_read = read_state(state_path, state, err);
+  if (err) return err;
+
+  // Segments in seq order, from their names; anything else in the directory is left alone.
+  std::vector<std::uint64_t> firsts;
+  {
+    DIR* d = ::opendir(config_.dir.c_str());
+    if (d == nullptr) return sys_error(errno, "cannot list spool directory", config_.dir);
+    errno = 0;
+    while (const dirent* e = ::readdir(d)) {
+      if (auto first = parse_segment_name(e->d_name)) firsts.push_back(*first);
+    }
+    const int list_errno = errno;
+    ::closedir(d);
+    if (list_errno != 0) return sys_error(list_errno, "cannot list spool directory", config_.dir);
+  }
+  ::unlinkat(dir_fd_.get(), kStateTmpName, 0);  // left by an interrupted write_state(), if at all
+  std::sort(firsts.begin(), firsts.end());
+
+  if (state_read == StateRead::kMissing && !firsts.empty()) {
+    warnings.push_back(state_path.string() + ": missing; all spooled records count as unacked");
+  } else if (state_read == StateRead::kCorrupt) {
+    warnings.push_back(state_path.string() + ": corrupt, ignored; all spooled records count as unacked");
+    state = StateFile{};
+  }
+
+  std::vector<std::byte> chunk(kScanChunk);
+  std::uint64_t prev_seq = 0;  // seqs must rise strictly across the whole spool
+  for (const std::uint64_t first : firsts) {
+    const std::filesystem::path path = segment_path(first);
+    SpoolFd fd(::open(path.c_str(), O_RDWR | O_CLOEXEC));
+    if (!fd.valid()) return sys_error(errno, "cannot open segment", path);
+    struct stat st {};
+    if (::fstat(fd.get(), &st) != 0) return sys_error(errno, "cannot stat segment", path);
+    const auto file_size = static_cast<std::uint64_t>(st.st_size);
+
+    Segment seg;
+    seg.first_seq = first;
+    std::uint64_t off = 0;
+    std::string problem;
+    while (off < file_size) {
+      if (file_size - off < kHeader) {
+        problem = "torn record header";
+        break;
+      }
+      std::array<std::byte, kHeader> hb{};
+      const ssize_t n = pread_full(fd.get(), hb.data(), hb.size(), off);
+      if (n < 0) return sys_error(errno, "cannot read segment", path);
+      if (static_cast<std::size_t>(n) != kHeader) {
+        problem = "torn record header";
+        break;
+      }
+      const Header h = decode_header(hb);
+      const std::uint64_t expected = seg.offsets.empty() ? first : seg.last_seq() + 1;
+      if (h.magic != kRecordMagic) {
+        problem = "bad record magic";
+        break;
+      }
+      if (h.length > config_.max_record_bytes) {
+        problem = "record length " + std::to_string(h.length) + " above max_record_bytes";
+        break;
+      }
+      const std::uint64_t rec = kHeader + std::uint64_t{h.length};
+      if (rec > file_size - off) {
+        problem = "torn record (length " + std::to_string(h.length) + " runs past the end of the file)";
+        break;
+      }
+      if (off + rec > std::numeric_limits<std::uint32_t>::max()) {
+        problem = "segment larger than 4 GiB";
+        break;
+      }
+      if (h.seq != expected || h.seq <= prev_seq) {
+        problem = "record seq " + std::to_string(h.seq) + ", expected " + std::to_string(expected);
+        break;
+      }
+      std::uint32_t crc = crc32c(std::span<const std::byte>(hb.data(), kHeaderCrcOffset));
+      bool short_read = false;
+      for (std::uint64_t done = 0; done < h.length;) {
+        const std::size_t want =
+            static_cast<std::size_t>(std::min<std::uint64_t>(h.length - done, chunk.size()));
+        const ssize_t r = pread_full(fd.get(), chunk.data(), want, off + kHeader + done);
+        if (r < 0) return sys_error(errno, "cannot read segment", path);
+        if (static_cast<std::size_t>(r) != want) {
+          short_read = true;  // the file shrank under us: treat like a torn tail
+          break;
+        }
+        crc = crc32c_extend(crc, std::span<const std::byte>(chunk.data(), want));
+        done += want;
+      }
+      if (short_read) {
+        problem = "torn record";
+        break;
+      }
+      if (crc != h.crc) {
+        problem = "record CRC mismatch";
+        break;
+      }
+      seg.offsets.push_back(static_cast<std::uint32_t>(off));
+      off += rec;
+    }
+    seg.size = off;
+
+    if (seg.offsets.empty()) {
+      // Nothing valid (or a zero-length file from a crash right after it was created).
+      if (::unlinkat(dir_fd_.get(), path.filename().c_str(), 0) != 0 && errno != ENOENT) {
+        return sys_error(errno, "cannot remove segment", path);
+      }
+      if (file_size == 0) {
+        warnings.push_back(path.string() + ": zero-length segment removed");
+      } else {
+        ++truncations_;
+        truncated_bytes_ += file_size;
+        warnings.push_back(path.string() + ": offset 0: " + problem +
+                           "; no valid records, segment removed (" + std::to_string(file_size) + " bytes)");
+      }
+      continue;
+    }
+    if (off < file_size) {
+      if (::ftruncate(fd.get(), static_cast<off_t>(off)) != 0)
+        return sys_error(errno, "cannot truncate", path);
+      if (const int e = fsync_retry(fd.get(), false); e != 0) return sys_error(e, "cannot fsync", path);
+      ++fsyncs_;
+      ++truncations_;
+      truncated_bytes_ += file_size - off;
+      warnings.push_back(path.string() + ": offset " + std::to_string(off) + ": " + problem + "; kept " +
+                         std::to_string(seg.offsets.size()) + " records (seq " +
+                         std::to_string(seg.first_seq) + ".." + std::to_string(seg.last_seq()) + "), cut " +
+                         std::to_string(file_size - off) + " bytes");
+    }
+    if (prev_seq != 0 && seg.first_seq > prev_seq + 1) {
+      const std::uint64_t floor_seq = std::max(state.acked_seq, state.dropped_through);
+      const std::uint64_t from = std::max(prev_seq, floor_seq);
+      if (seg.first_seq > from + 1) lost_records_ += seg.first_seq - from - 1;
+    }
+    prev_seq = seg.last_seq();
+    segments_.push_back(std::move(seg));
+  }
+
+  acked_seq_ = state.acked_seq;
+  dropped_through_ = state.dropped_through;
+  dropped_total_ = state.dropped_total;
+  next_seq_ = std::max<std::uint64_t>({state.next_seq, prev_seq + 1, floor() + 1, 1});
+
+  for (const Segment& seg : segments_) {
+    for (std::size_t i = 0; i < seg.offsets.size(); ++i) {
+      if (seg.first_seq + i <= floor()) continue;
+      ++live_records_;
+      live_bytes_ += seg.record_end(i) - seg.offsets[i];
+    }
+  }
+  // The bound also holds after a restart with a smaller max_bytes.
+  if (const std::uint64_t dropped = drop_oldest_for(0); dropped > 0) {
+    warnings.push_back(config_.dir.string() + ": dropped " + std::to_string(dropped) +
+                       " oldest records to fit max_bytes " + std::to_string(config_.max_bytes));
+  }
+  // Persisting here catches a read-only spool at start-up, and must precede deleting dead segments.
+  if (SpoolError e = write_state()) return e;
+  delete_dead_segments();
+
+  if (!segments_.empty()) {
+    const Segment& last = segments_.back();
+    if (last.last_seq() + 1 == next_seq_ && last.size < config_.segment_bytes) {
+      const std::filesystem::path path = segment_path(last.first_seq);
+      write_fd_.reset(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
+      if (!write_fd_.valid()) return sys_error(errno, "cannot open segment", path);
+    }
+  }
+  last_sync_ = std::chrono::steady_clock::now();
+  return {};
+}
+
+bool Spool::is_bad(std::uint64_t seq) const {
+  return std::binary_search(bad_seqs_.begin(), bad_seqs_.end(), seq);
+}
+
+std::optional<std::uint64_t> Spool::first_live_after(std::uint64_t after) const {
+  after = std::max(after, floor());
+  auto it = std::partition_point(segments_.begin(), segments_.end(),
+                                 [after](const Segment& s) { return s.last_seq() <= after; });
+  for (; it != segments_.end(); ++it) {
+    for (std::uint64_t s = std::max(it->first_seq, after + 1); s <= it->last_seq(); ++s) {
+      if (!is_bad(s)) return s;
+    }
+  }
+  return std::nullopt;
+}
+
+std::optional<std::uint64_t> Spool::last_live() const {
+  for (auto it = segments_.rbegin(); it != segments_.rend(); ++it) {
+    for (std::uint64_t s = it->last_seq(); s >= it->first_seq && s > floor(); --s) {
+      if (!is_bad(s)) return s;
+    }
+    if (it->first_seq <= floor()) break;
+  }
+  return std::nullopt;
+}
+
+std::uint64_t Spool::record_bytes(std::uint64_t seq) const {
+  auto it = std::partition_point(segments_.begin(), segments_.end(),
+                                 [seq](const Segment& s) { return s.last_seq() < seq; });
+  if (it == segments_.end() || seq < it->first_seq) return 0;
+  const auto i = static_cast<std::size_t>(seq - it->first_seq);
+  return it->record_end(i) - it->offsets[i];
+}
+
+void Spool::retire_through(std::uint64_t seq) {
+  const std::uint64_t from = floor();
+  if (seq <= from) return;
+  for (const Segment& seg : segments_) {
+    if (seg.last_seq() <= from) continue;
+    if (seg.first_seq > seq) break;
+    const std::uint64_t hi = std::min(seg.last_seq(), seq);
+    for (std::uint64_t s = std::max(seg.first_seq, from + 1); s <= hi; ++s) {
+      if (is_bad(s)) continue;  // already taken out of the live counters
+      const auto i = static_cast<std::size_t>(s - seg.first_seq);
+      live_bytes_ -= seg.record_end(i) - seg.offsets[i];
+      --live_records_;
+    }
+  }
+  bad_seqs_.erase(bad_seqs_.begin(), std::upper_bound(bad_seqs_.begin(), bad_seqs_.end(), seq));
+}
+
+std::uint64_t Spool::drop_oldest_for(std::uint64_t bytes) {
+  std::uint64_t dropped = 0;
+  while (live_bytes_ + bytes > config_.max_bytes) {
+    const std::optional<std::uint64_t> oldest = first_live_after(floor());
+    if (!oldest) break;
+    retire_through(*oldest);
+    dropped_through_ = *oldest;
+    ++dropped_total_;
+    ++dropped;
+  }
+  return dropped;
+}
+
+void Spool::delete_dead_segments() {
+  while (!segments_.empty() && segments_.front().last_seq() <= floor()) {
+    const Segment& seg = segments_.front();
+    if (segments_.size() == 1) write_fd_.reset();
+    if (read_fd_.valid() && read_seg_first_ == seg.first_seq) read_fd_.reset();
+    // A failed unlink leaves a dead segment that the next open() deletes; nothing here depends on it.
+    ::unlinkat(dir_fd_.get(), segment_path(seg.first_seq).filename().c_str(), 0);
+    segments_.erase(segments_.begin());
+  }
+}
+
+SpoolError Spool::write_state() {
+  const std::filesystem::path tmp = config_.dir / kStateTmpName;
+  const std::filesystem::path path = config_.dir / kStateName;
+  const auto bytes = encode_state(StateFile{next_seq_, acked_seq_, dropped_through_, dropped_total_});
+  {
+    SpoolFd fd(::openat(dir_fd_.get(), kStateTmpName, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640));
+    if (!fd.valid()) return sys_error(errno, "cannot create", tmp);
+    if (const int e = pwrite_full(fd.get(), bytes, {}, 0); e != 0) return sys_error(e, "cannot write", tmp);
+    if (const int e = fsync_retry(fd.get(), false); e != 0) return sys_error(e, "cannot fsync", tmp);
+    ++fsyncs_;
+  }
+  if (::renameat(dir_fd_.get(), kStateTmpName, dir_fd_.get(), kStateName) != 0) {
+    return sys_error(errno, "cannot rename " + tmp.string() + " to", path);
+  }
+  // The rename is durable only once the directory is; dir_unsynced_ covers new segments too.
+  return sync_dir();
+}
+
+SpoolError Spool::sync_dir() {
+  if (const int e = fsync_retry(dir_fd_.get(), false); e != 0)
+    return sys_error(e, "cannot fsync", config_.dir);
+  ++fsyncs_;
+  dir_unsynced_ = false;
+  return {};
+}
+
+SpoolError Spool::sync_data() {
+  if (unsynced_ && write_fd_.valid()) {
+    if (const int e = fsync_retry(write_fd_.get(), true); e != 0) {
+      return sys_error(e, "cannot fdatasync", segment_path(segments_.back().first_seq));
+    }
+    ++fsyncs_;
+  }
+  unsynced_ = false;
+  if (dir_unsynced_) {
+    if (SpoolError e = sync_dir()) return e;
+  }
+  last_sync_ = std::chrono::steady_clock::now();
+  return {};
+}
+
+SpoolError Spool::flush() { return sync_data(); }
+
+SpoolError Spool::start_segment(std::uint64_t first_seq) {
+  const std::filesystem::path path = segment_path(first_seq);
+  // O_TRUNC: a file of this name is not in the index, so it holds nothing live.
+  SpoolFd fd(
+      ::openat(dir_fd_.get(), path.filename().c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640));
+  if (!fd.valid()) return sys_error(errno, "cannot create segment", path);
+  write_fd_ = std::move(fd);
+  Segment seg;
+  seg.first_seq = first_seq;
+  segments_.push_back(std::move(seg));
+  dir_unsynced_ = true;
+  return {};
+}
+
+SpoolError Spool::append(std::uint64_t seq, std::span<const std::byte> payload) {
+  if (seq != next_seq_) {
+    return SpoolError{std::make_error_code(std::errc::invalid_argument),
+                      "spool " + config_.dir.string() + ": append of seq " + std::to_string(seq) +
+                          ", expected " + std::to_string(next_seq_)};
+  }
+  const std::uint64_t rec = kHeader + std::uint64_t{payload.size()};
+  if (payload.size() > config_.max_record_bytes || rec > config_.max_bytes) {
+    return SpoolError{std::make_error_code(std::errc::message_size),
+                      "spool " + config_.dir.string() + ": record of " + std::to_string(payload.size()) +
+                          " bytes exceeds max_record_bytes " + std::to_string(config_.max_record_bytes) +
+                          " or max_bytes " + std::to_string(config_.max_bytes)};
+  }
+  if (next_seq_ == std::numeric_limits<std::uint64_t>::max()) {
+    return SpoolError{std::make_error_code(std::errc::value_too_large),
+                      "spool " + config_.dir.string() + ": seq space exhausted"};
+  }
+
+  // Drops are persisted before the new record is written: a crash in between loses nothing
+  // that was not already counted as dropped.
+  if (drop_oldest_for(rec) > 0) {
+    if (SpoolError e = write_state()) return e;
+    delete_dead_segments();
+  }
+
+  const bool every_record = config_.fsync == SpoolConfig::Fsync::kEveryRecord;
+  if (!every_record && unsynced_ && std::chrono::steady_clock::now() - last_sync_ >= config_.fsync_interval) {
+    // Synced before writing, so a failure leaves this record out, as the contract says.
+    if (SpoolError e = sync_data()) return e;
+  }
+  if (write_fd_.valid() && segments_.back().size > 0 && segments_.back().size + rec > config_.segment_bytes) {
+    // A closed segment must not hold unsynced data: flush() only reaches the open one.
+    if (!every_record) {
+      if (SpoolError e = sync_data()) return e;
+    }
+    write_fd_.reset();
+  }
+  bool fresh = false;
+  if (!write_fd_.valid()) {
+    if (SpoolError e = start_segment(seq)) return e;
+    fresh = true;
+  }
+  Segment& seg = segments_.back();
+  const std::filesystem::path path = segment_path(seg.first_seq);
+
+  std::array<std::byte, kHeader> h{};
+  put_u32(h.data(), kRecordMagic);
+  put_u32(h.data() + 4, static_cast<std::uint32_t>(payload.size()));
+  put_u64(h.data() + 8, seq);
+  put_u32(h.data() + kHeaderCrcOffset,
+          crc32c_extend(crc32c(std::span<const std::byte>(h.data(), kHeaderCrcOffset)), payload));
+
+  int err = pwrite_full(write_fd_.get(), h, payload, seg.size);
+  if (err == 0 && every_record) {
+    err = fsync_retry(write_fd_.get(), true);
+    if (err == 0) {
+      ++fsyncs_;
+      if (dir_unsynced_) {
+        if (SpoolError e = sync_dir()) err = e.code.value();
+      }
+    }
+  }
+  if (err != 0) {
+    // Take the record back out so the file ends at the last indexed record; if even that fails,
+    // the next record goes to a new segment and the next open() cuts the leftover.
+    if (fresh) {
+      write_fd_.reset();
+      ::unlinkat(dir_fd_.get(), path.filename().c_str(), 0);
+      segments_.pop_back();
+    } else if (::ftruncate(write_fd_.get(), static_cast<off_t>(seg.size)) != 0) {
+      write_fd_.reset();
+    }
+    return sys_error(err, "cannot write record " + std::to_string(seq) + " to", path);
+  }
+  if (!every_record) unsynced_ = true;
+  seg.offsets.push_back(static_cast<std::uint32_t>(seg.size));
+  seg.size += rec;
+  live_bytes_ += rec;
+  ++live_records_;
+  ++next_seq_;
+  return {};
+}
+
+SpoolError Spool::ack(std::uint64_t seq) {
+  seq = std::min(seq, next_seq_ - 1);
+  if (seq <= acked_seq_) return {};
+  retire_through(seq);
+  acked_seq_ = seq;
+  // Segments go only after acked_seq (and next_seq with it) is durable, so a restart can never
+  // hand out a seq the collector already holds.
+  if (SpoolError e = write_state()) return e;
+  delete_dead_segments();
+  return {};
+}
+
+std::optional<SpoolRecord> Spool::read_record(std::uint64_t seq) {
+  auto it = std::partition_point(segments_.begin(), segments_.end(),
+                                 [seq](const Segment& s) { return s.last_seq() < seq; });
+  if (it == segments_.end() || seq < it->first_seq) return std::nullopt;
+  const auto i = static_cast<std::size_t>(seq - it->first_seq);
+  const std::uint64_t off = it->offsets[i];
+  const std::uint64_t length = it->record_end(i) - off - kHeader;
+  if (!read_fd_.valid() || read_seg_first_ != it->first_seq) {
+    read_fd_.reset(::open(segment_path(it->first_seq).c_str(), O_RDONLY | O_CLOEXEC));
+    read_seg_first_ = it->first_seq;
+    if (!read_fd_.valid()) return std::nullopt;
+  }
+  std::array<std::byte, kHeader> hb{};
+  if (pread_full(read_fd_.get(), hb.data(), hb.size(), off) != static_cast<ssize_t>(kHeader))
+    return std::nullopt;
+  const Header h = decode_header(hb);
+  // The length comes from the index (validated at open), so a rotted length field cannot make us
+  // allocate more than max_record_bytes.
+  if (h.magic != kRecordMagic || h.length != length || h.seq != seq || length > config_.max_record_bytes) {
+    return std::nullopt;
+  }
+  SpoolRecord r;
+  r.seq = seq;
+  r.payload.resize(static_cast<std::size_t>(length));
+  if (pread_full(read_fd_.get(), r.payload.data(), r.payload.size(), off + kHeader) !=
+      static_cast<ssize_t>(r.payload.size())) {
+    return std::nullopt;
+  }
+  const std::uint32_t crc =
+      crc32c_extend(crc32c(std::span<const std::byte>(hb.data(), kHeaderCrcOffset)), r.payload);
+  if (crc != h.crc) return std::nullopt;
+  return r;
+}
+
+std::optional<SpoolRecord> Spool::next_unacked(std::uint64_t after_seq) {
+  for (std::optional<std::uint64_t> s = first_live_after(after_seq); s; s = first_live_after(*s)) {
+    if (std::optional<SpoolRecord> r = read_record(*s)) return r;
+    // Rotted or unreadable: it can never be sent, so it stops counting as live.
+    ++corrupt_reads_;
+    live_bytes_ -= record_bytes(*s);
+    --live_records_;
+    bad_seqs_.insert(std::upper_bound(bad_seqs_.begin(), bad_seqs_.end(), *s), *s);
+  }
+  return std::nullopt;
+}
+
+SpoolStats Spool::stats() const {
+  SpoolStats st;
+  st.records = live_records_;
+  st.live_bytes = live_bytes_;
+  for (const Segment& seg : segments_) st.disk_bytes += seg.size;
+  st.segments = segments_.size();
+  st.oldest_seq = first_live_after(floor()).value_or(0);
+  st.newest_seq = last_live().value_or(0);
+  st.next_seq = next_seq_;
+  st.acked_seq = acked_seq_;
+  st.dropped_total = dropped_total_;
+  st.fsyncs = fsyncs_;
+  st.truncations = truncations_;
+  st.truncated_bytes = truncated_bytes_;
+  st.lost_records = lost_records_;
+  st.corrupt_reads = corrupt_reads_;
+  return st;
+}
+
+}  // namespace vantage::agent::ship

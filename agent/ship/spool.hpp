@@ -1,0 +1,213 @@
+// The agent's disk spool: every Batch frame is appended here before it is sent and stays until
+// the collector acks its seq, so delivery is at-least-once across reconnects, restarts and crashes.
+// Bounded by size (the oldest records are dropped and counted), and it recovers from torn writes.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <span>
+#include <string>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+namespace vantage::agent::ship {
+
+// On-disk format (all integers little-endian; spool.cpp holds the constants):
+//
+//   <dir>/seg-<seq of its first record, 20 decimal digits>.vsp
+//     records back to back, each a 20-byte header then the payload:
+//       u32 magic "VSR1"  u32 payload length  u64 seq  u32 CRC32C(header bytes 0..15 ++ payload)
+//     Seqs inside one segment are consecutive, and the first one is the seq in the file name.
+//   <dir>/state    (replaced atomically: state.tmp, fsync, rename, fsync of the directory)
+//       u32 magic "VSST"  u32 version (1)  u64 next_seq  u64 acked_seq  u64 dropped_through
+//       u64 dropped_total  u32 CRC32C(all preceding bytes)                  = 44 bytes
+//
+// A record is live when its seq is above both acked_seq and dropped_through. Sizes count whole
+// records (header + payload) as they sit on disk.
+inline constexpr std::uint32_t kSpoolRecordHeaderBytes = 20;
+
+struct SpoolConfig {
+  std::filesystem::path dir;  // created (with parents) if missing
+  // Bound on live bytes. An append that would exceed it first drops the oldest live records.
+  // Disk use stays below max_bytes + segment_bytes + max_record_bytes: a segment file is deleted
+  // only once every record in it is acked or dropped.
+  std::uint64_t max_bytes = 64ull << 20;
+  std::uint64_t segment_bytes = 4ull << 20;   // a new segment starts once this is reached
+  std::uint32_t max_record_bytes = 4u << 20;  // payload limit, checked before any allocation
+  enum class Fsync {
+    kEveryRecord,  // append() returns after fdatasync: the record survives power loss
+    kInterval,     // fdatasync at most fsync_interval apart (on append) and on flush()
+  };
+  Fsync fsync = Fsync::kInterval;
+  std::chrono::milliseconds fsync_interval{1000};
+};
+
+// A failure the caller must handle: the errno-style code plus a message naming the file.
+struct SpoolError {
+  std::error_code code;
+  std::string message;
+  explicit operator bool() const { return static_cast<bool>(code); }
+};
+
+struct SpoolRecord {
+  std::uint64_t seq = 0;
+  std::vector<std::byte> payload;
+};
+
+struct SpoolStats {
+  std::uint64_t records = 0;     // live records
+  std::uint64_t live_bytes = 0;  // on-disk size of the live records; never above max_bytes
+  std::uint64_t disk_bytes = 0;  // size of all segment files (live, acked and dropped records)
+  std::uint64_t segments = 0;
+  std::uint64_t oldest_seq = 0;  // oldest and newest live seq; 0 when there is none
+  std::uint64_t newest_seq = 0;
+  std::uint64_t next_seq = 0;
+  std::uint64_t acked_seq = 0;
+  std::uint64_t dropped_total = 0;  // records dropped to stay within max_bytes (persisted)
+  std::uint64_t fsyncs = 0;         // fdatasync/fsync calls on segments, this process
+  std::uint64_t truncations = 0;    // segments cut at damage during open()
+  std::uint64_t truncated_bytes = 0;
+  // Records lost to damage found by open(), seen as gaps between surviving records; records cut
+  // from the end of the newest segment leave no gap and are only in truncated_bytes.
+  std::uint64_t lost_records = 0;
+  std::uint64_t corrupt_reads = 0;  // records that failed validation in next_unacked() and were skipped
+};
+
+// Owns one file descriptor; closes it on destruction.
+class SpoolFd {
+ public:
+  SpoolFd() = default;
+  explicit SpoolFd(int fd) : fd_(fd) {}
+  SpoolFd(SpoolFd&& other) noexcept : fd_(other.release()) {}
+  SpoolFd& operator=(SpoolFd&& other) noexcept;
+  SpoolFd(const SpoolFd&) = delete;
+  SpoolFd& operator=(const SpoolFd&) = delete;
+  ~SpoolFd() { reset(); }
+  [[nodiscard]] int get() const { return fd_; }
+  [[nodiscard]] bool valid() const { return fd_ >= 0; }
+  int release() {
+    const int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
+  void reset(int fd = -1);
+
+ private:
+  int fd_ = -1;
+};
+
+// Durability: append() hands the record to the kernel with one pwritev(2) (no user-space
+// buffer) before it returns. A crash of this process (even SIGKILL) after append() returned
+// cannot lose that record: it is in the page cache. Power loss or a kernel crash keeps only what
+// was fdatasync'd: with Fsync::kEveryRecord every appended record; with kInterval everything up to
+// the last sync (at most fsync_interval old while appends continue, and everything at flush()).
+// A write torn by either kind of crash is cut off by the next open().
+//
+// Not thread-safe: one owner (the shipper) calls everything. Memory is O(records) at 4 bytes each
+// plus one payload while reading; payloads are never cached.
+class Spool {
+ public:
+  struct Opened;  // defined below: the spool or an error, plus recovery warnings
+
+  // Scans and validates every segment; damage (torn tail, bad CRC, garbage, empty or stray
+  // segments, a missing or corrupt state file) is cut off or ignored with a warning, never an
+  // error. Errors are for the file system only (cannot create, read, write, or sync a file).
+  [[nodiscard]] static Opened open(const SpoolConfig& config);
+
+  Spool(Spool&& other) noexcept = default;
+  Spool& operator=(Spool&& other) noexcept = default;
+  Spool(const Spool&) = delete;
+  Spool& operator=(const Spool&) = delete;
+  ~Spool() = default;
+
+  // The seq the next append() must carry. Strictly increasing across restarts, also after every
+  // record was acked and its segment deleted. Starts at 1; 0 means "nothing" everywhere.
+  [[nodiscard]] std::uint64_t next_seq() const { return next_seq_; }
+
+  // Stores one record. seq must equal next_seq(); the payload must fit max_record_bytes and, with
+  // its header, max_bytes. When the live records would exceed max_bytes, the oldest are dropped
+  // first (dropped_total, persisted before the record is written). On error the record is not in
+  // the spool and next_seq() is unchanged (drops done for it stay done).
+  [[nodiscard]] SpoolError append(std::uint64_t seq, std::span<const std::byte> payload);
+
+  // The collector holds everything <= seq. Persists acked_seq, then deletes segment files whose
+  // records are all acked or dropped. Acks at or below acked_seq are no-ops; an ack beyond the
+  // newest appended seq is clamped to it.
+  [[nodiscard]] SpoolError ack(std::uint64_t seq);
+
+  // The first live record with seq > after_seq, read from disk and validated again (CRC, length,
+  // seq); a record that fails is skipped, counted in corrupt_reads and treated as gone.
+  // The shipper resends with after_seq = acked_seq() after a reconnect, then the returned seqs.
+  [[nodiscard]] std::optional<SpoolRecord> next_unacked(std::uint64_t after_seq);
+
+  // fdatasync of the segment being written (and of the directory if segments were created since
+  // the last sync), for Fsync::kInterval timers and shutdown. No-op when nothing is unsynced.
+  [[nodiscard]] SpoolError flush();
+
+  [[nodiscard]] std::uint64_t acked_seq() const { return acked_seq_; }
+  [[nodiscard]] SpoolStats stats() const;
+  [[nodiscard]] const SpoolConfig& config() const { return config_; }
+
+ private:
+  struct Segment {
+    std::uint64_t first_seq = 0;
+    std::uint64_t size = 0;              // bytes of valid records
+    std::vector<std::uint32_t> offsets;  // record i (seq first_seq + i) starts at offsets[i]
+    std::uint64_t last_seq() const { return first_seq + offsets.size() - 1; }
+    std::uint64_t record_end(std::size_t i) const { return i + 1 < offsets.size() ? offsets[i + 1] : size; }
+  };
+
+  explicit Spool(SpoolConfig config) : config_(std::move(config)) {}
+  std::uint64_t floor() const { return acked_seq_ > dropped_through_ ? acked_seq_ : dropped_through_; }
+  std::filesystem::path segment_path(std::uint64_t first_seq) const;
+  bool is_bad(std::uint64_t seq) const;
+  std::optional<std::uint64_t> first_live_after(std::uint64_t after) const;
+  std::optional<std::uint64_t> last_live() const;
+  std::uint64_t record_bytes(std::uint64_t seq) const;  // 0 when not in the index
+  void retire_through(std::uint64_t seq);               // before raising the floor: live counters follow
+  std::uint64_t drop_oldest_for(std::uint64_t bytes);   // returns how many were dropped
+  void delete_dead_segments();
+  std::optional<SpoolRecord> read_record(std::uint64_t seq);
+  SpoolError write_state();
+  SpoolError sync_data();
+  SpoolError sync_dir();
+  SpoolError start_segment(std::uint64_t first_seq);
+  SpoolError recover(std::vector<std::string>& warnings);
+
+  SpoolConfig config_;
+  SpoolFd dir_fd_;
+  SpoolFd write_fd_;  // the newest segment's, while appends may go there
+  SpoolFd read_fd_;   // cached for sequential resends
+  std::uint64_t read_seg_first_ = 0;
+  std::vector<Segment> segments_;        // ascending first_seq, non-empty, seqs strictly increasing
+  std::vector<std::uint64_t> bad_seqs_;  // failed validation on read; treated as not live
+
+  std::uint64_t next_seq_ = 1;
+  std::uint64_t acked_seq_ = 0;
+  std::uint64_t dropped_through_ = 0;
+  std::uint64_t dropped_total_ = 0;
+  std::uint64_t live_bytes_ = 0;
+  std::uint64_t live_records_ = 0;
+
+  bool unsynced_ = false;      // data written to write_fd_ since the last fdatasync
+  bool dir_unsynced_ = false;  // a segment was created since the last directory fsync
+  std::chrono::steady_clock::time_point last_sync_{};
+
+  std::uint64_t fsyncs_ = 0;
+  std::uint64_t truncations_ = 0;
+  std::uint64_t truncated_bytes_ = 0;
+  std::uint64_t lost_records_ = 0;
+  std::uint64_t corrupt_reads_ = 0;
+};
+
+struct Spool::Opened {
+  std::optional<Spool> spool;         // empty exactly when error is set
+  SpoolError error;                   // the message names the path that failed
+  std::vector<std::string> warnings;  // one line per recovered problem: file, offset, what was kept
+};
+
+}  // namespace vantage::agent::ship

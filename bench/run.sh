@@ -14,3 +14,21 @@ echo "--- ring_bench_o2, the same source at -O2 (Debian's packaging default)"
 echo
 echo "--- histogram_bench ($flags)"
 "$dir/histogram_bench"
+
+# The agent next to its peers. Both need root (network namespaces), so without it they are
+# skipped with a note; both run even if the first misses its target, and the exit status says
+# whether either failed.
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+agent=$(dirname "$dir")/agent/vantage-agent
+status=0
+echo
+if [ "$(id -u)" -ne 0 ]; then
+  echo "--- irtt_compare and collectd_cost skipped: they need root (network namespaces)"
+  exit 0
+fi
+echo "--- irtt_compare: agent p50 next to irtt's median RTT, loopback and veth between namespaces"
+"$here/irtt_compare.sh" "$agent" || status=$?
+echo
+echo "--- collectd_cost: agent CPU and memory next to collectd, 100 targets at 10/s + 1 s host load"
+"$here/collectd_cost.sh" "$agent" || status=$?
+exit "$status"

@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# Median round-trip time, vantage-agent next to irtt, on the same path in the same run.
+#
+# Two paths: loopback (127.0.0.1), and a veth pair between two network namespaces that this
+# script creates (10.213.0.1/30 <-> 10.213.0.2/30, addresses that exist only inside those
+# namespaces; the host's interfaces and addresses are never touched). On each path the server
+# side runs `irtt server` and a vantage-agent reflector; the client side runs, concurrently,
+# `irtt client` and two vantage-agent clients at the same rate, one with kernel receive
+# timestamps (SO_TIMESTAMPNS, the default) and one with --no-kernel-timestamps.
+#
+# What is compared: irtt's RTT median (stats.rtt.median in its JSON) and the agent's p50.
+# Both subtract the server's processing time: irtt with --tstamp=both (its default; the server
+# stamps receive and send, in user space, on the monotonic clock) and the agent always (the
+# reflector stamps receive from the kernel where it can, and send). irtt's client stamps in user
+# space (Go), so the agent's user-space variant is the closest like for like; the kernel-stamp
+# variant is the agent's default and what the target applies to. The agent's histogram has at
+# most 1/128 relative error (about 0.8 % of the value), irtt keeps exact samples.
+#
+# Target: the agent's kernel-stamp p50 within 50 us of irtt's median on both paths; exits 1
+# (saying why) otherwise. Needs root (network namespaces).
+#
+# usage: bench/irtt_compare.sh [VANTAGE_AGENT] [SECONDS]   (defaults: build/bench/agent/vantage-agent, 20)
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+top=$(dirname "$here")
+agent=${1:-$top/build/bench/agent/vantage-agent}
+seconds=${2:-20}
+rate=100                      # probes/s for every client: irtt -i 10ms, agent --rate 100
+irtt_interval=10ms
+size=64                       # UDP payload bytes: agent --size 64, irtt -l 64 (raised by irtt to its header size if larger)
+irtt_port=2112
+agent_port=8627
+limit_us=50
+ns_server=vantage-irtt-srv-$$
+ns_client=vantage-irtt-cli-$$
+veth_server=vti$$s
+veth_client=vti$$c
+addr_server=10.213.0.1
+addr_client=10.213.0.2
+
+if [ "$(id -u)" -ne 0 ]; then echo "irtt_compare: needs root (network namespaces)" >&2; exit 2; fi
+for tool in irtt ip python3 timeout ss; do
+  command -v "$tool" >/dev/null || { echo "irtt_compare: $tool not found (toolchains/bootstrap.sh installs it)" >&2; exit 2; }
+done
+[ -x "$agent" ] || { echo "irtt_compare: $agent is not an executable (build the vantage-agent target)" >&2; exit 2; }
+
+work=$(mktemp -d /tmp/vantage-irtt.XXXXXX)
+pids=()
+cleanup() {
+  local p
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  ip netns del "$ns_server" 2>/dev/null || true   # takes the veth pair with it
+  ip netns del "$ns_client" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# in_ns NS CMD...: run in namespace NS, or here when NS is empty. An exec, not a subshell, so
+# that a background job's $! is the process itself (ip netns exec execs its command).
+in_ns() {
+  local ns=$1; shift
+  if [ -n "$ns" ]; then exec ip netns exec "$ns" "$@"; else exec "$@"; fi
+}
+
+wait_udp_port() {   # NS ADDR PORT: until something listens there (5 s at most)
+  local i
+  for ((i = 0; i < 100; i++)); do
+    if [ -n "$(in_ns "$1" ss -Hunl "src $2:$3")" ]; then return 0; fi
+    sleep 0.05
+  done
+  echo "irtt_compare: nothing listening on $2:$3 after 5 s" >&2
+  return 1
+}
+
+make_namespaces() {
+  ip netns add "$ns_server"
+  ip netns add "$ns_client"
+  ip link add "$veth_server" netns "$ns_server" type veth peer name "$veth_client" netns "$ns_client"
+  ip -n "$ns_server" addr add "$addr_server/30" dev "$veth_server"
+  ip -n "$ns_client" addr add "$addr_client/30" dev "$veth_client"
+  ip -n "$ns_server" link set lo up
+  ip -n "$ns_client" link set lo up
+  ip -n "$ns_server" link set "$veth_server" up
+  ip -n "$ns_client" link set "$veth_client" up
+}
+
+# measure NAME SERVER_NS SERVER_ADDR CLIENT_NS: one concurrent run; results in $work/NAME.*
+measure() {
+  local name=$1 sns=$2 saddr=$3 cns=$4 guard=$((seconds + 30))
+  local irtt_server=(irtt server -b "$saddr:$irtt_port" -i 0 -d 0 --timeout=30s)
+  local reflector=("$agent" --once "$guard" --load-interval 0 --reflector "$saddr:$agent_port" --reflector-rate 100000)
+  local irtt_client=(irtt client -Q -i "$irtt_interval" -d "${seconds}s" -l "$size" --tstamp=both --clock=both
+                     --wait=1s -o "$work/$name.irtt.json" "$saddr:$irtt_port")
+  local agent_common=(--once "$seconds" --json --load-interval 0 --rate "$rate" --size "$size")
+  local agent_kernel=("$agent" "${agent_common[@]}" --udp "$saddr:$agent_port")
+  local agent_user=("$agent" "${agent_common[@]}" --no-kernel-timestamps --udp "$saddr:$agent_port")
+
+  echo "--- $name: server side${sns:+ (netns $sns)}:"
+  echo "    ${irtt_server[*]}"
+  echo "    ${reflector[*]}"
+  echo "    client side${cns:+ (netns $cns)}, concurrently:"
+  echo "    ${irtt_client[*]}"
+  echo "    ${agent_kernel[*]}"
+  echo "    ${agent_user[*]}"
+
+  local s1 s2 c1 c2 c3
+  in_ns "$sns" timeout "$guard" "${irtt_server[@]}" >"$work/$name.irtt-server.log" 2>&1 & s1=$!; pids+=("$s1")
+  in_ns "$sns" timeout "$((guard + 5))" "${reflector[@]}" >"$work/$name.reflector.log" 2>&1 & s2=$!; pids+=("$s2")
+  wait_udp_port "$sns" "$saddr" "$irtt_port"
+  wait_udp_port "$sns" "$saddr" "$agent_port"
+
+  in_ns "$cns" timeout "$guard" "${irtt_client[@]}" >"$work/$name.irtt-client.log" 2>&1 & c1=$!; pids+=("$c1")
+  in_ns "$cns" timeout "$guard" "${agent_kernel[@]}" >"$work/$name.kernel.json" 2>"$work/$name.kernel.err" & c2=$!; pids+=("$c2")
+  in_ns "$cns" timeout "$guard" "${agent_user[@]}" >"$work/$name.user.json" 2>"$work/$name.user.err" & c3=$!; pids+=("$c3")
+  local rc=0
+  wait "$c1" || { echo "irtt_compare: irtt client failed ($?):" >&2; cat "$work/$name.irtt-client.log" >&2; rc=1; }
+  wait "$c2" || { echo "irtt_compare: agent (kernel stamps) failed ($?):" >&2; cat "$work/$name.kernel.err" >&2; rc=1; }
+  wait "$c3" || { echo "irtt_compare: agent (user stamps) failed ($?):" >&2; cat "$work/$name.user.err" >&2; rc=1; }
+  kill "$s1" "$s2" 2>/dev/null || true
+  wait "$s1" 2>/dev/null || true
+  wait "$s2" 2>/dev/null || true
+  return "$rc"
+}
+
+echo "irtt_compare: $(irtt version 2>/dev/null | head -n 1 || true); agent: $("$agent" --version 2>/dev/null | head -n 1 || true)"
+echo "settings: ${seconds} s per run, ${rate} probes/s per client, ${size}-byte UDP payload, irtt --tstamp=both (server processing time subtracted by both tools)"
+echo
+
+make_namespaces
+measure loopback "" 127.0.0.1 ""
+measure veth "$ns_server" "$addr_server" "$ns_client"
+echo
+
+python3 - "$work" "$limit_us" <<'EOF'
+import json, sys
+work, limit = sys.argv[1], float(sys.argv[2])
+
+def agent(path):
+    final = None
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                final = json.loads(line)
+    t = final["targets"][0]
+    return t["rtt_ns"]["p50"] / 1000.0, t["sent"], t["received"], t["timestamps"]
+
+rows, failures = [], []
+for path in ("loopback", "veth"):
+    with open(f"{work}/{path}.irtt.json") as f:
+        irtt = json.load(f)
+    st = irtt["stats"]
+    irtt_med = st["rtt"]["median"] / 1000.0
+    irtt_n = st["rtt"]["n"]
+    spt = st.get("server_processing_time", {})
+    spt_mean = spt.get("mean", 0) / 1000.0
+    irtt_min = st["rtt"]["min"] / 1000.0
+    send_call = st.get("send_call", {}).get("mean", 0) / 1000.0
+    k, ks, kr, kts = agent(f"{work}/{path}.kernel.json")
+    u, us, ur, uts = agent(f"{work}/{path}.user.json")
+    rows.append((path, irtt_med, k, u, k - irtt_med, u - irtt_med, irtt_n, kr, ur, spt_mean, kts, uts, irtt_min, send_call))
+    if abs(k - irtt_med) > limit:
+        failures.append(f"{path}: agent p50 with kernel stamps {k:.1f} us is {k - irtt_med:+.1f} us from irtt's median {irtt_med:.1f} us (limit {limit:.0f} us)")
+
+print(f"{'path':<9} {'irtt med us':>11} {'agent p50 us':>12} {'agent p50 us':>12} {'diff us':>8} {'diff us':>8}   replies           irtt us: min  send call  server proc")
+print(f"{'':<9} {'':>11} {'(kernel)':>12} {'(user)':>12} {'kernel':>8} {'user':>8}   irtt/kernel/user           (means)")
+for (path, im, k, u, dk, du, n, kr, ur, spt, kts, uts, imin, sc) in rows:
+    print(f"{path:<9} {im:>11.1f} {k:>12.1f} {u:>12.1f} {dk:>+8.1f} {du:>+8.1f}   {n:>5}/{kr:>5}/{ur:>5}   {imin:>11.1f} {sc:>10.1f} {spt:>12.1f}")
+    if kts != "kernel" or uts != "userspace":
+        print(f"  note: {path}: agent reported timestamps {kts!r} and {uts!r}, expected 'kernel' and 'userspace'")
+print("(diff = agent p50 - irtt median; the agent's p50 is within 1/128 of the true value. irtt's RTT runs from a")
+print(" stamp taken before its send call (mean send call above) to a user-space stamp after Go's read returns, less")
+print(" the server's user-space receive-to-send time, so it carries Go runtime send and wake-up time on both ends")
+print(" that the agent's kernel receive stamps and reflector dwell subtraction leave out)")
+if failures:
+    print("FAIL: " + "; ".join(failures))
+    sys.exit(1)
+print(f"PASS: agent p50 (kernel stamps) within {limit:.0f} us of irtt's median on both paths")
+EOF

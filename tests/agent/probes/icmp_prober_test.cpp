@@ -557,6 +557,18 @@ TEST_CASE("IcmpProber: unreachable and time-exceeded errors quoting our requests
 
 namespace {
 
+// QEMU user mode (7.2) refuses SO_TIMESTAMPNS, which every Linux kernel accepts on UDP.
+bool qemu_user_mode() {
+  const int fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    return false;
+  }
+  const int on = 1;
+  const bool refused = ::setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof(on)) != 0;
+  ::close(fd);
+  return refused;
+}
+
 bool write_sysctl(const char* path, const char* value) {
   std::ofstream out(path);
   out << value;
@@ -832,6 +844,13 @@ TEST_CASE("IcmpProber: ICMP errors about our requests close exactly those probes
     for (const IcmpSocketMode mode : {IcmpSocketMode::kRaw, IcmpSocketMode::kDgram}) {
       CAPTURE(ipv6);
       CAPTURE(mode == IcmpSocketMode::kRaw);
+      if (mode == IcmpSocketMode::kDgram && sizeof(void*) < 8 && qemu_user_mode()) {
+        // QEMU 7.2's translation of the IP_RECVERR control message for 32-bit guests writes
+        // outside the guest's buffer (heap corruption, seen only there: without the control
+        // buffer the read is clean, and 64-bit guests and native ASan runs are clean).
+        MESSAGE("ping-socket error queue not tested: 32-bit QEMU user mode mistranslates IP_RECVERR");
+        continue;
+      }
       if (!in_private_netns([&] { check_icmp_errors(ipv6, mode); })) {
         MESSAGE("skipped: cannot create a network namespace here (needs root)");
         return;

@@ -7,7 +7,14 @@ set(CMAKE_CXX_COMPILER aarch64-linux-gnu-g++)
 set(CMAKE_LIBRARY_ARCHITECTURE aarch64-linux-gnu)
 # Target libraries come from the cross sysroot and from multiarch /usr/lib/aarch64-linux-gnu; headers and
 # CMake packages that are architecture-independent come from /usr; programs (flatc) from the host.
-set(CMAKE_FIND_ROOT_PATH /usr/aarch64-linux-gnu /)
+# SQLite comes from Debian's arm64 .debs that toolchains/bootstrap.sh unpacks into .deps/sysroot-arm64
+# (the multiarch package cannot be installed beside the host's); searched first.
+if(DEFINED ENV{VANTAGE_DEPS_DIR})
+  set(VANTAGE_SQLITE_SYSROOT "$ENV{VANTAGE_DEPS_DIR}/sysroot-arm64")
+else()
+  set(VANTAGE_SQLITE_SYSROOT "${CMAKE_CURRENT_LIST_DIR}/../.deps/sysroot-arm64")
+endif()
+set(CMAKE_FIND_ROOT_PATH "${VANTAGE_SQLITE_SYSROOT}" /usr/aarch64-linux-gnu /)
 set(CMAKE_FIND_ROOT_PATH_MODE_PROGRAM NEVER)
 set(CMAKE_FIND_ROOT_PATH_MODE_LIBRARY ONLY)
 set(CMAKE_FIND_ROOT_PATH_MODE_INCLUDE BOTH)

@@ -7,7 +7,14 @@ set(CMAKE_CXX_COMPILER arm-linux-gnueabihf-g++)
 set(CMAKE_LIBRARY_ARCHITECTURE arm-linux-gnueabihf)
 # Target libraries come from the cross sysroot and from multiarch /usr/lib/arm-linux-gnueabihf; headers and
 # CMake packages that are architecture-independent come from /usr; programs (flatc) from the host.
-set(CMAKE_FIND_ROOT_PATH /usr/arm-linux-gnueabihf /)
+# SQLite comes from Debian's armhf .debs that toolchains/bootstrap.sh unpacks into .deps/sysroot-armhf
+# (the multiarch package cannot be installed beside the host's); searched first.
+if(DEFINED ENV{VANTAGE_DEPS_DIR})
+  set(VANTAGE_SQLITE_SYSROOT "$ENV{VANTAGE_DEPS_DIR}/sysroot-armhf")
+else()
+  set(VANTAGE_SQLITE_SYSROOT "${CMAKE_CURRENT_LIST_DIR}/../.deps/sysroot-armhf")
+endif()
+set(CMAKE_FIND_ROOT_PATH "${VANTAGE_SQLITE_SYSROOT}" /usr/arm-linux-gnueabihf /)
 set(CMAKE_FIND_ROOT_PATH_MODE_PROGRAM NEVER)
 set(CMAKE_FIND_ROOT_PATH_MODE_LIBRARY ONLY)
 set(CMAKE_FIND_ROOT_PATH_MODE_INCLUDE BOTH)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs every Debian package the project needs and fetches mbedTLS 3.6 LTS source (Debian 13's
-# signed source package). Idempotent: a second run with nothing missing takes about a second.
+# Installs every Debian package the project needs, fetches mbedTLS 3.6 LTS source (Debian 13's
+# signed source package) and unpacks SQLite for the cross targets. Idempotent: a second run with
+# nothing missing takes about a second.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -25,11 +26,12 @@ as_root() {
 # arch-independent, so the host's copy serves every target). python3 checks the agent's JSON in
 # tests; iproute2 makes the network namespaces; irtt and collectd-core are the peers that
 # bench/ measures the agent against (liboping0: collectd's ping plugin, only Recommended).
+# libsqlite3-dev is the collector's store on the host; the cross targets get theirs below.
 host_packages=(
   build-essential cmake ninja-build pkg-config file dpkg-dev ca-certificates
   g++-aarch64-linux-gnu g++-arm-linux-gnueabihf qemu-user-static
   libasio-dev flatbuffers-compiler libflatbuffers-dev doctest-dev
-  libboost-dev libreaderwriterqueue-dev
+  libboost-dev libreaderwriterqueue-dev libsqlite3-dev
   python3 iproute2 irtt collectd-core liboping0
 )
 foreign_arches=(arm64 armhf)
@@ -116,5 +118,56 @@ fetch_mbedtls() {
   echo "bootstrap: mbedTLS $version source ready in $dest"
 }
 
+# SQLite for the cross targets. libsqlite3-dev:arm64/armhf cannot be installed beside the host's
+# packages on these machines (Multi-Arch: same version skew with libssl3 and linux-libc-dev), so
+# the two .debs are fetched with `apt-get download`, which checks them against the signed indices
+# like an install would, and unpacked into a private sysroot per architecture
+# ($deps/sysroot-<arch>) that the toolchain files add to CMAKE_FIND_ROOT_PATH. The -dev package
+# carries libsqlite3.a: the store links it statically, so QEMU test runs need no target .so.
+sqlite_arches=(arm64 armhf)
+
+sqlite_candidate() {
+  apt-cache policy "libsqlite3-dev:$1" 2>/dev/null | sed -n 's/^ *Candidate: //p'
+}
+
+fetch_sqlite_sysroots() {
+  local arch dest version debs deb host_version
+  # Fast path: apt-cache takes about 2 s per query with three architectures' lists, while the
+  # host's installed version (dpkg-query, instant) is what an up-to-date target copy matches.
+  host_version=$(dpkg-query -W -f='${Version}' libsqlite3-dev 2>/dev/null || true)
+  for arch in "${sqlite_arches[@]}"; do
+    dest=$deps/sysroot-$arch
+    if [ -f "$dest/.vantage-version" ] && [ -f "$dest/usr/include/sqlite3.h" ] &&
+      [ "$(cat "$dest/.vantage-version")" = "$host_version" ]; then continue; fi
+    version=$(sqlite_candidate "$arch")
+    if [ -z "$version" ] || [ "$version" = "(none)" ]; then
+      # No package index for the architecture yet (it was just added, or the lists were cleaned).
+      apt_update || true
+      version=$(sqlite_candidate "$arch")
+    fi
+    if [ -f "$dest/.vantage-version" ] && [ -f "$dest/usr/include/sqlite3.h" ]; then
+      if [ "$(cat "$dest/.vantage-version")" = "$version" ]; then continue; fi
+      if [ -z "$version" ] || [ "$version" = "(none)" ]; then
+        echo "bootstrap: no libsqlite3-dev:$arch in the package lists; keeping $dest" >&2
+        continue
+      fi
+    fi
+    if [ -z "$version" ] || [ "$version" = "(none)" ]; then
+      echo "bootstrap: no libsqlite3-dev:$arch candidate (is the $arch architecture in the apt sources?)" >&2
+      return 1
+    fi
+    debs=$deps/sqlite-debs-$arch
+    rm -rf "$debs" "$dest.tmp" && mkdir -p "$debs" "$dest.tmp"
+    # The sandbox user cannot write into a root-owned $deps; apt has verified the files either way.
+    (cd "$debs" && apt-get -q -o APT::Sandbox::User=root download \
+      "libsqlite3-dev:$arch=$version" "libsqlite3-0:$arch=$version")
+    for deb in "$debs"/*.deb; do dpkg-deb -x "$deb" "$dest.tmp"; done
+    echo "$version" >"$dest.tmp/.vantage-version"
+    rm -rf "$dest" && mv "$dest.tmp" "$dest"
+    echo "bootstrap: SQLite $version for $arch ready in $dest"
+  done
+}
+
 ensure_packages
 fetch_mbedtls
+fetch_sqlite_sysroots

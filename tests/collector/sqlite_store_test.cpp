@@ -1,0 +1,749 @@
+// Tests for SqliteStore on real database files: every column of a round trip, dedupe by
+// (agent, seq), group commit, durability across reopen and across a SIGKILLed writer, error
+// paths with nothing half-written, and the operator queries.
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "collector/store/sqlite_store.hpp"
+#include "vantage/telemetry_generated.h"
+
+namespace {
+
+namespace wire = vantage::wire;
+using vantage::collector::store::IncomingBatch;
+using vantage::collector::store::OpenOptions;
+using vantage::collector::store::SqliteStore;
+using vantage::collector::store::StoreOutcome;
+using Bytes = std::vector<std::uint8_t>;
+
+constexpr std::int64_t kT0 = 1'790'000'000'000'000'000;
+constexpr std::int64_t kSecond = 1'000'000'000;
+
+// A fresh directory per test, removed afterwards.
+class TempDir {
+ public:
+  TempDir() {
+    const char* tmp = std::getenv("TMPDIR");
+    std::string pattern =
+        std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") + "/vantage-store-XXXXXX";
+    REQUIRE(mkdtemp(pattern.data()) != nullptr);
+    path_ = pattern;
+  }
+  ~TempDir() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path_, ignored);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+
+  std::string file(const std::string& name) const { return path_ + "/" + name; }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+Bytes finish(flatbuffers::FlatBufferBuilder& fbb, flatbuffers::Offset<wire::Batch> batch) {
+  wire::FinishFrameBuffer(fbb, wire::CreateFrame(fbb, wire::Message::Batch, batch.Union()));
+  return Bytes(fbb.GetBufferPointer(), fbb.GetBufferPointer() + fbb.GetSize());
+}
+
+// What the ingest hands over: the buffer passed the Verifier, then the Batch is read from it.
+const wire::Batch* verified_batch(const Bytes& bytes) {
+  flatbuffers::Verifier verifier(bytes.data(), bytes.size());
+  if (!wire::VerifyFrameBuffer(verifier)) return nullptr;
+  return wire::GetFrame(bytes.data())->message_as_Batch();
+}
+
+// A small batch: one latency summary per target (p50 tells batches apart), one load sample.
+Bytes simple_batch(const std::string& agent, std::uint64_t seq,
+                   const std::vector<std::string>& targets = {"t1"}, std::int64_t p50 = 1'000'000,
+                   const std::string& pop = "fra1", double idle = 0.5) {
+  flatbuffers::FlatBufferBuilder fbb;
+  const std::int64_t start = kT0 + static_cast<std::int64_t>(seq) * kSecond;
+  std::vector<flatbuffers::Offset<wire::LatencySummary>> latency;
+  for (const auto& t : targets) {
+    latency.push_back(wire::CreateLatencySummaryDirect(fbb, t.c_str(), wire::Protocol::UdpEcho, 10, 9, 1, 0,
+                                                       0, 0, 0, 1, p50 / 2, p50 * 2, static_cast<double>(p50),
+                                                       1000.0, p50, p50, p50 + 7, p50 + 9, 300.0, 900));
+  }
+  std::vector<wire::CpuUsage> cpus{{-1, 0.25f, 0.125f, 0.0f, 0.0f, 0.0f, 0.0f, static_cast<float>(idle), 0}};
+  wire::MemoryUsage mem(8ull << 30, 4ull << 30, 0, 0, 0);
+  std::vector<flatbuffers::Offset<wire::LoadSample>> load{
+      wire::CreateLoadSampleDirect(fbb, start + kSecond / 2, "amd64", &cpus, &mem)};
+  return finish(fbb, wire::CreateBatchDirect(fbb, agent.c_str(), seq, start, start + kSecond, "eu-central",
+                                             pop.c_str(), &latency, &load));
+}
+
+// Keeps the buffers alive as long as the IncomingBatch pointers into them.
+struct Batches {
+  std::vector<std::unique_ptr<Bytes>> buffers;
+  std::vector<IncomingBatch> incoming;
+
+  void add(Bytes bytes, std::string_view agent, std::string_view pop = "fra1", std::int64_t received_ns = 0) {
+    buffers.push_back(std::make_unique<Bytes>(std::move(bytes)));
+    const wire::Batch* b = verified_batch(*buffers.back());
+    REQUIRE(b != nullptr);
+    IncomingBatch in;
+    in.batch = b;
+    in.agent_id = agent;  // the connection's identity (a string that outlives the store call)
+    in.region = "eu-central";
+    in.pop = pop;
+    in.arch = "amd64";
+    in.software_version = "0.1.0";
+    in.received_ns = received_ns != 0 ? received_ns : b->interval_end_ns() + 1000;
+    incoming.push_back(in);
+  }
+};
+
+SqliteStore open_store(const std::string& path, const OpenOptions& options = {}) {
+  auto opened = SqliteStore::open(path, options);
+  INFO(opened.error);
+  REQUIRE(opened);
+  return std::move(*opened.value);
+}
+
+std::vector<std::uint64_t> one_to(std::uint64_t n) {
+  std::vector<std::uint64_t> v(n);
+  std::iota(v.begin(), v.end(), std::uint64_t{1});
+  return v;
+}
+
+// Direct SQLite access to check what the store wrote, column by column.
+struct Value {
+  int type = SQLITE_NULL;
+  std::int64_t i = 0;
+  double d = 0.0;
+  std::string s;  // text or blob bytes
+};
+using Row = std::map<std::string, Value>;
+
+class RawDb {
+ public:
+  explicit RawDb(const std::string& path) {
+    REQUIRE(sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READWRITE, nullptr) == SQLITE_OK);
+  }
+  ~RawDb() { sqlite3_close_v2(db_); }
+  RawDb(const RawDb&) = delete;
+  RawDb& operator=(const RawDb&) = delete;
+
+  std::vector<Row> rows(const std::string& sql) {
+    sqlite3_stmt* stmt = nullptr;
+    INFO(sql);
+    REQUIRE(sqlite3_prepare_v2(db_, sql.c_str(), -1, &stmt, nullptr) == SQLITE_OK);
+    std::vector<Row> out;
+    int rc = 0;
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+      Row row;
+      for (int c = 0; c < sqlite3_column_count(stmt); ++c) {
+        Value v;
+        v.type = sqlite3_column_type(stmt, c);
+        v.i = sqlite3_column_int64(stmt, c);
+        v.d = sqlite3_column_double(stmt, c);
+        if (v.type == SQLITE_TEXT || v.type == SQLITE_BLOB) {
+          const auto* p = static_cast<const char*>(sqlite3_column_blob(stmt, c));
+          v.s.assign(p == nullptr ? "" : p, static_cast<std::size_t>(sqlite3_column_bytes(stmt, c)));
+        }
+        row[sqlite3_column_name(stmt, c)] = v;
+      }
+      out.push_back(std::move(row));
+    }
+    sqlite3_finalize(stmt);
+    REQUIRE(rc == SQLITE_DONE);
+    return out;
+  }
+  std::int64_t integer(const std::string& sql) {
+    auto r = rows(sql);
+    REQUIRE(r.size() == 1);
+    return r[0].begin()->second.i;
+  }
+  std::string text(const std::string& sql) {
+    auto r = rows(sql);
+    REQUIRE(r.size() == 1);
+    return r[0].begin()->second.s;
+  }
+  void exec(const std::string& sql) {
+    INFO(sql);
+    REQUIRE(sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK);
+  }
+
+ private:
+  sqlite3* db_ = nullptr;
+};
+
+// Field values for the round trip: distinct per summary (k) and per field (f), so a swapped
+// column cannot go unnoticed.
+std::uint32_t u(int k, int f) { return static_cast<std::uint32_t>(1000 * (k + 1) + f); }
+std::int64_t ns(int k, int f) { return 1'000'000LL * (k + 1) + f; }
+
+Bytes rich_batch() {
+  flatbuffers::FlatBufferBuilder fbb;
+  const std::vector<std::vector<wire::HistogramBucket>> buckets{
+      {{300, 7}, {301, 90}, {412, 3}}, {{5, 1}}, {}};
+  const wire::Protocol protocols[] = {wire::Protocol::UdpEcho, wire::Protocol::TcpConnect,
+                                      wire::Protocol::Icmp};
+  std::vector<flatbuffers::Offset<wire::LatencySummary>> latency;
+  for (int k = 0; k < 3; ++k) {
+    auto target = fbb.CreateString("target-" + std::to_string(k) + ":7801");
+    auto histogram = buckets[static_cast<std::size_t>(k)].empty()
+                         ? flatbuffers::Offset<flatbuffers::Vector<const wire::HistogramBucket*>>()
+                         : fbb.CreateVectorOfStructs(buckets[static_cast<std::size_t>(k)]);
+    wire::LatencySummaryBuilder lb(fbb);
+    lb.add_target(target);
+    lb.add_protocol(protocols[k]);
+    lb.add_sent(u(k, 1));
+    lb.add_received(u(k, 2));
+    lb.add_lost(u(k, 3));
+    lb.add_late(u(k, 4));
+    lb.add_reordered(u(k, 5));
+    lb.add_duplicates(u(k, 6));
+    lb.add_lost_outbound(u(k, 7));
+    lb.add_lost_inbound(u(k, 8));
+    lb.add_min_ns(ns(k, 9));
+    lb.add_max_ns(ns(k, 10));
+    lb.add_mean_ns(static_cast<double>(ns(k, 11)) + 0.5);
+    lb.add_stddev_ns(static_cast<double>(ns(k, 12)) + 0.25);
+    lb.add_p50_ns(ns(k, 13));
+    lb.add_p90_ns(ns(k, 14));
+    lb.add_p99_ns(ns(k, 15));
+    lb.add_p999_ns(ns(k, 16));
+    lb.add_jitter_mean_ns(static_cast<double>(ns(k, 17)) + 0.125);
+    lb.add_jitter_p99_ns(ns(k, 18));
+    lb.add_timestamp_source(k == 0 ? wire::TimestampSource::Kernel : wire::TimestampSource::Userspace);
+    lb.add_histogram_scheme(buckets[static_cast<std::size_t>(k)].empty() ? 0 : 1);
+    if (!histogram.IsNull()) lb.add_histogram(histogram);
+    lb.add_send_errors(u(k, 19));
+    lb.add_unexpected(u(k, 20));
+    lb.add_invalid(u(k, 21));
+    lb.add_reflector_restarts(u(k, 22));
+    lb.add_session_resets(u(k, 23));
+    lb.add_ipdv_count(u(k, 24));
+    lb.add_histogram_overflow(u(k, 25));
+    lb.add_histogram_dropped(u(k, 26));
+    latency.push_back(lb.Finish());
+  }
+
+  std::vector<wire::CpuUsage> cpus{{-1, 0.25f, 0.125f, 0.0625f, 0.03125f, 0.5f, 0.75f, 0.5f, 0},
+                                   {0, 0.5f, 0.1f, 0.0f, 0.0f, 0.0f, 0.02f, 0.38f, 1'800'000},
+                                   {1, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 1.0f, 600'000}};
+  wire::MemoryUsage mem(8ull << 30, 5ull << 30, 1ull << 30, 1ull << 29, 4096);
+  wire::Pressure psi(1.5f, 2.5f, 0.25f, 3.5f, 0.125f);
+  wire::Pressure no_psi(-1.0f, -1.0f, -1.0f, -1.0f, -1.0f);
+  wire::LoadAverage loadavg(0.5f, 0.75f, 1.0f);
+  wire::NetRates eth0(1e6, 2e6, 1000, 2000, 0, 0, 0.5, 0);
+  std::vector<flatbuffers::Offset<wire::NetInterface>> net{
+      wire::CreateNetInterfaceDirect(fbb, "eth0", &eth0)};
+  // A hostile sensor name: the JSON must stay valid.
+  std::vector<flatbuffers::Offset<wire::Temperature>> temps{
+      wire::CreateTemperatureDirect(fbb, "zone\"0\\x\x01", 48.5f)};
+  std::vector<flatbuffers::Offset<wire::LoadSample>> load{
+      wire::CreateLoadSampleDirect(fbb, kT0 + 500, "arm64", &cpus, &mem, &psi, &loadavg, &net, &temps),
+      // A host without PSI, without memory and with no per-CPU list.
+      wire::CreateLoadSampleDirect(fbb, kT0 + 900, "arm64", nullptr, nullptr, &no_psi, &loadavg)};
+  std::vector<wire::RttSample> raw{{0, 41, 5'000'000'000, 2'000'000}, {2, 42, 5'010'000'000, -1}};
+  return finish(fbb, wire::CreateBatchDirect(fbb, "fra1-edge-07", 4242, kT0, kT0 + kSecond, "eu-central",
+                                             "fra1", &latency, &load, &raw));
+}
+
+}  // namespace
+
+TEST_CASE("round trip: every column of a batch with 3 latency summaries and 2 load samples") {
+  TempDir dir;
+  const std::string path = dir.file("store.db");
+  {
+    SqliteStore store = open_store(path);
+    Batches in;
+    in.add(rich_batch(), "fra1-edge-07", "fra1", kT0 + 2 * kSecond);
+    in.incoming[0].arch = "arm64";
+    in.incoming[0].software_version = "0.1.0";
+    auto r = store.store(in.incoming);
+    INFO(r.error);
+    REQUIRE(r);
+    REQUIRE(r.value->size() == 1);
+    CHECK((*r.value)[0] == StoreOutcome::kStored);
+    CHECK(store.last_commit_ns() > 0);
+    CHECK(store.last_store_ns() >= store.last_commit_ns());
+  }
+  RawDb db(path);
+
+  auto agents = db.rows("SELECT * FROM agents");
+  REQUIRE(agents.size() == 1);
+  CHECK(agents[0]["agent_id"].s == "fra1-edge-07");
+  CHECK(agents[0]["region"].s == "eu-central");
+  CHECK(agents[0]["pop"].s == "fra1");
+  CHECK(agents[0]["arch"].s == "arm64");
+  CHECK(agents[0]["software_version"].s == "0.1.0");
+  CHECK(agents[0]["first_seen_ns"].i == kT0 + 2 * kSecond);
+  CHECK(agents[0]["last_seen_ns"].i == kT0 + 2 * kSecond);
+
+  auto batches = db.rows("SELECT * FROM batches");
+  REQUIRE(batches.size() == 1);
+  CHECK(batches[0]["agent_id"].s == "fra1-edge-07");
+  CHECK(batches[0]["seq"].i == 4242);
+  CHECK(batches[0]["interval_start_ns"].i == kT0);
+  CHECK(batches[0]["interval_end_ns"].i == kT0 + kSecond);
+  CHECK(batches[0]["received_ns"].i == kT0 + 2 * kSecond);
+  CHECK(batches[0]["region"].s == "eu-central");
+  CHECK(batches[0]["pop"].s == "fra1");
+  CHECK(batches[0]["latency_count"].i == 3);
+  CHECK(batches[0]["load_count"].i == 2);
+  CHECK(batches[0]["rtt_sample_count"].i == 2);
+
+  auto lat = db.rows("SELECT * FROM latency_summaries ORDER BY idx");
+  REQUIRE(lat.size() == 3);
+  const char* protocols[] = {"udp_echo", "tcp_connect", "icmp"};
+  for (int k = 0; k < 3; ++k) {
+    CAPTURE(k);
+    Row& r = lat[static_cast<std::size_t>(k)];
+    CHECK(r["agent_id"].s == "fra1-edge-07");
+    CHECK(r["seq"].i == 4242);
+    CHECK(r["idx"].i == k);
+    CHECK(r["target"].s == "target-" + std::to_string(k) + ":7801");
+    CHECK(r["protocol"].s == protocols[k]);
+    const char* counters[] = {"sent",      "received",   "lost",          "late",
+                              "reordered", "duplicates", "lost_outbound", "lost_inbound"};
+    for (int f = 0; f < 8; ++f) CHECK(r[counters[f]].i == u(k, f + 1));
+    CHECK(r["min_ns"].i == ns(k, 9));
+    CHECK(r["max_ns"].i == ns(k, 10));
+    CHECK(r["mean_ns"].d == static_cast<double>(ns(k, 11)) + 0.5);
+    CHECK(r["stddev_ns"].d == static_cast<double>(ns(k, 12)) + 0.25);
+    CHECK(r["p50_ns"].i == ns(k, 13));
+    CHECK(r["p90_ns"].i == ns(k, 14));
+    CHECK(r["p99_ns"].i == ns(k, 15));
+    CHECK(r["p999_ns"].i == ns(k, 16));
+    CHECK(r["jitter_mean_ns"].d == static_cast<double>(ns(k, 17)) + 0.125);
+    CHECK(r["jitter_p99_ns"].i == ns(k, 18));
+    CHECK(r["timestamp_source"].s == (k == 0 ? "kernel" : "userspace"));
+    const char* appended[] = {"send_errors",        "unexpected",       "invalid",
+                              "reflector_restarts", "session_resets",   "ipdv_count",
+                              "histogram_overflow", "histogram_dropped"};
+    for (int f = 0; f < 8; ++f) CHECK(r[appended[f]].i == u(k, f + 19));
+    CHECK(r["interval_start_ns"].i == kT0);
+    CHECK(r["interval_end_ns"].i == kT0 + kSecond);
+  }
+  // Histogram: 6 bytes per bucket, u16 index + u32 count, little-endian.
+  const std::string expected_histogram(
+      "\x2c\x01\x07\x00\x00\x00"
+      "\x2d\x01\x5a\x00\x00\x00"
+      "\x9c\x01\x03\x00\x00\x00",
+      18);
+  CHECK(lat[0]["histogram_scheme"].i == 1);
+  CHECK(lat[0]["histogram"].type == SQLITE_BLOB);
+  CHECK(lat[0]["histogram"].s == expected_histogram);
+  CHECK(lat[1]["histogram"].s == std::string("\x05\x00\x01\x00\x00\x00", 6));
+  CHECK(lat[2]["histogram_scheme"].i == 0);
+  CHECK(lat[2]["histogram"].type == SQLITE_NULL);
+
+  auto load = db.rows("SELECT * FROM load_samples ORDER BY idx");
+  REQUIRE(load.size() == 2);
+  Row& l = load[0];
+  CHECK(l["seq"].i == 4242);
+  CHECK(l["time_ns"].i == kT0 + 500);
+  CHECK(l["arch"].s == "arm64");
+  CHECK(l["cpu_user"].d == 0.25);
+  CHECK(l["cpu_system"].d == 0.125);
+  CHECK(l["cpu_iowait"].d == 0.0625);
+  CHECK(l["cpu_steal"].d == 0.03125);
+  CHECK(l["cpu_irq"].d == 0.5);
+  CHECK(l["cpu_softirq"].d == 0.75);
+  CHECK(l["cpu_idle"].d == 0.5);
+  CHECK(l["cpu_busy"].d == doctest::Approx(1.0 - 0.5 - 0.0625));
+  CHECK(l["cpu_count"].i == 2);
+  CHECK(l["mem_total"].i == (8LL << 30));
+  CHECK(l["mem_available"].i == (5LL << 30));
+  CHECK(l["swap_total"].i == (1LL << 30));
+  CHECK(l["swap_free"].i == (1LL << 29));
+  CHECK(l["mem_dirty"].i == 4096);
+  CHECK(l["load1"].d == 0.5);
+  CHECK(l["load5"].d == 0.75);
+  CHECK(l["load15"].d == 1.0);
+  CHECK(l["psi_cpu_some"].d == 1.5);
+  CHECK(l["psi_memory_some"].d == 2.5);
+  CHECK(l["psi_memory_full"].d == 0.25);
+  CHECK(l["psi_io_some"].d == 3.5);
+  CHECK(l["psi_io_full"].d == 0.125);
+  CHECK(l["cpus_json"].s ==
+        R"([{"cpu":0,"user":0.5,"system":0.1,"iowait":0,"steal":0,"irq":0,"softirq":0.02,"idle":0.38,)"
+        R"("freq_khz":1800000},{"cpu":1,"user":0,"system":0,"iowait":0,"steal":0,"irq":0,"softirq":0,)"
+        R"("idle":1,"freq_khz":600000}])");
+  CHECK(l["net_json"].s ==
+        R"([{"name":"eth0","rx_bytes_per_s":1e+06,"tx_bytes_per_s":2e+06,"rx_packets_per_s":1000,)"
+        R"("tx_packets_per_s":2000,"rx_errors_per_s":0,"tx_errors_per_s":0,"rx_drops_per_s":0.5,)"
+        R"("tx_drops_per_s":0}])");
+  CHECK(l["temperatures_json"].s == R"([{"sensor":"zone\"0\\x\u0001","celsius":48.5}])");
+  // SQLite agrees the JSON is JSON and can reach into it.
+  CHECK(db.integer(
+            "SELECT MIN(json_valid(cpus_json) AND json_valid(net_json) AND json_valid(temperatures_json)) "
+            "FROM load_samples") == 1);
+  CHECK(db.text("SELECT json_extract(temperatures_json, '$[0].sensor') FROM load_samples WHERE idx = 0") ==
+        "zone\"0\\x\x01");
+  Row& bare = load[1];
+  for (const char* c : {"cpu_user", "cpu_busy", "mem_total", "mem_available", "psi_cpu_some",
+                        "psi_memory_some", "psi_memory_full", "psi_io_some", "psi_io_full"}) {
+    CAPTURE(c);
+    CHECK(bare[c].type == SQLITE_NULL);
+  }
+  CHECK(bare["cpu_count"].i == 0);
+  CHECK(bare["load1"].d == 0.5);
+  CHECK(bare["cpus_json"].s == "[]");
+  CHECK(bare["net_json"].s == "[]");
+
+  auto rtt = db.rows("SELECT * FROM rtt_samples ORDER BY idx");
+  REQUIRE(rtt.size() == 2);
+  CHECK(rtt[0]["target_index"].i == 0);
+  CHECK(rtt[0]["probe_seq"].i == 41);
+  CHECK(rtt[0]["send_time_ns"].i == 5'000'000'000);
+  CHECK(rtt[0]["rtt_ns"].i == 2'000'000);
+  CHECK(rtt[1]["target_index"].i == 2);
+  CHECK(rtt[1]["rtt_ns"].i == -1);
+  CHECK(db.rows("PRAGMA foreign_key_check").empty());
+}
+
+TEST_CASE("dedupe: the same (agent, seq) twice in one call and across calls is stored once") {
+  TempDir dir;
+  const std::string path = dir.file("store.db");
+  SqliteStore store = open_store(path);
+  Batches first;
+  first.add(simple_batch("a", 1, {"t1", "t2"}, 1'000'000), "a");
+  // Same (agent, seq), different content: the first one wins.
+  first.add(simple_batch("a", 1, {"t1"}, 9'000'000), "a");
+  // Same seq from another agent is a different batch.
+  first.add(simple_batch("b", 1, {"t1"}, 2'000'000), "b");
+  auto r = store.store(first.incoming);
+  INFO(r.error);
+  REQUIRE(r);
+  CHECK(*r.value ==
+        std::vector<StoreOutcome>{StoreOutcome::kStored, StoreOutcome::kDuplicate, StoreOutcome::kStored});
+
+  Batches again;
+  again.add(simple_batch("a", 1, {"t3"}, 5'000'000), "a");
+  again.add(simple_batch("a", 2), "a");
+  auto r2 = store.store(again.incoming);
+  INFO(r2.error);
+  REQUIRE(r2);
+  CHECK(*r2.value == std::vector<StoreOutcome>{StoreOutcome::kDuplicate, StoreOutcome::kStored});
+
+  CHECK(*store.seqs("a").value == one_to(2));
+  CHECK(*store.seqs("b").value == one_to(1));
+  RawDb db(path);
+  CHECK(db.integer("SELECT COUNT(*) FROM batches WHERE agent_id = 'a' AND seq = 1") == 1);
+  CHECK(db.integer("SELECT COUNT(*) FROM latency_summaries WHERE agent_id = 'a' AND seq = 1") == 2);
+  CHECK(db.integer("SELECT COUNT(*) FROM load_samples WHERE agent_id = 'a' AND seq = 1") == 1);
+  CHECK(db.integer("SELECT MAX(p50_ns) FROM latency_summaries WHERE agent_id = 'a' AND seq = 1") ==
+        1'000'000);
+  CHECK(db.integer("SELECT COUNT(*) FROM latency_summaries WHERE target = 't3'") == 0);
+}
+
+TEST_CASE("group commit: 100 batches from 3 agents in one call, seqs 1..N per agent") {
+  TempDir dir;
+  SqliteStore store = open_store(dir.file("store.db"));
+  const std::string names[] = {"agent-a", "agent-b", "agent-c"};
+  std::uint64_t next[3] = {1, 1, 1};
+  Batches in;
+  for (int i = 0; i < 100; ++i) {  // interleaved as several connections' batches would be
+    const int a = i % 3;
+    in.add(simple_batch(names[a], next[a]++, {"t1", "t2"}), names[a]);
+  }
+  auto r = store.store(in.incoming);
+  INFO(r.error);
+  REQUIRE(r);
+  REQUIRE(r.value->size() == 100);
+  for (StoreOutcome o : *r.value) CHECK(o == StoreOutcome::kStored);
+  MESSAGE("group commit of 100 batches: COMMIT " << store.last_commit_ns() / 1000 << " us, transaction "
+                                                 << store.last_store_ns() / 1000 << " us");
+  CHECK(*store.seqs("agent-a").value == one_to(34));
+  CHECK(*store.seqs("agent-b").value == one_to(33));
+  CHECK(*store.seqs("agent-c").value == one_to(33));
+  CHECK(store.seqs("nobody").value->empty());
+
+  auto agents = store.agents();
+  REQUIRE(agents);
+  REQUIRE(agents.value->size() == 3);
+  CHECK((*agents.value)[0].agent_id == "agent-a");
+  CHECK((*agents.value)[0].max_seq == 34);
+  CHECK((*agents.value)[0].batch_count == 34);
+  CHECK((*agents.value)[1].batch_count == 33);
+  CHECK((*agents.value)[0].first_seen_ns < (*agents.value)[0].last_seen_ns);
+}
+
+TEST_CASE("durability: data survives close and reopen, the file is in WAL mode") {
+  TempDir dir;
+  const std::string path = dir.file("store.db");
+  {
+    SqliteStore store = open_store(path);
+    for (std::uint64_t seq = 1; seq <= 10; ++seq) {
+      Batches in;
+      in.add(simple_batch("a", seq), "a");
+      auto r = store.store(in.incoming);
+      INFO(r.error);
+      REQUIRE(r);
+    }
+  }
+  {
+    RawDb db(path);
+    CHECK(db.text("PRAGMA journal_mode") == "wal");
+    CHECK(db.integer("PRAGMA user_version") == SqliteStore::kSchemaVersion);
+  }
+  SqliteStore store = open_store(path);
+  CHECK(*store.seqs("a").value == one_to(10));
+  Batches in;
+  in.add(simple_batch("a", 10), "a");
+  in.add(simple_batch("a", 11), "a");
+  auto r = store.store(in.incoming);
+  REQUIRE(r);
+  CHECK(*r.value == std::vector<StoreOutcome>{StoreOutcome::kDuplicate, StoreOutcome::kStored});
+  CHECK(*store.seqs("a").value == one_to(11));
+}
+
+TEST_CASE("crash: a SIGKILLed writer loses nothing it reported committed") {
+  TempDir dir;
+  const std::string path = dir.file("store.db");
+  std::array<int, 2> fds{};
+  REQUIRE(pipe(fds.data()) == 0);
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    // Child: no doctest, no return into the runner. Groups of 4 per transaction; each seq is
+    // reported only after store() returned, i.e. after COMMIT.
+    close(fds[0]);
+    auto opened = SqliteStore::open(path);
+    if (!opened) _exit(2);
+    for (std::uint64_t seq = 1; seq < 1'000'000; seq += 4) {
+      std::vector<Bytes> buffers;
+      std::vector<IncomingBatch> incoming;
+      for (std::uint64_t s = seq; s < seq + 4; ++s) buffers.push_back(simple_batch("crash", s, {"t1", "t2"}));
+      for (const Bytes& b : buffers) {
+        IncomingBatch in;
+        in.batch = verified_batch(b);
+        if (in.batch == nullptr) _exit(3);
+        in.agent_id = "crash";
+        in.received_ns = in.batch->interval_end_ns();
+        incoming.push_back(in);
+      }
+      if (!opened.value->store(incoming)) _exit(4);
+      for (std::uint64_t s = seq; s < seq + 4; ++s) {
+        if (write(fds[1], &s, sizeof s) != static_cast<ssize_t>(sizeof s)) _exit(5);
+      }
+    }
+    _exit(0);
+  }
+  close(fds[1]);
+  std::vector<std::uint64_t> reported;
+  const auto read_one = [&] {
+    std::uint64_t s = 0;
+    std::size_t got = 0;
+    while (got < sizeof s) {
+      const ssize_t n = read(fds[0], reinterpret_cast<char*>(&s) + got, sizeof s - got);
+      if (n <= 0) return false;
+      got += static_cast<std::size_t>(n);
+    }
+    reported.push_back(s);
+    return true;
+  };
+  // Let it commit a while, then kill it wherever it is (often inside a transaction).
+  while (reported.size() < 60 && read_one()) {
+  }
+  REQUIRE(kill(pid, SIGKILL) == 0);
+  int status = 0;
+  REQUIRE(waitpid(pid, &status, 0) == pid);
+  CHECK(WIFSIGNALED(status));
+  while (read_one()) {
+  }
+  close(fds[0]);
+  REQUIRE(reported.size() >= 60);
+
+  SqliteStore store = open_store(path);
+  const std::vector<std::uint64_t> seqs = *store.seqs("crash").value;
+  MESSAGE("child reported " << reported.size() << " seqs, database holds " << seqs.size());
+  // Every reported seq is there, and whole transactions only: 1..N without a gap.
+  REQUIRE(seqs.size() >= reported.size());
+  CHECK(seqs == one_to(seqs.size()));
+  CHECK(seqs.size() % 4 == 0);
+  CHECK(reported == one_to(reported.size()));
+  RawDb db(path);
+  CHECK(db.text("PRAGMA integrity_check") == "ok");
+  CHECK(db.rows("PRAGMA foreign_key_check").empty());
+  CHECK(db.integer("SELECT COUNT(*) FROM latency_summaries") == 2 * static_cast<std::int64_t>(seqs.size()));
+}
+
+TEST_CASE("errors: a directory, a missing directory and a non-database name the path") {
+  TempDir dir;
+  auto on_dir = SqliteStore::open(dir.path());
+  CHECK_FALSE(on_dir);
+  CHECK(on_dir.error.find(dir.path()) != std::string::npos);
+  MESSAGE(on_dir.error);
+
+  const std::string missing = dir.file("no-such-dir/store.db");
+  auto on_missing = SqliteStore::open(missing);
+  CHECK_FALSE(on_missing);
+  CHECK(on_missing.error.find(missing) != std::string::npos);
+  MESSAGE(on_missing.error);
+
+  const std::string garbage = dir.file("garbage.db");
+  std::ofstream(garbage) << std::string(8192, 'x');
+  auto on_garbage = SqliteStore::open(garbage);
+  CHECK_FALSE(on_garbage);
+  CHECK(on_garbage.error.find(garbage) != std::string::npos);
+  MESSAGE(on_garbage.error);
+
+  // Permission bits do not stop root, so this part runs only for other users.
+  if (geteuid() != 0) {
+    const std::string locked = dir.file("locked");
+    REQUIRE(mkdir(locked.c_str(), 0500) == 0);
+    auto on_locked = SqliteStore::open(locked + "/store.db");
+    CHECK_FALSE(on_locked);
+    CHECK(on_locked.error.find(locked) != std::string::npos);
+  }
+}
+
+TEST_CASE("errors: a read-only database refuses to store and nothing is written") {
+  TempDir dir;
+  const std::string path = dir.file("store.db");
+  {
+    SqliteStore store = open_store(path);
+    Batches in;
+    in.add(simple_batch("a", 1), "a");
+    REQUIRE(store.store(in.incoming));
+  }
+  OpenOptions read_only;
+  read_only.read_only = true;
+  SqliteStore store = open_store(path, read_only);
+  Batches in;
+  in.add(simple_batch("a", 2), "a");
+  in.add(simple_batch("b", 1), "b");
+  auto r = store.store(in.incoming);
+  CHECK_FALSE(r);
+  CHECK(r.error.find(path) != std::string::npos);
+  MESSAGE(r.error);
+  CHECK(*store.seqs("a").value == one_to(1));
+  CHECK(store.seqs("b").value->empty());
+  // The handle stays usable for reading after the failed write.
+  auto agents = store.agents();
+  REQUIRE(agents);
+  CHECK(agents.value->size() == 1);
+
+  // A read-only open never creates or migrates a database.
+  auto fresh = SqliteStore::open(dir.file("fresh.db"), read_only);
+  CHECK_FALSE(fresh);
+}
+
+TEST_CASE("errors: a failure in the middle of a group rolls the whole group back") {
+  TempDir dir;
+  const std::string path = dir.file("store.db");
+  SqliteStore store = open_store(path);
+  {
+    Batches in;
+    in.add(simple_batch("a", 1), "a", "fra1", kT0 + 100 * kSecond);
+    REQUIRE(store.store(in.incoming));
+  }
+  RawDb db(path);
+  // Fails the third batch's load sample, after two batches and its own latency rows went in.
+  db.exec(
+      "CREATE TRIGGER injected BEFORE INSERT ON load_samples WHEN NEW.seq = 4 "
+      "BEGIN SELECT RAISE(ABORT, 'injected failure'); END");
+  Batches group;
+  group.add(simple_batch("a", 2), "a", "fra1", kT0 + 200 * kSecond);
+  group.add(simple_batch("b", 1), "b", "ams1", kT0 + 200 * kSecond);
+  group.add(simple_batch("a", 4), "a", "fra1", kT0 + 200 * kSecond);
+  group.add(simple_batch("a", 5), "a", "fra1", kT0 + 200 * kSecond);
+  auto r = store.store(group.incoming);
+  CHECK_FALSE(r);
+  CHECK(r.error.find("injected failure") != std::string::npos);
+  CHECK(r.error.find(path) != std::string::npos);
+  CHECK(*store.seqs("a").value == one_to(1));
+  CHECK(store.seqs("b").value->empty());
+  CHECK(db.integer("SELECT COUNT(*) FROM agents") == 1);
+  CHECK(db.integer("SELECT last_seen_ns FROM agents") == kT0 + 100 * kSecond);
+  CHECK(db.integer("SELECT COUNT(*) FROM latency_summaries") == 1);
+  CHECK(db.integer("SELECT COUNT(*) FROM load_samples") == 1);
+
+  // Once the cause is gone the same group goes in whole (the caller's RetryLater path).
+  db.exec("DROP TRIGGER injected");
+  auto retry = store.store(group.incoming);
+  INFO(retry.error);
+  REQUIRE(retry);
+  CHECK(*store.seqs("a").value == std::vector<std::uint64_t>{1, 2, 4, 5});
+  CHECK(*store.seqs("b").value == one_to(1));
+}
+
+TEST_CASE("queries: latest latency per (agent, target) and latest load per PoP") {
+  TempDir dir;
+  SqliteStore store = open_store(dir.file("store.db"));
+  Batches in;
+  // Stored out of order: "latest" is by interval, not by insertion.
+  in.add(simple_batch("fra-1", 3, {"t1", "t2"}, 3'000'000, "fra1", 0.75), "fra-1", "fra1");
+  in.add(simple_batch("fra-1", 1, {"t1", "t2"}, 1'000'000, "fra1", 0.25), "fra-1", "fra1");
+  in.add(simple_batch("fra-1", 2, {"t1"}, 2'000'000, "fra1", 0.5), "fra-1", "fra1");
+  in.add(simple_batch("fra-1", 4, {"t3"}, 4'000'000, "fra1", 0.875), "fra-1", "fra1");
+  in.add(simple_batch("fra-2", 2, {"t1"}, 7'000'000, "fra1", 0.5), "fra-2", "fra1");
+  in.add(simple_batch("ams-1", 9, {"t1"}, 9'000'000, "ams1", 0.625), "ams-1", "ams1");
+  in.add(simple_batch("ams-1", 8, {"t1"}, 8'000'000, "ams1", 0.125), "ams-1", "ams1");
+  auto r = store.store(in.incoming);
+  INFO(r.error);
+  REQUIRE(r);
+
+  auto latest = store.latest_latency();
+  INFO(latest.error);
+  REQUIRE(latest);
+  const auto& rows = *latest.value;
+  REQUIRE(rows.size() == 5);  // ams-1/t1, fra-1/t1, fra-1/t2, fra-1/t3, fra-2/t1 (by pop, agent, target)
+  CHECK(rows[0].pop == "ams1");
+  CHECK(rows[0].agent_id == "ams-1");
+  CHECK(rows[0].seq == 9);
+  CHECK(rows[0].p50_ns == 9'000'000);
+  CHECK(rows[0].p99_ns == 9'000'007);
+  CHECK(rows[1].agent_id == "fra-1");
+  CHECK(rows[1].target == "t1");
+  CHECK(rows[1].seq == 3);
+  CHECK(rows[1].p50_ns == 3'000'000);
+  CHECK(rows[1].protocol == "udp_echo");
+  CHECK(rows[1].region == "eu-central");
+  CHECK(rows[1].sent == 10);
+  CHECK(rows[1].lost == 1);
+  CHECK(rows[1].loss_ratio == doctest::Approx(0.1));
+  CHECK(rows[1].jitter_mean_ns == 300.0);
+  CHECK(rows[1].jitter_p99_ns == 900);
+  CHECK(rows[1].interval_end_ns == kT0 + 4 * kSecond);
+  CHECK(rows[2].target == "t2");
+  CHECK(rows[2].seq == 3);
+  CHECK(rows[3].target == "t3");
+  CHECK(rows[3].seq == 4);
+  CHECK(rows[4].agent_id == "fra-2");
+  CHECK(rows[4].seq == 2);
+
+  auto load = store.latest_load_per_pop();
+  INFO(load.error);
+  REQUIRE(load);
+  REQUIRE(load.value->size() == 2);
+  const auto& ams = (*load.value)[0];
+  CHECK(ams.pop == "ams1");
+  CHECK(ams.agent_id == "ams-1");
+  CHECK(ams.time_ns == kT0 + 9 * kSecond + kSecond / 2);
+  REQUIRE(ams.cpu_busy.has_value());
+  CHECK(*ams.cpu_busy == doctest::Approx(1.0 - 0.625));
+  const auto& fra = (*load.value)[1];
+  CHECK(fra.pop == "fra1");
+  CHECK(fra.agent_id == "fra-1");  // seq 4 sampled at T0+4.5 s, after fra-2's T0+2.5 s
+  CHECK(fra.time_ns == kT0 + 4 * kSecond + kSecond / 2);
+  CHECK(*fra.cpu_busy == doctest::Approx(1.0 - 0.875));
+  CHECK(*fra.mem_total == (8LL << 30));
+  CHECK(*fra.mem_available == (4LL << 30));
+  CHECK_FALSE(fra.psi_cpu_some.has_value());
+}

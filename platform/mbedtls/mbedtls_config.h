@@ -14,6 +14,10 @@
 #define MBEDTLS_ERROR_C
 #define MBEDTLS_VERSION_C
 #define MBEDTLS_VERSION_FEATURES
+/* Threads: TLS streams on different io_context threads share a TlsContext (ticket keys) and
+ * PSA's process-wide key store and RNG; mbedTLS serialises those only with its own mutexes. */
+#define MBEDTLS_THREADING_C
+#define MBEDTLS_THREADING_PTHREAD
 
 /* Symmetric ciphers: AES-GCM (fast where the core has AES instructions: x86 AES-NI, Armv8 CE)
  * and ChaCha20-Poly1305 (fast on ARM cores without them, as many armhf boards are). */

@@ -1,0 +1,94 @@
+// TlsStream: one mutually authenticated TLS connection, mbedTLS driven by Asio on the stream's
+// io_context thread through non-blocking BIO callbacks on the socket's file descriptor.
+#pragma once
+
+#include "platform/tls/tls_context.hpp"
+
+#include <mbedtls/ssl.h>
+#include <asio/buffer.hpp>
+#include <asio/ip/tcp.hpp>
+
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <type_traits>
+
+namespace vantage::platform::tls {
+
+// Always held by std::shared_ptr: every pending operation keeps the stream alive, so closing or
+// dropping it mid-operation is safe. All calls (close() included) belong on the io_context
+// thread that runs the socket; handlers are always invoked through that io_context, never from
+// inside the initiating call. At most one operation of each kind may be pending; a read and a
+// write may be pending together. Errors are mbedTLS codes (mbedtls_category()), system errors
+// from the socket, asio::error::eof for a clean close by the peer, and
+// asio::error::operation_aborted once close() has been called.
+class TlsStream : public std::enable_shared_from_this<TlsStream> {
+ public:
+  using Handler = std::function<void(std::error_code)>;
+  using IoHandler = std::function<void(std::error_code, std::size_t)>;
+
+  // server_name (client only): the DNS name or IP address the server certificate must carry
+  // (subjectAltName). Empty skips the name check and trusts any certificate of the pinned CA.
+  [[nodiscard]] static std::shared_ptr<TlsStream> create(asio::ip::tcp::socket socket,
+                                                         std::shared_ptr<TlsContext> context,
+                                                         std::string_view server_name = {});
+  ~TlsStream();
+  TlsStream(const TlsStream&) = delete;
+  TlsStream& operator=(const TlsStream&) = delete;
+
+  asio::ip::tcp::socket& socket() noexcept { return socket_; }
+
+  // The caller bounds the handshake with its own timer and calls close() when it fires.
+  void async_handshake(Handler handler);
+  // Completes with at least one byte, or an error.
+  void async_read_some(asio::mutable_buffer buffer, IoHandler handler);
+  // Completes when all of buffer is written (or on error, with the count written so far).
+  void async_write(asio::const_buffer buffer, IoHandler handler);
+  // Sends close_notify, then closes the socket.
+  void async_shutdown(Handler handler);
+  // Closes the socket now; pending handlers complete with operation_aborted. Idempotent.
+  void close() noexcept;
+
+  // After a successful handshake: the subject CN of the verified peer certificate. Empty when
+  // the peer presented none in this handshake: a TLS 1.3 server resuming from a ticket has no
+  // client certificate (mbedTLS does not carry it in TLS 1.3 tickets).
+  std::string peer_common_name() const;
+  // True when the handshake resumed a session (no certificates exchanged or verified).
+  bool resumed() const noexcept { return resumed_; }
+  // "TLSv1.3" / "TLSv1.2" and the IANA-style ciphersuite name, once the handshake is done.
+  std::string_view protocol_version() const;
+  std::string_view ciphersuite() const;
+
+ private:
+  TlsStream(asio::ip::tcp::socket socket, std::shared_ptr<TlsContext> context);
+  using Continuation = std::function<void(std::error_code)>;
+
+  void handshake_step(Handler handler);
+  void read_step(asio::mutable_buffer buffer, IoHandler handler);
+  void write_step(asio::const_buffer buffer, std::size_t done, IoHandler handler);
+  void shutdown_step(Handler handler);
+  // ret is WANT_READ or WANT_WRITE: wait for the socket to get there, then continue.
+  void wait_then(int ret, Continuation next);
+  std::error_code error_from(int ret) const;
+  template <typename... Args>
+  void complete(std::function<void(Args...)> handler, std::type_identity_t<Args>... args);
+
+  static int bio_send(void* self, const unsigned char* data, std::size_t size);
+  static int bio_recv(void* self, unsigned char* data, std::size_t size);
+  static int on_verify(void* self, mbedtls_x509_crt* crt, int depth, std::uint32_t* flags);
+
+  asio::ip::tcp::socket socket_;
+  std::shared_ptr<TlsContext> context_;  // the ssl context points into its config
+  std::string server_name_;              // client: the name the server must carry
+  mbedtls_ssl_context ssl_;
+  int setup_error_ = 0;
+  int last_errno_ = 0;  // why the BIO failed, reported instead of a generic NET_*_FAILED
+  bool closed_ = false;
+  bool verified_peer_ = false;  // a certificate was verified during this handshake
+  bool resumed_ = false;
+};
+
+}  // namespace vantage::platform::tls

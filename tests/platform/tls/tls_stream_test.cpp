@@ -1,0 +1,322 @@
+// TlsStream over loopback (IPv4 and IPv6): mutual TLS 1.3, echo in both directions, resumption,
+// refusals, garbage and silent peers, and closing at awkward moments. Every wait is bounded.
+#include "platform/tls/tls_error.hpp"
+#include "tls_test_support.hpp"
+
+#include <doctest/doctest.h>
+#include <asio/error.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/write.hpp>
+
+#include <array>
+#include <vector>
+
+namespace vantage::platform::tls::test {
+namespace {
+
+constexpr std::array<const char*, 2> kLoopbacks = {"127.0.0.1", "::1"};
+
+// Echoes everything back until the peer goes away.
+void echo(std::shared_ptr<TlsStream> stream, std::shared_ptr<std::vector<char>> buffer) {
+  stream->async_read_some(asio::buffer(*buffer), [stream, buffer](std::error_code ec, std::size_t n) {
+    if (ec) return;
+    stream->async_write(asio::buffer(buffer->data(), n),
+                        [stream, buffer](std::error_code write_ec, std::size_t) {
+                          if (!write_ec) echo(stream, buffer);
+                        });
+  });
+}
+
+struct Connection {
+  std::shared_ptr<TlsStream> server;
+  std::shared_ptr<TlsStream> client;
+  std::error_code server_error;
+  std::error_code client_error;
+};
+
+Connection handshake(Loop& server_loop, Loop& client_loop, const std::string& addr,
+                     std::shared_ptr<TlsContext> server_context, std::shared_ptr<TlsContext> client_context,
+                     const std::string& server_name) {
+  SocketPair sockets = connect_sockets(server_loop, client_loop, addr);
+  Connection c;
+  c.server = TlsStream::create(std::move(sockets.server), std::move(server_context));
+  c.client = TlsStream::create(std::move(sockets.client), std::move(client_context), server_name);
+  auto server_done = start_handshake(server_loop, c.server);
+  auto client_done = start_handshake(client_loop, c.client);
+  c.server_error = await(server_done);
+  c.client_error = await(client_done);
+  return c;
+}
+
+// Writes data and reads its echo concurrently (the echo of a large buffer comes back while it
+// is still being written, so a half-duplex client would deadlock).
+void check_round_trip(Loop& client_loop, const std::shared_ptr<TlsStream>& client, std::size_t size) {
+  CAPTURE(size);
+  auto data = std::make_shared<std::string>(size, '\0');
+  for (std::size_t i = 0; i < size; ++i) (*data)[i] = static_cast<char>('a' + (i * 7 + i / 251) % 26);
+  auto read = start_read_exactly(client_loop, client, size);
+  auto written = start_write(client_loop, client, data);
+  CHECK(await(written) == std::error_code{});
+  auto [ec, echoed] = await(read);
+  CHECK(ec == std::error_code{});
+  CHECK(echoed == *data);
+}
+
+void close_all(Loop& server_loop, Loop& client_loop, Connection& c) {
+  server_loop.run([&] { c.server->close(); });
+  client_loop.run([&] { c.client->close(); });
+}
+
+// The side that did not refuse learns of it too: its handshake fails, or (TLS 1.3 client, whose
+// handshake is over before the server checks its certificate) its first read does.
+void check_peer_sees_failure(Loop& loop, const std::shared_ptr<TlsStream>& stream,
+                             std::error_code handshake_error) {
+  if (handshake_error) return;
+  auto read = start_read_exactly(loop, stream, 1);
+  auto [ec, data] = await(read);
+  INFO(ec.message());
+  CHECK(ec);
+  CHECK(data.empty());
+}
+
+}  // namespace
+
+TEST_CASE("mutual TLS 1.3 handshake, identities both ways and echo of several sizes") {
+  auto server_context = collector_context();
+  auto client_context = agent_context();
+  for (const std::string addr : kLoopbacks) {
+    CAPTURE(addr);
+    Loop server_loop, client_loop;
+    // The server name is the address itself: the collector certificate carries both loopback IPs.
+    Connection c = handshake(server_loop, client_loop, addr, server_context, client_context, addr);
+    INFO(c.server_error.message(), " / ", c.client_error.message());
+    REQUIRE_FALSE(c.server_error);
+    REQUIRE_FALSE(c.client_error);
+    CHECK(c.client->protocol_version() == "TLSv1.3");
+    CHECK(c.server->protocol_version() == "TLSv1.3");
+    CHECK(c.server->peer_common_name() == "agent-1");
+    CHECK(c.client->peer_common_name() == "vantage-collector");
+    CHECK_FALSE(c.server->resumed());
+    CHECK_FALSE(c.client->resumed());
+
+    server_loop.run([&] { echo(c.server, std::make_shared<std::vector<char>>(8192)); });
+    for (std::size_t size : {std::size_t{1}, std::size_t{1000}, std::size_t{16384}, std::size_t{16385},
+                             std::size_t{100000}, std::size_t{300001}}) {
+      check_round_trip(client_loop, c.client, size);
+    }
+
+    // A clean close: the client says close_notify, the server's pending read ends with eof.
+    auto server_read = start_read_exactly(server_loop, c.server, 1);
+    server_loop.run([&] { c.server->close(); });  // stop the echo loop first
+    (void)await(server_read);
+    auto promise = std::make_shared<std::promise<std::error_code>>();
+    auto shutdown = promise->get_future();
+    client_loop.run(
+        [&] { c.client->async_shutdown([promise](std::error_code ec) { promise->set_value(ec); }); });
+    (void)await(shutdown);  // the server is gone already: only that it completes matters
+  }
+}
+
+TEST_CASE("close_notify from the peer ends a read with eof") {
+  Loop server_loop, client_loop;
+  Connection c =
+      handshake(server_loop, client_loop, "127.0.0.1", collector_context(), agent_context(), "localhost");
+  REQUIRE_FALSE(c.server_error);
+  REQUIRE_FALSE(c.client_error);
+  auto read = start_read_exactly(server_loop, c.server, 1);
+  auto promise = std::make_shared<std::promise<std::error_code>>();
+  auto shutdown = promise->get_future();
+  client_loop.run(
+      [&] { c.client->async_shutdown([promise](std::error_code ec) { promise->set_value(ec); }); });
+  CHECK(await(shutdown) == std::error_code{});
+  auto [ec, data] = await(read);
+  CHECK(ec == asio::error::eof);
+  close_all(server_loop, client_loop, c);
+}
+
+TEST_CASE("a reconnect resumes the saved TLS 1.3 session") {
+  auto server_context = collector_context();
+  auto client_context = agent_context();
+  for (const std::string addr : kLoopbacks) {
+    CAPTURE(addr);
+    client_context->forget_saved_session();
+    Loop server_loop, client_loop;
+    Connection first = handshake(server_loop, client_loop, addr, server_context, client_context, "localhost");
+    REQUIRE_FALSE(first.server_error);
+    REQUIRE_FALSE(first.client_error);
+    CHECK_FALSE(first.client->resumed());
+    // TLS 1.3 tickets arrive after the handshake: the client's first read picks them up.
+    server_loop.run([&] { echo(first.server, std::make_shared<std::vector<char>>(4096)); });
+    check_round_trip(client_loop, first.client, 100);
+    CHECK(client_context->has_saved_session());
+    close_all(server_loop, client_loop, first);
+
+    Connection second =
+        handshake(server_loop, client_loop, addr, server_context, client_context, "localhost");
+    INFO(second.server_error.message(), " / ", second.client_error.message());
+    REQUIRE_FALSE(second.server_error);
+    REQUIRE_FALSE(second.client_error);
+    CHECK(second.client->protocol_version() == "TLSv1.3");
+    CHECK(second.client->resumed());
+    CHECK(second.server->resumed());
+    // The client keeps the server certificate with the session; mbedTLS's TLS 1.3 tickets do
+    // not carry the client certificate, so a resuming server has no peer name.
+    CHECK(second.client->peer_common_name() == "vantage-collector");
+    CHECK(second.server->peer_common_name().empty());
+    server_loop.run([&] { echo(second.server, std::make_shared<std::vector<char>>(4096)); });
+    check_round_trip(client_loop, second.client, 20000);
+    close_all(server_loop, client_loop, second);
+  }
+}
+
+TEST_CASE("TLS 1.2 when the client caps it, with ticket resumption and identities kept") {
+  auto server_context = collector_context();
+  auto client_context = agent_context(/*allow_tls13=*/false);
+  Loop server_loop, client_loop;
+  Connection first = handshake(server_loop, client_loop, "::1", server_context, client_context, "::1");
+  REQUIRE_FALSE(first.server_error);
+  REQUIRE_FALSE(first.client_error);
+  CHECK(first.client->protocol_version() == "TLSv1.2");
+  CHECK(first.server->peer_common_name() == "agent-1");
+  CHECK_FALSE(first.server->resumed());
+  CHECK(client_context->has_saved_session());
+  server_loop.run([&] { echo(first.server, std::make_shared<std::vector<char>>(4096)); });
+  check_round_trip(client_loop, first.client, 40000);
+  close_all(server_loop, client_loop, first);
+
+  Connection second = handshake(server_loop, client_loop, "::1", server_context, client_context, "::1");
+  REQUIRE_FALSE(second.server_error);
+  REQUIRE_FALSE(second.client_error);
+  CHECK(second.client->resumed());
+  CHECK(second.server->resumed());
+  CHECK(second.server->peer_common_name() == "agent-1");  // TLS 1.2 tickets keep the certificate
+  CHECK(second.client->peer_common_name() == "vantage-collector");
+  close_all(server_loop, client_loop, second);
+}
+
+// Every refusal, over both loopbacks: a side refuses with an mbedTLS error, the other side errs too.
+static void check_refused(const std::shared_ptr<TlsContext>& server_context,
+                          const std::shared_ptr<TlsContext>& client_context, const char* server_name,
+                          bool client_refuses, int expected) {
+  for (const std::string addr : kLoopbacks) {
+    CAPTURE(addr);
+    Loop server_loop, client_loop;
+    Connection c = handshake(server_loop, client_loop, addr, server_context, client_context,
+                             server_name == nullptr ? addr : server_name);
+    MESSAGE("server: ", c.server_error.message().substr(0, 80),
+            " | client: ", c.client_error.message().substr(0, 80));
+    const std::error_code refusal = client_refuses ? c.client_error : c.server_error;
+    CHECK(refusal.category() == mbedtls_category());
+    if (expected != 0) CHECK(refusal == make_mbedtls_error(expected));
+    if (client_refuses) {
+      check_peer_sees_failure(server_loop, c.server, c.server_error);
+    } else {
+      check_peer_sees_failure(client_loop, c.client, c.client_error);
+    }
+    close_all(server_loop, client_loop, c);
+  }
+}
+
+TEST_CASE("refused: a client without a certificate") {
+  const Pki& pki = Pki::get();
+  REQUIRE(pki.ok());
+  auto bare = make_context(TlsRole::kClient, pki.file("ca.crt"), "", "");
+  check_refused(collector_context(), bare, nullptr, false, 0);
+}
+
+TEST_CASE("refused: a client certificate from another CA") {
+  const Pki& pki = Pki::get();
+  REQUIRE(pki.ok());
+  auto rogue =
+      make_context(TlsRole::kClient, pki.file("ca.crt"), pki.other("rogue.crt"), pki.other("rogue.key"));
+  check_refused(collector_context(), rogue, nullptr, false, MBEDTLS_ERR_X509_CERT_VERIFY_FAILED);
+}
+
+TEST_CASE("refused: a server certificate from another CA") {
+  const Pki& pki = Pki::get();
+  REQUIRE(pki.ok());
+  auto impostor = make_context(TlsRole::kServer, pki.file("ca.crt"), pki.other("collector.crt"),
+                               pki.other("collector.key"));
+  check_refused(impostor, agent_context(), nullptr, true, MBEDTLS_ERR_X509_CERT_VERIFY_FAILED);
+}
+
+TEST_CASE("refused: a server certificate without the expected name") {
+  check_refused(collector_context(), agent_context(), "collector.example", true,
+                MBEDTLS_ERR_X509_CERT_VERIFY_FAILED);
+}
+
+TEST_CASE("garbage instead of a ClientHello fails the server handshake cleanly") {
+  for (const std::string addr : kLoopbacks) {
+    CAPTURE(addr);
+    Loop server_loop, client_loop;
+    SocketPair sockets = connect_sockets(server_loop, client_loop, addr);
+    auto server = TlsStream::create(std::move(sockets.server), collector_context());
+    auto handshake_done = start_handshake(server_loop, server);
+    const std::string garbage = "GET / HTTP/1.1\r\nHost: collector\r\n\r\n" + std::string(3000, '\x17');
+    asio::write(sockets.client, asio::buffer(garbage));
+    const std::error_code ec = await(handshake_done);
+    INFO(ec.message());
+    CHECK(ec.category() == mbedtls_category());
+    // The server closed: the raw peer reads eof (after any alert bytes), not a hang.
+    std::array<char, 256> sink{};
+    std::error_code read_ec;
+    while (!read_ec) sockets.client.read_some(asio::buffer(sink), read_ec);
+    CHECK((read_ec == asio::error::eof || read_ec == asio::error::connection_reset));
+  }
+}
+
+TEST_CASE("a silent peer: the caller's timer closes the stream and the handshake is aborted") {
+  for (const std::string addr : kLoopbacks) {
+    CAPTURE(addr);
+    Loop server_loop, client_loop;
+    SocketPair sockets = connect_sockets(server_loop, client_loop, addr);
+    auto server = TlsStream::create(std::move(sockets.server), collector_context());
+    auto timer = std::make_shared<asio::steady_timer>(server_loop.io());
+    const auto started = std::chrono::steady_clock::now();
+    auto handshake_done = start_handshake(server_loop, server);
+    server_loop.run([&] {
+      timer->expires_after(std::chrono::milliseconds(200));
+      timer->async_wait([server, timer](std::error_code ec) {
+        if (!ec) server->close();
+      });
+    });
+    CHECK(await(handshake_done) == asio::error::operation_aborted);
+    CHECK(std::chrono::steady_clock::now() - started >= std::chrono::milliseconds(200));
+  }
+}
+
+TEST_CASE("closing at any point completes pending operations with operation_aborted") {
+  Loop server_loop, client_loop;
+  Connection c =
+      handshake(server_loop, client_loop, "127.0.0.1", collector_context(), agent_context(), "localhost");
+  REQUIRE_FALSE(c.server_error);
+  REQUIRE_FALSE(c.client_error);
+
+  // A read and a large write pending together (nobody reads on the server), then close.
+  auto read = start_read_exactly(client_loop, c.client, 1);
+  auto written = start_write(client_loop, c.client, std::make_shared<std::string>(8 << 20, 'x'));
+  client_loop.run([&] { c.client->close(); });
+  CHECK(await(read).first == asio::error::operation_aborted);
+  CHECK(await(written) == asio::error::operation_aborted);
+
+  // Anything started after close() is aborted too, and close() is idempotent.
+  auto again = start_handshake(client_loop, c.client);
+  CHECK(await(again) == asio::error::operation_aborted);
+  client_loop.run([&] { c.client->close(); });
+
+  // Dropping every reference while an operation is pending: the operation keeps the stream alive
+  // until it completes (here: when the peer goes away), and only then is the stream freed.
+  Connection d =
+      handshake(server_loop, client_loop, "127.0.0.1", collector_context(), agent_context(), "localhost");
+  REQUIRE_FALSE(d.server_error);
+  REQUIRE_FALSE(d.client_error);
+  auto orphan_read = start_read_exactly(server_loop, d.server, 1);
+  std::weak_ptr<TlsStream> orphan = d.server;
+  d.server.reset();
+  CHECK(orphan_read.wait_for(std::chrono::milliseconds(100)) == std::future_status::timeout);
+  client_loop.run([&] { d.client->close(); });
+  CHECK(await(orphan_read).first);
+  CHECK(server_loop.run([&] { return orphan.expired(); }));
+}
+
+}  // namespace vantage::platform::tls::test

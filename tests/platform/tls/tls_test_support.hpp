@@ -1,0 +1,189 @@
+// Shared pieces of the TLS tests: a PKI made by tools/dev-pki.sh in a temporary directory, an
+// io_context per side on its own thread, and bounded waits so a broken handshake fails, not hangs.
+#pragma once
+
+#include "platform/tls/tls_context.hpp"
+#include "platform/tls/tls_stream.hpp"
+
+#include <doctest/doctest.h>
+#include <asio/executor_work_guard.hpp>
+#include <asio/io_context.hpp>
+#include <asio/post.hpp>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <future>
+#include <memory>
+#include <string>
+#include <thread>
+#include <utility>
+
+namespace vantage::platform::tls::test {
+
+// Generous: under QEMU every ECDSA operation is emulated.
+inline constexpr auto kBound = std::chrono::seconds(60);
+
+// ca.crt, collector.*, agent-1.* (CN=agent-1, OU=eu-west); other-ca/ holds an unrelated CA with
+// its own collector.* and rogue.*.
+class Pki {
+ public:
+  static const Pki& get() {
+    static const Pki pki;
+    return pki;
+  }
+  std::string file(const std::string& name) const { return (dir_ / name).string(); }
+  std::string other(const std::string& name) const { return (dir_ / "other-ca" / name).string(); }
+  const std::filesystem::path& dir() const { return dir_; }
+  bool ok() const { return ok_; }
+
+  ~Pki() {
+    std::error_code ignored;
+    std::filesystem::remove_all(dir_, ignored);
+  }
+
+ private:
+  Pki() {
+    std::string pattern = (std::filesystem::temp_directory_path() / "vantage-tls-XXXXXX").string();
+    if (::mkdtemp(pattern.data()) == nullptr) return;
+    dir_ = pattern;
+    const std::string script = std::string(VANTAGE_SOURCE_DIR) + "/tools/dev-pki.sh";
+    const std::string quiet = " >/dev/null";
+    ok_ =
+        std::system(("bash '" + script + "' '" + dir_.string() + "' agent-1:eu-west" + quiet).c_str()) == 0 &&
+        std::system(("bash '" + script + "' --other-ca '" + dir_.string() + "' rogue" + quiet).c_str()) == 0;
+  }
+  std::filesystem::path dir_;
+  bool ok_ = false;
+};
+
+inline std::shared_ptr<TlsContext> make_context(TlsRole role, const std::string& ca, const std::string& cert,
+                                                const std::string& key, bool allow_tls13 = true) {
+  TlsContextOptions options;
+  options.role = role;
+  options.ca_file = ca;
+  options.cert_file = cert;
+  options.key_file = key;
+  options.allow_tls13 = allow_tls13;
+  TlsContextResult result = TlsContext::create(options);
+  INFO(result.error);
+  REQUIRE(result);
+  return result.context;
+}
+
+inline std::shared_ptr<TlsContext> collector_context() {
+  const Pki& pki = Pki::get();
+  REQUIRE(pki.ok());
+  return make_context(TlsRole::kServer, pki.file("ca.crt"), pki.file("collector.crt"),
+                      pki.file("collector.key"));
+}
+
+inline std::shared_ptr<TlsContext> agent_context(bool allow_tls13 = true) {
+  const Pki& pki = Pki::get();
+  REQUIRE(pki.ok());
+  return make_context(TlsRole::kClient, pki.file("ca.crt"), pki.file("agent-1.crt"), pki.file("agent-1.key"),
+                      allow_tls13);
+}
+
+// One io_context on its own thread: "one io_context thread per stream".
+class Loop {
+ public:
+  Loop() : guard_(asio::make_work_guard(io_)), thread_([this] { io_.run(); }) {}
+  ~Loop() {
+    guard_.reset();
+    io_.stop();
+    thread_.join();
+  }
+  asio::io_context& io() { return io_; }
+
+  // Runs fn on the loop thread and waits for its result.
+  template <typename Fn>
+  auto run(Fn fn) -> decltype(fn()) {
+    std::packaged_task<decltype(fn())()> task(std::move(fn));
+    auto result = task.get_future();
+    asio::post(io_, [&task] { task(); });
+    REQUIRE(result.wait_for(kBound) == std::future_status::ready);
+    return result.get();
+  }
+
+ private:
+  asio::io_context io_;
+  asio::executor_work_guard<asio::io_context::executor_type> guard_;
+  std::thread thread_;
+};
+
+template <typename T>
+T await(std::future<T>& future) {
+  REQUIRE(future.wait_for(kBound) == std::future_status::ready);
+  return future.get();
+}
+
+// A connected TCP pair over addr, each socket on its loop.
+struct SocketPair {
+  asio::ip::tcp::socket server;
+  asio::ip::tcp::socket client;
+};
+
+inline SocketPair connect_sockets(Loop& server_loop, Loop& client_loop, const std::string& addr) {
+  asio::ip::tcp::acceptor acceptor(server_loop.io(), {asio::ip::make_address(addr), 0});
+  asio::ip::tcp::socket client(client_loop.io());
+  client.connect(acceptor.local_endpoint());
+  asio::ip::tcp::socket server(server_loop.io());
+  acceptor.accept(server);
+  return {std::move(server), std::move(client)};
+}
+
+// Starts a handshake on the stream's loop. A side whose handshake fails closes at once, as a
+// real caller would, so its peer sees the failure instead of waiting for the next flight.
+inline std::future<std::error_code> start_handshake(Loop& loop, std::shared_ptr<TlsStream> stream) {
+  auto promise = std::make_shared<std::promise<std::error_code>>();
+  auto future = promise->get_future();
+  asio::post(loop.io(), [stream, promise] {
+    stream->async_handshake([stream, promise](std::error_code ec) {
+      if (ec) stream->close();
+      promise->set_value(ec);
+    });
+  });
+  return future;
+}
+
+// Reads until count bytes arrived or an error; the error (if any) and the bytes.
+inline std::future<std::pair<std::error_code, std::string>> start_read_exactly(
+    Loop& loop, std::shared_ptr<TlsStream> stream, std::size_t count) {
+  struct State {
+    std::shared_ptr<TlsStream> stream;
+    std::size_t count;
+    std::string data;
+    std::array<char, 4096> chunk{};
+    std::promise<std::pair<std::error_code, std::string>> done;
+    void next(const std::shared_ptr<State>& self) {
+      if (data.size() >= count) return done.set_value({{}, std::move(data)});
+      stream->async_read_some(asio::buffer(chunk), [self](std::error_code ec, std::size_t n) {
+        self->data.append(self->chunk.data(), n);
+        if (ec) return self->done.set_value({ec, std::move(self->data)});
+        self->next(self);
+      });
+    }
+  };
+  auto state = std::make_shared<State>();
+  state->stream = std::move(stream);
+  state->count = count;
+  auto future = state->done.get_future();
+  asio::post(loop.io(), [state] { state->next(state); });
+  return future;
+}
+
+inline std::future<std::error_code> start_write(Loop& loop, std::shared_ptr<TlsStream> stream,
+                                                std::shared_ptr<const std::string> data) {
+  auto promise = std::make_shared<std::promise<std::error_code>>();
+  auto future = promise->get_future();
+  asio::post(loop.io(), [stream, data, promise] {
+    stream->async_write(asio::buffer(*data), [data, promise](std::error_code ec, std::size_t n) {
+      if (!ec && n != data->size()) ec = std::make_error_code(std::errc::io_error);
+      promise->set_value(ec);
+    });
+  });
+  return future;
+}
+
+}  // namespace vantage::platform::tls::test

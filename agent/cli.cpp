@@ -109,6 +109,14 @@ const char* usage_text() noexcept {
          "  --timeout MS          a reply later than this is lost (default 1000)\n"
          "  --size BYTES          UDP/ICMP payload bytes (default 64 UDP, 56 ICMP)\n"
          "  --dscp N              DSCP 0..63 (default 0)\n"
+         "shipping (all of these, with at least one --collector, turn it on):\n"
+         "  --collector HOST:PORT a collector of this agent's region; repeat for failover\n"
+         "  --agent-id ID --region NAME --pop NAME   this agent's identity (ID = its certificate's CN)\n"
+         "  --ca FILE --cert FILE --key FILE         the CA to trust, this agent's certificate and key\n"
+         "  --spool DIR           disk spool (default /var/lib/vantage-agent/spool)\n"
+         "  --spool-max-mb N      spool bound in MiB (default 64); the oldest batches go first\n"
+         "  --fsync every|MS      fsync each batch, or every MS milliseconds (default 1000)\n"
+         "  --drain SECONDS       on stop, wait this long for acks (default 5)\n"
          "other:\n"
          "  --reflector ADDR:PORT answer peers' probes there (default [::]:8627; off with --once)\n"
          "  --no-reflector        answer nobody's probes\n"
@@ -128,6 +136,8 @@ ParsedArgs parse_args(const std::vector<std::string_view>& args) {
   std::optional<probes::ReflectorConfig> reflector = probes::ReflectorConfig{};
   bool reflector_explicit = false;
   std::optional<std::uint32_t> reflector_rate;
+  ship::ShipperConfig ship;
+  ship.spool.dir = "/var/lib/vantage-agent/spool";
 
   auto fail = [](std::string message) { return ParsedArgs{std::nullopt, std::move(message)}; };
 
@@ -232,6 +242,53 @@ ParsedArgs parse_args(const std::vector<std::string_view>& args) {
         return fail("--reflector-rate: expected probes per second in 1..1000000");
       }
       reflector_rate = r;
+    } else if (arg == "--collector") {
+      std::string host;
+      std::optional<std::uint16_t> port;
+      if (!value(v) || !split_host_port(v, true, host, port, error)) {
+        return fail("--collector: " + (error.empty() ? std::string("expected HOST:PORT") : error));
+      }
+      ship.collectors.push_back(ship::CollectorAddress{.host = host, .port = *port, .server_name = {}});
+    } else if (arg == "--agent-id" || arg == "--region" || arg == "--pop" || arg == "--ca" ||
+               arg == "--cert" || arg == "--key" || arg == "--spool") {
+      if (!value(v) || v.empty()) {
+        return fail(std::string(arg) + ": expected a value");
+      }
+      const std::string text(v);
+      if (arg == "--agent-id") ship.identity.agent_id = text;
+      if (arg == "--region") ship.identity.region = text;
+      if (arg == "--pop") ship.identity.pop = text;
+      if (arg == "--ca") ship.tls.ca_file = text;
+      if (arg == "--cert") ship.tls.cert_file = text;
+      if (arg == "--key") ship.tls.key_file = text;
+      if (arg == "--spool") ship.spool.dir = text;
+    } else if (arg == "--spool-max-mb") {
+      std::uint64_t mb = 0;
+      if (!value(v) || !parse_number(v, mb) || mb == 0 || mb > 1'000'000) {
+        return fail("--spool-max-mb: expected MiB in 1..1000000");
+      }
+      ship.spool.max_bytes = mb << 20;
+      ship.spool.segment_bytes = std::min<std::uint64_t>(
+          ship.spool.segment_bytes, std::max<std::uint64_t>(ship.spool.max_bytes / 8, 64 << 10));
+    } else if (arg == "--fsync") {
+      std::uint32_t ms = 0;
+      if (!value(v)) {
+        return fail("--fsync: expected 'every' or milliseconds");
+      }
+      if (v == "every") {
+        ship.spool.fsync = ship::SpoolConfig::Fsync::kEveryRecord;
+      } else if (parse_number(v, ms) && ms > 0) {
+        ship.spool.fsync = ship::SpoolConfig::Fsync::kInterval;
+        ship.spool.fsync_interval = std::chrono::milliseconds(ms);
+      } else {
+        return fail("--fsync: expected 'every' or milliseconds > 0");
+      }
+    } else if (arg == "--drain") {
+      double seconds = 0;
+      if (!value(v) || !parse_seconds(v, seconds, true)) {
+        return fail("--drain: expected seconds");
+      }
+      o.drain = std::chrono::milliseconds(std::llround(seconds * 1e3));
     } else if (arg == "--udp" || arg == "--tcp" || arg == "--icmp") {
       const ProbeProtocol protocol = arg == "--udp"   ? ProbeProtocol::kUdpEcho
                                      : arg == "--tcp" ? ProbeProtocol::kTcpConnect
@@ -278,6 +335,25 @@ ParsedArgs parse_args(const std::vector<std::string_view>& args) {
         .burst = std::max<std::uint32_t>(reflector->rate_limit.burst, *reflector_rate / 5)};
   }
   o.measurement.reflector = reflector;
+  if (!ship.collectors.empty()) {
+    for (const auto& [name, value] :
+         {std::pair{"--agent-id", &ship.identity.agent_id}, std::pair{"--region", &ship.identity.region},
+          std::pair{"--pop", &ship.identity.pop}, std::pair{"--ca", &ship.tls.ca_file},
+          std::pair{"--cert", &ship.tls.cert_file}, std::pair{"--key", &ship.tls.key_file}}) {
+      if (value->empty()) {
+        return fail(std::string("shipping to a collector needs ") + name);
+      }
+    }
+    std::uint64_t capabilities = ship::kCapabilityHostLoad;
+    for (const ProbeTargetSpec& t : o.measurement.targets) {
+      capabilities |= t.protocol == ProbeProtocol::kUdpEcho      ? ship::kCapabilityUdpEcho
+                      : t.protocol == ProbeProtocol::kTcpConnect ? ship::kCapabilityTcpConnect
+                                                                 : ship::kCapabilityIcmp;
+    }
+    if (reflector) capabilities |= ship::kCapabilityReflector;
+    ship.capabilities = capabilities;
+    o.shipping = std::move(ship);
+  }
   if (o.once_seconds && !o.explicit_interval) {
     // One report at the end; finish() closes it.
     o.measurement.report_interval = std::chrono::hours(24 * 365);

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "agent/measurement.hpp"
+#include "agent/ship/shipper.hpp"
 
 namespace vantage::agent {
 
@@ -18,6 +19,9 @@ struct AgentOptions {
   bool json = false;
   bool explicit_interval = false;  // --interval given (with --once: report every interval too)
   MeasurementConfig measurement;
+  // Set when at least one --collector is given: reports are then spooled and shipped.
+  std::optional<ship::ShipperConfig> shipping;
+  std::chrono::milliseconds drain{5000};  // how long stopping waits for acks
 };
 
 struct ParsedArgs {

@@ -4,6 +4,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -12,6 +13,7 @@
 #include "agent/measurement.hpp"
 #include "agent/report_format.hpp"
 #include "agent/version.hpp"
+#include "platform/log.hpp"
 
 namespace {
 
@@ -45,6 +47,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   const vantage::agent::AgentOptions& options = *parsed.options;
+  vantage::platform::set_log_identity("vantage-agent");
   if (options.show_version) {
     std::puts(vantage::agent::version_line().c_str());
     return 0;
@@ -60,14 +63,36 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  std::unique_ptr<vantage::agent::ship::Shipper> shipper;
+  if (options.shipping) {
+    auto opened = vantage::agent::ship::Shipper::open(*options.shipping);
+    for (const std::string& warning : opened.warnings) {
+      vantage::platform::log(vantage::platform::LogLevel::kWarning, "spool: %s", warning.c_str());
+    }
+    if (!opened.shipper) {
+      std::fprintf(stderr, "vantage-agent: %s\n", opened.error.c_str());
+      return 1;
+    }
+    shipper = std::move(opened.shipper);
+    shipper->start();
+  }
+
   vantage::agent::Measurement measurement(options.measurement);
   const auto& targets = measurement.config().targets;
   const bool json = options.json;
-  auto sink = [&targets, json](MeasurementReport&& report) {
-    const std::string text = json ? vantage::agent::format_json(report, targets) + "\n"
-                                  : vantage::agent::format_table(report, targets) + "\n";
-    std::fwrite(text.data(), 1, text.size(), stdout);
-    std::fflush(stdout);
+  // Without a collector the reports go to stdout; with one, to the spool (and stdout for --once).
+  const bool print = !shipper || options.once_seconds.has_value();
+  auto* ship = shipper.get();
+  auto sink = [&targets, json, print, ship](MeasurementReport&& report) {
+    if (print) {
+      const std::string text = json ? vantage::agent::format_json(report, targets) + "\n"
+                                    : vantage::agent::format_table(report, targets) + "\n";
+      std::fwrite(text.data(), 1, text.size(), stdout);
+      std::fflush(stdout);
+    }
+    if (ship != nullptr) {
+      ship->submit(std::move(report), targets);
+    }
   };
   const vantage::agent::MeasurementStartResult started = measurement.start(sink);
   if (!started.ok()) {
@@ -88,5 +113,14 @@ int main(int argc, char** argv) {
     }
   }
   measurement.finish();
+  if (shipper) {
+    shipper->stop(options.drain);
+    const auto c = shipper->counters();
+    vantage::platform::log(vantage::platform::LogLevel::kInfo,
+                           "stopped: %llu batches spooled, acked through %llu, %llu still spooled",
+                           static_cast<unsigned long long>(c.batches_spooled),
+                           static_cast<unsigned long long>(c.acked_seq),
+                           static_cast<unsigned long long>(c.spool.records));
+  }
   return 0;
 }

@@ -1,0 +1,62 @@
+#include "agent/ship/batch_builder.hpp"
+
+#include "agent/aggregate/target_stats.hpp"
+#include "agent/samplers/host_sampler.hpp"
+#include "agent/version.hpp"
+#include "platform/arch.hpp"
+#include "vantage/telemetry_generated.h"
+
+namespace vantage::agent::ship {
+
+namespace {
+
+std::vector<std::uint8_t> finish(flatbuffers::FlatBufferBuilder& fbb, wire::Message type,
+                                 flatbuffers::Offset<void> message) {
+  wire::FinishFrameBuffer(fbb, wire::CreateFrame(fbb, type, message));
+  return std::vector<std::uint8_t>(fbb.GetBufferPointer(), fbb.GetBufferPointer() + fbb.GetSize());
+}
+
+}  // namespace
+
+std::vector<std::uint8_t> build_hello_frame(const AgentIdentity& identity, std::uint64_t capabilities) {
+  flatbuffers::FlatBufferBuilder fbb(256);
+  const std::string arch(platform::kArchName);
+  const auto hello = wire::CreateHelloDirect(fbb, 1, identity.agent_id.c_str(), identity.region.c_str(),
+                                             identity.pop.c_str(), kVersion, arch.c_str(), capabilities);
+  return finish(fbb, wire::Message::Hello, hello.Union());
+}
+
+std::vector<std::uint8_t> build_batch_frame(const AgentIdentity& identity, std::uint64_t seq,
+                                            const MeasurementReport& report,
+                                            std::span<const ProbeTargetSpec> targets,
+                                            const BatchExtras& extras) {
+  flatbuffers::FlatBufferBuilder fbb(4096);
+  std::vector<flatbuffers::Offset<wire::LatencySummary>> latency;
+  latency.reserve(report.targets.size());
+  for (std::size_t i = 0; i < report.targets.size() && i < targets.size(); ++i) {
+    latency.push_back(aggregate::build_latency_summary(fbb, targets[i].label, report.targets[i]));
+  }
+  std::vector<flatbuffers::Offset<wire::LoadSample>> load;
+  load.reserve(report.loads.size());
+  for (const HostLoadRecord& r : report.loads) {
+    load.push_back(samplers::build_load_sample(fbb, r.load, r.wall_time_ns));
+  }
+  const auto agent_id = fbb.CreateString(identity.agent_id);
+  const auto region = fbb.CreateString(identity.region);
+  const auto pop = fbb.CreateString(identity.pop);
+  const auto latency_vector = fbb.CreateVector(latency);
+  const auto load_vector = fbb.CreateVector(load);
+  wire::BatchBuilder b(fbb);
+  b.add_agent_id(agent_id);
+  b.add_seq(seq);
+  b.add_interval_start_ns(report.wall_start_ns);
+  b.add_interval_end_ns(report.wall_end_ns);
+  b.add_region(region);
+  b.add_pop(pop);
+  b.add_latency(latency_vector);
+  b.add_load(load_vector);
+  (void)extras;  // spool_dropped goes on the wire once the schema carries it
+  return finish(fbb, wire::Message::Batch, b.Finish().Union());
+}
+
+}  // namespace vantage::agent::ship

@@ -1,0 +1,41 @@
+// Turns the aggregator's reports into the frames the agent ships: a Hello per connection and a
+// Batch per report, each a complete, verified-format FlatBuffers Frame (no length prefix).
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "agent/measurement.hpp"
+
+namespace vantage::agent::ship {
+
+struct AgentIdentity {
+  std::string agent_id;  // must equal the CN of the agent's certificate
+  std::string region;    // e.g. "eu-central"
+  std::string pop;       // e.g. "fra1"
+};
+
+// What the Batch says about the delivery path itself.
+struct BatchExtras {
+  std::uint64_t spool_dropped = 0;  // batches dropped by the spool bound since the agent began
+};
+
+// Capability bits carried in Hello.capabilities.
+inline constexpr std::uint64_t kCapabilityUdpEcho = 1u << 0;
+inline constexpr std::uint64_t kCapabilityTcpConnect = 1u << 1;
+inline constexpr std::uint64_t kCapabilityIcmp = 1u << 2;
+inline constexpr std::uint64_t kCapabilityHostLoad = 1u << 3;
+inline constexpr std::uint64_t kCapabilityReflector = 1u << 4;
+
+std::vector<std::uint8_t> build_hello_frame(const AgentIdentity& identity, std::uint64_t capabilities);
+
+// Targets are labelled as configured (ProbeTargetSpec::label); report.targets and targets are
+// in the same order.
+std::vector<std::uint8_t> build_batch_frame(const AgentIdentity& identity, std::uint64_t seq,
+                                            const MeasurementReport& report,
+                                            std::span<const ProbeTargetSpec> targets,
+                                            const BatchExtras& extras);
+
+}  // namespace vantage::agent::ship

@@ -1,0 +1,102 @@
+// The agent's delivery path: every report becomes a Batch appended to the disk spool, and one
+// TLS connection to a collector sends what the spool holds, in order, until acked. At least
+// once: a batch leaves the spool only when the collector says it is durable.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "agent/measurement.hpp"
+#include "agent/ship/batch_builder.hpp"
+#include "agent/ship/spool.hpp"
+#include "platform/tls/tls_context.hpp"
+
+namespace vantage::agent::ship {
+
+struct CollectorAddress {
+  std::string host;  // IP address or DNS name
+  std::uint16_t port = 7443;
+  // The name the collector's certificate must carry (subjectAltName); the host when empty.
+  std::string server_name;
+};
+
+struct ShipperConfig {
+  AgentIdentity identity;
+  // Tried in order; after a failure the next one, wrapping around. All must serve the agent's
+  // region: the agent never sends one region's data to another's collectors.
+  std::vector<CollectorAddress> collectors;
+  platform::tls::TlsContextOptions tls;  // role is forced to client
+  SpoolConfig spool;
+  std::uint64_t capabilities = 0;  // Hello.capabilities
+  std::chrono::milliseconds connect_timeout{5'000};
+  std::chrono::milliseconds handshake_timeout{10'000};
+  // Unacked data outstanding this long without an ack means the collector is stuck: reconnect.
+  std::chrono::milliseconds ack_timeout{30'000};
+  // Reconnect delay: uniform in [0, min(backoff_max, backoff_initial * 2^failures)] ("full
+  // jitter"), so agents cut off together do not come back together.
+  std::chrono::milliseconds backoff_initial{500};
+  std::chrono::milliseconds backoff_max{30'000};
+  std::size_t max_in_flight = 32;  // batches sent ahead of their acks
+  std::uint32_t max_frame = 4u << 20;
+};
+
+struct ShipperCounters {
+  std::uint64_t batches_spooled = 0;
+  std::uint64_t spool_errors = 0;  // append failed: that batch is lost (disk full, I/O error)
+  std::uint64_t frames_sent = 0;
+  std::uint64_t acked_seq = 0;
+  std::uint64_t connects = 0;          // TLS sessions established
+  std::uint64_t connect_failures = 0;  // TCP connect or timeout
+  std::uint64_t tls_failures = 0;      // handshake failed
+  std::uint64_t rejected = 0;          // the collector refused us (identity, region)
+  std::uint64_t retry_later = 0;
+  std::uint64_t resumed = 0;  // handshakes that resumed a session
+  bool connected = false;
+  std::string last_error;  // the most recent reason a connection failed or ended
+  SpoolStats spool;
+};
+
+struct ShipperOpenResult;
+
+// Threads: one io_context thread owns the spool, the connection and every timer. submit() and
+// stop() may be called from any thread; counters() from any thread.
+class Shipper {
+ public:
+  // Opens the spool (recovering it; warnings are logged) and the TLS context. Errors name the
+  // file at fault.
+  [[nodiscard]] static ShipperOpenResult open(ShipperConfig config);
+  ~Shipper();  // stop(0)
+
+  Shipper(const Shipper&) = delete;
+  Shipper& operator=(const Shipper&) = delete;
+
+  void start();
+
+  // Builds the report's Batch with the next seq and appends it to the spool, on the shipper's
+  // thread; the batch goes out as soon as a connection has room.
+  void submit(MeasurementReport report, std::vector<ProbeTargetSpec> targets);
+
+  // Waits up to drain for everything spooled to be acked (while connected), flushes the spool
+  // and stops. Unacked batches stay spooled for the next start.
+  void stop(std::chrono::milliseconds drain);
+
+  ShipperCounters counters() const;
+
+  struct Impl;
+
+ private:
+  explicit Shipper(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+struct ShipperOpenResult {
+  std::unique_ptr<Shipper> shipper;
+  std::string error;
+  std::vector<std::string> warnings;  // spool recovery
+};
+
+}  // namespace vantage::agent::ship

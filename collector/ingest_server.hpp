@@ -1,0 +1,94 @@
+// The collector's ingest: accepts agents over mutually authenticated TLS, checks each Hello
+// against the certificate and the regions served, verifies every frame, stores batches in
+// SQLite (grouped into one transaction across connections) and acks each only after commit.
+#pragma once
+
+#include <asio/ip/tcp.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "platform/tls/tls_context.hpp"
+
+namespace vantage::collector {
+
+struct IngestConfig {
+  // Each endpoint gets its own acceptor. An IPv6 wildcard ("::") is dual-stack (v6_only off),
+  // so one listener serves IPv4 and IPv6.
+  std::vector<asio::ip::tcp::endpoint> listen;
+  platform::tls::TlsContextOptions tls;  // role is forced to server
+  std::vector<std::string> regions;      // served; a Hello from any other region is refused
+  std::string database;                  // SQLite file
+  std::size_t max_connections = 1024;
+  std::uint32_t max_frame = 4u << 20;
+  std::chrono::milliseconds handshake_timeout{10'000};
+  // A connection that sends no frame for this long is closed (agents send a batch per
+  // reporting interval, so this must be well above the interval).
+  std::chrono::milliseconds idle_timeout{120'000};
+  // Batches stored but not yet acked per connection; reading pauses at this many.
+  std::size_t max_pending_per_connection = 256;
+};
+
+// Rejection reasons, as counted (and later exposed as metrics).
+enum class Reject : std::uint8_t {
+  kConnectionLimit,
+  kHandshake,   // TLS handshake failed: no or untrusted client certificate, garbage, ...
+  kTimeout,     // handshake or idle timeout
+  kNoIdentity,  // no client certificate CN
+  kIdentity,    // Hello/Batch agent id differs from the certificate's CN
+  kRegion,      // Hello from a region this collector does not serve
+  kProtocol,    // a frame out of order (Batch before Hello, an Ack, a second Hello, seq 0)
+  kFrame,       // length over the limit, zero, or verification failed
+  kStore,       // the store failed; the agent was told to retry later
+  kCount,
+};
+const char* to_string(Reject reason) noexcept;
+
+struct IngestCounters {
+  std::uint64_t connections_accepted = 0;
+  std::uint64_t connections_open = 0;
+  std::uint64_t handshakes = 0;
+  std::uint64_t frames = 0;
+  std::uint64_t batches_stored = 0;
+  std::uint64_t batches_duplicate = 0;
+  std::uint64_t acks_sent = 0;
+  std::uint64_t commits = 0;
+  std::int64_t last_commit_ns = 0;
+  std::uint64_t rejects[static_cast<std::size_t>(Reject::kCount)] = {};
+};
+
+struct IngestStartResult {
+  std::string error;  // empty on success; names the file, address or port at fault
+  explicit operator bool() const noexcept { return error.empty(); }
+};
+
+// Threads: one io_context thread for every socket and TLS session, and one store thread that
+// owns the SQLite connection. The io thread queues verified batches; the store thread commits
+// everything queued in one transaction and posts the outcomes back, and the io thread then
+// sends each Ack. A slow disk therefore delays acks, never the handshakes or reads of others.
+class IngestServer {
+ public:
+  explicit IngestServer(IngestConfig config);
+  ~IngestServer();  // stop()
+
+  IngestServer(const IngestServer&) = delete;
+  IngestServer& operator=(const IngestServer&) = delete;
+
+  [[nodiscard]] IngestStartResult start();
+  void stop();
+
+  // The bound endpoints (ephemeral ports resolved), valid after start().
+  std::vector<asio::ip::tcp::endpoint> local_endpoints() const;
+  IngestCounters counters() const;
+
+  struct Impl;  // public only so the connection class in the .cpp can name it
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace vantage::collector

@@ -1,0 +1,189 @@
+// vantage-collector: `serve` ingests agents' telemetry over mutual TLS into SQLite; `query`
+// prints what the store holds.
+#include <signal.h>
+
+#include <charconv>
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "collector/ingest_server.hpp"
+#include "collector/store/sqlite_store.hpp"
+#include "platform/log.hpp"
+
+namespace {
+
+using vantage::collector::IngestConfig;
+using vantage::collector::IngestServer;
+
+const char* kUsage =
+    "usage: vantage-collector serve --db FILE --region NAME [--region NAME ...] --ca FILE --cert FILE --key "
+    "FILE\n"
+    "                               [--listen ADDR:PORT ...] [--max-connections N]\n"
+    "       vantage-collector query --db FILE\n"
+    "  serve   accept agents over mutual TLS (default listen [::]:7443, IPv4 and IPv6) and store their\n"
+    "          batches; SIGINT/SIGTERM stop it\n"
+    "  query   print the latest latency per agent and target, the latest load per PoP, and the agents\n";
+
+bool parse_endpoint(std::string_view text, asio::ip::tcp::endpoint& out) {
+  std::string host;
+  std::string_view port;
+  if (!text.empty() && text.front() == '[') {
+    const auto close = text.find("]:");
+    if (close == std::string_view::npos) return false;
+    host = std::string(text.substr(1, close - 1));
+    port = text.substr(close + 2);
+  } else {
+    const auto colon = text.rfind(':');
+    if (colon == std::string_view::npos) return false;
+    host = std::string(text.substr(0, colon));
+    port = text.substr(colon + 1);
+  }
+  unsigned p = 0;
+  const auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), p);
+  if (ec != std::errc() || end != port.data() + port.size() || p > 65535) return false;
+  std::error_code aec;
+  const auto address = asio::ip::make_address(host, aec);
+  if (aec) return false;
+  out = asio::ip::tcp::endpoint(address, static_cast<std::uint16_t>(p));
+  return true;
+}
+
+std::string ago(std::int64_t wall_ns) {
+  timespec now{};
+  ::clock_gettime(CLOCK_REALTIME, &now);
+  const std::int64_t now_ns = static_cast<std::int64_t>(now.tv_sec) * 1'000'000'000 + now.tv_nsec;
+  char buffer[32];
+  std::snprintf(buffer, sizeof buffer, "%.1fs", static_cast<double>(now_ns - wall_ns) / 1e9);
+  return buffer;
+}
+
+int query(const std::string& db_path) {
+  auto opened = vantage::collector::store::SqliteStore::open(db_path, {.read_only = true});
+  if (!opened) {
+    std::fprintf(stderr, "vantage-collector: %s\n", opened.error.c_str());
+    return 1;
+  }
+  auto& db = *opened.value;
+  auto latency = db.latest_latency();
+  auto load = db.latest_load_per_pop();
+  auto agents = db.agents();
+  for (const auto* error : {&latency.error, &load.error, &agents.error}) {
+    if (!error->empty()) {
+      std::fprintf(stderr, "vantage-collector: %s\n", error->c_str());
+      return 1;
+    }
+  }
+  std::printf("latest latency (RTT in ms)\n%-10s %-16s %-28s %-5s %7s %7s %8s %8s %8s %9s %8s\n", "POP",
+              "AGENT", "TARGET", "PROTO", "SENT", "RECV", "LOSS%", "P50", "P99", "JITTER", "AGE");
+  for (const auto& l : *latency.value) {
+    std::printf("%-10s %-16s %-28s %-5s %7u %7u %8.2f %8.3f %8.3f %9.3f %8s\n", l.pop.c_str(),
+                l.agent_id.c_str(), l.target.c_str(), l.protocol.c_str(), l.sent, l.received,
+                100.0 * l.loss_ratio, static_cast<double>(l.p50_ns) / 1e6,
+                static_cast<double>(l.p99_ns) / 1e6, l.jitter_mean_ns / 1e6, ago(l.interval_end_ns).c_str());
+  }
+  std::printf("\nlatest load per PoP\n%-10s %-16s %7s %10s %10s %7s %8s\n", "POP", "AGENT", "CPU%",
+              "MEM_AVAIL", "MEM_TOTAL", "LOAD1", "AGE");
+  for (const auto& l : *load.value) {
+    std::printf("%-10s %-16s %7.1f %9.2fG %9.2fG %7.2f %8s\n", l.pop.c_str(), l.agent_id.c_str(),
+                100.0 * l.cpu_busy.value_or(0),
+                static_cast<double>(l.mem_available.value_or(0)) / 1073741824.0,
+                static_cast<double>(l.mem_total.value_or(0)) / 1073741824.0, l.load1.value_or(0),
+                ago(l.time_ns).c_str());
+  }
+  std::printf("\nagents\n%-16s %-12s %-10s %10s %10s %10s\n", "AGENT", "REGION", "POP", "BATCHES", "MAX_SEQ",
+              "LAST_SEEN");
+  for (const auto& a : *agents.value) {
+    std::printf("%-16s %-12s %-10s %10" PRId64 " %10" PRIu64 " %10s\n", a.agent_id.c_str(), a.region.c_str(),
+                a.pop.c_str(), a.batch_count, a.max_seq, ago(a.last_seen_ns).c_str());
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  vantage::platform::set_log_identity("vantage-collector");
+  const std::vector<std::string_view> args(argv + 1, argv + argc);
+  if (args.empty() || args[0] == "--help" || args[0] == "-h") {
+    std::fputs(kUsage, args.empty() ? stderr : stdout);
+    return args.empty() ? 2 : 0;
+  }
+  const std::string_view command = args[0];
+  if (command != "serve" && command != "query") {
+    std::fprintf(stderr, "vantage-collector: unknown command '%.*s'\n%s", static_cast<int>(command.size()),
+                 command.data(), kUsage);
+    return 2;
+  }
+  IngestConfig config;
+  for (std::size_t i = 1; i < args.size(); ++i) {
+    const std::string_view arg = args[i];
+    if (i + 1 >= args.size()) {
+      std::fprintf(stderr, "vantage-collector: %.*s needs a value\n%s", static_cast<int>(arg.size()),
+                   arg.data(), kUsage);
+      return 2;
+    }
+    const std::string value(args[++i]);
+    if (arg == "--db") {
+      config.database = value;
+    } else if (arg == "--region") {
+      config.regions.push_back(value);
+    } else if (arg == "--ca") {
+      config.tls.ca_file = value;
+    } else if (arg == "--cert") {
+      config.tls.cert_file = value;
+    } else if (arg == "--key") {
+      config.tls.key_file = value;
+    } else if (arg == "--listen") {
+      asio::ip::tcp::endpoint endpoint;
+      if (!parse_endpoint(value, endpoint)) {
+        std::fprintf(stderr, "vantage-collector: --listen: expected ADDR:PORT or [V6ADDR]:PORT, not '%s'\n",
+                     value.c_str());
+        return 2;
+      }
+      config.listen.push_back(endpoint);
+    } else if (arg == "--max-connections") {
+      config.max_connections = std::strtoul(value.c_str(), nullptr, 10);
+    } else {
+      std::fprintf(stderr, "vantage-collector: unknown argument '%.*s'\n%s", static_cast<int>(arg.size()),
+                   arg.data(), kUsage);
+      return 2;
+    }
+  }
+  if (config.database.empty()) {
+    std::fprintf(stderr, "vantage-collector: --db is required\n");
+    return 2;
+  }
+  if (command == "query") {
+    return query(config.database);
+  }
+  if (config.listen.empty()) {
+    config.listen.emplace_back(asio::ip::address_v6::any(), 7443);
+  }
+
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  IngestServer server(config);
+  if (const auto started = server.start(); !started) {
+    vantage::platform::log(vantage::platform::LogLevel::kError, "%s", started.error.c_str());
+    return 1;
+  }
+  for (const auto& e : server.local_endpoints()) {
+    vantage::platform::log(vantage::platform::LogLevel::kInfo, "listening on %s port %u, store %s",
+                           e.address().to_string().c_str(), static_cast<unsigned>(e.port()),
+                           config.database.c_str());
+  }
+  int signal = 0;
+  sigwait(&signals, &signal);
+  vantage::platform::log(vantage::platform::LogLevel::kInfo, "stopping (%s)", strsignal(signal));
+  server.stop();
+  return 0;
+}

@@ -71,8 +71,9 @@ struct SpoolStats {
   std::uint64_t fsyncs = 0;         // fdatasync/fsync calls on segments, this process
   std::uint64_t truncations = 0;    // segments cut at damage during open()
   std::uint64_t truncated_bytes = 0;
-  // Records lost to damage found by open(), seen as gaps between surviving records; records cut
-  // from the end of the newest segment leave no gap and are only in truncated_bytes.
+  // Seqs missing between live records at open(): records lost to damage (every open counts the
+  // gaps still live). Records cut from the end of the newest segment leave no gap; they show in
+  // truncated_bytes only.
   std::uint64_t lost_records = 0;
   std::uint64_t corrupt_reads = 0;  // records that failed validation in next_unacked() and were skipped
 };

@@ -1,6 +1,9 @@
 // Spool behaviour on healthy disks: the append/ack/resend cycle across segments, next_seq across
-// restarts, the size bound and its drop count, refused appends, the fsync policies, open errors.
+// restarts, the size bound and its drop count, refused appends, failed writes, the fsync policies,
+// open errors.
 #include <doctest/doctest.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -252,4 +255,35 @@ TEST_CASE("spool: open fails with the path when the directory cannot be used") {
     CHECK(o.error.message.find(ro.string()) != std::string::npos);
     fs::permissions(ro, fs::perms::owner_all);
   }
+}
+
+TEST_CASE("spool: a write that fails part-way leaves no partial record behind") {
+  TempDir tmp;
+  SpoolConfig cfg = small_config(tmp.path());
+  cfg.segment_bytes = 1 << 20;
+  {
+    auto o = open_ok(cfg);
+    Spool& s = *o.spool;
+    for (int i = 0; i < 3; ++i) append_ok(s, 40);  // 180 bytes
+    // RLIMIT_FSIZE makes the kernel write the first 20 bytes of the next record and then fail,
+    // as a full disk would.
+    ::rlimit old{};
+    REQUIRE(::getrlimit(RLIMIT_FSIZE, &old) == 0);
+    const auto old_handler = ::signal(SIGXFSZ, SIG_IGN);
+    ::rlimit small = old;
+    small.rlim_cur = 200;
+    REQUIRE(::setrlimit(RLIMIT_FSIZE, &small) == 0);
+    const auto e = s.append(4, payload_for(4, 40));
+    REQUIRE(::setrlimit(RLIMIT_FSIZE, &old) == 0);
+    ::signal(SIGXFSZ, old_handler);
+    CHECK(e.code == std::errc::file_too_large);
+    CHECK(e.message.find("seg-00000000000000000001.vsp") != std::string::npos);
+    CHECK(s.next_seq() == 4);
+    CHECK(fs::file_size(segment_files(tmp.path()).front()) == 180);
+    append_ok(s, 40);
+    CHECK(consecutive(read_all(s), 1, 4));
+  }
+  auto o = open_ok(cfg);
+  CHECK(o.warnings.empty());
+  CHECK(consecutive(read_all(*o.spool), 1, 4));
 }

@@ -4,6 +4,7 @@
 #include <sqlite3.h>
 
 #include <array>
+#include <cassert>
 #include <charconv>
 #include <chrono>
 #include <cmath>
@@ -570,6 +571,7 @@ std::string SqliteStore::prepare_all() {
 }
 
 std::string SqliteStore::store_one(const IncomingBatch& in, StoreOutcome& outcome) {
+  assert(in.batch != nullptr && "IncomingBatch without a verified batch");
   const wire::Batch& b = *in.batch;
   const std::string_view region = in.region.empty() ? view(b.region()) : in.region;
   const std::string_view pop = in.pop.empty() ? view(b.pop()) : in.pop;
@@ -721,6 +723,9 @@ std::string SqliteStore::store_one(const IncomingBatch& in, StoreOutcome& outcom
 Result<std::vector<StoreOutcome>> SqliteStore::store(std::span<const IncomingBatch> batches) {
   Result<std::vector<StoreOutcome>> result;
   const std::int64_t start = now_ns();
+  // A transaction left open by a failed COMMIT whose ROLLBACK failed too would make every later
+  // BEGIN fail: close it first, so one bad moment cannot wedge the store.
+  if (sqlite3_get_autocommit(db_.get()) == 0) run(rollback_.get());
   if (run(begin_.get()) != SQLITE_OK) {
     result.error = error("begin");
     return result;

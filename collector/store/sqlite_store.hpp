@@ -2,6 +2,7 @@
 // of batches, idempotent by (agent, seq); plus the read side for `vantage-collector query`.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <optional>

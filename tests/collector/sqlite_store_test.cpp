@@ -512,20 +512,21 @@ TEST_CASE("durability: data survives close and reopen, the file is in WAL mode")
   CHECK(*store.seqs("a").value == one_to(11));
 }
 
-TEST_CASE("crash: a SIGKILLed writer loses nothing it reported committed") {
-  TempDir dir;
-  const std::string path = dir.file("store.db");
+// Forks a writer that stores groups of 4 batches from `first_seq` on and reports each seq on a
+// pipe only after store() returned (i.e. after COMMIT); SIGKILLs it once `kill_after` seqs were
+// reported, wherever it is (often inside a transaction). Returns every seq it reported.
+std::vector<std::uint64_t> run_and_kill(const std::string& path, std::uint64_t first_seq,
+                                        std::size_t kill_after) {
   std::array<int, 2> fds{};
   REQUIRE(pipe(fds.data()) == 0);
   const pid_t pid = fork();
   REQUIRE(pid >= 0);
   if (pid == 0) {
-    // Child: no doctest, no return into the runner. Groups of 4 per transaction; each seq is
-    // reported only after store() returned, i.e. after COMMIT.
+    // Child: no doctest, no return into the runner.
     close(fds[0]);
     auto opened = SqliteStore::open(path);
     if (!opened) _exit(2);
-    for (std::uint64_t seq = 1; seq < 1'000'000; seq += 4) {
+    for (std::uint64_t seq = first_seq; seq < first_seq + 1'000'000; seq += 4) {
       std::vector<Bytes> buffers;
       std::vector<IncomingBatch> incoming;
       for (std::uint64_t s = seq; s < seq + 4; ++s) buffers.push_back(simple_batch("crash", s, {"t1", "t2"}));
@@ -557,8 +558,7 @@ TEST_CASE("crash: a SIGKILLed writer loses nothing it reported committed") {
     reported.push_back(s);
     return true;
   };
-  // Let it commit a while, then kill it wherever it is (often inside a transaction).
-  while (reported.size() < 60 && read_one()) {
+  while (reported.size() < kill_after && read_one()) {
   }
   REQUIRE(kill(pid, SIGKILL) == 0);
   int status = 0;
@@ -567,20 +567,36 @@ TEST_CASE("crash: a SIGKILLed writer loses nothing it reported committed") {
   while (read_one()) {
   }
   close(fds[0]);
-  REQUIRE(reported.size() >= 60);
+  return reported;
+}
 
-  SqliteStore store = open_store(path);
-  const std::vector<std::uint64_t> seqs = *store.seqs("crash").value;
-  MESSAGE("child reported " << reported.size() << " seqs, database holds " << seqs.size());
-  // Every reported seq is there, and whole transactions only: 1..N without a gap.
-  REQUIRE(seqs.size() >= reported.size());
-  CHECK(seqs == one_to(seqs.size()));
-  CHECK(seqs.size() % 4 == 0);
-  CHECK(reported == one_to(reported.size()));
-  RawDb db(path);
-  CHECK(db.text("PRAGMA integrity_check") == "ok");
-  CHECK(db.rows("PRAGMA foreign_key_check").empty());
-  CHECK(db.integer("SELECT COUNT(*) FROM latency_summaries") == 2 * static_cast<std::int64_t>(seqs.size()));
+TEST_CASE("crash: a SIGKILLed writer loses nothing it reported committed") {
+  TempDir dir;
+  const std::string path = dir.file("store.db");
+  std::uint64_t committed = 0;
+  // Several rounds: each writer starts on the WAL its killed predecessor left behind.
+  for (std::size_t round = 0; round < 3; ++round) {
+    CAPTURE(round);
+    const std::vector<std::uint64_t> reported = run_and_kill(path, committed + 1, 40 + 12 * round);
+    REQUIRE(reported.size() >= 40);
+    std::vector<std::uint64_t> expected_reported(reported.size());
+    std::iota(expected_reported.begin(), expected_reported.end(), committed + 1);
+    CHECK(reported == expected_reported);
+
+    SqliteStore store = open_store(path);
+    const std::vector<std::uint64_t> seqs = *store.seqs("crash").value;
+    MESSAGE("round " << round << ": child reported up to seq " << reported.back() << ", database holds "
+                     << seqs.size());
+    // Every reported seq is there, and whole transactions only: 1..N without a gap.
+    CHECK(seqs.size() >= committed + reported.size());
+    CHECK(seqs == one_to(seqs.size()));
+    CHECK(seqs.size() % 4 == 0);
+    committed = seqs.size();
+    RawDb db(path);
+    CHECK(db.text("PRAGMA integrity_check") == "ok");
+    CHECK(db.rows("PRAGMA foreign_key_check").empty());
+    CHECK(db.integer("SELECT COUNT(*) FROM latency_summaries") == 2 * static_cast<std::int64_t>(committed));
+  }
 }
 
 TEST_CASE("errors: a directory, a missing directory and a non-database name the path") {

@@ -368,10 +368,9 @@ SpoolError Spool::recover(std::vector<std::string>& warnings) {
       continue;
     }
     if (off < file_size) {
-      if (::ftruncate(fd.get(), static_cast<off_t>(off)) != 0)
+      if (::ftruncate(fd.get(), static_cast<off_t>(off)) != 0) {
         return sys_error(errno, "cannot truncate", path);
-      if (const int e = fsync_retry(fd.get(), false); e != 0) return sys_error(e, "cannot fsync", path);
-      ++fsyncs_;
+      }
       ++truncations_;
       truncated_bytes_ += file_size - off;
       warnings.push_back(path.string() + ": offset " + std::to_string(off) + ": " + problem + "; kept " +
@@ -379,6 +378,10 @@ SpoolError Spool::recover(std::vector<std::string>& warnings) {
                          std::to_string(seg.first_seq) + ".." + std::to_string(seg.last_seq()) + "), cut " +
                          std::to_string(file_size - off) + " bytes");
     }
+    // What a crashed process left may be in the page cache only, and a cut must reach the disk
+    // before records after it are trusted: durable_seq() covers everything found.
+    if (const int e = fsync_retry(fd.get(), false); e != 0) return sys_error(e, "cannot fsync", path);
+    ++fsyncs_;
     if (prev_seq != 0 && seg.first_seq > prev_seq + 1) {
       const std::uint64_t floor_seq = std::max(state.acked_seq, state.dropped_through);
       const std::uint64_t from = std::max(prev_seq, floor_seq);
@@ -392,6 +395,7 @@ SpoolError Spool::recover(std::vector<std::string>& warnings) {
   dropped_through_ = state.dropped_through;
   dropped_total_ = state.dropped_total;
   next_seq_ = std::max<std::uint64_t>({state.next_seq, prev_seq + 1, floor() + 1, 1});
+  durable_seq_ = next_seq_ - 1;
 
   for (const Segment& seg : segments_) {
     for (std::size_t i = 0; i < seg.offsets.size(); ++i) {
@@ -533,6 +537,7 @@ SpoolError Spool::sync_data() {
   if (dir_unsynced_) {
     if (SpoolError e = sync_dir()) return e;
   }
+  durable_seq_ = next_seq_ - 1;
   last_sync_ = std::chrono::steady_clock::now();
   return {};
 }
@@ -623,11 +628,21 @@ SpoolError Spool::append(std::uint64_t seq, std::span<const std::byte> payload) 
       ::unlinkat(dir_fd_.get(), path.filename().c_str(), 0);
       segments_.pop_back();
     } else if (::ftruncate(write_fd_.get(), static_cast<off_t>(seg.size)) != 0) {
+      // sync_data() cannot reach this segment once it is closed: sync its earlier records now.
+      if (unsynced_ && fsync_retry(write_fd_.get(), true) == 0) {
+        ++fsyncs_;
+        unsynced_ = false;
+        durable_seq_ = next_seq_ - 1;
+      }
       write_fd_.reset();
     }
     return sys_error(err, "cannot write record " + std::to_string(seq) + " to", path);
   }
-  if (!every_record) unsynced_ = true;
+  if (every_record) {
+    durable_seq_ = seq;
+  } else {
+    unsynced_ = true;
+  }
   seg.offsets.push_back(static_cast<std::uint32_t>(seg.size));
   seg.size += rec;
   live_bytes_ += rec;

@@ -106,7 +106,8 @@ class SpoolFd {
 // cannot lose that record: it is in the page cache. Power loss or a kernel crash keeps only what
 // was fdatasync'd: with Fsync::kEveryRecord every appended record; with kInterval everything up to
 // the last sync (at most fsync_interval old while appends continue, and everything at flush()).
-// A write torn by either kind of crash is cut off by the next open().
+// A write torn by either kind of crash is cut off by the next open(). durable_seq() tells which
+// records are past the power-loss risk.
 //
 // Not thread-safe: one owner (the shipper) calls everything. Memory is O(records) at 4 bytes each
 // plus one payload while reading; payloads are never cached.
@@ -149,6 +150,11 @@ class Spool {
   // the last sync), for Fsync::kInterval timers and shutdown. No-op when nothing is unsynced.
   [[nodiscard]] SpoolError flush();
 
+  // Every record with seq <= durable_seq() has been fdatasync'd (open() syncs what it finds).
+  // With Fsync::kInterval, send only up to here: a record sent before its sync and then lost
+  // to power loss gives its seq back to the next append, and the collector, which dedupes on
+  // (agent, seq), would discard that different batch as a duplicate.
+  [[nodiscard]] std::uint64_t durable_seq() const { return durable_seq_; }
   [[nodiscard]] std::uint64_t acked_seq() const { return acked_seq_; }
   [[nodiscard]] SpoolStats stats() const;
   [[nodiscard]] const SpoolConfig& config() const { return config_; }
@@ -188,6 +194,7 @@ class Spool {
   std::vector<std::uint64_t> bad_seqs_;  // failed validation on read; treated as not live
 
   std::uint64_t next_seq_ = 1;
+  std::uint64_t durable_seq_ = 0;
   std::uint64_t acked_seq_ = 0;
   std::uint64_t dropped_through_ = 0;
   std::uint64_t dropped_total_ = 0;

@@ -270,6 +270,7 @@ TEST_CASE("spool recovery: SIGKILL during appends leaves 1..k intact and appends
     CHECK(k >= before + 2);  // our append from the last round and the child's first
     CHECK(consecutive(read_all(s), 1, k));
     CHECK(s.stats().records == k);
+    CHECK(s.durable_seq() == k);  // open() syncs what the dead process left in the page cache
     append_ok(s, 100);
     before = k + 1;
   }

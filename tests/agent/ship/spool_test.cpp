@@ -197,7 +197,10 @@ TEST_CASE("spool: fsync on every record, or on the interval and flush") {
     auto o = open_ok(cfg);
     Spool& s = *o.spool;
     const auto before = s.stats().fsyncs;
-    for (int i = 0; i < 5; ++i) append_ok(s, 40);
+    for (int i = 0; i < 5; ++i) {
+      append_ok(s, 40);
+      CHECK(s.durable_seq() == s.next_seq() - 1);
+    }
     CHECK(s.stats().fsyncs >= before + 5);
     const auto after = s.stats().fsyncs;
     REQUIRE_FALSE(s.flush());
@@ -213,8 +216,10 @@ TEST_CASE("spool: fsync on every record, or on the interval and flush") {
     for (int i = 0; i < 5; ++i) append_ok(s, 40);
     // The first append created a segment, so only the directory is still unsynced: no data syncs yet.
     CHECK(s.stats().fsyncs == before);
+    CHECK(s.durable_seq() == 0);
     REQUIRE_FALSE(s.flush());
     CHECK(s.stats().fsyncs == before + 2);  // segment data and the directory entry
+    CHECK(s.durable_seq() == 5);
     REQUIRE_FALSE(s.flush());
     CHECK(s.stats().fsyncs == before + 2);
   }
@@ -227,6 +232,7 @@ TEST_CASE("spool: fsync on every record, or on the interval and flush") {
     const auto before = s.stats().fsyncs;
     for (int i = 0; i < 5; ++i) append_ok(s, 40);
     CHECK(s.stats().fsyncs >= before + 4);  // each append syncs what the previous one wrote
+    CHECK(s.durable_seq() == 4);
   }
 }
 

@@ -114,7 +114,7 @@ const char* usage_text() noexcept {
          "  --agent-id ID --region NAME --pop NAME   this agent's identity (ID = its certificate's CN)\n"
          "  --ca FILE --cert FILE --key FILE         the CA to trust, this agent's certificate and key\n"
          "  --spool DIR           disk spool (default /var/lib/vantage-agent/spool)\n"
-         "  --spool-max-mb N      spool bound in MiB (default 64); the oldest batches go first\n"
+         "  --spool-max-kb N      spool bound in KiB (default 65536); the oldest batches go first\n"
          "  --fsync every|MS      fsync each batch, or every MS milliseconds (default 1000)\n"
          "  --drain SECONDS       on stop, wait this long for acks (default 5)\n"
          "other:\n"
@@ -262,14 +262,16 @@ ParsedArgs parse_args(const std::vector<std::string_view>& args) {
       if (arg == "--cert") ship.tls.cert_file = text;
       if (arg == "--key") ship.tls.key_file = text;
       if (arg == "--spool") ship.spool.dir = text;
-    } else if (arg == "--spool-max-mb") {
-      std::uint64_t mb = 0;
-      if (!value(v) || !parse_number(v, mb) || mb == 0 || mb > 1'000'000) {
-        return fail("--spool-max-mb: expected MiB in 1..1000000");
+    } else if (arg == "--spool-max-kb") {
+      std::uint64_t kb = 0;
+      if (!value(v) || !parse_number(v, kb) || kb < 16 || kb > (std::uint64_t{1} << 30)) {
+        return fail("--spool-max-kb: expected KiB, at least 16");
       }
-      ship.spool.max_bytes = mb << 20;
+      ship.spool.max_bytes = kb << 10;
+      ship.spool.max_record_bytes = static_cast<std::uint32_t>(
+          std::min<std::uint64_t>(ship.spool.max_record_bytes, ship.spool.max_bytes / 2));
       ship.spool.segment_bytes = std::min<std::uint64_t>(
-          ship.spool.segment_bytes, std::max<std::uint64_t>(ship.spool.max_bytes / 8, 64 << 10));
+          ship.spool.segment_bytes, std::max<std::uint64_t>(ship.spool.max_bytes / 8, 4 << 10));
     } else if (arg == "--fsync") {
       std::uint32_t ms = 0;
       if (!value(v)) {

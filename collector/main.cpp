@@ -23,7 +23,8 @@ using vantage::collector::IngestServer;
 const char* kUsage =
     "usage: vantage-collector serve --db FILE --region NAME [--region NAME ...] --ca FILE --cert FILE --key "
     "FILE\n"
-    "                               [--listen ADDR:PORT ...] [--max-connections N]\n"
+    "                               [--listen ADDR:PORT ...] [--max-connections N] [--max-frame BYTES]\n"
+    "                               [--handshake-timeout MS] [--idle-timeout MS]\n"
     "       vantage-collector query --db FILE\n"
     "  serve   accept agents over mutual TLS (default listen [::]:7443, IPv4 and IPv6) and store their\n"
     "          batches; SIGINT/SIGTERM stop it\n"
@@ -146,8 +147,19 @@ int main(int argc, char** argv) {
         return 2;
       }
       config.listen.push_back(endpoint);
-    } else if (arg == "--max-connections") {
-      config.max_connections = std::strtoul(value.c_str(), nullptr, 10);
+    } else if (arg == "--max-connections" || arg == "--handshake-timeout" || arg == "--idle-timeout" ||
+               arg == "--max-frame") {
+      std::uint64_t n = 0;
+      const auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
+      if (ec != std::errc() || end != value.data() + value.size() || n == 0 || n > 0xffffffffu) {
+        std::fprintf(stderr, "vantage-collector: %.*s: expected a positive number, not '%s'\n",
+                     static_cast<int>(arg.size()), arg.data(), value.c_str());
+        return 2;
+      }
+      if (arg == "--max-connections") config.max_connections = n;
+      if (arg == "--handshake-timeout") config.handshake_timeout = std::chrono::milliseconds(n);
+      if (arg == "--idle-timeout") config.idle_timeout = std::chrono::milliseconds(n);
+      if (arg == "--max-frame") config.max_frame = static_cast<std::uint32_t>(n);
     } else {
       std::fprintf(stderr, "vantage-collector: unknown argument '%.*s'\n%s", static_cast<int>(arg.size()),
                    arg.data(), kUsage);

@@ -55,7 +55,7 @@ std::vector<std::uint8_t> build_batch_frame(const AgentIdentity& identity, std::
   b.add_pop(pop);
   b.add_latency(latency_vector);
   b.add_load(load_vector);
-  (void)extras;  // spool_dropped goes on the wire once the schema carries it
+  b.add_spool_dropped(extras.spool_dropped);
   return finish(fbb, wire::Message::Batch, b.Finish().Union());
 }
 

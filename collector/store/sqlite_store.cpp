@@ -39,6 +39,7 @@ CREATE TABLE batches(
   latency_count     INTEGER NOT NULL,
   load_count        INTEGER NOT NULL,
   rtt_sample_count  INTEGER NOT NULL,
+  spool_dropped     INTEGER NOT NULL,
   PRIMARY KEY (agent_id, seq)
 ) WITHOUT ROWID;
 CREATE INDEX batches_by_pop ON batches(pop, interval_end_ns);
@@ -148,8 +149,8 @@ ON CONFLICT(agent_id) DO UPDATE SET
 
 constexpr const char* kInsertBatch = R"sql(
 INSERT OR IGNORE INTO batches(agent_id, seq, interval_start_ns, interval_end_ns, received_ns, region,
-                              pop, latency_count, load_count, rtt_sample_count)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                              pop, latency_count, load_count, rtt_sample_count, spool_dropped)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
 )sql";
 
 constexpr const char* kInsertLatency = R"sql(
@@ -188,7 +189,8 @@ ORDER BY pop
 )sql";
 
 constexpr const char* kAgents = R"sql(
-SELECT a.agent_id, a.region, a.pop, COALESCE(MAX(b.seq), 0), COUNT(b.seq), a.first_seen_ns, a.last_seen_ns
+SELECT a.agent_id, a.region, a.pop, COALESCE(MAX(b.seq), 0), COUNT(b.seq), a.first_seen_ns, a.last_seen_ns,
+       COALESCE((SELECT spool_dropped FROM batches WHERE agent_id = a.agent_id ORDER BY seq DESC LIMIT 1), 0)
 FROM agents AS a LEFT JOIN batches AS b USING (agent_id)
 GROUP BY a.agent_id
 ORDER BY a.agent_id
@@ -200,6 +202,17 @@ std::int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
              std::chrono::steady_clock::now().time_since_epoch())
       .count();
+}
+
+// Batch.spool_dropped was appended in schema v1.1; a first-version batch reads it as 0. Detected
+// at compile time so the store builds against the schema with or without it.
+template <typename B>
+std::uint64_t spool_dropped(const B& b) {
+  if constexpr (requires { b.spool_dropped(); }) {
+    return b.spool_dropped();
+  } else {
+    return 0;
+  }
 }
 
 std::string_view view(const flatbuffers::String* s) {
@@ -593,7 +606,8 @@ std::string SqliteStore::store_one(const IncomingBatch& in, StoreOutcome& outcom
       .text(pop)
       .i64(latency == nullptr ? 0 : latency->size())
       .i64(load == nullptr ? 0 : load->size())
-      .i64(rtts == nullptr ? 0 : rtts->size());
+      .i64(rtts == nullptr ? 0 : rtts->size())
+      .u64(spool_dropped(b));
   if (batch.rc() != SQLITE_OK || run(insert_batch_.get()) != SQLITE_OK) return error("insert batch");
   // OR IGNORE turned a second (agent, seq) into a no-op: the first copy stands, no children.
   if (sqlite3_changes(db_.get()) == 0) {
@@ -836,6 +850,7 @@ Result<std::vector<AgentSummary>> SqliteStore::agents() {
     r.batch_count = sqlite3_column_int64(s, 4);
     r.first_seen_ns = sqlite3_column_int64(s, 5);
     r.last_seen_ns = sqlite3_column_int64(s, 6);
+    r.spool_dropped = static_cast<std::uint64_t>(sqlite3_column_int64(s, 7));
     rows.push_back(std::move(r));
   });
   if (rc != SQLITE_OK) {

@@ -26,7 +26,8 @@ namespace vantage::collector::store {
 //                     non-empty values seen), first_seen_ns (kept), last_seen_ns (collector
 //                     receive time of the newest batch).
 //   batches           one row per (agent_id, seq): the interval, when the collector received it,
-//                     the region/pop it was filed under and how many children it had. The
+//                     the region/pop it was filed under, how many children it had, and the
+//                     agent's spool_dropped counter (batches its spool discarded, cumulative). The
 //                     primary key is what makes delivery idempotent: a batch resent with the same
 //                     (agent, seq) is acked again but never stored twice. If the content differs,
 //                     the first one stored wins; the agent never reuses a seq, so a differing
@@ -121,6 +122,7 @@ struct AgentSummary {
   std::int64_t batch_count = 0;
   std::int64_t first_seen_ns = 0;
   std::int64_t last_seen_ns = 0;
+  std::uint64_t spool_dropped = 0;  // as reported in the agent's newest batch
 };
 
 // Histogram BLOB layout: the non-empty buckets in wire order, 6 bytes each: u16 index then u32

@@ -193,6 +193,18 @@ class RawDb {
 std::uint32_t u(int k, int f) { return static_cast<std::uint32_t>(1000 * (k + 1) + f); }
 std::int64_t ns(int k, int f) { return 1'000'000LL * (k + 1) + f; }
 
+// Batch.spool_dropped arrived with schema v1.1: set and expected only where the schema has it.
+template <typename B>
+constexpr bool kHasSpoolDropped = requires(const B& b) {
+  b.spool_dropped();
+};
+constexpr std::uint64_t kSpoolDropped = 77;
+
+template <typename Builder>
+void add_spool_dropped(Builder& bb, std::uint64_t v) {
+  if constexpr (requires { bb.add_spool_dropped(v); }) bb.add_spool_dropped(v);
+}
+
 Bytes rich_batch() {
   flatbuffers::FlatBufferBuilder fbb;
   const std::vector<std::vector<wire::HistogramBucket>> buckets{
@@ -258,8 +270,24 @@ Bytes rich_batch() {
       // A host without PSI, without memory and with no per-CPU list.
       wire::CreateLoadSampleDirect(fbb, kT0 + 900, "arm64", nullptr, nullptr, &no_psi, &loadavg)};
   std::vector<wire::RttSample> raw{{0, 41, 5'000'000'000, 2'000'000}, {2, 42, 5'010'000'000, -1}};
-  return finish(fbb, wire::CreateBatchDirect(fbb, "fra1-edge-07", 4242, kT0, kT0 + kSecond, "eu-central",
-                                             "fra1", &latency, &load, &raw));
+  const auto agent_id = fbb.CreateString("fra1-edge-07");
+  const auto region = fbb.CreateString("eu-central");
+  const auto pop = fbb.CreateString("fra1");
+  const auto latency_vec = fbb.CreateVector(latency);
+  const auto load_vec = fbb.CreateVector(load);
+  const auto raw_vec = fbb.CreateVectorOfStructs(raw);
+  wire::BatchBuilder bb(fbb);
+  bb.add_agent_id(agent_id);
+  bb.add_seq(4242);
+  bb.add_interval_start_ns(kT0);
+  bb.add_interval_end_ns(kT0 + kSecond);
+  bb.add_region(region);
+  bb.add_pop(pop);
+  bb.add_latency(latency_vec);
+  bb.add_load(load_vec);
+  bb.add_rtt_samples(raw_vec);
+  add_spool_dropped(bb, kSpoolDropped);
+  return finish(fbb, bb.Finish());
 }
 
 }  // namespace
@@ -305,6 +333,9 @@ TEST_CASE("round trip: every column of a batch with 3 latency summaries and 2 lo
   CHECK(batches[0]["latency_count"].i == 3);
   CHECK(batches[0]["load_count"].i == 2);
   CHECK(batches[0]["rtt_sample_count"].i == 2);
+  const std::int64_t expected_dropped =
+      kHasSpoolDropped<wire::Batch> ? static_cast<std::int64_t>(kSpoolDropped) : 0;
+  CHECK(batches[0]["spool_dropped"].i == expected_dropped);
 
   auto lat = db.rows("SELECT * FROM latency_summaries ORDER BY idx");
   REQUIRE(lat.size() == 3);
@@ -414,6 +445,13 @@ TEST_CASE("round trip: every column of a batch with 3 latency summaries and 2 lo
   CHECK(rtt[1]["target_index"].i == 2);
   CHECK(rtt[1]["rtt_ns"].i == -1);
   CHECK(db.rows("PRAGMA foreign_key_check").empty());
+
+  auto agent_rows = open_store(path).agents();
+  REQUIRE(agent_rows);
+  REQUIRE(agent_rows.value->size() == 1);
+  CHECK((*agent_rows.value)[0].max_seq == 4242);
+  CHECK((*agent_rows.value)[0].batch_count == 1);
+  CHECK((*agent_rows.value)[0].spool_dropped == static_cast<std::uint64_t>(expected_dropped));
 }
 
 TEST_CASE("dedupe: the same (agent, seq) twice in one call and across calls is stored once") {

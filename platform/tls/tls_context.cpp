@@ -129,8 +129,10 @@ std::string TlsContext::load(const TlsContextOptions& options) {
         ret != 0) {
       return "mbedtls_ssl_ticket_setup: " + describe_mbedtls_error(ret);
     }
-    mbedtls_ssl_conf_session_tickets_cb(&config_, mbedtls_ssl_ticket_write, mbedtls_ssl_ticket_parse,
-                                        &tickets_);
+    max_remembered_ = options.max_remembered_tickets;
+    // mbedTLS accepts a ticket for up to two lifetimes (current and previous key).
+    ticket_lifetime_ = std::chrono::seconds(2 * std::chrono::seconds::rep{options.ticket_lifetime_s});
+    mbedtls_ssl_conf_session_tickets_cb(&config_, write_ticket, parse_ticket, this);
   } else {
     mbedtls_ssl_conf_session_tickets(&config_, MBEDTLS_SSL_SESSION_TICKETS_ENABLED);
     // Without this a TLS 1.3 client silently drops NewSessionTicket and can never resume; with
@@ -139,6 +141,61 @@ std::string TlsContext::load(const TlsContextOptions& options) {
         &config_, MBEDTLS_SSL_TLS1_3_SIGNAL_NEW_SESSION_TICKETS_ENABLED);
   }
   return {};
+}
+
+thread_local PeerIdentity* TlsContext::current_peer_ = nullptr;
+
+int TlsContext::write_ticket(void* self, const mbedtls_ssl_session* session, unsigned char* start,
+                             const unsigned char* end, std::size_t* length, std::uint32_t* lifetime_s) {
+  auto* context = static_cast<TlsContext*>(self);
+  const int ret = mbedtls_ssl_ticket_write(&context->tickets_, session, start, end, length, lifetime_s);
+  // Without a known identity the ticket is still issued, but parse_ticket will refuse it.
+  if (ret != 0 || current_peer_ == nullptr || current_peer_->common_name.empty()) return ret;
+  try {  // nothing may throw through mbedTLS
+    std::string key(reinterpret_cast<const char*>(start), *length);
+    const auto now = std::chrono::steady_clock::now();
+    std::lock_guard lock(context->tickets_mutex_);
+    auto& order = context->remembered_order_;
+    auto& remembered = context->remembered_;
+    // Drop expired tickets and, when full, the oldest: a client whose ticket was dropped just
+    // does a full handshake next time.
+    while (!order.empty()) {
+      const auto oldest = remembered.find(order.front());
+      if (oldest != remembered.end() && remembered.size() < context->max_remembered_ &&
+          oldest->second.expires > now) {
+        break;
+      }
+      if (oldest != remembered.end()) remembered.erase(oldest);
+      order.pop_front();
+    }
+    if (context->max_remembered_ == 0) return 0;
+    order.push_back(key);
+    context->remembered_[std::move(key)] = {*current_peer_, now + context->ticket_lifetime_};
+  } catch (...) {
+    return MBEDTLS_ERR_SSL_ALLOC_FAILED;
+  }
+  return 0;
+}
+
+int TlsContext::parse_ticket(void* self, mbedtls_ssl_session* session, unsigned char* ticket,
+                             std::size_t length) {
+  auto* context = static_cast<TlsContext*>(self);
+  PeerIdentity peer;
+  try {
+    // Look up before parsing: mbedtls_ssl_ticket_parse decrypts the buffer in place.
+    const std::string key(reinterpret_cast<const char*>(ticket), length);
+    std::lock_guard lock(context->tickets_mutex_);
+    const auto found = context->remembered_.find(key);
+    if (found == context->remembered_.end() || found->second.expires <= std::chrono::steady_clock::now()) {
+      return MBEDTLS_ERR_SSL_INVALID_MAC;  // "not ours": mbedTLS falls back to a full handshake
+    }
+    peer = found->second.peer;
+  } catch (...) {
+    return MBEDTLS_ERR_SSL_ALLOC_FAILED;
+  }
+  const int ret = mbedtls_ssl_ticket_parse(&context->tickets_, session, ticket, length);
+  if (ret == 0 && current_peer_ != nullptr) *current_peer_ = std::move(peer);
+  return ret;
 }
 
 bool TlsContext::has_saved_session() const {

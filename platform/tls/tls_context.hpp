@@ -7,14 +7,24 @@
 #include <mbedtls/ssl_ticket.h>
 #include <mbedtls/x509_crt.h>
 
+#include <chrono>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <unordered_map>
 
 namespace vantage::platform::tls {
 
 enum class TlsRole { kClient, kServer };
+
+// Who the verified peer certificate names: its subject CN and the whole subject DN
+// ("O=Vantage, OU=eu-west, CN=agent-1").
+struct PeerIdentity {
+  std::string common_name;
+  std::string subject;
+};
 
 struct TlsContextOptions {
   TlsRole role = TlsRole::kClient;
@@ -27,6 +37,8 @@ struct TlsContextOptions {
   std::string key_file;
   // TLS 1.3 is preferred; false caps the connection at TLS 1.2 (the minimum either way).
   bool allow_tls13 = true;
+  // Server: at most this many tickets remember their client's identity (see TlsContext).
+  std::size_t max_remembered_tickets = 4096;
   // Server: how long a session ticket stays valid. The ticket key rotates every lifetime and the
   // previous key is kept, so a ticket works for one to two lifetimes. Long enough to make the
   // agent's reconnects after network blips cheap; short because a leaked ticket key lets its
@@ -67,8 +79,22 @@ class TlsContext {
   void offer_saved_session(mbedtls_ssl_context& ssl, const std::string& server_name) const;
 
  private:
+  friend class TlsStream;
   explicit TlsContext(TlsRole role);
   std::string load(const TlsContextOptions& options);
+
+  // mbedTLS's TLS 1.3 tickets do not carry the client certificate, so a resuming client would
+  // be anonymous to the server. These wrappers around mbedtls_ssl_ticket_write/parse remember
+  // each ticket's client identity in memory (bounded, oldest dropped first) and refuse tickets
+  // they do not know, which makes the client do a full handshake instead of an anonymous one.
+  static int write_ticket(void* self, const mbedtls_ssl_session* session, unsigned char* start,
+                          const unsigned char* end, std::size_t* length, std::uint32_t* lifetime_s);
+  static int parse_ticket(void* self, mbedtls_ssl_session* session, unsigned char* ticket,
+                          std::size_t length);
+  // TlsStream points this at its connection's identity while it calls into mbedTLS, so the
+  // ticket callbacks (which mbedTLS calls on that thread without the ssl context) can read
+  // it when issuing a ticket and fill it in when accepting one.
+  static thread_local PeerIdentity* current_peer_;
 
   TlsRole role_;
   mbedtls_ssl_config config_;
@@ -76,6 +102,16 @@ class TlsContext {
   mbedtls_x509_crt own_cert_;
   mbedtls_pk_context own_key_;
   mbedtls_ssl_ticket_context tickets_;
+
+  struct RememberedTicket {
+    PeerIdentity peer;
+    std::chrono::steady_clock::time_point expires;
+  };
+  std::mutex tickets_mutex_;  // ticket callbacks run on every server stream's thread
+  std::unordered_map<std::string, RememberedTicket> remembered_;
+  std::deque<std::string> remembered_order_;  // oldest first
+  std::size_t max_remembered_ = 0;
+  std::chrono::seconds ticket_lifetime_{0};
 
   mutable std::mutex session_mutex_;  // streams on different threads share the saved session
   mbedtls_ssl_session saved_session_;

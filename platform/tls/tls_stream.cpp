@@ -9,6 +9,7 @@
 
 #include <sys/socket.h>
 
+#include <array>
 #include <cerrno>
 #include <climits>
 #include <utility>
@@ -17,6 +18,18 @@ namespace vantage::platform::tls {
 namespace {
 
 bool wants_io(int ret) { return ret == MBEDTLS_ERR_SSL_WANT_READ || ret == MBEDTLS_ERR_SSL_WANT_WRITE; }
+
+PeerIdentity identity_of(const mbedtls_x509_crt& crt) {
+  PeerIdentity peer;
+  for (const mbedtls_x509_name* name = &crt.subject; name != nullptr; name = name->next) {
+    if (name->oid.p != nullptr && MBEDTLS_OID_CMP(MBEDTLS_OID_AT_CN, &name->oid) == 0) {
+      peer.common_name.assign(reinterpret_cast<const char*>(name->val.p), name->val.len);
+    }
+  }
+  std::array<char, 512> subject{};
+  if (mbedtls_x509_dn_gets(subject.data(), subject.size(), &crt.subject) > 0) peer.subject = subject.data();
+  return peer;
+}
 
 }  // namespace
 
@@ -79,11 +92,34 @@ int TlsStream::bio_recv(void* self, unsigned char* data, std::size_t size) {
   }
 }
 
-int TlsStream::on_verify(void* self, mbedtls_x509_crt*, int, std::uint32_t*) {
-  // Called only when the peer sent certificates; a resumed handshake sends none.
-  static_cast<TlsStream*>(self)->verified_peer_ = true;
-  return 0;  // keep mbedTLS's verdict in *flags
+int TlsStream::on_verify(void* self, mbedtls_x509_crt* crt, int depth, std::uint32_t*) {
+  // Called only when the peer sent certificates; a resumed handshake sends none. Depth 0 is the
+  // peer's own certificate. The verdict stays mbedTLS's (*flags untouched).
+  auto* stream = static_cast<TlsStream*>(self);
+  stream->verified_peer_ = true;
+  if (depth == 0) {
+    try {
+      stream->peer_ = identity_of(*crt);
+    } catch (...) {
+      return MBEDTLS_ERR_X509_ALLOC_FAILED;  // nothing may throw through mbedTLS
+    }
+  }
+  return 0;
 }
+
+// Lets the server's ticket callbacks see this connection's peer identity (see TlsContext).
+class TlsStream::TicketPeerScope {
+ public:
+  explicit TicketPeerScope(PeerIdentity& peer) : previous_(TlsContext::current_peer_) {
+    TlsContext::current_peer_ = &peer;
+  }
+  ~TicketPeerScope() { TlsContext::current_peer_ = previous_; }
+  TicketPeerScope(const TicketPeerScope&) = delete;
+  TicketPeerScope& operator=(const TicketPeerScope&) = delete;
+
+ private:
+  PeerIdentity* previous_;
+};
 
 std::error_code TlsStream::error_from(int ret) const {
   if (ret == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY) return asio::error::eof;
@@ -119,6 +155,7 @@ void TlsStream::async_handshake(Handler handler) {
 
 void TlsStream::handshake_step(Handler handler) {
   if (closed_) return complete<std::error_code>(std::move(handler), asio::error::operation_aborted);
+  TicketPeerScope scope(peer_);
   int ret = mbedtls_ssl_handshake(&ssl_);
   while (ret == MBEDTLS_ERR_SSL_RECEIVED_NEW_SESSION_TICKET) {
     context_->save_session(ssl_, server_name_);
@@ -149,6 +186,7 @@ void TlsStream::async_read_some(asio::mutable_buffer buffer, IoHandler handler) 
 void TlsStream::read_step(asio::mutable_buffer buffer, IoHandler handler) {
   if (closed_)
     return complete<std::error_code, std::size_t>(std::move(handler), asio::error::operation_aborted, 0);
+  TicketPeerScope scope(peer_);
   int ret;
   // A TLS 1.3 server may send tickets at any time; each one replaces the saved session.
   while ((ret = mbedtls_ssl_read(&ssl_, static_cast<unsigned char*>(buffer.data()), buffer.size())) ==
@@ -174,6 +212,7 @@ void TlsStream::async_write(asio::const_buffer buffer, IoHandler handler) {
 
 void TlsStream::write_step(asio::const_buffer buffer, std::size_t done, IoHandler handler) {
   const auto* data = static_cast<const unsigned char*>(buffer.data());
+  TicketPeerScope scope(peer_);
   while (done < buffer.size()) {
     if (closed_) {
       return complete<std::error_code, std::size_t>(std::move(handler), asio::error::operation_aborted, done);
@@ -221,14 +260,16 @@ void TlsStream::close() noexcept {
 }
 
 std::string TlsStream::peer_common_name() const {
+  if (!peer_.common_name.empty()) return peer_.common_name;
+  // A resuming client has the server certificate in its saved session.
   const mbedtls_x509_crt* peer = mbedtls_ssl_get_peer_cert(&ssl_);
-  if (peer == nullptr) return {};
-  for (const mbedtls_x509_name* name = &peer->subject; name != nullptr; name = name->next) {
-    if (name->oid.p != nullptr && MBEDTLS_OID_CMP(MBEDTLS_OID_AT_CN, &name->oid) == 0) {
-      return {reinterpret_cast<const char*>(name->val.p), name->val.len};
-    }
-  }
-  return {};
+  return peer == nullptr ? std::string{} : identity_of(*peer).common_name;
+}
+
+std::string TlsStream::peer_subject() const {
+  if (!peer_.subject.empty()) return peer_.subject;
+  const mbedtls_x509_crt* peer = mbedtls_ssl_get_peer_cert(&ssl_);
+  return peer == nullptr ? std::string{} : identity_of(*peer).subject;
 }
 
 std::string_view TlsStream::protocol_version() const { return mbedtls_ssl_get_version(&ssl_); }

@@ -52,10 +52,10 @@ class TlsStream : public std::enable_shared_from_this<TlsStream> {
   // Closes the socket now; pending handlers complete with operation_aborted. Idempotent.
   void close() noexcept;
 
-  // After a successful handshake: the subject CN of the verified peer certificate. Empty when
-  // the peer presented none in this handshake: a TLS 1.3 server resuming from a ticket has no
-  // client certificate (mbedTLS does not carry it in TLS 1.3 tickets).
+  // After a successful handshake: the subject CN and DN of the verified peer certificate, also
+  // on a resumed connection (from the ticket the peer's certificate was verified for).
   std::string peer_common_name() const;
+  std::string peer_subject() const;
   // True when the handshake resumed a session (no certificates exchanged or verified).
   bool resumed() const noexcept { return resumed_; }
   // "TLSv1.3" / "TLSv1.2" and the IANA-style ciphersuite name, once the handshake is done.
@@ -64,6 +64,7 @@ class TlsStream : public std::enable_shared_from_this<TlsStream> {
 
  private:
   TlsStream(asio::ip::tcp::socket socket, std::shared_ptr<TlsContext> context);
+  class TicketPeerScope;
   using Continuation = std::function<void(std::error_code)>;
 
   void handshake_step(Handler handler);
@@ -88,6 +89,7 @@ class TlsStream : public std::enable_shared_from_this<TlsStream> {
   int last_errno_ = 0;  // why the BIO failed, reported instead of a generic NET_*_FAILED
   bool closed_ = false;
   bool verified_peer_ = false;  // a certificate was verified during this handshake
+  PeerIdentity peer_;           // from that certificate, or from the ticket of a resumption
   bool resumed_ = false;
 };
 

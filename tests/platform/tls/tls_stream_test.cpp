@@ -95,6 +95,7 @@ TEST_CASE("mutual TLS 1.3 handshake, identities both ways and echo of several si
     CHECK(c.client->protocol_version() == "TLSv1.3");
     CHECK(c.server->protocol_version() == "TLSv1.3");
     CHECK(c.server->peer_common_name() == "agent-1");
+    CHECK(c.server->peer_subject() == "O=Vantage, OU=eu-west, CN=agent-1");
     CHECK(c.client->peer_common_name() == "vantage-collector");
     CHECK_FALSE(c.server->resumed());
     CHECK_FALSE(c.client->resumed());
@@ -159,14 +160,80 @@ TEST_CASE("a reconnect resumes the saved TLS 1.3 session") {
     CHECK(second.client->protocol_version() == "TLSv1.3");
     CHECK(second.client->resumed());
     CHECK(second.server->resumed());
-    // The client keeps the server certificate with the session; mbedTLS's TLS 1.3 tickets do
-    // not carry the client certificate, so a resuming server has no peer name.
+    // Identities survive resumption: the client keeps the server certificate with its session,
+    // the server remembers which client each of its tickets went to.
     CHECK(second.client->peer_common_name() == "vantage-collector");
-    CHECK(second.server->peer_common_name().empty());
+    CHECK(second.server->peer_common_name() == "agent-1");
+    CHECK(second.server->peer_subject() == "O=Vantage, OU=eu-west, CN=agent-1");
     server_loop.run([&] { echo(second.server, std::make_shared<std::vector<char>>(4096)); });
     check_round_trip(client_loop, second.client, 20000);
     close_all(server_loop, client_loop, second);
+
+    // The ticket issued on a resumed connection resumes again, identity carried along.
+    Connection third = handshake(server_loop, client_loop, addr, server_context, client_context, "localhost");
+    REQUIRE_FALSE(third.server_error);
+    REQUIRE_FALSE(third.client_error);
+    CHECK(third.client->resumed());
+    CHECK(third.server->resumed());
+    CHECK(third.server->peer_common_name() == "agent-1");
+    close_all(server_loop, client_loop, third);
   }
+}
+
+TEST_CASE("a ticket the server does not know (collector restarted) means a full handshake") {
+  auto client_context = agent_context();
+  Loop server_loop, client_loop;
+  Connection first =
+      handshake(server_loop, client_loop, "127.0.0.1", collector_context(), client_context, "localhost");
+  REQUIRE_FALSE(first.server_error);
+  REQUIRE_FALSE(first.client_error);
+  server_loop.run([&] { echo(first.server, std::make_shared<std::vector<char>>(4096)); });
+  check_round_trip(client_loop, first.client, 10);
+  REQUIRE(client_context->has_saved_session());
+  close_all(server_loop, client_loop, first);
+
+  Connection second =
+      handshake(server_loop, client_loop, "127.0.0.1", collector_context(), client_context, "localhost");
+  INFO(second.server_error.message(), " / ", second.client_error.message());
+  REQUIRE_FALSE(second.server_error);
+  REQUIRE_FALSE(second.client_error);
+  CHECK_FALSE(second.client->resumed());
+  CHECK_FALSE(second.server->resumed());
+  CHECK(second.server->peer_common_name() == "agent-1");
+  close_all(server_loop, client_loop, second);
+}
+
+TEST_CASE("the server remembers a bounded number of tickets, dropping the oldest") {
+  const Pki& pki = Pki::get();
+  REQUIRE(pki.ok());
+  TlsContextOptions options;
+  options.role = TlsRole::kServer;
+  options.ca_file = pki.file("ca.crt");
+  options.cert_file = pki.file("collector.crt");
+  options.key_file = pki.file("collector.key");
+  options.max_remembered_tickets = 1;
+  auto server_context = TlsContext::create(options).context;
+  REQUIRE(server_context);
+  auto first_client = agent_context();
+  auto second_client = agent_context();
+  Loop server_loop, client_loop;
+  auto connect = [&](const std::shared_ptr<TlsContext>& client_context) {
+    Connection c =
+        handshake(server_loop, client_loop, "127.0.0.1", server_context, client_context, "localhost");
+    REQUIRE_FALSE(c.server_error);
+    REQUIRE_FALSE(c.client_error);
+    server_loop.run([&] { echo(c.server, std::make_shared<std::vector<char>>(4096)); });
+    check_round_trip(client_loop, c.client, 10);  // picks up the ticket
+    const bool resumed = c.server->resumed();
+    CHECK(c.client->resumed() == resumed);
+    CHECK(c.server->peer_common_name() == "agent-1");
+    close_all(server_loop, client_loop, c);
+    return resumed;
+  };
+  CHECK_FALSE(connect(first_client));
+  CHECK_FALSE(connect(second_client));  // its ticket displaces the first client's
+  CHECK_FALSE(connect(first_client));   // full handshake; now the first client's is remembered
+  CHECK(connect(first_client));
 }
 
 TEST_CASE("TLS 1.2 when the client caps it, with ticket resumption and identities kept") {

@@ -204,17 +204,6 @@ std::int64_t now_ns() {
       .count();
 }
 
-// Batch.spool_dropped was appended in schema v1.1; a first-version batch reads it as 0. Detected
-// at compile time so the store builds against the schema with or without it.
-template <typename B>
-std::uint64_t spool_dropped(const B& b) {
-  if constexpr (requires { b.spool_dropped(); }) {
-    return b.spool_dropped();
-  } else {
-    return 0;
-  }
-}
-
 std::string_view view(const flatbuffers::String* s) {
   return s == nullptr ? std::string_view{} : std::string_view(s->data(), s->size());
 }
@@ -607,7 +596,7 @@ std::string SqliteStore::store_one(const IncomingBatch& in, StoreOutcome& outcom
       .i64(latency == nullptr ? 0 : latency->size())
       .i64(load == nullptr ? 0 : load->size())
       .i64(rtts == nullptr ? 0 : rtts->size())
-      .u64(spool_dropped(b));
+      .u64(b.spool_dropped());  // v1.1 field: a first-version batch reads 0
   if (batch.rc() != SQLITE_OK || run(insert_batch_.get()) != SQLITE_OK) return error("insert batch");
   // OR IGNORE turned a second (agent, seq) into a no-op: the first copy stands, no children.
   if (sqlite3_changes(db_.get()) == 0) {

@@ -193,17 +193,7 @@ class RawDb {
 std::uint32_t u(int k, int f) { return static_cast<std::uint32_t>(1000 * (k + 1) + f); }
 std::int64_t ns(int k, int f) { return 1'000'000LL * (k + 1) + f; }
 
-// Batch.spool_dropped arrived with schema v1.1: set and expected only where the schema has it.
-template <typename B>
-constexpr bool kHasSpoolDropped = requires(const B& b) {
-  b.spool_dropped();
-};
 constexpr std::uint64_t kSpoolDropped = 77;
-
-template <typename Builder>
-void add_spool_dropped(Builder& bb, std::uint64_t v) {
-  if constexpr (requires { bb.add_spool_dropped(v); }) bb.add_spool_dropped(v);
-}
 
 Bytes rich_batch() {
   flatbuffers::FlatBufferBuilder fbb;
@@ -286,7 +276,7 @@ Bytes rich_batch() {
   bb.add_latency(latency_vec);
   bb.add_load(load_vec);
   bb.add_rtt_samples(raw_vec);
-  add_spool_dropped(bb, kSpoolDropped);
+  bb.add_spool_dropped(kSpoolDropped);
   return finish(fbb, bb.Finish());
 }
 
@@ -333,9 +323,7 @@ TEST_CASE("round trip: every column of a batch with 3 latency summaries and 2 lo
   CHECK(batches[0]["latency_count"].i == 3);
   CHECK(batches[0]["load_count"].i == 2);
   CHECK(batches[0]["rtt_sample_count"].i == 2);
-  const std::int64_t expected_dropped =
-      kHasSpoolDropped<wire::Batch> ? static_cast<std::int64_t>(kSpoolDropped) : 0;
-  CHECK(batches[0]["spool_dropped"].i == expected_dropped);
+  CHECK(batches[0]["spool_dropped"].i == static_cast<std::int64_t>(kSpoolDropped));
 
   auto lat = db.rows("SELECT * FROM latency_summaries ORDER BY idx");
   REQUIRE(lat.size() == 3);
@@ -451,7 +439,7 @@ TEST_CASE("round trip: every column of a batch with 3 latency summaries and 2 lo
   REQUIRE(agent_rows.value->size() == 1);
   CHECK((*agent_rows.value)[0].max_seq == 4242);
   CHECK((*agent_rows.value)[0].batch_count == 1);
-  CHECK((*agent_rows.value)[0].spool_dropped == static_cast<std::uint64_t>(expected_dropped));
+  CHECK((*agent_rows.value)[0].spool_dropped == kSpoolDropped);
 }
 
 TEST_CASE("dedupe: the same (agent, seq) twice in one call and across calls is stored once") {

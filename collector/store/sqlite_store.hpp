@@ -146,7 +146,8 @@ class SqliteStore {
   // error returned; the caller answers RetryLater. Not thread-safe: one owning thread.
   Result<std::vector<StoreOutcome>> store(std::span<const IncomingBatch> batches);
 
-  // Time spent in COMMIT (the durable write) and in the whole transaction of the last store().
+  // Time spent in COMMIT (the durable write) and in the whole transaction of the last store()
+  // that committed; a failed store() leaves both unchanged (it committed nothing).
   std::int64_t last_commit_ns() const noexcept { return last_commit_ns_; }
   std::int64_t last_store_ns() const noexcept { return last_store_ns_; }
 

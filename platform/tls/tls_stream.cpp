@@ -55,7 +55,12 @@ TlsStream::TlsStream(asio::ip::tcp::socket socket, std::shared_ptr<TlsContext> c
   // The BIO callbacks call send/recv directly; Asio only tells us when to retry.
   std::error_code ec;
   socket_.native_non_blocking(true, ec);
-  if (ec) last_errno_ = ec.value();
+  if (ec) {
+    // A blocking socket would stall the io_context thread inside mbedTLS: refuse to start.
+    last_errno_ = ec.value();
+    setup_error_ = MBEDTLS_ERR_NET_SOCKET_FAILED;
+    return;
+  }
   mbedtls_ssl_set_bio(&ssl_, this, bio_send, bio_recv, nullptr);
   mbedtls_ssl_set_verify(&ssl_, on_verify, this);
 }
@@ -124,7 +129,7 @@ class TlsStream::TicketPeerScope {
 std::error_code TlsStream::error_from(int ret) const {
   if (ret == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY) return asio::error::eof;
   if ((ret == MBEDTLS_ERR_NET_SEND_FAILED || ret == MBEDTLS_ERR_NET_RECV_FAILED ||
-       ret == MBEDTLS_ERR_NET_CONN_RESET) &&
+       ret == MBEDTLS_ERR_NET_CONN_RESET || ret == MBEDTLS_ERR_NET_SOCKET_FAILED) &&
       last_errno_ != 0) {
     return {last_errno_, std::system_category()};
   }
@@ -149,7 +154,7 @@ void TlsStream::wait_then(int ret, Continuation next) {
 }
 
 void TlsStream::async_handshake(Handler handler) {
-  if (setup_error_ != 0) return complete(std::move(handler), make_mbedtls_error(setup_error_));
+  if (setup_error_ != 0) return complete(std::move(handler), error_from(setup_error_));
   handshake_step(std::move(handler));
 }
 

@@ -24,7 +24,8 @@ namespace vantage::platform::tls {
 // inside the initiating call. At most one operation of each kind may be pending; a read and a
 // write may be pending together. Errors are mbedTLS codes (mbedtls_category()), system errors
 // from the socket, asio::error::eof for a clean close by the peer, and
-// asio::error::operation_aborted once close() has been called.
+// asio::error::operation_aborted once close() has been called. Handlers are std::function, so
+// they must be copyable.
 class TlsStream : public std::enable_shared_from_this<TlsStream> {
  public:
   using Handler = std::function<void(std::error_code)>;
@@ -58,7 +59,8 @@ class TlsStream : public std::enable_shared_from_this<TlsStream> {
   std::string peer_subject() const;
   // True when the handshake resumed a session (no certificates exchanged or verified).
   bool resumed() const noexcept { return resumed_; }
-  // "TLSv1.3" / "TLSv1.2" and the IANA-style ciphersuite name, once the handshake is done.
+  // "TLSv1.3" / "TLSv1.2" and mbedTLS's ciphersuite name (e.g. "TLS1-3-AES-256-GCM-SHA384"),
+  // once the handshake is done.
   std::string_view protocol_version() const;
   std::string_view ciphersuite() const;
 

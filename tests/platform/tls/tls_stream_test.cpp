@@ -94,6 +94,8 @@ TEST_CASE("mutual TLS 1.3 handshake, identities both ways and echo of several si
     REQUIRE_FALSE(c.client_error);
     CHECK(c.client->protocol_version() == "TLSv1.3");
     CHECK(c.server->protocol_version() == "TLSv1.3");
+    CHECK(c.client->ciphersuite() == c.server->ciphersuite());
+    CHECK(c.client->ciphersuite().rfind("TLS1-3-", 0) == 0);
     CHECK(c.server->peer_common_name() == "agent-1");
     CHECK(c.server->peer_subject() == "O=Vantage, OU=eu-west, CN=agent-1");
     CHECK(c.client->peer_common_name() == "vantage-collector");

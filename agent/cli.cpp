@@ -102,9 +102,10 @@ const char* usage_text() noexcept {
          "  --json                reports as JSON, one object per line\n"
          "  --interval SECONDS    report every SECONDS (default 10; with --once only at the end)\n"
          "targets (repeatable; the per-target options apply to the targets that follow them):\n"
-         "  --udp HOST[:PORT]     UDP echo against a Vantage reflector (default port 8627)\n"
-         "  --tcp HOST:PORT       TCP connect time\n"
-         "  --icmp HOST           ICMP echo (ping socket or CAP_NET_RAW)\n"
+         "  --udp [NAME=]HOST[:PORT]  UDP echo against a Vantage reflector (default port 8627)\n"
+         "  --tcp [NAME=]HOST:PORT    TCP connect time\n"
+         "  --icmp [NAME=]HOST        ICMP echo (ping socket or CAP_NET_RAW)\n"
+         "                        NAME labels the target in reports (default: the address)\n"
          "  --rate N              probes per second (default 1)\n"
          "  --timeout MS          a reply later than this is lost (default 1000)\n"
          "  --size BYTES          UDP/ICMP payload bytes (default 64 UDP, 56 ICMP)\n"
@@ -298,6 +299,15 @@ ParsedArgs parse_args(const std::vector<std::string_view>& args) {
       if (!value(v)) {
         return fail(std::string(arg) + ": expected a target");
       }
+      // NAME=HOST:PORT labels the target (a PoP name reads better than an address).
+      std::string name;
+      if (const std::size_t eq = v.find('='); eq != std::string_view::npos) {
+        name = std::string(v.substr(0, eq));
+        v = v.substr(eq + 1);
+        if (name.empty()) {
+          return fail(std::string(arg) + ": empty name before '='");
+        }
+      }
       std::string host;
       std::optional<std::uint16_t> port;
       if (!split_host_port(v, protocol == ProbeProtocol::kTcpConnect, host, port, error)) {
@@ -315,7 +325,7 @@ ParsedArgs parse_args(const std::vector<std::string_view>& args) {
       t.address = *address;
       t.port = protocol == ProbeProtocol::kUdpEcho ? port.value_or(probes::kDefaultReflectorPort)
                                                    : port.value_or(0);
-      t.label = target_label(protocol, t.address, t.port);
+      t.label = name.empty() ? target_label(protocol, t.address, t.port) : name;
       t.rate_per_s = rate;
       t.timeout = std::chrono::nanoseconds(std::llround(timeout_ms * 1e6));
       t.payload_size = size;

@@ -257,6 +257,14 @@ void Shipper::Impl::pump() {
     if (!record) {
       break;
     }
+    // Never send a batch the disk might still lose: after a power cut its seq would be handed
+    // out again, to a different batch, and the collector would drop that one as a duplicate.
+    if (record->seq > spool.durable_seq()) {
+      if (const SpoolError e = spool.flush()) {
+        log(LogLevel::kError, "spool: %s", e.message.c_str());
+        break;
+      }
+    }
     std::vector<std::uint8_t> frame;
     frame.reserve(wire::kFrameLengthSize + record->payload.size());
     wire::append_frame(

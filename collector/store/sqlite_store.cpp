@@ -167,12 +167,14 @@ constexpr const char* kInsertRtt = R"sql(
 INSERT INTO rtt_samples VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
 )sql";
 
-// Ties on interval_end_ns (two batches for the same interval) go to the higher seq.
+// Ties on interval_end_ns (two batches for the same interval) go to the higher seq. Intervals in
+// which no probe was sent (an agent's last, partial interval while it drains) say nothing about
+// the path and rank below any interval that measured it.
 constexpr const char* kLatestLatency = R"sql(
 SELECT l.agent_id, a.region, a.pop, l.target, l.protocol, l.seq, l.interval_end_ns, l.sent, l.received,
        l.lost, l.p50_ns, l.p99_ns, l.jitter_mean_ns, l.jitter_p99_ns
 FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY agent_id, target
-                                   ORDER BY interval_end_ns DESC, seq DESC, idx DESC) AS rn
+                                   ORDER BY sent > 0 DESC, interval_end_ns DESC, seq DESC, idx DESC) AS rn
       FROM latency_summaries) AS l
 JOIN agents AS a USING (agent_id)
 WHERE l.rn = 1

@@ -28,7 +28,7 @@ std::string error_of(std::vector<std::string_view> args) {
 TEST_CASE("cli: targets take the per-target options given before them") {
   const auto p =
       parse({"--once", "2.5", "--json", "--udp", "127.0.0.1", "--rate", "10", "--timeout", "250", "--dscp",
-             "46", "--tcp", "[::1]:443", "--size", "200", "--icmp", "::1", "--udp", "192.0.2.7:9000"});
+             "46", "--tcp", "[::1]:443", "--size", "200", "--icmp", "::1", "--udp", "ams1=192.0.2.7:9000"});
   REQUIRE_MESSAGE(p.options.has_value(), p.error);
   const agent::AgentOptions& o = *p.options;
   CHECK(o.once_seconds == doctest::Approx(2.5));
@@ -54,7 +54,8 @@ TEST_CASE("cli: targets take the per-target options given before them") {
   CHECK(t[2].label == "::1");
   CHECK(t[2].payload_size == 200);
 
-  CHECK(t[3].label == "192.0.2.7:9000");
+  CHECK(t[3].label == "ams1");
+  CHECK(t[3].address.to_string() == "192.0.2.7");
   CHECK(t[3].port == 9000);
 
   // A one-shot run does not bind the reflector port unless asked, and reports once.
@@ -110,6 +111,7 @@ TEST_CASE("cli: every bad argument is named in a one-line error") {
   CHECK(error_of({"--udp", ":8627"}).find("missing host") != std::string::npos);
   CHECK(error_of({"--udp", "no-such-host.invalid"}).find("cannot resolve") != std::string::npos);
   CHECK(error_of({"--reflector", "example:80"}).find("not an IP address") != std::string::npos);
+  CHECK(error_of({"--udp", "=127.0.0.1"}).find("empty name") != std::string::npos);
   CHECK(error_of({"--icmp-socket", "tcp"}).find("auto, dgram or raw") != std::string::npos);
   CHECK(error_of({"--reflector-rate", "0"}).find("--reflector-rate") != std::string::npos);
   for (const std::string& e : {error_of({"--bogus"}), error_of({"--rate", "x"})}) {

@@ -184,7 +184,10 @@ def scenario_outage_and_bound(world):
     assert left == 0 and seqs == list(range(seqs[0], acked + 1)), (seqs[:3], seqs[-3:], acked)
     dropped = world.scalar("SELECT max(spool_dropped) FROM batches WHERE agent_id = 'a2'")
     assert seqs[0] > 1, "a 16 KiB spool should have dropped the oldest batches"
-    assert dropped == seqs[0] - 1, f"the batches report {dropped} dropped, the store starts at seq {seqs[0]}"
+    # The count is of batches dropped from the spool unacked; one sent just before its drop may
+    # still have arrived, so the count can exceed the gap by what was in flight, never fall short.
+    gap = seqs[0] - 1
+    assert gap <= dropped <= gap + 2, f"the batches report {dropped} dropped, the store starts at seq {seqs[0]}"
     world.collector.stop()
     bound = 64 * 1024 if ARGS.emulator else 32 * 1024
     assert max(rss) < bound, f"agent RSS {max(rss)} KiB during the outage (bound {bound} KiB)"

@@ -12,6 +12,7 @@ stages=(
   "aarch64|qemu-aarch64"
   "armhf|qemu-arm"
   "fuzz|libFuzzer (clang-14)"
+  "demo|make demo DURATION=15"
 )
 if [ -n "${VANTAGE_TEST_STAGES:-}" ]; then
   read -r -a only <<<"$VANTAGE_TEST_STAGES"
@@ -29,6 +30,20 @@ total_pass=0 total_fail=0 bad=0
 
 for s in "${stages[@]}"; do
   preset=${s%%|*} label=${s#*|}
+  if [ "$preset" = demo ]; then
+    echo "=== $label"
+    start=$SECONDS
+    if DURATION=15 tests/demo.sh >"$logs/demo.log" 2>&1; then
+      tail -n 12 "$logs/demo.log"
+      summary+=("$(printf '  %-30s %4d passed, %d failed  (%ds)' "$label" 1 0 $((SECONDS - start)))")
+      total_pass=$((total_pass + 1))
+    else
+      tail -n 60 "$logs/demo.log"
+      summary+=("$(printf '  %-30s %4d passed, %d failed  (%ds)' "$label" 0 1 $((SECONDS - start)))")
+      total_fail=$((total_fail + 1)) bad=1
+    fi
+    continue
+  fi
   echo "=== $label: configure and build (preset $preset)"
   start=$SECONDS
   if ! cmake --preset "$preset" >"$logs/$preset.configure.log" 2>&1; then

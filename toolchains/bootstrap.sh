@@ -33,6 +33,7 @@ host_packages=(
   libasio-dev flatbuffers-compiler libflatbuffers-dev doctest-dev
   libboost-dev libreaderwriterqueue-dev libsqlite3-dev
   python3 iproute2 irtt collectd-core liboping0
+  clang-14 libclang-rt-14-dev openssl
 )
 foreign_arches=(arm64 armhf)
 

@@ -16,7 +16,10 @@
 #include "collector/store/sqlite_store.hpp"
 #include "platform/clock.hpp"
 #include "platform/log.hpp"
+#include "platform/tls/tls_error.hpp"
 #include "platform/tls/tls_stream.hpp"
+
+#include <mbedtls/ssl.h>
 #include "schemas/frame_codec.hpp"
 
 namespace vantage::collector {
@@ -27,8 +30,20 @@ using platform::log;
 using platform::LogLevel;
 
 std::string endpoint_text(const asio::ip::tcp::endpoint& e) {
-  const std::string host = e.address().to_string();
-  return (e.address().is_v6() ? "[" + host + "]" : host) + ":" + std::to_string(e.port());
+  asio::ip::address address = e.address();
+  // A dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d; log them as what they are.
+  if (address.is_v6() && address.to_v6().is_v4_mapped()) {
+    address = asio::ip::make_address_v4(asio::ip::v4_mapped, address.to_v6());
+  }
+  const std::string host = address.to_string();
+  return (address.is_v6() ? "[" + host + "]" : host) + ":" + std::to_string(e.port());
+}
+
+// The peer closed the TCP connection without a TLS close_notify: an agent that stopped or
+// crashed. Normal enough not to log as a failure.
+bool peer_closed(const std::error_code& ec) {
+  return ec == asio::error::eof ||
+         (ec.category() == platform::tls::mbedtls_category() && ec.value() == MBEDTLS_ERR_SSL_CONN_EOF);
 }
 
 std::vector<std::uint8_t> ack_frame(std::uint64_t seq, wire::AckStatus status, const std::string& reason) {
@@ -218,7 +233,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
       return;
     }
     if (ec) {
-      if (ec != asio::error::eof) {
+      if (peer_closed(ec)) {
+        log(LogLevel::kDebug, "%s (%s): closed by the agent", peer_.c_str(), cn_.c_str());
+      } else {
         log(LogLevel::kInfo, "%s (%s): connection ended: %s", peer_.c_str(), cn_.c_str(),
             ec.message().c_str());
       }

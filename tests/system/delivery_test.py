@@ -86,22 +86,22 @@ class World:
         self.collector = None
         self.procs = []
 
-    def start_collector(self, *extra):
+    def start_collector(self, *extra, listen=None):
+        listen = listen or f"127.0.0.1:{self.port}"
         self.collector = Proc("collector", [ARGS.collector, "serve", "--db", self.db, "--region", REGION, "--ca",
                                             f"{self.pki}/ca.crt", "--cert", f"{self.pki}/collector.crt", "--key",
-                                            f"{self.pki}/collector.key", "--listen", f"127.0.0.1:{self.port}",
-                                            *extra], self.dir)
+                                            f"{self.pki}/collector.key", "--listen", listen, *extra], self.dir)
         self.procs.append(self.collector)
         wait_for(lambda: "listening on" in self.collector.text(), 30, "the collector to listen")
         return self.collector
 
-    def start_agent(self, agent_id, cert=None, region=REGION, spool=None, extra=()):
+    def start_agent(self, agent_id, cert=None, region=REGION, spool=None, extra=(), collector_host="127.0.0.1"):
         cert = cert or agent_id
         spool = spool or os.path.join(self.dir, f"spool-{agent_id}")
         argv = [ARGS.agent, "--no-reflector", "--interval", "0.3", "--load-interval", "0.1", "--agent-id", agent_id,
                 "--region", region, "--pop", agent_id, "--ca", f"{self.pki}/ca.crt", "--cert",
                 f"{self.pki}/{cert}.crt", "--key", f"{self.pki}/{cert}.key", "--spool", spool, "--collector",
-                f"127.0.0.1:{self.port}", "--drain", "20", *extra]
+                f"{collector_host}:{self.port}", "--drain", "20", *extra]
         p = Proc(f"agent-{agent_id}", argv, self.dir)
         self.procs.append(p)
         return p
@@ -324,7 +324,23 @@ def scenario_refusals(world):
     return "refused/closed: " + ", ".join(results) + f"; a2 meanwhile delivered 1..{n} exactly once"
 
 
+def scenario_dual_stack(world):
+    """One collector listener on [::] serves agents arriving over IPv4 and over IPv6."""
+    world.start_collector(listen=f"[::]:{world.port}")
+    a1 = world.start_agent("a1", collector_host="127.0.0.1")
+    a2 = world.start_agent("a2", collector_host="[::1]")
+    wait_for(lambda: len(world.seqs("a1")) >= 3 and len(world.seqs("a2")) >= 3, 60, "batches over both families")
+    assert a1.stop() == 0 and a2.stop() == 0
+    n1 = assert_complete(world, a1, "a1")
+    n2 = assert_complete(world, a2, "a2")
+    text = world.collector.text()
+    assert re.search(r"127\.0\.0\.1:\d+: agent a1", text) and re.search(r"\[::1\]:\d+: agent a2", text), text[-1500:]
+    world.collector.stop()
+    return f"listener [::]: a1 over IPv4 delivered 1..{n1}, a2 over IPv6 delivered 1..{n2}"
+
+
 SCENARIOS = {
+    "dual-stack": scenario_dual_stack,
     "collector-kill9": scenario_collector_kill9,
     "outage-and-bound": scenario_outage_and_bound,
     "agent-kill9": scenario_agent_kill9,

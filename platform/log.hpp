@@ -1,8 +1,11 @@
 // Log lines on stderr with sd-daemon priority prefixes ("<3>" error ... "<7>" debug), which
-// journald turns into log levels; plain text on a terminal otherwise.
+// journald turns into log levels; identical lines repeated in a burst are rate-limited.
 #pragma once
 
+#include <chrono>
 #include <cstdarg>
+#include <optional>
+#include <string_view>
 
 namespace vantage::platform {
 
@@ -13,7 +16,24 @@ void set_log_identity(const char* name) noexcept;
 // Lines above this level are not written (default kInfo).
 void set_log_level(LogLevel level) noexcept;
 
+// "debug", "info", "notice", "warning" or "error" (any case), e.g. from the config file or a
+// command-line flag; nullopt for anything else so the caller can say what is accepted.
+std::optional<LogLevel> parse_log_level(std::string_view name) noexcept;
+
+// At most `burst` copies of the same line (same level and text) are written per `window`; the
+// rest are counted, and once the window has passed one line reports them:
+//   <4>vantage-agent: suppressed 57 repeats of: collector 10.0.0.1:7400: connection refused
+// A misbehaving peer thus cannot flood the journal. burst 0 turns the limit off.
+// Defaults: 10 per 10 s.
+void set_log_rate_limit(unsigned burst, std::chrono::milliseconds window) noexcept;
+
+// Writes the "suppressed N repeats" lines whose window has passed. log() does this on every
+// call; call it from a periodic tick (and before exit) so a burst that was followed by silence
+// is still reported.
+void flush_log_suppressions() noexcept;
+
 // One line, written with a single write(2) so lines from different threads never interleave.
+// Thread-safe.
 [[gnu::format(printf, 2, 3)]] void log(LogLevel level, const char* format, ...) noexcept;
 
 }  // namespace vantage::platform

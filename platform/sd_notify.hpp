@@ -12,7 +12,7 @@ enum class NotifyOutcome : int {
   kSent,             // one datagram went to the service manager
   kNotUnderSystemd,  // NOTIFY_SOCKET is unset or empty: nothing to tell, not an error
   kBadAddress,       // NOTIFY_SOCKET is not an absolute path or '@' abstract name, or too long
-  kSocketError,      // socket(2) or sendmsg(2) failed; see error
+  kSocketError,      // socket(2) or sendto(2) failed; see error
 };
 
 struct NotifyResult {
@@ -31,8 +31,12 @@ NotifyResult sd_notify(std::string_view state) noexcept;
 NotifyResult sd_notify_ready() noexcept;                        // READY=1
 NotifyResult sd_notify_status(std::string_view text) noexcept;  // STATUS=<text> (one line)
 NotifyResult sd_notify_watchdog() noexcept;                     // WATCHDOG=1
-NotifyResult sd_notify_reloading() noexcept;                    // RELOADING=1 + MONOTONIC_USEC
 NotifyResult sd_notify_stopping() noexcept;                     // STOPPING=1
+
+// RELOADING=1 + MONOTONIC_USEC, on SIGHUP before re-reading the config. systemd shows the unit
+// as reloading until the next READY=1, so send sd_notify_ready() once the reload is done,
+// whether or not the new config was accepted.
+NotifyResult sd_notify_reloading() noexcept;
 
 // The service's watchdog timeout from WATCHDOG_USEC, when systemd enabled one for this process
 // (WATCHDOG_PID, when set, must be getpid()). nullopt when unset, zero, malformed or not ours.

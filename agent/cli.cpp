@@ -118,6 +118,7 @@ const char* usage_text() noexcept {
          "  --spool-max-kb N      spool bound in KiB (default 65536); the oldest batches go first\n"
          "  --fsync every|MS      fsync each batch, or every MS milliseconds (default 1000)\n"
          "  --drain SECONDS       on stop, wait this long for acks (default 5)\n"
+         "  --reconnect-max SECONDS  longest reconnect backoff (default 30; full jitter below it)\n"
          "other:\n"
          "  --reflector ADDR:PORT answer peers' probes there (default [::]:8627; off with --once)\n"
          "  --no-reflector        answer nobody's probes\n"
@@ -286,6 +287,13 @@ ParsedArgs parse_args(const std::vector<std::string_view>& args) {
       } else {
         return fail("--fsync: expected 'every' or milliseconds > 0");
       }
+    } else if (arg == "--reconnect-max") {
+      double seconds = 0;
+      if (!value(v) || !parse_seconds(v, seconds, false)) {
+        return fail("--reconnect-max: expected seconds > 0");
+      }
+      ship.backoff_max = std::chrono::milliseconds(std::max<long long>(1, std::llround(seconds * 1e3)));
+      ship.backoff_initial = std::min(ship.backoff_initial, ship.backoff_max);
     } else if (arg == "--drain") {
       double seconds = 0;
       if (!value(v) || !parse_seconds(v, seconds, true)) {

@@ -463,12 +463,21 @@ void Shipper::stop(std::chrono::milliseconds drain) {
     return;
   }
   const auto deadline = Clock::now() + drain;
-  // Wait for the acks while connected; a disconnected agent does not hold up its shutdown.
+  // Drain: wait (bounded) until the collector holds everything spooled. A shipper waiting out a
+  // reconnect backoff tries once more right away rather than giving up or sleeping through it.
+  if (drain.count() > 0) {
+    asio::post(s.io, [&s] {
+      if (!s.ready && s.spool.acked_seq() + 1 < s.spool.next_seq() && !s.connecting && !s.stream) {
+        ++s.generation;
+        s.timer.cancel();
+        s.connect();
+      }
+    });
+  }
   for (;;) {
     std::promise<bool> done;
     auto answer = done.get_future();
-    asio::post(s.io,
-               [&s, &done] { done.set_value(!s.ready || s.spool.acked_seq() + 1 >= s.spool.next_seq()); });
+    asio::post(s.io, [&s, &done] { done.set_value(s.spool.acked_seq() + 1 >= s.spool.next_seq()); });
     if (answer.get() || Clock::now() >= deadline) {
       break;
     }

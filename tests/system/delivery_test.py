@@ -101,7 +101,7 @@ class World:
         argv = [ARGS.agent, "--no-reflector", "--interval", "0.3", "--load-interval", "0.1", "--agent-id", agent_id,
                 "--region", region, "--pop", agent_id, "--ca", f"{self.pki}/ca.crt", "--cert",
                 f"{self.pki}/{cert}.crt", "--key", f"{self.pki}/{cert}.key", "--spool", spool, "--collector",
-                f"{collector_host}:{self.port}", "--drain", "20", *extra]
+                f"{collector_host}:{self.port}", "--drain", "20", "--reconnect-max", "1", *extra]
         p = Proc(f"agent-{agent_id}", argv, self.dir)
         self.procs.append(p)
         return p
@@ -173,7 +173,7 @@ def scenario_outage_and_bound(world):
         rss.append(a1.rss_kib())
         time.sleep(0.2)
     world.start_collector()
-    wait_for(lambda: len(world.seqs("a1")) >= 20, 60, "a1's spooled batches")
+    wait_for(lambda: len(world.seqs("a1")) >= 20 and len(world.seqs("a2")) > 0, 60, "both agents' spooled batches")
     time.sleep(1)
     assert a1.stop() == 0 and a2.stop() == 0
     n1 = assert_complete(world, a1, "a1")
@@ -189,9 +189,19 @@ def scenario_outage_and_bound(world):
     gap = seqs[0] - 1
     assert gap <= dropped <= gap + 2, f"the batches report {dropped} dropped, the store starts at seq {seqs[0]}"
     world.collector.stop()
-    bound = 64 * 1024 if ARGS.emulator else 32 * 1024
-    assert max(rss) < bound, f"agent RSS {max(rss)} KiB during the outage (bound {bound} KiB)"
-    return (f"a1 spooled through a 6 s outage, delivered 1..{n1}, RSS peak {max(rss)} KiB; a2 (16 KiB spool) "
+    # The spool is on disk: memory must not grow with the outage. The first second is start-up;
+    # from then on RSS stays flat. (The absolute figure depends on the build: a sanitizer's
+    # shadow memory or an emulator's own footprint are counted too.)
+    settled = rss[5:]
+    growth = max(settled) - settled[0]
+    # ASan's quarantine holds freed memory for a while, so a sanitized agent grows without leaking.
+    with open(ARGS.agent, "rb") as f:
+        sanitized = b"__asan_init" in f.read()
+    allowed = 16384 if sanitized else 2048
+    assert growth < allowed, f"agent RSS grew by {growth} KiB during the outage: {settled}"
+    assert max(rss) < 128 * 1024, f"agent RSS {max(rss)} KiB during the outage"
+    return (f"a1 spooled through a 6 s outage, delivered 1..{n1}, RSS peak {max(rss)} KiB, "
+            f"growth after start-up {growth} KiB; a2 (16 KiB spool) "
             f"dropped the oldest {dropped} and delivered {seqs[0]}..{acked}, the drop count reached the store")
 
 

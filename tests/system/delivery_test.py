@@ -95,13 +95,16 @@ class World:
         wait_for(lambda: "listening on" in self.collector.text(), 30, "the collector to listen")
         return self.collector
 
-    def start_agent(self, agent_id, cert=None, region=REGION, spool=None, extra=(), collector_host="127.0.0.1"):
+    def start_agent(self, agent_id, cert=None, region=REGION, spool=None, extra=(), collector_host="127.0.0.1",
+                    collectors=None):
         cert = cert or agent_id
         spool = spool or os.path.join(self.dir, f"spool-{agent_id}")
         argv = [ARGS.agent, "--no-reflector", "--interval", "0.3", "--load-interval", "0.1", "--agent-id", agent_id,
                 "--region", region, "--pop", agent_id, "--ca", f"{self.pki}/ca.crt", "--cert",
-                f"{self.pki}/{cert}.crt", "--key", f"{self.pki}/{cert}.key", "--spool", spool, "--collector",
-                f"{collector_host}:{self.port}", "--drain", "20", "--reconnect-max", "1", *extra]
+                f"{self.pki}/{cert}.crt", "--key", f"{self.pki}/{cert}.key", "--spool", spool, "--drain", "20",
+                "--reconnect-max", "1", *extra]
+        for c in collectors or [f"{collector_host}:{self.port}"]:
+            argv += ["--collector", c]
         p = Proc(f"agent-{agent_id}", argv, self.dir)
         self.procs.append(p)
         return p
@@ -349,7 +352,30 @@ def scenario_dual_stack(world):
     return f"listener [::]: a1 over IPv4 delivered 1..{n1}, a2 over IPv6 delivered 1..{n2}"
 
 
+def scenario_failover_and_cap(world):
+    """An agent whose first collector is down fails over to the next one; a collector at its
+    connection cap turns a second agent away without disturbing the first."""
+    world.start_collector("--max-connections", "1")
+    dead = f"127.0.0.1:{free_port()}"
+    a1 = world.start_agent("a1", collectors=[dead, f"127.0.0.1:{world.port}"])
+    wait_for(lambda: len(world.seqs("a1")) >= 3, 60, "a1's batches through its second collector")
+    a2 = world.start_agent("a2")
+    wait_for(lambda: "connection limit (1) reached" in world.collector.text(), 30, "the connection cap")
+    time.sleep(1)
+    assert world.seqs("a2") == [], "a second connection got past a cap of 1"
+    assert a1.stop() == 0
+    n1 = assert_complete(world, a1, "a1")
+    assert f"connect to {dead}" in a1.text(), "a1 never tried its first collector"
+    # With a1 gone there is room: a2 gets in and delivers everything it spooled meanwhile.
+    wait_for(lambda: len(world.seqs("a2")) >= 3, 60, "a2 after a1 left")
+    assert a2.stop() == 0
+    n2 = assert_complete(world, a2, "a2")
+    world.collector.stop()
+    return f"a1 failed over from a dead address and delivered 1..{n1}; a2 was capped out, then delivered 1..{n2}"
+
+
 SCENARIOS = {
+    "failover-and-cap": scenario_failover_and_cap,
     "dual-stack": scenario_dual_stack,
     "collector-kill9": scenario_collector_kill9,
     "outage-and-bound": scenario_outage_and_bound,

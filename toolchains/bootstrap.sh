@@ -27,11 +27,12 @@ as_root() {
 # tests; iproute2 makes the network namespaces; irtt and collectd-core are the peers that
 # bench/ measures the agent against (liboping0: collectd's ping plugin, only Recommended).
 # libsqlite3-dev is the collector's store on the host; the cross targets get theirs below.
+# libtomlplusplus-dev (config files) is used header-only, so the cross targets need no .so of it.
 host_packages=(
   build-essential cmake ninja-build pkg-config file dpkg-dev ca-certificates
   g++-aarch64-linux-gnu g++-arm-linux-gnueabihf qemu-user-static
   libasio-dev flatbuffers-compiler libflatbuffers-dev doctest-dev
-  libboost-dev libreaderwriterqueue-dev libsqlite3-dev
+  libboost-dev libreaderwriterqueue-dev libsqlite3-dev libtomlplusplus-dev
   python3 iproute2 irtt collectd-core liboping0
   clang-14 libclang-rt-14-dev openssl
 )

@@ -1,0 +1,423 @@
+#include "agent/config.hpp"
+
+#include <asio/ip/address.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <string_view>
+
+namespace vantage::agent {
+
+namespace {
+
+namespace cfg = platform::config;
+using cfg::kAlways;
+using cfg::Kind;
+using cfg::Value;
+using probes::ProbeProtocol;
+
+constexpr std::string_view kWithCollectors = "when collectors are set";
+
+struct TargetDraft {
+  std::string key;  // "targets[2]"
+  std::uint32_t line = 0;
+  std::string name;
+  std::uint32_t name_line = 0;
+  std::string protocol;
+  std::string host;
+  std::uint32_t host_line = 0;
+  std::optional<std::uint16_t> port;
+  std::uint32_t port_line = 0;
+  double rate_per_s = 1.0;
+  double timeout_ms = 1000.0;
+  std::size_t size = 0;
+  std::uint8_t dscp = 0;
+};
+
+struct CollectorsDraft {
+  std::string key;  // "collectors[0]"
+  std::uint32_t line = 0;
+  std::string region;
+  std::uint32_t region_line = 0;
+  std::vector<std::string> addresses;
+};
+
+// What the file says, on top of the command line's defaults; lines are kept where a check
+// across keys may need to point at them.
+struct Draft {
+  AgentOptions options;
+  ship::ShipperConfig ship;
+  std::vector<TargetDraft> targets;
+  std::vector<CollectorsDraft> collectors;
+  bool allow_cross_region = false;
+  bool reflector_enabled = true;
+  std::optional<std::uint32_t> reflector_rate;
+  std::optional<std::uint64_t> spool_max_kb;
+  platform::LogLevel log_level = platform::LogLevel::kInfo;
+};
+
+std::chrono::nanoseconds seconds_to_ns(double seconds) {
+  return std::chrono::nanoseconds(std::llround(seconds * 1e9));
+}
+
+bool fsync_value(const Value& v) {
+  return v.is_text() ? v.text() == "every" : cfg::integer_in<1, 3'600'000>(v);
+}
+
+// The one table: parsing, validation and the reference docs all come from it.
+const cfg::Key<Draft> kKeys[] = {
+    {"identity.agent_id", Kind::kString, "", kWithCollectors, "a name without spaces (1..64 characters)",
+     "This agent's id; must equal the subject CN of its certificate (tls.cert).", cfg::token,
+     [](Draft& d, const Value& v) { d.ship.identity.agent_id = v.text(); }},
+    {"identity.region", Kind::kString, "", kWithCollectors, "a name without spaces (1..64 characters)",
+     "The region this agent's data belongs to (data residency), e.g. eu-central.", cfg::token,
+     [](Draft& d, const Value& v) { d.ship.identity.region = v.text(); }},
+    {"identity.pop", Kind::kString, "", kWithCollectors, "a name without spaces (1..64 characters)",
+     "The PoP this agent runs in, e.g. fra1.", cfg::token,
+     [](Draft& d, const Value& v) { d.ship.identity.pop = v.text(); }},
+
+    {"collectors[]", Kind::kTableArray, "", "", "an array of tables ([[collectors]])",
+     "The collectors of one region. Reports ship to those of identity.region, in order, failing over to the "
+     "next; other regions' come after them only with delivery.allow_cross_region. Without any, nothing is "
+     "shipped.",
+     nullptr,
+     [](Draft& d, const Value& v) {
+       d.collectors.emplace_back();
+       d.collectors.back().key = v.key;
+       d.collectors.back().line = v.line;
+     }},
+    {"collectors[].region", Kind::kString, "", kAlways, "a name without spaces (1..64 characters)",
+     "The region these collectors serve.", cfg::token,
+     [](Draft& d, const Value& v) {
+       d.collectors.back().region = v.text();
+       d.collectors.back().region_line = v.line;
+     }},
+    {"collectors[].addresses", Kind::kStringList, "", kAlways,
+     "\"HOST:PORT\" (a name or an IP address; IPv6 in brackets)",
+     "Tried in this order; after a failure the next one, wrapping around.", cfg::host_port,
+     [](Draft& d, const Value& v) { d.collectors.back().addresses = v.strings(); }},
+
+    {"delivery.allow_cross_region", Kind::kBoolean, "false", "", "true or false",
+     "Fall back to other regions' collectors when all of this region's fail. Off by default: it sends "
+     "this region's data to another region.",
+     nullptr, [](Draft& d, const Value& v) { d.allow_cross_region = v.boolean(); }},
+    {"delivery.drain", Kind::kNumber, "5", "", "seconds in [0, 10000000]",
+     "On stop, how long to wait for the collector to ack what is spooled.", cfg::number_in<0.0, 1e7>,
+     [](Draft& d, const Value& v) {
+       d.options.drain = std::chrono::milliseconds(std::llround(v.number() * 1e3));
+     }},
+
+    {"tls.ca", Kind::kString, "", kWithCollectors, "a file path (PEM)",
+     "The only CA whose collector certificates are trusted.", cfg::non_empty_text,
+     [](Draft& d, const Value& v) { d.ship.tls.ca_file = v.text(); }},
+    {"tls.cert", Kind::kString, "", kWithCollectors, "a file path (PEM)",
+     "This agent's certificate (leaf first); its subject CN is identity.agent_id.", cfg::non_empty_text,
+     [](Draft& d, const Value& v) { d.ship.tls.cert_file = v.text(); }},
+    {"tls.key", Kind::kString, "", kWithCollectors, "a file path (PEM)", "The private key of tls.cert.",
+     cfg::non_empty_text, [](Draft& d, const Value& v) { d.ship.tls.key_file = v.text(); }},
+
+    {"spool.dir", Kind::kString, "\"/var/lib/vantage-agent/spool\"", "", "a directory path",
+     "Where batches wait for their ack; created if missing.", cfg::non_empty_text,
+     [](Draft& d, const Value& v) { d.ship.spool.dir = v.text(); }},
+    {"spool.max_kb", Kind::kInteger, "65536", "", "KiB, an integer in 16..1073741824",
+     "The spool's bound; when full, the oldest batches are dropped (and counted).",
+     cfg::integer_in<16, std::int64_t{1} << 30>,
+     [](Draft& d, const Value& v) { d.spool_max_kb = static_cast<std::uint64_t>(v.integer()); }},
+    {"spool.fsync", Kind::kStringOrInteger, "1000", "", "\"every\" or milliseconds in 1..3600000",
+     "Sync each batch to disk before sending it, or every so many milliseconds.", fsync_value,
+     [](Draft& d, const Value& v) {
+       if (v.is_text()) {
+         d.ship.spool.fsync = ship::SpoolConfig::Fsync::kEveryRecord;
+       } else {
+         d.ship.spool.fsync = ship::SpoolConfig::Fsync::kInterval;
+         d.ship.spool.fsync_interval = std::chrono::milliseconds(v.integer());
+       }
+     }},
+
+    {"targets[]", Kind::kTableArray, "", "", "an array of tables ([[targets]])", "What this agent probes.",
+     nullptr,
+     [](Draft& d, const Value& v) {
+       d.targets.emplace_back();
+       d.targets.back().key = v.key;
+       d.targets.back().line = v.line;
+     }},
+    {"targets[].name", Kind::kString, "", "", "a name without spaces (1..64 characters)",
+     "The target's label in reports; unique. Default: its address, e.g. 192.0.2.1:8627.", cfg::token,
+     [](Draft& d, const Value& v) {
+       d.targets.back().name = v.text();
+       d.targets.back().name_line = v.line;
+     }},
+    {"targets[].protocol", Kind::kString, "", kAlways, "\"udp\", \"tcp\" or \"icmp\"",
+     "UDP echo against a Vantage reflector, TCP connect time, or ICMP echo.",
+     [](const Value& v) {
+       return cfg::one_of(v, {"udp", "tcp", "icmp"});
+     },
+     [](Draft& d, const Value& v) { d.targets.back().protocol = v.text(); }},
+    {"targets[].host", Kind::kString, "", kAlways, "an IP address or a host name",
+     "A name is resolved when the config is loaded (the first address).", cfg::host,
+     [](Draft& d, const Value& v) {
+       d.targets.back().host = v.text();
+       d.targets.back().host_line = v.line;
+     }},
+    {"targets[].port", Kind::kInteger, "8627", "", "an integer in 1..65535",
+     "UDP: the reflector's port (default 8627); TCP: required; ICMP: not allowed.", cfg::integer_in<1, 65535>,
+     [](Draft& d, const Value& v) {
+       d.targets.back().port = static_cast<std::uint16_t>(v.integer());
+       d.targets.back().port_line = v.line;
+     }},
+    {"targets[].rate", Kind::kNumber, "1", "", "a number in (0, 1000]", "Probes per second.",
+     cfg::number_above_at_most<0.0, 1000.0>,
+     [](Draft& d, const Value& v) { d.targets.back().rate_per_s = v.number(); }},
+    {"targets[].timeout_ms", Kind::kNumber, "1000", "", "a number in (0, 60000]",
+     "A reply later than this many milliseconds counts as lost.", cfg::number_above_at_most<0.0, 60000.0>,
+     [](Draft& d, const Value& v) { d.targets.back().timeout_ms = v.number(); }},
+    {"targets[].size", Kind::kInteger, "", "", "bytes, an integer in 1..8972",
+     "UDP/ICMP payload size. Default: 64 for UDP (the probe header), 56 for ICMP.", cfg::integer_in<1, 8972>,
+     [](Draft& d, const Value& v) { d.targets.back().size = static_cast<std::size_t>(v.integer()); }},
+    {"targets[].dscp", Kind::kInteger, "0", "", "an integer in 0..63", "DSCP of the probes.",
+     cfg::integer_in<0, 63>,
+     [](Draft& d, const Value& v) { d.targets.back().dscp = static_cast<std::uint8_t>(v.integer()); }},
+
+    {"reflector.enabled", Kind::kBoolean, "true", "", "true or false",
+     "Answer peers' UDP echo probes (the other end of their udp targets).", nullptr,
+     [](Draft& d, const Value& v) { d.reflector_enabled = v.boolean(); }},
+    {"reflector.bind", Kind::kString, "\"::\"", "", "an IP address",
+     "The address to listen on; \"::\" serves IPv4 and IPv6.", cfg::ip_address,
+     [](Draft& d, const Value& v) { d.options.measurement.reflector->bind_address = v.text(); }},
+    {"reflector.port", Kind::kInteger, "8627", "", "an integer in 1..65535", "The UDP port to listen on.",
+     cfg::integer_in<1, 65535>,
+     [](Draft& d, const Value& v) {
+       d.options.measurement.reflector->port = static_cast<std::uint16_t>(v.integer());
+     }},
+    {"reflector.rate", Kind::kInteger, "100", "", "an integer in 1..1000000",
+     "Probes per second answered per source address; the rest are dropped (and counted).",
+     cfg::integer_in<1, 1'000'000>,
+     [](Draft& d, const Value& v) { d.reflector_rate = static_cast<std::uint32_t>(v.integer()); }},
+
+    {"measurement.report_interval", Kind::kNumber, "10", "", "seconds in (0, 10000000]",
+     "One report (and one batch to the collector) per interval.", cfg::number_above_at_most<0.0, 1e7>,
+     [](Draft& d, const Value& v) { d.options.measurement.report_interval = seconds_to_ns(v.number()); }},
+    {"measurement.load_interval", Kind::kNumber, "1", "", "seconds in [0, 10000000]",
+     "Host load sampling period; 0 turns the sampler off.", cfg::number_in<0.0, 1e7>,
+     [](Draft& d, const Value& v) { d.options.measurement.load_interval = seconds_to_ns(v.number()); }},
+    {"measurement.host_root", Kind::kString, "\"/\"", "", "a directory path",
+     "Read /proc and /sys under this directory (a container's view of its host).", cfg::non_empty_text,
+     [](Draft& d, const Value& v) { d.options.measurement.host_root = v.text(); }},
+    {"measurement.kernel_timestamps", Kind::kBoolean, "true", "", "true or false",
+     "Take receive times from the kernel where the socket allows; false: in user space.", nullptr,
+     [](Draft& d, const Value& v) { d.options.measurement.kernel_timestamps = v.boolean(); }},
+    {"measurement.icmp_socket", Kind::kString, "\"auto\"", "", "\"auto\", \"dgram\" or \"raw\"",
+     "ICMP socket kind: dgram needs net.ipv4.ping_group_range, raw needs CAP_NET_RAW; auto tries both.",
+     [](const Value& v) {
+       return cfg::one_of(v, {"auto", "dgram", "raw"});
+     },
+     [](Draft& d, const Value& v) {
+       d.options.measurement.icmp_mode = v.text() == "dgram" ? probes::IcmpSocketMode::kDgram
+                                         : v.text() == "raw" ? probes::IcmpSocketMode::kRaw
+                                                             : probes::IcmpSocketMode::kAuto;
+     }},
+
+    {"log.level", Kind::kString, "\"info\"", "", "\"error\", \"warning\", \"notice\", \"info\" or \"debug\"",
+     "Lines above this level are not logged.",
+     [](const Value& v) {
+       return cfg::one_of(v, {"error", "warning", "notice", "info", "debug"});
+     },
+     [](Draft& d, const Value& v) {
+       using platform::LogLevel;
+       d.log_level = v.text() == "error"     ? LogLevel::kError
+                     : v.text() == "warning" ? LogLevel::kWarning
+                     : v.text() == "notice"  ? LogLevel::kNotice
+                     : v.text() == "debug"   ? LogLevel::kDebug
+                                             : LogLevel::kInfo;
+     }},
+};
+
+ProbeProtocol protocol_of(std::string_view name) {
+  return name == "tcp"    ? ProbeProtocol::kTcpConnect
+         : name == "icmp" ? ProbeProtocol::kIcmpEcho
+                          : ProbeProtocol::kUdpEcho;
+}
+
+// Host names resolve exactly as on the command line: through parse_args itself (an ICMP
+// target takes a bare host), so both paths share one resolver and one error text.
+std::optional<asio::ip::address> resolve(const std::string& host, std::string& error) {
+  std::error_code ec;
+  const asio::ip::address literal = asio::ip::make_address(host, ec);
+  if (!ec) return literal;
+  const ParsedArgs parsed = parse_args({"--icmp", host});
+  if (!parsed.options || parsed.options->measurement.targets.empty()) {
+    constexpr std::string_view kPrefix = "--icmp: ";
+    error = parsed.error.starts_with(kPrefix) ? parsed.error.substr(kPrefix.size()) : parsed.error;
+    return std::nullopt;
+  }
+  return parsed.options->measurement.targets.front().address;
+}
+
+void build_targets(Draft& d, cfg::Diagnostics& diagnostics) {
+  // Reports and the store key a target by its label: two alike would be one series. Names are
+  // checked first, whether or not the rest of their target is valid.
+  std::map<std::string, const TargetDraft*> labels;
+  for (const TargetDraft& t : d.targets) {
+    if (t.name.empty()) continue;
+    if (const auto [it, inserted] = labels.emplace(t.name, &t); !inserted) {
+      diagnostics.error(t.name_line, t.key + ".name",
+                        "duplicate name \"" + t.name + "\" (" + it->second->key + ", line " +
+                            std::to_string(it->second->name_line) + ")");
+    }
+  }
+  for (const TargetDraft& t : d.targets) {
+    if (t.protocol.empty() || t.host.empty()) continue;  // reported already
+    const ProbeProtocol protocol = protocol_of(t.protocol);
+    bool ok = true;
+    if (protocol == ProbeProtocol::kTcpConnect && !t.port) {
+      diagnostics.missing(t.key + ".port", "an integer in 1..65535 (a tcp target needs a port)");
+      ok = false;
+    }
+    if (protocol == ProbeProtocol::kIcmpEcho && t.port) {
+      diagnostics.error(t.port_line, t.key + ".port", "an icmp target has no port");
+      ok = false;
+    }
+    std::string error;
+    const std::optional<asio::ip::address> address = resolve(t.host, error);
+    if (!address) {
+      diagnostics.error(t.host_line, t.key + ".host", error);
+      ok = false;
+    }
+    if (!ok) continue;
+    ProbeTargetSpec spec;
+    spec.protocol = protocol;
+    spec.address = *address;
+    spec.port = protocol == ProbeProtocol::kUdpEcho      ? t.port.value_or(probes::kDefaultReflectorPort)
+                : protocol == ProbeProtocol::kTcpConnect ? *t.port
+                                                         : 0;
+    spec.label = t.name.empty() ? target_label(protocol, spec.address, spec.port) : t.name;
+    spec.rate_per_s = t.rate_per_s;
+    spec.timeout = std::chrono::nanoseconds(std::llround(t.timeout_ms * 1e6));
+    spec.payload_size = t.size;
+    spec.dscp = t.dscp;
+    if (t.name.empty()) {
+      if (const auto [it, inserted] = labels.emplace(spec.label, &t); !inserted) {
+        const TargetDraft& first = *it->second;
+        diagnostics.error(t.line, t.key,
+                          "label \"" + spec.label + "\" is already used by " + first.key + " (line " +
+                              std::to_string(first.line) + "); give one of them a name");
+        continue;
+      }
+    }
+    d.options.measurement.targets.push_back(std::move(spec));
+  }
+}
+
+void build_shipping(Draft& d, cfg::Diagnostics& diagnostics) {
+  if (d.collectors.empty()) return;
+  ship::ShipperConfig& ship = d.ship;
+  bool complete = true;
+  for (const auto& [key, value] :
+       {std::pair{"identity.agent_id", &ship.identity.agent_id},
+        std::pair{"identity.region", &ship.identity.region}, std::pair{"identity.pop", &ship.identity.pop},
+        std::pair{"tls.ca", &ship.tls.ca_file}, std::pair{"tls.cert", &ship.tls.cert_file},
+        std::pair{"tls.key", &ship.tls.key_file}}) {
+    if (value->empty()) {
+      complete = false;
+      if (diagnostics.has(key)) continue;  // there, with a bad value: reported as that
+      for (const auto& k : kKeys) {
+        if (k.path == key) {
+          diagnostics.missing(key, std::string(k.expected) + " (required " + std::string(k.required) + ")");
+        }
+      }
+    }
+  }
+  std::map<std::string, const CollectorsDraft*> regions;
+  for (const CollectorsDraft& c : d.collectors) {
+    if (c.region.empty()) continue;
+    if (const auto [it, inserted] = regions.emplace(c.region, &c); !inserted) {
+      diagnostics.error(c.region_line, c.key + ".region",
+                        "duplicate region \"" + c.region + "\" (" + it->second->key + ", line " +
+                            std::to_string(it->second->region_line) + ")");
+    }
+  }
+  if (!complete) return;
+  const auto own = regions.find(ship.identity.region);
+  if (own == regions.end()) {
+    diagnostics.error(
+        d.collectors.front().line, "collectors",
+        "no [[collectors]] for this agent's region \"" + ship.identity.region + "\" (identity.region)");
+    return;
+  }
+  auto add = [&](const CollectorsDraft& c) {
+    for (const std::string& text : c.addresses) {
+      ship::CollectorAddress address;
+      (void)cfg::split_host_port(text, address.host, address.port);  // checked by the table
+      ship.collectors.push_back(std::move(address));
+    }
+  };
+  add(*own->second);
+  if (d.allow_cross_region) {
+    for (const CollectorsDraft& c : d.collectors) {
+      if (c.region != ship.identity.region) add(c);
+    }
+  }
+}
+
+}  // namespace
+
+std::vector<platform::config::KeyInfo> config_keys() {
+  return cfg::key_infos(std::span<const cfg::Key<Draft>>(kKeys));
+}
+
+std::string config_reference_markdown() { return cfg::render_markdown(config_keys()); }
+
+AgentConfig load_config(const std::filesystem::path& file) {
+  Draft d;
+  // The command line with no arguments is the default configuration.
+  d.options = *parse_args({}).options;
+  d.ship.spool.dir = "/var/lib/vantage-agent/spool";
+  cfg::Diagnostics diagnostics(file.string());
+  cfg::load(file, std::span<const cfg::Key<Draft>>(kKeys), d, diagnostics);
+  build_targets(d, diagnostics);
+  build_shipping(d, diagnostics);
+
+  AgentConfig result;
+  result.log_level = d.log_level;
+  if (!diagnostics.empty()) {
+    result.errors = diagnostics.errors();
+    return result;
+  }
+  MeasurementConfig& m = d.options.measurement;
+  if (!d.reflector_enabled) {
+    m.reflector.reset();
+  } else {
+    m.reflector->kernel_timestamps = m.kernel_timestamps;
+    if (d.reflector_rate) {
+      // As the command line: a fifth of a second's worth of burst, never less than the default's.
+      m.reflector->rate_limit = {
+          .rate_per_s = *d.reflector_rate,
+          .burst = std::max<std::uint32_t>(m.reflector->rate_limit.burst, *d.reflector_rate / 5)};
+    }
+  }
+  ship::ShipperConfig& ship = d.ship;
+  if (d.spool_max_kb) {
+    // As the command line's --spool-max-kb: records and segments shrink with a small bound.
+    ship.spool.max_bytes = *d.spool_max_kb << 10;
+    ship.spool.max_record_bytes = static_cast<std::uint32_t>(
+        std::min<std::uint64_t>(ship.spool.max_record_bytes, ship.spool.max_bytes / 2));
+    ship.spool.segment_bytes = std::min<std::uint64_t>(
+        ship.spool.segment_bytes, std::max<std::uint64_t>(ship.spool.max_bytes / 8, 4 << 10));
+  }
+  if (!ship.collectors.empty()) {
+    std::uint64_t capabilities = ship::kCapabilityHostLoad;
+    for (const ProbeTargetSpec& t : m.targets) {
+      capabilities |= t.protocol == ProbeProtocol::kUdpEcho      ? ship::kCapabilityUdpEcho
+                      : t.protocol == ProbeProtocol::kTcpConnect ? ship::kCapabilityTcpConnect
+                                                                 : ship::kCapabilityIcmp;
+    }
+    if (m.reflector) capabilities |= ship::kCapabilityReflector;
+    ship.capabilities = capabilities;
+    d.options.shipping = std::move(ship);
+  }
+  result.options = std::move(d.options);
+  return result;
+}
+
+}  // namespace vantage::agent

@@ -1,0 +1,132 @@
+#include "collector/config.hpp"
+
+#include <set>
+#include <span>
+#include <string_view>
+
+namespace vantage::collector {
+
+namespace {
+
+namespace cfg = platform::config;
+using cfg::kAlways;
+using cfg::Kind;
+using cfg::Value;
+
+struct Draft {
+  IngestConfig config;
+  platform::LogLevel log_level = platform::LogLevel::kInfo;
+};
+
+// Listeners bind, so they take addresses, not names.
+bool endpoint(const Value& v) {
+  std::string host;
+  std::uint16_t port = 0;
+  return v.is_text() && cfg::split_host_port(v.text(), host, port) && cfg::ip_address(Value{host, {}, 0});
+}
+
+asio::ip::tcp::endpoint to_endpoint(const std::string& text) {
+  std::string host;
+  std::uint16_t port = 0;
+  (void)cfg::split_host_port(text, host, port);  // checked by the table
+  return {asio::ip::make_address(host), port};
+}
+
+// Duplicates would fail at bind time (listen) or hide a typo (regions): report them here.
+void unique(const Value& v, cfg::Diagnostics& diagnostics) {
+  std::set<std::string_view> seen;
+  for (std::size_t i = 0; i < v.strings().size(); ++i) {
+    if (!seen.insert(v.strings()[i]).second) {
+      diagnostics.error(v.line, v.key + "[" + std::to_string(i) + "]",
+                        "duplicate \"" + v.strings()[i] + "\"");
+    }
+  }
+}
+
+// The one table: parsing, validation and the reference docs all come from it.
+const cfg::Key<Draft> kKeys[] = {
+    {"ingest.listen", Kind::kStringList, "[\"[::]:7443\"]", "",
+     "\"ADDR:PORT\" (an IP address; IPv6 in brackets)",
+     "One listener each; \"[::]:PORT\" serves IPv4 and IPv6.", endpoint,
+     [](Draft& d, const Value& v) {
+       d.config.listen.clear();
+       for (const std::string& text : v.strings()) d.config.listen.push_back(to_endpoint(text));
+     }},
+    {"ingest.regions", Kind::kStringList, "", kAlways, "a name without spaces (1..64 characters)",
+     "The regions served (data residency): an agent of any other region is refused.", cfg::token,
+     [](Draft& d, const Value& v) { d.config.regions = v.strings(); }},
+    {"ingest.max_connections", Kind::kInteger, "1024", "", "an integer in 1..1000000",
+     "Connections beyond this are closed at once (and counted).", cfg::integer_in<1, 1'000'000>,
+     [](Draft& d, const Value& v) { d.config.max_connections = static_cast<std::size_t>(v.integer()); }},
+    {"ingest.max_frame", Kind::kInteger, "4194304", "", "bytes, an integer in 4096..268435456",
+     "A frame announcing more than this closes its connection before anything is buffered.",
+     cfg::integer_in<4096, 268'435'456>,
+     [](Draft& d, const Value& v) { d.config.max_frame = static_cast<std::uint32_t>(v.integer()); }},
+    {"ingest.handshake_timeout_ms", Kind::kInteger, "10000", "", "milliseconds, an integer in 1..3600000",
+     "A TLS handshake not done by then is closed.", cfg::integer_in<1, 3'600'000>,
+     [](Draft& d, const Value& v) { d.config.handshake_timeout = std::chrono::milliseconds(v.integer()); }},
+    {"ingest.idle_timeout_ms", Kind::kInteger, "120000", "", "milliseconds, an integer in 1..86400000",
+     "A connection silent this long is closed; keep it well above the agents' report interval.",
+     cfg::integer_in<1, 86'400'000>,
+     [](Draft& d, const Value& v) { d.config.idle_timeout = std::chrono::milliseconds(v.integer()); }},
+
+    {"store.database", Kind::kString, "", kAlways, "a file path", "The SQLite database; created if missing.",
+     cfg::non_empty_text, [](Draft& d, const Value& v) { d.config.database = v.text(); }},
+
+    {"tls.ca", Kind::kString, "", kAlways, "a file path (PEM)",
+     "The only CA whose agent certificates are trusted.", cfg::non_empty_text,
+     [](Draft& d, const Value& v) { d.config.tls.ca_file = v.text(); }},
+    {"tls.cert", Kind::kString, "", kAlways, "a file path (PEM)",
+     "The collector's certificate (leaf first); its subjectAltName names what agents connect to.",
+     cfg::non_empty_text, [](Draft& d, const Value& v) { d.config.tls.cert_file = v.text(); }},
+    {"tls.key", Kind::kString, "", kAlways, "a file path (PEM)", "The private key of tls.cert.",
+     cfg::non_empty_text, [](Draft& d, const Value& v) { d.config.tls.key_file = v.text(); }},
+
+    {"log.level", Kind::kString, "\"info\"", "", "\"error\", \"warning\", \"notice\", \"info\" or \"debug\"",
+     "Lines above this level are not logged.",
+     [](const Value& v) {
+       return cfg::one_of(v, {"error", "warning", "notice", "info", "debug"});
+     },
+     [](Draft& d, const Value& v) {
+       using platform::LogLevel;
+       d.log_level = v.text() == "error"     ? LogLevel::kError
+                     : v.text() == "warning" ? LogLevel::kWarning
+                     : v.text() == "notice"  ? LogLevel::kNotice
+                     : v.text() == "debug"   ? LogLevel::kDebug
+                                             : LogLevel::kInfo;
+     }},
+};
+
+}  // namespace
+
+std::vector<platform::config::KeyInfo> config_keys() {
+  return cfg::key_infos(std::span<const cfg::Key<Draft>>(kKeys));
+}
+
+std::string config_reference_markdown() { return cfg::render_markdown(config_keys()); }
+
+CollectorConfig load_config(const std::filesystem::path& file) {
+  Draft d;
+  // The command line's default listener; the file's ingest.listen replaces it.
+  d.config.listen.emplace_back(asio::ip::address_v6::any(), 7443);
+  cfg::Diagnostics diagnostics(file.string());
+  // The duplicate checks need the raw lists with their lines; the table's apply stores them.
+  const std::vector<cfg::KeyInfo> infos = cfg::key_infos(std::span<const cfg::Key<Draft>>(kKeys));
+  cfg::parse_file(
+      file, infos,
+      [&](std::size_t i, const Value& v) {
+        if (infos[i].kind == Kind::kStringList) unique(v, diagnostics);
+        kKeys[i].apply(d, v);
+      },
+      diagnostics);
+  CollectorConfig result;
+  result.log_level = d.log_level;
+  if (!diagnostics.empty()) {
+    result.errors = diagnostics.errors();
+    return result;
+  }
+  result.options = std::move(d.config);
+  return result;
+}
+
+}  // namespace vantage::collector

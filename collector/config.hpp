@@ -1,0 +1,31 @@
+// vantage-collector's TOML config file: listeners, regions served, the store, TLS, limits and
+// logging. One key table parses, checks and documents it (collector/config.cpp); values the
+// file leaves out take the command line's defaults.
+#pragma once
+
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "collector/ingest_server.hpp"
+#include "platform/config_schema.hpp"
+#include "platform/log.hpp"
+
+namespace vantage::collector {
+
+struct CollectorConfig {
+  std::optional<IngestConfig> options;  // set exactly when errors is empty
+  platform::LogLevel log_level = platform::LogLevel::kInfo;
+  // Every problem found, in file order, one line each:
+  // "collector.toml:4: ingest.listen[1]: expected \"ADDR:PORT\" ..., got \"7443\"".
+  std::vector<std::string> errors;
+};
+
+CollectorConfig load_config(const std::filesystem::path& file);
+
+// The key table (for tests that hold the docs to it) and its Markdown reference.
+std::vector<platform::config::KeyInfo> config_keys();
+std::string config_reference_markdown();
+
+}  // namespace vantage::collector

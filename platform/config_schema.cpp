@@ -1,0 +1,431 @@
+#include "platform/config_schema.hpp"
+
+#include <arpa/inet.h>
+
+// toml++ is confined to this file: TOML_HEADER_ONLY and TOML_EXCEPTIONS=0 come from the build
+// (parse errors are values here, never exceptions).
+#include <toml++/toml.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <sstream>
+
+namespace vantage::platform::config {
+
+namespace {
+
+// The schema as a tree: a table's children by name, a table array's element keys beneath it.
+struct SchemaNode {
+  std::map<std::string, std::unique_ptr<SchemaNode>, std::less<>> children;
+  std::vector<std::string> order;  // children's names as the keys list them
+  const KeyInfo* key = nullptr;    // a leaf or a table array
+  std::size_t index = 0;
+};
+
+SchemaNode build_tree(std::span<const KeyInfo> keys) {
+  SchemaNode root;
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    SchemaNode* node = &root;
+    std::string_view rest = keys[i].path;
+    while (!rest.empty()) {
+      const std::size_t dot = rest.find('.');
+      std::string_view part = rest.substr(0, dot);
+      rest = dot == std::string_view::npos ? std::string_view{} : rest.substr(dot + 1);
+      if (part.ends_with("[]")) part.remove_suffix(2);
+      auto it = node->children.find(part);
+      if (it == node->children.end()) {
+        node->order.emplace_back(part);
+        it = node->children.emplace(std::string(part), std::make_unique<SchemaNode>()).first;
+      }
+      node = it->second.get();
+    }
+    node->key = &keys[i];
+    node->index = i;
+  }
+  return root;
+}
+
+std::uint32_t line_of(const toml::node& node) { return node.source().begin.line; }
+
+std::string join(std::string_view prefix, std::string_view name) {
+  return prefix.empty() ? std::string(name) : std::string(prefix) + "." + std::string(name);
+}
+
+// The value as the file spells it, so an error shows what was read. Strings always in basic
+// (double-quoted) form, whichever form the file used.
+std::string describe(const toml::node& node) {
+  if (node.is_table()) return "a table";
+  if (node.is_array_of_tables()) return "an array of tables";
+  std::string text;
+  if (const toml::value<std::string>* s = node.as_string()) {
+    text = "\"";
+    for (const char c : s->get()) {
+      if (c == '"' || c == '\\') {
+        text += '\\';
+        text += c;
+      } else if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+        char escaped[8];
+        std::snprintf(escaped, sizeof escaped, "\\u%04x", static_cast<unsigned>(c));
+        text += escaped;
+      } else {
+        text += c;
+      }
+    }
+    text += '"';
+  } else {
+    std::ostringstream os;
+    node.visit([&](const auto& n) { os << n; });
+    text = os.str();
+  }
+  if (text.size() > 60) text = text.substr(0, 57) + "...";
+  return text;
+}
+
+std::size_t edit_distance(std::string_view a, std::string_view b) {
+  std::vector<std::size_t> row(b.size() + 1);
+  for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    std::size_t diagonal = row[0];
+    row[0] = i;
+    for (std::size_t j = 1; j <= b.size(); ++j) {
+      const std::size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diagonal = up;
+    }
+  }
+  return row[b.size()];
+}
+
+class Walker {
+ public:
+  Walker(const Visitor& visit, Diagnostics& d) : visit_(visit), d_(d) {}
+
+  void table(const toml::table& t, const SchemaNode& schema, const std::string& prefix) {
+    for (const auto& [k, node] : t) {
+      const std::string key = join(prefix, k.str());
+      const auto it = schema.children.find(k.str());
+      if (it == schema.children.end()) {
+        unknown(schema, key, k.str(), k.source().begin.line);
+        continue;
+      }
+      const SchemaNode& child = *it->second;
+      d_.note_key(key);
+      if (child.key == nullptr) {
+        if (const toml::table* sub = node.as_table()) {
+          d_.note_table(key, line_of(*sub));
+          table(*sub, child, key);
+        } else {
+          d_.error(line_of(node), key, "expected a table ([" + key + "]), got " + describe(node));
+        }
+      } else if (child.key->kind == Kind::kTableArray) {
+        table_array(node, child, key);
+      } else {
+        leaf(node, child, key);
+      }
+    }
+    for (const std::string& name : schema.order) {
+      if (!t.contains(name)) absent(*schema.children.find(name)->second, join(prefix, name));
+    }
+  }
+
+ private:
+  void unknown(const SchemaNode& schema, const std::string& key, std::string_view name, std::uint32_t line) {
+    std::string message = "unknown key";
+    std::string_view best;
+    std::size_t best_distance = 3;  // beyond two edits a suggestion is more noise than help
+    for (const std::string& candidate : schema.order) {
+      // A unit suffix left out ("idle_timeout" for "idle_timeout_ms") counts as close.
+      const bool prefix = name.size() >= 3 && candidate.starts_with(name);
+      const std::size_t distance = prefix ? 1 : edit_distance(name, candidate);
+      if (distance < best_distance) {
+        best_distance = distance;
+        best = candidate;
+      }
+    }
+    if (!best.empty()) message += " (did you mean '" + std::string(best) + "'?)";
+    d_.error(line, key, message);
+  }
+
+  // Required keys under a table the file leaves out entirely are reported too.
+  void absent(const SchemaNode& node, const std::string& key) {
+    if (node.key != nullptr) {
+      if (node.key->required == kAlways) d_.missing(key, node.key->expected);
+      return;
+    }
+    for (const std::string& name : node.order) absent(*node.children.find(name)->second, join(key, name));
+  }
+
+  void table_array(const toml::node& node, const SchemaNode& schema, const std::string& key) {
+    const toml::array* array = node.as_array();
+    if (array == nullptr || !array->is_array_of_tables()) {
+      // An empty array is an array of nothing: accept it as no elements.
+      if (array == nullptr || !array->empty()) {
+        d_.error(line_of(node), key,
+                 "expected " + std::string(schema.key->expected) + ", got " + describe(node));
+        return;
+      }
+    }
+    for (std::size_t i = 0; i < array->size(); ++i) {
+      const toml::table& element = *(*array)[i].as_table();
+      const std::string element_key = key + "[" + std::to_string(i) + "]";
+      d_.note_table(element_key, line_of(element));
+      visit_(schema.index, Value{static_cast<std::int64_t>(i), element_key, line_of(element)});
+      table(element, schema, element_key);
+    }
+  }
+
+  void leaf(const toml::node& node, const SchemaNode& schema, const std::string& key) {
+    const KeyInfo& info = *schema.key;
+    const std::uint32_t line = line_of(node);
+    auto wrong = [&](const std::string& where, const toml::node& n, std::string_view prefix) {
+      d_.error(line_of(n), where,
+               "expected " + std::string(prefix) + std::string(info.expected) + ", got " + describe(n));
+    };
+    Value value{std::string(), key, line};
+    switch (info.kind) {
+      case Kind::kString:
+        if (!node.is_string()) return wrong(key, node, "");
+        value.data = node.as_string()->get();
+        break;
+      case Kind::kInteger:
+        if (!node.is_integer()) return wrong(key, node, "");
+        value.data = node.as_integer()->get();
+        break;
+      case Kind::kNumber:
+        if (node.is_integer()) {
+          value.data = static_cast<double>(node.as_integer()->get());
+        } else if (node.is_floating_point()) {
+          value.data = node.as_floating_point()->get();
+        } else {
+          return wrong(key, node, "");
+        }
+        break;
+      case Kind::kBoolean:
+        if (!node.is_boolean()) return wrong(key, node, "");
+        value.data = node.as_boolean()->get();
+        break;
+      case Kind::kStringOrInteger:
+        if (node.is_string()) {
+          value.data = node.as_string()->get();
+        } else if (node.is_integer()) {
+          value.data = node.as_integer()->get();
+        } else {
+          return wrong(key, node, "");
+        }
+        break;
+      case Kind::kStringList: {
+        const toml::array* array = node.as_array();
+        if (array == nullptr) return wrong(key, node, "a list of ");
+        std::vector<std::string> strings;
+        bool ok = true;
+        for (std::size_t i = 0; i < array->size(); ++i) {
+          const toml::node& element = (*array)[i];
+          const std::string element_key = key + "[" + std::to_string(i) + "]";
+          if (!element.is_string()) {
+            wrong(element_key, element, "");
+            ok = false;
+            continue;
+          }
+          const Value one{element.as_string()->get(), element_key, line_of(element)};
+          if (info.accept != nullptr && !info.accept(one)) {
+            wrong(element_key, element, "");
+            ok = false;
+            continue;
+          }
+          strings.push_back(one.text());
+        }
+        if (array->empty() && info.required == kAlways) {
+          d_.error(line, key, "expected a non-empty list, got []");
+          return;
+        }
+        if (!ok) return;
+        value.data = std::move(strings);
+        visit_(schema.index, value);
+        return;
+      }
+      case Kind::kTableArray:
+        return;  // handled by table_array()
+    }
+    if (info.accept != nullptr && !info.accept(value)) return wrong(key, node, "");
+    visit_(schema.index, value);
+  }
+
+  const Visitor& visit_;
+  Diagnostics& d_;
+};
+
+}  // namespace
+
+void Diagnostics::error(std::uint32_t line, std::string_view key, std::string_view message) {
+  std::string text = file_;
+  if (line != 0) text += ":" + std::to_string(line);
+  text += ": ";
+  if (!key.empty()) {
+    text += key;
+    text += ": ";
+  }
+  text += message;
+  errors_.emplace_back(line, std::move(text));
+}
+
+void Diagnostics::missing(std::string_view key, std::string_view expected) {
+  // The closest enclosing table that the file has: "targets[1].host" -> "targets[1]".
+  std::uint32_t line = 0;
+  std::string_view scope = key;
+  while (line == 0) {
+    const std::size_t dot = scope.rfind('.');
+    if (dot == std::string_view::npos) break;
+    scope = scope.substr(0, dot);
+    for (const auto& [path, table_line] : tables_) {
+      if (path == scope) line = table_line;
+    }
+  }
+  error(line, key, "missing; expected " + std::string(expected));
+}
+
+void Diagnostics::syntax_error(std::uint32_t line, std::uint32_t column, std::string_view message) {
+  errors_.emplace_back(
+      line, file_ + ":" + std::to_string(line) + ":" + std::to_string(column) + ": " + std::string(message));
+}
+
+std::vector<std::string> Diagnostics::errors() const {
+  std::vector<std::pair<std::uint32_t, std::string>> sorted = errors_;
+  // File order; errors without a line (missing top-level keys, the file itself) last.
+  std::stable_sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) {
+    return (a.first == 0 ? UINT32_MAX : a.first) < (b.first == 0 ? UINT32_MAX : b.first);
+  });
+  std::vector<std::string> out;
+  out.reserve(sorted.size());
+  for (auto& e : sorted) out.push_back(std::move(e.second));
+  return out;
+}
+
+void Diagnostics::note_table(std::string path, std::uint32_t line) {
+  tables_.emplace_back(std::move(path), line);
+}
+
+void Diagnostics::note_key(std::string path) { keys_.insert(std::move(path)); }
+
+bool Diagnostics::has(std::string_view key) const { return keys_.find(key) != keys_.end(); }
+
+void parse_file(const std::filesystem::path& file, std::span<const KeyInfo> keys, const Visitor& visit,
+                Diagnostics& diagnostics) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) {
+    diagnostics.error(0, "", std::string("cannot open: ") + std::strerror(errno));
+    return;
+  }
+  std::ostringstream content;
+  content << in.rdbuf();
+  if (in.bad()) {
+    diagnostics.error(0, "", std::string("cannot read: ") + std::strerror(errno));
+    return;
+  }
+  const std::string text = content.str();
+  toml::parse_result parsed = toml::parse(text, diagnostics.file());
+  if (!parsed) {
+    const toml::parse_error& e = parsed.error();
+    // toml++'s own position: the line and column where the parser gave up.
+    diagnostics.syntax_error(e.source().begin.line, e.source().begin.column, e.description());
+    return;
+  }
+  const SchemaNode root = build_tree(keys);
+  Walker(visit, diagnostics).table(parsed.table(), root, "");
+}
+
+std::string render_markdown(std::span<const KeyInfo> keys) {
+  // Pipes inside a cell would end it.
+  auto cell = [](std::string_view text) {
+    std::string out;
+    for (const char c : text) {
+      if (c == '|') out += '\\';
+      out += c;
+    }
+    return out;
+  };
+  std::string out = "| key | value | default | description |\n|---|---|---|---|\n";
+  for (const KeyInfo& k : keys) {
+    std::string value;
+    if (k.kind == Kind::kStringList) value = "list of ";
+    value += k.expected;
+    std::string fallback;
+    if (k.required == kAlways) {
+      fallback = "required";
+    } else if (!k.required.empty()) {
+      fallback = "required " + std::string(k.required);
+    } else if (!k.default_text.empty()) {
+      fallback = "`" + std::string(k.default_text) + "`";
+    }
+    out += "| `" + std::string(k.path) + "` | " + cell(value) + " | " + cell(fallback) + " | " +
+           cell(k.description) + " |\n";
+  }
+  return out;
+}
+
+bool one_of(const Value& v, std::initializer_list<std::string_view> choices) {
+  return v.is_text() && std::find(choices.begin(), choices.end(), v.text()) != choices.end();
+}
+
+bool non_empty_text(const Value& v) { return v.is_text() && !v.text().empty(); }
+
+bool token(const Value& v) {
+  return non_empty_text(v) && v.text().size() <= 64 &&
+         std::all_of(v.text().begin(), v.text().end(), [](char c) { return c > ' ' && c < 127; });
+}
+
+bool ip_address(const Value& v) {
+  if (!v.is_text()) return false;
+  unsigned char buffer[16];
+  return ::inet_pton(AF_INET, v.text().c_str(), buffer) == 1 ||
+         ::inet_pton(AF_INET6, v.text().c_str(), buffer) == 1;
+}
+
+bool host(const Value& v) {
+  if (ip_address(v)) return true;
+  if (!non_empty_text(v) || v.text().size() > 253) return false;
+  return std::all_of(v.text().begin(), v.text().end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '.' || c == '_';
+  });
+}
+
+bool split_host_port(std::string_view text, std::string& host_out, std::uint16_t& port) {
+  std::string_view host_part;
+  std::string_view port_part;
+  if (text.starts_with('[')) {
+    const std::size_t close = text.find("]:");
+    if (close == std::string_view::npos) return false;
+    host_part = text.substr(1, close - 1);
+    port_part = text.substr(close + 2);
+    if (!ip_address(Value{std::string(host_part), {}, 0})) return false;
+  } else {
+    const std::size_t colon = text.rfind(':');
+    // A bare IPv6 address has colons of its own: it needs brackets to carry a port.
+    if (colon == std::string_view::npos || text.find(':') != colon) return false;
+    host_part = text.substr(0, colon);
+    port_part = text.substr(colon + 1);
+    if (!host(Value{std::string(host_part), {}, 0})) return false;
+  }
+  if (port_part.empty() || port_part.size() > 5 ||
+      !std::all_of(port_part.begin(), port_part.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+    return false;
+  }
+  const unsigned long p = std::stoul(std::string(port_part));
+  if (p == 0 || p > 65535) return false;
+  host_out = std::string(host_part);
+  port = static_cast<std::uint16_t>(p);
+  return true;
+}
+
+bool host_port(const Value& v) {
+  std::string h;
+  std::uint16_t p = 0;
+  return v.is_text() && split_host_port(v.text(), h, p);
+}
+
+}  // namespace vantage::platform::config

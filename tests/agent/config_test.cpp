@@ -1,0 +1,242 @@
+// vantage-agent's config file: exact values from good files, exact messages (file:line: key)
+// for bad ones, and the reference docs generated from the same key table.
+#include <doctest/doctest.h>
+
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "agent/config.hpp"
+
+namespace {
+
+namespace agent = vantage::agent;
+using agent::probes::ProbeProtocol;
+using namespace std::chrono_literals;
+
+const std::string kDir = VANTAGE_FIXTURES_DIR "/config/";
+
+std::string errors_text(const std::vector<std::string>& errors) {
+  std::string text;
+  for (const std::string& e : errors) text += e + "\n";
+  return text;
+}
+
+}  // namespace
+
+TEST_CASE("agent config: a file with every key loads with exact values") {
+  const agent::AgentConfig c = agent::load_config(kDir + "agent_good.toml");
+  REQUIRE_MESSAGE(c.options.has_value(), errors_text(c.errors));
+  CHECK(c.errors.empty());
+  CHECK(c.log_level == vantage::platform::LogLevel::kDebug);
+  const agent::AgentOptions& o = *c.options;
+  CHECK(o.drain == 2500ms);
+
+  const agent::MeasurementConfig& m = o.measurement;
+  CHECK(m.report_interval == 500ms);
+  CHECK(m.load_interval == 0ns);
+  CHECK(m.host_root == "/tmp/host");
+  CHECK_FALSE(m.kernel_timestamps);
+  CHECK(m.icmp_mode == agent::probes::IcmpSocketMode::kRaw);
+  REQUIRE(m.reflector.has_value());
+  CHECK(m.reflector->bind_address == "0.0.0.0");
+  CHECK(m.reflector->port == 9627);
+  CHECK(m.reflector->rate_limit.rate_per_s == 1000);
+  CHECK(m.reflector->rate_limit.burst == 200);
+  CHECK_FALSE(m.reflector->kernel_timestamps);
+
+  REQUIRE(m.targets.size() == 4);
+  CHECK(m.targets[0].label == "fra1");
+  CHECK(m.targets[0].protocol == ProbeProtocol::kUdpEcho);
+  CHECK(m.targets[0].address.to_string() == "192.0.2.10");
+  CHECK(m.targets[0].port == 8627);
+  CHECK(m.targets[0].rate_per_s == doctest::Approx(20));
+  CHECK(m.targets[0].timeout == 250500us);
+  CHECK(m.targets[0].payload_size == 200);
+  CHECK(m.targets[0].dscp == 46);
+
+  CHECK(m.targets[1].label == "[2001:db8::7]:9000");
+  CHECK(m.targets[1].address.to_string() == "2001:db8::7");
+  CHECK(m.targets[1].port == 9000);
+  CHECK(m.targets[1].rate_per_s == doctest::Approx(1));
+  CHECK(m.targets[1].timeout == 1s);
+  CHECK(m.targets[1].payload_size == 0);
+  CHECK(m.targets[1].dscp == 0);
+
+  CHECK(m.targets[2].label == "game");
+  CHECK(m.targets[2].protocol == ProbeProtocol::kTcpConnect);
+  CHECK(m.targets[2].port == 443);
+
+  // A host name, resolved as the command line does.
+  CHECK(m.targets[3].protocol == ProbeProtocol::kIcmpEcho);
+  CHECK(m.targets[3].address.is_loopback());
+  CHECK(m.targets[3].port == 0);
+  CHECK(m.targets[3].label == m.targets[3].address.to_string());
+  CHECK(m.targets[3].payload_size == 100);
+
+  REQUIRE(o.shipping.has_value());
+  const agent::ship::ShipperConfig& s = *o.shipping;
+  CHECK(s.identity.agent_id == "ams1-edge-02");
+  CHECK(s.identity.region == "eu-west");
+  CHECK(s.identity.pop == "ams1");
+  CHECK(s.tls.ca_file == "pki/ca.crt");
+  CHECK(s.tls.cert_file == "pki/ams1-edge-02.crt");
+  CHECK(s.tls.key_file == "pki/ams1-edge-02.key");
+  // Own region first, in order; then, as allowed, the other region's.
+  REQUIRE(s.collectors.size() == 3);
+  CHECK(s.collectors[0].host == "2001:db8::1");
+  CHECK(s.collectors[0].port == 7443);
+  CHECK(s.collectors[1].host == "192.0.2.5");
+  CHECK(s.collectors[1].port == 8443);
+  CHECK(s.collectors[2].host == "fra.collector.test");
+  CHECK(s.collectors[2].port == 7443);
+  CHECK(s.spool.dir == "/tmp/vantage-spool");
+  CHECK(s.spool.max_bytes == 64u << 10);
+  CHECK(s.spool.max_record_bytes == 32u << 10);
+  CHECK(s.spool.segment_bytes == 8u << 10);
+  CHECK(s.spool.fsync == agent::ship::SpoolConfig::Fsync::kEveryRecord);
+  CHECK(s.capabilities == (agent::ship::kCapabilityHostLoad | agent::ship::kCapabilityUdpEcho |
+                           agent::ship::kCapabilityTcpConnect | agent::ship::kCapabilityIcmp |
+                           agent::ship::kCapabilityReflector));
+}
+
+TEST_CASE("agent config: an empty file gives the command line's defaults") {
+  const agent::AgentConfig c = agent::load_config(kDir + "agent_minimal.toml");
+  REQUIRE_MESSAGE(c.options.has_value(), errors_text(c.errors));
+  const agent::AgentOptions cli = *agent::parse_args({}).options;
+  const agent::AgentOptions& o = *c.options;
+  CHECK(c.log_level == vantage::platform::LogLevel::kInfo);
+  CHECK(o.drain == cli.drain);
+  CHECK_FALSE(o.shipping.has_value());
+  CHECK(o.measurement.targets.empty());
+  CHECK(o.measurement.report_interval == cli.measurement.report_interval);
+  CHECK(o.measurement.load_interval == cli.measurement.load_interval);
+  CHECK(o.measurement.host_root == cli.measurement.host_root);
+  CHECK(o.measurement.kernel_timestamps == cli.measurement.kernel_timestamps);
+  CHECK(o.measurement.icmp_mode == cli.measurement.icmp_mode);
+  REQUIRE(o.measurement.reflector.has_value());
+  CHECK(o.measurement.reflector->bind_address == cli.measurement.reflector->bind_address);
+  CHECK(o.measurement.reflector->port == cli.measurement.reflector->port);
+  CHECK(o.measurement.reflector->rate_limit.rate_per_s == cli.measurement.reflector->rate_limit.rate_per_s);
+  CHECK(o.measurement.reflector->rate_limit.burst == cli.measurement.reflector->rate_limit.burst);
+}
+
+TEST_CASE("agent config: every error is reported at once, with file, line and key") {
+  const std::string file = kDir + "agent_errors.toml";
+  const agent::AgentConfig c = agent::load_config(file);
+  CHECK_FALSE(c.options.has_value());
+  const std::vector<std::string> expected = {
+      // required because collectors are set; the [identity] table's line
+      file +
+          ":1: identity.region: missing; expected a name without spaces (1..64 characters) (required when "
+          "collectors are set)",
+      // wrong value for the kind
+      file + ":2: identity.agent_id: expected a name without spaces (1..64 characters), got \"fra1 edge\"",
+      // one element of a list
+      file +
+          ":7: collectors[0].addresses[1]: expected \"HOST:PORT\" (a name or an IP address; IPv6 in "
+          "brackets), "
+          "got \"collector.test\"",
+      // out of range
+      file + ":10: delivery.drain: expected seconds in [0, 10000000], got -1",
+      // unknown key
+      file + ":11: delivery.retries: unknown key",
+      // wrong type
+      file + ":17: targets[0].rate: expected a number in (0, 1000], got \"fast\"",
+      file + ":20: targets[1].name: duplicate name \"ams1\" (targets[0], line 14)",
+      file + ":21: targets[1].protocol: expected \"udp\", \"tcp\" or \"icmp\", got \"sctp\"",
+      file + ":23: targets[1].dscp: expected an integer in 0..63, got 64",
+      // unknown key inside a target, with a suggestion
+      file + ":24: targets[1].rat: unknown key (did you mean 'rate'?)",
+      // missing, conditionally (a tcp target needs a port) and always (a target's protocol and host)
+      file + ":26: targets[2].port: missing; expected an integer in 1..65535 (a tcp target needs a port)",
+      file + ":33: targets[3].port: an icmp target has no port",
+      file + ":35: targets[4].protocol: missing; expected \"udp\", \"tcp\" or \"icmp\"",
+      file + ":35: targets[4].host: missing; expected an IP address or a host name",
+      file + ":40: reflector.enabled: expected true or false, got \"yes\"",
+      file + ":42: measurment: unknown key (did you mean 'measurement'?)",
+      file + ": tls.ca: missing; expected a file path (PEM) (required when collectors are set)",
+      file + ": tls.cert: missing; expected a file path (PEM) (required when collectors are set)",
+      file + ": tls.key: missing; expected a file path (PEM) (required when collectors are set)",
+  };
+  CHECK(errors_text(c.errors) == errors_text(expected));
+}
+
+TEST_CASE("agent config: a syntax error reports the parser's line and column") {
+  const std::string file = kDir + "agent_syntax.toml";
+  const agent::AgentConfig c = agent::load_config(file);
+  CHECK_FALSE(c.options.has_value());
+  REQUIRE(c.errors.size() == 1);
+  CHECK(c.errors[0].starts_with(file + ":3:10: "));
+}
+
+TEST_CASE("agent config: shipping needs the identity and the TLS files") {
+  const std::string file = kDir + "agent_shipping_incomplete.toml";
+  const agent::AgentConfig c = agent::load_config(file);
+  CHECK_FALSE(c.options.has_value());
+  const std::string tail = "(required when collectors are set)";
+  const std::vector<std::string> expected = {
+      file + ":1: identity.region: missing; expected a name without spaces (1..64 characters) " + tail,
+      file + ":1: identity.pop: missing; expected a name without spaces (1..64 characters) " + tail,
+      file + ":8: tls.cert: missing; expected a file path (PEM) " + tail,
+      file + ":8: tls.key: missing; expected a file path (PEM) " + tail,
+  };
+  CHECK(errors_text(c.errors) == errors_text(expected));
+}
+
+TEST_CASE("agent config: collectors of the agent's own region are required, one entry per region") {
+  const std::string file = kDir + "agent_no_own_region.toml";
+  const agent::AgentConfig c = agent::load_config(file);
+  CHECK_FALSE(c.options.has_value());
+  const std::vector<std::string> expected = {
+      file + ":11: collectors: no [[collectors]] for this agent's region \"eu-central\" (identity.region)",
+      file + ":16: collectors[1].region: duplicate region \"eu-west\" (collectors[0], line 12)",
+      file + ":21: collectors[2].addresses: expected a non-empty list, got []",
+  };
+  CHECK(errors_text(c.errors) == errors_text(expected));
+}
+
+TEST_CASE("agent config: a file that cannot be opened") {
+  const agent::AgentConfig c = agent::load_config(kDir + "no-such-file.toml");
+  CHECK_FALSE(c.options.has_value());
+  REQUIRE(c.errors.size() == 1);
+  CHECK(c.errors[0] == kDir + "no-such-file.toml: cannot open: No such file or directory");
+}
+
+TEST_CASE("agent config: the example file loads and the reference covers the whole table") {
+  // Unknown keys are errors, so a clean load proves every key the example uses is in the table.
+  const agent::AgentConfig c =
+      agent::load_config(VANTAGE_FIXTURES_DIR "/../../packaging/examples/agent.toml");
+  REQUIRE_MESSAGE(c.options.has_value(), errors_text(c.errors));
+  REQUIRE(c.options->shipping.has_value());
+  CHECK(c.options->shipping->identity.pop == "fra1");
+  CHECK(c.options->shipping->identity.region == "eu-central");
+  CHECK(c.options->shipping->collectors.size() == 2);  // eu-west stays out: cross-region is off
+  CHECK(c.options->measurement.targets.size() == 4);
+
+  const std::string doc = agent::config_reference_markdown();
+  CHECK(doc.starts_with("| key | value | default | description |\n|---|---|---|---|\n"));
+  const auto keys = agent::config_keys();
+  CHECK(keys.size() == 33);
+  std::istringstream rows(doc);
+  std::string row;
+  std::set<std::string> documented;
+  std::getline(rows, row);
+  std::getline(rows, row);
+  while (std::getline(rows, row)) {
+    const auto open = row.find('`');
+    documented.insert(row.substr(open + 1, row.find('`', open + 1) - open - 1));
+  }
+  CHECK(documented.size() == keys.size());
+  for (const auto& k : keys) {
+    CAPTURE(k.path);
+    CHECK(documented.count(std::string(k.path)) == 1);
+    CHECK_FALSE(k.description.empty());
+    CHECK_FALSE(k.expected.empty());
+  }
+  CHECK(doc.find("| `targets[].rate` | a number in (0, 1000] | `1` | Probes per second. |\n") !=
+        std::string::npos);
+  CHECK(doc.find("| `tls.ca` | a file path (PEM) | required when collectors are set |") != std::string::npos);
+}

@@ -1,0 +1,111 @@
+// vantage-collector's config file: exact values from good files, exact messages (file:line: key)
+// for bad ones, and the reference docs generated from the same key table.
+#include <doctest/doctest.h>
+
+#include <string>
+#include <vector>
+
+#include "collector/config.hpp"
+
+namespace {
+
+namespace collector = vantage::collector;
+using namespace std::chrono_literals;
+
+const std::string kDir = VANTAGE_FIXTURES_DIR "/config/";
+
+std::string errors_text(const std::vector<std::string>& errors) {
+  std::string text;
+  for (const std::string& e : errors) text += e + "\n";
+  return text;
+}
+
+}  // namespace
+
+TEST_CASE("collector config: a file with every key loads with exact values") {
+  const collector::CollectorConfig c = collector::load_config(kDir + "collector_good.toml");
+  REQUIRE_MESSAGE(c.options.has_value(), errors_text(c.errors));
+  const collector::IngestConfig& o = *c.options;
+  CHECK(c.log_level == vantage::platform::LogLevel::kWarning);
+  REQUIRE(o.listen.size() == 2);
+  CHECK(o.listen[0].address().to_string() == "127.0.0.1");
+  CHECK(o.listen[0].port() == 7443);
+  CHECK(o.listen[1].address().to_string() == "::1");
+  CHECK(o.listen[1].port() == 8443);
+  CHECK(o.regions == std::vector<std::string>{"eu-central", "eu-west"});
+  CHECK(o.database == "/tmp/store.db");
+  CHECK(o.tls.ca_file == "pki/ca.crt");
+  CHECK(o.tls.cert_file == "pki/collector.crt");
+  CHECK(o.tls.key_file == "pki/collector.key");
+  CHECK(o.max_connections == 10);
+  CHECK(o.max_frame == 65536);
+  CHECK(o.handshake_timeout == 2s);
+  CHECK(o.idle_timeout == 30s);
+}
+
+TEST_CASE("collector config: keys left out take the command line's defaults") {
+  const collector::CollectorConfig c = collector::load_config(kDir + "collector_minimal.toml");
+  REQUIRE_MESSAGE(c.options.has_value(), errors_text(c.errors));
+  const collector::IngestConfig& o = *c.options;
+  const collector::IngestConfig defaults;
+  CHECK(c.log_level == vantage::platform::LogLevel::kInfo);
+  REQUIRE(o.listen.size() == 1);  // vantage-collector serve's default: one dual-stack listener
+  CHECK(o.listen[0].address().to_string() == "::");
+  CHECK(o.listen[0].port() == 7443);
+  CHECK(o.regions == std::vector<std::string>{"eu-central"});
+  CHECK(o.database == "store.db");
+  CHECK(o.max_connections == defaults.max_connections);
+  CHECK(o.max_frame == defaults.max_frame);
+  CHECK(o.handshake_timeout == defaults.handshake_timeout);
+  CHECK(o.idle_timeout == defaults.idle_timeout);
+}
+
+TEST_CASE("collector config: every error is reported at once, with file, line and key") {
+  const std::string file = kDir + "collector_errors.toml";
+  const collector::CollectorConfig c = collector::load_config(file);
+  CHECK_FALSE(c.options.has_value());
+  const std::string endpoint = "expected \"ADDR:PORT\" (an IP address; IPv6 in brackets)";
+  const std::vector<std::string> expected = {
+      file + ":2: ingest.listen[0]: " + endpoint + ", got \"7443\"",
+      file + ":2: ingest.listen[1]: " + endpoint + ", got \"collector.test:7443\"",
+      file + ":3: ingest.regions[2]: duplicate \"eu-central\"",
+      file + ":4: ingest.max_connections: expected an integer in 1..1000000, got 0",
+      file + ":5: ingest.max_frame: expected bytes, an integer in 4096..268435456, got 1.5",
+      file + ":6: ingest.idle_timeout: unknown key (did you mean 'idle_timeout_ms'?)",
+      file + ":8: tls.cert: missing; expected a file path (PEM)",
+      file + ":8: tls.key: missing; expected a file path (PEM)",
+      file +
+          ":12: log.level: expected \"error\", \"warning\", \"notice\", \"info\" or \"debug\", got "
+          "\"verbose\"",
+      file + ": store.database: missing; expected a file path",
+  };
+  CHECK(errors_text(c.errors) == errors_text(expected));
+}
+
+TEST_CASE("collector config: an empty file names every required key") {
+  const std::string file = kDir + "collector_empty.toml";
+  const collector::CollectorConfig c = collector::load_config(file);
+  CHECK_FALSE(c.options.has_value());
+  const std::vector<std::string> expected = {
+      file + ": ingest.regions: missing; expected a name without spaces (1..64 characters)",
+      file + ": store.database: missing; expected a file path",
+      file + ": tls.ca: missing; expected a file path (PEM)",
+      file + ": tls.cert: missing; expected a file path (PEM)",
+      file + ": tls.key: missing; expected a file path (PEM)",
+  };
+  CHECK(errors_text(c.errors) == errors_text(expected));
+}
+
+TEST_CASE("collector config: the example file loads and the reference covers the whole table") {
+  const collector::CollectorConfig c =
+      collector::load_config(VANTAGE_FIXTURES_DIR "/../../packaging/examples/collector.toml");
+  REQUIRE_MESSAGE(c.options.has_value(), errors_text(c.errors));
+  CHECK(c.options->regions == std::vector<std::string>{"eu-central"});
+  const std::string doc = collector::config_reference_markdown();
+  for (const auto& k : collector::config_keys()) {
+    CAPTURE(k.path);
+    CHECK(doc.find("| `" + std::string(k.path) + "` | ") != std::string::npos);
+  }
+  CHECK(doc.find("| `ingest.listen` | list of \"ADDR:PORT\" (an IP address; IPv6 in brackets) | "
+                 "`[\"[::]:7443\"]` |") != std::string::npos);
+}

@@ -105,6 +105,7 @@ struct Measurement::Impl {
   std::jthread sampler_thread;
   std::jthread aggregator_thread;
   std::atomic<bool> final_report{false};
+  std::atomic<std::int64_t> heartbeat_ns{0};
 
   // Owned by the aggregator thread once it runs.
   std::vector<aggregate::TargetStats> stats;
@@ -268,6 +269,7 @@ void Measurement::Impl::run_aggregator(std::stop_token stop) {
   while (!stop.stop_requested()) {
     drain();
     const std::int64_t now = platform::monotonic_ns();
+    heartbeat_ns.store(now, std::memory_order_relaxed);
     if (now >= next_close) {
       emit(now, false);
       next_close += interval;
@@ -405,6 +407,10 @@ void Measurement::stop() {
   impl.aggregator_thread.join();
   impl.stop_reflector_thread();
   impl_.reset();
+}
+
+std::int64_t Measurement::aggregator_heartbeat_ns() const noexcept {
+  return impl_ ? impl_->heartbeat_ns.load(std::memory_order_relaxed) : 0;
 }
 
 std::optional<asio::ip::udp::endpoint> Measurement::reflector_endpoint() const {

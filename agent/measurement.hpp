@@ -116,6 +116,10 @@ class Measurement {
   // Stops every thread at once, without a final report. Idempotent.
   void stop();
 
+  // CLOCK_MONOTONIC time of the aggregator's latest loop pass (0 before start): the daemon's
+  // watchdog stops pinging systemd when this goes stale.
+  std::int64_t aggregator_heartbeat_ns() const noexcept;
+
   // The reflector's bound endpoint (to read back an ephemeral port), if one runs.
   std::optional<asio::ip::udp::endpoint> reflector_endpoint() const;
   const MeasurementConfig& config() const noexcept { return config_; }

@@ -63,6 +63,9 @@ struct Shipper::Impl {
   bool ready = false;  // Hello sent, batches may follow
   bool writing = false;
   bool stopping = false;
+  // The collector refused this agent (identity, region): retrying keeps the spool draining once
+  // an operator fixes it, but a stopping agent does not wait for acks that cannot come.
+  bool refused = false;
   std::uint64_t sent_through = 0;  // highest seq written on this connection
   std::deque<std::vector<std::uint8_t>> writes;
   wire::FrameReader reader;
@@ -216,6 +219,7 @@ void Shipper::Impl::on_read(std::uint64_t gen, std::error_code ec, std::size_t n
         break;
       case wire::AckStatus::Rejected: {
         update([](ShipperCounters& s) { ++s.rejected; });
+        refused = true;
         const std::string reason = ack->reason() != nullptr ? ack->reason()->str() : "no reason given";
         log(LogLevel::kError, "collector %s refused this agent: %s", collector().host.c_str(),
             reason.c_str());
@@ -239,6 +243,7 @@ void Shipper::Impl::on_ack(const wire::Ack& ack) {
     log(LogLevel::kError, "spool: %s", e.message.c_str());
   }
   failures = 0;  // the collector is working: the next outage starts from the shortest backoff
+  refused = false;
   const SpoolStats stats = spool.stats();
   update([&stats](ShipperCounters& s) {
     s.acked_seq = stats.acked_seq;
@@ -467,7 +472,8 @@ void Shipper::stop(std::chrono::milliseconds drain) {
   // reconnect backoff tries once more right away rather than giving up or sleeping through it.
   if (drain.count() > 0) {
     asio::post(s.io, [&s] {
-      if (!s.ready && s.spool.acked_seq() + 1 < s.spool.next_seq() && !s.connecting && !s.stream) {
+      if (!s.ready && !s.refused && s.spool.acked_seq() + 1 < s.spool.next_seq() && !s.connecting &&
+          !s.stream) {
         ++s.generation;
         s.timer.cancel();
         s.connect();
@@ -477,7 +483,8 @@ void Shipper::stop(std::chrono::milliseconds drain) {
   for (;;) {
     std::promise<bool> done;
     auto answer = done.get_future();
-    asio::post(s.io, [&s, &done] { done.set_value(s.spool.acked_seq() + 1 >= s.spool.next_seq()); });
+    asio::post(s.io,
+               [&s, &done] { done.set_value(s.refused || s.spool.acked_seq() + 1 >= s.spool.next_seq()); });
     if (answer.get() || Clock::now() >= deadline) {
       break;
     }
@@ -497,6 +504,17 @@ void Shipper::stop(std::chrono::milliseconds drain) {
   s.work.reset();
   s.io.stop();
   s.thread.join();
+}
+
+bool Shipper::responsive(std::chrono::milliseconds timeout) const {
+  Impl& s = *impl_;
+  if (!s.thread.joinable()) {
+    return false;
+  }
+  auto done = std::make_shared<std::promise<void>>();
+  auto answered = done->get_future();
+  asio::post(s.io, [done] { done->set_value(); });
+  return answered.wait_for(timeout) == std::future_status::ready;
 }
 
 ShipperCounters Shipper::counters() const {

@@ -86,6 +86,10 @@ class Shipper {
 
   ShipperCounters counters() const;
 
+  // True when the shipper's thread runs a posted task within timeout: a wedged shipper (a
+  // blocked disk, a stuck lock) stops the daemon's watchdog pings.
+  bool responsive(std::chrono::milliseconds timeout) const;
+
   struct Impl;
 
  private:

@@ -220,7 +220,7 @@ class Walker {
         break;
       case Kind::kStringList: {
         const toml::array* array = node.as_array();
-        if (array == nullptr) return wrong(key, node, "a list of ");
+        if (array == nullptr) return wrong(key, node, "a list, each ");
         std::vector<std::string> strings;
         bool ok = true;
         for (std::size_t i = 0; i < array->size(); ++i) {
@@ -351,7 +351,7 @@ std::string render_markdown(std::span<const KeyInfo> keys) {
   std::string out = "| key | value | default | description |\n|---|---|---|---|\n";
   for (const KeyInfo& k : keys) {
     std::string value;
-    if (k.kind == Kind::kStringList) value = "list of ";
+    if (k.kind == Kind::kStringList) value = "list, each ";
     value += k.expected;
     std::string fallback;
     if (k.required == kAlways) {

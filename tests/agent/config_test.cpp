@@ -240,3 +240,12 @@ TEST_CASE("agent config: the example file loads and the reference covers the who
         std::string::npos);
   CHECK(doc.find("| `tls.ca` | a file path (PEM) | required when collectors are set |") != std::string::npos);
 }
+
+TEST_CASE("agent config: a host name that does not resolve names the target") {
+  const std::string file = kDir + "agent_unresolvable.toml";
+  const agent::AgentConfig c = agent::load_config(file);
+  CHECK_FALSE(c.options.has_value());
+  REQUIRE(c.errors.size() == 1);
+  // The resolver's own reason follows; it differs between libcs and networks.
+  CHECK(c.errors[0].starts_with(file + ":4: targets[0].host: cannot resolve 'no-such-host.invalid': "));
+}

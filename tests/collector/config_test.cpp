@@ -106,6 +106,6 @@ TEST_CASE("collector config: the example file loads and the reference covers the
     CAPTURE(k.path);
     CHECK(doc.find("| `" + std::string(k.path) + "` | ") != std::string::npos);
   }
-  CHECK(doc.find("| `ingest.listen` | list of \"ADDR:PORT\" (an IP address; IPv6 in brackets) | "
+  CHECK(doc.find("| `ingest.listen` | list, each \"ADDR:PORT\" (an IP address; IPv6 in brackets) | "
                  "`[\"[::]:7443\"]` |") != std::string::npos);
 }

@@ -311,13 +311,13 @@ void build_targets(Draft& d, cfg::Diagnostics& diagnostics) {
 
 void build_shipping(Draft& d, cfg::Diagnostics& diagnostics) {
   if (d.collectors.empty()) return;
-  ship::ShipperConfig& ship = d.ship;
+  ship::ShipperConfig& shipping = d.ship;
   bool complete = true;
   for (const auto& [key, value] :
-       {std::pair{"identity.agent_id", &ship.identity.agent_id},
-        std::pair{"identity.region", &ship.identity.region}, std::pair{"identity.pop", &ship.identity.pop},
-        std::pair{"tls.ca", &ship.tls.ca_file}, std::pair{"tls.cert", &ship.tls.cert_file},
-        std::pair{"tls.key", &ship.tls.key_file}}) {
+       {std::pair{"identity.agent_id", &shipping.identity.agent_id},
+        std::pair{"identity.region", &shipping.identity.region},
+        std::pair{"identity.pop", &shipping.identity.pop}, std::pair{"tls.ca", &shipping.tls.ca_file},
+        std::pair{"tls.cert", &shipping.tls.cert_file}, std::pair{"tls.key", &shipping.tls.key_file}}) {
     if (value->empty()) {
       complete = false;
       if (diagnostics.has(key)) continue;  // there, with a bad value: reported as that
@@ -338,24 +338,24 @@ void build_shipping(Draft& d, cfg::Diagnostics& diagnostics) {
     }
   }
   if (!complete) return;
-  const auto own = regions.find(ship.identity.region);
+  const auto own = regions.find(shipping.identity.region);
   if (own == regions.end()) {
     diagnostics.error(
         d.collectors.front().line, "collectors",
-        "no [[collectors]] for this agent's region \"" + ship.identity.region + "\" (identity.region)");
+        "no [[collectors]] for this agent's region \"" + shipping.identity.region + "\" (identity.region)");
     return;
   }
   auto add = [&](const CollectorsDraft& c) {
     for (const std::string& text : c.addresses) {
       ship::CollectorAddress address;
       (void)cfg::split_host_port(text, address.host, address.port);  // checked by the table
-      ship.collectors.push_back(std::move(address));
+      shipping.collectors.push_back(std::move(address));
     }
   };
   add(*own->second);
   if (d.allow_cross_region) {
     for (const CollectorsDraft& c : d.collectors) {
-      if (c.region != ship.identity.region) add(c);
+      if (c.region != shipping.identity.region) add(c);
     }
   }
 }
@@ -396,16 +396,16 @@ AgentConfig load_config(const std::filesystem::path& file) {
           .burst = std::max<std::uint32_t>(m.reflector->rate_limit.burst, *d.reflector_rate / 5)};
     }
   }
-  ship::ShipperConfig& ship = d.ship;
+  ship::ShipperConfig& shipping = d.ship;
   if (d.spool_max_kb) {
     // As the command line's --spool-max-kb: records and segments shrink with a small bound.
-    ship.spool.max_bytes = *d.spool_max_kb << 10;
-    ship.spool.max_record_bytes = static_cast<std::uint32_t>(
-        std::min<std::uint64_t>(ship.spool.max_record_bytes, ship.spool.max_bytes / 2));
-    ship.spool.segment_bytes = std::min<std::uint64_t>(
-        ship.spool.segment_bytes, std::max<std::uint64_t>(ship.spool.max_bytes / 8, 4 << 10));
+    shipping.spool.max_bytes = *d.spool_max_kb << 10;
+    shipping.spool.max_record_bytes = static_cast<std::uint32_t>(
+        std::min<std::uint64_t>(shipping.spool.max_record_bytes, shipping.spool.max_bytes / 2));
+    shipping.spool.segment_bytes = std::min<std::uint64_t>(
+        shipping.spool.segment_bytes, std::max<std::uint64_t>(shipping.spool.max_bytes / 8, 4 << 10));
   }
-  if (!ship.collectors.empty()) {
+  if (!shipping.collectors.empty()) {
     std::uint64_t capabilities = ship::kCapabilityHostLoad;
     for (const ProbeTargetSpec& t : m.targets) {
       capabilities |= t.protocol == ProbeProtocol::kUdpEcho      ? ship::kCapabilityUdpEcho
@@ -413,8 +413,8 @@ AgentConfig load_config(const std::filesystem::path& file) {
                                                                  : ship::kCapabilityIcmp;
     }
     if (m.reflector) capabilities |= ship::kCapabilityReflector;
-    ship.capabilities = capabilities;
-    d.options.shipping = std::move(ship);
+    shipping.capabilities = capabilities;
+    d.options.shipping = std::move(shipping);
   }
   result.options = std::move(d.options);
   return result;

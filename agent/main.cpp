@@ -1,27 +1,39 @@
-// vantage-agent: the edge daemon's entry point.
+// vantage-agent: the edge daemon's entry point. Settings come from the command line or from a
+// TOML file (--config); under systemd it speaks the notify protocol (READY, WATCHDOG, STATUS,
+// RELOADING on SIGHUP, STOPPING on SIGTERM).
 #include <signal.h>
 
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "agent/cli.hpp"
+#include "agent/config.hpp"
 #include "agent/measurement.hpp"
 #include "agent/report_format.hpp"
 #include "agent/version.hpp"
+#include "platform/clock.hpp"
 #include "platform/log.hpp"
+#include "platform/sd_notify.hpp"
 
 namespace {
 
+using vantage::agent::AgentOptions;
+using vantage::agent::Measurement;
 using vantage::agent::MeasurementReport;
+using vantage::agent::ship::Shipper;
+using vantage::platform::log;
+using vantage::platform::LogLevel;
+using namespace std::chrono_literals;
 
-// Waits for SIGINT or SIGTERM, or until the timeout. The signals are blocked in every thread
-// (the mask is set before any starts), so sigtimedwait is the only place they land.
-bool wait_for_signal(const sigset_t& signals, std::chrono::nanoseconds timeout) {
+// Waits for one of the signals, or until the timeout; returns the signal or 0. The signals are
+// blocked in every thread (the mask is set before any starts), so this is the only place they land.
+int wait_for_signal(const sigset_t& signals, std::chrono::nanoseconds timeout) {
   const auto seconds = std::chrono::duration_cast<std::chrono::seconds>(timeout);
   timespec ts{};
   ts.tv_sec = static_cast<time_t>(seconds.count());
@@ -29,25 +41,159 @@ bool wait_for_signal(const sigset_t& signals, std::chrono::nanoseconds timeout) 
   for (;;) {
     const int s = ::sigtimedwait(&signals, nullptr, &ts);
     if (s > 0) {
-      return true;
+      return s;
     }
     if (errno != EINTR) {
-      return false;  // EAGAIN: the timeout passed
+      return 0;  // EAGAIN: the timeout passed
     }
   }
+}
+
+// The running parts for one set of options: a reload replaces the whole set.
+struct Running {
+  std::unique_ptr<Shipper> shipper;
+  std::unique_ptr<Measurement> measurement;
+  bool print = true;
+};
+
+// Starts the shipper (when configured) and the measurement; on failure logs why and returns
+// nothing, with whatever had started stopped again.
+std::optional<Running> start(const AgentOptions& options) {
+  Running r;
+  if (options.shipping) {
+    auto opened = Shipper::open(*options.shipping);
+    for (const std::string& warning : opened.warnings) {
+      log(LogLevel::kWarning, "spool: %s", warning.c_str());
+    }
+    if (!opened.shipper) {
+      log(LogLevel::kError, "%s", opened.error.c_str());
+      return std::nullopt;
+    }
+    r.shipper = std::move(opened.shipper);
+    r.shipper->start();
+  }
+  r.measurement = std::make_unique<Measurement>(options.measurement);
+  // Without a collector the reports go to stdout; with one, to the spool (and stdout for --once).
+  r.print = !r.shipper || options.once_seconds.has_value();
+  const auto targets = r.measurement->config().targets;
+  Shipper* ship = r.shipper.get();
+  const bool json = options.json;
+  const bool print = r.print;
+  auto sink = [targets, json, print, ship](MeasurementReport&& report) {
+    if (print) {
+      const std::string text = json ? vantage::agent::format_json(report, targets) + "\n"
+                                    : vantage::agent::format_table(report, targets) + "\n";
+      std::fwrite(text.data(), 1, text.size(), stdout);
+      std::fflush(stdout);
+    }
+    if (ship != nullptr) {
+      ship->submit(std::move(report), targets);
+    }
+  };
+  const auto started = r.measurement->start(sink);
+  if (!started.ok()) {
+    log(LogLevel::kError, "%s", started.message.c_str());
+    if (r.shipper) {
+      r.shipper->stop(0ms);
+    }
+    return std::nullopt;
+  }
+  if (const auto endpoint = r.measurement->reflector_endpoint()) {
+    log(LogLevel::kInfo, "reflector listening on %s port %u", endpoint->address().to_string().c_str(),
+        static_cast<unsigned>(endpoint->port()));
+  }
+  return r;
+}
+
+// Ends the measurement cleanly (its final report goes to the spool) and drains the shipper.
+void stop(Running& r, std::chrono::milliseconds drain) {
+  r.measurement->finish();
+  if (r.shipper) {
+    r.shipper->stop(drain);
+    const auto c = r.shipper->counters();
+    log(LogLevel::kInfo, "stopped: %llu batches spooled, acked through %llu, %llu still spooled",
+        static_cast<unsigned long long>(c.batches_spooled), static_cast<unsigned long long>(c.acked_seq),
+        static_cast<unsigned long long>(c.spool.records));
+  }
+}
+
+std::string status_line(const AgentOptions& options, const Running& r) {
+  std::string s = std::to_string(options.measurement.targets.size()) + " targets";
+  if (r.shipper) {
+    const auto c = r.shipper->counters();
+    s += c.connected ? ", connected" : ", not connected";
+    s += ", acked through " + std::to_string(c.acked_seq) + ", spool " + std::to_string(c.spool.records) +
+         " batches";
+    if (c.spool.dropped_total > 0) s += " (" + std::to_string(c.spool.dropped_total) + " dropped)";
+    if (!c.connected && !c.last_error.empty()) s += "; " + c.last_error;
+  }
+  return s;
+}
+
+// Healthy when the aggregator loop ran within the last few report-poll periods and the shipper's
+// thread answers: a wedged thread stops the watchdog pings and systemd restarts the agent.
+bool healthy(const Running& r) {
+  const std::int64_t beat = r.measurement->aggregator_heartbeat_ns();
+  const bool aggregator = beat != 0 && vantage::platform::monotonic_ns() - beat < 5'000'000'000;
+  return aggregator && (!r.shipper || r.shipper->responsive(2s));
+}
+
+std::optional<AgentOptions> load(const std::string& path) {
+  vantage::agent::AgentConfig config = vantage::agent::load_config(path);
+  for (const std::string& e : config.errors) {
+    log(LogLevel::kError, "%s", e.c_str());
+  }
+  if (!config.options) {
+    return std::nullopt;
+  }
+  vantage::platform::set_log_level(config.log_level);
+  return config.options;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  const std::vector<std::string_view> args(argv + 1, argv + argc);
-  vantage::agent::ParsedArgs parsed = vantage::agent::parse_args(args);
-  if (!parsed.options) {
-    std::fprintf(stderr, "vantage-agent: %s\n%s", parsed.error.c_str(), vantage::agent::usage_text());
+  vantage::platform::set_log_identity("vantage-agent");
+  std::vector<std::string_view> args(argv + 1, argv + argc);
+
+  // --config FILE [--check-config]: the daemon's settings from TOML; nothing else may be mixed in.
+  std::optional<std::string> config_path;
+  bool check_only = false;
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == "--check-config") {
+      check_only = true;
+    } else if (args[i] == "--config" && i + 1 < args.size()) {
+      config_path = std::string(args[++i]);
+    } else if (config_path || check_only) {
+      std::fprintf(stderr, "vantage-agent: --config takes no other arguments ('%.*s')\n",
+                   static_cast<int>(args[i].size()), args[i].data());
+      return 2;
+    }
+  }
+  if (check_only && !config_path) {
+    std::fputs("vantage-agent: --check-config needs --config FILE\n", stderr);
     return 2;
   }
-  const vantage::agent::AgentOptions& options = *parsed.options;
-  vantage::platform::set_log_identity("vantage-agent");
+
+  std::optional<AgentOptions> parsed;
+  if (config_path) {
+    parsed = load(*config_path);
+    if (!parsed) {
+      return 1;
+    }
+    if (check_only) {
+      std::printf("%s: ok (%zu targets)\n", config_path->c_str(), parsed->measurement.targets.size());
+      return 0;
+    }
+  } else {
+    vantage::agent::ParsedArgs cli = vantage::agent::parse_args(args);
+    if (!cli.options) {
+      std::fprintf(stderr, "vantage-agent: %s\n%s", cli.error.c_str(), vantage::agent::usage_text());
+      return 2;
+    }
+    parsed = std::move(cli.options);
+  }
+  AgentOptions options = std::move(*parsed);
   if (options.show_version) {
     std::puts(vantage::agent::version_line().c_str());
     return 0;
@@ -61,66 +207,84 @@ int main(int argc, char** argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  std::unique_ptr<vantage::agent::ship::Shipper> shipper;
-  if (options.shipping) {
-    auto opened = vantage::agent::ship::Shipper::open(*options.shipping);
-    for (const std::string& warning : opened.warnings) {
-      vantage::platform::log(vantage::platform::LogLevel::kWarning, "spool: %s", warning.c_str());
-    }
-    if (!opened.shipper) {
-      std::fprintf(stderr, "vantage-agent: %s\n", opened.error.c_str());
-      return 1;
-    }
-    shipper = std::move(opened.shipper);
-    shipper->start();
-  }
-
-  vantage::agent::Measurement measurement(options.measurement);
-  const auto& targets = measurement.config().targets;
-  const bool json = options.json;
-  // Without a collector the reports go to stdout; with one, to the spool (and stdout for --once).
-  const bool print = !shipper || options.once_seconds.has_value();
-  auto* ship = shipper.get();
-  auto sink = [&targets, json, print, ship](MeasurementReport&& report) {
-    if (print) {
-      const std::string text = json ? vantage::agent::format_json(report, targets) + "\n"
-                                    : vantage::agent::format_table(report, targets) + "\n";
-      std::fwrite(text.data(), 1, text.size(), stdout);
-      std::fflush(stdout);
-    }
-    if (ship != nullptr) {
-      ship->submit(std::move(report), targets);
-    }
-  };
-  const vantage::agent::MeasurementStartResult started = measurement.start(sink);
-  if (!started.ok()) {
-    std::fprintf(stderr, "vantage-agent: %s\n", started.message.c_str());
+  std::optional<Running> running = start(options);
+  if (!running) {
     return 1;
-  }
-  if (const auto endpoint = measurement.reflector_endpoint()) {
-    std::fprintf(stderr, "vantage-agent: reflector listening on %s port %u\n",
-                 endpoint->address().to_string().c_str(), static_cast<unsigned>(endpoint->port()));
   }
 
   if (options.once_seconds) {
     const auto duration = std::chrono::nanoseconds(static_cast<std::int64_t>(*options.once_seconds * 1e9));
     // An interrupt ends the run early but still prints what was measured.
-    (void)wait_for_signal(signals, duration);
-  } else {
-    while (!wait_for_signal(signals, std::chrono::hours(1))) {
+    const auto end = std::chrono::steady_clock::now() + duration;
+    while (std::chrono::steady_clock::now() < end) {
+      const int s = wait_for_signal(signals, end - std::chrono::steady_clock::now());
+      if (s == SIGINT || s == SIGTERM) break;
     }
+    stop(*running, options.drain);
+    return 0;
   }
-  measurement.finish();
-  if (shipper) {
-    shipper->stop(options.drain);
-    const auto c = shipper->counters();
-    vantage::platform::log(vantage::platform::LogLevel::kInfo,
-                           "stopped: %llu batches spooled, acked through %llu, %llu still spooled",
-                           static_cast<unsigned long long>(c.batches_spooled),
-                           static_cast<unsigned long long>(c.acked_seq),
-                           static_cast<unsigned long long>(c.spool.records));
+
+  // The daemon: READY once measuring and the spool is open, then a loop that pings the
+  // watchdog while healthy, refreshes STATUS, reloads on SIGHUP and drains on SIGTERM.
+  vantage::platform::sd_notify_ready();
+  const auto watchdog_interval = vantage::platform::watchdog_interval();
+  std::optional<vantage::platform::Watchdog> watchdog;
+  std::chrono::nanoseconds tick = 1s;
+  if (watchdog_interval) {
+    watchdog.emplace(*watchdog_interval);
+    tick = std::min<std::chrono::nanoseconds>(tick, watchdog->kick_period());
   }
-  return 0;
+  std::uint64_t generation = 1;
+  for (;;) {
+    if (watchdog) {
+      watchdog->kick_if_healthy(healthy(*running));
+    }
+    vantage::platform::sd_notify_status(status_line(options, *running) + ", config generation " +
+                                        std::to_string(generation));
+    vantage::platform::flush_log_suppressions();
+    const int s = wait_for_signal(signals, tick);
+    if (s == SIGINT || s == SIGTERM) {
+      log(LogLevel::kInfo, "stopping: draining for up to %lld ms",
+          static_cast<long long>(options.drain.count()));
+      vantage::platform::sd_notify_stopping();
+      stop(*running, options.drain);
+      return 0;
+    }
+    if (s != SIGHUP) {
+      continue;
+    }
+    vantage::platform::sd_notify_reloading();
+    if (!config_path) {
+      log(LogLevel::kNotice, "reload: started without --config, nothing to re-read");
+      vantage::platform::sd_notify_ready();
+      continue;
+    }
+    std::optional<AgentOptions> next = load(*config_path);
+    if (!next) {
+      log(LogLevel::kError, "reload: %s has errors, keeping the running configuration", config_path->c_str());
+      vantage::platform::sd_notify_ready();
+      continue;
+    }
+    // The spool is on disk, so stopping the shipper loses nothing: the new one replays it.
+    stop(*running, 0ms);
+    std::optional<Running> replacement = start(*next);
+    if (!replacement) {
+      log(LogLevel::kError, "reload: the new configuration did not start, going back to the running one");
+      replacement = start(options);
+      if (!replacement) {
+        log(LogLevel::kError, "reload: the previous configuration no longer starts either, exiting");
+        return 1;
+      }
+    } else {
+      options = std::move(*next);
+      ++generation;
+      log(LogLevel::kInfo, "reload: configuration generation %llu running",
+          static_cast<unsigned long long>(generation));
+    }
+    running = std::move(replacement);
+    vantage::platform::sd_notify_ready();
+  }
 }

@@ -10,6 +10,7 @@
 #include <array>
 #include <condition_variable>
 #include <deque>
+#include <future>
 #include <mutex>
 #include <thread>
 
@@ -111,6 +112,7 @@ struct IngestServer::Impl {
   std::condition_variable queue_cv;
   std::vector<StoreItem> queue;
   bool stopping = false;
+  std::int64_t last_commit_end_ns = 0;  // CLOCK_MONOTONIC, under queue_mutex
 
   mutable std::mutex counters_mutex;
   IngestCounters counters;
@@ -453,6 +455,10 @@ void IngestServer::Impl::run_store() {
       log(LogLevel::kError, "store: %s", result.error.c_str());
     }
     const std::int64_t commit_ns = db->last_commit_ns();
+    {
+      std::lock_guard lock(queue_mutex);
+      last_commit_end_ns = platform::monotonic_ns();
+    }
     update([&](IngestCounters& c) {
       ++c.commits;
       c.last_commit_ns = commit_ns;
@@ -546,6 +552,21 @@ std::vector<asio::ip::tcp::endpoint> IngestServer::local_endpoints() const {
     out.push_back(acceptor->local_endpoint(ec));
   }
   return out;
+}
+
+bool IngestServer::healthy() const {
+  Impl& s = *impl_;
+  if (!s.io_thread.joinable()) {
+    return false;
+  }
+  auto answered = std::make_shared<std::promise<void>>();
+  auto future = answered->get_future();
+  asio::post(s.io, [answered] { answered->set_value(); });
+  if (future.wait_for(std::chrono::seconds(1)) != std::future_status::ready) {
+    return false;
+  }
+  std::lock_guard lock(s.queue_mutex);
+  return s.queue.empty() || platform::monotonic_ns() - s.last_commit_end_ns < 30'000'000'000;
 }
 
 IngestCounters IngestServer::counters() const {

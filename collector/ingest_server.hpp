@@ -85,6 +85,10 @@ class IngestServer {
   std::vector<asio::ip::tcp::endpoint> local_endpoints() const;
   IngestCounters counters() const;
 
+  // True when the io thread answers a posted task within a second and the store thread is not
+  // stuck: its queue is empty or it committed within the last 30 s.
+  bool healthy() const;
+
   struct Impl;  // public only so the connection class in the .cpp can name it
 
  private:

@@ -7,13 +7,16 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "collector/config.hpp"
 #include "collector/ingest_server.hpp"
 #include "collector/store/sqlite_store.hpp"
 #include "platform/log.hpp"
+#include "platform/sd_notify.hpp"
 
 namespace {
 
@@ -25,6 +28,7 @@ const char* kUsage =
     "FILE\n"
     "                               [--listen ADDR:PORT ...] [--max-connections N] [--max-frame BYTES]\n"
     "                               [--handshake-timeout MS] [--idle-timeout MS]\n"
+    "       vantage-collector serve --config FILE [--check-config]\n"
     "       vantage-collector query --db FILE\n"
     "  serve   accept agents over mutual TLS (default listen [::]:7443, IPv4 and IPv6) and store their\n"
     "          batches; SIGINT/SIGTERM stop it\n"
@@ -121,7 +125,34 @@ int main(int argc, char** argv) {
     return 2;
   }
   IngestConfig config;
+  // serve --config FILE [--check-config]: the settings come from TOML, nothing else is mixed in.
+  std::optional<std::string> config_path;
+  bool check_only = false;
   for (std::size_t i = 1; i < args.size(); ++i) {
+    if (args[i] == "--config" && i + 1 < args.size()) config_path = std::string(args[++i]);
+    if (args[i] == "--check-config") check_only = true;
+  }
+  if (command == "serve" && (config_path || check_only)) {
+    if (!config_path || args.size() != (check_only ? 4u : 3u)) {
+      std::fprintf(stderr,
+                   "vantage-collector: serve --config FILE [--check-config] takes no other arguments\n");
+      return 2;
+    }
+    vantage::collector::CollectorConfig loaded = vantage::collector::load_config(*config_path);
+    for (const std::string& e : loaded.errors) {
+      vantage::platform::log(vantage::platform::LogLevel::kError, "%s", e.c_str());
+    }
+    if (!loaded.options) {
+      return 1;
+    }
+    if (check_only) {
+      std::printf("%s: ok\n", config_path->c_str());
+      return 0;
+    }
+    vantage::platform::set_log_level(loaded.log_level);
+    config = std::move(*loaded.options);
+  }
+  for (std::size_t i = 1; i < args.size() && !config_path; ++i) {
     const std::string_view arg = args[i];
     if (i + 1 >= args.size()) {
       std::fprintf(stderr, "vantage-collector: %.*s needs a value\n%s", static_cast<int>(arg.size()),
@@ -193,9 +224,31 @@ int main(int argc, char** argv) {
                            e.address().to_string().c_str(), static_cast<unsigned>(e.port()),
                            config.database.c_str());
   }
-  int signal = 0;
-  sigwait(&signals, &signal);
-  vantage::platform::log(vantage::platform::LogLevel::kInfo, "stopping (%s)", strsignal(signal));
-  server.stop();
-  return 0;
+  vantage::platform::sd_notify_ready();
+  // The loop pings the watchdog while the store thread keeps committing or has nothing queued
+  // and STATUS carries the connection and batch counts.
+  const auto interval = vantage::platform::watchdog_interval();
+  std::optional<vantage::platform::Watchdog> watchdog;
+  timespec tick{1, 0};
+  if (interval) {
+    watchdog.emplace(*interval);
+    const auto period = std::chrono::duration_cast<std::chrono::nanoseconds>(watchdog->kick_period());
+    if (period < std::chrono::seconds(1)) tick = timespec{0, static_cast<long>(period.count())};
+  }
+  for (;;) {
+    const auto c = server.counters();
+    if (watchdog) watchdog->kick_if_healthy(server.healthy());
+    vantage::platform::sd_notify_status(std::to_string(c.connections_open) + " connections, " +
+                                        std::to_string(c.batches_stored) + " batches stored, " +
+                                        std::to_string(c.batches_duplicate) + " duplicates, " +
+                                        std::to_string(c.commits) + " commits");
+    vantage::platform::flush_log_suppressions();
+    const int signal = sigtimedwait(&signals, nullptr, &tick);
+    if (signal == SIGINT || signal == SIGTERM) {
+      vantage::platform::log(vantage::platform::LogLevel::kInfo, "stopping (%s)", strsignal(signal));
+      vantage::platform::sd_notify_stopping();
+      server.stop();
+      return 0;
+    }
+  }
 }

@@ -155,6 +155,11 @@ std::optional<AgentOptions> load(const std::string& path) {
 int main(int argc, char** argv) {
   vantage::platform::set_log_identity("vantage-agent");
   std::vector<std::string_view> args(argv + 1, argv + argc);
+  if (args.size() == 1 && args[0] == "--config-reference") {
+    // The config file's keys as a Markdown table, from the same table that parses and checks it.
+    std::fputs(vantage::agent::config_reference_markdown().c_str(), stdout);
+    return 0;
+  }
 
   // --config FILE [--check-config]: the daemon's settings from TOML; nothing else may be mixed in.
   std::optional<std::string> config_path;

@@ -118,6 +118,10 @@ int main(int argc, char** argv) {
     std::fputs(kUsage, args.empty() ? stderr : stdout);
     return args.empty() ? 2 : 0;
   }
+  if (args.size() == 1 && args[0] == "--config-reference") {
+    std::fputs(vantage::collector::config_reference_markdown().c_str(), stdout);
+    return 0;
+  }
   const std::string_view command = args[0];
   if (command != "serve" && command != "query") {
     std::fprintf(stderr, "vantage-collector: unknown command '%.*s'\n%s", static_cast<int>(command.size()),

@@ -4,8 +4,8 @@
 Each scenario starts vantage-collector and vantage-agent processes (under the cross-compiling
 emulator when one is given), disturbs them (kill -9, outages, a torn spool, bad peers) and then
 checks the store: every batch an agent made is there exactly once, seqs 1..N with no gap and no
-duplicate. Run: delivery_test.py --agent BIN --collector BIN --pki tools/dev-pki.sh [--emulator
-WORDS...] [--only NAME].
+duplicate. Run: delivery_test.py --agent BIN --collector BIN --pki tools/dev-pki.sh [--only NAME]
+[-- EMULATOR WORDS...].
 """
 import argparse
 import glob
@@ -391,8 +391,11 @@ def main():
     parser.add_argument("--collector", required=True)
     parser.add_argument("--pki", required=True)
     parser.add_argument("--only", default=None)
-    parser.add_argument("--emulator", nargs="*", default=[])
-    ARGS = parser.parse_args()
+    # Everything after "--" is the emulator command (e.g. qemu-aarch64-static -L /usr/aarch64-linux-gnu).
+    argv = sys.argv[1:]
+    emulator = argv[argv.index("--") + 1:] if "--" in argv else []
+    ARGS = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    ARGS.emulator = emulator
     names = [ARGS.only] if ARGS.only else list(SCENARIOS)
     failed = 0
     for name in names:

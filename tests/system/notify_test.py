@@ -3,7 +3,7 @@
 and WATCHDOG_USEC set, as systemd runs a Type=notify unit. Checks READY=1 once measuring, WATCHDOG=1
 pings, STATUS=, SIGHUP -> RELOADING=1 with MONOTONIC_USEC then READY=1 with the new config (and the
 old one kept when the new file is bad), SIGTERM -> STOPPING=1 and exit 0; and that a wedged agent
-(SIGSTOP) stops pinging. Run: notify_test.py --agent BIN [--emulator WORDS...]
+(SIGSTOP) stops pinging. Run: notify_test.py --agent BIN [-- EMULATOR WORDS...]
 """
 import argparse
 import os
@@ -75,8 +75,11 @@ class Manager:
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--agent", required=True)
-    parser.add_argument("--emulator", nargs="*", default=[])
-    args = parser.parse_args()
+    # Everything after "--" is the emulator command (e.g. qemu-aarch64-static -L /usr/aarch64-linux-gnu).
+    argv = sys.argv[1:]
+    emulator = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    args.emulator = emulator
     with tempfile.TemporaryDirectory(prefix="vantage-notify-") as work:
         port = free_udp_port()
         config = os.path.join(work, "agent.toml")

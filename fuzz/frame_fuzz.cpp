@@ -3,6 +3,7 @@
 // field by field as ingest reads it. A crash, leak or sanitizer report here is a remote bug.
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <span>
 
 #include "schemas/frame_codec.hpp"
@@ -15,6 +16,12 @@ void touch(const flatbuffers::String* s) {
   if (s != nullptr) {
     for (const char c : s->string_view()) sink = sink + static_cast<unsigned char>(c);
   }
+}
+
+std::uint64_t bits(double v) {
+  std::uint64_t out;
+  std::memcpy(&out, &v, sizeof out);
+  return out;
 }
 
 void walk(const vantage::wire::Frame& frame) {
@@ -54,7 +61,8 @@ void walk(const vantage::wire::Frame& frame) {
         if (s->net() != nullptr) {
           for (const NetInterface* n : *s->net()) {
             touch(n->name());
-            if (n->rates() != nullptr) sink = sink + static_cast<std::uint64_t>(n->rates()->rx_bytes_per_s());
+            // Untrusted doubles: read their bits, never convert them (NaN or 1e54 to an integer is UB).
+            if (n->rates() != nullptr) sink = sink + bits(n->rates()->rx_bytes_per_s());
           }
         }
         if (s->temperatures() != nullptr) {

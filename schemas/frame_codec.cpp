@@ -49,7 +49,16 @@ const Frame* verify_frame(std::span<const std::uint8_t> flatbuffer) noexcept {
   if (!VerifyFrameBuffer(verifier)) {
     return nullptr;
   }
-  return GetFrame(flatbuffer.data());
+  const Frame* frame = GetFrame(flatbuffer.data());
+  // The verifier checks a vector's length field for 4-byte alignment, not its elements for
+  // their own: a peer can place the 8-byte-aligned RttSample structs at an address that is only
+  // 4-aligned, and reading them is then undefined (and an alignment fault on some ARM cores).
+  if (const Batch* batch = frame->message_as_Batch(); batch != nullptr && batch->rtt_samples() != nullptr) {
+    if (reinterpret_cast<std::uintptr_t>(batch->rtt_samples()->Data()) % alignof(RttSample) != 0) {
+      return nullptr;
+    }
+  }
+  return frame;
 }
 
 void FrameReader::feed(std::span<const std::uint8_t> bytes) {

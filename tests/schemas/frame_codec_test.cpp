@@ -142,3 +142,21 @@ TEST_CASE("frames: garbage, a foreign identifier and a damaged buffer fail verif
     CHECK(reader.frame() == nullptr);
   }
 }
+
+TEST_CASE("frames: a batch whose 8-byte structs sit at a 4-byte boundary is refused") {
+  // Found by the frame fuzzer: the FlatBuffers verifier checks a vector's length field for
+  // alignment, not its elements, so rtt_samples (8-byte-aligned structs) could be misaligned.
+  // The file is the fuzzer's input: a chunk-size byte, then the stream.
+  const Bytes input = fixture("frames/misaligned_rtt_samples.bin");
+  REQUIRE(input.size() > 1);
+  FrameReader reader;
+  reader.feed({input.data() + 1, input.size() - 1});
+  FrameStatus status = FrameStatus::kNeedMore;
+  while ((status = reader.next()) == FrameStatus::kFrame) {
+    const wire::Batch* batch = reader.frame()->message_as_Batch();
+    if (batch != nullptr && batch->rtt_samples() != nullptr) {
+      CHECK(reinterpret_cast<std::uintptr_t>(batch->rtt_samples()->Data()) % alignof(wire::RttSample) == 0);
+    }
+  }
+  CHECK(status == FrameStatus::kInvalid);
+}

@@ -625,10 +625,18 @@ void IcmpProber::on_readable(Family& family) {
         platform::receive_datagram(family.descriptor.native_handle(), family.rx, family.peer, family.control);
     if (d.status != platform::ReceivedDatagram::Status::kDatagram) {
       // With RECVERR a plain read reports a newly queued ICMP error once as its errno (e.g.
-      // EHOSTUNREACH): that is the error queue's entry, not a failed receive.
-      if (d.status == platform::ReceivedDatagram::Status::kError &&
-          !(family.error_queue && drain_error_queue(family) != 0)) {
-        receive_errors_.bump();
+      // EHOSTUNREACH): that is the error queue's entry, not a failed receive. The entry may
+      // already have been drained above (the pending socket error outlives it), so an errno an
+      // ICMP error maps to is never a receive failure on such a socket.
+      const int err = errno;
+      if (d.status == platform::ReceivedDatagram::Status::kError) {
+        const bool icmp_errno = err == EHOSTUNREACH || err == ENETUNREACH || err == EHOSTDOWN ||
+                                err == ECONNREFUSED || err == EPROTO || err == EMSGSIZE || err == ENONET ||
+                                err == EACCES || err == ENOPROTOOPT;
+        const bool drained = family.error_queue && drain_error_queue(family) != 0;
+        if (!drained && !(family.error_queue && icmp_errno)) {
+          receive_errors_.bump();
+        }
       }
       return;
     }

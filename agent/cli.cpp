@@ -129,6 +129,30 @@ const char* usage_text() noexcept {
          "  --no-kernel-timestamps  take receive times in user space\n";
 }
 
+probes::TokenBucketConfig reflector_rate_limit(std::uint32_t rate_per_s) {
+  return {.rate_per_s = rate_per_s,
+          .burst = std::max<std::uint32_t>(probes::TokenBucketConfig{}.burst, rate_per_s / 5)};
+}
+
+void set_spool_bound(ship::SpoolConfig& spool, std::uint64_t kib) {
+  spool.max_bytes = kib << 10;
+  spool.max_record_bytes =
+      static_cast<std::uint32_t>(std::min<std::uint64_t>(spool.max_record_bytes, spool.max_bytes / 2));
+  spool.segment_bytes =
+      std::min<std::uint64_t>(spool.segment_bytes, std::max<std::uint64_t>(spool.max_bytes / 8, 4 << 10));
+}
+
+std::uint64_t capabilities_for(const MeasurementConfig& measurement) {
+  std::uint64_t capabilities = ship::kCapabilityHostLoad;
+  for (const ProbeTargetSpec& t : measurement.targets) {
+    capabilities |= t.protocol == ProbeProtocol::kUdpEcho      ? ship::kCapabilityUdpEcho
+                    : t.protocol == ProbeProtocol::kTcpConnect ? ship::kCapabilityTcpConnect
+                                                               : ship::kCapabilityIcmp;
+  }
+  if (measurement.reflector) capabilities |= ship::kCapabilityReflector;
+  return capabilities;
+}
+
 ParsedArgs parse_args(const std::vector<std::string_view>& args) {
   AgentOptions o;
   double rate = 1.0;
@@ -269,11 +293,7 @@ ParsedArgs parse_args(const std::vector<std::string_view>& args) {
       if (!value(v) || !parse_number(v, kb) || kb < 16 || kb > (std::uint64_t{1} << 30)) {
         return fail("--spool-max-kb: expected KiB, at least 16");
       }
-      ship.spool.max_bytes = kb << 10;
-      ship.spool.max_record_bytes = static_cast<std::uint32_t>(
-          std::min<std::uint64_t>(ship.spool.max_record_bytes, ship.spool.max_bytes / 2));
-      ship.spool.segment_bytes = std::min<std::uint64_t>(
-          ship.spool.segment_bytes, std::max<std::uint64_t>(ship.spool.max_bytes / 8, 4 << 10));
+      set_spool_bound(ship.spool, kb);
     } else if (arg == "--fsync") {
       std::uint32_t ms = 0;
       if (!value(v)) {
@@ -349,10 +369,7 @@ ParsedArgs parse_args(const std::vector<std::string_view>& args) {
     reflector.reset();
   }
   if (reflector && reflector_rate) {
-    // A fifth of a second's worth of burst, and never less than the default's.
-    reflector->rate_limit = {
-        .rate_per_s = *reflector_rate,
-        .burst = std::max<std::uint32_t>(reflector->rate_limit.burst, *reflector_rate / 5)};
+    reflector->rate_limit = reflector_rate_limit(*reflector_rate);
   }
   o.measurement.reflector = reflector;
   if (!ship.collectors.empty()) {
@@ -364,14 +381,7 @@ ParsedArgs parse_args(const std::vector<std::string_view>& args) {
         return fail(std::string("shipping to a collector needs ") + name);
       }
     }
-    std::uint64_t capabilities = ship::kCapabilityHostLoad;
-    for (const ProbeTargetSpec& t : o.measurement.targets) {
-      capabilities |= t.protocol == ProbeProtocol::kUdpEcho      ? ship::kCapabilityUdpEcho
-                      : t.protocol == ProbeProtocol::kTcpConnect ? ship::kCapabilityTcpConnect
-                                                                 : ship::kCapabilityIcmp;
-    }
-    if (reflector) capabilities |= ship::kCapabilityReflector;
-    ship.capabilities = capabilities;
+    ship.capabilities = capabilities_for(o.measurement);
     o.shipping = std::move(ship);
   }
   if (o.once_seconds && !o.explicit_interval) {

@@ -34,4 +34,12 @@ ParsedArgs parse_args(const std::vector<std::string_view>& args);
 
 const char* usage_text() noexcept;
 
+// Settings the command line and the config file derive the same way.
+// The reflector's per-source limit: a fifth of a second's worth of burst, never below the default's.
+probes::TokenBucketConfig reflector_rate_limit(std::uint32_t rate_per_s);
+// A spool bounded to kib KiB; records and segments shrink with a small bound.
+void set_spool_bound(ship::SpoolConfig& spool, std::uint64_t kib);
+// Hello.capabilities for the targets and reflector configured.
+std::uint64_t capabilities_for(const MeasurementConfig& measurement);
+
 }  // namespace vantage::agent

@@ -390,30 +390,15 @@ AgentConfig load_config(const std::filesystem::path& file) {
   } else {
     m.reflector->kernel_timestamps = m.kernel_timestamps;
     if (d.reflector_rate) {
-      // As the command line: a fifth of a second's worth of burst, never less than the default's.
-      m.reflector->rate_limit = {
-          .rate_per_s = *d.reflector_rate,
-          .burst = std::max<std::uint32_t>(m.reflector->rate_limit.burst, *d.reflector_rate / 5)};
+      m.reflector->rate_limit = reflector_rate_limit(*d.reflector_rate);
     }
   }
   ship::ShipperConfig& shipping = d.ship;
   if (d.spool_max_kb) {
-    // As the command line's --spool-max-kb: records and segments shrink with a small bound.
-    shipping.spool.max_bytes = *d.spool_max_kb << 10;
-    shipping.spool.max_record_bytes = static_cast<std::uint32_t>(
-        std::min<std::uint64_t>(shipping.spool.max_record_bytes, shipping.spool.max_bytes / 2));
-    shipping.spool.segment_bytes = std::min<std::uint64_t>(
-        shipping.spool.segment_bytes, std::max<std::uint64_t>(shipping.spool.max_bytes / 8, 4 << 10));
+    set_spool_bound(shipping.spool, *d.spool_max_kb);
   }
   if (!shipping.collectors.empty()) {
-    std::uint64_t capabilities = ship::kCapabilityHostLoad;
-    for (const ProbeTargetSpec& t : m.targets) {
-      capabilities |= t.protocol == ProbeProtocol::kUdpEcho      ? ship::kCapabilityUdpEcho
-                      : t.protocol == ProbeProtocol::kTcpConnect ? ship::kCapabilityTcpConnect
-                                                                 : ship::kCapabilityIcmp;
-    }
-    if (m.reflector) capabilities |= ship::kCapabilityReflector;
-    shipping.capabilities = capabilities;
+    shipping.capabilities = capabilities_for(m);
     d.options.shipping = std::move(shipping);
   }
   result.options = std::move(d.options);

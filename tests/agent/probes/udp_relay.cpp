@@ -15,6 +15,8 @@
 #include <utility>
 
 #include "agent/probes/probe_packet.hpp"
+#include "platform/receive_datagram.hpp"
+#include "platform/rx_timestamp.hpp"
 
 namespace vantage::agent::probes::test {
 namespace {
@@ -42,6 +44,11 @@ int open_socket(const asio::ip::udp::endpoint& bind_to, bool bind_it) {
     ::close(fd);
     throw std::system_error(err, std::generic_category(), "relay bind");
   }
+  // Delays count from the datagram's arrival in the kernel, not from when this thread got to
+  // read it: the relay's own wakeup latency is then part of the delay it reports as applied,
+  // like any other time the packet spent on its way. (QEMU user mode refuses the option; reads
+  // are then stamped when they happen.)
+  (void)vantage::platform::enable_kernel_rx_timestamps(fd);
   return fd;
 }
 
@@ -134,11 +141,23 @@ void UdpRelay::run() {
 void UdpRelay::read_from(int fd, RelayDirection direction, std::int64_t now) {
   std::array<std::byte, 65536> buffer;
   sockaddr_storage from{};
-  socklen_t from_len = sizeof(from);
-  const ssize_t n = ::recvfrom(fd, buffer.data(), buffer.size(), MSG_DONTWAIT,
-                               reinterpret_cast<sockaddr*>(&from), &from_len);
-  if (n < 0) {
+  alignas(std::max_align_t) std::array<unsigned char, 128> control{};
+  const vantage::platform::ReceivedDatagram d =
+      vantage::platform::receive_datagram(fd, buffer, from, control);
+  if (d.status != vantage::platform::ReceivedDatagram::Status::kDatagram) {
     return;
+  }
+  const ssize_t n = static_cast<ssize_t>(d.size);
+  const socklen_t from_len = d.peer_len;
+  if (d.kernel_realtime_ns) {
+    // The stamp is CLOCK_REALTIME; move it to CLOCK_MONOTONIC by its age.
+    timespec real{};
+    ::clock_gettime(CLOCK_REALTIME, &real);
+    const std::int64_t age =
+        static_cast<std::int64_t>(real.tv_sec) * 1'000'000'000 + real.tv_nsec - *d.kernel_realtime_ns;
+    if (age >= 0 && age < 1'000'000'000) {
+      now -= age;
+    }
   }
   const asio::ip::udp::endpoint sender = to_endpoint(from, from_len);
   if (direction == RelayDirection::kOutbound) {

@@ -87,13 +87,9 @@ const cfg::Key<Draft> kKeys[] = {
      [](const Value& v) {
        return cfg::one_of(v, {"error", "warning", "notice", "info", "debug"});
      },
+     // The validator admits only names parse_log_level knows.
      [](Draft& d, const Value& v) {
-       using platform::LogLevel;
-       d.log_level = v.text() == "error"     ? LogLevel::kError
-                     : v.text() == "warning" ? LogLevel::kWarning
-                     : v.text() == "notice"  ? LogLevel::kNotice
-                     : v.text() == "debug"   ? LogLevel::kDebug
-                                             : LogLevel::kInfo;
+       d.log_level = platform::parse_log_level(v.text()).value_or(platform::LogLevel::kInfo);
      }},
 };
 

@@ -26,6 +26,7 @@ namespace {
 using vantage::agent::AgentOptions;
 using vantage::agent::Measurement;
 using vantage::agent::MeasurementReport;
+using vantage::agent::ship::SelfBaseline;
 using vantage::agent::ship::Shipper;
 using vantage::platform::log;
 using vantage::platform::LogLevel;
@@ -53,15 +54,22 @@ int wait_for_signal(const sigset_t& signals, std::chrono::nanoseconds timeout) {
 struct Running {
   std::unique_ptr<Shipper> shipper;
   std::unique_ptr<Measurement> measurement;
+  // The counters of the latest report, written by the sink on the aggregator thread and read
+  // after finish() has joined it.
+  std::shared_ptr<vantage::agent::MeasurementCounters> last_counters =
+      std::make_shared<vantage::agent::MeasurementCounters>();
   bool print = true;
 };
 
 // Starts the shipper (when configured) and the measurement; on failure logs why and returns
-// nothing, with whatever had started stopped again.
-std::optional<Running> start(const AgentOptions& options) {
+// nothing, with whatever had started stopped again. baseline: what this process counted before
+// (earlier configurations), so the batches' self-metrics stay cumulative across reloads.
+std::optional<Running> start(const AgentOptions& options, const SelfBaseline& baseline) {
   Running r;
   if (options.shipping) {
-    auto opened = Shipper::open(*options.shipping);
+    vantage::agent::ship::ShipperConfig shipping = *options.shipping;
+    shipping.self_baseline = baseline;
+    auto opened = Shipper::open(std::move(shipping));
     for (const std::string& warning : opened.warnings) {
       log(LogLevel::kWarning, "spool: %s", warning.c_str());
     }
@@ -79,7 +87,9 @@ std::optional<Running> start(const AgentOptions& options) {
   Shipper* ship = r.shipper.get();
   const bool json = options.json;
   const bool print = r.print;
-  auto sink = [targets, json, print, ship](MeasurementReport&& report) {
+  auto last_counters = r.last_counters;
+  auto sink = [targets, json, print, ship, last_counters](MeasurementReport&& report) {
+    *last_counters = report.counters;
     if (print) {
       const std::string text = json ? vantage::agent::format_json(report, targets) + "\n"
                                     : vantage::agent::format_table(report, targets) + "\n";
@@ -105,12 +115,20 @@ std::optional<Running> start(const AgentOptions& options) {
   return r;
 }
 
-// Ends the measurement cleanly (its final report goes to the spool) and drains the shipper.
-void stop(Running& r, std::chrono::milliseconds drain) {
+// Ends the measurement cleanly (its final report goes to the spool) and drains the shipper;
+// adds what they counted to baseline.
+void stop(Running& r, std::chrono::milliseconds drain, SelfBaseline& baseline) {
   r.measurement->finish();
+  const vantage::agent::MeasurementCounters& m = *r.last_counters;
+  baseline.probe_ring_dropped += m.udp.events_dropped + m.tcp.ring_full + m.icmp.ring_full;
+  baseline.load_ring_dropped += m.loads_dropped;
   if (r.shipper) {
     r.shipper->stop(drain);
     const auto c = r.shipper->counters();
+    baseline.sessions += c.connects;
+    baseline.connect_failures += c.connect_failures;
+    baseline.tls_failures += c.tls_failures;
+    baseline.rejected += c.rejected;
     log(LogLevel::kInfo, "stopped: %llu batches spooled, acked through %llu, %llu still spooled",
         static_cast<unsigned long long>(c.batches_spooled), static_cast<unsigned long long>(c.acked_seq),
         static_cast<unsigned long long>(c.spool.records));
@@ -215,7 +233,8 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  std::optional<Running> running = start(options);
+  SelfBaseline baseline;  // config_generation 1
+  std::optional<Running> running = start(options, baseline);
   if (!running) {
     return 1;
   }
@@ -228,7 +247,7 @@ int main(int argc, char** argv) {
       const int s = wait_for_signal(signals, end - std::chrono::steady_clock::now());
       if (s == SIGINT || s == SIGTERM) break;
     }
-    stop(*running, options.drain);
+    stop(*running, options.drain, baseline);
     return 0;
   }
 
@@ -242,20 +261,19 @@ int main(int argc, char** argv) {
     watchdog.emplace(*watchdog_interval);
     tick = std::min<std::chrono::nanoseconds>(tick, watchdog->kick_period());
   }
-  std::uint64_t generation = 1;
   for (;;) {
     if (watchdog) {
       watchdog->kick_if_healthy(healthy(*running));
     }
     vantage::platform::sd_notify_status(status_line(options, *running) + ", config generation " +
-                                        std::to_string(generation));
+                                        std::to_string(baseline.config_generation));
     vantage::platform::flush_log_suppressions();
     const int s = wait_for_signal(signals, tick);
     if (s == SIGINT || s == SIGTERM) {
       log(LogLevel::kInfo, "stopping: draining for up to %lld ms",
           static_cast<long long>(options.drain.count()));
       vantage::platform::sd_notify_stopping();
-      stop(*running, options.drain);
+      stop(*running, options.drain, baseline);
       return 0;
     }
     if (s != SIGHUP) {
@@ -274,20 +292,21 @@ int main(int argc, char** argv) {
       continue;
     }
     // The spool is on disk, so stopping the shipper loses nothing: the new one replays it.
-    stop(*running, 0ms);
-    std::optional<Running> replacement = start(*next);
+    stop(*running, 0ms, baseline);
+    ++baseline.config_generation;
+    std::optional<Running> replacement = start(*next, baseline);
     if (!replacement) {
       log(LogLevel::kError, "reload: the new configuration did not start, going back to the running one");
-      replacement = start(options);
+      --baseline.config_generation;
+      replacement = start(options, baseline);
       if (!replacement) {
         log(LogLevel::kError, "reload: the previous configuration no longer starts either, exiting");
         return 1;
       }
     } else {
       options = std::move(*next);
-      ++generation;
       log(LogLevel::kInfo, "reload: configuration generation %llu running",
-          static_cast<unsigned long long>(generation));
+          static_cast<unsigned long long>(baseline.config_generation));
     }
     running = std::move(replacement);
     vantage::platform::sd_notify_ready();

@@ -106,6 +106,19 @@ int query(const std::string& db_path) {
     std::printf("%-16s %-12s %-10s %10" PRId64 " %10" PRIu64 " %10s\n", a.agent_id.c_str(), a.region.c_str(),
                 a.pop.c_str(), a.batch_count, a.max_seq, ago(a.last_seen_ns).c_str());
   }
+  std::printf(
+      "\nagent health (newest batch with self-metrics)\n%-16s %5s %9s %9s %6s %8s %8s %6s %6s %6s %6s\n",
+      "AGENT", "GEN", "RSS", "CPU_S", "UP", "SPOOL", "SP_DROP", "RING_D", "RECONN", "CONN_F", "TLS_F");
+  for (const auto& a : *agents.value) {
+    if (!a.self) continue;
+    const auto& m = *a.self;
+    std::printf("%-16s %5" PRIu64 " %8.1fM %9.2f %6s %8" PRIu64 " %8" PRIu64 " %6" PRIu64 " %6" PRIu64
+                " %6" PRIu64 " %6" PRIu64 "\n",
+                a.agent_id.c_str(), m.config_generation, static_cast<double>(m.rss_bytes) / 1048576.0,
+                static_cast<double>(m.cpu_user_ns + m.cpu_system_ns) / 1e9, ago(m.process_start_ns).c_str(),
+                m.spool_records, a.spool_dropped, m.probe_ring_dropped + m.load_ring_dropped, m.reconnects,
+                m.connect_failures, m.tls_failures);
+  }
   return 0;
 }
 

@@ -46,6 +46,13 @@ std::vector<std::uint8_t> build_batch_frame(const AgentIdentity& identity, std::
   const auto pop = fbb.CreateString(identity.pop);
   const auto latency_vector = fbb.CreateVector(latency);
   const auto load_vector = fbb.CreateVector(load);
+  flatbuffers::Offset<wire::AgentSelf> self;
+  if (extras.self) {
+    const SelfMetrics& m = *extras.self;
+    self = wire::CreateAgentSelf(fbb, m.process_start_ns, m.config_generation, m.rss_bytes, m.cpu_user_ns,
+                                 m.cpu_system_ns, m.probe_ring_dropped, m.load_ring_dropped, m.spool_records,
+                                 m.spool_bytes, m.reconnects, m.connect_failures, m.tls_failures, m.rejected);
+  }
   wire::BatchBuilder b(fbb);
   b.add_agent_id(agent_id);
   b.add_seq(seq);
@@ -56,6 +63,9 @@ std::vector<std::uint8_t> build_batch_frame(const AgentIdentity& identity, std::
   b.add_latency(latency_vector);
   b.add_load(load_vector);
   b.add_spool_dropped(extras.spool_dropped);
+  if (extras.self) {
+    b.add_self(self);
+  }
   return finish(fbb, wire::Message::Batch, b.Finish().Union());
 }
 

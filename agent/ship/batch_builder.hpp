@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -17,9 +18,27 @@ struct AgentIdentity {
   std::string pop;       // e.g. "fra1"
 };
 
-// What the Batch says about the delivery path itself.
+// The agent's own health (Batch.self; the fields are documented on AgentSelf in telemetry.fbs).
+struct SelfMetrics {
+  std::int64_t process_start_ns = 0;
+  std::uint64_t config_generation = 0;
+  std::uint64_t rss_bytes = 0;
+  std::uint64_t cpu_user_ns = 0;
+  std::uint64_t cpu_system_ns = 0;
+  std::uint64_t probe_ring_dropped = 0;
+  std::uint64_t load_ring_dropped = 0;
+  std::uint64_t spool_records = 0;
+  std::uint64_t spool_bytes = 0;
+  std::uint64_t reconnects = 0;
+  std::uint64_t connect_failures = 0;
+  std::uint64_t tls_failures = 0;
+  std::uint64_t rejected = 0;
+};
+
+// What the Batch says about the agent and its delivery path.
 struct BatchExtras {
-  std::uint64_t spool_dropped = 0;  // batches dropped by the spool bound since the agent began
+  std::uint64_t spool_dropped = 0;  // batches dropped by the spool bound since the spool began
+  std::optional<SelfMetrics> self;  // Batch.self; absent when not given
 };
 
 // Capability bits carried in Hello.capabilities.

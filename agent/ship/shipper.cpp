@@ -16,6 +16,7 @@
 #include <random>
 #include <thread>
 
+#include "agent/process_usage.hpp"
 #include "platform/log.hpp"
 #include "platform/tls/tls_stream.hpp"
 #include "schemas/frame_codec.hpp"
@@ -94,6 +95,7 @@ struct Shipper::Impl {
   void schedule_reconnect();
   void spool_frame(MeasurementReport& report, const std::vector<ProbeTargetSpec>& targets);
   void arm_flush();
+  SelfMetrics self_metrics(const MeasurementReport& report, const SpoolStats& spool_stats);
   const CollectorAddress& collector() const { return config.collectors[collector_index]; }
 };
 
@@ -375,8 +377,10 @@ void Shipper::Impl::schedule_reconnect() {
 
 void Shipper::Impl::spool_frame(MeasurementReport& report, const std::vector<ProbeTargetSpec>& targets) {
   const std::uint64_t seq = spool.next_seq();
+  const SpoolStats before = spool.stats();
   BatchExtras extras;
-  extras.spool_dropped = spool.stats().dropped_total;
+  extras.spool_dropped = before.dropped_total;
+  extras.self = self_metrics(report, before);
   const std::vector<std::uint8_t> frame = build_batch_frame(config.identity, seq, report, targets, extras);
   if (const SpoolError e = spool.append(seq, as_bytes(frame))) {
     log(LogLevel::kError, "spool: batch %llu not stored: %s", static_cast<unsigned long long>(seq),
@@ -390,6 +394,29 @@ void Shipper::Impl::spool_frame(MeasurementReport& report, const std::vector<Pro
     s.spool = stats;
   });
   pump();
+}
+
+SelfMetrics Shipper::Impl::self_metrics(const MeasurementReport& report, const SpoolStats& spool_stats) {
+  const SelfBaseline& base = config.self_baseline;
+  const ProcessUsage usage = read_process_usage();
+  SelfMetrics m;
+  m.process_start_ns = process_start_ns();
+  m.config_generation = base.config_generation;
+  m.rss_bytes = usage.rss_bytes;
+  m.cpu_user_ns = usage.cpu_user_ns;
+  m.cpu_system_ns = usage.cpu_system_ns;
+  const MeasurementCounters& c = report.counters;
+  m.probe_ring_dropped = base.probe_ring_dropped + c.udp.events_dropped + c.tcp.ring_full + c.icmp.ring_full;
+  m.load_ring_dropped = base.load_ring_dropped + c.loads_dropped;
+  m.spool_records = spool_stats.records;
+  m.spool_bytes = spool_stats.live_bytes;
+  std::lock_guard lock(counters_mutex);
+  const std::uint64_t sessions = base.sessions + counters.connects;
+  m.reconnects = sessions > 0 ? sessions - 1 : 0;
+  m.connect_failures = base.connect_failures + counters.connect_failures;
+  m.tls_failures = base.tls_failures + counters.tls_failures;
+  m.rejected = base.rejected + counters.rejected;
+  return m;
 }
 
 void Shipper::Impl::arm_flush() {

@@ -24,6 +24,18 @@ struct CollectorAddress {
   std::string server_name;
 };
 
+// What earlier shippers and measurements of this process counted: a reload replaces both, and
+// the self-metrics in each batch stay cumulative for the process.
+struct SelfBaseline {
+  std::uint64_t config_generation = 1;
+  std::uint64_t sessions = 0;  // TLS sessions established
+  std::uint64_t connect_failures = 0;
+  std::uint64_t tls_failures = 0;
+  std::uint64_t rejected = 0;
+  std::uint64_t probe_ring_dropped = 0;
+  std::uint64_t load_ring_dropped = 0;
+};
+
 struct ShipperConfig {
   AgentIdentity identity;
   // Tried in order; after a failure the next one, wrapping around. All must serve the agent's
@@ -42,6 +54,7 @@ struct ShipperConfig {
   std::chrono::milliseconds backoff_max{30'000};
   std::size_t max_in_flight = 32;  // batches sent ahead of their acks
   std::uint32_t max_frame = 4u << 20;
+  SelfBaseline self_baseline;
 };
 
 struct ShipperCounters {

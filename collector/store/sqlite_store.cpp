@@ -132,7 +132,31 @@ CREATE TABLE rtt_samples(
 ) WITHOUT ROWID;
 )sql";
 
-constexpr std::array<const char*, 1> kMigrations{kSchemaV1};
+// Version 2: the agents' self-metrics (Batch.self), one row per batch that carries them.
+constexpr const char* kSchemaV2 = R"sql(
+CREATE TABLE agent_self(
+  agent_id           TEXT NOT NULL,
+  seq                INTEGER NOT NULL,
+  interval_end_ns    INTEGER NOT NULL,
+  process_start_ns   INTEGER NOT NULL,
+  config_generation  INTEGER NOT NULL,
+  rss_bytes          INTEGER NOT NULL,
+  cpu_user_ns        INTEGER NOT NULL,
+  cpu_system_ns      INTEGER NOT NULL,
+  probe_ring_dropped INTEGER NOT NULL,
+  load_ring_dropped  INTEGER NOT NULL,
+  spool_records      INTEGER NOT NULL,
+  spool_bytes        INTEGER NOT NULL,
+  reconnects         INTEGER NOT NULL,
+  connect_failures   INTEGER NOT NULL,
+  tls_failures       INTEGER NOT NULL,
+  rejected           INTEGER NOT NULL,
+  PRIMARY KEY (agent_id, seq),
+  FOREIGN KEY (agent_id, seq) REFERENCES batches(agent_id, seq) ON DELETE CASCADE
+) WITHOUT ROWID;
+)sql";
+
+constexpr std::array<const char*, 2> kMigrations{kSchemaV1, kSchemaV2};
 static_assert(kMigrations.size() == SqliteStore::kSchemaVersion);
 
 constexpr const char* kUpsertAgent = R"sql(
@@ -161,6 +185,10 @@ INSERT INTO latency_summaries VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?
 constexpr const char* kInsertLoad = R"sql(
 INSERT INTO load_samples VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
   ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)
+)sql";
+
+constexpr const char* kInsertSelf = R"sql(
+INSERT INTO agent_self VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
 )sql";
 
 constexpr const char* kInsertRtt = R"sql(
@@ -192,8 +220,13 @@ ORDER BY pop
 
 constexpr const char* kAgents = R"sql(
 SELECT a.agent_id, a.region, a.pop, COALESCE(MAX(b.seq), 0), COUNT(b.seq), a.first_seen_ns, a.last_seen_ns,
-       COALESCE((SELECT spool_dropped FROM batches WHERE agent_id = a.agent_id ORDER BY seq DESC LIMIT 1), 0)
+       COALESCE((SELECT spool_dropped FROM batches WHERE agent_id = a.agent_id ORDER BY seq DESC LIMIT 1), 0),
+       s.seq, s.process_start_ns, s.config_generation, s.rss_bytes, s.cpu_user_ns, s.cpu_system_ns,
+       s.probe_ring_dropped, s.load_ring_dropped, s.spool_records, s.spool_bytes, s.reconnects,
+       s.connect_failures, s.tls_failures, s.rejected
 FROM agents AS a LEFT JOIN batches AS b USING (agent_id)
+LEFT JOIN agent_self AS s
+  ON s.agent_id = a.agent_id AND s.seq = (SELECT MAX(seq) FROM agent_self WHERE agent_id = a.agent_id)
 GROUP BY a.agent_id
 ORDER BY a.agent_id
 )sql";
@@ -562,7 +595,7 @@ std::string SqliteStore::prepare_all() {
       {&begin_, "BEGIN IMMEDIATE"},  // take the write lock now: busy_timeout applies here, not mid-way
       {&commit_, "COMMIT"},           {&rollback_, "ROLLBACK"},           {&upsert_agent_, kUpsertAgent},
       {&insert_batch_, kInsertBatch}, {&insert_latency_, kInsertLatency}, {&insert_load_, kInsertLoad},
-      {&insert_rtt_, kInsertRtt},
+      {&insert_rtt_, kInsertRtt},     {&insert_self_, kInsertSelf},
   };
   for (const auto& [stmt, sql] : all) {
     sqlite3_stmt* raw = nullptr;
@@ -708,6 +741,28 @@ std::string SqliteStore::store_one(const IncomingBatch& in, StoreOutcome& outcom
     }
   }
 
+  if (const wire::AgentSelf* m = b.self()) {
+    Binder r(insert_self_.get());
+    r.text(in.agent_id)
+        .u64(b.seq())
+        .i64(b.interval_end_ns())
+        .i64(m->process_start_ns())
+        .u64(m->config_generation())
+        .u64(m->rss_bytes())
+        .u64(m->cpu_user_ns())
+        .u64(m->cpu_system_ns())
+        .u64(m->probe_ring_dropped())
+        .u64(m->load_ring_dropped())
+        .u64(m->spool_records())
+        .u64(m->spool_bytes())
+        .u64(m->reconnects())
+        .u64(m->connect_failures())
+        .u64(m->tls_failures())
+        .u64(m->rejected());
+    if (r.rc() != SQLITE_OK || run(insert_self_.get()) != SQLITE_OK)
+      return error("insert agent self-metrics");
+  }
+
   if (rtts != nullptr) {
     std::int64_t idx = 0;
     for (const wire::RttSample* t : *rtts) {
@@ -842,6 +897,25 @@ Result<std::vector<AgentSummary>> SqliteStore::agents() {
     r.first_seen_ns = sqlite3_column_int64(s, 5);
     r.last_seen_ns = sqlite3_column_int64(s, 6);
     r.spool_dropped = static_cast<std::uint64_t>(sqlite3_column_int64(s, 7));
+    if (sqlite3_column_type(s, 8) != SQLITE_NULL) {
+      const auto u = [s](int i) { return static_cast<std::uint64_t>(sqlite3_column_int64(s, i)); };
+      AgentSelfRow m;
+      m.seq = u(8);
+      m.process_start_ns = sqlite3_column_int64(s, 9);
+      m.config_generation = u(10);
+      m.rss_bytes = u(11);
+      m.cpu_user_ns = u(12);
+      m.cpu_system_ns = u(13);
+      m.probe_ring_dropped = u(14);
+      m.load_ring_dropped = u(15);
+      m.spool_records = u(16);
+      m.spool_bytes = u(17);
+      m.reconnects = u(18);
+      m.connect_failures = u(19);
+      m.tls_failures = u(20);
+      m.rejected = u(21);
+      r.self = m;
+    }
     rows.push_back(std::move(r));
   });
   if (rc != SQLITE_OK) {

@@ -47,6 +47,9 @@ namespace vantage::collector::store {
 //                     every commit) by the core count; SQLite's json_each()/json_extract() still
 //                     reach into them when an operator needs to.
 //   rtt_samples       the optional raw round trips, one row each.
+//   agent_self        (schema v2) one row per batch that carries the agent's self-metrics
+//                     (Batch.self: RSS, CPU time, ring and spool figures, reconnects, TLS
+//                     failures, config generation), with the batch's interval_end_ns.
 //
 // Children reference batches(agent_id, seq) with ON DELETE CASCADE, so retention is a DELETE on
 // batches.
@@ -114,6 +117,24 @@ struct LatestLoad {
   std::optional<double> psi_cpu_some;
 };
 
+// An agent's self-metrics as of one batch (see AgentSelf in telemetry.fbs).
+struct AgentSelfRow {
+  std::uint64_t seq = 0;
+  std::int64_t process_start_ns = 0;
+  std::uint64_t config_generation = 0;
+  std::uint64_t rss_bytes = 0;
+  std::uint64_t cpu_user_ns = 0;
+  std::uint64_t cpu_system_ns = 0;
+  std::uint64_t probe_ring_dropped = 0;
+  std::uint64_t load_ring_dropped = 0;
+  std::uint64_t spool_records = 0;
+  std::uint64_t spool_bytes = 0;
+  std::uint64_t reconnects = 0;
+  std::uint64_t connect_failures = 0;
+  std::uint64_t tls_failures = 0;
+  std::uint64_t rejected = 0;
+};
+
 struct AgentSummary {
   std::string agent_id;
   std::string region;
@@ -122,7 +143,8 @@ struct AgentSummary {
   std::int64_t batch_count = 0;
   std::int64_t first_seen_ns = 0;
   std::int64_t last_seen_ns = 0;
-  std::uint64_t spool_dropped = 0;  // as reported in the agent's newest batch
+  std::uint64_t spool_dropped = 0;   // as reported in the agent's newest batch
+  std::optional<AgentSelfRow> self;  // from the newest batch that carried self-metrics
 };
 
 // Histogram BLOB layout: the non-empty buckets in wire order, 6 bytes each: u16 index then u32
@@ -132,7 +154,7 @@ inline constexpr std::size_t kHistogramBucketBytes = 6;
 
 class SqliteStore {
  public:
-  static constexpr int kSchemaVersion = 1;  // PRAGMA user_version
+  static constexpr int kSchemaVersion = 2;  // PRAGMA user_version
 
   // Opens or creates the database and brings its schema to kSchemaVersion.
   static Result<SqliteStore> open(const std::string& path, const OpenOptions& options = {});
@@ -178,7 +200,7 @@ class SqliteStore {
   std::string path_;
   Db db_;  // declared before the statements: destroyed after them
   Stmt begin_, commit_, rollback_;
-  Stmt upsert_agent_, insert_batch_, insert_latency_, insert_load_, insert_rtt_;
+  Stmt upsert_agent_, insert_batch_, insert_latency_, insert_load_, insert_rtt_, insert_self_;
   std::int64_t last_commit_ns_ = 0;
   std::int64_t last_store_ns_ = 0;
 };

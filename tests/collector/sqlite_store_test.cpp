@@ -266,6 +266,9 @@ Bytes rich_batch() {
   const auto latency_vec = fbb.CreateVector(latency);
   const auto load_vec = fbb.CreateVector(load);
   const auto raw_vec = fbb.CreateVectorOfStructs(raw);
+  // Every self-metric distinct, one of them past 2^32, so a swapped or narrowed column shows.
+  const auto self = wire::CreateAgentSelf(fbb, kT0 - 3600 * kSecond, 3, 5'000'000'000ull, 101, 102, 103, 104,
+                                          105, 106, 107, 108, 109, 110);
   wire::BatchBuilder bb(fbb);
   bb.add_agent_id(agent_id);
   bb.add_seq(4242);
@@ -277,6 +280,7 @@ Bytes rich_batch() {
   bb.add_load(load_vec);
   bb.add_rtt_samples(raw_vec);
   bb.add_spool_dropped(kSpoolDropped);
+  bb.add_self(self);
   return finish(fbb, bb.Finish());
 }
 
@@ -440,6 +444,57 @@ TEST_CASE("round trip: every column of a batch with 3 latency summaries and 2 lo
   CHECK((*agent_rows.value)[0].max_seq == 4242);
   CHECK((*agent_rows.value)[0].batch_count == 1);
   CHECK((*agent_rows.value)[0].spool_dropped == kSpoolDropped);
+
+  auto self = db.rows("SELECT * FROM agent_self");
+  REQUIRE(self.size() == 1);
+  CHECK(self[0]["agent_id"].s == "fra1-edge-07");
+  CHECK(self[0]["seq"].i == 4242);
+  CHECK(self[0]["interval_end_ns"].i == kT0 + kSecond);
+  CHECK(self[0]["process_start_ns"].i == kT0 - 3600 * kSecond);
+  CHECK(self[0]["config_generation"].i == 3);
+  CHECK(self[0]["rss_bytes"].i == 5'000'000'000);
+  const char* counters[] = {"cpu_user_ns",   "cpu_system_ns", "probe_ring_dropped", "load_ring_dropped",
+                            "spool_records", "spool_bytes",   "reconnects",         "connect_failures",
+                            "tls_failures",  "rejected"};
+  for (int k = 0; k < 10; ++k) {
+    CAPTURE(counters[k]);
+    CHECK(self[0][counters[k]].i == 101 + k);
+  }
+  const auto& summary = (*agent_rows.value)[0];
+  REQUIRE(summary.self.has_value());
+  CHECK(summary.self->seq == 4242);
+  CHECK(summary.self->config_generation == 3);
+  CHECK(summary.self->rss_bytes == 5'000'000'000ull);
+  CHECK(summary.self->cpu_user_ns == 101);
+  CHECK(summary.self->rejected == 110);
+}
+
+TEST_CASE("migration: a version-1 database gains agent_self and keeps its rows") {
+  TempDir dir;
+  const std::string path = dir.file("store.db");
+  {
+    SqliteStore store = open_store(path);
+    Batches in;
+    in.add(rich_batch(), "fra1-edge-07", "fra1", kT0 + 2 * kSecond);
+    REQUIRE(store.store(in.incoming));
+  }
+  {
+    // What a version-1 collector left behind: no agent_self table.
+    RawDb db(path);
+    db.exec("DROP TABLE agent_self; PRAGMA user_version=1;");
+  }
+  {
+    SqliteStore store = open_store(path);
+    auto agents = store.agents();
+    REQUIRE(agents);
+    REQUIRE(agents.value->size() == 1);
+    CHECK((*agents.value)[0].max_seq == 4242);
+    CHECK_FALSE((*agents.value)[0].self.has_value());  // that batch's self-metrics went with the table
+  }
+  RawDb db(path);
+  CHECK(db.integer("PRAGMA user_version") == 2);
+  CHECK(db.integer("SELECT count(*) FROM agent_self") == 0);
+  CHECK(db.integer("SELECT count(*) FROM batches") == 1);
 }
 
 TEST_CASE("dedupe: the same (agent, seq) twice in one call and across calls is stored once") {

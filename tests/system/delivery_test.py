@@ -116,12 +116,15 @@ class World:
         finally:
             con.close()
 
-    def scalar(self, sql, *params):
+    def rows(self, sql, *params):
         con = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
         try:
-            return con.execute(sql, params).fetchone()[0]
+            return con.execute(sql, params).fetchall()
         finally:
             con.close()
+
+    def scalar(self, sql, *params):
+        return self.rows(sql, *params)[0][0]
 
     def cleanup(self):
         for p in self.procs:
@@ -161,8 +164,30 @@ def scenario_collector_kill9(world):
     n1 = assert_complete(world, a1, "a1")
     n2 = assert_complete(world, a2, "a2")
     assert n1 >= 10 and n2 >= 10, (n1, n2)
+    health = check_self_metrics(world, "a1", n1)
     world.collector.stop()
-    return f"a1 seqs 1..{n1}, a2 seqs 1..{n2}, each exactly once across a collector kill -9"
+    return f"a1 seqs 1..{n1}, a2 seqs 1..{n2}, each exactly once across a collector kill -9; a1 {health}"
+
+
+def check_self_metrics(world, agent_id, batches):
+    """Every batch carried the agent's self-metrics, and they tell the story of a collector outage:
+    one process, one configuration, CPU time that only grows, a spool that filled while the
+    collector was away, a failed connect and a reconnect."""
+    rows = world.rows("SELECT seq, process_start_ns, config_generation, rss_bytes, cpu_user_ns + cpu_system_ns, "
+                      "spool_records, reconnects, connect_failures, tls_failures, rejected FROM agent_self "
+                      "WHERE agent_id = ? ORDER BY seq", agent_id)
+    assert [r[0] for r in rows] == list(range(1, batches + 1)), f"{agent_id}: self-metrics for {len(rows)} of {batches} batches"
+    assert len({r[1] for r in rows}) == 1 and rows[0][1] > 1_600_000_000 * 10**9, "process_start_ns changed or is not wall time"
+    assert all(r[2] == 1 for r in rows), "config generation is not 1"
+    assert all(0 < r[3] < 4 << 30 for r in rows), f"implausible RSS {[r[3] for r in rows]}"
+    cpu = [r[4] for r in rows]
+    assert cpu == sorted(cpu) and cpu[-1] > 0, f"CPU time not cumulative: {cpu}"
+    last = rows[-1]
+    assert max(r[5] for r in rows) >= 2, "the spool never held a backlog during the outage"
+    assert last[6] >= 1 and last[7] >= 1, f"reconnects {last[6]}, connect failures {last[7]} after a collector kill"
+    assert last[8] == 0 and last[9] == 0, f"TLS failures {last[8]}, rejections {last[9]}"
+    return (f"self-metrics in all {len(rows)} batches: RSS {last[3] >> 10} KiB, CPU {cpu[-1] / 1e6:.0f} ms, "
+            f"spool peak {max(r[5] for r in rows)}, {last[6]} reconnects, {last[7]} failed connects")
 
 
 def scenario_outage_and_bound(world):
@@ -374,6 +399,83 @@ def scenario_failover_and_cap(world):
     return f"a1 failed over from a dead address and delivered 1..{n1}; a2 was capped out, then delivered 1..{n2}"
 
 
+RELOAD_CONFIG = """
+[identity]
+agent_id = "a1"
+region = "{region}"
+pop = "a1"
+
+[[collectors]]
+region = "{region}"
+addresses = ["127.0.0.1:{port}"]
+
+[delivery]
+drain = 20
+
+[tls]
+ca = "{pki}/ca.crt"
+cert = "{pki}/a1.crt"
+key = "{pki}/a1.key"
+
+[spool]
+dir = "{spool}"
+
+[reflector]
+enabled = true
+bind = "127.0.0.1"
+port = {reflector}
+
+[[targets]]
+name = "{target}"
+protocol = "udp"
+host = "127.0.0.1"
+port = {reflector}
+rate = 10
+
+[measurement]
+report_interval = 0.3
+load_interval = 0.1
+"""
+
+
+def scenario_reload(world):
+    """SIGHUP while shipping: the new targets are measured, the spool carries on (seq contiguous,
+    nothing twice), and the batches' self-metrics move to config generation 2 in one process."""
+    world.start_collector()
+    config = os.path.join(world.dir, "agent.toml")
+    values = dict(region=REGION, port=world.port, pki=world.pki, spool=os.path.join(world.dir, "spool-a1"),
+                  reflector=free_port())
+    with open(config, "w") as f:
+        f.write(RELOAD_CONFIG.format(target="before", **values))
+    a1 = Proc("agent-a1", [ARGS.agent, "--config", config], world.dir)
+    world.procs.append(a1)
+    wait_for(lambda: len(world.seqs("a1")) >= 5, 60, "a1's first batches")
+    with open(config, "w") as f:
+        f.write(RELOAD_CONFIG.format(target="after", **values))
+    a1.p.send_signal(signal.SIGHUP)
+    wait_for(lambda: world.scalar("SELECT count(*) FROM latency_summaries WHERE target = 'after' AND received > 0")
+             >= 3, 60, "the reloaded target's summaries")
+    assert a1.stop() == 0
+    n = assert_complete(world, a1, "a1")
+    targets = world.rows("SELECT l.seq, l.target, s.config_generation FROM latency_summaries AS l "
+                         "JOIN agent_self AS s USING (agent_id, seq) WHERE agent_id = 'a1' ORDER BY l.seq")
+    assert {t for _, t, _ in targets} == {"before", "after"}, targets
+    # A batch measured a target of the configuration it was made under, and generations only rise.
+    assert all(g == (1 if t == "before" else 2) for _, t, g in targets), targets
+    gens = [r[0] for r in world.rows("SELECT config_generation FROM agent_self WHERE agent_id = 'a1' ORDER BY seq")]
+    assert gens == sorted(gens) and gens[0] == 1 and gens[-1] == 2 and len(gens) == n, gens
+    starts = world.rows("SELECT DISTINCT process_start_ns FROM agent_self WHERE agent_id = 'a1'")
+    assert len(starts) == 1, f"one process, {len(starts)} start times"
+    cpu = [r[0] for r in world.rows("SELECT cpu_user_ns + cpu_system_ns FROM agent_self WHERE agent_id = 'a1' "
+                                    "ORDER BY seq")]
+    assert cpu == sorted(cpu), "CPU time went back across the reload"
+    reconnects = world.scalar("SELECT reconnects FROM agent_self WHERE agent_id = 'a1' ORDER BY seq DESC LIMIT 1")
+    assert reconnects >= 1, "the reloaded shipper's session is not counted as a reconnect"
+    world.collector.stop()
+    return (f"reloaded after {gens.count(1)} batches; 1..{n} stored exactly once, {gens.count(2)} batches under "
+            f"generation 2 measuring the new target, {reconnects} reconnect")
+
+
 SCENARIOS = {
     "failover-and-cap": scenario_failover_and_cap,
     "dual-stack": scenario_dual_stack,
@@ -381,6 +483,7 @@ SCENARIOS = {
     "outage-and-bound": scenario_outage_and_bound,
     "agent-kill9": scenario_agent_kill9,
     "refusals": scenario_refusals,
+    "reload": scenario_reload,
 }
 
 

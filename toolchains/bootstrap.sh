@@ -28,6 +28,8 @@ as_root() {
 # bench/ measures the agent against (liboping0: collectd's ping plugin, only Recommended).
 # libsqlite3-dev is the collector's store on the host; the cross targets get theirs below.
 # libtomlplusplus-dev (config files) is used header-only, so the cross targets need no .so of it.
+# `make deb` and its test use file, dpkg-dev (dpkg-shlibdeps, to cross-check Depends), binutils
+# (readelf, from build-essential; the cross strip comes with each cross g++) and qemu-user-static.
 host_packages=(
   build-essential cmake ninja-build pkg-config file dpkg-dev ca-certificates
   g++-aarch64-linux-gnu g++-arm-linux-gnueabihf qemu-user-static

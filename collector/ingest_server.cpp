@@ -106,7 +106,7 @@ struct IngestServer::Impl {
   std::vector<std::unique_ptr<asio::ip::tcp::acceptor>> acceptors;
   std::thread io_thread;
   std::thread store_thread;
-  std::optional<store::SqliteStore> db;
+  std::shared_ptr<store::BatchSink> sink;
 
   std::mutex queue_mutex;
   std::condition_variable queue_cv;
@@ -450,30 +450,53 @@ void IngestServer::Impl::run_store() {
       in.received_ns = item.received_ns;
       batches.push_back(in);
     }
-    auto result = db->store(batches);
+    const std::int64_t started_ns = platform::monotonic_ns();
+    auto result = sink->store(batches);
+    const std::int64_t ended_ns = platform::monotonic_ns();
     if (!result) {
       log(LogLevel::kError, "store: %s", result.error.c_str());
+    } else if (result.value->size() != batches.size()) {
+      log(LogLevel::kError, "store: the %s sink answered %zu outcomes for %zu batches", sink->name(),
+          result.value->size(), batches.size());
+      result = {};
+      result.error = "outcome count mismatch";
     }
-    const std::int64_t commit_ns = db->last_commit_ns();
+    std::vector<store::StoreOutcome> outcomes =
+        result ? std::move(*result.value)
+               : std::vector<store::StoreOutcome>(items.size(), store::StoreOutcome::kFailed);
+    if (config.on_stored) {
+      for (std::size_t i = 0; i < batches.size(); ++i) {
+        if (outcomes[i] == store::StoreOutcome::kStored) config.on_stored(batches[i]);
+      }
+    }
+    auto* sqlite = dynamic_cast<store::SqliteSink*>(sink.get());
+    const std::int64_t commit_ns =
+        sqlite != nullptr ? sqlite->sqlite().last_commit_ns() : ended_ns - started_ns;
     {
       std::lock_guard lock(queue_mutex);
-      last_commit_end_ns = platform::monotonic_ns();
+      last_commit_end_ns = ended_ns;
     }
+    const double seconds = static_cast<double>(ended_ns - started_ns) / 1e9;
+    const std::size_t failed =
+        static_cast<std::size_t>(std::count(outcomes.begin(), outcomes.end(), store::StoreOutcome::kFailed));
     update([&](IngestCounters& c) {
       ++c.commits;
       c.last_commit_ns = commit_ns;
-      if (!result) c.rejects[static_cast<std::size_t>(Reject::kStore)] += items.size();
+      c.rejects[static_cast<std::size_t>(Reject::kStore)] += failed;
+      c.batches_failed += failed;
+      const auto* bound =
+          std::lower_bound(std::begin(kSinkLatencyBounds), std::end(kSinkLatencyBounds), seconds);
+      ++c.sink_latency_buckets[static_cast<std::size_t>(bound - std::begin(kSinkLatencyBounds))];
+      c.sink_latency_sum_s += seconds;
     });
-    std::vector<store::StoreOutcome> outcomes =
-        result ? std::move(*result.value) : std::vector<store::StoreOutcome>{};
-    asio::post(
-        io, [items = std::move(items), outcomes = std::move(outcomes), ok = static_cast<bool>(result)]() {
-          for (std::size_t i = 0; i < items.size(); ++i) {
-            if (auto connection = items[i].connection.lock()) {
-              connection->on_stored(items[i].seq, ok, ok && outcomes[i] == store::StoreOutcome::kDuplicate);
-            }
-          }
-        });
+    asio::post(io, [items = std::move(items), outcomes = std::move(outcomes)]() {
+      for (std::size_t i = 0; i < items.size(); ++i) {
+        if (auto connection = items[i].connection.lock()) {
+          const bool ok = outcomes[i] != store::StoreOutcome::kFailed;
+          connection->on_stored(items[i].seq, ok, outcomes[i] == store::StoreOutcome::kDuplicate);
+        }
+      }
+    });
     items = {};
   }
 }
@@ -498,11 +521,15 @@ IngestStartResult IngestServer::start() {
   }
   s.tls = std::move(context.context);
 
-  auto opened = store::SqliteStore::open(s.config.database);
-  if (!opened) {
-    return {opened.error};
+  if (s.config.sink) {
+    s.sink = s.config.sink;
+  } else {
+    auto opened = store::SqliteStore::open(s.config.database);
+    if (!opened) {
+      return {opened.error};
+    }
+    s.sink = std::make_shared<store::SqliteSink>(std::move(*opened.value));
   }
-  s.db.emplace(std::move(*opened.value));
 
   for (const asio::ip::tcp::endpoint& endpoint : s.config.listen) {
     auto acceptor = std::make_unique<asio::ip::tcp::acceptor>(s.io);
@@ -544,6 +571,8 @@ void IngestServer::stop() {
   s.io_thread.join();
   s.acceptors.clear();
 }
+
+const char* IngestServer::sink_name() const noexcept { return impl_->sink ? impl_->sink->name() : ""; }
 
 std::vector<asio::ip::tcp::endpoint> IngestServer::local_endpoints() const {
   std::vector<asio::ip::tcp::endpoint> out;

@@ -8,10 +8,13 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
+#include <iterator>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "collector/store/batch_sink.hpp"
 #include "platform/tls/tls_context.hpp"
 
 namespace vantage::collector {
@@ -22,7 +25,12 @@ struct IngestConfig {
   std::vector<asio::ip::tcp::endpoint> listen;
   platform::tls::TlsContextOptions tls;  // role is forced to server
   std::vector<std::string> regions;      // served; a Hello from any other region is refused
-  std::string database;                  // SQLite file
+  std::string database;                  // SQLite file, used when no sink is given
+  // Where batches go; when null, start() opens the SQLite store at `database`.
+  std::shared_ptr<store::BatchSink> sink;
+  // Called on the store thread for every batch its sink newly stored (not for duplicates), after
+  // the sink reported it durable; the batch is valid during the call only. Must not block.
+  std::function<void(const store::IncomingBatch&)> on_stored;
   std::size_t max_connections = 1024;
   std::uint32_t max_frame = 4u << 20;
   std::chrono::milliseconds handshake_timeout{10'000};
@@ -48,6 +56,12 @@ enum class Reject : std::uint8_t {
 };
 const char* to_string(Reject reason) noexcept;
 
+// Upper bounds (seconds) of the sink latency histogram's buckets; a last, unbounded bucket
+// follows. From a fast disk's fsync to a JetStream cluster under strain.
+inline constexpr double kSinkLatencyBounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                                0.05,   0.1,   0.25,   0.5,   1.0,  2.5};
+inline constexpr std::size_t kSinkLatencyBuckets = std::size(kSinkLatencyBounds) + 1;
+
 struct IngestCounters {
   std::uint64_t connections_accepted = 0;
   std::uint64_t connections_open = 0;
@@ -57,7 +71,11 @@ struct IngestCounters {
   std::uint64_t batches_duplicate = 0;
   std::uint64_t acks_sent = 0;
   std::uint64_t commits = 0;
-  std::int64_t last_commit_ns = 0;
+  std::int64_t last_commit_ns = 0;  // the SQLite COMMIT alone, in the last store() (SQLite sink)
+  // Each sink store() call, from hand-over to durable: count per bucket (not cumulative) and sum.
+  std::uint64_t sink_latency_buckets[kSinkLatencyBuckets] = {};
+  double sink_latency_sum_s = 0.0;
+  std::uint64_t batches_failed = 0;  // the sink failed them; their agents retry
   std::uint64_t rejects[static_cast<std::size_t>(Reject::kCount)] = {};
 };
 
@@ -84,6 +102,8 @@ class IngestServer {
   // The bound endpoints (ephemeral ports resolved), valid after start().
   std::vector<asio::ip::tcp::endpoint> local_endpoints() const;
   IngestCounters counters() const;
+  // The sink's name() ("sqlite", "jetstream"), valid after start().
+  const char* sink_name() const noexcept;
 
   // True when the io thread answers a posted task within a second and the store thread is not
   // stuck: its queue is empty or it committed within the last 30 s.

@@ -68,6 +68,7 @@ struct IncomingBatch {
 enum class StoreOutcome : std::uint8_t {
   kStored,     // committed by this call
   kDuplicate,  // (agent, seq) was already stored: ack it as stored, nothing written
+  kFailed,     // not stored (a sink that stores batches one by one): the agent retries it
 };
 
 // A value or an error message (which names the database path and SQLite's message).

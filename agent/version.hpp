@@ -5,7 +5,7 @@
 
 namespace vantage::agent {
 
-inline constexpr const char* kVersion = "0.1.0";
+inline constexpr const char* kVersion = VANTAGE_VERSION;  // project(VERSION) in CMakeLists.txt
 
 // "vantage-agent 0.1.0 (arm64, Mbed TLS 3.6.6, TLS 1.3+1.2)"
 std::string version_line();

@@ -1,6 +1,8 @@
 // vantage-collector: `serve` ingests agents' telemetry over mutual TLS into SQLite; `query`
 // prints what the store holds.
+#include <mbedtls/version.h>
 #include <signal.h>
+#include <sqlite3.h>
 
 #include <charconv>
 #include <cinttypes>
@@ -15,6 +17,7 @@
 #include "collector/config.hpp"
 #include "collector/ingest_server.hpp"
 #include "collector/store/sqlite_store.hpp"
+#include "platform/arch.hpp"
 #include "platform/log.hpp"
 #include "platform/sd_notify.hpp"
 
@@ -30,6 +33,7 @@ const char* kUsage =
     "                               [--handshake-timeout MS] [--idle-timeout MS]\n"
     "       vantage-collector serve --config FILE [--check-config]\n"
     "       vantage-collector query --db FILE\n"
+    "       vantage-collector --version | --config-reference\n"
     "  serve   accept agents over mutual TLS (default listen [::]:7443, IPv4 and IPv6) and store their\n"
     "          batches; SIGINT/SIGTERM stop it\n"
     "  query   print the latest latency per agent and target, the latest load per PoP, and the agents\n";
@@ -130,6 +134,14 @@ int main(int argc, char** argv) {
   if (args.empty() || args[0] == "--help" || args[0] == "-h") {
     std::fputs(kUsage, args.empty() ? stderr : stdout);
     return args.empty() ? 2 : 0;
+  }
+  if (args.size() == 1 && args[0] == "--version") {
+    char tls[32] = {};
+    mbedtls_version_get_string_full(tls);
+    std::printf("vantage-collector %s (%.*s, %s, SQLite %s)\n", VANTAGE_VERSION,
+                static_cast<int>(vantage::platform::kArchName.size()), vantage::platform::kArchName.data(),
+                tls, sqlite3_libversion());
+    return 0;
   }
   if (args.size() == 1 && args[0] == "--config-reference") {
     std::fputs(vantage::collector::config_reference_markdown().c_str(), stdout);

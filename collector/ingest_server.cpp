@@ -448,6 +448,7 @@ void IngestServer::Impl::run_store() {
       in.arch = item.arch;
       in.software_version = item.software_version;
       in.received_ns = item.received_ns;
+      in.frame = item.frame;
       batches.push_back(in);
     }
     const std::int64_t started_ns = platform::monotonic_ns();

@@ -28,6 +28,8 @@ as_root() {
 # bench/ measures the agent against (liboping0: collectd's ping plugin, only Recommended).
 # libsqlite3-dev is the collector's store on the host; the cross targets get theirs below.
 # libtomlplusplus-dev (config files) is used header-only, so the cross targets need no .so of it.
+# libnats-dev (the NATS C client, for the collector's JetStream sink; Debian ships only the .so)
+# and nats-server (`nats-server -js` on loopback in tests); the cross targets' libnats below.
 # `make deb` and its test use file, dpkg-dev (dpkg-shlibdeps, to cross-check Depends), binutils
 # (readelf, from build-essential; the cross strip comes with each cross g++) and qemu-user-static.
 host_packages=(
@@ -37,6 +39,7 @@ host_packages=(
   libboost-dev libreaderwriterqueue-dev libsqlite3-dev libtomlplusplus-dev
   python3 iproute2 irtt collectd-core liboping0
   clang-14 libclang-rt-14-dev openssl
+  libnats-dev nats-server
 )
 foreign_arches=(arm64 armhf)
 
@@ -172,6 +175,50 @@ fetch_sqlite_sysroots() {
   done
 }
 
+# The NATS C client for the cross targets, like SQLite: libnats-dev:arm64/armhf would pull
+# libssl3:<arch>, which skews with the host's libssl3, so the .debs (libnats-dev, libnats3.4 and
+# the libraries libnats3.4 needs: libssl3, libprotobuf-c1) are fetched with `apt-get download` and
+# unpacked into $deps/nats-<arch>. Debian ships no libnats.a: the collector links libnats.so.3.4,
+# the toolchain files pass its directory to the linker (-rpath-link) and to QEMU (LD_LIBRARY_PATH)
+# for test runs, and on a target the package's Depends pulls libnats3.4.
+nats_packages=(libnats-dev libnats3.4 libssl3 libprotobuf-c1)
+
+fetch_nats_sysroots() {
+  local arch dest pkg v versions debs deb spec
+  for arch in "${sqlite_arches[@]}"; do
+    dest=$deps/nats-$arch
+    # Fast path without apt-cache: a complete tree whose libnats matches the host's.
+    if [ -f "$dest/.vantage-version" ] && [ -f "$dest/usr/include/nats/nats.h" ] &&
+      grep -qx "libnats-dev=$(dpkg-query -W -f='${Version}' libnats-dev 2>/dev/null)" "$dest/.vantage-version"; then
+      continue
+    fi
+    versions=() spec=()
+    for pkg in "${nats_packages[@]}"; do
+      v=$(apt-cache policy "$pkg:$arch" 2>/dev/null | sed -n 's/^ *Candidate: //p')
+      if [ -z "$v" ] || [ "$v" = "(none)" ]; then
+        apt_update || true
+        v=$(apt-cache policy "$pkg:$arch" 2>/dev/null | sed -n 's/^ *Candidate: //p')
+      fi
+      if [ -z "$v" ] || [ "$v" = "(none)" ]; then
+        echo "bootstrap: no $pkg:$arch candidate (is the $arch architecture in the apt sources?)" >&2
+        return 1
+      fi
+      versions+=("$pkg=$v") spec+=("$pkg:$arch=$v")
+    done
+    if [ -f "$dest/.vantage-version" ] && [ "$(cat "$dest/.vantage-version")" = "$(printf '%s\n' "${versions[@]}")" ]; then
+      continue
+    fi
+    debs=$deps/nats-debs-$arch
+    rm -rf "$debs" "$dest.tmp" && mkdir -p "$debs" "$dest.tmp"
+    (cd "$debs" && apt-get -q -o APT::Sandbox::User=root download "${spec[@]}")
+    for deb in "$debs"/*.deb; do dpkg-deb -x "$deb" "$dest.tmp"; done
+    printf '%s\n' "${versions[@]}" >"$dest.tmp/.vantage-version"
+    rm -rf "$dest" "$debs" && mv "$dest.tmp" "$dest"
+    echo "bootstrap: NATS C client ${versions[0]#*=} for $arch ready in $dest"
+  done
+}
+
 ensure_packages
 fetch_mbedtls
 fetch_sqlite_sysroots
+fetch_nats_sysroots

@@ -63,6 +63,9 @@ struct IncomingBatch {
   std::string_view arch;              // from Hello; empty keeps the stored value
   std::string_view software_version;  // from Hello; empty keeps the stored value
   std::int64_t received_ns = 0;       // collector wall clock
+  // The verified Frame (without its length prefix) that holds `batch`, for sinks that forward
+  // the bytes as they arrived (JetStream); SQLite stores fields and ignores it.
+  std::span<const std::uint8_t> frame;
 };
 
 enum class StoreOutcome : std::uint8_t {

@@ -110,6 +110,12 @@ const char* usage_text() noexcept {
          "  --timeout MS          a reply later than this is lost (default 1000)\n"
          "  --size BYTES          UDP/ICMP payload bytes (default 64 UDP, 56 ICMP)\n"
          "  --dscp N              DSCP 0..63 (default 0)\n"
+         "  --client              the targets that follow are clients' (players') addresses: reports,\n"
+         "                        batches and logs show only their pseudonym (--no-client ends that)\n"
+         "client pseudonyms (see the README's Privacy section):\n"
+         "  --privacy-key FILE    the fleet's secret (at least 32 bytes, e.g. 64 hex digits)\n"
+         "  --privacy-mode hmac|prefix  keyed HMAC-SHA256 digest (default) or the /24 (/48) prefix\n"
+         "  --privacy-rotation SECONDS  the HMAC key changes every SECONDS (default 86400)\n"
          "shipping (all of these, with at least one --collector, turn it on):\n"
          "  --collector HOST:PORT a collector of this agent's region; repeat for failover\n"
          "  --agent-id ID --region NAME --pop NAME   this agent's identity (ID = its certificate's CN)\n"
@@ -153,12 +159,39 @@ std::uint64_t capabilities_for(const MeasurementConfig& measurement) {
   return capabilities;
 }
 
+std::string set_client_labels(MeasurementConfig& measurement, privacy::PrivacyConfig privacy,
+                              const std::string& key_file) {
+  const bool any_client = std::any_of(measurement.targets.begin(), measurement.targets.end(),
+                                      [](const ProbeTargetSpec& t) { return t.client; });
+  if (!any_client) {
+    return {};
+  }
+  if (privacy.mode == privacy::PseudonymMode::kHmac) {
+    if (key_file.empty()) {
+      return "--client targets need --privacy-key FILE (or --privacy-mode prefix)";
+    }
+    std::string error;
+    privacy.secret = privacy::read_secret(key_file, error);
+    if (!privacy.secret) {
+      return "--privacy-key: " + error;
+    }
+  }
+  for (ProbeTargetSpec& t : measurement.targets) {
+    if (t.client) t.label = client_label_now(privacy, t);
+  }
+  measurement.privacy = std::move(privacy);
+  return {};
+}
+
 ParsedArgs parse_args(const std::vector<std::string_view>& args) {
   AgentOptions o;
   double rate = 1.0;
   double timeout_ms = 1000.0;
   std::size_t size = 0;
   std::uint8_t dscp = 0;
+  bool client = false;
+  privacy::PrivacyConfig privacy;
+  std::string privacy_key;
   std::optional<probes::ReflectorConfig> reflector = probes::ReflectorConfig{};
   bool reflector_explicit = false;
   std::optional<std::uint32_t> reflector_rate;
@@ -185,6 +218,24 @@ ParsedArgs parse_args(const std::vector<std::string_view>& args) {
       o.show_help = true;
     } else if (arg == "--json") {
       o.json = true;
+    } else if (arg == "--client" || arg == "--no-client") {
+      client = arg == "--client";
+    } else if (arg == "--privacy-key") {
+      if (!value(v) || v.empty()) {
+        return fail("--privacy-key: expected a file");
+      }
+      privacy_key = std::string(v);
+    } else if (arg == "--privacy-mode") {
+      if (!value(v) || (v != "hmac" && v != "prefix")) {
+        return fail("--privacy-mode: expected hmac or prefix");
+      }
+      privacy.mode = v == "hmac" ? privacy::PseudonymMode::kHmac : privacy::PseudonymMode::kPrefix;
+    } else if (arg == "--privacy-rotation") {
+      std::int64_t seconds = 0;
+      if (!value(v) || !parse_number(v, seconds) || seconds < 1 || seconds > 31'622'400) {
+        return fail("--privacy-rotation: expected whole seconds in 1..31622400");
+      }
+      privacy.rotation = std::chrono::seconds(seconds);
     } else if (arg == "--no-reflector") {
       reflector.reset();
       reflector_explicit = true;
@@ -327,6 +378,11 @@ ParsedArgs parse_args(const std::vector<std::string_view>& args) {
       if (!value(v)) {
         return fail(std::string(arg) + ": expected a target");
       }
+      // A client's address is personal data: errors about it say what is wrong, not what it was.
+      auto fail_target = [&](std::string message, std::string_view client_message) {
+        return fail(std::string(arg) + ": " +
+                    (client ? "a --client target: " + std::string(client_message) : std::move(message)));
+      };
       // NAME=HOST:PORT labels the target (a PoP name reads better than an address).
       std::string name;
       if (const std::size_t eq = v.find('='); eq != std::string_view::npos) {
@@ -335,18 +391,21 @@ ParsedArgs parse_args(const std::vector<std::string_view>& args) {
         if (name.empty()) {
           return fail(std::string(arg) + ": empty name before '='");
         }
+        if (client) {
+          return fail(std::string(arg) + ": a --client target is labelled by its pseudonym, not NAME=");
+        }
       }
       std::string host;
       std::optional<std::uint16_t> port;
       if (!split_host_port(v, protocol == ProbeProtocol::kTcpConnect, host, port, error)) {
-        return fail(std::string(arg) + ": " + error);
+        return fail_target(error, "expected HOST:PORT (a port in 1..65535; IPv6 in brackets)");
       }
       if (protocol == ProbeProtocol::kIcmpEcho && port) {
-        return fail("--icmp: ICMP has no port ('" + std::string(v) + "')");
+        return fail_target("ICMP has no port ('" + std::string(v) + "')", "ICMP has no port");
       }
       const std::optional<asio::ip::address> address = resolve(host, error);
       if (!address) {
-        return fail(std::string(arg) + ": " + error);
+        return fail_target(error, "cannot resolve its host");
       }
       ProbeTargetSpec t;
       t.protocol = protocol;
@@ -358,6 +417,7 @@ ParsedArgs parse_args(const std::vector<std::string_view>& args) {
       t.timeout = std::chrono::nanoseconds(std::llround(timeout_ms * 1e6));
       t.payload_size = size;
       t.dscp = dscp;
+      t.client = client;
       o.measurement.targets.push_back(std::move(t));
     } else {
       return fail("unknown argument '" + std::string(arg) + "'");
@@ -372,6 +432,10 @@ ParsedArgs parse_args(const std::vector<std::string_view>& args) {
     reflector->rate_limit = reflector_rate_limit(*reflector_rate);
   }
   o.measurement.reflector = reflector;
+  if (const std::string error = set_client_labels(o.measurement, std::move(privacy), privacy_key);
+      !error.empty()) {
+    return fail(error);
+  }
   if (!ship.collectors.empty()) {
     for (const auto& [name, value] :
          {std::pair{"--agent-id", &ship.identity.agent_id}, std::pair{"--region", &ship.identity.region},

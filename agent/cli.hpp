@@ -39,6 +39,11 @@ const char* usage_text() noexcept;
 probes::TokenBucketConfig reflector_rate_limit(std::uint32_t rate_per_s);
 // A spool bounded to kib KiB; records and segments shrink with a small bound.
 void set_spool_bound(ship::SpoolConfig& spool, std::uint64_t kib);
+// Gives client targets their pseudonym labels and the measurement its privacy settings (the
+// secret read from key_file in hmac mode); returns an error line, or "" (also when no target
+// is a client).
+std::string set_client_labels(MeasurementConfig& measurement, privacy::PrivacyConfig privacy,
+                              const std::string& key_file);
 // Hello.capabilities for the targets and reflector configured.
 std::uint64_t capabilities_for(const MeasurementConfig& measurement);
 

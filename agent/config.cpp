@@ -33,6 +33,8 @@ struct TargetDraft {
   double timeout_ms = 1000.0;
   std::size_t size = 0;
   std::uint8_t dscp = 0;
+  bool client = false;
+  std::uint32_t client_line = 0;
 };
 
 struct CollectorsDraft {
@@ -55,6 +57,10 @@ struct Draft {
   std::optional<std::uint32_t> reflector_rate;
   std::optional<std::uint64_t> spool_max_kb;
   platform::LogLevel log_level = platform::LogLevel::kInfo;
+  privacy::PrivacyConfig privacy;
+  std::string key_file;
+  std::uint32_t key_file_line = 0;
+  bool privacy_ok = true;  // false: the key file is set but unusable (reported already)
 };
 
 std::chrono::nanoseconds seconds_to_ns(double seconds) {
@@ -178,6 +184,14 @@ const cfg::Key<Draft> kKeys[] = {
     {"targets[].dscp", Kind::kInteger, "0", "", "an integer in 0..63", "DSCP of the probes.",
      cfg::integer_in<0, 63>,
      [](Draft& d, const Value& v) { d.targets.back().dscp = static_cast<std::uint8_t>(v.integer()); }},
+    {"targets[].client", Kind::kBoolean, "false", "", "true or false",
+     "A client's (player's) address, personal data: reports, batches and logs show only its pseudonym "
+     "(see [privacy]), never the address; such a target takes no name.",
+     nullptr,
+     [](Draft& d, const Value& v) {
+       d.targets.back().client = v.boolean();
+       d.targets.back().client_line = v.line;
+     }},
 
     {"reflector.enabled", Kind::kBoolean, "true", "", "true or false",
      "Answer peers' UDP echo probes (the other end of their udp targets).", nullptr,
@@ -217,6 +231,39 @@ const cfg::Key<Draft> kKeys[] = {
                                          : v.text() == "raw" ? probes::IcmpSocketMode::kRaw
                                                              : probes::IcmpSocketMode::kAuto;
      }},
+
+    {"privacy.mode", Kind::kString, "\"hmac\"", "", "\"hmac\" or \"prefix\"",
+     "How client targets are labelled: a keyed HMAC-SHA256 digest that rotates (anon:k<epoch>:<hex>), or "
+     "their network prefix (203.0.113.0/24:443).",
+     [](const Value& v) {
+       return cfg::one_of(v, {"hmac", "prefix"});
+     },
+     [](Draft& d, const Value& v) {
+       d.privacy.mode = v.text() == "prefix" ? privacy::PseudonymMode::kPrefix : privacy::PseudonymMode::kHmac;
+     }},
+    {"privacy.key_file", Kind::kString, "", "when a target is a client and mode is \"hmac\"",
+     "a file path (a secret of at least 32 bytes)",
+     "The fleet's shared secret: 64 (or more) hex digits, or at least 32 raw bytes. Agents with the same "
+     "secret give a client the same pseudonym.",
+     cfg::non_empty_text,
+     [](Draft& d, const Value& v) {
+       d.key_file = v.text();
+       d.key_file_line = v.line;
+     }},
+    {"privacy.rotation", Kind::kInteger, "86400", "", "seconds, an integer in 1..31622400",
+     "The HMAC key changes every so many seconds (epochs of Unix time): pseudonyms change with it.",
+     cfg::integer_in<1, 31'622'400>,
+     [](Draft& d, const Value& v) { d.privacy.rotation = std::chrono::seconds(v.integer()); }},
+    {"privacy.prefix_v4", Kind::kInteger, "24", "", "an integer in 0..32",
+     "prefix mode: the IPv4 prefix length kept.", cfg::integer_in<0, 32>,
+     [](Draft& d, const Value& v) { d.privacy.prefix_v4 = static_cast<unsigned>(v.integer()); }},
+    {"privacy.prefix_v6", Kind::kInteger, "48", "", "an integer in 0..128",
+     "prefix mode: the IPv6 prefix length kept.", cfg::integer_in<0, 128>,
+     [](Draft& d, const Value& v) { d.privacy.prefix_v6 = static_cast<unsigned>(v.integer()); }},
+    {"privacy.digest_bytes", Kind::kInteger, "12", "", "an integer in 8..32",
+     "hmac mode: how many bytes of the digest the pseudonym keeps (twice as many hex digits).",
+     cfg::integer_in<8, 32>,
+     [](Draft& d, const Value& v) { d.privacy.digest_bytes = static_cast<std::size_t>(v.integer()); }},
 
     {"log.level", Kind::kString, "\"info\"", "", "\"error\", \"warning\", \"notice\", \"info\" or \"debug\"",
      "Lines above this level are not logged.",
@@ -274,12 +321,20 @@ void build_targets(Draft& d, cfg::Diagnostics& diagnostics) {
       diagnostics.error(t.port_line, t.key + ".port", "an icmp target has no port");
       ok = false;
     }
+    if (t.client && !t.name.empty()) {
+      diagnostics.error(t.name_line, t.key + ".name",
+                        "a client target is labelled by its pseudonym and takes no name");
+      ok = false;
+    }
     std::string error;
     const std::optional<asio::ip::address> address = resolve(t.host, error);
     if (!address) {
-      diagnostics.error(t.host_line, t.key + ".host", error);
+      // A client's host is personal data: the reason, not the name.
+      diagnostics.error(t.host_line, t.key + ".host",
+                        t.client ? std::string("cannot resolve this client target's host") : error);
       ok = false;
     }
+    if (t.client && !d.privacy_ok) ok = false;  // no usable key: reported once, by build_privacy
     if (!ok) continue;
     ProbeTargetSpec spec;
     spec.protocol = protocol;
@@ -287,11 +342,14 @@ void build_targets(Draft& d, cfg::Diagnostics& diagnostics) {
     spec.port = protocol == ProbeProtocol::kUdpEcho      ? t.port.value_or(probes::kDefaultReflectorPort)
                 : protocol == ProbeProtocol::kTcpConnect ? *t.port
                                                          : 0;
-    spec.label = t.name.empty() ? target_label(protocol, spec.address, spec.port) : t.name;
     spec.rate_per_s = t.rate_per_s;
     spec.timeout = std::chrono::nanoseconds(std::llround(t.timeout_ms * 1e6));
     spec.payload_size = t.size;
     spec.dscp = t.dscp;
+    spec.client = t.client;
+    spec.label = t.client         ? client_label_now(d.privacy, spec)
+                 : t.name.empty() ? target_label(protocol, spec.address, spec.port)
+                                  : t.name;
     if (t.name.empty()) {
       if (const auto [it, inserted] = labels.emplace(spec.label, &t); !inserted) {
         const TargetDraft& first = *it->second;
@@ -302,6 +360,31 @@ void build_targets(Draft& d, cfg::Diagnostics& diagnostics) {
       }
     }
     d.options.measurement.targets.push_back(std::move(spec));
+  }
+}
+
+// Reads the secret (a key_file must be readable whether or not a target needs it yet) and
+// requires one when a client target is to be labelled by HMAC.
+void build_privacy(Draft& d, cfg::Diagnostics& diagnostics) {
+  if (!d.key_file.empty()) {
+    std::string error;
+    d.privacy.secret = privacy::read_secret(d.key_file, error);
+    if (!d.privacy.secret) {
+      diagnostics.error(d.key_file_line, "privacy.key_file", error);
+      d.privacy_ok = false;
+    }
+  }
+  if (d.privacy.mode != privacy::PseudonymMode::kHmac || !d.key_file.empty() ||
+      diagnostics.has("privacy.key_file")) {
+    return;
+  }
+  for (const TargetDraft& t : d.targets) {
+    if (!t.client) continue;
+    diagnostics.error(t.client_line, "privacy.key_file",
+                      "missing; expected a file path (a secret of at least 32 bytes) (" + t.key +
+                          " is a client target and privacy.mode is \"hmac\")");
+    d.privacy_ok = false;
+    return;
   }
 }
 
@@ -371,6 +454,7 @@ AgentConfig load_config(const std::filesystem::path& file) {
   d.ship.spool.dir = "/var/lib/vantage-agent/spool";
   cfg::Diagnostics diagnostics(file.string());
   cfg::load(file, std::span<const cfg::Key<Draft>>(kKeys), d, diagnostics);
+  build_privacy(d, diagnostics);
   build_targets(d, diagnostics);
   build_shipping(d, diagnostics);
 
@@ -381,6 +465,9 @@ AgentConfig load_config(const std::filesystem::path& file) {
     return result;
   }
   MeasurementConfig& m = d.options.measurement;
+  if (std::any_of(m.targets.begin(), m.targets.end(), [](const ProbeTargetSpec& t) { return t.client; })) {
+    m.privacy = d.privacy;
+  }
   if (!d.reflector_enabled) {
     m.reflector.reset();
   } else {

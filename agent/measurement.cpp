@@ -76,6 +76,27 @@ std::string target_label(ProbeProtocol protocol, const asio::ip::address& addres
   return (address.is_v6() ? "[" + host + "]" : host) + ":" + std::to_string(port);
 }
 
+std::string client_label(privacy::Pseudonymiser& pseudonymiser, const ProbeTargetSpec& target,
+                         std::int64_t unix_seconds) {
+  // IANA protocol numbers: the digest is the fleet's, not this build's enum.
+  const std::uint8_t ip_protocol = target.protocol == ProbeProtocol::kUdpEcho      ? 17
+                                   : target.protocol == ProbeProtocol::kTcpConnect ? 6
+                                   : target.address.is_v6()                        ? 58
+                                                                                   : 1;
+  const std::uint16_t port = target.protocol == ProbeProtocol::kIcmpEcho ? 0 : target.port;
+  return pseudonymiser.label(target.address, ip_protocol, port, unix_seconds);
+}
+
+std::string client_label_now(const privacy::PrivacyConfig& privacy, const ProbeTargetSpec& target) {
+  privacy::Pseudonymiser pseudonymiser(privacy);
+  return client_label(pseudonymiser, target, platform::realtime_ns() / 1'000'000'000);
+}
+
+const std::string& report_label(const MeasurementReport& report, std::span<const ProbeTargetSpec> targets,
+                                std::size_t i) {
+  return i < report.labels.size() ? report.labels[i] : targets[i].label;
+}
+
 struct Measurement::Impl {
   explicit Impl(const MeasurementConfig& c)
       : config(c),
@@ -99,6 +120,7 @@ struct Measurement::Impl {
   std::unique_ptr<probes::TcpProber> tcp;
   std::unique_ptr<probes::IcmpProber> icmp;
   std::unique_ptr<probes::Reflector> reflector;
+  std::unique_ptr<privacy::Pseudonymiser> pseudonymiser;  // used by the aggregator thread only
 
   std::thread probe_thread;
   std::thread reflector_thread;
@@ -248,6 +270,12 @@ void Measurement::Impl::emit(std::int64_t now_ns, bool final) {
   for (aggregate::TargetStats& s : stats) {
     report.targets.push_back(s.close_interval(now_ns));
   }
+  report.labels.reserve(config.targets.size());
+  for (const ProbeTargetSpec& t : config.targets) {
+    report.labels.push_back(t.client && pseudonymiser
+                                ? client_label(*pseudonymiser, t, report.wall_start_ns / 1'000'000'000)
+                                : t.label);
+  }
   report.loads = std::move(pending_loads);
   pending_loads.clear();
   if (udp) report.counters.udp = udp->counters();
@@ -323,10 +351,20 @@ MeasurementStartResult Measurement::start(ReportSink sink) {
       return {std::make_error_code(std::errc::invalid_argument),
               "target " + t.label + ": rate and timeout must be > 0"};
     }
+    if (t.client && (!config_.privacy ||
+                     (config_.privacy->mode == privacy::PseudonymMode::kHmac && !config_.privacy->secret))) {
+      return {std::make_error_code(std::errc::invalid_argument),
+              // Its label may still be its address: named by position only.
+              "target " + std::to_string(&t - config_.targets.data() + 1) +
+                  " is a client target but no pseudonym key is set"};
+    }
   }
 
   auto impl = std::make_unique<Impl>(config_);
   impl->sink = std::move(sink);
+  if (config_.privacy) {
+    impl->pseudonymiser = std::make_unique<privacy::Pseudonymiser>(*config_.privacy);
+  }
   if (config_.reflector) {
     impl->reflector = std::make_unique<probes::Reflector>(impl->reflector_io, *config_.reflector);
     if (const std::error_code ec = impl->reflector->start()) {

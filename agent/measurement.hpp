@@ -11,11 +11,13 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <system_error>
 #include <vector>
 
 #include "agent/aggregate/target_stats.hpp"
+#include "agent/privacy/pseudonym.hpp"
 #include "agent/probes/icmp_prober.hpp"
 #include "agent/probes/probe_event.hpp"
 #include "agent/probes/reflector.hpp"
@@ -27,7 +29,10 @@
 namespace vantage::agent {
 
 struct ProbeTargetSpec {
-  std::string label;  // what reports call it: "192.0.2.1:8627", "[2001:db8::1]:443", "192.0.2.1"
+  // What reports call it: "192.0.2.1:8627", "[2001:db8::1]:443", "192.0.2.1". A client target's
+  // is its pseudonym as of start-up (for start-up messages); reports carry the current one
+  // (MeasurementReport::labels), so only the probers' sockets ever see its address.
+  std::string label;
   probes::ProbeProtocol protocol = probes::ProbeProtocol::kUdpEcho;
   asio::ip::address address;
   std::uint16_t port = 0;  // UDP echo and TCP; ignored for ICMP
@@ -35,6 +40,7 @@ struct ProbeTargetSpec {
   std::chrono::nanoseconds timeout = std::chrono::seconds(1);
   std::size_t payload_size = 0;  // 0: the protocol's default (64-byte probe header, 56-byte ping)
   std::uint8_t dscp = 0;
+  bool client = false;  // a client's (player's) address: personal data, labelled by its pseudonym
 };
 
 struct MeasurementConfig {
@@ -48,6 +54,8 @@ struct MeasurementConfig {
   std::optional<probes::ReflectorConfig> reflector;  // nullopt: answer nobody's probes
   bool kernel_timestamps = true;
   probes::IcmpSocketMode icmp_mode = probes::IcmpSocketMode::kAuto;
+  // How client targets are pseudonymised; required when any target is a client.
+  std::optional<privacy::PrivacyConfig> privacy;
   std::uint64_t sender_id = 0;  // 0: a random one per start
   // Events in flight between the probe thread and the aggregator; a full ring drops and counts.
   std::size_t event_ring_capacity = 16384;
@@ -78,7 +86,10 @@ struct MeasurementReport {
   std::int64_t wall_end_ns = 0;
   bool final = false;                               // the last report, made by finish()
   std::vector<aggregate::IntervalSummary> targets;  // in MeasurementConfig::targets order
-  std::vector<HostLoadRecord> loads;                // the samples that ended in this interval
+  // The targets' labels for this interval, in the same order: a client target's pseudonym is
+  // made here, by the aggregator, for the epoch of wall_start_ns, so it follows key rotation.
+  std::vector<std::string> labels;
+  std::vector<HostLoadRecord> loads;  // the samples that ended in this interval
   MeasurementCounters counters;
 };
 
@@ -136,5 +147,16 @@ const char* protocol_name(probes::ProbeProtocol protocol) noexcept;
 // "192.0.2.1:8627", "[2001:db8::1]:8627"; ICMP targets have no port: "192.0.2.1", "2001:db8::1".
 std::string target_label(probes::ProbeProtocol protocol, const asio::ip::address& address,
                          std::uint16_t port);
+
+// A client target's pseudonym at unix_seconds (the protocol and port enter the digest).
+std::string client_label(privacy::Pseudonymiser& pseudonymiser, const ProbeTargetSpec& target,
+                         std::int64_t unix_seconds);
+// The same with a one-off pseudonymiser, at the current time: the label a client target gets
+// when the command line or the config file is read.
+std::string client_label_now(const privacy::PrivacyConfig& privacy, const ProbeTargetSpec& target);
+
+// Target i's label in a report: report.labels when the aggregator made them, else the configured one.
+const std::string& report_label(const MeasurementReport& report, std::span<const ProbeTargetSpec> targets,
+                                std::size_t i);
 
 }  // namespace vantage::agent

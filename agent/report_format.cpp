@@ -158,9 +158,10 @@ void write_rtt(JsonWriter& j, const IntervalSummary& s) {
   j.end_object();
 }
 
-void write_target(JsonWriter& j, const ProbeTargetSpec& spec, const IntervalSummary& s) {
+void write_target(JsonWriter& j, const ProbeTargetSpec& spec, const std::string& label,
+                  const IntervalSummary& s) {
   j.begin_object();
-  j.field("target", spec.label);
+  j.field("target", label);
   j.field("protocol", protocol_name(spec.protocol));
   j.field("sent", s.sent);
   j.field("received", s.received);
@@ -285,7 +286,7 @@ std::string format_json(const MeasurementReport& report, const std::vector<Probe
   j.key("targets");
   j.begin_array();
   for (std::size_t i = 0; i < report.targets.size() && i < targets.size(); ++i) {
-    write_target(j, targets[i], report.targets[i]);
+    write_target(j, targets[i], report_label(report, targets, i), report.targets[i]);
   }
   j.end_array();
   j.key("load");
@@ -327,8 +328,8 @@ std::string format_table(const MeasurementReport& report, const std::vector<Prob
     const IntervalSummary& s = report.targets[i];
     out +=
         printf_string("%-28s %-4s %7" PRIu64 " %7" PRIu64 " %6" PRIu64 " %5" PRIu64 " %5" PRIu64 " %5" PRIu64,
-                      targets[i].label.c_str(), protocol_name(targets[i].protocol), s.sent, s.received,
-                      s.lost, s.late, s.duplicates, s.reordered);
+                      report_label(report, targets, i).c_str(), protocol_name(targets[i].protocol), s.sent,
+                      s.received, s.lost, s.late, s.duplicates, s.reordered);
     if (s.received > 0) {
       out += printf_string(" %8s %8s %8s %8s %8s %8s %8s %8s", ms(s.min_ns).c_str(), ms(s.p50_ns).c_str(),
                            ms(s.p90_ns).c_str(), ms(s.p99_ns).c_str(), ms(s.max_ns).c_str(),

@@ -50,8 +50,8 @@ inline constexpr std::uint64_t kCapabilityReflector = 1u << 4;
 
 std::vector<std::uint8_t> build_hello_frame(const AgentIdentity& identity, std::uint64_t capabilities);
 
-// Targets are labelled as configured (ProbeTargetSpec::label); report.targets and targets are
-// in the same order.
+// Targets are labelled as the report says (report.labels: a client target's pseudonym), else as
+// configured; report.targets and targets are in the same order.
 std::vector<std::uint8_t> build_batch_frame(const AgentIdentity& identity, std::uint64_t seq,
                                             const MeasurementReport& report,
                                             std::span<const ProbeTargetSpec> targets,

@@ -16,6 +16,8 @@ using cfg::Value;
 struct Draft {
   IngestConfig config;
   platform::LogLevel log_level = platform::LogLevel::kInfo;
+  std::vector<asio::ip::tcp::endpoint> http_listen;
+  std::chrono::seconds http_forget_after{3600};
 };
 
 // Listeners bind, so they take addresses, not names.
@@ -82,6 +84,17 @@ const cfg::Key<Draft> kKeys[] = {
     {"tls.key", Kind::kString, "", kAlways, "a file path (PEM)", "The private key of tls.cert.",
      cfg::non_empty_text, [](Draft& d, const Value& v) { d.config.tls.key_file = v.text(); }},
 
+    {"http.listen", Kind::kStringList, "[]", "", "\"ADDR:PORT\" (an IP address; IPv6 in brackets)",
+     "Serve /metrics (Prometheus), the status page (/) and /api/status here; empty: no HTTP.", endpoint,
+     [](Draft& d, const Value& v) {
+       d.http_listen.clear();
+       for (const std::string& text : v.strings()) d.http_listen.push_back(to_endpoint(text));
+     }},
+    {"http.forget_after", Kind::kInteger, "3600", "", "seconds, an integer in 10..604800",
+     "An agent, target or PoP not heard from for this long leaves /metrics and the status page.",
+     cfg::integer_in<10, 604'800>,
+     [](Draft& d, const Value& v) { d.http_forget_after = std::chrono::seconds(v.integer()); }},
+
     {"log.level", Kind::kString, "\"info\"", "", "\"error\", \"warning\", \"notice\", \"info\" or \"debug\"",
      "Lines above this level are not logged.",
      [](const Value& v) {
@@ -117,6 +130,8 @@ CollectorConfig load_config(const std::filesystem::path& file) {
       diagnostics);
   CollectorConfig result;
   result.log_level = d.log_level;
+  result.http_listen = std::move(d.http_listen);
+  result.http_forget_after = d.http_forget_after;
   if (!diagnostics.empty()) {
     result.errors = diagnostics.errors();
     return result;

@@ -16,6 +16,9 @@ namespace vantage::collector {
 
 struct CollectorConfig {
   std::optional<IngestConfig> options;  // set exactly when errors is empty
+  // [http]: /metrics and the status page; no listener, no HTTP.
+  std::vector<asio::ip::tcp::endpoint> http_listen;
+  std::chrono::seconds http_forget_after{3600};
   platform::LogLevel log_level = platform::LogLevel::kInfo;
   // Every problem found, in file order, one line each:
   // "collector.toml:4: ingest.listen[1]: expected \"ADDR:PORT\" ..., got \"7443\"".

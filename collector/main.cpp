@@ -15,7 +15,9 @@
 #include <vector>
 
 #include "collector/config.hpp"
+#include "collector/http/http_server.hpp"
 #include "collector/ingest_server.hpp"
+#include "collector/live_view.hpp"
 #include "collector/store/sqlite_store.hpp"
 #include "platform/arch.hpp"
 #include "platform/log.hpp"
@@ -30,12 +32,12 @@ const char* kUsage =
     "usage: vantage-collector serve --db FILE --region NAME [--region NAME ...] --ca FILE --cert FILE --key "
     "FILE\n"
     "                               [--listen ADDR:PORT ...] [--max-connections N] [--max-frame BYTES]\n"
-    "                               [--handshake-timeout MS] [--idle-timeout MS]\n"
+    "                               [--handshake-timeout MS] [--idle-timeout MS] [--http ADDR:PORT ...]\n"
     "       vantage-collector serve --config FILE [--check-config]\n"
     "       vantage-collector query --db FILE\n"
     "       vantage-collector --version | --config-reference\n"
     "  serve   accept agents over mutual TLS (default listen [::]:7443, IPv4 and IPv6) and store their\n"
-    "          batches; SIGINT/SIGTERM stop it\n"
+    "          batches; SIGINT/SIGTERM stop it; --http serves /metrics and the status page\n"
     "  query   print the latest latency per agent and target, the latest load per PoP, and the agents\n";
 
 bool parse_endpoint(std::string_view text, asio::ip::tcp::endpoint& out) {
@@ -154,6 +156,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   IngestConfig config;
+  std::vector<asio::ip::tcp::endpoint> http_listen;  // --http / [http] listen: /metrics, status page
+  std::chrono::seconds http_forget_after{3600};
   // serve --config FILE [--check-config]: the settings come from TOML, nothing else is mixed in.
   std::optional<std::string> config_path;
   bool check_only = false;
@@ -180,6 +184,8 @@ int main(int argc, char** argv) {
     }
     vantage::platform::set_log_level(loaded.log_level);
     config = std::move(*loaded.options);
+    http_listen = std::move(loaded.http_listen);
+    http_forget_after = loaded.http_forget_after;
   }
   for (std::size_t i = 1; i < args.size() && !config_path; ++i) {
     const std::string_view arg = args[i];
@@ -199,6 +205,14 @@ int main(int argc, char** argv) {
       config.tls.cert_file = value;
     } else if (arg == "--key") {
       config.tls.key_file = value;
+    } else if (arg == "--http") {
+      asio::ip::tcp::endpoint endpoint;
+      if (!parse_endpoint(value, endpoint)) {
+        std::fprintf(stderr, "vantage-collector: --http: expected ADDR:PORT or [V6ADDR]:PORT, not '%s'\n",
+                     value.c_str());
+        return 2;
+      }
+      http_listen.push_back(endpoint);
     } else if (arg == "--listen") {
       asio::ip::tcp::endpoint endpoint;
       if (!parse_endpoint(value, endpoint)) {
@@ -243,6 +257,13 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  // The HTTP side reads a live view fed on the store thread as batches become durable.
+  vantage::collector::LiveView live_view({.forget_after = http_forget_after});
+  if (!http_listen.empty()) {
+    config.on_stored = [&live_view](const vantage::collector::store::IncomingBatch& b) {
+      live_view.record(b);
+    };
+  }
   IngestServer server(config);
   if (const auto started = server.start(); !started) {
     vantage::platform::log(vantage::platform::LogLevel::kError, "%s", started.error.c_str());
@@ -252,6 +273,16 @@ int main(int argc, char** argv) {
     vantage::platform::log(vantage::platform::LogLevel::kInfo, "listening on %s port %u, store %s",
                            e.address().to_string().c_str(), static_cast<unsigned>(e.port()),
                            config.database.c_str());
+  }
+  vantage::collector::http::HttpServer http({.listen = http_listen}, live_view, server);
+  if (const auto started = http.start(); !started) {
+    vantage::platform::log(vantage::platform::LogLevel::kError, "%s", started.error.c_str());
+    server.stop();
+    return 1;
+  }
+  for (const auto& e : http.local_endpoints()) {
+    vantage::platform::log(vantage::platform::LogLevel::kInfo, "http on %s port %u (/metrics, /)",
+                           e.address().to_string().c_str(), static_cast<unsigned>(e.port()));
   }
   vantage::platform::sd_notify_ready();
   // The loop pings the watchdog while the store thread keeps committing or has nothing queued
@@ -276,6 +307,7 @@ int main(int argc, char** argv) {
     if (signal == SIGINT || signal == SIGTERM) {
       vantage::platform::log(vantage::platform::LogLevel::kInfo, "stopping (%s)", strsignal(signal));
       vantage::platform::sd_notify_stopping();
+      http.stop();
       server.stop();
       return 0;
     }

@@ -30,6 +30,8 @@ as_root() {
 # libtomlplusplus-dev (config files) is used header-only, so the cross targets need no .so of it.
 # libnats-dev (the NATS C client, for the collector's JetStream sink; Debian ships only the .so)
 # and nats-server (`nats-server -js` on loopback in tests); the cross targets' libnats below.
+# prometheus and chromium are host programs for the collector's HTTP tests (a real scrape, the
+# status page in a headless browser); cpp-httplib comes as source, see fetch_cpp_httplib.
 # `make deb` and its test use file, dpkg-dev (dpkg-shlibdeps, to cross-check Depends), binutils
 # (readelf, from build-essential; the cross strip comes with each cross g++) and qemu-user-static.
 host_packages=(
@@ -40,6 +42,7 @@ host_packages=(
   python3 iproute2 irtt collectd-core liboping0
   clang-14 libclang-rt-14-dev openssl
   libnats-dev nats-server
+  prometheus chromium
 )
 foreign_arches=(arm64 armhf)
 
@@ -175,6 +178,55 @@ fetch_sqlite_sysroots() {
   done
 }
 
+# cpp-httplib (the collector's HTTP server) from Debian 12's source package, used header-only for
+# every architecture. The binary packages are a split build: libcpp-httplib-dev's httplib.h only
+# declares, the code is in libcpp-httplib.so built with OpenSSL, zlib and brotli (its pkg-config
+# Cflags define all three, which changes the declared classes), and libcpp-httplib-dev:arm64/
+# armhf cannot be installed here (libssl-dev:<arch> skews with the host's libssl3, as SQLite's
+# does). The upstream single header needs none of that for plain HTTP, and the collector's
+# package then depends on no extra shared library. Fetched like mbedTLS: a private apt
+# configuration, the .dsc and tarball checked by hash against bookworm's signed Release file.
+httplib_suite=bookworm
+httplib_version_prefix=0.11.
+
+fetch_cpp_httplib() {
+  local dest=$deps/cpp-httplib
+  if [ -f "$dest/.vantage-version" ] && [ -f "$dest/httplib.h" ]; then return 0; fi
+  local apt_dir=$deps/apt-$httplib_suite
+  mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial"
+  echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $httplib_suite main" \
+    >"$apt_dir/sources.list"
+  local opts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o Dir::Etc::SourceParts=/dev/null
+              -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache"
+              -o Dir::State::status=/dev/null -o APT::Sandbox::User=root)
+  local tries=4 i
+  for ((i = 1; i <= tries; i++)); do
+    apt-get "${opts[@]}" update -q && break
+    ((i == tries)) && { echo "bootstrap: cannot read Debian $httplib_suite sources" >&2; return 1; }
+    sleep $((5 * i))
+  done
+  local src=$deps/src-httplib
+  rm -rf "$src" && mkdir -p "$src"
+  (cd "$src" && apt-get "${opts[@]}" source -q --download-only "cpp-httplib/$httplib_suite")
+  local dsc version
+  dsc=$(ls "$src"/cpp-httplib_*.dsc)
+  version=$(sed -n 's/^Version: //p' "$dsc")
+  case "$version" in
+    "$httplib_version_prefix"*) ;;
+    *) echo "bootstrap: expected cpp-httplib ${httplib_version_prefix}x, got $version" >&2; return 1 ;;
+  esac
+  rm -rf "$src/tree"
+  if ! (cd "$src" && dpkg-source -x "$(basename "$dsc")" tree) >"$deps/dpkg-source-httplib.log" 2>&1; then
+    cat "$deps/dpkg-source-httplib.log" >&2
+    return 1
+  fi
+  rm -rf "$dest.tmp" && mkdir -p "$dest.tmp"
+  cp "$src/tree/httplib.h" "$src/tree/LICENSE" "$dest.tmp/"
+  echo "$version" >"$dest.tmp/.vantage-version"
+  rm -rf "$dest" "$src" && mv "$dest.tmp" "$dest"
+  echo "bootstrap: cpp-httplib $version (header-only) ready in $dest"
+}
+
 # The NATS C client for the cross targets, like SQLite: libnats-dev:arm64/armhf would pull
 # libssl3:<arch>, which skews with the host's libssl3, so the .debs (libnats-dev, libnats3.4 and
 # the libraries libnats3.4 needs: libssl3, libprotobuf-c1) are fetched with `apt-get download` and
@@ -220,5 +272,6 @@ fetch_nats_sysroots() {
 
 ensure_packages
 fetch_mbedtls
+fetch_cpp_httplib
 fetch_sqlite_sysroots
 fetch_nats_sysroots

@@ -1,0 +1,204 @@
+#include "collector/http/metrics.hpp"
+
+#include <array>
+#include <functional>
+
+#include "collector/http/prometheus_text.hpp"
+
+namespace vantage::collector::http {
+
+namespace {
+
+using Type = PrometheusText::Type;
+
+constexpr double kNs = 1e9;
+
+double seconds(std::int64_t ns) { return static_cast<double>(ns) / kNs; }
+double num(std::uint64_t v) { return static_cast<double>(v); }
+
+Labels latency_labels(const LiveLatency& l) {
+  return {{"region", l.region},
+          {"pop", l.pop},
+          {"agent", l.agent_id},
+          {"target", l.target},
+          {"protocol", l.protocol}};
+}
+
+template <typename Row>
+Labels agent_labels(const Row& r) {
+  return {{"region", r.region}, {"pop", r.pop}, {"agent", r.agent_id}};
+}
+
+// One gauge or counter family over a list of rows; rows for which value() has nothing are skipped.
+template <typename Row, typename LabelsOf, typename ValueOf>
+void family(PrometheusText& out, std::string_view name, Type type, std::string_view help,
+            const std::vector<Row>& rows, LabelsOf labels_of, ValueOf value_of) {
+  out.family(name, type, help);
+  for (const Row& r : rows) {
+    const std::optional<double> v = value_of(r);
+    if (v) out.sample(name, labels_of(r), *v);
+  }
+}
+
+}  // namespace
+
+std::string render_metrics(const LiveSnapshot& view, const IngestCounters& c, const char* sink_name,
+                           std::int64_t now_ns) {
+  PrometheusText out;
+  const auto& lat = view.latency;
+
+  // Latency per (region, pop, agent, target, protocol), from the newest interval.
+  out.family("vantage_rtt_seconds", Type::kGauge,
+             "Round-trip time quantiles in the newest reporting interval (reflector dwell time removed).");
+  for (const LiveLatency& l : lat) {
+    const std::pair<const char*, std::int64_t> quantiles[] = {
+        {"0.5", l.p50_ns}, {"0.9", l.p90_ns}, {"0.99", l.p99_ns}, {"0.999", l.p999_ns}};
+    for (const auto& [q, ns] : quantiles) {
+      Labels labels = latency_labels(l);
+      labels.emplace_back("quantile", q);
+      out.sample("vantage_rtt_seconds", labels, seconds(ns));
+    }
+  }
+  const auto opt = [](double v) { return std::optional<double>(v); };
+  family(out, "vantage_rtt_max_seconds", Type::kGauge, "Largest round trip in the newest interval.", lat,
+         latency_labels, [&](const LiveLatency& l) { return opt(seconds(l.max_ns)); });
+  family(out, "vantage_rtt_mean_seconds", Type::kGauge, "Mean round trip in the newest interval.", lat,
+         latency_labels, [&](const LiveLatency& l) { return opt(l.mean_ns / kNs); });
+  family(out, "vantage_jitter_mean_seconds", Type::kGauge,
+         "Mean absolute IP delay variation (RFC 3393) in the newest interval.", lat, latency_labels,
+         [&](const LiveLatency& l) { return opt(l.jitter_mean_ns / kNs); });
+  family(out, "vantage_jitter_p99_seconds", Type::kGauge, "99th percentile of the IP delay variation.", lat,
+         latency_labels, [&](const LiveLatency& l) { return opt(seconds(l.jitter_p99_ns)); });
+  family(out, "vantage_probes_sent", Type::kGauge, "Probes sent in the newest interval.", lat, latency_labels,
+         [&](const LiveLatency& l) { return opt(l.sent); });
+  family(out, "vantage_probes_received", Type::kGauge, "Probes answered in time in the newest interval.", lat,
+         latency_labels, [&](const LiveLatency& l) { return opt(l.received); });
+  family(out, "vantage_probes_lost", Type::kGauge, "Probes lost in the newest interval.", lat, latency_labels,
+         [&](const LiveLatency& l) { return opt(l.lost); });
+  family(out, "vantage_loss_ratio", Type::kGauge, "lost / (received + lost) in the newest interval.", lat,
+         latency_labels, [&](const LiveLatency& l) { return opt(l.loss_ratio); });
+  family(out, "vantage_latency_age_seconds", Type::kGauge,
+         "Seconds since the end of the newest interval (collector clock minus agent clock).", lat,
+         latency_labels, [&](const LiveLatency& l) { return opt(seconds(now_ns - l.interval_end_ns)); });
+
+  // Host load per (region, pop, agent).
+  const auto& load = view.load;
+  const auto labels_of_load = [](const LiveLoad& r) { return agent_labels(r); };
+  const auto u64 = [](const std::optional<std::uint64_t>& v) {
+    return v ? std::optional<double>(num(*v)) : std::nullopt;
+  };
+  family(out, "vantage_host_cpu_busy_ratio", Type::kGauge, "CPU busy (not idle, not iowait), all CPUs, 0..1.",
+         load, labels_of_load, [](const LiveLoad& r) { return r.cpu_busy; });
+  family(out, "vantage_host_memory_total_bytes", Type::kGauge, "Host memory.", load, labels_of_load,
+         [&](const LiveLoad& r) { return u64(r.mem_total); });
+  family(out, "vantage_host_memory_available_bytes", Type::kGauge, "Host memory available (MemAvailable).",
+         load, labels_of_load, [&](const LiveLoad& r) { return u64(r.mem_available); });
+  family(out, "vantage_host_load1", Type::kGauge, "One-minute load average.", load, labels_of_load,
+         [](const LiveLoad& r) { return r.load1; });
+  family(out, "vantage_host_pressure_cpu_some_ratio", Type::kGauge,
+         "PSI: share of the last 10 s some task waited for CPU (absent without PSI).", load, labels_of_load,
+         [](const LiveLoad& r) { return r.psi_cpu_some; });
+  family(out, "vantage_host_pressure_memory_some_ratio", Type::kGauge,
+         "PSI: share of the last 10 s some task waited for memory (absent without PSI).", load,
+         labels_of_load, [](const LiveLoad& r) { return r.psi_memory_some; });
+  family(out, "vantage_host_pressure_io_some_ratio", Type::kGauge,
+         "PSI: share of the last 10 s some task waited for I/O (absent without PSI).", load, labels_of_load,
+         [](const LiveLoad& r) { return r.psi_io_some; });
+  family(out, "vantage_host_load_age_seconds", Type::kGauge,
+         "Seconds since the newest load sample was taken.", load, labels_of_load,
+         [&](const LiveLoad& r) { return opt(seconds(now_ns - r.time_ns)); });
+
+  // Agents: last seen and their self-metrics.
+  const auto& agents = view.agents;
+  const auto labels_of_agent = [](const LiveAgent& r) { return agent_labels(r); };
+  family(out, "vantage_agent_last_seen_timestamp_seconds", Type::kGauge,
+         "When the collector stored the agent's newest batch (Unix time).", agents, labels_of_agent,
+         [&](const LiveAgent& a) { return opt(seconds(a.last_seen_ns)); });
+  family(out, "vantage_agent_batch_seq", Type::kGauge, "Sequence number of the agent's newest batch.", agents,
+         labels_of_agent, [&](const LiveAgent& a) { return opt(num(a.seq)); });
+  family(out, "vantage_agent_spool_dropped_total", Type::kCounter,
+         "Batches the agent's spool dropped unacked to stay within its bound.", agents, labels_of_agent,
+         [&](const LiveAgent& a) { return opt(num(a.spool_dropped)); });
+  using SelfField = std::function<double(const LiveAgentSelf&)>;
+  const auto self_family = [&](std::string_view name, Type type, std::string_view help, const SelfField& f) {
+    family(out, name, type, help, agents, labels_of_agent,
+           [&](const LiveAgent& a) { return a.self ? std::optional<double>(f(*a.self)) : std::nullopt; });
+  };
+  self_family("vantage_agent_start_time_seconds", Type::kGauge, "When the agent process started (Unix time).",
+              [](const LiveAgentSelf& s) { return seconds(s.process_start_ns); });
+  self_family("vantage_agent_config_generation", Type::kGauge, "1 at start, +1 per reload that took effect.",
+              [](const LiveAgentSelf& s) { return num(s.config_generation); });
+  self_family("vantage_agent_resident_memory_bytes", Type::kGauge, "The agent's resident set size.",
+              [](const LiveAgentSelf& s) { return num(s.rss_bytes); });
+  out.family("vantage_agent_cpu_seconds_total", Type::kCounter, "CPU time the agent process used, by mode.");
+  for (const LiveAgent& a : agents) {
+    if (!a.self) continue;
+    Labels l = agent_labels(a);
+    l.emplace_back("mode", "user");
+    out.sample("vantage_agent_cpu_seconds_total", l, static_cast<double>(a.self->cpu_user_ns) / kNs);
+    l.back().second = "system";
+    out.sample("vantage_agent_cpu_seconds_total", l, static_cast<double>(a.self->cpu_system_ns) / kNs);
+  }
+  out.family("vantage_agent_ring_dropped_total", Type::kCounter,
+             "Events the agent lost to a full ring: probe events, load samples.");
+  for (const LiveAgent& a : agents) {
+    if (!a.self) continue;
+    Labels l = agent_labels(a);
+    l.emplace_back("ring", "probe");
+    out.sample("vantage_agent_ring_dropped_total", l, num(a.self->probe_ring_dropped));
+    l.back().second = "load";
+    out.sample("vantage_agent_ring_dropped_total", l, num(a.self->load_ring_dropped));
+  }
+  self_family("vantage_agent_spool_batches", Type::kGauge, "Batches in the agent's spool awaiting an ack.",
+              [](const LiveAgentSelf& s) { return num(s.spool_records); });
+  self_family("vantage_agent_spool_bytes", Type::kGauge, "Their size on the agent's disk.",
+              [](const LiveAgentSelf& s) { return num(s.spool_bytes); });
+  self_family("vantage_agent_reconnects_total", Type::kCounter,
+              "Collector sessions the agent established after its first.",
+              [](const LiveAgentSelf& s) { return num(s.reconnects); });
+  self_family("vantage_agent_connect_failures_total", Type::kCounter,
+              "Collector connections that failed before TLS.",
+              [](const LiveAgentSelf& s) { return num(s.connect_failures); });
+  self_family("vantage_agent_tls_failures_total", Type::kCounter,
+              "TLS handshakes with a collector that failed.",
+              [](const LiveAgentSelf& s) { return num(s.tls_failures); });
+  self_family("vantage_agent_rejected_total", Type::kCounter,
+              "Sessions a collector refused (identity, region).",
+              [](const LiveAgentSelf& s) { return num(s.rejected); });
+
+  // The collector itself.
+  const auto counter = [&](std::string_view name, Type type, std::string_view help, double v) {
+    out.family(name, type, help);
+    out.sample(name, {}, v);
+  };
+  counter("vantage_collector_connections_open", Type::kGauge, "Agent connections open now.",
+          num(c.connections_open));
+  counter("vantage_collector_connections_accepted_total", Type::kCounter, "Agent connections accepted.",
+          num(c.connections_accepted));
+  counter("vantage_collector_handshakes_total", Type::kCounter, "TLS handshakes completed.",
+          num(c.handshakes));
+  counter("vantage_collector_frames_total", Type::kCounter, "Frames received and verified.", num(c.frames));
+  counter("vantage_collector_batches_stored_total", Type::kCounter, "Batches newly stored by the sink.",
+          num(c.batches_stored));
+  counter("vantage_collector_batches_duplicate_total", Type::kCounter,
+          "Batches already stored (resent by an agent): acked, not stored again.", num(c.batches_duplicate));
+  counter("vantage_collector_batches_failed_total", Type::kCounter,
+          "Batches the sink failed; their agents retry them.", num(c.batches_failed));
+  counter("vantage_collector_acks_sent_total", Type::kCounter, "Acks sent to agents.", num(c.acks_sent));
+  counter("vantage_collector_commits_total", Type::kCounter, "Sink store calls (SQLite: transactions).",
+          num(c.commits));
+  out.family("vantage_collector_rejects_total", Type::kCounter, "Connections or frames refused, by reason.");
+  for (std::size_t i = 0; i < static_cast<std::size_t>(Reject::kCount); ++i) {
+    out.sample("vantage_collector_rejects_total", {{"reason", to_string(static_cast<Reject>(i))}},
+               num(c.rejects[i]));
+  }
+  out.family("vantage_collector_sink_latency_seconds", Type::kHistogram,
+             "Each sink store call, from hand-over to durable.");
+  out.histogram("vantage_collector_sink_latency_seconds", {{"sink", sink_name}}, kSinkLatencyBounds,
+                c.sink_latency_buckets, c.sink_latency_sum_s);
+  counter("vantage_collector_live_view_agents", Type::kGauge,
+          "Agents in the live view (seen within forget_after).", num(agents.size()));
+  return out.take();
+}
+
+}  // namespace vantage::collector::http

@@ -1,0 +1,114 @@
+#include "collector/http/prometheus_text.hpp"
+
+#include <cassert>
+#include <charconv>
+#include <cmath>
+
+namespace vantage::collector::http {
+
+std::string escape_label_value(std::string_view value) {
+  std::string out;
+  out.reserve(value.size());
+  for (const char c : value) {
+    if (c == '\\') {
+      out += "\\\\";
+    } else if (c == '"') {
+      out += "\\\"";
+    } else if (c == '\n') {
+      out += "\\n";
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+std::string escape_help(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (const char c : text) {
+    if (c == '\\') {
+      out += "\\\\";
+    } else if (c == '\n') {
+      out += "\\n";
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+std::string format_value(double value) {
+  if (std::isnan(value)) return "NaN";
+  if (std::isinf(value)) return value > 0 ? "+Inf" : "-Inf";
+  char buffer[48];
+  // Whole numbers below 2^53 print exactly and without an exponent (counters stay readable).
+  if (value == std::trunc(value) && std::fabs(value) < 9007199254740992.0) {
+    const auto [end, ec] = std::to_chars(buffer, buffer + sizeof buffer, static_cast<std::int64_t>(value));
+    return ec == std::errc() ? std::string(buffer, end) : std::string("NaN");
+  }
+  // Shortest round trip, without an exponent where that fits (0.0005 rather than 5e-04, which
+  // also keeps histogram `le` labels in the form Prometheus users write them).
+  if (const auto [end, ec] = std::to_chars(buffer, buffer + sizeof buffer, value, std::chars_format::fixed);
+      ec == std::errc()) {
+    return std::string(buffer, end);
+  }
+  const auto [end, ec] = std::to_chars(buffer, buffer + sizeof buffer, value);
+  return ec == std::errc() ? std::string(buffer, end) : std::string("NaN");
+}
+
+void PrometheusText::family(std::string_view name, Type type, std::string_view help) {
+  out_ += "# HELP ";
+  out_ += name;
+  out_ += ' ';
+  out_ += escape_help(help);
+  out_ += "\n# TYPE ";
+  out_ += name;
+  out_ += type == Type::kGauge ? " gauge\n" : type == Type::kCounter ? " counter\n" : " histogram\n";
+}
+
+void PrometheusText::labels(const Labels& labels, const Label* extra) {
+  if (labels.empty() && extra == nullptr) return;
+  out_ += '{';
+  bool first = true;
+  const auto one = [&](const Label& l) {
+    if (!first) out_ += ',';
+    first = false;
+    out_ += l.first;
+    out_ += "=\"";
+    out_ += escape_label_value(l.second);
+    out_ += '"';
+  };
+  for (const Label& l : labels) one(l);
+  if (extra != nullptr) one(*extra);
+  out_ += '}';
+}
+
+void PrometheusText::sample(std::string_view name, const Labels& l, double value) {
+  out_ += name;
+  labels(l, nullptr);
+  out_ += ' ';
+  out_ += format_value(value);
+  out_ += '\n';
+}
+
+void PrometheusText::histogram(std::string_view name, const Labels& l, std::span<const double> bounds,
+                               std::span<const std::uint64_t> per_bucket, double sum) {
+  assert(per_bucket.size() == bounds.size() + 1);
+  const std::string bucket = std::string(name) + "_bucket";
+  std::uint64_t cumulative = 0;
+  for (std::size_t i = 0; i < per_bucket.size(); ++i) {
+    cumulative += per_bucket[i];
+    const std::string le = i < bounds.size() ? format_value(bounds[i]) : std::string("+Inf");
+    const Label extra{"le", le};
+    out_ += bucket;
+    labels(l, &extra);
+    out_ += ' ';
+    out_ += format_value(static_cast<double>(cumulative));
+    out_ += '\n';
+  }
+  sample(std::string(name) + "_sum", l, sum);
+  sample(std::string(name) + "_count", l, static_cast<double>(cumulative));
+}
+
+}  // namespace vantage::collector::http

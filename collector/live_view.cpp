@@ -1,0 +1,179 @@
+#include "collector/live_view.hpp"
+
+#include <ctime>
+#include <string_view>
+
+namespace vantage::collector {
+
+namespace {
+
+std::string text(const flatbuffers::String* s) { return s == nullptr ? std::string{} : s->str(); }
+
+// The same names the SQLite store writes, so every view of the data agrees.
+const char* protocol_name(wire::Protocol p) {
+  switch (p) {
+    case wire::Protocol::UdpEcho:
+      return "udp_echo";
+    case wire::Protocol::TcpConnect:
+      return "tcp_connect";
+    case wire::Protocol::Icmp:
+      return "icmp";
+  }
+  return "unknown";
+}
+
+// PSI is absent (negative on the wire) where the kernel lacks it; /proc/pressure gives percent.
+std::optional<double> psi_ratio(float v) {
+  if (v < 0.0f) return std::nullopt;
+  return static_cast<double>(v) / 100.0;
+}
+
+}  // namespace
+
+std::int64_t wall_now_ns() noexcept {
+  timespec now{};
+  ::clock_gettime(CLOCK_REALTIME, &now);
+  return static_cast<std::int64_t>(now.tv_sec) * 1'000'000'000 + now.tv_nsec;
+}
+
+void LiveView::record(const store::IncomingBatch& in) {
+  const wire::Batch& b = *in.batch;
+  // The connection's identity wins over the batch's own fields (see IncomingBatch).
+  const std::string agent_id(in.agent_id);
+  const std::string region = in.region.empty() ? text(b.region()) : std::string(in.region);
+  const std::string pop = in.pop.empty() ? text(b.pop()) : std::string(in.pop);
+  const std::int64_t now = in.received_ns != 0 ? in.received_ns : wall_now_ns();
+
+  const std::lock_guard lock(mutex_);
+  LiveAgent& agent = agents_[agent_id];
+  const bool newest = b.seq() >= agent.seq;
+  agent.agent_id = agent_id;
+  agent.region = region;
+  agent.pop = pop;
+  agent.last_seen_ns = std::max(agent.last_seen_ns, now);
+  if (newest) {
+    agent.seq = b.seq();
+    agent.spool_dropped = b.spool_dropped();
+    if (const wire::AgentSelf* m = b.self()) {
+      LiveAgentSelf s;
+      s.process_start_ns = m->process_start_ns();
+      s.config_generation = m->config_generation();
+      s.rss_bytes = m->rss_bytes();
+      s.cpu_user_ns = m->cpu_user_ns();
+      s.cpu_system_ns = m->cpu_system_ns();
+      s.probe_ring_dropped = m->probe_ring_dropped();
+      s.load_ring_dropped = m->load_ring_dropped();
+      s.spool_records = m->spool_records();
+      s.spool_bytes = m->spool_bytes();
+      s.reconnects = m->reconnects();
+      s.connect_failures = m->connect_failures();
+      s.tls_failures = m->tls_failures();
+      s.rejected = m->rejected();
+      agent.self = s;
+    }
+  }
+
+  if (const auto* latency = b.latency()) {
+    for (const wire::LatencySummary* l : *latency) {
+      LatencyKey key{region, pop, agent_id, text(l->target()), protocol_name(l->protocol())};
+      LiveLatency& e = latency_[key];
+      if (e.updated_ns != 0 && b.interval_end_ns() < e.interval_end_ns) continue;
+      e.region = std::get<0>(key);
+      e.pop = std::get<1>(key);
+      e.agent_id = std::get<2>(key);
+      e.target = std::get<3>(key);
+      e.protocol = std::get<4>(key);
+      e.interval_end_ns = b.interval_end_ns();
+      e.updated_ns = now;
+      e.sent = l->sent();
+      e.received = l->received();
+      e.lost = l->lost();
+      const std::uint64_t answered = static_cast<std::uint64_t>(l->received()) + l->lost();
+      e.loss_ratio = answered == 0 ? 0.0 : static_cast<double>(l->lost()) / static_cast<double>(answered);
+      e.p50_ns = l->p50_ns();
+      e.p90_ns = l->p90_ns();
+      e.p99_ns = l->p99_ns();
+      e.p999_ns = l->p999_ns();
+      e.max_ns = l->max_ns();
+      e.mean_ns = l->mean_ns();
+      e.jitter_mean_ns = l->jitter_mean_ns();
+      e.jitter_p99_ns = l->jitter_p99_ns();
+    }
+  }
+
+  if (const auto* load = b.load()) {
+    for (const wire::LoadSample* s : *load) {
+      LiveLoad& e = load_[LoadKey{region, pop, agent_id}];
+      if (e.updated_ns != 0 && s->time_ns() < e.time_ns) continue;
+      e.region = region;
+      e.pop = pop;
+      e.agent_id = agent_id;
+      e.time_ns = s->time_ns();
+      e.updated_ns = now;
+      e.cpu_busy.reset();
+      if (const auto* cpus = s->cpus()) {
+        for (const wire::CpuUsage* c : *cpus) {
+          if (c->cpu() >= 0) continue;
+          // Busy = neither idle nor waiting on I/O, as the store computes it.
+          e.cpu_busy = 1.0 - static_cast<double>(c->idle()) - static_cast<double>(c->iowait());
+        }
+      }
+      if (const wire::MemoryUsage* m = s->memory()) {
+        e.mem_total = m->total_bytes();
+        e.mem_available = m->available_bytes();
+      } else {
+        e.mem_total.reset();
+        e.mem_available.reset();
+      }
+      if (const wire::LoadAverage* la = s->load_average()) {
+        e.load1 = static_cast<double>(la->one());
+      } else {
+        e.load1.reset();
+      }
+      const wire::Pressure* p = s->pressure();
+      e.psi_cpu_some = p ? psi_ratio(p->cpu_some_avg10()) : std::nullopt;
+      e.psi_memory_some = p ? psi_ratio(p->memory_some_avg10()) : std::nullopt;
+      e.psi_io_some = p ? psi_ratio(p->io_some_avg10()) : std::nullopt;
+      if (e.cpu_busy && options_.load_history > 0) {
+        if (e.history.size() >= options_.load_history) {
+          e.history.erase(
+              e.history.begin(),
+              e.history.begin() + static_cast<std::ptrdiff_t>(e.history.size() - options_.load_history + 1));
+        }
+        e.history.push_back({e.time_ns, *e.cpu_busy});
+      }
+    }
+  }
+
+  // Expiry is cheap but not free: at most once a second of collector time.
+  if (now - last_forget_ns_ >= 1'000'000'000) forget_locked(now);
+}
+
+void LiveView::forget_locked(std::int64_t now_ns) {
+  last_forget_ns_ = now_ns;
+  const std::int64_t cutoff =
+      now_ns - std::chrono::duration_cast<std::chrono::nanoseconds>(options_.forget_after).count();
+  std::erase_if(latency_, [&](const auto& kv) { return kv.second.updated_ns < cutoff; });
+  std::erase_if(load_, [&](const auto& kv) { return kv.second.updated_ns < cutoff; });
+  std::erase_if(agents_, [&](const auto& kv) { return kv.second.last_seen_ns < cutoff; });
+}
+
+LiveSnapshot LiveView::snapshot(std::int64_t now_ns) {
+  LiveSnapshot s;
+  const std::lock_guard lock(mutex_);
+  forget_locked(now_ns);
+  s.latency.reserve(latency_.size());
+  for (const auto& [key, value] : latency_) s.latency.push_back(value);
+  s.load.reserve(load_.size());
+  for (const auto& [key, value] : load_) s.load.push_back(value);
+  s.agents.reserve(agents_.size());
+  for (const auto& [key, value] : agents_) s.agents.push_back(value);
+  return s;
+}
+
+std::size_t LiveView::size() const {
+  const std::lock_guard lock(mutex_);
+  return latency_.size() + load_.size() + agents_.size();
+}
+
+}  // namespace vantage::collector

@@ -1,0 +1,114 @@
+// The collector's in-memory view of the newest figures per agent, target and PoP, fed from the
+// ingest's stored-batch hook and read by the HTTP side (/metrics, the status page): the request
+// path never touches the store, so it works the same with any sink.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "collector/store/sqlite_store.hpp"
+
+namespace vantage::collector {
+
+struct LiveViewOptions {
+  // Entries not updated for this long are dropped (a retired agent or target disappears from
+  // /metrics instead of showing stale figures forever).
+  std::chrono::seconds forget_after{3600};
+  // Recent CPU-busy points kept per PoP and agent for the status page's sparklines.
+  std::size_t load_history = 60;
+};
+
+// One (region, PoP, agent, target, protocol): the newest interval's summary.
+struct LiveLatency {
+  std::string region, pop, agent_id, target, protocol;
+  std::int64_t interval_end_ns = 0;
+  std::int64_t updated_ns = 0;  // collector wall clock when it was stored
+  std::uint32_t sent = 0, received = 0, lost = 0;
+  double loss_ratio = 0.0;  // lost / (received + lost), 0 when neither
+  std::int64_t p50_ns = 0, p90_ns = 0, p99_ns = 0, p999_ns = 0, max_ns = 0;
+  double mean_ns = 0.0;
+  double jitter_mean_ns = 0.0;
+  std::int64_t jitter_p99_ns = 0;
+};
+
+struct LoadPoint {
+  std::int64_t time_ns = 0;
+  double cpu_busy = 0.0;
+};
+
+// The newest host load sample of one agent (so of its PoP).
+struct LiveLoad {
+  std::string region, pop, agent_id;
+  std::int64_t time_ns = 0;
+  std::int64_t updated_ns = 0;
+  std::optional<double> cpu_busy;  // 1 - idle - iowait of the all-CPU total
+  std::optional<std::uint64_t> mem_total, mem_available;
+  std::optional<double> load1;
+  std::optional<double> psi_cpu_some, psi_memory_some, psi_io_some;  // absent without PSI
+  std::vector<LoadPoint> history;                                    // oldest first
+};
+
+struct LiveAgentSelf {
+  std::uint64_t config_generation = 0;
+  std::uint64_t rss_bytes = 0;
+  std::uint64_t cpu_user_ns = 0, cpu_system_ns = 0;
+  std::uint64_t probe_ring_dropped = 0, load_ring_dropped = 0;
+  std::uint64_t spool_records = 0, spool_bytes = 0;
+  std::uint64_t reconnects = 0, connect_failures = 0, tls_failures = 0, rejected = 0;
+  std::int64_t process_start_ns = 0;
+};
+
+struct LiveAgent {
+  std::string region, pop, agent_id;
+  std::uint64_t seq = 0;          // of the newest batch stored
+  std::int64_t last_seen_ns = 0;  // collector wall clock
+  std::uint64_t spool_dropped = 0;
+  std::optional<LiveAgentSelf> self;
+};
+
+struct LiveSnapshot {
+  std::vector<LiveLatency> latency;  // ordered by region, pop, agent, target, protocol
+  std::vector<LiveLoad> load;        // ordered by region, pop, agent
+  std::vector<LiveAgent> agents;     // ordered by agent id
+};
+
+// Threads: record() on the ingest's store thread, snapshot() from any thread; one mutex, held for
+// a map update or a copy (a few hundred entries in a fleet of PoPs), never across I/O.
+class LiveView {
+ public:
+  explicit LiveView(LiveViewOptions options = {}) : options_(options) {}
+
+  // Takes in one stored batch; a batch older than what is held for a key does not replace it
+  // (agents resend after a reconnect: a late resend must not roll the view back).
+  void record(const store::IncomingBatch& batch);
+
+  // Everything updated within forget_after of now_ns (collector wall clock); older entries are
+  // dropped from the view as well.
+  LiveSnapshot snapshot(std::int64_t now_ns);
+
+  std::size_t size() const;
+
+ private:
+  using LatencyKey = std::tuple<std::string, std::string, std::string, std::string, std::string>;
+  using LoadKey = std::tuple<std::string, std::string, std::string>;
+
+  void forget_locked(std::int64_t now_ns);
+
+  LiveViewOptions options_;
+  mutable std::mutex mutex_;
+  std::map<LatencyKey, LiveLatency> latency_;
+  std::map<LoadKey, LiveLoad> load_;
+  std::map<std::string, LiveAgent> agents_;
+  std::int64_t last_forget_ns_ = 0;
+};
+
+std::int64_t wall_now_ns() noexcept;
+
+}  // namespace vantage::collector

@@ -1,0 +1,237 @@
+// The collector's HTTP side without sockets: Prometheus text formatting (escaping, histograms),
+// the live view (newest wins, expiry, bounded history), and /metrics and /api/status rendered
+// from them.
+#include <doctest/doctest.h>
+
+#include <flatbuffers/flatbuffers.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "collector/http/metrics.hpp"
+#include "collector/http/prometheus_text.hpp"
+#include "collector/http/status_page.hpp"
+#include "collector/live_view.hpp"
+#include "vantage/telemetry_generated.h"
+
+namespace {
+
+using namespace vantage;
+using collector::LiveView;
+using collector::store::IncomingBatch;
+
+constexpr std::int64_t kT0 = 1'700'000'000'000'000'000;
+constexpr std::int64_t kSecond = 1'000'000'000;
+
+struct Built {
+  std::vector<std::uint8_t> bytes;
+  const wire::Batch* batch() const { return wire::GetFrame(bytes.data())->message_as_Batch(); }
+};
+
+Built batch(const std::string& agent, const std::string& pop, std::uint64_t seq, std::int64_t p50,
+            const std::vector<std::string>& targets, double idle = 0.75, bool with_self = true) {
+  flatbuffers::FlatBufferBuilder fbb;
+  const std::int64_t start = kT0 + static_cast<std::int64_t>(seq) * kSecond;
+  std::vector<flatbuffers::Offset<wire::LatencySummary>> latency;
+  for (const auto& t : targets) {
+    latency.push_back(wire::CreateLatencySummaryDirect(fbb, t.c_str(), wire::Protocol::UdpEcho, 10, 8, 2, 0,
+                                                       0, 0, 0, 1, p50 / 2, p50 * 3, static_cast<double>(p50),
+                                                       1000.0, p50, p50 + 1, p50 + 2, p50 + 3, 250.0, 900));
+  }
+  std::vector<wire::CpuUsage> cpus{{-1, 0.125f, 0.125f, 0.0f, 0.0f, 0.0f, 0.0f, static_cast<float>(idle), 0}};
+  wire::MemoryUsage mem(8ull << 30, 2ull << 30, 0, 0, 0);
+  wire::Pressure psi(-1.0f, -1.0f, -1.0f, -1.0f, -1.0f);
+  wire::LoadAverage la(0.5f, 0.25f, 0.125f);
+  std::vector<flatbuffers::Offset<wire::LoadSample>> load{
+      wire::CreateLoadSampleDirect(fbb, start + kSecond / 2, "amd64", &cpus, &mem, &psi, &la)};
+  flatbuffers::Offset<wire::AgentSelf> self;
+  if (with_self)
+    self = wire::CreateAgentSelf(fbb, kT0, 1, 5u << 20, 2'000'000'000, 500'000'000, 3, 0, 1, 100, 2);
+  const auto b = wire::CreateBatchDirect(fbb, agent.c_str(), seq, start, start + kSecond, "eu-central",
+                                         pop.c_str(), &latency, &load, nullptr, 0, self);
+  wire::FinishFrameBuffer(fbb, wire::CreateFrame(fbb, wire::Message::Batch, b.Union()));
+  return Built{{fbb.GetBufferPointer(), fbb.GetBufferPointer() + fbb.GetSize()}};
+}
+
+void record(LiveView& view, const Built& b, const std::string& agent, const std::string& pop,
+            std::int64_t received_ns) {
+  IncomingBatch in;
+  in.batch = b.batch();
+  in.agent_id = agent;
+  in.region = "eu-central";
+  in.pop = pop;
+  in.received_ns = received_ns;
+  view.record(in);
+}
+
+bool contains(const std::string& text, const std::string& what) {
+  return text.find(what) != std::string::npos;
+}
+
+}  // namespace
+
+TEST_CASE("label values escape backslash, quote and line feed; HELP escapes backslash and line feed") {
+  using collector::http::escape_help;
+  using collector::http::escape_label_value;
+  CHECK(escape_label_value(R"(a\b"c)"
+                           "\n"
+                           "d") == R"(a\\b\"c\nd)");
+  CHECK(escape_label_value("plain-name_1.2:3") == "plain-name_1.2:3");
+  CHECK(escape_help("one \\ two\nthree \"q\"") == "one \\\\ two\\nthree \"q\"");
+
+  collector::http::PrometheusText out;
+  out.family("x_total", collector::http::PrometheusText::Type::kCounter, "An x.\nSecond line.");
+  out.sample("x_total", {{"target", "h\"1\"\\"}, {"pop", "fra\n1"}}, 3);
+  CHECK(out.text() ==
+        "# HELP x_total An x.\\nSecond line.\n# TYPE x_total counter\n"
+        "x_total{target=\"h\\\"1\\\"\\\\\",pop=\"fra\\n1\"} 3\n");
+}
+
+TEST_CASE("sample values: integers plain, fractions round-trip, NaN and infinities spelled") {
+  using collector::http::format_value;
+  CHECK(format_value(0) == "0");
+  CHECK(format_value(18446744073.0) == "18446744073");
+  CHECK(format_value(0.0005) == "0.0005");
+  CHECK(format_value(0.1 + 0.2) == "0.30000000000000004");
+  CHECK(format_value(-2.5) == "-2.5");
+  CHECK(format_value(1e-300).find("e-300") != std::string::npos);  // too long for fixed
+  CHECK(format_value(std::numeric_limits<double>::quiet_NaN()) == "NaN");
+  CHECK(format_value(std::numeric_limits<double>::infinity()) == "+Inf");
+  CHECK(format_value(-std::numeric_limits<double>::infinity()) == "-Inf");
+}
+
+TEST_CASE("a histogram is written with cumulative buckets, +Inf, _sum and _count") {
+  collector::http::PrometheusText out;
+  const double bounds[] = {0.001, 0.01, 0.1};
+  const std::uint64_t per_bucket[] = {2, 0, 5, 1};
+  out.family("lat_seconds", collector::http::PrometheusText::Type::kHistogram, "Latency.");
+  out.histogram("lat_seconds", {{"sink", "sqlite"}}, bounds, per_bucket, 0.75);
+  CHECK(out.text() ==
+        "# HELP lat_seconds Latency.\n# TYPE lat_seconds histogram\n"
+        "lat_seconds_bucket{sink=\"sqlite\",le=\"0.001\"} 2\n"
+        "lat_seconds_bucket{sink=\"sqlite\",le=\"0.01\"} 2\n"
+        "lat_seconds_bucket{sink=\"sqlite\",le=\"0.1\"} 7\n"
+        "lat_seconds_bucket{sink=\"sqlite\",le=\"+Inf\"} 8\n"
+        "lat_seconds_sum{sink=\"sqlite\"} 0.75\n"
+        "lat_seconds_count{sink=\"sqlite\"} 8\n");
+}
+
+TEST_CASE("the live view keeps the newest summary per key and ignores a late resend") {
+  LiveView view;
+  const auto b2 = batch("fra1-a", "fra1", 2, 8'000'000, {"ams1", "sin1"});
+  const auto b1 = batch("fra1-a", "fra1", 1, 99'000'000, {"ams1"});
+  record(view, b2, "fra1-a", "fra1", kT0 + 3 * kSecond);
+  record(view, b1, "fra1-a", "fra1", kT0 + 4 * kSecond);  // older interval, arrived later
+  const auto s = view.snapshot(kT0 + 5 * kSecond);
+  REQUIRE(s.latency.size() == 2);
+  CHECK(s.latency[0].target == "ams1");
+  CHECK(s.latency[0].p50_ns == 8'000'000);
+  CHECK(s.latency[0].loss_ratio == doctest::Approx(0.2));
+  CHECK(s.latency[0].protocol == "udp_echo");
+  REQUIRE(s.agents.size() == 1);
+  CHECK(s.agents[0].seq == 2);
+  CHECK(s.agents[0].last_seen_ns == kT0 + 4 * kSecond);
+  REQUIRE(s.agents[0].self);
+  CHECK(s.agents[0].self->rss_bytes == 5u << 20);
+  REQUIRE(s.load.size() == 1);
+  CHECK(*s.load[0].cpu_busy == doctest::Approx(0.25));
+  CHECK(!s.load[0].psi_cpu_some);  // negative on the wire: no PSI
+  CHECK(*s.load[0].load1 == doctest::Approx(0.5));
+}
+
+TEST_CASE("the live view forgets entries not updated within forget_after and bounds load history") {
+  LiveView view({.forget_after = std::chrono::seconds(60), .load_history = 3});
+  for (std::uint64_t seq = 1; seq <= 5; ++seq) {
+    const auto b = batch("fra1-a", "fra1", seq, 1'000'000, {"ams1"}, 0.5 + 0.1 * static_cast<double>(seq));
+    record(view, b, "fra1-a", "fra1", kT0 + static_cast<std::int64_t>(seq) * kSecond);
+  }
+  const auto b = batch("ams1-a", "ams1", 1, 2'000'000, {"fra1"});
+  record(view, b, "ams1-a", "ams1", kT0 + 50 * kSecond);
+  auto s = view.snapshot(kT0 + 50 * kSecond);
+  REQUIRE(s.load.size() == 2);
+  REQUIRE(s.load[1].pop == "fra1");
+  CHECK(s.load[1].history.size() == 3);
+  CHECK(s.load[1].history.back().cpu_busy == doctest::Approx(1.0 - 1.0).epsilon(0.01));
+  CHECK(s.load[1].history.front().cpu_busy == doctest::Approx(0.2).epsilon(0.01));
+  s = view.snapshot(kT0 + 100 * kSecond);  // fra1 last updated at 5 s: forgotten; ams1 at 50 s: kept
+  REQUIRE(s.agents.size() == 1);
+  CHECK(s.agents[0].agent_id == "ams1-a");
+  CHECK(s.latency.size() == 1);
+  CHECK(s.load.size() == 1);
+  CHECK(view.snapshot(kT0 + 200 * kSecond).agents.empty());
+  CHECK(view.size() == 0);
+}
+
+TEST_CASE("/metrics holds every family with HELP and TYPE, every reject reason, and the sink histogram") {
+  LiveView view;
+  const auto b = batch("fra1-a", "fra1", 1, 8'000'000, {"ams1"});
+  record(view, b, "fra1-a", "fra1", kT0 + 2 * kSecond);
+  collector::IngestCounters c;
+  c.batches_stored = 7;
+  c.rejects[static_cast<std::size_t>(collector::Reject::kRegion)] = 2;
+  c.sink_latency_buckets[0] = 3;
+  c.sink_latency_buckets[collector::kSinkLatencyBuckets - 1] = 1;
+  c.sink_latency_sum_s = 3.5;
+  const std::string text =
+      collector::http::render_metrics(view.snapshot(kT0 + 3 * kSecond), c, "sqlite", kT0 + 3 * kSecond);
+  const std::string labels =
+      R"(region="eu-central",pop="fra1",agent="fra1-a",target="ams1",protocol="udp_echo")";
+  CHECK(contains(text, "vantage_rtt_seconds{" + labels + ",quantile=\"0.5\"} 0.008\n"));
+  CHECK(contains(text, "vantage_rtt_seconds{" + labels + ",quantile=\"0.99\"} 0.008000002\n"));
+  CHECK(contains(text, "vantage_loss_ratio{" + labels + "} 0.2\n"));
+  CHECK(contains(text, "vantage_probes_sent{" + labels + "} 10\n"));
+  CHECK(contains(text, "vantage_latency_age_seconds{" + labels + "} 1\n"));
+  CHECK(contains(text,
+                 "vantage_host_cpu_busy_ratio{region=\"eu-central\",pop=\"fra1\",agent=\"fra1-a\"} 0.25\n"));
+  CHECK(!contains(text, "vantage_host_pressure_cpu_some_ratio{"));
+  CHECK(contains(text,
+                 "vantage_agent_cpu_seconds_total{region=\"eu-central\",pop=\"fra1\",agent=\"fra1-a\",mode="
+                 "\"user\"} 2\n"));
+  CHECK(contains(text, "vantage_collector_batches_stored_total 7\n"));
+  for (const char* reason : {"connection_limit", "handshake", "timeout", "no_identity", "identity", "region",
+                             "protocol", "frame", "store"}) {
+    CHECK(contains(text, std::string("vantage_collector_rejects_total{reason=\"") + reason + "\"} " +
+                             (std::string(reason) == "region" ? "2" : "0") + "\n"));
+  }
+  CHECK(contains(text, "# TYPE vantage_collector_sink_latency_seconds histogram\n"));
+  CHECK(contains(text, "vantage_collector_sink_latency_seconds_bucket{sink=\"sqlite\",le=\"0.0005\"} 3\n"));
+  CHECK(contains(text, "vantage_collector_sink_latency_seconds_bucket{sink=\"sqlite\",le=\"2.5\"} 3\n"));
+  CHECK(contains(text, "vantage_collector_sink_latency_seconds_bucket{sink=\"sqlite\",le=\"+Inf\"} 4\n"));
+  CHECK(contains(text, "vantage_collector_sink_latency_seconds_count{sink=\"sqlite\"} 4\n"));
+  // Every sample line belongs to a family announced before it, and every family has HELP and TYPE.
+  std::string family;
+  std::size_t pos = 0;
+  while (pos < text.size()) {
+    const std::size_t end = text.find('\n', pos);
+    const std::string line = text.substr(pos, end - pos);
+    pos = end + 1;
+    if (line.rfind("# HELP ", 0) == 0) {
+      family = line.substr(7, line.find(' ', 7) - 7);
+      continue;
+    }
+    if (line.rfind("# TYPE " + family + " ", 0) == 0) continue;
+    INFO(line);
+    const std::string name = line.substr(0, line.find_first_of("{ "));
+    CHECK((name == family || name == family + "_bucket" || name == family + "_sum" ||
+           name == family + "_count"));
+  }
+}
+
+TEST_CASE("/api/status is JSON with a cell per (PoP, target) and escapes strings") {
+  LiveView view;
+  const auto b = batch("fra1-a", "fra1", 1, 8'000'000, {"ams1", "s\"in<1"});
+  record(view, b, "fra1-a", "fra1", kT0 + 2 * kSecond);
+  const std::string json =
+      collector::http::render_status_json(view.snapshot(kT0 + 3 * kSecond), {}, kT0 + 3 * kSecond);
+  CHECK(contains(json, R"("src":"fra1","dst":"ams1")"));
+  CHECK(contains(json, R"("dst":"s\"in\u003c1")"));
+  CHECK(contains(json, R"("p50_ms":8,)"));
+  CHECK(contains(json, R"("now_ms":1700000003000,)"));
+  CHECK(collector::http::json_string("a\nb\\") == R"("a\u000ab\\")");
+  CHECK(collector::http::status_page_html().find("data-src") != std::string_view::npos);
+  // Nothing external: no linked scripts, styles or fonts.
+  CHECK(collector::http::status_page_html().find("<script src") == std::string_view::npos);
+  CHECK(collector::http::status_page_html().find("<link") == std::string_view::npos);
+  CHECK(collector::http::status_page_html().find("@import") == std::string_view::npos);
+}

@@ -1,0 +1,427 @@
+#!/usr/bin/env python3
+"""The collector's HTTP side with real processes on loopback: a collector with --http, three
+agents as PoPs fra1, ams1 and sin1 probing each other's reflectors through delay relays (8, 160
+and 170 ms of round trip, as in `make demo`), and then:
+
+  prometheus   a real Prometheus (/usr/bin/prometheus, its own config and TSDB in a temp dir)
+               scrapes /metrics every second; its query API must return every PoP pair's p50 RTT
+               (> 0 and < 1 s), loss 0 and batches stored > 0.
+  status-page  headless Chromium loads the status page; the dumped DOM must hold a matrix cell
+               with a number for every ordered PoP pair; a screenshot is left in the build tree.
+  residency    an eu-central agent is refused by a collector serving only ap-southeast: the reason
+               is in both logs and /metrics counts vantage_collector_rejects_total{reason="region"}.
+  grafana      every PromQL expression of packaging/grafana/vantage-dashboard.json names metrics
+               and labels that a real scrape of this collector has.
+
+Run: http_test.py --agent BIN --collector BIN --pki tools/dev-pki.sh --relay tests/tools/delay_relay.py
+     [--only NAME] [--out DIR] [-- EMULATOR WORDS...]. Exits 77 when a host program it needs is missing.
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+
+ARGS = None
+REGION = "eu-central"
+POPS = ["fra1", "ams1", "sin1"]
+RTT_MS = {("fra1", "ams1"): 8, ("fra1", "sin1"): 160, ("ams1", "sin1"): 170}
+HERE = os.path.dirname(os.path.abspath(__file__))
+DASHBOARD = os.path.join(HERE, "..", "..", "packaging", "grafana", "vantage-dashboard.json")
+
+
+class Skip(Exception):
+    pass
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_udp_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+            if last:
+                return last
+        except (OSError, ValueError) as e:  # not up yet
+            last = e
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def http_get(url, timeout=5):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.status, r.headers, r.read().decode()
+
+
+class Proc:
+    def __init__(self, name, argv, workdir, emulate=True):
+        self.name = name
+        self.log_path = os.path.join(workdir, f"{name}.log")
+        self.log = open(self.log_path, "ab")
+        prefix = ARGS.emulator if emulate else []
+        self.p = subprocess.Popen(prefix + argv, stdout=self.log, stderr=subprocess.STDOUT, cwd=workdir)
+
+    def text(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def stop(self, timeout=30):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        self.log.close()
+        return self.p.returncode
+
+
+class World:
+    """A collector with HTTP and three PoP agents probing each other through delay relays."""
+
+    def __init__(self, workdir):
+        self.dir = workdir
+        self.pki = os.path.join(workdir, "pki")
+        ids = [f"{p}-edge-01:{REGION}" for p in POPS] + ["fra2-edge-01:eu-central"]
+        subprocess.run([ARGS.pki, self.pki, *ids], check=True, stdout=subprocess.DEVNULL)
+        self.procs = []
+
+    def start_collector(self, region=REGION, name="collector"):
+        port, http_port = free_port(), free_port()
+        c = Proc(name, [ARGS.collector, "serve", "--db", os.path.join(self.dir, f"{name}.db"), "--region", region,
+                        "--ca", f"{self.pki}/ca.crt", "--cert", f"{self.pki}/collector.crt", "--key",
+                        f"{self.pki}/collector.key", "--listen", f"127.0.0.1:{port}", "--http",
+                        f"127.0.0.1:{http_port}"], self.dir)
+        self.procs.append(c)
+        wait_for(lambda: "http on" in c.text() or c.p.poll() is not None, 30, f"{name} to listen")
+        assert c.p.poll() is None, f"{name} exited:\n{c.text()}"
+        c.port, c.http = port, f"http://127.0.0.1:{http_port}"
+        return c
+
+    def start_fleet(self):
+        self.collector = self.start_collector()
+        reflector = {p: free_udp_port() for p in POPS}
+        relays, relay_port = [], {}
+        for a in POPS:
+            for b in POPS:
+                if a == b:
+                    continue
+                relay_port[(a, b)] = free_udp_port()
+                rtt = RTT_MS.get((a, b)) or RTT_MS[(b, a)]
+                relays.append(f"{relay_port[(a, b)]}:127.0.0.1:{reflector[b]}:{rtt}")
+        relay = Proc("relay", [sys.executable, ARGS.relay, *relays], self.dir, emulate=False)
+        self.procs.append(relay)
+        wait_for(lambda: "relays ready" in relay.text(), 20, "the delay relays")
+        for pop in POPS:
+            targets = []
+            for other in POPS:
+                if other != pop:
+                    targets += ["--udp", f"{other}=127.0.0.1:{relay_port[(pop, other)]}"]
+            self.start_agent(f"{pop}-edge-01", pop, self.collector,
+                             ["--reflector", f"127.0.0.1:{reflector[pop]}", *targets])
+
+    def start_agent(self, agent_id, pop, collector, extra, region=REGION):
+        argv = [ARGS.agent, "--agent-id", agent_id, "--region", region, "--pop", pop, "--collector",
+                f"127.0.0.1:{collector.port}", "--ca", f"{self.pki}/ca.crt", "--cert", f"{self.pki}/{agent_id}.crt",
+                "--key", f"{self.pki}/{agent_id}.key", "--spool", os.path.join(self.dir, f"spool-{agent_id}"),
+                "--interval", "1", "--load-interval", "0.25", "--rate", "10", "--timeout", "1000",
+                "--reconnect-max", "1", *extra]
+        p = Proc(f"agent-{agent_id}", argv, self.dir)
+        self.procs.append(p)
+        return p
+
+    def metrics(self, collector=None):
+        status, headers, body = http_get((collector or self.collector).http + "/metrics")
+        assert status == 200, status
+        assert headers["Content-Type"].startswith("text/plain; version=0.0.4"), headers["Content-Type"]
+        return body
+
+    def wait_for_matrix(self, timeout=60):
+        """Until /api/status has a cell with samples for every ordered PoP pair."""
+        def full():
+            s = json.loads(http_get(self.collector.http + "/api/status")[2])
+            pairs = {(c["src"], c["dst"]) for c in s["cells"] if c["p50_ms"] > 0}
+            return len(pairs) == len(POPS) * (len(POPS) - 1) and s
+        return wait_for(full, timeout, "a full PoP matrix in /api/status")
+
+    def cleanup(self):
+        for p in reversed(self.procs):
+            if p.p.poll() is None:
+                p.p.kill()
+                p.p.wait()
+
+
+def parse_scrape(text):
+    """{metric name: set of label names} from Prometheus text, checking the HELP/TYPE lines."""
+    series, typed = {}, {}
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ", 3)
+            typed[name] = kind
+            continue
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r'([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$', line)
+        assert m, f"not a sample line: {line!r}"
+        labels = set(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="(?:[^"\\]|\\.)*"', m.group(3) or ""))
+        series.setdefault(m.group(1), set()).update(labels)
+    return series, typed
+
+
+def scenario_prometheus(world):
+    """A real Prometheus scrapes the collector; its query API returns every pair's p50."""
+    prometheus = shutil.which("prometheus")
+    if not prometheus:
+        raise Skip("no prometheus (Debian package prometheus)")
+    world.start_fleet()
+    world.wait_for_matrix()
+    port = free_port()
+    target = world.collector.http.removeprefix("http://")
+    config = os.path.join(world.dir, "prometheus.yml")
+    with open(config, "w") as f:
+        f.write(f"""global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+scrape_configs:
+  - job_name: vantage-collector
+    static_configs:
+      - targets: ['{target}']
+""")
+    prom = Proc("prometheus", [prometheus, f"--config.file={config}", f"--storage.tsdb.path={world.dir}/tsdb",
+                               f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"], world.dir, emulate=False)
+    world.procs.append(prom)
+    api = f"http://127.0.0.1:{port}/api/v1/query?query="
+
+    def query(q):
+        status, _, body = http_get(api + urllib.parse.quote(q))
+        doc = json.loads(body)
+        assert doc["status"] == "success", doc
+        return doc["data"]["result"]
+
+    def all_pairs():
+        r = query('vantage_rtt_seconds{quantile="0.5"}')
+        return len({(s["metric"]["pop"], s["metric"]["target"]) for s in r}) == 6 and r
+    p50 = wait_for(all_pairs, 60, "Prometheus to return p50 for all six PoP pairs")
+    lines = []
+    for s in sorted(p50, key=lambda s: (s["metric"]["pop"], s["metric"]["target"])):
+        src, dst, v = s["metric"]["pop"], s["metric"]["target"], float(s["value"][1])
+        rtt = RTT_MS.get((src, dst)) or RTT_MS[(dst, src)]
+        assert 0 < v < 1, f"{src}->{dst}: implausible p50 {v}"
+        # The relay adds rtt ms (half each way, +-0.25 ms jitter); loopback and the agent add a little.
+        assert rtt / 1000 * 0.9 < v < rtt / 1000 + 0.1, f"{src}->{dst}: p50 {v * 1000:.1f} ms, relay adds {rtt} ms"
+        assert s["metric"]["region"] == REGION and s["metric"]["protocol"] == "udp_echo", s["metric"]
+        lines.append(f"{src}->{dst} {v * 1000:.1f} ms")
+    loss = query("vantage_loss_ratio")
+    assert len(loss) == 6 and all(float(s["value"][1]) == 0 for s in loss), f"loss: {loss}"
+    stored = query("sum(vantage_collector_batches_stored_total)")
+    assert stored and float(stored[0]["value"][1]) > 0, stored
+    region = query('vantage_collector_rejects_total{reason="region"}')
+    assert region and float(region[0]["value"][1]) == 0, region
+    load = query("vantage_host_cpu_busy_ratio")
+    assert {s["metric"]["pop"] for s in load} == set(POPS), load
+    hist = query('sum(vantage_collector_sink_latency_seconds_count{sink="sqlite"})')
+    assert hist and float(hist[0]["value"][1]) > 0, hist
+    up = query('up{job="vantage-collector"}')
+    assert up and up[0]["value"][1] == "1", up
+    return (f"Prometheus p50: {', '.join(lines)}; loss 0 on 6 pairs; batches stored "
+            f"{float(stored[0]['value'][1]):.0f}; sink histogram count {float(hist[0]['value'][1]):.0f}")
+
+
+def scenario_status_page(world):
+    """Headless Chromium renders the status page: a numeric cell for every ordered PoP pair."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        raise Skip("no chromium (Debian package chromium)")
+    world.start_fleet()
+    world.wait_for_matrix()
+    status, headers, page = http_get(world.collector.http + "/")
+    assert status == 200 and headers["Content-Type"].startswith("text/html"), headers
+    assert not re.search(r'<(script|link|img)[^>]+(src|href)=', page), "the page loads something external"
+    common = [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+              "--no-first-run", "--hide-scrollbars", f"--user-data-dir={world.dir}/chromium",
+              "--virtual-time-budget=8000", "--run-all-compositor-stages-before-draw"]
+    dom = subprocess.run(common + ["--dump-dom", world.collector.http + "/"], capture_output=True, text=True,
+                         timeout=90)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    html = dom.stdout
+    cells = {}
+    for m in re.finditer(r'<td[^>]*class="cell[^"]*"[^>]*>', html):
+        tag = m.group(0)
+        attrs = dict(re.findall(r'(data-[a-z0-9-]+)="([^"]*)"', tag))
+        if "data-src" in attrs:
+            cells[(attrs["data-src"], attrs["data-dst"])] = attrs
+    missing = [(a, b) for a in POPS for b in POPS if a != b and (a, b) not in cells]
+    assert not missing, f"no matrix cell for {missing}; cells {sorted(cells)}\n{html[:3000]}"
+    shown = []
+    for (a, b), attrs in sorted(cells.items()):
+        v = float(attrs["data-p50"])
+        assert 0 < v < 1000, f"{a}->{b}: data-p50 {attrs['data-p50']}"
+        assert float(attrs["data-loss"]) == 0, attrs
+        shown.append(f"{a}->{b} {v:.1f}")
+    for pop in POPS:
+        assert f'data-pop="{pop}"' in html, f"no load card for {pop}"
+    assert html.count('<tr data-agent="') == len(POPS), "the agents table is incomplete"
+    out = ARGS.out or world.dir
+    os.makedirs(out, exist_ok=True)
+    png = os.path.join(os.path.abspath(out), "status-page.png")
+    if os.path.exists(png):
+        os.unlink(png)
+    shot = subprocess.run(common + [f"--screenshot={png}", "--window-size=1280,900", world.collector.http + "/"],
+                          capture_output=True, text=True, timeout=90)
+    assert shot.returncode == 0 and os.path.getsize(png) > 10_000, shot.stderr[-2000:]
+    print(f"screenshot: {png}")
+    return f"matrix cells (p50 ms): {', '.join(shown)}; screenshot {png}"
+
+
+def scenario_residency(world):
+    """An eu-central agent at a collector serving only ap-southeast: refused, logged, counted."""
+    collector = world.start_collector(region="ap-southeast", name="collector-apse")
+    agent = world.start_agent("fra2-edge-01", "fra2", collector, ["--no-reflector"])
+    wait_for(lambda: "refused this agent" in agent.text(), 60, "the agent to log its refusal")
+    wait_for(lambda: "region 'eu-central' is not served here" in collector.text(), 10,
+             "the collector to log the region refusal")
+
+    def counted():
+        for line in world.metrics(collector).splitlines():
+            if line.startswith('vantage_collector_rejects_total{reason="region"} '):
+                return float(line.split()[-1]) >= 1 and line
+        return False
+    line = wait_for(counted, 20, "vantage_collector_rejects_total{reason=\"region\"} >= 1")
+    stored = [l for l in world.metrics(collector).splitlines() if l.startswith("vantage_collector_batches_stored_total ")]
+    assert stored == ["vantage_collector_batches_stored_total 0"], stored
+    agent_line = next(l for l in agent.text().splitlines() if "refused this agent" in l)
+    collector_line = next(l for l in collector.text().splitlines() if "is not served here" in l)
+    return f"agent: {agent_line.strip()!r}; collector: {collector_line.strip()!r}; /metrics: {line}"
+
+
+def promql_parts(expr):
+    """Metric names, and labels per selector and per by()/without() clause, in a PromQL string."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # label values and strings say nothing here
+    selectors = [(m.group(1), set(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)', m.group(2) or "")))
+                 for m in re.finditer(r'\b(vantage_[a-zA-Z0-9_:]*|up)\b\s*(?:\{([^}]*)\})?', expr)]
+    grouping = [set(x.strip() for x in m.group(1).split(",") if x.strip())
+                for m in re.finditer(r'\b(?:by|without)\s*\(([^)]*)\)', expr)]
+    return selectors, grouping
+
+
+def scenario_grafana(world):
+    """Every metric and label the dashboard's PromQL uses exists in a real scrape."""
+    with open(DASHBOARD) as f:
+        dashboard = json.load(f)
+    exprs = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k in ("expr", "query") and isinstance(v, str) and v.strip():
+                    exprs.append(v)
+                elif k == "definition" and isinstance(v, str) and v.startswith("label_values("):
+                    exprs.append(v)
+                else:
+                    walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+    walk(dashboard)
+    assert len(exprs) >= 8, f"only {len(exprs)} expressions in the dashboard"
+    world.start_fleet()
+    world.wait_for_matrix()
+    time.sleep(1.5)  # one more batch: every family has samples
+    series, typed = parse_scrape(world.metrics())
+    series["up"] = {"job", "instance"}  # Prometheus's own
+    problems, names = [], set()
+    for expr in exprs:
+        e = re.sub(r'\$\{?[a-zA-Z_]+\}?', "x", expr)  # Grafana variables and $__rate_interval
+        e = re.sub(r'label_values\(\s*([a-zA-Z0-9_:]+)\s*,\s*([a-zA-Z_]+)\s*\)', r'\1{\2=""}', e)
+        selectors, grouping = promql_parts(e)
+        if not selectors:
+            problems.append(f"no Vantage metric in {expr!r}")
+        used = set()
+        for name, labels in selectors:
+            names.add(name)
+            if name not in series:
+                problems.append(f"{name} (in {expr!r}) is not in the scrape")
+                continue
+            used |= series[name]
+            for label in labels - series[name]:
+                problems.append(f"label {label} of {name} (in {expr!r}) is not in the scrape")
+        for labels in grouping:
+            for label in labels - used:
+                problems.append(f"by/without label {label} (in {expr!r}) is on none of its metrics")
+    assert not problems, "\n".join(problems)
+    return f"{len(exprs)} expressions, {len(names)} metrics, all in a real scrape of {len(series)} series names"
+
+
+SCENARIOS = {
+    "prometheus": scenario_prometheus,
+    "status-page": scenario_status_page,
+    "residency": scenario_residency,
+    "grafana": scenario_grafana,
+}
+
+
+def main():
+    global ARGS
+    argv = sys.argv[1:]
+    emulator = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, emulator = argv[:i], [w for w in argv[i + 1:] if w]
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--agent", required=True)
+    parser.add_argument("--collector", required=True)
+    parser.add_argument("--pki", required=True)
+    parser.add_argument("--relay", required=True)
+    parser.add_argument("--only", action="append", choices=sorted(SCENARIOS))
+    parser.add_argument("--out", help="where the status page screenshot goes (default: the temp dir)")
+    ARGS = parser.parse_args(argv)
+    ARGS.emulator = emulator
+    for key in ("agent", "collector", "pki", "relay"):
+        setattr(ARGS, key, os.path.abspath(getattr(ARGS, key)))
+    failed = skipped = 0
+    for name in ARGS.only or list(SCENARIOS):
+        start = time.monotonic()
+        workdir = tempfile.mkdtemp(prefix=f"vantage-http-{name}-")
+        world = World(workdir)
+        try:
+            result = SCENARIOS[name](world)
+            print(f"PASS {name} ({time.monotonic() - start:.1f}s): {result}", flush=True)
+            shutil.rmtree(workdir, ignore_errors=True)
+        except Skip as e:
+            print(f"SKIP {name}: {e}", flush=True)
+            skipped += 1
+        except Exception as e:  # noqa: BLE001 - report and go on with the next scenario
+            failed += 1
+            print(f"FAIL {name} ({time.monotonic() - start:.1f}s): {type(e).__name__}: {e}", flush=True)
+            for p in world.procs:
+                print(f"--- {p.name} log (tail) ---\n{p.text()[-3000:]}", flush=True)
+        finally:
+            world.cleanup()
+    if failed:
+        return 1
+    return 77 if skipped else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -16,6 +16,8 @@ using cfg::Value;
 struct Draft {
   IngestConfig config;
   platform::LogLevel log_level = platform::LogLevel::kInfo;
+  std::string sink = "sqlite";
+  store::JetStreamOptions jetstream;
   std::vector<asio::ip::tcp::endpoint> http_listen;
   std::chrono::seconds http_forget_after{3600};
 };
@@ -32,6 +34,21 @@ asio::ip::tcp::endpoint to_endpoint(const std::string& text) {
   std::uint16_t port = 0;
   (void)cfg::split_host_port(text, host, port);  // checked by the table
   return {asio::ip::make_address(host), port};
+}
+
+// NATS server URLs as the client takes them.
+bool nats_url(const Value& v) {
+  return v.is_text() && v.text().rfind("nats://", 0) == 0 && v.text().size() > 7 &&
+         v.text().find_first_of(" \t,") == std::string::npos;
+}
+
+// NATS subjects are dot-separated tokens; '*' and '>' are wildcards, never part of a name.
+bool subject_prefix(const Value& v) {
+  if (!v.is_text() || v.text().empty() || v.text().front() == '.' || v.text().back() == '.') return false;
+  return v.text().find_first_of(" \t*>") == std::string::npos && v.text().find("..") == std::string::npos;
+}
+bool stream_name(const Value& v) {
+  return cfg::token(v) && v.text().find_first_of(".*>/\\") == std::string::npos;
 }
 
 // Duplicates would fail at bind time (listen) or hide a typo (regions): report them here.
@@ -72,8 +89,38 @@ const cfg::Key<Draft> kKeys[] = {
      cfg::integer_in<1, 86'400'000>,
      [](Draft& d, const Value& v) { d.config.idle_timeout = std::chrono::milliseconds(v.integer()); }},
 
-    {"store.database", Kind::kString, "", kAlways, "a file path", "The SQLite database; created if missing.",
-     cfg::non_empty_text, [](Draft& d, const Value& v) { d.config.database = v.text(); }},
+    {"store.sink", Kind::kString, "\"sqlite\"", "", "\"sqlite\" or \"jetstream\"",
+     "Where batches go: the SQLite file store.database, or the NATS JetStream stream of [jetstream] "
+     "(stateless collectors for scale-out). Agents are acked only once the sink has the batch.",
+     [](const Value& v) {
+       return cfg::one_of(v, {"sqlite", "jetstream"});
+     },
+     [](Draft& d, const Value& v) { d.sink = v.text(); }},
+    {"store.database", Kind::kString, "", "when store.sink = \"sqlite\"", "a file path",
+     "The SQLite database; created if missing.", cfg::non_empty_text,
+     [](Draft& d, const Value& v) { d.config.database = v.text(); }},
+
+    {"jetstream.servers", Kind::kStringList, "", "when store.sink = \"jetstream\"", "\"nats://HOST:PORT\"",
+     "NATS servers of the JetStream cluster; the collector reconnects across them.", nats_url,
+     [](Draft& d, const Value& v) { d.jetstream.servers = v.strings(); }},
+    {"jetstream.stream", Kind::kString, "\"VANTAGE\"", "", "a name without spaces, dots or wildcards",
+     "The stream; created (file storage) if missing, used as it is if it exists.", stream_name,
+     [](Draft& d, const Value& v) { d.jetstream.stream = v.text(); }},
+    {"jetstream.subject_prefix", Kind::kString, "\"vantage.telemetry\"", "",
+     "NATS subject tokens without wildcards", "Batches go to PREFIX.REGION; a created stream takes PREFIX.>.",
+     subject_prefix, [](Draft& d, const Value& v) { d.jetstream.subject_prefix = v.text(); }},
+    {"jetstream.publish_timeout_ms", Kind::kInteger, "5000", "", "milliseconds, an integer in 100..60000",
+     "How long a group of batches waits for JetStream's acks; unacked batches are retried by their agents.",
+     cfg::integer_in<100, 60'000>,
+     [](Draft& d, const Value& v) { d.jetstream.publish_timeout = std::chrono::milliseconds(v.integer()); }},
+    {"jetstream.replicas", Kind::kInteger, "1", "", "an integer in 1..5",
+     "Replicas of a stream the collector creates (a cluster of at least as many servers).",
+     cfg::integer_in<1, 5>,
+     [](Draft& d, const Value& v) { d.jetstream.replicas = static_cast<int>(v.integer()); }},
+    {"jetstream.duplicate_window_s", Kind::kInteger, "120", "", "seconds, an integer in 1..86400",
+     "De-duplication window (by Nats-Msg-Id = AGENT/SEQ) of a stream the collector creates.",
+     cfg::integer_in<1, 86'400>,
+     [](Draft& d, const Value& v) { d.jetstream.duplicate_window = std::chrono::seconds(v.integer()); }},
 
     {"tls.ca", Kind::kString, "", kAlways, "a file path (PEM)",
      "The only CA whose agent certificates are trusted.", cfg::non_empty_text,
@@ -128,8 +175,16 @@ CollectorConfig load_config(const std::filesystem::path& file) {
         kKeys[i].apply(d, v);
       },
       diagnostics);
+  // The store's conditional keys: a database for SQLite, servers for JetStream.
+  if (d.sink == "sqlite" && d.config.database.empty() && !diagnostics.has("store.database")) {
+    diagnostics.missing("store.database", "a file path");
+  }
+  if (d.sink == "jetstream" && d.jetstream.servers.empty() && !diagnostics.has("jetstream.servers")) {
+    diagnostics.missing("jetstream.servers", "\"nats://HOST:PORT\"");
+  }
   CollectorConfig result;
   result.log_level = d.log_level;
+  if (d.sink == "jetstream") result.jetstream = d.jetstream;
   result.http_listen = std::move(d.http_listen);
   result.http_forget_after = d.http_forget_after;
   if (!diagnostics.empty()) {

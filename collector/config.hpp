@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "collector/ingest_server.hpp"
+#include "collector/store/jetstream_sink.hpp"
 #include "platform/config_schema.hpp"
 #include "platform/log.hpp"
 
@@ -16,6 +17,8 @@ namespace vantage::collector {
 
 struct CollectorConfig {
   std::optional<IngestConfig> options;  // set exactly when errors is empty
+  // store.sink = "jetstream": where batches go instead of SQLite (options->database unused).
+  std::optional<store::JetStreamOptions> jetstream;
   // [http]: /metrics and the status page; no listener, no HTTP.
   std::vector<asio::ip::tcp::endpoint> http_listen;
   std::chrono::seconds http_forget_after{3600};

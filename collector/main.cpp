@@ -10,6 +10,7 @@
 #include <cstring>
 #include <ctime>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -18,6 +19,8 @@
 #include "collector/http/http_server.hpp"
 #include "collector/ingest_server.hpp"
 #include "collector/live_view.hpp"
+#include "collector/store/jetstream_consumer.hpp"
+#include "collector/store/jetstream_sink.hpp"
 #include "collector/store/sqlite_store.hpp"
 #include "platform/arch.hpp"
 #include "platform/log.hpp"
@@ -33,12 +36,15 @@ const char* kUsage =
     "FILE\n"
     "                               [--listen ADDR:PORT ...] [--max-connections N] [--max-frame BYTES]\n"
     "                               [--handshake-timeout MS] [--idle-timeout MS] [--http ADDR:PORT ...]\n"
+    "       vantage-collector serve --jetstream URL [--jetstream URL ...] [--stream NAME] (instead of --db)\n"
     "       vantage-collector serve --config FILE [--check-config]\n"
     "       vantage-collector query --db FILE\n"
+    "       vantage-collector consume --jetstream URL [--stream NAME] [--durable NAME] [--follow]\n"
     "       vantage-collector --version | --config-reference\n"
     "  serve   accept agents over mutual TLS (default listen [::]:7443, IPv4 and IPv6) and store their\n"
     "          batches; SIGINT/SIGTERM stop it; --http serves /metrics and the status page\n"
-    "  query   print the latest latency per agent and target, the latest load per PoP, and the agents\n";
+    "  query   print the latest latency per agent and target, the latest load per PoP, and the agents\n"
+    "  consume read batches back from a JetStream stream, verify them, print one line per batch\n";
 
 bool parse_endpoint(std::string_view text, asio::ip::tcp::endpoint& out) {
   std::string host;
@@ -150,13 +156,17 @@ int main(int argc, char** argv) {
     return 0;
   }
   const std::string_view command = args[0];
+  if (command == "consume") {
+    return vantage::collector::store::consume_command(std::span(args).subspan(1), stdout);
+  }
   if (command != "serve" && command != "query") {
     std::fprintf(stderr, "vantage-collector: unknown command '%.*s'\n%s", static_cast<int>(command.size()),
                  command.data(), kUsage);
     return 2;
   }
   IngestConfig config;
-  std::vector<asio::ip::tcp::endpoint> http_listen;  // --http / [http] listen: /metrics, status page
+  vantage::collector::store::JetStreamOptions jetstream;  // used when it has servers
+  std::vector<asio::ip::tcp::endpoint> http_listen;       // --http / [http] listen: /metrics, status page
   std::chrono::seconds http_forget_after{3600};
   // serve --config FILE [--check-config]: the settings come from TOML, nothing else is mixed in.
   std::optional<std::string> config_path;
@@ -184,6 +194,7 @@ int main(int argc, char** argv) {
     }
     vantage::platform::set_log_level(loaded.log_level);
     config = std::move(*loaded.options);
+    if (loaded.jetstream) jetstream = *loaded.jetstream;
     http_listen = std::move(loaded.http_listen);
     http_forget_after = loaded.http_forget_after;
   }
@@ -197,6 +208,10 @@ int main(int argc, char** argv) {
     const std::string value(args[++i]);
     if (arg == "--db") {
       config.database = value;
+    } else if (arg == "--jetstream" && command == "serve") {
+      jetstream.servers.push_back(value);
+    } else if (arg == "--stream" && command == "serve") {
+      jetstream.stream = value;
     } else if (arg == "--region") {
       config.regions.push_back(value);
     } else if (arg == "--ca") {
@@ -240,8 +255,8 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if (config.database.empty()) {
-    std::fprintf(stderr, "vantage-collector: --db is required\n");
+  if (config.database.empty() && (command != "serve" || jetstream.servers.empty())) {
+    std::fprintf(stderr, "vantage-collector: --db (or, for serve, --jetstream) is required\n");
     return 2;
   }
   if (command == "query") {
@@ -264,6 +279,17 @@ int main(int argc, char** argv) {
       live_view.record(b);
     };
   }
+  // store.sink = "jetstream" / --jetstream: batches go to the stream, nothing to SQLite.
+  std::string store_text = config.database;
+  if (!jetstream.servers.empty()) {
+    auto sink = vantage::collector::store::JetStreamSink::connect(jetstream);
+    if (!sink) {
+      vantage::platform::log(vantage::platform::LogLevel::kError, "%s", sink.error.c_str());
+      return 1;
+    }
+    config.sink = std::move(*sink.value);
+    store_text = "JetStream stream " + jetstream.stream + " (" + jetstream.subject_prefix + ".<region>)";
+  }
   IngestServer server(config);
   if (const auto started = server.start(); !started) {
     vantage::platform::log(vantage::platform::LogLevel::kError, "%s", started.error.c_str());
@@ -272,7 +298,7 @@ int main(int argc, char** argv) {
   for (const auto& e : server.local_endpoints()) {
     vantage::platform::log(vantage::platform::LogLevel::kInfo, "listening on %s port %u, store %s",
                            e.address().to_string().c_str(), static_cast<unsigned>(e.port()),
-                           config.database.c_str());
+                           store_text.c_str());
   }
   vantage::collector::http::HttpServer http({.listen = http_listen}, live_view, server);
   if (const auto started = http.start(); !started) {

@@ -88,10 +88,11 @@ TEST_CASE("collector config: an empty file names every required key") {
   CHECK_FALSE(c.options.has_value());
   const std::vector<std::string> expected = {
       file + ": ingest.regions: missing; expected a name without spaces (1..64 characters)",
-      file + ": store.database: missing; expected a file path",
       file + ": tls.ca: missing; expected a file path (PEM)",
       file + ": tls.cert: missing; expected a file path (PEM)",
       file + ": tls.key: missing; expected a file path (PEM)",
+      // Required with the SQLite sink only, so checked after the table's own keys.
+      file + ": store.database: missing; expected a file path",
   };
   CHECK(errors_text(c.errors) == errors_text(expected));
 }
@@ -108,4 +109,24 @@ TEST_CASE("collector config: the example file loads and the reference covers the
   }
   CHECK(doc.find("| `ingest.listen` | list, each \"ADDR:PORT\" (an IP address; IPv6 in brackets) | "
                  "`[\"[::]:7443\"]` |") != std::string::npos);
+}
+
+TEST_CASE("collector config: the JetStream sink needs servers and no database") {
+  const collector::CollectorConfig c = collector::load_config(kDir + "collector_jetstream.toml");
+  REQUIRE_MESSAGE(c.options.has_value(), errors_text(c.errors));
+  REQUIRE(c.jetstream.has_value());
+  CHECK(c.options->database.empty());
+  CHECK(c.jetstream->servers == std::vector<std::string>{"nats://127.0.0.1:4222", "nats://10.0.0.2:4222"});
+  CHECK(c.jetstream->stream == "TELEMETRY");
+  CHECK(c.jetstream->subject_prefix == "vantage.telemetry");
+  CHECK(c.jetstream->publish_timeout == std::chrono::milliseconds(2500));
+  CHECK(c.jetstream->replicas == 3);
+
+  const std::string bad = kDir + "collector_jetstream_bad.toml";
+  const collector::CollectorConfig b = collector::load_config(bad);
+  CHECK_FALSE(b.options.has_value());
+  const std::string text = errors_text(b.errors);
+  CHECK(text.find("jetstream.subject_prefix") != std::string::npos);
+  CHECK(text.find("jetstream.servers: missing") != std::string::npos);
+  CHECK(text.find("store.database") == std::string::npos);
 }

@@ -56,6 +56,7 @@ done
       return "libc6"
     if (so == "libstdc++.so.6") return "libstdc++6"
     if (so == "libgcc_s.so.1") return "libgcc-s1"
+    if (so == "libnats.so.3.4") return "libnats3.4"
     return ""
   }
   BEGIN {
@@ -71,7 +72,9 @@ done
   $1 == "needed" {
     pkg = package_of($2)
     if (pkg == "") { print "depends.sh: no package known for NEEDED " $2 " (add it to packaging/deb/depends.sh)" > "/dev/stderr"; bad = 1; next }
-    need(pkg, "")
+    # libnats exports no symbol versions; libnats3.4.symbols dates the JetStream calls the
+    # collector uses (js_PublishMsgAsync, pull consumers, ...) to 3.2.0, as dpkg-shlibdeps finds.
+    need(pkg, pkg == "libnats3.4" ? "3.2.0" : "")
   }
   $1 == "version" {
     pkg = package_of($2); node = $3

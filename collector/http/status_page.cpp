@@ -156,7 +156,11 @@ function sparkline(points) {
   if (points.length > 1) {
     const t0 = points[0][0], t1 = points[points.length - 1][0], span = Math.max(1, t1 - t0);
     const d = points.map((p, i) => (i ? "L" : "M") + ((p[0] - t0) / span * (w - 2) + 1).toFixed(1) + "," +
-                                    ((1 - Math.min(1, Math.max(0, p[1]))) * (h - 4) + 2).toFixed(1)).join(" ");
+                                    ((1 - Math.min(1, Math.max(0, p[1]))) * (h - 6) + 3).toFixed(1)).join(" ");
+    const area = document.createElementNS(ns, "path");  // filled below the line: 100 % stays visible
+    area.setAttribute("d", d + " L" + (w - 1) + "," + h + " L1," + h + " Z");
+    area.setAttribute("fill", "#2e6fd8"); area.setAttribute("fill-opacity", "0.18");
+    svg.appendChild(area);
     const path = document.createElementNS(ns, "path");
     path.setAttribute("d", d); path.setAttribute("fill", "none"); path.setAttribute("stroke", "#2e6fd8");
     path.setAttribute("stroke-width", "1.5");

@@ -334,7 +334,7 @@ def scenario_grafana(world):
     def walk(node):
         if isinstance(node, dict):
             for k, v in node.items():
-                if k in ("expr", "query") and isinstance(v, str) and v.strip():
+                if k == "expr" and isinstance(v, str) and v.strip():
                     exprs.append(v)
                 elif k == "definition" and isinstance(v, str) and v.startswith("label_values("):
                     exprs.append(v)
@@ -349,7 +349,10 @@ def scenario_grafana(world):
     world.wait_for_matrix()
     time.sleep(1.5)  # one more batch: every family has samples
     series, typed = parse_scrape(world.metrics())
-    series["up"] = {"job", "instance"}  # Prometheus's own
+    # Prometheus adds the target's labels to every series it scrapes, and has its own `up`.
+    for labels in series.values():
+        labels |= {"job", "instance"}
+    series["up"] = {"job", "instance"}
     problems, names = [], set()
     for expr in exprs:
         e = re.sub(r'\$\{?[a-zA-Z_]+\}?', "x", expr)  # Grafana variables and $__rate_interval

@@ -206,7 +206,7 @@ std::string header(natsMsg* m, const char* key) {
 
 }  // namespace
 
-TEST_CASE("a group is published with subject, headers and the frame bytes; a resend is a duplicate") {
+TEST_CASE("a group is published with its subject and headers and the frame bytes and a resend is a duplicate") {
   NatsServer server;
   SKIP_WITHOUT_NATS_SERVER(server);
   server.start();
@@ -244,7 +244,7 @@ TEST_CASE("a group is published with subject, headers and the frame bytes; a res
   CHECK(reader.count("TEST") == 5);
 }
 
-TEST_CASE("a server down at start, killed and restarted: bounded failures, then stored again") {
+TEST_CASE("a server down at start then killed and restarted: bounded failures and then stored again") {
   NatsServer server;
   SKIP_WITHOUT_NATS_SERVER(server);
   // Down at start: the sink is made anyway and fails calls quickly.

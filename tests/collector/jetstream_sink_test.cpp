@@ -206,7 +206,8 @@ std::string header(natsMsg* m, const char* key) {
 
 }  // namespace
 
-TEST_CASE("a group is published with its subject and headers and the frame bytes and a resend is a duplicate") {
+TEST_CASE(
+    "a group is published with its subject and headers and the frame bytes and a resend is a duplicate") {
   NatsServer server;
   SKIP_WITHOUT_NATS_SERVER(server);
   server.start();

@@ -23,20 +23,31 @@ check() {  # check DESCRIPTION COMMAND...: the command must succeed
   if "$@" >"$work/out" 2>&1; then ok; else fail "$what"; sed 's/^/    /' "$work/out" >&2; fi
 }
 
+# The collector's libnats.so.3.4 (and libssl, libprotobuf-c) for ARM come from Debian's .debs
+# that toolchains/bootstrap.sh unpacks into .deps/nats-<arch>: not installed, so dpkg owns none.
+nats_arm64=$PWD/.deps/nats-arm64/usr/lib/aarch64-linux-gnu
+nats_armhf=$PWD/.deps/nats-armhf/usr/lib/arm-linux-gnueabihf
+
 # arch | `file` says | where the target's shared libraries are | how to run a binary
 targets=(
   "amd64|x86-64|/lib/x86_64-linux-gnu /usr/lib/x86_64-linux-gnu|"
-  "arm64|ARM aarch64|/usr/aarch64-linux-gnu/lib|qemu-aarch64-static -L /usr/aarch64-linux-gnu"
-  "armhf|ARM, EABI5|/usr/arm-linux-gnueabihf/lib|qemu-arm-static -L /usr/arm-linux-gnueabihf"
+  "arm64|ARM aarch64|/usr/aarch64-linux-gnu/lib $nats_arm64|qemu-aarch64-static -L /usr/aarch64-linux-gnu -E LD_LIBRARY_PATH=$nats_arm64"
+  "armhf|ARM, EABI5|/usr/arm-linux-gnueabihf/lib $nats_armhf|qemu-arm-static -L /usr/arm-linux-gnueabihf -E LD_LIBRARY_PATH=$nats_armhf"
 )
 
 # The Debian package on the target that ships a library: dpkg's owner of the cross copy, with
 # the cross suffix (libc6-arm64-cross -> libc6) and the host qualifier (libc6:amd64) removed.
+# A library found only in an unpacked .deps tree is named by the host's copy of the same
+# soname (Multi-Arch: same packages have one name on every architecture).
 library_package() {
   local soname=$1 dirs=$2 d owner
   for d in $dirs; do
     [ -e "$d/$soname" ] || continue
     owner=$(dpkg -S "$d/$soname" 2>/dev/null | head -n 1 | cut -d: -f1) || true
+    if [ -z "$owner" ] && [[ $d == "$PWD/.deps/"* ]]; then
+      owner=$(dpkg -S "/usr/lib/x86_64-linux-gnu/$soname" "/lib/x86_64-linux-gnu/$soname" 2>/dev/null |
+        head -n 1 | cut -d: -f1) || true
+    fi
     if [ -n "$owner" ]; then
       sed -E 's/-(arm64|armhf|amd64)-cross$//' <<<"$owner"
       return 0

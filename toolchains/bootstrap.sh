@@ -34,6 +34,9 @@ as_root() {
 # status page in a headless browser); cpp-httplib comes as source, see fetch_cpp_httplib.
 # `make deb` and its test use file, dpkg-dev (dpkg-shlibdeps, to cross-check Depends), binutils
 # (readelf, from build-essential; the cross strip comes with each cross g++) and qemu-user-static.
+# The system tests under QEMU (tests/vm/) boot whole machines: qemu-system-arm and -x86, images
+# made by mmdebstrap (arch-test to find a foreign architecture runnable through qemu-user), an
+# initramfs packed with cpio from modules that kmod's depmod/modprobe pick, ext4 by e2fsprogs.
 host_packages=(
   build-essential cmake ninja-build pkg-config file dpkg-dev ca-certificates
   g++-aarch64-linux-gnu g++-arm-linux-gnueabihf qemu-user-static
@@ -43,6 +46,7 @@ host_packages=(
   clang-14 libclang-rt-14-dev openssl
   libnats-dev nats-server
   prometheus chromium
+  qemu-system-arm qemu-system-x86 mmdebstrap arch-test cpio kmod e2fsprogs
 )
 foreign_arches=(arm64 armhf)
 

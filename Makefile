@@ -1,6 +1,6 @@
 # The front door: `make demo` and `make test`. Everything here is a thin call into
 # toolchains/bootstrap.sh (packages, mbedTLS source) and the CMake presets.
-.PHONY: all bootstrap build demo test bench deb clean
+.PHONY: all bootstrap build demo test bench deb system-test clean
 
 all: build
 
@@ -25,6 +25,11 @@ bench: bootstrap
 # Debian packages for amd64, arm64 and armhf in build/deb/ (presets deb-amd64, deb-arm64, deb-armhf).
 deb: bootstrap
 	@packaging/build-debs.sh
+
+# The .deb on emulated arm64, armhf and amd64 machines under qemu-system (tests/vm/; images cached
+# in build/vm-cache or $VANTAGE_VM_CACHE). Builds the packages first if build/deb lacks them.
+system-test: bootstrap
+	@tests/vm/run.sh
 
 clean:
 	rm -rf build

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# `make system-test`: the agent's .deb on emulated arm64, armhf and amd64 machines (see
+# tests/vm/system_test.py). Builds the packages first if build/deb lacks any, then proves the
+# test can fail: one architecture ($VANTAGE_VM_NEGATIVE_ARCH, default amd64, the fastest to boot)
+# without the host collector must end in missing batches and a non-zero exit; then the real run
+# for every architecture ($VANTAGE_VM_ARCHES, default "arm64 armhf amd64").
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.." || exit 1
+
+read -r -a arches <<<"${VANTAGE_VM_ARCHES:-arm64 armhf amd64}"
+negative=${VANTAGE_VM_NEGATIVE_ARCH:-amd64}
+logs=build/test-logs
+mkdir -p "$logs"
+
+missing=0
+for a in "${arches[@]}" amd64; do
+  ls build/deb/vantage-agent_*_"$a".deb >/dev/null 2>&1 || missing=1
+done
+ls build/deb/vantage-collector_*_amd64.deb >/dev/null 2>&1 || missing=1
+if ((missing)); then
+  echo "system-test: building the packages (make deb)"
+  nice -n 19 packaging/build-debs.sh || exit 1
+fi
+
+# The images first, so the two runs below share them and their build time is shown apart.
+start=$SECONDS
+for a in "${arches[@]}"; do
+  tests/vm/build-image.sh "$a" >/dev/null || { echo "system-test: building the $a image failed" >&2; exit 1; }
+done
+echo "system-test: images ready in $((SECONDS - start))s"
+
+if [ "$negative" != none ]; then
+  start=$SECONDS
+  tests/vm/system_test.py --no-collector --arch "$negative" --ack-timeout 20 >"$logs/system-negative.log" 2>&1
+  rc=$?
+  if [ "$rc" -ne 1 ] || ! grep -q 'FAIL store batches: 0 batches from vm-.*missing batches' "$logs/system-negative.log"; then
+    cat "$logs/system-negative.log"
+    echo "system-test: without a collector the test should fail with missing batches (exit $rc)" >&2
+    exit 1
+  fi
+  echo "system-test: without the host collector the $negative run fails as it must (missing batches, exit 1) in $((SECONDS - start))s"
+fi
+
+args=()
+for a in "${arches[@]}"; do args+=(--arch "$a"); done
+tests/vm/system_test.py "${args[@]}"

@@ -645,12 +645,11 @@ void IcmpProber::on_readable(Family& family) {
     bool kernel_rx = false;
     if (family.kernel_ts) {
       if (const auto kernel_real = d.kernel_realtime_ns) {
-        // The kernel stamps in CLOCK_REALTIME. Its age, measured against a realtime read
-        // taken next to the monotonic one, carries over to CLOCK_MONOTONIC; the two reads
-        // are a few hundred ns apart, far below an RTT's resolution that matters here.
-        const std::int64_t age = clock_ns(CLOCK_REALTIME) - *kernel_real;
+        // The kernel stamps in CLOCK_REALTIME; moved to CLOCK_MONOTONIC by the clocks' offset.
+        const std::int64_t converted = *kernel_real - platform::realtime_offset_ns();
+        const std::int64_t age = mono - converted;
         if (age >= 0 && age <= kMaxTimestampAgeNs) {
-          receive_ns = mono - age;
+          receive_ns = converted;
           kernel_rx = true;
         }
       }

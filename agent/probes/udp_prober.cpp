@@ -314,13 +314,9 @@ void UdpProber::on_readable(Socket& s) {
     bool kernel_rx = false;
     if (s.kernel_timestamps) {
       if (const auto stamp_rt = d.kernel_realtime_ns) {
-        // realtime - monotonic, with the realtime read bracketed by two monotonic reads.
-        const std::int64_t rt = clock_ns(CLOCK_REALTIME);
-        const std::int64_t mono_after = clock_ns(CLOCK_MONOTONIC);
-        const std::int64_t offset = rt - (read_ns + (mono_after - read_ns) / 2);
-        const std::int64_t converted = *stamp_rt - offset;
+        const std::int64_t converted = *stamp_rt - platform::realtime_offset_ns();
         // A stamp after the read can only come from a realtime step: keep the read time.
-        if (converted <= mono_after) {
+        if (converted <= clock_ns(CLOCK_MONOTONIC)) {
           receive_ns = converted;
           kernel_rx = true;
         }

@@ -15,6 +15,7 @@
 #include <utility>
 
 #include "agent/probes/probe_packet.hpp"
+#include "platform/clock.hpp"
 #include "platform/receive_datagram.hpp"
 #include "platform/rx_timestamp.hpp"
 
@@ -150,13 +151,11 @@ void UdpRelay::read_from(int fd, RelayDirection direction, std::int64_t now) {
   const ssize_t n = static_cast<ssize_t>(d.size);
   const socklen_t from_len = d.peer_len;
   if (d.kernel_realtime_ns) {
-    // The stamp is CLOCK_REALTIME; move it to CLOCK_MONOTONIC by its age.
-    timespec real{};
-    ::clock_gettime(CLOCK_REALTIME, &real);
-    const std::int64_t age =
-        static_cast<std::int64_t>(real.tv_sec) * 1'000'000'000 + real.tv_nsec - *d.kernel_realtime_ns;
-    if (age >= 0 && age < 1'000'000'000) {
-      now -= age;
+    // The stamp is CLOCK_REALTIME; move it to CLOCK_MONOTONIC by the clocks' offset (not by its
+    // age against `now`, which was read before this thread was perhaps preempted).
+    const std::int64_t arrival = *d.kernel_realtime_ns - vantage::platform::realtime_offset_ns();
+    if (arrival <= now_ns() && now_ns() - arrival < 1'000'000'000) {
+      now = arrival;
     }
   }
   const asio::ip::udp::endpoint sender = to_endpoint(from, from_len);

@@ -17,6 +17,7 @@ the first acked batch and the agent's RSS in the guest.
 batches (tests/run-all.sh runs it once that way for one architecture, expecting exit status 1).
 """
 import argparse
+import concurrent.futures
 import os
 import re
 import shutil
@@ -286,6 +287,8 @@ def main():
     ap.add_argument("--timeout", type=int, default=420, help="seconds per QEMU run (default 420)")
     ap.add_argument("--ack-timeout", type=int, default=90, help="seconds the guest waits for an acked batch")
     ap.add_argument("--no-collector", action="store_true", help="run without the host collector (must fail)")
+    ap.add_argument("--jobs", type=int, default=int(os.environ.get("VANTAGE_VM_JOBS", "1")),
+                    help="machines running at once (default 1, or $VANTAGE_VM_JOBS)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     args = ap.parse_args()
     arches = args.arch or ["arm64", "armhf", "amd64"]
@@ -303,13 +306,18 @@ def main():
     failed = False
     table = []
     try:
-        per_arch = {}
-        for a in arches:
+        def one(a):
             payload = make_payload(work, a, host, debs, args.ack_timeout)
             console = os.path.join(work, f"console-{a}.log")
             print(f"system_test: booting {a}", flush=True)
             rc, took, text = boot(a, images[a], payload, host, args.timeout, console)
-            per_arch[a] = (rc, took, text, console)
+            print(f"system_test: {a} powered off after {took:.0f}s", flush=True)
+            return rc, took, text, console
+
+        # Much of a guest's run is waiting (report intervals, the watchdog, the drain): with
+        # --jobs 3 the machines overlap those waits, at the price of slower emulation each.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            per_arch = dict(zip(arches, pool.map(one, arches)))
         # The host agent's last probes of the guests reach the store when it drains on stop.
         host.stop()
         for a in arches:

@@ -65,6 +65,10 @@ root_key=$( {
 boot=$cache/$arch-boot-$boot_key
 rootimg=$cache/$arch-root-$root_key
 report() { printf 'kernel=%s\ninitrd=%s\nroot=%s\n' "$boot/vmlinuz" "$boot/initrd.img" "$rootimg/root.ext4"; }
+# One build per architecture at a time: a second caller waits, then finds it cached.
+mkdir -p "$cache"
+exec 9>"$cache/.lock-$arch"
+flock 9
 if [ -f "$boot/ok" ] && [ -f "$rootimg/ok" ]; then
   log "cached: $boot $rootimg"
   report
@@ -187,7 +191,7 @@ build_root() {
     if [ -L "$rootfs/$d" ]; then rm "$rootfs/$d"; mkdir "$rootfs/$d"; fi
   done
   rm -rf "$rootimg.tmp" && mkdir -p "$rootimg.tmp"
-  nice -n 19 mkfs.ext4 -q -L root -d "$rootfs" "$rootimg.tmp/root.ext4" 1G
+  nice -n 19 mkfs.ext4 -q -L root -d "$rootfs" "$rootimg.tmp/root.ext4" 1G >&2
   echo "$root_key" >"$rootimg.tmp/ok"
   rm -rf "$rootimg" && mv "$rootimg.tmp" "$rootimg"
   log "root file system $(du -sm "$rootfs" | cut -f1) MiB ($((SECONDS - start))s)"

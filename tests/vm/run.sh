@@ -22,25 +22,28 @@ if ((missing)); then
   nice -n 19 packaging/build-debs.sh || exit 1
 fi
 
-# The images first, so the two runs below share them and their build time is shown apart.
-start=$SECONDS
-for a in "${arches[@]}"; do
-  tests/vm/build-image.sh "$a" >/dev/null || { echo "system-test: building the $a image failed" >&2; exit 1; }
-done
-echo "system-test: images ready in $((SECONDS - start))s"
-
-if [ "$negative" != none ]; then
-  start=$SECONDS
-  tests/vm/system_test.py --no-collector --arch "$negative" --ack-timeout 20 >"$logs/system-negative.log" 2>&1
-  rc=$?
-  if [ "$rc" -ne 1 ] || ! grep -q 'FAIL store batches: 0 batches from vm-.*missing batches' "$logs/system-negative.log"; then
-    cat "$logs/system-negative.log"
-    echo "system-test: without a collector the test should fail with missing batches (exit $rc)" >&2
-    exit 1
-  fi
-  echo "system-test: without the host collector the $negative run fails as it must (missing batches, exit 1) in $((SECONDS - start))s"
-fi
-
+# The run without a collector goes beside the real one (its own host processes, ports and store):
+# its guest spends most of its time waiting for an ack that cannot come.
 args=()
 for a in "${arches[@]}"; do args+=(--arch "$a"); done
+start=$SECONDS
+neg_pid=
+if [ "$negative" != none ]; then
+  tests/vm/system_test.py --no-collector --arch "$negative" --ack-timeout 20 >"$logs/system-negative.log" 2>&1 &
+  neg_pid=$!
+fi
 tests/vm/system_test.py "${args[@]}"
+rc=$?
+if [ -n "$neg_pid" ]; then
+  wait "$neg_pid"
+  neg_rc=$?
+  if [ "$neg_rc" -ne 1 ] || ! grep -q 'FAIL store batches: 0 batches from vm-.*missing batches' "$logs/system-negative.log"; then
+    cat "$logs/system-negative.log"
+    echo "system-test: without a collector the $negative run should fail with missing batches (exit $neg_rc)" >&2
+    rc=1
+  else
+    echo "system-test: without the host collector the $negative run fails as it must: $(grep -m1 'FAIL store batches' "$logs/system-negative.log" | sed 's/^ *//') (exit 1)"
+  fi
+fi
+echo "system-test: $( ((rc == 0)) && echo passed || echo FAILED) in $((SECONDS - start))s"
+exit "$rc"

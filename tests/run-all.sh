@@ -2,7 +2,8 @@
 # `make test`: the unit suite natively under ASan+UBSan, the concurrency tests under TSan, and the
 # whole unit suite cross-built for aarch64 and armhf and run under QEMU user-mode, and each
 # libFuzzer target for a bounded time from its committed corpus, the demo, and the Debian packages
-# (`make deb`, then tests/packaging/deb_test.sh). Prints how many
+# (`make deb`, then tests/packaging/deb_test.sh), and those packages on emulated arm64, armhf and
+# amd64 machines (`make system-test`, tests/vm/run.sh). Prints how many
 # tests ran in each configuration; exits non-zero if any configuration failed to build or pass.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -15,6 +16,7 @@ stages=(
   "fuzz|libFuzzer (clang-14)"
   "demo|make demo DURATION=15"
   "deb|make deb + packaging test"
+  "system|make system-test (QEMU)"
 )
 if [ -n "${VANTAGE_TEST_STAGES:-}" ]; then
   read -r -a only <<<"$VANTAGE_TEST_STAGES"
@@ -55,6 +57,20 @@ for s in "${stages[@]}"; do
       total_pass=$((total_pass + 1))
     else
       tail -n 60 "$logs/deb.log"
+      summary+=("$(printf '  %-30s %4d passed, %d failed  (%ds)' "$label" 0 1 $((SECONDS - start)))")
+      total_fail=$((total_fail + 1)) bad=1
+    fi
+    continue
+  fi
+  if [ "$preset" = system ]; then
+    echo "=== $label"
+    start=$SECONDS
+    if tests/vm/run.sh >"$logs/system.log" 2>&1; then
+      grep -E '^system-test:|^system_test: (passed|FAILED)|^=== |^\|' "$logs/system.log"
+      summary+=("$(printf '  %-30s %4d passed, %d failed  (%ds)' "$label" 1 0 $((SECONDS - start)))")
+      total_pass=$((total_pass + 1))
+    else
+      tail -n 150 "$logs/system.log"
       summary+=("$(printf '  %-30s %4d passed, %d failed  (%ds)' "$label" 0 1 $((SECONDS - start)))")
       total_fail=$((total_fail + 1)) bad=1
     fi

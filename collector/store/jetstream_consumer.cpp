@@ -3,9 +3,11 @@
 #include <nats/nats.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <charconv>
 #include <cinttypes>
+#include <cstring>
 #include <ctime>
 #include <string>
 #include <vector>
@@ -151,10 +153,17 @@ int consume_command(std::span<const std::string_view> args, std::FILE* out) {
       natsMsgList_Destroy(&list);
       return fail("fetch", s, code);
     }
+    std::vector<std::uint64_t> aligned;
     for (int i = 0; i < list.Count; ++i) {
       natsMsg* m = list.Msgs[i];
-      const auto* data = reinterpret_cast<const std::uint8_t*>(natsMsg_GetData(m));
-      const std::span<const std::uint8_t> bytes(data, static_cast<std::size_t>(natsMsg_GetDataLength(m)));
+      // NATS hands over the payload at whatever offset follows its headers, and FlatBuffers reads
+      // scalars in place: 32-bit ARM faults on a misaligned 64-bit load (SIGBUS). Verify and read
+      // an 8-byte-aligned copy.
+      const std::size_t length = static_cast<std::size_t>(std::max(natsMsg_GetDataLength(m), 0));
+      aligned.assign((length + 7) / 8, 0);
+      if (length > 0) std::memcpy(aligned.data(), natsMsg_GetData(m), length);
+      const std::span<const std::uint8_t> bytes(reinterpret_cast<const std::uint8_t*>(aligned.data()),
+                                                length);
       jsMsgMetaData* meta = nullptr;
       std::uint64_t stream_seq = 0;
       if (natsMsg_GetMetaData(&meta, m) == NATS_OK) {

@@ -20,15 +20,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from ports import free_port
 
 ARGS = None
 REGION = "eu-central"
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(predicate, timeout, what):

@@ -29,6 +29,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
+from ports import free_port, free_udp_port
 
 ARGS = None
 REGION = "eu-central"
@@ -40,18 +41,6 @@ DASHBOARD = os.path.join(HERE, "..", "..", "packaging", "grafana", "vantage-dash
 
 class Skip(Exception):
     pass
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def free_udp_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(predicate, timeout, what):

@@ -21,16 +21,11 @@ import sys
 import tempfile
 import time
 import urllib.request
+from ports import free_port
 
 ARGS = None
 REGION = "eu-central"
 STREAM = "VANTAGE"
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(predicate, timeout, what):

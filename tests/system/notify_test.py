@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from ports import free_udp_port
 
 CONFIG = """
 [measurement]
@@ -34,12 +35,6 @@ rate = {rate}
 [log]
 level = "info"
 """
-
-
-def free_udp_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Manager:

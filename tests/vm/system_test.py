@@ -342,10 +342,11 @@ def main():
                           figures.get("agent_rss_kib"), took))
     finally:
         host.stop()
-        if not args.keep and not failed:
-            shutil.rmtree(work, ignore_errors=True)
-        elif failed:
+        # A failed run keeps its logs, except the run without collector, which is meant to fail.
+        if args.keep or (failed and not args.no_collector):
             print(f"system_test: logs kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
     fmt = lambda v, scale=1000, unit="s": "-" if v is None else f"{v / scale:.1f} {unit}"
     print("\n| arch | boot to multi-user | start to first acked batch | agent RSS | QEMU run |")

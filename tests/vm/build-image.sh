@@ -30,9 +30,8 @@ case "$arch" in
   *) echo "build-image: unknown architecture '$arch' (arm64, armhf, amd64)" >&2; exit 2 ;;
 esac
 # The root: systemd as init, and the agent package's Depends (the collector is not installed).
-# procps for /bin/kill, which the unit's ExecReload runs: without it `systemctl reload` fails (the
-# package does not depend on procps; a standard Debian installation has it).
-packages=systemd-sysv,udev,kmod,iproute2,procps,libc6,libstdc++6,libgcc-s1
+# No procps: the units' ExecReload uses the shell's kill, and the reload check proves it.
+packages=systemd-sysv,udev,kmod,iproute2,libc6,libstdc++6,libgcc-s1
 # The initramfs loads these (and what they depend on), then mounts LABEL=root.
 modules=(virtio_pci virtio_blk virtio_net ext4)
 

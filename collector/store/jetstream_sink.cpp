@@ -51,12 +51,16 @@ struct JetStreamSink::State {
   std::size_t answered = 0;
   std::string first_error;
 
-  ~State() {
+  // Closes the connection. The client's own threads may still run a disconnected or closed
+  // callback into this object afterwards, so it is never freed (see ~JetStreamSink).
+  void shutdown() {
     if (js != nullptr) jsCtx_Destroy(js);
+    js = nullptr;
     if (connection != nullptr) {
       closing = true;
       natsConnection_Close(connection);
       natsConnection_Destroy(connection);
+      connection = nullptr;
     }
   }
 
@@ -175,7 +179,18 @@ void on_closed(natsConnection*, void* closure) {
 }  // namespace
 
 JetStreamSink::JetStreamSink(std::unique_ptr<State> state) : state_(std::move(state)) {}
-JetStreamSink::~JetStreamSink() = default;
+JetStreamSink::~JetStreamSink() {
+  if (!state_) return;
+  state_->shutdown();
+  // The NATS client calls the connection's callbacks from its own threads, and may still do so
+  // after natsConnection_Destroy() returns: the callbacks' closure stays allocated (and
+  // reachable) for the life of the process. A collector makes one sink; tests make a few.
+  static std::mutex retired_mutex;
+  // Never destroyed, not even at exit, when the client's threads may still be running.
+  static auto* const retired = new std::vector<std::unique_ptr<State>>();
+  const std::lock_guard lock(retired_mutex);
+  retired->push_back(std::move(state_));
+}
 
 std::string JetStreamSink::subject(std::string_view region) const {
   return state_->options.subject_prefix + "." + std::string(region);

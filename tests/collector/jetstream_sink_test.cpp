@@ -118,10 +118,16 @@ class NatsServer {
   pid_t pid_ = -1;
 };
 
-// A verified frame holding one Batch, as the ingest hands it over.
+// A verified frame holding one Batch, as the ingest hands it over. `in` points into `bytes`, so a
+// copy would point into the original: move-only (a moved vector keeps its buffer).
 struct Frame {
   Bytes bytes;
   IncomingBatch in;
+  Frame() = default;
+  Frame(const Frame&) = delete;
+  Frame& operator=(const Frame&) = delete;
+  Frame(Frame&&) = default;
+  Frame& operator=(Frame&&) = default;
 };
 
 Frame make_frame(const std::string& agent, std::uint64_t seq, const std::string& region = "eu-central") {
@@ -252,7 +258,8 @@ TEST_CASE("a server down at start then killed and restarted: bounded failures an
   auto sink = JetStreamSink::connect(options_for(server));
   REQUIRE_MESSAGE(sink, sink.error);
   JetStreamSink& s = **sink.value;
-  std::vector<Frame> frames{make_frame("a1", 1)};
+  std::vector<Frame> frames;
+  frames.push_back(make_frame("a1", 1));
   auto t0 = Clock::now();
   auto down = s.store(inputs(frames));
   CHECK_FALSE(down);
@@ -272,7 +279,9 @@ TEST_CASE("a server down at start then killed and restarted: bounded failures an
   // each batch); after the restart (same store directory) the old message is still there and
   // new ones are stored.
   server.kill9();
-  std::vector<Frame> during{make_frame("a1", 2), make_frame("a1", 3)};
+  std::vector<Frame> during;
+  during.push_back(make_frame("a1", 2));
+  during.push_back(make_frame("a1", 3));
   for (int i = 0; i < 5; ++i) {
     t0 = Clock::now();
     auto failed = s.store(inputs(during));
@@ -309,7 +318,8 @@ TEST_CASE("an existing stream with other settings is used as it is") {
   }
   auto sink = JetStreamSink::connect(options_for(server, "OPS"));
   REQUIRE_MESSAGE(sink, sink.error);
-  std::vector<Frame> frames{make_frame("a1", 1)};
+  std::vector<Frame> frames;
+  frames.push_back(make_frame("a1", 1));
   auto r = (*sink.value)->store(inputs(frames));
   REQUIRE_MESSAGE(r, r.error);
   CHECK((*r.value)[0] == StoreOutcome::kStored);

@@ -335,7 +335,7 @@ void check_common(const std::multimap<std::string, std::string>& unit) {
            {"RestartSec", "2"},
            {"DynamicUser", "yes"},
            {"ConfigurationDirectory", "vantage"},
-           {"ExecReload", "/bin/kill -HUP $MAINPID"},
+           {"ExecReload", "/bin/sh -c 'kill -HUP $MAINPID'"},
            {"TimeoutStopSec", "30"},
            {"ProtectSystem", "strict"},
            {"ProtectHome", "yes"},

@@ -9,19 +9,6 @@ namespace {
 
 std::string text(const flatbuffers::String* s) { return s == nullptr ? std::string{} : s->str(); }
 
-// The same names the SQLite store writes, so every view of the data agrees.
-const char* protocol_name(wire::Protocol p) {
-  switch (p) {
-    case wire::Protocol::UdpEcho:
-      return "udp_echo";
-    case wire::Protocol::TcpConnect:
-      return "tcp_connect";
-    case wire::Protocol::Icmp:
-      return "icmp";
-  }
-  return "unknown";
-}
-
 // PSI is absent (negative on the wire) where the kernel lacks it; /proc/pressure gives percent.
 std::optional<double> psi_ratio(float v) {
   if (v < 0.0f) return std::nullopt;
@@ -75,7 +62,7 @@ void LiveView::record(const store::IncomingBatch& in) {
 
   if (const auto* latency = b.latency()) {
     for (const wire::LatencySummary* l : *latency) {
-      LatencyKey key{region, pop, agent_id, text(l->target()), protocol_name(l->protocol())};
+      LatencyKey key{region, pop, agent_id, text(l->target()), store::protocol_name(l->protocol())};
       LiveLatency& e = latency_[key];
       if (e.updated_ns != 0 && b.interval_end_ns() < e.interval_end_ns) continue;
       e.region = std::get<0>(key);

@@ -243,18 +243,6 @@ std::string_view view(const flatbuffers::String* s) {
   return s == nullptr ? std::string_view{} : std::string_view(s->data(), s->size());
 }
 
-const char* protocol_name(wire::Protocol p) {
-  switch (p) {
-    case wire::Protocol::UdpEcho:
-      return "udp_echo";
-    case wire::Protocol::TcpConnect:
-      return "tcp_connect";
-    case wire::Protocol::Icmp:
-      return "icmp";
-  }
-  return "unknown";  // a newer agent's protocol: stored, labelled, not lost
-}
-
 const char* timestamp_source_name(wire::TimestampSource s) {
   switch (s) {
     case wire::TimestampSource::Userspace:
@@ -473,6 +461,18 @@ std::optional<std::int64_t> column_opt_i64(sqlite3_stmt* stmt, int col) {
 }
 
 }  // namespace
+
+const char* protocol_name(wire::Protocol p) noexcept {
+  switch (p) {
+    case wire::Protocol::UdpEcho:
+      return "udp_echo";
+    case wire::Protocol::TcpConnect:
+      return "tcp_connect";
+    case wire::Protocol::Icmp:
+      return "icmp";
+  }
+  return "unknown";  // a newer agent's protocol: stored, labelled, not lost
+}
 
 void SqliteStore::DbCloser::operator()(sqlite3* db) const noexcept { sqlite3_close_v2(db); }
 void SqliteStore::StmtFinalizer::operator()(sqlite3_stmt* stmt) const noexcept { sqlite3_finalize(stmt); }

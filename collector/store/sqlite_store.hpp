@@ -156,6 +156,10 @@ struct AgentSummary {
 // struct, whose 2 padding bytes are whatever the sender put there. NULL when there are none.
 inline constexpr std::size_t kHistogramBucketBytes = 6;
 
+// The protocol as every view of the data names it: "udp_echo", "tcp_connect", "icmp"; a newer
+// agent's protocol is "unknown" (stored and labelled, not lost).
+const char* protocol_name(vantage::wire::Protocol protocol) noexcept;
+
 class SqliteStore {
  public:
   static constexpr int kSchemaVersion = 2;  // PRAGMA user_version

@@ -21,20 +21,12 @@ import sys
 import tempfile
 import time
 import urllib.request
+from delivery_test import wait_for
 from ports import free_port
 
 ARGS = None
 REGION = "eu-central"
 STREAM = "VANTAGE"
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 class Proc:

@@ -22,7 +22,8 @@ bench: bootstrap
 	@cmake --build --preset bench
 	@bench/run.sh build/bench/bench
 
-# Debian packages for amd64, arm64 and armhf in build/deb/ (presets deb-amd64, deb-arm64, deb-armhf).
+# Debian packages for amd64, arm64 and armhf in build/deb/ (build and package presets deb-amd64,
+# deb-arm64, deb-armhf: the daemons of the release, aarch64 and armhf builds).
 deb: bootstrap
 	@packaging/build-debs.sh
 

@@ -1,5 +1,6 @@
-# Install rules for the two daemons and the Debian packages built from them (make deb, presets
-# deb-amd64/deb-arm64/deb-armhf): one package per daemon, as CPack components
+# Install rules for the two daemons and the Debian packages built from them (make deb, package
+# presets deb-amd64/deb-arm64/deb-armhf on the release/aarch64/armhf builds): one package per
+# daemon, as CPack components
 #   agent     -> vantage-agent:     /usr/bin/vantage-agent, its unit, /etc/vantage/agent.toml
 #   collector -> vantage-collector: /usr/bin/vantage-collector, its unit, /etc/vantage/collector.toml
 # The units' install rules are in platform/CMakeLists.txt (same components).

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# `make deb`: configures, builds (-j2) and packages the deb-amd64, deb-arm64 and deb-armhf presets
-# into build/deb/: vantage-agent_<version>_<arch>.deb and vantage-collector_<version>_<arch>.deb.
-# VANTAGE_DEB_ARCHES="arm64" limits it to some architectures. Logs go to build/deb-logs/.
+# `make deb`: builds (-j2) the two daemons of the release, aarch64 and armhf configurations (build
+# presets deb-amd64, deb-arm64, deb-armhf) and packages them into build/deb/:
+# vantage-agent_<version>_<arch>.deb and vantage-collector_<version>_<arch>.deb. The packages
+# come from the same build trees, with the same flags, as the binaries the demo and the ARM unit
+# suites run, so `make test` builds each of them once. VANTAGE_DEB_ARCHES="arm64" limits it to
+# some architectures. Logs go to build/deb-logs/.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -11,10 +14,12 @@ mkdir -p "$logs" build/deb
 
 for arch in "${arches[@]}"; do
   preset=deb-$arch
+  case $arch in amd64) configure=release ;; arm64) configure=aarch64 ;; armhf) configure=armhf ;;
+    *) echo "make deb: unknown architecture $arch (amd64, arm64, armhf)" >&2; exit 2 ;; esac
   start=$SECONDS
-  if ! cmake --preset "$preset" >"$logs/$preset.configure.log" 2>&1; then
+  if ! cmake --preset "$configure" >"$logs/$preset.configure.log" 2>&1; then
     cat "$logs/$preset.configure.log" >&2
-    echo "make deb: configuring $preset failed" >&2
+    echo "make deb: configuring $configure failed" >&2
     exit 1
   fi
   if ! cmake --build --preset "$preset" >"$logs/$preset.build.log" 2>&1; then

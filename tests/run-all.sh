@@ -29,6 +29,29 @@ fi
 
 logs=build/test-logs
 mkdir -p "$logs"
+
+# The system stage's machine images (tests/vm/build-image.sh) need no build output: they start
+# now, in the background at the lowest CPU priority, so their downloads and emulated package
+# setup fill the time the earlier stages leave a core idle. The system stage then finds them in
+# the cache, or waits on the image lock for a build still running (and builds again, with its
+# error shown there, if this one failed).
+image_pids=()
+for s in "${stages[@]}"; do
+  [ "${s%%|*}" = system ] || continue
+  read -r -a vm_arches <<<"${VANTAGE_VM_ARCHES:-arm64 armhf amd64}"
+  for a in "${vm_arches[@]}"; do
+    nice -n 19 tests/vm/build-image.sh "$a" >"$logs/vm-image-$a.log" 2>&1 &
+    image_pids+=($!)
+  done
+done
+stop_image_builds() {
+  local p
+  for p in "${image_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${image_pids[@]}"; do wait "$p" 2>/dev/null || true; done
+}
+trap stop_image_builds EXIT
+trap 'exit 130' INT TERM
+
 summary=()
 total_pass=0 total_fail=0 bad=0
 

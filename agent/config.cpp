@@ -160,8 +160,10 @@ const cfg::Key<Draft> kKeys[] = {
        return cfg::one_of(v, {"udp", "tcp", "icmp"});
      },
      [](Draft& d, const Value& v) { d.targets.back().protocol = v.text(); }},
+    // Checked with the whole target (build_targets), once `client` is known: a client's host
+    // is personal data and no error may show it.
     {"targets[].host", Kind::kString, "", kAlways, "an IP address or a host name",
-     "A name is resolved when the config is loaded (the first address).", cfg::host,
+     "A name is resolved when the config is loaded (the first address).", nullptr,
      [](Draft& d, const Value& v) {
        d.targets.back().host = v.text();
        d.targets.back().host_line = v.line;
@@ -310,7 +312,7 @@ void build_targets(Draft& d, cfg::Diagnostics& diagnostics) {
     }
   }
   for (const TargetDraft& t : d.targets) {
-    if (t.protocol.empty() || t.host.empty()) continue;  // reported already
+    if (t.protocol.empty() || t.host_line == 0) continue;  // reported already
     const ProbeProtocol protocol = protocol_of(t.protocol);
     bool ok = true;
     if (protocol == ProbeProtocol::kTcpConnect && !t.port) {
@@ -325,6 +327,13 @@ void build_targets(Draft& d, cfg::Diagnostics& diagnostics) {
       diagnostics.error(t.name_line, t.key + ".name",
                         "a client target is labelled by its pseudonym and takes no name");
       ok = false;
+    }
+    if (!cfg::host(cfg::Value{t.host, t.key + ".host", t.host_line})) {
+      diagnostics.error(
+          t.host_line, t.key + ".host",
+          t.client ? std::string("expected an IP address or a host name (not shown: a client's address)")
+                   : "expected an IP address or a host name, got " + cfg::quote_value(t.host));
+      continue;
     }
     std::string error;
     const std::optional<asio::ip::address> address = resolve(t.host, error);

@@ -61,27 +61,10 @@ std::string join(std::string_view prefix, std::string_view name) {
 std::string describe(const toml::node& node) {
   if (node.is_table()) return "a table";
   if (node.is_array_of_tables()) return "an array of tables";
-  std::string text;
-  if (const toml::value<std::string>* s = node.as_string()) {
-    text = "\"";
-    for (const char c : s->get()) {
-      if (c == '"' || c == '\\') {
-        text += '\\';
-        text += c;
-      } else if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
-        char escaped[8];
-        std::snprintf(escaped, sizeof escaped, "\\u%04x", static_cast<unsigned>(c));
-        text += escaped;
-      } else {
-        text += c;
-      }
-    }
-    text += '"';
-  } else {
-    std::ostringstream os;
-    node.visit([&](const auto& n) { os << n; });
-    text = os.str();
-  }
+  if (const toml::value<std::string>* s = node.as_string()) return quote_value(s->get());
+  std::ostringstream os;
+  node.visit([&](const auto& n) { os << n; });
+  std::string text = os.str();
   if (text.size() > 60) text = text.substr(0, 57) + "...";
   return text;
 }
@@ -260,6 +243,25 @@ class Walker {
 };
 
 }  // namespace
+
+std::string quote_value(std::string_view text) {
+  std::string out = "\"";
+  for (const char c : text) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+      char escaped[8];
+      std::snprintf(escaped, sizeof escaped, "\\u%04x", static_cast<unsigned>(c));
+      out += escaped;
+    } else {
+      out += c;
+    }
+  }
+  out += '"';
+  if (out.size() > 60) out = out.substr(0, 57) + "...";
+  return out;
+}
 
 void Diagnostics::error(std::uint32_t line, std::string_view key, std::string_view message) {
   std::string text = file_;

@@ -158,6 +158,9 @@ bool non_empty_text(const Value& v);
 // Printable ASCII without spaces: names, regions, identifiers.
 bool token(const Value& v);
 bool ip_address(const Value& v);
+// A string as errors show it: in double quotes, with quotes, backslashes and control characters
+// escaped (so a value cannot forge a line of the log), cut to 60 characters.
+std::string quote_value(std::string_view text);
 // An IP address, or a host name (letters, digits, '-', '.', '_').
 bool host(const Value& v);
 // "HOST:PORT" with a host() and a port 1..65535; an IPv6 address in brackets: "[2001:db8::1]:7443".

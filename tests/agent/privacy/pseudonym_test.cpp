@@ -293,6 +293,37 @@ TEST_CASE(
   }
 }
 
+TEST_CASE("agent config: a malformed host is shown for a server target and never for a client target") {
+  TempDir dir;
+  const std::string key = dir.write("secret.hex", secret_hex());
+  const std::string file = dir.write("hosts.toml",
+                                     "[privacy]\n"
+                                     "key_file = \"" +
+                                         key +
+                                         "\"\n"
+                                         "[[targets]]\n"
+                                         "protocol = \"udp\"\n"
+                                         "client = true\n"
+                                         "host = \"203.0.113.7 \\\"x\\\"\"\n"
+                                         "[[targets]]\n"
+                                         "protocol = \"udp\"\n"
+                                         "host = \"\"\n"
+                                         "client = true\n"
+                                         "[[targets]]\n"
+                                         "protocol = \"udp\"\n"
+                                         "host = \"pop 2\\n\"\n");
+  const agent::AgentConfig c = agent::load_config(file);
+  CHECK_FALSE(c.options.has_value());
+  const std::vector<std::string> expected = {
+      file + ":6: targets[0].host: expected an IP address or a host name (not shown: a client's address)",
+      file + ":9: targets[1].host: expected an IP address or a host name (not shown: a client's address)",
+      // A server's name is shown, escaped so that it cannot start a line of its own.
+      file + ":13: targets[2].host: expected an IP address or a host name, got \"pop 2\\u000a\"",
+  };
+  CHECK(errors_text(c.errors) == errors_text(expected));
+  for (const std::string& e : c.errors) CHECK(e.find("203.0.113") == std::string::npos);
+}
+
 TEST_CASE("cli: --client targets are labelled by their pseudonym; errors do not repeat the address") {
   TempDir dir;
   const std::string key = dir.write("secret.hex", secret_hex());

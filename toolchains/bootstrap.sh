@@ -138,47 +138,52 @@ fetch_mbedtls() {
 # like an install would, and unpacked into a private sysroot per architecture
 # ($deps/sysroot-<arch>) that the toolchain files add to CMAKE_FIND_ROOT_PATH. The -dev package
 # carries libsqlite3.a: the store links it statically, so QEMU test runs need no target .so.
-sqlite_arches=(arm64 armhf)
+cross_arches=(arm64 armhf)
 
-sqlite_candidate() {
-  apt-cache policy "libsqlite3-dev:$1" 2>/dev/null | sed -n 's/^ *Candidate: //p'
-}
+sqlite_packages=(libsqlite3-dev libsqlite3-0)
 
-fetch_sqlite_sysroots() {
-  local arch dest version debs deb host_version
-  # Fast path: apt-cache takes about 2 s per query with three architectures' lists, while the
-  # host's installed version (dpkg-query, instant) is what an up-to-date target copy matches.
-  host_version=$(dpkg-query -W -f='${Version}' libsqlite3-dev 2>/dev/null || true)
-  for arch in "${sqlite_arches[@]}"; do
-    dest=$deps/sysroot-$arch
-    if [ -f "$dest/.vantage-version" ] && [ -f "$dest/usr/include/sqlite3.h" ] &&
-      [ "$(cat "$dest/.vantage-version")" = "$host_version" ]; then continue; fi
-    version=$(sqlite_candidate "$arch")
-    if [ -z "$version" ] || [ "$version" = "(none)" ]; then
-      # No package index for the architecture yet (it was just added, or the lists were cleaned).
-      apt_update || true
-      version=$(sqlite_candidate "$arch")
+# unpack_for_targets WHAT DIR HEADER PKG...: for each cross architecture, Debian's PKG... of that
+# architecture fetched with `apt-get download` and unpacked into $deps/DIR-<arch>, which is
+# complete when it has HEADER. Each tree records the package versions it holds and is fetched
+# again when a candidate changes. A tree whose first package (the -dev one) has the version
+# installed on the host is current without asking apt-cache (about 2 s per query with three
+# architectures' lists): the host's copy comes from the same archive.
+unpack_for_targets() {
+  local what=$1 dir=$2 header=$3
+  shift 3
+  local arch dest pkg v host versions spec debs deb
+  host="$1=$(dpkg-query -W -f='${Version}' "$1" 2>/dev/null)"
+  for arch in "${cross_arches[@]}"; do
+    dest=$deps/$dir-$arch
+    if [ -f "$dest/.vantage-version" ] && [ -f "$dest/$header" ] && [ "$(head -n 1 "$dest/.vantage-version")" = "$host" ]; then
+      continue
     fi
-    if [ -f "$dest/.vantage-version" ] && [ -f "$dest/usr/include/sqlite3.h" ]; then
-      if [ "$(cat "$dest/.vantage-version")" = "$version" ]; then continue; fi
-      if [ -z "$version" ] || [ "$version" = "(none)" ]; then
-        echo "bootstrap: no libsqlite3-dev:$arch in the package lists; keeping $dest" >&2
-        continue
+    versions=() spec=()
+    for pkg in "$@"; do
+      v=$(apt-cache policy "$pkg:$arch" 2>/dev/null | sed -n 's/^ *Candidate: //p')
+      if [ -z "$v" ] || [ "$v" = "(none)" ]; then
+        # No package index for the architecture yet (it was just added, or the lists were cleaned).
+        apt_update || true
+        v=$(apt-cache policy "$pkg:$arch" 2>/dev/null | sed -n 's/^ *Candidate: //p')
       fi
+      if [ -z "$v" ] || [ "$v" = "(none)" ]; then
+        echo "bootstrap: no $pkg:$arch candidate (is the $arch architecture in the apt sources?)" >&2
+        return 1
+      fi
+      versions+=("$pkg=$v") spec+=("$pkg:$arch=$v")
+    done
+    if [ -f "$dest/.vantage-version" ] && [ -f "$dest/$header" ] &&
+      [ "$(cat "$dest/.vantage-version")" = "$(printf '%s\n' "${versions[@]}")" ]; then
+      continue
     fi
-    if [ -z "$version" ] || [ "$version" = "(none)" ]; then
-      echo "bootstrap: no libsqlite3-dev:$arch candidate (is the $arch architecture in the apt sources?)" >&2
-      return 1
-    fi
-    debs=$deps/sqlite-debs-$arch
+    debs=$deps/$dir-debs-$arch
     rm -rf "$debs" "$dest.tmp" && mkdir -p "$debs" "$dest.tmp"
     # The sandbox user cannot write into a root-owned $deps; apt has verified the files either way.
-    (cd "$debs" && apt-get -q -o APT::Sandbox::User=root download \
-      "libsqlite3-dev:$arch=$version" "libsqlite3-0:$arch=$version")
+    (cd "$debs" && apt-get -q -o APT::Sandbox::User=root download "${spec[@]}")
     for deb in "$debs"/*.deb; do dpkg-deb -x "$deb" "$dest.tmp"; done
-    echo "$version" >"$dest.tmp/.vantage-version"
-    rm -rf "$dest" && mv "$dest.tmp" "$dest"
-    echo "bootstrap: SQLite $version for $arch ready in $dest"
+    printf '%s\n' "${versions[@]}" >"$dest.tmp/.vantage-version"
+    rm -rf "$dest" "$debs" && mv "$dest.tmp" "$dest"
+    echo "bootstrap: $what ${versions[0]#*=} for $arch ready in $dest"
   done
 }
 
@@ -239,43 +244,8 @@ fetch_cpp_httplib() {
 # for test runs, and on a target the package's Depends pulls libnats3.4.
 nats_packages=(libnats-dev libnats3.4 libssl3 libprotobuf-c1)
 
-fetch_nats_sysroots() {
-  local arch dest pkg v versions debs deb spec
-  for arch in "${sqlite_arches[@]}"; do
-    dest=$deps/nats-$arch
-    # Fast path without apt-cache: a complete tree whose libnats matches the host's.
-    if [ -f "$dest/.vantage-version" ] && [ -f "$dest/usr/include/nats/nats.h" ] &&
-      grep -qx "libnats-dev=$(dpkg-query -W -f='${Version}' libnats-dev 2>/dev/null)" "$dest/.vantage-version"; then
-      continue
-    fi
-    versions=() spec=()
-    for pkg in "${nats_packages[@]}"; do
-      v=$(apt-cache policy "$pkg:$arch" 2>/dev/null | sed -n 's/^ *Candidate: //p')
-      if [ -z "$v" ] || [ "$v" = "(none)" ]; then
-        apt_update || true
-        v=$(apt-cache policy "$pkg:$arch" 2>/dev/null | sed -n 's/^ *Candidate: //p')
-      fi
-      if [ -z "$v" ] || [ "$v" = "(none)" ]; then
-        echo "bootstrap: no $pkg:$arch candidate (is the $arch architecture in the apt sources?)" >&2
-        return 1
-      fi
-      versions+=("$pkg=$v") spec+=("$pkg:$arch=$v")
-    done
-    if [ -f "$dest/.vantage-version" ] && [ "$(cat "$dest/.vantage-version")" = "$(printf '%s\n' "${versions[@]}")" ]; then
-      continue
-    fi
-    debs=$deps/nats-debs-$arch
-    rm -rf "$debs" "$dest.tmp" && mkdir -p "$debs" "$dest.tmp"
-    (cd "$debs" && apt-get -q -o APT::Sandbox::User=root download "${spec[@]}")
-    for deb in "$debs"/*.deb; do dpkg-deb -x "$deb" "$dest.tmp"; done
-    printf '%s\n' "${versions[@]}" >"$dest.tmp/.vantage-version"
-    rm -rf "$dest" "$debs" && mv "$dest.tmp" "$dest"
-    echo "bootstrap: NATS C client ${versions[0]#*=} for $arch ready in $dest"
-  done
-}
-
 ensure_packages
 fetch_mbedtls
 fetch_cpp_httplib
-fetch_sqlite_sysroots
-fetch_nats_sysroots
+unpack_for_targets SQLite sysroot usr/include/sqlite3.h "${sqlite_packages[@]}"
+unpack_for_targets "NATS C client" nats usr/include/nats/nats.h "${nats_packages[@]}"

@@ -167,6 +167,11 @@ unpack_for_targets() {
         v=$(apt-cache policy "$pkg:$arch" 2>/dev/null | sed -n 's/^ *Candidate: //p')
       fi
       if [ -z "$v" ] || [ "$v" = "(none)" ]; then
+        # Lists without the architecture cannot say the tree is stale: a complete one stays.
+        if [ -f "$dest/.vantage-version" ] && [ -f "$dest/$header" ]; then
+          echo "bootstrap: no $pkg:$arch in the package lists; keeping $dest" >&2
+          continue 2
+        fi
         echo "bootstrap: no $pkg:$arch candidate (is the $arch architecture in the apt sources?)" >&2
         return 1
       fi

@@ -62,10 +62,20 @@
 #define MBEDTLS_X509_USE_C
 #define MBEDTLS_X509_CRT_PARSE_C
 #define MBEDTLS_X509_CRL_PARSE_C
+/* Writing certificates: the fleet simulator (bench/fleet) mints thousands of agent certificates
+ * in-process. Linked only into what calls it; the daemons do not. */
+#define MBEDTLS_X509_CREATE_C
+#define MBEDTLS_X509_CRT_WRITE_C
+#define MBEDTLS_PEM_WRITE_C
 
 /* PSA crypto is required by TLS 1.3 (HKDF, key exchange). */
 #define MBEDTLS_PSA_CRYPTO_C
 #define MBEDTLS_USE_PSA_CRYPTO
+/* Without this the PSA key store is a fixed array of MBEDTLS_PSA_KEY_SLOT_COUNT (32) volatile
+ * keys for the whole process, and every TLS 1.3 session holds several (traffic keys, ECDHE):
+ * a collector then failed every handshake past its seventh concurrent agent. Dynamic: the store
+ * grows with the sessions, bounded only by the collector's own session caps. */
+#define MBEDTLS_PSA_KEY_STORE_DYNAMIC
 
 /* TLS. */
 #define MBEDTLS_SSL_TLS_C

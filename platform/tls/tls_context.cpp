@@ -28,33 +28,44 @@ int init_psa_once() {
 
 std::string file_error(const std::string& path, int ret) { return path + ": " + describe_mbedtls_error(ret); }
 
-// Reads a whole PEM file plus the terminating NUL that mbedTLS's PEM parsers need. Our own
-// reader (not MBEDTLS_FS_IO) so a missing file says why, e.g. "No such file or directory".
-std::string read_pem(const std::string& path, std::vector<unsigned char>& out) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return path + ": " + std::strerror(errno);
+// Where PEM comes from: a file, or text already in memory (`text` non-empty; `name` labels it).
+struct PemSource {
+  const std::string& name;
+  const std::string& text;
+};
+
+// Reads the PEM plus the terminating NUL that mbedTLS's PEM parsers need. Our own reader (not
+// MBEDTLS_FS_IO) so a missing file says why, e.g. "No such file or directory".
+std::string read_pem(const PemSource& source, std::vector<unsigned char>& out) {
+  if (!source.text.empty()) {
+    out.assign(source.text.begin(), source.text.end());
+    out.push_back('\0');
+    return {};
+  }
+  std::ifstream in(source.name, std::ios::binary);
+  if (!in) return source.name + ": " + std::strerror(errno);
   out.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-  if (in.bad()) return path + ": read error";
+  if (in.bad()) return source.name + ": read error";
   out.push_back('\0');
   return {};
 }
 
-std::string parse_certs(const std::string& path, mbedtls_x509_crt& chain) {
+std::string parse_certs(const PemSource& source, mbedtls_x509_crt& chain) {
   std::vector<unsigned char> pem;
-  if (std::string error = read_pem(path, pem); !error.empty()) return error;
+  if (std::string error = read_pem(source, pem); !error.empty()) return error;
   const int ret = mbedtls_x509_crt_parse(&chain, pem.data(), pem.size());
   // A positive return counts certificates that failed to parse: a partly broken file is an error.
-  if (ret > 0) return path + ": " + std::to_string(ret) + " certificate(s) could not be parsed";
-  return ret == 0 ? std::string{} : file_error(path, ret);
+  if (ret > 0) return source.name + ": " + std::to_string(ret) + " certificate(s) could not be parsed";
+  return ret == 0 ? std::string{} : file_error(source.name, ret);
 }
 
-std::string parse_key(const std::string& path, mbedtls_pk_context& key) {
+std::string parse_key(const PemSource& source, mbedtls_pk_context& key) {
   std::vector<unsigned char> pem;
-  if (std::string error = read_pem(path, pem); !error.empty()) return error;
+  if (std::string error = read_pem(source, pem); !error.empty()) return error;
   const int ret = mbedtls_pk_parse_key(&key, pem.data(), pem.size(), nullptr, 0, mbedtls_psa_get_random,
                                        MBEDTLS_PSA_RANDOM_STATE);
   mbedtls_platform_zeroize(pem.data(), pem.size());  // the private key must not linger on the heap
-  return ret == 0 ? std::string{} : file_error(path, ret);
+  return ret == 0 ? std::string{} : file_error(source.name, ret);
 }
 
 }  // namespace
@@ -87,18 +98,24 @@ std::string TlsContext::load(const TlsContextOptions& options) {
   const bool server = role_ == TlsRole::kServer;
   if (int ret = init_psa_once(); ret != 0) return "psa_crypto_init: " + describe_mbedtls_error(ret);
 
-  if (std::string error = parse_certs(options.ca_file, ca_chain_); !error.empty()) return error;
+  const auto in_memory = [](const std::string& pem, const std::string& file, const std::string& label) {
+    return pem.empty() ? file : label;
+  };
+  const std::string ca_name = in_memory(options.ca_pem, options.ca_file, "<ca>");
+  const std::string cert_name = in_memory(options.cert_pem, options.cert_file, "<cert>");
+  const std::string key_name = in_memory(options.key_pem, options.key_file, "<key>");
+  if (std::string error = parse_certs({ca_name, options.ca_pem}, ca_chain_); !error.empty()) return error;
 
-  const bool has_identity = !options.cert_file.empty() || !options.key_file.empty();
+  const bool has_identity = !cert_name.empty() || !key_name.empty();
   if (server || has_identity) {
-    if (options.cert_file.empty()) return "no certificate file given";
-    if (options.key_file.empty()) return "no key file given";
-    if (std::string error = parse_certs(options.cert_file, own_cert_); !error.empty()) return error;
-    if (std::string error = parse_key(options.key_file, own_key_); !error.empty()) return error;
+    if (cert_name.empty()) return "no certificate file given";
+    if (key_name.empty()) return "no key file given";
+    if (std::string error = parse_certs({cert_name, options.cert_pem}, own_cert_); !error.empty()) return error;
+    if (std::string error = parse_key({key_name, options.key_pem}, own_key_); !error.empty()) return error;
     if (int ret =
             mbedtls_pk_check_pair(&own_cert_.pk, &own_key_, mbedtls_psa_get_random, MBEDTLS_PSA_RANDOM_STATE);
         ret != 0) {
-      return options.key_file + ": does not match " + options.cert_file + ": " + describe_mbedtls_error(ret);
+      return key_name + ": does not match " + cert_name + ": " + describe_mbedtls_error(ret);
     }
   }
 
@@ -116,7 +133,7 @@ std::string TlsContext::load(const TlsContextOptions& options) {
   mbedtls_ssl_conf_ca_chain(&config_, &ca_chain_, nullptr);
   if (server || has_identity) {
     if (int ret = mbedtls_ssl_conf_own_cert(&config_, &own_cert_, &own_key_); ret != 0) {
-      return options.cert_file + ": " + describe_mbedtls_error(ret);
+      return cert_name + ": " + describe_mbedtls_error(ret);
     }
   }
   // Every TLS 1.3 handshake does ECDHE, resumptions included (PSK-ephemeral; never plain PSK).

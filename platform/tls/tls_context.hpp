@@ -35,6 +35,12 @@ struct TlsContextOptions {
   // (useful only to test exactly that).
   std::string cert_file;
   std::string key_file;
+  // PEM text in memory instead of the files above (each used when non-empty; errors then name
+  // "<ca>", "<cert>" or "<key>"): programs that mint their own certificates, such as the fleet
+  // simulator, need no file per identity.
+  std::string ca_pem;
+  std::string cert_pem;
+  std::string key_pem;
   // TLS 1.3 is preferred; false caps the connection at TLS 1.2 (the minimum either way).
   bool allow_tls13 = true;
   // Server: at most this many tickets remember their client's identity (see TlsContext).

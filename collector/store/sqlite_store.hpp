@@ -13,46 +13,60 @@
 
 #include "vantage/telemetry_generated.h"
 
-struct sqlite3;
-struct sqlite3_stmt;
-
 namespace vantage::collector::store {
 
-// Tables, as operators query them (times are ns since the Unix epoch unless named otherwise;
-// `seq` is the agent's u64 sequence number stored as its two's-complement int64 bit pattern, so
-// ordering is by value for every seq below 2^63, which a one-per-second counter never reaches).
+// Tables, as operators query them (schema v3; times are ns since the Unix epoch unless named
+// otherwise; `seq` is the agent's u64 sequence number stored as its two's-complement int64 bit
+// pattern, so ordering is by value for every seq below 2^63, which a one-per-second counter never
+// reaches).
 //
-//   agents            one row per agent identity: region, pop, arch, software_version (the last
-//                     non-empty values seen), first_seen_ns (kept), last_seen_ns (collector
-//                     receive time of the newest batch).
-//   batches           one row per (agent_id, seq): the interval, when the collector received it,
-//                     the region/pop it was filed under, how many children it had, and the
-//                     agent's spool_dropped counter (batches its spool discarded, cumulative). The
-//                     primary key is what makes delivery idempotent: a batch resent with the same
-//                     (agent, seq) is acked again but never stored twice. If the content differs,
-//                     the first one stored wins; the agent never reuses a seq, so a differing
-//                     resend means a broken agent, and keeping the committed copy is the only
-//                     choice that does not rewrite data that was already acked and read.
-//   latency_summaries one row per Batch.latency entry (idx = its position, which
-//                     rtt_samples.target_index refers to): every LatencySummary field, with the
-//                     histogram as a BLOB (see kHistogramBlob) and the batch interval copied in
-//                     so the (agent_id, target, interval_end_ns) index answers "latest" queries.
-//   load_samples      one row per Batch.load entry: the all-CPU total (cpu == -1) as columns,
-//                     cpu_busy = 1 - idle - iowait of that total, memory, load averages, PSI
-//                     (NULL where the kernel lacks PSI, i.e. the wire value is negative); per-CPU
-//                     usage, interfaces and temperatures as compact JSON arrays (cpus_json,
-//                     net_json, temperatures_json). JSON rather than child tables: those lists are
-//                     variable-length, read whole per sample and rarely filtered, and a child row
-//                     per CPU per second would multiply the row count (and the write cost of
-//                     every commit) by the core count; SQLite's json_each()/json_extract() still
-//                     reach into them when an operator needs to.
-//   rtt_samples       the optional raw round trips, one row each.
-//   agent_self        (schema v2) one row per batch that carries the agent's self-metrics
-//                     (Batch.self: RSS, CPU time, ring and spool figures, reconnects, TLS
-//                     failures, config generation), with the batch's interval_end_ns.
+// Dictionaries (one row per key, small, never partitioned):
+//   agents      id (INTEGER, what the data tables hold) and agent_id (the certificate identity);
+//               region, pop, arch, software_version (the last non-empty values seen),
+//               first_seen_ns, last_seen_ns (collector receive times); and the agent's running
+//               totals, rewritten once per group commit: batch_count (batches held in the retained
+//               partitions), max_seq and spool_dropped (from the highest seq ever stored), and
+//               where its newest batch (latest_*), newest load sample (load_*) and newest
+//               self-metrics (self_*) are: a partition day plus a row id.
+//   targets     id, name (as the agent labels it: host:port, or a pseudonym), protocol
+//               ("udp_echo", "tcp_connect", "icmp", "unknown"); unique (name, protocol).
+//   pairs       one row per (agent, target) ever seen: where its latest summary is. NULL best_*
+//               means "in the agent's newest batch" (agents.latest_*), the steady state, so the
+//               row is written only when a pair stops or starts appearing in its agent's newest
+//               batch, not per summary. "Latest" ranks a summary that sent probes above one that
+//               did not (an agent's last, partial interval while it drains), then by interval.
+//   partitions  one row per day partition: day (days since the epoch, UTC), name (dYYYYMMDD).
 //
-// Children reference batches(agent_id, seq) with ON DELETE CASCADE, so retention is a DELETE on
-// batches.
+// Data, one set of tables per UTC day of the batch's interval_end_ns (named by the date, e.g.
+// batches_d20260921); a batch's partition is a function of its content, so a resent batch meets
+// its first copy there. Retention (OpenOptions::retention_days) drops whole partitions.
+//   batches_D   one row per batch: id (INTEGER PRIMARY KEY), agent, seq, the interval, when the
+//               collector received it, the region/pop it was filed under, how many children it
+//               had, and the agent's spool_dropped counter. The unique index batches_D_key on
+//               (agent, seq) is the batch key: it makes delivery idempotent (a batch resent with
+//               the same (agent, seq) is acked again but never stored twice; if its content
+//               differs the first one stored wins, since rewriting acked and read data is worse)
+//               and it serves seqs() and the per-agent range scans.
+//   latency_D   one row per Batch.latency entry; its id is (batch id << 24) + its position in the
+//               batch (which rtt_D.target_index refers to), so a batch's summaries are one
+//               contiguous id range and need no index; target is targets.id; every
+//               LatencySummary field, timestamp_source as the wire value (0 userspace,
+//               1 kernel), the histogram as a BLOB (see kHistogramBucketBytes).
+//   load_D      one row per Batch.load entry, id as above: the all-CPU total (cpu == -1) as
+//               columns, cpu_busy = 1 - idle - iowait of that total, memory, load averages, PSI
+//               (NULL where the kernel lacks PSI, i.e. the wire value is negative); per-CPU usage,
+//               interfaces and temperatures as compact JSON arrays (cpus_json, net_json,
+//               temperatures_json): those lists are variable-length, read whole per sample and
+//               rarely filtered, and a child row per CPU per second would multiply the row count
+//               by the core count; json_each()/json_extract() still reach into them.
+//   rtt_D       the optional raw round trips, id as above.
+//   self_D      the agent's self-metrics (Batch.self), keyed by the batch id.
+//
+// Views with the v2 names and columns span every partition and resolve the ids to text, for
+// operators and scripts: batches, latency_summaries, load_samples, rtt_samples, agent_self
+// (e.g. SELECT * FROM latency_summaries WHERE agent_id = 'fra1-edge-07' AND target LIKE 'ams%').
+// They are rebuilt whenever a partition is created or dropped. A query on one day is faster on
+// that day's tables directly.
 struct IncomingBatch {
   const vantage::wire::Batch* batch = nullptr;  // passed the FlatBuffers Verifier; not null
   // Identity from the connection (client certificate / Hello), not from the batch's own fields:
@@ -88,6 +102,15 @@ struct OpenOptions {
   // write lock or migrating the schema under a running collector.
   bool read_only = false;
   int busy_timeout_ms = 5000;
+  // Day partitions wholly older than this many days (by the wall clock) are dropped: at open and
+  // then at most once a minute from store(). 0 keeps everything. A batch whose partition is
+  // already past the limit when it arrives is acked as stored but not written (counted in
+  // expired_on_arrival()): writing it would recreate a partition only to drop it again.
+  int retention_days = 30;
+  // SQLite's page cache for this connection, KiB.
+  int cache_kib = 64 * 1024;
+  // The wall clock retention runs on (ns since the epoch); null: CLOCK_REALTIME. For tests.
+  std::int64_t (*wall_clock_ns)() = nullptr;
 };
 
 // Latest summary per (agent, target).
@@ -151,10 +174,40 @@ struct AgentSummary {
   std::optional<AgentSelfRow> self;  // from the newest batch that carried self-metrics
 };
 
+// One interval of one (source, target) pair, for a drill-down.
+struct PairPoint {
+  std::string agent_id;
+  std::string protocol;
+  std::uint64_t seq = 0;
+  std::int64_t interval_start_ns = 0;
+  std::int64_t interval_end_ns = 0;
+  std::uint32_t sent = 0;
+  std::uint32_t received = 0;
+  std::uint32_t lost = 0;
+  double loss_ratio = 0.0;  // lost / (received + lost), 0 when neither
+  std::int64_t p50_ns = 0;
+  std::int64_t p99_ns = 0;
+};
+
+// The source is one agent (agent_id) or every agent whose batches were filed under a PoP (pop,
+// when agent_id is empty). The target is matched by name under every protocol unless protocol
+// names one. Intervals with from_ns <= interval_end_ns < to_ns.
+struct PairHistoryQuery {
+  std::string_view agent_id;
+  std::string_view pop;
+  std::string_view target;
+  std::string_view protocol;  // "udp_echo", ...; empty: all
+  std::int64_t from_ns = 0;
+  std::int64_t to_ns = 0;
+};
+
 // Histogram BLOB layout: the non-empty buckets in wire order, 6 bytes each: u16 index then u32
 // count, both little-endian, packed. Written field by field rather than copying the FlatBuffers
 // struct, whose 2 padding bytes are whatever the sender put there. NULL when there are none.
 inline constexpr std::size_t kHistogramBucketBytes = 6;
+
+// A partition holds one UTC day of interval_end_ns: day = floor(interval_end_ns / kPartitionNs).
+inline constexpr std::int64_t kPartitionNs = 86'400'000'000'000;
 
 // The protocol as every view of the data names it: "udp_echo", "tcp_connect", "icmp"; a newer
 // agent's protocol is "unknown" (stored and labelled, not lost).
@@ -162,9 +215,11 @@ const char* protocol_name(vantage::wire::Protocol protocol) noexcept;
 
 class SqliteStore {
  public:
-  static constexpr int kSchemaVersion = 2;  // PRAGMA user_version
+  static constexpr int kSchemaVersion = 3;  // PRAGMA user_version
 
-  // Opens or creates the database and brings its schema to kSchemaVersion.
+  // Opens or creates the database and brings its schema to kSchemaVersion: a version 1 or 2
+  // database is copied into the partitioned layout in one transaction (a crash leaves it as it
+  // was). Then drops expired partitions (not read-only).
   static Result<SqliteStore> open(const std::string& path, const OpenOptions& options = {});
 
   SqliteStore(SqliteStore&&) noexcept;
@@ -178,39 +233,31 @@ class SqliteStore {
 
   // Time spent in COMMIT (the durable write) and in the whole transaction of the last store()
   // that committed; a failed store() leaves both unchanged (it committed nothing).
-  std::int64_t last_commit_ns() const noexcept { return last_commit_ns_; }
-  std::int64_t last_store_ns() const noexcept { return last_store_ns_; }
+  std::int64_t last_commit_ns() const noexcept;
+  std::int64_t last_store_ns() const noexcept;
+
+  // Drops every partition wholly older than retention_days before now_ns (wall clock) and returns
+  // how many it dropped; 0 when retention is off. store() calls it itself once a minute.
+  std::size_t drop_expired(std::int64_t now_ns);
+  // Batches acked without being written because their partition had already expired.
+  std::uint64_t expired_on_arrival() const noexcept;
+  // The partitions present, as days since the epoch (UTC), ascending.
+  Result<std::vector<std::int64_t>> partition_days();
 
   Result<std::vector<LatestLatency>> latest_latency();
   Result<std::vector<LatestLoad>> latest_load_per_pop();
   Result<std::vector<AgentSummary>> agents();
   // Every stored seq of the agent, ascending.
   Result<std::vector<std::uint64_t>> seqs(std::string_view agent_id);
+  // One pair's intervals in a time range, by interval_end_ns then agent.
+  Result<std::vector<PairPoint>> pair_history(const PairHistoryQuery& query);
 
-  const std::string& path() const noexcept { return path_; }
+  const std::string& path() const noexcept;
 
  private:
-  struct DbCloser {
-    void operator()(sqlite3* db) const noexcept;
-  };
-  struct StmtFinalizer {
-    void operator()(sqlite3_stmt* stmt) const noexcept;
-  };
-  using Db = std::unique_ptr<sqlite3, DbCloser>;
-  using Stmt = std::unique_ptr<sqlite3_stmt, StmtFinalizer>;
-
-  SqliteStore(std::string path, Db db);
-
-  std::string error(std::string_view what) const;
-  std::string prepare_all();
-  std::string store_one(const IncomingBatch& in, StoreOutcome& outcome);
-
-  std::string path_;
-  Db db_;  // declared before the statements: destroyed after them
-  Stmt begin_, commit_, rollback_;
-  Stmt upsert_agent_, insert_batch_, insert_latency_, insert_load_, insert_rtt_, insert_self_;
-  std::int64_t last_commit_ns_ = 0;
-  std::int64_t last_store_ns_ = 0;
+  struct Impl;
+  explicit SqliteStore(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
 };
 
 }  // namespace vantage::collector::store

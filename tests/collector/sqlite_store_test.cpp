@@ -1,6 +1,7 @@
 // Tests for SqliteStore on real database files: every column of a round trip, dedupe by
-// (agent, seq), group commit, durability across reopen and across a SIGKILLed writer, error
-// paths with nothing half-written, and the operator queries.
+// (agent, seq) within and across day partitions, group commit, durability across reopen and
+// across a SIGKILLed writer, error paths with nothing half-written, retention by partition,
+// migration from the v1/v2 layouts, and the operator queries.
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -28,6 +29,8 @@ namespace {
 
 namespace wire = vantage::wire;
 using vantage::collector::store::IncomingBatch;
+using vantage::collector::store::kPartitionNs;
+using vantage::collector::store::PairHistoryQuery;
 using vantage::collector::store::OpenOptions;
 using vantage::collector::store::SqliteStore;
 using vantage::collector::store::StoreOutcome;
@@ -35,6 +38,159 @@ using Bytes = std::vector<std::uint8_t>;
 
 constexpr std::int64_t kT0 = 1'790'000'000'000'000'000;
 constexpr std::int64_t kSecond = 1'000'000'000;
+constexpr std::int64_t kDay0 = kT0 / kPartitionNs;  // kT0 is 14:13:20 UTC on this day
+
+// The wall clock the stores in these tests run on: retention must not depend on the real date.
+std::int64_t fake_now = kT0 + 3600 * kSecond;
+std::int64_t fake_clock() { return fake_now; }
+
+OpenOptions test_options() {
+  OpenOptions o;
+  o.wall_clock_ns = fake_clock;
+  o.cache_kib = 2048;
+  return o;
+}
+
+// The layouts of schema versions 1 and 2 exactly as those collectors created them, to build old
+// databases for the migration tests.
+constexpr const char* kOldSchemaV1 = R"sql(
+CREATE TABLE agents(
+  agent_id         TEXT PRIMARY KEY NOT NULL,
+  region           TEXT NOT NULL,
+  pop              TEXT NOT NULL,
+  arch             TEXT NOT NULL DEFAULT '',
+  software_version TEXT NOT NULL DEFAULT '',
+  first_seen_ns    INTEGER NOT NULL,
+  last_seen_ns     INTEGER NOT NULL
+);
+CREATE TABLE batches(
+  agent_id          TEXT NOT NULL REFERENCES agents(agent_id),
+  seq               INTEGER NOT NULL,
+  interval_start_ns INTEGER NOT NULL,
+  interval_end_ns   INTEGER NOT NULL,
+  received_ns       INTEGER NOT NULL,
+  region            TEXT NOT NULL,
+  pop               TEXT NOT NULL,
+  latency_count     INTEGER NOT NULL,
+  load_count        INTEGER NOT NULL,
+  rtt_sample_count  INTEGER NOT NULL,
+  spool_dropped     INTEGER NOT NULL,
+  PRIMARY KEY (agent_id, seq)
+) WITHOUT ROWID;
+CREATE INDEX batches_by_pop ON batches(pop, interval_end_ns);
+CREATE TABLE latency_summaries(
+  agent_id           TEXT NOT NULL,
+  seq                INTEGER NOT NULL,
+  idx                INTEGER NOT NULL,
+  target             TEXT NOT NULL,
+  protocol           TEXT NOT NULL,
+  sent               INTEGER NOT NULL,
+  received           INTEGER NOT NULL,
+  lost               INTEGER NOT NULL,
+  late               INTEGER NOT NULL,
+  reordered          INTEGER NOT NULL,
+  duplicates         INTEGER NOT NULL,
+  lost_outbound      INTEGER NOT NULL,
+  lost_inbound       INTEGER NOT NULL,
+  min_ns             INTEGER NOT NULL,
+  max_ns             INTEGER NOT NULL,
+  mean_ns            REAL,
+  stddev_ns          REAL,
+  p50_ns             INTEGER NOT NULL,
+  p90_ns             INTEGER NOT NULL,
+  p99_ns             INTEGER NOT NULL,
+  p999_ns            INTEGER NOT NULL,
+  jitter_mean_ns     REAL,
+  jitter_p99_ns      INTEGER NOT NULL,
+  timestamp_source   TEXT NOT NULL,
+  histogram_scheme   INTEGER NOT NULL,
+  histogram          BLOB,
+  send_errors        INTEGER NOT NULL,
+  unexpected         INTEGER NOT NULL,
+  invalid            INTEGER NOT NULL,
+  reflector_restarts INTEGER NOT NULL,
+  session_resets     INTEGER NOT NULL,
+  ipdv_count         INTEGER NOT NULL,
+  histogram_overflow INTEGER NOT NULL,
+  histogram_dropped  INTEGER NOT NULL,
+  interval_start_ns  INTEGER NOT NULL,
+  interval_end_ns    INTEGER NOT NULL,
+  PRIMARY KEY (agent_id, seq, idx),
+  FOREIGN KEY (agent_id, seq) REFERENCES batches(agent_id, seq) ON DELETE CASCADE
+) WITHOUT ROWID;
+CREATE INDEX latency_by_target ON latency_summaries(agent_id, target, interval_end_ns);
+CREATE TABLE load_samples(
+  agent_id          TEXT NOT NULL,
+  seq               INTEGER NOT NULL,
+  idx               INTEGER NOT NULL,
+  time_ns           INTEGER NOT NULL,
+  arch              TEXT NOT NULL,
+  cpu_user          REAL,
+  cpu_system        REAL,
+  cpu_iowait        REAL,
+  cpu_steal         REAL,
+  cpu_irq           REAL,
+  cpu_softirq       REAL,
+  cpu_idle          REAL,
+  cpu_busy          REAL,
+  cpu_count         INTEGER NOT NULL,
+  mem_total         INTEGER,
+  mem_available     INTEGER,
+  mem_dirty         INTEGER,
+  swap_total        INTEGER,
+  swap_free         INTEGER,
+  load1             REAL,
+  load5             REAL,
+  load15            REAL,
+  psi_cpu_some      REAL,
+  psi_memory_some   REAL,
+  psi_memory_full   REAL,
+  psi_io_some       REAL,
+  psi_io_full       REAL,
+  cpus_json         TEXT NOT NULL,
+  net_json          TEXT NOT NULL,
+  temperatures_json TEXT NOT NULL,
+  PRIMARY KEY (agent_id, seq, idx),
+  FOREIGN KEY (agent_id, seq) REFERENCES batches(agent_id, seq) ON DELETE CASCADE
+) WITHOUT ROWID;
+CREATE INDEX load_by_time ON load_samples(agent_id, time_ns);
+CREATE TABLE rtt_samples(
+  agent_id     TEXT NOT NULL,
+  seq          INTEGER NOT NULL,
+  idx          INTEGER NOT NULL,
+  target_index INTEGER NOT NULL,
+  probe_seq    INTEGER NOT NULL,
+  send_time_ns INTEGER NOT NULL,
+  rtt_ns       INTEGER NOT NULL,
+  PRIMARY KEY (agent_id, seq, idx),
+  FOREIGN KEY (agent_id, seq) REFERENCES batches(agent_id, seq) ON DELETE CASCADE
+) WITHOUT ROWID;
+)sql";
+
+
+constexpr const char* kOldSchemaV2 = R"sql(
+CREATE TABLE agent_self(
+  agent_id           TEXT NOT NULL,
+  seq                INTEGER NOT NULL,
+  interval_end_ns    INTEGER NOT NULL,
+  process_start_ns   INTEGER NOT NULL,
+  config_generation  INTEGER NOT NULL,
+  rss_bytes          INTEGER NOT NULL,
+  cpu_user_ns        INTEGER NOT NULL,
+  cpu_system_ns      INTEGER NOT NULL,
+  probe_ring_dropped INTEGER NOT NULL,
+  load_ring_dropped  INTEGER NOT NULL,
+  spool_records      INTEGER NOT NULL,
+  spool_bytes        INTEGER NOT NULL,
+  reconnects         INTEGER NOT NULL,
+  connect_failures   INTEGER NOT NULL,
+  tls_failures       INTEGER NOT NULL,
+  rejected           INTEGER NOT NULL,
+  PRIMARY KEY (agent_id, seq),
+  FOREIGN KEY (agent_id, seq) REFERENCES batches(agent_id, seq) ON DELETE CASCADE
+) WITHOUT ROWID;
+)sql";
+
 
 // A fresh directory per test, removed afterwards.
 class TempDir {
@@ -113,7 +269,7 @@ struct Batches {
   }
 };
 
-SqliteStore open_store(const std::string& path, const OpenOptions& options = {}) {
+SqliteStore open_store(const std::string& path, const OpenOptions& options = test_options()) {
   auto opened = SqliteStore::open(path, options);
   INFO(opened.error);
   REQUIRE(opened);
@@ -469,34 +625,6 @@ TEST_CASE("round trip: every column of a batch with 3 latency summaries and 2 lo
   CHECK(summary.self->rejected == 110);
 }
 
-TEST_CASE("migration: a version-1 database gains agent_self and keeps its rows") {
-  TempDir dir;
-  const std::string path = dir.file("store.db");
-  {
-    SqliteStore store = open_store(path);
-    Batches in;
-    in.add(rich_batch(), "fra1-edge-07", "fra1", kT0 + 2 * kSecond);
-    REQUIRE(store.store(in.incoming));
-  }
-  {
-    // What a version-1 collector left behind: no agent_self table.
-    RawDb db(path);
-    db.exec("DROP TABLE agent_self; PRAGMA user_version=1;");
-  }
-  {
-    SqliteStore store = open_store(path);
-    auto agents = store.agents();
-    REQUIRE(agents);
-    REQUIRE(agents.value->size() == 1);
-    CHECK((*agents.value)[0].max_seq == 4242);
-    CHECK_FALSE((*agents.value)[0].self.has_value());  // that batch's self-metrics went with the table
-  }
-  RawDb db(path);
-  CHECK(db.integer("PRAGMA user_version") == 2);
-  CHECK(db.integer("SELECT count(*) FROM agent_self") == 0);
-  CHECK(db.integer("SELECT count(*) FROM batches") == 1);
-}
-
 TEST_CASE("dedupe: the same (agent, seq) twice in one call and across calls is stored once") {
   TempDir dir;
   const std::string path = dir.file("store.db");
@@ -605,7 +733,7 @@ std::vector<std::uint64_t> run_and_kill(const std::string& path, std::uint64_t f
   if (pid == 0) {
     // Child: no doctest, no return into the runner.
     close(fds[0]);
-    auto opened = SqliteStore::open(path);
+    auto opened = SqliteStore::open(path, test_options());
     if (!opened) _exit(2);
     for (std::uint64_t seq = first_seq; seq < first_seq + 1'000'000; seq += 4) {
       std::vector<Bytes> buffers;
@@ -719,7 +847,7 @@ TEST_CASE("errors: a read-only database refuses to store and nothing is written"
     in.add(simple_batch("a", 1), "a");
     REQUIRE(store.store(in.incoming));
   }
-  OpenOptions read_only;
+  OpenOptions read_only = test_options();
   read_only.read_only = true;
   SqliteStore store = open_store(path, read_only);
   Batches in;
@@ -751,10 +879,11 @@ TEST_CASE("errors: a failure in the middle of a group rolls the whole group back
     REQUIRE(store.store(in.incoming));
   }
   RawDb db(path);
-  // Fails the third batch's load sample, after two batches and its own latency rows went in.
-  db.exec(
-      "CREATE TRIGGER injected BEFORE INSERT ON load_samples WHEN NEW.seq = 4 "
-      "BEGIN SELECT RAISE(ABORT, 'injected failure'); END");
+  // Fails the third batch's load sample (agent a, seq 4, sampled at T0 + 4.5 s), after two
+  // batches and its own latency rows went in.
+  const std::string load_table = "load_" + db.text("SELECT name FROM partitions");
+  db.exec("CREATE TRIGGER injected BEFORE INSERT ON " + load_table + " WHEN NEW.time_ns = " +
+          std::to_string(kT0 + 4 * kSecond + kSecond / 2) + " BEGIN SELECT RAISE(ABORT, 'injected failure'); END");
   Batches group;
   group.add(simple_batch("a", 2), "a", "fra1", kT0 + 200 * kSecond);
   group.add(simple_batch("b", 1), "b", "ams1", kT0 + 200 * kSecond);
@@ -843,4 +972,418 @@ TEST_CASE("queries: latest latency per (agent, target) and latest load per PoP")
   CHECK(*fra.mem_total == (8LL << 30));
   CHECK(*fra.mem_available == (4LL << 30));
   CHECK_FALSE(fra.psi_cpu_some.has_value());
+}
+
+namespace {
+
+// A batch for interval (end - 10 s, end]: one summary per target with the given p50 and sent.
+Bytes batch_at(const std::string& agent, std::uint64_t seq, std::int64_t end,
+               const std::vector<std::string>& targets, std::int64_t p50, std::uint32_t sent = 10,
+               const std::string& pop = "fra1") {
+  flatbuffers::FlatBufferBuilder fbb;
+  std::vector<flatbuffers::Offset<wire::LatencySummary>> latency;
+  for (const auto& t : targets) {
+    latency.push_back(wire::CreateLatencySummaryDirect(fbb, t.c_str(), wire::Protocol::UdpEcho, sent,
+                                                       sent == 0 ? 0 : sent - 1, sent == 0 ? 0 : 1, 0, 0, 0, 0,
+                                                       1, p50 / 2, p50 * 2, static_cast<double>(p50), 1000.0,
+                                                       p50, p50, p50 + 7, p50 + 9, 300.0, 900));
+  }
+  std::vector<wire::CpuUsage> cpus{{-1, 0.25f, 0.125f, 0.0f, 0.0f, 0.0f, 0.0f, 0.5f, 0}};
+  std::vector<flatbuffers::Offset<wire::LoadSample>> load{
+      wire::CreateLoadSampleDirect(fbb, end - kSecond, "amd64", &cpus)};
+  return finish(fbb, wire::CreateBatchDirect(fbb, agent.c_str(), seq, end - 10 * kSecond, end, "eu-central",
+                                             pop.c_str(), &latency, &load));
+}
+
+std::int64_t day_start(std::int64_t day) { return day * kPartitionNs; }
+
+}  // namespace
+
+TEST_CASE("partitions: a batch lands in the UTC day of its interval end; a resend is a duplicate in any group") {
+  TempDir dir;
+  const std::string path = dir.file("store.db");
+  SqliteStore store = open_store(path);
+  const std::int64_t d1 = day_start(kDay0 + 1);
+  Batches in;
+  in.add(batch_at("a", 1, d1 - kSecond, {"t1"}, 1'000'000), "a");  // the last second of day 0
+  in.add(batch_at("a", 2, d1, {"t1"}, 2'000'000), "a");             // midnight belongs to day 1
+  in.add(batch_at("a", 3, d1 + 10 * kSecond, {"t1"}, 3'000'000), "a");
+  REQUIRE(store.store(in.incoming));
+  CHECK(*store.partition_days().value == std::vector<std::int64_t>{kDay0, kDay0 + 1});
+  RawDb db(path);
+  CHECK(db.text("SELECT group_concat(name) FROM partitions") == "d20260921,d20260922");
+  CHECK(db.integer("SELECT count(*) FROM batches_d20260921") == 1);
+  CHECK(db.integer("SELECT count(*) FROM batches_d20260922") == 2);
+  CHECK(db.integer("SELECT count(*) FROM latency_d20260922") == 2);
+
+  // Resent (different content, same key) alone, and together with a new batch: duplicates.
+  Batches again;
+  again.add(batch_at("a", 1, d1 - kSecond, {"t1", "t2"}, 9'000'000), "a");
+  again.add(batch_at("a", 3, d1 + 10 * kSecond, {"t1"}, 9'000'000), "a");
+  again.add(batch_at("a", 4, d1 + 20 * kSecond, {"t1"}, 4'000'000), "a");
+  auto r = store.store(again.incoming);
+  REQUIRE(r);
+  CHECK(*r.value ==
+        std::vector<StoreOutcome>{StoreOutcome::kDuplicate, StoreOutcome::kDuplicate, StoreOutcome::kStored});
+  CHECK(*store.seqs("a").value == one_to(4));
+  CHECK(db.integer("SELECT count(*) FROM latency_summaries WHERE agent_id = 'a' AND p50_ns = 9000000") == 0);
+  CHECK(db.integer("SELECT count(*) FROM latency_summaries") == 4);
+  auto agents = store.agents();
+  REQUIRE(agents);
+  CHECK((*agents.value)[0].batch_count == 4);
+  CHECK((*agents.value)[0].max_seq == 4);
+}
+
+TEST_CASE("latest latency across partitions: older pairs, out-of-order arrival and empty intervals") {
+  TempDir dir;
+  const std::string path = dir.file("store.db");
+  const std::int64_t d1 = day_start(kDay0 + 1);
+  {
+    SqliteStore store = open_store(path);
+    Batches in;
+    in.add(batch_at("a", 1, d1 - 60 * kSecond, {"t1", "t2"}, 1'000'000), "a");
+    in.add(batch_at("a", 3, d1 + 60 * kSecond, {"t1"}, 3'000'000), "a");
+    in.add(batch_at("a", 2, d1 + 30 * kSecond, {"t1", "t3"}, 2'000'000), "a");  // late arrival
+    REQUIRE(store.store(in.incoming));
+    auto rows = *store.latest_latency().value;
+    REQUIRE(rows.size() == 3);
+    CHECK(rows[0].target == "t1");
+    CHECK(rows[0].seq == 3);
+    CHECK(rows[1].target == "t2");
+    CHECK(rows[1].seq == 1);  // only in the older day
+    CHECK(rows[1].interval_end_ns == d1 - 60 * kSecond);
+    CHECK(rows[2].target == "t3");
+    CHECK(rows[2].seq == 2);
+    CHECK(rows[2].p50_ns == 2'000'000);
+  }
+  // After a reopen (the in-memory state read back): an interval without probes (sent 0) does not
+  // replace the last one that measured the path; one that measured it does.
+  {
+    SqliteStore store = open_store(path);
+    Batches in;
+    in.add(batch_at("a", 4, d1 + 90 * kSecond, {"t1", "t2"}, 4'000'000, 0), "a");
+    REQUIRE(store.store(in.incoming));
+    auto rows = *store.latest_latency().value;
+    REQUIRE(rows.size() == 3);
+    CHECK(rows[0].seq == 3);  // t1: seq 4 sent nothing
+    CHECK(rows[1].seq == 1);  // t2 likewise
+    CHECK(rows[2].seq == 2);
+  }
+  {
+    SqliteStore store = open_store(path);
+    auto rows = *store.latest_latency().value;
+    REQUIRE(rows.size() == 3);
+    CHECK(rows[0].seq == 3);
+    Batches in;
+    in.add(batch_at("a", 5, d1 + 100 * kSecond, {"t2"}, 5'000'000), "a");
+    REQUIRE(store.store(in.incoming));
+    rows = *store.latest_latency().value;
+    REQUIRE(rows.size() == 3);
+    CHECK(rows[0].seq == 3);
+    CHECK(rows[1].seq == 5);
+    CHECK(rows[1].p50_ns == 5'000'000);
+  }
+  // A pair that was only ever idle still shows its newest interval.
+  SqliteStore store = open_store(path);
+  Batches in;
+  in.add(batch_at("b", 1, d1, {"t9"}, 0, 0, "ams1"), "b", "ams1");
+  REQUIRE(store.store(in.incoming));
+  auto rows = *store.latest_latency().value;
+  REQUIRE(rows.size() == 4);
+  CHECK(rows[0].agent_id == "b");
+  CHECK(rows[0].sent == 0);
+}
+
+TEST_CASE("dictionaries: ids survive reopen, no duplicate agents or targets, latest stays right") {
+  TempDir dir;
+  const std::string path = dir.file("store.db");
+  for (std::uint64_t round = 0; round < 3; ++round) {
+    SqliteStore store = open_store(path);
+    Batches in;
+    for (std::uint64_t k = 1; k <= 4; ++k) {
+      const std::uint64_t seq = round * 4 + k;
+      in.add(batch_at("a", seq, kT0 + static_cast<std::int64_t>(seq) * 10 * kSecond, {"t1", "t2"},
+                      static_cast<std::int64_t>(seq) * 1000),
+             "a");
+      in.add(batch_at("b", seq, kT0 + static_cast<std::int64_t>(seq) * 10 * kSecond, {"t2", "t3"},
+                      static_cast<std::int64_t>(seq) * 1000, 10, "ams1"),
+             "b", "ams1");
+    }
+    auto r = store.store(in.incoming);
+    INFO(r.error);
+    REQUIRE(r);
+  }
+  RawDb db(path);
+  CHECK(db.integer("SELECT count(*) FROM agents") == 2);
+  CHECK(db.integer("SELECT count(*) FROM targets") == 3);
+  CHECK(db.integer("SELECT count(*) FROM pairs") == 4);
+  // The steady state: every pair's latest row is in its agent's newest batch, nothing written.
+  CHECK(db.integer("SELECT count(*) FROM pairs WHERE best_day IS NOT NULL") == 0);
+  SqliteStore store = open_store(path);
+  auto rows = *store.latest_latency().value;
+  REQUIRE(rows.size() == 4);
+  for (const auto& row : rows) {
+    CHECK(row.seq == 12);
+    CHECK(row.p50_ns == 12'000);
+  }
+  CHECK(*store.seqs("a").value == one_to(12));
+  auto agents = *store.agents().value;
+  REQUIRE(agents.size() == 2);
+  CHECK(agents[0].batch_count == 12);
+  CHECK(agents[1].pop == "ams1");
+}
+
+TEST_CASE("pair history: one pair's intervals in a range, by agent or by PoP, across partitions") {
+  TempDir dir;
+  SqliteStore store = open_store(dir.file("store.db"));
+  const std::int64_t d1 = day_start(kDay0 + 1);
+  Batches in;
+  // a (fra1) and b (fra1) and c (ams1) every 10 s from 60 s before midnight to 60 s after.
+  std::uint64_t seq = 0;
+  for (std::int64_t end = d1 - 60 * kSecond; end <= d1 + 60 * kSecond; end += 10 * kSecond) {
+    ++seq;
+    const std::int64_t p50 = (end - d1) / kSecond + 1000;
+    in.add(batch_at("a", seq, end, {"t1", "t2"}, p50), "a");
+    in.add(batch_at("b", seq, end, {"t2", "t1"}, p50 + 1), "b");
+    in.add(batch_at("c", seq, end, {"t1"}, p50 + 2, 10, "ams1"), "c", "ams1");
+  }
+  REQUIRE(store.store(in.incoming));
+
+  PairHistoryQuery q;
+  q.agent_id = "a";
+  q.target = "t1";
+  q.from_ns = d1 - 30 * kSecond;
+  q.to_ns = d1 + 30 * kSecond;  // exclusive
+  auto h = store.pair_history(q);
+  INFO(h.error);
+  REQUIRE(h);
+  const auto& points = *h.value;
+  REQUIRE(points.size() == 6);
+  for (std::size_t i = 0; i < points.size(); ++i) {
+    const std::int64_t end = d1 - 30 * kSecond + static_cast<std::int64_t>(i) * 10 * kSecond;
+    CAPTURE(i);
+    CHECK(points[i].agent_id == "a");
+    CHECK(points[i].interval_end_ns == end);
+    CHECK(points[i].interval_start_ns == end - 10 * kSecond);
+    CHECK(points[i].p50_ns == (end - d1) / kSecond + 1000);
+    CHECK(points[i].p99_ns == (end - d1) / kSecond + 1000 + 7);
+    CHECK(points[i].protocol == "udp_echo");
+    CHECK(points[i].sent == 10);
+    CHECK(points[i].loss_ratio == doctest::Approx(0.1));
+  }
+  CHECK(points[0].seq == 4);
+
+  q.agent_id = {};
+  q.pop = "fra1";
+  auto by_pop = *store.pair_history(q).value;
+  REQUIRE(by_pop.size() == 12);
+  CHECK(by_pop[0].agent_id == "a");
+  CHECK(by_pop[1].agent_id == "b");
+  CHECK(by_pop[1].p50_ns == by_pop[0].p50_ns + 1);
+
+  q.pop = "ams1";
+  CHECK(store.pair_history(q).value->size() == 6);
+  q.protocol = "icmp";
+  CHECK(store.pair_history(q).value->empty());
+  q.protocol = {};
+  q.target = "t2";
+  CHECK(store.pair_history(q).value->empty());
+  q.pop = {};
+  q.agent_id = "nobody";
+  CHECK(store.pair_history(q).value->empty());
+}
+
+TEST_CASE("retention: whole days drop, ingest goes on, batches already expired are acked and not stored") {
+  TempDir dir;
+  const std::string path = dir.file("store.db");
+  OpenOptions options = test_options();
+  options.retention_days = 2;
+  fake_now = day_start(kDay0) + 3600 * kSecond;
+  SqliteStore store = open_store(path, options);
+  {
+    Batches in;
+    in.add(batch_at("a", 1, day_start(kDay0) + 60 * kSecond, {"t1", "t2"}, 1000), "a");
+    in.add(batch_at("a", 2, day_start(kDay0 + 1) + 60 * kSecond, {"t1"}, 2000), "a");
+    in.add(batch_at("b", 1, day_start(kDay0) + 60 * kSecond, {"t1"}, 3000, 10, "ams1"), "b", "ams1");
+    REQUIRE(store.store(in.incoming));
+  }
+  CHECK(store.drop_expired(day_start(kDay0 + 3) - 1) == 0);  // day 0 is not yet wholly 2 days old
+  CHECK(store.drop_expired(day_start(kDay0 + 3)) == 1);
+  CHECK(*store.partition_days().value == std::vector<std::int64_t>{kDay0 + 1});
+  CHECK(*store.seqs("a").value == std::vector<std::uint64_t>{2});
+  CHECK(store.seqs("b").value->empty());
+  {
+    auto rows = *store.latest_latency().value;
+    REQUIRE(rows.size() == 1);  // a/t1 from day 1; a/t2 and b/t1 went with day 0
+    CHECK(rows[0].agent_id == "a");
+    CHECK(rows[0].seq == 2);
+    auto agents = *store.agents().value;
+    REQUIRE(agents.size() == 2);
+    CHECK(agents[0].batch_count == 1);
+    CHECK(agents[1].batch_count == 0);
+    CHECK(store.latest_load_per_pop().value->size() == 1);
+  }
+  // Ingest goes on: into the kept day, a new day, and a batch for the dropped day (expired on
+  // arrival: acked as stored, not written, the day not recreated).
+  fake_now = day_start(kDay0 + 3);
+  {
+    Batches in;
+    in.add(batch_at("a", 3, day_start(kDay0 + 1) + 120 * kSecond, {"t1", "t2"}, 4000), "a");
+    in.add(batch_at("b", 2, day_start(kDay0 + 2) + 60 * kSecond, {"t1"}, 5000, 10, "ams1"), "b", "ams1");
+    in.add(batch_at("b", 0, day_start(kDay0) + 30 * kSecond, {"t1"}, 6000, 10, "ams1"), "b", "ams1");
+    auto r = store.store(in.incoming);
+    INFO(r.error);
+    REQUIRE(r);
+    CHECK(*r.value == std::vector<StoreOutcome>(3, StoreOutcome::kStored));
+  }
+  CHECK(store.expired_on_arrival() == 1);
+  CHECK(*store.partition_days().value == std::vector<std::int64_t>{kDay0 + 1, kDay0 + 2});
+  CHECK(*store.seqs("a").value == std::vector<std::uint64_t>{2, 3});
+  CHECK(*store.seqs("b").value == std::vector<std::uint64_t>{2});
+  CHECK(store.latest_latency().value->size() == 3);
+
+  // store() drops on its own once the clock moves (at most once a minute).
+  fake_now = day_start(kDay0 + 4) + 61 * kSecond;
+  {
+    Batches in;
+    in.add(batch_at("b", 3, day_start(kDay0 + 4), {"t1"}, 7000, 10, "ams1"), "b", "ams1");
+    REQUIRE(store.store(in.incoming));
+  }
+  CHECK(*store.partition_days().value == std::vector<std::int64_t>{kDay0 + 2, kDay0 + 4});
+  CHECK(store.seqs("a").value->empty());
+  CHECK(*store.seqs("b").value == std::vector<std::uint64_t>{2, 3});
+  RawDb db(path);
+  CHECK(db.integer("SELECT count(*) FROM batches") == 2);  // the views follow
+  CHECK(db.integer("SELECT count(*) FROM sqlite_master WHERE name LIKE '%_d20260921'") == 0);
+  fake_now = kT0 + 3600 * kSecond;
+}
+
+namespace {
+
+// A version-2 database as that collector wrote it: two agents, three batches over two days, with
+// summaries (one with a histogram), load samples, a raw sample and self-metrics.
+void write_v2_database(const std::string& path, bool version1) {
+  std::ofstream{path};  // an empty file is an empty database
+  RawDb db(path);
+  db.exec(std::string("BEGIN;") + kOldSchemaV1 + (version1 ? "" : kOldSchemaV2) + "PRAGMA user_version=" +
+          (version1 ? "1" : "2") + ";COMMIT;");
+  const std::string t0 = std::to_string(kT0);
+  const std::string d1 = std::to_string(day_start(kDay0 + 1) + 5 * kSecond);
+  db.exec("INSERT INTO agents VALUES ('fra-1', 'eu-central', 'fra1', 'amd64', '0.1.0', " + t0 + ", " + d1 + ");"
+          "INSERT INTO agents VALUES ('ams-1', 'eu-central', 'ams1', 'arm64', '0.1.0', " + t0 + ", " + t0 + ");");
+  const auto batch = [&](const char* agent, int seq, const std::string& end, const char* pop) {
+    db.exec(std::string("INSERT INTO batches VALUES ('") + agent + "', " + std::to_string(seq) + ", " + end +
+            " - 1000000000, " + end + ", " + end + " + 5, 'eu-central', '" + pop + "', 2, 1, 1, " +
+            std::to_string(seq * 10) + ")");
+  };
+  batch("fra-1", 1, t0, "fra1");
+  batch("fra-1", 2, d1, "fra1");
+  batch("ams-1", 7, t0, "ams1");
+  const auto summary = [&](const char* agent, int seq, int idx, const char* target, int p50, const std::string& end,
+                           const char* histogram) {
+    db.exec(std::string("INSERT INTO latency_summaries VALUES ('") + agent + "', " + std::to_string(seq) + ", " +
+            std::to_string(idx) + ", '" + target + "', 'udp_echo', 10, 9, 1, 0, 0, 0, 0, 1, 5, 50, 20.5, 2.5, " +
+            std::to_string(p50) + ", 30, " + std::to_string(p50 + 7) + ", 45, 3.5, 9, 'kernel', 1, " + histogram +
+            ", 1, 2, 3, 4, 5, 6, 7, 8, " + end + " - 1000000000, " + end + ")");
+  };
+  summary("fra-1", 1, 0, "t1", 100, t0, "X'2c01070000002d015a000000'");
+  summary("fra-1", 1, 1, "t2", 200, t0, "NULL");
+  summary("fra-1", 2, 0, "t1", 300, d1, "NULL");
+  summary("fra-1", 2, 1, "t3", 400, d1, "NULL");
+  summary("ams-1", 7, 0, "t1", 500, t0, "NULL");
+  summary("ams-1", 7, 1, "t2", 600, t0, "NULL");
+  for (const auto& [agent, seq, time] : {std::tuple{"fra-1", 1, t0}, std::tuple{"fra-1", 2, d1},
+                                         std::tuple{"ams-1", 7, t0}}) {
+    db.exec(std::string("INSERT INTO load_samples VALUES ('") + agent + "', " + std::to_string(seq) + ", 0, " +
+            time + ", 'amd64', 0.25, 0.125, 0, 0, 0, 0, 0.5, 0.5, 4, 8589934592, 4294967296, 0, 0, 0, 0.5, 0.75, "
+            "1.0, NULL, NULL, NULL, NULL, NULL, '[]', '[]', '[]')");
+    db.exec(std::string("INSERT INTO rtt_samples VALUES ('") + agent + "', " + std::to_string(seq) +
+            ", 0, 1, 41, 5000, 2000)");
+  }
+  if (!version1) {
+    db.exec("INSERT INTO agent_self VALUES ('fra-1', 2, " + d1 + ", 11, 3, 5000000000, 101, 102, 103, 104, 105, "
+            "106, 107, 108, 109, 110)");
+  }
+}
+
+}  // namespace
+
+TEST_CASE("migration: a version-2 database is copied into day partitions and reads as before") {
+  TempDir dir;
+  const std::string path = dir.file("store.db");
+  write_v2_database(path, false);
+  {
+    OpenOptions read_only = test_options();
+    read_only.read_only = true;
+    auto refused = SqliteStore::open(path, read_only);
+    REQUIRE_FALSE(refused);
+    CHECK(refused.error.find(path) != std::string::npos);
+    CHECK(refused.error.find("schema version 2") != std::string::npos);
+  }
+  SqliteStore store = open_store(path);
+  CHECK(*store.partition_days().value == std::vector<std::int64_t>{kDay0, kDay0 + 1});
+  CHECK(*store.seqs("fra-1").value == std::vector<std::uint64_t>{1, 2});
+  CHECK(*store.seqs("ams-1").value == std::vector<std::uint64_t>{7});
+  auto latest = *store.latest_latency().value;
+  REQUIRE(latest.size() == 5);  // ams-1/t1, ams-1/t2, fra-1/t1, fra-1/t2, fra-1/t3
+  CHECK(latest[0].agent_id == "ams-1");
+  CHECK(latest[0].p50_ns == 500);
+  CHECK(latest[2].target == "t1");
+  CHECK(latest[2].seq == 2);
+  CHECK(latest[2].p50_ns == 300);
+  CHECK(latest[2].p99_ns == 307);
+  CHECK(latest[3].target == "t2");
+  CHECK(latest[3].seq == 1);
+  CHECK(latest[4].target == "t3");
+  auto agents = *store.agents().value;
+  REQUIRE(agents.size() == 2);
+  CHECK(agents[1].agent_id == "fra-1");
+  CHECK(agents[1].batch_count == 2);
+  CHECK(agents[1].max_seq == 2);
+  CHECK(agents[1].spool_dropped == 20);
+  REQUIRE(agents[1].self.has_value());
+  CHECK(agents[1].self->seq == 2);
+  CHECK(agents[1].self->rss_bytes == 5'000'000'000ull);
+  CHECK(agents[1].self->rejected == 110);
+  CHECK_FALSE(agents[0].self.has_value());
+  CHECK(store.latest_load_per_pop().value->size() == 2);
+  {
+    RawDb db(path);
+    CHECK(db.integer("PRAGMA user_version") == 3);
+    CHECK(db.integer("SELECT count(*) FROM sqlite_master WHERE name LIKE 'v2_%'") == 0);
+    auto row = db.rows("SELECT * FROM latency_summaries WHERE agent_id = 'fra-1' AND seq = 1 AND idx = 0");
+    REQUIRE(row.size() == 1);
+    CHECK(row[0]["target"].s == "t1");
+    CHECK(row[0]["timestamp_source"].s == "kernel");
+    CHECK(row[0]["histogram"].s == std::string("\x2c\x01\x07\x00\x00\x00\x2d\x01\x5a\x00\x00\x00", 12));
+    CHECK(row[0]["histogram_dropped"].i == 8);
+    CHECK(row[0]["mean_ns"].d == 20.5);
+    CHECK(db.integer("SELECT count(*) FROM load_samples") == 3);
+    CHECK(db.integer("SELECT count(*) FROM rtt_samples WHERE probe_seq = 41") == 3);
+    CHECK(db.integer("SELECT count(*) FROM agent_self") == 1);
+    CHECK(db.text("PRAGMA integrity_check") == "ok");
+  }
+  // Ingest continues on the migrated file; a resent old batch is still a duplicate.
+  Batches in;
+  in.add(batch_at("fra-1", 2, day_start(kDay0 + 1) + 5 * kSecond, {"t1"}, 1), "fra-1");
+  in.add(simple_batch("fra-1", 3, {"t1"}, 9'000'000), "fra-1");
+  auto r = store.store(in.incoming);
+  INFO(r.error);
+  REQUIRE(r);
+  CHECK(*r.value == std::vector<StoreOutcome>{StoreOutcome::kDuplicate, StoreOutcome::kStored});
+  CHECK(*store.seqs("fra-1").value == std::vector<std::uint64_t>{1, 2, 3});
+}
+
+TEST_CASE("migration: a version-1 database (no self-metrics) is migrated too") {
+  TempDir dir;
+  const std::string path = dir.file("store.db");
+  write_v2_database(path, true);
+  SqliteStore store = open_store(path);
+  CHECK(*store.seqs("fra-1").value == std::vector<std::uint64_t>{1, 2});
+  auto agents = *store.agents().value;
+  REQUIRE(agents.size() == 2);
+  CHECK_FALSE(agents[1].self.has_value());
+  RawDb db(path);
+  CHECK(db.integer("PRAGMA user_version") == 3);
+  CHECK(db.integer("SELECT count(*) FROM agent_self") == 0);
 }

@@ -37,6 +37,7 @@ as_root() {
 # The system tests under QEMU (tests/vm/) boot whole machines: qemu-system-arm and -x86, images
 # made by mmdebstrap (arch-test to find a foreign architecture runnable through qemu-user), an
 # initramfs packed with cpio from modules that kmod's depmod/modprobe pick, ext4 by e2fsprogs.
+# The fleet simulator's firehose (bench/fleet) compares against victoria-metrics on loopback.
 host_packages=(
   build-essential cmake ninja-build pkg-config file dpkg-dev ca-certificates
   g++-aarch64-linux-gnu g++-arm-linux-gnueabihf qemu-user-static
@@ -45,7 +46,7 @@ host_packages=(
   python3 iproute2 irtt collectd-core liboping0
   clang-14 libclang-rt-14-dev openssl
   libnats-dev nats-server
-  prometheus chromium
+  prometheus chromium victoria-metrics
   qemu-system-arm qemu-system-x86 mmdebstrap arch-test cpio kmod e2fsprogs
 )
 foreign_arches=(arm64 armhf)

@@ -44,8 +44,9 @@ SteadyResult run_steady_phase(FleetRun& run, Fleet& fleet, std::size_t agents, d
   report.number("connect_s", connect.seconds(), "time until all connected (or gave up)", "s", 1);
   report.number("connect_full_handshakes", static_cast<double>(s.full_handshakes), "full handshakes");
   report.number("connect_resumed_handshakes", static_cast<double>(s.resumed_handshakes), "resumed handshakes");
-  report.number("connect_failures", static_cast<double>(s.connect_failures + s.tls_failures + s.disconnects),
-                "failed connects, handshakes or sessions");
+  report.number("connect_tcp_failures", static_cast<double>(s.connect_failures), "TCP connects refused or timed out");
+  report.number("connect_tls_failures", static_cast<double>(s.tls_failures), "TLS handshakes failed (closed, timed out)");
+  report.number("connect_sessions_lost", static_cast<double>(s.disconnects), "sessions ended after the handshake");
   report.number("connect_collector_cpu_s", connect.collector_cpu_s(), "collector CPU while connecting", "s", 2);
   const std::uint64_t handshakes = s.full_handshakes + s.resumed_handshakes;
   report.number("collector_ms_per_handshake",

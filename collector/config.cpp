@@ -74,15 +74,32 @@ const cfg::Key<Draft> kKeys[] = {
     {"ingest.regions", Kind::kStringList, "", kAlways, "a name without spaces (1..64 characters)",
      "The regions served (data residency): an agent of any other region is refused.", cfg::token,
      [](Draft& d, const Value& v) { d.config.regions = v.strings(); }},
-    {"ingest.max_connections", Kind::kInteger, "1024", "", "an integer in 1..1000000",
-     "Connections beyond this are closed at once (and counted).", cfg::integer_in<1, 1'000'000>,
-     [](Draft& d, const Value& v) { d.config.max_connections = static_cast<std::size_t>(v.integer()); }},
+    {"ingest.io_threads", Kind::kInteger, "0", "", "an integer in 0..256",
+     "Threads for sockets, TLS and frame checks; 0: one per core.", cfg::integer_in<0, 256>,
+     [](Draft& d, const Value& v) { d.config.io_threads = static_cast<std::size_t>(v.integer()); }},
+    {"ingest.max_sessions", Kind::kInteger, "20000", "", "an integer in 1..1000000",
+     "Authenticated agent sessions; beyond this an agent is told to retry later (and counted). The "
+     "open-file limit is raised to fit; where it cannot be, the cap is lowered with a warning.",
+     cfg::integer_in<1, 1'000'000>,
+     [](Draft& d, const Value& v) { d.config.max_sessions = static_cast<std::size_t>(v.integer()); }},
+    {"ingest.max_handshakes", Kind::kInteger, "1024", "", "an integer in 1..100000",
+     "TLS handshakes in progress (unauthenticated connections). When full, the oldest is closed if it "
+     "has run for a second, otherwise the newcomer.", cfg::integer_in<1, 100'000>,
+     [](Draft& d, const Value& v) { d.config.max_handshakes = static_cast<std::size_t>(v.integer()); }},
+    {"ingest.max_handshakes_per_source", Kind::kInteger, "64", "", "an integer in 1..100000",
+     "TLS handshakes in progress from one IP address; more from it are closed at once.",
+     cfg::integer_in<1, 100'000>,
+     [](Draft& d, const Value& v) { d.config.max_handshakes_per_source = static_cast<std::size_t>(v.integer()); }},
+    {"ingest.max_unsent_ack_bytes", Kind::kInteger, "65536", "", "bytes, an integer in 1024..16777216",
+     "Acks a peer has not read yet; a peer past this (it sends but never reads) is closed.",
+     cfg::integer_in<1024, 16'777'216>,
+     [](Draft& d, const Value& v) { d.config.max_unsent_ack_bytes = static_cast<std::size_t>(v.integer()); }},
     {"ingest.max_frame", Kind::kInteger, "4194304", "", "bytes, an integer in 4096..268435456",
      "A frame announcing more than this closes its connection before anything is buffered.",
      cfg::integer_in<4096, 268'435'456>,
      [](Draft& d, const Value& v) { d.config.max_frame = static_cast<std::uint32_t>(v.integer()); }},
     {"ingest.handshake_timeout_ms", Kind::kInteger, "10000", "", "milliseconds, an integer in 1..3600000",
-     "A TLS handshake not done by then is closed.", cfg::integer_in<1, 3'600'000>,
+     "A TLS handshake not done by then (counted from accept) is closed.", cfg::integer_in<1, 3'600'000>,
      [](Draft& d, const Value& v) { d.config.handshake_timeout = std::chrono::milliseconds(v.integer()); }},
     {"ingest.idle_timeout_ms", Kind::kInteger, "120000", "", "milliseconds, an integer in 1..86400000",
      "A connection silent this long is closed; keep it well above the agents' report interval.",
@@ -96,6 +113,10 @@ const cfg::Key<Draft> kKeys[] = {
        return cfg::one_of(v, {"sqlite", "jetstream"});
      },
      [](Draft& d, const Value& v) { d.sink = v.text(); }},
+    {"store.queue_bytes", Kind::kInteger, "67108864", "", "bytes, an integer in 65536..4294967295",
+     "Batches waiting for the store, in bytes. At the bound the collector stops reading from agents "
+     "(they keep spooling) until the store catches up.", cfg::integer_in<65'536, 4'294'967'295>,
+     [](Draft& d, const Value& v) { d.config.store_queue_bytes = static_cast<std::size_t>(v.integer()); }},
     {"store.database", Kind::kString, "", "when store.sink = \"sqlite\"", "a file path",
      "The SQLite database; created if missing.", cfg::non_empty_text,
      [](Draft& d, const Value& v) { d.config.database = v.text(); }},
@@ -131,6 +152,12 @@ const cfg::Key<Draft> kKeys[] = {
     {"tls.key", Kind::kString, "", kAlways, "a file path (PEM)", "The private key of tls.cert.",
      cfg::non_empty_text, [](Draft& d, const Value& v) { d.config.tls.key_file = v.text(); }},
 
+    {"tls.ticket_keys", Kind::kString, "", "", "a file path",
+     "Session-ticket keys (made mode 0600 if missing, rotated every 6 h), so agents resume their TLS "
+     "sessions after a collector restart. Default: ticket-keys beside store.database; with JetStream "
+     "and no path, keys live in memory and a restart means full handshakes.",
+     cfg::non_empty_text, [](Draft& d, const Value& v) { d.config.tls.ticket_key_file = v.text(); }},
+
     {"http.listen", Kind::kStringList, "[]", "", "\"ADDR:PORT\" (an IP address; IPv6 in brackets)",
      "Serve /metrics (Prometheus), the status page (/) and /api/status here; empty: no HTTP.", endpoint,
      [](Draft& d, const Value& v) {
@@ -154,6 +181,10 @@ const cfg::Key<Draft> kKeys[] = {
 };
 
 }  // namespace
+
+std::string default_ticket_key_file(const std::string& database) {
+  return (std::filesystem::path(database).parent_path() / "ticket-keys").string();
+}
 
 std::vector<platform::config::KeyInfo> config_keys() {
   return cfg::key_infos(std::span<const cfg::Key<Draft>>(kKeys));
@@ -181,6 +212,9 @@ CollectorConfig load_config(const std::filesystem::path& file) {
   }
   if (d.sink == "jetstream" && d.jetstream.servers.empty() && !diagnostics.has("jetstream.servers")) {
     diagnostics.missing("jetstream.servers", "\"nats://HOST:PORT\"");
+  }
+  if (d.config.tls.ticket_key_file.empty() && d.sink == "sqlite" && !d.config.database.empty()) {
+    d.config.tls.ticket_key_file = default_ticket_key_file(d.config.database);
   }
   CollectorConfig result;
   result.log_level = d.log_level;

@@ -30,6 +30,10 @@ struct CollectorConfig {
 
 CollectorConfig load_config(const std::filesystem::path& file);
 
+// Where the TLS session-ticket keys go when tls.ticket_keys (or --ticket-keys) names no file:
+// "ticket-keys" in the database's directory.
+std::string default_ticket_key_file(const std::string& database);
+
 // The key table (for tests that hold the docs to it) and its Markdown reference.
 std::vector<platform::config::KeyInfo> config_keys();
 std::string config_reference_markdown();

@@ -6,13 +6,20 @@
 #include <asio/post.hpp>
 #include <asio/steady_timer.hpp>
 
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <array>
 #include <condition_variable>
+#include <cstdlib>
 #include <deque>
 #include <future>
+#include <list>
 #include <mutex>
 #include <thread>
+#include <unordered_map>
+#include <utility>
 
 #include "collector/store/sqlite_store.hpp"
 #include "platform/clock.hpp"
@@ -30,12 +37,16 @@ namespace {
 using platform::log;
 using platform::LogLevel;
 
-std::string endpoint_text(const asio::ip::tcp::endpoint& e) {
-  asio::ip::address address = e.address();
-  // A dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d; log them as what they are.
+asio::ip::address plain_address(asio::ip::address address) {
+  // A dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d; they are IPv4 sources.
   if (address.is_v6() && address.to_v6().is_v4_mapped()) {
     address = asio::ip::make_address_v4(asio::ip::v4_mapped, address.to_v6());
   }
+  return address;
+}
+
+std::string endpoint_text(const asio::ip::tcp::endpoint& e) {
+  const asio::ip::address address = plain_address(e.address());
   const std::string host = address.to_string();
   return (address.is_v6() ? "[" + host + "]" : host) + ":" + std::to_string(e.port());
 }
@@ -57,6 +68,13 @@ std::vector<std::uint8_t> ack_frame(std::uint64_t seq, wire::AckStatus status, c
 }
 
 std::string str(const flatbuffers::String* s) { return s == nullptr ? std::string() : s->str(); }
+
+// Each io thread reads every connection's TLS plaintext into this one buffer and feeds it to
+// the connection's frame reader at once, so an idle connection holds no read buffer.
+thread_local std::array<std::uint8_t, 16384> t_read_buffer;
+
+// Reads done for one connection before the others on its thread get a turn.
+constexpr int kReadsPerTurn = 16;
 
 }  // namespace
 
@@ -80,6 +98,16 @@ const char* to_string(Reject reason) noexcept {
       return "frame";
     case Reject::kStore:
       return "store";
+    case Reject::kHandshakeLimit:
+      return "handshake_limit";
+    case Reject::kSourceLimit:
+      return "source_limit";
+    case Reject::kEvicted:
+      return "evicted";
+    case Reject::kSlowReader:
+      return "slow_reader";
+    case Reject::kFdLimit:
+      return "fd_limit";
     case Reject::kCount:
       break;
   }
@@ -90,36 +118,210 @@ class Connection;
 
 struct StoreItem {
   std::weak_ptr<Connection> connection;
+  asio::io_context* io = nullptr;  // the connection's thread, where its outcome goes
   std::vector<std::uint8_t> frame;  // the verified FlatBuffer, without its length prefix
   std::string agent_id, region, pop, arch, software_version;
   std::int64_t received_ns = 0;
   std::uint64_t seq = 0;
 };
 
+// Who may start a TLS handshake: the pre-authentication budget, shared by every io thread and
+// the acceptors (one mutex: taken once per accept and once per handshake end).
+class Admission {
+ public:
+  struct Entry;
+  // A handshake's place in the budget; `released` once it left (ended, or evicted), under the
+  // admission mutex, so whichever of the connection and an eviction comes second does nothing.
+  struct Ticket {
+    std::list<Entry>::iterator entry;
+    bool released = false;
+  };
+  struct Entry {
+    std::weak_ptr<Connection> connection;
+    asio::io_context* io = nullptr;
+    std::string source;
+    std::int64_t accepted_ns = 0;
+    std::shared_ptr<Ticket> ticket;
+  };
+
+  enum class Verdict { kAdmit, kSourceLimit, kHandshakeLimit };
+  struct Decision {
+    Verdict verdict = Verdict::kAdmit;
+    std::shared_ptr<Ticket> ticket;
+    std::optional<Entry> evicted;  // the caller closes it on its thread
+  };
+
+  Admission(std::size_t max_total, std::size_t max_per_source, std::int64_t evict_after_ns)
+      : max_total_(max_total), max_per_source_(max_per_source), evict_after_ns_(evict_after_ns) {}
+
+  Decision admit(const std::string& source, asio::io_context& io, std::int64_t now_ns) {
+    std::lock_guard lock(mutex_);
+    Decision d;
+    const auto count = per_source_.find(source);
+    if (count != per_source_.end() && count->second >= max_per_source_) {
+      d.verdict = Verdict::kSourceLimit;
+      return d;
+    }
+    if (in_progress_.size() >= max_total_) {
+      if (in_progress_.empty() || now_ns - in_progress_.front().accepted_ns < evict_after_ns_) {
+        d.verdict = Verdict::kHandshakeLimit;
+        return d;
+      }
+      d.evicted = in_progress_.front();
+      release_locked(*in_progress_.front().ticket);
+    }
+    ++per_source_[source];
+    d.ticket = std::make_shared<Ticket>();
+    in_progress_.push_back(Entry{{}, &io, source, now_ns, d.ticket});
+    d.ticket->entry = std::prev(in_progress_.end());
+    return d;
+  }
+
+  void bind(Ticket& ticket, std::weak_ptr<Connection> connection) {
+    std::lock_guard lock(mutex_);
+    if (!ticket.released) ticket.entry->connection = std::move(connection);
+  }
+
+  // The handshake ended or the connection closed. False when it had already left the budget
+  // (an eviction took its place).
+  bool release(Ticket& ticket) {
+    std::lock_guard lock(mutex_);
+    if (ticket.released) return false;
+    release_locked(ticket);
+    return true;
+  }
+
+  bool released(const Ticket& ticket) const {
+    std::lock_guard lock(mutex_);
+    return ticket.released;
+  }
+
+ private:
+  void release_locked(Ticket& ticket) {
+    ticket.released = true;
+    const auto found = per_source_.find(ticket.entry->source);
+    if (found != per_source_.end() && --found->second == 0) per_source_.erase(found);
+    in_progress_.erase(ticket.entry);  // the entry's own shared_ptr to the ticket goes with it
+  }
+
+  mutable std::mutex mutex_;
+  std::list<Entry> in_progress_;  // oldest first
+  std::unordered_map<std::string, std::size_t> per_source_;
+  std::size_t max_total_;
+  std::size_t max_per_source_;
+  std::int64_t evict_after_ns_;
+};
+
+// Pre-authentication refusals by source and reason, written as one log line per period. Sources
+// beyond a bound are counted as "others", so a host spraying addresses cannot grow it.
+class RefusalSummary {
+ public:
+  static constexpr std::size_t kMaxSources = 4096;
+
+  void add(const std::string& source, Reject reason) {
+    std::lock_guard lock(mutex_);
+    ++by_reason_[static_cast<std::size_t>(reason)];
+    ++total_;
+    auto found = by_source_.find(source);
+    if (found == by_source_.end()) {
+      if (by_source_.size() >= kMaxSources) {
+        ++others_;
+        return;
+      }
+      found = by_source_.emplace(source, 0).first;
+    }
+    ++found->second;
+  }
+
+  // The line for the period now ending, or empty when there was nothing; starts a new period.
+  std::string take(std::int64_t now_ns) {
+    std::lock_guard lock(mutex_);
+    const std::int64_t started_ns = std::exchange(period_start_ns_, now_ns);
+    if (total_ == 0) return {};
+    const std::int64_t seconds = std::max<std::int64_t>(1, (now_ns - started_ns + 500'000'000) / 1'000'000'000);
+    std::string line = "pre-authentication refusals in the last " + std::to_string(seconds) +
+                       " s: " + std::to_string(total_) + " (";
+    bool first = true;
+    for (std::size_t i = 0; i < by_reason_.size(); ++i) {
+      if (by_reason_[i] == 0) continue;
+      line += (first ? "" : ", ") + std::string(to_string(static_cast<Reject>(i))) + " " +
+              std::to_string(by_reason_[i]);
+      first = false;
+    }
+    std::vector<std::pair<std::uint64_t, const std::string*>> top;
+    top.reserve(by_source_.size());
+    for (const auto& [source, n] : by_source_) top.emplace_back(n, &source);
+    const std::size_t shown = std::min<std::size_t>(top.size(), 5);
+    std::partial_sort(top.begin(), top.begin() + static_cast<std::ptrdiff_t>(shown), top.end(),
+                      [](const auto& a, const auto& b) { return a.first > b.first; });
+    line += ") from " + std::to_string(by_source_.size() + (others_ > 0 ? 1 : 0)) + " source(s); most from";
+    for (std::size_t i = 0; i < shown; ++i) {
+      line += (i == 0 ? " " : ", ") + *top[i].second + " (" + std::to_string(top[i].first) + ")";
+    }
+    if (others_ > 0) line += ", untracked sources (" + std::to_string(others_) + ")";
+    by_source_.clear();
+    by_reason_.fill(0);
+    total_ = 0;
+    others_ = 0;
+    return line;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::unordered_map<std::string, std::uint64_t> by_source_;
+  std::array<std::uint64_t, static_cast<std::size_t>(Reject::kCount)> by_reason_{};
+  std::uint64_t total_ = 0;
+  std::uint64_t others_ = 0;
+  std::int64_t period_start_ns_ = platform::monotonic_ns();
+};
+
+struct IoThread {
+  asio::io_context io{1};  // one thread runs it: no locking inside Asio's scheduler
+  asio::executor_work_guard<asio::io_context::executor_type> work{io.get_executor()};
+  std::thread thread;
+};
+
 struct IngestServer::Impl {
-  explicit Impl(IngestConfig c) : config(std::move(c)), work(io.get_executor()) {}
+  explicit Impl(IngestConfig c)
+      : config(std::move(c)),
+        admission(config.max_handshakes, config.max_handshakes_per_source,
+                  std::chrono::duration_cast<std::chrono::nanoseconds>(config.evict_after).count()) {}
 
   IngestConfig config;
-  asio::io_context io;
-  asio::executor_work_guard<asio::io_context::executor_type> work;
+  std::vector<std::unique_ptr<IoThread>> threads;  // [0] also runs the acceptors and timers
+  std::size_t next_thread = 0;
   std::shared_ptr<platform::tls::TlsContext> tls;
   std::vector<std::unique_ptr<asio::ip::tcp::acceptor>> acceptors;
-  std::thread io_thread;
+  std::unique_ptr<asio::steady_timer> summary_timer;
   std::thread store_thread;
   std::shared_ptr<store::BatchSink> sink;
+  Admission admission;
+  RefusalSummary refusals;
+  std::string pause_file;  // test seam: while this file exists the store thread holds off
 
   std::mutex queue_mutex;
   std::condition_variable queue_cv;
   std::vector<StoreItem> queue;
+  std::size_t queue_bytes = 0;  // queued or being stored, under queue_mutex
+  std::size_t queue_peak_bytes = 0;
+  // Connections that stopped reading because the queue was full, resumed when it drains.
+  std::vector<std::pair<std::weak_ptr<Connection>, asio::io_context*>> parked;
   bool stopping = false;
   std::int64_t last_commit_end_ns = 0;  // CLOCK_MONOTONIC, under queue_mutex
 
   mutable std::mutex counters_mutex;
   IngestCounters counters;
 
+  asio::io_context& io0() { return threads.front()->io; }
+
   void count(Reject reason) {
     std::lock_guard lock(counters_mutex);
     ++counters.rejects[static_cast<std::size_t>(reason)];
+  }
+  // A refusal before the peer proved who it is: counted, and in the periodic summary only.
+  void refuse_pre_auth(const std::string& source, Reject reason) {
+    count(reason);
+    refusals.add(source, reason);
   }
   template <typename F>
   void update(F&& f) {
@@ -128,38 +330,54 @@ struct IngestServer::Impl {
   }
 
   void accept(asio::ip::tcp::acceptor& acceptor);
-  void enqueue(StoreItem item) {
-    {
-      std::lock_guard lock(queue_mutex);
-      queue.push_back(std::move(item));
-    }
-    queue_cv.notify_one();
-  }
+  void on_accepted(asio::ip::tcp::socket socket, asio::io_context& io);
+  void arm_summary();
+  void enqueue(StoreItem item);
+  bool queue_full();
+  void park(std::weak_ptr<Connection> connection, asio::io_context& io);
   void run_store();
+  void wait_while_paused();
 };
 
-// One agent connection, on the io thread only; pending operations and queued store items keep it
-// alive or (store items) find it gone.
+// One agent connection, on its io thread only; pending operations and queued store items keep
+// it alive or (store items) find it gone.
 class Connection : public std::enable_shared_from_this<Connection> {
  public:
-  Connection(IngestServer::Impl& server, std::shared_ptr<platform::tls::TlsStream> stream, std::string peer)
+  Connection(IngestServer::Impl& server, asio::io_context& io,
+             std::shared_ptr<platform::tls::TlsStream> stream, std::string peer, std::string source,
+             std::shared_ptr<Admission::Ticket> ticket)
       : server_(server),
+        io_(io),
         stream_(std::move(stream)),
-        timer_(server.io),
+        timer_(io),
         peer_(std::move(peer)),
+        source_(std::move(source)),
+        ticket_(std::move(ticket)),
         reader_(server.config.max_frame) {}
 
   void start() {
-    server_.update([](IngestCounters& c) {
-      ++c.connections_accepted;
-      ++c.connections_open;
-    });
+    if (server_.admission.released(*ticket_)) {
+      close();  // evicted before it started
+      return;
+    }
     arm_timer(server_.config.handshake_timeout);
     stream_->async_handshake([self = shared_from_this()](std::error_code ec) { self->on_handshake(ec); });
   }
 
   ~Connection() {
-    server_.update([](IngestCounters& c) { --c.connections_open; });
+    server_.admission.release(*ticket_);
+    server_.update([this](IngestCounters& c) {
+      --c.connections_open;
+      if (!handshake_done_) --c.handshakes_in_progress;
+      if (session_counted_) --c.sessions_open;
+    });
+  }
+
+  // The admission budget gave this handshake's place to a newer connection (counted there).
+  void evict() {
+    if (closed_ || handshake_done_) return;
+    log(LogLevel::kDebug, "%s: evicted by a newer connection during the TLS handshake", peer_.c_str());
+    close();
   }
 
   // From the store thread's results, on the io thread.
@@ -180,13 +398,21 @@ class Connection : public std::enable_shared_from_this<Connection> {
       ++c.acks_sent;
     });
     send(ack_frame(seq, wire::AckStatus::Stored, {}));
-    if (read_paused_ && pending_ < server_.config.max_pending_per_connection) {
-      read_paused_ = false;
-      read();
-    }
+    resume();
+  }
+
+  // Reading resumes if nothing holds it back (pending acks, the store queue).
+  void resume() {
+    if (closed_ || read_state_ != ReadState::kStopped || !handshake_done_) return;
+    if (pending_ >= server_.config.max_pending_per_connection) return;
+    read_state_ = ReadState::kPosted;
+    hold_.reset();  // the posted task owns it now
+    asio::post(io_, [self = shared_from_this()] { self->read_loop(); });
   }
 
  private:
+  enum class ReadState { kStopped, kWaiting, kPosted };
+
   void arm_timer(std::chrono::milliseconds timeout) {
     timer_.expires_after(timeout);
     timer_.async_wait([weak = weak_from_this()](std::error_code ec) {
@@ -194,9 +420,13 @@ class Connection : public std::enable_shared_from_this<Connection> {
       if (ec || !self || self->closed_) {
         return;
       }
-      log(LogLevel::kNotice, "%s: %s timeout, closing", self->peer_.c_str(),
-          self->handshake_done_ ? "idle" : "handshake");
-      self->server_.count(Reject::kTimeout);
+      if (self->handshake_done_) {
+        log(LogLevel::kNotice, "%s (%s): idle timeout, closing", self->peer_.c_str(), self->cn_.c_str());
+        self->server_.count(Reject::kTimeout);
+      } else {
+        log(LogLevel::kDebug, "%s: handshake timeout, closing", self->peer_.c_str());
+        self->server_.refuse_pre_auth(self->source_, Reject::kTimeout);
+      }
       self->close();
     });
   }
@@ -205,15 +435,36 @@ class Connection : public std::enable_shared_from_this<Connection> {
     if (closed_) {
       return;
     }
+    if (!server_.admission.release(*ticket_)) {
+      close();  // evicted meanwhile
+      return;
+    }
     if (ec) {
-      log(LogLevel::kNotice, "%s: TLS handshake failed: %s", peer_.c_str(), ec.message().c_str());
-      server_.count(Reject::kHandshake);
+      log(LogLevel::kDebug, "%s: TLS handshake failed: %s", peer_.c_str(), ec.message().c_str());
+      server_.refuse_pre_auth(source_, Reject::kHandshake);
       close();
       return;
     }
     handshake_done_ = true;
-    server_.update([](IngestCounters& c) { ++c.handshakes; });
+    bool full = false;
+    server_.update([&](IngestCounters& c) {
+      --c.handshakes_in_progress;
+      ++c.handshakes;
+      if (stream_->resumed()) ++c.resumed_handshakes;
+      full = c.sessions_open >= server_.config.max_sessions;
+      if (!full) {
+        ++c.sessions_open;
+        session_counted_ = true;
+      }
+    });
     cn_ = stream_->peer_common_name();
+    if (full) {
+      log(LogLevel::kWarning, "%s (%s): session limit (%zu) reached, closing", peer_.c_str(), cn_.c_str(),
+          server_.config.max_sessions);
+      server_.count(Reject::kConnectionLimit);
+      send_then_close(ack_frame(0, wire::AckStatus::RetryLater, "session limit reached"));
+      return;
+    }
     if (cn_.empty()) {
       log(LogLevel::kWarning, "%s: no client certificate identity, refusing", peer_.c_str());
       server_.count(Reject::kNoIdentity);
@@ -221,30 +472,57 @@ class Connection : public std::enable_shared_from_this<Connection> {
       return;
     }
     arm_timer(server_.config.idle_timeout);
-    read();
+    read_loop();
   }
 
-  void read() {
-    stream_->async_read_some(
-        asio::buffer(buffer_),
-        [self = shared_from_this()](std::error_code ec, std::size_t n) { self->on_read(ec, n); });
+  void wait_readable() {
+    read_state_ = ReadState::kWaiting;
+    stream_->async_wait_read([self = shared_from_this()](std::error_code ec) {
+      self->read_state_ = ReadState::kStopped;
+      if (self->closed_) return;
+      if (ec) return self->on_read_error(ec);
+      self->read_loop();
+    });
   }
 
-  void on_read(std::error_code ec, std::size_t n) {
-    if (closed_) {
-      return;
-    }
-    if (ec) {
-      if (peer_closed(ec)) {
-        log(LogLevel::kDebug, "%s (%s): closed by the agent", peer_.c_str(), cn_.c_str());
-      } else {
-        log(LogLevel::kInfo, "%s (%s): connection ended: %s", peer_.c_str(), cn_.c_str(),
-            ec.message().c_str());
+  void read_loop() {
+    read_state_ = ReadState::kStopped;
+    if (closed_) return;
+    for (int turn = 0; turn < kReadsPerTurn; ++turn) {
+      // While reading is paused no operation is pending on the stream: hold_ keeps the
+      // connection alive until resume() or close().
+      if (pending_ >= server_.config.max_pending_per_connection) {
+        hold_ = shared_from_this();
+        return;  // resumed by on_stored()
       }
-      close();
-      return;
+      if (server_.queue_full()) {
+        hold_ = shared_from_this();
+        server_.park(weak_from_this(), io_);
+        return;
+      }
+      std::error_code ec;
+      const std::size_t n = stream_->read_available(asio::buffer(t_read_buffer), ec);
+      if (ec == asio::error::would_block) return wait_readable();
+      if (ec) return on_read_error(ec);
+      if (!on_bytes({t_read_buffer.data(), n})) return;
     }
-    reader_.feed({buffer_.data(), n});
+    // Others on this thread get a turn before this connection reads again.
+    read_state_ = ReadState::kPosted;
+    asio::post(io_, [self = shared_from_this()] { self->read_loop(); });
+  }
+
+  void on_read_error(std::error_code ec) {
+    if (peer_closed(ec)) {
+      log(LogLevel::kDebug, "%s (%s): closed by the agent", peer_.c_str(), cn_.c_str());
+    } else {
+      log(LogLevel::kInfo, "%s (%s): connection ended: %s", peer_.c_str(), cn_.c_str(), ec.message().c_str());
+    }
+    close();
+  }
+
+  // False when the connection is being closed.
+  bool on_bytes(std::span<const std::uint8_t> bytes) {
+    reader_.feed(bytes);
     for (;;) {
       const wire::FrameStatus status = reader_.next();
       if (status == wire::FrameStatus::kNeedMore) {
@@ -254,19 +532,16 @@ class Connection : public std::enable_shared_from_this<Connection> {
         log(LogLevel::kWarning, "%s (%s): %s, closing", peer_.c_str(), cn_.c_str(), wire::to_string(status));
         server_.count(Reject::kFrame);
         close();
-        return;
+        return false;
       }
       server_.update([](IngestCounters& c) { ++c.frames; });
       arm_timer(server_.config.idle_timeout);
       if (!on_frame(*reader_.frame(), reader_.frame_bytes())) {
-        return;
+        return false;
       }
     }
-    if (pending_ >= server_.config.max_pending_per_connection) {
-      read_paused_ = true;  // resumed by on_stored()
-      return;
-    }
-    read();
+    reader_.release_if_idle();
+    return true;
   }
 
   // False when the connection is being closed.
@@ -309,6 +584,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
       }
       StoreItem item;
       item.connection = weak_from_this();
+      item.io = &io_;
       item.frame.assign(bytes.begin(), bytes.end());
       item.agent_id = agent_id_;
       item.region = region_;
@@ -332,6 +608,15 @@ class Connection : public std::enable_shared_from_this<Connection> {
   }
 
   void send(std::vector<std::uint8_t> frame) {
+    unsent_bytes_ += frame.size();
+    if (unsent_bytes_ > server_.config.max_unsent_ack_bytes) {
+      // A peer that sends batches but never reads its acks would grow this queue without end.
+      log(LogLevel::kWarning, "%s (%s): %zu bytes of acks unread, closing", peer_.c_str(), cn_.c_str(),
+          unsent_bytes_);
+      server_.count(Reject::kSlowReader);
+      close();
+      return;
+    }
     writes_.push_back(std::move(frame));
     if (!writing_) {
       write_next();
@@ -361,6 +646,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
         self->close();
         return;
       }
+      self->unsent_bytes_ -= self->writes_.front().size();
       self->writes_.pop_front();
       self->write_next();
     });
@@ -371,58 +657,146 @@ class Connection : public std::enable_shared_from_this<Connection> {
       return;
     }
     closed_ = true;
+    server_.admission.release(*ticket_);
     timer_.cancel();
     stream_->close();
+    if (hold_) asio::post(io_, [held = std::move(hold_)] {});  // not from inside a member call
   }
 
   IngestServer::Impl& server_;
+  asio::io_context& io_;
   std::shared_ptr<platform::tls::TlsStream> stream_;
   asio::steady_timer timer_;
   std::string peer_;
+  std::string source_;
+  std::shared_ptr<Admission::Ticket> ticket_;
+  std::shared_ptr<Connection> hold_;  // self, while reading is paused
   std::string cn_;
   std::string agent_id_, region_, pop_, arch_, version_;
   wire::FrameReader reader_;
-  std::array<std::uint8_t, 16384> buffer_{};
   std::deque<std::vector<std::uint8_t>> writes_;
+  std::size_t unsent_bytes_ = 0;
   std::size_t pending_ = 0;
+  ReadState read_state_ = ReadState::kStopped;
   bool handshake_done_ = false;
+  bool session_counted_ = false;
   bool hello_ = false;
   bool writing_ = false;
-  bool read_paused_ = false;
   bool close_after_write_ = false;
   bool closed_ = false;
 };
 
 void IngestServer::Impl::accept(asio::ip::tcp::acceptor& acceptor) {
-  acceptor.async_accept([this, &acceptor](std::error_code ec, asio::ip::tcp::socket socket) {
+  // Each connection is accepted straight onto the io thread that will own it.
+  asio::io_context& target = threads[next_thread]->io;
+  next_thread = (next_thread + 1) % threads.size();
+  acceptor.async_accept(target, [this, &acceptor, &target](std::error_code ec, asio::ip::tcp::socket socket) {
     if (ec == asio::error::operation_aborted || !acceptor.is_open()) {
       return;
     }
     if (!ec) {
-      std::error_code peer_ec;
-      const auto remote = socket.remote_endpoint(peer_ec);
-      const std::string peer = peer_ec ? std::string("unknown peer") : endpoint_text(remote);
-      bool full = false;
-      {
-        std::lock_guard lock(counters_mutex);
-        full = counters.connections_open >= config.max_connections;
-      }
-      if (full) {
-        log(LogLevel::kWarning, "%s: connection limit (%zu) reached, closing", peer.c_str(),
-            config.max_connections);
-        count(Reject::kConnectionLimit);
-        std::error_code ignored;
-        socket.close(ignored);
-      } else {
-        std::make_shared<Connection>(*this, platform::tls::TlsStream::create(std::move(socket), tls), peer)
-            ->start();
-      }
-    } else {
-      // EMFILE and friends: keep accepting; the next attempt may succeed once others close.
-      log(LogLevel::kWarning, "accept failed: %s", ec.message().c_str());
+      on_accepted(std::move(socket), target);
+      accept(acceptor);
+      return;
     }
-    accept(acceptor);
+    // EMFILE and friends: the pending connection stays in the kernel's queue, so accepting again
+    // at once would spin. Pause briefly; others closing frees descriptors meanwhile.
+    refuse_pre_auth("(accept)", Reject::kFdLimit);
+    auto timer = std::make_shared<asio::steady_timer>(io0(), std::chrono::milliseconds(100));
+    timer->async_wait([this, &acceptor, timer](std::error_code wait_ec) {
+      if (!wait_ec && acceptor.is_open()) accept(acceptor);
+    });
   });
+}
+
+void IngestServer::Impl::on_accepted(asio::ip::tcp::socket socket, asio::io_context& io) {
+  std::error_code peer_ec;
+  const auto remote = socket.remote_endpoint(peer_ec);
+  if (peer_ec) return;  // already gone
+  const std::string peer = endpoint_text(remote);
+  const std::string source = plain_address(remote.address()).to_string();
+  Admission::Decision decision = admission.admit(source, io, platform::monotonic_ns());
+  if (decision.verdict != Admission::Verdict::kAdmit) {
+    refuse_pre_auth(source,
+                    decision.verdict == Admission::Verdict::kSourceLimit ? Reject::kSourceLimit : Reject::kHandshakeLimit);
+    std::error_code ignored;
+    socket.set_option(asio::socket_base::linger(true, 0), ignored);  // RST: no TIME_WAIT for refusals
+    socket.close(ignored);
+    return;
+  }
+  if (decision.evicted) {
+    refuse_pre_auth(decision.evicted->source, Reject::kEvicted);
+    asio::post(*decision.evicted->io, [weak = decision.evicted->connection] {
+      if (auto victim = weak.lock()) victim->evict();
+    });
+  }
+  update([](IngestCounters& c) {
+    ++c.connections_accepted;
+    ++c.connections_open;
+    ++c.handshakes_in_progress;
+  });
+  // The collector only writes acks and its handshake: a small send buffer bounds what the kernel
+  // holds for a peer that stops reading (autotuning would let it grow to megabytes).
+  std::error_code ignored;
+  socket.set_option(asio::socket_base::send_buffer_size(32 * 1024), ignored);
+  // The socket already belongs to `io`; the connection starts there.
+  asio::post(io, [this, &io, socket = std::move(socket), peer, source, ticket = decision.ticket]() mutable {
+    auto connection = std::make_shared<Connection>(
+        *this, io, platform::tls::TlsStream::create(std::move(socket), tls), peer, source, ticket);
+    admission.bind(*ticket, connection);
+    connection->start();
+  });
+}
+
+void IngestServer::Impl::arm_summary() {
+  summary_timer->expires_after(config.refusal_summary_period);
+  summary_timer->async_wait([this](std::error_code ec) {
+    if (ec) return;
+    const std::string line = refusals.take(platform::monotonic_ns());
+    if (!line.empty()) log(LogLevel::kNotice, "%s", line.c_str());
+    arm_summary();
+  });
+}
+
+void IngestServer::Impl::enqueue(StoreItem item) {
+  {
+    std::lock_guard lock(queue_mutex);
+    queue_bytes += item.frame.size();
+    queue_peak_bytes = std::max(queue_peak_bytes, queue_bytes);
+    queue.push_back(std::move(item));
+  }
+  queue_cv.notify_one();
+}
+
+bool IngestServer::Impl::queue_full() {
+  std::lock_guard lock(queue_mutex);
+  return queue_bytes >= config.store_queue_bytes;
+}
+
+void IngestServer::Impl::park(std::weak_ptr<Connection> connection, asio::io_context& io) {
+  {
+    std::lock_guard lock(queue_mutex);
+    if (queue_bytes < config.store_queue_bytes) {
+      // Drained since the caller looked: resume at once instead.
+      asio::post(io, [weak = std::move(connection)] {
+        if (auto c = weak.lock()) c->resume();
+      });
+      return;
+    }
+    parked.emplace_back(std::move(connection), &io);
+  }
+  update([](IngestCounters& c) { ++c.read_pauses; });
+}
+
+void IngestServer::Impl::wait_while_paused() {
+  if (pause_file.empty()) return;
+  while (::access(pause_file.c_str(), F_OK) == 0) {
+    {
+      std::lock_guard lock(queue_mutex);
+      if (stopping) return;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
 }
 
 void IngestServer::Impl::run_store() {
@@ -434,8 +808,14 @@ void IngestServer::Impl::run_store() {
       if (queue.empty() && stopping) {
         return;
       }
+    }
+    wait_while_paused();
+    std::size_t bytes = 0;
+    {
+      std::lock_guard lock(queue_mutex);
       items.swap(queue);
     }
+    for (const StoreItem& item : items) bytes += item.frame.size();
     // Everything queued since the last commit goes into one transaction: one fsync for all.
     std::vector<store::IncomingBatch> batches;
     batches.reserve(items.size());
@@ -473,10 +853,6 @@ void IngestServer::Impl::run_store() {
     auto* sqlite = dynamic_cast<store::SqliteSink*>(sink.get());
     const std::int64_t commit_ns =
         sqlite != nullptr ? sqlite->sqlite().last_commit_ns() : ended_ns - started_ns;
-    {
-      std::lock_guard lock(queue_mutex);
-      last_commit_end_ns = ended_ns;
-    }
     const double seconds = static_cast<double>(ended_ns - started_ns) / 1e9;
     const std::size_t failed =
         static_cast<std::size_t>(std::count(outcomes.begin(), outcomes.end(), store::StoreOutcome::kFailed));
@@ -490,21 +866,68 @@ void IngestServer::Impl::run_store() {
       ++c.sink_latency_buckets[static_cast<std::size_t>(bound - std::begin(kSinkLatencyBounds))];
       c.sink_latency_sum_s += seconds;
     });
-    asio::post(io, [items = std::move(items), outcomes = std::move(outcomes)]() {
-      for (std::size_t i = 0; i < items.size(); ++i) {
-        if (auto connection = items[i].connection.lock()) {
-          const bool ok = outcomes[i] != store::StoreOutcome::kFailed;
-          connection->on_stored(items[i].seq, ok, outcomes[i] == store::StoreOutcome::kDuplicate);
+    // Outcomes go back to each connection's own thread, one task per thread.
+    std::unordered_map<asio::io_context*, std::vector<std::pair<std::weak_ptr<Connection>, std::pair<std::uint64_t, store::StoreOutcome>>>>
+        by_thread;
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      by_thread[items[i].io].emplace_back(std::move(items[i].connection), std::make_pair(items[i].seq, outcomes[i]));
+    }
+    for (auto& [io, results] : by_thread) {
+      asio::post(*io, [results = std::move(results)]() {
+        for (const auto& [weak, outcome] : results) {
+          if (auto connection = weak.lock()) {
+            const bool ok = outcome.second != store::StoreOutcome::kFailed;
+            connection->on_stored(outcome.first, ok, outcome.second == store::StoreOutcome::kDuplicate);
+          }
         }
-      }
-    });
+      });
+    }
     items = {};
+    batches = {};
+    // The frames are freed: make room, and wake the connections that stopped reading.
+    std::vector<std::pair<std::weak_ptr<Connection>, asio::io_context*>> wake;
+    {
+      std::lock_guard lock(queue_mutex);
+      queue_bytes -= bytes;
+      last_commit_end_ns = ended_ns;
+      if (queue_bytes < config.store_queue_bytes) wake.swap(parked);
+    }
+    for (auto& [weak, io] : wake) {
+      asio::post(*io, [weak = std::move(weak)] {
+        if (auto c = weak.lock()) c->resume();
+      });
+    }
   }
 }
 
 IngestServer::IngestServer(IngestConfig config) : impl_(std::make_unique<Impl>(std::move(config))) {}
 
 IngestServer::~IngestServer() { stop(); }
+
+namespace {
+
+// Raises the open-file limit to what the session caps need (sessions, handshakes, the store and
+// listeners); where the hard limit is lower and cannot be raised, returns how many sessions fit.
+std::size_t fit_file_limit(std::size_t sessions, std::size_t handshakes) {
+  constexpr std::size_t kReserve = 64;  // store, logs, listeners, HTTP
+  const rlim_t wanted = static_cast<rlim_t>(sessions + handshakes + kReserve);
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) return sessions;
+  if (limit.rlim_cur >= wanted) return sessions;
+  rlimit raised = limit;
+  raised.rlim_cur = wanted;
+  if (raised.rlim_max < wanted) raised.rlim_max = wanted;  // works with CAP_SYS_RESOURCE
+  if (::setrlimit(RLIMIT_NOFILE, &raised) != 0) {
+    raised.rlim_max = limit.rlim_max;
+    raised.rlim_cur = limit.rlim_max;
+    (void)::setrlimit(RLIMIT_NOFILE, &raised);
+  }
+  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur >= wanted) return sessions;
+  const std::size_t have = static_cast<std::size_t>(limit.rlim_cur);
+  return have > handshakes + kReserve ? have - handshakes - kReserve : 1;
+}
+
+}  // namespace
 
 IngestStartResult IngestServer::start() {
   Impl& s = *impl_;
@@ -513,6 +936,13 @@ IngestStartResult IngestServer::start() {
   }
   if (s.config.listen.empty()) {
     return {"no listen address"};
+  }
+  const std::size_t fits = fit_file_limit(s.config.max_sessions, s.config.max_handshakes);
+  if (fits < s.config.max_sessions) {
+    log(LogLevel::kWarning,
+        "the open-file limit fits %zu sessions, not %zu: the session cap is lowered to %zu (raise LimitNOFILE)",
+        fits, s.config.max_sessions, fits);
+    s.config.max_sessions = fits;
   }
   platform::tls::TlsContextOptions tls = s.config.tls;
   tls.role = platform::tls::TlsRole::kServer;
@@ -531,9 +961,14 @@ IngestStartResult IngestServer::start() {
     }
     s.sink = std::make_shared<store::SqliteSink>(std::move(*opened.value));
   }
+  if (const char* pause = std::getenv("VANTAGE_COLLECTOR_STORE_PAUSE_FILE")) s.pause_file = pause;
+
+  std::size_t io_threads = s.config.io_threads;
+  if (io_threads == 0) io_threads = std::max(1u, std::thread::hardware_concurrency());
+  for (std::size_t i = 0; i < io_threads; ++i) s.threads.push_back(std::make_unique<IoThread>());
 
   for (const asio::ip::tcp::endpoint& endpoint : s.config.listen) {
-    auto acceptor = std::make_unique<asio::ip::tcp::acceptor>(s.io);
+    auto acceptor = std::make_unique<asio::ip::tcp::acceptor>(s.io0());
     std::error_code ec;
     acceptor->open(endpoint.protocol(), ec);
     if (!ec && endpoint.address().is_v6() && endpoint.address().is_unspecified()) {
@@ -543,6 +978,8 @@ IngestStartResult IngestServer::start() {
     if (!ec) acceptor->bind(endpoint, ec);
     if (!ec) acceptor->listen(asio::socket_base::max_listen_connections, ec);
     if (ec) {
+      s.acceptors.clear();
+      s.threads.clear();
       return {"listen on " + endpoint_text(endpoint) + ": " + ec.message()};
     }
     s.acceptors.push_back(std::move(acceptor));
@@ -550,27 +987,38 @@ IngestStartResult IngestServer::start() {
   for (auto& acceptor : s.acceptors) {
     s.accept(*acceptor);
   }
+  s.summary_timer = std::make_unique<asio::steady_timer>(s.io0());
+  s.arm_summary();
   s.store_thread = std::thread([&s] { s.run_store(); });
-  s.io_thread = std::thread([&s] { s.io.run(); });
+  for (auto& t : s.threads) {
+    t->thread = std::thread([io = &t->io] { io->run(); });
+  }
   return {};
 }
 
 void IngestServer::stop() {
   Impl& s = *impl_;
-  if (!s.io_thread.joinable()) {
+  if (s.threads.empty() || !s.threads.front()->thread.joinable()) {
     return;
   }
   // Batches already queued are committed (their agents will get no ack and resend: harmless,
-  // the store dedupes), then the io thread stops with every connection.
+  // the store dedupes), then the io threads stop with every connection.
   {
     std::lock_guard lock(s.queue_mutex);
     s.stopping = true;
   }
   s.queue_cv.notify_one();
   s.store_thread.join();
-  s.io.stop();
-  s.io_thread.join();
+  for (auto& t : s.threads) t->io.stop();
+  for (auto& t : s.threads) t->thread.join();
+  // The summary of what was refused since the last period is not lost at shutdown.
+  if (const std::string line = s.refusals.take(platform::monotonic_ns()); !line.empty()) {
+    log(LogLevel::kNotice, "%s", line.c_str());
+  }
+  s.summary_timer.reset();
   s.acceptors.clear();
+  // Connections still owned by handlers die with their io_contexts; the Impl outlives them.
+  s.threads.clear();
 }
 
 const char* IngestServer::sink_name() const noexcept { return impl_->sink ? impl_->sink->name() : ""; }
@@ -586,22 +1034,34 @@ std::vector<asio::ip::tcp::endpoint> IngestServer::local_endpoints() const {
 
 bool IngestServer::healthy() const {
   Impl& s = *impl_;
-  if (!s.io_thread.joinable()) {
+  if (s.threads.empty() || !s.threads.front()->thread.joinable()) {
     return false;
   }
-  auto answered = std::make_shared<std::promise<void>>();
-  auto future = answered->get_future();
-  asio::post(s.io, [answered] { answered->set_value(); });
-  if (future.wait_for(std::chrono::seconds(1)) != std::future_status::ready) {
-    return false;
+  std::vector<std::future<void>> answers;
+  for (auto& t : s.threads) {
+    auto answered = std::make_shared<std::promise<void>>();
+    answers.push_back(answered->get_future());
+    asio::post(t->io, [answered] { answered->set_value(); });
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+  for (auto& answer : answers) {
+    if (answer.wait_until(deadline) != std::future_status::ready) return false;
   }
   std::lock_guard lock(s.queue_mutex);
   return s.queue.empty() || platform::monotonic_ns() - s.last_commit_end_ns < 30'000'000'000;
 }
 
 IngestCounters IngestServer::counters() const {
-  std::lock_guard lock(impl_->counters_mutex);
-  return impl_->counters;
+  Impl& s = *impl_;
+  IngestCounters c;
+  {
+    std::lock_guard lock(s.counters_mutex);
+    c = s.counters;
+  }
+  std::lock_guard lock(s.queue_mutex);
+  c.store_queue_bytes = s.queue_bytes;
+  c.store_queue_peak_bytes = s.queue_peak_bytes;
+  return c;
 }
 
 }  // namespace vantage::collector

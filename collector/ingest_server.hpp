@@ -31,27 +31,51 @@ struct IngestConfig {
   // Called on the store thread for every batch its sink newly stored (not for duplicates), after
   // the sink reported it durable; the batch is valid during the call only. Must not block.
   std::function<void(const store::IncomingBatch&)> on_stored;
-  std::size_t max_connections = 1024;
-  std::uint32_t max_frame = 4u << 20;
+
+  // Threads running sockets, TLS and frame verification; 0: one per core.
+  std::size_t io_threads = 0;
+  // Authenticated sessions (past the TLS handshake). start() raises RLIMIT_NOFILE to fit them and
+  // the handshake budget, and lowers this cap (with a warning) where the hard limit does not.
+  std::size_t max_sessions = 20'000;
+  // The pre-authentication budget: TLS handshakes in progress, in all and per source address.
+  // When the total is reached, the oldest handshake is closed if it has run for at least
+  // `evict_after`, otherwise the new connection is; a source at its own cap gets no more.
+  std::size_t max_handshakes = 1024;
+  std::size_t max_handshakes_per_source = 64;
+  std::chrono::milliseconds evict_after{1'000};
   std::chrono::milliseconds handshake_timeout{10'000};
   // A connection that sends no frame for this long is closed (agents send a batch per
   // reporting interval, so this must be well above the interval).
   std::chrono::milliseconds idle_timeout{120'000};
+  std::uint32_t max_frame = 4u << 20;
   // Batches stored but not yet acked per connection; reading pauses at this many.
   std::size_t max_pending_per_connection = 256;
+  // Frames queued for the store, in bytes, across all connections. At the bound every
+  // connection stops reading (TCP backpressure: agents keep spooling) until the store catches up.
+  std::size_t store_queue_bytes = 64u << 20;
+  // Acks written but not yet taken by the peer's socket; a peer over this is closed.
+  std::size_t max_unsent_ack_bytes = 64u << 10;
+  // Pre-authentication refusals are logged as one summary line per period, never one per
+  // connection (they are peer-controlled).
+  std::chrono::milliseconds refusal_summary_period{60'000};
 };
 
 // Rejection reasons, as counted (and later exposed as metrics).
 enum class Reject : std::uint8_t {
-  kConnectionLimit,
-  kHandshake,   // TLS handshake failed: no or untrusted client certificate, garbage, ...
-  kTimeout,     // handshake or idle timeout
+  kConnectionLimit,  // authenticated sessions at max_sessions
+  kHandshake,        // TLS handshake failed: no or untrusted client certificate, garbage, ...
+  kTimeout,          // handshake or idle timeout
   kNoIdentity,  // no client certificate CN
   kIdentity,    // Hello/Batch agent id differs from the certificate's CN
   kRegion,      // Hello from a region this collector does not serve
   kProtocol,    // a frame out of order (Batch before Hello, an Ack, a second Hello, seq 0)
   kFrame,       // length over the limit, zero, or verification failed
   kStore,       // the store failed; the agent was told to retry later
+  kHandshakeLimit,  // handshakes in progress at max_handshakes, none old enough to evict
+  kSourceLimit,     // the source address at max_handshakes_per_source
+  kEvicted,         // the oldest handshake in progress, closed for a new connection
+  kSlowReader,      // acks unsent past max_unsent_ack_bytes: the peer does not read
+  kFdLimit,         // accept failed for lack of file descriptors
   kCount,
 };
 const char* to_string(Reject reason) noexcept;
@@ -65,6 +89,12 @@ inline constexpr std::size_t kSinkLatencyBuckets = std::size(kSinkLatencyBounds)
 struct IngestCounters {
   std::uint64_t connections_accepted = 0;
   std::uint64_t connections_open = 0;
+  std::uint64_t handshakes_in_progress = 0;
+  std::uint64_t sessions_open = 0;     // authenticated
+  std::uint64_t resumed_handshakes = 0;  // of `handshakes`, those that resumed a session ticket
+  std::uint64_t store_queue_bytes = 0;   // frames queued or being stored
+  std::uint64_t store_queue_peak_bytes = 0;
+  std::uint64_t read_pauses = 0;  // times a connection stopped reading for the full store queue
   std::uint64_t handshakes = 0;
   std::uint64_t frames = 0;
   std::uint64_t batches_stored = 0;
@@ -84,10 +114,12 @@ struct IngestStartResult {
   explicit operator bool() const noexcept { return error.empty(); }
 };
 
-// Threads: one io_context thread for every socket and TLS session, and one store thread that
-// owns the SQLite connection. The io thread queues verified batches; the store thread commits
-// everything queued in one transaction and posts the outcomes back, and the io thread then
-// sends each Ack. A slow disk therefore delays acks, never the handshakes or reads of others.
+// Threads: io_threads io_contexts, each owning its connections (TLS, framing, verification),
+// and one store thread that owns the sink. Accepted connections go round-robin to the io
+// threads after the pre-authentication budget admitted them. The io threads queue verified
+// batches (bounded in bytes); the store thread commits everything queued in one transaction and
+// posts the outcomes back to each connection's thread, which then sends the Ack. A slow disk
+// therefore delays acks and, at the queue bound, reads, never the handshakes of others.
 class IngestServer {
  public:
   explicit IngestServer(IngestConfig config);
@@ -105,7 +137,7 @@ class IngestServer {
   // The sink's name() ("sqlite", "jetstream"), valid after start().
   const char* sink_name() const noexcept;
 
-  // True when the io thread answers a posted task within a second and the store thread is not
+  // True when every io thread answers a posted task within a second and the store thread is not
   // stuck: its queue is empty or it committed within the last 30 s.
   bool healthy() const;
 

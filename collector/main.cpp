@@ -34,8 +34,9 @@ using vantage::collector::IngestServer;
 const char* kUsage =
     "usage: vantage-collector serve --db FILE --region NAME [--region NAME ...] --ca FILE --cert FILE --key "
     "FILE\n"
-    "                               [--listen ADDR:PORT ...] [--max-connections N] [--max-frame BYTES]\n"
+    "                               [--listen ADDR:PORT ...] [--max-sessions N] [--max-frame BYTES]\n"
     "                               [--handshake-timeout MS] [--idle-timeout MS] [--http ADDR:PORT ...]\n"
+    "                               [--ticket-keys FILE] (default: ticket-keys beside --db)\n"
     "       vantage-collector serve --jetstream URL [--jetstream URL ...] [--stream NAME] (instead of --db)\n"
     "       vantage-collector serve --config FILE [--check-config]\n"
     "       vantage-collector query --db FILE\n"
@@ -218,6 +219,8 @@ int main(int argc, char** argv) {
       config.tls.ca_file = value;
     } else if (arg == "--cert") {
       config.tls.cert_file = value;
+    } else if (arg == "--ticket-keys") {
+      config.tls.ticket_key_file = value;
     } else if (arg == "--key") {
       config.tls.key_file = value;
     } else if (arg == "--http") {
@@ -236,7 +239,7 @@ int main(int argc, char** argv) {
         return 2;
       }
       config.listen.push_back(endpoint);
-    } else if (arg == "--max-connections" || arg == "--handshake-timeout" || arg == "--idle-timeout" ||
+    } else if (arg == "--max-sessions" || arg == "--handshake-timeout" || arg == "--idle-timeout" ||
                arg == "--max-frame") {
       std::uint64_t n = 0;
       const auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
@@ -245,7 +248,7 @@ int main(int argc, char** argv) {
                      static_cast<int>(arg.size()), arg.data(), value.c_str());
         return 2;
       }
-      if (arg == "--max-connections") config.max_connections = n;
+      if (arg == "--max-sessions") config.max_sessions = n;
       if (arg == "--handshake-timeout") config.handshake_timeout = std::chrono::milliseconds(n);
       if (arg == "--idle-timeout") config.idle_timeout = std::chrono::milliseconds(n);
       if (arg == "--max-frame") config.max_frame = static_cast<std::uint32_t>(n);
@@ -261,6 +264,9 @@ int main(int argc, char** argv) {
   }
   if (command == "query") {
     return query(config.database);
+  }
+  if (!config_path && config.tls.ticket_key_file.empty() && jetstream.servers.empty()) {
+    config.tls.ticket_key_file = vantage::collector::default_ticket_key_file(config.database);
   }
   if (config.listen.empty()) {
     config.listen.emplace_back(asio::ip::address_v6::any(), 7443);

@@ -75,6 +75,15 @@ void FrameReader::feed(std::span<const std::uint8_t> bytes) {
   buffer_.insert(buffer_.end(), bytes.begin(), bytes.end());
 }
 
+void FrameReader::release_if_idle() {
+  if (buffered() != 0) return;
+  frame_ = nullptr;
+  frame_bytes_ = {};
+  consumed_ = 0;
+  std::vector<std::uint8_t>().swap(buffer_);
+  std::vector<std::uint8_t>().swap(aligned_);
+}
+
 FrameStatus FrameReader::next() {
   frame_ = nullptr;
   frame_bytes_ = {};

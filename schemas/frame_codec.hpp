@@ -47,6 +47,9 @@ class FrameReader {
   const Frame* frame() const noexcept { return frame_; }
   std::span<const std::uint8_t> frame_bytes() const noexcept { return frame_bytes_; }
   std::size_t buffered() const noexcept { return buffer_.size() - consumed_; }
+  // Frees the buffers when no partial frame is held, so an idle connection keeps no memory of
+  // its largest frame. Invalidates frame() and frame_bytes().
+  void release_if_idle();
   std::uint32_t max_frame() const noexcept { return max_frame_; }
 
  private:

@@ -4,7 +4,6 @@
 
 #include <mbedtls/pk.h>
 #include <mbedtls/ssl.h>
-#include <mbedtls/ssl_ticket.h>
 #include <mbedtls/x509_crt.h>
 
 #include <chrono>
@@ -43,14 +42,17 @@ struct TlsContextOptions {
   std::string key_pem;
   // TLS 1.3 is preferred; false caps the connection at TLS 1.2 (the minimum either way).
   bool allow_tls13 = true;
-  // Server: at most this many tickets remember their client's identity (see TlsContext).
-  std::size_t max_remembered_tickets = 4096;
   // Server: how long a session ticket stays valid. The ticket key rotates every lifetime and the
-  // previous key is kept, so a ticket works for one to two lifetimes. Long enough to make the
-  // agent's reconnects after network blips cheap; short because a leaked ticket key lets its
+  // previous key is kept, so a key lives at most two lifetimes and a ticket at most one. Long
+  // enough to make the agents' reconnects cheap; short because a leaked ticket key lets its
   // holder decrypt TLS 1.2 resumptions made under it (TLS 1.3 resumes with ECDHE, so it keeps
-  // forward secrecy). Tickets die with the process: its keys exist only in memory.
+  // forward secrecy).
   std::uint32_t ticket_lifetime_s = 6 * 3600;
+  // Server: where the ticket keys live (created mode 0600 if missing, rewritten on rotation), so
+  // tickets outlive a restart and a whole fleet reconnecting to a restarted collector resumes
+  // instead of doing full handshakes. Empty: the keys exist in memory only and die with the
+  // process.
+  std::string ticket_key_file;
 };
 
 class TlsContext;
@@ -89,10 +91,12 @@ class TlsContext {
   explicit TlsContext(TlsRole role);
   std::string load(const TlsContextOptions& options);
 
-  // mbedTLS's TLS 1.3 tickets do not carry the client certificate, so a resuming client would
-  // be anonymous to the server. These wrappers around mbedtls_ssl_ticket_write/parse remember
-  // each ticket's client identity in memory (bounded, oldest dropped first) and refuse tickets
-  // they do not know, which makes the client do a full handshake instead of an anonymous one.
+  // mbedTLS's TLS 1.3 sessions do not carry the client certificate, so a resuming client would
+  // be anonymous to the server. Our tickets therefore seal the client's identity together with
+  // the session: AES-256-GCM under the current ticket key, [key id u32][IV 12][ciphertext of
+  // (CN, subject DN, mbedtls_ssl_session_save bytes)][tag 16]. A ticket without an identity, under
+  // an unknown key or older than its lifetime is refused: the client does a full handshake.
+  // Stateless, so any number of agents resume, also after the server restarts with its key file.
   static int write_ticket(void* self, const mbedtls_ssl_session* session, unsigned char* start,
                           const unsigned char* end, std::size_t* length, std::uint32_t* lifetime_s);
   static int parse_ticket(void* self, mbedtls_ssl_session* session, unsigned char* ticket,
@@ -107,17 +111,23 @@ class TlsContext {
   mbedtls_x509_crt ca_chain_;
   mbedtls_x509_crt own_cert_;
   mbedtls_pk_context own_key_;
-  mbedtls_ssl_ticket_context tickets_;
 
-  struct RememberedTicket {
-    PeerIdentity peer;
-    std::chrono::steady_clock::time_point expires;
+  struct TicketKey {
+    std::uint32_t id = 0;  // 0: none
+    std::int64_t created_s = 0;  // wall clock: key files outlive reboots
+    unsigned char key[32] = {};
   };
+  // Makes a new current key when there is none or it is a lifetime old (the current one becomes
+  // the previous one) and writes the key file. Under tickets_mutex_.
+  std::string rotate_keys_if_due(std::int64_t now_s);
+  std::string load_key_file();
+  std::string save_key_file() const;
+  const TicketKey* find_key(std::uint32_t id) const;
+
   std::mutex tickets_mutex_;  // ticket callbacks run on every server stream's thread
-  std::unordered_map<std::string, RememberedTicket> remembered_;
-  std::deque<std::string> remembered_order_;  // oldest first
-  std::size_t max_remembered_ = 0;
-  std::chrono::seconds ticket_lifetime_{0};
+  TicketKey keys_[2];         // current, previous
+  std::string ticket_key_file_;
+  std::uint32_t ticket_lifetime_s_ = 0;
 
   mutable std::mutex session_mutex_;  // streams on different threads share the saved session
   mbedtls_ssl_session saved_session_;

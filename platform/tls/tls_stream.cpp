@@ -211,6 +211,39 @@ void TlsStream::read_step(asio::mutable_buffer buffer, IoHandler handler) {
                                          error_from(ret == 0 ? MBEDTLS_ERR_SSL_CONN_EOF : ret), 0);
 }
 
+std::size_t TlsStream::read_available(asio::mutable_buffer buffer, std::error_code& ec) {
+  ec = {};
+  if (closed_) {
+    ec = asio::error::operation_aborted;
+    return 0;
+  }
+  TicketPeerScope scope(peer_);
+  int ret;
+  while ((ret = mbedtls_ssl_read(&ssl_, static_cast<unsigned char*>(buffer.data()), buffer.size())) ==
+         MBEDTLS_ERR_SSL_RECEIVED_NEW_SESSION_TICKET) {
+    context_->save_session(ssl_, server_name_);
+  }
+  if (ret > 0) {
+    read_wants_ = MBEDTLS_ERR_SSL_WANT_READ;
+    return static_cast<std::size_t>(ret);
+  }
+  if (wants_io(ret)) {
+    read_wants_ = ret;
+    ec = asio::error::would_block;
+    return 0;
+  }
+  ec = error_from(ret == 0 ? MBEDTLS_ERR_SSL_CONN_EOF : ret);
+  return 0;
+}
+
+void TlsStream::async_wait_read(Handler handler) {
+  if (closed_) return complete<std::error_code>(std::move(handler), asio::error::operation_aborted);
+  // Decrypted bytes (or a whole record) already buffered inside mbedTLS: the socket may never
+  // become readable again for them.
+  if (mbedtls_ssl_check_pending(&ssl_) != 0) return complete<std::error_code>(std::move(handler), {});
+  wait_then(read_wants_, [handler = std::move(handler)](std::error_code ec) mutable { handler(ec); });
+}
+
 void TlsStream::async_write(asio::const_buffer buffer, IoHandler handler) {
   write_step(buffer, 0, std::move(handler));
 }

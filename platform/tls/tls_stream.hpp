@@ -46,6 +46,15 @@ class TlsStream : public std::enable_shared_from_this<TlsStream> {
   void async_handshake(Handler handler);
   // Completes with at least one byte, or an error.
   void async_read_some(asio::mutable_buffer buffer, IoHandler handler);
+  // Reads what TLS can give now without waiting: returns n > 0 bytes; or 0 with ec set to
+  // asio::error::would_block (wait with async_wait_read(), then call again), or another error as
+  // async_read_some reports it. With async_wait_read() this lets a server read into one scratch
+  // buffer per thread instead of keeping a buffer per idle connection.
+  std::size_t read_available(asio::mutable_buffer buffer, std::error_code& ec);
+  // Completes when read_available() can make progress: the socket became readable (or writable,
+  // when TLS must flush an alert or a post-handshake message first), or TLS already holds
+  // decrypted bytes. At most one pending, and not together with async_read_some().
+  void async_wait_read(Handler handler);
   // Completes when all of buffer is written (or on error, with the count written so far).
   void async_write(asio::const_buffer buffer, IoHandler handler);
   // Sends close_notify, then closes the socket.
@@ -93,6 +102,7 @@ class TlsStream : public std::enable_shared_from_this<TlsStream> {
   bool verified_peer_ = false;  // a certificate was verified during this handshake
   PeerIdentity peer_;           // from that certificate, or from the ticket of a resumption
   bool resumed_ = false;
+  int read_wants_ = MBEDTLS_ERR_SSL_WANT_READ;  // what read_available() last waited for
 };
 
 }  // namespace vantage::platform::tls

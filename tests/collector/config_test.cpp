@@ -37,7 +37,13 @@ TEST_CASE("collector config: a file with every key loads with exact values") {
   CHECK(o.tls.ca_file == "pki/ca.crt");
   CHECK(o.tls.cert_file == "pki/collector.crt");
   CHECK(o.tls.key_file == "pki/collector.key");
-  CHECK(o.max_connections == 10);
+  CHECK(o.io_threads == 3);
+  CHECK(o.max_sessions == 10);
+  CHECK(o.max_handshakes == 20);
+  CHECK(o.max_handshakes_per_source == 5);
+  CHECK(o.max_unsent_ack_bytes == 4096);
+  CHECK(o.store_queue_bytes == 1048576);
+  CHECK(o.tls.ticket_key_file == "/tmp/keys");
   CHECK(o.max_frame == 65536);
   CHECK(o.handshake_timeout == 2s);
   CHECK(o.idle_timeout == 30s);
@@ -54,7 +60,10 @@ TEST_CASE("collector config: keys left out take the command line's defaults") {
   CHECK(o.listen[0].port() == 7443);
   CHECK(o.regions == std::vector<std::string>{"eu-central"});
   CHECK(o.database == "store.db");
-  CHECK(o.max_connections == defaults.max_connections);
+  CHECK(o.max_sessions == defaults.max_sessions);
+  CHECK(o.max_handshakes == defaults.max_handshakes);
+  CHECK(o.store_queue_bytes == defaults.store_queue_bytes);
+  CHECK(o.tls.ticket_key_file == "ticket-keys");  // beside the database
   CHECK(o.max_frame == defaults.max_frame);
   CHECK(o.handshake_timeout == defaults.handshake_timeout);
   CHECK(o.idle_timeout == defaults.idle_timeout);
@@ -69,7 +78,7 @@ TEST_CASE("collector config: every error is reported at once, with file, line an
       file + ":2: ingest.listen[0]: " + endpoint + ", got \"7443\"",
       file + ":2: ingest.listen[1]: " + endpoint + ", got \"collector.test:7443\"",
       file + ":3: ingest.regions[2]: duplicate \"eu-central\"",
-      file + ":4: ingest.max_connections: expected an integer in 1..1000000, got 0",
+      file + ":4: ingest.max_sessions: expected an integer in 1..1000000, got 0",
       file + ":5: ingest.max_frame: expected bytes, an integer in 4096..268435456, got 1.5",
       file + ":6: ingest.idle_timeout: unknown key (did you mean 'idle_timeout_ms'?)",
       file + ":8: tls.cert: missing; expected a file path (PEM)",

@@ -375,12 +375,12 @@ def scenario_dual_stack(world):
 def scenario_failover_and_cap(world):
     """An agent whose first collector is down fails over to the next one; a collector at its
     connection cap turns a second agent away without disturbing the first."""
-    world.start_collector("--max-connections", "1")
+    world.start_collector("--max-sessions", "1")
     dead = f"127.0.0.1:{free_port()}"
     a1 = world.start_agent("a1", collectors=[dead, f"127.0.0.1:{world.port}"])
     wait_for(lambda: len(world.seqs("a1")) >= 3, 60, "a1's batches through its second collector")
     a2 = world.start_agent("a2")
-    wait_for(lambda: "connection limit (1) reached" in world.collector.text(), 30, "the connection cap")
+    wait_for(lambda: "session limit (1) reached" in world.collector.text(), 30, "the session cap")
     time.sleep(1)
     assert world.seqs("a2") == [], "a second connection got past a cap of 1"
     assert a1.stop() == 0

@@ -9,6 +9,8 @@
 #include <asio/write.hpp>
 
 #include <array>
+#include <filesystem>
+#include <fstream>
 #include <vector>
 
 namespace vantage::platform::tls::test {
@@ -205,7 +207,9 @@ TEST_CASE("a ticket the server does not know (collector restarted) means a full 
   close_all(server_loop, client_loop, second);
 }
 
-TEST_CASE("the server remembers a bounded number of tickets, dropping the oldest") {
+namespace fs = std::filesystem;
+
+std::shared_ptr<TlsContext> server_with_key_file(const std::string& key_file, std::uint32_t lifetime_s = 3600) {
   const Pki& pki = Pki::get();
   REQUIRE(pki.ok());
   TlsContextOptions options;
@@ -213,29 +217,85 @@ TEST_CASE("the server remembers a bounded number of tickets, dropping the oldest
   options.ca_file = pki.file("ca.crt");
   options.cert_file = pki.file("collector.crt");
   options.key_file = pki.file("collector.key");
-  options.max_remembered_tickets = 1;
-  auto server_context = TlsContext::create(options).context;
-  REQUIRE(server_context);
-  auto first_client = agent_context();
-  auto second_client = agent_context();
+  options.ticket_key_file = key_file;
+  options.ticket_lifetime_s = lifetime_s;
+  TlsContextResult result = TlsContext::create(options);
+  INFO(result.error);
+  REQUIRE(result);
+  return result.context;
+}
+
+// Connects, picks up the ticket, closes; whether the handshake resumed and whom the server saw.
+std::pair<bool, std::string> connect_once(Loop& server_loop, Loop& client_loop,
+                                          const std::shared_ptr<TlsContext>& server_context,
+                                          const std::shared_ptr<TlsContext>& client_context) {
+  Connection c = handshake(server_loop, client_loop, "127.0.0.1", server_context, client_context, "localhost");
+  INFO(c.server_error.message(), " / ", c.client_error.message());
+  REQUIRE_FALSE(c.server_error);
+  REQUIRE_FALSE(c.client_error);
+  server_loop.run([&] { echo(c.server, std::make_shared<std::vector<char>>(4096)); });
+  check_round_trip(client_loop, c.client, 10);  // picks up the TLS 1.3 ticket
+  const bool resumed = c.server->resumed();
+  CHECK(c.client->resumed() == resumed);
+  std::string who = c.server->peer_common_name();
+  close_all(server_loop, client_loop, c);
+  return {resumed, who};
+}
+
+TEST_CASE("tickets outlive a server restart that keeps its key file, with the client's identity") {
+  const fs::path dir = fs::path(Pki::get().dir()) / "tickets-restart";
+  fs::create_directories(dir);
+  const std::string key_file = (dir / "ticket-keys").string();
+  fs::remove(key_file);
+  auto client_context = agent_context();
   Loop server_loop, client_loop;
-  auto connect = [&](const std::shared_ptr<TlsContext>& client_context) {
-    Connection c =
-        handshake(server_loop, client_loop, "127.0.0.1", server_context, client_context, "localhost");
-    REQUIRE_FALSE(c.server_error);
-    REQUIRE_FALSE(c.client_error);
-    server_loop.run([&] { echo(c.server, std::make_shared<std::vector<char>>(4096)); });
-    check_round_trip(client_loop, c.client, 10);  // picks up the ticket
-    const bool resumed = c.server->resumed();
-    CHECK(c.client->resumed() == resumed);
-    CHECK(c.server->peer_common_name() == "agent-1");
-    close_all(server_loop, client_loop, c);
-    return resumed;
-  };
-  CHECK_FALSE(connect(first_client));
-  CHECK_FALSE(connect(second_client));  // its ticket displaces the first client's
-  CHECK_FALSE(connect(first_client));   // full handshake; now the first client's is remembered
-  CHECK(connect(first_client));
+  {
+    auto first_server = server_with_key_file(key_file);
+    REQUIRE(fs::exists(key_file));
+    CHECK((fs::status(key_file).permissions() & (fs::perms::group_all | fs::perms::others_all)) == fs::perms::none);
+    CHECK(connect_once(server_loop, client_loop, first_server, client_context) == std::make_pair(false, std::string("agent-1")));
+  }
+  // A new process (context) with the same key file accepts the ticket: resumed, identity kept.
+  auto second_server = server_with_key_file(key_file);
+  CHECK(connect_once(server_loop, client_loop, second_server, client_context) == std::make_pair(true, std::string("agent-1")));
+  // Thousands of distinct clients need no server memory: each ticket carries its own identity.
+  auto other_client = agent_context();
+  CHECK_FALSE(connect_once(server_loop, client_loop, second_server, other_client).first);
+  CHECK(connect_once(server_loop, client_loop, second_server, other_client).first);
+  CHECK(connect_once(server_loop, client_loop, second_server, client_context).first);
+
+  // Another key file (another collector, or one whose keys were lost) means a full handshake.
+  const std::string elsewhere = (dir / "other-keys").string();
+  fs::remove(elsewhere);
+  auto third_server = server_with_key_file(elsewhere);
+  CHECK(connect_once(server_loop, client_loop, third_server, client_context) == std::make_pair(false, std::string("agent-1")));
+}
+
+TEST_CASE("a ticket key file that is damaged or readable by others is refused with its name") {
+  const fs::path dir = fs::path(Pki::get().dir()) / "tickets-bad";
+  fs::create_directories(dir);
+  const std::string key_file = (dir / "ticket-keys").string();
+  const Pki& pki = Pki::get();
+  TlsContextOptions options;
+  options.role = TlsRole::kServer;
+  options.ca_file = pki.file("ca.crt");
+  options.cert_file = pki.file("collector.crt");
+  options.key_file = pki.file("collector.key");
+  options.ticket_key_file = key_file;
+  {
+    std::ofstream out(key_file, std::ios::trunc);
+    out << "not keys";
+  }
+  fs::permissions(key_file, fs::perms::owner_read | fs::perms::owner_write);
+  TlsContextResult damaged = TlsContext::create(options);
+  CHECK_FALSE(damaged);
+  CHECK(damaged.error.find(key_file + ": not a ticket key file") == 0);
+  fs::remove(key_file);
+  REQUIRE(TlsContext::create(options));  // makes a good one
+  fs::permissions(key_file, fs::perms::group_read, fs::perm_options::add);
+  TlsContextResult exposed = TlsContext::create(options);
+  CHECK_FALSE(exposed);
+  CHECK(exposed.error.find("chmod 600") != std::string::npos);
 }
 
 TEST_CASE("TLS 1.2 when the client caps it, with ticket resumption and identities kept") {

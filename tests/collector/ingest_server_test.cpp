@@ -1,0 +1,302 @@
+// The collector's ingest against real TLS clients on loopback: the pre-authentication budget
+// (a flood from one address leaves room for another's agent), backpressure from a stalled store
+// (reading stops at the queue bound and everything arrives afterwards), and the peer that never
+// reads its acks. Limits are small so each case runs in seconds.
+#include <doctest/doctest.h>
+
+#include <asio/connect.hpp>
+#include <asio/write.hpp>
+
+#include <sys/socket.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "collector/ingest_server.hpp"
+#include "collector/store/sqlite_store.hpp"
+#include "platform/clock.hpp"
+#include "schemas/frame_codec.hpp"
+#include "tests/platform/tls/tls_test_support.hpp"
+
+namespace vantage::collector {
+namespace {
+
+namespace fs = std::filesystem;
+using platform::tls::test::await;
+using platform::tls::test::Loop;
+using platform::tls::test::Pki;
+
+std::string frame_bytes(flatbuffers::FlatBufferBuilder& fbb) {
+  std::vector<std::uint8_t> out;
+  wire::append_frame(out, {fbb.GetBufferPointer(), fbb.GetSize()});
+  return {out.begin(), out.end()};
+}
+
+std::string hello_frame() {
+  flatbuffers::FlatBufferBuilder fbb;
+  const auto hello = wire::CreateHelloDirect(fbb, 1, "agent-1", "eu-west", "fra1", "test", "x86_64", 0);
+  wire::FinishFrameBuffer(fbb, wire::CreateFrame(fbb, wire::Message::Hello, hello.Union()));
+  return frame_bytes(fbb);
+}
+
+// A batch with `targets` latency summaries (about 60 bytes each).
+std::string batch_frame(std::uint64_t seq, int targets = 1) {
+  flatbuffers::FlatBufferBuilder fbb;
+  std::vector<flatbuffers::Offset<wire::LatencySummary>> latency;
+  for (int i = 0; i < targets; ++i) {
+    const std::string target = "10.0.0." + std::to_string(i) + ":7000";
+    latency.push_back(wire::CreateLatencySummaryDirect(fbb, target.c_str()));
+  }
+  // Recent intervals: the store keeps store.retention_days, and older batches are not kept.
+  static const std::int64_t start_ns = platform::realtime_ns() - 3'600'000'000'000;
+  const std::int64_t end_ns = start_ns + static_cast<std::int64_t>(seq) * 1'000'000'000;
+  const auto batch = wire::CreateBatchDirect(fbb, "agent-1", seq, end_ns - 1'000'000'000, end_ns, "eu-west", "fra1",
+                                             &latency);
+  wire::FinishFrameBuffer(fbb, wire::CreateFrame(fbb, wire::Message::Batch, batch.Union()));
+  return frame_bytes(fbb);
+}
+
+struct Server {
+  fs::path dir;
+  std::unique_ptr<IngestServer> ingest;
+  asio::ip::tcp::endpoint endpoint;
+
+  explicit Server(IngestConfig config, const std::string& name) {
+    const Pki& pki = Pki::get();
+    REQUIRE(pki.ok());
+    dir = pki.dir() / name;
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    config.listen = {{asio::ip::make_address("127.0.0.1"), 0}};
+    config.regions = {"eu-west"};
+    config.database = (dir / "store.db").string();
+    config.tls.ca_file = pki.file("ca.crt");
+    config.tls.cert_file = pki.file("collector.crt");
+    config.tls.key_file = pki.file("collector.key");
+    config.io_threads = 2;
+    ingest = std::make_unique<IngestServer>(std::move(config));
+    const auto started = ingest->start();
+    INFO(started.error);
+    REQUIRE(started);
+    endpoint = ingest->local_endpoints().at(0);
+  }
+  ~Server() {
+    ingest.reset();
+    std::error_code ignored;
+    fs::remove_all(dir, ignored);
+  }
+  std::vector<std::uint64_t> seqs() {
+    auto store = store::SqliteStore::open((dir / "store.db").string(), {.read_only = true});
+    REQUIRE(store);
+    auto seqs = store.value->seqs("agent-1");
+    REQUIRE(seqs);
+    return *seqs.value;
+  }
+};
+
+// Waits (bounded) until pred holds.
+template <typename Pred>
+bool eventually(Pred pred, std::chrono::seconds bound = std::chrono::seconds(60)) {
+  const auto deadline = std::chrono::steady_clock::now() + bound;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return pred();
+}
+
+asio::ip::tcp::socket connect_from(asio::io_context& io, const std::string& source,
+                                   const asio::ip::tcp::endpoint& to, int receive_buffer = 0) {
+  asio::ip::tcp::socket socket(io);
+  socket.open(asio::ip::tcp::v4());
+  if (receive_buffer > 0) socket.set_option(asio::socket_base::receive_buffer_size(receive_buffer));
+  socket.bind({asio::ip::make_address(source), 0});
+  socket.connect(to);
+  return socket;
+}
+
+// An agent: TLS from `source`, Hello, then reads acks into `acks` as they come.
+struct Agent {
+  Loop loop;
+  std::shared_ptr<platform::tls::TlsStream> stream;
+  std::mutex mutex;
+  std::vector<std::uint64_t> acks;
+  std::error_code read_error;
+  bool read_done = false;
+  wire::FrameReader reader;
+  std::array<std::uint8_t, 4096> chunk{};
+
+  std::error_code connect(const std::string& source, const asio::ip::tcp::endpoint& to, int receive_buffer = 0) {
+    auto context = platform::tls::test::agent_context();
+    stream = platform::tls::TlsStream::create(connect_from(loop.io(), source, to, receive_buffer), context,
+                                              "localhost");
+    auto handshake = platform::tls::test::start_handshake(loop, stream);
+    return await(handshake);
+  }
+  std::error_code send(std::string bytes) {
+    auto written = platform::tls::test::start_write(loop, stream, std::make_shared<const std::string>(std::move(bytes)));
+    return await(written);
+  }
+  void start_reading() {
+    asio::post(loop.io(), [this] { read_next(); });
+  }
+  void read_next() {
+    stream->async_read_some(asio::buffer(chunk), [this](std::error_code ec, std::size_t n) {
+      std::lock_guard lock(mutex);
+      if (ec) {
+        read_error = ec;
+        read_done = true;
+        return;
+      }
+      reader.feed({chunk.data(), n});
+      while (reader.next() == wire::FrameStatus::kFrame) {
+        if (const wire::Ack* ack = reader.frame()->message_as_Ack()) {
+          if (ack->status() == wire::AckStatus::Stored) acks.push_back(ack->seq());
+        }
+      }
+      read_next();
+    });
+  }
+  std::size_t ack_count() {
+    std::lock_guard lock(mutex);
+    return acks.size();
+  }
+  bool closed() {
+    std::lock_guard lock(mutex);
+    return read_done;
+  }
+  ~Agent() {
+    if (stream) loop.run([this] { stream->close(); });
+  }
+};
+
+}  // namespace
+
+TEST_CASE("a flood of half-open connections from one address does not lock out another's agent") {
+  IngestConfig config;
+  config.max_handshakes = 64;
+  config.max_handshakes_per_source = 16;
+  config.handshake_timeout = std::chrono::seconds(30);  // the flood stays for the whole test
+  Server server(config, "flood");
+
+  // 300 connections from 127.0.0.2, each sending the first byte of a ClientHello, then nothing.
+  Loop flood_loop;
+  std::vector<asio::ip::tcp::socket> flood;
+  for (int i = 0; i < 300; ++i) {
+    flood.push_back(connect_from(flood_loop.io(), "127.0.0.2", server.endpoint));
+    const std::uint8_t first = 0x16;
+    std::error_code ignored;
+    asio::write(flood.back(), asio::buffer(&first, 1), ignored);
+  }
+  CHECK(eventually([&] {
+    const IngestCounters c = server.ingest->counters();
+    return c.rejects[static_cast<std::size_t>(Reject::kSourceLimit)] >= 300 - 16;
+  }));
+  {
+    const IngestCounters c = server.ingest->counters();
+    CHECK(c.handshakes_in_progress <= 16);
+  }
+
+  // An agent from another address gets in, and its batches are stored and acked.
+  Agent agent;
+  REQUIRE_FALSE(agent.connect("127.0.0.3", server.endpoint));
+  agent.start_reading();
+  REQUIRE_FALSE(agent.send(hello_frame()));
+  for (std::uint64_t seq = 1; seq <= 5; ++seq) REQUIRE_FALSE(agent.send(batch_frame(seq)));
+  CHECK(eventually([&] { return agent.ack_count() == 5; }));
+  const std::vector<std::uint64_t> first_five{1, 2, 3, 4, 5};
+  CHECK(server.seqs() == first_five);
+
+  // A second wave from many addresses fills the whole budget; the oldest handshakes (over a
+  // second old) make way for newcomers, and an agent still gets in.
+  std::vector<asio::ip::tcp::socket> wave;
+  for (int i = 0; i < 100; ++i) {
+    wave.push_back(connect_from(flood_loop.io(), "127.0.1." + std::to_string(1 + i % 20), server.endpoint));
+  }
+  CHECK(eventually([&] {
+    const IngestCounters c = server.ingest->counters();
+    return c.rejects[static_cast<std::size_t>(Reject::kEvicted)] +
+               c.rejects[static_cast<std::size_t>(Reject::kHandshakeLimit)] >
+           0;
+  }));
+  // Once the wave's handshakes are a second old, the oldest make way for a newcomer.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1200));
+  Agent late;
+  REQUIRE_FALSE(late.connect("127.0.0.4", server.endpoint));
+  late.start_reading();
+  REQUIRE_FALSE(late.send(hello_frame()));
+  REQUIRE_FALSE(late.send(batch_frame(6)));
+  CHECK(eventually([&] { return late.ack_count() == 1; }));
+  CHECK(server.ingest->counters().handshakes_in_progress <= 64);
+  flood_loop.run([&] {
+    flood.clear();
+    wave.clear();
+  });
+}
+
+TEST_CASE("a stalled store stops reading at the queue bound; everything is stored afterwards") {
+  const fs::path pause = fs::temp_directory_path() / ("vantage-pause-" + std::to_string(::getpid()));
+  { std::ofstream(pause.string()) << "paused"; }
+  ::setenv("VANTAGE_COLLECTOR_STORE_PAUSE_FILE", pause.c_str(), 1);
+  IngestConfig config;
+  config.store_queue_bytes = 64 * 1024;
+  config.max_pending_per_connection = 100'000;  // the queue bound, not this, must stop reading
+  Server server(config, "backpressure");
+  ::unsetenv("VANTAGE_COLLECTOR_STORE_PAUSE_FILE");
+
+  // ~3 KiB per batch: 400 batches are about 20 times the queue bound.
+  constexpr std::uint64_t kBatches = 400;
+  std::string all = hello_frame();
+  for (std::uint64_t seq = 1; seq <= kBatches; ++seq) all += batch_frame(seq, 50);
+  Agent agent;
+  REQUIRE_FALSE(agent.connect("127.0.0.5", server.endpoint));
+  agent.start_reading();
+  auto written = platform::tls::test::start_write(agent.loop, agent.stream, std::make_shared<const std::string>(all));
+  CHECK(eventually([&] { return server.ingest->counters().read_pauses > 0; }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  {
+    const IngestCounters c = server.ingest->counters();
+    // The bound plus what one connection had already read when it found the queue full: one
+    // TLS record's worth of frames.
+    CHECK(c.store_queue_peak_bytes <= config.store_queue_bytes + 20 * 1024);
+    CHECK(c.batches_stored == 0);
+    CHECK(agent.ack_count() == 0);
+  }
+  fs::remove(pause);
+  CHECK(await(written) == std::error_code{});
+  CHECK(eventually([&] { return agent.ack_count() == kBatches; }));
+  const std::vector<std::uint64_t> stored = server.seqs();
+  CHECK(stored.size() == kBatches);
+  CHECK(server.ingest->counters().store_queue_peak_bytes <= config.store_queue_bytes + 20 * 1024);
+}
+
+TEST_CASE("a peer that sends batches but never reads its acks is closed") {
+  IngestConfig config;
+  config.max_unsent_ack_bytes = 1024;
+  config.max_pending_per_connection = 100'000;
+  Server server(config, "slow-reader");
+  Agent agent;
+  REQUIRE_FALSE(agent.connect("127.0.0.6", server.endpoint, /*receive_buffer=*/1024));
+  // Never reads: the collector's acks back up in its socket, then in its queue.
+  REQUIRE_FALSE(agent.send(hello_frame()));
+  std::string chunk;
+  std::uint64_t seq = 0;
+  bool closed = false;
+  for (int round = 0; round < 200 && !closed; ++round) {
+    chunk.clear();
+    for (int i = 0; i < 50; ++i) chunk += batch_frame(++seq);
+    closed = static_cast<bool>(agent.send(chunk));
+    closed = closed || server.ingest->counters().rejects[static_cast<std::size_t>(Reject::kSlowReader)] > 0;
+  }
+  CHECK(eventually([&] {
+    return server.ingest->counters().rejects[static_cast<std::size_t>(Reject::kSlowReader)] == 1;
+  }));
+  // The closed peer's batches that were stored stay stored; nothing else is disturbed.
+  CHECK(server.ingest->counters().sessions_open <= 1);
+  Agent other;
+  REQUIRE_FALSE(other.connect("127.0.0.7", server.endpoint));
+}
+
+}  // namespace vantage::collector

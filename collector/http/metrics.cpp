@@ -177,6 +177,22 @@ std::string render_metrics(const LiveSnapshot& view, const IngestCounters& c, co
           num(c.connections_accepted));
   counter("vantage_collector_handshakes_total", Type::kCounter, "TLS handshakes completed.",
           num(c.handshakes));
+  counter("vantage_collector_handshakes_resumed_total", Type::kCounter,
+          "Of those, handshakes that resumed a session ticket (no certificate exchange).",
+          num(c.resumed_handshakes));
+  counter("vantage_collector_handshakes_in_progress", Type::kGauge,
+          "Unauthenticated connections in their TLS handshake (the pre-authentication budget).",
+          num(c.handshakes_in_progress));
+  counter("vantage_collector_sessions_open", Type::kGauge, "Authenticated agent sessions open now.",
+          num(c.sessions_open));
+  counter("vantage_collector_store_queue_bytes", Type::kGauge, "Batches waiting for the store, in bytes.",
+          num(c.store_queue_bytes));
+  counter("vantage_collector_store_queue_peak_bytes", Type::kGauge,
+          "The most the store queue held since start (bounded by store.queue_bytes plus one read).",
+          num(c.store_queue_peak_bytes));
+  counter("vantage_collector_read_pauses_total", Type::kCounter,
+          "Times a connection stopped reading because the store queue was full (backpressure).",
+          num(c.read_pauses));
   counter("vantage_collector_frames_total", Type::kCounter, "Frames received and verified.", num(c.frames));
   counter("vantage_collector_batches_stored_total", Type::kCounter, "Batches newly stored by the sink.",
           num(c.batches_stored));

@@ -170,6 +170,11 @@ TEST_CASE("/metrics holds every family with HELP and TYPE, every reject reason, 
   collector::IngestCounters c;
   c.batches_stored = 7;
   c.rejects[static_cast<std::size_t>(collector::Reject::kRegion)] = 2;
+  c.sessions_open = 9'000;
+  c.handshakes_in_progress = 12;
+  c.resumed_handshakes = 8'500;
+  c.store_queue_bytes = 4096;
+  c.read_pauses = 3;
   c.sink_latency_buckets[0] = 3;
   c.sink_latency_buckets[collector::kSinkLatencyBuckets - 1] = 1;
   c.sink_latency_sum_s = 3.5;
@@ -189,8 +194,14 @@ TEST_CASE("/metrics holds every family with HELP and TYPE, every reject reason, 
                  "vantage_agent_cpu_seconds_total{region=\"eu-central\",pop=\"fra1\",agent=\"fra1-a\",mode="
                  "\"user\"} 2\n"));
   CHECK(contains(text, "vantage_collector_batches_stored_total 7\n"));
+  CHECK(contains(text, "vantage_collector_sessions_open 9000\n"));
+  CHECK(contains(text, "vantage_collector_handshakes_in_progress 12\n"));
+  CHECK(contains(text, "vantage_collector_handshakes_resumed_total 8500\n"));
+  CHECK(contains(text, "vantage_collector_store_queue_bytes 4096\n"));
+  CHECK(contains(text, "vantage_collector_read_pauses_total 3\n"));
   for (const char* reason : {"connection_limit", "handshake", "timeout", "no_identity", "identity", "region",
-                             "protocol", "frame", "store"}) {
+                             "protocol", "frame", "store", "handshake_limit", "source_limit", "evicted",
+                             "slow_reader", "fd_limit"}) {
     CHECK(contains(text, std::string("vantage_collector_rejects_total{reason=\"") + reason + "\"} " +
                              (std::string(reason) == "region" ? "2" : "0") + "\n"));
   }

@@ -113,6 +113,10 @@ const cfg::Key<Draft> kKeys[] = {
        return cfg::one_of(v, {"sqlite", "jetstream"});
      },
      [](Draft& d, const Value& v) { d.sink = v.text(); }},
+    {"store.retention_days", Kind::kInteger, "30", "", "days, an integer in 0..36500",
+     "SQLite: data older than this is dropped, a whole day's partition at a time (checked every "
+     "minute while ingest runs); 0 keeps everything.", cfg::integer_in<0, 36'500>,
+     [](Draft& d, const Value& v) { d.config.retention_days = static_cast<int>(v.integer()); }},
     {"store.queue_bytes", Kind::kInteger, "67108864", "", "bytes, an integer in 65536..4294967295",
      "Batches waiting for the store, in bytes. At the bound the collector stops reading from agents "
      "(they keep spooling) until the store catches up.", cfg::integer_in<65'536, 4'294'967'295>,

@@ -955,7 +955,9 @@ IngestStartResult IngestServer::start() {
   if (s.config.sink) {
     s.sink = s.config.sink;
   } else {
-    auto opened = store::SqliteStore::open(s.config.database);
+    store::OpenOptions options;
+    options.retention_days = s.config.retention_days;
+    auto opened = store::SqliteStore::open(s.config.database, options);
     if (!opened) {
       return {opened.error};
     }

@@ -26,6 +26,7 @@ struct IngestConfig {
   platform::tls::TlsContextOptions tls;  // role is forced to server
   std::vector<std::string> regions;      // served; a Hello from any other region is refused
   std::string database;                  // SQLite file, used when no sink is given
+  int retention_days = 30;               // of that SQLite store; 0 keeps everything
   // Where batches go; when null, start() opens the SQLite store at `database`.
   std::shared_ptr<store::BatchSink> sink;
   // Called on the store thread for every batch its sink newly stored (not for duplicates), after

@@ -37,6 +37,7 @@ const char* kUsage =
     "                               [--listen ADDR:PORT ...] [--max-sessions N] [--max-frame BYTES]\n"
     "                               [--handshake-timeout MS] [--idle-timeout MS] [--http ADDR:PORT ...]\n"
     "                               [--ticket-keys FILE] (default: ticket-keys beside --db)\n"
+    "                               [--retention-days N] (default 30; 0 keeps everything)\n"
     "       vantage-collector serve --jetstream URL [--jetstream URL ...] [--stream NAME] (instead of --db)\n"
     "       vantage-collector serve --config FILE [--check-config]\n"
     "       vantage-collector query --db FILE\n"
@@ -239,6 +240,14 @@ int main(int argc, char** argv) {
         return 2;
       }
       config.listen.push_back(endpoint);
+    } else if (arg == "--retention-days") {
+      int days = -1;
+      const auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), days);
+      if (ec != std::errc() || end != value.data() + value.size() || days < 0 || days > 36'500) {
+        std::fprintf(stderr, "vantage-collector: --retention-days: expected 0..36500, not '%s'\n", value.c_str());
+        return 2;
+      }
+      config.retention_days = days;
     } else if (arg == "--max-sessions" || arg == "--handshake-timeout" || arg == "--idle-timeout" ||
                arg == "--max-frame") {
       std::uint64_t n = 0;

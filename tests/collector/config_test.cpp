@@ -43,6 +43,7 @@ TEST_CASE("collector config: a file with every key loads with exact values") {
   CHECK(o.max_handshakes_per_source == 5);
   CHECK(o.max_unsent_ack_bytes == 4096);
   CHECK(o.store_queue_bytes == 1048576);
+  CHECK(o.retention_days == 7);
   CHECK(o.tls.ticket_key_file == "/tmp/keys");
   CHECK(o.max_frame == 65536);
   CHECK(o.handshake_timeout == 2s);
@@ -63,6 +64,7 @@ TEST_CASE("collector config: keys left out take the command line's defaults") {
   CHECK(o.max_sessions == defaults.max_sessions);
   CHECK(o.max_handshakes == defaults.max_handshakes);
   CHECK(o.store_queue_bytes == defaults.store_queue_bytes);
+  CHECK(o.retention_days == 30);
   CHECK(o.tls.ticket_key_file == "ticket-keys");  // beside the database
   CHECK(o.max_frame == defaults.max_frame);
   CHECK(o.handshake_timeout == defaults.handshake_timeout);

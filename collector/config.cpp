@@ -83,8 +83,8 @@ const cfg::Key<Draft> kKeys[] = {
      cfg::integer_in<1, 1'000'000>,
      [](Draft& d, const Value& v) { d.config.max_sessions = static_cast<std::size_t>(v.integer()); }},
     {"ingest.max_handshakes", Kind::kInteger, "1024", "", "an integer in 1..100000",
-     "TLS handshakes in progress (unauthenticated connections). When full, the oldest is closed if it "
-     "has run for a second, otherwise the newcomer.", cfg::integer_in<1, 100'000>,
+     "TLS handshakes in progress (unauthenticated connections). When full, the oldest one that has "
+     "waited 2 s for its peer is closed, otherwise the newcomer.", cfg::integer_in<1, 100'000>,
      [](Draft& d, const Value& v) { d.config.max_handshakes = static_cast<std::size_t>(v.integer()); }},
     {"ingest.max_handshakes_per_source", Kind::kInteger, "64", "", "an integer in 1..100000",
      "TLS handshakes in progress from one IP address; more from it are closed at once.",

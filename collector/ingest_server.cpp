@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <array>
 #include <condition_variable>
 #include <cstdlib>
@@ -135,6 +136,9 @@ class Admission {
   struct Ticket {
     std::list<Entry>::iterator entry;
     bool released = false;
+    // Since when (CLOCK_MONOTONIC ns) the handshake waits for the peer's bytes; 0 while it waits
+    // for this server (queued for CPU, or working). Set by the connection's thread.
+    std::atomic<std::int64_t> awaiting_peer_since_ns{0};
   };
   struct Entry {
     std::weak_ptr<Connection> connection;
@@ -163,12 +167,23 @@ class Admission {
       return d;
     }
     if (in_progress_.size() >= max_total_) {
-      if (in_progress_.empty() || now_ns - in_progress_.front().accepted_ns < evict_after_ns_) {
+      // Make way only by closing a handshake that has been waiting for its peer for a while (a
+      // stalled or trickling peer), oldest first; handshakes that wait for this server's CPU (a
+      // reconnect storm) are never thrown away, the newcomer is refused instead.
+      auto victim = in_progress_.end();
+      for (auto it = in_progress_.begin(); it != in_progress_.end(); ++it) {
+        const std::int64_t since = it->ticket->awaiting_peer_since_ns.load(std::memory_order_relaxed);
+        if (since != 0 && now_ns - since >= evict_after_ns_) {
+          victim = it;
+          break;
+        }
+      }
+      if (victim == in_progress_.end()) {
         d.verdict = Verdict::kHandshakeLimit;
         return d;
       }
-      d.evicted = in_progress_.front();
-      release_locked(*in_progress_.front().ticket);
+      d.evicted = *victim;
+      release_locked(*victim->ticket);
     }
     ++per_source_[source];
     d.ticket = std::make_shared<Ticket>();
@@ -360,6 +375,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
       close();  // evicted before it started
       return;
     }
+    // The ticket outlives this connection's handlers (shared), so the observer may write to it.
+    stream_->set_handshake_observer([ticket = ticket_](bool waiting) {
+      ticket->awaiting_peer_since_ns.store(waiting ? std::max<std::int64_t>(platform::monotonic_ns(), 1) : 0,
+                                           std::memory_order_relaxed);
+    });
     arm_timer(server_.config.handshake_timeout);
     stream_->async_handshake([self = shared_from_this()](std::error_code ec) { self->on_handshake(ec); });
   }

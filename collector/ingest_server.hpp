@@ -39,11 +39,12 @@ struct IngestConfig {
   // the handshake budget, and lowers this cap (with a warning) where the hard limit does not.
   std::size_t max_sessions = 20'000;
   // The pre-authentication budget: TLS handshakes in progress, in all and per source address.
-  // When the total is reached, the oldest handshake is closed if it has run for at least
-  // `evict_after`, otherwise the new connection is; a source at its own cap gets no more.
+  // When the total is reached, the oldest handshake that has waited for its peer's bytes for at
+  // least `evict_after` is closed, otherwise the new connection is; a source at its own cap gets
+  // no more. A handshake waiting for this server's CPU is never evicted.
   std::size_t max_handshakes = 1024;
   std::size_t max_handshakes_per_source = 64;
-  std::chrono::milliseconds evict_after{1'000};
+  std::chrono::milliseconds evict_after{2'000};
   std::chrono::milliseconds handshake_timeout{10'000};
   // A connection that sends no frame for this long is closed (agents send a batch per
   // reporting interval, so this must be well above the interval).

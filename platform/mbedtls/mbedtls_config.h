@@ -45,6 +45,10 @@
 #define MBEDTLS_ECP_DP_SECP256R1_ENABLED
 #define MBEDTLS_ECP_DP_CURVE25519_ENABLED
 #define MBEDTLS_ECP_NIST_OPTIM
+/* A larger window for arbitrary-point multiplication (verifying ECDSA, ECDHE on P-256): 15-25 %
+ * faster full handshakes for about 3 KiB more scratch per operation, which is what a collector
+ * facing a fleet's reconnect storm spends its CPU on (mbedTLS's default is 4). */
+#define MBEDTLS_ECP_WINDOW_SIZE 6
 #define MBEDTLS_ECDH_C
 #define MBEDTLS_ECDSA_C
 #define MBEDTLS_ECDSA_DETERMINISTIC

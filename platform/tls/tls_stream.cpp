@@ -167,7 +167,10 @@ void TlsStream::handshake_step(Handler handler) {
     ret = mbedtls_ssl_handshake(&ssl_);
   }
   if (wants_io(ret)) {
-    return wait_then(ret, [this, handler = std::move(handler)](std::error_code ec) mutable {
+    const bool waiting_for_peer = ret == MBEDTLS_ERR_SSL_WANT_READ;
+    if (waiting_for_peer && handshake_observer_) handshake_observer_(true);
+    return wait_then(ret, [this, waiting_for_peer, handler = std::move(handler)](std::error_code ec) mutable {
+      if (waiting_for_peer && handshake_observer_) handshake_observer_(false);
       if (ec) return complete(std::move(handler), ec);
       handshake_step(std::move(handler));
     });

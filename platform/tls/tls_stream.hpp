@@ -44,6 +44,12 @@ class TlsStream : public std::enable_shared_from_this<TlsStream> {
 
   // The caller bounds the handshake with its own timer and calls close() when it fires.
   void async_handshake(Handler handler);
+  // Called (on the stream's thread) with true when the handshake starts waiting for bytes from
+  // the peer and with false when they came: a server tells a stalled peer from one that waits
+  // for the server's own CPU. Set before async_handshake.
+  void set_handshake_observer(std::function<void(bool waiting_for_peer)> observer) {
+    handshake_observer_ = std::move(observer);
+  }
   // Completes with at least one byte, or an error.
   void async_read_some(asio::mutable_buffer buffer, IoHandler handler);
   // Reads what TLS can give now without waiting: returns n > 0 bytes; or 0 with ec set to
@@ -103,6 +109,7 @@ class TlsStream : public std::enable_shared_from_this<TlsStream> {
   PeerIdentity peer_;           // from that certificate, or from the ticket of a resumption
   bool resumed_ = false;
   int read_wants_ = MBEDTLS_ERR_SSL_WANT_READ;  // what read_available() last waited for
+  std::function<void(bool)> handshake_observer_;
 };
 
 }  // namespace vantage::platform::tls

@@ -178,6 +178,7 @@ TEST_CASE("a flood of half-open connections from one address does not lock out a
   IngestConfig config;
   config.max_handshakes = 64;
   config.max_handshakes_per_source = 16;
+  config.evict_after = std::chrono::milliseconds(500);
   config.handshake_timeout = std::chrono::seconds(30);  // the flood stays for the whole test
   Server server(config, "flood");
 
@@ -209,8 +210,8 @@ TEST_CASE("a flood of half-open connections from one address does not lock out a
   const std::vector<std::uint64_t> first_five{1, 2, 3, 4, 5};
   CHECK(server.seqs() == first_five);
 
-  // A second wave from many addresses fills the whole budget; the oldest handshakes (over a
-  // second old) make way for newcomers, and an agent still gets in.
+  // A second wave from many addresses fills the whole budget; handshakes that have waited for
+  // their peer for evict_after make way for newcomers, oldest first, and an agent still gets in.
   std::vector<asio::ip::tcp::socket> wave;
   for (int i = 0; i < 100; ++i) {
     wave.push_back(connect_from(flood_loop.io(), "127.0.1." + std::to_string(1 + i % 20), server.endpoint));
@@ -221,8 +222,8 @@ TEST_CASE("a flood of half-open connections from one address does not lock out a
                c.rejects[static_cast<std::size_t>(Reject::kHandshakeLimit)] >
            0;
   }));
-  // Once the wave's handshakes are a second old, the oldest make way for a newcomer.
-  std::this_thread::sleep_for(std::chrono::milliseconds(1200));
+  // Once the wave has waited evict_after for its silent peers, the oldest make way.
+  std::this_thread::sleep_for(std::chrono::milliseconds(800));
   Agent late;
   REQUIRE_FALSE(late.connect("127.0.0.4", server.endpoint));
   late.start_reading();

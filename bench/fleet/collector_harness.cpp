@@ -18,14 +18,14 @@ std::string toml_string(const std::string& s) {
   return out + "\"";
 }
 
-std::string key_of(const std::string& line) {
+}  // namespace
+
+std::string config_key(const std::string& line) {
   const auto eq = line.find('=');
   std::string key = line.substr(0, eq);
   key.erase(std::remove_if(key.begin(), key.end(), [](char c) { return c == ' ' || c == '\t'; }), key.end());
   return key;
 }
-
-}  // namespace
 
 bool CollectorHarness::prepare(const FleetPki& pki, std::string& error) {
   const auto& dir = setup_.work_dir;
@@ -58,7 +58,7 @@ bool CollectorHarness::prepare(const FleetPki& pki, std::string& error) {
   out << "# Written by vantage-fleet for one simulator run.\n";
   for (const auto& [key, value] : own) {
     const bool replaced = std::any_of(setup_.extra_lines.begin(), setup_.extra_lines.end(),
-                                      [&key](const std::string& l) { return key_of(l) == key; });
+                                      [&key](const std::string& l) { return config_key(l) == key; });
     if (!replaced) out << key << " = " << value << "\n";
   }
   for (const auto& line : setup_.extra_lines) out << line << "\n";
@@ -88,6 +88,25 @@ asio::ip::tcp::endpoint CollectorHarness::endpoint() const {
   return {asio::ip::make_address_v4("127.0.0.1"), port_};
 }
 
+void check_agent_seqs(const AgentRecord& r, std::vector<std::uint64_t> s, StoreCheck& check) {
+  check.acked += r.acked_through;
+  std::sort(s.begin(), s.end());
+  check.stored += s.size();
+  std::uint64_t found = 0;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (i > 0 && s[i] == s[i - 1]) {
+      ++check.duplicates;
+      continue;
+    }
+    if (s[i] >= 1 && s[i] <= r.acked_through) {
+      ++found;
+    } else {
+      ++check.unacked_stored;
+    }
+  }
+  check.missing += r.acked_through - found;
+}
+
 StoreCheck check_store(const std::filesystem::path& database, const std::vector<AgentRecord>& records) {
   StoreCheck check;
   auto opened = collector::store::SqliteStore::open(database.string(), {.read_only = true});
@@ -96,28 +115,12 @@ StoreCheck check_store(const std::filesystem::path& database, const std::vector<
     return check;
   }
   for (const AgentRecord& r : records) {
-    check.acked += r.acked_through;
     auto seqs = opened.value->seqs(r.agent_id);
     if (!seqs) {
       check.error = seqs.error;
       return check;
     }
-    std::vector<std::uint64_t>& s = *seqs.value;
-    std::sort(s.begin(), s.end());
-    check.stored += s.size();
-    std::uint64_t found = 0;
-    for (std::size_t i = 0; i < s.size(); ++i) {
-      if (i > 0 && s[i] == s[i - 1]) {
-        ++check.duplicates;
-        continue;
-      }
-      if (s[i] >= 1 && s[i] <= r.acked_through) {
-        ++found;
-      } else {
-        ++check.unacked_stored;
-      }
-    }
-    check.missing += r.acked_through - found;
+    check_agent_seqs(r, std::move(*seqs.value), check);
   }
   return check;
 }

@@ -27,6 +27,9 @@ struct CollectorSetup {
   std::string log_level = "info";
 };
 
+// The key of a "key = value" config line, blanks removed.
+std::string config_key(const std::string& line);
+
 class CollectorHarness {
  public:
   explicit CollectorHarness(CollectorSetup setup) : setup_(std::move(setup)) {}
@@ -63,6 +66,8 @@ struct StoreCheck {
   std::uint64_t unacked_stored = 0;  // stored though never acked (in flight at the end): fine
   std::string error;
 };
+// Adds one agent's stored seqs (any order, repeats kept) to the check.
+void check_agent_seqs(const AgentRecord& record, std::vector<std::uint64_t> seqs, StoreCheck& check);
 StoreCheck check_store(const std::filesystem::path& database, const std::vector<AgentRecord>& records);
 
 }  // namespace vantage::fleet

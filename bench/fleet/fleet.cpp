@@ -63,11 +63,12 @@ struct Fleet::Shard {
 // One simulated agent; every member is touched on its shard's io thread only.
 class SimAgent {
  public:
-  SimAgent(Fleet::Shard& shard, AgentSetup setup, asio::ip::address_v4 source)
+  SimAgent(Fleet::Shard& shard, AgentSetup setup, asio::ip::address_v4 source, asio::ip::tcp::endpoint collector)
       : shard_(shard),
         id_(std::move(setup.identity)),
         tls_(std::move(setup.tls)),
         source_(source),
+        collector_(collector),
         timer_(shard.io),
         send_timer_(shard.io),
         ack_timer_(shard.io),
@@ -104,7 +105,7 @@ class SimAgent {
         connecting_->close(ignored);
       }
     });
-    connecting_->async_connect(shard_.options.collector, [this, gen](std::error_code cec) {
+    connecting_->async_connect(collector_, [this, gen](std::error_code cec) {
       if (gen != gen_ || !connecting_) return;
       asio::ip::tcp::socket socket = std::move(*connecting_);
       connecting_.reset();
@@ -349,6 +350,7 @@ class SimAgent {
   AgentIdentity id_;
   std::shared_ptr<platform::tls::TlsContext> tls_;
   asio::ip::address_v4 source_;
+  asio::ip::tcp::endpoint collector_;
   asio::steady_timer timer_;  // connect and handshake timeouts, reconnect backoff
   asio::steady_timer send_timer_;
   asio::steady_timer ack_timer_;
@@ -384,7 +386,9 @@ Fleet::Fleet(FleetOptions options, const BatchFactory& factory, std::vector<Agen
     const auto x = static_cast<unsigned>(options_.first_source + i / std::max<std::size_t>(options_.agents_per_source, 1));
     const asio::ip::address_v4 source(asio::ip::address_v4::bytes_type{127, 0, 0, static_cast<unsigned char>(std::min(x, 254u))});
     Shard& shard = *shards_[i % threads];
-    shard.agents.push_back(std::make_unique<SimAgent>(shard, std::move(agents[i]), source));
+    const asio::ip::tcp::endpoint collector =
+        options_.collectors.empty() ? options_.collector : options_.collectors[i % options_.collectors.size()];
+    shard.agents.push_back(std::make_unique<SimAgent>(shard, std::move(agents[i]), source, collector));
   }
   for (auto& shard : shards_) {
     Shard* s = shard.get();

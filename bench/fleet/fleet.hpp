@@ -23,6 +23,8 @@ namespace vantage::fleet {
 
 struct FleetOptions {
   asio::ip::tcp::endpoint collector;
+  // When not empty: agent i connects to collectors[i % size()] instead (several collectors).
+  std::vector<asio::ip::tcp::endpoint> collectors;
   std::string server_name = "127.0.0.1";  // what the collector's certificate must name
   std::size_t io_threads = 2;
   std::size_t agents_per_source = 100;  // agents sharing one source address 127.0.0.X

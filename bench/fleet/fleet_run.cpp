@@ -1,5 +1,6 @@
 #include "bench/fleet/fleet_run.hpp"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 
@@ -17,19 +18,15 @@ FleetRun::FleetRun(const Options& o, std::string scenario) : options(o), report(
 
 FleetRun::~FleetRun() {
   fleet.reset();
-  if (collector) collector->kill9();
+  for (auto& c : collectors) c->kill9();
   if (made_work_dir_ && !keep_work_dir_) {
     std::error_code ec;
     std::filesystem::remove_all(work_dir, ec);
   }
 }
 
-bool FleetRun::setup(std::size_t agents, std::size_t targets, std::string& error) {
-  const std::string binary = options.text("collector");
-  if (binary.empty()) {
-    error = "--collector PATH (the vantage-collector binary) is required";
-    return false;
-  }
+bool FleetRun::prepare_work_dir(std::string& error) {
+  if (work_dir_ready_) return true;
   keep_work_dir_ = options.flag("keep-work-dir");
   per_source = std::max<std::size_t>(options.count("per-source", 100), 1);
   if (options.has("work-dir")) {
@@ -44,20 +41,43 @@ bool FleetRun::setup(std::size_t agents, std::size_t targets, std::string& error
     work_dir = tmpl;
     made_work_dir_ = true;
   }
+  work_dir_ready_ = true;
   report.text("work_dir", work_dir.string(), "work directory");
+  return true;
+}
+
+bool FleetRun::setup(std::size_t agents, std::size_t targets, std::string& error) {
+  const std::string binary = options.text("collector");
+  if (binary.empty()) {
+    error = "--collector PATH (the vantage-collector binary) is required";
+    return false;
+  }
+  if (!prepare_work_dir(error)) return false;
   report.number("fd_limit", static_cast<double>(raise_fd_limit()), "simulator fd limit");
 
   const auto t0 = Clock::now();
   pki = FleetPki::create(!options.flag("per-agent-keys"), error);
   if (!pki) return false;
-  CollectorSetup cs;
-  cs.binary = binary;
-  cs.work_dir = work_dir;
-  cs.regions = regions;
-  cs.extra_lines = options.all("collector-config-extra");
-  cs.log_level = options.text("collector-log-level", "info");
-  collector = std::make_unique<CollectorHarness>(cs);
-  if (!collector->prepare(*pki, error)) return false;
+  const std::vector<std::string> user_lines = options.all("collector-config-extra");
+  std::vector<std::string> lines;
+  for (const std::string& line : collector_lines) {
+    const bool overridden = std::any_of(user_lines.begin(), user_lines.end(), [&line](const std::string& u) {
+      return config_key(u) == config_key(line);
+    });
+    if (!overridden) lines.push_back(line);
+  }
+  lines.insert(lines.end(), user_lines.begin(), user_lines.end());
+  for (std::size_t k = 0; k < std::max<std::size_t>(collector_count, 1); ++k) {
+    CollectorSetup cs;
+    cs.binary = binary;
+    cs.work_dir = collector_count > 1 ? work_dir / ("collector-" + std::to_string(k + 1)) : work_dir;
+    cs.regions = regions;
+    cs.extra_lines = lines;
+    cs.log_level = options.text("collector-log-level", "info");
+    collectors.push_back(std::make_unique<CollectorHarness>(cs));
+    if (!collectors.back()->prepare(*pki, error)) return false;
+  }
+  collector = collectors.front().get();
 
   factory = std::make_unique<BatchFactory>(targets, static_cast<std::uint32_t>(agents), 42);
   // Certificates, then one TlsContext per agent (its own saved session, as a real agent has).
@@ -106,7 +126,9 @@ bool FleetRun::setup(std::size_t agents, std::size_t targets, std::string& error
   report.number("histogram_buckets_max", static_cast<double>(hi), "non-empty histogram buckets, max");
   report.number("targets", static_cast<double>(targets), "latency summaries per batch");
 
-  if (!collector->start(error)) return false;
+  for (auto& c : collectors) {
+    if (!c->start(error)) return false;
+  }
   report.number("setup_s", std::chrono::duration<double>(Clock::now() - t0).count(), "setup time", "s", 1);
   return true;
 }
@@ -114,6 +136,9 @@ bool FleetRun::setup(std::size_t agents, std::size_t targets, std::string& error
 Fleet& FleetRun::make_fleet(std::chrono::nanoseconds report_interval) {
   FleetOptions fo;
   fo.collector = collector->endpoint();
+  if (collectors.size() > 1) {
+    for (const auto& c : collectors) fo.collectors.push_back(c->endpoint());
+  }
   fo.io_threads = options.count("io-threads", 2);
   fo.agents_per_source = per_source;
   fo.report_interval = report_interval;
@@ -121,22 +146,44 @@ Fleet& FleetRun::make_fleet(std::chrono::nanoseconds report_interval) {
   return *fleet;
 }
 
+namespace {
+
+// Every collector's sample, and their sum (CPU, RSS and peak RSS added up).
+ProcessSample sample_collectors(const std::vector<std::unique_ptr<CollectorHarness>>& collectors,
+                                std::vector<ProcessSample>& each) {
+  ProcessSample sum;
+  sum.ok = true;
+  each.clear();
+  for (const auto& c : collectors) {
+    each.push_back(sample_process(c->pid()));
+    sum.cpu_s += each.back().cpu_s;
+    sum.rss_bytes += each.back().rss_bytes;
+    sum.hwm_bytes += each.back().hwm_bytes;
+    sum.ok = sum.ok && each.back().ok;
+  }
+  return sum;
+}
+
+}  // namespace
+
 Window FleetRun::begin() const {
   Window w;
   w.start = Clock::now();
-  w.collector_start = sample_process(collector->pid());
+  w.collector_start = sample_collectors(collectors, w.each_start);
   w.self_start = self_cpu_s();
   return w;
 }
 
 void FleetRun::end(Window& w) const {
   w.stop = Clock::now();
-  w.collector_stop = sample_process(collector->pid());
+  w.collector_stop = sample_collectors(collectors, w.each_stop);
   w.self_stop = self_cpu_s();
 }
 
-void FleetRun::report_window(const Window& w, const std::string& prefix, const std::string& what) {
+void FleetRun::report_window(const Window& w, const std::string& prefix, const std::string& what_in) {
   const double s = w.seconds();
+  const std::string what =
+      collectors.size() > 1 ? what_in + " (" + std::to_string(collectors.size()) + " collectors summed)" : what_in;
   report.number(prefix + "window_s", s, what + ": window", "s", 1);
   report.number(prefix + "collector_cpu_s", w.collector_cpu_s(), what + ": collector CPU", "s", 2);
   report.number(prefix + "collector_cores", s > 0 ? w.collector_cpu_s() / s : 0, what + ": collector CPU", "cores", 3);

@@ -19,9 +19,11 @@
 namespace vantage::fleet {
 
 // CPU (collector's and the simulator's own) and the collector's memory between begin() and end().
+// With several collectors, collector_* sum them and each_* hold them one by one.
 struct Window {
   std::chrono::steady_clock::time_point start, stop;
   ProcessSample collector_start, collector_stop;
+  std::vector<ProcessSample> each_start, each_stop;
   double self_start = 0.0, self_stop = 0.0;
   double seconds() const { return std::chrono::duration<double>(stop - start).count(); }
   double collector_cpu_s() const { return collector_stop.cpu_s - collector_start.cpu_s; }
@@ -33,6 +35,9 @@ class FleetRun {
   FleetRun(const Options& options, std::string scenario);
   ~FleetRun();
 
+  // The work directory (--work-dir, or a new temporary one); setup() calls it, a scenario may call
+  // it before to put its own processes there.
+  bool prepare_work_dir(std::string& error);
   // Work dir, PKI, collector (started), agent certificates and TLS contexts, batch factory.
   bool setup(std::size_t agents, std::size_t targets, std::string& error);
   // The fleet over the agents made by setup() (once).
@@ -50,7 +55,13 @@ class FleetRun {
   std::filesystem::path work_dir;
   std::unique_ptr<FleetPki> pki;
   std::unique_ptr<BatchFactory> factory;
-  std::unique_ptr<CollectorHarness> collector;
+  // Set before setup(): how many collectors (more than one: each in work_dir/collector-K, agents
+  // spread over them round-robin) and config lines for all of them (a key also given by
+  // --collector-config-extra is left to that).
+  std::size_t collector_count = 1;
+  std::vector<std::string> collector_lines;
+  std::vector<std::unique_ptr<CollectorHarness>> collectors;
+  CollectorHarness* collector = nullptr;  // the first of collectors
   std::unique_ptr<Fleet> fleet;
   std::vector<AgentSetup> agent_setups;
   std::vector<std::string> regions = {"eu-central", "eu-west", "us-east"};
@@ -59,6 +70,7 @@ class FleetRun {
  private:
   bool keep_work_dir_ = false;
   bool made_work_dir_ = false;
+  bool work_dir_ready_ = false;
 };
 
 std::string format_bytes(std::uint64_t bytes);

@@ -23,7 +23,7 @@ void report_latency(Report& report, const agent::LatencyHistogram& h) {
 }  // namespace
 
 SteadyResult run_steady_phase(FleetRun& run, Fleet& fleet, std::size_t agents, double interval_s,
-                              double duration_s) {
+                              double duration_s, const SteadyTick& tick) {
   SteadyResult result;
   Report& report = run.report;
   const double ramp_s = run.options.number("ramp-s", std::max(2.0, static_cast<double>(agents) / 500.0));
@@ -64,10 +64,12 @@ SteadyResult run_steady_phase(FleetRun& run, Fleet& fleet, std::size_t agents, d
   Window steady = run.begin();
   const auto deadline = Clock::now() + std::chrono::milliseconds(static_cast<std::int64_t>(duration_s * 1000));
   std::uint64_t min_connected = agents;
+  const Clock::duration period = tick ? Clock::duration(std::chrono::milliseconds(250)) : std::chrono::seconds(1);
   while (Clock::now() < deadline) {
-    std::this_thread::sleep_for(std::min<Clock::duration>(std::chrono::seconds(1), deadline - Clock::now()));
+    std::this_thread::sleep_for(std::min<Clock::duration>(period, deadline - Clock::now()));
     const FleetStats now = fleet.stats();
     min_connected = std::min(min_connected, now.connected_now);
+    if (tick) tick(std::chrono::duration<double>(Clock::now() - steady.start).count(), now);
   }
   run.end(steady);
   fleet.stop_sending();

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 
 #include "bench/fleet/fleet_run.hpp"
 
@@ -15,7 +16,11 @@ struct SteadyResult {
   FleetStats stats;
 };
 
+// Called every 250 ms of the measured window with the seconds since it began and the fleet's
+// counters (a scenario injects faults and follows recovery from it).
+using SteadyTick = std::function<void(double elapsed_s, const FleetStats& now)>;
+
 SteadyResult run_steady_phase(FleetRun& run, Fleet& fleet, std::size_t agents, double interval_s,
-                              double duration_s);
+                              double duration_s, const SteadyTick& tick = {});
 
 }  // namespace vantage::fleet

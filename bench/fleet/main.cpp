@@ -15,6 +15,9 @@ const char* kUsage =
     "  storm    --agents N [--targets T]\n"
     "  hostile  --agents N --half-open-per-source H --sources S [--half-open-main H0] [--slow C]\n"
     "           [--non-readers C] [--garbage C] --interval-s I --duration-s D\n"
+    "  jetstream --agents N --interval-s I --targets T --duration-s D [--nats-server PATH]\n"
+    "           [--kill-node leader|none|1..3 (leader)] [--kill-node-at-s S (40)] [--down-s S (15)]\n"
+    "           [--collectors C (2)] [--stream NAME (VANTAGE)]\n"
     "common: --io-threads N (2) --per-source N (agents per 127.0.0.X, 100) --ramp-s S\n"
     "        --collector-config-extra 'key = value' (repeatable) --collector-log-level LEVEL\n"
     "        --work-dir DIR --keep-work-dir --per-agent-keys\n";
@@ -44,6 +47,8 @@ int main(int argc, char** argv) {
       rc = vantage::fleet::run_storm(options);
     } else if (scenario == "hostile") {
       rc = vantage::fleet::run_hostile(options);
+    } else if (scenario == "jetstream") {
+      rc = vantage::fleet::run_jetstream(options);
     } else {
       std::fprintf(stderr, "vantage-fleet: unknown scenario '%s'\n%s", scenario.c_str(), kUsage);
       return 2;

@@ -9,5 +9,6 @@ int run_steady(const Options& options);
 int run_firehose(const Options& options);
 int run_storm(const Options& options);
 int run_hostile(const Options& options);
+int run_jetstream(const Options& options);
 
 }  // namespace vantage::fleet

@@ -9,6 +9,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "vantage/telemetry_generated.h"
@@ -51,7 +52,7 @@ namespace vantage::collector::store {
 //               batch (which rtt_D.target_index refers to), so a batch's summaries are one
 //               contiguous id range and need no index; target is targets.id; every
 //               LatencySummary field, timestamp_source as the wire value (0 userspace,
-//               1 kernel), the histogram as a BLOB (see kHistogramBucketBytes).
+//               1 kernel), the histogram as a BLOB (see decode_histogram_blob).
 //   load_D      one row per Batch.load entry, id as above: the all-CPU total (cpu == -1) as
 //               columns, cpu_busy = 1 - idle - iowait of that total, memory, load averages, PSI
 //               (NULL where the kernel lacks PSI, i.e. the wire value is negative); per-CPU usage,
@@ -201,10 +202,11 @@ struct PairHistoryQuery {
   std::int64_t to_ns = 0;
 };
 
-// Histogram BLOB layout: the non-empty buckets in wire order, 6 bytes each: u16 index then u32
-// count, both little-endian, packed. Written field by field rather than copying the FlatBuffers
-// struct, whose 2 padding bytes are whatever the sender put there. NULL when there are none.
-inline constexpr std::size_t kHistogramBucketBytes = 6;
+// Histogram BLOB layout: the non-empty buckets in wire order, each as two
+// varints (7 bits a byte, low first, high bit set on all but the last byte): the bucket index as
+// a zigzag-encoded delta from the previous bucket's index (from 0 for the first), then the count.
+// Typically 2-3 bytes a bucket. NULL when there are none. decode_histogram_blob() reads it.
+std::vector<std::pair<std::uint16_t, std::uint32_t>> decode_histogram_blob(std::string_view blob);
 
 // A partition holds one UTC day of interval_end_ns: day = floor(interval_end_ns / kPartitionNs).
 inline constexpr std::int64_t kPartitionNs = 86'400'000'000'000;

@@ -517,16 +517,20 @@ TEST_CASE("round trip: every column of a batch with 3 latency summaries and 2 lo
     CHECK(r["interval_start_ns"].i == kT0);
     CHECK(r["interval_end_ns"].i == kT0 + kSecond);
   }
-  // Histogram: 6 bytes per bucket, u16 index + u32 count, little-endian.
+  // Histogram: varints, the index as a zigzag delta (300 -> 600 = 0x258, then +1 -> 2, then
+  // +111 -> 222 = 0xde 0x01), each followed by its count.
   const std::string expected_histogram(
-      "\x2c\x01\x07\x00\x00\x00"
-      "\x2d\x01\x5a\x00\x00\x00"
-      "\x9c\x01\x03\x00\x00\x00",
-      18);
+      "\xd8\x04\x07"
+      "\x02\x5a"
+      "\xde\x01\x03",
+      8);
   CHECK(lat[0]["histogram_scheme"].i == 1);
   CHECK(lat[0]["histogram"].type == SQLITE_BLOB);
   CHECK(lat[0]["histogram"].s == expected_histogram);
-  CHECK(lat[1]["histogram"].s == std::string("\x05\x00\x01\x00\x00\x00", 6));
+  using Buckets = std::vector<std::pair<std::uint16_t, std::uint32_t>>;
+  CHECK(vantage::collector::store::decode_histogram_blob(lat[0]["histogram"].s) == Buckets{{300, 7}, {301, 90}, {412, 3}});
+  CHECK(lat[1]["histogram"].s == std::string("\x0a\x01", 2));
+  CHECK(vantage::collector::store::decode_histogram_blob(lat[1]["histogram"].s) == Buckets{{5, 1}});
   CHECK(lat[2]["histogram_scheme"].i == 0);
   CHECK(lat[2]["histogram"].type == SQLITE_NULL);
 
@@ -1355,7 +1359,8 @@ TEST_CASE("migration: a version-2 database is copied into day partitions and rea
     REQUIRE(row.size() == 1);
     CHECK(row[0]["target"].s == "t1");
     CHECK(row[0]["timestamp_source"].s == "kernel");
-    CHECK(row[0]["histogram"].s == std::string("\x2c\x01\x07\x00\x00\x00\x2d\x01\x5a\x00\x00\x00", 12));
+    // The v2 BLOB (6 bytes a bucket) is re-encoded in the v3 varint layout.
+    CHECK(row[0]["histogram"].s == std::string("\xd8\x04\x07\x02\x5a", 5));
     CHECK(row[0]["histogram_dropped"].i == 8);
     CHECK(row[0]["mean_ns"].d == 20.5);
     CHECK(db.integer("SELECT count(*) FROM load_samples") == 3);

@@ -47,11 +47,11 @@ void FleetStats::add(const FleetStats& o) {
 class SimAgent;
 
 struct Fleet::Shard {
-  Shard(const FleetOptions& o, const BatchFactory& f, const std::atomic<bool>& r)
-      : options(o), factory(f), recording(r), work(io.get_executor()) {}
+  Shard(const FleetOptions& o, const BatchFactory& f, const std::atomic<std::int64_t>& r)
+      : options(o), factory(f), record_since_ns(r), work(io.get_executor()) {}
   const FleetOptions& options;
   const BatchFactory& factory;
-  const std::atomic<bool>& recording;
+  const std::atomic<std::int64_t>& record_since_ns;
   asio::io_context io{1};
   asio::executor_work_guard<asio::io_context::executor_type> work;
   std::thread thread;
@@ -259,13 +259,13 @@ class SimAgent {
 
   void on_ack(std::uint64_t seq) {
     const std::int64_t now = platform::monotonic_ns();
-    const bool record = shard_.recording.load(std::memory_order_relaxed);
+    const std::int64_t record_since = shard_.record_since_ns.load(std::memory_order_relaxed);
     while (!unacked_.empty() && unacked_.front().seq <= seq) {
       const Pending& p = unacked_.front();
       if (p.seq > acked_through_) {
         ++shard_.stats.batches_acked;
         shard_.stats.summaries_acked += shard_.factory.targets();
-        if (record) shard_.stats.ack_latency.record_signed(now - p.made_ns);
+        if (p.made_ns >= record_since) shard_.stats.ack_latency.record_signed(now - p.made_ns);
       }
       unacked_.pop_front();
     }
@@ -381,7 +381,7 @@ class SimAgent {
 Fleet::Fleet(FleetOptions options, const BatchFactory& factory, std::vector<AgentSetup> agents)
     : options_(std::move(options)), factory_(factory), size_(agents.size()) {
   const std::size_t threads = std::max<std::size_t>(options_.io_threads, 1);
-  for (std::size_t i = 0; i < threads; ++i) shards_.push_back(std::make_unique<Shard>(options_, factory_, recording_));
+  for (std::size_t i = 0; i < threads; ++i) shards_.push_back(std::make_unique<Shard>(options_, factory_, record_since_ns_));
   for (std::size_t i = 0; i < agents.size(); ++i) {
     const auto x = static_cast<unsigned>(options_.first_source + i / std::max<std::size_t>(options_.agents_per_source, 1));
     const asio::ip::address_v4 source(asio::ip::address_v4::bytes_type{127, 0, 0, static_cast<unsigned char>(std::min(x, 254u))});

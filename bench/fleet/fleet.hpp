@@ -8,6 +8,7 @@
 #include <asio/ip/tcp.hpp>
 
 #include <atomic>
+#include <limits>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -17,6 +18,7 @@
 
 #include "agent/latency_histogram.hpp"
 #include "bench/fleet/batch_factory.hpp"
+#include "platform/clock.hpp"
 #include "platform/tls/tls_context.hpp"
 
 namespace vantage::fleet {
@@ -61,7 +63,7 @@ struct FleetStats {
   std::uint64_t unacked_now = 0;    // batches made and not yet acked
   std::uint64_t storm_done = 0;     // agents acked for a batch made after mark_storm()
   std::int64_t storm_last_ack_ns = 0;  // CLOCK_MONOTONIC of the latest of those
-  agent::LatencyHistogram ack_latency;  // batch made -> its ack, ns (while recording)
+  agent::LatencyHistogram ack_latency;  // batch made -> its ack, ns (batches made while recording)
   std::string last_reject_reason;
 
   void add(const FleetStats& other);
@@ -94,7 +96,11 @@ class Fleet {
   void send_one_each();
   // Storm bookkeeping: every agent makes one new batch now and counts as back once it is acked.
   void mark_storm();
-  void set_recording(bool on) noexcept { recording_.store(on); }
+  // Ack latency is recorded for batches made from now on (a backlog made before, e.g. while
+  // agents were still connecting, is not the measured window's latency) until turned off.
+  void set_recording(bool on) noexcept {
+    record_since_ns_.store(on ? platform::monotonic_ns() : std::numeric_limits<std::int64_t>::max());
+  }
   FleetStats stats(bool reset_latency = false);
   std::vector<AgentRecord> records();
   // Polls stats() every 100 ms until done(stats) or the timeout; returns the last stats.
@@ -111,7 +117,7 @@ class Fleet {
   FleetOptions options_;
   const BatchFactory& factory_;
   std::size_t size_ = 0;
-  std::atomic<bool> recording_{false};
+  std::atomic<std::int64_t> record_since_ns_{std::numeric_limits<std::int64_t>::max()};
   std::vector<std::unique_ptr<Shard>> shards_;
   bool shut_down_ = false;
 };

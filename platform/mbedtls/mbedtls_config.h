@@ -89,8 +89,14 @@
 #define MBEDTLS_SSL_PROTO_TLS1_3
 #define MBEDTLS_SSL_TLS1_3_COMPATIBILITY_MODE
 #define MBEDTLS_SSL_TLS1_3_KEY_EXCHANGE_MODE_EPHEMERAL_ENABLED
-/* PSK-ephemeral is how TLS 1.3 resumes from a session ticket; plain PSK stays off. */
+/* PSK-ephemeral is how TLS 1.3 resumes from a session ticket; plain PSK stays off (mbedTLS 3.6's
+ * server ranks certificate handshakes above plain PSK anyway, so it could not choose it). */
 #define MBEDTLS_SSL_TLS1_3_KEY_EXCHANGE_MODE_PSK_EPHEMERAL_ENABLED
+/* How far the client's and the server's idea of a ticket's age may differ. The check guards 0-RTT
+ * early data against replay, which this build does not have (MBEDTLS_SSL_EARLY_DATA is off); the
+ * default of 6 s made resumption fail for agents that read their ticket late, e.g. a busy host
+ * reading it seconds after the handshake, and they fell back to full handshakes in a storm. */
+#define MBEDTLS_SSL_TLS1_3_TICKET_AGE_TOLERANCE 60000
 #define MBEDTLS_KEY_EXCHANGE_ECDHE_ECDSA_ENABLED
 #define MBEDTLS_SSL_KEEP_PEER_CERTIFICATE
 #define MBEDTLS_SSL_SERVER_NAME_INDICATION
@@ -100,5 +106,10 @@
 #define MBEDTLS_SSL_TICKET_C
 #define MBEDTLS_SSL_ALPN
 #define MBEDTLS_SSL_MAX_FRAGMENT_LENGTH
+/* Outgoing records of at most 4 KiB: every session holds its output buffer for its whole life, and
+ * a collector's 10,000 sessions send only acks (and, once, a handshake flight of about 1.5 KiB
+ * with a P-256 chain; an ECDSA chain of up to three certificates fits). 12 KiB less per session.
+ * The input buffer stays at the TLS maximum of 16 KiB, which any peer may send. */
+#define MBEDTLS_SSL_OUT_CONTENT_LEN 4096
 
 #endif /* VANTAGE_MBEDTLS_CONFIG_H */

@@ -58,6 +58,11 @@ struct Fleet::Shard {
   FleetStats stats;  // io thread only; states (connected_now, ...) kept live here
   // Declared after io: destroyed before it, so the agents' timers and sockets go first.
   std::vector<std::unique_ptr<SimAgent>> agents;
+  // The handshake gate (FleetOptions::max_handshakes_in_flight, this shard's share).
+  std::size_t handshake_slots = 1;
+  std::size_t handshaking = 0;
+  std::deque<SimAgent*> waiting_for_slot;
+  void release_slot();
 };
 
 // One simulated agent; every member is touched on its shard's io thread only.
@@ -80,7 +85,16 @@ class SimAgent {
   std::size_t unacked() const noexcept { return unacked_.size(); }
 
   void connect() {
-    if (closing_ || connecting_ || stream_) return;
+    if (closing_ || connecting_ || stream_ || waiting_slot_) return;
+    if (!holding_slot_) {
+      if (shard_.handshaking >= shard_.handshake_slots) {
+        waiting_slot_ = true;
+        shard_.waiting_for_slot.push_back(this);
+        return;
+      }
+      ++shard_.handshaking;
+      holding_slot_ = true;
+    }
     const std::uint64_t gen = ++gen_;
     connecting_ = std::make_unique<asio::ip::tcp::socket>(shard_.io);
     std::error_code ec;
@@ -152,6 +166,14 @@ class SimAgent {
     fail(false);
   }
 
+  // The gate's turn came (or the agent no longer needs it).
+  void slot_granted() {
+    waiting_slot_ = false;
+    if (closing_) return shard_.release_slot();
+    holding_slot_ = true;
+    connect();
+  }
+
  private:
   struct Pending {
     std::uint64_t seq;
@@ -178,6 +200,7 @@ class SimAgent {
   void on_handshake(std::uint64_t gen, std::error_code ec) {
     if (gen != gen_) return;
     timer_.cancel();
+    give_back_slot();
     if (ec) {
       ++shard_.stats.tls_failures;
       fail(false);
@@ -312,8 +335,15 @@ class SimAgent {
     });
   }
 
+  void give_back_slot() {
+    if (!holding_slot_) return;
+    holding_slot_ = false;
+    shard_.release_slot();
+  }
+
   void fail(bool was_session) {
     ++gen_;
+    give_back_slot();
     if (connected_) {
       connected_ = false;
       --shard_.stats.connected_now;
@@ -352,6 +382,8 @@ class SimAgent {
   asio::ip::address_v4 source_;
   asio::ip::tcp::endpoint collector_;
   asio::steady_timer timer_;  // connect and handshake timeouts, reconnect backoff
+  bool holding_slot_ = false;  // one of the shard's handshake slots, from connect() to handshake end
+  bool waiting_slot_ = false;
   asio::steady_timer send_timer_;
   asio::steady_timer ack_timer_;
   std::unique_ptr<asio::ip::tcp::socket> connecting_;
@@ -378,10 +410,23 @@ class SimAgent {
   bool storm_acked_ = false;
 };
 
+void Fleet::Shard::release_slot() {
+  if (handshaking > 0) --handshaking;
+  while (!waiting_for_slot.empty() && handshaking < handshake_slots) {
+    SimAgent* next = waiting_for_slot.front();
+    waiting_for_slot.pop_front();
+    ++handshaking;
+    asio::post(io, [next] { next->slot_granted(); });
+  }
+}
+
 Fleet::Fleet(FleetOptions options, const BatchFactory& factory, std::vector<AgentSetup> agents)
     : options_(std::move(options)), factory_(factory), size_(agents.size()) {
   const std::size_t threads = std::max<std::size_t>(options_.io_threads, 1);
-  for (std::size_t i = 0; i < threads; ++i) shards_.push_back(std::make_unique<Shard>(options_, factory_, record_since_ns_));
+  for (std::size_t i = 0; i < threads; ++i) {
+    shards_.push_back(std::make_unique<Shard>(options_, factory_, record_since_ns_));
+    shards_.back()->handshake_slots = std::max<std::size_t>(options_.max_handshakes_in_flight / threads, 1);
+  }
   for (std::size_t i = 0; i < agents.size(); ++i) {
     const auto x = static_cast<unsigned>(options_.first_source + i / std::max<std::size_t>(options_.agents_per_source, 1));
     const asio::ip::address_v4 source(asio::ip::address_v4::bytes_type{127, 0, 0, static_cast<unsigned char>(std::min(x, 254u))});

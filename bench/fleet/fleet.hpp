@@ -33,6 +33,10 @@ struct FleetOptions {
   unsigned first_source = 1;            // X of the first source address
   std::chrono::milliseconds connect_timeout{10'000};
   std::chrono::milliseconds handshake_timeout{30'000};
+  // TCP connects and TLS handshakes the simulator runs at once (split over its io threads); the
+  // others wait their turn. Real agents each have their own CPU: without this bound the
+  // simulator's own queue of half-done handshakes would make the collector see slow peers.
+  std::size_t max_handshakes_in_flight = 128;
   std::chrono::milliseconds ack_timeout{60'000};
   // As the agent's shipper: uniform in [0, min(max, initial * 2^failures)].
   std::chrono::milliseconds backoff_initial{500};

@@ -140,6 +140,7 @@ Fleet& FleetRun::make_fleet(std::chrono::nanoseconds report_interval) {
     for (const auto& c : collectors) fo.collectors.push_back(c->endpoint());
   }
   fo.io_threads = options.count("io-threads", 2);
+  fo.max_handshakes_in_flight = options.count("handshakes-in-flight", 128);
   fo.agents_per_source = per_source;
   fo.report_interval = report_interval;
   fleet = std::make_unique<Fleet>(fo, *factory, std::move(agent_setups));

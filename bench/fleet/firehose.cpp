@@ -60,8 +60,11 @@ int run_firehose(const Options& options) {
   bool ok = all && drained && check.error.empty() && check.missing == 0 && check.duplicates == 0;
 
   if (!options.flag("no-victoria")) {
-    std::fprintf(stderr, "vantage-fleet: VictoriaMetrics, %zu clients for %.0f s\n", agents, duration_s);
-    const VictoriaResult vm = run_victoria(victoria, run.work_dir, *run.factory, agents,
+    // As many requests in flight as the agents have batches in flight: each HTTP/1.1 client has
+    // one, each agent `window`.
+    const std::size_t clients = agents * window;
+    std::fprintf(stderr, "vantage-fleet: VictoriaMetrics, %zu clients for %.0f s\n", clients, duration_s);
+    const VictoriaResult vm = run_victoria(victoria, run.work_dir, *run.factory, clients,
                                            std::chrono::milliseconds(static_cast<std::int64_t>(duration_s * 1000)));
     report.section("VictoriaMetrics (" + victoria + ", Influx line protocol over HTTP /write)");
     if (!vm.ok) {
@@ -70,7 +73,7 @@ int run_firehose(const Options& options) {
     } else {
       const double vm_per_s = static_cast<double>(vm.summaries) / vm.window_s;
       const double vm_per_cpu = vm.cpu_s > 0 ? static_cast<double>(vm.summaries) / vm.cpu_s : std::nan("");
-      report.number("victoria_clients", static_cast<double>(agents), "HTTP clients (keep-alive)");
+      report.number("victoria_clients", static_cast<double>(clients), "HTTP clients (keep-alive, one request each)");
       report.number("victoria_requests", static_cast<double>(vm.requests), "requests answered 2xx");
       report.number("victoria_failed", static_cast<double>(vm.failed), "requests failed");
       report.number("victoria_summaries_per_s", vm_per_s, "summaries (lines) per second", "/s");

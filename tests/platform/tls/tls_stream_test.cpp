@@ -209,7 +209,7 @@ TEST_CASE("a ticket the server does not know (collector restarted) means a full 
 
 namespace fs = std::filesystem;
 
-std::shared_ptr<TlsContext> server_with_key_file(const std::string& key_file, std::uint32_t lifetime_s = 3600) {
+TlsContextOptions server_options(const std::string& key_file, std::uint32_t lifetime_s = 3600) {
   const Pki& pki = Pki::get();
   REQUIRE(pki.ok());
   TlsContextOptions options;
@@ -219,7 +219,11 @@ std::shared_ptr<TlsContext> server_with_key_file(const std::string& key_file, st
   options.key_file = pki.file("collector.key");
   options.ticket_key_file = key_file;
   options.ticket_lifetime_s = lifetime_s;
-  TlsContextResult result = TlsContext::create(options);
+  return options;
+}
+
+std::shared_ptr<TlsContext> server_with_key_file(const std::string& key_file, std::uint32_t lifetime_s = 3600) {
+  TlsContextResult result = TlsContext::create(server_options(key_file, lifetime_s));
   INFO(result.error);
   REQUIRE(result);
   return result.context;
@@ -275,13 +279,7 @@ TEST_CASE("a ticket key file that is damaged or readable by others is refused wi
   const fs::path dir = fs::path(Pki::get().dir()) / "tickets-bad";
   fs::create_directories(dir);
   const std::string key_file = (dir / "ticket-keys").string();
-  const Pki& pki = Pki::get();
-  TlsContextOptions options;
-  options.role = TlsRole::kServer;
-  options.ca_file = pki.file("ca.crt");
-  options.cert_file = pki.file("collector.crt");
-  options.key_file = pki.file("collector.key");
-  options.ticket_key_file = key_file;
+  const TlsContextOptions options = server_options(key_file);
   {
     std::ofstream out(key_file, std::ios::trunc);
     out << "not keys";

@@ -71,7 +71,7 @@ bool contains(const std::string& text, const std::string& what) {
 
 }  // namespace
 
-TEST_CASE("label values escape backslash, quote and line feed; HELP escapes backslash and line feed") {
+TEST_CASE("label values escape backslash, quote and line feed and HELP escapes backslash and line feed") {
   using collector::http::escape_help;
   using collector::http::escape_label_value;
   CHECK(escape_label_value(R"(a\b"c)"

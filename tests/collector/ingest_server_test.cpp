@@ -237,7 +237,7 @@ TEST_CASE("a flood of half-open connections from one address does not lock out a
   });
 }
 
-TEST_CASE("a stalled store stops reading at the queue bound; everything is stored afterwards") {
+TEST_CASE("a stalled store stops reading at the queue bound and everything is stored afterwards") {
   const fs::path pause = fs::temp_directory_path() / ("vantage-pause-" + std::to_string(::getpid()));
   { std::ofstream(pause.string()) << "paused"; }
   ::setenv("VANTAGE_COLLECTOR_STORE_PAUSE_FILE", pause.c_str(), 1);

@@ -867,7 +867,7 @@ std::int64_t day_start(std::int64_t day) { return day * kPartitionNs; }
 
 }  // namespace
 
-TEST_CASE("partitions: a batch lands in the UTC day of its interval end; a resend is a duplicate in any group") {
+TEST_CASE("partitions: a batch lands in the UTC day of its interval end and a resend is a duplicate in any group") {
   TempDir dir;
   const std::string path = dir.file("store.db");
   SqliteStore store = open_store(path);

@@ -324,7 +324,7 @@ TEST_CASE("agent config: a malformed host is shown for a server target and never
   for (const std::string& e : c.errors) CHECK(e.find("203.0.113") == std::string::npos);
 }
 
-TEST_CASE("cli: --client targets are labelled by their pseudonym; errors do not repeat the address") {
+TEST_CASE("cli: --client targets are labelled by their pseudonym and errors do not repeat the address") {
   TempDir dir;
   const std::string key = dir.write("secret.hex", secret_hex());
   const agent::ParsedArgs a =

@@ -192,29 +192,19 @@ void TlsStream::async_read_some(asio::mutable_buffer buffer, IoHandler handler) 
 }
 
 void TlsStream::read_step(asio::mutable_buffer buffer, IoHandler handler) {
-  if (closed_)
-    return complete<std::error_code, std::size_t>(std::move(handler), asio::error::operation_aborted, 0);
-  TicketPeerScope scope(peer_);
-  int ret;
-  // A TLS 1.3 server may send tickets at any time; each one replaces the saved session.
-  while ((ret = mbedtls_ssl_read(&ssl_, static_cast<unsigned char*>(buffer.data()), buffer.size())) ==
-         MBEDTLS_ERR_SSL_RECEIVED_NEW_SESSION_TICKET) {
-    context_->save_session(ssl_, server_name_);
-  }
-  if (ret > 0)
-    return complete<std::error_code, std::size_t>(std::move(handler), {}, static_cast<std::size_t>(ret));
-  if (wants_io(ret)) {
-    return wait_then(ret, [this, buffer, handler = std::move(handler)](std::error_code ec) mutable {
-      if (ec) return complete<std::error_code, std::size_t>(std::move(handler), ec, 0);
+  std::error_code ec;
+  const std::size_t n = read_available(buffer, ec);
+  if (ec == asio::error::would_block) {
+    return wait_then(read_wants_, [this, buffer, handler = std::move(handler)](std::error_code wait_ec) mutable {
+      if (wait_ec) return complete<std::error_code, std::size_t>(std::move(handler), wait_ec, 0);
       read_step(buffer, std::move(handler));
     });
   }
-  // 0 means the peer closed TCP without close_notify: a truncation, reported as CONN_EOF.
-  complete<std::error_code, std::size_t>(std::move(handler),
-                                         error_from(ret == 0 ? MBEDTLS_ERR_SSL_CONN_EOF : ret), 0);
+  complete<std::error_code, std::size_t>(std::move(handler), ec, n);
 }
 
 std::size_t TlsStream::read_available(asio::mutable_buffer buffer, std::error_code& ec) {
+  // A TLS 1.3 server may send tickets at any time; each one replaces the saved session.
   ec = {};
   if (closed_) {
     ec = asio::error::operation_aborted;

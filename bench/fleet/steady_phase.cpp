@@ -22,6 +22,13 @@ void report_latency(Report& report, const agent::LatencyHistogram& h) {
 
 }  // namespace
 
+void report_connect_counts(Report& report, const std::string& prefix, const FleetStats& s) {
+  report.number(prefix + "_full_handshakes", static_cast<double>(s.full_handshakes), "full handshakes");
+  report.number(prefix + "_resumed_handshakes", static_cast<double>(s.resumed_handshakes), "resumed handshakes");
+  report.number(prefix + "_tcp_failures", static_cast<double>(s.connect_failures), "TCP connects refused or timed out");
+  report.number(prefix + "_tls_failures", static_cast<double>(s.tls_failures), "TLS handshakes failed (closed, timed out)");
+}
+
 SteadyResult run_steady_phase(FleetRun& run, Fleet& fleet, std::size_t agents, double interval_s,
                               double duration_s, const SteadyTick& tick) {
   SteadyResult result;
@@ -45,10 +52,7 @@ SteadyResult run_steady_phase(FleetRun& run, Fleet& fleet, std::size_t agents, d
   report.number("agents", static_cast<double>(agents), "agents");
   report.number("connected", static_cast<double>(s.connected_now), "connected");
   report.number("connect_s", connect.seconds(), "time until all connected (or gave up)", "s", 1);
-  report.number("connect_full_handshakes", static_cast<double>(s.full_handshakes), "full handshakes");
-  report.number("connect_resumed_handshakes", static_cast<double>(s.resumed_handshakes), "resumed handshakes");
-  report.number("connect_tcp_failures", static_cast<double>(s.connect_failures), "TCP connects refused or timed out");
-  report.number("connect_tls_failures", static_cast<double>(s.tls_failures), "TLS handshakes failed (closed, timed out)");
+  report_connect_counts(report, "connect", s);
   report.number("connect_sessions_lost", static_cast<double>(s.disconnects), "sessions ended after the handshake");
   report.number("connect_collector_cpu_s", connect.collector_cpu_s(), "collector CPU while connecting", "s", 2);
   const std::uint64_t handshakes = s.full_handshakes + s.resumed_handshakes;

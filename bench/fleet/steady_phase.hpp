@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <functional>
+#include <string>
 
 #include "bench/fleet/fleet_run.hpp"
 
@@ -19,6 +20,10 @@ struct SteadyResult {
 // Called every 250 ms of the measured window with the seconds since it began and the fleet's
 // counters (a scenario injects faults and follows recovery from it).
 using SteadyTick = std::function<void(double elapsed_s, const FleetStats& now)>;
+
+// The handshake and connect counts of a connect phase, as PREFIX_full_handshakes,
+// PREFIX_resumed_handshakes, PREFIX_tcp_failures and PREFIX_tls_failures.
+void report_connect_counts(Report& report, const std::string& prefix, const FleetStats& s);
 
 SteadyResult run_steady_phase(FleetRun& run, Fleet& fleet, std::size_t agents, double interval_s,
                               double duration_s, const SteadyTick& tick = {});

@@ -8,6 +8,7 @@
 
 #include "bench/fleet/fleet_run.hpp"
 #include "bench/fleet/scenarios.hpp"
+#include "bench/fleet/steady_phase.hpp"
 #include "platform/clock.hpp"
 
 namespace vantage::fleet {
@@ -40,10 +41,7 @@ int run_storm(const Options& options) {
   report.number("agents", static_cast<double>(agents), "agents");
   report.number("initial_acked_agents", static_cast<double>(s1.agents_acked), "agents acked");
   report.number("initial_s", first.seconds(), "time until all acked", "s", 1);
-  report.number("initial_full_handshakes", static_cast<double>(s1.full_handshakes), "full handshakes");
-  report.number("initial_resumed_handshakes", static_cast<double>(s1.resumed_handshakes), "resumed handshakes");
-  report.number("initial_tcp_failures", static_cast<double>(s1.connect_failures), "TCP connects refused or timed out");
-  report.number("initial_tls_failures", static_cast<double>(s1.tls_failures), "TLS handshakes failed (closed, timed out)");
+  report_connect_counts(report, "initial", s1);
   report.number("initial_collector_cpu_s", first.collector_cpu_s(), "collector CPU", "s", 2);
   const double ms_full = first_handshakes > 0 ? first.collector_cpu_s() * 1000 / static_cast<double>(first_handshakes) : std::nan("");
   report.number("initial_collector_ms_per_handshake", ms_full, "collector CPU per (full) handshake, incl. Hello+batch", "ms", 3);

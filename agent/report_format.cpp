@@ -7,6 +7,8 @@
 #include <map>
 #include <string_view>
 
+#include "platform/json_writer.hpp"
+
 namespace vantage::agent {
 
 namespace {
@@ -61,89 +63,7 @@ LoadDigest digest(const MeasurementReport& report) {
   return d;
 }
 
-class JsonWriter {
- public:
-  void begin_object() { open('{'); }
-  void end_object() { close('}'); }
-  void begin_array() { open('['); }
-  void end_array() { close(']'); }
-  void key(std::string_view k) {
-    separate();
-    string(k);
-    out_ += ':';
-    after_key_ = true;
-  }
-  void value(std::string_view s) {
-    separate();
-    string(s);
-  }
-  void value(const char* s) { value(std::string_view(s)); }
-  void value(bool b) {
-    separate();
-    out_ += b ? "true" : "false";
-  }
-  void value(std::uint64_t v) {
-    separate();
-    out_ += std::to_string(v);
-  }
-  void value(std::int64_t v) {
-    separate();
-    out_ += std::to_string(v);
-  }
-  void value(std::int32_t v) { value(std::int64_t{v}); }
-  void value(std::uint32_t v) { value(std::uint64_t{v}); }
-  void value(double v) {
-    separate();
-    // JSON has no NaN or infinity; absent figures are null.
-    out_ += std::isfinite(v) ? printf_string("%.9g", v) : "null";
-  }
-  template <typename T>
-  void field(std::string_view k, const T& v) {
-    key(k);
-    value(v);
-  }
-  std::string take() { return std::move(out_); }
-
- private:
-  void open(char c) {
-    separate();
-    out_ += c;
-    first_ = true;
-  }
-  void close(char c) {
-    out_ += c;
-    first_ = false;
-  }
-  void separate() {
-    if (after_key_) {
-      after_key_ = false;
-      return;
-    }
-    if (!first_ && !out_.empty()) {
-      out_ += ',';
-    }
-    first_ = false;
-  }
-  void string(std::string_view s) {
-    out_ += '"';
-    for (const char ch : s) {
-      const auto c = static_cast<unsigned char>(ch);
-      if (c == '"' || c == '\\') {
-        out_ += '\\';
-        out_ += ch;
-      } else if (c < 0x20) {
-        out_ += printf_string("\\u%04x", static_cast<unsigned>(c));
-      } else {
-        out_ += ch;
-      }
-    }
-    out_ += '"';
-  }
-
-  std::string out_;
-  bool first_ = true;
-  bool after_key_ = false;
-};
+using platform::JsonWriter;
 
 void write_rtt(JsonWriter& j, const IntervalSummary& s) {
   j.begin_object();
@@ -278,7 +198,7 @@ void write_load(JsonWriter& j, const HostLoadRecord& r) {
 }  // namespace
 
 std::string format_json(const MeasurementReport& report, const std::vector<ProbeTargetSpec>& targets) {
-  JsonWriter j;
+  JsonWriter j({.double_digits = 9});
   j.begin_object();
   j.field("start_ns", report.wall_start_ns);
   j.field("end_ns", report.wall_end_ns);

@@ -1,0 +1,63 @@
+#include "platform/json_writer.hpp"
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+using vantage::platform::append_json_number;
+using vantage::platform::append_json_string;
+using vantage::platform::json_string;
+using vantage::platform::JsonEscape;
+using vantage::platform::JsonWriter;
+
+TEST_CASE("json_writer: strings escape quotes, backslashes and control characters") {
+  CHECK(json_string("plain") == "\"plain\"");
+  CHECK(json_string("a\"b\\c") == "\"a\\\"b\\\\c\"");
+  CHECK(json_string(std::string("\n\t\x01\x1f", 4)) == "\"\\u000a\\u0009\\u0001\\u001f\"");
+  CHECK(json_string(std::string("\0", 1)) == "\"\\u0000\"");
+  // Bytes from 0x20 up pass through, UTF-8 included; '<' only in the HTML-safe flavour.
+  CHECK(json_string("caf\xc3\xa9 <b> \x7f") == "\"caf\xc3\xa9 <b> \x7f\"");
+  CHECK(json_string("</script>", JsonEscape::kHtmlSafe) == "\"\\u003c/script>\"");
+}
+
+TEST_CASE("json_writer: numbers, shortest or to a given precision, non-finite as null") {
+  std::string out;
+  append_json_number(out, std::int64_t{-42});
+  out += ' ';
+  append_json_number(out, UINT64_MAX);
+  out += ' ';
+  append_json_number(out, 0.1);
+  out += ' ';
+  append_json_number(out, 0.25f);
+  out += ' ';
+  append_json_number(out, 1.0 / 3.0, 9);
+  out += ' ';
+  append_json_number(out, std::nan(""));
+  out += ' ';
+  append_json_number(out, INFINITY, 9);
+  CHECK(out == "-42 18446744073709551615 0.1 0.25 0.333333333 null null");
+}
+
+TEST_CASE("json_writer: the streaming writer places commas and colons") {
+  JsonWriter j({.escape = JsonEscape::kStandard, .double_digits = 9});
+  j.begin_object();
+  j.field("name", "eth0");
+  j.field("up", true);
+  j.field("count", std::uint64_t{3});
+  j.key("empty");
+  j.begin_array();
+  j.end_array();
+  j.key("list");
+  j.begin_array();
+  j.value(std::int32_t{-1});
+  j.value(2.5);
+  j.null();
+  j.begin_object();
+  j.field("x", 1.0 / 3.0);
+  j.end_object();
+  j.end_array();
+  j.end_object();
+  CHECK(j.take() == R"({"name":"eth0","up":true,"count":3,"empty":[],"list":[-1,2.5,null,{"x":0.333333333}]})");
+}

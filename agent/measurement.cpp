@@ -8,12 +8,12 @@
 #include <atomic>
 #include <condition_variable>
 #include <mutex>
-#include <random>
 #include <stop_token>
 #include <thread>
 #include <utility>
 
 #include "platform/clock.hpp"
+#include "platform/random_seed.hpp"
 #include "platform/spsc_ring.hpp"
 
 namespace vantage::agent {
@@ -22,18 +22,13 @@ namespace {
 
 using probes::ProbeProtocol;
 
-std::chrono::steady_clock::time_point steady_at(std::int64_t monotonic_ns) {
-  // libstdc++'s steady_clock is CLOCK_MONOTONIC, the clock every deadline here is kept in.
-  return std::chrono::steady_clock::time_point(std::chrono::nanoseconds(monotonic_ns));
-}
-
 // Sleeps until a deadline or until stop is requested, whichever comes first. One per thread,
 // made once: libstdc++'s condition_variable_any allocates on construction.
 class StoppableSleep {
  public:
   void until(std::stop_token stop, std::int64_t deadline_ns) {
     std::unique_lock lock(mutex_);
-    cv_.wait_until(lock, stop, steady_at(deadline_ns), [] { return false; });
+    cv_.wait_until(lock, stop, platform::steady_time(deadline_ns), [] { return false; });
   }
 
  private:
@@ -47,11 +42,6 @@ std::uint32_t window_for(const ProbeTargetSpec& t) {
   const double in_flight = t.rate_per_s * std::chrono::duration<double>(t.timeout).count();
   const double wanted = std::min(2.0 * in_flight + 64.0, double{aggregate::TargetStatsConfig::kMaxWindow});
   return static_cast<std::uint32_t>(wanted);
-}
-
-std::uint64_t random_u64() {
-  std::random_device device;
-  return (std::uint64_t{device()} << 32) ^ device();
 }
 
 }  // namespace
@@ -145,7 +135,7 @@ struct Measurement::Impl {
 
 MeasurementStartResult Measurement::Impl::open_probers() {
   probes::UdpProberConfig udp_config;
-  udp_config.sender_id = config.sender_id != 0 ? config.sender_id : random_u64();
+  udp_config.sender_id = config.sender_id != 0 ? config.sender_id : platform::random_seed();
   udp_config.kernel_timestamps = config.kernel_timestamps;
   probes::TcpProberConfig tcp_config;
   probes::IcmpProberConfig icmp_config;

@@ -4,6 +4,7 @@
 
 #include <time.h>
 
+#include <chrono>
 #include <cstdint>
 
 namespace vantage::platform {
@@ -21,6 +22,12 @@ inline std::int64_t clock_ns(clockid_t clock) noexcept {
 
 inline std::int64_t monotonic_ns() noexcept { return clock_ns(CLOCK_MONOTONIC); }
 inline std::int64_t realtime_ns() noexcept { return clock_ns(CLOCK_REALTIME); }
+
+// A CLOCK_MONOTONIC deadline as a steady_clock time point (for Asio's steady_timer): libstdc++'s
+// steady_clock reads CLOCK_MONOTONIC, so the two share an epoch.
+inline std::chrono::steady_clock::time_point steady_time(std::int64_t monotonic) noexcept {
+  return std::chrono::steady_clock::time_point(std::chrono::nanoseconds(monotonic));
+}
 
 // CLOCK_REALTIME - CLOCK_MONOTONIC now: moves the kernel's receive stamps (CLOCK_REALTIME) onto
 // the monotonic time line. The realtime read is bracketed by two monotonic reads and the

@@ -1,5 +1,6 @@
-// Kernel receive timestamps (SO_TIMESTAMPNS): enabling them on a socket and reading the
-// CLOCK_REALTIME stamp out of a received message's control data.
+// Kernel receive timestamps (SO_TIMESTAMPNS): enabling them on a socket, reading the
+// CLOCK_REALTIME stamp out of a received message's control data, and the one rule by which every
+// prober and the reflector decide whether a stamp can be trusted.
 #pragma once
 
 #include <sys/socket.h>
@@ -36,6 +37,70 @@ inline std::optional<std::int64_t> kernel_rx_realtime_ns(const msghdr& msg) noex
     }
   }
   return stamp;
+}
+
+// A stamp is trusted only if it lies at or before a clock read taken after the datagram was
+// read, and at most this much before it. Anything else means CLOCK_REALTIME stepped between
+// arrival and read (settimeofday, an NTP step), and the user-space read time is used instead.
+// A second is far beyond any socket queueing delay of a live prober, far below a typical step.
+inline constexpr std::int64_t kMaxRxStampAgeNs = 1'000'000'000;
+
+// Both arguments in the same clock.
+constexpr bool plausible_rx_stamp(std::int64_t stamp_ns, std::int64_t read_ns) noexcept {
+  const std::int64_t age = read_ns - stamp_ns;
+  return age >= 0 && age <= kMaxRxStampAgeNs;
+}
+
+// When a datagram arrived, on one clock, and whether the kernel said so.
+struct RxTime {
+  std::int64_t ns = 0;       // the kernel's stamp, or read_ns
+  std::int64_t read_ns = 0;  // the clock read after recvmsg returned
+  bool kernel = false;
+
+  // A kernel stamp before `send_ns` (same clock) can only come from a realtime step too: the
+  // read time is used instead.
+  void not_before(std::int64_t send_ns) noexcept {
+    if (kernel && ns < send_ns) {
+      ns = read_ns;
+      kernel = false;
+    }
+  }
+};
+
+// The kernel's CLOCK_REALTIME stamp moved onto CLOCK_MONOTONIC by `realtime_offset` (see
+// realtime_offset_ns()), if plausible_rx_stamp() accepts it against the monotonic read time;
+// otherwise the read time. No stamp (QEMU user mode, the option off): the read time.
+constexpr RxTime monotonic_rx_time(std::optional<std::int64_t> kernel_realtime_ns, std::int64_t realtime_offset,
+                                   std::int64_t read_mono_ns) noexcept {
+  if (kernel_realtime_ns) {
+    const std::int64_t converted = *kernel_realtime_ns - realtime_offset;
+    if (plausible_rx_stamp(converted, read_mono_ns)) {
+      return RxTime{converted, read_mono_ns, true};
+    }
+  }
+  return RxTime{read_mono_ns, read_mono_ns, false};
+}
+
+// As above with the clocks read now: call it right after recvmsg returned. The offset is read
+// only when there is a stamp to convert, and before the read time, so that a bracket error of
+// the offset cannot put a fresh stamp a few hundred nanoseconds after it.
+inline RxTime monotonic_rx_time(std::optional<std::int64_t> kernel_realtime_ns) noexcept {
+  if (!kernel_realtime_ns) {
+    const std::int64_t read_ns = monotonic_ns();
+    return RxTime{read_ns, read_ns, false};
+  }
+  const std::int64_t offset = realtime_offset_ns();
+  return monotonic_rx_time(kernel_realtime_ns, offset, monotonic_ns());
+}
+
+// The reflector keeps its stamps in CLOCK_REALTIME (rx and tx only ever meet as a difference):
+// the same rule against a realtime read.
+inline RxTime realtime_rx_time(std::optional<std::int64_t> kernel_realtime_ns) noexcept {
+  const std::int64_t read_ns = realtime_ns();
+  if (kernel_realtime_ns && plausible_rx_stamp(*kernel_realtime_ns, read_ns)) {
+    return RxTime{*kernel_realtime_ns, read_ns, true};
+  }
+  return RxTime{read_ns, read_ns, false};
 }
 
 }  // namespace vantage::platform

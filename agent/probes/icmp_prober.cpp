@@ -4,7 +4,6 @@
 #include <linux/errqueue.h>
 #include <netinet/icmp6.h>
 #include <netinet/in.h>
-#include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <asio/bind_allocator.hpp>
@@ -24,6 +23,7 @@
 #include "agent/probes/handler_memory.hpp"
 #include "agent/probes/probe_schedule.hpp"
 #include "platform/clock.hpp"
+#include "platform/random_seed.hpp"
 #include "platform/receive_datagram.hpp"
 #include "platform/rx_timestamp.hpp"
 
@@ -47,28 +47,10 @@ constexpr int kIcmpFilterOption = 1;
 constexpr std::size_t kIpv4MinHeader = 20;
 // Datagrams handled per wakeup, as in the reflector: drains a burst, then lets others run.
 constexpr int kMaxBatch = 64;
-// A kernel timestamp older than this at read time means the realtime clock stepped in between
-// (settimeofday), so the user-space stamp is used instead of a converted, wrong one.
-constexpr std::int64_t kMaxTimestampAgeNs = 1'000'000'000;
 // An echoed send time this far behind the reply cannot be a probe of ours still in flight.
 constexpr std::int64_t kMaxRttNs = 3600LL * 1'000'000'000;
 
 using platform::clock_ns;
-
-std::chrono::steady_clock::time_point at(std::int64_t monotonic) noexcept {
-  // libstdc++'s steady_clock reads CLOCK_MONOTONIC: same epoch as the event times.
-  return std::chrono::steady_clock::time_point(std::chrono::nanoseconds(monotonic));
-}
-
-std::uint64_t random_u64() noexcept {
-  std::uint64_t v = 0;
-  if (::getrandom(&v, sizeof(v), GRND_NONBLOCK) == static_cast<ssize_t>(sizeof(v)) && v != 0) {
-    return v;
-  }
-  v = static_cast<std::uint64_t>(clock_ns(CLOCK_REALTIME)) ^
-      (static_cast<std::uint64_t>(clock_ns(CLOCK_MONOTONIC)) << 17) ^ static_cast<std::uint64_t>(::getpid());
-  return v != 0 ? v : 1;
-}
 
 // Big-endian (network order) accessors on byte spans: the wire is never cast to a struct, so
 // alignment and padding of untrusted buffers do not matter.
@@ -335,8 +317,6 @@ struct IcmpProber::Target {
   Family* family = nullptr;
   sockaddr_storage address{};
   socklen_t address_len = 0;
-  std::int64_t interval_ns = 0;
-  std::int64_t next_due_ns = 0;
   std::uint64_t next_seq = 0;
 };
 
@@ -346,8 +326,7 @@ IcmpProber::IcmpProber(asio::io_context& io, IcmpProberConfig config, platform::
       ring_(ring),
       schedule_timer_(io),
       schedule_memory_(std::make_unique<HandlerMemory>()),
-      rng_state_(random_u64()),
-      cookie_(random_u64()) {}
+      cookie_(platform::random_seed()) {}
 
 IcmpProber::~IcmpProber() = default;
 
@@ -396,7 +375,7 @@ IcmpStartResult IcmpProber::open_family(Family& family) {
     return {ec, std::string(name) + " probing unavailable: " + ec.message()};
   }
   if (family.kind == IcmpSocketKind::kRaw) {
-    family.id = static_cast<std::uint16_t>(random_u64());
+    family.id = static_cast<std::uint16_t>(platform::random_seed());
     // Only echo replies and the errors that can be about a probe wake us; a raw socket
     // otherwise sees every ICMP message on the host, including our own requests on loopback.
     // Best effort: the parsers reject the rest anyway.
@@ -459,6 +438,8 @@ IcmpStartResult IcmpProber::start() {
   const std::int64_t now = clock_ns(CLOCK_MONOTONIC);
   targets_.clear();
   targets_.reserve(config_.targets.size());
+  schedule_.reset(config_.jitter, platform::random_seed());
+  schedule_.reserve(config_.targets.size());
   for (const IcmpTarget& t : config_.targets) {
     Target target;
     target.config = t;
@@ -481,9 +462,7 @@ IcmpStartResult IcmpProber::start() {
       std::memcpy(&target.address, &sin6, sizeof(sin6));
       target.address_len = sizeof(sin6);
     }
-    target.interval_ns = std::max<std::int64_t>(1, std::llround(1e9 / t.rate_per_s));
-    target.next_due_ns =
-        now + static_cast<std::int64_t>(static_cast<double>(target.interval_ns) * uniform01(rng_state_));
+    schedule_.add(t.rate_per_s, now);
     targets_.push_back(target);
   }
   stopping_ = false;
@@ -533,35 +512,16 @@ IcmpProberCounters IcmpProber::counters() const noexcept {
   return c;
 }
 
-// One timer for all targets, armed for the earliest due probe (see TcpProber::arm_schedule).
+// One timer for all targets, armed for the earliest due probe (see ProbeSchedule).
 void IcmpProber::arm_schedule() {
-  std::int64_t earliest = std::numeric_limits<std::int64_t>::max();
-  for (const Target& target : targets_) {
-    earliest = std::min(earliest, target.next_due_ns);
-  }
-  schedule_timer_.expires_at(at(earliest));
+  schedule_timer_.expires_at(platform::steady_time(schedule_.earliest()));
   schedule_timer_.async_wait(with_memory(*schedule_memory_, [this](const std::error_code& ec) {
     // A wait that completed just before stop_sending()'s cancel still sends nothing.
     if (!ec && !stopping_ && !sending_stopped_) {
-      on_schedule();
+      schedule_.run_due(clock_ns(CLOCK_MONOTONIC), [this](std::size_t i) { send(targets_[i]); });
+      arm_schedule();
     }
   }));
-}
-
-void IcmpProber::on_schedule() {
-  const std::int64_t now = clock_ns(CLOCK_MONOTONIC);
-  for (Target& target : targets_) {
-    if (target.next_due_ns > now) {
-      continue;
-    }
-    send(target);
-    target.next_due_ns += jittered_interval(target.interval_ns, config_.jitter, rng_state_);
-    // After a stall resume the rate from now instead of firing the missed probes at once.
-    if (target.next_due_ns <= now) {
-      target.next_due_ns = now + jittered_interval(target.interval_ns, config_.jitter, rng_state_);
-    }
-  }
-  arm_schedule();
 }
 
 void IcmpProber::send(Target& target) {
@@ -640,29 +600,17 @@ void IcmpProber::on_readable(Family& family) {
       }
       return;
     }
-    const std::int64_t mono = clock_ns(CLOCK_MONOTONIC);
-    std::int64_t receive_ns = mono;
-    bool kernel_rx = false;
-    if (family.kernel_ts) {
-      if (const auto kernel_real = d.kernel_realtime_ns) {
-        // The kernel stamps in CLOCK_REALTIME; moved to CLOCK_MONOTONIC by the clocks' offset.
-        const std::int64_t converted = *kernel_real - platform::realtime_offset_ns();
-        const std::int64_t age = mono - converted;
-        if (age >= 0 && age <= kMaxTimestampAgeNs) {
-          receive_ns = converted;
-          kernel_rx = true;
-        }
-      }
-    }
+    const platform::RxTime rx =
+        platform::monotonic_rx_time(family.kernel_ts ? d.kernel_realtime_ns : std::nullopt);
     if (d.truncated) {
       dropped_malformed_.bump();
       continue;
     }
-    handle_reply(family, d.size, receive_ns, kernel_rx);
+    handle_reply(family, d.size, rx);
   }
 }
 
-void IcmpProber::handle_reply(Family& family, std::size_t size, std::int64_t receive_ns, bool kernel_rx) {
+void IcmpProber::handle_reply(Family& family, std::size_t size, platform::RxTime rx) {
   IcmpEchoReply reply;
   const bool raw = family.kind == IcmpSocketKind::kRaw;
   const std::span<const std::byte> packet(family.rx.data(), size);
@@ -721,7 +669,8 @@ void IcmpProber::handle_reply(Family& family, std::size_t size, std::int64_t rec
     return;
   }
   std::uint64_t seq = 0;
-  const std::int64_t rtt = receive_ns - reply.send_ns;
+  rx.not_before(reply.send_ns);
+  const std::int64_t rtt = rx.ns - reply.send_ns;
   if (!unwrap_icmp_sequence(target.next_seq, reply.wire_seq, seq) || rtt < 0 || rtt > kMaxRttNs) {
     dropped_malformed_.bump();
     return;
@@ -730,10 +679,10 @@ void IcmpProber::handle_reply(Family& family, std::size_t size, std::int64_t rec
   event.target = target.config.target;
   event.protocol = ProbeProtocol::kIcmpEcho;
   event.kind = ProbeEventKind::kReply;
-  event.kernel_rx_timestamp = kernel_rx;
+  event.kernel_rx_timestamp = rx.kernel;
   event.seq = seq;
   event.send_ns = reply.send_ns;
-  event.receive_ns = receive_ns;
+  event.receive_ns = rx.ns;
   replies_.bump();
   emit(event);
 }

@@ -19,6 +19,8 @@
 #include <vector>
 
 #include "agent/probes/probe_event.hpp"
+#include "agent/probes/probe_schedule.hpp"
+#include "platform/rx_timestamp.hpp"
 #include "platform/spsc_ring.hpp"
 #include "platform/stat_counter.hpp"
 
@@ -209,11 +211,10 @@ class IcmpProber {
 
   IcmpStartResult open_family(Family& family);
   void arm_schedule();
-  void on_schedule();
   void send(Target& target);
   void arm_receive(Family& family);
   void on_readable(Family& family);
-  void handle_reply(Family& family, std::size_t size, std::int64_t receive_ns, bool kernel_rx);
+  void handle_reply(Family& family, std::size_t size, platform::RxTime rx);
   std::size_t drain_error_queue(Family& family);
   void handle_error(Family& family, const IcmpErrorReport& report, std::span<const std::byte> destination);
   void emit(const ProbeEvent& event) noexcept;
@@ -226,7 +227,7 @@ class IcmpProber {
   std::unique_ptr<Family> v4_;
   std::unique_ptr<Family> v6_;
   std::vector<Target> targets_;
-  std::uint64_t rng_state_;
+  ProbeSchedule schedule_;  // parallel to targets_
   std::uint64_t cookie_;
   bool stopping_ = false;
   bool sending_stopped_ = false;

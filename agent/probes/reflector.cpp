@@ -1,7 +1,6 @@
 #include "agent/probes/reflector.hpp"
 
 #include <netinet/in.h>
-#include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <asio/ip/address.hpp>
@@ -16,6 +15,7 @@
 #include <utility>
 
 #include "platform/clock.hpp"
+#include "platform/random_seed.hpp"
 #include "platform/receive_datagram.hpp"
 #include "platform/rx_timestamp.hpp"
 
@@ -30,17 +30,6 @@ constexpr int kMaxBatch = 64;
 // The reflector's stamps travel as unsigned nanoseconds.
 std::uint64_t now_ns(clockid_t clock) noexcept {
   return static_cast<std::uint64_t>(platform::clock_ns(clock));
-}
-
-// Identifies this reflector instance (boot_id) and keys the source tables' hashes. Reads the
-// kernel's entropy pool; if that is unavailable, time and pid still make a restart visible.
-std::uint64_t random_u64() noexcept {
-  std::uint64_t v = 0;
-  if (::getrandom(&v, sizeof(v), GRND_NONBLOCK) == static_cast<ssize_t>(sizeof(v)) && v != 0) {
-    return v;
-  }
-  v = now_ns(CLOCK_REALTIME) ^ (now_ns(CLOCK_MONOTONIC) << 17) ^ static_cast<std::uint64_t>(::getpid());
-  return v != 0 ? v : 1;
 }
 
 bool valid(const ReflectorConfig& c) noexcept {
@@ -136,9 +125,10 @@ Reflector::Reflector(asio::io_context& io, ReflectorConfig config)
     : io_(io),
       config_(std::move(config)),
       socket_(io),
-      boot_id_(random_u64()),
-      rate_table_(config_.max_sources, random_u64()),
-      session_table_(config_.max_sources, random_u64()),
+      // boot_id tells a restarted reflector from the old one; the seeds key the tables' hashes.
+      boot_id_(platform::random_seed()),
+      rate_table_(config_.max_sources, platform::random_seed()),
+      session_table_(config_.max_sources, platform::random_seed()),
       buffer_(std::min(std::max(config_.max_probe_size, kProbeHeaderSize), kMaxProbeSize) + 1) {}
 
 Reflector::~Reflector() = default;
@@ -249,13 +239,11 @@ void Reflector::on_readable() {
     std::uint64_t rx = mono;
     bool kernel_rx = false;
     if (kernel) {
-      if (d.kernel_realtime_ns) {
-        rx = static_cast<std::uint64_t>(*d.kernel_realtime_ns);
-        kernel_rx = true;
-      } else {
-        // A datagram without the stamp still needs rx and tx in the same clock.
-        rx = now_ns(CLOCK_REALTIME);
-      }
+      // rx and tx are both CLOCK_REALTIME here; a datagram without a (plausible) stamp still
+      // needs them in the same clock.
+      const platform::RxTime t = platform::realtime_rx_time(d.kernel_realtime_ns);
+      rx = static_cast<std::uint64_t>(t.ns);
+      kernel_rx = t.kernel;
     }
     peer_len_ = d.peer_len;
     reply_control_len_ = pktinfo ? reply_control(platform::control_message(control, d), reply_control_) : 0;

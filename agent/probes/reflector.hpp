@@ -56,8 +56,10 @@ enum class TimestampSource : std::uint8_t {
   // time is then read from CLOCK_REALTIME too, right before sending, so dwell = tx - rx is a
   // difference within one clock. Converting to CLOCK_MONOTONIC would need a realtime/monotonic
   // offset sampled per packet, which adds its own jitter to a value the prober only ever
-  // subtracts. A realtime step (settimeofday, not NTP slewing) between the two reads distorts
-  // that one dwell; a prober treats a dwell that is negative or above its RTT as invalid.
+  // subtracts. A stamp after a realtime read made once the datagram is read, or older than
+  // platform::kMaxRxStampAgeNs (a step in between: the rule every prober applies), is replaced
+  // by that read. A step between rx and tx still distorts that one dwell; a prober treats a
+  // dwell that is negative or above its RTT as invalid.
   kKernelRealtime,
   // The socket refused SO_TIMESTAMPNS (QEMU user mode does) or it was disabled: rx is read
   // from CLOCK_MONOTONIC after recvmsg returns, tx right before sending. The dwell then misses

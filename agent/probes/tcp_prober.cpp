@@ -2,7 +2,6 @@
 
 #include <netinet/in.h>
 #include <netinet/ip.h>
-#include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <asio/bind_allocator.hpp>
@@ -17,26 +16,12 @@
 #include "agent/probes/handler_memory.hpp"
 #include "agent/probes/probe_schedule.hpp"
 #include "platform/clock.hpp"
+#include "platform/random_seed.hpp"
 
 namespace vantage::agent::probes {
 namespace {
 
 using platform::monotonic_ns;
-
-// libstdc++'s steady_clock reads CLOCK_MONOTONIC, so event times and timer deadlines share an
-// epoch and a deadline is just send_ns + timeout.
-std::chrono::steady_clock::time_point at(std::int64_t monotonic) noexcept {
-  return std::chrono::steady_clock::time_point(std::chrono::nanoseconds(monotonic));
-}
-
-std::uint64_t seed() noexcept {
-  std::uint64_t v = 0;
-  if (::getrandom(&v, sizeof(v), GRND_NONBLOCK) == static_cast<ssize_t>(sizeof(v))) {
-    return v;
-  }
-  // Without entropy, pid and time still separate agents that started together.
-  return static_cast<std::uint64_t>(monotonic_ns()) ^ (static_cast<std::uint64_t>(::getpid()) << 32);
-}
 
 bool valid(const TcpProberConfig& c) noexcept {
   if (!(c.jitter >= 0.0 && c.jitter <= 0.5)) {
@@ -65,8 +50,6 @@ struct TcpProber::Slot {
 
 struct TcpProber::Target {
   TcpTarget config;
-  std::int64_t interval_ns = 0;
-  std::int64_t next_due_ns = 0;
   std::uint64_t next_seq = 0;
   std::vector<std::unique_ptr<Slot>> slots;
 };
@@ -76,8 +59,7 @@ TcpProber::TcpProber(asio::io_context& io, TcpProberConfig config, platform::Sps
       config_(std::move(config)),
       ring_(ring),
       schedule_timer_(io),
-      schedule_memory_(std::make_unique<HandlerMemory>()),
-      rng_state_(seed()) {}
+      schedule_memory_(std::make_unique<HandlerMemory>()) {}
 
 TcpProber::~TcpProber() = default;
 
@@ -88,12 +70,12 @@ std::error_code TcpProber::start() {
   const std::int64_t now = monotonic_ns();
   targets_.clear();
   targets_.reserve(config_.targets.size());
+  schedule_.reset(config_.jitter, platform::random_seed());
+  schedule_.reserve(config_.targets.size());
   for (const TcpTarget& t : config_.targets) {
     auto target = std::make_unique<Target>();
     target->config = t;
-    target->interval_ns = std::max<std::int64_t>(1, std::llround(1e9 / t.rate_per_s));
-    target->next_due_ns =
-        now + static_cast<std::int64_t>(static_cast<double>(target->interval_ns) * uniform01(rng_state_));
+    schedule_.add(t.rate_per_s, now);
     // Enough slots for every connect that can still be within its timeout, plus headroom for
     // jitter; a connect's slot is reused only once both of its operations have completed.
     const double in_flight = std::ceil(t.rate_per_s * std::chrono::duration<double>(t.timeout).count());
@@ -151,36 +133,17 @@ TcpProberCounters TcpProber::counters() const noexcept {
   return c;
 }
 
-// One timer for all targets, armed for the earliest due probe: a wakeup per probe, not per
-// target, and no handler allocation because only one wait is ever outstanding.
+// One timer for all targets, armed for the earliest due probe (see ProbeSchedule): only one
+// wait is ever outstanding, so its handler memory is reused.
 void TcpProber::arm_schedule() {
-  std::int64_t earliest = std::numeric_limits<std::int64_t>::max();
-  for (const auto& target : targets_) {
-    earliest = std::min(earliest, target->next_due_ns);
-  }
-  schedule_timer_.expires_at(at(earliest));
+  schedule_timer_.expires_at(platform::steady_time(schedule_.earliest()));
   schedule_timer_.async_wait(with_memory(*schedule_memory_, [this](const std::error_code& ec) {
     if (!ec && !stopping_ && !sending_stopped_) {
-      on_schedule();
+      const std::int64_t now = monotonic_ns();
+      schedule_.run_due(now, [this, now](std::size_t i) { launch(*targets_[i], now); });
+      arm_schedule();
     }
   }));
-}
-
-void TcpProber::on_schedule() {
-  const std::int64_t now = monotonic_ns();
-  for (auto& target : targets_) {
-    if (target->next_due_ns > now) {
-      continue;
-    }
-    launch(*target, now);
-    target->next_due_ns += jittered_interval(target->interval_ns, config_.jitter, rng_state_);
-    // After a stall (suspend, a starved thread) resume the rate from now instead of firing
-    // the missed probes back to back.
-    if (target->next_due_ns <= now) {
-      target->next_due_ns = now + jittered_interval(target->interval_ns, config_.jitter, rng_state_);
-    }
-  }
-  arm_schedule();
 }
 
 void TcpProber::launch(Target& target, std::int64_t now_ns) {
@@ -226,7 +189,7 @@ void TcpProber::launch(Target& target, std::int64_t now_ns) {
   slot.socket.async_connect(endpoint, with_memory(slot.connect_memory, [this, s](const std::error_code& e) {
                               on_connected(*s, e);
                             }));
-  slot.timer.expires_at(at(slot.send_ns + target.config.timeout.count()));
+  slot.timer.expires_at(platform::steady_time(slot.send_ns + target.config.timeout.count()));
   slot.timer.async_wait(
       with_memory(slot.timer_memory, [this, s](const std::error_code& e) { on_timeout(*s, e); }));
   event.kind = ProbeEventKind::kSent;

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "agent/probes/probe_event.hpp"
+#include "agent/probes/probe_schedule.hpp"
 #include "platform/spsc_ring.hpp"
 #include "platform/stat_counter.hpp"
 
@@ -94,7 +95,6 @@ class TcpProber {
   using Counter = platform::StatCounter;
 
   void arm_schedule();
-  void on_schedule();
   void launch(Target& target, std::int64_t now_ns);
   void on_connected(Slot& slot, const std::error_code& ec);
   void on_timeout(Slot& slot, const std::error_code& ec);
@@ -106,7 +106,7 @@ class TcpProber {
   asio::steady_timer schedule_timer_;
   std::unique_ptr<HandlerMemory> schedule_memory_;
   std::vector<std::unique_ptr<Target>> targets_;
-  std::uint64_t rng_state_;
+  ProbeSchedule schedule_;  // parallel to targets_
   bool stopping_ = false;
   bool sending_stopped_ = false;
 

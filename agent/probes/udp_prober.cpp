@@ -1,7 +1,6 @@
 #include "agent/probes/udp_prober.hpp"
 
 #include <netinet/in.h>
-#include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <asio/ip/address.hpp>
@@ -19,6 +18,7 @@
 
 #include "agent/probes/probe_schedule.hpp"
 #include "platform/clock.hpp"
+#include "platform/random_seed.hpp"
 #include "platform/receive_datagram.hpp"
 #include "platform/rx_timestamp.hpp"
 
@@ -29,18 +29,10 @@ namespace {
 // drained in one go without starving the timer on the same io_context.
 constexpr int kMaxBatch = 64;
 constexpr double kMaxRatePerS = 100'000.0;
+// Gaps of uniform [0.5, 1.5) mean intervals.
+constexpr double kJitter = 0.5;
 
 using platform::clock_ns;
-
-std::uint64_t random_seed() noexcept {
-  std::uint64_t v = 0;
-  if (::getrandom(&v, sizeof(v), GRND_NONBLOCK) == static_cast<ssize_t>(sizeof(v))) {
-    return v;
-  }
-  // Without the entropy pool, time still separates agents started at different instants.
-  return static_cast<std::uint64_t>(clock_ns(CLOCK_REALTIME)) ^
-         static_cast<std::uint64_t>(clock_ns(CLOCK_MONOTONIC));
-}
 
 bool valid(const UdpProbeTarget& t) noexcept {
   return std::isfinite(t.rate_per_s) && t.rate_per_s > 0 && t.rate_per_s <= kMaxRatePerS &&
@@ -113,7 +105,8 @@ std::error_code UdpProber::start() {
 
   send_buffer_.assign(max_payload, std::byte{0});
   receive_buffer_.assign(max_payload + 1, std::byte{0});
-  rng_state_ = config_.jitter_seed != 0 ? config_.jitter_seed : random_seed();
+  schedule_.reset(kJitter, config_.jitter_seed != 0 ? config_.jitter_seed : platform::random_seed());
+  schedule_.reserve(config_.targets.size());
 
   const std::int64_t now = clock_ns(CLOCK_MONOTONIC);
   targets_.clear();
@@ -121,10 +114,7 @@ std::error_code UdpProber::start() {
   for (const UdpProbeTarget& t : config_.targets) {
     TargetState s;
     s.config = t;
-    s.interval_ns = std::max<std::int64_t>(1, std::llround(1e9 / t.rate_per_s));
-    // A random phase within the first interval: targets (and agents) start out of step.
-    s.next_send_ns =
-        now + static_cast<std::int64_t>(uniform01(rng_state_) * static_cast<double>(s.interval_ns));
+    schedule_.add(t.rate_per_s, now);
     targets_.push_back(s);
   }
 
@@ -198,50 +188,26 @@ std::error_code UdpProber::open(Socket& s, bool v6) {
   return {};
 }
 
-std::int64_t UdpProber::jittered(std::int64_t interval_ns) noexcept {
-  return std::max<std::int64_t>(
-      1, static_cast<std::int64_t>(static_cast<double>(interval_ns) * (0.5 + uniform01(rng_state_))));
-}
-
 void UdpProber::arm_timer() {
-  std::int64_t next = std::numeric_limits<std::int64_t>::max();
-  for (const TargetState& t : targets_) {
-    if (!t.done) {
-      next = std::min(next, t.next_send_ns);
-    }
-  }
+  const std::int64_t next = schedule_.earliest();
   if (next == std::numeric_limits<std::int64_t>::max() || stopping_ || sending_stopped_) {
     return;
   }
-  // libstdc++'s steady_clock is CLOCK_MONOTONIC, the clock the deadlines are kept in.
-  timer_.expires_at(std::chrono::steady_clock::time_point(std::chrono::nanoseconds(next)));
+  timer_.expires_at(platform::steady_time(next));
   timer_.async_wait([this](const std::error_code& ec) {
     // operation_aborted is the normal end after stop().
     if (ec || stopping_ || sending_stopped_) {
       return;
     }
-    on_timer();
+    schedule_.run_due(clock_ns(CLOCK_MONOTONIC), [this](std::size_t i) {
+      TargetState& t = targets_[i];
+      send_probe(t);
+      if (t.config.count != 0 && t.next_seq >= t.config.count) {
+        schedule_.finish(i);
+      }
+    });
     arm_timer();
   });
-}
-
-void UdpProber::on_timer() {
-  const std::int64_t now = clock_ns(CLOCK_MONOTONIC);
-  for (TargetState& t : targets_) {
-    if (t.done || t.next_send_ns > now) {
-      continue;
-    }
-    send_probe(t);
-    t.next_send_ns += jittered(t.interval_ns);
-    // Fell more than an interval behind (suspend, a stalled thread): skip the missed probes
-    // instead of sending them in a burst.
-    if (t.next_send_ns < now - t.interval_ns) {
-      t.next_send_ns = now + jittered(t.interval_ns);
-    }
-    if (t.config.count != 0 && t.next_seq >= t.config.count) {
-      t.done = true;
-    }
-  }
 }
 
 void UdpProber::send_probe(TargetState& t) {
@@ -309,25 +275,12 @@ void UdpProber::on_readable(Socket& s) {
       }
       return;
     }
-    const std::int64_t read_ns = clock_ns(CLOCK_MONOTONIC);
-    std::int64_t receive_ns = read_ns;
-    bool kernel_rx = false;
-    if (s.kernel_timestamps) {
-      if (const auto stamp_rt = d.kernel_realtime_ns) {
-        const std::int64_t converted = *stamp_rt - platform::realtime_offset_ns();
-        // A stamp after the read can only come from a realtime step: keep the read time.
-        if (converted <= clock_ns(CLOCK_MONOTONIC)) {
-          receive_ns = converted;
-          kernel_rx = true;
-        }
-      }
-    }
-    handle_reply(d.size, d.truncated, receive_ns, kernel_rx, read_ns);
+    handle_reply(d.size, d.truncated,
+                 platform::monotonic_rx_time(s.kernel_timestamps ? d.kernel_realtime_ns : std::nullopt));
   }
 }
 
-void UdpProber::handle_reply(std::size_t size, bool truncated, std::int64_t receive_ns, bool kernel_rx,
-                             std::int64_t read_ns) {
+void UdpProber::handle_reply(std::size_t size, bool truncated, platform::RxTime rx) {
   received_.bump();
   const std::span<const std::byte> packet(receive_buffer_.data(), truncated ? receive_buffer_.size() : size);
   ProbeHeader reply;
@@ -368,13 +321,9 @@ void UdpProber::handle_reply(std::size_t size, bool truncated, std::int64_t rece
   event.kind = ProbeEventKind::kReply;
   event.seq = reply.sequence;
   event.send_ns = static_cast<std::int64_t>(reply.send_ns);
-  // A kernel stamp before the send time can only come from a realtime step.
-  if (kernel_rx && receive_ns < event.send_ns) {
-    receive_ns = read_ns;
-    kernel_rx = false;
-  }
-  event.receive_ns = receive_ns;
-  event.kernel_rx_timestamp = kernel_rx;
+  rx.not_before(event.send_ns);
+  event.receive_ns = rx.ns;
+  event.kernel_rx_timestamp = rx.kernel;
   event.reflector_kernel_rx = (reply.flags & kFlagKernelRxTimestamp) != 0;
   // Unsigned difference, then signed: a reflector clock step shows up as negative, not as
   // an overflow.

@@ -16,6 +16,8 @@
 
 #include "agent/probes/probe_event.hpp"
 #include "agent/probes/probe_packet.hpp"
+#include "agent/probes/probe_schedule.hpp"
+#include "platform/rx_timestamp.hpp"
 #include "platform/spsc_ring.hpp"
 #include "platform/stat_counter.hpp"
 
@@ -73,10 +75,11 @@ struct UdpProberCounters {
 // numbers sent so far and probe length. DSCP is set per send with setsockopt, only when it
 // differs from the socket's current marking.
 //
-// Scheduling: one steady_timer for all targets. Each target starts at a random phase within
-// its first interval, and every gap is the mean interval times uniform[0.5, 1.5), so a fleet
-// started together never probes in step. Deadlines advance from the previous deadline, not
-// from when the timer fired, so a late wakeup delays one probe without lowering the rate.
+// Scheduling: one steady_timer for all targets over a ProbeSchedule (as the TCP and ICMP
+// probers). Each target starts at a random phase within its first interval, and every gap is
+// the mean interval times uniform[0.5, 1.5), so a fleet started together never probes in step.
+// Deadlines advance from the previous deadline, not from when the timer fired, so a late
+// wakeup delays one probe without lowering the rate.
 //
 // Timestamps: send_ns is CLOCK_MONOTONIC read right before sendto and is carried in the probe.
 // receive_ns is the kernel's SO_TIMESTAMPNS stamp when the socket accepts the option.
@@ -85,7 +88,8 @@ struct UdpProberCounters {
 // monotonic reads. The error is half that bracket (well under a microsecond with the vDSO)
 // plus the NTP slew accrued while the datagram sat in the socket (at most 500 ppm of a queue
 // time of microseconds). A realtime step between arrival and read could move the stamp
-// outside [send_ns, read time]; such a stamp is replaced by the monotonic read time. Without
+// outside [send_ns, read time] or more than platform::kMaxRxStampAgeNs before the read; such a
+// stamp is replaced by the monotonic read time (platform/rx_timestamp.hpp, as everywhere). Without
 // the option (QEMU user mode), receive_ns is CLOCK_MONOTONIC read after recvmsg returns.
 //
 // Nothing is allocated per packet: probes are encoded into a buffer sized at start(),
@@ -124,9 +128,6 @@ class UdpProber {
   struct TargetState {
     UdpProbeTarget config;
     std::uint64_t next_seq = 0;
-    std::int64_t interval_ns = 0;
-    std::int64_t next_send_ns = 0;  // CLOCK_MONOTONIC deadline of the next probe
-    bool done = false;              // count reached
   };
 
   struct Socket {
@@ -139,13 +140,10 @@ class UdpProber {
   std::error_code open(Socket& s, bool v6);
   void arm_read(Socket& s);
   void on_readable(Socket& s);
-  void handle_reply(std::size_t size, bool truncated, std::int64_t receive_ns, bool kernel_rx,
-                    std::int64_t read_ns);
+  void handle_reply(std::size_t size, bool truncated, platform::RxTime rx);
   void arm_timer();
-  void on_timer();
   void send_probe(TargetState& t);
   void emit(const ProbeEvent& event) noexcept;
-  std::int64_t jittered(std::int64_t interval_ns) noexcept;
 
   asio::io_context& io_;
   UdpProberConfig config_;
@@ -154,7 +152,7 @@ class UdpProber {
   Socket v6_;
   asio::steady_timer timer_;
   std::vector<TargetState> targets_;
-  std::uint64_t rng_state_ = 0;
+  ProbeSchedule schedule_;  // parallel to targets_; a target is finished once its count is sent
   bool stopping_ = false;
   bool sending_stopped_ = false;
   std::atomic<bool> kernel_timestamps_{false};

@@ -25,6 +25,7 @@
 
 #include "agent/probes/probe_packet.hpp"
 #include "agent/probes/reflector.hpp"
+#include "platform/clock.hpp"
 #include "agent/probes/udp_prober.hpp"
 #include "platform/spsc_ring.hpp"
 #include "tests/agent/probes/running_reflector.hpp"
@@ -48,11 +49,8 @@ using Bytes = std::vector<std::byte>;
 // Generous: only reached when something is already wrong, and QEMU with sanitizers is slow.
 constexpr auto kReplyTimeout = std::chrono::seconds(10);
 
-std::uint64_t clock_ns(clockid_t clock) {
-  timespec ts{};
-  ::clock_gettime(clock, &ts);
-  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000u + static_cast<std::uint64_t>(ts.tv_nsec);
-}
+// The reflector's stamps are unsigned.
+std::uint64_t clock_ns(clockid_t clock) { return static_cast<std::uint64_t>(vantage::platform::clock_ns(clock)); }
 
 Bytes probe(std::uint64_t seq, std::size_t size = kProbeHeaderSize, std::uint64_t sender = 0xabcdef) {
   ProbeHeader h;

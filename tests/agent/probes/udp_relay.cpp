@@ -15,6 +15,7 @@
 #include <utility>
 
 #include "agent/probes/probe_packet.hpp"
+#include "agent/probes/probe_schedule.hpp"
 #include "platform/clock.hpp"
 #include "platform/receive_datagram.hpp"
 #include "platform/rx_timestamp.hpp"
@@ -22,18 +23,7 @@
 namespace vantage::agent::probes::test {
 namespace {
 
-std::int64_t now_ns() {
-  timespec ts{};
-  ::clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + static_cast<std::int64_t>(ts.tv_nsec);
-}
-
-std::uint64_t next_random(std::uint64_t& state) {
-  std::uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
+using platform::monotonic_ns;
 
 int open_socket(const asio::ip::udp::endpoint& bind_to, bool bind_it) {
   const int fd = ::socket(bind_to.address().is_v6() ? AF_INET6 : AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
@@ -107,9 +97,9 @@ std::size_t UdpRelay::pending() const {
 }
 
 void UdpRelay::run() {
-  const std::int64_t end = now_ns() + std::chrono::nanoseconds(config_.lifetime).count();
+  const std::int64_t end = monotonic_ns() + std::chrono::nanoseconds(config_.lifetime).count();
   while (!stop_.load(std::memory_order_relaxed)) {
-    std::int64_t now = now_ns();
+    std::int64_t now = monotonic_ns();
     if (now >= end) {
       return;
     }
@@ -125,7 +115,7 @@ void UdpRelay::run() {
     const timespec timeout{static_cast<time_t>(wait / 1'000'000'000),
                            static_cast<long>(wait % 1'000'000'000)};
     const int ready = ::ppoll(fds.data(), fds.size(), &timeout, nullptr);
-    now = now_ns();
+    now = monotonic_ns();
     const std::lock_guard lock(mutex_);
     if (ready > 0) {
       if ((fds[0].revents & POLLIN) != 0) {
@@ -135,7 +125,7 @@ void UdpRelay::run() {
         read_from(back_, RelayDirection::kInbound, now);
       }
     }
-    release_due(now_ns());
+    release_due(monotonic_ns());
   }
 }
 
@@ -151,11 +141,10 @@ void UdpRelay::read_from(int fd, RelayDirection direction, std::int64_t now) {
   const ssize_t n = static_cast<ssize_t>(d.size);
   const socklen_t from_len = d.peer_len;
   if (d.kernel_realtime_ns) {
-    // The stamp is CLOCK_REALTIME; move it to CLOCK_MONOTONIC by the clocks' offset (not by its
-    // age against `now`, which was read before this thread was perhaps preempted).
-    const std::int64_t arrival = *d.kernel_realtime_ns - vantage::platform::realtime_offset_ns();
-    if (arrival <= now_ns() && now_ns() - arrival < 1'000'000'000) {
-      now = arrival;
+    // The kernel's arrival time, by the probers' rule (not its age against `now`, which was
+    // read before this thread was perhaps preempted).
+    if (const vantage::platform::RxTime t = vantage::platform::monotonic_rx_time(d.kernel_realtime_ns); t.kernel) {
+      now = t.ns;
     }
   }
   const asio::ip::udp::endpoint sender = to_endpoint(from, from_len);

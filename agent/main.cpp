@@ -125,10 +125,7 @@ void stop(Running& r, std::chrono::milliseconds drain, SelfBaseline& baseline) {
   if (r.shipper) {
     r.shipper->stop(drain);
     const auto c = r.shipper->counters();
-    baseline.sessions += c.connects;
-    baseline.connect_failures += c.connect_failures;
-    baseline.tls_failures += c.tls_failures;
-    baseline.rejected += c.rejected;
+    add_to_baseline(baseline, c);
     log(LogLevel::kInfo, "stopped: %llu batches spooled, acked through %llu, %llu still spooled",
         static_cast<unsigned long long>(c.batches_spooled), static_cast<unsigned long long>(c.acked_seq),
         static_cast<unsigned long long>(c.spool.records));

@@ -22,7 +22,7 @@
 #include <unordered_map>
 #include <utility>
 
-#include "collector/store/sqlite_store.hpp"
+#include "collector/store/sqlite_sink.hpp"
 #include "platform/clock.hpp"
 #include "platform/log.hpp"
 #include "platform/tls/tls_error.hpp"
@@ -870,9 +870,7 @@ void IngestServer::Impl::run_store() {
         if (outcomes[i] == store::StoreOutcome::kStored) config.on_stored(batches[i]);
       }
     }
-    auto* sqlite = dynamic_cast<store::SqliteSink*>(sink.get());
-    const std::int64_t commit_ns =
-        sqlite != nullptr ? sqlite->sqlite().last_commit_ns() : ended_ns - started_ns;
+    const std::int64_t commit_ns = sink->last_commit_ns().value_or(ended_ns - started_ns);
     const double seconds = static_cast<double>(ended_ns - started_ns) / 1e9;
     const std::size_t failed =
         static_cast<std::size_t>(std::count(outcomes.begin(), outcomes.end(), store::StoreOutcome::kFailed));
@@ -975,13 +973,11 @@ IngestStartResult IngestServer::start() {
   if (s.config.sink) {
     s.sink = s.config.sink;
   } else {
-    store::OpenOptions options;
-    options.retention_days = s.config.retention_days;
-    auto opened = store::SqliteStore::open(s.config.database, options);
+    auto opened = store::open_sqlite_sink(s.config.database, s.config.retention_days);
     if (!opened) {
       return {opened.error};
     }
-    s.sink = std::make_shared<store::SqliteSink>(std::move(*opened.value));
+    s.sink = std::move(*opened.value);
   }
   if (const char* pause = std::getenv("VANTAGE_COLLECTOR_STORE_PAUSE_FILE")) s.pause_file = pause;
 

@@ -3,11 +3,11 @@
 #include <ctime>
 #include <string_view>
 
+#include "schemas/wire_string.hpp"
+
 namespace vantage::collector {
 
 namespace {
-
-std::string text(const flatbuffers::String* s) { return s == nullptr ? std::string{} : s->str(); }
 
 // PSI is absent (negative on the wire) where the kernel lacks it; /proc/pressure gives percent.
 std::optional<double> psi_ratio(float v) {
@@ -27,8 +27,8 @@ void LiveView::record(const store::IncomingBatch& in) {
   const wire::Batch& b = *in.batch;
   // The connection's identity wins over the batch's own fields (see IncomingBatch).
   const std::string agent_id(in.agent_id);
-  const std::string region = in.region.empty() ? text(b.region()) : std::string(in.region);
-  const std::string pop = in.pop.empty() ? text(b.pop()) : std::string(in.pop);
+  const std::string region(in.filed_region());
+  const std::string pop(in.filed_pop());
   const std::int64_t now = in.received_ns != 0 ? in.received_ns : wall_now_ns();
 
   const std::lock_guard lock(mutex_);
@@ -42,27 +42,13 @@ void LiveView::record(const store::IncomingBatch& in) {
     agent.seq = b.seq();
     agent.spool_dropped = b.spool_dropped();
     if (const wire::AgentSelf* m = b.self()) {
-      LiveAgentSelf s;
-      s.process_start_ns = m->process_start_ns();
-      s.config_generation = m->config_generation();
-      s.rss_bytes = m->rss_bytes();
-      s.cpu_user_ns = m->cpu_user_ns();
-      s.cpu_system_ns = m->cpu_system_ns();
-      s.probe_ring_dropped = m->probe_ring_dropped();
-      s.load_ring_dropped = m->load_ring_dropped();
-      s.spool_records = m->spool_records();
-      s.spool_bytes = m->spool_bytes();
-      s.reconnects = m->reconnects();
-      s.connect_failures = m->connect_failures();
-      s.tls_failures = m->tls_failures();
-      s.rejected = m->rejected();
-      agent.self = s;
+      agent.self = wire::agent_self_values(*m);
     }
   }
 
   if (const auto* latency = b.latency()) {
     for (const wire::LatencySummary* l : *latency) {
-      LatencyKey key{region, pop, agent_id, text(l->target()), store::protocol_name(l->protocol())};
+      LatencyKey key{region, pop, agent_id, wire::text(l->target()), store::protocol_name(l->protocol())};
       LiveLatency& e = latency_[key];
       if (e.updated_ns != 0 && b.interval_end_ns() < e.interval_end_ns) continue;
       e.region = std::get<0>(key);

@@ -13,7 +13,8 @@
 #include <tuple>
 #include <vector>
 
-#include "collector/store/sqlite_store.hpp"
+#include "collector/store/incoming_batch.hpp"
+#include "schemas/agent_self_fields.hpp"
 
 namespace vantage::collector {
 
@@ -55,15 +56,7 @@ struct LiveLoad {
   std::vector<LoadPoint> history;                                    // oldest first
 };
 
-struct LiveAgentSelf {
-  std::uint64_t config_generation = 0;
-  std::uint64_t rss_bytes = 0;
-  std::uint64_t cpu_user_ns = 0, cpu_system_ns = 0;
-  std::uint64_t probe_ring_dropped = 0, load_ring_dropped = 0;
-  std::uint64_t spool_records = 0, spool_bytes = 0;
-  std::uint64_t reconnects = 0, connect_failures = 0, tls_failures = 0, rejected = 0;
-  std::int64_t process_start_ns = 0;
-};
+using LiveAgentSelf = wire::AgentSelfValues;  // schemas/agent_self_fields.hpp
 
 struct LiveAgent {
   std::string region, pop, agent_id;

@@ -49,10 +49,7 @@ std::vector<std::uint8_t> build_batch_frame(const AgentIdentity& identity, std::
   const auto load_vector = fbb.CreateVector(load);
   flatbuffers::Offset<wire::AgentSelf> self;
   if (extras.self) {
-    const SelfMetrics& m = *extras.self;
-    self = wire::CreateAgentSelf(fbb, m.process_start_ns, m.config_generation, m.rss_bytes, m.cpu_user_ns,
-                                 m.cpu_system_ns, m.probe_ring_dropped, m.load_ring_dropped, m.spool_records,
-                                 m.spool_bytes, m.reconnects, m.connect_failures, m.tls_failures, m.rejected);
+    self = wire::build_agent_self(fbb, *extras.self);
   }
   wire::BatchBuilder b(fbb);
   b.add_agent_id(agent_id);

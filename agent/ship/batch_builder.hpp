@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "agent/measurement.hpp"
+#include "schemas/agent_self_fields.hpp"
 
 namespace vantage::agent::ship {
 
@@ -18,22 +19,9 @@ struct AgentIdentity {
   std::string pop;       // e.g. "fra1"
 };
 
-// The agent's own health (Batch.self; the fields are documented on AgentSelf in telemetry.fbs).
-struct SelfMetrics {
-  std::int64_t process_start_ns = 0;
-  std::uint64_t config_generation = 0;
-  std::uint64_t rss_bytes = 0;
-  std::uint64_t cpu_user_ns = 0;
-  std::uint64_t cpu_system_ns = 0;
-  std::uint64_t probe_ring_dropped = 0;
-  std::uint64_t load_ring_dropped = 0;
-  std::uint64_t spool_records = 0;
-  std::uint64_t spool_bytes = 0;
-  std::uint64_t reconnects = 0;
-  std::uint64_t connect_failures = 0;
-  std::uint64_t tls_failures = 0;
-  std::uint64_t rejected = 0;
-};
+// The agent's own health (Batch.self): one member per AgentSelf field, from the one field list in
+// schemas/agent_self_fields.hpp (the fields are documented on AgentSelf in telemetry.fbs).
+using SelfMetrics = wire::AgentSelfValues;
 
 // What the Batch says about the agent and its delivery path.
 struct BatchExtras {

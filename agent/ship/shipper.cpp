@@ -396,6 +396,13 @@ void Shipper::Impl::spool_frame(MeasurementReport& report, const std::vector<Pro
   pump();
 }
 
+void add_to_baseline(SelfBaseline& baseline, const ShipperCounters& counters) {
+  baseline.sessions += counters.connects;
+  baseline.connect_failures += counters.connect_failures;
+  baseline.tls_failures += counters.tls_failures;
+  baseline.rejected += counters.rejected;
+}
+
 SelfMetrics Shipper::Impl::self_metrics(const MeasurementReport& report, const SpoolStats& spool_stats) {
   const SelfBaseline& base = config.self_baseline;
   const ProcessUsage usage = read_process_usage();

@@ -73,6 +73,9 @@ struct ShipperCounters {
   SpoolStats spool;
 };
 
+// Adds what a stopped shipper counted to the baseline its successor starts from.
+void add_to_baseline(SelfBaseline& baseline, const ShipperCounters& counters);
+
 struct ShipperOpenResult;
 
 // Threads: one io_context thread owns the spool, the connection and every timer. submit() and

@@ -1,7 +1,8 @@
 #include "collector/http/metrics.hpp"
 
 #include <array>
-#include <functional>
+#include <string_view>
+#include <vector>
 
 #include "collector/http/prometheus_text.hpp"
 
@@ -119,52 +120,32 @@ std::string render_metrics(const LiveSnapshot& view, const IngestCounters& c, co
   family(out, "vantage_agent_spool_dropped_total", Type::kCounter,
          "Batches the agent's spool dropped unacked to stay within its bound.", agents, labels_of_agent,
          [&](const LiveAgent& a) { return opt(num(a.spool_dropped)); });
-  using SelfField = std::function<double(const LiveAgentSelf&)>;
-  const auto self_family = [&](std::string_view name, Type type, std::string_view help, const SelfField& f) {
-    family(out, name, type, help, agents, labels_of_agent,
-           [&](const LiveAgent& a) { return a.self ? std::optional<double>(f(*a.self)) : std::nullopt; });
-  };
-  self_family("vantage_agent_start_time_seconds", Type::kGauge, "When the agent process started (Unix time).",
-              [](const LiveAgentSelf& s) { return seconds(s.process_start_ns); });
-  self_family("vantage_agent_config_generation", Type::kGauge, "1 at start, +1 per reload that took effect.",
-              [](const LiveAgentSelf& s) { return num(s.config_generation); });
-  self_family("vantage_agent_resident_memory_bytes", Type::kGauge, "The agent's resident set size.",
-              [](const LiveAgentSelf& s) { return num(s.rss_bytes); });
-  out.family("vantage_agent_cpu_seconds_total", Type::kCounter, "CPU time the agent process used, by mode.");
-  for (const LiveAgent& a : agents) {
-    if (!a.self) continue;
-    Labels l = agent_labels(a);
-    l.emplace_back("mode", "user");
-    out.sample("vantage_agent_cpu_seconds_total", l, static_cast<double>(a.self->cpu_user_ns) / kNs);
-    l.back().second = "system";
-    out.sample("vantage_agent_cpu_seconds_total", l, static_cast<double>(a.self->cpu_system_ns) / kNs);
+  // Self-metrics: a family per metric of schemas/agent_self_fields.hpp; the fields of one family
+  // are its samples, told apart by their label.
+  const auto& fields = wire::kAgentSelfFields;
+  std::vector<std::array<double, wire::kAgentSelfFieldCount>> self_values(agents.size());
+  for (std::size_t i = 0; i < agents.size(); ++i) {
+    if (!agents[i].self) continue;
+    std::size_t f = 0;
+    wire::for_each_agent_self_field(*agents[i].self, [&](const wire::AgentSelfField& field, auto v) {
+      self_values[i][f++] = static_cast<double>(v) / field.divisor;
+    });
   }
-  out.family("vantage_agent_ring_dropped_total", Type::kCounter,
-             "Events the agent lost to a full ring: probe events, load samples.");
-  for (const LiveAgent& a : agents) {
-    if (!a.self) continue;
-    Labels l = agent_labels(a);
-    l.emplace_back("ring", "probe");
-    out.sample("vantage_agent_ring_dropped_total", l, num(a.self->probe_ring_dropped));
-    l.back().second = "load";
-    out.sample("vantage_agent_ring_dropped_total", l, num(a.self->load_ring_dropped));
+  for (std::size_t first = 0, end = 0; first < std::size(fields); first = end) {
+    for (end = first + 1; end < std::size(fields) && std::string_view(fields[end].metric) == fields[first].metric;) {
+      ++end;
+    }
+    out.family(fields[first].metric, fields[first].kind == wire::SelfMetricKind::Counter ? Type::kCounter : Type::kGauge,
+               fields[first].help);
+    for (std::size_t i = 0; i < agents.size(); ++i) {
+      if (!agents[i].self) continue;
+      for (std::size_t f = first; f < end; ++f) {
+        Labels l = agent_labels(agents[i]);
+        if (*fields[f].label != '\0') l.emplace_back(fields[f].label, fields[f].label_value);
+        out.sample(fields[f].metric, l, self_values[i][f]);
+      }
+    }
   }
-  self_family("vantage_agent_spool_batches", Type::kGauge, "Batches in the agent's spool awaiting an ack.",
-              [](const LiveAgentSelf& s) { return num(s.spool_records); });
-  self_family("vantage_agent_spool_bytes", Type::kGauge, "Their size on the agent's disk.",
-              [](const LiveAgentSelf& s) { return num(s.spool_bytes); });
-  self_family("vantage_agent_reconnects_total", Type::kCounter,
-              "Collector sessions the agent established after its first.",
-              [](const LiveAgentSelf& s) { return num(s.reconnects); });
-  self_family("vantage_agent_connect_failures_total", Type::kCounter,
-              "Collector connections that failed before TLS.",
-              [](const LiveAgentSelf& s) { return num(s.connect_failures); });
-  self_family("vantage_agent_tls_failures_total", Type::kCounter,
-              "TLS handshakes with a collector that failed.",
-              [](const LiveAgentSelf& s) { return num(s.tls_failures); });
-  self_family("vantage_agent_rejected_total", Type::kCounter,
-              "Sessions a collector refused (identity, region).",
-              [](const LiveAgentSelf& s) { return num(s.rejected); });
 
   // The collector itself.
   const auto counter = [&](std::string_view name, Type type, std::string_view help, double v) {

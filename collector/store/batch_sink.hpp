@@ -3,14 +3,17 @@
 // reported it durable.
 #pragma once
 
+#include <cstdint>
+#include <optional>
 #include <span>
 #include <vector>
 
-#include "collector/store/sqlite_store.hpp"
+#include "collector/store/incoming_batch.hpp"
 
 namespace vantage::collector::store {
 
-// Threads: the ingest's store thread alone calls store(); name() from any thread.
+// Threads: the ingest's store thread alone calls store() and last_commit_ns(); name() from any
+// thread.
 class BatchSink {
  public:
   virtual ~BatchSink() = default;
@@ -22,20 +25,10 @@ class BatchSink {
 
   // "sqlite", "jetstream": the label of the sink's latency in the collector's metrics.
   virtual const char* name() const noexcept = 0;
-};
 
-// The SQLite store as a sink: one transaction (one fsync) per call.
-class SqliteSink final : public BatchSink {
- public:
-  explicit SqliteSink(SqliteStore store) : store_(std::move(store)) {}
-  Result<std::vector<StoreOutcome>> store(std::span<const IncomingBatch> batches) override {
-    return store_.store(batches);
-  }
-  const char* name() const noexcept override { return "sqlite"; }
-  SqliteStore& sqlite() noexcept { return store_; }
-
- private:
-  SqliteStore store_;
+  // How long the durable write of the last store() call took, for a sink that measures it apart
+  // from the rest of the call (SQLite: its COMMIT); empty: the caller times the whole call.
+  virtual std::optional<std::int64_t> last_commit_ns() const noexcept { return std::nullopt; }
 };
 
 }  // namespace vantage::collector::store

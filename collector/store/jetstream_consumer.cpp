@@ -14,6 +14,7 @@
 
 #include "collector/store/jetstream_sink.hpp"
 #include "schemas/frame_codec.hpp"
+#include "schemas/wire_string.hpp"
 
 namespace vantage::collector::store {
 
@@ -36,8 +37,6 @@ std::string header(natsMsg* m, const char* key) {
   const char* v = nullptr;
   return natsMsgHeader_Get(m, key, &v) == NATS_OK && v != nullptr ? v : "";
 }
-
-std::string str(const flatbuffers::String* s) { return s == nullptr ? std::string() : s->str(); }
 
 struct Connection {
   natsConnection* nc = nullptr;
@@ -180,17 +179,17 @@ int consume_command(std::span<const std::string_view> args, std::FILE* out) {
                      bytes.size(), header(m, kHeaderMsgId).c_str());
       } else {
         const std::string agent = header(m, kHeaderAgent), seq = header(m, kHeaderSeq);
-        if (agent != str(batch->agent_id()) || seq != std::to_string(batch->seq())) {
+        if (agent != wire::text(batch->agent_id()) || seq != std::to_string(batch->seq())) {
           ++bad;
           std::fprintf(stderr,
                        "vantage-collector consume: stream seq %" PRIu64
                        ": headers say %s/%s, the frame %s/%" PRIu64 "\n",
-                       stream_seq, agent.c_str(), seq.c_str(), str(batch->agent_id()).c_str(), batch->seq());
+                       stream_seq, agent.c_str(), seq.c_str(), wire::text(batch->agent_id()).c_str(), batch->seq());
         }
         std::fprintf(out,
                      "stream_seq=%" PRIu64 " agent=%s region=%s pop=%s seq=%" PRIu64
                      " interval=%s+%.3fs latency=%u load=%u\n",
-                     stream_seq, str(batch->agent_id()).c_str(), header(m, kHeaderRegion).c_str(),
+                     stream_seq, wire::text(batch->agent_id()).c_str(), header(m, kHeaderRegion).c_str(),
                      header(m, kHeaderPop).c_str(), batch->seq(),
                      iso_time(batch->interval_start_ns()).c_str(),
                      static_cast<double>(batch->interval_end_ns() - batch->interval_start_ns()) / 1e9,

@@ -9,6 +9,7 @@
 #include <unordered_map>
 
 #include "platform/log.hpp"
+#include "schemas/wire_string.hpp"
 
 namespace vantage::collector::store {
 
@@ -23,8 +24,6 @@ std::string status_text(natsStatus s) {
   if (last != nullptr && *last != '\0' && out != last) out += std::string(" (") + last + ")";
   return out;
 }
-
-std::string text(const flatbuffers::String* s) { return s == nullptr ? std::string() : s->str(); }
 
 struct OptionsDeleter {
   void operator()(natsOptions* o) const noexcept { natsOptions_Destroy(o); }
@@ -294,8 +293,8 @@ Result<std::vector<StoreOutcome>> JetStreamSink::store(std::span<const IncomingB
   for (std::size_t i = 0; i < batches.size(); ++i) {
     const IncomingBatch& in = batches[i];
     const std::string agent(in.agent_id);
-    const std::string region = !in.region.empty() ? std::string(in.region) : text(in.batch->region());
-    const std::string pop = !in.pop.empty() ? std::string(in.pop) : text(in.batch->pop());
+    const std::string region(in.filed_region());
+    const std::string pop(in.filed_pop());
     const std::string seq = std::to_string(in.batch->seq());
     const std::string id = agent + "/" + seq;
     const std::string subj = subject(region);

@@ -11,13 +11,18 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <functional>
 #include <map>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <unordered_map>
 #include <utility>
+
+#include "schemas/agent_self_fields.hpp"
+#include "schemas/wire_string.hpp"
 
 namespace vantage::collector::store {
 
@@ -154,13 +159,24 @@ CREATE TABLE load_{P}(
 CREATE TABLE rtt_{P}(
   id INTEGER PRIMARY KEY, target_index INTEGER, probe_seq INTEGER, send_time_ns INTEGER, rtt_ns INTEGER
 );
-CREATE TABLE self_{P}(
-  batch INTEGER PRIMARY KEY, process_start_ns INTEGER, config_generation INTEGER, rss_bytes INTEGER,
-  cpu_user_ns INTEGER, cpu_system_ns INTEGER, probe_ring_dropped INTEGER, load_ring_dropped INTEGER,
-  spool_records INTEGER, spool_bytes INTEGER, reconnects INTEGER, connect_failures INTEGER,
-  tls_failures INTEGER, rejected INTEGER
-);
+{SELF}
 )sql";
+
+// self_{P}: the batch id, then one INTEGER column per AgentSelf field (schemas/agent_self_fields.hpp).
+// A field added since a partition was made is added to it by ensure_self_columns().
+std::string self_table_ddl() {
+  std::string ddl = "CREATE TABLE self_{P}(batch INTEGER PRIMARY KEY";
+  for (const wire::AgentSelfField& f : wire::kAgentSelfFields) {
+    ddl += std::string(", ") + f.name + " INTEGER";
+  }
+  return ddl + ");";
+}
+
+std::string partition_ddl() {
+  std::string ddl = kPartitionDdl;
+  ddl.replace(ddl.find("{SELF}"), 6, self_table_ddl());
+  return ddl;
+}
 
 constexpr const char* kPartitionTables[] = {"batches", "latency", "load", "rtt", "self"};
 
@@ -235,10 +251,8 @@ const std::vector<ViewDef>& view_defs() {
                   {"rtt_ns", nullptr}},
                  "rtt_{P} AS l JOIN batches_{P} AS b ON b.id = l.id >> 24 JOIN agents AS a ON a.id = b.agent"});
     std::vector<ViewColumn> self{{"agent_id", "a.agent_id"}, {"seq", "b.seq"}, {"interval_end_ns", "b.interval_end_ns"}};
-    for (const char* c : {"process_start_ns", "config_generation", "rss_bytes", "cpu_user_ns", "cpu_system_ns",
-                          "probe_ring_dropped", "load_ring_dropped", "spool_records", "spool_bytes", "reconnects",
-                          "connect_failures", "tls_failures", "rejected"}) {
-      self.push_back({c, nullptr});
+    for (const wire::AgentSelfField& f : wire::kAgentSelfFields) {
+      self.push_back({f.name, nullptr});
     }
     v.push_back({"agent_self", self,
                  "self_{P} AS l JOIN batches_{P} AS b ON b.id = l.batch JOIN agents AS a ON a.id = b.agent"});
@@ -313,9 +327,18 @@ INSERT INTO load_{P} VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 
 
 constexpr const char* kInsertRtt = "INSERT INTO rtt_{P} VALUES (?1, ?2, ?3, ?4, ?5)";
 
-constexpr const char* kInsertSelf = R"sql(
-INSERT INTO self_{P} VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
-)sql";
+// By column name: a partition made by an older collector has its later columns added at the end.
+const std::string& insert_self_sql() {
+  static const std::string sql = [] {
+    std::string columns = "batch", values = "?1";
+    for (std::size_t i = 0; i < wire::kAgentSelfFieldCount; ++i) {
+      columns += std::string(", ") + wire::kAgentSelfFields[i].name;
+      values += ", ?" + std::to_string(i + 2);
+    }
+    return "INSERT INTO self_{P}(" + columns + ") VALUES (" + values + ")";
+  }();
+  return sql;
+}
 
 constexpr const char* kInsertAgent = R"sql(
 INSERT INTO agents(agent_id, region, pop, arch, software_version, first_seen_ns, last_seen_ns)
@@ -349,10 +372,6 @@ std::int64_t realtime_ns() {
   timespec ts{};
   clock_gettime(CLOCK_REALTIME, &ts);
   return static_cast<std::int64_t>(ts.tv_sec) * kSecondNs + ts.tv_nsec;
-}
-
-std::string_view view(const flatbuffers::String* s) {
-  return s == nullptr ? std::string_view{} : std::string_view(s->data(), s->size());
 }
 
 // Binds parameters left to right and remembers the first failure, so a 31-column insert reads as
@@ -497,7 +516,7 @@ void net_json(std::string& out, const flatbuffers::Vector<flatbuffers::Offset<wi
     for (const wire::NetInterface* n : *net) {
       if (out.size() > 1) out += ',';
       out += "{\"name\":";
-      json_string(out, view(n->name()));
+      json_string(out, wire::str(n->name()));
       if (const wire::NetRates* r = n->rates(); r != nullptr) {
         json_field(out, "rx_bytes_per_s", r->rx_bytes_per_s());
         json_field(out, "tx_bytes_per_s", r->tx_bytes_per_s());
@@ -521,7 +540,7 @@ void temperatures_json(std::string& out,
     for (const wire::Temperature* t : *temps) {
       if (out.size() > 1) out += ',';
       out += "{\"sensor\":";
-      json_string(out, view(t->sensor()));
+      json_string(out, wire::str(t->sensor()));
       json_field(out, "celsius", t->celsius());
       out += '}';
     }
@@ -657,18 +676,6 @@ int step_rows(sqlite3_stmt* stmt, Row&& row) {
 // --- in-memory dictionaries --------------------------------------------------------------------
 
 // Protocols as small codes: the key of a target is (name, protocol as every view names it).
-std::uint8_t protocol_code(wire::Protocol p) {
-  switch (p) {
-    case wire::Protocol::UdpEcho:
-      return 0;
-    case wire::Protocol::TcpConnect:
-      return 1;
-    case wire::Protocol::Icmp:
-      return 2;
-  }
-  return 3;
-}
-constexpr const char* kProtocolNames[] = {"udp_echo", "tcp_connect", "icmp", "unknown"};
 
 std::uint8_t protocol_code(std::string_view name) {
   for (std::uint8_t i = 0; i < 4; ++i) {
@@ -751,7 +758,6 @@ bool better(bool sent, std::int64_t end, std::int64_t seq, std::int64_t idx, con
 
 }  // namespace
 
-const char* protocol_name(wire::Protocol p) noexcept { return kProtocolNames[protocol_code(p)]; }
 
 // Everything the store holds: the connection, the prepared statements (global and per
 // partition), and the dictionaries and running per-agent state the hot path updates in memory and
@@ -837,7 +843,7 @@ struct SqliteStore::Impl {
   // Inside a transaction: the day's tables, its catalog row and the views over the new list.
   std::string create_partition(std::int64_t day) {
     const std::string name = partition_name(day);
-    std::string ddl = subst(kPartitionDdl, name);
+    std::string ddl = subst(partition_ddl(), name);
     const std::size_t key = ddl.find("{KEY}");
     ddl.replace(key, 5, kBatchKeyColumns);
     if (exec(db.get(), ddl) != SQLITE_OK) return error("cannot create partition " + name);
@@ -869,7 +875,7 @@ struct SqliteStore::Impl {
                                                    {&p.insert_latency, kInsertLatency},
                                                    {&p.insert_load, kInsertLoad},
                                                    {&p.insert_rtt, kInsertRtt},
-                                                   {&p.insert_self, kInsertSelf}};
+                                                   {&p.insert_self, insert_self_sql().c_str()}};
       for (const auto& [stmt, sql] : all) {
         if (std::string err = prepare(*stmt, subst(sql, p.name)); !err.empty()) return err;
       }
@@ -894,6 +900,7 @@ struct SqliteStore::Impl {
   std::string pair_for(AgentState& agent, TargetView key, PairState*& out);
   std::string rebuild_derived();
   std::string migrate(std::int64_t from_version);
+  std::string ensure_self_columns();
   std::size_t drop_expired(std::int64_t now, std::string& err);
 };
 
@@ -1112,8 +1119,8 @@ std::string SqliteStore::Impl::flush_touched() {
 std::string SqliteStore::Impl::store_one(const IncomingBatch& in, std::int64_t now, StoreOutcome& outcome) {
   assert(in.batch != nullptr && "IncomingBatch without a verified batch");
   const wire::Batch& b = *in.batch;
-  const std::string_view region = in.region.empty() ? view(b.region()) : in.region;
-  const std::string_view pop = in.pop.empty() ? view(b.pop()) : in.pop;
+  const std::string_view region = in.filed_region();
+  const std::string_view pop = in.filed_pop();
   outcome = StoreOutcome::kStored;
 
   AgentState* agent = nullptr;
@@ -1175,7 +1182,7 @@ std::string SqliteStore::Impl::store_one(const IncomingBatch& in, std::int64_t n
     for (std::int64_t idx = 0; idx < n; ++idx) {
       const wire::LatencySummary* l = latency->Get(static_cast<flatbuffers::uoffset_t>(idx));
       PairState* pair = nullptr;
-      if (std::string err = pair_for(*agent, TargetView{view(l->target()), protocol_code(l->protocol())}, pair);
+      if (std::string err = pair_for(*agent, TargetView{wire::str(l->target()), protocol_code(l->protocol())}, pair);
           !err.empty()) {
         return err;
       }
@@ -1252,7 +1259,7 @@ std::string SqliteStore::Impl::store_one(const IncomingBatch& in, std::int64_t n
       Binder r(part->insert_load.get());
       r.i64(base + idx)
           .i64(s->time_ns())
-          .text(view(s->arch()))
+          .text(wire::str(s->arch()))
           .opt_real(total, total ? f(total->user()) : 0.0)
           .opt_real(total, total ? f(total->system()) : 0.0)
           .opt_real(total, total ? f(total->iowait()) : 0.0)
@@ -1291,20 +1298,11 @@ std::string SqliteStore::Impl::store_one(const IncomingBatch& in, std::int64_t n
 
   if (const wire::AgentSelf* m = b.self()) {
     Binder r(part->insert_self.get());
-    r.i64(batch_id)
-        .i64(m->process_start_ns())
-        .u64(m->config_generation())
-        .u64(m->rss_bytes())
-        .u64(m->cpu_user_ns())
-        .u64(m->cpu_system_ns())
-        .u64(m->probe_ring_dropped())
-        .u64(m->load_ring_dropped())
-        .u64(m->spool_records())
-        .u64(m->spool_bytes())
-        .u64(m->reconnects())
-        .u64(m->connect_failures())
-        .u64(m->tls_failures())
-        .u64(m->rejected());
+    r.i64(batch_id);
+    const wire::AgentSelfValues values = wire::agent_self_values(*m);
+    wire::for_each_agent_self_field(values, [&r](const wire::AgentSelfField&, auto v) {
+      r.i64(static_cast<std::int64_t>(v));
+    });
     if (r.rc() != SQLITE_OK || run(part->insert_self.get()) != SQLITE_OK) return error("insert agent self-metrics");
     if (!agent->has_self || seq > agent->self_seq) {
       agent->has_self = true;
@@ -1520,7 +1518,9 @@ INSERT INTO rtt_{P}
                              name);
     if (has_self) {
       copy += subst(R"sql(
-INSERT INTO self_{P}
+INSERT INTO self_{P}(batch, process_start_ns, config_generation, rss_bytes, cpu_user_ns, cpu_system_ns,
+                    probe_ring_dropped, load_ring_dropped, spool_records, spool_bytes, reconnects,
+                    connect_failures, tls_failures, rejected)
   SELECT nb.id, s.process_start_ns, s.config_generation, s.rss_bytes, s.cpu_user_ns, s.cpu_system_ns,
          s.probe_ring_dropped, s.load_ring_dropped, s.spool_records, s.spool_bytes, s.reconnects,
          s.connect_failures, s.tls_failures, s.rejected
@@ -1539,6 +1539,34 @@ INSERT INTO self_{P}
   }
   if (std::string err = rebuild_derived(); !err.empty()) return err;
   if (exec(h, "PRAGMA user_version=3") != SQLITE_OK) return error("cannot set the schema version");
+  return {};
+}
+
+// A field appended to AgentSelf after a partition was made: ALTER TABLE ADD COLUMN on every
+// partition that lacks it (its older rows read NULL, i.e. 0), then the views over the new columns.
+std::string SqliteStore::Impl::ensure_self_columns() {
+  sqlite3* h = db.get();
+  std::vector<std::string> names;
+  int rc = each_row(h, "SELECT name FROM partitions ORDER BY day", kNoBind,
+                    [&](sqlite3_stmt* s) { names.push_back(column_text(s, 0)); });
+  std::string alter;
+  for (std::size_t i = 0; rc == SQLITE_OK && i < names.size(); ++i) {
+    std::vector<std::string> have;
+    rc = each_row(h, "SELECT name FROM pragma_table_info('self_" + names[i] + "')", kNoBind,
+                  [&](sqlite3_stmt* s) { have.push_back(column_text(s, 0)); });
+    for (const wire::AgentSelfField& f : wire::kAgentSelfFields) {
+      if (std::find(have.begin(), have.end(), f.name) == have.end()) {
+        alter += "ALTER TABLE self_" + names[i] + " ADD COLUMN " + f.name + " INTEGER;";
+      }
+    }
+  }
+  if (rc != SQLITE_OK) return error("cannot read the self-metrics columns");
+  if (alter.empty()) return {};
+  if (exec(h, "BEGIN IMMEDIATE;" + alter + views_sql(names) + "COMMIT;") != SQLITE_OK) {
+    std::string err = error("cannot add the new self-metrics columns");
+    exec(h, "ROLLBACK");
+    return err;
+  }
   return {};
 }
 
@@ -1697,6 +1725,10 @@ Result<SqliteStore> SqliteStore::open(const std::string& path, const OpenOptions
         return result;
       }
       s.clear_state();
+    }
+    if (std::string err = s.ensure_self_columns(); !err.empty()) {
+      result.error = std::move(err);
+      return result;
     }
   }
   if (!s.begin) {
@@ -2027,10 +2059,8 @@ Result<std::vector<AgentSummary>> SqliteStore::agents() {
                       }
                       rows.push_back(std::move(r));
                     });
-  PartitionStatements self_row(h, "SELECT b.seq, s.process_start_ns, s.config_generation, s.rss_bytes, "
-                                  "s.cpu_user_ns, s.cpu_system_ns, s.probe_ring_dropped, s.load_ring_dropped, "
-                                  "s.spool_records, s.spool_bytes, s.reconnects, s.connect_failures, "
-                                  "s.tls_failures, s.rejected FROM self_{P} AS s JOIN batches_{P} AS b "
+  // s.*: columns by name, so a read-only query of a partition made before a field existed reads 0.
+  PartitionStatements self_row(h, "SELECT b.seq, s.* FROM self_{P} AS s JOIN batches_{P} AS b "
                                   "ON b.id = s.batch WHERE s.batch = ?1");
   for (const auto& [i, day, batch] : selfs) {
     if (rc != SQLITE_OK) break;
@@ -2039,22 +2069,17 @@ Result<std::vector<AgentSummary>> SqliteStore::agents() {
     Binder(s).i64(batch);
     AgentSummary& r = rows[i];
     rc = step_rows(s, [&](sqlite3_stmt* row) {
-      const auto u = [row](int c) { return static_cast<std::uint64_t>(sqlite3_column_int64(row, c)); };
       AgentSelfRow m;
-      m.seq = u(0);
-      m.process_start_ns = sqlite3_column_int64(row, 1);
-      m.config_generation = u(2);
-      m.rss_bytes = u(3);
-      m.cpu_user_ns = u(4);
-      m.cpu_system_ns = u(5);
-      m.probe_ring_dropped = u(6);
-      m.load_ring_dropped = u(7);
-      m.spool_records = u(8);
-      m.spool_bytes = u(9);
-      m.reconnects = u(10);
-      m.connect_failures = u(11);
-      m.tls_failures = u(12);
-      m.rejected = u(13);
+      m.seq = static_cast<std::uint64_t>(sqlite3_column_int64(row, 0));
+      const int columns = sqlite3_column_count(row);
+      wire::for_each_agent_self_field(m, [&](const wire::AgentSelfField& f, auto& v) {
+        for (int c = 2; c < columns; ++c) {
+          if (std::strcmp(sqlite3_column_name(row, c), f.name) == 0) {
+            v = static_cast<std::remove_reference_t<decltype(v)>>(sqlite3_column_int64(row, c));
+            break;
+          }
+        }
+      });
       r.self = m;
     });
   }

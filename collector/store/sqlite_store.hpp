@@ -12,6 +12,8 @@
 #include <utility>
 #include <vector>
 
+#include "collector/store/incoming_batch.hpp"
+#include "schemas/agent_self_fields.hpp"
 #include "vantage/telemetry_generated.h"
 
 namespace vantage::collector::store {
@@ -68,36 +70,6 @@ namespace vantage::collector::store {
 // (e.g. SELECT * FROM latency_summaries WHERE agent_id = 'fra1-edge-07' AND target LIKE 'ams%').
 // They are rebuilt whenever a partition is created or dropped. A query on one day is faster on
 // that day's tables directly.
-struct IncomingBatch {
-  const vantage::wire::Batch* batch = nullptr;  // passed the FlatBuffers Verifier; not null
-  // Identity from the connection (client certificate / Hello), not from the batch's own fields:
-  // that is what the collector authenticated. An empty region or pop falls back to the batch's.
-  std::string_view agent_id;
-  std::string_view region;
-  std::string_view pop;
-  std::string_view arch;              // from Hello; empty keeps the stored value
-  std::string_view software_version;  // from Hello; empty keeps the stored value
-  std::int64_t received_ns = 0;       // collector wall clock
-  // The verified Frame (without its length prefix) that holds `batch`, for sinks that forward
-  // the bytes as they arrived (JetStream); SQLite stores fields and ignores it.
-  std::span<const std::uint8_t> frame;
-};
-
-enum class StoreOutcome : std::uint8_t {
-  kStored,     // committed by this call
-  kDuplicate,  // (agent, seq) was already stored: ack it as stored, nothing written
-  kFailed,     // not stored (a sink that stores batches one by one): the agent retries it
-};
-
-// A value or an error message (which names the database path and SQLite's message).
-template <typename T>
-struct [[nodiscard]] Result {
-  std::optional<T> value;
-  std::string error;
-
-  explicit operator bool() const noexcept { return value.has_value(); }
-};
-
 struct OpenOptions {
   // `vantage-collector query` reads a live database: read-only keeps it from ever taking the
   // write lock or migrating the schema under a running collector.
@@ -146,21 +118,8 @@ struct LatestLoad {
 };
 
 // An agent's self-metrics as of one batch (see AgentSelf in telemetry.fbs).
-struct AgentSelfRow {
+struct AgentSelfRow : wire::AgentSelfValues {
   std::uint64_t seq = 0;
-  std::int64_t process_start_ns = 0;
-  std::uint64_t config_generation = 0;
-  std::uint64_t rss_bytes = 0;
-  std::uint64_t cpu_user_ns = 0;
-  std::uint64_t cpu_system_ns = 0;
-  std::uint64_t probe_ring_dropped = 0;
-  std::uint64_t load_ring_dropped = 0;
-  std::uint64_t spool_records = 0;
-  std::uint64_t spool_bytes = 0;
-  std::uint64_t reconnects = 0;
-  std::uint64_t connect_failures = 0;
-  std::uint64_t tls_failures = 0;
-  std::uint64_t rejected = 0;
 };
 
 struct AgentSummary {
@@ -210,10 +169,6 @@ std::vector<std::pair<std::uint16_t, std::uint32_t>> decode_histogram_blob(std::
 
 // A partition holds one UTC day of interval_end_ns: day = floor(interval_end_ns / kPartitionNs).
 inline constexpr std::int64_t kPartitionNs = 86'400'000'000'000;
-
-// The protocol as every view of the data names it: "udp_echo", "tcp_connect", "icmp"; a newer
-// agent's protocol is "unknown" (stored and labelled, not lost).
-const char* protocol_name(vantage::wire::Protocol protocol) noexcept;
 
 class SqliteStore {
  public:

@@ -20,9 +20,11 @@
 #include <memory>
 #include <numeric>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "collector/store/sqlite_store.hpp"
+#include "schemas/agent_self_fields.hpp"
 #include "tests/collector/old_schemas.hpp"
 #include "vantage/telemetry_generated.h"
 
@@ -93,6 +95,19 @@ const wire::Batch* verified_batch(const Bytes& bytes) {
 }
 
 // A small batch: one latency summary per target (p50 tells batches apart), one load sample.
+// Every self-metric distinct, one of them past 2^32, so a swapped or narrowed column shows:
+// process_start_ns, config_generation, rss_bytes, then 101, 102, ... in field order.
+wire::AgentSelfValues round_trip_self() {
+  wire::AgentSelfValues v;
+  int k = 0;
+  wire::for_each_agent_self_field(v, [&k](const wire::AgentSelfField&, auto& value) {
+    const std::int64_t firsts[] = {kT0 - 3600 * kSecond, 3, 5'000'000'000};
+    value = static_cast<std::remove_reference_t<decltype(value)>>(k < 3 ? firsts[k] : 98 + k);
+    ++k;
+  });
+  return v;
+}
+
 Bytes simple_batch(const std::string& agent, std::uint64_t seq,
                    const std::vector<std::string>& targets = {"t1"}, std::int64_t p50 = 1'000'000,
                    const std::string& pop = "fra1", double idle = 0.5) {
@@ -286,9 +301,7 @@ Bytes rich_batch() {
   const auto latency_vec = fbb.CreateVector(latency);
   const auto load_vec = fbb.CreateVector(load);
   const auto raw_vec = fbb.CreateVectorOfStructs(raw);
-  // Every self-metric distinct, one of them past 2^32, so a swapped or narrowed column shows.
-  const auto self = wire::CreateAgentSelf(fbb, kT0 - 3600 * kSecond, 3, 5'000'000'000ull, 101, 102, 103, 104,
-                                          105, 106, 107, 108, 109, 110);
+  const auto self = wire::build_agent_self(fbb, round_trip_self());
   wire::BatchBuilder bb(fbb);
   bb.add_agent_id(agent_id);
   bb.add_seq(4242);
@@ -477,20 +490,66 @@ TEST_CASE("round trip: every column of a batch with 3 latency summaries and 2 lo
   CHECK(self[0]["process_start_ns"].i == kT0 - 3600 * kSecond);
   CHECK(self[0]["config_generation"].i == 3);
   CHECK(self[0]["rss_bytes"].i == 5'000'000'000);
-  const char* counters[] = {"cpu_user_ns",   "cpu_system_ns", "probe_ring_dropped", "load_ring_dropped",
-                            "spool_records", "spool_bytes",   "reconnects",         "connect_failures",
-                            "tls_failures",  "rejected"};
-  for (int k = 0; k < 10; ++k) {
-    CAPTURE(counters[k]);
-    CHECK(self[0][counters[k]].i == 101 + k);
-  }
   const auto& summary = (*agent_rows.value)[0];
   REQUIRE(summary.self.has_value());
+  // Every field of the list, in the view and read back through agents().
+  const wire::AgentSelfValues sent = round_trip_self();
+  std::vector<std::int64_t> read_back;
+  wire::for_each_agent_self_field(*summary.self, [&](const wire::AgentSelfField&, auto v) {
+    read_back.push_back(static_cast<std::int64_t>(v));
+  });
+  std::size_t k = 0;
+  wire::for_each_agent_self_field(sent, [&](const wire::AgentSelfField& f, auto v) {
+    CAPTURE(f.name);
+    CHECK(self[0][f.name].i == static_cast<std::int64_t>(v));
+    CHECK(read_back[k++] == static_cast<std::int64_t>(v));
+  });
+  CHECK(self[0]["cpu_user_ns"].i == 101);
+  CHECK(self[0]["rejected"].i == 110);
   CHECK(summary.self->seq == 4242);
   CHECK(summary.self->config_generation == 3);
   CHECK(summary.self->rss_bytes == 5'000'000'000ull);
   CHECK(summary.self->cpu_user_ns == 101);
   CHECK(summary.self->rejected == 110);
+}
+
+TEST_CASE("a self-metric added since a partition was made: read-only reads it as 0, a writer adds the column") {
+  TempDir dir;
+  const std::string path = dir.file("store.db");
+  {
+    SqliteStore store = open_store(path);
+    Batches in;
+    in.add(rich_batch(), "fra1-edge-07");
+    REQUIRE(store.store(in.incoming));
+  }
+  // What an older collector made: the partition without the list's last column.
+  const char* last = wire::kAgentSelfFields[wire::kAgentSelfFieldCount - 1].name;
+  const std::string partition = [&] {
+    RawDb db(path);
+    const std::string name = db.text("SELECT name FROM partitions");
+    db.exec("DROP VIEW agent_self; ALTER TABLE self_" + name + " DROP COLUMN " + last);
+    return name;
+  }();
+  {
+    OpenOptions read_only = test_options();
+    read_only.read_only = true;
+    auto agents = open_store(path, read_only).agents();
+    INFO(agents.error);
+    REQUIRE(agents);
+    REQUIRE((*agents.value)[0].self);
+    CHECK((*agents.value)[0].self->cpu_user_ns == 101);
+    wire::for_each_agent_self_field(*(*agents.value)[0].self, [&](const wire::AgentSelfField& f, auto v) {
+      if (std::string_view(f.name) == last) CHECK(v == 0);
+    });
+  }
+  SqliteStore store = open_store(path);
+  RawDb db(path);
+  CHECK(db.integer("SELECT COUNT(*) FROM pragma_table_info('self_" + partition + "') WHERE name = '" + last + "'") ==
+        1);
+  auto self = db.rows("SELECT * FROM agent_self");
+  REQUIRE(self.size() == 1);
+  CHECK(self[0][last].type == SQLITE_NULL);
+  CHECK(self[0]["cpu_user_ns"].i == 101);
 }
 
 TEST_CASE("dedupe: the same (agent, seq) twice in one call and across calls is stored once") {

@@ -1,0 +1,39 @@
+#include "collector/store/sqlite_sink.hpp"
+
+#include <utility>
+
+#include "collector/store/sqlite_store.hpp"
+
+namespace vantage::collector::store {
+
+namespace {
+
+class SqliteSink final : public BatchSink {
+ public:
+  explicit SqliteSink(SqliteStore store) : store_(std::move(store)) {}
+  Result<std::vector<StoreOutcome>> store(std::span<const IncomingBatch> batches) override {
+    return store_.store(batches);
+  }
+  const char* name() const noexcept override { return "sqlite"; }
+  std::optional<std::int64_t> last_commit_ns() const noexcept override { return store_.last_commit_ns(); }
+
+ private:
+  SqliteStore store_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<BatchSink>> open_sqlite_sink(const std::string& path, int retention_days) {
+  OpenOptions options;
+  options.retention_days = retention_days;
+  auto opened = SqliteStore::open(path, options);
+  Result<std::unique_ptr<BatchSink>> result;
+  if (!opened) {
+    result.error = std::move(opened.error);
+  } else {
+    result.value = std::make_unique<SqliteSink>(std::move(*opened.value));
+  }
+  return result;
+}
+
+}  // namespace vantage::collector::store

@@ -18,16 +18,8 @@ install(FILES packaging/examples/collector.toml
 install(FILES README.md DESTINATION "${CMAKE_INSTALL_DATADIR}/doc/vantage-agent" COMPONENT agent)
 install(FILES README.md DESTINATION "${CMAKE_INSTALL_DATADIR}/doc/vantage-collector" COMPONENT collector)
 
-# Debian architecture names for the target the toolchain builds for (not the build host's).
-if(CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64)$")
-  set(VANTAGE_DEB_ARCH amd64)
-elseif(CMAKE_SYSTEM_PROCESSOR MATCHES "^(aarch64|arm64)$")
-  set(VANTAGE_DEB_ARCH arm64)
-elseif(CMAKE_SYSTEM_PROCESSOR MATCHES "^armv7" AND CMAKE_LIBRARY_ARCHITECTURE STREQUAL "arm-linux-gnueabihf")
-  set(VANTAGE_DEB_ARCH armhf)
-else()
-  set(VANTAGE_DEB_ARCH "")
-endif()
+# VANTAGE_DEB_ARCH, the Debian architecture the toolchain builds for (not the build host's), is
+# set by cmake/Arches.cmake from toolchains/arches.env.
 
 set(VANTAGE_PACKAGE_DIR "${PROJECT_BINARY_DIR}/packages" CACHE PATH "Where cpack writes the .deb files")
 

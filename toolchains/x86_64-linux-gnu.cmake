@@ -1,15 +1,3 @@
-# Cross toolchain for x86_64 Debian targets: Debian's cross g++ and multiarch libraries; tests run
-# under QEMU user-mode with the cross sysroot. Compiler flags live in CMakePresets.json.
-set(CMAKE_SYSTEM_NAME Linux)
-set(CMAKE_SYSTEM_PROCESSOR x86_64)
-set(CMAKE_C_COMPILER x86_64-linux-gnu-gcc)
-set(CMAKE_CXX_COMPILER x86_64-linux-gnu-g++)
-set(CMAKE_LIBRARY_ARCHITECTURE x86_64-linux-gnu)
-# Target libraries come from the cross sysroot and from multiarch /usr/lib/x86_64-linux-gnu; headers and
-# CMake packages that are architecture-independent come from /usr; programs (flatc) from the host.
-set(CMAKE_FIND_ROOT_PATH /usr/x86_64-linux-gnu /)
-set(CMAKE_FIND_ROOT_PATH_MODE_PROGRAM NEVER)
-set(CMAKE_FIND_ROOT_PATH_MODE_LIBRARY ONLY)
-set(CMAKE_FIND_ROOT_PATH_MODE_INCLUDE BOTH)
-set(CMAKE_FIND_ROOT_PATH_MODE_PACKAGE BOTH)
-set(CMAKE_CROSSCOMPILING_EMULATOR qemu-x86_64-static;-L;/usr/x86_64-linux-gnu)
+# The x86_64 presets' toolchain: toolchains/cross-linux-gnu.cmake for Debian's amd64 (its names in arches.env).
+set(VANTAGE_TARGET_ARCH amd64)
+include("${CMAKE_CURRENT_LIST_DIR}/cross-linux-gnu.cmake")

@@ -2,22 +2,15 @@
 
 #include <cstring>
 
+#include "platform/byte_order.hpp"
+
 namespace vantage::wire {
 
-namespace {
-
-std::uint32_t load_le32(const std::uint8_t* p) noexcept {
-  return static_cast<std::uint32_t>(p[0]) | static_cast<std::uint32_t>(p[1]) << 8 |
-         static_cast<std::uint32_t>(p[2]) << 16 | static_cast<std::uint32_t>(p[3]) << 24;
-}
-
-}  // namespace
+using platform::load_le32;
 
 void append_frame(std::vector<std::uint8_t>& out, std::span<const std::uint8_t> flatbuffer) {
-  const auto n = static_cast<std::uint32_t>(flatbuffer.size());
-  const std::uint8_t prefix[kFrameLengthSize] = {
-      static_cast<std::uint8_t>(n), static_cast<std::uint8_t>(n >> 8), static_cast<std::uint8_t>(n >> 16),
-      static_cast<std::uint8_t>(n >> 24)};
+  std::uint8_t prefix[kFrameLengthSize];
+  platform::store_le32(prefix, static_cast<std::uint32_t>(flatbuffer.size()));
   out.insert(out.end(), prefix, prefix + kFrameLengthSize);
   out.insert(out.end(), flatbuffer.begin(), flatbuffer.end());
 }

@@ -4,6 +4,8 @@
 #include <cassert>
 #include <cstring>
 
+#include "platform/byte_order.hpp"
+
 namespace vantage::agent::probes {
 namespace {
 
@@ -21,27 +23,8 @@ constexpr std::size_t kOffSessionId = 56;
 constexpr std::size_t kOffSessionRx = 60;
 static_assert(kOffSessionRx + 4 == kProbeHeaderSize);
 
-// Shifts rather than a byte-swapped memcpy: the same code is correct on any host byte
-// order, and compilers turn it into a single unaligned load or store on the three targets.
-template <typename T>
-T load_le(const std::byte* p) noexcept {
-  unsigned char b[sizeof(T)];
-  std::memcpy(b, p, sizeof(T));
-  T v = 0;
-  for (std::size_t i = sizeof(T); i-- > 0;) {
-    v = static_cast<T>((v << 8) | b[i]);
-  }
-  return v;
-}
-
-template <typename T>
-void store_le(std::byte* p, T v) noexcept {
-  unsigned char b[sizeof(T)];
-  for (std::size_t i = 0; i < sizeof(T); ++i) {
-    b[i] = static_cast<unsigned char>(v >> (8 * i));
-  }
-  std::memcpy(p, b, sizeof(T));
-}
+using platform::load_le;
+using platform::store_le;
 
 }  // namespace
 

@@ -34,7 +34,9 @@
   X(tls_failures, std::uint64_t, "vantage_agent_tls_failures_total", Counter, 1.0, "", "",                     \
     "TLS handshakes with a collector that failed.")                                                           \
   X(rejected, std::uint64_t, "vantage_agent_rejected_total", Counter, 1.0, "", "",                             \
-    "Sessions a collector refused (identity, region).")
+    "Sessions a collector refused (identity, region).")                                                       \
+  X(spool_errors, std::uint64_t, "vantage_agent_spool_errors_total", Counter, 1.0, "", "",                     \
+    "Spool writes, acks and syncs that failed on the agent (I/O error, disk full).")
 
 namespace vantage::wire {
 

@@ -82,6 +82,11 @@ struct Shipper::Impl {
     f(counters);
   }
 
+  void spool_failed(const SpoolError& e) {
+    log(LogLevel::kError, "spool: %s", e.message.c_str());
+    update([](ShipperCounters& s) { ++s.spool_errors; });
+  }
+
   void connect();
   void on_connected(std::uint64_t gen, std::error_code ec, asio::ip::tcp::socket socket);
   void on_handshake(std::uint64_t gen, std::error_code ec);
@@ -242,7 +247,7 @@ void Shipper::Impl::on_read(std::uint64_t gen, std::error_code ec, std::size_t n
 
 void Shipper::Impl::on_ack(const wire::Ack& ack) {
   if (const SpoolError e = spool.ack(ack.seq())) {
-    log(LogLevel::kError, "spool: %s", e.message.c_str());
+    spool_failed(e);
   }
   failures = 0;  // the collector is working: the next outage starts from the shortest backoff
   refused = false;
@@ -268,7 +273,7 @@ void Shipper::Impl::pump() {
     // out again, to a different batch, and the collector would drop that one as a duplicate.
     if (record->seq > spool.durable_seq()) {
       if (const SpoolError e = spool.flush()) {
-        log(LogLevel::kError, "spool: %s", e.message.c_str());
+        spool_failed(e);
         break;
       }
     }
@@ -401,6 +406,7 @@ void add_to_baseline(SelfBaseline& baseline, const ShipperCounters& counters) {
   baseline.connect_failures += counters.connect_failures;
   baseline.tls_failures += counters.tls_failures;
   baseline.rejected += counters.rejected;
+  baseline.spool_errors += counters.spool_errors;
 }
 
 SelfMetrics Shipper::Impl::self_metrics(const MeasurementReport& report, const SpoolStats& spool_stats) {
@@ -423,6 +429,7 @@ SelfMetrics Shipper::Impl::self_metrics(const MeasurementReport& report, const S
   m.connect_failures = base.connect_failures + counters.connect_failures;
   m.tls_failures = base.tls_failures + counters.tls_failures;
   m.rejected = base.rejected + counters.rejected;
+  m.spool_errors = base.spool_errors + counters.spool_errors;
   return m;
 }
 
@@ -436,7 +443,7 @@ void Shipper::Impl::arm_flush() {
       return;
     }
     if (const SpoolError e = spool.flush()) {
-      log(LogLevel::kError, "spool: %s", e.message.c_str());
+      spool_failed(e);
     }
     arm_flush();
   });
@@ -529,7 +536,7 @@ void Shipper::stop(std::chrono::milliseconds drain) {
     s.stopping = true;
     s.flush_timer.cancel();
     if (const SpoolError e = s.spool.flush()) {
-      log(LogLevel::kError, "spool: %s", e.message.c_str());
+      s.spool_failed(e);
     }
     s.fail("agent stopping");
     stopped.set_value();

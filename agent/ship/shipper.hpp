@@ -32,6 +32,7 @@ struct SelfBaseline {
   std::uint64_t connect_failures = 0;
   std::uint64_t tls_failures = 0;
   std::uint64_t rejected = 0;
+  std::uint64_t spool_errors = 0;
   std::uint64_t probe_ring_dropped = 0;
   std::uint64_t load_ring_dropped = 0;
 };
@@ -59,7 +60,7 @@ struct ShipperConfig {
 
 struct ShipperCounters {
   std::uint64_t batches_spooled = 0;
-  std::uint64_t spool_errors = 0;  // append failed: that batch is lost (disk full, I/O error)
+  std::uint64_t spool_errors = 0;  // spool calls that failed (disk full, I/O); a failed append loses its batch
   std::uint64_t frames_sent = 0;
   std::uint64_t acked_seq = 0;
   std::uint64_t connects = 0;          // TLS sessions established

@@ -47,7 +47,7 @@ Built batch(const std::string& agent, const std::string& pop, std::uint64_t seq,
       wire::CreateLoadSampleDirect(fbb, start + kSecond / 2, "amd64", &cpus, &mem, &psi, &la)};
   flatbuffers::Offset<wire::AgentSelf> self;
   if (with_self)
-    self = wire::CreateAgentSelf(fbb, kT0, 1, 5u << 20, 2'000'000'000, 500'000'000, 3, 0, 1, 100, 2);
+    self = wire::CreateAgentSelf(fbb, kT0, 1, 5u << 20, 2'000'000'000, 500'000'000, 3, 0, 1, 100, 2, 0, 0, 0, 4);
   const auto b = wire::CreateBatchDirect(fbb, agent.c_str(), seq, start, start + kSecond, "eu-central",
                                          pop.c_str(), &latency, &load, nullptr, 0, self);
   wire::FinishFrameBuffer(fbb, wire::CreateFrame(fbb, wire::Message::Batch, b.Union()));
@@ -193,6 +193,9 @@ TEST_CASE("/metrics holds every family with HELP and TYPE, every reject reason, 
   CHECK(contains(text,
                  "vantage_agent_cpu_seconds_total{region=\"eu-central\",pop=\"fra1\",agent=\"fra1-a\",mode="
                  "\"user\"} 2\n"));
+  CHECK(contains(text, "# HELP vantage_agent_spool_errors_total Spool writes, acks and syncs that failed on the "
+                       "agent (I/O error, disk full).\n# TYPE vantage_agent_spool_errors_total counter\n"
+                       "vantage_agent_spool_errors_total{region=\"eu-central\",pop=\"fra1\",agent=\"fra1-a\"} 4\n"));
   CHECK(contains(text, "vantage_collector_batches_stored_total 7\n"));
   CHECK(contains(text, "vantage_collector_sessions_open 9000\n"));
   CHECK(contains(text, "vantage_collector_handshakes_in_progress 12\n"));

@@ -506,6 +506,8 @@ TEST_CASE("round trip: every column of a batch with 3 latency summaries and 2 lo
   });
   CHECK(self[0]["cpu_user_ns"].i == 101);
   CHECK(self[0]["rejected"].i == 110);
+  CHECK(self[0]["spool_errors"].i == 111);
+  CHECK(summary.self->spool_errors == 111);
   CHECK(summary.self->seq == 4242);
   CHECK(summary.self->config_generation == 3);
   CHECK(summary.self->rss_bytes == 5'000'000'000ull);

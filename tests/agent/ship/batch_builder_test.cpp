@@ -43,6 +43,7 @@ TEST_CASE("batch: self-metrics travel field by field, and are absent when not gi
   m.connect_failures = 18;
   m.tls_failures = 19;
   m.rejected = 20;
+  m.spool_errors = 21;
   ship::BatchExtras extras;
   extras.spool_dropped = 9;
   extras.self = m;
@@ -68,6 +69,7 @@ TEST_CASE("batch: self-metrics travel field by field, and are absent when not gi
   CHECK(s->connect_failures() == 18);
   CHECK(s->tls_failures() == 19);
   CHECK(s->rejected() == 20);
+  CHECK(s->spool_errors() == 21);
 
   const auto plain = ship::build_batch_frame(kIdentity, 43, empty_report(), {}, ship::BatchExtras{});
   const wire::Frame* plain_frame = wire::verify_frame(plain);

@@ -7,142 +7,31 @@ checks the store: every batch an agent made is there exactly once, seqs 1..N wit
 duplicate. Run: delivery_test.py --agent BIN --collector BIN --pki tools/dev-pki.sh [--only NAME]
 [-- EMULATOR WORDS...].
 """
-import argparse
 import glob
 import os
 import re
 import signal
 import socket
-import sqlite3
 import ssl
 import struct
-import subprocess
 import sys
-import tempfile
 import time
-from ports import free_port
-
-ARGS = None
-REGION = "eu-central"
+import harness
+from harness import REGION, assert_complete, free_port, stopped_line, wait_for
 
 
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+class World(harness.World):
+    """PKI for a1, a2 (eu-central), a3 (ap-south) and a1 under another CA; agents measuring nothing
+    that report every 0.3 s."""
 
-
-class Proc:
-    def __init__(self, name, argv, workdir):
-        self.name = name
-        self.log_path = os.path.join(workdir, f"{name}.log")
-        self.log = open(self.log_path, "ab")
-        self.p = subprocess.Popen(ARGS.emulator + argv, stdout=self.log, stderr=subprocess.STDOUT, cwd=workdir)
-
-    def text(self):
-        with open(self.log_path, "rb") as f:
-            return f.read().decode(errors="replace")
-
-    def pid(self):
-        return self.p.pid
-
-    def kill9(self):
-        self.p.send_signal(signal.SIGKILL)
-        self.p.wait(timeout=30)
-
-    def stop(self, timeout=60):
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-        rc = self.p.wait(timeout=timeout)
-        self.log.close()
-        return rc
-
-    def rss_kib(self):
-        # Under an emulator the agent is the emulator process itself: its RSS includes QEMU's.
-        with open(f"/proc/{self.p.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        return 0
-
-
-class World:
-    def __init__(self, workdir):
-        self.dir = workdir
-        self.pki = os.path.join(workdir, "pki")
-        subprocess.run([ARGS.pki, self.pki, "a1:eu-central", "a2:eu-central", "a3:ap-south"], check=True,
-                       stdout=subprocess.DEVNULL)
-        subprocess.run([ARGS.pki, "--other-ca", self.pki, "a1:eu-central"], check=True, stdout=subprocess.DEVNULL)
-        self.db = os.path.join(workdir, "store.db")
-        self.port = free_port()
-        self.collector = None
-        self.procs = []
-
-    def start_collector(self, *extra, listen=None):
-        listen = listen or f"127.0.0.1:{self.port}"
-        self.collector = Proc("collector", [ARGS.collector, "serve", "--db", self.db, "--region", REGION, "--ca",
-                                            f"{self.pki}/ca.crt", "--cert", f"{self.pki}/collector.crt", "--key",
-                                            f"{self.pki}/collector.key", "--listen", listen, *extra], self.dir)
-        self.procs.append(self.collector)
-        wait_for(lambda: "listening on" in self.collector.text(), 30, "the collector to listen")
-        return self.collector
+    def __init__(self, workdir, args):
+        super().__init__(workdir, args, ["a1:eu-central", "a2:eu-central", "a3:ap-south"], other_ca=["a1:eu-central"])
 
     def start_agent(self, agent_id, cert=None, region=REGION, spool=None, extra=(), collector_host="127.0.0.1",
                     collectors=None):
-        cert = cert or agent_id
-        spool = spool or os.path.join(self.dir, f"spool-{agent_id}")
-        argv = [ARGS.agent, "--no-reflector", "--interval", "0.3", "--load-interval", "0.1", "--agent-id", agent_id,
-                "--region", region, "--pop", agent_id, "--ca", f"{self.pki}/ca.crt", "--cert",
-                f"{self.pki}/{cert}.crt", "--key", f"{self.pki}/{cert}.key", "--spool", spool, "--drain", "20",
-                "--reconnect-max", "1", *extra]
-        for c in collectors or [f"{collector_host}:{self.port}"]:
-            argv += ["--collector", c]
-        p = Proc(f"agent-{agent_id}", argv, self.dir)
-        self.procs.append(p)
-        return p
-
-    def seqs(self, agent_id):
-        con = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
-        try:
-            return [r[0] for r in con.execute("SELECT seq FROM batches WHERE agent_id = ? ORDER BY seq", (agent_id,))]
-        finally:
-            con.close()
-
-    def rows(self, sql, *params):
-        con = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
-        try:
-            return con.execute(sql, params).fetchall()
-        finally:
-            con.close()
-
-    def scalar(self, sql, *params):
-        return self.rows(sql, *params)[0][0]
-
-    def cleanup(self):
-        for p in self.procs:
-            if p.p.poll() is None:
-                p.p.kill()
-                p.p.wait()
-
-
-def stopped_line(agent):
-    m = re.findall(r"stopped: (\d+) batches spooled, acked through (\d+), (\d+) still spooled", agent.text())
-    assert m, f"{agent.name} did not report its stop:\n{agent.text()[-2000:]}"
-    spooled, acked, left = map(int, m[-1])
-    return spooled, acked, left
-
-
-def assert_complete(world, agent, agent_id, first=1):
-    """The agent stopped with nothing left to send, and the store holds first..N exactly once."""
-    _, acked, left = stopped_line(agent)
-    assert left == 0, f"{agent_id}: {left} batches still spooled at stop"
-    seqs = world.seqs(agent_id)
-    expected = list(range(first, acked + 1))
-    assert seqs == expected, f"{agent_id}: store has {len(seqs)} seqs {seqs[:5]}..{seqs[-5:]}, expected {first}..{acked}"
-    return acked
+        return super().start_agent(agent_id, "--no-reflector", "--interval", "0.3", "--load-interval", "0.1",
+                                   "--drain", "20", *extra, cert=cert, region=region, spool=spool,
+                                   collectors=collectors or [f"{collector_host}:{self.port}"])
 
 
 def scenario_collector_kill9(world):
@@ -218,7 +107,7 @@ def scenario_outage_and_bound(world):
     settled = rss[5:]
     growth = max(settled) - settled[0]
     # ASan's quarantine holds freed memory for a while, so a sanitized agent grows without leaking.
-    with open(ARGS.agent, "rb") as f:
+    with open(world.args.agent, "rb") as f:
         sanitized = b"__asan_init" in f.read()
     allowed = 16384 if sanitized else 2048
     assert growth < allowed, f"agent RSS grew by {growth} KiB during the outage: {settled}"
@@ -400,60 +289,24 @@ def scenario_failover_and_cap(world):
     return f"a1 failed over from a dead address and delivered 1..{n1}; a2 was capped out, then delivered 1..{n2}"
 
 
-RELOAD_CONFIG = """
-[identity]
-agent_id = "a1"
-region = "{region}"
-pop = "a1"
-
-[[collectors]]
-region = "{region}"
-addresses = ["127.0.0.1:{port}"]
-
-[delivery]
-drain = 20
-
-[tls]
-ca = "{pki}/ca.crt"
-cert = "{pki}/a1.crt"
-key = "{pki}/a1.key"
-
-[spool]
-dir = "{spool}"
-
-[reflector]
-enabled = true
-bind = "127.0.0.1"
-port = {reflector}
-
-[[targets]]
-name = "{target}"
-protocol = "udp"
-host = "127.0.0.1"
-port = {reflector}
-rate = 10
-
-[measurement]
-report_interval = 0.3
-load_interval = 0.1
-"""
+def reload_config(world, target, reflector):
+    """a1's config file: a reflector and one target on it named `target`."""
+    return world.agent_config(
+        "a1", reflector={"enabled": True, "bind": "127.0.0.1", "port": reflector},
+        targets=[{"name": target, "protocol": "udp", "host": "127.0.0.1", "port": reflector, "rate": 10}],
+        measurement={"report_interval": 0.3, "load_interval": 0.1})
 
 
 def scenario_reload(world):
     """SIGHUP while shipping: the new targets are measured, the spool carries on (seq contiguous,
     nothing twice), and the batches' self-metrics move to config generation 2 in one process."""
     world.start_collector()
-    config = os.path.join(world.dir, "agent.toml")
-    values = dict(region=REGION, port=world.port, pki=world.pki, spool=os.path.join(world.dir, "spool-a1"),
-                  reflector=free_port())
-    with open(config, "w") as f:
-        f.write(RELOAD_CONFIG.format(target="before", **values))
-    a1 = Proc("agent-a1", [ARGS.agent, "--config", config], world.dir)
-    world.procs.append(a1)
+    reflector = free_port()
+    config = reload_config(world, "before", reflector)
+    a1 = world.spawn("agent-a1", [world.args.agent, "--config", config])
     wait_for(lambda: len(world.seqs("a1")) >= 5, 60, "a1's first batches")
-    with open(config, "w") as f:
-        f.write(RELOAD_CONFIG.format(target="after", **values))
-    a1.p.send_signal(signal.SIGHUP)
+    reload_config(world, "after", reflector)
+    a1.signal(signal.SIGHUP)
     wait_for(lambda: world.scalar("SELECT count(*) FROM latency_summaries WHERE target = 'after' AND received > 0")
              >= 3, 60, "the reloaded target's summaries")
     assert a1.stop() == 0
@@ -488,36 +341,5 @@ SCENARIOS = {
 }
 
 
-def main():
-    global ARGS
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--agent", required=True)
-    parser.add_argument("--collector", required=True)
-    parser.add_argument("--pki", required=True)
-    parser.add_argument("--only", default=None)
-    # Everything after "--" is the emulator command (e.g. qemu-aarch64-static -L /usr/aarch64-linux-gnu).
-    argv = sys.argv[1:]
-    emulator = argv[argv.index("--") + 1:] if "--" in argv else []
-    ARGS = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
-    ARGS.emulator = emulator
-    names = [ARGS.only] if ARGS.only else list(SCENARIOS)
-    failed = 0
-    for name in names:
-        with tempfile.TemporaryDirectory(prefix=f"vantage-{name}-") as workdir:
-            world = World(workdir)
-            start = time.monotonic()
-            try:
-                summary = SCENARIOS[name](world)
-                print(f"PASS {name} ({time.monotonic() - start:.1f} s): {summary}", flush=True)
-            except Exception as e:  # noqa: BLE001 - report every failure with the logs
-                failed += 1
-                print(f"FAIL {name}: {e}", flush=True)
-                for p in world.procs:
-                    print(f"--- {p.name} log (last 3000 bytes)\n{p.text()[-3000:]}", flush=True)
-            finally:
-                world.cleanup()
-    return 1 if failed else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(harness.main(SCENARIOS, World))

@@ -16,45 +16,21 @@ and 170 ms of round trip, as in `make demo`), and then:
 Run: http_test.py --agent BIN --collector BIN --pki tools/dev-pki.sh --relay tests/tools/delay_relay.py
      [--only NAME] [--out DIR] [-- EMULATOR WORDS...]. Exits 77 when a host program it needs is missing.
 """
-import argparse
 import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.parse
 import urllib.request
-from ports import free_port, free_udp_port
+import harness
+from harness import REGION, Skip, free_port, wait_for
 
-ARGS = None
-REGION = "eu-central"
 POPS = ["fra1", "ams1", "sin1"]
 RTT_MS = {("fra1", "ams1"): 8, ("fra1", "sin1"): 160, ("ams1", "sin1"): 170}
-HERE = os.path.dirname(os.path.abspath(__file__))
-DASHBOARD = os.path.join(HERE, "..", "..", "packaging", "grafana", "vantage-dashboard.json")
-
-
-class Skip(Exception):
-    pass
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-            if last:
-                return last
-        except (OSError, ValueError) as e:  # not up yet
-            last = e
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+DASHBOARD = os.path.join(harness.TOP, "packaging", "grafana", "vantage-dashboard.json")
 
 
 def http_get(url, timeout=5):
@@ -62,65 +38,31 @@ def http_get(url, timeout=5):
         return r.status, r.headers, r.read().decode()
 
 
-class Proc:
-    def __init__(self, name, argv, workdir, emulate=True):
-        self.name = name
-        self.log_path = os.path.join(workdir, f"{name}.log")
-        self.log = open(self.log_path, "ab")
-        prefix = ARGS.emulator if emulate else []
-        self.p = subprocess.Popen(prefix + argv, stdout=self.log, stderr=subprocess.STDOUT, cwd=workdir)
-
-    def text(self):
-        with open(self.log_path, "rb") as f:
-            return f.read().decode(errors="replace")
-
-    def stop(self, timeout=30):
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
-        self.log.close()
-        return self.p.returncode
-
-
-class World:
+class World(harness.World):
     """A collector with HTTP and three PoP agents probing each other through delay relays."""
 
-    def __init__(self, workdir):
-        self.dir = workdir
-        self.pki = os.path.join(workdir, "pki")
-        ids = [f"{p}-edge-01:{REGION}" for p in POPS] + ["fra2-edge-01:eu-central"]
-        subprocess.run([ARGS.pki, self.pki, *ids], check=True, stdout=subprocess.DEVNULL)
-        self.procs = []
+    def __init__(self, workdir, args):
+        super().__init__(workdir, args, [f"{p}-edge-01:{REGION}" for p in POPS] + ["fra2-edge-01:eu-central"])
 
     def start_collector(self, region=REGION, name="collector"):
         port, http_port = free_port(), free_port()
-        c = Proc(name, [ARGS.collector, "serve", "--db", os.path.join(self.dir, f"{name}.db"), "--region", region,
-                        "--ca", f"{self.pki}/ca.crt", "--cert", f"{self.pki}/collector.crt", "--key",
-                        f"{self.pki}/collector.key", "--listen", f"127.0.0.1:{port}", "--http",
-                        f"127.0.0.1:{http_port}"], self.dir)
-        self.procs.append(c)
-        wait_for(lambda: "http on" in c.text() or c.p.poll() is not None, 30, f"{name} to listen")
-        assert c.p.poll() is None, f"{name} exited:\n{c.text()}"
+        c = super().start_collector("--http", f"127.0.0.1:{http_port}", name=name, region=region, port=port,
+                                    db=os.path.join(self.dir, f"{name}.db"), ready="http on")
         c.port, c.http = port, f"http://127.0.0.1:{http_port}"
         return c
 
     def start_fleet(self):
         self.collector = self.start_collector()
-        reflector = {p: free_udp_port() for p in POPS}
+        reflector = {p: free_port() for p in POPS}
         relays, relay_port = [], {}
         for a in POPS:
             for b in POPS:
                 if a == b:
                     continue
-                relay_port[(a, b)] = free_udp_port()
+                relay_port[(a, b)] = free_port()
                 rtt = RTT_MS.get((a, b)) or RTT_MS[(b, a)]
                 relays.append(f"{relay_port[(a, b)]}:127.0.0.1:{reflector[b]}:{rtt}")
-        relay = Proc("relay", [sys.executable, ARGS.relay, *relays], self.dir, emulate=False)
-        self.procs.append(relay)
+        relay = self.spawn("relay", [sys.executable, self.args.relay, *relays], emulate=False)
         wait_for(lambda: "relays ready" in relay.text(), 20, "the delay relays")
         for pop in POPS:
             targets = []
@@ -131,14 +73,9 @@ class World:
                              ["--reflector", f"127.0.0.1:{reflector[pop]}", *targets])
 
     def start_agent(self, agent_id, pop, collector, extra, region=REGION):
-        argv = [ARGS.agent, "--agent-id", agent_id, "--region", region, "--pop", pop, "--collector",
-                f"127.0.0.1:{collector.port}", "--ca", f"{self.pki}/ca.crt", "--cert", f"{self.pki}/{agent_id}.crt",
-                "--key", f"{self.pki}/{agent_id}.key", "--spool", os.path.join(self.dir, f"spool-{agent_id}"),
-                "--interval", "1", "--load-interval", "0.25", "--rate", "10", "--timeout", "1000",
-                "--reconnect-max", "1", *extra]
-        p = Proc(f"agent-{agent_id}", argv, self.dir)
-        self.procs.append(p)
-        return p
+        return super().start_agent(agent_id, "--interval", "1", "--load-interval", "0.25", "--rate", "10",
+                                   "--timeout", "1000", *extra, region=region, pop=pop,
+                                   collectors=[f"127.0.0.1:{collector.port}"])
 
     def metrics(self, collector=None):
         status, headers, body = http_get((collector or self.collector).http + "/metrics")
@@ -153,12 +90,6 @@ class World:
             pairs = {(c["src"], c["dst"]) for c in s["cells"] if c["p50_ms"] > 0}
             return len(pairs) == len(POPS) * (len(POPS) - 1) and s
         return wait_for(full, timeout, "a full PoP matrix in /api/status")
-
-    def cleanup(self):
-        for p in reversed(self.procs):
-            if p.p.poll() is None:
-                p.p.kill()
-                p.p.wait()
 
 
 def parse_scrape(text):
@@ -197,9 +128,8 @@ scrape_configs:
     static_configs:
       - targets: ['{target}']
 """)
-    prom = Proc("prometheus", [prometheus, f"--config.file={config}", f"--storage.tsdb.path={world.dir}/tsdb",
-                               f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"], world.dir, emulate=False)
-    world.procs.append(prom)
+    world.spawn("prometheus", [prometheus, f"--config.file={config}", f"--storage.tsdb.path={world.dir}/tsdb",
+                               f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"], emulate=False)
     api = f"http://127.0.0.1:{port}/api/v1/query?query="
 
     def query(q):
@@ -271,7 +201,7 @@ def scenario_status_page(world):
     for pop in POPS:
         assert f'data-pop="{pop}"' in html, f"no load card for {pop}"
     assert html.count('<tr data-agent="') == len(POPS), "the agents table is incomplete"
-    out = ARGS.out or world.dir
+    out = world.args.out or world.dir
     os.makedirs(out, exist_ok=True)
     png = os.path.join(os.path.abspath(out), "status-page.png")
     if os.path.exists(png):
@@ -373,47 +303,9 @@ SCENARIOS = {
 }
 
 
-def main():
-    global ARGS
-    argv = sys.argv[1:]
-    emulator = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, emulator = argv[:i], [w for w in argv[i + 1:] if w]
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--agent", required=True)
-    parser.add_argument("--collector", required=True)
-    parser.add_argument("--pki", required=True)
-    parser.add_argument("--relay", required=True)
-    parser.add_argument("--only", action="append", choices=sorted(SCENARIOS))
+def add_args(parser):
     parser.add_argument("--out", help="where the status page screenshot goes (default: the temp dir)")
-    ARGS = parser.parse_args(argv)
-    ARGS.emulator = emulator
-    for key in ("agent", "collector", "pki", "relay"):
-        setattr(ARGS, key, os.path.abspath(getattr(ARGS, key)))
-    failed = skipped = 0
-    for name in ARGS.only or list(SCENARIOS):
-        start = time.monotonic()
-        workdir = tempfile.mkdtemp(prefix=f"vantage-http-{name}-")
-        world = World(workdir)
-        try:
-            result = SCENARIOS[name](world)
-            print(f"PASS {name} ({time.monotonic() - start:.1f}s): {result}", flush=True)
-            shutil.rmtree(workdir, ignore_errors=True)
-        except Skip as e:
-            print(f"SKIP {name}: {e}", flush=True)
-            skipped += 1
-        except Exception as e:  # noqa: BLE001 - report and go on with the next scenario
-            failed += 1
-            print(f"FAIL {name} ({time.monotonic() - start:.1f}s): {type(e).__name__}: {e}", flush=True)
-            for p in world.procs:
-                print(f"--- {p.name} log (tail) ---\n{p.text()[-3000:]}", flush=True)
-        finally:
-            world.cleanup()
-    if failed:
-        return 1
-    return 77 if skipped else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(harness.main(SCENARIOS, World, add_args=add_args, binaries=("agent", "collector", "pki", "relay")))

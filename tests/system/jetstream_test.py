@@ -9,68 +9,37 @@ the stream exactly once; an agent stopped during the outage was never acked for 
 stream does not hold; both collectors log the outage and the recovery.
 Run: jetstream_test.py --agent BIN --collector BIN --pki tools/dev-pki.sh [-- EMULATOR WORDS...]
 """
-import argparse
 import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
-from delivery_test import wait_for
-from ports import free_port
+import harness
+from harness import REGION, free_port, stopped_line, wait_for
 
-ARGS = None
-REGION = "eu-central"
 STREAM = "VANTAGE"
 
 
-class Proc:
-    def __init__(self, name, argv, workdir, emulate=True):
-        self.name = name
-        self.log_path = os.path.join(workdir, f"{name}.log")
-        self.log = open(self.log_path, "ab")
-        self.p = subprocess.Popen((ARGS.emulator if emulate else []) + argv, stdout=self.log,
-                                  stderr=subprocess.STDOUT, cwd=workdir)
+class World(harness.World):
+    """nats-server -js with its own store, two SQLite-free collectors publishing into one stream and
+    four agents, each given both collectors."""
 
-    def text(self):
-        with open(self.log_path, "rb") as f:
-            return f.read().decode(errors="replace")
-
-    def kill9(self):
-        self.p.send_signal(signal.SIGKILL)
-        self.p.wait(timeout=30)
-
-    def stop(self, timeout=60):
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-        rc = self.p.wait(timeout=timeout)
-        self.log.close()
-        return rc
-
-
-class World:
-    def __init__(self, workdir):
-        self.dir = workdir
-        self.pki = os.path.join(workdir, "pki")
+    def __init__(self, workdir, args):
         self.agents = ["a1", "a2", "a3", "a4"]
-        subprocess.run([ARGS.pki, self.pki] + [f"{a}:{REGION}" for a in self.agents], check=True,
-                       stdout=subprocess.DEVNULL)
+        super().__init__(workdir, args, [f"{a}:{REGION}" for a in self.agents])
         self.nats_port, self.monitor_port = free_port(), free_port()
         self.url = f"nats://127.0.0.1:{self.nats_port}"
-        self.store = os.path.join(workdir, "jetstream")
+        self.stream_dir = os.path.join(workdir, "jetstream")
         self.collector_ports = [free_port(), free_port()]
-        self.procs = []
         self.nats = None
 
     def start_nats(self):
-        self.nats = Proc("nats-server", [ARGS.nats_server, "-js", "-a", "127.0.0.1", "-p", str(self.nats_port),
-                                         "-m", str(self.monitor_port), "-sd", self.store], self.dir, emulate=False)
-        self.procs.append(self.nats)
+        self.nats = self.spawn("nats-server", [self.args.nats_server, "-js", "-a", "127.0.0.1", "-p",
+                                               str(self.nats_port), "-m", str(self.monitor_port), "-sd", self.stream_dir],
+                               emulate=False)
         wait_for(lambda: self.stream_messages() is not None, 20, "nats-server to answer")
 
     def stream_messages(self):
@@ -88,30 +57,20 @@ class World:
         return 0
 
     def start_collector(self, i):
-        c = Proc(f"collector{i + 1}", [ARGS.collector, "serve", "--jetstream", self.url, "--stream", STREAM,
-                                       "--region", REGION, "--ca", f"{self.pki}/ca.crt", "--cert",
-                                       f"{self.pki}/collector.crt", "--key", f"{self.pki}/collector.key",
-                                       "--listen", f"127.0.0.1:{self.collector_ports[i]}"], self.dir)
-        self.procs.append(c)
-        wait_for(lambda: "listening on" in c.text(), 30, f"collector {i + 1} to listen")
-        return c
+        return super().start_collector("--jetstream", self.url, "--stream", STREAM, name=f"collector{i + 1}",
+                                       port=self.collector_ports[i], db=False)
 
     def start_agent(self, agent_id, first_collector, drain=20):
         order = [first_collector, 1 - first_collector]
-        argv = [ARGS.agent, "--no-reflector", "--interval", "0.3", "--load-interval", "0.1", "--agent-id", agent_id,
-                "--region", REGION, "--pop", f"pop-{agent_id}", "--ca", f"{self.pki}/ca.crt", "--cert",
-                f"{self.pki}/{agent_id}.crt", "--key", f"{self.pki}/{agent_id}.key", "--spool",
-                os.path.join(self.dir, f"spool-{agent_id}"), "--drain", str(drain), "--reconnect-max", "1"]
-        for i in order:
-            argv += ["--collector", f"127.0.0.1:{self.collector_ports[i]}"]
-        p = Proc(f"agent-{agent_id}", argv, self.dir)
-        self.procs.append(p)
-        return p
+        return super().start_agent(agent_id, "--no-reflector", "--interval", "0.3", "--load-interval", "0.1",
+                                   "--drain", str(drain), pop=f"pop-{agent_id}",
+                                   collectors=[f"127.0.0.1:{self.collector_ports[i]}" for i in order])
 
     def consume(self):
         """The stream as `vantage-collector consume` prints it: {agent: [seq, ...]} in stream order."""
-        out = subprocess.run(ARGS.emulator + [ARGS.collector, "consume", "--jetstream", self.url, "--stream", STREAM,
-                                              "--timeout", "1000"], capture_output=True, text=True, timeout=120)
+        out = subprocess.run(self.args.emulator + [self.args.collector, "consume", "--jetstream", self.url,
+                                                   "--stream", STREAM, "--timeout", "1000"],
+                             capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, f"consume exited {out.returncode}: {out.stderr[-2000:]}"
         seqs = {}
         for line in out.stdout.splitlines():
@@ -121,18 +80,6 @@ class World:
             assert m.group(3) == REGION and m.group(4) == f"pop-{m.group(2)}", line
             seqs.setdefault(m.group(2), []).append(int(m.group(5)))
         return seqs, out.stdout
-
-    def cleanup(self):
-        for p in self.procs:
-            if p.p.poll() is None:
-                p.p.kill()
-                p.p.wait()
-
-
-def stopped_line(agent):
-    m = re.findall(r"stopped: (\d+) batches spooled, acked through (\d+), (\d+) still spooled", agent.text())
-    assert m, f"{agent.name} did not report its stop:\n{agent.text()[-2000:]}"
-    return tuple(map(int, m[-1]))
 
 
 def scenario_two_collectors_nats_kill9(world):
@@ -188,35 +135,12 @@ def scenario_two_collectors_nats_kill9(world):
             f"(all in the stream), {a4_left} spooled\n{sample}")
 
 
-def main():
-    global ARGS
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--agent", required=True)
-    parser.add_argument("--collector", required=True)
-    parser.add_argument("--pki", required=True)
-    parser.add_argument("--nats-server", default=shutil.which("nats-server"))
-    argv = sys.argv[1:]
-    emulator = argv[argv.index("--") + 1:] if "--" in argv else []
-    ARGS = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
-    ARGS.emulator = emulator
-    if not ARGS.nats_server:
-        print("FAIL: nats-server is not installed (toolchains/bootstrap.sh installs it)")
-        return 1
-    with tempfile.TemporaryDirectory(prefix="vantage-jetstream-") as workdir:
-        world = World(workdir)
-        start = time.monotonic()
-        try:
-            summary = scenario_two_collectors_nats_kill9(world)
-            print(f"PASS two-collectors-nats-kill9 ({time.monotonic() - start:.1f} s): {summary}", flush=True)
-            return 0
-        except Exception as e:  # noqa: BLE001 - report the failure with the logs
-            print(f"FAIL two-collectors-nats-kill9: {e}", flush=True)
-            for p in world.procs:
-                print(f"--- {p.name} log (last 3000 bytes)\n{p.text()[-3000:]}", flush=True)
-            return 1
-        finally:
-            world.cleanup()
+def make_world(workdir, args):
+    if not args.nats_server:
+        raise AssertionError("nats-server is not installed (toolchains/bootstrap.sh installs it)")
+    return World(workdir, args)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(harness.main({"two-collectors-nats-kill9": scenario_two_collectors_nats_kill9}, make_world,
+                          add_args=lambda p: p.add_argument("--nats-server", default=shutil.which("nats-server"))))

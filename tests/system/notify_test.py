@@ -5,36 +5,22 @@ pings, STATUS=, SIGHUP -> RELOADING=1 with MONOTONIC_USEC then READY=1 with the 
 old one kept when the new file is bad), SIGTERM -> STOPPING=1 and exit 0; and that a wedged agent
 (SIGSTOP) stops pinging. Run: notify_test.py --agent BIN [-- EMULATOR WORDS...]
 """
-import argparse
 import os
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import time
-from ports import free_udp_port
+import harness
+from harness import free_port
 
-CONFIG = """
-[measurement]
-report_interval = 1
-load_interval = 0.5
 
-[reflector]
-enabled = true
-bind = "127.0.0.1"
-port = {port}
-
-[[targets]]
-name = "self"
-protocol = "udp"
-host = "127.0.0.1"
-port = {port}
-rate = {rate}
-
-[log]
-level = "info"
-"""
+def config(port, rate):
+    """A reflector and a target on it, `rate` probes a second (a string makes the file invalid)."""
+    return harness.toml({
+        "measurement": {"report_interval": 1, "load_interval": 0.5},
+        "reflector": {"enabled": True, "bind": "127.0.0.1", "port": port},
+        "targets": [{"name": "self", "protocol": "udp", "host": "127.0.0.1", "port": port, "rate": rate}],
+        "log": {"level": "info"}})
 
 
 class Manager:
@@ -55,97 +41,72 @@ class Manager:
                 pass
 
     def wait_for(self, predicate, timeout, what):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            self.pump(0.1)
-            if any(predicate(m) for _, m in self.messages):
-                return
-        raise AssertionError(f"no {what} within {timeout}s; got {[m for _, m in self.messages][-8:]}")
+        try:
+            harness.wait_for(lambda: self.pump(0.1) or any(predicate(m) for _, m in self.messages), timeout, what,
+                             interval=0)
+        except AssertionError as e:
+            raise AssertionError(f"{e}; got {[m for _, m in self.messages][-8:]}") from None
 
     def take(self):
         out, self.messages = self.messages, []
         return out
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--agent", required=True)
-    # Everything after "--" is the emulator command (e.g. qemu-aarch64-static -L /usr/aarch64-linux-gnu).
-    argv = sys.argv[1:]
-    emulator = argv[argv.index("--") + 1:] if "--" in argv else []
-    args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
-    args.emulator = emulator
-    with tempfile.TemporaryDirectory(prefix="vantage-notify-") as work:
-        port = free_udp_port()
-        config = os.path.join(work, "agent.toml")
-        with open(config, "w") as f:
-            f.write(CONFIG.format(port=port, rate=10))
-        manager = Manager(os.path.join(work, "notify"))
-        env = dict(os.environ, NOTIFY_SOCKET=os.path.join(work, "notify"), WATCHDOG_USEC="2000000")
-        log = open(os.path.join(work, "agent.log"), "wb")
-        p = subprocess.Popen(args.emulator + [args.agent, "--config", config], stdout=log, stderr=subprocess.STDOUT,
-                             env=env)
-        # Under an emulator the agent's pid is the emulator's, which is the process systemd would
-        # see too; WATCHDOG_PID is left unset so the check does not depend on it.
-        try:
-            manager.wait_for(lambda m: m == "READY=1", 30, "READY=1")
-            manager.wait_for(lambda m: m == "WATCHDOG=1", 10, "WATCHDOG=1")
-            manager.wait_for(lambda m: m.startswith("STATUS=1 targets"), 10, "STATUS")
-            results = ["READY=1", "WATCHDOG=1", "STATUS"]
+def scenario(world):
+    port = free_port()
+    path = harness.write(os.path.join(world.dir, "agent.toml"), config(port, 10))
+    manager = Manager(os.path.join(world.dir, "notify"))
+    env = dict(os.environ, NOTIFY_SOCKET=os.path.join(world.dir, "notify"), WATCHDOG_USEC="2000000")
+    # Under an emulator the agent's pid is the emulator's, which is the process systemd would
+    # see too; WATCHDOG_PID is left unset so the check does not depend on it.
+    p = world.spawn("agent", [world.args.agent, "--config", path], env=env)
+    manager.wait_for(lambda m: m == "READY=1", 30, "READY=1")
+    manager.wait_for(lambda m: m == "WATCHDOG=1", 10, "WATCHDOG=1")
+    manager.wait_for(lambda m: m.startswith("STATUS=1 targets"), 10, "STATUS")
+    results = ["READY=1", "WATCHDOG=1", "STATUS"]
 
-            # A bad file on SIGHUP: RELOADING, then READY again with the old configuration.
-            with open(config, "w") as f:
-                f.write(CONFIG.format(port=port, rate="\"fast\""))
-            manager.take()
-            p.send_signal(signal.SIGHUP)
-            manager.wait_for(lambda m: m.startswith("RELOADING=1\nMONOTONIC_USEC="), 10, "RELOADING=1")
-            manager.wait_for(lambda m: m == "READY=1", 20, "READY=1 after a bad reload")
-            manager.pump(1.5)
-            statuses = [m for _, m in manager.messages if m.startswith("STATUS=")]
-            assert statuses and statuses[-1].endswith("config generation 1"), statuses[-3:]
-            reload_msg = [m for _, m in manager.messages if m.startswith("RELOADING=1")][0]
-            usec = int(reload_msg.split("MONOTONIC_USEC=")[1])
-            now_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-            assert 0 < now_usec - usec < 60_000_000, (usec, now_usec)
-            results.append("bad reload kept generation 1")
+    # A bad file on SIGHUP: RELOADING, then READY again with the old configuration.
+    harness.write(path, config(port, "fast"))
+    manager.take()
+    p.signal(signal.SIGHUP)
+    manager.wait_for(lambda m: m.startswith("RELOADING=1\nMONOTONIC_USEC="), 10, "RELOADING=1")
+    manager.wait_for(lambda m: m == "READY=1", 20, "READY=1 after a bad reload")
+    manager.pump(1.5)
+    statuses = [m for _, m in manager.messages if m.startswith("STATUS=")]
+    assert statuses and statuses[-1].endswith("config generation 1"), statuses[-3:]
+    reload_msg = [m for _, m in manager.messages if m.startswith("RELOADING=1")][0]
+    usec = int(reload_msg.split("MONOTONIC_USEC=")[1])
+    now_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    assert 0 < now_usec - usec < 60_000_000, (usec, now_usec)
+    results.append("bad reload kept generation 1")
 
-            # A good file: the new configuration runs as generation 2.
-            with open(config, "w") as f:
-                f.write(CONFIG.format(port=port, rate=20))
-            manager.take()
-            p.send_signal(signal.SIGHUP)
-            manager.wait_for(lambda m: m.startswith("RELOADING=1"), 10, "RELOADING=1")
-            manager.wait_for(lambda m: m == "READY=1", 20, "READY=1 after a good reload")
-            manager.wait_for(lambda m: m.endswith("config generation 2"), 10, "generation 2 in STATUS")
-            results.append("good reload -> generation 2")
+    # A good file: the new configuration runs as generation 2.
+    harness.write(path, config(port, 20))
+    manager.take()
+    p.signal(signal.SIGHUP)
+    manager.wait_for(lambda m: m.startswith("RELOADING=1"), 10, "RELOADING=1")
+    manager.wait_for(lambda m: m == "READY=1", 20, "READY=1 after a good reload")
+    manager.wait_for(lambda m: m.endswith("config generation 2"), 10, "generation 2 in STATUS")
+    results.append("good reload -> generation 2")
 
-            # Wedged: no WATCHDOG=1 while stopped (systemd would restart it after WatchdogSec).
-            p.send_signal(signal.SIGSTOP)
-            time.sleep(0.3)
-            manager.take()
-            manager.pump(3)
-            assert not any(m == "WATCHDOG=1" for _, m in manager.messages), "a stopped agent kept pinging"
-            p.send_signal(signal.SIGCONT)
-            manager.wait_for(lambda m: m == "WATCHDOG=1", 10, "WATCHDOG=1 after SIGCONT")
-            results.append("no pings while wedged")
+    # Wedged: no WATCHDOG=1 while stopped (systemd would restart it after WatchdogSec).
+    p.signal(signal.SIGSTOP)
+    time.sleep(0.3)
+    manager.take()
+    manager.pump(3)
+    assert not any(m == "WATCHDOG=1" for _, m in manager.messages), "a stopped agent kept pinging"
+    p.signal(signal.SIGCONT)
+    manager.wait_for(lambda m: m == "WATCHDOG=1", 10, "WATCHDOG=1 after SIGCONT")
+    results.append("no pings while wedged")
 
-            p.send_signal(signal.SIGTERM)
-            manager.wait_for(lambda m: m == "STOPPING=1", 10, "STOPPING=1")
-            rc = p.wait(timeout=30)
-            assert rc == 0, f"exit code {rc}"
-            results.append("STOPPING=1, exit 0")
-            print("PASS notify: " + ", ".join(results))
-            return 0
-        except AssertionError as e:
-            print(f"FAIL notify: {e}")
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-            log.close()
-            with open(os.path.join(work, "agent.log"), "rb") as f:
-                print(f.read().decode(errors="replace")[-3000:])
-            return 1
+    p.signal(signal.SIGTERM)
+    manager.wait_for(lambda m: m == "STOPPING=1", 10, "STOPPING=1")
+    rc = p.p.wait(timeout=30)
+    assert rc == 0, f"exit code {rc}"
+    results.append("STOPPING=1, exit 0")
+    return ", ".join(results)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(harness.main({"notify": scenario}, lambda workdir, args: harness.World(workdir, args),
+                          binaries=("agent",)))

@@ -10,7 +10,6 @@ pseudonyms must be in the store, each the HMAC that Python's hmac module compute
 interval's epoch, and prefix mode must store CLIENT's /24.
 Run: privacy_test.py --agent BIN --collector BIN --pki tools/dev-pki.sh [-- EMULATOR WORDS...].
 """
-import argparse
 import glob
 import hashlib
 import hmac
@@ -20,90 +19,15 @@ import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import delivery_test as dt  # noqa: E402  (World, Proc, wait_for, free_port, assert_complete)
+import harness
+from harness import REGION, assert_complete, free_port, wait_for
 
 CLIENT = "127.31.41.59"
 CLIENT_BYTES = socket.inet_aton(CLIENT)
 SECRET_HEX = "5e" * 16 + "c7" * 16  # 32 bytes
 ROTATION = 4  # seconds: a run of some 15 s crosses several epochs
-
-CONFIG = """
-[identity]
-agent_id = "{agent}"
-region = "{region}"
-pop = "{agent}"
-
-[[collectors]]
-region = "{region}"
-addresses = ["127.0.0.1:{port}"]
-
-[delivery]
-drain = 20
-
-[tls]
-ca = "{pki}/ca.crt"
-cert = "{pki}/{agent}.crt"
-key = "{pki}/{agent}.key"
-
-[spool]
-dir = "{spool}"
-
-[reflector]
-bind = "0.0.0.0"
-port = {reflector}
-
-[privacy]
-mode = "{mode}"
-key_file = "{key}"
-rotation = {rotation}
-
-[measurement]
-report_interval = 0.3
-load_interval = 0.1
-{icmp_socket}
-[[targets]]
-name = "self"
-protocol = "udp"
-host = "127.0.0.1"
-port = {reflector}
-rate = 10
-
-[[targets]]
-protocol = "udp"
-host = "{client}"
-port = {reflector}
-rate = 10
-client = true
-
-[[targets]]
-protocol = "udp"
-host = "{client}"
-port = {dead}
-rate = 5
-timeout_ms = 100
-client = true
-
-[[targets]]
-protocol = "tcp"
-host = "{client}"
-port = {tcp}
-rate = 5
-client = true
-{icmp}
-"""
-
-ICMP_TARGET = """
-[[targets]]
-protocol = "icmp"
-host = "{client}"
-rate = 5
-client = true
-"""
 
 
 def pseudonym(epoch, proto, port):
@@ -141,19 +65,28 @@ class TcpListener:
         self.sock.close()
 
 
-def icmp_usable():
+def icmp_usable(world):
     # Raw ICMP needs root (ping_group_range is off on these machines); under the emulator the
     # ICMP prober's socket options are not all emulated, so ICMP runs natively only.
-    return os.geteuid() == 0 and not dt.ARGS.emulator
+    return os.geteuid() == 0 and not world.args.emulator
 
 
-def write_config(world, path, agent, mode, reflector, dead, tcp_port, icmp):
-    with open(path, "w") as f:
-        f.write(CONFIG.format(agent=agent, region=dt.REGION, port=world.port, pki=world.pki,
-                              spool=os.path.join(world.dir, f"spool-{agent}"), reflector=reflector, mode=mode,
-                              key=os.path.join(world.dir, "secret.hex"), rotation=ROTATION, client=CLIENT,
-                              dead=dead, tcp=tcp_port, icmp=ICMP_TARGET.format(client=CLIENT) if icmp else "",
-                              icmp_socket='icmp_socket = "raw"\n' if icmp else ""))
+def write_config(world, agent, mode, reflector, dead, tcp_port, icmp):
+    """The agent's config file: a reflector on 0.0.0.0 answering a "self" target and a client
+    target at CLIENT, a dead and a TCP client target (and an ICMP one) at CLIENT, `mode` privacy."""
+    measurement = {"report_interval": 0.3, "load_interval": 0.1}
+    client = {"host": CLIENT, "client": True}
+    targets = [{"name": "self", "protocol": "udp", "host": "127.0.0.1", "port": reflector, "rate": 10},
+               {"protocol": "udp", "port": reflector, "rate": 10, **client},
+               {"protocol": "udp", "port": dead, "rate": 5, "timeout_ms": 100, **client},
+               {"protocol": "tcp", "port": tcp_port, "rate": 5, **client}]
+    if icmp:
+        measurement["icmp_socket"] = "raw"
+        targets.append({"protocol": "icmp", "rate": 5, **client})
+    return world.agent_config(agent, reflector={"bind": "0.0.0.0", "port": reflector},
+                              privacy={"mode": mode, "key_file": os.path.join(world.dir, "secret.hex"),
+                                       "rotation": ROTATION},
+                              measurement=measurement, targets=targets)
 
 
 def leaks(paths):
@@ -213,42 +146,38 @@ def scenario(world):
     world.start_collector()
     tcp = TcpListener()
     spools = SpoolWatcher(os.path.join(world.dir, "spool-*", "**"))
-    icmp = icmp_usable()
-    dead = dt.free_port()
+    icmp = icmp_usable(world)
+    dead = free_port()
     try:
         # a1: HMAC pseudonyms, a reload half way through.
-        r1 = dt.free_port()
-        config1 = os.path.join(world.dir, "a1.toml")
-        write_config(world, config1, "a1", "hmac", r1, dead, tcp.port, icmp)
-        a1 = dt.Proc("agent-a1", [dt.ARGS.agent, "--config", config1], world.dir)
-        world.procs.append(a1)
+        r1 = free_port()
+        config1 = write_config(world, "a1", "hmac", r1, dead, tcp.port, icmp)
+        a1 = world.spawn("agent-a1", [world.args.agent, "--config", config1])
         # a2: prefix mode.
-        r2 = dt.free_port()
-        config2 = os.path.join(world.dir, "a2.toml")
-        write_config(world, config2, "a2", "prefix", r2, dead, tcp.port, False)
-        a2 = dt.Proc("agent-a2", [dt.ARGS.agent, "--config", config2], world.dir)
-        world.procs.append(a2)
+        r2 = free_port()
+        config2 = write_config(world, "a2", "prefix", r2, dead, tcp.port, False)
+        a2 = world.spawn("agent-a2", [world.args.agent, "--config", config2])
 
         answered = "SELECT count(*) FROM latency_summaries WHERE agent_id = ? AND protocol = ? AND target LIKE ? " \
                    "AND received > 0"
-        dt.wait_for(lambda: world.scalar(answered, "a1", "udp_echo", "anon:k%") >= 5, 60, "a1's answered client probes")
-        a1.p.send_signal(signal.SIGHUP)
-        dt.wait_for(lambda: "generation 2 running" in a1.text(), 30, "a1's reload")
+        wait_for(lambda: world.scalar(answered, "a1", "udp_echo", "anon:k%") >= 5, 60, "a1's answered client probes")
+        a1.signal(signal.SIGHUP)
+        wait_for(lambda: "generation 2 running" in a1.text(), 30, "a1's reload")
         # Long enough to cross epochs after the reload.
         time.sleep(2 * ROTATION + 1)
-        dt.wait_for(lambda: world.scalar(answered, "a2", "udp_echo", f"{CLIENT[:CLIENT.rindex('.')]}.0/24:%") >= 3, 60,
+        wait_for(lambda: world.scalar(answered, "a2", "udp_echo", f"{CLIENT[:CLIENT.rindex('.')]}.0/24:%") >= 3, 60,
                     "a2's answered client probes")
 
         # --once, table and JSON: the output an operator pastes into a ticket.
         once_out = os.path.join(world.dir, "once.out")
         with open(once_out, "wb") as out:
             for fmt in ([], ["--json"]):
-                subprocess.run(dt.ARGS.emulator + [dt.ARGS.agent, "--once", "1.5", "--interval", "0.5", *fmt,
-                                                   "--reflector", f"0.0.0.0:{dt.free_port()}",
-                                                   "--privacy-key", os.path.join(world.dir, "secret.hex"),
-                                                   "--privacy-rotation", str(ROTATION), "--client", "--udp",
-                                                   f"{CLIENT}:{dead}", "--tcp", f"{CLIENT}:{tcp.port}",
-                                                   "--timeout", "100"],
+                subprocess.run(world.args.emulator + [world.args.agent, "--once", "1.5", "--interval", "0.5", *fmt,
+                                                      "--reflector", f"0.0.0.0:{free_port()}",
+                                                      "--privacy-key", os.path.join(world.dir, "secret.hex"),
+                                                      "--privacy-rotation", str(ROTATION), "--client", "--udp",
+                                                      f"{CLIENT}:{dead}", "--tcp", f"{CLIENT}:{tcp.port}",
+                                                      "--timeout", "100"],
                                stdout=out, stderr=subprocess.STDOUT, check=True, timeout=60, cwd=world.dir)
         with open(once_out) as f:
             once_text = f.read()
@@ -260,8 +189,8 @@ def scenario(world):
 
         assert a1.stop() == 0 and a2.stop() == 0
         spools.stop()
-        n1 = dt.assert_complete(world, a1, "a1")
-        n2 = dt.assert_complete(world, a2, "a2")
+        n1 = assert_complete(world, a1, "a1")
+        n2 = assert_complete(world, a2, "a2")
         spool_files = [p for p in glob.glob(os.path.join(world.dir, "spool-*", "**"), recursive=True)
                        if os.path.isfile(p)]
         world.collector.stop()
@@ -317,30 +246,6 @@ def scenario(world):
             f"{spools.reads} times ({spools.bytes >> 10} KiB) during the run")
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--agent", required=True)
-    parser.add_argument("--collector", required=True)
-    parser.add_argument("--pki", required=True)
-    argv = sys.argv[1:]
-    emulator = argv[argv.index("--") + 1:] if "--" in argv else []
-    dt.ARGS = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
-    dt.ARGS.emulator = emulator
-    with tempfile.TemporaryDirectory(prefix="vantage-privacy-") as workdir:
-        world = dt.World(workdir)
-        start = time.monotonic()
-        try:
-            summary = scenario(world)
-            print(f"PASS privacy ({time.monotonic() - start:.1f} s): {summary}", flush=True)
-            return 0
-        except Exception as e:  # noqa: BLE001 - report the failure with the logs
-            print(f"FAIL privacy: {e}", flush=True)
-            for p in world.procs:
-                print(f"--- {p.name} log (last 3000 bytes)\n{p.text()[-3000:]}", flush=True)
-            return 1
-        finally:
-            world.cleanup()
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(harness.main({"privacy": scenario},
+                          lambda workdir, args: harness.World(workdir, args, [f"a1:{REGION}", f"a2:{REGION}"])))

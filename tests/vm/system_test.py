@@ -21,9 +21,6 @@ import concurrent.futures
 import os
 import re
 import shutil
-import signal
-import socket
-import sqlite3
 import subprocess
 import sys
 import tarfile
@@ -32,61 +29,45 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOP = os.path.dirname(os.path.dirname(HERE))
-REGION = "eu-central"
+sys.path.insert(0, os.path.join(TOP, "tests", "system"))
+import harness  # noqa: E402
+from harness import REGION  # noqa: E402
+
 DRAIN = 5
 REPORT_INTERVAL = 2
-
-# arch -> (qemu binary, machine words, console)
-MACHINES = {
-    "arm64": ("qemu-system-aarch64", ["-M", "virt", "-cpu", "cortex-a57"], "ttyAMA0"),
-    "armhf": ("qemu-system-arm", ["-M", "virt,highmem=off", "-cpu", "cortex-a15"], "ttyAMA0"),
-    "amd64": ("qemu-system-x86_64", ["-M", "q35", "-cpu", "max"], "ttyS0"),
-}
-
-
-def free_port(kind=socket.SOCK_STREAM):
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+ARCHES = harness.arches()
 
 
 def run(argv, **kw):
     return subprocess.run(argv, check=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
-class Host:
-    """The host side: PKI, the collector (unless --no-collector) and the agent with a reflector."""
+class Host(harness.World):
+    """The host side: PKI, the collector (unless --no-collector) and the agent with a reflector,
+    the amd64 packages' binaries."""
 
     def __init__(self, work, debs, arches, with_collector):
-        self.work = work
-        self.pki = os.path.join(work, "pki")
-        run([os.path.join(TOP, "tools/dev-pki.sh"), self.pki, f"vm-host:{REGION}"] +
-            [f"vm-{a}:{REGION}" for a in arches])
-        self.issue_guest_collector_cert()
         bins = os.path.join(work, "host")
         for comp in ("agent", "collector"):
-            run(["dpkg-deb", "-x", deb_path(debs, comp, "amd64"), bins])
-        self.agent_bin = os.path.join(bins, "usr/bin/vantage-agent")
-        self.collector_bin = os.path.join(bins, "usr/bin/vantage-collector")
-        self.db = os.path.join(work, "store.db")
-        self.collector_port = free_port()
-        self.reflector_port = free_port(socket.SOCK_DGRAM)
-        self.guest_ports = {a: free_port(socket.SOCK_DGRAM) for a in arches}
-        self.procs = []
+            run(["dpkg-deb", "-x", deb_path(debs, comp, ARCHES["native_arch"]), bins])
+        args = argparse.Namespace(pki=os.path.join(TOP, "tools/dev-pki.sh"), emulator=[],
+                                  agent=os.path.join(bins, "usr/bin/vantage-agent"),
+                                  collector=os.path.join(bins, "usr/bin/vantage-collector"))
+        super().__init__(work, args, [f"vm-host:{REGION}"] + [f"vm-{a}:{REGION}" for a in arches])
+        self.issue_guest_collector_cert()
+        self.store = harness.Store(self.db, tolerant=True)
+        self.collector_port = self.port
+        self.reflector_port = harness.free_port()
+        self.guest_ports = {a: harness.free_port() for a in arches}
         if with_collector:
-            self.collector = self.spawn("collector", [
-                self.collector_bin, "serve", "--db", self.db, "--region", REGION, "--ca", f"{self.pki}/ca.crt",
-                "--cert", f"{self.pki}/collector-vm.crt", "--key", f"{self.pki}/collector-vm.key",
-                "--listen", f"127.0.0.1:{self.collector_port}"])
-            wait_log(self.collector, "listening on", 30)
-        argv = [self.agent_bin, "--interval", str(REPORT_INTERVAL), "--load-interval", "0",
-                "--reflector", f"127.0.0.1:{self.reflector_port}", "--agent-id", "vm-host", "--region", REGION,
-                "--pop", "host", "--ca", f"{self.pki}/ca.crt", "--cert", f"{self.pki}/vm-host.crt", "--key",
-                f"{self.pki}/vm-host.key", "--spool", os.path.join(work, "host-spool"), "--drain", "10",
-                "--reconnect-max", "2", "--collector", f"127.0.0.1:{self.collector_port}", "--rate", "5"]
+            self.start_collector(cert="collector-vm")
+        targets = []
         for a, port in self.guest_ports.items():
-            argv += ["--udp", f"guest-{a}=127.0.0.1:{port}"]
-        self.agent = self.spawn("host-agent", argv)
+            targets += ["--udp", f"guest-{a}=127.0.0.1:{port}"]
+        self.agent = self.start_agent("vm-host", "--interval", str(REPORT_INTERVAL), "--load-interval", "0",
+                                      "--reflector", f"127.0.0.1:{self.reflector_port}", "--drain", "10", "--rate",
+                                      "5", *targets, pop="host", spool=os.path.join(work, "host-spool"),
+                                      reconnect_max=2)
 
     def issue_guest_collector_cert(self):
         """The guests reach the collector as 10.0.2.2: a server certificate with that address."""
@@ -101,46 +82,9 @@ class Host:
         run(["openssl", "x509", "-req", "-in", csr, "-CA", f"{self.pki}/ca.crt", "-CAkey", f"{self.pki}/ca.key",
              "-sha256", "-days", "30", "-set_serial", "0x" + os.urandom(12).hex(), "-extfile", ext, "-out", crt])
 
-    def spawn(self, name, argv):
-        log = open(os.path.join(self.work, f"{name}.log"), "wb")
-        p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.work)
-        p.log_path = log.name
-        self.procs.append(p)
-        return p
-
     def stop(self):
         for p in reversed(self.procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-
-    def rows(self, sql, *params):
-        if not os.path.exists(self.db):
-            return []
-        con = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
-        try:
-            return con.execute(sql, params).fetchall()
-        except sqlite3.OperationalError:
-            return []
-        finally:
-            con.close()
-
-
-def wait_log(p, text, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with open(p.log_path, "rb") as f:
-            if text.encode() in f.read():
-                return
-        if p.poll() is not None:
-            break
-        time.sleep(0.05)
-    with open(p.log_path, "rb") as f:
-        sys.exit(f"system_test: '{text}' not seen in {p.log_path}:\n{f.read().decode(errors='replace')}")
+            p.stop(timeout=30)
 
 
 def deb_path(debs, comp, arch):
@@ -151,42 +95,14 @@ def deb_path(debs, comp, arch):
 
 
 def agent_toml(arch, host, target_name):
-    return f"""[identity]
-agent_id = "vm-{arch}"
-region = "{REGION}"
-pop = "vm-{arch}"
-
-[[collectors]]
-region = "{REGION}"
-addresses = ["10.0.2.2:{host.collector_port}"]
-
-[delivery]
-drain = {DRAIN}
-
-[tls]
-ca = "/etc/vantage/pki/ca.crt"
-cert = "/etc/vantage/pki/agent.crt"
-key = "/run/credentials/vantage-agent.service/agent.key"
-
-[spool]
-dir = "/var/lib/vantage-agent/spool"
-
-[[targets]]
-name = "{target_name}"
-protocol = "udp"
-host = "10.0.2.2"
-port = {host.reflector_port}
-rate = 5
-
-[reflector]
-enabled = true
-bind = "0.0.0.0"
-port = 8627
-
-[measurement]
-report_interval = {REPORT_INTERVAL}
-load_interval = 1
-"""
+    """The guest agent's config: the host's collector and reflector through 10.0.2.2, files where
+    the package and the unit put them."""
+    return harness.agent_config(
+        f"vm-{arch}", [f"10.0.2.2:{host.collector_port}"], "/etc/vantage/pki/ca.crt", "/etc/vantage/pki/agent.crt",
+        "/run/credentials/vantage-agent.service/agent.key", "/var/lib/vantage-agent/spool", drain=DRAIN,
+        targets=[{"name": target_name, "protocol": "udp", "host": "10.0.2.2", "port": host.reflector_port, "rate": 5}],
+        reflector={"enabled": True, "bind": "0.0.0.0", "port": 8627},
+        measurement={"report_interval": REPORT_INTERVAL, "load_interval": 1})
 
 
 def make_payload(work, arch, host, debs, ack_timeout):
@@ -217,7 +133,8 @@ def build_image(arch, cache):
 
 
 def boot(arch, image, payload, host, timeout, console_path):
-    qemu, machine, console = MACHINES[arch]
+    qemu, machine, console = (f"qemu-system-{ARCHES[arch + '_qemu']}", ARCHES[arch + "_vm_machine"].split(),
+                              ARCHES[arch + "_vm_console"])
     argv = ["timeout", "--kill-after=10", str(timeout), "nice", "-n", "19", qemu, *machine, "-smp", "2", "-m", "1024",
             "-nographic", "-no-reboot", "-snapshot",
             "-kernel", image["kernel"], "-initrd", image["initrd"],
@@ -282,7 +199,7 @@ def host_to_guest(host, arch):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--debs", default=os.path.join(TOP, "build/deb"))
-    ap.add_argument("--arch", action="append", choices=sorted(MACHINES), help="repeatable; default all three")
+    ap.add_argument("--arch", action="append", choices=sorted(ARCHES["all"]), help="repeatable; default all")
     ap.add_argument("--cache", default=os.environ.get("VANTAGE_VM_CACHE", os.path.join(TOP, "build/vm-cache")))
     ap.add_argument("--timeout", type=int, default=420, help="seconds per QEMU run (default 420)")
     ap.add_argument("--ack-timeout", type=int, default=90, help="seconds the guest waits for an acked batch")
@@ -291,7 +208,7 @@ def main():
                     help="machines running at once (default 3, or $VANTAGE_VM_JOBS)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     args = ap.parse_args()
-    arches = args.arch or ["arm64", "armhf", "amd64"]
+    arches = args.arch or ARCHES["all"]
     debs = os.path.abspath(args.debs)
 
     started = time.monotonic()
@@ -307,7 +224,10 @@ def main():
         images = dict(zip(arches, pool.map(image, arches)))
 
     work = tempfile.mkdtemp(prefix="vantage-vm-test.")
-    host = Host(work, debs, arches, not args.no_collector)
+    try:
+        host = Host(work, debs, arches, not args.no_collector)
+    except AssertionError as e:
+        sys.exit(f"system_test: {e}")
     failed = False
     table = []
     try:

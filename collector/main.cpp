@@ -1,8 +1,6 @@
 // vantage-collector: `serve` ingests agents' telemetry over mutual TLS into SQLite; `query`
 // prints what the store holds.
-#include <mbedtls/version.h>
 #include <signal.h>
-#include <sqlite3.h>
 
 #include <charconv>
 #include <cinttypes>
@@ -15,14 +13,12 @@
 #include <string_view>
 #include <vector>
 
+#include "collector/cli.hpp"
 #include "collector/config.hpp"
 #include "collector/http/http_server.hpp"
 #include "collector/ingest_server.hpp"
 #include "collector/live_view.hpp"
-#include "collector/store/jetstream_consumer.hpp"
 #include "collector/store/jetstream_sink.hpp"
-#include "collector/store/sqlite_store.hpp"
-#include "platform/arch.hpp"
 #include "platform/log.hpp"
 #include "platform/sd_notify.hpp"
 
@@ -30,23 +26,6 @@ namespace {
 
 using vantage::collector::IngestConfig;
 using vantage::collector::IngestServer;
-
-const char* kUsage =
-    "usage: vantage-collector serve --db FILE --region NAME [--region NAME ...] --ca FILE --cert FILE --key "
-    "FILE\n"
-    "                               [--listen ADDR:PORT ...] [--max-sessions N] [--max-frame BYTES]\n"
-    "                               [--handshake-timeout MS] [--idle-timeout MS] [--http ADDR:PORT ...]\n"
-    "                               [--ticket-keys FILE] (default: ticket-keys beside --db)\n"
-    "                               [--retention-days N] (default 30; 0 keeps everything)\n"
-    "       vantage-collector serve --jetstream URL [--jetstream URL ...] [--stream NAME] (instead of --db)\n"
-    "       vantage-collector serve --config FILE [--check-config]\n"
-    "       vantage-collector query --db FILE\n"
-    "       vantage-collector consume --jetstream URL [--stream NAME] [--durable NAME] [--follow]\n"
-    "       vantage-collector --version | --config-reference\n"
-    "  serve   accept agents over mutual TLS (default listen [::]:7443, IPv4 and IPv6) and store their\n"
-    "          batches; SIGINT/SIGTERM stop it; --http serves /metrics and the status page\n"
-    "  query   print the latest latency per agent and target, the latest load per PoP, and the agents\n"
-    "  consume read batches back from a JetStream stream, verify them, print one line per batch\n";
 
 bool parse_endpoint(std::string_view text, asio::ip::tcp::endpoint& out) {
   std::string host;
@@ -72,85 +51,17 @@ bool parse_endpoint(std::string_view text, asio::ip::tcp::endpoint& out) {
   return true;
 }
 
-std::string ago(std::int64_t wall_ns) {
-  timespec now{};
-  ::clock_gettime(CLOCK_REALTIME, &now);
-  const std::int64_t now_ns = static_cast<std::int64_t>(now.tv_sec) * 1'000'000'000 + now.tv_nsec;
-  char buffer[32];
-  std::snprintf(buffer, sizeof buffer, "%.1fs", static_cast<double>(now_ns - wall_ns) / 1e9);
-  return buffer;
-}
-
-int query(const std::string& db_path) {
-  auto opened = vantage::collector::store::SqliteStore::open(db_path, {.read_only = true});
-  if (!opened) {
-    std::fprintf(stderr, "vantage-collector: %s\n", opened.error.c_str());
-    return 1;
-  }
-  auto& db = *opened.value;
-  auto latency = db.latest_latency();
-  auto load = db.latest_load_per_pop();
-  auto agents = db.agents();
-  for (const auto* error : {&latency.error, &load.error, &agents.error}) {
-    if (!error->empty()) {
-      std::fprintf(stderr, "vantage-collector: %s\n", error->c_str());
-      return 1;
-    }
-  }
-  std::printf("latest latency (RTT in ms)\n%-10s %-16s %-28s %-5s %7s %7s %8s %8s %8s %9s %8s\n", "POP",
-              "AGENT", "TARGET", "PROTO", "SENT", "RECV", "LOSS%", "P50", "P99", "JITTER", "AGE");
-  for (const auto& l : *latency.value) {
-    std::printf("%-10s %-16s %-28s %-5s %7u %7u %8.2f %8.3f %8.3f %9.3f %8s\n", l.pop.c_str(),
-                l.agent_id.c_str(), l.target.c_str(), l.protocol.c_str(), l.sent, l.received,
-                100.0 * l.loss_ratio, static_cast<double>(l.p50_ns) / 1e6,
-                static_cast<double>(l.p99_ns) / 1e6, l.jitter_mean_ns / 1e6, ago(l.interval_end_ns).c_str());
-  }
-  std::printf("\nlatest load per PoP\n%-10s %-16s %7s %10s %10s %7s %8s\n", "POP", "AGENT", "CPU%",
-              "MEM_AVAIL", "MEM_TOTAL", "LOAD1", "AGE");
-  for (const auto& l : *load.value) {
-    std::printf("%-10s %-16s %7.1f %9.2fG %9.2fG %7.2f %8s\n", l.pop.c_str(), l.agent_id.c_str(),
-                100.0 * l.cpu_busy.value_or(0),
-                static_cast<double>(l.mem_available.value_or(0)) / 1073741824.0,
-                static_cast<double>(l.mem_total.value_or(0)) / 1073741824.0, l.load1.value_or(0),
-                ago(l.time_ns).c_str());
-  }
-  std::printf("\nagents\n%-16s %-12s %-10s %10s %10s %10s\n", "AGENT", "REGION", "POP", "BATCHES", "MAX_SEQ",
-              "LAST_SEEN");
-  for (const auto& a : *agents.value) {
-    std::printf("%-16s %-12s %-10s %10" PRId64 " %10" PRIu64 " %10s\n", a.agent_id.c_str(), a.region.c_str(),
-                a.pop.c_str(), a.batch_count, a.max_seq, ago(a.last_seen_ns).c_str());
-  }
-  std::printf(
-      "\nagent health (newest batch with self-metrics)\n%-16s %5s %9s %9s %6s %8s %8s %6s %6s %6s %6s\n",
-      "AGENT", "GEN", "RSS", "CPU_S", "UP", "SPOOL", "SP_DROP", "RING_D", "RECONN", "CONN_F", "TLS_F");
-  for (const auto& a : *agents.value) {
-    if (!a.self) continue;
-    const auto& m = *a.self;
-    std::printf("%-16s %5" PRIu64 " %8.1fM %9.2f %6s %8" PRIu64 " %8" PRIu64 " %6" PRIu64 " %6" PRIu64
-                " %6" PRIu64 " %6" PRIu64 "\n",
-                a.agent_id.c_str(), m.config_generation, static_cast<double>(m.rss_bytes) / 1048576.0,
-                static_cast<double>(m.cpu_user_ns + m.cpu_system_ns) / 1e9, ago(m.process_start_ns).c_str(),
-                m.spool_records, a.spool_dropped, m.probe_ring_dropped + m.load_ring_dropped, m.reconnects,
-                m.connect_failures, m.tls_failures);
-  }
-  return 0;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   vantage::platform::set_log_identity("vantage-collector");
   const std::vector<std::string_view> args(argv + 1, argv + argc);
   if (args.empty() || args[0] == "--help" || args[0] == "-h") {
-    std::fputs(kUsage, args.empty() ? stderr : stdout);
+    std::fputs(vantage::collector::usage_text(), args.empty() ? stderr : stdout);
     return args.empty() ? 2 : 0;
   }
   if (args.size() == 1 && args[0] == "--version") {
-    char tls[32] = {};
-    mbedtls_version_get_string_full(tls);
-    std::printf("vantage-collector %s (%.*s, %s, SQLite %s)\n", VANTAGE_VERSION,
-                static_cast<int>(vantage::platform::kArchName.size()), vantage::platform::kArchName.data(),
-                tls, sqlite3_libversion());
+    vantage::collector::print_version(stdout);
     return 0;
   }
   if (args.size() == 1 && args[0] == "--config-reference") {
@@ -159,11 +70,11 @@ int main(int argc, char** argv) {
   }
   const std::string_view command = args[0];
   if (command == "consume") {
-    return vantage::collector::store::consume_command(std::span(args).subspan(1), stdout);
+    return vantage::collector::consume_command(std::span(args).subspan(1), stdout);
   }
   if (command != "serve" && command != "query") {
     std::fprintf(stderr, "vantage-collector: unknown command '%.*s'\n%s", static_cast<int>(command.size()),
-                 command.data(), kUsage);
+                 command.data(), vantage::collector::usage_text());
     return 2;
   }
   IngestConfig config;
@@ -204,7 +115,7 @@ int main(int argc, char** argv) {
     const std::string_view arg = args[i];
     if (i + 1 >= args.size()) {
       std::fprintf(stderr, "vantage-collector: %.*s needs a value\n%s", static_cast<int>(arg.size()),
-                   arg.data(), kUsage);
+                   arg.data(), vantage::collector::usage_text());
       return 2;
     }
     const std::string value(args[++i]);
@@ -263,7 +174,7 @@ int main(int argc, char** argv) {
       if (arg == "--max-frame") config.max_frame = static_cast<std::uint32_t>(n);
     } else {
       std::fprintf(stderr, "vantage-collector: unknown argument '%.*s'\n%s", static_cast<int>(arg.size()),
-                   arg.data(), kUsage);
+                   arg.data(), vantage::collector::usage_text());
       return 2;
     }
   }
@@ -272,7 +183,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (command == "query") {
-    return query(config.database);
+    return vantage::collector::query_command(config.database);
   }
   if (!config_path && config.tls.ticket_key_file.empty() && jetstream.servers.empty()) {
     config.tls.ticket_key_file = vantage::collector::default_ticket_key_file(config.database);

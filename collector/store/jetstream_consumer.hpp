@@ -1,20 +1,56 @@
-// `vantage-collector consume`: reads batches back from the JetStream stream with a pull
-// consumer, verifies each frame like the ingest does and prints one line per batch.
+// Reads batches back from the collector's JetStream stream with a pull consumer: each message's
+// frame (in an 8-byte-aligned copy, ready for the Verifier) with the headers the sink set.
+// `vantage-collector consume` (collector/cli.cpp) is its command line.
 #pragma once
 
-#include <cstdio>
+#include <cstdint>
+#include <functional>
+#include <memory>
 #include <span>
-#include <string_view>
+#include <string>
+#include <vector>
+
+#include "collector/store/incoming_batch.hpp"
 
 namespace vantage::collector::store {
 
-// The arguments after "consume"; returns the exit status (0: every message verified, 1: a
-// message failed verification or NATS failed, 2: usage).
-int consume_command(std::span<const std::string_view> args, std::FILE* out);
+struct ConsumerOptions {
+  std::vector<std::string> servers;  // nats://host:port
+  std::string stream = "VANTAGE";
+  std::string durable;  // empty: an ephemeral consumer that starts at the stream's first message
+  std::int64_t timeout_ms = 2000;  // connect, API calls and each fetch
+};
 
-inline constexpr const char* kConsumeUsage =
-    "       vantage-collector consume --jetstream URL [--jetstream URL ...] [--stream NAME] [--durable "
-    "NAME]\n"
-    "                                 [--follow] [--timeout MS]\n";
+struct ConsumedMessage {
+  std::uint64_t stream_seq = 0;  // 0 when the metadata could not be read
+  std::span<const std::uint8_t> frame;
+  std::string agent, region, pop, seq, msg_id;  // the sink's headers; empty when absent
+};
+
+class JetStreamConsumer {
+ public:
+  // Connects, looks the stream up and subscribes. The error reads "<what>: <NATS status>[ (JetStream
+  // error N)]", e.g. "stream VANTAGE: not found (JetStream error 10059)".
+  static Result<std::unique_ptr<JetStreamConsumer>> open(const ConsumerOptions& options);
+  ~JetStreamConsumer();
+  JetStreamConsumer(const JetStreamConsumer&) = delete;
+  JetStreamConsumer& operator=(const JetStreamConsumer&) = delete;
+
+  const std::string& subject() const noexcept;  // the stream's first subject
+  std::uint64_t messages_at_open() const noexcept;
+
+  enum class Fetched { kMessages, kTimeout, kError };
+  // Fetches up to 256 messages and hands each to on_message, then acks it; kTimeout when none
+  // came within timeout_ms, kError with error set.
+  Fetched fetch(const std::function<void(const ConsumedMessage&)>& on_message, std::string& error);
+  // A fetched message had no more pending behind it.
+  bool caught_up() const noexcept;
+
+  struct State;
+
+ private:
+  explicit JetStreamConsumer(std::unique_ptr<State> state);
+  std::unique_ptr<State> state_;
+};
 
 }  // namespace vantage::collector::store

@@ -1637,6 +1637,7 @@ std::int64_t SqliteStore::last_commit_ns() const noexcept { return impl_->last_c
 std::int64_t SqliteStore::last_store_ns() const noexcept { return impl_->last_store_ns; }
 std::uint64_t SqliteStore::expired_on_arrival() const noexcept { return impl_->expired_on_arrival; }
 const std::string& SqliteStore::path() const noexcept { return impl_->path; }
+const char* SqliteStore::library_version() noexcept { return sqlite3_libversion(); }
 
 Result<SqliteStore> SqliteStore::open(const std::string& path, const OpenOptions& options) {
   Result<SqliteStore> result;

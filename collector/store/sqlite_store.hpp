@@ -210,6 +210,8 @@ class SqliteStore {
   Result<std::vector<PairPoint>> pair_history(const PairHistoryQuery& query);
 
   const std::string& path() const noexcept;
+  // The SQLite library's version, for --version.
+  static const char* library_version() noexcept;
 
  private:
   struct Impl;

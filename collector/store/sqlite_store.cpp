@@ -1842,9 +1842,15 @@ class PartitionStatements {
   std::map<std::int64_t, Stmt> stmts_;
 };
 
-double loss_ratio(std::uint32_t received, std::uint32_t lost) {
-  const double answered = static_cast<double>(received) + static_cast<double>(lost);
-  return answered > 0.0 ? static_cast<double>(lost) / answered : 0.0;
+// sent, received, lost, p50_ns, p99_ns from five columns starting at `first`.
+void read_figures(sqlite3_stmt* s, int first, IntervalFigures& f) {
+  f.sent = static_cast<std::uint32_t>(sqlite3_column_int64(s, first));
+  f.received = static_cast<std::uint32_t>(sqlite3_column_int64(s, first + 1));
+  f.lost = static_cast<std::uint32_t>(sqlite3_column_int64(s, first + 2));
+  const double answered = static_cast<double>(f.received) + static_cast<double>(f.lost);
+  f.loss_ratio = answered > 0.0 ? static_cast<double>(f.lost) / answered : 0.0;
+  f.p50_ns = sqlite3_column_int64(s, first + 3);
+  f.p99_ns = sqlite3_column_int64(s, first + 4);
 }
 
 }  // namespace
@@ -1908,12 +1914,7 @@ Result<std::vector<LatestLatency>> SqliteStore::latest_latency() {
                                  "jitter_mean_ns, jitter_p99_ns FROM latency_{P} WHERE id = ?1");
 
   const auto fill = [](sqlite3_stmt* s, LatestLatency& r) {
-    r.sent = static_cast<std::uint32_t>(sqlite3_column_int64(s, 2));
-    r.received = static_cast<std::uint32_t>(sqlite3_column_int64(s, 3));
-    r.lost = static_cast<std::uint32_t>(sqlite3_column_int64(s, 4));
-    r.loss_ratio = loss_ratio(r.received, r.lost);
-    r.p50_ns = sqlite3_column_int64(s, 5);
-    r.p99_ns = sqlite3_column_int64(s, 6);
+    read_figures(s, 2, r);
     r.jitter_mean_ns = sqlite3_column_double(s, 7);
     r.jitter_p99_ns = sqlite3_column_int64(s, 8);
   };
@@ -2169,12 +2170,7 @@ WHERE b.agent = ?1 AND b.interval_end_ns >= ?2 AND b.interval_end_ns < ?3 AND l.
           p.seq = static_cast<std::uint64_t>(sqlite3_column_int64(row, 0));
           p.interval_start_ns = sqlite3_column_int64(row, 1);
           p.interval_end_ns = sqlite3_column_int64(row, 2);
-          p.sent = static_cast<std::uint32_t>(sqlite3_column_int64(row, 4));
-          p.received = static_cast<std::uint32_t>(sqlite3_column_int64(row, 5));
-          p.lost = static_cast<std::uint32_t>(sqlite3_column_int64(row, 6));
-          p.loss_ratio = loss_ratio(p.received, p.lost);
-          p.p50_ns = sqlite3_column_int64(row, 7);
-          p.p99_ns = sqlite3_column_int64(row, 8);
+          read_figures(row, 4, p);
           rows.push_back(std::move(p));
         });
       }

@@ -86,12 +86,10 @@ struct OpenOptions {
   std::int64_t (*wall_clock_ns)() = nullptr;
 };
 
-// Latest summary per (agent, target).
-struct LatestLatency {
+// One interval of one agent's (target, protocol): what the latest-latency and the pair-history
+// queries both return.
+struct IntervalFigures {
   std::string agent_id;
-  std::string region;
-  std::string pop;
-  std::string target;
   std::string protocol;
   std::uint64_t seq = 0;
   std::int64_t interval_end_ns = 0;
@@ -101,6 +99,13 @@ struct LatestLatency {
   double loss_ratio = 0.0;  // lost / (received + lost), 0 when neither
   std::int64_t p50_ns = 0;
   std::int64_t p99_ns = 0;
+};
+
+// Latest summary per (agent, target).
+struct LatestLatency : IntervalFigures {
+  std::string region;
+  std::string pop;
+  std::string target;
   double jitter_mean_ns = 0.0;
   std::int64_t jitter_p99_ns = 0;
 };
@@ -135,18 +140,8 @@ struct AgentSummary {
 };
 
 // One interval of one (source, target) pair, for a drill-down.
-struct PairPoint {
-  std::string agent_id;
-  std::string protocol;
-  std::uint64_t seq = 0;
+struct PairPoint : IntervalFigures {
   std::int64_t interval_start_ns = 0;
-  std::int64_t interval_end_ns = 0;
-  std::uint32_t sent = 0;
-  std::uint32_t received = 0;
-  std::uint32_t lost = 0;
-  double loss_ratio = 0.0;  // lost / (received + lost), 0 when neither
-  std::int64_t p50_ns = 0;
-  std::int64_t p99_ns = 0;
 };
 
 // The source is one agent (agent_id) or every agent whose batches were filed under a PoP (pop,

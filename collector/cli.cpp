@@ -196,8 +196,8 @@ int consume_command(std::span<const std::string_view> args, std::FILE* out) {
     if (m.agent != agent || m.seq != std::to_string(batch->seq())) {
       ++bad;
       std::fprintf(stderr,
-                   "vantage-collector consume: stream seq %" PRIu64 ": headers say %s/%s, the frame %s/%" PRIu64
-                   "\n",
+                   "vantage-collector consume: stream seq %" PRIu64
+                   ": headers say %s/%s, the frame %s/%" PRIu64 "\n",
                    m.stream_seq, m.agent.c_str(), m.seq.c_str(), agent.c_str(), batch->seq());
     }
     std::fprintf(out,

@@ -132,10 +132,12 @@ std::string render_metrics(const LiveSnapshot& view, const IngestCounters& c, co
     });
   }
   for (std::size_t first = 0, end = 0; first < std::size(fields); first = end) {
-    for (end = first + 1; end < std::size(fields) && std::string_view(fields[end].metric) == fields[first].metric;) {
+    for (end = first + 1;
+         end < std::size(fields) && std::string_view(fields[end].metric) == fields[first].metric;) {
       ++end;
     }
-    out.family(fields[first].metric, fields[first].kind == wire::SelfMetricKind::Counter ? Type::kCounter : Type::kGauge,
+    out.family(fields[first].metric,
+               fields[first].kind == wire::SelfMetricKind::Counter ? Type::kCounter : Type::kGauge,
                fields[first].help);
     for (std::size_t i = 0; i < agents.size(); ++i) {
       if (!agents[i].self) continue;
@@ -152,38 +154,51 @@ std::string render_metrics(const LiveSnapshot& view, const IngestCounters& c, co
     out.family(name, type, help);
     out.sample(name, {}, v);
   };
-  counter("vantage_collector_connections_open", Type::kGauge, "Agent connections open now.",
-          num(c.connections_open));
-  counter("vantage_collector_connections_accepted_total", Type::kCounter, "Agent connections accepted.",
-          num(c.connections_accepted));
-  counter("vantage_collector_handshakes_total", Type::kCounter, "TLS handshakes completed.",
-          num(c.handshakes));
-  counter("vantage_collector_handshakes_resumed_total", Type::kCounter,
-          "Of those, handshakes that resumed a session ticket (no certificate exchange).",
-          num(c.resumed_handshakes));
-  counter("vantage_collector_handshakes_in_progress", Type::kGauge,
-          "Unauthenticated connections in their TLS handshake (the pre-authentication budget).",
-          num(c.handshakes_in_progress));
-  counter("vantage_collector_sessions_open", Type::kGauge, "Authenticated agent sessions open now.",
-          num(c.sessions_open));
-  counter("vantage_collector_store_queue_bytes", Type::kGauge, "Batches waiting for the store, in bytes.",
-          num(c.store_queue_bytes));
-  counter("vantage_collector_store_queue_peak_bytes", Type::kGauge,
-          "The most the store queue held since start (bounded by store.queue_bytes plus one read).",
-          num(c.store_queue_peak_bytes));
-  counter("vantage_collector_read_pauses_total", Type::kCounter,
-          "Times a connection stopped reading because the store queue was full (backpressure).",
-          num(c.read_pauses));
-  counter("vantage_collector_frames_total", Type::kCounter, "Frames received and verified.", num(c.frames));
-  counter("vantage_collector_batches_stored_total", Type::kCounter, "Batches newly stored by the sink.",
-          num(c.batches_stored));
-  counter("vantage_collector_batches_duplicate_total", Type::kCounter,
-          "Batches already stored (resent by an agent): acked, not stored again.", num(c.batches_duplicate));
-  counter("vantage_collector_batches_failed_total", Type::kCounter,
-          "Batches the sink failed; their agents retry them.", num(c.batches_failed));
-  counter("vantage_collector_acks_sent_total", Type::kCounter, "Acks sent to agents.", num(c.acks_sent));
-  counter("vantage_collector_commits_total", Type::kCounter, "Sink store calls (SQLite: transactions).",
-          num(c.commits));
+  // The collector's own counters and gauges, one sample each.
+  struct CollectorFamily {
+    const char* name;
+    Type type;
+    const char* help;
+    std::uint64_t IngestCounters::*value;
+  };
+  static constexpr CollectorFamily kCollectorFamilies[] = {
+      {"vantage_collector_connections_open", Type::kGauge, "Agent connections open now.",
+       &IngestCounters::connections_open},
+      {"vantage_collector_connections_accepted_total", Type::kCounter, "Agent connections accepted.",
+       &IngestCounters::connections_accepted},
+      {"vantage_collector_handshakes_total", Type::kCounter, "TLS handshakes completed.",
+       &IngestCounters::handshakes},
+      {"vantage_collector_handshakes_resumed_total", Type::kCounter,
+       "Of those, handshakes that resumed a session ticket (no certificate exchange).",
+       &IngestCounters::resumed_handshakes},
+      {"vantage_collector_handshakes_in_progress", Type::kGauge,
+       "Unauthenticated connections in their TLS handshake (the pre-authentication budget).",
+       &IngestCounters::handshakes_in_progress},
+      {"vantage_collector_sessions_open", Type::kGauge, "Authenticated agent sessions open now.",
+       &IngestCounters::sessions_open},
+      {"vantage_collector_store_queue_bytes", Type::kGauge, "Batches waiting for the store, in bytes.",
+       &IngestCounters::store_queue_bytes},
+      {"vantage_collector_store_queue_peak_bytes", Type::kGauge,
+       "The most the store queue held since start (bounded by store.queue_bytes plus one read).",
+       &IngestCounters::store_queue_peak_bytes},
+      {"vantage_collector_read_pauses_total", Type::kCounter,
+       "Times a connection stopped reading because the store queue was full (backpressure).",
+       &IngestCounters::read_pauses},
+      {"vantage_collector_frames_total", Type::kCounter, "Frames received and verified.",
+       &IngestCounters::frames},
+      {"vantage_collector_batches_stored_total", Type::kCounter, "Batches newly stored by the sink.",
+       &IngestCounters::batches_stored},
+      {"vantage_collector_batches_duplicate_total", Type::kCounter,
+       "Batches already stored (resent by an agent): acked, not stored again.",
+       &IngestCounters::batches_duplicate},
+      {"vantage_collector_batches_failed_total", Type::kCounter,
+       "Batches the sink failed; their agents retry them.", &IngestCounters::batches_failed},
+      {"vantage_collector_acks_sent_total", Type::kCounter, "Acks sent to agents.",
+       &IngestCounters::acks_sent},
+      {"vantage_collector_commits_total", Type::kCounter, "Sink store calls (SQLite: transactions).",
+       &IngestCounters::commits},
+  };
+  for (const CollectorFamily& f : kCollectorFamilies) counter(f.name, f.type, f.help, num(c.*f.value));
   out.family("vantage_collector_rejects_total", Type::kCounter, "Connections or frames refused, by reason.");
   for (std::size_t i = 0; i < static_cast<std::size_t>(Reject::kCount); ++i) {
     out.sample("vantage_collector_rejects_total", {{"reason", to_string(static_cast<Reject>(i))}},

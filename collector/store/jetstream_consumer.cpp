@@ -98,8 +98,8 @@ Result<std::unique_ptr<JetStreamConsumer>> JetStreamConsumer::open(const Consume
   return result;
 }
 
-JetStreamConsumer::Fetched JetStreamConsumer::fetch(const std::function<void(const ConsumedMessage&)>& on_message,
-                                                    std::string& error) {
+JetStreamConsumer::Fetched JetStreamConsumer::fetch(
+    const std::function<void(const ConsumedMessage&)>& on_message, std::string& error) {
   State& c = *state_;
   natsMsgList list{};
   jsErrCode code = static_cast<jsErrCode>(0);

@@ -17,7 +17,7 @@ namespace vantage::collector::store {
 struct ConsumerOptions {
   std::vector<std::string> servers;  // nats://host:port
   std::string stream = "VANTAGE";
-  std::string durable;  // empty: an ephemeral consumer that starts at the stream's first message
+  std::string durable;             // empty: an ephemeral consumer that starts at the stream's first message
   std::int64_t timeout_ms = 2000;  // connect, API calls and each fetch
 };
 

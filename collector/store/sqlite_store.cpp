@@ -21,6 +21,7 @@
 #include <unordered_map>
 #include <utility>
 
+#include "platform/json_writer.hpp"
 #include "schemas/agent_self_fields.hpp"
 #include "schemas/wire_string.hpp"
 
@@ -431,60 +432,13 @@ int run(sqlite3_stmt* stmt) {
 
 // --- compact JSON for the per-CPU, interface and temperature lists -----------------------------
 
-void json_number(std::string& out, double v) {
-  if (!std::isfinite(v)) {  // JSON has no NaN/Infinity
-    out += "null";
-    return;
-  }
-  std::array<char, 32> buf{};
-  auto [end, ec] = std::to_chars(buf.data(), buf.data() + buf.size(), v);
-  out.append(buf.data(), ec == std::errc{} ? end : buf.data());
-}
-
-void json_number(std::string& out, float v) {
-  if (!std::isfinite(v)) {
-    out += "null";
-    return;
-  }
-  // Shortest form of the float itself: 0.25f prints as 0.25, not as its double expansion.
-  std::array<char, 32> buf{};
-  auto [end, ec] = std::to_chars(buf.data(), buf.data() + buf.size(), v);
-  out.append(buf.data(), ec == std::errc{} ? end : buf.data());
-}
-
-void json_number(std::string& out, std::int64_t v) {
-  std::array<char, 24> buf{};
-  auto [end, ec] = std::to_chars(buf.data(), buf.data() + buf.size(), v);
-  out.append(buf.data(), ec == std::errc{} ? end : buf.data());
-}
-
-// Names come from the agent's host (interface and sensor names): escape everything JSON requires.
-void json_string(std::string& out, std::string_view s) {
-  out += '"';
-  for (const char c : s) {
-    const auto u = static_cast<unsigned char>(c);
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += c;
-    } else if (u < 0x20) {
-      constexpr char kHex[] = "0123456789abcdef";
-      out += "\\u00";
-      out += kHex[u >> 4];
-      out += kHex[u & 0xf];
-    } else {
-      out += c;
-    }
-  }
-  out += '"';
-}
-
 template <typename V>
 void json_field(std::string& out, const char* name, V v, bool first = false) {
   if (!first) out += ',';
   out += '"';
   out += name;
   out += "\":";
-  json_number(out, v);
+  platform::append_json_number(out, v);
 }
 
 // Each writes into `out` (cleared first): the store reuses its buffers across rows.
@@ -516,7 +470,7 @@ void net_json(std::string& out, const flatbuffers::Vector<flatbuffers::Offset<wi
     for (const wire::NetInterface* n : *net) {
       if (out.size() > 1) out += ',';
       out += "{\"name\":";
-      json_string(out, wire::str(n->name()));
+      platform::append_json_string(out, wire::str(n->name()));
       if (const wire::NetRates* r = n->rates(); r != nullptr) {
         json_field(out, "rx_bytes_per_s", r->rx_bytes_per_s());
         json_field(out, "tx_bytes_per_s", r->tx_bytes_per_s());
@@ -540,7 +494,7 @@ void temperatures_json(std::string& out,
     for (const wire::Temperature* t : *temps) {
       if (out.size() > 1) out += ',';
       out += "{\"sensor\":";
-      json_string(out, wire::str(t->sensor()));
+      platform::append_json_string(out, wire::str(t->sensor()));
       json_field(out, "celsius", t->celsius());
       out += '}';
     }

@@ -1,9 +1,8 @@
-// vantage-collector: `serve` ingests agents' telemetry over mutual TLS into SQLite; `query`
-// prints what the store holds.
+// vantage-collector: `serve` ingests agents' telemetry over mutual TLS into SQLite or JetStream;
+// the other commands (query, consume, --version) are in cli.cpp.
 #include <signal.h>
 
 #include <charconv>
-#include <cinttypes>
 #include <cstdio>
 #include <cstring>
 #include <ctime>

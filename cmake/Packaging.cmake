@@ -72,6 +72,53 @@ Runs as a hardened systemd service with a dynamic user; configured in\n\
 set(CPACK_DEBIAN_COLLECTOR_PACKAGE_CONTROL_EXTRA
     "${PROJECT_SOURCE_DIR}/packaging/deb/collector/conffiles;${PROJECT_SOURCE_DIR}/packaging/deb/postinst;${PROJECT_SOURCE_DIR}/packaging/deb/prerm;${PROJECT_SOURCE_DIR}/packaging/deb/postrm")
 
+# What Debian asks of each package beside the README: the copyright file (DEP-5), the changelog
+# (changelog.gz: a version without a Debian revision is a native package), a manual page per
+# daemon, both gzipped -9n (lintian checks the compression), and the lintian override that gives
+# the reason for the statically linked Mbed TLS. A release bumps the project version and adds a
+# packaging/deb/changelog entry together.
+set(vantage_debian_dir "${PROJECT_BINARY_DIR}/debian")
+file(STRINGS packaging/deb/changelog vantage_changelog_head LIMIT_COUNT 1)
+if(NOT vantage_changelog_head MATCHES "^vantage \\(${PROJECT_VERSION}\\) ")
+  message(FATAL_ERROR "packaging/deb/changelog: the latest entry is '${vantage_changelog_head}', "
+                      "not version ${PROJECT_VERSION}")
+endif()
+file(STRINGS packaging/deb/changelog vantage_changelog_trailer REGEX "^ -- " LIMIT_COUNT 1)
+string(REGEX MATCH "[0-9]+ [A-Z][a-z]+ [0-9]+" vantage_release_date "${vantage_changelog_trailer}")
+set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS "${PROJECT_SOURCE_DIR}/packaging/deb/changelog")
+file(MAKE_DIRECTORY "${vantage_debian_dir}")
+execute_process(COMMAND gzip -9nc "${PROJECT_SOURCE_DIR}/packaging/deb/changelog"
+                OUTPUT_FILE "${vantage_debian_dir}/changelog.gz" COMMAND_ERROR_IS_FATAL ANY)
+# The manual pages come from the built binaries' --help and --config-reference (see
+# packaging/deb/manpage.sh), run at install time: under the cross-compiling emulator for ARM.
+set(vantage_run_binary "")
+foreach(word IN LISTS CMAKE_CROSSCOMPILING_EMULATOR)
+  string(APPEND vantage_run_binary " [==[${word}]==]")
+endforeach()
+foreach(daemon IN ITEMS agent collector)
+  string(TOUPPER "${daemon}" component)
+  set(package "vantage-${daemon}")
+  install(FILES packaging/deb/copyright "${vantage_debian_dir}/changelog.gz"
+          DESTINATION "${CMAKE_INSTALL_DATADIR}/doc/${package}" COMPONENT ${daemon})
+  configure_file(packaging/deb/lintian-overrides.in "${vantage_debian_dir}/${package}.lintian-overrides" @ONLY)
+  install(FILES "${vantage_debian_dir}/${package}.lintian-overrides" RENAME "${package}"
+          DESTINATION "${CMAKE_INSTALL_DATADIR}/lintian/overrides" COMPONENT ${daemon})
+  # The page's NAME line is the package's synopsis, its DESCRIPTION the package's description.
+  set(description "${CPACK_DEBIAN_${component}_DESCRIPTION}")
+  string(FIND "${description}" "\n" newline)
+  string(SUBSTRING "${description}" 0 ${newline} summary)
+  math(EXPR newline "${newline} + 1")
+  string(SUBSTRING "${description}" ${newline} -1 description)
+  string(REPLACE "\n" " " description "${description}")
+  set(page "${vantage_debian_dir}/${package}.8")
+  install(CODE "execute_process(COMMAND sh [==[${PROJECT_SOURCE_DIR}/packaging/deb/manpage.sh]==] [==[${page}]==] 8
+    [==[${vantage_release_date}]==] ${PROJECT_VERSION} [==[${summary}]==] [==[${description}]==]
+    [==[${PROJECT_SOURCE_DIR}/platform/systemd/${package}.service]==] --${vantage_run_binary} [==[$<TARGET_FILE:${package}>]==]
+    COMMAND_ERROR_IS_FATAL ANY)
+  execute_process(COMMAND gzip -9nf [==[${page}]==] COMMAND_ERROR_IS_FATAL ANY)" COMPONENT ${daemon})
+  install(FILES "${page}.gz" DESTINATION "${CMAKE_INSTALL_MANDIR}/man8" COMPONENT ${daemon})
+endforeach()
+
 # Read by cpack before it packages: computes each package's Depends from the built binaries.
 # readelf reads any architecture's ELF; the toolchain's own one is used when CMake found it.
 if(CMAKE_READELF)

@@ -33,13 +33,14 @@ as_root() {
 # prometheus and chromium are host programs for the collector's HTTP tests (a real scrape, the
 # status page in a headless browser); cpp-httplib comes as source, see fetch_cpp_httplib.
 # `make deb` and its test use file, dpkg-dev (dpkg-shlibdeps, to cross-check Depends), binutils
-# (readelf, from build-essential; the cross strip comes with each cross g++) and qemu-user-static.
+# (readelf, from build-essential; the cross strip comes with each cross g++), qemu-user-static,
+# lintian (the packages must pass it) and man-db (the installed manual pages must show).
 # The system tests under QEMU (tests/vm/) boot whole machines: qemu-system-arm and -x86, images
 # made by mmdebstrap (arch-test to find a foreign architecture runnable through qemu-user), an
 # initramfs packed with cpio from modules that kmod's depmod/modprobe pick, ext4 by e2fsprogs.
 # The fleet simulator's firehose (bench/fleet) compares against victoria-metrics on loopback.
 host_packages=(
-  build-essential cmake ninja-build pkg-config file dpkg-dev ca-certificates
+  build-essential cmake ninja-build pkg-config file dpkg-dev ca-certificates lintian man-db
   g++-aarch64-linux-gnu g++-arm-linux-gnueabihf qemu-user-static
   libasio-dev flatbuffers-compiler libflatbuffers-dev doctest-dev
   libboost-dev libreaderwriterqueue-dev libsqlite3-dev libtomlplusplus-dev

@@ -2,9 +2,11 @@
 # Checks the packages `make deb` wrote to build/deb (or $1): for amd64, arm64 and armhf, that
 # vantage-agent and vantage-collector hold a stripped binary of the right architecture that runs
 # (under qemu-<arch>-static for ARM) and accepts its example config, the unit and the conffiles,
-# sane maintainer scripts, and a Depends entry for every shared library the binary needs. The
-# amd64 packages are installed into (and purged from) a scratch root with dpkg --root, and the
-# installed binaries run from there. Exits non-zero after listing every failed check.
+# sane maintainer scripts, a Depends entry for every shared library the binary needs, Debian's
+# documentation (copyright, changelog, manual page), and no lintian error or warning (info and
+# pedantic hints are printed). The amd64 packages are installed into (and purged from) a scratch
+# root with dpkg --root; the installed binaries run from there and `man` shows their manual pages.
+# Exits non-zero after listing every failed check.
 # shellcheck disable=SC2015 # `test && ok || fail`: ok always succeeds
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.." || exit 1
@@ -121,6 +123,14 @@ check_package() {  # check_package ARCH FILE_SAYS LIBDIRS RUNNER COMPONENT
   else
     fail "$arch $pkg: no conffiles in the control archive"
   fi
+  # Debian's documentation: the copyright file, the changelog (a native package's changelog.gz),
+  # the manual page, and the lintian override that gives the reason for the static Mbed TLS.
+  local doc
+  for doc in "usr/share/doc/$pkg/copyright" "usr/share/doc/$pkg/changelog.gz" "usr/share/man/man8/$pkg.8.gz" \
+    "usr/share/lintian/overrides/$pkg"; do
+    [ -f "$root/$doc" ] && ok || fail "$arch $pkg: /$doc missing"
+  done
+  lintian_check "$arch $pkg" "$deb"
   # Captured first: grep -q stopping early would fail the pipeline through SIGPIPE (pipefail).
   local info
   info=$(dpkg-deb -I "$deb")
@@ -138,6 +148,35 @@ check_package() {  # check_package ARCH FILE_SAYS LIBDIRS RUNNER COMPONENT
 
   # It runs (under QEMU for ARM) and accepts the example config it ships.
   run_checks "$arch $pkg (extracted)" "$runner" "$root/$bin" "$comp" "$root/$conf"
+}
+
+# lintian as a Debian developer runs it: any error or warning fails (an override in the package,
+# with its reason, is how a deliberate exception is kept); info and pedantic hints are printed.
+lintian_check() {  # lintian_check LABEL DEB
+  local label=$1 deb=$2 out rc=0
+  out=$(lintian --display-info --pedantic --fail-on error,warning "$deb" 2>&1) || rc=$?
+  [ -z "$out" ] || sed 's/^/    lintian: /' <<<"$out"
+  if ((rc)) || grep -q '^[EW]: ' <<<"$out"; then
+    fail "$label: lintian reports errors or warnings (exit $rc)"
+  else
+    ok
+  fi
+}
+
+# The installed manual page as `man` shows it: it holds the binary's own --help (its last option
+# or command) and --config-reference (its last key), from which it was generated.
+man_checks() {  # man_checks LABEL ROOT PACKAGE
+  local label=$1 root=$2 pkg=$3 page help_word key
+  if ! page=$(MANWIDTH=200 man -M "$root/usr/share/man" -P cat "$pkg" 2>&1); then
+    fail "$label: man $pkg failed: $page"
+    return
+  fi
+  help_word=$("$root/usr/bin/$pkg" --help | sed -n 's/^  \([^ ]*\) .*/\1/p' | tail -n 1)
+  key=$("$root/usr/bin/$pkg" --config-reference | sed -n 's/^| `\([^`]*\)`.*/\1/p' | tail -n 1)
+  grep -q "^${pkg^^}(8)" <<<"$page" && ok || fail "$label: man $pkg shows no ${pkg^^}(8) page"
+  [ -n "$help_word" ] && grep -qF -- "$help_word" <<<"$page" && ok ||
+    fail "$label: man $pkg lacks '$help_word' from --help"
+  [ -n "$key" ] && grep -qF -- "$key" <<<"$page" && ok || fail "$label: man $pkg lacks the key '$key' from --config-reference"
 }
 
 run_checks() {  # run_checks LABEL RUNNER BINARY COMPONENT CONFIG
@@ -191,6 +230,7 @@ if check "dpkg --root -i the amd64 packages" "${dpkg_root[@]}" -i "${amd64_debs[
       fail "installed $pkg: dpkg did not register /etc/vantage/$comp.toml as a conffile ('$conffiles')"
     [ -f "$root/lib/systemd/system/$pkg.service" ] && ok || fail "installed $pkg: unit missing under $root/lib/systemd/system"
     run_checks "installed $pkg" "" "$root/usr/bin/$pkg" "$comp" "$root/etc/vantage/$comp.toml"
+    man_checks "installed $pkg" "$root" "$pkg"
     # What the service would have left behind, for the purge to remove.
     mkdir -p "$root/var/lib/private/$pkg" "$root/etc/systemd/system/multi-user.target.wants"
     ln -sfn "private/$pkg" "$root/var/lib/$pkg"
@@ -199,8 +239,11 @@ if check "dpkg --root -i the amd64 packages" "${dpkg_root[@]}" -i "${amd64_debs[
   if check "dpkg --root --purge the amd64 packages" "${dpkg_root[@]}" --purge vantage-agent vantage-collector; then
     for comp in agent collector; do
       pkg=vantage-$comp
+      # Also deb-systemd-helper's state and mask (the purge runs postrm remove, then purge).
       left=$(cd "$root" && ls -d "usr/bin/$pkg" "etc/vantage/$comp.toml" "var/lib/$pkg" "var/lib/private/$pkg" \
-        "etc/systemd/system/multi-user.target.wants/$pkg.service" 2>/dev/null)
+        "etc/systemd/system/multi-user.target.wants/$pkg.service" "etc/systemd/system/$pkg.service" \
+        "var/lib/systemd/deb-systemd-helper-enabled/$pkg.service.dsh-also" \
+        "var/lib/systemd/deb-systemd-helper-masked/$pkg.service" 2>/dev/null)
       [ -z "$left" ] && ok || fail "purged $pkg: left behind: $left"
     done
   fi

@@ -40,11 +40,10 @@ results_dir=$top/build/bench-results
 results=$results_dir/collectd_cost.txt
 ns=vantage-cost-$$
 
-if [ "$(id -u)" -ne 0 ]; then echo "collectd_cost: needs root (network namespace, raw ICMP)" >&2; exit 2; fi
-for tool in collectd ip python3 timeout ss; do
-  command -v "$tool" >/dev/null || { echo "collectd_cost: $tool not found (toolchains/bootstrap.sh installs it)" >&2; exit 2; }
-done
-[ -x "$agent" ] || { echo "collectd_cost: $agent is not an executable (build the vantage-agent target)" >&2; exit 2; }
+# shellcheck source=bench/common.sh
+source "$here/common.sh"
+namespaces=("$ns")
+bench_start collectd_cost "network namespace, raw ICMP" collectd ip python3 timeout ss
 case $write in csv | none) ;; *) echo "collectd_cost: COLLECTD_WRITE must be csv or none" >&2; exit 2 ;; esac
 # (Output captured first: with pipefail, grep -q quitting early could fail the pipeline on SIGPIPE.)
 ping_libs=$(ldd /usr/lib/collectd/ping.so 2>&1 || true)
@@ -52,18 +51,6 @@ if ! grep -q 'liboping.*=> /' <<<"$ping_libs"; then
   echo "collectd_cost: collectd's ping plugin cannot load liboping (install liboping0; toolchains/bootstrap.sh does)" >&2
   exit 2
 fi
-
-work=$(mktemp -d /tmp/vantage-collectd.XXXXXX)
-pids=()
-cleanup() {
-  local p
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  ip netns del "$ns" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 hz=$(getconf CLK_TCK)
 addresses=()

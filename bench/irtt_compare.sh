@@ -44,24 +44,10 @@ veth_client=vti$$c
 addr_server=10.213.0.1
 addr_client=10.213.0.2
 
-if [ "$(id -u)" -ne 0 ]; then echo "irtt_compare: needs root (network namespaces)" >&2; exit 2; fi
-for tool in irtt ip python3 timeout ss; do
-  command -v "$tool" >/dev/null || { echo "irtt_compare: $tool not found (toolchains/bootstrap.sh installs it)" >&2; exit 2; }
-done
-[ -x "$agent" ] || { echo "irtt_compare: $agent is not an executable (build the vantage-agent target)" >&2; exit 2; }
-
-work=$(mktemp -d /tmp/vantage-irtt.XXXXXX)
-pids=()
-cleanup() {
-  local p
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  ip netns del "$ns_server" 2>/dev/null || true   # takes the veth pair with it
-  ip netns del "$ns_client" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# shellcheck source=bench/common.sh
+source "$here/common.sh"
+namespaces=("$ns_server" "$ns_client")
+bench_start irtt_compare "network namespaces" irtt ip python3 timeout ss
 
 # in_ns NS CMD...: run in namespace NS, or here when NS is empty. An exec, not a subshell, so
 # that a background job's $! is the process itself (ip netns exec execs its command).

@@ -8,14 +8,16 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-read -r -a arches <<<"${VANTAGE_DEB_ARCHES:-amd64 arm64 armhf}"
+# shellcheck source=toolchains/arches.env
+source toolchains/arches.env
+read -r -a arches <<<"${VANTAGE_DEB_ARCHES:-$native_arch $cross_arches}"
 logs=build/deb-logs
 mkdir -p "$logs" build/deb
 
 for arch in "${arches[@]}"; do
   preset=deb-$arch
-  case $arch in amd64) configure=release ;; arm64) configure=aarch64 ;; armhf) configure=armhf ;;
-    *) echo "make deb: unknown architecture $arch (amd64, arm64, armhf)" >&2; exit 2 ;; esac
+  configure=${arch}_preset configure=${!configure:-}
+  [ -n "$configure" ] || { echo "make deb: unknown architecture $arch ($native_arch $cross_arches)" >&2; exit 2; }
   start=$SECONDS
   if ! cmake --preset "$configure" >"$logs/$preset.configure.log" 2>&1; then
     cat "$logs/$preset.configure.log" >&2

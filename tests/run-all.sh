@@ -1,18 +1,25 @@
 #!/usr/bin/env bash
 # `make test`: the unit suite natively under ASan+UBSan, the concurrency tests under TSan, and the
-# whole unit suite cross-built for aarch64 and armhf and run under QEMU user-mode, and each
-# libFuzzer target for a bounded time from its committed corpus, the demo, and the Debian packages
-# (`make deb`, then tests/packaging/deb_test.sh), and those packages on emulated arm64, armhf and
-# amd64 machines (`make system-test`, tests/vm/run.sh). Prints how many
-# tests ran in each configuration; exits non-zero if any configuration failed to build or pass.
+# whole unit suite cross-built for each cross architecture of toolchains/arches.env (aarch64,
+# armhf) and run under QEMU user-mode, and each libFuzzer target for a bounded time from its
+# committed corpus (each of those a workflow preset: `cmake --workflow --preset aarch64` runs one
+# alone), the demo, and the Debian packages (`make deb`, then tests/packaging/deb_test.sh), and
+# those packages on emulated arm64, armhf and amd64 machines (`make system-test`,
+# tests/vm/run.sh). Prints how many tests ran in each configuration; exits non-zero if any
+# configuration failed to build or pass. VANTAGE_TEST_STAGES="demo deb" runs only those stages
+# (asan-ubsan tsan aarch64 armhf fuzz demo deb system); logs go to build/test-logs/.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-stages=(
-  "asan-ubsan|native (ASan+UBSan)"
-  "tsan|native (TSan, concurrency)"
-  "aarch64|qemu-aarch64"
-  "armhf|qemu-arm"
+# The cross stages, one per architecture toolchains/arches.env lists: preset and qemu-user name.
+# shellcheck source=toolchains/arches.env
+source toolchains/arches.env
+stages=("asan-ubsan|native (ASan+UBSan)" "tsan|native (TSan, concurrency)")
+for a in $cross_arches; do
+  preset=${a}_preset qemu=${a}_qemu
+  stages+=("${!preset}|qemu-${!qemu}")
+done
+stages+=(
   "fuzz|libFuzzer (clang-14)"
   "demo|make demo DURATION=15"
   "deb|make deb + packaging test"
@@ -38,7 +45,7 @@ mkdir -p "$logs"
 image_pids=()
 for s in "${stages[@]}"; do
   [ "${s%%|*}" = system ] || continue
-  read -r -a vm_arches <<<"${VANTAGE_VM_ARCHES:-arm64 armhf amd64}"
+  read -r -a vm_arches <<<"${VANTAGE_VM_ARCHES:-$cross_arches $native_arch}"
   for a in "${vm_arches[@]}"; do
     nice -n 19 tests/vm/build-image.sh "$a" >"$logs/vm-image-$a.log" 2>&1 &
     image_pids+=($!)
@@ -55,73 +62,75 @@ trap 'exit 130' INT TERM
 summary=()
 total_pass=0 total_fail=0 bad=0
 
-for s in "${stages[@]}"; do
-  preset=${s%%|*} label=${s#*|}
-  if [ "$preset" = demo ]; then
-    echo "=== $label"
-    start=$SECONDS
-    if DURATION=15 tests/demo.sh >"$logs/demo.log" 2>&1; then
-      tail -n 12 "$logs/demo.log"
-      summary+=("$(printf '  %-30s %4d passed, %d failed  (%ds)' "$label" 1 0 $((SECONDS - start)))")
-      total_pass=$((total_pass + 1))
-    else
-      tail -n 60 "$logs/demo.log"
-      summary+=("$(printf '  %-30s %4d passed, %d failed  (%ds)' "$label" 0 1 $((SECONDS - start)))")
-      total_fail=$((total_fail + 1)) bad=1
-    fi
-    continue
+# stage LABEL COMMAND...: one stage of the summary. COMMAND's exit status says whether it passed;
+# it may set counts ("PASSED FAILED", else 1 0 or 0 1 by that status) or note (a summary line
+# such as "build FAILED" in place of counts and totals).
+stage() {
+  local label=$1 start=$SECONDS rc passed failed
+  shift
+  counts='' note=''
+  echo "=== $label"
+  "$@"
+  rc=$?
+  if [ -n "$note" ]; then
+    summary+=("$(printf '  %-30s %s' "$label" "$note")"); bad=1; return
   fi
-  if [ "$preset" = deb ]; then
-    echo "=== $label"
-    start=$SECONDS
-    if packaging/build-debs.sh >"$logs/deb.log" 2>&1 && tests/packaging/deb_test.sh >>"$logs/deb.log" 2>&1; then
-      grep -E '^make deb:|^deb_test:' "$logs/deb.log"
-      summary+=("$(printf '  %-30s %4d passed, %d failed  (%ds)' "$label" 1 0 $((SECONDS - start)))")
-      total_pass=$((total_pass + 1))
-    else
-      tail -n 60 "$logs/deb.log"
-      summary+=("$(printf '  %-30s %4d passed, %d failed  (%ds)' "$label" 0 1 $((SECONDS - start)))")
-      total_fail=$((total_fail + 1)) bad=1
-    fi
-    continue
+  read -r passed failed <<<"${counts:-$((rc == 0)) $((rc != 0))}"
+  total_pass=$((total_pass + passed)) total_fail=$((total_fail + failed))
+  ((rc != 0)) && bad=1
+  summary+=("$(printf '  %-30s %4d passed, %d failed  (%ds)' "$label" "$passed" "$failed" $((SECONDS - start)))")
+}
+
+# logged NAME SHOW FAIL_LINES COMMAND...: COMMAND with its output in $logs/NAME.log; then the
+# log's lines that SHOW matches (an extended regex; a number: that many last lines), or on
+# failure its last FAIL_LINES lines.
+logged() {
+  local log=$logs/$1.log show=$2 fail_lines=$3
+  shift 3
+  if ! "$@" >"$log" 2>&1; then
+    tail -n "$fail_lines" "$log"
+    return 1
   fi
-  if [ "$preset" = system ]; then
-    echo "=== $label"
-    start=$SECONDS
-    if tests/vm/run.sh >"$logs/system.log" 2>&1; then
-      grep -E '^system-test:|^system_test: (passed|FAILED)|^=== |^\|' "$logs/system.log"
-      summary+=("$(printf '  %-30s %4d passed, %d failed  (%ds)' "$label" 1 0 $((SECONDS - start)))")
-      total_pass=$((total_pass + 1))
-    else
-      tail -n 150 "$logs/system.log"
-      summary+=("$(printf '  %-30s %4d passed, %d failed  (%ds)' "$label" 0 1 $((SECONDS - start)))")
-      total_fail=$((total_fail + 1)) bad=1
-    fi
-    continue
-  fi
-  echo "=== $label: configure and build (preset $preset)"
-  start=$SECONDS
-  if ! cmake --preset "$preset" >"$logs/$preset.configure.log" 2>&1; then
-    cat "$logs/$preset.configure.log"
-    summary+=("$(printf '  %-30s configure FAILED' "$label")"); bad=1; continue
-  fi
-  if ! cmake --build --preset "$preset" >"$logs/$preset.build.log" 2>&1; then
-    grep -E -A12 '^FAILED|error:' "$logs/$preset.build.log" | head -n 80
-    tail -n 5 "$logs/$preset.build.log"
-    summary+=("$(printf '  %-30s build FAILED' "$label")"); bad=1; continue
-  fi
-  echo "=== $label: test"
-  ctest --preset "$preset" 2>&1 | tee "$logs/$preset.test.log"
+  if [[ $show =~ ^[0-9]+$ ]]; then tail -n "$show" "$log"; else grep -E "$show" "$log"; fi
+  return 0
+}
+
+debs() { packaging/build-debs.sh && tests/packaging/deb_test.sh; }
+
+# ctest_stage PRESET: its workflow (CMakePresets.json: configure, build, test), the test step
+# shown as it runs; counts from ctest's last line, or the step that failed.
+ctest_stage() {
+  local preset=$1 log=$logs/$1.log rc step line total failed
+  cmake --workflow --preset "$preset" 2>&1 | tee "$log" | sed -un '/^Executing workflow step [0-9]* of [0-9]*: test preset/,$p'
   rc=${PIPESTATUS[0]}
-  line=$(grep -E 'tests passed, [0-9]+ tests? failed out of [0-9]+' "$logs/$preset.test.log" | tail -n 1)
+  step=$(sed -n 's/^Executing workflow step [0-9]* of [0-9]*: \([a-z]*\) preset.*/\1/p' "$log" | tail -n 1)
+  if [ "$rc" -ne 0 ] && [ "$step" != test ]; then
+    if [ "$step" = build ]; then
+      grep -E -A12 '^FAILED|error:' "$log" | head -n 80
+      tail -n 5 "$log"
+    else
+      cat "$log"
+    fi
+    note="${step:-configure} FAILED"
+    return 1
+  fi
+  line=$(grep -E 'tests passed, [0-9]+ tests? failed out of [0-9]+' "$log" | tail -n 1)
   total=$(sed -nE 's/.*out of ([0-9]+).*/\1/p' <<<"$line")
   failed=$(sed -nE 's/.*passed, ([0-9]+) tests? failed.*/\1/p' <<<"$line")
   total=${total:-0} failed=${failed:-0}
   if [ "$rc" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
-  passed=$((total > failed ? total - failed : 0))
-  total_pass=$((total_pass + passed)) total_fail=$((total_fail + failed))
-  ((rc != 0 || total == 0)) && bad=1
-  summary+=("$(printf '  %-30s %4d passed, %d failed  (%ds)' "$label" "$passed" "$failed" $((SECONDS - start)))")
+  counts="$((total > failed ? total - failed : 0)) $failed"
+  ((rc == 0 && total > 0))
+}
+
+for s in "${stages[@]}"; do
+  name=${s%%|*} label=${s#*|}
+  case $name in
+    demo) stage "$label" logged demo 12 60 env DURATION=15 tests/demo.sh ;;
+    deb) stage "$label" logged deb '^make deb:|^deb_test:' 60 debs ;;
+    system) stage "$label" logged system '^system-test:|^system_test: (passed|FAILED)|^=== |^\|' 150 tests/vm/run.sh ;;
+    *) stage "$label" ctest_stage "$name" ;;
+  esac
 done
 
 echo

@@ -7,6 +7,16 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 top=$(dirname "$here")
 deps=${VANTAGE_DEPS_DIR:-$top/.deps}
+# The cross architectures of toolchains/arches.env: dpkg learns each, each gets its cross g++ and
+# its SQLite and NATS trees below.
+# shellcheck source=toolchains/arches.env
+source "$here/arches.env"
+read -r -a cross_arches <<<"$cross_arches"
+cross_compilers=()
+for a in "${cross_arches[@]}"; do
+  triplet=${a}_triplet
+  cross_compilers+=("g++-${!triplet}")
+done
 mbedtls_suite=trixie
 mbedtls_version_prefix=3.6.
 
@@ -41,7 +51,7 @@ as_root() {
 # The fleet simulator's firehose (bench/fleet) compares against victoria-metrics on loopback.
 host_packages=(
   build-essential cmake ninja-build pkg-config file dpkg-dev ca-certificates lintian man-db
-  g++-aarch64-linux-gnu g++-arm-linux-gnueabihf qemu-user-static
+  "${cross_compilers[@]}" qemu-user-static
   libasio-dev flatbuffers-compiler libflatbuffers-dev doctest-dev
   libboost-dev libreaderwriterqueue-dev libsqlite3-dev libtomlplusplus-dev
   python3 iproute2 irtt collectd-core liboping0
@@ -50,7 +60,6 @@ host_packages=(
   prometheus chromium victoria-metrics
   qemu-system-arm qemu-system-x86 mmdebstrap arch-test cpio kmod e2fsprogs
 )
-foreign_arches=(arm64 armhf)
 
 # `apt-get update` can fail while a mirror is mid-sync ("File has unexpected size"); retry with
 # backoff, and after the last try carry on with the lists apt already has rather than failing a
@@ -80,7 +89,7 @@ ensure_packages() {
   local current
   current=$(dpkg --print-foreign-architectures)
   local a added=0
-  for a in "${foreign_arches[@]}"; do
+  for a in "${cross_arches[@]}"; do
     if ! grep -qx "$a" <<<"$current"; then as_root dpkg --add-architecture "$a"; added=1; fi
   done
   mapfile -t need < <(missing_packages "${host_packages[@]}")
@@ -92,43 +101,51 @@ ensure_packages() {
   fi
 }
 
-# mbedTLS 3.6 LTS from Debian 13's source package, through a private apt configuration so the
-# system's sources stay untouched. apt checks the .dsc and tarball hashes against the Release
-# file signed by Debian's archive key (debian-archive-keyring ships the trixie keys).
-fetch_mbedtls() {
-  local dest=$deps/mbedtls
-  if [ -f "$dest/.vantage-version" ] && [ -f "$dest/include/mbedtls/build_info.h" ]; then return 0; fi
-  local apt_dir=$deps/apt
-  mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$deps/src"
-  echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $mbedtls_suite main" \
+# fetch_source SUITE PACKAGE VERSION_PREFIX DIR TREE: Debian's source package PACKAGE of SUITE,
+# downloaded into DIR through a private apt configuration (the system's sources stay untouched)
+# and unpacked into TREE (the Debian patches applied); prints its version. apt checks the .dsc and
+# tarball hashes against the Release file signed by Debian's archive key (debian-archive-keyring
+# ships the keys). The uploader's inline signature needs debian-keyring to check; the archive
+# signature already covers the .dsc and tarballs by hash, so dpkg-source's warning about it is
+# not shown.
+fetch_source() {
+  local suite=$1 pkg=$2 prefix=$3 dir=$4 tree=$5
+  local apt_dir=$deps/apt-$suite
+  mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial"
+  echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $suite main" \
     >"$apt_dir/sources.list"
   local opts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o Dir::Etc::SourceParts=/dev/null
               -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache"
               -o Dir::State::status=/dev/null -o APT::Sandbox::User=root)
   local tries=4 i
   for ((i = 1; i <= tries; i++)); do
-    apt-get "${opts[@]}" update -q && break
-    ((i == tries)) && { echo "bootstrap: cannot read Debian $mbedtls_suite sources" >&2; return 1; }
+    apt-get "${opts[@]}" update -q >&2 && break
+    ((i == tries)) && { echo "bootstrap: cannot read Debian $suite sources" >&2; return 1; }
     sleep $((5 * i))
   done
-  rm -rf "$deps/src" && mkdir -p "$deps/src"
-  (cd "$deps/src" && apt-get "${opts[@]}" source -q --download-only "mbedtls/$mbedtls_suite")
-  local dsc
-  dsc=$(ls "$deps"/src/mbedtls_*.dsc)
-  local version
+  rm -rf "$dir" && mkdir -p "$dir"
+  (cd "$dir" && apt-get "${opts[@]}" source -q --download-only "$pkg/$suite") >&2
+  local dsc version
+  dsc=$(ls "$dir/${pkg}"_*.dsc)
   version=$(sed -n 's/^Version: //p' "$dsc")
   case "$version" in
-    "$mbedtls_version_prefix"*) ;;
-    *) echo "bootstrap: expected mbedTLS ${mbedtls_version_prefix}x, got $version" >&2; return 1 ;;
+    "$prefix"*) ;;
+    *) echo "bootstrap: expected $pkg ${prefix}x, got $version" >&2; return 1 ;;
   esac
-  rm -rf "$dest.tmp"
-  # The Debian patches (a GCC 14 build fix, no bundled third-party code) are applied. The
-  # uploader's inline signature needs debian-keyring to check; the archive signature above
-  # already covers the .dsc and tarballs by hash, so dpkg-source's warning about it is not shown.
-  if ! (cd "$deps/src" && dpkg-source -x "$(basename "$dsc")" "$dest.tmp") >"$deps/dpkg-source.log" 2>&1; then
-    cat "$deps/dpkg-source.log" >&2
+  rm -rf "$tree"
+  if ! (cd "$dir" && dpkg-source -x "$(basename "$dsc")" "$tree") >"$dir.log" 2>&1; then
+    cat "$dir.log" >&2
     return 1
   fi
+  echo "$version"
+}
+
+# mbedTLS 3.6 LTS from Debian 13's source package (a GCC 14 build fix among its patches, no
+# bundled third-party code).
+fetch_mbedtls() {
+  local dest=$deps/mbedtls version
+  if [ -f "$dest/.vantage-version" ] && [ -f "$dest/include/mbedtls/build_info.h" ]; then return 0; fi
+  version=$(fetch_source "$mbedtls_suite" mbedtls "$mbedtls_version_prefix" "$deps/src" "$dest.tmp")
   echo "$version" >"$dest.tmp/.vantage-version"
   rm -rf "$dest" && mv "$dest.tmp" "$dest"
   echo "bootstrap: mbedTLS $version source ready in $dest"
@@ -140,7 +157,6 @@ fetch_mbedtls() {
 # like an install would, and unpacked into a private sysroot per architecture
 # ($deps/sysroot-<arch>) that the toolchain files add to CMAKE_FIND_ROOT_PATH. The -dev package
 # carries libsqlite3.a: the store links it statically, so QEMU test runs need no target .so.
-cross_arches=(arm64 armhf)
 
 sqlite_packages=(libsqlite3-dev libsqlite3-0)
 
@@ -200,46 +216,18 @@ unpack_for_targets() {
 # Cflags define all three, which changes the declared classes), and libcpp-httplib-dev:arm64/
 # armhf cannot be installed here (libssl-dev:<arch> skews with the host's libssl3, as SQLite's
 # does). The upstream single header needs none of that for plain HTTP, and the collector's
-# package then depends on no extra shared library. Fetched like mbedTLS: a private apt
-# configuration, the .dsc and tarball checked by hash against bookworm's signed Release file.
+# package then depends on no extra shared library. Fetched like mbedTLS (fetch_source).
 httplib_suite=bookworm
 httplib_version_prefix=0.11.
 
 fetch_cpp_httplib() {
-  local dest=$deps/cpp-httplib
+  local dest=$deps/cpp-httplib src=$deps/src-httplib version
   if [ -f "$dest/.vantage-version" ] && [ -f "$dest/httplib.h" ]; then return 0; fi
-  local apt_dir=$deps/apt-$httplib_suite
-  mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial"
-  echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $httplib_suite main" \
-    >"$apt_dir/sources.list"
-  local opts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o Dir::Etc::SourceParts=/dev/null
-              -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache"
-              -o Dir::State::status=/dev/null -o APT::Sandbox::User=root)
-  local tries=4 i
-  for ((i = 1; i <= tries; i++)); do
-    apt-get "${opts[@]}" update -q && break
-    ((i == tries)) && { echo "bootstrap: cannot read Debian $httplib_suite sources" >&2; return 1; }
-    sleep $((5 * i))
-  done
-  local src=$deps/src-httplib
-  rm -rf "$src" && mkdir -p "$src"
-  (cd "$src" && apt-get "${opts[@]}" source -q --download-only "cpp-httplib/$httplib_suite")
-  local dsc version
-  dsc=$(ls "$src"/cpp-httplib_*.dsc)
-  version=$(sed -n 's/^Version: //p' "$dsc")
-  case "$version" in
-    "$httplib_version_prefix"*) ;;
-    *) echo "bootstrap: expected cpp-httplib ${httplib_version_prefix}x, got $version" >&2; return 1 ;;
-  esac
-  rm -rf "$src/tree"
-  if ! (cd "$src" && dpkg-source -x "$(basename "$dsc")" tree) >"$deps/dpkg-source-httplib.log" 2>&1; then
-    cat "$deps/dpkg-source-httplib.log" >&2
-    return 1
-  fi
+  version=$(fetch_source "$httplib_suite" cpp-httplib "$httplib_version_prefix" "$src" "$src/tree")
   rm -rf "$dest.tmp" && mkdir -p "$dest.tmp"
   cp "$src/tree/httplib.h" "$src/tree/LICENSE" "$dest.tmp/"
   echo "$version" >"$dest.tmp/.vantage-version"
-  rm -rf "$dest" "$src" && mv "$dest.tmp" "$dest"
+  rm -rf "$dest" "$src" "$src.log" && mv "$dest.tmp" "$dest"
   echo "bootstrap: cpp-httplib $version (header-only) ready in $dest"
 }
 

@@ -27,15 +27,17 @@ check() {  # check DESCRIPTION COMMAND...: the command must succeed
 
 # The collector's libnats.so.3.4 (and libssl, libprotobuf-c) for ARM come from Debian's .debs
 # that toolchains/bootstrap.sh unpacks into .deps/nats-<arch>: not installed, so dpkg owns none.
-nats_arm64=$PWD/.deps/nats-arm64/usr/lib/aarch64-linux-gnu
-nats_armhf=$PWD/.deps/nats-armhf/usr/lib/arm-linux-gnueabihf
-
-# arch | `file` says | where the target's shared libraries are | how to run a binary
-targets=(
-  "amd64|x86-64|/lib/x86_64-linux-gnu /usr/lib/x86_64-linux-gnu|"
-  "arm64|ARM aarch64|/usr/aarch64-linux-gnu/lib $nats_arm64|qemu-aarch64-static -L /usr/aarch64-linux-gnu -E LD_LIBRARY_PATH=$nats_arm64"
-  "armhf|ARM, EABI5|/usr/arm-linux-gnueabihf/lib $nats_armhf|qemu-arm-static -L /usr/arm-linux-gnueabihf -E LD_LIBRARY_PATH=$nats_armhf"
-)
+# arch | `file` says | where the target's shared libraries are | how to run a binary: for each
+# architecture of toolchains/arches.env.
+# shellcheck source=toolchains/arches.env
+source toolchains/arches.env
+triplet=${native_arch}_triplet elf=${native_arch}_elf
+targets=("$native_arch|${!elf}|/lib/${!triplet} /usr/lib/${!triplet}|")
+for a in $cross_arches; do
+  triplet=${a}_triplet elf=${a}_elf qemu=${a}_qemu
+  nats=$PWD/.deps/nats-$a/usr/lib/${!triplet}
+  targets+=("$a|${!elf}|/usr/${!triplet}/lib $nats|qemu-${!qemu}-static -L /usr/${!triplet} -E LD_LIBRARY_PATH=$nats")
+done
 
 # The Debian package on the target that ships a library: dpkg's owner of the cross copy, with
 # the cross suffix (libc6-arm64-cross -> libc6) and the host qualifier (libc6:amd64) removed.
@@ -51,7 +53,7 @@ library_package() {
         head -n 1 | cut -d: -f1) || true
     fi
     if [ -n "$owner" ]; then
-      sed -E 's/-(arm64|armhf|amd64)-cross$//' <<<"$owner"
+      sed -E "s/-(${cross_arches// /|}|$native_arch)-cross\$//" <<<"$owner"
       return 0
     fi
   done

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds (or finds in the cache) a minimal Debian 12 machine for the QEMU system tests:
 #
-#   tests/vm/build-image.sh ARCH [CACHE_DIR]      ARCH: arm64 | armhf | amd64
+#   tests/vm/build-image.sh ARCH [CACHE_DIR]      ARCH: one of toolchains/arches.env (arm64, armhf, amd64)
 #
 # Prints three lines, kernel=PATH, initrd=PATH (busybox + the virtio and ext4 modules) and
 # root=PATH (an ext4 image labelled "root": systemd as PID 1, udev, kmod, iproute2 and what the
@@ -23,12 +23,17 @@ cache=${2:-${VANTAGE_VM_CACHE:-$top/build/vm-cache}}
 suite=bookworm
 mirror=http://deb.debian.org/debian
 
-case "$arch" in
-  arm64) kernel_meta=linux-image-cloud-arm64 qemu_user=aarch64 ;;
-  armhf) kernel_meta=linux-image-armmp-lpae qemu_user=arm ;;
-  amd64) kernel_meta=linux-image-cloud-amd64 qemu_user= ;;
-  *) echo "build-image: unknown architecture '$arch' (arm64, armhf, amd64)" >&2; exit 2 ;;
+# The kernel metapackage and QEMU's name for ARCH from toolchains/arches.env; the build host's own
+# architecture needs no qemu-user.
+# shellcheck source=toolchains/arches.env
+source "$top/toolchains/arches.env"
+case " $cross_arches $native_arch " in
+  *" $arch "*) ;;
+  *) echo "build-image: unknown architecture '$arch' ($cross_arches $native_arch)" >&2; exit 2 ;;
 esac
+kernel_meta=${arch}_vm_kernel qemu_user=${arch}_qemu
+kernel_meta=${!kernel_meta} qemu_user=${!qemu_user}
+[ "$arch" != "$native_arch" ] || qemu_user=
 # The root: systemd as init, and the agent package's Depends (the collector is not installed).
 # No procps: the units' ExecReload uses the shell's kill, and the reload check proves it.
 packages=systemd-sysv,udev,kmod,iproute2,libc6,libstdc++6,libgcc-s1

@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
 # `make system-test`: the agent's .deb on emulated arm64, armhf and amd64 machines (see
 # tests/vm/system_test.py). Builds the packages first if build/deb lacks any, then proves the
-# test can fail: one architecture ($VANTAGE_VM_NEGATIVE_ARCH, default amd64, the fastest to boot)
-# without the host collector must end in missing batches and a non-zero exit; then the real run
-# for every architecture ($VANTAGE_VM_ARCHES, default "arm64 armhf amd64").
+# test can fail: one architecture ($VANTAGE_VM_NEGATIVE_ARCH, default the native one, the fastest
+# to boot) without the host collector must end in missing batches and a non-zero exit; then the
+# real run for every architecture ($VANTAGE_VM_ARCHES, default all of toolchains/arches.env).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.." || exit 1
 
-read -r -a arches <<<"${VANTAGE_VM_ARCHES:-arm64 armhf amd64}"
-negative=${VANTAGE_VM_NEGATIVE_ARCH:-amd64}
+# shellcheck source=toolchains/arches.env
+source toolchains/arches.env
+read -r -a arches <<<"${VANTAGE_VM_ARCHES:-$cross_arches $native_arch}"
+negative=${VANTAGE_VM_NEGATIVE_ARCH:-$native_arch}
 logs=build/test-logs
 mkdir -p "$logs"
 
 missing=0
-for a in "${arches[@]}" amd64; do
+# The host's agent and collector are the native packages' binaries.
+for a in "${arches[@]}" "$native_arch"; do
   ls build/deb/vantage-agent_*_"$a".deb >/dev/null 2>&1 || missing=1
 done
-ls build/deb/vantage-collector_*_amd64.deb >/dev/null 2>&1 || missing=1
+ls build/deb/vantage-collector_*_"$native_arch".deb >/dev/null 2>&1 || missing=1
 if ((missing)); then
   echo "system-test: building the packages (make deb)"
   nice -n 19 packaging/build-debs.sh || exit 1

@@ -101,8 +101,8 @@ std::optional<Running> start(const AgentOptions& options, const SelfBaseline& ba
     }
   };
   const auto started = r.measurement->start(sink);
-  if (!started.ok()) {
-    log(LogLevel::kError, "%s", started.message.c_str());
+  if (!started) {
+    log(LogLevel::kError, "%s", started.message().c_str());
     if (r.shipper) {
       r.shipper->stop(0ms);
     }

@@ -124,7 +124,7 @@ struct Measurement::Impl {
   std::vector<HostLoadRecord> pending_loads;
   std::int64_t interval_start_ns = 0;
 
-  MeasurementStartResult open_probers();
+  platform::Status open_probers();
   void run_sampler(std::stop_token stop);
   void run_aggregator(std::stop_token stop);
   std::size_t drain();
@@ -133,7 +133,7 @@ struct Measurement::Impl {
   void stop_reflector_thread();
 };
 
-MeasurementStartResult Measurement::Impl::open_probers() {
+platform::Status Measurement::Impl::open_probers() {
   probes::UdpProberConfig udp_config;
   udp_config.sender_id = config.sender_id != 0 ? config.sender_id : platform::random_seed();
   udp_config.kernel_timestamps = config.kernel_timestamps;
@@ -180,27 +180,23 @@ MeasurementStartResult Measurement::Impl::open_probers() {
 
   if (!udp_config.targets.empty()) {
     udp = std::make_unique<probes::UdpProber>(probe_io, std::move(udp_config), events);
-    if (const std::error_code ec = udp->start()) {
-      return {ec,
-              "UDP echo prober: " + ec.message() +
-                  (ec == std::errc::invalid_argument ? " (rate, payload size, DSCP or a target listed twice)"
-                                                     : "")};
+    if (const platform::Status s = udp->start(); !s) {
+      return platform::Status::error("UDP echo prober: " + s.message(), s.code());
     }
   }
   if (!tcp_config.targets.empty()) {
     tcp = std::make_unique<probes::TcpProber>(probe_io, std::move(tcp_config), events);
-    if (const std::error_code ec = tcp->start()) {
-      return {ec, "TCP connect prober: " + ec.message()};
+    if (const platform::Status s = tcp->start(); !s) {
+      return platform::Status::error("TCP connect prober: " + s.message(), s.code());
     }
   }
   if (!icmp_config.targets.empty()) {
     icmp = std::make_unique<probes::IcmpProber>(probe_io, std::move(icmp_config), events);
-    probes::IcmpStartResult r = icmp->start();
-    if (!r.ok()) {
-      return {r.error, "ICMP prober: " + (r.message.empty() ? r.error.message() : r.message)};
+    if (const platform::Status s = icmp->start(); !s) {
+      return platform::Status::error("ICMP prober: " + s.message(), s.code());
     }
   }
-  return {};
+  return platform::Status::ok();
 }
 
 void Measurement::Impl::run_sampler(std::stop_token stop) {
@@ -327,26 +323,23 @@ Measurement::Measurement(MeasurementConfig config) : config_(std::move(config)) 
 
 Measurement::~Measurement() { stop(); }
 
-MeasurementStartResult Measurement::start(ReportSink sink) {
+platform::Status Measurement::start(ReportSink sink) {
   if (impl_) {
-    return {std::make_error_code(std::errc::operation_in_progress), "measurement already started"};
+    return platform::Status::error("measurement already started");
   }
   if (config_.report_interval <= std::chrono::nanoseconds::zero() ||
       config_.load_interval < std::chrono::nanoseconds::zero() || config_.event_ring_capacity == 0) {
-    return {std::make_error_code(std::errc::invalid_argument),
-            "report interval must be > 0, load interval >= 0, event ring capacity > 0"};
+    return platform::Status::error("report interval must be > 0, load interval >= 0, event ring capacity > 0");
   }
   for (const ProbeTargetSpec& t : config_.targets) {
     if (t.timeout <= std::chrono::nanoseconds::zero() || !(t.rate_per_s > 0.0)) {
-      return {std::make_error_code(std::errc::invalid_argument),
-              "target " + t.label + ": rate and timeout must be > 0"};
+      return platform::Status::error("target " + t.label + ": rate and timeout must be > 0");
     }
     if (t.client && (!config_.privacy ||
                      (config_.privacy->mode == privacy::PseudonymMode::kHmac && !config_.privacy->secret))) {
-      return {std::make_error_code(std::errc::invalid_argument),
-              // Its label may still be its address: named by position only.
-              "target " + std::to_string(&t - config_.targets.data() + 1) +
-                  " is a client target but no pseudonym key is set"};
+      // Its label may still be its address: named by position only.
+      return platform::Status::error("target " + std::to_string(&t - config_.targets.data() + 1) +
+                                     " is a client target but no pseudonym key is set");
     }
   }
 
@@ -357,12 +350,13 @@ MeasurementStartResult Measurement::start(ReportSink sink) {
   }
   if (config_.reflector) {
     impl->reflector = std::make_unique<probes::Reflector>(impl->reflector_io, *config_.reflector);
-    if (const std::error_code ec = impl->reflector->start()) {
-      return {ec, "reflector on " + config_.reflector->bind_address + " port " +
-                      std::to_string(config_.reflector->port) + ": " + ec.message()};
+    if (const platform::Status s = impl->reflector->start(); !s) {
+      return platform::Status::error("reflector on " + config_.reflector->bind_address + " port " +
+                                         std::to_string(config_.reflector->port) + ": " + s.message(),
+                                     s.code());
     }
   }
-  if (MeasurementStartResult r = impl->open_probers(); !r.ok()) {
+  if (platform::Status r = impl->open_probers(); !r) {
     // Whatever did start posts its close; running the io_contexts here completes that.
     impl->stop_probe_thread();
     impl->probe_io.run();
@@ -389,7 +383,7 @@ MeasurementStartResult Measurement::start(ReportSink sink) {
   }
   impl->aggregator_thread = std::jthread([p](std::stop_token stop) { p->run_aggregator(stop); });
   impl_ = std::move(impl);
-  return {};
+  return platform::Status::ok();
 }
 
 void Measurement::finish() {

@@ -25,6 +25,7 @@
 #include "agent/probes/udp_prober.hpp"
 #include "agent/samplers/host_sampler.hpp"
 #include "platform/host_readers.hpp"
+#include "platform/result.hpp"
 
 namespace vantage::agent {
 
@@ -97,12 +98,6 @@ struct MeasurementReport {
 // fill meanwhile).
 using ReportSink = std::function<void(MeasurementReport&&)>;
 
-struct MeasurementStartResult {
-  std::error_code error;
-  std::string message;  // one line for the operator when error is set
-  bool ok() const noexcept { return !error; }
-};
-
 // Threads: one io_context thread for all probers (they share one event ring, which that
 // thread alone produces into), one for the reflector, one for the host sampler (reading
 // /proc and /sys may stall on a loaded box; it must not stall probing or aggregation) and the
@@ -117,7 +112,7 @@ class Measurement {
 
   // Validates the targets, opens every socket (so a busy port or a missing ICMP permission is
   // reported here, not later) and starts the threads. On failure nothing keeps running.
-  [[nodiscard]] MeasurementStartResult start(ReportSink sink);
+  [[nodiscard]] platform::Status start(ReportSink sink);
 
   // Ends a measurement cleanly: no new probes, then waits for the answers to those in flight
   // (the longest target timeout, plus a little for the ring), emits the final report covering

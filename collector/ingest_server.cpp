@@ -966,9 +966,9 @@ IngestStartResult IngestServer::start() {
   tls.role = platform::tls::TlsRole::kServer;
   auto context = platform::tls::TlsContext::create(tls);
   if (!context) {
-    return {context.error};
+    return {context.error()};
   }
-  s.tls = std::move(context.context);
+  s.tls = std::move(context).value();
 
   if (s.config.sink) {
     s.sink = s.config.sink;

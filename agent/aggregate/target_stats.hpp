@@ -6,7 +6,7 @@
 #include <string_view>
 #include <vector>
 
-#include "agent/latency_histogram.hpp"
+#include "agent/aggregate/latency_histogram.hpp"
 #include "agent/probes/probe_event.hpp"
 #include "vantage/telemetry_generated.h"
 

@@ -102,20 +102,19 @@ IcmpProber::IcmpProber(asio::io_context& io, IcmpProberConfig config, platform::
 
 IcmpProber::~IcmpProber() = default;
 
-IcmpStartResult IcmpProber::open_family(Family& family) {
+platform::Status IcmpProber::open_family(Family& family) {
   const IcmpSocketOpener opener = config_.socket_opener != nullptr ? config_.socket_opener : default_opener;
   const int domain = family.ipv6 ? AF_INET6 : AF_INET;
   const int protocol = family.ipv6 ? static_cast<int>(IPPROTO_ICMPV6) : static_cast<int>(IPPROTO_ICMP);
   const char* const name = family.ipv6 ? "ICMPv6" : "ICMP";
   int fd = -1;
-  int error = 0;
   std::string why;
   if (config_.mode != IcmpSocketMode::kRaw) {
     fd = opener(domain, SOCK_DGRAM | SOCK_CLOEXEC, protocol);
     if (fd >= 0) {
       family.kind = IcmpSocketKind::kDgram;
     } else {
-      error = errno;
+      const int error = errno;  // before anything below can change it
       why = std::string("ping socket: ") + std::strerror(error) + " (gid " + std::to_string(::getegid()) +
             " must be within net.ipv4.ping_group_range, now " + ping_group_range() + ")";
     }
@@ -125,18 +124,18 @@ IcmpStartResult IcmpProber::open_family(Family& family) {
     if (fd >= 0) {
       family.kind = IcmpSocketKind::kRaw;
     } else {
-      error = errno;
+      const int error = errno;
       why += std::string(why.empty() ? "" : "; ") + "raw socket: " + std::strerror(error) +
              " (needs CAP_NET_RAW)";
     }
   }
   if (fd < 0) {
-    return {std::error_code(error != 0 ? error : EACCES, std::generic_category()),
-            std::string(name) + " probing unavailable (mode " +
-                (config_.mode == IcmpSocketMode::kAuto    ? "auto"
-                 : config_.mode == IcmpSocketMode::kDgram ? "dgram"
-                                                          : "raw") +
-                "): " + why};
+    return platform::Status::error(std::string(name) + " probing unavailable (mode " +
+                                       (config_.mode == IcmpSocketMode::kAuto    ? "auto"
+                                        : config_.mode == IcmpSocketMode::kDgram ? "dgram"
+                                                                                 : "raw") +
+                                       "): " + why,
+                                   platform::Errc::kIo);
   }
   std::error_code ec;
   family.descriptor.assign(fd, ec);
@@ -144,7 +143,8 @@ IcmpStartResult IcmpProber::open_family(Family& family) {
     family.descriptor.non_blocking(true, ec);
   }
   if (ec) {
-    return {ec, std::string(name) + " probing unavailable: " + ec.message()};
+    return platform::Status::error(std::string(name) + " probing unavailable: " + ec.message(),
+                                   platform::Errc::kIo);
   }
   if (family.kind == IcmpSocketKind::kRaw) {
     family.id = static_cast<std::uint16_t>(platform::random_seed());
@@ -180,12 +180,12 @@ IcmpStartResult IcmpProber::open_family(Family& family) {
   // Room for an IPv4 header with options in front of the largest reply, plus one byte so an
   // oversized datagram shows as truncated.
   family.rx.assign(60 + kIcmpHeaderSize + kIcmpMaxPayload + 1, std::byte{0});
-  return {};
+  return platform::Status::ok();
 }
 
-IcmpStartResult IcmpProber::start() {
+platform::Status IcmpProber::start() {
   if (!valid(config_)) {
-    return {std::make_error_code(std::errc::invalid_argument), "invalid ICMP prober configuration"};
+    return platform::Status::error("invalid ICMP prober configuration");
   }
   const bool need_v4 = std::any_of(config_.targets.begin(), config_.targets.end(),
                                    [](const IcmpTarget& t) { return t.address.is_v4(); });
@@ -195,8 +195,8 @@ IcmpStartResult IcmpProber::start() {
   auto v6 = need_v6 ? std::make_unique<Family>(io_, true) : nullptr;
   for (Family* family : {v4.get(), v6.get()}) {
     if (family != nullptr) {
-      if (IcmpStartResult result = open_family(*family); !result.ok()) {
-        return result;  // the unique_ptrs close whatever was opened
+      if (platform::Status status = open_family(*family); !status) {
+        return status;  // the unique_ptrs close whatever was opened
       }
     }
   }
@@ -247,7 +247,7 @@ IcmpStartResult IcmpProber::start() {
   if (!targets_.empty()) {
     arm_schedule();
   }
-  return {};
+  return platform::Status::ok();
 }
 
 void IcmpProber::stop() {

@@ -21,6 +21,7 @@
 #include "agent/probes/icmp_packet.hpp"
 #include "agent/probes/probe_event.hpp"
 #include "agent/probes/probe_schedule.hpp"
+#include "platform/result.hpp"
 #include "platform/rx_timestamp.hpp"
 #include "platform/spsc_ring.hpp"
 #include "platform/stat_counter.hpp"
@@ -63,12 +64,6 @@ struct IcmpProberConfig {
   IcmpSocketOpener socket_opener = nullptr;  // nullptr: socket(2)
 };
 
-struct IcmpStartResult {
-  std::error_code error;
-  std::string message;  // one line for the operator when error is set
-  bool ok() const noexcept { return !error; }
-};
-
 // A snapshot of monotonic statistics; each field is individually exact.
 struct IcmpProberCounters {
   std::uint64_t sent = 0;
@@ -106,8 +101,9 @@ class IcmpProber {
 
   // Validates the config, opens a socket for each family the targets use (ping socket first,
   // then raw, as the mode allows) and schedules the first probes. On failure nothing is left
-  // open and message names what to change (ping_group_range, CAP_NET_RAW, the mode).
-  [[nodiscard]] IcmpStartResult start();
+  // open and the message (one line, Errc::kIo) names what to change (ping_group_range,
+  // CAP_NET_RAW, the mode); a bad config is Errc::kInvalid.
+  [[nodiscard]] platform::Status start();
 
   // Stops scheduling and closes the sockets on the io_context's thread. Idempotent.
   void stop();
@@ -135,7 +131,7 @@ class IcmpProber {
   // Single writer (the io_context thread), any reader.
   using Counter = platform::StatCounter;
 
-  IcmpStartResult open_family(Family& family);
+  platform::Status open_family(Family& family);
   void arm_schedule();
   void send(Target& target);
   void arm_receive(Family& family);

@@ -133,19 +133,19 @@ Reflector::Reflector(asio::io_context& io, ReflectorConfig config)
 
 Reflector::~Reflector() = default;
 
-std::error_code Reflector::start() {
+platform::Status Reflector::start() {
   if (!valid(config_)) {
-    return std::make_error_code(std::errc::invalid_argument);
+    return platform::Status::error("invalid configuration (probe size, rate limit or source table size)");
   }
   std::error_code ec;
   const asio::ip::address address = asio::ip::make_address(config_.bind_address, ec);
   if (ec) {
-    return ec;
+    return platform::Status::error("'" + config_.bind_address + "' is not an IP address");
   }
   const asio::ip::udp::endpoint endpoint(address, config_.port);
   socket_.open(endpoint.protocol(), ec);
   if (ec) {
-    return ec;
+    return platform::Status::error(ec.message(), platform::Errc::kIo);
   }
   // Linux's default for IPV6_V6ONLY is a sysctl (net.ipv6.bindv6only); set it explicitly so
   // "::" is dual-stack on every host.
@@ -161,7 +161,7 @@ std::error_code Reflector::start() {
   if (ec) {
     std::error_code ignored;
     socket_.close(ignored);
-    return ec;
+    return platform::Status::error(ec.message(), platform::Errc::kIo);
   }
   const bool kernel =
       config_.kernel_timestamps && platform::enable_kernel_rx_timestamps(socket_.native_handle());
@@ -174,7 +174,7 @@ std::error_code Reflector::start() {
   pinned_reply_sent_ = false;
   stopping_ = false;
   arm();
-  return {};
+  return platform::Status::ok();
 }
 
 void Reflector::stop() {

@@ -21,6 +21,7 @@
 #include "agent/probes/probe_packet.hpp"
 #include "agent/probes/source_table.hpp"
 #include "agent/probes/token_bucket.hpp"
+#include "platform/result.hpp"
 #include "platform/stat_counter.hpp"
 
 namespace vantage::agent::probes {
@@ -106,8 +107,9 @@ class Reflector {
   Reflector& operator=(const Reflector&) = delete;
 
   // Validates the config, opens and binds the socket and starts waiting for probes. Returns
-  // std::errc::invalid_argument for a bad config, or the socket error (address in use, ...).
-  [[nodiscard]] std::error_code start();
+  // Errc::kInvalid for a bad config or bind address, Errc::kIo with the socket error's text
+  // (address in use, ...).
+  [[nodiscard]] platform::Status start();
 
   // Closes the socket on the io_context's thread; the pending wait then completes with
   // operation_aborted and the Reflector leaves the io_context without work. Idempotent.

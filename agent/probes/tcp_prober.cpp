@@ -63,9 +63,9 @@ TcpProber::TcpProber(asio::io_context& io, TcpProberConfig config, platform::Sps
 
 TcpProber::~TcpProber() = default;
 
-std::error_code TcpProber::start() {
+platform::Status TcpProber::start() {
   if (!valid(config_)) {
-    return std::make_error_code(std::errc::invalid_argument);
+    return platform::Status::error("invalid configuration (jitter, or a target's rate, timeout, DSCP or port)");
   }
   const std::int64_t now = monotonic_ns();
   targets_.clear();
@@ -93,7 +93,7 @@ std::error_code TcpProber::start() {
   if (!targets_.empty()) {
     arm_schedule();
   }
-  return {};
+  return platform::Status::ok();
 }
 
 void TcpProber::stop() {

@@ -15,6 +15,7 @@
 
 #include "agent/probes/probe_event.hpp"
 #include "agent/probes/probe_schedule.hpp"
+#include "platform/result.hpp"
 #include "platform/spsc_ring.hpp"
 #include "platform/stat_counter.hpp"
 
@@ -73,9 +74,9 @@ class TcpProber {
   TcpProber(const TcpProber&) = delete;
   TcpProber& operator=(const TcpProber&) = delete;
 
-  // Validates the config (std::errc::invalid_argument), allocates the slots and schedules the
+  // Validates the config (Errc::kInvalid), allocates the slots and schedules the
   // first probe of every target.
-  [[nodiscard]] std::error_code start();
+  [[nodiscard]] platform::Status start();
 
   // Stops scheduling and closes every in-flight connect (no events for those), on the
   // io_context's thread. Idempotent.

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <limits>
 #include <span>
+#include <string>
 #include <utility>
 
 #include "agent/probes/probe_schedule.hpp"
@@ -67,19 +68,20 @@ UdpProber::UdpProber(asio::io_context& io, UdpProberConfig config, platform::Sps
 
 UdpProber::~UdpProber() = default;
 
-std::error_code UdpProber::start() {
+platform::Status UdpProber::start() {
   std::size_t max_payload = kProbeHeaderSize;
   bool any_v4 = false;
   bool any_v6 = false;
   for (std::size_t i = 0; i < config_.targets.size(); ++i) {
     const UdpProbeTarget& t = config_.targets[i];
     if (!valid(t)) {
-      return std::make_error_code(std::errc::invalid_argument);
+      return platform::Status::error("invalid target " + std::to_string(i + 1) +
+                                     " (rate, payload size, DSCP or port 0)");
     }
     // Replies are told apart by source endpoint only.
     for (std::size_t j = 0; j < i; ++j) {
       if (config_.targets[j].endpoint == t.endpoint) {
-        return std::make_error_code(std::errc::invalid_argument);
+        return platform::Status::error("target " + std::to_string(i + 1) + " listed twice");
       }
     }
     max_payload = std::max(max_payload, t.payload_size);
@@ -97,7 +99,7 @@ std::error_code UdpProber::start() {
     std::error_code ignored;
     v4_.socket.close(ignored);
     v6_.socket.close(ignored);
-    return ec;
+    return platform::Status::error(ec.message(), platform::Errc::kIo);
   }
   kernel_timestamps_.store(
       (!any_v4 || v4_.kernel_timestamps) && (!any_v6 || v6_.kernel_timestamps) && (any_v4 || any_v6),
@@ -127,7 +129,7 @@ std::error_code UdpProber::start() {
     arm_read(v6_);
   }
   arm_timer();
-  return {};
+  return platform::Status::ok();
 }
 
 void UdpProber::stop() {

@@ -18,6 +18,7 @@
 #include "agent/probes/probe_packet.hpp"
 #include "agent/probes/probe_schedule.hpp"
 #include "platform/rx_timestamp.hpp"
+#include "platform/result.hpp"
 #include "platform/spsc_ring.hpp"
 #include "platform/stat_counter.hpp"
 
@@ -104,9 +105,9 @@ class UdpProber {
   UdpProber& operator=(const UdpProber&) = delete;
 
   // Validates the config (rates, sizes, DSCP, no endpoint twice), opens the sockets and
-  // schedules the first probes. Returns std::errc::invalid_argument for a bad config, or
+  // schedules the first probes. Errc::kInvalid names a bad target; Errc::kIo carries
   // the socket error.
-  [[nodiscard]] std::error_code start();
+  [[nodiscard]] platform::Status start();
 
   // Cancels the timer and closes the sockets on the io_context's thread; the prober then
   // leaves the io_context without work. Idempotent.

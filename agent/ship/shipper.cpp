@@ -18,6 +18,7 @@
 
 #include "agent/process_usage.hpp"
 #include "platform/log.hpp"
+#include "platform/random_seed.hpp"
 #include "platform/tls/tls_stream.hpp"
 #include "schemas/frame_codec.hpp"
 
@@ -43,7 +44,7 @@ struct Shipper::Impl {
         work(io.get_executor()),
         timer(io),
         flush_timer(io),
-        rng(std::random_device{}()) {}
+        rng(platform::random_seed()) {}
 
   ShipperConfig config;
   Spool spool;
@@ -463,7 +464,7 @@ ShipperOpenResult Shipper::open(ShipperConfig config) {
   tls.role = platform::tls::TlsRole::kClient;
   auto context = platform::tls::TlsContext::create(tls);
   if (!context) {
-    result.error = context.error;
+    result.error = context.error();
     return result;
   }
   Spool::Opened opened = Spool::open(config.spool);
@@ -473,7 +474,7 @@ ShipperOpenResult Shipper::open(ShipperConfig config) {
     return result;
   }
   result.shipper.reset(new Shipper(
-      std::make_unique<Impl>(std::move(config), std::move(*opened.spool), std::move(context.context))));
+      std::make_unique<Impl>(std::move(config), std::move(*opened.spool), std::move(context).value())));
   return result;
 }
 

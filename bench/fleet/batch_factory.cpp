@@ -4,7 +4,7 @@
 #include <cmath>
 #include <random>
 
-#include "agent/latency_histogram.hpp"
+#include "agent/aggregate/latency_histogram.hpp"
 #include "platform/arch.hpp"
 #include "schemas/frame_codec.hpp"
 

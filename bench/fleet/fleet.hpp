@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "agent/latency_histogram.hpp"
+#include "agent/aggregate/latency_histogram.hpp"
 #include "bench/fleet/batch_factory.hpp"
 #include "platform/clock.hpp"
 #include "platform/tls/tls_context.hpp"

@@ -108,10 +108,10 @@ bool FleetRun::setup(std::size_t agents, std::size_t targets, std::string& error
     tls.key_pem = std::move(certs[i].key_pem);
     auto context = platform::tls::TlsContext::create(tls);
     if (!context) {
-      error = agent_setups[i].identity.agent_id + ": " + context.error;
+      error = agent_setups[i].identity.agent_id + ": " + context.error();
       return false;
     }
-    agent_setups[i].tls = std::move(context.context);
+    agent_setups[i].tls = std::move(context).value();
   }
   const double context_s = std::chrono::duration<double>(Clock::now() - context_start).count();
   report.section("certificates (mbedTLS x509write, ECDSA P-256)");

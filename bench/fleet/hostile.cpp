@@ -94,10 +94,10 @@ int run_hostile(const Options& options) {
     tls.key_pem = cert.key_pem;
     auto context = platform::tls::TlsContext::create(tls);
     if (!context) {
-      std::fprintf(stderr, "vantage-fleet: %s\n", context.error.c_str());
+      std::fprintf(stderr, "vantage-fleet: %s\n", context.error().c_str());
       return 2;
     }
-    hc.non_readers.push_back({{id, run.regions[0], "hostile", static_cast<std::uint32_t>(agents + i)}, context.context});
+    hc.non_readers.push_back({{id, run.regions[0], "hostile", static_cast<std::uint32_t>(agents + i)}, *context});
   }
   hc.client_hello = make_client_hello(hc.non_readers.empty() ? *run.agent_setups.front().tls : *hc.non_readers.front().tls,
                                       hc.server_name);

@@ -15,7 +15,7 @@
 #include <thread>
 #include <vector>
 
-#include "agent/latency_histogram.hpp"
+#include "agent/aggregate/latency_histogram.hpp"
 #include "platform/clock.hpp"
 
 namespace vantage::fleet {

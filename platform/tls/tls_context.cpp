@@ -97,10 +97,12 @@ TlsContext::~TlsContext() {
   mbedtls_ssl_config_free(&config_);
 }
 
-TlsContextResult TlsContext::create(const TlsContextOptions& options) {
+platform::Result<std::shared_ptr<TlsContext>> TlsContext::create(const TlsContextOptions& options) {
   std::shared_ptr<TlsContext> context(new TlsContext(options.role));
-  if (std::string error = context->load(options); !error.empty()) return {nullptr, std::move(error)};
-  return {std::move(context), {}};
+  if (std::string error = context->load(options); !error.empty()) {
+    return platform::Status::error(std::move(error));
+  }
+  return context;
 }
 
 std::string TlsContext::load(const TlsContextOptions& options) {

@@ -14,6 +14,8 @@
 #include <string>
 #include <unordered_map>
 
+#include "platform/result.hpp"
+
 namespace vantage::platform::tls {
 
 enum class TlsRole { kClient, kServer };
@@ -59,15 +61,10 @@ class TlsContext;
 
 // Either a context or a message that names the file at fault and the mbedTLS error, e.g.
 // "agent.key: -0x3D00: PK - Invalid key tag or value".
-struct TlsContextResult {
-  std::shared_ptr<TlsContext> context;
-  std::string error;
-  explicit operator bool() const noexcept { return context != nullptr; }
-};
-
 class TlsContext {
  public:
-  [[nodiscard]] static TlsContextResult create(const TlsContextOptions& options);
+  // The context, or one line naming what is wrong (a file and mbedTLS's error).
+  [[nodiscard]] static platform::Result<std::shared_ptr<TlsContext>> create(const TlsContextOptions& options);
 
   ~TlsContext();
   TlsContext(const TlsContext&) = delete;

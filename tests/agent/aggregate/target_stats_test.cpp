@@ -589,7 +589,7 @@ TEST_CASE("the wire LatencySummary passes the verifier and round-trips") {
   hs.dropped = l->histogram_dropped();
   const auto rebuilt = LatencyHistogram::from_sparse(hs, buckets);
   REQUIRE(rebuilt);
-  CHECK(rebuilt.histogram->percentile(99.0) == s.p99_ns);
+  CHECK(rebuilt->percentile(99.0) == s.p99_ns);
 
   const wire::LatencySummary* idle = read->latency()->Get(1);
   CHECK(idle->sent() == 0);

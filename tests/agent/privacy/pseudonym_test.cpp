@@ -382,7 +382,7 @@ TEST_CASE("pipeline: frames, JSON and tables for a client target carry its pseud
     std::lock_guard lock(mutex);
     reports.push_back(std::move(r));
   });
-  REQUIRE_MESSAGE(started.ok(), started.message);
+  REQUIRE_MESSAGE(started, started.message());
   std::this_thread::sleep_for(500ms);
   m.finish();
   REQUIRE_FALSE(reports.empty());

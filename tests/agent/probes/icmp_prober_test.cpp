@@ -94,8 +94,8 @@ void check_ping(const char* address, IcmpSocketMode mode, bool kernel_timestamps
   config.kernel_timestamps = kernel_timestamps;
   config.targets = {target(5, address)};
   IcmpProber prober(io, config, ring);
-  const probes::IcmpStartResult started = prober.start();
-  REQUIRE_MESSAGE(started.ok(), started.message);
+  const vantage::platform::Status started = prober.start();
+  REQUIRE_MESSAGE(started, started.message());
   CHECK(prober.socket_kind(ipv6) ==
         (mode == IcmpSocketMode::kRaw ? IcmpSocketKind::kRaw : IcmpSocketKind::kDgram));
   CHECK(prober.socket_kind(!ipv6) == IcmpSocketKind::kNone);
@@ -178,7 +178,7 @@ TEST_CASE("IcmpProber: socket selection and the one-line error when no kind is a
     config.socket_opener = opener;
     config.targets = {target(0, "127.0.0.1")};
     IcmpProber prober(io, config, ring);
-    const probes::IcmpStartResult result = prober.start();
+    const vantage::platform::Status result = prober.start();
     const IcmpSocketKind kind = prober.socket_kind(false);
     // Pending waits keep their handler memory in the prober: let them finish before it goes.
     prober.stop();
@@ -189,45 +189,45 @@ TEST_CASE("IcmpProber: socket selection and the one-line error when no kind is a
 
   SUBCASE("auto with neither allowed names both remedies") {
     const auto [result, kind] = start_with(IcmpSocketMode::kAuto, refuse_all);
-    CHECK_FALSE(result.ok());
-    CHECK(result.message.find("ping_group_range") != std::string::npos);
-    CHECK(result.message.find("CAP_NET_RAW") != std::string::npos);
-    CHECK(result.message.find('\n') == std::string::npos);
+    CHECK_FALSE(result);
+    CHECK(result.message().find("ping_group_range") != std::string::npos);
+    CHECK(result.message().find("CAP_NET_RAW") != std::string::npos);
+    CHECK(result.message().find('\n') == std::string::npos);
     CHECK(kind == IcmpSocketKind::kNone);
-    MESSAGE(result.message);
+    MESSAGE(result.message());
   }
   SUBCASE("forced dgram names ping_group_range only") {
     const auto [result, kind] = start_with(IcmpSocketMode::kDgram, refuse_all);
-    CHECK_FALSE(result.ok());
-    CHECK(result.message.find("ping_group_range") != std::string::npos);
-    CHECK(result.message.find("CAP_NET_RAW") == std::string::npos);
+    CHECK_FALSE(result);
+    CHECK(result.message().find("ping_group_range") != std::string::npos);
+    CHECK(result.message().find("CAP_NET_RAW") == std::string::npos);
   }
   SUBCASE("forced raw names CAP_NET_RAW only") {
     const auto [result, kind] = start_with(IcmpSocketMode::kRaw, refuse_all);
-    CHECK_FALSE(result.ok());
-    CHECK(result.message.find("CAP_NET_RAW") != std::string::npos);
-    CHECK(result.message.find("ping_group_range") == std::string::npos);
+    CHECK_FALSE(result);
+    CHECK(result.message().find("CAP_NET_RAW") != std::string::npos);
+    CHECK(result.message().find("ping_group_range") == std::string::npos);
   }
   SUBCASE("auto falls back to a raw socket when ping sockets are refused") {
     if (!socket_works(AF_INET, SOCK_RAW, IPPROTO_ICMP)) {
       MESSAGE("raw ICMP socket unavailable here: fallback not tested");
     } else {
       const auto [result, kind] = start_with(IcmpSocketMode::kAuto, refuse_dgram);
-      CHECK(result.ok());
+      CHECK(result);
       CHECK(kind == IcmpSocketKind::kRaw);
     }
   }
   SUBCASE("auto prefers a ping socket, and forced dgram matches what this host allows") {
     const bool dgram = socket_works(AF_INET, SOCK_DGRAM, IPPROTO_ICMP);
     const auto [result, kind] = start_with(IcmpSocketMode::kDgram, nullptr);
-    CHECK(result.ok() == dgram);
+    CHECK(static_cast<bool>(result) == dgram);
     if (dgram) {
       CHECK(kind == IcmpSocketKind::kDgram);
       const auto [auto_result, auto_kind] = start_with(IcmpSocketMode::kAuto, nullptr);
-      CHECK(auto_result.ok());
+      CHECK(auto_result);
       CHECK(auto_kind == IcmpSocketKind::kDgram);
     } else {
-      CHECK(result.message.find("ping_group_range") != std::string::npos);
+      CHECK(result.message().find("ping_group_range") != std::string::npos);
     }
   }
   SUBCASE("an invalid config is rejected") {
@@ -235,7 +235,7 @@ TEST_CASE("IcmpProber: socket selection and the one-line error when no kind is a
     config.targets = {target(0, "127.0.0.1")};
     config.targets[0].payload_size = probes::kIcmpMinPayload - 1;
     IcmpProber prober(io, config, ring);
-    CHECK(prober.start().error == std::errc::invalid_argument);
+    CHECK(prober.start().code() == vantage::platform::Errc::kInvalid);
   }
 }
 
@@ -453,8 +453,8 @@ void check_icmp_errors(bool ipv6, IcmpSocketMode mode) {
   config.targets = {target(3, ipv6 ? "::1" : "127.0.0.1")};
   config.targets[0].rate_per_s = 50.0;
   IcmpProber prober(io, config, ring);
-  const probes::IcmpStartResult started = prober.start();
-  REQUIRE_MESSAGE(started.ok(), started.message);
+  const vantage::platform::Status started = prober.start();
+  REQUIRE_MESSAGE(started, started.message());
   std::thread thread([&io] { io.run(); });
 
   const std::uint8_t unreachable = ipv6 ? 1 : 3;
@@ -569,8 +569,8 @@ TEST_CASE("IcmpProber: after stop_sending no probe is sent, and replies still ar
       config.targets = {target(1, "127.0.0.1")};
       config.targets[0].rate_per_s = 200.0;
       IcmpProber prober(io, config, ring);
-      const probes::IcmpStartResult started = prober.start();
-      REQUIRE_MESSAGE(started.ok(), started.message);
+      const vantage::platform::Status started = prober.start();
+      REQUIRE_MESSAGE(started, started.message());
       std::thread thread([&io] { io.run(); });
 
       // Let some probes go out unanswered, so they are in flight when sending stops.

@@ -25,8 +25,8 @@ using asio::ip::udp;
 class RunningReflector {
  public:
   explicit RunningReflector(ReflectorConfig config) : reflector_(io_, std::move(config)) {
-    const std::error_code ec = reflector_.start();
-    REQUIRE_MESSAGE(!ec, ec.message());
+    const platform::Status started = reflector_.start();
+    REQUIRE_MESSAGE(started, started.message());
     thread_ = std::thread([this] { io_.run(); });
   }
   ~RunningReflector() {

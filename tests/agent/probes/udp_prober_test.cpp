@@ -64,8 +64,8 @@ class RunningProber {
  public:
   RunningProber(UdpProberConfig config, std::size_t ring_capacity = 1024)
       : ring_(ring_capacity), prober_(io_, std::move(config), ring_) {
-    const std::error_code ec = prober_.start();
-    REQUIRE_MESSAGE(!ec, ec.message());
+    const vantage::platform::Status started = prober_.start();
+    REQUIRE_MESSAGE(started, started.message());
     thread_ = std::thread([this] { io_.run(); });
   }
   ~RunningProber() {
@@ -434,7 +434,7 @@ TEST_CASE("udp prober: invalid configurations are refused") {
   const udp::endpoint to(asio::ip::make_address("127.0.0.1"), 9);
   auto refused = [&](UdpProberConfig c) {
     UdpProber p(io, std::move(c), ring);
-    return p.start() == std::make_error_code(std::errc::invalid_argument);
+    return p.start().code() == vantage::platform::Errc::kInvalid;
   };
   auto c = one_target(to, 0, 1);
   CHECK(refused(c));

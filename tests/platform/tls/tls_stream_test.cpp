@@ -223,10 +223,10 @@ TlsContextOptions server_options(const std::string& key_file, std::uint32_t life
 }
 
 std::shared_ptr<TlsContext> server_with_key_file(const std::string& key_file, std::uint32_t lifetime_s = 3600) {
-  TlsContextResult result = TlsContext::create(server_options(key_file, lifetime_s));
-  INFO(result.error);
+  auto result = TlsContext::create(server_options(key_file, lifetime_s));
+  INFO(result.error());
   REQUIRE(result);
-  return result.context;
+  return std::move(result).value();
 }
 
 // Connects, picks up the ticket, closes; whether the handshake resumed and whom the server saw.
@@ -285,15 +285,15 @@ TEST_CASE("a ticket key file that is damaged or readable by others is refused wi
     out << "not keys";
   }
   fs::permissions(key_file, fs::perms::owner_read | fs::perms::owner_write);
-  TlsContextResult damaged = TlsContext::create(options);
+  auto damaged = TlsContext::create(options);
   CHECK_FALSE(damaged);
-  CHECK(damaged.error.find(key_file + ": not a ticket key file") == 0);
+  CHECK(damaged.error().find(key_file + ": not a ticket key file") == 0);
   fs::remove(key_file);
   REQUIRE(TlsContext::create(options));  // makes a good one
   fs::permissions(key_file, fs::perms::group_read, fs::perm_options::add);
-  TlsContextResult exposed = TlsContext::create(options);
+  auto exposed = TlsContext::create(options);
   CHECK_FALSE(exposed);
-  CHECK(exposed.error.find("chmod 600") != std::string::npos);
+  CHECK(exposed.error().find("chmod 600") != std::string::npos);
 }
 
 TEST_CASE("TLS 1.2 when the client caps it, with ticket resumption and identities kept") {

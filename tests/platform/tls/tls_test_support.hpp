@@ -65,10 +65,10 @@ inline std::shared_ptr<TlsContext> make_context(TlsRole role, const std::string&
   options.cert_file = cert;
   options.key_file = key;
   options.allow_tls13 = allow_tls13;
-  TlsContextResult result = TlsContext::create(options);
-  INFO(result.error);
+  auto result = TlsContext::create(options);
+  INFO(result.error());
   REQUIRE(result);
-  return result.context;
+  return std::move(result).value();
 }
 
 inline std::shared_ptr<TlsContext> collector_context() {

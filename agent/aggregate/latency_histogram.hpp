@@ -6,10 +6,11 @@
 #include <bit>
 #include <cstddef>
 #include <cstdint>
-#include <optional>
 #include <span>
 #include <type_traits>
 #include <vector>
+
+#include "platform/result.hpp"
 
 namespace vantage::agent {
 
@@ -38,7 +39,6 @@ struct SparseBucket {
 };
 
 struct HistogramSummary;
-struct SparseDecodeResult;
 
 class LatencyHistogram {
  public:
@@ -179,9 +179,9 @@ class LatencyHistogram {
   // Rebuilds a histogram from untrusted wire data; every inconsistency between the
   // summary and the buckets is rejected. The result reproduces buckets, count,
   // min, max, overflow, dropped, mean and stddev, so percentiles and merges behave as
-  // on the sender.
-  static SparseDecodeResult from_sparse(const HistogramSummary& summary,
-                                        std::span<const SparseBucket> buckets);
+  // on the sender. An error's message is to_string() of its SparseError (code kInvalid).
+  static platform::Result<LatencyHistogram> from_sparse(const HistogramSummary& summary,
+                                                      std::span<const SparseBucket> buckets);
 
  private:
   // 32-bit ARM has no 64-bit integer to double instruction and would call into
@@ -249,12 +249,5 @@ enum class SparseError : std::uint8_t {
 };
 
 const char* to_string(SparseError error) noexcept;
-
-struct SparseDecodeResult {
-  std::optional<LatencyHistogram> histogram;
-  SparseError error = SparseError::kNone;
-
-  explicit operator bool() const noexcept { return histogram.has_value(); }
-};
 
 }  // namespace vantage::agent

@@ -13,7 +13,7 @@
 #include <utility>
 #include <vector>
 
-#include "agent/latency_histogram.hpp"
+#include "agent/aggregate/latency_histogram.hpp"
 
 namespace {
 
@@ -167,8 +167,10 @@ struct WireForm {
 
 WireForm wire_of(const LatencyHistogram& h) { return WireForm{h.summary(), h.to_sparse()}; }
 
-SparseError decode_error(const WireForm& w) {
-  return LatencyHistogram::from_sparse(w.summary, w.buckets).error;
+// The message of from_sparse's error, to_string(SparseError::kNone) when it succeeded.
+std::string decode_error(const WireForm& w) {
+  const auto r = LatencyHistogram::from_sparse(w.summary, w.buckets);
+  return r ? to_string(SparseError::kNone) : r.error();
 }
 
 void check_same_buckets(const LatencyHistogram& a, const LatencyHistogram& b) {
@@ -563,7 +565,7 @@ TEST_CASE("latency histogram: bucket counters saturate instead of wrapping") {
     const WireForm w = wire_of(h);
     const auto decoded = LatencyHistogram::from_sparse(w.summary, w.buckets);
     REQUIRE(decoded);
-    check_same_buckets(*decoded.histogram, h);
+    check_same_buckets(*decoded, h);
   }
   SUBCASE("overflow bucket saturating keeps overflow <= bucket") {
     LatencyHistogram big;
@@ -600,8 +602,9 @@ TEST_CASE("latency histogram: sparse round trip") {
 
     const auto decoded = LatencyHistogram::from_sparse(w.summary, w.buckets);
     REQUIRE(decoded);
-    CHECK(decoded.error == SparseError::kNone);
-    const LatencyHistogram& r = *decoded.histogram;
+    CHECK(decoded.status());
+    CHECK(decoded.error().empty());
+    const LatencyHistogram& r = *decoded;
     check_same_buckets(r, h);
     CHECK(r.mean() == h.mean());
     CHECK(r.stddev() == doctest::Approx(h.stddev()).epsilon(1e-12));
@@ -625,8 +628,8 @@ TEST_CASE("latency histogram: sparse round trip") {
   const WireForm w = wire_of(only_dropped);
   const auto decoded = LatencyHistogram::from_sparse(w.summary, w.buckets);
   REQUIRE(decoded);
-  CHECK(decoded.histogram->count() == 0);
-  CHECK(decoded.histogram->dropped() == 1);
+  CHECK(decoded->count() == 0);
+  CHECK(decoded->dropped() == 1);
 }
 
 TEST_CASE("latency histogram: from_sparse rejects malformed input") {
@@ -637,13 +640,14 @@ TEST_CASE("latency histogram: from_sparse rejects malformed input") {
   }
   const WireForm valid = wire_of(h);
   REQUIRE(valid.buckets.size() == 5);
-  REQUIRE(decode_error(valid) == SparseError::kNone);
+  REQUIRE(decode_error(valid) == to_string(SparseError::kNone));
 
   auto expect = [](const WireForm& w, SparseError error) {
     const auto result = LatencyHistogram::from_sparse(w.summary, w.buckets);
     CHECK_FALSE(result);
-    CHECK_FALSE(result.histogram.has_value());
-    CHECK(result.error == error);
+    CHECK_FALSE(result.has_value());
+    CHECK(result.code() == vantage::platform::Errc::kInvalid);
+    CHECK(result.error() == to_string(error));
   };
 
   SUBCASE("scheme") {
@@ -709,7 +713,7 @@ TEST_CASE("latency histogram: from_sparse rejects malformed input") {
     big.record_n(kLimit - 1, 2);
     big.record_n(kLimit + 1, 2);
     const WireForm valid_big = wire_of(big);
-    REQUIRE(decode_error(valid_big) == SparseError::kNone);
+    REQUIRE(decode_error(valid_big) == to_string(SparseError::kNone));
     w = valid_big;
     w.summary.overflow = 0;
     expect(w, SparseError::kOverflowMismatch);
@@ -717,7 +721,7 @@ TEST_CASE("latency histogram: from_sparse rejects malformed input") {
     expect(w, SparseError::kOverflowMismatch);
 
     const WireForm all_over = wire_of(histogram_of(Values{kLimit, kLimit + 9, kLimit - 1}));
-    REQUIRE(decode_error(all_over) == SparseError::kNone);
+    REQUIRE(decode_error(all_over) == to_string(SparseError::kNone));
     w = all_over;
     w.summary.min_ns = kLimit;  // then every sample overflows, but only 2 are counted
     expect(w, SparseError::kOverflowMismatch);
@@ -740,7 +744,7 @@ TEST_CASE("latency histogram: from_sparse rejects malformed input") {
   }
   SUBCASE("empty with leftovers") {
     WireForm w;
-    REQUIRE(decode_error(w) == SparseError::kNone);
+    REQUIRE(decode_error(w) == to_string(SparseError::kNone));
     w.summary.max_ns = 5;
     expect(w, SparseError::kBoundsMismatch);
     w = WireForm{};
@@ -765,8 +769,8 @@ TEST_CASE("latency histogram: from_sparse rejects malformed input") {
     w.summary.stddev_ns = 1e9;
     const auto decoded = LatencyHistogram::from_sparse(w.summary, w.buckets);
     REQUIRE(decoded);
-    CHECK(decoded.histogram->count() == w.summary.count);
-    CHECK(decoded.histogram->percentile(100) == kLimit - 1);
+    CHECK(decoded->count() == w.summary.count);
+    CHECK(decoded->percentile(100) == kLimit - 1);
     w.summary.count += 1;
     expect(w, SparseError::kCountMismatch);
   }

@@ -1,6 +1,6 @@
 // Non-hot-path parts of LatencyHistogram: statistics, percentiles, merging and the
 // sparse wire form.
-#include "agent/latency_histogram.hpp"
+#include "agent/aggregate/latency_histogram.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -23,7 +23,7 @@ std::uint64_t rank_for(double p, std::uint64_t count) noexcept {
   return static_cast<std::uint64_t>(r);
 }
 
-SparseDecodeResult reject(SparseError error) { return SparseDecodeResult{std::nullopt, error}; }
+platform::Status reject(SparseError error) { return platform::Status::error(to_string(error)); }
 
 }  // namespace
 
@@ -213,8 +213,8 @@ HistogramSummary LatencyHistogram::summary() const noexcept {
   return s;
 }
 
-SparseDecodeResult LatencyHistogram::from_sparse(const HistogramSummary& summary,
-                                                 std::span<const SparseBucket> buckets) {
+platform::Result<LatencyHistogram> LatencyHistogram::from_sparse(const HistogramSummary& summary,
+                                                                 std::span<const SparseBucket> buckets) {
   if (summary.scheme != kScheme) {
     return reject(SparseError::kUnknownScheme);
   }
@@ -253,7 +253,7 @@ SparseDecodeResult LatencyHistogram::from_sparse(const HistogramSummary& summary
       return reject(SparseError::kBadMoments);
     }
     h.dropped_ = summary.dropped;
-    return SparseDecodeResult{h, SparseError::kNone};
+    return h;
   }
 
   if (summary.min_ns > summary.max_ns || bucket_index(summary.min_ns) != buckets.front().index ||
@@ -288,7 +288,7 @@ SparseDecodeResult LatencyHistogram::from_sparse(const HistogramSummary& summary
   h.shift_ = summary.mean_ns;
   h.sum_ = 0.0;
   h.sum_sq_ = summary.stddev_ns * summary.stddev_ns * static_cast<double>(total);
-  return SparseDecodeResult{h, SparseError::kNone};
+  return h;
 }
 
 const char* to_string(SparseError error) noexcept {

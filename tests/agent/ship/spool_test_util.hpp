@@ -27,8 +27,12 @@ using vantage::agent::ship::SpoolConfig;
 
 class TempDir {
  public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "vantage-spool-XXXXXX").string();
+  // Under parent when it is a directory, else under the system's temporary directory.
+  explicit TempDir(const fs::path& parent = {}) {
+    std::error_code ec;
+    const fs::path base =
+        !parent.empty() && fs::is_directory(parent, ec) ? parent : fs::temp_directory_path();
+    std::string tmpl = (base / "vantage-spool-XXXXXX").string();
     REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
     path_ = tmpl;
   }

@@ -1,0 +1,394 @@
+#include "agent/ship/shipper_session.hpp"
+
+#include <algorithm>
+#include <utility>
+
+#include "agent/process_usage.hpp"
+#include "platform/log.hpp"
+
+namespace vantage::agent::ship {
+
+namespace {
+
+using platform::log;
+using platform::LogLevel;
+
+std::span<const std::byte> as_bytes(const std::vector<std::uint8_t>& v) {
+  return std::as_bytes(std::span<const std::uint8_t>(v));
+}
+
+}  // namespace
+
+ShipperSession::ShipperSession(ShipperConfig config, Spool spool, SessionIo& io, Now now, std::uint64_t seed)
+    : config_(std::move(config)), spool_(std::move(spool)), io_(io), now_(std::move(now)), rng_(seed) {}
+
+void ShipperSession::publish_spool_counters() {
+  const SpoolStats stats = spool_.stats();
+  update([&](ShipperCounters& c) {
+    c.acked_seq = spool_.acked_seq();
+    c.spool = stats;
+  });
+}
+
+void ShipperSession::start() {
+  arm_flush();
+  connect();
+}
+
+void ShipperSession::arm(SessionTimer timer, std::chrono::milliseconds after) {
+  io_.arm_timer(timer, now_() + after);
+}
+
+void ShipperSession::connect() {
+  if (stopping_) {
+    return;
+  }
+  state_ = State::kConnecting;
+  // A resolve failure is reported from inside connect(): then the backoff is armed already.
+  io_.connect(collector());
+  if (state_ == State::kConnecting) {
+    arm(SessionTimer::kConnection, config_.connect_timeout);
+  }
+}
+
+void ShipperSession::on_resolve_failed(std::string_view error) {
+  fail("resolve " + collector().host + ": " + std::string(error));
+}
+
+void ShipperSession::on_connect_failed(std::string_view error) {
+  update([](ShipperCounters& s) { ++s.connect_failures; });
+  fail("connect to " + collector().host + ":" + std::to_string(collector().port) + ": " + std::string(error));
+}
+
+void ShipperSession::on_connected() {
+  state_ = State::kHandshaking;
+  arm(SessionTimer::kConnection, config_.handshake_timeout);
+}
+
+void ShipperSession::on_handshake_failed(std::string_view error) {
+  update([](ShipperCounters& s) { ++s.tls_failures; });
+  fail("TLS handshake with " + collector().host + ": " + std::string(error));
+}
+
+void ShipperSession::on_session(std::string_view tls_version, bool resumed) {
+  io_.cancel_timer(SessionTimer::kConnection);
+  update([resumed](ShipperCounters& s) {
+    ++s.connects;
+    s.connected = true;
+    if (resumed) ++s.resumed;
+  });
+  log(LogLevel::kInfo, "connected to collector %s:%u (%s%s)", collector().host.c_str(),
+      static_cast<unsigned>(collector().port), std::string(tls_version).c_str(), resumed ? ", resumed" : "");
+  reader_ = wire::FrameReader(config_.max_frame);
+  writes_.clear();
+  writing_ = false;
+  std::vector<std::uint8_t> hello;
+  wire::append_frame(hello, build_hello_frame(config_.identity, config_.capabilities));
+  writes_.push_back(std::move(hello));
+  state_ = State::kReady;
+  // Everything not acked goes again, in order: the collector dedupes what it already has.
+  sent_through_ = spool_.acked_seq();
+  write_next();
+}
+
+void ShipperSession::on_bytes(std::span<const std::uint8_t> bytes) {
+  if (state_ != State::kReady) {
+    return;
+  }
+  reader_.feed(bytes);
+  // Every whole frame, until one ends the connection.
+  for (wire::FrameStatus status;
+       state_ == State::kReady && (status = reader_.next()) != wire::FrameStatus::kNeedMore;) {
+    if (status == wire::FrameStatus::kFrame) {
+      on_frame(*reader_.frame());
+    } else {
+      fail(std::string("bad frame from collector: ") + wire::to_string(status));
+    }
+  }
+}
+
+void ShipperSession::on_frame(const wire::Frame& frame) {
+  const wire::Ack* ack = frame.message_as_Ack();
+  if (ack == nullptr) {
+    fail("collector sent something other than an Ack");
+    return;
+  }
+  switch (ack->status()) {
+    case wire::AckStatus::Stored:
+      on_ack(*ack);
+      break;
+    case wire::AckStatus::Rejected: {
+      update([](ShipperCounters& s) { ++s.rejected; });
+      refused_ = true;
+      const std::string reason = ack->reason() != nullptr ? ack->reason()->str() : "no reason given";
+      log(LogLevel::kError, "collector %s refused this agent: %s", collector().host.c_str(), reason.c_str());
+      fail("refused: " + reason);
+      check_drain();
+      return;
+    }
+    case wire::AckStatus::RetryLater:
+      update([](ShipperCounters& s) { ++s.retry_later; });
+      fail("collector asked to retry later");
+      return;
+  }
+}
+
+void ShipperSession::on_ack(const wire::Ack& ack) {
+  if (const SpoolError e = spool_.ack(ack.seq())) {
+    spool_failed(e);
+  }
+  failures_ = 0;  // the collector is working: the next outage starts from the shortest backoff
+  refused_ = false;
+  const SpoolStats stats = spool_.stats();
+  update([&stats](ShipperCounters& s) {
+    s.acked_seq = stats.acked_seq;
+    s.spool = stats;
+  });
+  arm_ack_timer();
+  pump();
+  check_drain();
+}
+
+void ShipperSession::pump() {
+  if (state_ != State::kReady || stopping_) {
+    return;
+  }
+  while (writes_.size() < 2 && sent_through_ - spool_.acked_seq() < config_.max_in_flight) {
+    std::optional<SpoolRecord> record = spool_.next_unacked(sent_through_);
+    if (!record) {
+      break;
+    }
+    // Never send a batch the disk might still lose: after a power cut its seq would be handed
+    // out again, to a different batch, and the collector would drop that one as a duplicate.
+    if (record->seq > spool_.durable_seq()) {
+      if (const SpoolError e = spool_.flush()) {
+        spool_failed(e);
+        break;
+      }
+    }
+    std::vector<std::uint8_t> frame;
+    frame.reserve(wire::kFrameLengthSize + record->payload.size());
+    wire::append_frame(
+        frame, {reinterpret_cast<const std::uint8_t*>(record->payload.data()), record->payload.size()});
+    writes_.push_back(std::move(frame));
+    sent_through_ = record->seq;
+  }
+  if (!writing_ && !writes_.empty()) {
+    write_next();
+  }
+  arm_ack_timer();
+}
+
+void ShipperSession::write_next() {
+  if (state_ != State::kReady) {
+    return;
+  }
+  if (writes_.empty()) {
+    writing_ = false;
+    return;
+  }
+  writing_ = true;
+  io_.write(writes_.front());
+}
+
+void ShipperSession::on_write_done() {
+  if (state_ != State::kReady || !writing_) {
+    return;
+  }
+  writes_.pop_front();
+  update([](ShipperCounters& s) { ++s.frames_sent; });
+  writing_ = false;
+  if (writes_.empty()) {
+    pump();
+  } else {
+    write_next();
+  }
+}
+
+void ShipperSession::on_write_failed(std::string_view error) { fail("write: " + std::string(error)); }
+
+void ShipperSession::on_peer_closed() { fail("collector closed the connection"); }
+
+void ShipperSession::on_read_failed(std::string_view error) { fail("read: " + std::string(error)); }
+
+void ShipperSession::on_timer(SessionTimer timer) {
+  switch (timer) {
+    case SessionTimer::kConnection:
+      switch (state_) {
+        case State::kConnecting:
+          on_connect_failed("timed out");
+          return;
+        case State::kHandshaking:
+          on_handshake_failed("timed out");
+          return;
+        case State::kReady:
+          // Unacked data outstanding this long without an ack: the collector is stuck.
+          fail("no ack for " + std::to_string(config_.ack_timeout.count()) + " ms");
+          return;
+        case State::kBackoff:
+          connect();
+          return;
+        case State::kIdle:
+          return;
+      }
+      return;
+    case SessionTimer::kFlush:
+      if (stopping_) {
+        return;
+      }
+      if (const SpoolError e = spool_.flush()) {
+        spool_failed(e);
+      }
+      arm_flush();
+      return;
+    case SessionTimer::kDrain: {
+      auto done = std::exchange(drained_, nullptr);
+      if (done) done();
+      return;
+    }
+  }
+}
+
+void ShipperSession::arm_ack_timer() {
+  if (state_ != State::kReady) {
+    return;
+  }
+  if (sent_through_ <= spool_.acked_seq()) {
+    io_.cancel_timer(SessionTimer::kConnection);
+    return;
+  }
+  arm(SessionTimer::kConnection, config_.ack_timeout);
+}
+
+void ShipperSession::arm_flush() {
+  if (config_.spool.fsync != SpoolConfig::Fsync::kInterval) {
+    return;
+  }
+  arm(SessionTimer::kFlush, config_.spool.fsync_interval);
+}
+
+void ShipperSession::fail(const std::string& why) {
+  state_ = State::kIdle;
+  writing_ = false;
+  io_.close();  // before the writes go: no write of the old connection may still use them
+  writes_.clear();
+  io_.cancel_timer(SessionTimer::kConnection);
+  update([&why](ShipperCounters& s) {
+    s.connected = false;
+    s.last_error = why;
+  });
+  if (stopping_) {
+    return;
+  }
+  log(LogLevel::kWarning, "collector %s:%u: %s", collector().host.c_str(),
+      static_cast<unsigned>(collector().port), why.c_str());
+  ++failures_;
+  // Fail over: the next collector of the region gets the next attempt.
+  collector_index_ = (collector_index_ + 1) % config_.collectors.size();
+  schedule_reconnect();
+}
+
+std::chrono::milliseconds ShipperSession::backoff_ceiling(std::uint32_t failures) const {
+  const std::uint32_t exponent = std::min<std::uint32_t>(failures, 20);
+  return std::chrono::milliseconds(std::min<std::chrono::milliseconds::rep>(
+      config_.backoff_max.count(), config_.backoff_initial.count() << exponent));
+}
+
+void ShipperSession::schedule_reconnect() {
+  // Full jitter: uniform in [0, ceiling], so agents cut off together do not come back together.
+  const auto ceiling = backoff_ceiling(failures_).count();
+  std::uniform_int_distribution<std::chrono::milliseconds::rep> pick(0, std::max<std::int64_t>(ceiling, 1));
+  state_ = State::kBackoff;
+  arm(SessionTimer::kConnection, std::chrono::milliseconds(pick(rng_)));
+}
+
+void ShipperSession::spool_failed(const SpoolError& e) {
+  log(LogLevel::kError, "spool: %s", e.message.c_str());
+  update([](ShipperCounters& s) { ++s.spool_errors; });
+}
+
+bool ShipperSession::delivered() const { return spool_.acked_seq() + 1 >= spool_.next_seq(); }
+
+void ShipperSession::drain(std::chrono::milliseconds limit, std::function<void()> done) {
+  drained_ = std::move(done);
+  if (limit.count() <= 0) {
+    on_timer(SessionTimer::kDrain);
+    return;
+  }
+  arm(SessionTimer::kDrain, limit);
+  if (state_ == State::kBackoff && !refused_ && !delivered()) {
+    connect();
+  }
+  check_drain();
+}
+
+void ShipperSession::check_drain() {
+  if (drained_ && (refused_ || delivered())) {
+    io_.cancel_timer(SessionTimer::kDrain);
+    on_timer(SessionTimer::kDrain);
+  }
+}
+
+void ShipperSession::shut_down() {
+  stopping_ = true;
+  io_.cancel_timer(SessionTimer::kFlush);
+  if (const SpoolError e = spool_.flush()) {
+    spool_failed(e);
+  }
+  fail("agent stopping");
+}
+
+void ShipperSession::submit(MeasurementReport& report, const std::vector<ProbeTargetSpec>& targets) {
+  if (stopping_) {
+    return;
+  }
+  const std::uint64_t seq = spool_.next_seq();
+  const SpoolStats before = spool_.stats();
+  BatchExtras extras;
+  extras.spool_dropped = before.dropped_total;
+  extras.self = self_metrics(report, before);
+  const std::vector<std::uint8_t> frame = build_batch_frame(config_.identity, seq, report, targets, extras);
+  if (const SpoolError e = spool_.append(seq, as_bytes(frame))) {
+    log(LogLevel::kError, "spool: batch %llu not stored: %s", static_cast<unsigned long long>(seq),
+        e.message.c_str());
+    update([](ShipperCounters& s) { ++s.spool_errors; });
+    return;
+  }
+  const SpoolStats stats = spool_.stats();
+  update([&stats](ShipperCounters& s) {
+    ++s.batches_spooled;
+    s.spool = stats;
+  });
+  pump();
+}
+
+SelfMetrics ShipperSession::self_metrics(const MeasurementReport& report, const SpoolStats& spool_stats) {
+  const SelfBaseline& base = config_.self_baseline;
+  const ProcessUsage usage = read_process_usage();
+  SelfMetrics m;
+  m.process_start_ns = process_start_ns();
+  m.config_generation = base.config_generation;
+  m.rss_bytes = usage.rss_bytes;
+  m.cpu_user_ns = usage.cpu_user_ns;
+  m.cpu_system_ns = usage.cpu_system_ns;
+  const MeasurementCounters& c = report.counters;
+  m.probe_ring_dropped = base.probe_ring_dropped + c.udp.events_dropped + c.tcp.ring_full + c.icmp.ring_full;
+  m.load_ring_dropped = base.load_ring_dropped + c.loads_dropped;
+  m.spool_records = spool_stats.records;
+  m.spool_bytes = spool_stats.live_bytes;
+  std::lock_guard lock(counters_mutex_);
+  const std::uint64_t sessions = base.sessions + counters_.connects;
+  m.reconnects = sessions > 0 ? sessions - 1 : 0;
+  m.connect_failures = base.connect_failures + counters_.connect_failures;
+  m.tls_failures = base.tls_failures + counters_.tls_failures;
+  m.rejected = base.rejected + counters_.rejected;
+  m.spool_errors = base.spool_errors + counters_.spool_errors;
+  return m;
+}
+
+ShipperCounters ShipperSession::counters() const {
+  std::lock_guard lock(counters_mutex_);
+  return counters_;
+}
+
+}  // namespace vantage::agent::ship

@@ -14,6 +14,7 @@
 #include <array>
 #include <cerrno>
 #include <cmath>
+#include <cstddef>
 #include <cstring>
 #include <ctime>
 #include <fstream>
@@ -50,6 +51,23 @@ bool valid(const IcmpProberConfig& c) noexcept {
            t.payload_size >= kIcmpMinPayload && t.payload_size <= kIcmpMaxPayload &&
            !t.address.is_unspecified() && !(t.address.is_v6() && t.address.to_v6().is_v4_mapped());
   });
+}
+
+// The 4 or 16 address bytes of a socket address of the family's kind; empty if it is of the
+// other family or shorter than that (len: how much of it the kernel filled in).
+std::span<const std::byte> ip_address_bytes(const sockaddr_storage& sa, bool ipv6,
+                                            socklen_t len = sizeof(sockaddr_storage)) noexcept {
+  const auto* base = reinterpret_cast<const std::byte*>(&sa);
+  if (ipv6) {
+    if (sa.ss_family != AF_INET6 || len < sizeof(sockaddr_in6)) return {};
+    return {base + offsetof(sockaddr_in6, sin6_addr), 16};
+  }
+  if (sa.ss_family != AF_INET || len < sizeof(sockaddr_in)) return {};
+  return {base + offsetof(sockaddr_in, sin_addr), 4};
+}
+
+bool same_address(std::span<const std::byte> a, std::span<const std::byte> b) noexcept {
+  return !a.empty() && a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size()) == 0;
 }
 
 int default_opener(int domain, int type, int protocol) { return ::socket(domain, type, protocol); }
@@ -422,21 +440,8 @@ void IcmpProber::handle_reply(Family& family, std::size_t size, platform::RxTime
     return;
   }
   Target& target = targets_[reply.target];
-  bool same_source = false;
-  if (target.family == &family) {
-    if (family.ipv6) {
-      sockaddr_in6 from{}, to{};
-      std::memcpy(&from, &family.peer, sizeof(from));
-      std::memcpy(&to, &target.address, sizeof(to));
-      same_source = from.sin6_family == AF_INET6 && std::memcmp(&from.sin6_addr, &to.sin6_addr, 16) == 0;
-    } else {
-      sockaddr_in from{}, to{};
-      std::memcpy(&from, &family.peer, sizeof(from));
-      std::memcpy(&to, &target.address, sizeof(to));
-      same_source = from.sin_family == AF_INET && from.sin_addr.s_addr == to.sin_addr.s_addr;
-    }
-  }
-  if (!same_source) {
+  if (target.family != &family || !same_address(ip_address_bytes(family.peer, family.ipv6),
+                                                ip_address_bytes(target.address, family.ipv6))) {
     dropped_foreign_.bump();
     return;
   }
@@ -517,19 +522,7 @@ std::size_t IcmpProber::drain_error_queue(Family& family) {
         unattributed_errors_.bump();
         continue;
     }
-    std::span<const std::byte> destination;
-    if (family.ipv6 && msg.msg_namelen >= sizeof(sockaddr_in6) && family.peer.ss_family == AF_INET6) {
-      sockaddr_in6 to{};
-      std::memcpy(&to, &family.peer, sizeof(to));
-      std::memcpy(report.destination.data(), &to.sin6_addr, 16);
-      destination = std::span<const std::byte>(report.destination.data(), 16);
-    } else if (!family.ipv6 && msg.msg_namelen >= sizeof(sockaddr_in) && family.peer.ss_family == AF_INET) {
-      sockaddr_in to{};
-      std::memcpy(&to, &family.peer, sizeof(to));
-      std::memcpy(report.destination.data(), &to.sin_addr, 4);
-      destination = std::span<const std::byte>(report.destination.data(), 4);
-    }
-    handle_error(family, report, destination);
+    handle_error(family, report, ip_address_bytes(family.peer, family.ipv6, msg.msg_namelen));
   }
   return drained;
 }
@@ -543,18 +536,8 @@ void IcmpProber::handle_error(Family& family, const IcmpErrorReport& report,
     return;
   }
   Target& target = targets_[report.target];
-  bool same_destination = false;
-  if (target.family == &family) {
-    if (family.ipv6 && destination.size() == 16) {
-      sockaddr_in6 to{};
-      std::memcpy(&to, &target.address, sizeof(to));
-      same_destination = std::memcmp(&to.sin6_addr, destination.data(), 16) == 0;
-    } else if (!family.ipv6 && destination.size() == 4) {
-      sockaddr_in to{};
-      std::memcpy(&to, &target.address, sizeof(to));
-      same_destination = std::memcmp(&to.sin_addr, destination.data(), 4) == 0;
-    }
-  }
+  const bool same_destination =
+      target.family == &family && same_address(ip_address_bytes(target.address, family.ipv6), destination);
   std::uint64_t seq = 0;
   const std::int64_t age = clock_ns(CLOCK_MONOTONIC) - report.send_ns;
   if (!same_destination || !unwrap_icmp_sequence(target.next_seq, report.wire_seq, seq) || age < 0 ||

@@ -88,6 +88,23 @@ enum class ProbeKind : std::uint8_t { kRequest, kReply };
 
 const char* to_string(ProbeDecodeStatus status) noexcept;
 
+// Our magic but not a probe this build accepts (a receiver counts it as malformed); kTooShort
+// and kBadMagic are traffic that is not ours, or too short to tell.
+constexpr bool is_malformed_probe(ProbeDecodeStatus status) noexcept {
+  switch (status) {
+    case ProbeDecodeStatus::kTooLong:
+    case ProbeDecodeStatus::kBadVersion:
+    case ProbeDecodeStatus::kBadFlags:
+    case ProbeDecodeStatus::kBadReserved:
+      return true;
+    case ProbeDecodeStatus::kOk:
+    case ProbeDecodeStatus::kTooShort:
+    case ProbeDecodeStatus::kBadMagic:
+      return false;
+  }
+  return false;
+}
+
 // Validates bytes as a probe of the expected kind and fills out on kOk (out is left
 // untouched otherwise). max_size bounds the accepted datagram length. A reflector decodes
 // with kRequest, so a reply aimed at it (for instance with the source address spoofed to be

@@ -257,21 +257,13 @@ void Reflector::handle_datagram(std::size_t size, bool truncated, std::uint64_t 
   // A truncated datagram was longer than the buffer, which is longer than any accepted probe.
   const std::span<std::byte> packet(buffer_.data(), truncated ? buffer_.size() : size);
   ProbeHeader probe;
-  switch (decode_probe(packet, ProbeKind::kRequest, probe, config_.max_probe_size)) {
-    case ProbeDecodeStatus::kOk:
-      break;
-    case ProbeDecodeStatus::kTooShort:
-      dropped_short_.bump();
-      return;
-    case ProbeDecodeStatus::kBadMagic:
-      dropped_foreign_.bump();
-      return;
-    case ProbeDecodeStatus::kTooLong:
-    case ProbeDecodeStatus::kBadVersion:
-    case ProbeDecodeStatus::kBadFlags:
-    case ProbeDecodeStatus::kBadReserved:
-      dropped_malformed_.bump();
-      return;
+  if (const ProbeDecodeStatus status = decode_probe(packet, ProbeKind::kRequest, probe, config_.max_probe_size);
+      status != ProbeDecodeStatus::kOk) {
+    (status == ProbeDecodeStatus::kTooShort ? dropped_short_
+     : is_malformed_probe(status)           ? dropped_malformed_
+                                            : dropped_foreign_)
+        .bump();
+    return;
   }
   SourceKey key;
   if (!source_key(peer_, key)) {

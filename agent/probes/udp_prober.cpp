@@ -286,19 +286,10 @@ void UdpProber::handle_reply(std::size_t size, bool truncated, platform::RxTime 
   received_.bump();
   const std::span<const std::byte> packet(receive_buffer_.data(), truncated ? receive_buffer_.size() : size);
   ProbeHeader reply;
-  switch (decode_probe(packet, ProbeKind::kReply, reply, receive_buffer_.size() - 1)) {
-    case ProbeDecodeStatus::kOk:
-      break;
-    case ProbeDecodeStatus::kTooShort:
-    case ProbeDecodeStatus::kBadMagic:
-      dropped_foreign_.bump();
-      return;
-    case ProbeDecodeStatus::kTooLong:
-    case ProbeDecodeStatus::kBadVersion:
-    case ProbeDecodeStatus::kBadFlags:
-    case ProbeDecodeStatus::kBadReserved:
-      dropped_malformed_.bump();
-      return;
+  if (const ProbeDecodeStatus status = decode_probe(packet, ProbeKind::kReply, reply, receive_buffer_.size() - 1);
+      status != ProbeDecodeStatus::kOk) {
+    (is_malformed_probe(status) ? dropped_malformed_ : dropped_foreign_).bump();
+    return;
   }
   const TargetState* target = nullptr;
   for (const TargetState& t : targets_) {

@@ -84,14 +84,8 @@ class Peer {
   }
 
   std::optional<Bytes> receive(std::chrono::milliseconds timeout) {
-    pollfd pfd{socket_.native_handle(), POLLIN, 0};
-    if (::poll(&pfd, 1, static_cast<int>(timeout.count())) != 1) {
-      return std::nullopt;
-    }
-    Bytes b(65536);
-    udp::endpoint from;
-    b.resize(socket_.receive_from(asio::buffer(b.data(), b.size()), from));
-    return b;
+    auto r = receive_from(timeout);
+    return r ? std::optional<Bytes>(std::move(r->first)) : std::nullopt;
   }
 
   // A reply and the endpoint it came from.

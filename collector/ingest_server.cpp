@@ -22,6 +22,7 @@
 #include <unordered_map>
 #include <utility>
 
+#include "collector/ingest_session.hpp"
 #include "collector/store/sqlite_sink.hpp"
 #include "platform/clock.hpp"
 #include "platform/log.hpp"
@@ -58,17 +59,6 @@ bool peer_closed(const std::error_code& ec) {
   return ec == asio::error::eof ||
          (ec.category() == platform::tls::mbedtls_category() && ec.value() == MBEDTLS_ERR_SSL_CONN_EOF);
 }
-
-std::vector<std::uint8_t> ack_frame(std::uint64_t seq, wire::AckStatus status, const std::string& reason) {
-  flatbuffers::FlatBufferBuilder fbb(128);
-  const auto ack = wire::CreateAckDirect(fbb, seq, status, reason.empty() ? nullptr : reason.c_str());
-  wire::FinishFrameBuffer(fbb, wire::CreateFrame(fbb, wire::Message::Ack, ack.Union()));
-  std::vector<std::uint8_t> out;
-  wire::append_frame(out, {fbb.GetBufferPointer(), fbb.GetSize()});
-  return out;
-}
-
-std::string str(const flatbuffers::String* s) { return s == nullptr ? std::string() : s->str(); }
 
 // Each io thread reads every connection's TLS plaintext into this one buffer and feeds it to
 // the connection's frame reader at once, so an idle connection holds no read buffer.
@@ -117,13 +107,9 @@ const char* to_string(Reject reason) noexcept {
 
 class Connection;
 
-struct StoreItem {
+struct StoreItem : SessionBatch {
   std::weak_ptr<Connection> connection;
   asio::io_context* io = nullptr;  // the connection's thread, where its outcome goes
-  std::vector<std::uint8_t> frame;  // the verified FlatBuffer, without its length prefix
-  std::string agent_id, region, pop, arch, software_version;
-  std::int64_t received_ns = 0;
-  std::uint64_t seq = 0;
 };
 
 // Who may start a TLS handshake: the pre-authentication budget, shared by every io thread and
@@ -296,7 +282,7 @@ struct IoThread {
   std::thread thread;
 };
 
-struct IngestServer::Impl {
+struct IngestServer::Impl final : SessionTally {
   explicit Impl(IngestConfig c)
       : config(std::move(c)),
         admission(config.max_handshakes, config.max_handshakes_per_source,
@@ -329,14 +315,23 @@ struct IngestServer::Impl {
 
   asio::io_context& io0() { return threads.front()->io; }
 
-  void count(Reject reason) {
+  void count(Reject reason) override {
     std::lock_guard lock(counters_mutex);
     ++counters.rejects[static_cast<std::size_t>(reason)];
   }
   // A refusal before the peer proved who it is: counted, and in the periodic summary only.
-  void refuse_pre_auth(const std::string& source, Reject reason) {
+  void refuse_pre_auth(const std::string& source, Reject reason) override {
     count(reason);
     refusals.add(source, reason);
+  }
+  void count_frame() override {
+    update([](IngestCounters& c) { ++c.frames; });
+  }
+  void count_ack(bool duplicate) override {
+    update([duplicate](IngestCounters& c) {
+      ++(duplicate ? c.batches_duplicate : c.batches_stored);
+      ++c.acks_sent;
+    });
   }
   template <typename F>
   void update(F&& f) {
@@ -354,8 +349,9 @@ struct IngestServer::Impl {
   void wait_while_paused();
 };
 
-// One agent connection, on its io thread only; pending operations and queued store items keep
-// it alive or (store items) find it gone.
+// One agent connection, on its io thread only: the I/O around its IngestSession (TLS, the read
+// loop and its pauses, writes, the timer, the admission ticket). Pending operations and queued
+// store items keep it alive or (store items) find it gone.
 class Connection : public std::enable_shared_from_this<Connection> {
  public:
   Connection(IngestServer::Impl& server, asio::io_context& io,
@@ -365,10 +361,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
         io_(io),
         stream_(std::move(stream)),
         timer_(io),
-        peer_(std::move(peer)),
-        source_(std::move(source)),
         ticket_(std::move(ticket)),
-        reader_(server.config.max_frame) {}
+        session_(server.config, system_session_clock(), server, std::move(peer), std::move(source)) {}
 
   void start() {
     if (server_.admission.released(*ticket_)) {
@@ -380,7 +374,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
       ticket->awaiting_peer_since_ns.store(waiting ? std::max<std::int64_t>(platform::monotonic_ns(), 1) : 0,
                                            std::memory_order_relaxed);
     });
-    arm_timer(server_.config.handshake_timeout);
+    sync_timer();
     stream_->async_handshake([self = shared_from_this()](std::error_code ec) { self->on_handshake(ec); });
   }
 
@@ -396,35 +390,24 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // The admission budget gave this handshake's place to a newer connection (counted there).
   void evict() {
     if (closed_ || handshake_done_) return;
-    log(LogLevel::kDebug, "%s: evicted by a newer connection during the TLS handshake", peer_.c_str());
+    log(LogLevel::kDebug, "%s: evicted by a newer connection during the TLS handshake", session_.peer().c_str());
     close();
   }
 
   // From the store thread's results, on the io thread.
-  void on_stored(std::uint64_t seq, bool ok, bool duplicate) {
-    if (pending_ > 0) {
-      --pending_;
-    }
+  void on_stored(std::uint64_t seq, store::StoreOutcome outcome) {
     if (closed_) {
       return;
     }
-    if (!ok) {
-      // The agent keeps the batch in its spool and resends after reconnecting.
-      send_then_close(ack_frame(seq, wire::AckStatus::RetryLater, "store unavailable"));
-      return;
-    }
-    server_.update([duplicate](IngestCounters& c) {
-      ++(duplicate ? c.batches_duplicate : c.batches_stored);
-      ++c.acks_sent;
-    });
-    send(ack_frame(seq, wire::AckStatus::Stored, {}));
+    session_.on_stored(seq, outcome);
+    apply();
     resume();
   }
 
   // Reading resumes if nothing holds it back (pending acks, the store queue).
   void resume() {
-    if (closed_ || read_state_ != ReadState::kStopped || !handshake_done_) return;
-    if (pending_ >= server_.config.max_pending_per_connection) return;
+    if (closed_ || read_state_ != ReadState::kStopped || !session_.reading()) return;
+    if (session_.at_pending_limit()) return;
     read_state_ = ReadState::kPosted;
     hold_.reset();  // the posted task owns it now
     asio::post(io_, [self = shared_from_this()] { self->read_loop(); });
@@ -433,21 +416,41 @@ class Connection : public std::enable_shared_from_this<Connection> {
  private:
   enum class ReadState { kStopped, kWaiting, kPosted };
 
-  void arm_timer(std::chrono::milliseconds timeout) {
-    timer_.expires_after(timeout);
+  // Carries out what the session decided: batches to the store queue (those accepted before a
+  // bad frame too), acks to the socket, the close, the timer.
+  void apply() {
+    for (SessionBatch& batch : session_.take_batches()) {
+      StoreItem item;
+      static_cast<SessionBatch&>(item) = std::move(batch);
+      item.connection = weak_from_this();
+      item.io = &io_;
+      server_.enqueue(std::move(item));
+    }
+    if (session_.closed()) {
+      close();
+      return;
+    }
+    write_next();
+    sync_timer();
+  }
+
+  // The timer waits for the session's deadline. A frame moves the idle deadline later without
+  // touching the timer: when it fires early the session says so and it waits again. Only a
+  // deadline earlier than the one waited for re-arms it.
+  void sync_timer() {
+    if (closed_) return;
+    const std::int64_t deadline = session_.deadline_ns();
+    if (timer_deadline_ns_ != 0 && timer_deadline_ns_ <= deadline) return;
+    timer_deadline_ns_ = deadline;
+    timer_.expires_after(std::chrono::nanoseconds(std::max<std::int64_t>(0, deadline - platform::monotonic_ns())));
     timer_.async_wait([weak = weak_from_this()](std::error_code ec) {
       auto self = weak.lock();
       if (ec || !self || self->closed_) {
         return;
       }
-      if (self->handshake_done_) {
-        log(LogLevel::kNotice, "%s (%s): idle timeout, closing", self->peer_.c_str(), self->cn_.c_str());
-        self->server_.count(Reject::kTimeout);
-      } else {
-        log(LogLevel::kDebug, "%s: handshake timeout, closing", self->peer_.c_str());
-        self->server_.refuse_pre_auth(self->source_, Reject::kTimeout);
-      }
-      self->close();
+      self->timer_deadline_ns_ = 0;
+      self->session_.on_tick();
+      self->apply();
     });
   }
 
@@ -460,9 +463,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
       return;
     }
     if (ec) {
-      log(LogLevel::kDebug, "%s: TLS handshake failed: %s", peer_.c_str(), ec.message().c_str());
-      server_.refuse_pre_auth(source_, Reject::kHandshake);
-      close();
+      session_.on_handshake_failed(ec.message());
+      apply();
       return;
     }
     handshake_done_ = true;
@@ -477,22 +479,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
         session_counted_ = true;
       }
     });
-    cn_ = stream_->peer_common_name();
-    if (full) {
-      log(LogLevel::kWarning, "%s (%s): session limit (%zu) reached, closing", peer_.c_str(), cn_.c_str(),
-          server_.config.max_sessions);
-      server_.count(Reject::kConnectionLimit);
-      send_then_close(ack_frame(0, wire::AckStatus::RetryLater, "session limit reached"));
-      return;
-    }
-    if (cn_.empty()) {
-      log(LogLevel::kWarning, "%s: no client certificate identity, refusing", peer_.c_str());
-      server_.count(Reject::kNoIdentity);
-      send_then_close(ack_frame(0, wire::AckStatus::Rejected, "no client certificate identity"));
-      return;
-    }
-    arm_timer(server_.config.idle_timeout);
-    read_loop();
+    session_.on_authenticated(stream_->peer_common_name(), stream_->resumed(), !full);
+    apply();
+    if (session_.reading()) read_loop();
   }
 
   void wait_readable() {
@@ -509,9 +498,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
     read_state_ = ReadState::kStopped;
     if (closed_) return;
     for (int turn = 0; turn < kReadsPerTurn; ++turn) {
+      // Refused: the session closes once its answer is written, and reads nothing more.
+      if (!session_.reading()) return;
       // While reading is paused no operation is pending on the stream: hold_ keeps the
       // connection alive until resume() or close().
-      if (pending_ >= server_.config.max_pending_per_connection) {
+      if (session_.at_pending_limit()) {
         hold_ = shared_from_this();
         return;  // resumed by on_stored()
       }
@@ -524,7 +515,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
       const std::size_t n = stream_->read_available(asio::buffer(t_read_buffer), ec);
       if (ec == asio::error::would_block) return wait_readable();
       if (ec) return on_read_error(ec);
-      if (!on_bytes({t_read_buffer.data(), n})) return;
+      session_.on_bytes({t_read_buffer.data(), n});
+      apply();
     }
     // Others on this thread get a turn before this connection reads again.
     read_state_ = ReadState::kPosted;
@@ -533,132 +525,21 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   void on_read_error(std::error_code ec) {
     if (peer_closed(ec)) {
-      log(LogLevel::kDebug, "%s (%s): closed by the agent", peer_.c_str(), cn_.c_str());
+      log(LogLevel::kDebug, "%s (%s): closed by the agent", session_.peer().c_str(), session_.cn().c_str());
     } else {
-      log(LogLevel::kInfo, "%s (%s): connection ended: %s", peer_.c_str(), cn_.c_str(), ec.message().c_str());
+      log(LogLevel::kInfo, "%s (%s): connection ended: %s", session_.peer().c_str(), session_.cn().c_str(),
+          ec.message().c_str());
     }
     close();
   }
 
-  // False when the connection is being closed.
-  bool on_bytes(std::span<const std::uint8_t> bytes) {
-    reader_.feed(bytes);
-    for (;;) {
-      const wire::FrameStatus status = reader_.next();
-      if (status == wire::FrameStatus::kNeedMore) {
-        break;
-      }
-      if (status != wire::FrameStatus::kFrame) {
-        log(LogLevel::kWarning, "%s (%s): %s, closing", peer_.c_str(), cn_.c_str(), wire::to_string(status));
-        server_.count(Reject::kFrame);
-        close();
-        return false;
-      }
-      server_.update([](IngestCounters& c) { ++c.frames; });
-      arm_timer(server_.config.idle_timeout);
-      if (!on_frame(*reader_.frame(), reader_.frame_bytes())) {
-        return false;
-      }
-    }
-    reader_.release_if_idle();
-    return true;
-  }
-
-  // False when the connection is being closed.
-  bool on_frame(const wire::Frame& frame, std::span<const std::uint8_t> bytes) {
-    if (const wire::Hello* hello = frame.message_as_Hello()) {
-      if (hello_) {
-        return refuse(Reject::kProtocol, "a second Hello");
-      }
-      agent_id_ = str(hello->agent_id());
-      region_ = str(hello->region());
-      pop_ = str(hello->pop());
-      arch_ = str(hello->arch());
-      version_ = str(hello->software_version());
-      if (agent_id_ != cn_) {
-        return refuse(Reject::kIdentity,
-                      "Hello claims agent '" + agent_id_ + "' but the certificate is for '" + cn_ + "'");
-      }
-      const auto& served = server_.config.regions;
-      if (std::find(served.begin(), served.end(), region_) == served.end()) {
-        std::string list;
-        for (const std::string& r : served) list += (list.empty() ? "" : ", ") + r;
-        return refuse(Reject::kRegion, "region '" + region_ + "' is not served here (serves: " + list + ")");
-      }
-      hello_ = true;
-      log(LogLevel::kInfo, "%s: agent %s (%s/%s, %s, %s) connected%s", peer_.c_str(), agent_id_.c_str(),
-          region_.c_str(), pop_.c_str(), arch_.c_str(), version_.c_str(),
-          stream_->resumed() ? ", resumed" : "");
-      return true;
-    }
-    if (const wire::Batch* batch = frame.message_as_Batch()) {
-      if (!hello_) {
-        return refuse(Reject::kProtocol, "a Batch before Hello");
-      }
-      if (str(batch->agent_id()) != agent_id_) {
-        return refuse(Reject::kIdentity,
-                      "a Batch for agent '" + str(batch->agent_id()) + "' on " + agent_id_ + "'s connection");
-      }
-      if (batch->seq() == 0) {
-        return refuse(Reject::kProtocol, "a Batch with seq 0");
-      }
-      StoreItem item;
-      item.connection = weak_from_this();
-      item.io = &io_;
-      item.frame.assign(bytes.begin(), bytes.end());
-      item.agent_id = agent_id_;
-      item.region = region_;
-      item.pop = pop_;
-      item.arch = arch_;
-      item.software_version = version_;
-      item.received_ns = platform::realtime_ns();
-      item.seq = batch->seq();
-      ++pending_;
-      server_.enqueue(std::move(item));
-      return true;
-    }
-    return refuse(Reject::kProtocol, "an unexpected message");
-  }
-
-  bool refuse(Reject reason, const std::string& why) {
-    log(LogLevel::kWarning, "%s (%s): refused: %s", peer_.c_str(), cn_.c_str(), why.c_str());
-    server_.count(reason);
-    send_then_close(ack_frame(0, wire::AckStatus::Rejected, why));
-    return false;
-  }
-
-  void send(std::vector<std::uint8_t> frame) {
-    unsent_bytes_ += frame.size();
-    if (unsent_bytes_ > server_.config.max_unsent_ack_bytes) {
-      // A peer that sends batches but never reads its acks would grow this queue without end.
-      log(LogLevel::kWarning, "%s (%s): %zu bytes of acks unread, closing", peer_.c_str(), cn_.c_str(),
-          unsent_bytes_);
-      server_.count(Reject::kSlowReader);
-      close();
-      return;
-    }
-    writes_.push_back(std::move(frame));
-    if (!writing_) {
-      write_next();
-    }
-  }
-
-  void send_then_close(std::vector<std::uint8_t> frame) {
-    close_after_write_ = true;
-    send(std::move(frame));
-  }
-
+  // One write at a time, in the session's order.
   void write_next() {
-    if (writes_.empty() || closed_) {
-      writing_ = false;
-      if (close_after_write_ && !closed_) {
-        close();
-      }
-      return;
-    }
+    const std::vector<std::uint8_t>* front = session_.next_write();
+    if (writing_ || closed_ || front == nullptr) return;
     writing_ = true;
-    const std::vector<std::uint8_t>& front = writes_.front();
-    stream_->async_write(asio::buffer(front), [self = shared_from_this()](std::error_code ec, std::size_t) {
+    stream_->async_write(asio::buffer(*front), [self = shared_from_this()](std::error_code ec, std::size_t) {
+      self->writing_ = false;
       if (self->closed_) {
         return;
       }
@@ -666,9 +547,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
         self->close();
         return;
       }
-      self->unsent_bytes_ -= self->writes_.front().size();
-      self->writes_.pop_front();
-      self->write_next();
+      self->session_.on_written();
+      self->apply();
     });
   }
 
@@ -677,6 +557,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
       return;
     }
     closed_ = true;
+    session_.close();
     server_.admission.release(*ticket_);
     timer_.cancel();
     stream_->close();
@@ -687,22 +568,14 @@ class Connection : public std::enable_shared_from_this<Connection> {
   asio::io_context& io_;
   std::shared_ptr<platform::tls::TlsStream> stream_;
   asio::steady_timer timer_;
-  std::string peer_;
-  std::string source_;
+  std::int64_t timer_deadline_ns_ = 0;  // what timer_ waits for; 0: nothing
   std::shared_ptr<Admission::Ticket> ticket_;
   std::shared_ptr<Connection> hold_;  // self, while reading is paused
-  std::string cn_;
-  std::string agent_id_, region_, pop_, arch_, version_;
-  wire::FrameReader reader_;
-  std::deque<std::vector<std::uint8_t>> writes_;
-  std::size_t unsent_bytes_ = 0;
-  std::size_t pending_ = 0;
+  IngestSession session_;
   ReadState read_state_ = ReadState::kStopped;
   bool handshake_done_ = false;
   bool session_counted_ = false;
-  bool hello_ = false;
   bool writing_ = false;
-  bool close_after_write_ = false;
   bool closed_ = false;
 };
 
@@ -893,10 +766,7 @@ void IngestServer::Impl::run_store() {
     for (auto& [io, results] : by_thread) {
       asio::post(*io, [results = std::move(results)]() {
         for (const auto& [weak, outcome] : results) {
-          if (auto connection = weak.lock()) {
-            const bool ok = outcome.second != store::StoreOutcome::kFailed;
-            connection->on_stored(outcome.first, ok, outcome.second == store::StoreOutcome::kDuplicate);
-          }
+          if (auto connection = weak.lock()) connection->on_stored(outcome.first, outcome.second);
         }
       });
     }

@@ -1,0 +1,233 @@
+#include "collector/ingest_session.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <utility>
+
+#include "platform/clock.hpp"
+#include "platform/log.hpp"
+#include "schemas/wire_string.hpp"
+
+namespace vantage::collector {
+
+namespace {
+
+using platform::log;
+using platform::LogLevel;
+
+class SystemSessionClock final : public SessionClock {
+ public:
+  std::int64_t monotonic_ns() const override { return platform::monotonic_ns(); }
+  std::int64_t realtime_ns() const override { return platform::realtime_ns(); }
+};
+
+std::int64_t to_ns(std::chrono::milliseconds d) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
+}
+
+std::vector<std::uint8_t> ack_frame(std::uint64_t seq, wire::AckStatus status, const std::string& reason) {
+  flatbuffers::FlatBufferBuilder fbb(128);
+  const auto ack = wire::CreateAckDirect(fbb, seq, status, reason.empty() ? nullptr : reason.c_str());
+  wire::FinishFrameBuffer(fbb, wire::CreateFrame(fbb, wire::Message::Ack, ack.Union()));
+  std::vector<std::uint8_t> out;
+  wire::append_frame(out, {fbb.GetBufferPointer(), fbb.GetSize()});
+  return out;
+}
+
+}  // namespace
+
+const SessionClock& system_session_clock() noexcept {
+  static const SystemSessionClock clock;
+  return clock;
+}
+
+IngestSession::IngestSession(const IngestConfig& config, const SessionClock& clock, SessionTally& tally,
+                             std::string peer, std::string source)
+    : config_(config),
+      clock_(clock),
+      tally_(tally),
+      peer_(std::move(peer)),
+      source_(std::move(source)),
+      reader_(config.max_frame),
+      deadline_ns_(clock.monotonic_ns() + to_ns(config.handshake_timeout)) {}
+
+void IngestSession::on_handshake_failed(const std::string& why) {
+  if (phase_ != Phase::kHandshake) return;
+  log(LogLevel::kDebug, "%s: TLS handshake failed: %s", peer_.c_str(), why.c_str());
+  tally_.refuse_pre_auth(source_, Reject::kHandshake);
+  close();
+}
+
+void IngestSession::on_authenticated(std::string cn, bool resumed, bool session_available) {
+  if (phase_ != Phase::kHandshake) return;
+  phase_ = Phase::kHello;
+  cn_ = std::move(cn);
+  resumed_ = resumed;
+  if (!session_available) {
+    log(LogLevel::kWarning, "%s (%s): session limit (%zu) reached, closing", peer_.c_str(), cn_.c_str(),
+        config_.max_sessions);
+    tally_.count(Reject::kConnectionLimit);
+    send_then_close(ack_frame(0, wire::AckStatus::RetryLater, "session limit reached"));
+    return;
+  }
+  if (cn_.empty()) {
+    log(LogLevel::kWarning, "%s: no client certificate identity, refusing", peer_.c_str());
+    tally_.count(Reject::kNoIdentity);
+    send_then_close(ack_frame(0, wire::AckStatus::Rejected, "no client certificate identity"));
+    return;
+  }
+  restart_idle_deadline();
+}
+
+void IngestSession::on_tick() {
+  if (closed() || clock_.monotonic_ns() < deadline_ns_) return;
+  if (phase_ != Phase::kHandshake) {
+    log(LogLevel::kNotice, "%s (%s): idle timeout, closing", peer_.c_str(), cn_.c_str());
+    tally_.count(Reject::kTimeout);
+  } else {
+    log(LogLevel::kDebug, "%s: handshake timeout, closing", peer_.c_str());
+    tally_.refuse_pre_auth(source_, Reject::kTimeout);
+  }
+  close();
+}
+
+void IngestSession::restart_idle_deadline() { deadline_ns_ = clock_.monotonic_ns() + to_ns(config_.idle_timeout); }
+
+void IngestSession::on_bytes(std::span<const std::uint8_t> bytes) {
+  if (!reading()) return;
+  reader_.feed(bytes);
+  for (;;) {
+    const wire::FrameStatus status = reader_.next();
+    if (status == wire::FrameStatus::kNeedMore) {
+      break;
+    }
+    if (status != wire::FrameStatus::kFrame) {
+      log(LogLevel::kWarning, "%s (%s): %s, closing", peer_.c_str(), cn_.c_str(), wire::to_string(status));
+      tally_.count(Reject::kFrame);
+      close();
+      return;
+    }
+    tally_.count_frame();
+    restart_idle_deadline();
+    if (!on_frame(*reader_.frame(), reader_.frame_bytes())) {
+      return;
+    }
+  }
+  reader_.release_if_idle();
+}
+
+// False when the session is being closed.
+bool IngestSession::on_frame(const wire::Frame& frame, std::span<const std::uint8_t> bytes) {
+  if (const wire::Hello* hello = frame.message_as_Hello()) {
+    if (phase_ == Phase::kOpen) {
+      return refuse(Reject::kProtocol, "a second Hello");
+    }
+    agent_id_ = wire::text(hello->agent_id());
+    region_ = wire::text(hello->region());
+    pop_ = wire::text(hello->pop());
+    arch_ = wire::text(hello->arch());
+    version_ = wire::text(hello->software_version());
+    if (agent_id_ != cn_) {
+      return refuse(Reject::kIdentity,
+                    "Hello claims agent '" + agent_id_ + "' but the certificate is for '" + cn_ + "'");
+    }
+    const auto& served = config_.regions;
+    if (std::find(served.begin(), served.end(), region_) == served.end()) {
+      std::string list;
+      for (const std::string& r : served) list += (list.empty() ? "" : ", ") + r;
+      return refuse(Reject::kRegion, "region '" + region_ + "' is not served here (serves: " + list + ")");
+    }
+    phase_ = Phase::kOpen;
+    log(LogLevel::kInfo, "%s: agent %s (%s/%s, %s, %s) connected%s", peer_.c_str(), agent_id_.c_str(),
+        region_.c_str(), pop_.c_str(), arch_.c_str(), version_.c_str(), resumed_ ? ", resumed" : "");
+    return true;
+  }
+  if (const wire::Batch* batch = frame.message_as_Batch()) {
+    if (phase_ != Phase::kOpen) {
+      return refuse(Reject::kProtocol, "a Batch before Hello");
+    }
+    if (wire::str(batch->agent_id()) != agent_id_) {
+      return refuse(Reject::kIdentity,
+                    "a Batch for agent '" + wire::text(batch->agent_id()) + "' on " + agent_id_ + "'s connection");
+    }
+    if (batch->seq() == 0) {
+      return refuse(Reject::kProtocol, "a Batch with seq 0");
+    }
+    SessionBatch item;
+    item.frame.assign(bytes.begin(), bytes.end());
+    item.agent_id = agent_id_;
+    item.region = region_;
+    item.pop = pop_;
+    item.arch = arch_;
+    item.software_version = version_;
+    item.received_ns = clock_.realtime_ns();
+    item.seq = batch->seq();
+    awaiting_.push_back({item.seq, std::nullopt});
+    batches_.push_back(std::move(item));
+    return true;
+  }
+  return refuse(Reject::kProtocol, "an unexpected message");
+}
+
+bool IngestSession::refuse(Reject reason, const std::string& why) {
+  log(LogLevel::kWarning, "%s (%s): refused: %s", peer_.c_str(), cn_.c_str(), why.c_str());
+  tally_.count(reason);
+  send_then_close(ack_frame(0, wire::AckStatus::Rejected, why));
+  return false;
+}
+
+std::vector<SessionBatch> IngestSession::take_batches() { return std::exchange(batches_, {}); }
+
+void IngestSession::on_stored(std::uint64_t seq, store::StoreOutcome outcome) {
+  // The store answers a connection's batches in the order they were queued; should it ever
+  // answer a later one first, that ack waits for the earlier ones.
+  const auto entry = std::find_if(awaiting_.begin(), awaiting_.end(),
+                                  [seq](const Awaiting& a) { return a.seq == seq && !a.outcome; });
+  if (entry == awaiting_.end()) return;  // not one of ours
+  entry->outcome = outcome;
+  while (!awaiting_.empty() && awaiting_.front().outcome) {
+    const Awaiting done = awaiting_.front();
+    awaiting_.pop_front();
+    ack(done.seq, *done.outcome);
+  }
+}
+
+void IngestSession::ack(std::uint64_t seq, store::StoreOutcome outcome) {
+  if (closed()) {
+    return;
+  }
+  if (outcome == store::StoreOutcome::kFailed) {
+    // The agent keeps the batch in its spool and resends after reconnecting.
+    send_then_close(ack_frame(seq, wire::AckStatus::RetryLater, "store unavailable"));
+    return;
+  }
+  tally_.count_ack(outcome == store::StoreOutcome::kDuplicate);
+  send(ack_frame(seq, wire::AckStatus::Stored, {}));
+}
+
+void IngestSession::send(std::vector<std::uint8_t> frame) {
+  unsent_bytes_ += frame.size();
+  if (unsent_bytes_ > config_.max_unsent_ack_bytes) {
+    // A peer that sends batches but never reads its acks would grow this queue without end.
+    log(LogLevel::kWarning, "%s (%s): %zu bytes of acks unread, closing", peer_.c_str(), cn_.c_str(),
+        unsent_bytes_);
+    tally_.count(Reject::kSlowReader);
+    close();
+    return;
+  }
+  writes_.push_back(std::move(frame));
+}
+
+void IngestSession::send_then_close(std::vector<std::uint8_t> frame) {
+  phase_ = Phase::kClosing;
+  send(std::move(frame));
+}
+
+void IngestSession::on_written() {
+  if (writes_.empty()) return;
+  unsent_bytes_ -= writes_.front().size();
+  writes_.pop_front();
+  if (writes_.empty() && closing()) close();
+}
+
+}  // namespace vantage::collector

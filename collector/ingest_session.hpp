@@ -1,0 +1,133 @@
+// One agent connection's protocol without its I/O: the handshake and idle deadlines, the Hello
+// checks, frame limits and verification, batches for the store, acks in the order the batches
+// came, and the slow-reader bound. The TLS connection in ingest_server.cpp drives it with bytes,
+// store outcomes, write completions and timer ticks; tests drive it with frames and a manual clock.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "collector/ingest_server.hpp"
+#include "schemas/frame_codec.hpp"
+
+namespace vantage::collector {
+
+// Time as the session sees it: monotonic for deadlines, wall clock for labelling batches.
+class SessionClock {
+ public:
+  virtual ~SessionClock() = default;
+  virtual std::int64_t monotonic_ns() const = 0;
+  virtual std::int64_t realtime_ns() const = 0;
+};
+
+// CLOCK_MONOTONIC and CLOCK_REALTIME.
+const SessionClock& system_session_clock() noexcept;
+
+// Where a session's counts go: the server's shared counters (and, before authentication, its
+// periodic refusal summary), or a test's.
+class SessionTally {
+ public:
+  virtual ~SessionTally() = default;
+  virtual void count(Reject reason) = 0;
+  virtual void refuse_pre_auth(const std::string& source, Reject reason) = 0;
+  virtual void count_frame() = 0;
+  virtual void count_ack(bool duplicate) = 0;
+};
+
+// A verified batch for the store, labelled with the identity its connection proved.
+struct SessionBatch {
+  std::vector<std::uint8_t> frame;  // the verified FlatBuffer, without its length prefix
+  std::string agent_id, region, pop, arch, software_version;
+  std::int64_t received_ns = 0;  // wall clock
+  std::uint64_t seq = 0;
+};
+
+// Inputs are the on_* calls; outputs are read after each: take_batches() for the store queue,
+// next_write() for the socket (in order, one at a time, confirmed by on_written()), closed() for
+// the connection, deadline_ns() for its timer. Single-threaded: the connection's io thread.
+class IngestSession {
+ public:
+  // The handshake deadline (config.handshake_timeout) starts now. `peer` (address:port) names
+  // the connection in log lines; `source` (address) is what pre-authentication refusals count.
+  IngestSession(const IngestConfig& config, const SessionClock& clock, SessionTally& tally, std::string peer,
+                std::string source);
+
+  // The TLS handshake failed: a pre-authentication refusal.
+  void on_handshake_failed(const std::string& why);
+  // The TLS handshake succeeded with the client certificate's CN `cn` (empty: none). With
+  // `session_available` false the server is at max_sessions and the agent is told to retry later.
+  void on_authenticated(std::string cn, bool resumed, bool session_available);
+  // Plaintext from the peer: every complete frame in it is handled. Ignored once closing.
+  void on_bytes(std::span<const std::uint8_t> bytes);
+  // The store's outcome for a batch of this session's (by seq, in any order or grouping): acks
+  // go out in the order the batches arrived, each once every batch before it has its outcome.
+  void on_stored(std::uint64_t seq, store::StoreOutcome outcome);
+  // The frame next_write() returned has been written whole.
+  void on_written();
+  // The timer fired (or any time): closes the session if its deadline has passed.
+  void on_tick();
+  // Ends the session now, for reasons outside it (peer gone, write error, eviction, shutdown).
+  void close() noexcept { phase_ = Phase::kClosed; }
+
+  // Batches accepted since the last call, in arrival order.
+  std::vector<SessionBatch> take_batches();
+  // The frame to write next (stays valid until on_written()), or null.
+  const std::vector<std::uint8_t>* next_write() const noexcept {
+    return writes_.empty() || closed() ? nullptr : &writes_.front();
+  }
+  // Past the handshake, not refused or closing: bytes are welcome.
+  bool reading() const noexcept { return phase_ == Phase::kHello || phase_ == Phase::kOpen; }
+  // Batches waiting for their outcome (or for an earlier one's) at max_pending_per_connection.
+  bool at_pending_limit() const noexcept { return awaiting_.size() >= config_.max_pending_per_connection; }
+  // A refusal or RetryLater is queued: the session closes once its writes are done.
+  bool closing() const noexcept { return phase_ == Phase::kClosing; }
+  bool closed() const noexcept { return phase_ == Phase::kClosed; }
+  std::int64_t deadline_ns() const noexcept { return deadline_ns_; }
+  std::size_t pending() const noexcept { return awaiting_.size(); }
+  std::size_t unsent_bytes() const noexcept { return unsent_bytes_; }
+  const std::string& peer() const noexcept { return peer_; }
+  const std::string& cn() const noexcept { return cn_; }
+
+ private:
+  enum class Phase {
+    kHandshake,  // TLS handshake in progress: the handshake deadline runs
+    kHello,      // authenticated, waiting for the Hello
+    kOpen,       // Hello accepted: batches welcome
+    kClosing,    // refused or told to retry later: closes once its writes are done
+    kClosed,
+  };
+  struct Awaiting {
+    std::uint64_t seq = 0;
+    std::optional<store::StoreOutcome> outcome;
+  };
+
+  bool on_frame(const wire::Frame& frame, std::span<const std::uint8_t> bytes);
+  bool refuse(Reject reason, const std::string& why);
+  void ack(std::uint64_t seq, store::StoreOutcome outcome);
+  void send(std::vector<std::uint8_t> frame);
+  void send_then_close(std::vector<std::uint8_t> frame);
+  void restart_idle_deadline();
+
+  const IngestConfig& config_;
+  const SessionClock& clock_;
+  SessionTally& tally_;
+  std::string peer_;
+  std::string source_;
+  std::string cn_;
+  std::string agent_id_, region_, pop_, arch_, version_;
+  wire::FrameReader reader_;
+  std::vector<SessionBatch> batches_;
+  std::deque<Awaiting> awaiting_;  // batches handed to the store, oldest first
+  std::deque<std::vector<std::uint8_t>> writes_;
+  std::size_t unsent_bytes_ = 0;  // in writes_, the one being written included
+  std::int64_t deadline_ns_ = 0;
+  Phase phase_ = Phase::kHandshake;
+  bool resumed_ = false;
+};
+
+}  // namespace vantage::collector

@@ -86,6 +86,46 @@ IcmpParseStatus skip_ipv4_header(std::span<const std::byte>& packet) noexcept {
 
 }  // namespace
 
+namespace {
+
+// An echo message of `type` from its ICMP header on: code 0, the id (compared when check_id),
+// then our payload (cookie, send time, target) into out. Replies and quoted requests differ
+// only in the statuses for a wrong type and a short payload, and in whether the checksum
+// still needs verifying.
+template <typename Out>
+IcmpParseStatus parse_echo(std::span<const std::byte> icmp, std::uint8_t type, IcmpParseStatus wrong_type,
+                           IcmpParseStatus short_payload, bool verify_checksum, bool check_id,
+                           std::uint16_t id, std::uint64_t cookie, Out& out) noexcept {
+  if (icmp.size() < kIcmpHeaderSize) {
+    return IcmpParseStatus::kTooShort;
+  }
+  if (std::to_integer<std::uint8_t>(icmp[0]) != type || std::to_integer<std::uint8_t>(icmp[1]) != 0) {
+    return wrong_type;
+  }
+  out.id = load_be16(&icmp[4]);
+  out.wire_seq = load_be16(&icmp[6]);
+  if (check_id && out.id != id) {
+    return IcmpParseStatus::kWrongId;
+  }
+  if (icmp.size() < kIcmpHeaderSize + kIcmpMinPayload) {
+    return short_payload;
+  }
+  if (verify_checksum && internet_checksum(icmp) != 0) {
+    return IcmpParseStatus::kMalformed;
+  }
+  // Without the cookie anyone who can guess a 16-bit id and seq could forge a reply or close
+  // our probes with an error; with it, only someone who saw the request.
+  const std::byte* payload = icmp.data() + kIcmpHeaderSize;
+  if (load_be64(payload) != cookie) {
+    return IcmpParseStatus::kWrongCookie;
+  }
+  out.send_ns = static_cast<std::int64_t>(load_be64(payload + 8));
+  out.target = static_cast<std::uint32_t>(load_be64(payload + 16) >> 32);
+  return IcmpParseStatus::kOk;
+}
+
+}  // namespace
+
 IcmpParseStatus parse_icmp_echo_reply(std::span<const std::byte> packet, bool ipv6, bool with_ip_header,
                                       bool check_id, std::uint16_t id, std::uint64_t cookie,
                                       IcmpEchoReply& out) noexcept {
@@ -94,33 +134,10 @@ IcmpParseStatus parse_icmp_echo_reply(std::span<const std::byte> packet, bool ip
       return status;
     }
   }
-  if (packet.size() < kIcmpHeaderSize) {
-    return IcmpParseStatus::kTooShort;
-  }
-  if (std::to_integer<std::uint8_t>(packet[0]) != (ipv6 ? kEchoReplyV6 : kEchoReplyV4) ||
-      std::to_integer<std::uint8_t>(packet[1]) != 0) {
-    return IcmpParseStatus::kNotEchoReply;
-  }
-  out.id = load_be16(&packet[4]);
-  out.wire_seq = load_be16(&packet[6]);
-  if (check_id && out.id != id) {
-    return IcmpParseStatus::kWrongId;
-  }
-  if (packet.size() < kIcmpHeaderSize + kIcmpMinPayload) {
-    return IcmpParseStatus::kTooShort;
-  }
   // Ping sockets and the IPv6 stack check the checksum before delivery; an IPv4 raw socket
   // hands over whatever arrived.
-  if (with_ip_header && !ipv6 && internet_checksum(packet) != 0) {
-    return IcmpParseStatus::kMalformed;
-  }
-  const std::byte* payload = packet.data() + kIcmpHeaderSize;
-  if (load_be64(payload) != cookie) {
-    return IcmpParseStatus::kWrongCookie;
-  }
-  out.send_ns = static_cast<std::int64_t>(load_be64(payload + 8));
-  out.target = static_cast<std::uint32_t>(load_be64(payload + 16) >> 32);
-  return IcmpParseStatus::kOk;
+  return parse_echo(packet, ipv6 ? kEchoReplyV6 : kEchoReplyV4, IcmpParseStatus::kNotEchoReply,
+                    IcmpParseStatus::kTooShort, with_ip_header && !ipv6, check_id, id, cookie, out);
 }
 
 bool is_icmp_error_for_probe(bool ipv6, std::uint8_t type) noexcept {
@@ -131,30 +148,8 @@ bool is_icmp_error_for_probe(bool ipv6, std::uint8_t type) noexcept {
 IcmpParseStatus parse_quoted_echo_request(std::span<const std::byte> quote, bool ipv6, bool check_id,
                                           std::uint16_t id, std::uint64_t cookie,
                                           IcmpErrorReport& out) noexcept {
-  if (quote.size() < kIcmpHeaderSize) {
-    return IcmpParseStatus::kTooShort;
-  }
-  if (std::to_integer<std::uint8_t>(quote[0]) != (ipv6 ? kEchoRequestV6 : kEchoRequestV4) ||
-      std::to_integer<std::uint8_t>(quote[1]) != 0) {
-    return IcmpParseStatus::kNotIcmpError;
-  }
-  out.id = load_be16(&quote[4]);
-  out.wire_seq = load_be16(&quote[6]);
-  if (check_id && out.id != id) {
-    return IcmpParseStatus::kWrongId;
-  }
-  if (quote.size() < kIcmpHeaderSize + kIcmpMinPayload) {
-    return IcmpParseStatus::kShortQuote;
-  }
-  // Without the cookie anyone who can guess a 16-bit id and seq could close our probes; with
-  // it, only someone who saw the request.
-  const std::byte* payload = quote.data() + kIcmpHeaderSize;
-  if (load_be64(payload) != cookie) {
-    return IcmpParseStatus::kWrongCookie;
-  }
-  out.send_ns = static_cast<std::int64_t>(load_be64(payload + 8));
-  out.target = static_cast<std::uint32_t>(load_be64(payload + 16) >> 32);
-  return IcmpParseStatus::kOk;
+  return parse_echo(quote, ipv6 ? kEchoRequestV6 : kEchoRequestV4, IcmpParseStatus::kNotIcmpError,
+                    IcmpParseStatus::kShortQuote, false, check_id, id, cookie, out);
 }
 
 IcmpParseStatus parse_icmp_error(std::span<const std::byte> packet, bool ipv6, bool with_ip_header,

@@ -329,10 +329,10 @@ int main(int argc, char** argv) {
   options.cache_kib = o.cache_kib;
   auto opened = store::SqliteStore::open(base + "/v3.db", options);
   if (!opened) {
-    std::fprintf(stderr, "store_bench: %s\n", opened.error.c_str());
+    std::fprintf(stderr, "store_bench: %s\n", opened.error().c_str());
     return 1;
   }
-  store::SqliteStore& db = *opened.value;
+  store::SqliteStore& db = *opened;
   std::vector<std::string> names;
   for (int a = 0; a < o.agents; ++a) names.push_back(agent_name(a));
   std::vector<store::IncomingBatch> incoming;
@@ -350,7 +350,7 @@ int main(int argc, char** argv) {
     }
     auto r = db.store(incoming);
     if (!r) {
-      std::fprintf(stderr, "store_bench: %s\n", r.error.c_str());
+      std::fprintf(stderr, "store_bench: %s\n", r.error().c_str());
       std::exit(1);
     }
     commit_ns += db.last_commit_ns();
@@ -365,11 +365,11 @@ int main(int argc, char** argv) {
 
   std::size_t n = 0;
   std::printf("read side on %lld stored summaries (best of 3):\n", static_cast<long long>(v3.summaries));
-  std::printf("  latest_latency()        %9.1f ms", best_ms([&] { n = db.latest_latency().value->size(); }));
+  std::printf("  latest_latency()        %9.1f ms", best_ms([&] { n = db.latest_latency()->size(); }));
   std::printf("  (%zu pairs)\n", n);
-  std::printf("  agents()                %9.1f ms", best_ms([&] { n = db.agents().value->size(); }));
+  std::printf("  agents()                %9.1f ms", best_ms([&] { n = db.agents()->size(); }));
   std::printf("  (%zu agents)\n", n);
-  std::printf("  latest_load_per_pop()   %9.1f ms", best_ms([&] { n = db.latest_load_per_pop().value->size(); }));
+  std::printf("  latest_load_per_pop()   %9.1f ms", best_ms([&] { n = db.latest_load_per_pop()->size(); }));
   std::printf("  (%zu PoPs)\n", n);
   const std::string agent = agent_name(o.agents / 2);
   const std::string target = target_name(o.targets / 2);
@@ -379,13 +379,13 @@ int main(int argc, char** argv) {
   q.target = target;
   q.from_ns = kStart;
   q.to_ns = kStart + 3600 * kSecond + 1;
-  std::printf("  pair_history(1 h)       %9.1f ms", best_ms([&] { n = db.pair_history(q).value->size(); }));
+  std::printf("  pair_history(1 h)       %9.1f ms", best_ms([&] { n = db.pair_history(q)->size(); }));
   std::printf("  (%zu intervals, %s -> %s)\n", n, agent.c_str(), target.c_str());
   q.agent_id = {};
   q.pop = pop;
-  std::printf("  pair_history(PoP, 1 h)  %9.1f ms", best_ms([&] { n = db.pair_history(q).value->size(); }));
+  std::printf("  pair_history(PoP, 1 h)  %9.1f ms", best_ms([&] { n = db.pair_history(q)->size(); }));
   std::printf("  (%zu intervals from %s's agents)\n", n, pop.c_str());
-  std::printf("  seqs(agent)             %9.1f ms", best_ms([&] { n = db.seqs(agent).value->size(); }));
+  std::printf("  seqs(agent)             %9.1f ms", best_ms([&] { n = db.seqs(agent)->size(); }));
   std::printf("  (%zu seqs)\n", n);
   if (!o.keep) std::filesystem::remove_all(base);
   return 0;

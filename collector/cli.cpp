@@ -79,14 +79,14 @@ std::string ago(std::int64_t wall_ns) {
 int query_command(const std::string& db_path) {
   auto opened = vantage::collector::store::SqliteStore::open(db_path, {.read_only = true});
   if (!opened) {
-    std::fprintf(stderr, "vantage-collector: %s\n", opened.error.c_str());
+    std::fprintf(stderr, "vantage-collector: %s\n", opened.error().c_str());
     return 1;
   }
-  auto& db = *opened.value;
+  auto& db = *opened;
   auto latency = db.latest_latency();
   auto load = db.latest_load_per_pop();
   auto agents = db.agents();
-  for (const auto* error : {&latency.error, &load.error, &agents.error}) {
+  for (const auto* error : {&latency.error(), &load.error(), &agents.error()}) {
     if (!error->empty()) {
       std::fprintf(stderr, "vantage-collector: %s\n", error->c_str());
       return 1;
@@ -94,7 +94,7 @@ int query_command(const std::string& db_path) {
   }
   std::printf("latest latency (RTT in ms)\n%-10s %-16s %-28s %-5s %7s %7s %8s %8s %8s %9s %8s\n", "POP",
               "AGENT", "TARGET", "PROTO", "SENT", "RECV", "LOSS%", "P50", "P99", "JITTER", "AGE");
-  for (const auto& l : *latency.value) {
+  for (const auto& l : *latency) {
     std::printf("%-10s %-16s %-28s %-5s %7u %7u %8.2f %8.3f %8.3f %9.3f %8s\n", l.pop.c_str(),
                 l.agent_id.c_str(), l.target.c_str(), l.protocol.c_str(), l.sent, l.received,
                 100.0 * l.loss_ratio, static_cast<double>(l.p50_ns) / 1e6,
@@ -102,7 +102,7 @@ int query_command(const std::string& db_path) {
   }
   std::printf("\nlatest load per PoP\n%-10s %-16s %7s %10s %10s %7s %8s\n", "POP", "AGENT", "CPU%",
               "MEM_AVAIL", "MEM_TOTAL", "LOAD1", "AGE");
-  for (const auto& l : *load.value) {
+  for (const auto& l : *load) {
     std::printf("%-10s %-16s %7.1f %9.2fG %9.2fG %7.2f %8s\n", l.pop.c_str(), l.agent_id.c_str(),
                 100.0 * l.cpu_busy.value_or(0),
                 static_cast<double>(l.mem_available.value_or(0)) / 1073741824.0,
@@ -111,14 +111,14 @@ int query_command(const std::string& db_path) {
   }
   std::printf("\nagents\n%-16s %-12s %-10s %10s %10s %10s\n", "AGENT", "REGION", "POP", "BATCHES", "MAX_SEQ",
               "LAST_SEEN");
-  for (const auto& a : *agents.value) {
+  for (const auto& a : *agents) {
     std::printf("%-16s %-12s %-10s %10" PRId64 " %10" PRIu64 " %10s\n", a.agent_id.c_str(), a.region.c_str(),
                 a.pop.c_str(), a.batch_count, a.max_seq, ago(a.last_seen_ns).c_str());
   }
   std::printf(
       "\nagent health (newest batch with self-metrics)\n%-16s %5s %9s %9s %6s %8s %8s %6s %6s %6s %6s\n",
       "AGENT", "GEN", "RSS", "CPU_S", "UP", "SPOOL", "SP_DROP", "RING_D", "RECONN", "CONN_F", "TLS_F");
-  for (const auto& a : *agents.value) {
+  for (const auto& a : *agents) {
     if (!a.self) continue;
     const auto& m = *a.self;
     std::printf("%-16s %5" PRIu64 " %8.1fM %9.2f %6s %8" PRIu64 " %8" PRIu64 " %6" PRIu64 " %6" PRIu64
@@ -170,10 +170,10 @@ int consume_command(std::span<const std::string_view> args, std::FILE* out) {
   }
   auto opened = store::JetStreamConsumer::open(options);
   if (!opened) {
-    std::fprintf(stderr, "vantage-collector consume: %s\n", opened.error.c_str());
+    std::fprintf(stderr, "vantage-collector consume: %s\n", opened.error().c_str());
     return 1;
   }
-  store::JetStreamConsumer& consumer = **opened.value;
+  store::JetStreamConsumer& consumer = **opened;
 
   struct sigaction sa {};
   sa.sa_handler = on_signal;

@@ -728,15 +728,14 @@ void IngestServer::Impl::run_store() {
     auto result = sink->store(batches);
     const std::int64_t ended_ns = platform::monotonic_ns();
     if (!result) {
-      log(LogLevel::kError, "store: %s", result.error.c_str());
-    } else if (result.value->size() != batches.size()) {
+      log(LogLevel::kError, "store: %s", result.error().c_str());
+    } else if (result->size() != batches.size()) {
       log(LogLevel::kError, "store: the %s sink answered %zu outcomes for %zu batches", sink->name(),
-          result.value->size(), batches.size());
-      result = {};
-      result.error = "outcome count mismatch";
+          result->size(), batches.size());
+      result = platform::Status::error("outcome count mismatch", platform::Errc::kInternal);
     }
     std::vector<store::StoreOutcome> outcomes =
-        result ? std::move(*result.value)
+        result ? std::move(*result)
                : std::vector<store::StoreOutcome>(items.size(), store::StoreOutcome::kFailed);
     if (config.on_stored) {
       for (std::size_t i = 0; i < batches.size(); ++i) {
@@ -845,9 +844,9 @@ IngestStartResult IngestServer::start() {
   } else {
     auto opened = store::open_sqlite_sink(s.config.database, s.config.retention_days);
     if (!opened) {
-      return {opened.error};
+      return {opened.error()};
     }
-    s.sink = std::move(*opened.value);
+    s.sink = std::move(*opened);
   }
   if (const char* pause = std::getenv("VANTAGE_COLLECTOR_STORE_PAUSE_FILE")) s.pause_file = pause;
 

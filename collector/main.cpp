@@ -209,10 +209,10 @@ int main(int argc, char** argv) {
   if (!jetstream.servers.empty()) {
     auto sink = vantage::collector::store::JetStreamSink::connect(jetstream);
     if (!sink) {
-      vantage::platform::log(vantage::platform::LogLevel::kError, "%s", sink.error.c_str());
+      vantage::platform::log(vantage::platform::LogLevel::kError, "%s", sink.error().c_str());
       return 1;
     }
-    config.sink = std::move(*sink.value);
+    config.sink = std::move(*sink);
     store_text = "JetStream stream " + jetstream.stream + " (" + jetstream.subject_prefix + ".<region>)";
   }
   IngestServer server(config);

@@ -111,16 +111,16 @@ StoreCheck check_store(const std::filesystem::path& database, const std::vector<
   StoreCheck check;
   auto opened = collector::store::SqliteStore::open(database.string(), {.read_only = true});
   if (!opened) {
-    check.error = opened.error;
+    check.error = opened.error();
     return check;
   }
   for (const AgentRecord& r : records) {
-    auto seqs = opened.value->seqs(r.agent_id);
+    auto seqs = opened->seqs(r.agent_id);
     if (!seqs) {
-      check.error = seqs.error;
+      check.error = seqs.error();
       return check;
     }
-    check_agent_seqs(r, std::move(*seqs.value), check);
+    check_agent_seqs(r, std::move(*seqs), check);
   }
   return check;
 }

@@ -8,6 +8,7 @@
 #include <string>
 #include <string_view>
 
+#include "platform/result.hpp"
 #include "schemas/wire_string.hpp"
 #include "vantage/telemetry_generated.h"
 
@@ -38,14 +39,9 @@ enum class StoreOutcome : std::uint8_t {
   kFailed,     // not stored (a sink that stores batches one by one): the agent retries it
 };
 
-// A value or an error message (which names the database path and SQLite's message).
-template <typename T>
-struct [[nodiscard]] Result {
-  std::optional<T> value;
-  std::string error;
-
-  explicit operator bool() const noexcept { return value.has_value(); }
-};
+// Every sink and store call answers with the project's one result type: a value, or a Status
+// whose message names the database or server and the library's own message.
+using platform::Result;
 
 // The protocol as every view of the data names it: "udp_echo", "tcp_connect", "icmp"; a newer
 // agent's protocol is "unknown" (stored and labelled, not lost). The index is the store's code.

@@ -49,7 +49,6 @@ std::uint64_t JetStreamConsumer::messages_at_open() const noexcept { return stat
 bool JetStreamConsumer::caught_up() const noexcept { return state_->caught_up; }
 
 Result<std::unique_ptr<JetStreamConsumer>> JetStreamConsumer::open(const ConsumerOptions& options) {
-  Result<std::unique_ptr<JetStreamConsumer>> result;
   auto c = std::make_unique<State>();
   c->timeout_ms = options.timeout_ms;
   natsOptions* opts = nullptr;
@@ -62,22 +61,19 @@ Result<std::unique_ptr<JetStreamConsumer>> JetStreamConsumer::open(const Consume
   if (s == NATS_OK) s = natsConnection_Connect(&c->nc, opts);
   natsOptions_Destroy(opts);
   if (s != NATS_OK) {
-    result.error = failure("connect", s);
-    return result;
+    return platform::Status::error(failure("connect", s), platform::Errc::kUnavailable);
   }
   jsOptions jo;
   jsOptions_Init(&jo);
   jo.Wait = options.timeout_ms;
   if ((s = natsConnection_JetStream(&c->js, c->nc, &jo)) != NATS_OK) {
-    result.error = failure("JetStream context", s);
-    return result;
+    return platform::Status::error(failure("JetStream context", s), platform::Errc::kUnavailable);
   }
 
   jsStreamInfo* info = nullptr;
   jsErrCode code = static_cast<jsErrCode>(0);
   if ((s = js_GetStreamInfo(&info, c->js, options.stream.c_str(), &jo, &code)) != NATS_OK) {
-    result.error = failure("stream " + options.stream, s, code);
-    return result;
+    return platform::Status::error(failure("stream " + options.stream, s, code), platform::Errc::kUnavailable);
   }
   c->subject = info->Config->SubjectsLen > 0 ? info->Config->Subjects[0] : ">";
   c->messages = info->State.Msgs;
@@ -91,11 +87,9 @@ Result<std::unique_ptr<JetStreamConsumer>> JetStreamConsumer::open(const Consume
   if ((s = js_PullSubscribe(&c->sub, c->js, c->subject.c_str(),
                             options.durable.empty() ? nullptr : options.durable.c_str(), &jo, &so, &code)) !=
       NATS_OK) {
-    result.error = failure("pull consumer on " + options.stream, s, code);
-    return result;
+    return platform::Status::error(failure("pull consumer on " + options.stream, s, code), platform::Errc::kUnavailable);
   }
-  result.value.emplace(new JetStreamConsumer(std::move(c)));
-  return result;
+  return std::unique_ptr<JetStreamConsumer>(new JetStreamConsumer(std::move(c)));
 }
 
 JetStreamConsumer::Fetched JetStreamConsumer::fetch(

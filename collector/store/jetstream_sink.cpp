@@ -196,10 +196,8 @@ std::string JetStreamSink::subject(std::string_view region) const {
 }
 
 Result<std::unique_ptr<JetStreamSink>> JetStreamSink::connect(const JetStreamOptions& options) {
-  Result<std::unique_ptr<JetStreamSink>> result;
   if (options.servers.empty()) {
-    result.error = "JetStream: no NATS server URL";
-    return result;
+    return platform::Status::error("JetStream: no NATS server URL", platform::Errc::kInvalid);
   }
   auto state = std::make_unique<State>();
   state->options = options;
@@ -208,8 +206,7 @@ Result<std::unique_ptr<JetStreamSink>> JetStreamSink::connect(const JetStreamOpt
 
   natsOptions* raw = nullptr;
   if (natsOptions_Create(&raw) != NATS_OK) {
-    result.error = "JetStream: cannot allocate NATS options";
-    return result;
+    return platform::Status::error("JetStream: cannot allocate NATS options", platform::Errc::kUnavailable);
   }
   std::unique_ptr<natsOptions, OptionsDeleter> opts(raw);
   std::vector<const char*> urls;
@@ -232,16 +229,14 @@ Result<std::unique_ptr<JetStreamSink>> JetStreamSink::connect(const JetStreamOpt
   if (s == NATS_OK) s = natsOptions_SetReconnectedCB(opts.get(), on_reconnected, closure);
   if (s == NATS_OK) s = natsOptions_SetClosedCB(opts.get(), on_closed, closure);
   if (s != NATS_OK) {
-    result.error = "JetStream: NATS options for " + state->servers_text + ": " + status_text(s);
-    return result;
+    return platform::Status::error("JetStream: NATS options for " + state->servers_text + ": " + status_text(s), platform::Errc::kUnavailable);
   }
   s = natsConnection_Connect(&state->connection, opts.get());
   if (s == NATS_NOT_YET_CONNECTED) {
     log(LogLevel::kWarning, "JetStream: no NATS server reachable yet (%s); retrying in the background",
         state->servers_text.c_str());
   } else if (s != NATS_OK) {
-    result.error = "JetStream: connect to " + state->servers_text + ": " + status_text(s);
-    return result;
+    return platform::Status::error("JetStream: connect to " + state->servers_text + ": " + status_text(s), platform::Errc::kUnavailable);
   } else {
     log(LogLevel::kNotice, "JetStream: connected to %s", connected_url(state->connection).c_str());
   }
@@ -252,8 +247,7 @@ Result<std::unique_ptr<JetStreamSink>> JetStreamSink::connect(const JetStreamOpt
   js_options.PublishAsync.AckHandlerClosure = closure;
   s = natsConnection_JetStream(&state->js, state->connection, &js_options);
   if (s != NATS_OK) {
-    result.error = "JetStream: context: " + status_text(s);
-    return result;
+    return platform::Status::error("JetStream: context: " + status_text(s), platform::Errc::kUnavailable);
   }
   if (natsConnection_Status(state->connection) == NATS_CONN_STATUS_CONNECTED) {
     // A failure here is retried by the first store(); it is logged, not fatal.
@@ -263,21 +257,17 @@ Result<std::unique_ptr<JetStreamSink>> JetStreamSink::connect(const JetStreamOpt
       log(LogLevel::kWarning, "%s", error.c_str());
     }
   }
-  result.value.emplace(new JetStreamSink(std::move(state)));
-  return result;
+  return std::unique_ptr<JetStreamSink>(new JetStreamSink(std::move(state)));
 }
 
 Result<std::vector<StoreOutcome>> JetStreamSink::store(std::span<const IncomingBatch> batches) {
   State& st = *state_;
-  Result<std::vector<StoreOutcome>> result;
   if (natsConnection_Status(st.connection) != NATS_CONN_STATUS_CONNECTED) {
-    result.error = "JetStream: not connected to NATS (" + st.servers_text + ")";
-    return result;
+    return platform::Status::error("JetStream: not connected to NATS (" + st.servers_text + ")", platform::Errc::kUnavailable);
   }
   if (!st.stream_ready) {
     if (std::string error = st.ensure_stream(); !error.empty()) {
-      result.error = error;
-      return result;
+      return platform::Status::error(error, platform::Errc::kUnavailable);
     }
     st.stream_ready = true;
   }
@@ -343,17 +333,16 @@ Result<std::vector<StoreOutcome>> JetStreamSink::store(std::span<const IncomingB
   const std::size_t missing = st.in_flight.size();
   st.in_flight.clear();
   if (sent == 0) {
-    result.error = "JetStream: nothing published to " + st.servers_text + ": " + publish_error;
-    return result;
+    return platform::Status::error("JetStream: nothing published to " + st.servers_text + ": " + publish_error, platform::Errc::kUnavailable);
   }
   if (missing > 0 || !publish_error.empty() || !st.first_error.empty()) {
     log(LogLevel::kWarning, "JetStream: %zu of %zu batches not acked (%zu without an answer): %s",
         static_cast<std::size_t>(std::count(st.outcomes.begin(), st.outcomes.end(), StoreOutcome::kFailed)),
         batches.size(), missing, (!st.first_error.empty() ? st.first_error : publish_error).c_str());
   }
-  result.value = std::move(st.outcomes);
+  std::vector<StoreOutcome> outcomes = std::move(st.outcomes);
   st.outcomes = {};
-  return result;
+  return outcomes;
 }
 
 }  // namespace vantage::collector::store

@@ -27,13 +27,8 @@ Result<std::unique_ptr<BatchSink>> open_sqlite_sink(const std::string& path, int
   OpenOptions options;
   options.retention_days = retention_days;
   auto opened = SqliteStore::open(path, options);
-  Result<std::unique_ptr<BatchSink>> result;
-  if (!opened) {
-    result.error = std::move(opened.error);
-  } else {
-    result.value = std::make_unique<SqliteSink>(std::move(*opened.value));
-  }
-  return result;
+  if (!opened) return opened.status();
+  return std::unique_ptr<BatchSink>(std::make_unique<SqliteSink>(std::move(*opened)));
 }
 
 }  // namespace vantage::collector::store

@@ -22,6 +22,7 @@
 #include <utility>
 
 #include "platform/json_writer.hpp"
+#include "platform/result.hpp"
 #include "schemas/agent_self_fields.hpp"
 #include "schemas/wire_string.hpp"
 
@@ -428,6 +429,11 @@ int run(sqlite3_stmt* stmt) {
   const int rc = sqlite3_step(stmt);
   sqlite3_reset(stmt);
   return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+// What every failed call returns: the message names the database and SQLite's own message.
+platform::Status failure(std::string message) {
+  return platform::Status::error(std::move(message), platform::Errc::kIo);
 }
 
 // --- compact JSON for the per-CPU, interface and temperature lists -----------------------------
@@ -1594,7 +1600,6 @@ const std::string& SqliteStore::path() const noexcept { return impl_->path; }
 const char* SqliteStore::library_version() noexcept { return sqlite3_libversion(); }
 
 Result<SqliteStore> SqliteStore::open(const std::string& path, const OpenOptions& options) {
-  Result<SqliteStore> result;
   sqlite3* raw = nullptr;
   // NOMUTEX: one owning thread per connection (documented on the class), so SQLite's own
   // serialisation would be pure overhead.
@@ -1607,12 +1612,10 @@ Result<SqliteStore> SqliteStore::open(const std::string& path, const OpenOptions
   impl->options = options;
   Impl& s = *impl;
   if (s.db == nullptr) {
-    result.error = "sqlite store " + path + ": cannot open: out of memory";
-    return result;
+    return failure("sqlite store " + path + ": cannot open: out of memory");
   }
   if (open_rc != SQLITE_OK) {
-    result.error = s.error("cannot open");
-    return result;
+    return failure(s.error("cannot open"));
   }
   sqlite3* h = s.db.get();
   sqlite3_extended_result_codes(h, 1);
@@ -1621,25 +1624,21 @@ Result<SqliteStore> SqliteStore::open(const std::string& path, const OpenOptions
   // Opening is lazy: the first statement that reads the file tells whether it is a database.
   std::int64_t version = 0;
   if (query_int(h, "PRAGMA user_version", version) != SQLITE_OK) {
-    result.error = s.error("cannot read schema version");
-    return result;
+    return failure(s.error("cannot read schema version"));
   }
   if (version > kSchemaVersion) {
-    result.error = "sqlite store " + path + ": schema version " + std::to_string(version) +
-                   " is newer than this collector's " + std::to_string(kSchemaVersion);
-    return result;
+    return failure("sqlite store " + path + ": schema version " + std::to_string(version) +
+                   " is newer than this collector's " + std::to_string(kSchemaVersion));
   }
   if (options.cache_kib > 0 &&
       exec(h, "PRAGMA cache_size=-" + std::to_string(options.cache_kib)) != SQLITE_OK) {
-    result.error = s.error("cannot set cache_size");
-    return result;
+    return failure(s.error("cannot set cache_size"));
   }
   if (options.read_only) {
     if (version != kSchemaVersion) {
-      result.error = "sqlite store " + path + ": schema version " + std::to_string(version) + ", expected " +
+      return failure("sqlite store " + path + ": schema version " + std::to_string(version) + ", expected " +
                      std::to_string(kSchemaVersion) +
-                     " (read-only: not migrated; `vantage-collector serve` migrates it when it opens the file)";
-      return result;
+                     " (read-only: not migrated; `vantage-collector serve` migrates it when it opens the file)");
     }
   } else {
     // WAL: readers (`vantage-collector query`, the status page) never block the ingest and a
@@ -1649,20 +1648,18 @@ Result<SqliteStore> SqliteStore::open(const std::string& path, const OpenOptions
     // Group commit pays it once per call.
     std::int64_t ignored = 0;
     if (query_int(h, "PRAGMA journal_mode=WAL", ignored) != SQLITE_OK) {
-      result.error = s.error("cannot enable WAL");
-      return result;
+      return failure(s.error("cannot enable WAL"));
     }
     if (exec(h, "PRAGMA synchronous=FULL") != SQLITE_OK) {
-      result.error = s.error("cannot set synchronous=FULL");
-      return result;
+      return failure(s.error("cannot set synchronous=FULL"));
     }
     if (version == 0) {
       const std::string create = std::string("BEGIN IMMEDIATE;") + kSchemaV3 + views_sql({}) +
                                  "PRAGMA user_version=" + std::to_string(kSchemaVersion) + ";COMMIT;";
       if (exec(h, create) != SQLITE_OK) {
-        result.error = s.error("cannot create schema version " + std::to_string(kSchemaVersion));
+        std::string err = s.error("cannot create schema version " + std::to_string(kSchemaVersion));
         exec(h, "ROLLBACK");
-        return result;
+        return failure(std::move(err));
       }
     } else if (version < kSchemaVersion) {
       std::string err;
@@ -1674,22 +1671,19 @@ Result<SqliteStore> SqliteStore::open(const std::string& path, const OpenOptions
       if (err.empty() && exec(h, "COMMIT") != SQLITE_OK) err = s.error("commit");
       if (!err.empty()) {
         exec(h, "ROLLBACK");
-        result.error = err + " (migrating schema version " + std::to_string(version) + " to " +
+        return failure(err + " (migrating schema version " + std::to_string(version) + " to " +
                        std::to_string(kSchemaVersion) +
-                       ": nothing was changed; free disk space or restore from a backup, then retry)";
-        return result;
+                       ": nothing was changed; free disk space or restore from a backup, then retry)");
       }
       s.clear_state();
     }
     if (std::string err = s.ensure_self_columns(); !err.empty()) {
-      result.error = std::move(err);
-      return result;
+      return failure(std::move(err));
     }
   }
   if (!s.begin) {
     if (std::string err = s.prepare_global(); !err.empty()) {
-      result.error = std::move(err);
-      return result;
+      return failure(std::move(err));
     }
   }
   if (!options.read_only) {
@@ -1697,13 +1691,11 @@ Result<SqliteStore> SqliteStore::open(const std::string& path, const OpenOptions
     s.drop_expired(s.wall_now(), err);
     if (err.empty()) err = s.load_state();
     if (!err.empty()) {
-      result.error = std::move(err);
-      return result;
+      return failure(std::move(err));
     }
     s.last_retention_check_ns = s.wall_now();
   }
-  result.value.emplace(SqliteStore(std::move(impl)));
-  return result;
+  return SqliteStore(std::move(impl));
 }
 
 std::size_t SqliteStore::drop_expired(std::int64_t now_ns) {
@@ -1713,7 +1705,6 @@ std::size_t SqliteStore::drop_expired(std::int64_t now_ns) {
 
 Result<std::vector<StoreOutcome>> SqliteStore::store(std::span<const IncomingBatch> batches) {
   Impl& s = *impl_;
-  Result<std::vector<StoreOutcome>> result;
   const std::int64_t start = steady_ns();
   const std::int64_t now = s.wall_now();
   if (s.options.retention_days > 0 && now - s.last_retention_check_ns >= kRetentionCheckNs) {
@@ -1727,8 +1718,7 @@ Result<std::vector<StoreOutcome>> SqliteStore::store(std::span<const IncomingBat
   if (!s.state_loaded) {
     if (std::string err = s.load_state(); !err.empty()) {
       s.clear_state();
-      result.error = std::move(err);
-      return result;
+      return failure(std::move(err));
     }
   }
   sqlite3* h = s.db.get();
@@ -1746,15 +1736,13 @@ Result<std::vector<StoreOutcome>> SqliteStore::store(std::span<const IncomingBat
     clear_bindings();
     run(s.rollback.get());  // may fail if SQLite already rolled back (e.g. SQLITE_FULL): harmless
     s.clear_state();        // the in-memory totals include what was rolled back
-    result.error = std::move(err);
-    return std::move(result);
+    return Result<std::vector<StoreOutcome>>(failure(std::move(err)));
   };
   // A transaction left open by a failed COMMIT whose ROLLBACK failed too would make every later
   // BEGIN fail: close it first, so one bad moment cannot wedge the store.
   if (sqlite3_get_autocommit(h) == 0) run(s.rollback.get());
   if (run(s.begin.get()) != SQLITE_OK) {
-    result.error = s.error("begin");
-    return result;
+    return failure(s.error("begin"));
   }
   std::vector<StoreOutcome> outcomes(batches.size(), StoreOutcome::kStored);
   for (std::size_t i = 0; i < batches.size(); ++i) {
@@ -1767,8 +1755,7 @@ Result<std::vector<StoreOutcome>> SqliteStore::store(std::span<const IncomingBat
   const std::int64_t end = steady_ns();
   s.last_commit_ns = end - commit_start;
   s.last_store_ns = end - start;
-  result.value = std::move(outcomes);
-  return result;
+  return outcomes;
 }
 
 // --- the read side: works on a read-only connection, from the tables alone ----------------------
@@ -1810,19 +1797,15 @@ void read_figures(sqlite3_stmt* s, int first, IntervalFigures& f) {
 }  // namespace
 
 Result<std::vector<std::int64_t>> SqliteStore::partition_days() {
-  Result<std::vector<std::int64_t>> result;
   std::vector<std::int64_t> days;
   if (each_row(impl_->db.get(), "SELECT day FROM partitions ORDER BY day", kNoBind,
                [&](sqlite3_stmt* s) { days.push_back(sqlite3_column_int64(s, 0)); }) != SQLITE_OK) {
-    result.error = impl_->error("partitions query");
-  } else {
-    result.value = std::move(days);
+    return failure(impl_->error("partitions query"));
   }
-  return result;
+  return days;
 }
 
 Result<std::vector<LatestLatency>> SqliteStore::latest_latency() {
-  Result<std::vector<LatestLatency>> result;
   sqlite3* h = impl_->db.get();
   struct Agent {
     std::string agent_id, region, pop;
@@ -1858,8 +1841,7 @@ Result<std::vector<LatestLatency>> SqliteStore::latest_latency() {
     });
   }
   if (rc != SQLITE_OK) {
-    result.error = impl_->error("latest latency query");
-    return result;
+    return failure(impl_->error("latest latency query"));
   }
 
   PartitionStatements batch_rows(h, "SELECT id & 16777215, target, sent, received, lost, p50_ns, p99_ns, "
@@ -1933,18 +1915,15 @@ Result<std::vector<LatestLatency>> SqliteStore::latest_latency() {
     rows.push_back(std::move(r));
   }
   if (rc != SQLITE_OK) {
-    result.error = impl_->error("latest latency query");
-    return result;
+    return failure(impl_->error("latest latency query"));
   }
   std::sort(rows.begin(), rows.end(), [](const LatestLatency& x, const LatestLatency& y) {
     return std::tie(x.pop, x.agent_id, x.target, x.protocol) < std::tie(y.pop, y.agent_id, y.target, y.protocol);
   });
-  result.value = std::move(rows);
-  return result;
+  return rows;
 }
 
 Result<std::vector<LatestLoad>> SqliteStore::latest_load_per_pop() {
-  Result<std::vector<LatestLoad>> result;
   sqlite3* h = impl_->db.get();
   struct Candidate {
     std::string agent_id;
@@ -1984,16 +1963,11 @@ Result<std::vector<LatestLoad>> SqliteStore::latest_load_per_pop() {
       rows.push_back(std::move(r));
     });
   }
-  if (rc != SQLITE_OK) {
-    result.error = impl_->error("latest load query");
-  } else {
-    result.value = std::move(rows);
-  }
-  return result;
+  if (rc != SQLITE_OK) return failure(impl_->error("latest load query"));
+  return rows;
 }
 
 Result<std::vector<AgentSummary>> SqliteStore::agents() {
-  Result<std::vector<AgentSummary>> result;
   sqlite3* h = impl_->db.get();
   std::vector<AgentSummary> rows;
   std::vector<std::tuple<std::size_t, std::int64_t, std::int64_t>> selfs;  // row, day, batch
@@ -2039,16 +2013,11 @@ Result<std::vector<AgentSummary>> SqliteStore::agents() {
       r.self = m;
     });
   }
-  if (rc != SQLITE_OK) {
-    result.error = impl_->error("agents query");
-  } else {
-    result.value = std::move(rows);
-  }
-  return result;
+  if (rc != SQLITE_OK) return failure(impl_->error("agents query"));
+  return rows;
 }
 
 Result<std::vector<std::uint64_t>> SqliteStore::seqs(std::string_view agent_id) {
-  Result<std::vector<std::uint64_t>> result;
   sqlite3* h = impl_->db.get();
   std::int64_t id = -1;
   std::vector<std::int64_t> days;
@@ -2067,19 +2036,16 @@ Result<std::vector<std::uint64_t>> SqliteStore::seqs(std::string_view agent_id) 
         [&](sqlite3_stmt* s) { seqs.push_back(sqlite3_column_int64(s, 0)); });
   }
   if (rc != SQLITE_OK) {
-    result.error = impl_->error("seqs query");
-    return result;
+    return failure(impl_->error("seqs query"));
   }
   // Ascending by value as SQLite orders the stored int64, across partitions.
   std::sort(seqs.begin(), seqs.end());
   std::vector<std::uint64_t> out(seqs.size());
   std::transform(seqs.begin(), seqs.end(), out.begin(), [](std::int64_t v) { return static_cast<std::uint64_t>(v); });
-  result.value = std::move(out);
-  return result;
+  return out;
 }
 
 Result<std::vector<PairPoint>> SqliteStore::pair_history(const PairHistoryQuery& q) {
-  Result<std::vector<PairPoint>> result;
   sqlite3* h = impl_->db.get();
   std::vector<std::pair<std::int64_t, std::string>> sources;  // agent id, agent_id
   int rc = each_row(
@@ -2131,15 +2097,13 @@ WHERE b.agent = ?1 AND b.interval_end_ns >= ?2 AND b.interval_end_ns < ?3 AND l.
     }
   }
   if (rc != SQLITE_OK) {
-    result.error = impl_->error("pair history query");
-    return result;
+    return failure(impl_->error("pair history query"));
   }
   std::sort(rows.begin(), rows.end(), [](const PairPoint& x, const PairPoint& y) {
     return std::tie(x.interval_end_ns, x.agent_id, x.protocol, x.seq) <
            std::tie(y.interval_end_ns, y.agent_id, y.protocol, y.seq);
   });
-  result.value = std::move(rows);
-  return result;
+  return rows;
 }
 
 std::vector<std::pair<std::uint16_t, std::uint32_t>> decode_histogram_blob(std::string_view blob) {

@@ -90,9 +90,9 @@ struct Server {
   std::vector<std::uint64_t> seqs() {
     auto store = store::SqliteStore::open((dir / "store.db").string(), {.read_only = true});
     REQUIRE(store);
-    auto seqs = store.value->seqs("agent-1");
+    auto seqs = store->seqs("agent-1");
     REQUIRE(seqs);
-    return *seqs.value;
+    return *seqs;
   }
 };
 

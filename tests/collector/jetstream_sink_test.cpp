@@ -218,13 +218,13 @@ TEST_CASE(
   SKIP_WITHOUT_NATS_SERVER(server);
   server.start();
   auto sink = JetStreamSink::connect(options_for(server));
-  REQUIRE_MESSAGE(sink, sink.error);
+  REQUIRE_MESSAGE(sink, sink.error());
   std::vector<Frame> frames;
   for (std::uint64_t seq = 1; seq <= 3; ++seq) frames.push_back(make_frame("a1", seq));
   frames.push_back(make_frame("a2", 1, "ap-south"));
-  auto stored = (*sink.value)->store(inputs(frames));
-  REQUIRE_MESSAGE(stored, stored.error);
-  CHECK(*stored.value == std::vector<StoreOutcome>(4, StoreOutcome::kStored));
+  auto stored = (*sink)->store(inputs(frames));
+  REQUIRE_MESSAGE(stored, stored.error());
+  CHECK(*stored == std::vector<StoreOutcome>(4, StoreOutcome::kStored));
 
   Reader reader(server.url());
   REQUIRE(reader.count("TEST") == 4);
@@ -245,9 +245,9 @@ TEST_CASE(
   std::vector<Frame> again;
   again.push_back(make_frame("a1", 2));
   again.push_back(make_frame("a1", 4));
-  auto second = (*sink.value)->store(inputs(again));
-  REQUIRE_MESSAGE(second, second.error);
-  CHECK(*second.value == std::vector<StoreOutcome>{StoreOutcome::kDuplicate, StoreOutcome::kStored});
+  auto second = (*sink)->store(inputs(again));
+  REQUIRE_MESSAGE(second, second.error());
+  CHECK(*second == std::vector<StoreOutcome>{StoreOutcome::kDuplicate, StoreOutcome::kStored});
   CHECK(reader.count("TEST") == 5);
 }
 
@@ -256,21 +256,21 @@ TEST_CASE("a server down at start then killed and restarted: bounded failures an
   SKIP_WITHOUT_NATS_SERVER(server);
   // Down at start: the sink is made anyway and fails calls quickly.
   auto sink = JetStreamSink::connect(options_for(server));
-  REQUIRE_MESSAGE(sink, sink.error);
-  JetStreamSink& s = **sink.value;
+  REQUIRE_MESSAGE(sink, sink.error());
+  JetStreamSink& s = **sink;
   std::vector<Frame> frames;
   frames.push_back(make_frame("a1", 1));
   auto t0 = Clock::now();
   auto down = s.store(inputs(frames));
   CHECK_FALSE(down);
-  CHECK(down.error.find("not connected") != std::string::npos);
+  CHECK(down.error().find("not connected") != std::string::npos);
   CHECK(Clock::now() - t0 < std::chrono::milliseconds(500));
 
   server.start();
   auto deadline = Clock::now() + std::chrono::seconds(15);
   for (;;) {
     auto r = s.store(inputs(frames));
-    if (r && (*r.value)[0] == StoreOutcome::kStored) break;
+    if (r && (*r)[0] == StoreOutcome::kStored) break;
     REQUIRE(Clock::now() < deadline);
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
@@ -286,13 +286,13 @@ TEST_CASE("a server down at start then killed and restarted: bounded failures an
     t0 = Clock::now();
     auto failed = s.store(inputs(during));
     CHECK(Clock::now() - t0 < std::chrono::milliseconds(3000));
-    if (failed) CHECK(*failed.value == std::vector<StoreOutcome>(2, StoreOutcome::kFailed));
+    if (failed) CHECK(*failed == std::vector<StoreOutcome>(2, StoreOutcome::kFailed));
   }
   server.start();
   deadline = Clock::now() + std::chrono::seconds(15);
   for (;;) {
     auto again = s.store(inputs(during));
-    if (again && (*again.value)[0] != StoreOutcome::kFailed && (*again.value)[1] != StoreOutcome::kFailed)
+    if (again && (*again)[0] != StoreOutcome::kFailed && (*again)[1] != StoreOutcome::kFailed)
       break;
     REQUIRE(Clock::now() < deadline);
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -317,12 +317,12 @@ TEST_CASE("an existing stream with other settings is used as it is") {
     REQUIRE(js_AddStream(nullptr, reader.js(), &config, nullptr, nullptr) == NATS_OK);
   }
   auto sink = JetStreamSink::connect(options_for(server, "OPS"));
-  REQUIRE_MESSAGE(sink, sink.error);
+  REQUIRE_MESSAGE(sink, sink.error());
   std::vector<Frame> frames;
   frames.push_back(make_frame("a1", 1));
-  auto r = (*sink.value)->store(inputs(frames));
-  REQUIRE_MESSAGE(r, r.error);
-  CHECK((*r.value)[0] == StoreOutcome::kStored);
+  auto r = (*sink)->store(inputs(frames));
+  REQUIRE_MESSAGE(r, r.error());
+  CHECK((*r)[0] == StoreOutcome::kStored);
   Reader reader(server.url());
   CHECK(reader.count("OPS") == 1);
 }
@@ -331,5 +331,5 @@ TEST_CASE("no server URL is a start-up error") {
   JetStreamOptions o;
   auto sink = JetStreamSink::connect(o);
   CHECK_FALSE(sink);
-  CHECK(sink.error.find("no NATS server") != std::string::npos);
+  CHECK(sink.error().find("no NATS server") != std::string::npos);
 }

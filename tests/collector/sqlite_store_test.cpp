@@ -150,9 +150,9 @@ struct Batches {
 
 SqliteStore open_store(const std::string& path, const OpenOptions& options = test_options()) {
   auto opened = SqliteStore::open(path, options);
-  INFO(opened.error);
+  INFO(opened.error());
   REQUIRE(opened);
-  return std::move(*opened.value);
+  return std::move(*opened);
 }
 
 std::vector<std::uint64_t> one_to(std::uint64_t n) {
@@ -329,10 +329,10 @@ TEST_CASE("round trip: every column of a batch with 3 latency summaries and 2 lo
     in.incoming[0].arch = "arm64";
     in.incoming[0].software_version = "0.1.0";
     auto r = store.store(in.incoming);
-    INFO(r.error);
+    INFO(r.error());
     REQUIRE(r);
-    REQUIRE(r.value->size() == 1);
-    CHECK((*r.value)[0] == StoreOutcome::kStored);
+    REQUIRE(r->size() == 1);
+    CHECK((*r)[0] == StoreOutcome::kStored);
     CHECK(store.last_commit_ns() > 0);
     CHECK(store.last_store_ns() >= store.last_commit_ns());
   }
@@ -477,10 +477,10 @@ TEST_CASE("round trip: every column of a batch with 3 latency summaries and 2 lo
 
   auto agent_rows = open_store(path).agents();
   REQUIRE(agent_rows);
-  REQUIRE(agent_rows.value->size() == 1);
-  CHECK((*agent_rows.value)[0].max_seq == 4242);
-  CHECK((*agent_rows.value)[0].batch_count == 1);
-  CHECK((*agent_rows.value)[0].spool_dropped == kSpoolDropped);
+  REQUIRE(agent_rows->size() == 1);
+  CHECK((*agent_rows)[0].max_seq == 4242);
+  CHECK((*agent_rows)[0].batch_count == 1);
+  CHECK((*agent_rows)[0].spool_dropped == kSpoolDropped);
 
   auto self = db.rows("SELECT * FROM agent_self");
   REQUIRE(self.size() == 1);
@@ -490,7 +490,7 @@ TEST_CASE("round trip: every column of a batch with 3 latency summaries and 2 lo
   CHECK(self[0]["process_start_ns"].i == kT0 - 3600 * kSecond);
   CHECK(self[0]["config_generation"].i == 3);
   CHECK(self[0]["rss_bytes"].i == 5'000'000'000);
-  const auto& summary = (*agent_rows.value)[0];
+  const auto& summary = (*agent_rows)[0];
   REQUIRE(summary.self.has_value());
   // Every field of the list, in the view and read back through agents().
   const wire::AgentSelfValues sent = round_trip_self();
@@ -536,11 +536,11 @@ TEST_CASE("a self-metric added since a partition was made: read-only reads it as
     OpenOptions read_only = test_options();
     read_only.read_only = true;
     auto agents = open_store(path, read_only).agents();
-    INFO(agents.error);
+    INFO(agents.error());
     REQUIRE(agents);
-    REQUIRE((*agents.value)[0].self);
-    CHECK((*agents.value)[0].self->cpu_user_ns == 101);
-    wire::for_each_agent_self_field(*(*agents.value)[0].self, [&](const wire::AgentSelfField& f, auto v) {
+    REQUIRE((*agents)[0].self);
+    CHECK((*agents)[0].self->cpu_user_ns == 101);
+    wire::for_each_agent_self_field(*(*agents)[0].self, [&](const wire::AgentSelfField& f, auto v) {
       if (std::string_view(f.name) == last) CHECK(v == 0);
     });
   }
@@ -565,21 +565,21 @@ TEST_CASE("dedupe: the same (agent, seq) twice in one call and across calls is s
   // Same seq from another agent is a different batch.
   first.add(simple_batch("b", 1, {"t1"}, 2'000'000), "b");
   auto r = store.store(first.incoming);
-  INFO(r.error);
+  INFO(r.error());
   REQUIRE(r);
-  CHECK(*r.value ==
+  CHECK(*r ==
         std::vector<StoreOutcome>{StoreOutcome::kStored, StoreOutcome::kDuplicate, StoreOutcome::kStored});
 
   Batches again;
   again.add(simple_batch("a", 1, {"t3"}, 5'000'000), "a");
   again.add(simple_batch("a", 2), "a");
   auto r2 = store.store(again.incoming);
-  INFO(r2.error);
+  INFO(r2.error());
   REQUIRE(r2);
-  CHECK(*r2.value == std::vector<StoreOutcome>{StoreOutcome::kDuplicate, StoreOutcome::kStored});
+  CHECK(*r2 == std::vector<StoreOutcome>{StoreOutcome::kDuplicate, StoreOutcome::kStored});
 
-  CHECK(*store.seqs("a").value == one_to(2));
-  CHECK(*store.seqs("b").value == one_to(1));
+  CHECK(*store.seqs("a") == one_to(2));
+  CHECK(*store.seqs("b") == one_to(1));
   RawDb db(path);
   CHECK(db.integer("SELECT COUNT(*) FROM batches WHERE agent_id = 'a' AND seq = 1") == 1);
   CHECK(db.integer("SELECT COUNT(*) FROM latency_summaries WHERE agent_id = 'a' AND seq = 1") == 2);
@@ -600,25 +600,25 @@ TEST_CASE("group commit: 100 batches from 3 agents in one call, seqs 1..N per ag
     in.add(simple_batch(names[a], next[a]++, {"t1", "t2"}), names[a]);
   }
   auto r = store.store(in.incoming);
-  INFO(r.error);
+  INFO(r.error());
   REQUIRE(r);
-  REQUIRE(r.value->size() == 100);
-  for (StoreOutcome o : *r.value) CHECK(o == StoreOutcome::kStored);
+  REQUIRE(r->size() == 100);
+  for (StoreOutcome o : *r) CHECK(o == StoreOutcome::kStored);
   MESSAGE("group commit of 100 batches: COMMIT " << store.last_commit_ns() / 1000 << " us, transaction "
                                                  << store.last_store_ns() / 1000 << " us");
-  CHECK(*store.seqs("agent-a").value == one_to(34));
-  CHECK(*store.seqs("agent-b").value == one_to(33));
-  CHECK(*store.seqs("agent-c").value == one_to(33));
-  CHECK(store.seqs("nobody").value->empty());
+  CHECK(*store.seqs("agent-a") == one_to(34));
+  CHECK(*store.seqs("agent-b") == one_to(33));
+  CHECK(*store.seqs("agent-c") == one_to(33));
+  CHECK(store.seqs("nobody")->empty());
 
   auto agents = store.agents();
   REQUIRE(agents);
-  REQUIRE(agents.value->size() == 3);
-  CHECK((*agents.value)[0].agent_id == "agent-a");
-  CHECK((*agents.value)[0].max_seq == 34);
-  CHECK((*agents.value)[0].batch_count == 34);
-  CHECK((*agents.value)[1].batch_count == 33);
-  CHECK((*agents.value)[0].first_seen_ns < (*agents.value)[0].last_seen_ns);
+  REQUIRE(agents->size() == 3);
+  CHECK((*agents)[0].agent_id == "agent-a");
+  CHECK((*agents)[0].max_seq == 34);
+  CHECK((*agents)[0].batch_count == 34);
+  CHECK((*agents)[1].batch_count == 33);
+  CHECK((*agents)[0].first_seen_ns < (*agents)[0].last_seen_ns);
 }
 
 TEST_CASE("durability: data survives close and reopen, the file is in WAL mode") {
@@ -630,7 +630,7 @@ TEST_CASE("durability: data survives close and reopen, the file is in WAL mode")
       Batches in;
       in.add(simple_batch("a", seq), "a");
       auto r = store.store(in.incoming);
-      INFO(r.error);
+      INFO(r.error());
       REQUIRE(r);
     }
   }
@@ -640,14 +640,14 @@ TEST_CASE("durability: data survives close and reopen, the file is in WAL mode")
     CHECK(db.integer("PRAGMA user_version") == SqliteStore::kSchemaVersion);
   }
   SqliteStore store = open_store(path);
-  CHECK(*store.seqs("a").value == one_to(10));
+  CHECK(*store.seqs("a") == one_to(10));
   Batches in;
   in.add(simple_batch("a", 10), "a");
   in.add(simple_batch("a", 11), "a");
   auto r = store.store(in.incoming);
   REQUIRE(r);
-  CHECK(*r.value == std::vector<StoreOutcome>{StoreOutcome::kDuplicate, StoreOutcome::kStored});
-  CHECK(*store.seqs("a").value == one_to(11));
+  CHECK(*r == std::vector<StoreOutcome>{StoreOutcome::kDuplicate, StoreOutcome::kStored});
+  CHECK(*store.seqs("a") == one_to(11));
 }
 
 // Forks a writer that stores groups of 4 batches from `first_seq` on and reports each seq on a
@@ -676,7 +676,7 @@ std::vector<std::uint64_t> run_and_kill(const std::string& path, std::uint64_t f
         in.received_ns = in.batch->interval_end_ns();
         incoming.push_back(in);
       }
-      if (!opened.value->store(incoming)) _exit(4);
+      if (!opened->store(incoming)) _exit(4);
       for (std::uint64_t s = seq; s < seq + 4; ++s) {
         if (write(fds[1], &s, sizeof s) != static_cast<ssize_t>(sizeof s)) _exit(5);
       }
@@ -722,7 +722,7 @@ TEST_CASE("crash: a SIGKILLed writer loses nothing it reported committed") {
     CHECK(reported == expected_reported);
 
     SqliteStore store = open_store(path);
-    const std::vector<std::uint64_t> seqs = *store.seqs("crash").value;
+    const std::vector<std::uint64_t> seqs = *store.seqs("crash");
     MESSAGE("round " << round << ": child reported up to seq " << reported.back() << ", database holds "
                      << seqs.size());
     // Every reported seq is there, and whole transactions only: 1..N without a gap.
@@ -741,21 +741,21 @@ TEST_CASE("errors: a directory, a missing directory and a non-database name the 
   TempDir dir;
   auto on_dir = SqliteStore::open(dir.path());
   CHECK_FALSE(on_dir);
-  CHECK(on_dir.error.find(dir.path()) != std::string::npos);
-  MESSAGE(on_dir.error);
+  CHECK(on_dir.error().find(dir.path()) != std::string::npos);
+  MESSAGE(on_dir.error());
 
   const std::string missing = dir.file("no-such-dir/store.db");
   auto on_missing = SqliteStore::open(missing);
   CHECK_FALSE(on_missing);
-  CHECK(on_missing.error.find(missing) != std::string::npos);
-  MESSAGE(on_missing.error);
+  CHECK(on_missing.error().find(missing) != std::string::npos);
+  MESSAGE(on_missing.error());
 
   const std::string garbage = dir.file("garbage.db");
   std::ofstream(garbage) << std::string(8192, 'x');
   auto on_garbage = SqliteStore::open(garbage);
   CHECK_FALSE(on_garbage);
-  CHECK(on_garbage.error.find(garbage) != std::string::npos);
-  MESSAGE(on_garbage.error);
+  CHECK(on_garbage.error().find(garbage) != std::string::npos);
+  MESSAGE(on_garbage.error());
 
   // Permission bits do not stop root, so this part runs only for other users.
   if (geteuid() != 0) {
@@ -763,7 +763,7 @@ TEST_CASE("errors: a directory, a missing directory and a non-database name the 
     REQUIRE(mkdir(locked.c_str(), 0500) == 0);
     auto on_locked = SqliteStore::open(locked + "/store.db");
     CHECK_FALSE(on_locked);
-    CHECK(on_locked.error.find(locked) != std::string::npos);
+    CHECK(on_locked.error().find(locked) != std::string::npos);
   }
 }
 
@@ -784,14 +784,14 @@ TEST_CASE("errors: a read-only database refuses to store and nothing is written"
   in.add(simple_batch("b", 1), "b");
   auto r = store.store(in.incoming);
   CHECK_FALSE(r);
-  CHECK(r.error.find(path) != std::string::npos);
-  MESSAGE(r.error);
-  CHECK(*store.seqs("a").value == one_to(1));
-  CHECK(store.seqs("b").value->empty());
+  CHECK(r.error().find(path) != std::string::npos);
+  MESSAGE(r.error());
+  CHECK(*store.seqs("a") == one_to(1));
+  CHECK(store.seqs("b")->empty());
   // The handle stays usable for reading after the failed write.
   auto agents = store.agents();
   REQUIRE(agents);
-  CHECK(agents.value->size() == 1);
+  CHECK(agents->size() == 1);
 
   // A read-only open never creates or migrates a database.
   auto fresh = SqliteStore::open(dir.file("fresh.db"), read_only);
@@ -820,10 +820,10 @@ TEST_CASE("errors: a failure in the middle of a group rolls the whole group back
   group.add(simple_batch("a", 5), "a", "fra1", kT0 + 200 * kSecond);
   auto r = store.store(group.incoming);
   CHECK_FALSE(r);
-  CHECK(r.error.find("injected failure") != std::string::npos);
-  CHECK(r.error.find(path) != std::string::npos);
-  CHECK(*store.seqs("a").value == one_to(1));
-  CHECK(store.seqs("b").value->empty());
+  CHECK(r.error().find("injected failure") != std::string::npos);
+  CHECK(r.error().find(path) != std::string::npos);
+  CHECK(*store.seqs("a") == one_to(1));
+  CHECK(store.seqs("b")->empty());
   CHECK(db.integer("SELECT COUNT(*) FROM agents") == 1);
   CHECK(db.integer("SELECT last_seen_ns FROM agents") == kT0 + 100 * kSecond);
   CHECK(db.integer("SELECT COUNT(*) FROM latency_summaries") == 1);
@@ -832,10 +832,10 @@ TEST_CASE("errors: a failure in the middle of a group rolls the whole group back
   // Once the cause is gone the same group goes in whole (the caller's RetryLater path).
   db.exec("DROP TRIGGER injected");
   auto retry = store.store(group.incoming);
-  INFO(retry.error);
+  INFO(retry.error());
   REQUIRE(retry);
-  CHECK(*store.seqs("a").value == std::vector<std::uint64_t>{1, 2, 4, 5});
-  CHECK(*store.seqs("b").value == one_to(1));
+  CHECK(*store.seqs("a") == std::vector<std::uint64_t>{1, 2, 4, 5});
+  CHECK(*store.seqs("b") == one_to(1));
 }
 
 TEST_CASE("queries: latest latency per (agent, target) and latest load per PoP") {
@@ -851,13 +851,13 @@ TEST_CASE("queries: latest latency per (agent, target) and latest load per PoP")
   in.add(simple_batch("ams-1", 9, {"t1"}, 9'000'000, "ams1", 0.625), "ams-1", "ams1");
   in.add(simple_batch("ams-1", 8, {"t1"}, 8'000'000, "ams1", 0.125), "ams-1", "ams1");
   auto r = store.store(in.incoming);
-  INFO(r.error);
+  INFO(r.error());
   REQUIRE(r);
 
   auto latest = store.latest_latency();
-  INFO(latest.error);
+  INFO(latest.error());
   REQUIRE(latest);
-  const auto& rows = *latest.value;
+  const auto& rows = *latest;
   REQUIRE(rows.size() == 5);  // ams-1/t1, fra-1/t1, fra-1/t2, fra-1/t3, fra-2/t1 (by pop, agent, target)
   CHECK(rows[0].pop == "ams1");
   CHECK(rows[0].agent_id == "ams-1");
@@ -884,16 +884,16 @@ TEST_CASE("queries: latest latency per (agent, target) and latest load per PoP")
   CHECK(rows[4].seq == 2);
 
   auto load = store.latest_load_per_pop();
-  INFO(load.error);
+  INFO(load.error());
   REQUIRE(load);
-  REQUIRE(load.value->size() == 2);
-  const auto& ams = (*load.value)[0];
+  REQUIRE(load->size() == 2);
+  const auto& ams = (*load)[0];
   CHECK(ams.pop == "ams1");
   CHECK(ams.agent_id == "ams-1");
   CHECK(ams.time_ns == kT0 + 9 * kSecond + kSecond / 2);
   REQUIRE(ams.cpu_busy.has_value());
   CHECK(*ams.cpu_busy == doctest::Approx(1.0 - 0.625));
-  const auto& fra = (*load.value)[1];
+  const auto& fra = (*load)[1];
   CHECK(fra.pop == "fra1");
   CHECK(fra.agent_id == "fra-1");  // seq 4 sampled at T0+4.5 s, after fra-2's T0+2.5 s
   CHECK(fra.time_ns == kT0 + 4 * kSecond + kSecond / 2);
@@ -938,7 +938,7 @@ TEST_CASE("partitions: a batch lands in the UTC day of its interval end and a re
   in.add(batch_at("a", 2, d1, {"t1"}, 2'000'000), "a");             // midnight belongs to day 1
   in.add(batch_at("a", 3, d1 + 10 * kSecond, {"t1"}, 3'000'000), "a");
   REQUIRE(store.store(in.incoming));
-  CHECK(*store.partition_days().value == std::vector<std::int64_t>{kDay0, kDay0 + 1});
+  CHECK(*store.partition_days() == std::vector<std::int64_t>{kDay0, kDay0 + 1});
   RawDb db(path);
   CHECK(db.text("SELECT group_concat(name) FROM partitions") == "d20260921,d20260922");
   CHECK(db.integer("SELECT count(*) FROM batches_d20260921") == 1);
@@ -952,15 +952,15 @@ TEST_CASE("partitions: a batch lands in the UTC day of its interval end and a re
   again.add(batch_at("a", 4, d1 + 20 * kSecond, {"t1"}, 4'000'000), "a");
   auto r = store.store(again.incoming);
   REQUIRE(r);
-  CHECK(*r.value ==
+  CHECK(*r ==
         std::vector<StoreOutcome>{StoreOutcome::kDuplicate, StoreOutcome::kDuplicate, StoreOutcome::kStored});
-  CHECK(*store.seqs("a").value == one_to(4));
+  CHECK(*store.seqs("a") == one_to(4));
   CHECK(db.integer("SELECT count(*) FROM latency_summaries WHERE agent_id = 'a' AND p50_ns = 9000000") == 0);
   CHECK(db.integer("SELECT count(*) FROM latency_summaries") == 4);
   auto agents = store.agents();
   REQUIRE(agents);
-  CHECK((*agents.value)[0].batch_count == 4);
-  CHECK((*agents.value)[0].max_seq == 4);
+  CHECK((*agents)[0].batch_count == 4);
+  CHECK((*agents)[0].max_seq == 4);
 }
 
 TEST_CASE("latest latency across partitions: older pairs, out-of-order arrival and empty intervals") {
@@ -974,7 +974,7 @@ TEST_CASE("latest latency across partitions: older pairs, out-of-order arrival a
     in.add(batch_at("a", 3, d1 + 60 * kSecond, {"t1"}, 3'000'000), "a");
     in.add(batch_at("a", 2, d1 + 30 * kSecond, {"t1", "t3"}, 2'000'000), "a");  // late arrival
     REQUIRE(store.store(in.incoming));
-    auto rows = *store.latest_latency().value;
+    auto rows = *store.latest_latency();
     REQUIRE(rows.size() == 3);
     CHECK(rows[0].target == "t1");
     CHECK(rows[0].seq == 3);
@@ -992,7 +992,7 @@ TEST_CASE("latest latency across partitions: older pairs, out-of-order arrival a
     Batches in;
     in.add(batch_at("a", 4, d1 + 90 * kSecond, {"t1", "t2"}, 4'000'000, 0), "a");
     REQUIRE(store.store(in.incoming));
-    auto rows = *store.latest_latency().value;
+    auto rows = *store.latest_latency();
     REQUIRE(rows.size() == 3);
     CHECK(rows[0].seq == 3);  // t1: seq 4 sent nothing
     CHECK(rows[1].seq == 1);  // t2 likewise
@@ -1000,13 +1000,13 @@ TEST_CASE("latest latency across partitions: older pairs, out-of-order arrival a
   }
   {
     SqliteStore store = open_store(path);
-    auto rows = *store.latest_latency().value;
+    auto rows = *store.latest_latency();
     REQUIRE(rows.size() == 3);
     CHECK(rows[0].seq == 3);
     Batches in;
     in.add(batch_at("a", 5, d1 + 100 * kSecond, {"t2"}, 5'000'000), "a");
     REQUIRE(store.store(in.incoming));
-    rows = *store.latest_latency().value;
+    rows = *store.latest_latency();
     REQUIRE(rows.size() == 3);
     CHECK(rows[0].seq == 3);
     CHECK(rows[1].seq == 5);
@@ -1017,7 +1017,7 @@ TEST_CASE("latest latency across partitions: older pairs, out-of-order arrival a
   Batches in;
   in.add(batch_at("b", 1, d1, {"t9"}, 0, 0, "ams1"), "b", "ams1");
   REQUIRE(store.store(in.incoming));
-  auto rows = *store.latest_latency().value;
+  auto rows = *store.latest_latency();
   REQUIRE(rows.size() == 4);
   CHECK(rows[0].agent_id == "b");
   CHECK(rows[0].sent == 0);
@@ -1039,7 +1039,7 @@ TEST_CASE("dictionaries: ids survive reopen, no duplicate agents or targets, lat
              "b", "ams1");
     }
     auto r = store.store(in.incoming);
-    INFO(r.error);
+    INFO(r.error());
     REQUIRE(r);
   }
   RawDb db(path);
@@ -1049,14 +1049,14 @@ TEST_CASE("dictionaries: ids survive reopen, no duplicate agents or targets, lat
   // The steady state: every pair's latest row is in its agent's newest batch, nothing written.
   CHECK(db.integer("SELECT count(*) FROM pairs WHERE best_day IS NOT NULL") == 0);
   SqliteStore store = open_store(path);
-  auto rows = *store.latest_latency().value;
+  auto rows = *store.latest_latency();
   REQUIRE(rows.size() == 4);
   for (const auto& row : rows) {
     CHECK(row.seq == 12);
     CHECK(row.p50_ns == 12'000);
   }
-  CHECK(*store.seqs("a").value == one_to(12));
-  auto agents = *store.agents().value;
+  CHECK(*store.seqs("a") == one_to(12));
+  auto agents = *store.agents();
   REQUIRE(agents.size() == 2);
   CHECK(agents[0].batch_count == 12);
   CHECK(agents[1].pop == "ams1");
@@ -1084,9 +1084,9 @@ TEST_CASE("pair history: one pair's intervals in a range, by agent or by PoP, ac
   q.from_ns = d1 - 30 * kSecond;
   q.to_ns = d1 + 30 * kSecond;  // exclusive
   auto h = store.pair_history(q);
-  INFO(h.error);
+  INFO(h.error());
   REQUIRE(h);
-  const auto& points = *h.value;
+  const auto& points = *h;
   REQUIRE(points.size() == 6);
   for (std::size_t i = 0; i < points.size(); ++i) {
     const std::int64_t end = d1 - 30 * kSecond + static_cast<std::int64_t>(i) * 10 * kSecond;
@@ -1104,22 +1104,22 @@ TEST_CASE("pair history: one pair's intervals in a range, by agent or by PoP, ac
 
   q.agent_id = {};
   q.pop = "fra1";
-  auto by_pop = *store.pair_history(q).value;
+  auto by_pop = *store.pair_history(q);
   REQUIRE(by_pop.size() == 12);
   CHECK(by_pop[0].agent_id == "a");
   CHECK(by_pop[1].agent_id == "b");
   CHECK(by_pop[1].p50_ns == by_pop[0].p50_ns + 1);
 
   q.pop = "ams1";
-  CHECK(store.pair_history(q).value->size() == 6);
+  CHECK(store.pair_history(q)->size() == 6);
   q.protocol = "icmp";
-  CHECK(store.pair_history(q).value->empty());
+  CHECK(store.pair_history(q)->empty());
   q.protocol = {};
   q.target = "t2";
-  CHECK(store.pair_history(q).value->empty());
+  CHECK(store.pair_history(q)->empty());
   q.pop = {};
   q.agent_id = "nobody";
-  CHECK(store.pair_history(q).value->empty());
+  CHECK(store.pair_history(q)->empty());
 }
 
 TEST_CASE("retention: whole days drop, ingest goes on, batches already expired are acked and not stored") {
@@ -1138,19 +1138,19 @@ TEST_CASE("retention: whole days drop, ingest goes on, batches already expired a
   }
   CHECK(store.drop_expired(day_start(kDay0 + 3) - 1) == 0);  // day 0 is not yet wholly 2 days old
   CHECK(store.drop_expired(day_start(kDay0 + 3)) == 1);
-  CHECK(*store.partition_days().value == std::vector<std::int64_t>{kDay0 + 1});
-  CHECK(*store.seqs("a").value == std::vector<std::uint64_t>{2});
-  CHECK(store.seqs("b").value->empty());
+  CHECK(*store.partition_days() == std::vector<std::int64_t>{kDay0 + 1});
+  CHECK(*store.seqs("a") == std::vector<std::uint64_t>{2});
+  CHECK(store.seqs("b")->empty());
   {
-    auto rows = *store.latest_latency().value;
+    auto rows = *store.latest_latency();
     REQUIRE(rows.size() == 1);  // a/t1 from day 1; a/t2 and b/t1 went with day 0
     CHECK(rows[0].agent_id == "a");
     CHECK(rows[0].seq == 2);
-    auto agents = *store.agents().value;
+    auto agents = *store.agents();
     REQUIRE(agents.size() == 2);
     CHECK(agents[0].batch_count == 1);
     CHECK(agents[1].batch_count == 0);
-    CHECK(store.latest_load_per_pop().value->size() == 1);
+    CHECK(store.latest_load_per_pop()->size() == 1);
   }
   // Ingest goes on: into the kept day, a new day, and a batch for the dropped day (expired on
   // arrival: acked as stored, not written, the day not recreated).
@@ -1161,15 +1161,15 @@ TEST_CASE("retention: whole days drop, ingest goes on, batches already expired a
     in.add(batch_at("b", 2, day_start(kDay0 + 2) + 60 * kSecond, {"t1"}, 5000, 10, "ams1"), "b", "ams1");
     in.add(batch_at("b", 0, day_start(kDay0) + 30 * kSecond, {"t1"}, 6000, 10, "ams1"), "b", "ams1");
     auto r = store.store(in.incoming);
-    INFO(r.error);
+    INFO(r.error());
     REQUIRE(r);
-    CHECK(*r.value == std::vector<StoreOutcome>(3, StoreOutcome::kStored));
+    CHECK(*r == std::vector<StoreOutcome>(3, StoreOutcome::kStored));
   }
   CHECK(store.expired_on_arrival() == 1);
-  CHECK(*store.partition_days().value == std::vector<std::int64_t>{kDay0 + 1, kDay0 + 2});
-  CHECK(*store.seqs("a").value == std::vector<std::uint64_t>{2, 3});
-  CHECK(*store.seqs("b").value == std::vector<std::uint64_t>{2});
-  CHECK(store.latest_latency().value->size() == 3);
+  CHECK(*store.partition_days() == std::vector<std::int64_t>{kDay0 + 1, kDay0 + 2});
+  CHECK(*store.seqs("a") == std::vector<std::uint64_t>{2, 3});
+  CHECK(*store.seqs("b") == std::vector<std::uint64_t>{2});
+  CHECK(store.latest_latency()->size() == 3);
 
   // store() drops on its own once the clock moves (at most once a minute).
   fake_now = day_start(kDay0 + 4) + 61 * kSecond;
@@ -1178,9 +1178,9 @@ TEST_CASE("retention: whole days drop, ingest goes on, batches already expired a
     in.add(batch_at("b", 3, day_start(kDay0 + 4), {"t1"}, 7000, 10, "ams1"), "b", "ams1");
     REQUIRE(store.store(in.incoming));
   }
-  CHECK(*store.partition_days().value == std::vector<std::int64_t>{kDay0 + 2, kDay0 + 4});
-  CHECK(store.seqs("a").value->empty());
-  CHECK(*store.seqs("b").value == std::vector<std::uint64_t>{2, 3});
+  CHECK(*store.partition_days() == std::vector<std::int64_t>{kDay0 + 2, kDay0 + 4});
+  CHECK(store.seqs("a")->empty());
+  CHECK(*store.seqs("b") == std::vector<std::uint64_t>{2, 3});
   RawDb db(path);
   CHECK(db.integer("SELECT count(*) FROM batches") == 2);  // the views follow
   CHECK(db.integer("SELECT count(*) FROM sqlite_master WHERE name LIKE '%_d20260921'") == 0);
@@ -1246,14 +1246,14 @@ TEST_CASE("migration: a version-2 database is copied into day partitions and rea
     read_only.read_only = true;
     auto refused = SqliteStore::open(path, read_only);
     REQUIRE_FALSE(refused);
-    CHECK(refused.error.find(path) != std::string::npos);
-    CHECK(refused.error.find("schema version 2") != std::string::npos);
+    CHECK(refused.error().find(path) != std::string::npos);
+    CHECK(refused.error().find("schema version 2") != std::string::npos);
   }
   SqliteStore store = open_store(path);
-  CHECK(*store.partition_days().value == std::vector<std::int64_t>{kDay0, kDay0 + 1});
-  CHECK(*store.seqs("fra-1").value == std::vector<std::uint64_t>{1, 2});
-  CHECK(*store.seqs("ams-1").value == std::vector<std::uint64_t>{7});
-  auto latest = *store.latest_latency().value;
+  CHECK(*store.partition_days() == std::vector<std::int64_t>{kDay0, kDay0 + 1});
+  CHECK(*store.seqs("fra-1") == std::vector<std::uint64_t>{1, 2});
+  CHECK(*store.seqs("ams-1") == std::vector<std::uint64_t>{7});
+  auto latest = *store.latest_latency();
   REQUIRE(latest.size() == 5);  // ams-1/t1, ams-1/t2, fra-1/t1, fra-1/t2, fra-1/t3
   CHECK(latest[0].agent_id == "ams-1");
   CHECK(latest[0].p50_ns == 500);
@@ -1264,7 +1264,7 @@ TEST_CASE("migration: a version-2 database is copied into day partitions and rea
   CHECK(latest[3].target == "t2");
   CHECK(latest[3].seq == 1);
   CHECK(latest[4].target == "t3");
-  auto agents = *store.agents().value;
+  auto agents = *store.agents();
   REQUIRE(agents.size() == 2);
   CHECK(agents[1].agent_id == "fra-1");
   CHECK(agents[1].batch_count == 2);
@@ -1275,7 +1275,7 @@ TEST_CASE("migration: a version-2 database is copied into day partitions and rea
   CHECK(agents[1].self->rss_bytes == 5'000'000'000ull);
   CHECK(agents[1].self->rejected == 110);
   CHECK_FALSE(agents[0].self.has_value());
-  CHECK(store.latest_load_per_pop().value->size() == 2);
+  CHECK(store.latest_load_per_pop()->size() == 2);
   {
     RawDb db(path);
     CHECK(db.integer("PRAGMA user_version") == 3);
@@ -1298,10 +1298,10 @@ TEST_CASE("migration: a version-2 database is copied into day partitions and rea
   in.add(batch_at("fra-1", 2, day_start(kDay0 + 1) + 5 * kSecond, {"t1"}, 1), "fra-1");
   in.add(simple_batch("fra-1", 3, {"t1"}, 9'000'000), "fra-1");
   auto r = store.store(in.incoming);
-  INFO(r.error);
+  INFO(r.error());
   REQUIRE(r);
-  CHECK(*r.value == std::vector<StoreOutcome>{StoreOutcome::kDuplicate, StoreOutcome::kStored});
-  CHECK(*store.seqs("fra-1").value == std::vector<std::uint64_t>{1, 2, 3});
+  CHECK(*r == std::vector<StoreOutcome>{StoreOutcome::kDuplicate, StoreOutcome::kStored});
+  CHECK(*store.seqs("fra-1") == std::vector<std::uint64_t>{1, 2, 3});
 }
 
 TEST_CASE("migration: a version-1 database (no self-metrics) is migrated too") {
@@ -1309,8 +1309,8 @@ TEST_CASE("migration: a version-1 database (no self-metrics) is migrated too") {
   const std::string path = dir.file("store.db");
   write_v2_database(path, true);
   SqliteStore store = open_store(path);
-  CHECK(*store.seqs("fra-1").value == std::vector<std::uint64_t>{1, 2});
-  auto agents = *store.agents().value;
+  CHECK(*store.seqs("fra-1") == std::vector<std::uint64_t>{1, 2});
+  auto agents = *store.agents();
   REQUIRE(agents.size() == 2);
   CHECK_FALSE(agents[1].self.has_value());
   RawDb db(path);

@@ -30,6 +30,7 @@
 #include "agent/probes/icmp_prober.hpp"
 #include "agent/probes/probe_event.hpp"
 #include "platform/spsc_ring.hpp"
+#include "tests/agent/probes/event_ring.hpp"
 
 namespace {
 
@@ -42,7 +43,8 @@ using probes::IcmpSocketMode;
 using probes::IcmpTarget;
 using probes::ProbeEvent;
 using probes::ProbeEventKind;
-using Ring = vantage::platform::SpscRing<ProbeEvent>;
+using probes::test::drain_events;
+using Ring = probes::test::EventRing;
 using Bytes = std::vector<std::byte>;
 
 bool socket_works(int domain, int type, int protocol) {
@@ -116,8 +118,7 @@ void check_ping(const char* address, IcmpSocketMode mode, bool kernel_timestamps
 
   std::map<std::uint64_t, std::int64_t> sent;
   std::size_t replies = 0;
-  ProbeEvent e;
-  while (ring.try_pop(e)) {
+  for (const ProbeEvent& e : drain_events(ring)) {
     CHECK(e.protocol == probes::ProbeProtocol::kIcmpEcho);
     CHECK(e.target == 5);
     if (e.kind == ProbeEventKind::kSent) {
@@ -431,15 +432,6 @@ std::uint16_t wire_seq_of(const Bytes& request) {
                                     std::to_integer<unsigned>(request[7]));
 }
 
-std::vector<ProbeEvent> drain(Ring& ring) {
-  std::vector<ProbeEvent> events;
-  ProbeEvent e;
-  while (ring.try_pop(e)) {
-    events.push_back(e);
-  }
-  return events;
-}
-
 // In a private namespace: the prober pings the loopback address, nothing answers, and the test
 // plays the router: it answers some requests with an ICMP error, and also sends errors that
 // must not count (forged cookie, too short a quote, a seq never sent).
@@ -510,7 +502,7 @@ void check_icmp_errors(bool ipv6, IcmpSocketMode mode) {
   REQUIRE(answered.size() == 3);
   std::map<std::uint64_t, std::int64_t> sent;
   std::set<std::uint16_t> errors;
-  for (const ProbeEvent& e : drain(ring)) {
+  for (const ProbeEvent& e : drain_events(ring)) {
     CHECK(e.target == 3);
     if (e.kind == ProbeEventKind::kSent) {
       sent.emplace(e.seq, e.send_ns);
@@ -605,7 +597,7 @@ TEST_CASE("IcmpProber: after stop_sending no probe is sent, and replies still ar
       thread.join();
 
       std::set<std::uint64_t> sent, replied;
-      for (const ProbeEvent& e : drain(ring)) {
+      for (const ProbeEvent& e : drain_events(ring)) {
         if (e.kind == ProbeEventKind::kSent) {
           sent.insert(e.seq);
         } else if (e.kind == ProbeEventKind::kReply) {

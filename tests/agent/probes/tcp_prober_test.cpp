@@ -25,6 +25,7 @@
 #include "agent/probes/probe_event.hpp"
 #include "agent/probes/tcp_prober.hpp"
 #include "platform/spsc_ring.hpp"
+#include "tests/agent/probes/event_ring.hpp"
 
 namespace {
 
@@ -36,7 +37,7 @@ using probes::TcpProber;
 using probes::TcpProberConfig;
 using probes::TcpProberCounters;
 using probes::TcpTarget;
-using Ring = vantage::platform::SpscRing<ProbeEvent>;
+using Ring = probes::test::EventRing;
 
 // Accepts and immediately closes every connection, on the io_context it is given.
 class Acceptor {
@@ -101,10 +102,7 @@ Run run_prober(asio::io_context& io, TcpProberConfig config, Done done) {
   thread.join();
   Run run;
   run.counters = prober.counters();
-  ProbeEvent e;
-  while (ring.try_pop(e)) {
-    run.events.push_back(e);
-  }
+  run.events = probes::test::drain_events(ring);
   return run;
 }
 

@@ -23,6 +23,7 @@
 #include "agent/probes/reflector.hpp"
 #include "agent/probes/udp_prober.hpp"
 #include "platform/spsc_ring.hpp"
+#include "tests/agent/probes/event_ring.hpp"
 #include "tests/agent/probes/running_reflector.hpp"
 #include "tests/agent/probes/udp_relay.hpp"
 
@@ -41,7 +42,7 @@ using probes::test::RelayDirection;
 using probes::test::RunningReflector;
 using probes::test::UdpRelay;
 using probes::test::UdpRelayConfig;
-using EventRing = vantage::platform::SpscRing<ProbeEvent>;
+using probes::test::EventRing;
 using namespace std::chrono_literals;
 
 // Only reached when something is already wrong; QEMU with sanitizers is slow.
@@ -84,8 +85,7 @@ class RunningProber {
   bool collect_until(Pred pred, std::chrono::steady_clock::duration timeout = kDeadline) {
     const auto deadline = std::chrono::steady_clock::now() + timeout;
     for (;;) {
-      ProbeEvent e;
-      while (ring_.try_pop(e)) {
+      for (const ProbeEvent& e : probes::test::drain_events(ring_)) {
         events_.push_back(e);
       }
       if (pred()) {

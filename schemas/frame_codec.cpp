@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "platform/byte_order.hpp"
+#include "platform/enum_names.hpp"
 
 namespace vantage::wire {
 
@@ -16,19 +17,10 @@ void append_frame(std::vector<std::uint8_t>& out, std::span<const std::uint8_t> 
 }
 
 const char* to_string(FrameStatus status) noexcept {
-  switch (status) {
-    case FrameStatus::kNeedMore:
-      return "incomplete frame";
-    case FrameStatus::kFrame:
-      return "frame";
-    case FrameStatus::kTooLarge:
-      return "frame length over the limit";
-    case FrameStatus::kEmpty:
-      return "zero-length frame";
-    case FrameStatus::kInvalid:
-      return "frame failed verification";
-  }
-  return "unknown";
+  static constexpr const char* kNames[] = {"incomplete frame", "frame", "frame length over the limit",
+                                           "zero-length frame", "frame failed verification"};
+  static_assert(platform::enum_table_covers<FrameStatus, FrameStatus::kInvalid>(kNames));
+  return platform::enum_name(status, kNames);
 }
 
 const Frame* verify_frame(std::span<const std::uint8_t> flatbuffer) noexcept {

@@ -67,18 +67,23 @@ struct RxTime {
   }
 };
 
+// The stamp if plausible_rx_stamp() accepts it against read_ns (same clock), else read_ns; no
+// stamp (QEMU user mode, the option off): read_ns.
+constexpr RxTime rx_time(std::optional<std::int64_t> stamp_ns, std::int64_t read_ns) noexcept {
+  if (stamp_ns && plausible_rx_stamp(*stamp_ns, read_ns)) {
+    return RxTime{*stamp_ns, read_ns, true};
+  }
+  return RxTime{read_ns, read_ns, false};
+}
+
 // The kernel's CLOCK_REALTIME stamp moved onto CLOCK_MONOTONIC by `realtime_offset` (see
-// realtime_offset_ns()), if plausible_rx_stamp() accepts it against the monotonic read time;
-// otherwise the read time. No stamp (QEMU user mode, the option off): the read time.
+// realtime_offset_ns()), then rx_time() against the monotonic read time.
 constexpr RxTime monotonic_rx_time(std::optional<std::int64_t> kernel_realtime_ns, std::int64_t realtime_offset,
                                    std::int64_t read_mono_ns) noexcept {
   if (kernel_realtime_ns) {
-    const std::int64_t converted = *kernel_realtime_ns - realtime_offset;
-    if (plausible_rx_stamp(converted, read_mono_ns)) {
-      return RxTime{converted, read_mono_ns, true};
-    }
+    return rx_time(*kernel_realtime_ns - realtime_offset, read_mono_ns);
   }
-  return RxTime{read_mono_ns, read_mono_ns, false};
+  return rx_time(std::nullopt, read_mono_ns);
 }
 
 // As above with the clocks read now: call it right after recvmsg returned. The offset is read
@@ -91,16 +96,6 @@ inline RxTime monotonic_rx_time(std::optional<std::int64_t> kernel_realtime_ns) 
   }
   const std::int64_t offset = realtime_offset_ns();
   return monotonic_rx_time(kernel_realtime_ns, offset, monotonic_ns());
-}
-
-// The reflector keeps its stamps in CLOCK_REALTIME (rx and tx only ever meet as a difference):
-// the same rule against a realtime read.
-inline RxTime realtime_rx_time(std::optional<std::int64_t> kernel_realtime_ns) noexcept {
-  const std::int64_t read_ns = realtime_ns();
-  if (kernel_realtime_ns && plausible_rx_stamp(*kernel_realtime_ns, read_ns)) {
-    return RxTime{*kernel_realtime_ns, read_ns, true};
-  }
-  return RxTime{read_ns, read_ns, false};
 }
 
 }  // namespace vantage::platform

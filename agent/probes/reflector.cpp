@@ -235,24 +235,14 @@ void Reflector::on_readable() {
       }
       return;
     }
-    const std::uint64_t mono = now_ns(CLOCK_MONOTONIC);
-    std::uint64_t rx = mono;
-    bool kernel_rx = false;
-    if (kernel) {
-      // rx and tx are both CLOCK_REALTIME here; a datagram without a (plausible) stamp still
-      // needs them in the same clock.
-      const platform::RxTime t = platform::realtime_rx_time(d.kernel_realtime_ns);
-      rx = static_cast<std::uint64_t>(t.ns);
-      kernel_rx = t.kernel;
-    }
     peer_len_ = d.peer_len;
     reply_control_len_ = pktinfo ? reply_control(platform::control_message(control, d), reply_control_) : 0;
-    handle_datagram(d.size, d.truncated, mono, rx, kernel_rx);
+    handle_datagram(d.size, d.truncated, now_ns(CLOCK_MONOTONIC), kernel ? d.kernel_realtime_ns : std::nullopt);
   }
 }
 
 void Reflector::handle_datagram(std::size_t size, bool truncated, std::uint64_t now_mono_ns,
-                                std::uint64_t rx_ns, bool kernel_rx) {
+                                std::optional<std::int64_t> kernel_rx_ns) {
   received_.bump();
   // A truncated datagram was longer than the buffer, which is longer than any accepted probe.
   const std::span<std::byte> packet(buffer_.data(), truncated ? buffer_.size() : size);
@@ -294,13 +284,24 @@ void Reflector::handle_datagram(std::size_t size, bool truncated, std::uint64_t 
   ++session.value.rx;
 
   ReplyStamp stamp;
-  stamp.rx_ns = rx_ns;
   stamp.boot = boot_id_;
   stamp.session_id = session.value.id;
   stamp.session_rx = session.value.rx;
-  stamp.kernel_rx_timestamp = kernel_rx;
-  stamp.tx_ns =
-      now_ns(timestamp_source() == TimestampSource::kKernelRealtime ? CLOCK_REALTIME : CLOCK_MONOTONIC);
+  if (timestamp_source() == TimestampSource::kKernelRealtime) {
+    // rx and tx both in CLOCK_REALTIME. The tx read is the clock read after the datagram's read
+    // that the one rule checks the stamp against (platform/rx_timestamp.hpp), so a stamp from
+    // before a realtime step costs no extra read: it is replaced by tx, a dwell of 0 flagged as
+    // user space, as is a datagram that came without a stamp.
+    const std::int64_t tx = platform::realtime_ns();
+    const platform::RxTime rx = platform::rx_time(kernel_rx_ns, tx);
+    stamp.tx_ns = static_cast<std::uint64_t>(tx);
+    stamp.rx_ns = static_cast<std::uint64_t>(rx.ns);
+    stamp.kernel_rx_timestamp = rx.kernel;
+  } else {
+    // Read after recvmsg returned, and right before sending.
+    stamp.rx_ns = now_mono_ns;
+    stamp.tx_ns = now_ns(CLOCK_MONOTONIC);
+  }
   stamp_reply(packet, stamp);
   // Same length as the request: the reply is never larger than what the source sent.
   if (send_reply(packet)) {

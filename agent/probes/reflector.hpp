@@ -13,6 +13,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <system_error>
@@ -57,10 +58,9 @@ enum class TimestampSource : std::uint8_t {
   // time is then read from CLOCK_REALTIME too, right before sending, so dwell = tx - rx is a
   // difference within one clock. Converting to CLOCK_MONOTONIC would need a realtime/monotonic
   // offset sampled per packet, which adds its own jitter to a value the prober only ever
-  // subtracts. A stamp after a realtime read made once the datagram is read, or older than
-  // platform::kMaxRxStampAgeNs (a step in between: the rule every prober applies), is replaced
-  // by that read. A step between rx and tx still distorts that one dwell; a prober treats a
-  // dwell that is negative or above its RTT as invalid.
+  // subtracts. A stamp after the tx read, or older than platform::kMaxRxStampAgeNs before it
+  // (a realtime step in between: the rule every prober applies), is replaced by the tx read,
+  // a dwell of 0 flagged as user space.
   kKernelRealtime,
   // The socket refused SO_TIMESTAMPNS (QEMU user mode does) or it was disabled: rx is read
   // from CLOCK_MONOTONIC after recvmsg returns, tx right before sending. The dwell then misses
@@ -140,8 +140,8 @@ class Reflector {
 
   void arm();
   void on_readable();
-  void handle_datagram(std::size_t size, bool truncated, std::uint64_t now_mono_ns, std::uint64_t rx_ns,
-                       bool kernel_rx);
+  void handle_datagram(std::size_t size, bool truncated, std::uint64_t now_mono_ns,
+                       std::optional<std::int64_t> kernel_rx_ns);
   bool send_reply(std::span<const std::byte> packet);
 
   asio::io_context& io_;

@@ -67,10 +67,17 @@ TEST_CASE("rx_timestamp: reading the clocks now accepts a fresh stamp and reject
   CHECK(t.read_ns - t.ns < kMaxRxStampAgeNs);
   t = monotonic_rx_time(now_real - 2 * kMaxRxStampAgeNs);
   CHECK_FALSE(t.kernel);
-  t = vantage::platform::realtime_rx_time(now_real);
-  CHECK(t.kernel);
-  CHECK(t.ns == now_real);
-  t = vantage::platform::realtime_rx_time(now_real + kMaxRxStampAgeNs);
-  CHECK_FALSE(t.kernel);
-  CHECK(t.ns == t.read_ns);
+}
+
+TEST_CASE("rx_timestamp: rx_time applies the rule within one clock (the reflector's CLOCK_REALTIME)") {
+  using vantage::platform::rx_time;
+  CHECK(rx_time(kRead, kRead).kernel);
+  CHECK(rx_time(kRead - kMaxRxStampAgeNs, kRead).ns == kRead - kMaxRxStampAgeNs);
+  for (const std::int64_t stamp : {kRead + 1, kRead - kMaxRxStampAgeNs - 1}) {
+    const RxTime t = rx_time(stamp, kRead);
+    CHECK_FALSE(t.kernel);
+    CHECK(t.ns == kRead);
+  }
+  CHECK(rx_time(std::nullopt, kRead).ns == kRead);
+  CHECK_FALSE(rx_time(std::nullopt, kRead).kernel);
 }

@@ -28,6 +28,7 @@
 #include "platform/clock.hpp"
 #include "agent/probes/udp_prober.hpp"
 #include "platform/spsc_ring.hpp"
+#include "tests/agent/probes/event_ring.hpp"
 #include "tests/agent/probes/running_reflector.hpp"
 
 namespace {
@@ -475,7 +476,7 @@ TEST_CASE("a UdpProber targeting 127.0.0.2 gets its replies from wildcard reflec
     RunningReflector r(loopback_config(bind));
     report_reply_source(*r);
     asio::io_context io;
-    vantage::platform::SpscRing<probes::ProbeEvent> ring(64);
+    probes::test::EventRing ring(64);
     probes::UdpProberConfig config;
     config.sender_id = 0x5eed;
     config.jitter_seed = 7;

@@ -1,5 +1,5 @@
 // BatchFactory: the frames a simulated agent sends, built cheaply per send from a pool of
-// realistic per-target summaries (sparse log-linear histograms as agent/latency_histogram.hpp
+// realistic per-target summaries (sparse log-linear histograms as agent/aggregate/latency_histogram.hpp
 // produces them), plus the same summaries as Influx line protocol for the VictoriaMetrics peer.
 #pragma once
 

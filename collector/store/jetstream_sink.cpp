@@ -9,7 +9,6 @@
 #include <unordered_map>
 
 #include "platform/log.hpp"
-#include "schemas/wire_string.hpp"
 
 namespace vantage::collector::store {
 

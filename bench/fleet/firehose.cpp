@@ -19,10 +19,7 @@ int run_firehose(const Options& options) {
   const std::size_t window = std::max<std::uint64_t>(options.count("window", 1), 1);
   const std::string victoria = options.text("victoria", "/usr/bin/victoria-metrics");
   std::string error;
-  if (!run.setup(agents, targets, error)) {
-    std::fprintf(stderr, "vantage-fleet: %s\n", error.c_str());
-    return 2;
-  }
+  if (!run.setup(agents, targets, error)) return setup_failed(error);
   Fleet& fleet = run.make_fleet(std::chrono::seconds(10));
   fleet.connect_all(std::chrono::milliseconds(500));
   bool all = false;

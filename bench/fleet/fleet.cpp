@@ -21,6 +21,19 @@
 
 namespace vantage::fleet {
 
+std::unique_ptr<asio::ip::tcp::socket> socket_from(asio::io_context& io, const asio::ip::address_v4& source,
+                                                   std::error_code& ec) {
+  auto socket = std::make_unique<asio::ip::tcp::socket>(io);
+  socket->open(asio::ip::tcp::v4(), ec);
+  if (!ec) {
+    const int one = 1;
+    ::setsockopt(socket->native_handle(), IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+    socket->bind(asio::ip::tcp::endpoint(source, 0), ec);
+  }
+  if (ec) socket.reset();
+  return socket;
+}
+
 using Clock = std::chrono::steady_clock;
 
 void FleetStats::add(const FleetStats& o) {
@@ -96,19 +109,10 @@ class SimAgent {
       holding_slot_ = true;
     }
     const std::uint64_t gen = ++gen_;
-    connecting_ = std::make_unique<asio::ip::tcp::socket>(shard_.io);
     std::error_code ec;
-    connecting_->open(asio::ip::tcp::v4(), ec);
-    if (!ec) {
-      // Leave the port to connect(): with many agents per source address the 4-tuple, not the
-      // bound port alone, has to be unique.
-      const int one = 1;
-      ::setsockopt(connecting_->native_handle(), IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
-      connecting_->bind(asio::ip::tcp::endpoint(source_, 0), ec);
-    }
+    connecting_ = socket_from(shard_.io, source_, ec);
     if (ec) {
       ++shard_.stats.connect_failures;
-      connecting_.reset();
       fail(false);
       return;
     }

@@ -23,6 +23,11 @@
 
 namespace vantage::fleet {
 
+// A TCP socket bound to `source` with the port left to connect(): with many agents per source
+// address the 4-tuple, not the bound port alone, has to be unique. Null with ec set on failure.
+std::unique_ptr<asio::ip::tcp::socket> socket_from(asio::io_context& io, const asio::ip::address_v4& source,
+                                                   std::error_code& ec);
+
 struct FleetOptions {
   asio::ip::tcp::endpoint collector;
   // When not empty: agent i connects to collectors[i % size()] instead (several collectors).

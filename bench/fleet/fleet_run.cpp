@@ -46,6 +46,20 @@ bool FleetRun::prepare_work_dir(std::string& error) {
   return true;
 }
 
+FleetShape FleetShape::read(const Options& options) const {
+  FleetShape s;
+  s.agents = options.count("agents", agents);
+  s.targets = options.count("targets", targets);
+  s.interval_s = options.number("interval-s", interval_s);
+  s.duration_s = options.number("duration-s", duration_s);
+  return s;
+}
+
+int setup_failed(const std::string& error) {
+  std::fprintf(stderr, "vantage-fleet: %s\n", error.c_str());
+  return 2;
+}
+
 bool FleetRun::setup(std::size_t agents, std::size_t targets, std::string& error) {
   const std::string binary = options.text("collector");
   if (binary.empty()) {

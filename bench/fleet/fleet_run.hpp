@@ -30,6 +30,20 @@ struct Window {
   double self_cpu_s() const { return self_stop - self_start; }
 };
 
+// The fleet options most scenarios read (--agents, --targets, --interval-s, --duration-s), over
+// each scenario's defaults: `const auto [agents, targets, interval_s, duration_s] =
+// FleetShape{.duration_s = 120}.read(options);`
+struct FleetShape {
+  std::size_t agents = 1000;
+  std::size_t targets = 100;
+  double interval_s = 10;
+  double duration_s = 60;
+  FleetShape read(const Options& options) const;
+};
+
+// A scenario that cannot run: says why on stderr and gives its exit status.
+int setup_failed(const std::string& error);
+
 class FleetRun {
  public:
   FleetRun(const Options& options, std::string scenario);

@@ -62,17 +62,11 @@ LogGrowth log_growth(const std::filesystem::path& log, std::uintmax_t from) {
 
 int run_hostile(const Options& options) {
   FleetRun run(options, "hostile");
-  const std::size_t agents = options.count("agents", 1000);
-  const std::size_t targets = options.count("targets", 100);
-  const double interval_s = options.number("interval-s", 10);
-  const double duration_s = options.number("duration-s", 60);
+  const auto [agents, targets, interval_s, duration_s] = FleetShape{}.read(options);
   const double max_p99_ms = options.number("max-p99-ms", 0);
   const double lead_s = options.number("hostile-lead-s", 5);
   std::string error;
-  if (!run.setup(agents, targets, error)) {
-    std::fprintf(stderr, "vantage-fleet: %s\n", error.c_str());
-    return 2;
-  }
+  if (!run.setup(agents, targets, error)) return setup_failed(error);
   HostileConfig hc;
   hc.collector = run.collector->endpoint();
   hc.half_open_main = options.count("half-open-main", 5000);

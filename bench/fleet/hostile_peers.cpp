@@ -55,14 +55,8 @@ class Peer : public std::enable_shared_from_this<Peer> {
 
   void open() {
     const std::uint64_t gen = ++gen_;
-    socket_ = std::make_unique<asio::ip::tcp::socket>(env_.io);
     std::error_code ec;
-    socket_->open(asio::ip::tcp::v4(), ec);
-    if (!ec) {
-      const int one = 1;
-      ::setsockopt(socket_->native_handle(), IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
-      socket_->bind(asio::ip::tcp::endpoint(source_, 0), ec);
-    }
+    socket_ = socket_from(env_.io, source_, ec);
     if (ec) {
       ++env_.counters.failed[kind_];
       reopen_later(1.0);

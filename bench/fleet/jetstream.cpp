@@ -84,10 +84,7 @@ struct Outage {
 
 int run_jetstream(const Options& options) {
   FleetRun run(options, "jetstream");
-  const std::size_t agents = options.count("agents", 1000);
-  const std::size_t targets = options.count("targets", 100);
-  const double interval_s = options.number("interval-s", 10);
-  const double duration_s = options.number("duration-s", 120);
+  const auto [agents, targets, interval_s, duration_s] = FleetShape{.duration_s = 120}.read(options);
   const std::string stream = options.text("stream", "VANTAGE");
   const std::size_t collector_count = std::max<std::size_t>(options.count("collectors", 2), 1);
   Outage outage;
@@ -126,10 +123,7 @@ int run_jetstream(const Options& options) {
       "jetstream.stream = \"" + stream + "\"",
       "jetstream.replicas = 3",
   };
-  if (!run.setup(agents, targets, error)) {
-    std::fprintf(stderr, "vantage-fleet: %s\n", error.c_str());
-    return 2;
-  }
+  if (!run.setup(agents, targets, error)) return setup_failed(error);
   Report& report = run.report;
   report.section("NATS JetStream cluster (3 nodes on loopback, " + nats_binary + ")");
   report.number("nats_nodes", static_cast<double>(cluster->size()), "nats-server nodes");

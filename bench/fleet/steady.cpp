@@ -13,16 +13,10 @@ using Clock = std::chrono::steady_clock;
 
 int run_steady(const Options& options) {
   FleetRun run(options, "steady");
-  const std::size_t agents = options.count("agents", 1000);
-  const std::size_t targets = options.count("targets", 100);
-  const double interval_s = options.number("interval-s", 10);
-  const double duration_s = options.number("duration-s", 60);
+  const auto [agents, targets, interval_s, duration_s] = FleetShape{}.read(options);
   const double max_p99_ms = options.number("max-p99-ms", 0);
   std::string error;
-  if (!run.setup(agents, targets, error)) {
-    std::fprintf(stderr, "vantage-fleet: %s\n", error.c_str());
-    return 2;
-  }
+  if (!run.setup(agents, targets, error)) return setup_failed(error);
   Fleet& fleet = run.make_fleet(std::chrono::nanoseconds(static_cast<std::int64_t>(interval_s * 1e9)));
   SteadyResult result = run_steady_phase(run, fleet, agents, interval_s, duration_s);
   const StoreCheck check = run.stop_and_check();

@@ -21,10 +21,7 @@ int run_storm(const Options& options) {
   const auto timeout = std::chrono::milliseconds(
       static_cast<std::int64_t>(options.number("timeout-s", 120 + static_cast<double>(agents) / 50.0) * 1000));
   std::string error;
-  if (!run.setup(agents, targets, error)) {
-    std::fprintf(stderr, "vantage-fleet: %s\n", error.c_str());
-    return 2;
-  }
+  if (!run.setup(agents, targets, error)) return setup_failed(error);
   Fleet& fleet = run.make_fleet(std::chrono::seconds(10));
   Report& report = run.report;
 

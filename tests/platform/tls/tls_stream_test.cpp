@@ -50,6 +50,23 @@ Connection handshake(Loop& server_loop, Loop& client_loop, const std::string& ad
   return c;
 }
 
+// The usual pair (collector and agent-1 over IPv4), handshaken: both sides must succeed.
+Connection connected(Loop& server_loop, Loop& client_loop) {
+  Connection c =
+      handshake(server_loop, client_loop, "127.0.0.1", collector_context(), agent_context(), "localhost");
+  REQUIRE_FALSE(c.server_error);
+  REQUIRE_FALSE(c.client_error);
+  return c;
+}
+
+// Sends close_notify from the stream; the future has the shutdown's outcome.
+std::future<std::error_code> start_shutdown(Loop& loop, const std::shared_ptr<TlsStream>& stream) {
+  auto promise = std::make_shared<std::promise<std::error_code>>();
+  auto done = promise->get_future();
+  loop.run([&] { stream->async_shutdown([promise](std::error_code ec) { promise->set_value(ec); }); });
+  return done;
+}
+
 // Writes data and reads its echo concurrently (the echo of a large buffer comes back while it
 // is still being written, so a half-duplex client would deadlock).
 void check_round_trip(Loop& client_loop, const std::shared_ptr<TlsStream>& client, std::size_t size) {
@@ -114,25 +131,16 @@ TEST_CASE("mutual TLS 1.3 handshake, identities both ways and echo of several si
     auto server_read = start_read_exactly(server_loop, c.server, 1);
     server_loop.run([&] { c.server->close(); });  // stop the echo loop first
     (void)await(server_read);
-    auto promise = std::make_shared<std::promise<std::error_code>>();
-    auto shutdown = promise->get_future();
-    client_loop.run(
-        [&] { c.client->async_shutdown([promise](std::error_code ec) { promise->set_value(ec); }); });
+    auto shutdown = start_shutdown(client_loop, c.client);
     (void)await(shutdown);  // the server is gone already: only that it completes matters
   }
 }
 
 TEST_CASE("close_notify from the peer ends a read with eof") {
   Loop server_loop, client_loop;
-  Connection c =
-      handshake(server_loop, client_loop, "127.0.0.1", collector_context(), agent_context(), "localhost");
-  REQUIRE_FALSE(c.server_error);
-  REQUIRE_FALSE(c.client_error);
+  Connection c = connected(server_loop, client_loop);
   auto read = start_read_exactly(server_loop, c.server, 1);
-  auto promise = std::make_shared<std::promise<std::error_code>>();
-  auto shutdown = promise->get_future();
-  client_loop.run(
-      [&] { c.client->async_shutdown([promise](std::error_code ec) { promise->set_value(ec); }); });
+  auto shutdown = start_shutdown(client_loop, c.client);
   CHECK(await(shutdown) == std::error_code{});
   auto [ec, data] = await(read);
   CHECK(ec == asio::error::eof);
@@ -414,10 +422,7 @@ TEST_CASE("a silent peer: the caller's timer closes the stream and the handshake
 
 TEST_CASE("closing at any point completes pending operations with operation_aborted") {
   Loop server_loop, client_loop;
-  Connection c =
-      handshake(server_loop, client_loop, "127.0.0.1", collector_context(), agent_context(), "localhost");
-  REQUIRE_FALSE(c.server_error);
-  REQUIRE_FALSE(c.client_error);
+  Connection c = connected(server_loop, client_loop);
 
   // A read and a large write pending together (nobody reads on the server), then close.
   auto read = start_read_exactly(client_loop, c.client, 1);
@@ -433,10 +438,7 @@ TEST_CASE("closing at any point completes pending operations with operation_abor
 
   // Dropping every reference while an operation is pending: the operation keeps the stream alive
   // until it completes (here: when the peer goes away), and only then is the stream freed.
-  Connection d =
-      handshake(server_loop, client_loop, "127.0.0.1", collector_context(), agent_context(), "localhost");
-  REQUIRE_FALSE(d.server_error);
-  REQUIRE_FALSE(d.client_error);
+  Connection d = connected(server_loop, client_loop);
   auto orphan_read = start_read_exactly(server_loop, d.server, 1);
   std::weak_ptr<TlsStream> orphan = d.server;
   d.server.reset();

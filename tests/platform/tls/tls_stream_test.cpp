@@ -50,10 +50,14 @@ Connection handshake(Loop& server_loop, Loop& client_loop, const std::string& ad
   return c;
 }
 
-// The usual pair (collector and agent-1 over IPv4), handshaken: both sides must succeed.
-Connection connected(Loop& server_loop, Loop& client_loop) {
-  Connection c =
-      handshake(server_loop, client_loop, "127.0.0.1", collector_context(), agent_context(), "localhost");
+// A handshake that both sides must complete (by default: collector and agent-1 over IPv4).
+Connection connected(Loop& server_loop, Loop& client_loop,
+                     std::shared_ptr<TlsContext> server_context = collector_context(),
+                     std::shared_ptr<TlsContext> client_context = agent_context(),
+                     const std::string& addr = "127.0.0.1", const std::string& server_name = "localhost") {
+  Connection c = handshake(server_loop, client_loop, addr, std::move(server_context), std::move(client_context),
+                           server_name);
+  INFO(c.server_error.message(), " / ", c.client_error.message());
   REQUIRE_FALSE(c.server_error);
   REQUIRE_FALSE(c.client_error);
   return c;
@@ -107,10 +111,7 @@ TEST_CASE("mutual TLS 1.3 handshake, identities both ways and echo of several si
     CAPTURE(addr);
     Loop server_loop, client_loop;
     // The server name is the address itself: the collector certificate carries both loopback IPs.
-    Connection c = handshake(server_loop, client_loop, addr, server_context, client_context, addr);
-    INFO(c.server_error.message(), " / ", c.client_error.message());
-    REQUIRE_FALSE(c.server_error);
-    REQUIRE_FALSE(c.client_error);
+    Connection c = connected(server_loop, client_loop, server_context, client_context, addr, addr);
     CHECK(c.client->protocol_version() == "TLSv1.3");
     CHECK(c.server->protocol_version() == "TLSv1.3");
     CHECK(c.client->ciphersuite() == c.server->ciphersuite());
@@ -154,9 +155,7 @@ TEST_CASE("a reconnect resumes the saved TLS 1.3 session") {
     CAPTURE(addr);
     client_context->forget_saved_session();
     Loop server_loop, client_loop;
-    Connection first = handshake(server_loop, client_loop, addr, server_context, client_context, "localhost");
-    REQUIRE_FALSE(first.server_error);
-    REQUIRE_FALSE(first.client_error);
+    Connection first = connected(server_loop, client_loop, server_context, client_context, addr);
     CHECK_FALSE(first.client->resumed());
     // TLS 1.3 tickets arrive after the handshake: the client's first read picks them up.
     server_loop.run([&] { echo(first.server, std::make_shared<std::vector<char>>(4096)); });
@@ -164,11 +163,7 @@ TEST_CASE("a reconnect resumes the saved TLS 1.3 session") {
     CHECK(client_context->has_saved_session());
     close_all(server_loop, client_loop, first);
 
-    Connection second =
-        handshake(server_loop, client_loop, addr, server_context, client_context, "localhost");
-    INFO(second.server_error.message(), " / ", second.client_error.message());
-    REQUIRE_FALSE(second.server_error);
-    REQUIRE_FALSE(second.client_error);
+    Connection second = connected(server_loop, client_loop, server_context, client_context, addr);
     CHECK(second.client->protocol_version() == "TLSv1.3");
     CHECK(second.client->resumed());
     CHECK(second.server->resumed());
@@ -182,9 +177,7 @@ TEST_CASE("a reconnect resumes the saved TLS 1.3 session") {
     close_all(server_loop, client_loop, second);
 
     // The ticket issued on a resumed connection resumes again, identity carried along.
-    Connection third = handshake(server_loop, client_loop, addr, server_context, client_context, "localhost");
-    REQUIRE_FALSE(third.server_error);
-    REQUIRE_FALSE(third.client_error);
+    Connection third = connected(server_loop, client_loop, server_context, client_context, addr);
     CHECK(third.client->resumed());
     CHECK(third.server->resumed());
     CHECK(third.server->peer_common_name() == "agent-1");
@@ -195,20 +188,13 @@ TEST_CASE("a reconnect resumes the saved TLS 1.3 session") {
 TEST_CASE("a ticket the server does not know (collector restarted) means a full handshake") {
   auto client_context = agent_context();
   Loop server_loop, client_loop;
-  Connection first =
-      handshake(server_loop, client_loop, "127.0.0.1", collector_context(), client_context, "localhost");
-  REQUIRE_FALSE(first.server_error);
-  REQUIRE_FALSE(first.client_error);
+  Connection first = connected(server_loop, client_loop, collector_context(), client_context);
   server_loop.run([&] { echo(first.server, std::make_shared<std::vector<char>>(4096)); });
   check_round_trip(client_loop, first.client, 10);
   REQUIRE(client_context->has_saved_session());
   close_all(server_loop, client_loop, first);
 
-  Connection second =
-      handshake(server_loop, client_loop, "127.0.0.1", collector_context(), client_context, "localhost");
-  INFO(second.server_error.message(), " / ", second.client_error.message());
-  REQUIRE_FALSE(second.server_error);
-  REQUIRE_FALSE(second.client_error);
+  Connection second = connected(server_loop, client_loop, collector_context(), client_context);
   CHECK_FALSE(second.client->resumed());
   CHECK_FALSE(second.server->resumed());
   CHECK(second.server->peer_common_name() == "agent-1");
@@ -241,10 +227,7 @@ std::shared_ptr<TlsContext> server_with_key_file(const std::string& key_file, st
 std::pair<bool, std::string> connect_once(Loop& server_loop, Loop& client_loop,
                                           const std::shared_ptr<TlsContext>& server_context,
                                           const std::shared_ptr<TlsContext>& client_context) {
-  Connection c = handshake(server_loop, client_loop, "127.0.0.1", server_context, client_context, "localhost");
-  INFO(c.server_error.message(), " / ", c.client_error.message());
-  REQUIRE_FALSE(c.server_error);
-  REQUIRE_FALSE(c.client_error);
+  Connection c = connected(server_loop, client_loop, server_context, client_context);
   server_loop.run([&] { echo(c.server, std::make_shared<std::vector<char>>(4096)); });
   check_round_trip(client_loop, c.client, 10);  // picks up the TLS 1.3 ticket
   const bool resumed = c.server->resumed();
@@ -308,9 +291,7 @@ TEST_CASE("TLS 1.2 when the client caps it, with ticket resumption and identitie
   auto server_context = collector_context();
   auto client_context = agent_context(/*allow_tls13=*/false);
   Loop server_loop, client_loop;
-  Connection first = handshake(server_loop, client_loop, "::1", server_context, client_context, "::1");
-  REQUIRE_FALSE(first.server_error);
-  REQUIRE_FALSE(first.client_error);
+  Connection first = connected(server_loop, client_loop, server_context, client_context, "::1", "::1");
   CHECK(first.client->protocol_version() == "TLSv1.2");
   CHECK(first.server->peer_common_name() == "agent-1");
   CHECK_FALSE(first.server->resumed());
@@ -319,9 +300,7 @@ TEST_CASE("TLS 1.2 when the client caps it, with ticket resumption and identitie
   check_round_trip(client_loop, first.client, 40000);
   close_all(server_loop, client_loop, first);
 
-  Connection second = handshake(server_loop, client_loop, "::1", server_context, client_context, "::1");
-  REQUIRE_FALSE(second.server_error);
-  REQUIRE_FALSE(second.client_error);
+  Connection second = connected(server_loop, client_loop, server_context, client_context, "::1", "::1");
   CHECK(second.client->resumed());
   CHECK(second.server->resumed());
   CHECK(second.server->peer_common_name() == "agent-1");  // TLS 1.2 tickets keep the certificate

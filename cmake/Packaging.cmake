@@ -3,11 +3,19 @@
 # daemon, as CPack components
 #   agent     -> vantage-agent:     /usr/bin/vantage-agent, its unit, /etc/vantage/agent.toml
 #   collector -> vantage-collector: /usr/bin/vantage-collector, its unit, /etc/vantage/collector.toml
-# The units' install rules are in platform/CMakeLists.txt (same components).
 include(GNUInstallDirs)
 
 install(TARGETS vantage-agent RUNTIME DESTINATION "${CMAKE_INSTALL_BINDIR}" COMPONENT agent)
 install(TARGETS vantage-collector RUNTIME DESTINATION "${CMAKE_INSTALL_BINDIR}" COMPONENT collector)
+# The hardened service units (packaging/systemd). A relative directory lands under
+# CMAKE_INSTALL_PREFIX; packagers pass their distribution's path (the .deb presets:
+# /lib/systemd/system) instead of the build probing the build host's systemd, which need not be
+# the target's.
+set(VANTAGE_SYSTEMD_UNIT_DIR "lib/systemd/system" CACHE STRING
+    "Where the systemd service units are installed (relative to CMAKE_INSTALL_PREFIX, or absolute)")
+install(FILES packaging/systemd/vantage-agent.service DESTINATION "${VANTAGE_SYSTEMD_UNIT_DIR}" COMPONENT agent)
+install(FILES packaging/systemd/vantage-collector.service
+        DESTINATION "${VANTAGE_SYSTEMD_UNIT_DIR}" COMPONENT collector)
 # CMAKE_INSTALL_FULL_SYSCONFDIR is /etc for the prefix /usr (GNUInstallDirs' special case), where
 # the units' ExecStart= looks for the files.
 install(FILES packaging/examples/agent.toml
@@ -113,7 +121,7 @@ foreach(daemon IN ITEMS agent collector)
   set(page "${vantage_debian_dir}/${package}.8")
   install(CODE "execute_process(COMMAND sh [==[${PROJECT_SOURCE_DIR}/packaging/deb/manpage.sh]==] [==[${page}]==] 8
     [==[${vantage_release_date}]==] ${PROJECT_VERSION} [==[${summary}]==] [==[${description}]==]
-    [==[${PROJECT_SOURCE_DIR}/platform/systemd/${package}.service]==] --${vantage_run_binary} [==[$<TARGET_FILE:${package}>]==]
+    [==[${PROJECT_SOURCE_DIR}/packaging/systemd/${package}.service]==] --${vantage_run_binary} [==[$<TARGET_FILE:${package}>]==]
     COMMAND_ERROR_IS_FATAL ANY)
   execute_process(COMMAND gzip -9nf [==[${page}]==] COMMAND_ERROR_IS_FATAL ANY)" COMPONENT ${daemon})
   install(FILES "${page}.gz" DESTINATION "${CMAKE_INSTALL_MANDIR}/man8" COMPONENT ${daemon})

@@ -238,18 +238,6 @@ HostReader::Load HostReader::load(const std::string& relative, bool required,
 
 ProcStat HostReader::read_proc_stat() {
   static const std::string kFile = "proc/stat";
-  struct Column {
-    const char* name;
-    std::uint64_t CpuTimes::*member;
-  };
-  static constexpr std::array<Column, 8> kColumns{{{"user", &CpuTimes::user},
-                                                   {"nice", &CpuTimes::nice},
-                                                   {"system", &CpuTimes::system},
-                                                   {"idle", &CpuTimes::idle},
-                                                   {"iowait", &CpuTimes::iowait},
-                                                   {"irq", &CpuTimes::irq},
-                                                   {"softirq", &CpuTimes::softirq},
-                                                   {"steal", &CpuTimes::steal}}};
   // user nice system idle: the columns every kernel has had.
   constexpr std::size_t kMinColumns = 4;
 
@@ -277,7 +265,7 @@ ProcStat HostReader::read_proc_stat() {
     }
     bool ok = true;
     std::size_t columns = 0;
-    for (const Column& column : kColumns) {
+    for (const CpuTimesColumn& column : kCpuTimesColumns) {
       const std::string_view token = next_token(line);
       if (token.empty()) {
         break;

@@ -2,6 +2,7 @@
 // a root directory ("/" in production, a captured tree in tests), reporting bad input per field.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <filesystem>
 #include <optional>
@@ -40,6 +41,20 @@ struct CpuTimes {
 
   friend bool operator==(const CpuTimes&, const CpuTimes&) = default;
 };
+
+// CpuTimes' counters by their /proc/stat column names, in the file's order.
+struct CpuTimesColumn {
+  const char* name;
+  std::uint64_t CpuTimes::*member;
+};
+inline constexpr std::array<CpuTimesColumn, 8> kCpuTimesColumns{{{"user", &CpuTimes::user},
+                                                                 {"nice", &CpuTimes::nice},
+                                                                 {"system", &CpuTimes::system},
+                                                                 {"idle", &CpuTimes::idle},
+                                                                 {"iowait", &CpuTimes::iowait},
+                                                                 {"irq", &CpuTimes::irq},
+                                                                 {"softirq", &CpuTimes::softirq},
+                                                                 {"steal", &CpuTimes::steal}}};
 
 struct ProcStat {
   std::optional<CpuTimes> total;

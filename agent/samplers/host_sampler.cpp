@@ -22,20 +22,12 @@ std::string cpu_label(std::int32_t cpu) { return cpu < 0 ? std::string("cpu") : 
 
 std::optional<CpuUsage> cpu_usage(const CpuTimes& before, const CpuTimes& after,
                                   std::vector<ReadError>& errors) {
-  struct Column {
-    const char* name;
-    std::uint64_t CpuTimes::*member;
-  };
-  // iowait is left out: the kernel documents that it can decrease (it is an estimate kept per
-  // runqueue, not a tick count), so a drop there is clamped to zero instead of voiding the CPU.
-  static constexpr std::array<Column, 7> kMonotonic{{{"user", &CpuTimes::user},
-                                                     {"nice", &CpuTimes::nice},
-                                                     {"system", &CpuTimes::system},
-                                                     {"idle", &CpuTimes::idle},
-                                                     {"irq", &CpuTimes::irq},
-                                                     {"softirq", &CpuTimes::softirq},
-                                                     {"steal", &CpuTimes::steal}}};
-  for (const Column& column : kMonotonic) {
+  for (const platform::CpuTimesColumn& column : platform::kCpuTimesColumns) {
+    // iowait is left out: the kernel documents that it can decrease (it is an estimate kept per
+    // runqueue, not a tick count), so a drop there is clamped to zero instead of voiding the CPU.
+    if (column.member == &CpuTimes::iowait) {
+      continue;
+    }
     if (after.*column.member < before.*column.member) {
       errors.push_back({"proc/stat", 0, cpu_label(after.cpu) + "." + column.name,
                         "went backwards (CPU hotplug?); CPU skipped for this interval"});

@@ -97,6 +97,11 @@ bool split_host_port(std::string_view text, bool port_required, std::string& hos
 
 const char* usage_text() noexcept {
   return "usage: vantage-agent [options] [targets]\n"
+         "       vantage-agent --config FILE [--check-config]\n"
+         "       vantage-agent --version | --config-reference\n"
+         "  --config FILE         the daemon's settings from a TOML file (nothing else on the line)\n"
+         "  --check-config        with --config: check the file, print what is wrong, exit\n"
+         "  --config-reference    print every config key with its type, default and meaning\n"
          "  --version             print version, architecture and TLS library, then exit\n"
          "  --once SECONDS        measure for SECONDS, print one report, exit\n"
          "  --json                reports as JSON, one object per line\n"

@@ -101,6 +101,16 @@ std::string render_status_json(const LiveSnapshot& view, const IngestCounters& c
     value_or_null(a.self ? std::optional(a.self->spool_records) : std::nullopt);
     j.key("reconnects");
     value_or_null(a.self ? std::optional(a.self->reconnects) : std::nullopt);
+    // Every self-metric by its wire name, from the one field list: a new field appears here
+    // without an edit.
+    j.key("self");
+    if (a.self) {
+      j.begin_object();
+      wire::for_each_agent_self_field(*a.self, [&](const wire::AgentSelfField& f, const auto& v) { j.field(f.name, v); });
+      j.end_object();
+    } else {
+      j.null();
+    }
     j.end_object();
   }
   j.end_array();

@@ -242,6 +242,9 @@ TEST_CASE("/api/status is JSON with a cell per (PoP, target) and escapes strings
   CHECK(contains(json, R"("dst":"s\"in\u003c1")"));
   CHECK(contains(json, R"("p50_ms":8,)"));
   CHECK(contains(json, R"("now_ms":1700000003000,)"));
+  // Every self-metric under "self", by its wire name.
+  CHECK(contains(json, R"("rss_bytes":5242880,"spool_batches":1,"reconnects":2,"self":{"process_start_ns":)"));
+  CHECK(contains(json, R"("spool_errors":4})"));
   CHECK(collector::http::json_string("a\nb\\") == R"("a\u000ab\\")");
   CHECK(collector::http::status_page_html().find("data-src") != std::string_view::npos);
   // Nothing external: no linked scripts, styles or fonts.

@@ -196,7 +196,7 @@ platform::Status Measurement::Impl::open_probers() {
       return platform::Status::error("ICMP prober: " + s.message(), s.code());
     }
   }
-  return platform::Status::ok();
+  return platform::Status();
 }
 
 void Measurement::Impl::run_sampler(std::stop_token stop) {
@@ -383,7 +383,7 @@ platform::Status Measurement::start(ReportSink sink) {
   }
   impl->aggregator_thread = std::jthread([p](std::stop_token stop) { p->run_aggregator(stop); });
   impl_ = std::move(impl);
-  return platform::Status::ok();
+  return platform::Status();
 }
 
 void Measurement::finish() {

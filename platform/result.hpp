@@ -23,8 +23,8 @@ enum class Errc : int {
 
 class [[nodiscard]] Status {
  public:
-  Status() = default;  // success
-  static Status ok() { return {}; }
+  // Success. (No static ok(): `s.ok()` would compile on an instance and always be true.)
+  Status() = default;
   static Status error(std::string message, Errc code = Errc::kInvalid) {
     assert(code != Errc::kOk);
     Status s;

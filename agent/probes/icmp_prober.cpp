@@ -198,7 +198,7 @@ platform::Status IcmpProber::open_family(Family& family) {
   // Room for an IPv4 header with options in front of the largest reply, plus one byte so an
   // oversized datagram shows as truncated.
   family.rx.assign(60 + kIcmpHeaderSize + kIcmpMaxPayload + 1, std::byte{0});
-  return platform::Status::ok();
+  return platform::Status();
 }
 
 platform::Status IcmpProber::start() {
@@ -265,7 +265,7 @@ platform::Status IcmpProber::start() {
   if (!targets_.empty()) {
     arm_schedule();
   }
-  return platform::Status::ok();
+  return platform::Status();
 }
 
 void IcmpProber::stop() {

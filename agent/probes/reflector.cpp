@@ -174,7 +174,7 @@ platform::Status Reflector::start() {
   pinned_reply_sent_ = false;
   stopping_ = false;
   arm();
-  return platform::Status::ok();
+  return platform::Status();
 }
 
 void Reflector::stop() {

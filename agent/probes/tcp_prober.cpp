@@ -93,7 +93,7 @@ platform::Status TcpProber::start() {
   if (!targets_.empty()) {
     arm_schedule();
   }
-  return platform::Status::ok();
+  return platform::Status();
 }
 
 void TcpProber::stop() {

@@ -129,7 +129,7 @@ platform::Status UdpProber::start() {
     arm_read(v6_);
   }
   arm_timer();
-  return platform::Status::ok();
+  return platform::Status();
 }
 
 void UdpProber::stop() {

@@ -69,40 +69,16 @@ constexpr int kReadsPerTurn = 16;
 
 }  // namespace
 
+// The metrics' reason labels, in the order of Reject.
+constexpr const char* kRejectNames[] = {
+    "connection_limit", "handshake", "timeout", "no_identity", "identity", "region", "protocol", "frame",
+    "store", "handshake_limit", "source_limit", "evicted", "slow_reader", "fd_limit",
+};
+static_assert(std::size(kRejectNames) == static_cast<std::size_t>(Reject::kCount), "a name for every Reject");
+
 const char* to_string(Reject reason) noexcept {
-  switch (reason) {
-    case Reject::kConnectionLimit:
-      return "connection_limit";
-    case Reject::kHandshake:
-      return "handshake";
-    case Reject::kTimeout:
-      return "timeout";
-    case Reject::kNoIdentity:
-      return "no_identity";
-    case Reject::kIdentity:
-      return "identity";
-    case Reject::kRegion:
-      return "region";
-    case Reject::kProtocol:
-      return "protocol";
-    case Reject::kFrame:
-      return "frame";
-    case Reject::kStore:
-      return "store";
-    case Reject::kHandshakeLimit:
-      return "handshake_limit";
-    case Reject::kSourceLimit:
-      return "source_limit";
-    case Reject::kEvicted:
-      return "evicted";
-    case Reject::kSlowReader:
-      return "slow_reader";
-    case Reject::kFdLimit:
-      return "fd_limit";
-    case Reject::kCount:
-      break;
-  }
-  return "unknown";
+  const auto i = static_cast<std::size_t>(reason);
+  return i < std::size(kRejectNames) ? kRejectNames[i] : "unknown";
 }
 
 class Connection;

@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "platform/clock.hpp"
+#include "platform/enum_names.hpp"
 #include "platform/random_seed.hpp"
 #include "platform/spsc_ring.hpp"
 
@@ -47,15 +48,9 @@ std::uint32_t window_for(const ProbeTargetSpec& t) {
 }  // namespace
 
 const char* protocol_name(ProbeProtocol protocol) noexcept {
-  switch (protocol) {
-    case ProbeProtocol::kUdpEcho:
-      return "udp";
-    case ProbeProtocol::kTcpConnect:
-      return "tcp";
-    case ProbeProtocol::kIcmpEcho:
-      return "icmp";
-  }
-  return "unknown";
+  static constexpr const char* kNames[] = {"udp", "tcp", "icmp"};
+  static_assert(platform::enum_table_covers<ProbeProtocol, ProbeProtocol::kIcmpEcho>(kNames));
+  return platform::enum_name(protocol, kNames);
 }
 
 std::string target_label(ProbeProtocol protocol, const asio::ip::address& address, std::uint16_t port) {

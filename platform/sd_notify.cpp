@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include "platform/clock.hpp"
+#include "platform/enum_names.hpp"
 
 namespace vantage::platform {
 
@@ -70,17 +71,11 @@ class FileDescriptor {
 }  // namespace
 
 const char* NotifyResult::describe() const noexcept {
-  switch (outcome) {
-    case NotifyOutcome::kSent:
-      return "sent";
-    case NotifyOutcome::kNotUnderSystemd:
-      return "not under systemd (NOTIFY_SOCKET unset)";
-    case NotifyOutcome::kBadAddress:
-      return "NOTIFY_SOCKET is not an absolute path or @abstract name";
-    case NotifyOutcome::kSocketError:
-      return "notify socket error";
-  }
-  return "unknown";
+  static constexpr const char* kNames[] = {"sent", "not under systemd (NOTIFY_SOCKET unset)",
+                                           "NOTIFY_SOCKET is not an absolute path or @abstract name",
+                                           "notify socket error"};
+  static_assert(enum_table_covers<NotifyOutcome, NotifyOutcome::kSocketError>(kNames));
+  return enum_name(outcome, kNames);
 }
 
 NotifyResult sd_notify(std::string_view state) noexcept {

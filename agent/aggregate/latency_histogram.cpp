@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "platform/enum_names.hpp"
+
 namespace vantage::agent {
 
 namespace {
@@ -292,27 +294,17 @@ platform::Result<LatencyHistogram> LatencyHistogram::from_sparse(const Histogram
 }
 
 const char* to_string(SparseError error) noexcept {
-  switch (error) {
-    case SparseError::kNone:
-      return "none";
-    case SparseError::kUnknownScheme:
-      return "unknown bucket scheme";
-    case SparseError::kIndexOutOfRange:
-      return "bucket index out of range";
-    case SparseError::kIndexNotIncreasing:
-      return "bucket indices not strictly increasing";
-    case SparseError::kZeroCount:
-      return "bucket with zero count";
-    case SparseError::kCountMismatch:
-      return "count differs from bucket total";
-    case SparseError::kBoundsMismatch:
-      return "min/max inconsistent with buckets";
-    case SparseError::kOverflowMismatch:
-      return "overflow count inconsistent with buckets";
-    case SparseError::kBadMoments:
-      return "mean/stddev invalid";
-  }
-  return "unknown error";
+  static constexpr const char* kNames[] = {"none",
+                                           "unknown bucket scheme",
+                                           "bucket index out of range",
+                                           "bucket indices not strictly increasing",
+                                           "bucket with zero count",
+                                           "count differs from bucket total",
+                                           "min/max inconsistent with buckets",
+                                           "overflow count inconsistent with buckets",
+                                           "mean/stddev invalid"};
+  static_assert(platform::enum_table_covers<SparseError, SparseError::kBadMoments>(kNames));
+  return platform::enum_name(error, kNames, "unknown error");
 }
 
 }  // namespace vantage::agent

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "platform/byte_order.hpp"
+#include "platform/enum_names.hpp"
 
 namespace vantage::agent::probes {
 namespace {
@@ -29,23 +30,10 @@ using platform::store_le;
 }  // namespace
 
 const char* to_string(ProbeDecodeStatus status) noexcept {
-  switch (status) {
-    case ProbeDecodeStatus::kOk:
-      return "ok";
-    case ProbeDecodeStatus::kTooShort:
-      return "too short";
-    case ProbeDecodeStatus::kTooLong:
-      return "too long";
-    case ProbeDecodeStatus::kBadMagic:
-      return "bad magic";
-    case ProbeDecodeStatus::kBadVersion:
-      return "bad version";
-    case ProbeDecodeStatus::kBadFlags:
-      return "bad flags";
-    case ProbeDecodeStatus::kBadReserved:
-      return "bad reserved";
-  }
-  return "unknown";
+  static constexpr const char* kNames[] = {"ok",          "too short", "too long",    "bad magic",
+                                           "bad version", "bad flags", "bad reserved"};
+  static_assert(platform::enum_table_covers<ProbeDecodeStatus, ProbeDecodeStatus::kBadReserved>(kNames));
+  return platform::enum_name(status, kNames);
 }
 
 ProbeDecodeStatus decode_probe(std::span<const std::byte> bytes, ProbeKind expected, ProbeHeader& out,

@@ -15,6 +15,7 @@
 #include <utility>
 
 #include "platform/clock.hpp"
+#include "platform/enum_names.hpp"
 #include "platform/random_seed.hpp"
 #include "platform/receive_datagram.hpp"
 #include "platform/rx_timestamp.hpp"
@@ -112,13 +113,10 @@ std::size_t reply_control(const msghdr& received, std::span<unsigned char> out) 
 }  // namespace
 
 const char* to_string(TimestampSource source) noexcept {
-  switch (source) {
-    case TimestampSource::kKernelRealtime:
-      return "kernel (SO_TIMESTAMPNS, CLOCK_REALTIME)";
-    case TimestampSource::kUserMonotonic:
-      return "user space (CLOCK_MONOTONIC)";
-  }
-  return "unknown";
+  static constexpr const char* kNames[] = {"kernel (SO_TIMESTAMPNS, CLOCK_REALTIME)",
+                                           "user space (CLOCK_MONOTONIC)"};
+  static_assert(platform::enum_table_covers<TimestampSource, TimestampSource::kUserMonotonic>(kNames));
+  return platform::enum_name(source, kNames);
 }
 
 Reflector::Reflector(asio::io_context& io, ReflectorConfig config)

@@ -16,6 +16,7 @@
 #include <utility>
 
 #include "agent/probes/reflector.hpp"
+#include "tests/agent/probes/started_on_thread.hpp"
 
 namespace vantage::agent::probes::test {
 
@@ -24,17 +25,7 @@ using asio::ip::udp;
 // A started Reflector whose io_context runs on its own thread, stopped and joined on scope exit.
 class RunningReflector {
  public:
-  explicit RunningReflector(ReflectorConfig config) : reflector_(io_, std::move(config)) {
-    const platform::Status started = reflector_.start();
-    REQUIRE_MESSAGE(started, started.message());
-    thread_ = std::thread([this] { io_.run(); });
-  }
-  ~RunningReflector() {
-    reflector_.stop();
-    thread_.join();
-  }
-  RunningReflector(const RunningReflector&) = delete;
-  RunningReflector& operator=(const RunningReflector&) = delete;
+  explicit RunningReflector(ReflectorConfig config) : reflector_(io_, std::move(config)) {}
 
   Reflector& operator*() { return reflector_; }
   Reflector* operator->() { return &reflector_; }
@@ -64,7 +55,7 @@ class RunningReflector {
  private:
   asio::io_context io_;
   Reflector reflector_;
-  std::thread thread_;
+  StartedOnThread<Reflector> started_{io_, reflector_};
 };
 
 }  // namespace vantage::agent::probes::test

@@ -25,6 +25,7 @@
 #include "platform/spsc_ring.hpp"
 #include "tests/agent/probes/event_ring.hpp"
 #include "tests/agent/probes/running_reflector.hpp"
+#include "tests/agent/probes/started_on_thread.hpp"
 #include "tests/agent/probes/udp_relay.hpp"
 
 namespace {
@@ -40,6 +41,7 @@ using probes::UdpProberConfig;
 using probes::UdpProbeTarget;
 using probes::test::RelayDirection;
 using probes::test::RunningReflector;
+using probes::test::StartedOnThread;
 using probes::test::UdpRelay;
 using probes::test::UdpRelayConfig;
 using probes::test::EventRing;
@@ -64,17 +66,7 @@ ReflectorConfig fast_loopback(const std::string& address) {
 class RunningProber {
  public:
   RunningProber(UdpProberConfig config, std::size_t ring_capacity = 1024)
-      : ring_(ring_capacity), prober_(io_, std::move(config), ring_) {
-    const vantage::platform::Status started = prober_.start();
-    REQUIRE_MESSAGE(started, started.message());
-    thread_ = std::thread([this] { io_.run(); });
-  }
-  ~RunningProber() {
-    prober_.stop();
-    thread_.join();
-  }
-  RunningProber(const RunningProber&) = delete;
-  RunningProber& operator=(const RunningProber&) = delete;
+      : ring_(ring_capacity), prober_(io_, std::move(config), ring_) {}
 
   UdpProber* operator->() { return &prober_; }
   EventRing& ring() { return ring_; }
@@ -114,7 +106,7 @@ class RunningProber {
   EventRing ring_;
   UdpProber prober_;
   std::vector<ProbeEvent> events_;
-  std::thread thread_;
+  StartedOnThread<UdpProber> started_{io_, prober_};
 };
 
 UdpProberConfig one_target(const udp::endpoint& to, double rate, std::uint64_t count,

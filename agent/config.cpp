@@ -267,15 +267,7 @@ const cfg::Key<Draft> kKeys[] = {
      cfg::integer_in<8, 32>,
      [](Draft& d, const Value& v) { d.privacy.digest_bytes = static_cast<std::size_t>(v.integer()); }},
 
-    {"log.level", Kind::kString, "\"info\"", "", "\"error\", \"warning\", \"notice\", \"info\" or \"debug\"",
-     "Lines above this level are not logged.",
-     [](const Value& v) {
-       return cfg::one_of(v, {"error", "warning", "notice", "info", "debug"});
-     },
-     // The validator admits only names parse_log_level knows.
-     [](Draft& d, const Value& v) {
-       d.log_level = platform::parse_log_level(v.text()).value_or(platform::LogLevel::kInfo);
-     }},
+    cfg::log_level_key<Draft>(),
 };
 
 ProbeProtocol protocol_of(std::string_view name) {

@@ -173,15 +173,7 @@ const cfg::Key<Draft> kKeys[] = {
      cfg::integer_in<10, 604'800>,
      [](Draft& d, const Value& v) { d.http_forget_after = std::chrono::seconds(v.integer()); }},
 
-    {"log.level", Kind::kString, "\"info\"", "", "\"error\", \"warning\", \"notice\", \"info\" or \"debug\"",
-     "Lines above this level are not logged.",
-     [](const Value& v) {
-       return cfg::one_of(v, {"error", "warning", "notice", "info", "debug"});
-     },
-     // The validator admits only names parse_log_level knows.
-     [](Draft& d, const Value& v) {
-       d.log_level = platform::parse_log_level(v.text()).value_or(platform::LogLevel::kInfo);
-     }},
+    cfg::log_level_key<Draft>(),
 };
 
 }  // namespace

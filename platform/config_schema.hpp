@@ -14,6 +14,8 @@
 #include <variant>
 #include <vector>
 
+#include "platform/log.hpp"
+
 namespace vantage::platform::config {
 
 enum class Kind : std::uint8_t {
@@ -166,5 +168,16 @@ bool host(const Value& v);
 // "HOST:PORT" with a host() and a port 1..65535; an IPv6 address in brackets: "[2001:db8::1]:7443".
 bool split_host_port(std::string_view text, std::string& host, std::uint16_t& port);
 bool host_port(const Value& v);
+
+// [log] level, the same key in every daemon's file: one wording in every reference and one set
+// of names. Draft needs a platform::LogLevel log_level.
+template <typename Draft>
+Key<Draft> log_level_key() {
+  return {"log.level", Kind::kString, "\"info\"", "", "\"error\", \"warning\", \"notice\", \"info\" or \"debug\"",
+          "Lines above this level are not logged.",
+          [](const Value& v) { return one_of(v, {"error", "warning", "notice", "info", "debug"}); },
+          // The validator admits only names parse_log_level knows.
+          [](Draft& d, const Value& v) { d.log_level = parse_log_level(v.text()).value_or(LogLevel::kInfo); }};
+}
 
 }  // namespace vantage::platform::config

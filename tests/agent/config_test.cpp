@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "agent/config.hpp"
+#include "tests/support/errors_text.hpp"
 
 namespace {
 
@@ -18,11 +19,7 @@ using namespace std::chrono_literals;
 
 const std::string kDir = VANTAGE_FIXTURES_DIR "/config/";
 
-std::string errors_text(const std::vector<std::string>& errors) {
-  std::string text;
-  for (const std::string& e : errors) text += e + "\n";
-  return text;
-}
+using vantage::test::errors_text;
 
 }  // namespace
 
@@ -105,7 +102,7 @@ TEST_CASE("agent config: a file with every key loads with exact values") {
 TEST_CASE("agent config: an empty file gives the command line's defaults") {
   const agent::AgentConfig c = agent::load_config(kDir + "agent_minimal.toml");
   REQUIRE_MESSAGE(c.options.has_value(), errors_text(c.errors));
-  const agent::AgentOptions cli = *agent::parse_args({}).options;
+  const agent::AgentOptions cli = agent::parse_args({}).value();
   const agent::AgentOptions& o = *c.options;
   CHECK(c.log_level == vantage::platform::LogLevel::kInfo);
   CHECK(o.drain == cli.drain);

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "collector/config.hpp"
+#include "tests/support/errors_text.hpp"
 
 namespace {
 
@@ -14,11 +15,7 @@ using namespace std::chrono_literals;
 
 const std::string kDir = VANTAGE_FIXTURES_DIR "/config/";
 
-std::string errors_text(const std::vector<std::string>& errors) {
-  std::string text;
-  for (const std::string& e : errors) text += e + "\n";
-  return text;
-}
+using vantage::test::errors_text;
 
 }  // namespace
 

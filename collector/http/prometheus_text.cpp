@@ -6,13 +6,17 @@
 
 namespace vantage::collector::http {
 
-std::string escape_label_value(std::string_view value) {
+namespace {
+
+// The exposition format escapes backslash and newline in both places, the double quote only
+// inside a label value (HELP text is not quoted).
+std::string escape(std::string_view text, bool in_quotes) {
   std::string out;
-  out.reserve(value.size());
-  for (const char c : value) {
+  out.reserve(text.size());
+  for (const char c : text) {
     if (c == '\\') {
       out += "\\\\";
-    } else if (c == '"') {
+    } else if (c == '"' && in_quotes) {
       out += "\\\"";
     } else if (c == '\n') {
       out += "\\n";
@@ -23,20 +27,11 @@ std::string escape_label_value(std::string_view value) {
   return out;
 }
 
-std::string escape_help(std::string_view text) {
-  std::string out;
-  out.reserve(text.size());
-  for (const char c : text) {
-    if (c == '\\') {
-      out += "\\\\";
-    } else if (c == '\n') {
-      out += "\\n";
-    } else {
-      out += c;
-    }
-  }
-  return out;
-}
+}  // namespace
+
+std::string escape_label_value(std::string_view value) { return escape(value, true); }
+
+std::string escape_help(std::string_view text) { return escape(text, false); }
 
 std::string format_value(double value) {
   if (std::isnan(value)) return "NaN";

@@ -30,7 +30,8 @@ std::string render_status_json(const LiveSnapshot& view, const IngestCounters& c
                                std::int64_t now_ns) {
   // kHtmlSafe: names from agents never close a script element if the JSON is ever inlined.
   platform::JsonWriter j({.escape = platform::JsonEscape::kHtmlSafe});
-  const auto value_or_null = [&j](const auto& v) {
+  const auto field_or_null = [&j](std::string_view key, const auto& v) {
+    j.key(key);
     if (v) {
       j.value(*v);
     } else {
@@ -64,16 +65,12 @@ std::string render_status_json(const LiveSnapshot& view, const IngestCounters& c
     j.begin_object();
     j.field("pop", l.pop);
     j.field("agent", l.agent_id);
-    j.key("cpu_busy");
-    value_or_null(l.cpu_busy);
-    j.key("load1");
-    value_or_null(l.load1);
-    j.key("mem_used");
-    if (l.mem_total && l.mem_available && *l.mem_total > 0) {
-      j.value(1.0 - static_cast<double>(*l.mem_available) / static_cast<double>(*l.mem_total));
-    } else {
-      j.null();
-    }
+    field_or_null("cpu_busy", l.cpu_busy);
+    field_or_null("load1", l.load1);
+    field_or_null("mem_used", l.mem_total && l.mem_available && *l.mem_total > 0
+                                  ? std::optional(1.0 - static_cast<double>(*l.mem_available) /
+                                                            static_cast<double>(*l.mem_total))
+                                  : std::nullopt);
     j.key("history");
     j.begin_array();
     for (const LoadPoint& point : l.history) {
@@ -95,12 +92,9 @@ std::string render_status_json(const LiveSnapshot& view, const IngestCounters& c
     j.field("pop", a.pop);
     j.field("seq", a.seq);
     j.field("age_s", static_cast<double>(now_ns - a.last_seen_ns) / 1e9);
-    j.key("rss_bytes");
-    value_or_null(a.self ? std::optional(a.self->rss_bytes) : std::nullopt);
-    j.key("spool_batches");
-    value_or_null(a.self ? std::optional(a.self->spool_records) : std::nullopt);
-    j.key("reconnects");
-    value_or_null(a.self ? std::optional(a.self->reconnects) : std::nullopt);
+    field_or_null("rss_bytes", a.self ? std::optional(a.self->rss_bytes) : std::nullopt);
+    field_or_null("spool_batches", a.self ? std::optional(a.self->spool_records) : std::nullopt);
+    field_or_null("reconnects", a.self ? std::optional(a.self->reconnects) : std::nullopt);
     // Every self-metric by its wire name, from the one field list: a new field appears here
     // without an edit.
     j.key("self");

@@ -134,22 +134,14 @@ int main(int argc, char** argv) {
       config.tls.ticket_key_file = value;
     } else if (arg == "--key") {
       config.tls.key_file = value;
-    } else if (arg == "--http") {
+    } else if (arg == "--http" || arg == "--listen") {
       asio::ip::tcp::endpoint endpoint;
       if (!parse_endpoint(value, endpoint)) {
-        std::fprintf(stderr, "vantage-collector: --http: expected ADDR:PORT or [V6ADDR]:PORT, not '%s'\n",
-                     value.c_str());
+        std::fprintf(stderr, "vantage-collector: %.*s: expected ADDR:PORT or [V6ADDR]:PORT, not '%s'\n",
+                     static_cast<int>(arg.size()), arg.data(), value.c_str());
         return 2;
       }
-      http_listen.push_back(endpoint);
-    } else if (arg == "--listen") {
-      asio::ip::tcp::endpoint endpoint;
-      if (!parse_endpoint(value, endpoint)) {
-        std::fprintf(stderr, "vantage-collector: --listen: expected ADDR:PORT or [V6ADDR]:PORT, not '%s'\n",
-                     value.c_str());
-        return 2;
-      }
-      config.listen.push_back(endpoint);
+      (arg == "--http" ? http_listen : config.listen).push_back(endpoint);
     } else if (arg == "--retention-days") {
       int days = -1;
       const auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), days);

@@ -35,6 +35,15 @@ int hex_value(char c) {
   return -1;
 }
 
+// Zeroes every bit of the address bytes after the first `bits`.
+template <std::size_t N>
+void keep_prefix(std::array<unsigned char, N>& b, unsigned bits) noexcept {
+  for (std::size_t i = 0; i < N; ++i) {
+    const unsigned keep = bits > 8 * i ? std::min(8u, bits - 8 * static_cast<unsigned>(i)) : 0;
+    b[i] = static_cast<unsigned char>(b[i] & (keep == 0 ? 0 : 0xff << (8 - keep)));
+  }
+}
+
 }  // namespace
 
 Secret::~Secret() { mbedtls_platform_zeroize(bytes_.data(), bytes_.size()); }
@@ -122,19 +131,13 @@ std::string prefix_label(const asio::ip::address& address, std::uint16_t port, u
   if (a.is_v4()) {
     const unsigned bits = std::min(prefix_v4, 32u);
     auto b = a.to_v4().to_bytes();
-    for (std::size_t i = 0; i < b.size(); ++i) {
-      const unsigned keep = bits > 8 * i ? std::min(8u, bits - 8 * static_cast<unsigned>(i)) : 0;
-      b[i] = static_cast<unsigned char>(b[i] & (keep == 0 ? 0 : 0xff << (8 - keep)));
-    }
+    keep_prefix(b, bits);
     text = asio::ip::address_v4(b).to_string() + "/" + std::to_string(bits);
     return port != 0 ? text + ":" + std::to_string(port) : text;
   }
   const unsigned bits = std::min(prefix_v6, 128u);
   auto b = a.to_v6().to_bytes();
-  for (std::size_t i = 0; i < b.size(); ++i) {
-    const unsigned keep = bits > 8 * i ? std::min(8u, bits - 8 * static_cast<unsigned>(i)) : 0;
-    b[i] = static_cast<unsigned char>(b[i] & (keep == 0 ? 0 : 0xff << (8 - keep)));
-  }
+  keep_prefix(b, bits);
   // The scope id (a link-local address's interface) is the host's, not the client's: dropped.
   text = asio::ip::address_v6(b).to_string() + "/" + std::to_string(bits);
   return port != 0 ? "[" + text + "]:" + std::to_string(port) : text;

@@ -13,6 +13,7 @@
 #include "collector/http/prometheus_text.hpp"
 #include "collector/http/status_page.hpp"
 #include "collector/live_view.hpp"
+#include "tests/support/wire_frames.hpp"
 #include "vantage/telemetry_generated.h"
 
 namespace {
@@ -50,8 +51,7 @@ Built batch(const std::string& agent, const std::string& pop, std::uint64_t seq,
     self = wire::CreateAgentSelf(fbb, kT0, 1, 5u << 20, 2'000'000'000, 500'000'000, 3, 0, 1, 100, 2, 0, 0, 0, 4);
   const auto b = wire::CreateBatchDirect(fbb, agent.c_str(), seq, start, start + kSecond, "eu-central",
                                          pop.c_str(), &latency, &load, nullptr, 0, self);
-  wire::FinishFrameBuffer(fbb, wire::CreateFrame(fbb, wire::Message::Batch, b.Union()));
-  return Built{{fbb.GetBufferPointer(), fbb.GetBufferPointer() + fbb.GetSize()}};
+  return Built{test::finish_batch(fbb, b)};
 }
 
 void record(LiveView& view, const Built& b, const std::string& agent, const std::string& pop,

@@ -20,6 +20,7 @@
 
 #include "collector/store/jetstream_sink.hpp"
 #include "schemas/frame_codec.hpp"
+#include "tests/support/wire_frames.hpp"
 #include "vantage/telemetry_generated.h"
 
 extern char** environ;
@@ -31,7 +32,8 @@ using vantage::collector::store::IncomingBatch;
 using vantage::collector::store::JetStreamOptions;
 using vantage::collector::store::JetStreamSink;
 using vantage::collector::store::StoreOutcome;
-using Bytes = std::vector<std::uint8_t>;
+using vantage::test::Bytes;
+using vantage::test::finish_batch;
 using Clock = std::chrono::steady_clock;
 
 std::string find_nats_server() {
@@ -134,11 +136,9 @@ Frame make_frame(const std::string& agent, std::uint64_t seq, const std::string&
   flatbuffers::FlatBufferBuilder fbb;
   std::vector<flatbuffers::Offset<wire::LatencySummary>> latency;
   latency.push_back(wire::CreateLatencySummaryDirect(fbb, "t1", wire::Protocol::UdpEcho, 10, 10));
-  const auto batch =
-      wire::CreateBatchDirect(fbb, agent.c_str(), seq, 1'000, 2'000, region.c_str(), "fra1", &latency);
-  wire::FinishFrameBuffer(fbb, wire::CreateFrame(fbb, wire::Message::Batch, batch.Union()));
   Frame f;
-  f.bytes.assign(fbb.GetBufferPointer(), fbb.GetBufferPointer() + fbb.GetSize());
+  f.bytes = finish_batch(
+      fbb, wire::CreateBatchDirect(fbb, agent.c_str(), seq, 1'000, 2'000, region.c_str(), "fra1", &latency));
   const wire::Frame* frame = wire::verify_frame(f.bytes);
   REQUIRE(frame != nullptr);
   f.in.batch = frame->message_as_Batch();

@@ -26,6 +26,7 @@
 #include "collector/store/sqlite_store.hpp"
 #include "schemas/agent_self_fields.hpp"
 #include "tests/collector/old_schemas.hpp"
+#include "tests/support/wire_frames.hpp"
 #include "vantage/telemetry_generated.h"
 
 namespace {
@@ -37,7 +38,9 @@ using vantage::collector::store::PairHistoryQuery;
 using vantage::collector::store::OpenOptions;
 using vantage::collector::store::SqliteStore;
 using vantage::collector::store::StoreOutcome;
-using Bytes = std::vector<std::uint8_t>;
+using vantage::test::Bytes;
+using vantage::test::finish_batch;
+using vantage::test::verified_batch;
 
 constexpr std::int64_t kT0 = 1'790'000'000'000'000'000;
 constexpr std::int64_t kSecond = 1'000'000'000;
@@ -82,18 +85,6 @@ class TempDir {
   std::string path_;
 };
 
-Bytes finish(flatbuffers::FlatBufferBuilder& fbb, flatbuffers::Offset<wire::Batch> batch) {
-  wire::FinishFrameBuffer(fbb, wire::CreateFrame(fbb, wire::Message::Batch, batch.Union()));
-  return Bytes(fbb.GetBufferPointer(), fbb.GetBufferPointer() + fbb.GetSize());
-}
-
-// What the ingest hands over: the buffer passed the Verifier, then the Batch is read from it.
-const wire::Batch* verified_batch(const Bytes& bytes) {
-  flatbuffers::Verifier verifier(bytes.data(), bytes.size());
-  if (!wire::VerifyFrameBuffer(verifier)) return nullptr;
-  return wire::GetFrame(bytes.data())->message_as_Batch();
-}
-
 // A small batch: one latency summary per target (p50 tells batches apart), one load sample.
 // Every self-metric distinct, one of them past 2^32, so a swapped or narrowed column shows:
 // process_start_ns, config_generation, rss_bytes, then 101, 102, ... in field order.
@@ -123,8 +114,8 @@ Bytes simple_batch(const std::string& agent, std::uint64_t seq,
   wire::MemoryUsage mem(8ull << 30, 4ull << 30, 0, 0, 0);
   std::vector<flatbuffers::Offset<wire::LoadSample>> load{
       wire::CreateLoadSampleDirect(fbb, start + kSecond / 2, "amd64", &cpus, &mem)};
-  return finish(fbb, wire::CreateBatchDirect(fbb, agent.c_str(), seq, start, start + kSecond, "eu-central",
-                                             pop.c_str(), &latency, &load));
+  return finish_batch(fbb, wire::CreateBatchDirect(fbb, agent.c_str(), seq, start, start + kSecond,
+                                                   "eu-central", pop.c_str(), &latency, &load));
 }
 
 // Keeps the buffers alive as long as the IncomingBatch pointers into them.
@@ -314,7 +305,7 @@ Bytes rich_batch() {
   bb.add_rtt_samples(raw_vec);
   bb.add_spool_dropped(kSpoolDropped);
   bb.add_self(self);
-  return finish(fbb, bb.Finish());
+  return finish_batch(fbb, bb.Finish());
 }
 
 }  // namespace
@@ -920,8 +911,8 @@ Bytes batch_at(const std::string& agent, std::uint64_t seq, std::int64_t end,
   std::vector<wire::CpuUsage> cpus{{-1, 0.25f, 0.125f, 0.0f, 0.0f, 0.0f, 0.0f, 0.5f, 0}};
   std::vector<flatbuffers::Offset<wire::LoadSample>> load{
       wire::CreateLoadSampleDirect(fbb, end - kSecond, "amd64", &cpus)};
-  return finish(fbb, wire::CreateBatchDirect(fbb, agent.c_str(), seq, end - 10 * kSecond, end, "eu-central",
-                                             pop.c_str(), &latency, &load));
+  return finish_batch(fbb, wire::CreateBatchDirect(fbb, agent.c_str(), seq, end - 10 * kSecond, end,
+                                                   "eu-central", pop.c_str(), &latency, &load));
 }
 
 std::int64_t day_start(std::int64_t day) { return day * kPartitionNs; }

@@ -12,25 +12,23 @@
 #include <utility>
 #include <vector>
 
+#include "tests/support/wire_frames.hpp"
 #include "vantage/telemetry_generated.h"
 
 namespace wire = vantage::wire;
 
 namespace {
 
-using Bytes = std::vector<std::uint8_t>;
-
-Bytes finish(flatbuffers::FlatBufferBuilder& fbb, wire::Message type, flatbuffers::Offset<void> msg) {
-  wire::FinishFrameBuffer(fbb, wire::CreateFrame(fbb, type, msg));
-  return Bytes(fbb.GetBufferPointer(), fbb.GetBufferPointer() + fbb.GetSize());
-}
+using vantage::test::Bytes;
+using vantage::test::finish_frame;
+using vantage::test::verifies;
 
 // The canonical first-version frames. Changing these builders does not change the committed
 // fixtures: they are what the old version wrote, and the readers below must keep accepting them.
 Bytes build_hello() {
   flatbuffers::FlatBufferBuilder fbb;
   auto hello = wire::CreateHelloDirect(fbb, 1, "fra1-edge-07", "eu-central", "fra1", "0.1.0", "arm64", 0x5);
-  return finish(fbb, wire::Message::Hello, hello.Union());
+  return finish_frame(fbb, wire::Message::Hello, hello.Union());
 }
 
 Bytes build_batch() {
@@ -61,18 +59,13 @@ Bytes build_batch() {
   auto batch =
       wire::CreateBatchDirect(fbb, "fra1-edge-07", 4242, 1'790'000'000'000'000'000, 1'790'000'001'000'000'000,
                               "eu-central", "fra1", &latency, &load, &raw);
-  return finish(fbb, wire::Message::Batch, batch.Union());
+  return finish_frame(fbb, wire::Message::Batch, batch.Union());
 }
 
 Bytes build_ack() {
   flatbuffers::FlatBufferBuilder fbb;
   auto ack = wire::CreateAckDirect(fbb, 4242, wire::AckStatus::Rejected, "region ap-east not served here");
-  return finish(fbb, wire::Message::Ack, ack.Union());
-}
-
-bool verifies(const Bytes& b) {
-  flatbuffers::Verifier verifier(b.data(), b.size());
-  return wire::VerifyFrameBuffer(verifier);
+  return finish_frame(fbb, wire::Message::Ack, ack.Union());
 }
 
 const wire::Frame* checked_frame(const Bytes& b) {

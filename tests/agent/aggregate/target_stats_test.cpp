@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "agent/aggregate/target_stats.hpp"
+#include "tests/support/wire_frames.hpp"
 #include "vantage/telemetry_generated.h"
 
 namespace {
@@ -540,12 +541,11 @@ TEST_CASE("the wire LatencySummary passes the verifier and round-trips") {
   std::vector<flatbuffers::Offset<wire::LatencySummary>> latency{
       build_latency_summary(fbb, "ams1-edge-02:7801", s),
       build_latency_summary(fbb, "idle:7801", TargetStats(config(), 0).close_interval(1))};
-  auto batch = wire::CreateBatchDirect(fbb, "fra1-edge-07", 1, 0, 1, "eu", "fra1", &latency);
-  wire::FinishFrameBuffer(fbb, wire::CreateFrame(fbb, wire::Message::Batch, batch.Union()));
+  const vantage::test::Bytes frame = vantage::test::finish_batch(
+      fbb, wire::CreateBatchDirect(fbb, "fra1-edge-07", 1, 0, 1, "eu", "fra1", &latency));
 
-  flatbuffers::Verifier verifier(fbb.GetBufferPointer(), fbb.GetSize());
-  REQUIRE(wire::VerifyFrameBuffer(verifier));
-  const wire::Batch* read = wire::GetFrame(fbb.GetBufferPointer())->message_as_Batch();
+  REQUIRE(vantage::test::verifies(frame));
+  const wire::Batch* read = vantage::test::verified_batch(frame);
   REQUIRE(read != nullptr);
   REQUIRE(read->latency()->size() == 2);
   const wire::LatencySummary* l = read->latency()->Get(0);

@@ -49,6 +49,20 @@ struct Options {
   bool keep = false;
 };
 
+// The options that take a count, by their flag.
+struct CountOption {
+  const char* name;
+  int Options::*field;
+};
+constexpr CountOption kCountOptions[] = {
+    {"--agents", &Options::agents},
+    {"--targets", &Options::targets},
+    {"--intervals", &Options::intervals},
+    {"--group", &Options::group},
+    {"--v2-intervals", &Options::v2_intervals},
+    {"--cache-kib", &Options::cache_kib},
+};
+
 std::int64_t cpu_ns() {
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
@@ -281,18 +295,10 @@ int main(int argc, char** argv) {
       }
       return argv[++i];
     };
-    if (a == "--agents") {
-      o.agents = std::atoi(value());
-    } else if (a == "--targets") {
-      o.targets = std::atoi(value());
-    } else if (a == "--intervals") {
-      o.intervals = std::atoi(value());
-    } else if (a == "--group") {
-      o.group = std::atoi(value());
-    } else if (a == "--v2-intervals") {
-      o.v2_intervals = std::atoi(value());
-    } else if (a == "--cache-kib") {
-      o.cache_kib = std::atoi(value());
+    const auto count = std::find_if(std::begin(kCountOptions), std::end(kCountOptions),
+                                    [&a](const CountOption& c) { return a == c.name; });
+    if (count != std::end(kCountOptions)) {
+      o.*count->field = std::atoi(value());
     } else if (a == "--dir") {
       o.dir = value();
     } else if (a == "--keep") {

@@ -11,6 +11,7 @@
 #include <optional>
 
 #include "platform/clock.hpp"
+#include "platform/cmsg.hpp"
 
 namespace vantage::platform {
 
@@ -25,17 +26,12 @@ inline bool enable_kernel_rx_timestamps(int fd) noexcept {
 // nanoseconds; the last one wins should the control data carry several. Empty when absent.
 inline std::optional<std::int64_t> kernel_rx_realtime_ns(const msghdr& msg) noexcept {
   std::optional<std::int64_t> stamp;
-  // glibc's CMSG_NXTHDR takes a non-const msghdr but only reads it.
-  msghdr* m = const_cast<msghdr*>(&msg);
-  for (cmsghdr* c = CMSG_FIRSTHDR(m); c != nullptr; c = CMSG_NXTHDR(m, c)) {
-    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS &&
-        c->cmsg_len >= CMSG_LEN(sizeof(timespec))) {
-      // CMSG_DATA is not guaranteed to be aligned for timespec.
-      timespec ts{};
-      std::memcpy(&ts, CMSG_DATA(c), sizeof(ts));
+  for_each_cmsg(msg, [&stamp](const cmsghdr& c) {
+    timespec ts{};
+    if (read_cmsg(c, SOL_SOCKET, SCM_TIMESTAMPNS, ts)) {
       stamp = timespec_ns(ts);
     }
-  }
+  });
   return stamp;
 }
 
@@ -78,8 +74,8 @@ constexpr RxTime rx_time(std::optional<std::int64_t> stamp_ns, std::int64_t read
 
 // The kernel's CLOCK_REALTIME stamp moved onto CLOCK_MONOTONIC by `realtime_offset` (see
 // realtime_offset_ns()), then rx_time() against the monotonic read time.
-constexpr RxTime monotonic_rx_time(std::optional<std::int64_t> kernel_realtime_ns, std::int64_t realtime_offset,
-                                   std::int64_t read_mono_ns) noexcept {
+constexpr RxTime monotonic_rx_time(std::optional<std::int64_t> kernel_realtime_ns,
+                                   std::int64_t realtime_offset, std::int64_t read_mono_ns) noexcept {
   if (kernel_realtime_ns) {
     return rx_time(*kernel_realtime_ns - realtime_offset, read_mono_ns);
   }

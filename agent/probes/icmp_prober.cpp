@@ -24,6 +24,7 @@
 #include "agent/probes/handler_memory.hpp"
 #include "agent/probes/probe_schedule.hpp"
 #include "platform/clock.hpp"
+#include "platform/cmsg.hpp"
 #include "platform/random_seed.hpp"
 #include "platform/receive_datagram.hpp"
 #include "platform/rx_timestamp.hpp"
@@ -494,14 +495,8 @@ std::size_t IcmpProber::drain_error_queue(Family& family) {
     const std::uint8_t origin = family.ipv6 ? SO_EE_ORIGIN_ICMP6 : SO_EE_ORIGIN_ICMP;
     bool found = false;
     sock_extended_err ee{};
-    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
-      if (c->cmsg_level == level && c->cmsg_type == type && c->cmsg_len >= CMSG_LEN(sizeof(ee))) {
-        // CMSG_DATA is not guaranteed to be aligned for the struct.
-        std::memcpy(&ee, CMSG_DATA(c), sizeof(ee));
-        found = true;
-        break;
-      }
-    }
+    platform::for_each_cmsg(
+        msg, [&](const cmsghdr& c) { found = found || platform::read_cmsg(c, level, type, ee); });
     const std::size_t size = std::min(static_cast<std::size_t>(n), family.rx.size());
     IcmpErrorReport report;
     if (!found || ee.ee_origin != origin || !is_icmp_error_for_probe(family.ipv6, ee.ee_type)) {

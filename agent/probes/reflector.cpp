@@ -15,6 +15,7 @@
 #include <utility>
 
 #include "platform/clock.hpp"
+#include "platform/cmsg.hpp"
 #include "platform/enum_names.hpp"
 #include "platform/random_seed.hpp"
 #include "platform/receive_datagram.hpp"
@@ -84,29 +85,20 @@ std::size_t put_cmsg(std::span<unsigned char> out, int level, int type, const In
 // interface index stays 0 so that routing still picks the outgoing interface, as for sendto.
 std::size_t reply_control(const msghdr& received, std::span<unsigned char> out) noexcept {
   std::size_t len = 0;
-  // glibc's CMSG_NXTHDR takes a non-const msghdr but only reads it.
-  msghdr* m = const_cast<msghdr*>(&received);
-  for (cmsghdr* c = CMSG_FIRSTHDR(m); c != nullptr; c = CMSG_NXTHDR(m, c)) {
-    if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO &&
-        c->cmsg_len >= CMSG_LEN(sizeof(in_pktinfo))) {
-      // CMSG_DATA is not guaranteed to be aligned for the struct.
-      in_pktinfo in{};
-      std::memcpy(&in, CMSG_DATA(c), sizeof(in));
+  platform::for_each_cmsg(received, [&len, out](const cmsghdr& c) {
+    if (in_pktinfo in{}; platform::read_cmsg(c, IPPROTO_IP, IP_PKTINFO, in)) {
       // ipi_spec_dst, not ipi_addr: it is the kernel's choice of local address to answer
       // from, the destination itself for unicast and the interface's address for a
       // broadcast, which is not a valid source.
       in_pktinfo reply{};
       reply.ipi_spec_dst = in.ipi_spec_dst;
       len = put_cmsg(out, IPPROTO_IP, IP_PKTINFO, reply);
-    } else if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO &&
-               c->cmsg_len >= CMSG_LEN(sizeof(in6_pktinfo))) {
-      in6_pktinfo in{};
-      std::memcpy(&in, CMSG_DATA(c), sizeof(in));
+    } else if (in6_pktinfo in6{}; platform::read_cmsg(c, IPPROTO_IPV6, IPV6_PKTINFO, in6)) {
       in6_pktinfo reply{};
-      reply.ipi6_addr = in.ipi6_addr;
+      reply.ipi6_addr = in6.ipi6_addr;
       len = put_cmsg(out, IPPROTO_IPV6, IPV6_PKTINFO, reply);
     }
-  }
+  });
   return len;
 }
 

@@ -359,22 +359,33 @@ TEST_CASE("refused: a server certificate without the expected name") {
                 MBEDTLS_ERR_X509_CERT_VERIFY_FAILED);
 }
 
+// The collector's side of a fresh connection whose peer is a bare socket, not TLS: the peer that
+// sends garbage, or nothing at all.
+struct BarePeer {
+  asio::ip::tcp::socket socket;
+  std::shared_ptr<TlsStream> server;
+};
+
+BarePeer bare_peer(Loop& server_loop, Loop& client_loop, const std::string& addr) {
+  SocketPair sockets = connect_sockets(server_loop, client_loop, addr);
+  return {std::move(sockets.client), TlsStream::create(std::move(sockets.server), collector_context())};
+}
+
 TEST_CASE("garbage instead of a ClientHello fails the server handshake cleanly") {
   for (const std::string addr : kLoopbacks) {
     CAPTURE(addr);
     Loop server_loop, client_loop;
-    SocketPair sockets = connect_sockets(server_loop, client_loop, addr);
-    auto server = TlsStream::create(std::move(sockets.server), collector_context());
-    auto handshake_done = start_handshake(server_loop, server);
+    BarePeer peer = bare_peer(server_loop, client_loop, addr);
+    auto handshake_done = start_handshake(server_loop, peer.server);
     const std::string garbage = "GET / HTTP/1.1\r\nHost: collector\r\n\r\n" + std::string(3000, '\x17');
-    asio::write(sockets.client, asio::buffer(garbage));
+    asio::write(peer.socket, asio::buffer(garbage));
     const std::error_code ec = await(handshake_done);
     INFO(ec.message());
     CHECK(ec.category() == mbedtls_category());
     // The server closed: the raw peer reads eof (after any alert bytes), not a hang.
     std::array<char, 256> sink{};
     std::error_code read_ec;
-    while (!read_ec) sockets.client.read_some(asio::buffer(sink), read_ec);
+    while (!read_ec) peer.socket.read_some(asio::buffer(sink), read_ec);
     CHECK((read_ec == asio::error::eof || read_ec == asio::error::connection_reset));
   }
 }
@@ -383,14 +394,13 @@ TEST_CASE("a silent peer: the caller's timer closes the stream and the handshake
   for (const std::string addr : kLoopbacks) {
     CAPTURE(addr);
     Loop server_loop, client_loop;
-    SocketPair sockets = connect_sockets(server_loop, client_loop, addr);
-    auto server = TlsStream::create(std::move(sockets.server), collector_context());
+    BarePeer peer = bare_peer(server_loop, client_loop, addr);
     auto timer = std::make_shared<asio::steady_timer>(server_loop.io());
     const auto started = std::chrono::steady_clock::now();
-    auto handshake_done = start_handshake(server_loop, server);
+    auto handshake_done = start_handshake(server_loop, peer.server);
     server_loop.run([&] {
       timer->expires_after(std::chrono::milliseconds(200));
-      timer->async_wait([server, timer](std::error_code ec) {
+      timer->async_wait([server = peer.server, timer](std::error_code ec) {
         if (!ec) server->close();
       });
     });

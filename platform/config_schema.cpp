@@ -13,6 +13,7 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <sstream>
 
 namespace vantage::platform::config {
@@ -67,6 +68,24 @@ std::string describe(const toml::node& node) {
   std::string text = os.str();
   if (text.size() > 60) text = text.substr(0, 57) + "...";
   return text;
+}
+
+// A scalar key's value when the node has the key's kind: an integer is also a kNumber, and
+// kStringOrInteger takes either.
+std::optional<decltype(Value::data)> scalar_of_kind(const toml::node& node, Kind kind) {
+  using Data = decltype(Value::data);
+  const bool text = kind == Kind::kString || kind == Kind::kStringOrInteger;
+  const bool integer = kind == Kind::kInteger || kind == Kind::kStringOrInteger;
+  if (text && node.is_string()) return Data(std::in_place_type<std::string>, node.as_string()->get());
+  if (integer && node.is_integer()) return Data(std::in_place_type<std::int64_t>, node.as_integer()->get());
+  if (kind == Kind::kNumber && node.is_integer()) {
+    return Data(std::in_place_type<double>, static_cast<double>(node.as_integer()->get()));
+  }
+  if (kind == Kind::kNumber && node.is_floating_point()) {
+    return Data(std::in_place_type<double>, node.as_floating_point()->get());
+  }
+  if (kind == Kind::kBoolean && node.is_boolean()) return Data(std::in_place_type<bool>, node.as_boolean()->get());
+  return std::nullopt;
 }
 
 std::size_t edit_distance(std::string_view a, std::string_view b) {
@@ -172,35 +191,15 @@ class Walker {
     Value value{std::string(), key, line};
     switch (info.kind) {
       case Kind::kString:
-        if (!node.is_string()) return wrong(key, node, "");
-        value.data = node.as_string()->get();
-        break;
       case Kind::kInteger:
-        if (!node.is_integer()) return wrong(key, node, "");
-        value.data = node.as_integer()->get();
-        break;
       case Kind::kNumber:
-        if (node.is_integer()) {
-          value.data = static_cast<double>(node.as_integer()->get());
-        } else if (node.is_floating_point()) {
-          value.data = node.as_floating_point()->get();
-        } else {
-          return wrong(key, node, "");
-        }
-        break;
       case Kind::kBoolean:
-        if (!node.is_boolean()) return wrong(key, node, "");
-        value.data = node.as_boolean()->get();
+      case Kind::kStringOrInteger: {
+        std::optional<decltype(Value::data)> data = scalar_of_kind(node, info.kind);
+        if (!data) return wrong(key, node, "");
+        value.data = std::move(*data);
         break;
-      case Kind::kStringOrInteger:
-        if (node.is_string()) {
-          value.data = node.as_string()->get();
-        } else if (node.is_integer()) {
-          value.data = node.as_integer()->get();
-        } else {
-          return wrong(key, node, "");
-        }
-        break;
+      }
       case Kind::kStringList: {
         const toml::array* array = node.as_array();
         if (array == nullptr) return wrong(key, node, "a list, each ");

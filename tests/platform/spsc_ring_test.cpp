@@ -43,52 +43,42 @@ struct LifetimeCounts {
 
 LifetimeCounts counts;
 
+// An int payload. No default constructor: only drain() can consume it without a pre-built output.
+class NoDefault {
+ public:
+  explicit NoDefault(int value) noexcept : value_(value) {}
+  int value() const { return value_; }
+
+ protected:
+  int value_;
+};
+
 // Counts every construction and destruction so tests can prove the ring neither leaks
 // nor double-destroys the objects it holds.
-class Counted {
+class Counted : public NoDefault {
  public:
-  explicit Counted(int value) noexcept : value_(value) { ++counts.constructed; }
-  Counted(const Counted& other) noexcept : value_(other.value_) { ++counts.constructed; }
-  Counted(Counted&& other) noexcept : value_(std::exchange(other.value_, -1)) { ++counts.constructed; }
+  explicit Counted(int value) noexcept : NoDefault(value) { ++counts.constructed; }
+  Counted(const Counted& other) noexcept : NoDefault(other.value_) { ++counts.constructed; }
+  Counted(Counted&& other) noexcept : NoDefault(std::exchange(other.value_, -1)) { ++counts.constructed; }
   Counted& operator=(const Counted& other) noexcept = default;
   Counted& operator=(Counted&& other) noexcept {
     value_ = std::exchange(other.value_, -1);
     return *this;
   }
   ~Counted() { ++counts.destroyed; }
-
-  int value() const { return value_; }
-
- private:
-  int value_;
 };
 
 // Construction from `true` throws, to check that a failed emplace publishes nothing.
-class ThrowOnRequest {
+class ThrowOnRequest : public NoDefault {
  public:
-  explicit ThrowOnRequest(int value) noexcept : value_(value) {}
-  ThrowOnRequest(int value, bool fail) : value_(value) {
+  explicit ThrowOnRequest(int value) noexcept : NoDefault(value) {}
+  ThrowOnRequest(int value, bool fail) : NoDefault(value) {
     if (fail) {
       throw std::runtime_error("requested");
     }
   }
   ThrowOnRequest(ThrowOnRequest&&) noexcept = default;
   ThrowOnRequest& operator=(ThrowOnRequest&&) noexcept = default;
-
-  int value() const { return value_; }
-
- private:
-  int value_;
-};
-
-// No default constructor: only drain() can consume it without a pre-built output.
-class NoDefault {
- public:
-  explicit NoDefault(int value) noexcept : value_(value) {}
-  int value() const { return value_; }
-
- private:
-  int value_;
 };
 
 std::vector<int> iota_vector(int first, std::size_t n) {

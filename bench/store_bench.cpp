@@ -49,20 +49,6 @@ struct Options {
   bool keep = false;
 };
 
-// The options that take a count, by their flag.
-struct CountOption {
-  const char* name;
-  int Options::*field;
-};
-constexpr CountOption kCountOptions[] = {
-    {"--agents", &Options::agents},
-    {"--targets", &Options::targets},
-    {"--intervals", &Options::intervals},
-    {"--group", &Options::group},
-    {"--v2-intervals", &Options::v2_intervals},
-    {"--cache-kib", &Options::cache_kib},
-};
-
 std::int64_t cpu_ns() {
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
@@ -295,15 +281,19 @@ int main(int argc, char** argv) {
       }
       return argv[++i];
     };
-    const auto count = std::find_if(std::begin(kCountOptions), std::end(kCountOptions),
-                                    [&a](const CountOption& c) { return a == c.name; });
-    if (count != std::end(kCountOptions)) {
-      o.*count->field = std::atoi(value());
-    } else if (a == "--dir") {
+    // An option that takes a count: true when `a` is that flag.
+    const auto count = [&](const char* flag, int& field) {
+      if (a != flag) return false;
+      field = std::atoi(value());
+      return true;
+    };
+    if (a == "--dir") {
       o.dir = value();
     } else if (a == "--keep") {
       o.keep = true;
-    } else {
+    } else if (!(count("--agents", o.agents) || count("--targets", o.targets) ||
+                 count("--intervals", o.intervals) || count("--group", o.group) ||
+                 count("--v2-intervals", o.v2_intervals) || count("--cache-kib", o.cache_kib))) {
       std::fprintf(stderr,
                    "usage: store_bench [--agents N] [--targets N] [--intervals N] [--group N] "
                    "[--v2-intervals N] [--cache-kib N] [--dir DIR] [--keep]\n");

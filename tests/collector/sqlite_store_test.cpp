@@ -21,6 +21,7 @@
 #include <numeric>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "collector/store/sqlite_store.hpp"
@@ -420,28 +421,24 @@ TEST_CASE("round trip: every column of a batch with 3 latency summaries and 2 lo
   CHECK(l["seq"].i == 4242);
   CHECK(l["time_ns"].i == kT0 + 500);
   CHECK(l["arch"].s == "arm64");
-  CHECK(l["cpu_user"].d == 0.25);
-  CHECK(l["cpu_system"].d == 0.125);
-  CHECK(l["cpu_iowait"].d == 0.0625);
-  CHECK(l["cpu_steal"].d == 0.03125);
-  CHECK(l["cpu_irq"].d == 0.5);
-  CHECK(l["cpu_softirq"].d == 0.75);
-  CHECK(l["cpu_idle"].d == 0.5);
+  // Column by column as sent: every float in rich_batch() is exact as a double.
+  const std::pair<const char*, double> reals[] = {
+      {"cpu_user", 0.25},        {"cpu_system", 0.125}, {"cpu_iowait", 0.0625}, {"cpu_steal", 0.03125},
+      {"cpu_irq", 0.5},          {"cpu_softirq", 0.75}, {"cpu_idle", 0.5},      {"load1", 0.5},
+      {"load5", 0.75},           {"load15", 1.0},       {"psi_cpu_some", 1.5},  {"psi_memory_some", 2.5},
+      {"psi_memory_full", 0.25}, {"psi_io_some", 3.5},  {"psi_io_full", 0.125}};
+  for (const auto& [column, value] : reals) {
+    CAPTURE(column);
+    CHECK(l[column].d == value);
+  }
   CHECK(l["cpu_busy"].d == doctest::Approx(1.0 - 0.5 - 0.0625));
-  CHECK(l["cpu_count"].i == 2);
-  CHECK(l["mem_total"].i == (8LL << 30));
-  CHECK(l["mem_available"].i == (5LL << 30));
-  CHECK(l["swap_total"].i == (1LL << 30));
-  CHECK(l["swap_free"].i == (1LL << 29));
-  CHECK(l["mem_dirty"].i == 4096);
-  CHECK(l["load1"].d == 0.5);
-  CHECK(l["load5"].d == 0.75);
-  CHECK(l["load15"].d == 1.0);
-  CHECK(l["psi_cpu_some"].d == 1.5);
-  CHECK(l["psi_memory_some"].d == 2.5);
-  CHECK(l["psi_memory_full"].d == 0.25);
-  CHECK(l["psi_io_some"].d == 3.5);
-  CHECK(l["psi_io_full"].d == 0.125);
+  const std::pair<const char*, std::int64_t> integers[] = {
+      {"cpu_count", 2},          {"mem_total", 8LL << 30}, {"mem_available", 5LL << 30},
+      {"swap_total", 1LL << 30}, {"swap_free", 1LL << 29}, {"mem_dirty", 4096}};
+  for (const auto& [column, value] : integers) {
+    CAPTURE(column);
+    CHECK(l[column].i == value);
+  }
   CHECK(l["cpus_json"].s ==
         R"([{"cpu":0,"user":0.5,"system":0.1,"iowait":0,"steal":0,"irq":0,"softirq":0.02,"idle":0.38,)"
         R"("freq_khz":1800000},{"cpu":1,"user":0,"system":0,"iowait":0,"steal":0,"irq":0,"softirq":0,)"

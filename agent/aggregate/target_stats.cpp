@@ -423,6 +423,36 @@ IntervalSummary TargetStats::close_interval(std::int64_t now_ns) noexcept {
   return out;
 }
 
+namespace {
+
+// Each interval counter beside its wire setter, a named pair so that no two can be swapped. The
+// first version's counters go before the histogram and those appended since after it, so the
+// table keeps the layout it always had.
+struct WireCount {
+  std::uint64_t IntervalSummary::*count;
+  void (wire::LatencySummaryBuilder::*add)(std::uint32_t);
+  bool appended;
+};
+using Out = wire::LatencySummaryBuilder;
+constexpr WireCount kWireCounts[] = {
+    {&IntervalSummary::sent, &Out::add_sent, false},
+    {&IntervalSummary::received, &Out::add_received, false},
+    {&IntervalSummary::lost, &Out::add_lost, false},
+    {&IntervalSummary::late, &Out::add_late, false},
+    {&IntervalSummary::reordered, &Out::add_reordered, false},
+    {&IntervalSummary::duplicates, &Out::add_duplicates, false},
+    {&IntervalSummary::lost_outbound, &Out::add_lost_outbound, false},
+    {&IntervalSummary::lost_inbound, &Out::add_lost_inbound, false},
+    {&IntervalSummary::send_errors, &Out::add_send_errors, true},
+    {&IntervalSummary::unexpected, &Out::add_unexpected, true},
+    {&IntervalSummary::invalid, &Out::add_invalid, true},
+    {&IntervalSummary::reflector_restarts, &Out::add_reflector_restarts, true},
+    {&IntervalSummary::session_resets, &Out::add_session_resets, true},
+    {&IntervalSummary::ipdv_count, &Out::add_ipdv_count, true},
+};
+
+}  // namespace
+
 flatbuffers::Offset<wire::LatencySummary> build_latency_summary(flatbuffers::FlatBufferBuilder& fbb,
                                                                 std::string_view target,
                                                                 const IntervalSummary& summary) {
@@ -451,21 +481,14 @@ flatbuffers::Offset<wire::LatencySummary> build_latency_summary(flatbuffers::Fla
   out.add_jitter_mean_ns(summary.jitter_mean_ns);
   out.add_jitter_p99_ns(to_wire_ns(summary.jitter_p99_ns));
   out.add_target(name);
-  out.add_sent(to_wire_count(summary.sent));
-  out.add_received(to_wire_count(summary.received));
-  out.add_lost(to_wire_count(summary.lost));
-  out.add_late(to_wire_count(summary.late));
-  out.add_reordered(to_wire_count(summary.reordered));
-  out.add_duplicates(to_wire_count(summary.duplicates));
-  out.add_lost_outbound(to_wire_count(summary.lost_outbound));
-  out.add_lost_inbound(to_wire_count(summary.lost_inbound));
+  const auto add_counts = [&](bool appended) {
+    for (const WireCount& c : kWireCounts) {
+      if (c.appended == appended) (out.*c.add)(to_wire_count(summary.*c.count));
+    }
+  };
+  add_counts(false);
   out.add_histogram(histogram);
-  out.add_send_errors(to_wire_count(summary.send_errors));
-  out.add_unexpected(to_wire_count(summary.unexpected));
-  out.add_invalid(to_wire_count(summary.invalid));
-  out.add_reflector_restarts(to_wire_count(summary.reflector_restarts));
-  out.add_session_resets(to_wire_count(summary.session_resets));
-  out.add_ipdv_count(to_wire_count(summary.ipdv_count));
+  add_counts(true);
   out.add_histogram_overflow(to_wire_count(summary.rtt.overflow()));
   out.add_histogram_dropped(to_wire_count(summary.rtt.dropped()));
   out.add_protocol(to_wire(summary.protocol));

@@ -116,7 +116,6 @@ IcmpProber::IcmpProber(asio::io_context& io, IcmpProberConfig config, platform::
       config_(std::move(config)),
       ring_(ring),
       schedule_timer_(io),
-      schedule_memory_(std::make_unique<HandlerMemory>()),
       cookie_(platform::random_seed()) {}
 
 IcmpProber::~IcmpProber() = default;
@@ -303,16 +302,10 @@ IcmpProberCounters IcmpProber::counters() const noexcept {
   return c;
 }
 
-// One timer for all targets, armed for the earliest due probe (see ProbeSchedule).
 void IcmpProber::arm_schedule() {
-  schedule_timer_.expires_at(platform::steady_time(schedule_.earliest()));
-  schedule_timer_.async_wait(with_memory(*schedule_memory_, [this](const std::error_code& ec) {
-    // A wait that completed just before stop_sending()'s cancel still sends nothing.
-    if (!ec && !stopping_ && !sending_stopped_) {
-      schedule_.run_due(clock_ns(CLOCK_MONOTONIC), [this](std::size_t i) { send(targets_[i]); });
-      arm_schedule();
-    }
-  }));
+  schedule_timer_.arm(
+      schedule_, [this] { return !stopping_ && !sending_stopped_; },
+      [this](std::size_t i, std::int64_t) { send(targets_[i]); });
 }
 
 void IcmpProber::send(Target& target) {

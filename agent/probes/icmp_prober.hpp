@@ -21,14 +21,13 @@
 #include "agent/probes/icmp_packet.hpp"
 #include "agent/probes/probe_event.hpp"
 #include "agent/probes/probe_schedule.hpp"
+#include "agent/probes/schedule_timer.hpp"
 #include "platform/result.hpp"
 #include "platform/rx_timestamp.hpp"
 #include "platform/spsc_ring.hpp"
 #include "platform/stat_counter.hpp"
 
 namespace vantage::agent::probes {
-
-class HandlerMemory;  // handler_memory.hpp
 
 inline constexpr double kMaxIcmpRatePerS = 1000.0;
 
@@ -144,8 +143,7 @@ class IcmpProber {
   asio::io_context& io_;
   IcmpProberConfig config_;
   platform::SpscRing<ProbeEvent>& ring_;
-  asio::steady_timer schedule_timer_;
-  std::unique_ptr<HandlerMemory> schedule_memory_;
+  ScheduleTimer schedule_timer_;
   std::unique_ptr<Family> v4_;
   std::unique_ptr<Family> v6_;
   std::vector<Target> targets_;

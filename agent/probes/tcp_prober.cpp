@@ -58,8 +58,7 @@ TcpProber::TcpProber(asio::io_context& io, TcpProberConfig config, platform::Sps
     : io_(io),
       config_(std::move(config)),
       ring_(ring),
-      schedule_timer_(io),
-      schedule_memory_(std::make_unique<HandlerMemory>()) {}
+      schedule_timer_(io) {}
 
 TcpProber::~TcpProber() = default;
 
@@ -133,17 +132,10 @@ TcpProberCounters TcpProber::counters() const noexcept {
   return c;
 }
 
-// One timer for all targets, armed for the earliest due probe (see ProbeSchedule): only one
-// wait is ever outstanding, so its handler memory is reused.
 void TcpProber::arm_schedule() {
-  schedule_timer_.expires_at(platform::steady_time(schedule_.earliest()));
-  schedule_timer_.async_wait(with_memory(*schedule_memory_, [this](const std::error_code& ec) {
-    if (!ec && !stopping_ && !sending_stopped_) {
-      const std::int64_t now = monotonic_ns();
-      schedule_.run_due(now, [this, now](std::size_t i) { launch(*targets_[i], now); });
-      arm_schedule();
-    }
-  }));
+  schedule_timer_.arm(
+      schedule_, [this] { return !stopping_ && !sending_stopped_; },
+      [this](std::size_t i, std::int64_t now) { launch(*targets_[i], now); });
 }
 
 void TcpProber::launch(Target& target, std::int64_t now_ns) {

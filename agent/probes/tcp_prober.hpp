@@ -15,13 +15,12 @@
 
 #include "agent/probes/probe_event.hpp"
 #include "agent/probes/probe_schedule.hpp"
+#include "agent/probes/schedule_timer.hpp"
 #include "platform/result.hpp"
 #include "platform/spsc_ring.hpp"
 #include "platform/stat_counter.hpp"
 
 namespace vantage::agent::probes {
-
-class HandlerMemory;  // handler_memory.hpp
 
 struct TcpTarget {
   std::uint32_t target = 0;  // copied into every event (index into the agent's target list)
@@ -104,8 +103,7 @@ class TcpProber {
   asio::io_context& io_;
   TcpProberConfig config_;
   platform::SpscRing<ProbeEvent>& ring_;
-  asio::steady_timer schedule_timer_;
-  std::unique_ptr<HandlerMemory> schedule_memory_;
+  ScheduleTimer schedule_timer_;
   std::vector<std::unique_ptr<Target>> targets_;
   ProbeSchedule schedule_;  // parallel to targets_
   bool stopping_ = false;

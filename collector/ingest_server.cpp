@@ -792,13 +792,13 @@ std::size_t fit_file_limit(std::size_t sessions, std::size_t handshakes) {
 
 }  // namespace
 
-IngestStartResult IngestServer::start() {
+platform::Status IngestServer::start() {
   Impl& s = *impl_;
   if (s.config.regions.empty()) {
-    return {"no region to serve: a collector serves at least one region"};
+    return platform::Status::error("no region to serve: a collector serves at least one region");
   }
   if (s.config.listen.empty()) {
-    return {"no listen address"};
+    return platform::Status::error("no listen address");
   }
   const std::size_t fits = fit_file_limit(s.config.max_sessions, s.config.max_handshakes);
   if (fits < s.config.max_sessions) {
@@ -811,7 +811,7 @@ IngestStartResult IngestServer::start() {
   tls.role = platform::tls::TlsRole::kServer;
   auto context = platform::tls::TlsContext::create(tls);
   if (!context) {
-    return {context.error()};
+    return context.status();
   }
   s.tls = std::move(context).value();
 
@@ -820,7 +820,7 @@ IngestStartResult IngestServer::start() {
   } else {
     auto opened = store::open_sqlite_sink(s.config.database, s.config.retention_days);
     if (!opened) {
-      return {opened.error()};
+      return opened.status();
     }
     s.sink = std::move(*opened);
   }
@@ -843,7 +843,7 @@ IngestStartResult IngestServer::start() {
     if (ec) {
       s.acceptors.clear();
       s.threads.clear();
-      return {"listen on " + endpoint_text(endpoint) + ": " + ec.message()};
+      return platform::Status::error("listen on " + endpoint_text(endpoint) + ": " + ec.message(), platform::Errc::kIo);
     }
     s.acceptors.push_back(std::move(acceptor));
   }
@@ -856,7 +856,7 @@ IngestStartResult IngestServer::start() {
   for (auto& t : s.threads) {
     t->thread = std::thread([io = &t->io] { io->run(); });
   }
-  return {};
+  return platform::Status();
 }
 
 void IngestServer::stop() {

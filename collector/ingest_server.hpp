@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "collector/store/batch_sink.hpp"
+#include "platform/result.hpp"
 #include "platform/tls/tls_context.hpp"
 
 namespace vantage::collector {
@@ -111,11 +112,6 @@ struct IngestCounters {
   std::uint64_t rejects[static_cast<std::size_t>(Reject::kCount)] = {};
 };
 
-struct IngestStartResult {
-  std::string error;  // empty on success; names the file, address or port at fault
-  explicit operator bool() const noexcept { return error.empty(); }
-};
-
 // Threads: io_threads io_contexts, each owning its connections (TLS, framing, verification),
 // and one store thread that owns the sink. Accepted connections go round-robin to the io
 // threads after the pre-authentication budget admitted them. The io threads queue verified
@@ -130,7 +126,7 @@ class IngestServer {
   IngestServer(const IngestServer&) = delete;
   IngestServer& operator=(const IngestServer&) = delete;
 
-  [[nodiscard]] IngestStartResult start();
+  [[nodiscard]] platform::Status start();
   void stop();
 
   // The bound endpoints (ephemeral ports resolved), valid after start().

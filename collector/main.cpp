@@ -209,7 +209,7 @@ int main(int argc, char** argv) {
   }
   IngestServer server(config);
   if (const auto started = server.start(); !started) {
-    vantage::platform::log(vantage::platform::LogLevel::kError, "%s", started.error.c_str());
+    vantage::platform::log(vantage::platform::LogLevel::kError, "%s", started.message().c_str());
     return 1;
   }
   for (const auto& e : server.local_endpoints()) {
@@ -219,7 +219,7 @@ int main(int argc, char** argv) {
   }
   vantage::collector::http::HttpServer http({.listen = http_listen}, live_view, server);
   if (const auto started = http.start(); !started) {
-    vantage::platform::log(vantage::platform::LogLevel::kError, "%s", started.error.c_str());
+    vantage::platform::log(vantage::platform::LogLevel::kError, "%s", started.message().c_str());
     server.stop();
     return 1;
   }

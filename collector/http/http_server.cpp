@@ -53,7 +53,7 @@ HttpServer::HttpServer(HttpConfig config, LiveView& view, const IngestServer& in
 
 HttpServer::~HttpServer() { stop(); }
 
-IngestStartResult HttpServer::start() {
+platform::Status HttpServer::start() {
   for (const auto& endpoint : impl_->config.listen) {
     Impl::Listener l;
     l.server = std::make_unique<httplib::Server>();
@@ -71,8 +71,9 @@ IngestStartResult HttpServer::start() {
     if (!bound) {
       stop();
       const std::string shown = endpoint.address().is_v6() ? "[" + host + "]" : host;
-      return {"http: cannot listen on " + shown + ":" + std::to_string(endpoint.port()) +
-              " (address in use, or not an address of this host)"};
+      return platform::Status::error("http: cannot listen on " + shown + ":" + std::to_string(endpoint.port()) +
+                                         " (address in use, or not an address of this host)",
+                                     platform::Errc::kIo);
     }
     l.bound = asio::ip::tcp::endpoint(endpoint.address(), static_cast<std::uint16_t>(port));
     httplib::Server* server = l.server.get();
@@ -84,7 +85,7 @@ IngestStartResult HttpServer::start() {
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
   }
-  return {};
+  return platform::Status();
 }
 
 void HttpServer::stop() {

@@ -29,7 +29,8 @@ class HttpServer {
   HttpServer& operator=(const HttpServer&) = delete;
 
   // Binds every listener; the error names the address at fault.
-  [[nodiscard]] IngestStartResult start();
+  // On failure the message names the address or port at fault.
+  [[nodiscard]] platform::Status start();
   void stop();
 
   // Bound endpoints (port 0 resolved), valid after start().

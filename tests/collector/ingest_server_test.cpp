@@ -78,7 +78,7 @@ struct Server {
     config.io_threads = 2;
     ingest = std::make_unique<IngestServer>(std::move(config));
     const auto started = ingest->start();
-    INFO(started.error);
+    INFO(started.message());
     REQUIRE(started);
     endpoint = ingest->local_endpoints().at(0);
   }

@@ -556,32 +556,35 @@ LoadAvg HostReader::read_loadavg() {
   return out;
 }
 
+std::string HostReader::named(std::string base, const std::string& name_file, std::vector<ReadError>& errors) {
+  if (load(name_file, true, errors) == Load::kOk) {
+    base += '/';
+    base += printable(trim(contents()));
+  }
+  return base;
+}
+
+void HostReader::read_temperature(const std::string& file, std::string sensor, Temperatures& out) {
+  // Millidegrees Celsius, signed: sensors outdoors read below zero.
+  if (load(file, true, out.errors) == Load::kOk) {
+    if (const auto milli = parse_attribute<std::int64_t>(contents(), file, "temp", out.errors)) {
+      out.readings.push_back({std::move(sensor), static_cast<double>(*milli) / 1000.0});
+    }
+  }
+}
+
 void HostReader::read_thermal_zones(Temperatures& out) {
   for (const std::uint32_t zone : numbered_entries(root_ / "sys/class/thermal", "thermal_zone", "")) {
     const std::string dir = "sys/class/thermal/thermal_zone" + std::to_string(zone);
-    std::string sensor = "thermal_zone" + std::to_string(zone);
-    if (load(dir + "/type", true, out.errors) == Load::kOk) {
-      sensor += '/';
-      sensor += printable(trim(contents()));
-    }
-    const std::string file = dir + "/temp";
-    // Millidegrees Celsius, signed: sensors outdoors read below zero.
-    if (load(file, true, out.errors) == Load::kOk) {
-      if (const auto milli = parse_attribute<std::int64_t>(contents(), file, "temp", out.errors)) {
-        out.readings.push_back({std::move(sensor), static_cast<double>(*milli) / 1000.0});
-      }
-    }
+    std::string sensor = named("thermal_zone" + std::to_string(zone), dir + "/type", out.errors);
+    read_temperature(dir + "/temp", std::move(sensor), out);
   }
 }
 
 void HostReader::read_hwmon(Temperatures& out) {
   for (const std::uint32_t chip : numbered_entries(root_ / "sys/class/hwmon", "hwmon", "")) {
     const std::string dir = "sys/class/hwmon/hwmon" + std::to_string(chip);
-    std::string prefix = "hwmon" + std::to_string(chip);
-    if (load(dir + "/name", true, out.errors) == Load::kOk) {
-      prefix += '/';
-      prefix += printable(trim(contents()));
-    }
+    const std::string prefix = named("hwmon" + std::to_string(chip), dir + "/name", out.errors);
     for (const std::uint32_t input : numbered_entries(root_ / dir, "temp", "_input")) {
       const std::string attribute = dir + "/temp" + std::to_string(input);
       std::string sensor = prefix + '/';
@@ -591,12 +594,7 @@ void HostReader::read_hwmon(Temperatures& out) {
       } else {
         sensor += "temp" + std::to_string(input);
       }
-      const std::string file = attribute + "_input";
-      if (load(file, true, out.errors) == Load::kOk) {
-        if (const auto milli = parse_attribute<std::int64_t>(contents(), file, "temp", out.errors)) {
-          out.readings.push_back({std::move(sensor), static_cast<double>(*milli) / 1000.0});
-        }
-      }
+      read_temperature(attribute + "_input", std::move(sensor), out);
     }
   }
 }

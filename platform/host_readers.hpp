@@ -175,6 +175,10 @@ class HostReader {
   Load load(const std::string& relative, bool required, std::vector<ReadError>& errors);
   std::string_view contents() const noexcept { return {buffer_.data(), size_}; }
 
+  // base, then '/' and the printable contents of name_file where it reads (a sensor's name).
+  std::string named(std::string base, const std::string& name_file, std::vector<ReadError>& errors);
+  // One reading of sensor from a sysfs temperature file.
+  void read_temperature(const std::string& file, std::string sensor, Temperatures& out);
   void read_thermal_zones(Temperatures& out);
   void read_hwmon(Temperatures& out);
 

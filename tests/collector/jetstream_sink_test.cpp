@@ -28,12 +28,8 @@ extern char** environ;
 namespace {
 
 namespace wire = vantage::wire;
-using vantage::collector::store::IncomingBatch;
-using vantage::collector::store::JetStreamOptions;
-using vantage::collector::store::JetStreamSink;
-using vantage::collector::store::StoreOutcome;
-using vantage::test::Bytes;
-using vantage::test::finish_batch;
+using namespace vantage::collector::store;
+using namespace vantage::test;
 using Clock = std::chrono::steady_clock;
 
 std::string find_nats_server() {

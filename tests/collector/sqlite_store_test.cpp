@@ -33,15 +33,8 @@
 namespace {
 
 namespace wire = vantage::wire;
-using vantage::collector::store::IncomingBatch;
-using vantage::collector::store::kPartitionNs;
-using vantage::collector::store::PairHistoryQuery;
-using vantage::collector::store::OpenOptions;
-using vantage::collector::store::SqliteStore;
-using vantage::collector::store::StoreOutcome;
-using vantage::test::Bytes;
-using vantage::test::finish_batch;
-using vantage::test::verified_batch;
+using namespace vantage::collector::store;
+using namespace vantage::test;
 
 constexpr std::int64_t kT0 = 1'790'000'000'000'000'000;
 constexpr std::int64_t kSecond = 1'000'000'000;

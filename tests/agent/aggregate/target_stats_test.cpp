@@ -17,11 +17,7 @@
 namespace {
 
 using vantage::agent::LatencyHistogram;
-using vantage::agent::aggregate::build_latency_summary;
-using vantage::agent::aggregate::IntervalSummary;
-using vantage::agent::aggregate::TargetStats;
-using vantage::agent::aggregate::TargetStatsConfig;
-using vantage::agent::aggregate::TimestampSource;
+using namespace vantage::agent::aggregate;
 using vantage::agent::probes::ProbeEvent;
 using vantage::agent::probes::ProbeEventKind;
 using vantage::agent::probes::ProbeProtocol;

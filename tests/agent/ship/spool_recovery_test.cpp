@@ -65,14 +65,22 @@ void flip(const fs::path& p, std::size_t offset) {
   write_bytes(p, bytes);
 }
 
-}  // namespace
-
-TEST_CASE("spool recovery: the last segment torn at every byte of its records") {
+// Ten records spooled, and the files as they were then: each case damages the last segment
+// (seq 9 and 10) in turn and restores the pristine files before the next.
+struct TenRecords {
+  TenRecords() {
+    build_ten(cfg);
+    pristine = snapshot(tmp.path());
+  }
   TempDir tmp;
   const SpoolConfig cfg = small_config(tmp.path());
-  build_ten(cfg);
-  const Snapshot pristine = snapshot(tmp.path());
+  Snapshot pristine;
   const fs::path last = seg(tmp.path(), 9);
+};
+
+}  // namespace
+
+TEST_CASE_FIXTURE(TenRecords, "spool recovery: the last segment torn at every byte of its records") {
   REQUIRE(fs::file_size(last) == 2 * kRec);
   for (std::size_t cut = 0; cut < 2 * kRec; ++cut) {
     CAPTURE(cut);
@@ -83,25 +91,16 @@ TEST_CASE("spool recovery: the last segment torn at every byte of its records") 
   }
 }
 
-TEST_CASE("spool recovery: a flipped byte in the header or payload of the last records") {
-  TempDir tmp;
-  const SpoolConfig cfg = small_config(tmp.path());
-  build_ten(cfg);
-  const Snapshot pristine = snapshot(tmp.path());
+TEST_CASE_FIXTURE(TenRecords, "spool recovery: a flipped byte in the header or payload of the last records") {
   for (std::size_t pos = 0; pos < 2 * kRec; ++pos) {
     CAPTURE(pos);
     restore(tmp.path(), pristine);
-    flip(seg(tmp.path(), 9), pos);
+    flip(last, pos);
     expect_recovered(cfg, pos < kRec ? 8 : 9, true);
   }
 }
 
-TEST_CASE("spool recovery: garbage after the last record") {
-  TempDir tmp;
-  const SpoolConfig cfg = small_config(tmp.path());
-  build_ten(cfg);
-  const Snapshot pristine = snapshot(tmp.path());
-  const fs::path last = seg(tmp.path(), 9);
+TEST_CASE_FIXTURE(TenRecords, "spool recovery: garbage after the last record") {
   const std::vector<char> record10(pristine.at(last.filename().string()).begin() + kRec,
                                    pristine.at(last.filename().string()).end());
   std::vector<std::vector<char>> tails = {

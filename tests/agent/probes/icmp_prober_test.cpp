@@ -79,6 +79,15 @@ IcmpTarget target(std::uint32_t id, const char* address) {
   return t;
 }
 
+// A prober of the one target t at rate_per_s, through sockets of the given mode.
+IcmpProberConfig paced(IcmpSocketMode mode, IcmpTarget t, double rate_per_s) {
+  IcmpProberConfig config;
+  config.mode = mode;
+  t.rate_per_s = rate_per_s;
+  config.targets = {t};
+  return config;
+}
+
 bool echo_ignored(const char* sysctl) {
   std::ifstream in(sysctl);
   int value = 0;
@@ -440,11 +449,7 @@ void check_icmp_errors(bool ipv6, IcmpSocketMode mode) {
   REQUIRE(peer.fd >= 0);
   asio::io_context io;
   Ring ring(4096);
-  IcmpProberConfig config;
-  config.mode = mode;
-  config.targets = {target(3, ipv6 ? "::1" : "127.0.0.1")};
-  config.targets[0].rate_per_s = 50.0;
-  IcmpProber prober(io, config, ring);
+  IcmpProber prober(io, paced(mode, target(3, ipv6 ? "::1" : "127.0.0.1"), 50.0), ring);
   const vantage::platform::Status started = prober.start();
   REQUIRE_MESSAGE(started, started.message());
   std::thread thread([&io] { io.run(); });
@@ -556,11 +561,7 @@ TEST_CASE("IcmpProber: after stop_sending no probe is sent, and replies still ar
       REQUIRE(peer.fd >= 0);
       asio::io_context io;
       Ring ring(4096);
-      IcmpProberConfig config;
-      config.mode = mode;
-      config.targets = {target(1, "127.0.0.1")};
-      config.targets[0].rate_per_s = 200.0;
-      IcmpProber prober(io, config, ring);
+      IcmpProber prober(io, paced(mode, target(1, "127.0.0.1"), 200.0), ring);
       const vantage::platform::Status started = prober.start();
       REQUIRE_MESSAGE(started, started.message());
       std::thread thread([&io] { io.run(); });

@@ -188,7 +188,7 @@ std::string set_client_labels(MeasurementConfig& measurement, privacy::PrivacyCo
   return {};
 }
 
-ParsedArgs parse_args(const std::vector<std::string_view>& args) {
+platform::Result<AgentOptions> parse_args(const std::vector<std::string_view>& args) {
   AgentOptions o;
   double rate = 1.0;
   double timeout_ms = 1000.0;
@@ -203,7 +203,7 @@ ParsedArgs parse_args(const std::vector<std::string_view>& args) {
   ship::ShipperConfig ship;
   ship.spool.dir = "/var/lib/vantage-agent/spool";
 
-  auto fail = [](std::string message) { return ParsedArgs{std::nullopt, std::move(message)}; };
+  auto fail = [](std::string message) { return platform::Result<AgentOptions>::error(std::move(message)); };
 
   for (std::size_t i = 0; i < args.size(); ++i) {
     const std::string_view arg = args[i];
@@ -457,7 +457,7 @@ ParsedArgs parse_args(const std::vector<std::string_view>& args) {
     // One report at the end; finish() closes it.
     o.measurement.report_interval = std::chrono::hours(24 * 365);
   }
-  return ParsedArgs{std::move(o), {}};
+  return o;
 }
 
 }  // namespace vantage::agent

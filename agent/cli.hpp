@@ -9,6 +9,7 @@
 
 #include "agent/measurement.hpp"
 #include "agent/ship/shipper.hpp"
+#include "platform/result.hpp"
 
 namespace vantage::agent {
 
@@ -24,13 +25,9 @@ struct AgentOptions {
   std::chrono::milliseconds drain{5000};  // how long stopping waits for acks
 };
 
-struct ParsedArgs {
-  std::optional<AgentOptions> options;
-  std::string error;  // one line naming the argument, when options is empty
-};
-
+// The options, or an error (Errc::kInvalid) whose message is one line naming the argument.
 // Host names are resolved here (first address returned), so a typo fails at start-up.
-ParsedArgs parse_args(const std::vector<std::string_view>& args);
+platform::Result<AgentOptions> parse_args(const std::vector<std::string_view>& args);
 
 const char* usage_text() noexcept;
 

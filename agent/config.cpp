@@ -282,13 +282,13 @@ std::optional<asio::ip::address> resolve(const std::string& host, std::string& e
   std::error_code ec;
   const asio::ip::address literal = asio::ip::make_address(host, ec);
   if (!ec) return literal;
-  const ParsedArgs parsed = parse_args({"--icmp", host});
-  if (!parsed.options || parsed.options->measurement.targets.empty()) {
+  const platform::Result<AgentOptions> parsed = parse_args({"--icmp", host});
+  if (!parsed || parsed->measurement.targets.empty()) {
     constexpr std::string_view kPrefix = "--icmp: ";
-    error = parsed.error.starts_with(kPrefix) ? parsed.error.substr(kPrefix.size()) : parsed.error;
+    error = parsed.error().starts_with(kPrefix) ? parsed.error().substr(kPrefix.size()) : parsed.error();
     return std::nullopt;
   }
-  return parsed.options->measurement.targets.front().address;
+  return parsed->measurement.targets.front().address;
 }
 
 void build_targets(Draft& d, cfg::Diagnostics& diagnostics) {
@@ -451,7 +451,7 @@ std::string config_reference_markdown() { return cfg::render_markdown(config_key
 AgentConfig load_config(const std::filesystem::path& file) {
   Draft d;
   // The command line with no arguments is the default configuration.
-  d.options = *parse_args({}).options;
+  d.options = parse_args({}).value();
   d.ship.spool.dir = "/var/lib/vantage-agent/spool";
   cfg::Diagnostics diagnostics(file.string());
   cfg::load(file, std::span<const cfg::Key<Draft>>(kKeys), d, diagnostics);

@@ -19,6 +19,7 @@
 #include "agent/version.hpp"
 #include "platform/clock.hpp"
 #include "platform/log.hpp"
+#include "platform/result.hpp"
 #include "platform/sd_notify.hpp"
 
 namespace {
@@ -69,15 +70,16 @@ std::optional<Running> start(const AgentOptions& options, const SelfBaseline& ba
   if (options.shipping) {
     vantage::agent::ship::ShipperConfig shipping = *options.shipping;
     shipping.self_baseline = baseline;
-    auto opened = Shipper::open(std::move(shipping));
-    for (const std::string& warning : opened.warnings) {
+    std::vector<std::string> warnings;
+    auto opened = Shipper::open(std::move(shipping), warnings);
+    for (const std::string& warning : warnings) {
       log(LogLevel::kWarning, "spool: %s", warning.c_str());
     }
-    if (!opened.shipper) {
-      log(LogLevel::kError, "%s", opened.error.c_str());
+    if (!opened) {
+      log(LogLevel::kError, "%s", opened.error().c_str());
       return std::nullopt;
     }
-    r.shipper = std::move(opened.shipper);
+    r.shipper = std::move(opened).value();
     r.shipper->start();
   }
   r.measurement = std::make_unique<Measurement>(options.measurement);
@@ -206,12 +208,12 @@ int main(int argc, char** argv) {
       return 0;
     }
   } else {
-    vantage::agent::ParsedArgs cli = vantage::agent::parse_args(args);
-    if (!cli.options) {
-      std::fprintf(stderr, "vantage-agent: %s\n%s", cli.error.c_str(), vantage::agent::usage_text());
+    vantage::platform::Result<AgentOptions> cli = vantage::agent::parse_args(args);
+    if (!cli) {
+      std::fprintf(stderr, "vantage-agent: %s\n%s", cli.error().c_str(), vantage::agent::usage_text());
       return 2;
     }
-    parsed = std::move(cli.options);
+    parsed = std::move(cli).value();
   }
   AgentOptions options = std::move(*parsed);
   if (options.show_version) {

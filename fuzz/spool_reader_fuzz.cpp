@@ -16,12 +16,14 @@
 #include <vector>
 
 #include "agent/ship/spool.hpp"
+#include "platform/result.hpp"
 
 namespace {
 
 namespace fs = std::filesystem;
 using vantage::agent::ship::Spool;
 using vantage::agent::ship::SpoolConfig;
+using vantage::platform::Result;
 
 constexpr std::size_t kStateBytes = 44;
 
@@ -59,22 +61,24 @@ void run(const fs::path& dir, const std::uint8_t* data, std::size_t size) {
 
   std::vector<std::uint64_t> first;
   {
-    Spool::Opened o = Spool::open(cfg);
-    if (!o.spool) return;  // a state file naming an exhausted seq space, or an I/O error
-    Spool& s = *o.spool;
+    std::vector<std::string> repairs;
+    Result<Spool> o = Spool::open(cfg, repairs);
+    if (!o) return;  // a state file naming an exhausted seq space, or an I/O error
+    Spool& s = *o;
     first = read_all(s);
     if (s.stats().records != first.size()) __builtin_trap();
     const std::uint64_t seq = s.next_seq();
     const std::byte payload[3] = {std::byte{1}, std::byte{2}, std::byte{3}};
-    if (!s.append(seq, payload)) first.push_back(seq);
+    if (s.append(seq, payload)) first.push_back(seq);
     if (!first.empty()) (void)s.ack(first[first.size() / 2] - 1);
     (void)s.flush();
     first = read_all(s);
   }
-  Spool::Opened again = Spool::open(cfg);
-  if (!again.spool) __builtin_trap();
-  if (!again.warnings.empty()) __builtin_trap();
-  if (read_all(*again.spool) != first) __builtin_trap();
+  std::vector<std::string> warnings;
+  Result<Spool> again = Spool::open(cfg, warnings);
+  if (!again) __builtin_trap();
+  if (!warnings.empty()) __builtin_trap();
+  if (read_all(*again) != first) __builtin_trap();
 }
 
 }  // namespace

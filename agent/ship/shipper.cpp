@@ -167,32 +167,26 @@ void add_to_baseline(SelfBaseline& baseline, const ShipperCounters& counters) {
   baseline.spool_errors += counters.spool_errors;
 }
 
-ShipperOpenResult Shipper::open(ShipperConfig config) {
-  ShipperOpenResult result;
+platform::Result<std::unique_ptr<Shipper>> Shipper::open(ShipperConfig config,
+                                                         std::vector<std::string>& warnings) {
   if (config.collectors.empty()) {
-    result.error = "no collector address";
-    return result;
+    return platform::Status::error("no collector address");
   }
   if (config.identity.agent_id.empty() || config.identity.region.empty()) {
-    result.error = "agent id and region are required";
-    return result;
+    return platform::Status::error("agent id and region are required");
   }
   platform::tls::TlsContextOptions tls = config.tls;
   tls.role = platform::tls::TlsRole::kClient;
   auto context = platform::tls::TlsContext::create(tls);
   if (!context) {
-    result.error = context.error();
-    return result;
+    return context.status();
   }
-  Spool::Opened opened = Spool::open(config.spool);
-  result.warnings = std::move(opened.warnings);
-  if (!opened.spool) {
-    result.error = opened.error.message;
-    return result;
+  platform::Result<Spool> spool = Spool::open(config.spool, warnings);
+  if (!spool) {
+    return spool.status();
   }
-  result.shipper.reset(new Shipper(
-      std::make_unique<Impl>(std::move(config), std::move(*opened.spool), std::move(context).value())));
-  return result;
+  return std::unique_ptr<Shipper>(new Shipper(
+      std::make_unique<Impl>(std::move(config), std::move(spool).value(), std::move(context).value())));
 }
 
 Shipper::Shipper(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

@@ -13,6 +13,7 @@
 #include "agent/measurement.hpp"
 #include "agent/ship/batch_builder.hpp"
 #include "agent/ship/spool.hpp"
+#include "platform/result.hpp"
 #include "platform/tls/tls_context.hpp"
 
 namespace vantage::agent::ship {
@@ -77,15 +78,15 @@ struct ShipperCounters {
 // Adds what a stopped shipper counted to the baseline its successor starts from.
 void add_to_baseline(SelfBaseline& baseline, const ShipperCounters& counters);
 
-struct ShipperOpenResult;
-
 // Threads: one io_context thread owns the spool, the connection and every timer. submit() and
 // stop() may be called from any thread; counters() from any thread.
 class Shipper {
  public:
-  // Opens the spool (recovering it; warnings are logged) and the TLS context. Errors name the
-  // file at fault.
-  [[nodiscard]] static ShipperOpenResult open(ShipperConfig config);
+  // Opens the spool (recovering it) and the TLS context. Errors name the file at fault. The
+  // spool's recovery warnings are appended to warnings, also when the open then fails: the
+  // caller logs them either way.
+  [[nodiscard]] static platform::Result<std::unique_ptr<Shipper>> open(ShipperConfig config,
+                                                                       std::vector<std::string>& warnings);
   ~Shipper();  // stop(0)
 
   Shipper(const Shipper&) = delete;
@@ -112,12 +113,6 @@ class Shipper {
  private:
   explicit Shipper(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
-};
-
-struct ShipperOpenResult {
-  std::unique_ptr<Shipper> shipper;
-  std::string error;
-  std::vector<std::string> warnings;  // spool recovery
 };
 
 }  // namespace vantage::agent::ship

@@ -134,8 +134,8 @@ void ShipperSession::on_frame(const wire::Frame& frame) {
 }
 
 void ShipperSession::on_ack(const wire::Ack& ack) {
-  if (const SpoolError e = spool_.ack(ack.seq())) {
-    spool_failed(e);
+  if (const platform::Status st = spool_.ack(ack.seq()); !st) {
+    spool_failed(st);
   }
   failures_ = 0;  // the collector is working: the next outage starts from the shortest backoff
   refused_ = false;
@@ -161,8 +161,8 @@ void ShipperSession::pump() {
     // Never send a batch the disk might still lose: after a power cut its seq would be handed
     // out again, to a different batch, and the collector would drop that one as a duplicate.
     if (record->seq > spool_.durable_seq()) {
-      if (const SpoolError e = spool_.flush()) {
-        spool_failed(e);
+      if (const platform::Status st = spool_.flush(); !st) {
+        spool_failed(st);
         break;
       }
     }
@@ -236,8 +236,8 @@ void ShipperSession::on_timer(SessionTimer timer) {
       if (stopping_) {
         return;
       }
-      if (const SpoolError e = spool_.flush()) {
-        spool_failed(e);
+      if (const platform::Status st = spool_.flush(); !st) {
+        spool_failed(st);
       }
       arm_flush();
       return;
@@ -302,8 +302,8 @@ void ShipperSession::schedule_reconnect() {
   arm(SessionTimer::kConnection, std::chrono::milliseconds(pick(rng_)));
 }
 
-void ShipperSession::spool_failed(const SpoolError& e) {
-  log(LogLevel::kError, "spool: %s", e.message.c_str());
+void ShipperSession::spool_failed(const platform::Status& st) {
+  log(LogLevel::kError, "spool: %s", st.message().c_str());
   update([](ShipperCounters& s) { ++s.spool_errors; });
 }
 
@@ -332,8 +332,8 @@ void ShipperSession::check_drain() {
 void ShipperSession::shut_down() {
   stopping_ = true;
   io_.cancel_timer(SessionTimer::kFlush);
-  if (const SpoolError e = spool_.flush()) {
-    spool_failed(e);
+  if (const platform::Status st = spool_.flush(); !st) {
+    spool_failed(st);
   }
   fail("agent stopping");
 }
@@ -348,9 +348,9 @@ void ShipperSession::submit(MeasurementReport& report, const std::vector<ProbeTa
   extras.spool_dropped = before.dropped_total;
   extras.self = self_metrics(report, before);
   const std::vector<std::uint8_t> frame = build_batch_frame(config_.identity, seq, report, targets, extras);
-  if (const SpoolError e = spool_.append(seq, as_bytes(frame))) {
+  if (const platform::Status st = spool_.append(seq, as_bytes(frame)); !st) {
     log(LogLevel::kError, "spool: batch %llu not stored: %s", static_cast<unsigned long long>(seq),
-        e.message.c_str());
+        st.message().c_str());
     update([](ShipperCounters& s) { ++s.spool_errors; });
     return;
   }

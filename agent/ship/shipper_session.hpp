@@ -124,7 +124,7 @@ class ShipperSession {
   void schedule_reconnect();
   void check_drain();
   bool delivered() const;  // everything spooled is acked
-  void spool_failed(const SpoolError& e);  // logged and counted
+  void spool_failed(const platform::Status& st);  // logged and counted
   SelfMetrics self_metrics(const MeasurementReport& report, const SpoolStats& spool_stats);
 
   ShipperConfig config_;

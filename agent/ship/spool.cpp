@@ -15,6 +15,7 @@
 #include <cstring>
 #include <limits>
 #include <string_view>
+#include <system_error>
 
 #include "agent/ship/crc32c.hpp"
 
@@ -25,6 +26,9 @@ static_assert(sizeof(off_t) == 8, "build with -D_FILE_OFFSET_BITS=64");
 namespace vantage::agent::ship {
 
 namespace {
+
+using platform::Errc;
+using platform::Status;
 
 constexpr std::uint32_t kRecordMagic = 0x31525356u;  // "VSR1" on disk
 constexpr std::uint32_t kStateMagic = 0x54535356u;   // "VSST" on disk
@@ -68,9 +72,22 @@ Header decode_header(const std::array<std::byte, kHeader>& h) {
   return Header{get_u32(h.data()), get_u32(h.data() + 4), get_u64(h.data() + 8), get_u32(h.data() + 16)};
 }
 
-SpoolError sys_error(int err, const std::string& what, const std::filesystem::path& path) {
-  return SpoolError{std::error_code(err, std::generic_category()),
-                    what + " " + path.string() + ": " + std::strerror(err)};
+// What an errno means to a caller: a limit that freeing space or descriptors may lift, or I/O.
+Errc errc_of(int err) {
+  switch (err) {
+    case ENOSPC:
+    case EDQUOT:
+    case EFBIG:
+    case EMFILE:
+    case ENFILE:
+      return Errc::kExhausted;
+    default:
+      return Errc::kIo;
+  }
+}
+
+Status sys_error(int err, const std::string& what, const std::filesystem::path& path) {
+  return Status::error(what + " " + path.string() + ": " + std::strerror(err), errc_of(err));
 }
 
 // Reads up to n bytes; fewer only at end of file. -1 on error (errno set).
@@ -146,7 +163,7 @@ std::array<std::byte, kStateBytes> encode_state(const StateFile& s) {
 enum class StateRead { kOk, kMissing, kCorrupt };
 
 // I/O errors other than "missing" are start-up errors; bad contents are not.
-StateRead read_state(const std::filesystem::path& path, StateFile& out, SpoolError& err) {
+StateRead read_state(const std::filesystem::path& path, StateFile& out, Status& err) {
   SpoolFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd.valid()) {
     if (errno == ENOENT) return StateRead::kMissing;
@@ -219,39 +236,29 @@ std::filesystem::path Spool::segment_path(std::uint64_t first_seq) const {
   return config_.dir / name.data();
 }
 
-Spool::Opened Spool::open(const SpoolConfig& config) {
-  Opened out;
+platform::Result<Spool> Spool::open(const SpoolConfig& config, std::vector<std::string>& warnings) {
   if (const std::string problem = config_problem(config); !problem.empty()) {
-    out.error = SpoolError{std::make_error_code(std::errc::invalid_argument),
-                           "spool " + config.dir.string() + ": " + problem};
-    return out;
+    return Status::error("spool " + config.dir.string() + ": " + problem, Errc::kInvalid);
   }
   std::error_code ec;
   std::filesystem::create_directories(config.dir, ec);
   if (ec) {
-    out.error = SpoolError{ec, "cannot create spool directory " + config.dir.string() + ": " + ec.message()};
-    return out;
+    return Status::error("cannot create spool directory " + config.dir.string() + ": " + ec.message(),
+                         errc_of(ec.value()));
   }
   Spool spool(config);
   spool.dir_fd_.reset(::open(config.dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!spool.dir_fd_.valid()) {
-    out.error = sys_error(errno, "cannot open spool directory", config.dir);
-    return out;
-  }
-  if (SpoolError err = spool.recover(out.warnings)) {
-    out.error = std::move(err);
-    return out;
-  }
-  out.spool.emplace(std::move(spool));
-  return out;
+  if (!spool.dir_fd_.valid()) return sys_error(errno, "cannot open spool directory", config.dir);
+  if (Status st = spool.recover(warnings); !st) return st;
+  return spool;
 }
 
-SpoolError Spool::recover(std::vector<std::string>& warnings) {
+Status Spool::recover(std::vector<std::string>& warnings) {
   const std::filesystem::path state_path = config_.dir / kStateName;
   StateFile state;
-  SpoolError err;
-  const StateRead state_read = read_state(state_path, state, err);
-  if (err) return err;
+  Status read;
+  const StateRead state_read = read_state(state_path, state, read);
+  if (!read) return read;
 
   // Segments in seq order, from their names; anything else in the directory is left alone.
   std::vector<std::uint64_t> firsts;
@@ -410,7 +417,7 @@ SpoolError Spool::recover(std::vector<std::string>& warnings) {
                        " oldest records to fit max_bytes " + std::to_string(config_.max_bytes));
   }
   // Persisting here catches a read-only spool at start-up, and must precede deleting dead segments.
-  if (SpoolError e = write_state()) return e;
+  if (Status st = write_state(); !st) return st;
   delete_dead_segments();
 
   if (!segments_.empty()) {
@@ -500,7 +507,7 @@ void Spool::delete_dead_segments() {
   }
 }
 
-SpoolError Spool::write_state() {
+Status Spool::write_state() {
   const std::filesystem::path tmp = config_.dir / kStateTmpName;
   const std::filesystem::path path = config_.dir / kStateName;
   const auto bytes = encode_state(StateFile{next_seq_, acked_seq_, dropped_through_, dropped_total_});
@@ -518,15 +525,19 @@ SpoolError Spool::write_state() {
   return sync_dir();
 }
 
-SpoolError Spool::sync_dir() {
-  if (const int e = fsync_retry(dir_fd_.get(), false); e != 0)
-    return sys_error(e, "cannot fsync", config_.dir);
+int Spool::fsync_dir() {
+  if (const int e = fsync_retry(dir_fd_.get(), false); e != 0) return e;
   ++fsyncs_;
   dir_unsynced_ = false;
+  return 0;
+}
+
+Status Spool::sync_dir() {
+  if (const int e = fsync_dir(); e != 0) return sys_error(e, "cannot fsync", config_.dir);
   return {};
 }
 
-SpoolError Spool::sync_data() {
+Status Spool::sync_data() {
   if (unsynced_ && write_fd_.valid()) {
     if (const int e = fsync_retry(write_fd_.get(), true); e != 0) {
       return sys_error(e, "cannot fdatasync", segment_path(segments_.back().first_seq));
@@ -535,16 +546,16 @@ SpoolError Spool::sync_data() {
   }
   unsynced_ = false;
   if (dir_unsynced_) {
-    if (SpoolError e = sync_dir()) return e;
+    if (Status st = sync_dir(); !st) return st;
   }
   durable_seq_ = next_seq_ - 1;
   last_sync_ = std::chrono::steady_clock::now();
   return {};
 }
 
-SpoolError Spool::flush() { return sync_data(); }
+Status Spool::flush() { return sync_data(); }
 
-SpoolError Spool::start_segment(std::uint64_t first_seq) {
+Status Spool::start_segment(std::uint64_t first_seq) {
   const std::filesystem::path path = segment_path(first_seq);
   // O_TRUNC: a file of this name is not in the index, so it holds nothing live.
   SpoolFd fd(
@@ -558,46 +569,45 @@ SpoolError Spool::start_segment(std::uint64_t first_seq) {
   return {};
 }
 
-SpoolError Spool::append(std::uint64_t seq, std::span<const std::byte> payload) {
+Status Spool::append(std::uint64_t seq, std::span<const std::byte> payload) {
   if (seq != next_seq_) {
-    return SpoolError{std::make_error_code(std::errc::invalid_argument),
-                      "spool " + config_.dir.string() + ": append of seq " + std::to_string(seq) +
-                          ", expected " + std::to_string(next_seq_)};
+    return Status::error("spool " + config_.dir.string() + ": append of seq " + std::to_string(seq) +
+                             ", expected " + std::to_string(next_seq_),
+                         Errc::kInvalid);
   }
   const std::uint64_t rec = kHeader + std::uint64_t{payload.size()};
   if (payload.size() > config_.max_record_bytes || rec > config_.max_bytes) {
-    return SpoolError{std::make_error_code(std::errc::message_size),
-                      "spool " + config_.dir.string() + ": record of " + std::to_string(payload.size()) +
-                          " bytes exceeds max_record_bytes " + std::to_string(config_.max_record_bytes) +
-                          " or max_bytes " + std::to_string(config_.max_bytes)};
+    return Status::error("spool " + config_.dir.string() + ": record of " + std::to_string(payload.size()) +
+                             " bytes exceeds max_record_bytes " + std::to_string(config_.max_record_bytes) +
+                             " or max_bytes " + std::to_string(config_.max_bytes),
+                         Errc::kInvalid);
   }
   if (next_seq_ == std::numeric_limits<std::uint64_t>::max()) {
-    return SpoolError{std::make_error_code(std::errc::value_too_large),
-                      "spool " + config_.dir.string() + ": seq space exhausted"};
+    return Status::error("spool " + config_.dir.string() + ": seq space exhausted", Errc::kExhausted);
   }
 
   // Drops are persisted before the new record is written: a crash in between loses nothing
   // that was not already counted as dropped.
   if (drop_oldest_for(rec) > 0) {
-    if (SpoolError e = write_state()) return e;
+    if (Status st = write_state(); !st) return st;
     delete_dead_segments();
   }
 
   const bool every_record = config_.fsync == SpoolConfig::Fsync::kEveryRecord;
   if (!every_record && unsynced_ && std::chrono::steady_clock::now() - last_sync_ >= config_.fsync_interval) {
     // Synced before writing, so a failure leaves this record out, as the contract says.
-    if (SpoolError e = sync_data()) return e;
+    if (Status st = sync_data(); !st) return st;
   }
   if (write_fd_.valid() && segments_.back().size > 0 && segments_.back().size + rec > config_.segment_bytes) {
     // A closed segment must not hold unsynced data: flush() only reaches the open one.
     if (!every_record) {
-      if (SpoolError e = sync_data()) return e;
+      if (Status st = sync_data(); !st) return st;
     }
     write_fd_.reset();
   }
   bool fresh = false;
   if (!write_fd_.valid()) {
-    if (SpoolError e = start_segment(seq)) return e;
+    if (Status st = start_segment(seq); !st) return st;
     fresh = true;
   }
   Segment& seg = segments_.back();
@@ -615,9 +625,7 @@ SpoolError Spool::append(std::uint64_t seq, std::span<const std::byte> payload) 
     err = fsync_retry(write_fd_.get(), true);
     if (err == 0) {
       ++fsyncs_;
-      if (dir_unsynced_) {
-        if (SpoolError e = sync_dir()) err = e.code.value();
-      }
+      if (dir_unsynced_) err = fsync_dir();
     }
   }
   if (err != 0) {
@@ -651,14 +659,14 @@ SpoolError Spool::append(std::uint64_t seq, std::span<const std::byte> payload) 
   return {};
 }
 
-SpoolError Spool::ack(std::uint64_t seq) {
+Status Spool::ack(std::uint64_t seq) {
   seq = std::min(seq, next_seq_ - 1);
   if (seq <= acked_seq_) return {};
   retire_through(seq);
   acked_seq_ = seq;
   // Segments go only after acked_seq (and next_seq with it) is durable, so a restart can never
   // hand out a seq the collector already holds.
-  if (SpoolError e = write_state()) return e;
+  if (Status st = write_state(); !st) return st;
   delete_dead_segments();
   return {};
 }

@@ -10,9 +10,10 @@
 #include <optional>
 #include <span>
 #include <string>
-#include <system_error>
 #include <utility>
 #include <vector>
+
+#include "platform/result.hpp"
 
 namespace vantage::agent::ship {
 
@@ -44,13 +45,6 @@ struct SpoolConfig {
   };
   Fsync fsync = Fsync::kInterval;
   std::chrono::milliseconds fsync_interval{1000};
-};
-
-// A failure the caller must handle: the errno-style code plus a message naming the file.
-struct SpoolError {
-  std::error_code code;
-  std::string message;
-  explicit operator bool() const { return static_cast<bool>(code); }
 };
 
 struct SpoolRecord {
@@ -111,14 +105,20 @@ class SpoolFd {
 //
 // Not thread-safe: one owner (the shipper) calls everything. Memory is O(records) at 4 bytes each
 // plus one payload while reading; payloads are never cached.
+//
+// Failures are a platform::Status whose message names the file at fault. Its code: kIo when the
+// file system said no (cannot create, read, write or sync a file), kExhausted for a full disk or
+// quota, the file size limit, no descriptors left or the seq space used up, kInvalid for a bad
+// SpoolConfig or an append() the contract refuses (wrong seq, record too large).
 class Spool {
  public:
-  struct Opened;  // defined below: the spool or an error, plus recovery warnings
-
   // Scans and validates every segment; damage (torn tail, bad CRC, garbage, empty or stray
   // segments, a missing or corrupt state file) is cut off or ignored with a warning, never an
-  // error. Errors are for the file system only (cannot create, read, write, or sync a file).
-  [[nodiscard]] static Opened open(const SpoolConfig& config);
+  // error. Errors are for the file system only (cannot create, read, write, or sync a file), and
+  // a bad config. Each recovered problem appends one line to warnings (file, offset, what was
+  // kept), also when open then fails: the caller reports them either way.
+  [[nodiscard]] static platform::Result<Spool> open(const SpoolConfig& config,
+                                                    std::vector<std::string>& warnings);
 
   Spool(Spool&& other) noexcept = default;
   Spool& operator=(Spool&& other) noexcept = default;
@@ -134,12 +134,12 @@ class Spool {
   // its header, max_bytes. When the live records would exceed max_bytes, the oldest are dropped
   // first (dropped_total, persisted before the record is written). On error the record is not in
   // the spool and next_seq() is unchanged (drops done for it stay done).
-  [[nodiscard]] SpoolError append(std::uint64_t seq, std::span<const std::byte> payload);
+  [[nodiscard]] platform::Status append(std::uint64_t seq, std::span<const std::byte> payload);
 
   // The collector holds everything <= seq. Persists acked_seq, then deletes segment files whose
   // records are all acked or dropped. Acks at or below acked_seq are no-ops; an ack beyond the
   // newest appended seq is clamped to it.
-  [[nodiscard]] SpoolError ack(std::uint64_t seq);
+  [[nodiscard]] platform::Status ack(std::uint64_t seq);
 
   // The first live record with seq > after_seq, read from disk and validated again (CRC, length,
   // seq); a record that fails is skipped, counted in corrupt_reads and treated as gone.
@@ -148,7 +148,7 @@ class Spool {
 
   // fdatasync of the segment being written (and of the directory if segments were created since
   // the last sync), for Fsync::kInterval timers and shutdown. No-op when nothing is unsynced.
-  [[nodiscard]] SpoolError flush();
+  [[nodiscard]] platform::Status flush();
 
   // Every record with seq <= durable_seq() has been fdatasync'd (open() syncs what it finds).
   // With Fsync::kInterval, send only up to here: a record sent before its sync and then lost
@@ -179,11 +179,12 @@ class Spool {
   std::uint64_t drop_oldest_for(std::uint64_t bytes);   // returns how many were dropped
   void delete_dead_segments();
   std::optional<SpoolRecord> read_record(std::uint64_t seq);
-  SpoolError write_state();
-  SpoolError sync_data();
-  SpoolError sync_dir();
-  SpoolError start_segment(std::uint64_t first_seq);
-  SpoolError recover(std::vector<std::string>& warnings);
+  platform::Status write_state();
+  platform::Status sync_data();
+  platform::Status sync_dir();
+  int fsync_dir();  // sync_dir()'s work: 0 or the errno
+  platform::Status start_segment(std::uint64_t first_seq);
+  platform::Status recover(std::vector<std::string>& warnings);
 
   SpoolConfig config_;
   SpoolFd dir_fd_;
@@ -210,12 +211,6 @@ class Spool {
   std::uint64_t truncated_bytes_ = 0;
   std::uint64_t lost_records_ = 0;
   std::uint64_t corrupt_reads_ = 0;
-};
-
-struct Spool::Opened {
-  std::optional<Spool> spool;         // empty exactly when error is set
-  SpoolError error;                   // the message names the path that failed
-  std::vector<std::string> warnings;  // one line per recovered problem: file, offset, what was kept
 };
 
 }  // namespace vantage::agent::ship

@@ -15,12 +15,14 @@ using agent::parse_args;
 using vantage::agent::probes::ProbeProtocol;
 using namespace std::chrono_literals;
 
-agent::ParsedArgs parse(std::vector<std::string_view> args) { return parse_args(args); }
+vantage::platform::Result<agent::AgentOptions> parse(std::vector<std::string_view> args) {
+  return parse_args(args);
+}
 
 std::string error_of(std::vector<std::string_view> args) {
-  const agent::ParsedArgs p = parse(std::move(args));
-  CHECK_FALSE(p.options.has_value());
-  return p.error;
+  const auto p = parse(std::move(args));
+  CHECK_FALSE(p.has_value());
+  return p.error();
 }
 
 }  // namespace
@@ -29,8 +31,8 @@ TEST_CASE("cli: targets take the per-target options given before them") {
   const auto p =
       parse({"--once", "2.5", "--json", "--udp", "127.0.0.1", "--rate", "10", "--timeout", "250", "--dscp",
              "46", "--tcp", "[::1]:443", "--size", "200", "--icmp", "::1", "--udp", "ams1=192.0.2.7:9000"});
-  REQUIRE_MESSAGE(p.options.has_value(), p.error);
-  const agent::AgentOptions& o = *p.options;
+  REQUIRE_MESSAGE(p.has_value(), p.error());
+  const agent::AgentOptions& o = *p;
   CHECK(o.once_seconds == doctest::Approx(2.5));
   CHECK(o.json);
   const auto& t = o.measurement.targets;
@@ -65,31 +67,31 @@ TEST_CASE("cli: targets take the per-target options given before them") {
 
 TEST_CASE("cli: the daemon runs the reflector on [::]:8627 unless told otherwise") {
   auto p = parse({});
-  REQUIRE(p.options.has_value());
-  REQUIRE(p.options->measurement.reflector.has_value());
-  CHECK(p.options->measurement.reflector->bind_address == "::");
-  CHECK(p.options->measurement.reflector->port == 8627);
-  CHECK(p.options->measurement.report_interval == 10s);
+  REQUIRE(p.has_value());
+  REQUIRE(p->measurement.reflector.has_value());
+  CHECK(p->measurement.reflector->bind_address == "::");
+  CHECK(p->measurement.reflector->port == 8627);
+  CHECK(p->measurement.report_interval == 10s);
 
   p = parse({"--reflector", "127.0.0.1:9999", "--reflector-rate", "5000", "--once", "1"});
-  REQUIRE(p.options.has_value());
-  REQUIRE(p.options->measurement.reflector.has_value());
-  CHECK(p.options->measurement.reflector->bind_address == "127.0.0.1");
-  CHECK(p.options->measurement.reflector->port == 9999);
-  CHECK(p.options->measurement.reflector->rate_limit.rate_per_s == 5000);
-  CHECK(p.options->measurement.reflector->rate_limit.burst == 1000);
+  REQUIRE(p.has_value());
+  REQUIRE(p->measurement.reflector.has_value());
+  CHECK(p->measurement.reflector->bind_address == "127.0.0.1");
+  CHECK(p->measurement.reflector->port == 9999);
+  CHECK(p->measurement.reflector->rate_limit.rate_per_s == 5000);
+  CHECK(p->measurement.reflector->rate_limit.burst == 1000);
 
   p = parse({"--no-reflector"});
-  REQUIRE(p.options.has_value());
-  CHECK_FALSE(p.options->measurement.reflector.has_value());
+  REQUIRE(p.has_value());
+  CHECK_FALSE(p->measurement.reflector.has_value());
 
   p = parse({"--no-kernel-timestamps", "--load-interval", "0", "--interval", "5", "--host-root", "/tmp/x"});
-  REQUIRE(p.options.has_value());
-  CHECK_FALSE(p.options->measurement.kernel_timestamps);
-  CHECK_FALSE(p.options->measurement.reflector->kernel_timestamps);
-  CHECK(p.options->measurement.load_interval == 0s);
-  CHECK(p.options->measurement.report_interval == 5s);
-  CHECK(p.options->measurement.host_root == "/tmp/x");
+  REQUIRE(p.has_value());
+  CHECK_FALSE(p->measurement.kernel_timestamps);
+  CHECK_FALSE(p->measurement.reflector->kernel_timestamps);
+  CHECK(p->measurement.load_interval == 0s);
+  CHECK(p->measurement.report_interval == 5s);
+  CHECK(p->measurement.host_root == "/tmp/x");
 }
 
 TEST_CASE("cli: every bad argument is named in a one-line error") {

@@ -102,7 +102,7 @@ TEST_CASE("agent config: a file with every key loads with exact values") {
 TEST_CASE("agent config: an empty file gives the command line's defaults") {
   const agent::AgentConfig c = agent::load_config(kDir + "agent_minimal.toml");
   REQUIRE_MESSAGE(c.options.has_value(), errors_text(c.errors));
-  const agent::AgentOptions cli = *agent::parse_args({}).options;
+  const agent::AgentOptions cli = agent::parse_args({}).value();
   const agent::AgentOptions& o = *c.options;
   CHECK(c.log_level == vantage::platform::LogLevel::kInfo);
   CHECK(o.drain == cli.drain);

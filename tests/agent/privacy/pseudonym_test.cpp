@@ -324,11 +324,10 @@ TEST_CASE("agent config: a malformed host is shown for a server target and never
 TEST_CASE("cli: --client targets are labelled by their pseudonym and errors do not repeat the address") {
   TempDir dir;
   const std::string key = dir.write("secret.hex", secret_hex());
-  const agent::ParsedArgs a =
-      agent::parse_args({"--udp", "192.0.2.1", "--privacy-key", key, "--client", "--udp", "203.0.113.7:443",
-                         "--no-client", "--tcp", "192.0.2.2:443"});
-  REQUIRE_MESSAGE(a.options.has_value(), a.error);
-  const auto& t = a.options->measurement.targets;
+  const auto a = agent::parse_args({"--udp", "192.0.2.1", "--privacy-key", key, "--client", "--udp",
+                                    "203.0.113.7:443", "--no-client", "--tcp", "192.0.2.2:443"});
+  REQUIRE_MESSAGE(a.has_value(), a.error());
+  const auto& t = a->measurement.targets;
   REQUIRE(t.size() == 3);
   CHECK_FALSE(t[0].client);
   CHECK(t[0].label == "192.0.2.1:8627");
@@ -336,22 +335,22 @@ TEST_CASE("cli: --client targets are labelled by their pseudonym and errors do n
   CHECK(t[1].label.starts_with("anon:k"));
   CHECK_FALSE(t[2].client);
   CHECK(t[2].label == "192.0.2.2:443");
-  REQUIRE(a.options->measurement.privacy.has_value());
+  REQUIRE(a->measurement.privacy.has_value());
 
-  const agent::ParsedArgs prefix =
+  const auto prefix =
       agent::parse_args({"--privacy-mode", "prefix", "--client", "--tcp", "[2001:db8:1::7]:443"});
-  REQUIRE_MESSAGE(prefix.options.has_value(), prefix.error);
-  CHECK(prefix.options->measurement.targets[0].label == "[2001:db8:1::/48]:443");
+  REQUIRE_MESSAGE(prefix.has_value(), prefix.error());
+  CHECK(prefix->measurement.targets[0].label == "[2001:db8:1::/48]:443");
 
-  CHECK(agent::parse_args({"--client", "--udp", "203.0.113.7"}).error ==
+  CHECK(agent::parse_args({"--client", "--udp", "203.0.113.7"}).error() ==
         "--client targets need --privacy-key FILE (or --privacy-mode prefix)");
-  CHECK(agent::parse_args({"--client", "--tcp", "203.0.113.7"}).error ==
+  CHECK(agent::parse_args({"--client", "--tcp", "203.0.113.7"}).error() ==
         "--tcp: a --client target: expected HOST:PORT (a port in 1..65535; IPv6 in brackets)");
-  CHECK(agent::parse_args({"--client", "--udp", "p=203.0.113.7"}).error ==
+  CHECK(agent::parse_args({"--client", "--udp", "p=203.0.113.7"}).error() ==
         "--udp: a --client target is labelled by its pseudonym, not NAME=");
-  CHECK(agent::parse_args({"--privacy-mode", "sha1"}).error == "--privacy-mode: expected hmac or prefix");
+  CHECK(agent::parse_args({"--privacy-mode", "sha1"}).error() == "--privacy-mode: expected hmac or prefix");
   CHECK(agent::parse_args({"--privacy-key", (dir.path / "none").string(), "--client", "--udp", "203.0.113.7"})
-            .error ==
+            .error() ==
         "--privacy-key: cannot read " + (dir.path / "none").string() + ": No such file or directory");
 }
 

@@ -182,10 +182,11 @@ struct Harness {
   explicit Harness(const std::function<void(ship::ShipperConfig&)>& tweak = {}, std::uint64_t seed = 7) {
     config = base_config(dir.path());
     if (tweak) tweak(config);
-    auto opened = ship::Spool::open(config.spool);
-    REQUIRE(opened.spool.has_value());
+    std::vector<std::string> warnings;
+    auto opened = ship::Spool::open(config.spool, warnings);
+    REQUIRE(opened.has_value());
     session = std::make_unique<ship::ShipperSession>(
-        config, std::move(*opened.spool), io, [this] { return now; }, seed);
+        config, std::move(opened).value(), io, [this] { return now; }, seed);
     session->publish_spool_counters();
   }
 

@@ -15,9 +15,11 @@
 #include <iterator>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "agent/ship/spool.hpp"
+#include "platform/result.hpp"
 
 namespace spool_test {
 
@@ -98,20 +100,27 @@ inline SpoolConfig small_config(const fs::path& dir) {
   return c;
 }
 
+// A spool open_ok() opened and the warnings its recovery gave.
+struct OpenedSpool {
+  Spool spool;
+  std::vector<std::string> warnings;
+};
+
 // Opens or fails the test, with the warnings in the log.
-inline Spool::Opened open_ok(const SpoolConfig& c) {
-  Spool::Opened o = Spool::open(c);
-  INFO(o.error.message);
-  REQUIRE(o.spool.has_value());
-  for (const auto& w : o.warnings) MESSAGE("spool warning: " << w);
-  return o;
+inline OpenedSpool open_ok(const SpoolConfig& c) {
+  std::vector<std::string> warnings;
+  vantage::platform::Result<Spool> o = Spool::open(c, warnings);
+  for (const auto& w : warnings) MESSAGE("spool warning: " << w);
+  INFO(o.error());
+  REQUIRE(o.has_value());
+  return OpenedSpool{std::move(o).value(), std::move(warnings)};
 }
 
 inline void append_ok(Spool& s, std::size_t size) {
   const std::uint64_t seq = s.next_seq();
-  const auto e = s.append(seq, payload_for(seq, size));
-  INFO(e.message);
-  REQUIRE_FALSE(e);
+  const vantage::platform::Status st = s.append(seq, payload_for(seq, size));
+  INFO(st.message());
+  REQUIRE(st);
 }
 
 // Reads every live record after after_seq and checks it is a consecutive run with the payloads

@@ -21,6 +21,7 @@
 #include <limits>
 #include <utility>
 
+#include "agent/probes/counter_snapshot.hpp"
 #include "agent/probes/handler_memory.hpp"
 #include "agent/probes/probe_schedule.hpp"
 #include "platform/clock.hpp"
@@ -289,17 +290,8 @@ void IcmpProber::stop_sending() {
 }
 
 IcmpProberCounters IcmpProber::counters() const noexcept {
-  IcmpProberCounters c;
-  c.sent = sent_.get();
-  c.replies = replies_.get();
-  c.send_errors = send_errors_.get();
-  c.unreachable = unreachable_.get();
-  c.unattributed_errors = unattributed_errors_.get();
-  c.dropped_foreign = dropped_foreign_.get();
-  c.dropped_malformed = dropped_malformed_.get();
-  c.receive_errors = receive_errors_.get();
-  c.ring_full = ring_full_.get();
-  return c;
+  return snapshot_of<IcmpProberCounters>(sent_, replies_, send_errors_, unreachable_, unattributed_errors_,
+                                         dropped_foreign_, dropped_malformed_, receive_errors_, ring_full_);
 }
 
 void IcmpProber::arm_schedule() {

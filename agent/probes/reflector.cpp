@@ -14,6 +14,7 @@
 #include <span>
 #include <utility>
 
+#include "agent/probes/counter_snapshot.hpp"
 #include "platform/clock.hpp"
 #include "platform/cmsg.hpp"
 #include "platform/enum_names.hpp"
@@ -181,18 +182,9 @@ asio::ip::udp::endpoint Reflector::local_endpoint() const {
 }
 
 ReflectorCounters Reflector::counters() const noexcept {
-  ReflectorCounters c;
-  c.received = received_.get();
-  c.replied = replied_.get();
-  c.dropped_short = dropped_short_.get();
-  c.dropped_malformed = dropped_malformed_.get();
-  c.dropped_foreign = dropped_foreign_.get();
-  c.dropped_rate_limited = dropped_rate_limited_.get();
-  c.send_errors = send_errors_.get();
-  c.receive_errors = receive_errors_.get();
-  c.source_evictions = source_evictions_.load(std::memory_order_relaxed);
-  c.replied_unpinned = replied_unpinned_.get();
-  return c;
+  return snapshot_of<ReflectorCounters>(received_, replied_, dropped_short_, dropped_malformed_,
+                                        dropped_foreign_, dropped_rate_limited_, send_errors_,
+                                        receive_errors_, source_evictions_, replied_unpinned_);
 }
 
 void Reflector::arm() {

@@ -13,6 +13,7 @@
 #include <limits>
 #include <utility>
 
+#include "agent/probes/counter_snapshot.hpp"
 #include "agent/probes/handler_memory.hpp"
 #include "agent/probes/probe_schedule.hpp"
 #include "platform/clock.hpp"
@@ -120,16 +121,8 @@ void TcpProber::stop_sending() {
 }
 
 TcpProberCounters TcpProber::counters() const noexcept {
-  TcpProberCounters c;
-  c.sent = sent_.get();
-  c.established = established_.get();
-  c.refused = refused_.get();
-  c.connect_errors = connect_errors_.get();
-  c.timeouts = timeouts_.get();
-  c.open_errors = open_errors_.get();
-  c.slots_busy = slots_busy_.get();
-  c.ring_full = ring_full_.get();
-  return c;
+  return snapshot_of<TcpProberCounters>(sent_, established_, refused_, connect_errors_, timeouts_,
+                                        open_errors_, slots_busy_, ring_full_);
 }
 
 void TcpProber::arm_schedule() {

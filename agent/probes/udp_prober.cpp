@@ -17,6 +17,7 @@
 #include <string>
 #include <utility>
 
+#include "agent/probes/counter_snapshot.hpp"
 #include "agent/probes/probe_schedule.hpp"
 #include "platform/clock.hpp"
 #include "platform/random_seed.hpp"
@@ -150,19 +151,9 @@ void UdpProber::stop_sending() {
 }
 
 UdpProberCounters UdpProber::counters() const noexcept {
-  UdpProberCounters c;
-  c.sent = sent_.get();
-  c.send_errors = send_errors_.get();
-  c.received = received_.get();
-  c.replies = replies_.get();
-  c.dropped_foreign = dropped_foreign_.get();
-  c.dropped_malformed = dropped_malformed_.get();
-  c.dropped_unexpected = dropped_unexpected_.get();
-  c.invalid_dwell = invalid_dwell_.get();
-  c.receive_errors = receive_errors_.get();
-  c.dscp_errors = dscp_errors_.get();
-  c.events_dropped = events_dropped_.get();
-  return c;
+  return snapshot_of<UdpProberCounters>(sent_, send_errors_, received_, replies_, dropped_foreign_,
+                                        dropped_malformed_, dropped_unexpected_, invalid_dwell_,
+                                        receive_errors_, dscp_errors_, events_dropped_);
 }
 
 std::error_code UdpProber::open(Socket& s, bool v6) {

@@ -42,22 +42,25 @@ bool valid(const UdpProbeTarget& t) noexcept {
          t.endpoint.port() != 0;
 }
 
+// The peer, read as a Sockaddr (sockaddr_in or sockaddr_in6), against a port and address bytes.
+template <typename Sockaddr, auto kPort, auto kAddress, typename Bytes>
+bool same_port_and_address(const sockaddr_storage& peer, std::uint16_t port, const Bytes& address) noexcept {
+  Sockaddr s{};
+  std::memcpy(&s, &peer, sizeof(s));
+  return ntohs(s.*kPort) == port && std::memcmp(&(s.*kAddress), address.data(), address.size()) == 0;
+}
+
 // A reflector answers from the address and port it was probed on; the scope id of a
 // link-local address is not compared, as the kernel fills it in on receive.
 bool same_endpoint(const asio::ip::udp::endpoint& target, const sockaddr_storage& peer) noexcept {
-  if (peer.ss_family == AF_INET && target.address().is_v4()) {
-    sockaddr_in sin{};
-    std::memcpy(&sin, &peer, sizeof(sin));
-    const auto bytes = target.address().to_v4().to_bytes();
-    return ntohs(sin.sin_port) == target.port() &&
-           std::memcmp(&sin.sin_addr, bytes.data(), bytes.size()) == 0;
+  const asio::ip::address& a = target.address();
+  if (peer.ss_family == AF_INET && a.is_v4()) {
+    return same_port_and_address<sockaddr_in, &sockaddr_in::sin_port, &sockaddr_in::sin_addr>(
+        peer, target.port(), a.to_v4().to_bytes());
   }
-  if (peer.ss_family == AF_INET6 && target.address().is_v6()) {
-    sockaddr_in6 sin6{};
-    std::memcpy(&sin6, &peer, sizeof(sin6));
-    const auto bytes = target.address().to_v6().to_bytes();
-    return ntohs(sin6.sin6_port) == target.port() &&
-           std::memcmp(&sin6.sin6_addr, bytes.data(), bytes.size()) == 0;
+  if (peer.ss_family == AF_INET6 && a.is_v6()) {
+    return same_port_and_address<sockaddr_in6, &sockaddr_in6::sin6_port, &sockaddr_in6::sin6_addr>(
+        peer, target.port(), a.to_v6().to_bytes());
   }
   return false;
 }

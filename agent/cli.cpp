@@ -175,11 +175,11 @@ std::string set_client_labels(MeasurementConfig& measurement, privacy::PrivacyCo
     if (key_file.empty()) {
       return "--client targets need --privacy-key FILE (or --privacy-mode prefix)";
     }
-    std::string error;
-    privacy.secret = privacy::read_secret(key_file, error);
-    if (!privacy.secret) {
-      return "--privacy-key: " + error;
+    auto secret = privacy::read_secret(key_file);
+    if (!secret) {
+      return "--privacy-key: " + secret.error();
     }
+    privacy.secret = std::move(secret).value();
   }
   for (ProbeTargetSpec& t : measurement.targets) {
     if (t.client) t.label = client_label_now(privacy, t);

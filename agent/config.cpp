@@ -368,10 +368,10 @@ void build_targets(Draft& d, cfg::Diagnostics& diagnostics) {
 // requires one when a client target is to be labelled by HMAC.
 void build_privacy(Draft& d, cfg::Diagnostics& diagnostics) {
   if (!d.key_file.empty()) {
-    std::string error;
-    d.privacy.secret = privacy::read_secret(d.key_file, error);
-    if (!d.privacy.secret) {
-      diagnostics.error(d.key_file_line, "privacy.key_file", error);
+    if (auto secret = privacy::read_secret(d.key_file)) {
+      d.privacy.secret = std::move(secret).value();
+    } else {
+      diagnostics.error(d.key_file_line, "privacy.key_file", secret.error());
       d.privacy_ok = false;
     }
   }

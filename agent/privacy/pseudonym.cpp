@@ -48,17 +48,16 @@ void keep_prefix(std::array<unsigned char, N>& b, unsigned bits) noexcept {
 
 Secret::~Secret() { mbedtls_platform_zeroize(bytes_.data(), bytes_.size()); }
 
-std::shared_ptr<const Secret> read_secret(const std::filesystem::path& file, std::string& error) {
+platform::Result<std::shared_ptr<const Secret>> read_secret(const std::filesystem::path& file) {
   std::ifstream in(file, std::ios::binary);
   if (!in) {
-    error = std::string("cannot read ") + file.string() + ": " + std::strerror(errno);
-    return nullptr;
+    return platform::Status::error(std::string("cannot read ") + file.string() + ": " + std::strerror(errno),
+                                   platform::Errc::kIo);
   }
   std::vector<std::uint8_t> raw((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   if (in.bad()) {
-    error = "cannot read " + file.string();
     mbedtls_platform_zeroize(raw.data(), raw.size());
-    return nullptr;
+    return platform::Status::error("cannot read " + file.string(), platform::Errc::kIo);
   }
   std::size_t text_size = raw.size();
   while (text_size > 0 && (raw[text_size - 1] == '\n' || raw[text_size - 1] == '\r')) --text_size;
@@ -77,12 +76,12 @@ std::shared_ptr<const Secret> read_secret(const std::filesystem::path& file, std
     bytes = std::move(raw);
   }
   if (bytes.size() < kMinSecretBytes) {
-    error = file.string() + ": the secret is " + std::to_string(bytes.size()) + " bytes, at least " +
-            std::to_string(kMinSecretBytes) + " are needed (e.g. 64 hex digits)";
+    const std::size_t size = bytes.size();
     mbedtls_platform_zeroize(bytes.data(), bytes.size());
-    return nullptr;
+    return platform::Status::error(file.string() + ": the secret is " + std::to_string(size) + " bytes, at least " +
+                                   std::to_string(kMinSecretBytes) + " are needed (e.g. 64 hex digits)");
   }
-  return std::make_shared<const Secret>(std::move(bytes));
+  return std::shared_ptr<const Secret>(std::make_shared<const Secret>(std::move(bytes)));
 }
 
 std::uint64_t epoch_of(std::int64_t unix_seconds, std::chrono::seconds rotation) noexcept {

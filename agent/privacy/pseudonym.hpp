@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include "platform/result.hpp"
+
 namespace vantage::agent::privacy {
 
 enum class PseudonymMode : std::uint8_t {
@@ -48,9 +50,9 @@ struct PrivacyConfig {
 };
 
 // Reads a secret file: a file of only hex digits (optionally ending in a newline) is decoded,
-// anything else is used byte for byte. At least kMinSecretBytes after decoding. On failure
-// returns nullptr and sets error to a reason that names no secret bytes.
-std::shared_ptr<const Secret> read_secret(const std::filesystem::path& file, std::string& error);
+// anything else is used byte for byte. At least kMinSecretBytes after decoding. An error's
+// message names no secret bytes.
+platform::Result<std::shared_ptr<const Secret>> read_secret(const std::filesystem::path& file);
 
 // floor(unix_seconds / rotation); times before 1970 are epoch 0.
 std::uint64_t epoch_of(std::int64_t unix_seconds, std::chrono::seconds rotation) noexcept;

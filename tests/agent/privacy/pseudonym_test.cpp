@@ -169,18 +169,21 @@ TEST_CASE("pseudonym: prefix mode keeps the network, v4 and v6, at the edge leng
 
 TEST_CASE("pseudonym: secret files, hex or raw, at least 32 bytes") {
   TempDir dir;
-  std::string error;
-  const auto hex_secret = privacy::read_secret(dir.write("hex", secret_hex() + "\n"), error);
-  REQUIRE_MESSAGE(hex_secret, error);
-  CHECK(hex_secret->bytes() == test_secret()->bytes());
-  const auto raw = privacy::read_secret(dir.write("raw", std::string(40, 'x')), error);
-  REQUIRE_MESSAGE(raw, error);
-  CHECK(raw->bytes().size() == 40);
-  CHECK_FALSE(privacy::read_secret(dir.write("short", std::string(62, 'a')), error));  // 31 bytes of hex
-  CHECK(error == (dir.path / "short").string() +
-                     ": the secret is 31 bytes, at least 32 are needed (e.g. 64 hex digits)");
-  CHECK_FALSE(privacy::read_secret(dir.path / "missing", error));
-  CHECK(error == "cannot read " + (dir.path / "missing").string() + ": No such file or directory");
+  const auto hex_secret = privacy::read_secret(dir.write("hex", secret_hex() + "\n"));
+  REQUIRE_MESSAGE(hex_secret, hex_secret.error());
+  CHECK((*hex_secret)->bytes() == test_secret()->bytes());
+  const auto raw = privacy::read_secret(dir.write("raw", std::string(40, 'x')));
+  REQUIRE_MESSAGE(raw, raw.error());
+  CHECK((*raw)->bytes().size() == 40);
+  const auto short_secret = privacy::read_secret(dir.write("short", std::string(62, 'a')));  // 31 bytes of hex
+  CHECK_FALSE(short_secret);
+  CHECK(short_secret.code() == vantage::platform::Errc::kInvalid);
+  CHECK(short_secret.error() == (dir.path / "short").string() +
+                                    ": the secret is 31 bytes, at least 32 are needed (e.g. 64 hex digits)");
+  const auto missing = privacy::read_secret(dir.path / "missing");
+  CHECK_FALSE(missing);
+  CHECK(missing.code() == vantage::platform::Errc::kIo);
+  CHECK(missing.error() == "cannot read " + (dir.path / "missing").string() + ": No such file or directory");
 }
 
 TEST_CASE(

@@ -18,6 +18,7 @@
 #include <system_error>
 
 #include "agent/ship/crc32c.hpp"
+#include "platform/byte_order.hpp"
 
 // Segment offsets and state files are 64-bit on every target; armhf needs _FILE_OFFSET_BITS=64
 // (set by agent/ship/CMakeLists.txt) or pread/ftruncate would silently work in 32 bits.
@@ -44,23 +45,6 @@ constexpr const char* kStateName = "state";
 constexpr const char* kStateTmpName = "state.tmp";
 constexpr std::size_t kSegNameDigits = 20;
 
-void put_u32(std::byte* p, std::uint32_t v) {
-  for (int i = 0; i < 4; ++i) p[i] = static_cast<std::byte>(v >> (8 * i));
-}
-void put_u64(std::byte* p, std::uint64_t v) {
-  for (int i = 0; i < 8; ++i) p[i] = static_cast<std::byte>(v >> (8 * i));
-}
-std::uint32_t get_u32(const std::byte* p) {
-  std::uint32_t v = 0;
-  for (int i = 3; i >= 0; --i) v = (v << 8) | std::to_integer<std::uint32_t>(p[i]);
-  return v;
-}
-std::uint64_t get_u64(const std::byte* p) {
-  std::uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = (v << 8) | std::to_integer<std::uint64_t>(p[i]);
-  return v;
-}
-
 struct Header {
   std::uint32_t magic = 0;
   std::uint32_t length = 0;
@@ -69,7 +53,7 @@ struct Header {
 };
 
 Header decode_header(const std::array<std::byte, kHeader>& h) {
-  return Header{get_u32(h.data()), get_u32(h.data() + 4), get_u64(h.data() + 8), get_u32(h.data() + 16)};
+  return Header{platform::load_le32(h.data()), platform::load_le32(h.data() + 4), platform::load_le64(h.data() + 8), platform::load_le32(h.data() + 16)};
 }
 
 // What an errno means to a caller: a limit that freeing space or descriptors may lift, or I/O.
@@ -150,13 +134,13 @@ struct StateFile {
 
 std::array<std::byte, kStateBytes> encode_state(const StateFile& s) {
   std::array<std::byte, kStateBytes> b{};
-  put_u32(b.data(), kStateMagic);
-  put_u32(b.data() + 4, kStateVersion);
-  put_u64(b.data() + 8, s.next_seq);
-  put_u64(b.data() + 16, s.acked_seq);
-  put_u64(b.data() + 24, s.dropped_through);
-  put_u64(b.data() + 32, s.dropped_total);
-  put_u32(b.data() + 40, crc32c(std::span<const std::byte>(b.data(), 40)));
+  platform::store_le32(b.data(), kStateMagic);
+  platform::store_le32(b.data() + 4, kStateVersion);
+  platform::store_le64(b.data() + 8, s.next_seq);
+  platform::store_le64(b.data() + 16, s.acked_seq);
+  platform::store_le64(b.data() + 24, s.dropped_through);
+  platform::store_le64(b.data() + 32, s.dropped_total);
+  platform::store_le32(b.data() + 40, crc32c(std::span<const std::byte>(b.data(), 40)));
   return b;
 }
 
@@ -176,15 +160,15 @@ StateRead read_state(const std::filesystem::path& path, StateFile& out, Status& 
     err = sys_error(errno, "cannot read", path);
     return StateRead::kCorrupt;
   }
-  if (static_cast<std::size_t>(n) != kStateBytes || get_u32(b.data()) != kStateMagic ||
-      get_u32(b.data() + 4) != kStateVersion ||
-      get_u32(b.data() + 40) != crc32c(std::span<const std::byte>(b.data(), 40))) {
+  if (static_cast<std::size_t>(n) != kStateBytes || platform::load_le32(b.data()) != kStateMagic ||
+      platform::load_le32(b.data() + 4) != kStateVersion ||
+      platform::load_le32(b.data() + 40) != crc32c(std::span<const std::byte>(b.data(), 40))) {
     return StateRead::kCorrupt;
   }
-  out.next_seq = get_u64(b.data() + 8);
-  out.acked_seq = get_u64(b.data() + 16);
-  out.dropped_through = get_u64(b.data() + 24);
-  out.dropped_total = get_u64(b.data() + 32);
+  out.next_seq = platform::load_le64(b.data() + 8);
+  out.acked_seq = platform::load_le64(b.data() + 16);
+  out.dropped_through = platform::load_le64(b.data() + 24);
+  out.dropped_total = platform::load_le64(b.data() + 32);
   return StateRead::kOk;
 }
 
@@ -614,10 +598,10 @@ Status Spool::append(std::uint64_t seq, std::span<const std::byte> payload) {
   const std::filesystem::path path = segment_path(seg.first_seq);
 
   std::array<std::byte, kHeader> h{};
-  put_u32(h.data(), kRecordMagic);
-  put_u32(h.data() + 4, static_cast<std::uint32_t>(payload.size()));
-  put_u64(h.data() + 8, seq);
-  put_u32(h.data() + kHeaderCrcOffset,
+  platform::store_le32(h.data(), kRecordMagic);
+  platform::store_le32(h.data() + 4, static_cast<std::uint32_t>(payload.size()));
+  platform::store_le64(h.data() + 8, seq);
+  platform::store_le32(h.data() + kHeaderCrcOffset,
           crc32c_extend(crc32c(std::span<const std::byte>(h.data(), kHeaderCrcOffset)), payload));
 
   int err = pwrite_full(write_fd_.get(), h, payload, seg.size);

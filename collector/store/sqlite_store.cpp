@@ -21,6 +21,7 @@
 #include <unordered_map>
 #include <utility>
 
+#include "platform/byte_order.hpp"
 #include "platform/json_writer.hpp"
 #include "platform/result.hpp"
 #include "schemas/agent_self_fields.hpp"
@@ -543,9 +544,8 @@ void histogram_v3_from_v2(sqlite3_context* ctx, int, sqlite3_value** argv) {
   std::string out;
   std::int64_t previous = 0;
   for (std::size_t i = 0; i < n; ++i, p += 6) {
-    const std::int64_t index = p[0] | (p[1] << 8);
-    const std::uint64_t count = std::uint64_t{p[2]} | (std::uint64_t{p[3]} << 8) | (std::uint64_t{p[4]} << 16) |
-                                (std::uint64_t{p[5]} << 24);
+    const std::int64_t index = platform::load_le16(p);
+    const std::uint64_t count = platform::load_le32(p + 2);
     const std::int64_t delta = index - previous;
     previous = index;
     put_varint(out, (static_cast<std::uint64_t>(delta) << 1) ^ static_cast<std::uint64_t>(delta >> 63));

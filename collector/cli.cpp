@@ -14,6 +14,7 @@
 #include "collector/store/jetstream_consumer.hpp"
 #include "collector/store/sqlite_store.hpp"
 #include "platform/arch.hpp"
+#include "platform/clock.hpp"
 #include "schemas/frame_codec.hpp"
 #include "schemas/wire_string.hpp"
 
@@ -66,9 +67,7 @@ void print_version(std::FILE* out) {
 namespace {
 
 std::string ago(std::int64_t wall_ns) {
-  timespec now{};
-  ::clock_gettime(CLOCK_REALTIME, &now);
-  const std::int64_t now_ns = static_cast<std::int64_t>(now.tv_sec) * 1'000'000'000 + now.tv_nsec;
+  const std::int64_t now_ns = platform::realtime_ns();
   char buffer[32];
   std::snprintf(buffer, sizeof buffer, "%.1fs", static_cast<double>(now_ns - wall_ns) / 1e9);
   return buffer;

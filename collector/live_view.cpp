@@ -3,6 +3,7 @@
 #include <ctime>
 #include <string_view>
 
+#include "platform/clock.hpp"
 #include "schemas/wire_string.hpp"
 
 namespace vantage::collector {
@@ -17,19 +18,13 @@ std::optional<double> psi_ratio(float v) {
 
 }  // namespace
 
-std::int64_t wall_now_ns() noexcept {
-  timespec now{};
-  ::clock_gettime(CLOCK_REALTIME, &now);
-  return static_cast<std::int64_t>(now.tv_sec) * 1'000'000'000 + now.tv_nsec;
-}
-
 void LiveView::record(const store::IncomingBatch& in) {
   const wire::Batch& b = *in.batch;
   // The connection's identity wins over the batch's own fields (see IncomingBatch).
   const std::string agent_id(in.agent_id);
   const std::string region(in.filed_region());
   const std::string pop(in.filed_pop());
-  const std::int64_t now = in.received_ns != 0 ? in.received_ns : wall_now_ns();
+  const std::int64_t now = in.received_ns != 0 ? in.received_ns : platform::realtime_ns();
 
   const std::lock_guard lock(mutex_);
   LiveAgent& agent = agents_[agent_id];

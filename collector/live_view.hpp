@@ -102,6 +102,4 @@ class LiveView {
   std::int64_t last_forget_ns_ = 0;
 };
 
-std::int64_t wall_now_ns() noexcept;
-
 }  // namespace vantage::collector

@@ -165,18 +165,12 @@ class Peer : public std::enable_shared_from_this<Peer> {
       self->tick_.async_wait([self, gen](std::error_code tec) {
         if (tec || gen != self->gen_) return;
         const AgentIdentity& id = self->env_.config.non_readers[self->index_].identity;
-        const std::int64_t now = platform_now_ns();
+        const std::int64_t now = platform::realtime_ns();
         ++self->env_.counters.non_reader_batches;
         self->write_frame(gen, std::make_shared<std::vector<std::uint8_t>>(
                                    self->env_.factory->batch_frame(id, ++self->seq_, now - 10'000'000'000, now)));
       });
     });
-  }
-
-  static std::int64_t platform_now_ns() {
-    timespec ts{};
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
   }
 
   void ended(std::uint64_t gen) {

@@ -11,6 +11,7 @@
 #include "collector/http/metrics.hpp"
 #include "collector/http/prometheus_text.hpp"
 #include "collector/http/status_page.hpp"
+#include "platform/clock.hpp"
 
 namespace vantage::collector::http {
 
@@ -29,12 +30,12 @@ struct HttpServer::Impl {
 
   void routes(httplib::Server& s) {
     s.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
-      const std::int64_t now = wall_now_ns();
+      const std::int64_t now = platform::realtime_ns();
       res.set_content(render_metrics(view.snapshot(now), ingest.counters(), ingest.sink_name(), now),
                       kPrometheusContentType);
     });
     s.Get("/api/status", [this](const httplib::Request&, httplib::Response& res) {
-      const std::int64_t now = wall_now_ns();
+      const std::int64_t now = platform::realtime_ns();
       res.set_header("Cache-Control", "no-store");
       res.set_content(render_status_json(view.snapshot(now), ingest.counters(), now), "application/json");
     });

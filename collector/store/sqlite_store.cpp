@@ -22,6 +22,7 @@
 #include <utility>
 
 #include "platform/byte_order.hpp"
+#include "platform/clock.hpp"
 #include "platform/json_writer.hpp"
 #include "platform/result.hpp"
 #include "schemas/agent_self_fields.hpp"
@@ -365,17 +366,7 @@ ON CONFLICT(agent, target) DO UPDATE SET best_day = excluded.best_day, best_batc
   best_seq = excluded.best_seq, best_sent = excluded.best_sent
 )sql";
 
-std::int64_t steady_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
-std::int64_t realtime_ns() {
-  timespec ts{};
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return static_cast<std::int64_t>(ts.tv_sec) * kSecondNs + ts.tv_nsec;
-}
+using platform::realtime_ns;
 
 // Binds parameters left to right and remembers the first failure, so a 31-column insert reads as
 // one chain and is checked once.
@@ -1705,7 +1696,7 @@ std::size_t SqliteStore::drop_expired(std::int64_t now_ns) {
 
 Result<std::vector<StoreOutcome>> SqliteStore::store(std::span<const IncomingBatch> batches) {
   Impl& s = *impl_;
-  const std::int64_t start = steady_ns();
+  const std::int64_t start = platform::monotonic_ns();
   const std::int64_t now = s.wall_now();
   if (s.options.retention_days > 0 && now - s.last_retention_check_ns >= kRetentionCheckNs) {
     s.last_retention_check_ns = now;
@@ -1749,10 +1740,10 @@ Result<std::vector<StoreOutcome>> SqliteStore::store(std::span<const IncomingBat
     if (std::string err = s.store_one(batches[i], now, outcomes[i]); !err.empty()) return fail(std::move(err));
   }
   if (std::string err = s.flush_touched(); !err.empty()) return fail(std::move(err));
-  const std::int64_t commit_start = steady_ns();
+  const std::int64_t commit_start = platform::monotonic_ns();
   if (run(s.commit.get()) != SQLITE_OK) return fail(s.error("commit"));
   clear_bindings();
-  const std::int64_t end = steady_ns();
+  const std::int64_t end = platform::monotonic_ns();
   s.last_commit_ns = end - commit_start;
   s.last_store_ns = end - start;
   return outcomes;

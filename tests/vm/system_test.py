@@ -138,7 +138,7 @@ def boot(arch, image, payload, host, timeout, console_path):
     argv = ["timeout", "--kill-after=10", str(timeout), "nice", "-n", "19", qemu, *machine, "-smp", "2", "-m", "1024",
             "-nographic", "-no-reboot", "-snapshot",
             "-kernel", image["kernel"], "-initrd", image["initrd"],
-            "-append", f"console={console} root=LABEL=root rw quiet panic=-1",
+            "-append", f"console={console} root=LABEL=root rw quiet panic=-1 {ARCHES[arch + '_vm_append']}".strip(),
             "-drive", f"file={image['root']},format=raw,if=none,id=root",
             "-device", "virtio-blk-pci,drive=root",
             "-drive", f"file={payload},format=raw,if=none,id=payload,readonly=on",

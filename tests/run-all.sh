@@ -41,20 +41,26 @@ mkdir -p "$logs"
 # now, in the background at the lowest CPU priority, so their downloads and emulated package
 # setup fill the time the earlier stages leave a core idle. The system stage then finds them in
 # the cache, or waits on the image lock for a build still running (and builds again, with its
-# error shown there, if this one failed).
+# error shown there, if this one failed). Each build is its own process group: when the system
+# stage starts they are on its critical path and get the run's own priority back (on a machine
+# busy with other work a nice-19 build would hardly run at all), and a stop ends all of each.
 image_pids=()
 for s in "${stages[@]}"; do
   [ "${s%%|*}" = system ] || continue
   read -r -a vm_arches <<<"${VANTAGE_VM_ARCHES:-$cross_arches $native_arch}"
   for a in "${vm_arches[@]}"; do
-    nice -n 19 tests/vm/build-image.sh "$a" >"$logs/vm-image-$a.log" 2>&1 &
+    setsid nice -n 19 tests/vm/build-image.sh "$a" >"$logs/vm-image-$a.log" 2>&1 &
     image_pids+=($!)
   done
 done
 stop_image_builds() {
   local p
-  for p in "${image_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${image_pids[@]}"; do kill -- "-$p" 2>/dev/null || true; done
   for p in "${image_pids[@]}"; do wait "$p" 2>/dev/null || true; done
+}
+prioritise_image_builds() {
+  local p
+  for p in "${image_pids[@]}"; do renice -n "$(nice)" -g "$p" >/dev/null 2>&1 || true; done
 }
 trap stop_image_builds EXIT
 trap 'exit 130' INT TERM
@@ -128,7 +134,7 @@ for s in "${stages[@]}"; do
   case $name in
     demo) stage "$label" logged demo 12 60 env DURATION=15 tests/demo.sh ;;
     deb) stage "$label" logged deb '^make deb:|^deb_test:' 60 debs ;;
-    system) stage "$label" logged system '^system-test:|^system_test: (passed|FAILED)|^=== |^\|' 150 tests/vm/run.sh ;;
+    system) prioritise_image_builds; stage "$label" logged system '^system-test:|^system_test: (passed|FAILED)|^=== |^\|' 150 tests/vm/run.sh ;;
     *) stage "$label" ctest_stage "$name" ;;
   esac
 done

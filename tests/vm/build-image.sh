@@ -182,7 +182,7 @@ build_root() {
   local try sources=("${rootfs_sources[@]}")
   for try in 1 2 3; do
     rm -rf "$rootfs"
-    nice -n 19 mmdebstrap --quiet "${rootfs_opts[@]}" --customize-hook="$here/guest-setup.sh \"\$1\"" \
+    mmdebstrap --quiet "${rootfs_opts[@]}" --customize-hook="$here/guest-setup.sh \"\$1\"" \
       "$suite" "$rootfs" "${sources[@]}" >&2 && break
     ((try < 3)) || { log "mmdebstrap failed"; return 1; }
     log "mmdebstrap failed (try $try/3); trying again without $suite-security"
@@ -195,7 +195,7 @@ build_root() {
     if [ -L "$rootfs/$d" ]; then rm "$rootfs/$d"; mkdir "$rootfs/$d"; fi
   done
   rm -rf "$rootimg.tmp" && mkdir -p "$rootimg.tmp"
-  nice -n 19 mkfs.ext4 -q -L root -d "$rootfs" "$rootimg.tmp/root.ext4" 1G >&2
+  mkfs.ext4 -q -L root -d "$rootfs" "$rootimg.tmp/root.ext4" 1G >&2
   echo "$root_key" >"$rootimg.tmp/ok"
   rm -rf "$rootimg" && mv "$rootimg.tmp" "$rootimg"
   log "root file system $(du -sm "$rootfs" | cut -f1) MiB ($((SECONDS - start))s)"

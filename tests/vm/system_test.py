@@ -135,7 +135,7 @@ def build_image(arch, cache):
 def boot(arch, image, payload, host, timeout, console_path):
     qemu, machine, console = (f"qemu-system-{ARCHES[arch + '_qemu']}", ARCHES[arch + "_vm_machine"].split(),
                               ARCHES[arch + "_vm_console"])
-    argv = ["timeout", "--kill-after=10", str(timeout), "nice", "-n", "19", qemu, *machine, "-smp", "2", "-m", "1024",
+    argv = ["timeout", "--kill-after=10", str(timeout), qemu, *machine, "-smp", "2", "-m", "1024",
             "-nographic", "-no-reboot", "-snapshot",
             "-kernel", image["kernel"], "-initrd", image["initrd"],
             "-append", f"console={console} root=LABEL=root rw quiet panic=-1 {ARCHES[arch + '_vm_append']}".strip(),

@@ -3,6 +3,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -43,6 +44,11 @@ constexpr std::uint32_t kMaxRecordBytesLimit = 1u << 30;
 constexpr std::size_t kScanChunk = 64 * 1024;
 constexpr const char* kStateName = "state";
 constexpr const char* kStateTmpName = "state.tmp";
+constexpr std::uint32_t kIncarnationMagic = 0x4e495356u;  // "VSIN" on disk
+constexpr std::uint32_t kIncarnationVersion = 1;
+constexpr std::size_t kIncarnationBytes = 28;
+constexpr const char* kIncarnationName = "incarnation";
+constexpr const char* kIncarnationTmpName = "incarnation.tmp";
 constexpr std::size_t kSegNameDigits = 20;
 
 struct Header {
@@ -172,6 +178,57 @@ StateRead read_state(const std::filesystem::path& path, StateFile& out, Status& 
   return StateRead::kOk;
 }
 
+std::array<std::byte, kIncarnationBytes> encode_incarnation(const SpoolIncarnation& id) {
+  std::array<std::byte, kIncarnationBytes> b{};
+  platform::store_le32(b.data(), kIncarnationMagic);
+  platform::store_le32(b.data() + 4, kIncarnationVersion);
+  std::memcpy(b.data() + 8, id.data(), id.size());
+  platform::store_le32(b.data() + 24, crc32c(std::span<const std::byte>(b.data(), 24)));
+  return b;
+}
+
+enum class IncarnationRead { kOk, kMissing, kCorrupt };
+
+// An unreadable file counts as corrupt: a new incarnation is always safe, so no doubt about the
+// old one can stop the agent from starting.
+IncarnationRead read_incarnation(int dir_fd, SpoolIncarnation& out) {
+  SpoolFd fd(::openat(dir_fd, kIncarnationName, O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return errno == ENOENT ? IncarnationRead::kMissing : IncarnationRead::kCorrupt;
+  std::array<std::byte, kIncarnationBytes + 1> b{};
+  const ssize_t n = pread_full(fd.get(), b.data(), b.size(), 0);
+  if (n != static_cast<ssize_t>(kIncarnationBytes) || platform::load_le32(b.data()) != kIncarnationMagic ||
+      platform::load_le32(b.data() + 4) != kIncarnationVersion ||
+      platform::load_le32(b.data() + 24) != crc32c(std::span<const std::byte>(b.data(), 24))) {
+    return IncarnationRead::kCorrupt;
+  }
+  std::memcpy(out.data(), b.data() + 8, out.size());
+  if (std::all_of(out.begin(), out.end(), [](std::uint8_t v) { return v == 0; })) return IncarnationRead::kCorrupt;
+  return IncarnationRead::kOk;
+}
+
+// 128 bits from the kernel's generator. Without blocking when it can; before the pool is ready
+// (very early boot) it waits for it rather than risk an id another spool could also draw.
+Status new_incarnation(SpoolIncarnation& out, const std::filesystem::path& dir) {
+  for (int flags : {GRND_NONBLOCK, 0}) {
+    for (;;) {
+      std::size_t got = 0;
+      while (got < out.size()) {
+        const ssize_t r = ::getrandom(out.data() + got, out.size() - got, static_cast<unsigned>(flags));
+        if (r < 0) break;
+        got += static_cast<std::size_t>(r);
+      }
+      if (got == out.size()) {
+        if (std::any_of(out.begin(), out.end(), [](std::uint8_t v) { return v != 0; })) return {};
+        continue;  // all zero is reserved for "no incarnation"
+      }
+      if (errno == EINTR) continue;
+      break;
+    }
+    if (errno != EAGAIN) break;
+  }
+  return sys_error(errno, "cannot draw an incarnation id for", dir);
+}
+
 std::optional<std::uint64_t> parse_segment_name(const std::string& name) {
   constexpr std::string_view kPrefix = "seg-";
   constexpr std::string_view kSuffix = ".vsp";
@@ -201,6 +258,17 @@ std::string config_problem(const SpoolConfig& c) {
 }
 
 }  // namespace
+
+std::string to_hex(const SpoolIncarnation& incarnation) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(incarnation.size() * 2);
+  for (const std::uint8_t b : incarnation) {
+    out.push_back(kDigits[b >> 4]);
+    out.push_back(kDigits[b & 0x0f]);
+  }
+  return out;
+}
 
 SpoolFd& SpoolFd::operator=(SpoolFd&& other) noexcept {
   if (this != &other) reset(other.release());
@@ -258,6 +326,7 @@ Status Spool::recover(std::vector<std::string>& warnings) {
     if (list_errno != 0) return sys_error(list_errno, "cannot list spool directory", config_.dir);
   }
   ::unlinkat(dir_fd_.get(), kStateTmpName, 0);  // left by an interrupted write_state(), if at all
+  ::unlinkat(dir_fd_.get(), kIncarnationTmpName, 0);
   std::sort(firsts.begin(), firsts.end());
 
   if (state_read == StateRead::kMissing && !firsts.empty()) {
@@ -400,6 +469,9 @@ Status Spool::recover(std::vector<std::string>& warnings) {
     warnings.push_back(config_.dir.string() + ": dropped " + std::to_string(dropped) +
                        " oldest records to fit max_bytes " + std::to_string(config_.max_bytes));
   }
+  // Before the state file is rewritten: a next_seq rebuilt from the segments may have gone back,
+  // and must never be persisted beside the incarnation that already used those seqs.
+  if (Status st = load_or_create_incarnation(state_read == StateRead::kOk, warnings); !st) return st;
   // Persisting here catches a read-only spool at start-up, and must precede deleting dead segments.
   if (Status st = write_state(); !st) return st;
   delete_dead_segments();
@@ -491,22 +563,46 @@ void Spool::delete_dead_segments() {
   }
 }
 
-Status Spool::write_state() {
-  const std::filesystem::path tmp = config_.dir / kStateTmpName;
-  const std::filesystem::path path = config_.dir / kStateName;
-  const auto bytes = encode_state(StateFile{next_seq_, acked_seq_, dropped_through_, dropped_total_});
+Status Spool::load_or_create_incarnation(bool seq_space_trusted, std::vector<std::string>& warnings) {
+  const std::filesystem::path path = config_.dir / kIncarnationName;
+  const IncarnationRead read = read_incarnation(dir_fd_.get(), incarnation_);
+  if (read == IncarnationRead::kOk && seq_space_trusted) return {};
+  const std::string old = read == IncarnationRead::kOk ? to_hex(incarnation_) : std::string();
+  if (Status st = new_incarnation(incarnation_, config_.dir); !st) return st;
+  const std::string fresh = to_hex(incarnation_);
+  if (read == IncarnationRead::kCorrupt) {
+    warnings.push_back(path.string() + ": corrupt or unreadable; new incarnation " + fresh);
+  } else if (read == IncarnationRead::kOk) {
+    warnings.push_back(path.string() + ": state file missing or corrupt, so seqs may repeat; incarnation " +
+                       old + " replaced by " + fresh);
+  } else if (seq_space_trusted) {
+    warnings.push_back(path.string() + ": missing (a spool from before incarnations, or the file was "
+                       "removed); new incarnation " + fresh);
+  }
+  // A fresh directory (missing incarnation and state) gets one without a warning.
+  return write_file_atomically(kIncarnationTmpName, kIncarnationName, encode_incarnation(incarnation_));
+}
+
+Status Spool::write_file_atomically(const char* tmp_name, const char* name, std::span<const std::byte> bytes) {
+  const std::filesystem::path tmp = config_.dir / tmp_name;
+  const std::filesystem::path path = config_.dir / name;
   {
-    SpoolFd fd(::openat(dir_fd_.get(), kStateTmpName, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640));
+    SpoolFd fd(::openat(dir_fd_.get(), tmp_name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640));
     if (!fd.valid()) return sys_error(errno, "cannot create", tmp);
     if (const int e = pwrite_full(fd.get(), bytes, {}, 0); e != 0) return sys_error(e, "cannot write", tmp);
     if (const int e = fsync_retry(fd.get(), false); e != 0) return sys_error(e, "cannot fsync", tmp);
     ++fsyncs_;
   }
-  if (::renameat(dir_fd_.get(), kStateTmpName, dir_fd_.get(), kStateName) != 0) {
+  if (::renameat(dir_fd_.get(), tmp_name, dir_fd_.get(), name) != 0) {
     return sys_error(errno, "cannot rename " + tmp.string() + " to", path);
   }
   // The rename is durable only once the directory is; dir_unsynced_ covers new segments too.
   return sync_dir();
+}
+
+Status Spool::write_state() {
+  return write_file_atomically(
+      kStateTmpName, kStateName, encode_state(StateFile{next_seq_, acked_seq_, dropped_through_, dropped_total_}));
 }
 
 int Spool::fsync_dir() {

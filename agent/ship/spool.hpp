@@ -3,6 +3,7 @@
 // Bounded by size (the oldest records are dropped and counted), and it recovers from torn writes.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -26,10 +27,30 @@ namespace vantage::agent::ship {
 //   <dir>/state    (replaced atomically: state.tmp, fsync, rename, fsync of the directory)
 //       u32 magic "VSST"  u32 version (1)  u64 next_seq  u64 acked_seq  u64 dropped_through
 //       u64 dropped_total  u32 CRC32C(all preceding bytes)                  = 44 bytes
+//   <dir>/incarnation    (written once, atomically like the state file, through incarnation.tmp)
+//       u32 magic "VSIN"  u32 version (1)  16 random bytes  u32 CRC32C(all preceding bytes) = 28 bytes
+//
+// The incarnation names this spool's seq space: the collector identifies a batch by (agent,
+// incarnation, seq), so seqs that start again at 1 (a purged or re-imaged spool) are new batches,
+// never duplicates. It lives in its own file because the state file is rewritten on every ack and
+// drop, and one written once cannot be lost to a failed rewrite. open() makes a new one (getrandom,
+// 128 bits, so it never collides with an earlier one) whenever it cannot prove that next_seq
+// continues the seq space it names: the directory is new, the incarnation file is missing or
+// corrupt (also a spool of the version before incarnations), or the state file is missing or
+// corrupt (next_seq is then rebuilt from the segments and may go back). The new incarnation is
+// durable before the state file is rewritten, so no crash can pair an old incarnation with a
+// next_seq that went back. Records still spooled then go out under the new incarnation: a batch
+// the collector held but whose ack was not persisted may be stored twice, never lost.
 //
 // A record is live when its seq is above both acked_seq and dropped_through. Sizes count whole
 // records (header + payload) as they sit on disk.
 inline constexpr std::uint32_t kSpoolRecordHeaderBytes = 20;
+
+// The spool's incarnation id: 128 random bits, fixed for the life of the spool directory.
+using SpoolIncarnation = std::array<std::uint8_t, 16>;
+
+// 32 lowercase hex digits, byte 0 first (as on disk).
+[[nodiscard]] std::string to_hex(const SpoolIncarnation& incarnation);
 
 struct SpoolConfig {
   std::filesystem::path dir;  // created (with parents) if missing
@@ -156,6 +177,8 @@ class Spool {
   // (agent, seq), would discard that different batch as a duplicate.
   [[nodiscard]] std::uint64_t durable_seq() const { return durable_seq_; }
   [[nodiscard]] std::uint64_t acked_seq() const { return acked_seq_; }
+  // Names this spool's seq space (see the on-disk format above); never all zero.
+  [[nodiscard]] const SpoolIncarnation& incarnation() const { return incarnation_; }
   [[nodiscard]] SpoolStats stats() const;
   [[nodiscard]] const SpoolConfig& config() const { return config_; }
 
@@ -180,6 +203,8 @@ class Spool {
   void delete_dead_segments();
   std::optional<SpoolRecord> read_record(std::uint64_t seq);
   platform::Status write_state();
+  platform::Status write_file_atomically(const char* tmp_name, const char* name, std::span<const std::byte> bytes);
+  platform::Status load_or_create_incarnation(bool seq_space_trusted, std::vector<std::string>& warnings);
   platform::Status sync_data();
   platform::Status sync_dir();
   int fsync_dir();  // sync_dir()'s work: 0 or the errno
@@ -194,6 +219,7 @@ class Spool {
   std::vector<Segment> segments_;        // ascending first_seq, non-empty, seqs strictly increasing
   std::vector<std::uint64_t> bad_seqs_;  // failed validation on read; treated as not live
 
+  SpoolIncarnation incarnation_{};
   std::uint64_t next_seq_ = 1;
   std::uint64_t durable_seq_ = 0;
   std::uint64_t acked_seq_ = 0;

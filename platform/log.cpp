@@ -11,6 +11,7 @@
 #include <mutex>
 
 #include "platform/clock.hpp"
+#include "platform/utf8_text.hpp"
 
 namespace vantage::platform {
 
@@ -59,8 +60,16 @@ std::uint64_t hash_line(int level, std::string_view text) noexcept {
 
 void write_line(char* line, std::size_t length) noexcept {
   // Long lines are cut, never split: one record per line for journald.
-  if (length > kLineSize - 1) {
+  if (length >= kLineSize - 1) {  // at the bound: vsnprintf may have cut it already
     length = kLineSize - 1;
+    // Nor is a character cut: a sequence that the cut leaves incomplete goes whole.
+    std::size_t lead = length;
+    while (lead > 0 && length - lead < 3 && (static_cast<unsigned char>(line[lead - 1]) & 0xc0) == 0x80) --lead;
+    if (lead > 0) {
+      const auto first = static_cast<unsigned char>(line[lead - 1]);
+      const std::size_t need = first >= 0xf0 ? 4 : first >= 0xe0 ? 3 : first >= 0xc0 ? 2 : 1;
+      if (length - (lead - 1) < need) length = lead - 1;
+    }
   }
   line[length++] = '\n';
   (void)!::write(STDERR_FILENO, line, length);
@@ -152,6 +161,53 @@ void set_log_rate_limit(unsigned burst, std::chrono::milliseconds window) noexce
 void flush_log_suppressions() noexcept {
   const std::lock_guard lock(table_mutex);
   flush_expired(monotonic_ns(), rate_window_ns.load(std::memory_order_relaxed));
+}
+
+std::string escape_for_log(std::string_view text, std::size_t max_bytes) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  const bool cut = text.size() > max_bytes;
+  if (cut) {
+    std::size_t end = max_bytes;  // not inside a character: back to the start of the one it splits
+    for (int i = 0; i < 3 && end > 0 && (static_cast<unsigned char>(text[end]) & 0xc0) == 0x80; ++i) --end;
+    text = text.substr(0, end);
+  }
+  std::string out;
+  out.reserve(text.size() + 8);
+  const auto hex_byte = [&out](unsigned char b) {
+    out += "\\x";
+    out += kHex[b >> 4];
+    out += kHex[b & 0xf];
+  };
+  for (std::size_t at = 0; at < text.size();) {
+    const Utf8Sequence s = decode_utf8(text, at);
+    if (s.length == 0) {
+      hex_byte(static_cast<unsigned char>(text[at]));  // one byte at a time: resynchronises
+      ++at;
+      continue;
+    }
+    const char32_t c = s.code_point;
+    if (c == '\\') {
+      out += "\\\\";
+    } else if (c == '\n') {
+      out += "\\n";
+    } else if (c == '\r') {
+      out += "\\r";
+    } else if (c == '\t') {
+      out += "\\t";
+    } else if (is_control(c)) {
+      for (std::size_t i = 0; i < s.length; ++i) hex_byte(static_cast<unsigned char>(text[at + i]));
+    } else if (c == 0x061c || c == 0x200e || c == 0x200f || (c >= 0x202a && c <= 0x202e) ||
+               (c >= 0x2066 && c <= 0x2069) || c == 0x2028 || c == 0x2029) {
+      char escaped[16];
+      std::snprintf(escaped, sizeof escaped, "\\u{%04X}", static_cast<unsigned>(c));
+      out += escaped;
+    } else {
+      out.append(text.substr(at, s.length));
+    }
+    at += s.length;
+  }
+  if (cut) out += "...";
+  return out;
 }
 
 void log(LogLevel level, const char* format, ...) noexcept {

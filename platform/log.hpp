@@ -4,7 +4,9 @@
 
 #include <chrono>
 #include <cstdarg>
+#include <cstddef>
 #include <optional>
+#include <string>
 #include <string_view>
 
 namespace vantage::platform {
@@ -31,6 +33,14 @@ void set_log_rate_limit(unsigned burst, std::chrono::milliseconds window) noexce
 // call; call it from a periodic tick (and before exit) so a burst that was followed by silence
 // is still reported.
 void flush_log_suppressions() noexcept;
+
+// A string from outside (a peer, a file) as a log line may show it: valid UTF-8 passes through,
+// except that backslash becomes \\, line feed, carriage return and tab become \n, \r and \t,
+// every other control character and every byte of invalid UTF-8 becomes \xNN, and the
+// invisible characters that reorder or break lines (the bidi marks and controls U+061C, U+200E,
+// U+200F, U+202A..U+202E, U+2066..U+2069, and U+2028, U+2029) become \u{NNNN}. At most max_bytes of the input are shown;
+// a longer one ends in "..." So a peer can neither forge a log line nor make one unreadable.
+std::string escape_for_log(std::string_view text, std::size_t max_bytes = 256);
 
 // One line, written with a single write(2) so lines from different threads never interleave.
 // Thread-safe.

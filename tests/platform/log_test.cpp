@@ -1,6 +1,7 @@
 // Log lines as journald receives them on stderr: priority prefixes, level filtering, and the
 // rate limit on identical lines (suppression, the summary line, bounded table eviction).
 #include "platform/log.hpp"
+#include "platform/utf8_text.hpp"
 
 #include <doctest/doctest.h>
 #include <unistd.h>
@@ -200,6 +201,42 @@ TEST_SUITE("log") {
     CHECK(written == kDistinct);
     CHECK(reported == kDistinct);
     finish();
+  }
+
+  TEST_CASE("a cut line never ends inside a UTF-8 character") {
+    start(0, 10s);
+    StderrCapture capture;
+    // "<6>vtest: " is 10 bytes: 1013 bytes of text fit, so the fourth byte of an emoji would be cut.
+    const std::string text = std::string(1011, 'y') + "\xf0\x9f\x98\x80tail";
+    log(LogLevel::kInfo, "%s", text.c_str());
+    const std::string out = capture.take();
+    CHECK(out == "<6>vtest: " + std::string(1011, 'y') + "\n");
+    finish();
+  }
+
+  TEST_CASE("escape_for_log keeps valid text and escapes what could forge or hide a line") {
+    using vantage::platform::escape_for_log;
+    CHECK(escape_for_log("fra1-edge-01") == "fra1-edge-01");
+    CHECK(escape_for_log("Z\xc3\xbcrich \xf0\x9f\x9a\x80 \"q\" </script>") == "Z\xc3\xbcrich \xf0\x9f\x9a\x80 \"q\" </script>");
+    CHECK(escape_for_log("a\nfake: line\r\t") == "a\\nfake: line\\r\\t");
+    CHECK(escape_for_log("back\\slash") == "back\\\\slash");
+    CHECK(escape_for_log(std::string_view("nul\0esc\x1b[31m", 12)) == "nul\\x00esc\\x1B[31m");
+    CHECK(escape_for_log("del\x7f c1\xc2\x85") == "del\\x7F c1\\xC2\\x85");
+    CHECK(escape_for_log("bad\xff\xc0\xaf\xed\xa0\x80") == "bad\\xFF\\xC0\\xAF\\xED\\xA0\\x80");
+    CHECK(escape_for_log("rtl\xe2\x80\xae evil \xe2\x80\x8f") == "rtl\\u{202E} evil \\u{200F}");
+    CHECK(escape_for_log("ls\xe2\x80\xa8ps") == "ls\\u{2028}ps");
+    // Bounded: the input is cut (never inside a character) and marked.
+    CHECK(escape_for_log(std::string(1000, 'a'), 10) == std::string(10, 'a') + "...");
+    CHECK(escape_for_log("abcdefghi\xf0\x9f\x98\x80", 11) == "abcdefghi...");
+    // Whatever the input, the output is printable ASCII or valid UTF-8 without controls.
+    std::string every_byte;
+    for (int b = 0; b < 256; ++b) every_byte += static_cast<char>(b);
+    const std::string out = escape_for_log(every_byte, 1024);
+    for (const char c : out) {
+      CHECK(static_cast<unsigned char>(c) >= 0x20);
+      CHECK(c != 0x7f);
+    }
+    CHECK(vantage::platform::check_text(out, out.size()));
   }
 
   TEST_CASE("parse_log_level accepts the five names in any case") {

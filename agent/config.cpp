@@ -109,7 +109,7 @@ const cfg::Key<Draft> kKeys[] = {
      "this region's data to another region.",
      nullptr, [](Draft& d, const Value& v) { d.allow_cross_region = v.boolean(); }},
     {"delivery.drain", Kind::kNumber, "5", "", "seconds in [0, 10000000]",
-     "On stop, how long to wait for the collector to ack what is spooled.", cfg::number_in<0.0, 1e7>,
+     "On stop, how long to wait for the collector to ack what is spooled.", cfg::number_in<0, 10'000'000>,
      [](Draft& d, const Value& v) {
        d.options.drain = std::chrono::milliseconds(std::llround(v.number() * 1e3));
      }},
@@ -175,10 +175,10 @@ const cfg::Key<Draft> kKeys[] = {
        d.targets.back().port_line = v.line;
      }},
     {"targets[].rate", Kind::kNumber, "1", "", "a number in (0, 1000]", "Probes per second.",
-     cfg::number_above_at_most<0.0, 1000.0>,
+     cfg::number_above_at_most<0, 1000>,
      [](Draft& d, const Value& v) { d.targets.back().rate_per_s = v.number(); }},
     {"targets[].timeout_ms", Kind::kNumber, "1000", "", "a number in (0, 60000]",
-     "A reply later than this many milliseconds counts as lost.", cfg::number_above_at_most<0.0, 60000.0>,
+     "A reply later than this many milliseconds counts as lost.", cfg::number_above_at_most<0, 60'000>,
      [](Draft& d, const Value& v) { d.targets.back().timeout_ms = v.number(); }},
     {"targets[].size", Kind::kInteger, "", "", "bytes, an integer in 1..8972",
      "UDP/ICMP payload size. Default: 64 for UDP (the probe header), 56 for ICMP.", cfg::integer_in<1, 8972>,
@@ -212,10 +212,10 @@ const cfg::Key<Draft> kKeys[] = {
      [](Draft& d, const Value& v) { d.reflector_rate = static_cast<std::uint32_t>(v.integer()); }},
 
     {"measurement.report_interval", Kind::kNumber, "10", "", "seconds in (0, 10000000]",
-     "One report (and one batch to the collector) per interval.", cfg::number_above_at_most<0.0, 1e7>,
+     "One report (and one batch to the collector) per interval.", cfg::number_above_at_most<0, 10'000'000>,
      [](Draft& d, const Value& v) { d.options.measurement.report_interval = seconds_to_ns(v.number()); }},
     {"measurement.load_interval", Kind::kNumber, "1", "", "seconds in [0, 10000000]",
-     "Host load sampling period; 0 turns the sampler off.", cfg::number_in<0.0, 1e7>,
+     "Host load sampling period; 0 turns the sampler off.", cfg::number_in<0, 10'000'000>,
      [](Draft& d, const Value& v) { d.options.measurement.load_interval = seconds_to_ns(v.number()); }},
     {"measurement.host_root", Kind::kString, "\"/\"", "", "a directory path",
      "Read /proc and /sys under this directory (a container's view of its host).", cfg::non_empty_text,
@@ -448,13 +448,14 @@ std::vector<platform::config::KeyInfo> config_keys() {
 
 std::string config_reference_markdown() { return cfg::render_markdown(config_keys()); }
 
-AgentConfig load_config(const std::filesystem::path& file) {
+// The file, or with `text` set that text under the file's name.
+static AgentConfig load_config(const std::filesystem::path& file, std::optional<std::string_view> text) {
   Draft d;
   // The command line with no arguments is the default configuration.
   d.options = parse_args({}).value();
   d.ship.spool.dir = "/var/lib/vantage-agent/spool";
   cfg::Diagnostics diagnostics(file.string());
-  cfg::load(file, std::span<const cfg::Key<Draft>>(kKeys), d, diagnostics);
+  cfg::load(file, std::span<const cfg::Key<Draft>>(kKeys), d, diagnostics, text);
   build_privacy(d, diagnostics);
   build_targets(d, diagnostics);
   build_shipping(d, diagnostics);
@@ -488,5 +489,9 @@ AgentConfig load_config(const std::filesystem::path& file) {
   result.options = std::move(d.options);
   return result;
 }
+
+AgentConfig load_config(const std::filesystem::path& file) { return load_config(file, std::nullopt); }
+
+AgentConfig parse_config(std::string_view text, const std::string& name) { return load_config(name, text); }
 
 }  // namespace vantage::agent

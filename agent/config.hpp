@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "agent/cli.hpp"
@@ -25,6 +26,8 @@ struct AgentConfig {
 // Reads and checks the file; target host names are resolved here (first address), as the
 // command line does, so a typo fails at start-up.
 AgentConfig load_config(const std::filesystem::path& file);
+// The same over text in memory, reported under `name` (tests, the config fuzzer).
+AgentConfig parse_config(std::string_view text, const std::string& name);
 
 // The key table (for tests that hold the docs to it) and its Markdown reference.
 std::vector<platform::config::KeyInfo> config_keys();

@@ -188,20 +188,23 @@ std::vector<platform::config::KeyInfo> config_keys() {
 
 std::string config_reference_markdown() { return cfg::render_markdown(config_keys()); }
 
-CollectorConfig load_config(const std::filesystem::path& file) {
+// The file, or with `text` set that text under the file's name.
+static CollectorConfig load_config(const std::filesystem::path& file, std::optional<std::string_view> text) {
   Draft d;
   // The command line's default listener; the file's ingest.listen replaces it.
   d.config.listen.emplace_back(asio::ip::address_v6::any(), 7443);
   cfg::Diagnostics diagnostics(file.string());
   // The duplicate checks need the raw lists with their lines; the table's apply stores them.
   const std::vector<cfg::KeyInfo> infos = cfg::key_infos(std::span<const cfg::Key<Draft>>(kKeys));
-  cfg::parse_file(
-      file, infos,
-      [&](std::size_t i, const Value& v) {
-        if (infos[i].kind == Kind::kStringList) unique(v, diagnostics);
-        kKeys[i].apply(d, v);
-      },
-      diagnostics);
+  const cfg::Visitor apply = [&](std::size_t i, const Value& v) {
+    if (infos[i].kind == Kind::kStringList) unique(v, diagnostics);
+    kKeys[i].apply(d, v);
+  };
+  if (text) {
+    cfg::parse_text(*text, infos, apply, diagnostics);
+  } else {
+    cfg::parse_file(file, infos, apply, diagnostics);
+  }
   // The store's conditional keys: a database for SQLite, servers for JetStream.
   if (d.sink == "sqlite" && d.config.database.empty() && !diagnostics.has("store.database")) {
     diagnostics.missing("store.database", "a file path");
@@ -224,5 +227,9 @@ CollectorConfig load_config(const std::filesystem::path& file) {
   result.options = std::move(d.config);
   return result;
 }
+
+CollectorConfig load_config(const std::filesystem::path& file) { return load_config(file, std::nullopt); }
+
+CollectorConfig parse_config(std::string_view text, const std::string& name) { return load_config(name, text); }
 
 }  // namespace vantage::collector

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "collector/ingest_server.hpp"
@@ -29,6 +30,8 @@ struct CollectorConfig {
 };
 
 CollectorConfig load_config(const std::filesystem::path& file);
+// The same over text in memory, reported under `name` (tests, the config fuzzer).
+CollectorConfig parse_config(std::string_view text, const std::string& name);
 
 // Where the TLS session-ticket keys go when tls.ticket_keys (or --ticket-keys) names no file:
 // "ticket-keys" in the database's directory.

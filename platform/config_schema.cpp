@@ -327,7 +327,11 @@ void parse_file(const std::filesystem::path& file, std::span<const KeyInfo> keys
     diagnostics.error(0, "", std::string("cannot read: ") + std::strerror(errno));
     return;
   }
-  const std::string text = content.str();
+  parse_text(content.str(), keys, visit, diagnostics);
+}
+
+void parse_text(std::string_view text, std::span<const KeyInfo> keys, const Visitor& visit,
+                Diagnostics& diagnostics) {
   toml::parse_result parsed = toml::parse(text, diagnostics.file());
   if (!parsed) {
     const toml::parse_error& e = parsed.error();

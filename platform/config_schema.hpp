@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <functional>
 #include <initializer_list>
+#include <optional>
 #include <set>
 #include <span>
 #include <string>
@@ -114,6 +115,9 @@ class Diagnostics {
 using Visitor = std::function<void(std::size_t key_index, const Value& value)>;
 void parse_file(const std::filesystem::path& file, std::span<const KeyInfo> keys, const Visitor& visit,
                 Diagnostics& diagnostics);
+// The same over text already in memory (a test's or a fuzzer's), named diagnostics.file().
+void parse_text(std::string_view text, std::span<const KeyInfo> keys, const Visitor& visit,
+                Diagnostics& diagnostics);
 
 // The reference: one Markdown table (key, value, default, description) in the keys' order.
 std::string render_markdown(std::span<const KeyInfo> keys);
@@ -128,16 +132,19 @@ std::vector<KeyInfo> key_infos(std::span<const Key<Draft>> keys) {
   return infos;
 }
 
+// The file, or with `text` set that text under the file's name.
 template <typename Draft>
 void load(const std::filesystem::path& file, std::span<const Key<Draft>> keys, Draft& draft,
-          Diagnostics& diagnostics) {
+          Diagnostics& diagnostics, std::optional<std::string_view> text = std::nullopt) {
   const std::vector<KeyInfo> infos = key_infos(keys);
-  parse_file(
-      file, infos,
-      [&](std::size_t i, const Value& v) {
-        if (keys[i].apply != nullptr) keys[i].apply(draft, v);
-      },
-      diagnostics);
+  const Visitor apply = [&](std::size_t i, const Value& v) {
+    if (keys[i].apply != nullptr) keys[i].apply(draft, v);
+  };
+  if (text) {
+    parse_text(*text, infos, apply, diagnostics);
+  } else {
+    parse_file(file, infos, apply, diagnostics);
+  }
 }
 
 // Validators for the common shapes; Lo/Hi are inclusive unless the name says otherwise.
@@ -145,15 +152,17 @@ template <std::int64_t Lo, std::int64_t Hi>
 bool integer_in(const Value& v) {
   return !v.is_text() && v.integer() >= Lo && v.integer() <= Hi;
 }
-template <double Lo, double Hi>
+// Integer bounds for number keys too: clang 14 (the fuzz build's compiler) has no floating-point
+// template parameters.
+template <std::int64_t Lo, std::int64_t Hi>
 bool number_above_at_most(const Value& v) {  // (Lo, Hi]
   const double x = v.number();
-  return x > Lo && x <= Hi;  // NaN fails both
+  return x > static_cast<double>(Lo) && x <= static_cast<double>(Hi);  // NaN fails both
 }
-template <double Lo, double Hi>
+template <std::int64_t Lo, std::int64_t Hi>
 bool number_in(const Value& v) {  // [Lo, Hi]
   const double x = v.number();
-  return x >= Lo && x <= Hi;
+  return x >= static_cast<double>(Lo) && x <= static_cast<double>(Hi);
 }
 bool one_of(const Value& v, std::initializer_list<std::string_view> choices);
 bool non_empty_text(const Value& v);

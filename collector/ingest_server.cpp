@@ -73,6 +73,7 @@ constexpr int kReadsPerTurn = 16;
 constexpr const char* kRejectNames[] = {
     "connection_limit", "handshake", "timeout", "no_identity", "identity", "region", "protocol", "frame",
     "store", "handshake_limit", "source_limit", "evicted", "slow_reader", "fd_limit",
+    "string_too_long", "invalid_utf8", "control_character",
 };
 static_assert(std::size(kRejectNames) == static_cast<std::size_t>(Reject::kCount), "a name for every Reject");
 
@@ -501,9 +502,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   void on_read_error(std::error_code ec) {
     if (peer_closed(ec)) {
-      log(LogLevel::kDebug, "%s (%s): closed by the agent", session_.peer().c_str(), session_.cn().c_str());
+      log(LogLevel::kDebug, "%s (%s): closed by the agent", session_.peer().c_str(),
+          platform::escape_for_log(session_.cn()).c_str());
     } else {
-      log(LogLevel::kInfo, "%s (%s): connection ended: %s", session_.peer().c_str(), session_.cn().c_str(),
+      log(LogLevel::kInfo, "%s (%s): connection ended: %s", session_.peer().c_str(),
+          platform::escape_for_log(session_.cn()).c_str(),
           ec.message().c_str());
     }
     close();
@@ -704,7 +707,8 @@ void IngestServer::Impl::run_store() {
     auto result = sink->store(batches);
     const std::int64_t ended_ns = platform::monotonic_ns();
     if (!result) {
-      log(LogLevel::kError, "store: %s", result.error().c_str());
+      // Store errors may quote stored strings (agent ids from an older, unchecked store).
+      log(LogLevel::kError, "store: %s", platform::escape_for_log(result.error(), 512).c_str());
     } else if (result->size() != batches.size()) {
       log(LogLevel::kError, "store: the %s sink answered %zu outcomes for %zu batches", sink->name(),
           result->size(), batches.size());

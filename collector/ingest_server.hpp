@@ -79,6 +79,11 @@ enum class Reject : std::uint8_t {
   kEvicted,         // the oldest handshake in progress, closed for a new connection
   kSlowReader,      // acks unsent past max_unsent_ack_bytes: the peer does not read
   kFdLimit,         // accept failed for lack of file descriptors
+  // A string in a Hello or a Batch broke the peer-text rules (schemas/peer_text.hpp); the frame
+  // is refused with the field and the rule in the Ack's reason.
+  kStringTooLong,     // over its kind's length bound
+  kInvalidUtf8,       // not valid UTF-8 (overlong, surrogate, past U+10FFFF, truncated, ...)
+  kControlCharacter,  // a C0, DEL or C1 control character
   kCount,
 };
 const char* to_string(Reject reason) noexcept;

@@ -6,6 +6,7 @@
 
 #include "platform/clock.hpp"
 #include "platform/log.hpp"
+#include "schemas/peer_text.hpp"
 #include "schemas/wire_string.hpp"
 
 namespace vantage::collector {
@@ -20,6 +21,20 @@ class SystemSessionClock final : public SessionClock {
   std::int64_t monotonic_ns() const override { return platform::monotonic_ns(); }
   std::int64_t realtime_ns() const override { return platform::realtime_ns(); }
 };
+
+// Every peer-provided string goes into a log line through this: no raw newline or control byte.
+std::string shown(std::string_view peer_text) { return platform::escape_for_log(peer_text); }
+
+Reject reject_for(platform::TextFault fault) {
+  switch (fault) {
+    case platform::TextFault::kTooLong:
+      return Reject::kStringTooLong;
+    case platform::TextFault::kInvalidUtf8:
+      return Reject::kInvalidUtf8;
+    default:
+      return Reject::kControlCharacter;
+  }
+}
 
 std::int64_t to_ns(std::chrono::milliseconds d) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
@@ -64,7 +79,7 @@ void IngestSession::on_authenticated(std::string cn, bool resumed, bool session_
   cn_ = std::move(cn);
   resumed_ = resumed;
   if (!session_available) {
-    log(LogLevel::kWarning, "%s (%s): session limit (%zu) reached, closing", peer_.c_str(), cn_.c_str(),
+    log(LogLevel::kWarning, "%s (%s): session limit (%zu) reached, closing", peer_.c_str(), shown(cn_).c_str(),
         config_.max_sessions);
     tally_.count(Reject::kConnectionLimit);
     send_then_close(ack_frame(0, wire::AckStatus::RetryLater, "session limit reached"));
@@ -82,7 +97,7 @@ void IngestSession::on_authenticated(std::string cn, bool resumed, bool session_
 void IngestSession::on_tick() {
   if (closed() || clock_.monotonic_ns() < deadline_ns_) return;
   if (phase_ != Phase::kHandshake) {
-    log(LogLevel::kNotice, "%s (%s): idle timeout, closing", peer_.c_str(), cn_.c_str());
+    log(LogLevel::kNotice, "%s (%s): idle timeout, closing", peer_.c_str(), shown(cn_).c_str());
     tally_.count(Reject::kTimeout);
   } else {
     log(LogLevel::kDebug, "%s: handshake timeout, closing", peer_.c_str());
@@ -102,7 +117,7 @@ void IngestSession::on_bytes(std::span<const std::uint8_t> bytes) {
       break;
     }
     if (status != wire::FrameStatus::kFrame) {
-      log(LogLevel::kWarning, "%s (%s): %s, closing", peer_.c_str(), cn_.c_str(), wire::to_string(status));
+      log(LogLevel::kWarning, "%s (%s): %s, closing", peer_.c_str(), shown(cn_).c_str(), wire::to_string(status));
       tally_.count(Reject::kFrame);
       close();
       return;
@@ -122,6 +137,10 @@ bool IngestSession::on_frame(const wire::Frame& frame, std::span<const std::uint
     if (phase_ == Phase::kOpen) {
       return refuse(Reject::kProtocol, "a second Hello");
     }
+    // Nothing of a Hello is kept, compared or logged before its strings pass.
+    if (const auto fault = wire::check_hello_text(*hello)) {
+      return refuse(reject_for(fault->fault), fault->reason);
+    }
     agent_id_ = wire::text(hello->agent_id());
     region_ = wire::text(hello->region());
     pop_ = wire::text(hello->pop());
@@ -138,13 +157,21 @@ bool IngestSession::on_frame(const wire::Frame& frame, std::span<const std::uint
       return refuse(Reject::kRegion, "region '" + region_ + "' is not served here (serves: " + list + ")");
     }
     phase_ = Phase::kOpen;
-    log(LogLevel::kInfo, "%s: agent %s (%s/%s, %s, %s) connected%s", peer_.c_str(), agent_id_.c_str(),
-        region_.c_str(), pop_.c_str(), arch_.c_str(), version_.c_str(), resumed_ ? ", resumed" : "");
+    log(LogLevel::kInfo, "%s: agent %s (%s/%s, %s, %s) connected%s", peer_.c_str(), shown(agent_id_).c_str(),
+        shown(region_).c_str(), shown(pop_).c_str(), shown(arch_).c_str(), shown(version_).c_str(),
+        resumed_ ? ", resumed" : "");
     return true;
   }
   if (const wire::Batch* batch = frame.message_as_Batch()) {
     if (phase_ != Phase::kOpen) {
       return refuse(Reject::kProtocol, "a Batch before Hello");
+    }
+    // First, so no message below quotes a bad string. Refused with its seq, so the agent knows
+    // which batch (it keeps it spooled). The connection closes: an ack for a later batch would
+    // tell the agent to delete this one.
+    if (const auto fault = wire::check_batch_text(*batch)) {
+      return refuse(reject_for(fault->fault), "batch " + std::to_string(batch->seq()) + ": " + fault->reason,
+                    batch->seq());
     }
     if (wire::str(batch->agent_id()) != agent_id_) {
       return refuse(Reject::kIdentity,
@@ -169,10 +196,10 @@ bool IngestSession::on_frame(const wire::Frame& frame, std::span<const std::uint
   return refuse(Reject::kProtocol, "an unexpected message");
 }
 
-bool IngestSession::refuse(Reject reason, const std::string& why) {
-  log(LogLevel::kWarning, "%s (%s): refused: %s", peer_.c_str(), cn_.c_str(), why.c_str());
+bool IngestSession::refuse(Reject reason, const std::string& why, std::uint64_t seq) {
+  log(LogLevel::kWarning, "%s (%s): refused: %s", peer_.c_str(), shown(cn_).c_str(), shown(why).c_str());
   tally_.count(reason);
-  send_then_close(ack_frame(0, wire::AckStatus::Rejected, why));
+  send_then_close(ack_frame(seq, wire::AckStatus::Rejected, why));
   return false;
 }
 
@@ -209,7 +236,7 @@ void IngestSession::send(std::vector<std::uint8_t> frame) {
   unsent_bytes_ += frame.size();
   if (unsent_bytes_ > config_.max_unsent_ack_bytes) {
     // A peer that sends batches but never reads its acks would grow this queue without end.
-    log(LogLevel::kWarning, "%s (%s): %zu bytes of acks unread, closing", peer_.c_str(), cn_.c_str(),
+    log(LogLevel::kWarning, "%s (%s): %zu bytes of acks unread, closing", peer_.c_str(), shown(cn_).c_str(),
         unsent_bytes_);
     tally_.count(Reject::kSlowReader);
     close();

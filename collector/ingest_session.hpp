@@ -107,7 +107,8 @@ class IngestSession {
   };
 
   bool on_frame(const wire::Frame& frame, std::span<const std::uint8_t> bytes);
-  bool refuse(Reject reason, const std::string& why);
+  // Counts, logs (escaped) and sends Rejected with `why` for `seq` (0: the session), then closes.
+  bool refuse(Reject reason, const std::string& why, std::uint64_t seq = 0);
   void ack(std::uint64_t seq, store::StoreOutcome outcome);
   void send(std::vector<std::uint8_t> frame);
   void send_then_close(std::vector<std::uint8_t> frame);

@@ -250,6 +250,112 @@ TEST_CASE_FIXTURE(Fixture, "ingest session: each refusal answers with its reason
   }
 }
 
+// A Hello or Batch with any bytes in its strings (std::string keeps NULs and invalid UTF-8).
+Bytes hello_with(const std::string& agent_id, const std::string& region, const std::string& pop,
+                 const std::string& version = "0.1.0", const std::string& arch = "aarch64") {
+  flatbuffers::FlatBufferBuilder fbb;
+  const auto h = wire::CreateHello(fbb, 1, fbb.CreateString(agent_id), fbb.CreateString(region),
+                                   fbb.CreateString(pop), fbb.CreateString(version), fbb.CreateString(arch));
+  return framed(fbb, wire::CreateFrame(fbb, wire::Message::Hello, h.Union()));
+}
+
+Bytes batch_with_target(std::uint64_t seq, const std::string& target, const std::string& interface = "eth0") {
+  flatbuffers::FlatBufferBuilder fbb;
+  std::vector<flatbuffers::Offset<wire::LatencySummary>> latency{
+      wire::CreateLatencySummary(fbb, fbb.CreateString("10.0.0.1:7000")),
+      wire::CreateLatencySummary(fbb, fbb.CreateString(target))};
+  std::vector<flatbuffers::Offset<wire::NetInterface>> net{wire::CreateNetInterface(fbb, fbb.CreateString(interface))};
+  std::vector<flatbuffers::Offset<wire::LoadSample>> load{
+      wire::CreateLoadSample(fbb, 1, fbb.CreateString("arm64"), 0, nullptr, nullptr, nullptr, fbb.CreateVector(net))};
+  const auto b = wire::CreateBatch(fbb, fbb.CreateString("agent-1"), seq, 1'000, 2'000, fbb.CreateString("eu-west"),
+                                   fbb.CreateString("fra1"), fbb.CreateVector(latency), fbb.CreateVector(load));
+  return framed(fbb, wire::CreateFrame(fbb, wire::Message::Batch, b.Union()));
+}
+
+TEST_CASE_FIXTURE(Fixture, "ingest session: a Hello with a hostile string is refused by rule before anything is compared") {
+  struct Case {
+    const char* name;
+    Bytes bytes;
+    Reject reason;
+    std::string text;
+  };
+  const std::vector<Case> cases{
+      {"a newline in the agent id", hello_with("agent-1\n<3>forged", "eu-west", "fra1"), Reject::kControlCharacter,
+       "Hello.agent_id \"agent-1\\n<3>forged\": control character U+000A at byte 7"},
+      {"invalid UTF-8 in the region", hello_with("agent-1", "eu-west\xff", "fra1"), Reject::kInvalidUtf8,
+       "Hello.region \"eu-west\\xFF\": invalid UTF-8 at byte 7"},
+      {"an overlong slash in the PoP", hello_with("agent-1", "eu-west", "fra\xc0\xaf"), Reject::kInvalidUtf8,
+       "Hello.pop \"fra\\xC0\\xAF\": invalid UTF-8 at byte 3"},
+      {"a C1 control in the version", hello_with("agent-1", "eu-west", "fra1", "1.0\xc2\x9b"),
+       Reject::kControlCharacter, "Hello.software_version \"1.0\\xC2\\x9B\": control character U+009B at byte 3"},
+      {"an arch past its bound", hello_with("agent-1", "eu-west", "fra1", "0.1.0", std::string(33, 'x')),
+       Reject::kStringTooLong, "Hello.arch \"" + std::string(33, 'x') + "\": 33 bytes, over the limit of 32"},
+      // The region is not served either: the string rule answers first, so no message quotes it raw.
+      {"a NUL in a region not served", hello_with("agent-1", std::string("ap\0south", 8), "fra1"),
+       Reject::kControlCharacter, "Hello.region \"ap\\x00south\": control character U+0000 at byte 2"},
+  };
+  for (const Case& c : cases) {
+    CAPTURE(c.name);
+    Tally own;
+    Peer peer(config, clock, own);
+    peer.feed(c.bytes + batch(1));
+    CHECK(own.rejects(c.reason) == 1);
+    CHECK(own.all_rejects() == 1);
+    CHECK(peer.stored_seqs().empty());
+    CHECK(peer.session.closing());
+    const std::vector<SentAck> acks = peer.drain();
+    REQUIRE(acks.size() == 1);
+    CHECK(acks[0].seq == 0);
+    CHECK(acks[0].status == wire::AckStatus::Rejected);
+    CHECK(acks[0].reason == c.text);
+    CHECK(peer.session.closed());
+  }
+}
+
+TEST_CASE_FIXTURE(Fixture, "ingest session: a Batch with a hostile string is refused with its seq, earlier ones still stored") {
+  struct Case {
+    const char* name;
+    Bytes bytes;
+    Reject reason;
+    std::string text;
+  };
+  const std::vector<Case> cases{
+      {"a newline in a target", batch_with_target(3, "evil\nline"), Reject::kControlCharacter,
+       "batch 3: Batch.latency[1].target \"evil\\nline\": control character U+000A at byte 4"},
+      {"a lone surrogate in a target", batch_with_target(3, "x\xed\xb0\x80"), Reject::kInvalidUtf8,
+       "batch 3: Batch.latency[1].target \"x\\xED\\xB0\\x80\": invalid UTF-8 at byte 1"},
+      {"a target past its bound", batch_with_target(3, std::string(129, 't')), Reject::kStringTooLong,
+       "batch 3: Batch.latency[1].target \"" + std::string(40, 't') + "...\": 129 bytes, over the limit of 128"},
+      {"an escape sequence in an interface name", batch_with_target(3, "ok", "eth\x1b[2J"),
+       Reject::kControlCharacter,
+       "batch 3: Batch.load[0].net[0].name \"eth\\x1B[2J\": control character U+001B at byte 3"},
+  };
+  for (const Case& c : cases) {
+    CAPTURE(c.name);
+    Tally own;
+    Peer peer(config, clock, own);
+    peer.feed(hello() + batch(1) + batch(2) + c.bytes + batch(4));
+    CHECK(own.rejects(c.reason) == 1);
+    CHECK(own.all_rejects() == 1);
+    // 1 and 2 go to the store; 3 and everything after it do not.
+    CHECK(peer.stored_seqs() == Seqs{1, 2});
+    CHECK_FALSE(peer.session.reading());
+    const std::vector<SentAck> acks = peer.drain();
+    REQUIRE(acks.size() == 1);
+    CHECK(acks[0].seq == 3);
+    CHECK(acks[0].status == wire::AckStatus::Rejected);
+    CHECK(acks[0].reason == c.text);
+    CHECK(peer.session.closed());
+  }
+  // Hostile but valid names pass: quotes, markup, bidi marks, 4-byte UTF-8.
+  Peer peer(config, clock, tally);
+  peer.feed(hello() + batch_with_target(1, "\"q\" </script><b>x</b>") +
+            batch_with_target(2, "\xe2\x80\x8f\xd7\xa9\xd7\x9c\xd7\x95\xd7\x9d \xe2\x80\xae" "abc") +
+            batch_with_target(3, "\xf0\x9f\x9a\x80 rocket"));
+  CHECK(peer.stored_seqs() == Seqs{1, 2, 3});
+  CHECK(tally.all_rejects() == 0);
+}
+
 TEST_CASE_FIXTURE(Fixture, "ingest session: a failed TLS handshake is a pre-authentication refusal of its source") {
   Peer peer(config, clock, tally, nullptr);
   CHECK_FALSE(peer.session.reading());

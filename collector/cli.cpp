@@ -8,6 +8,7 @@
 #include <cinttypes>
 #include <cstdint>
 #include <ctime>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -32,12 +33,13 @@ constexpr const char* kUsage =
     "       vantage-collector serve --jetstream URL [--jetstream URL ...] [--stream NAME] (instead of --db)\n"
     "       vantage-collector serve --config FILE [--check-config]\n"
     "       vantage-collector query --db FILE\n"
-    "       vantage-collector consume --jetstream URL [--stream NAME] [--durable NAME] [--follow]\n"
+    "       vantage-collector consume --jetstream URL [--stream NAME] [--durable NAME] [--follow] [--db FILE]\n"
     "       vantage-collector --version | --config-reference\n"
     "  serve   accept agents over mutual TLS (default listen [::]:7443, IPv4 and IPv6) and store their\n"
     "          batches; SIGINT/SIGTERM stop it; --http serves /metrics and the status page\n"
     "  query   print the latest latency per agent and target, the latest load per PoP, and the agents\n"
-    "  consume read batches back from a JetStream stream, verify them, print one line per batch\n";
+    "  consume read batches back from a JetStream stream, verify them, print one line per batch;\n"
+    "          --db FILE also stores them there (once each by agent, incarnation and seq)\n";
 
 std::atomic<bool> g_stop{false};
 void on_signal(int) { g_stop = true; }
@@ -108,11 +110,13 @@ int query_command(const std::string& db_path) {
                 static_cast<double>(l.mem_total.value_or(0)) / 1073741824.0, l.load1.value_or(0),
                 ago(l.time_ns).c_str());
   }
-  std::printf("\nagents\n%-16s %-12s %-10s %10s %10s %10s\n", "AGENT", "REGION", "POP", "BATCHES", "MAX_SEQ",
-              "LAST_SEEN");
+  // MAX_SEQ is of INCARNATION, the agent's newest spool incarnation (all zero: an agent that sends
+  // none); a reinstalled agent starts again at 1 under a new one.
+  std::printf("\nagents\n%-16s %-12s %-10s %10s %10s %10s  %s\n", "AGENT", "REGION", "POP", "BATCHES", "MAX_SEQ",
+              "LAST_SEEN", "INCARNATION");
   for (const auto& a : *agents) {
-    std::printf("%-16s %-12s %-10s %10" PRId64 " %10" PRIu64 " %10s\n", a.agent_id.c_str(), a.region.c_str(),
-                a.pop.c_str(), a.batch_count, a.max_seq, ago(a.last_seen_ns).c_str());
+    std::printf("%-16s %-12s %-10s %10" PRId64 " %10" PRIu64 " %10s  %s\n", a.agent_id.c_str(), a.region.c_str(),
+                a.pop.c_str(), a.batch_count, a.max_seq, ago(a.last_seen_ns).c_str(), a.incarnation.c_str());
   }
   std::printf(
       "\nagent health (newest batch with self-metrics)\n%-16s %5s %9s %9s %6s %8s %8s %6s %6s %6s %6s\n",
@@ -133,6 +137,7 @@ int query_command(const std::string& db_path) {
 int consume_command(std::span<const std::string_view> args, std::FILE* out) {
   store::ConsumerOptions options;
   bool follow = false;
+  std::string db_path;
   for (std::size_t i = 0; i < args.size(); ++i) {
     const std::string_view arg = args[i];
     if (arg == "--follow") {
@@ -151,6 +156,8 @@ int consume_command(std::span<const std::string_view> args, std::FILE* out) {
       options.stream = value;
     } else if (arg == "--durable") {
       options.durable = value;
+    } else if (arg == "--db") {
+      db_path = value;
     } else if (arg == "--timeout") {
       const auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), options.timeout_ms);
       if (ec != std::errc() || end != value.data() + value.size() || options.timeout_ms <= 0) {
@@ -173,44 +180,103 @@ int consume_command(std::span<const std::string_view> args, std::FILE* out) {
     return 1;
   }
   store::JetStreamConsumer& consumer = **opened;
+  // With --db the stream is written into a SQLite store: a message is acked only once the group
+  // it came in is committed, and the store's batch key drops every copy of a batch that JetStream
+  // kept twice (a resend from beyond the duplicate window): exactly once in the store.
+  std::optional<store::SqliteStore> db;
+  if (!db_path.empty()) {
+    auto opened_db = store::SqliteStore::open(db_path);
+    if (!opened_db) {
+      std::fprintf(stderr, "vantage-collector consume: %s\n", opened_db.error().c_str());
+      return 1;
+    }
+    db.emplace(std::move(*opened_db));
+  }
 
   struct sigaction sa {};
   sa.sa_handler = on_signal;
   ::sigaction(SIGINT, &sa, nullptr);
   ::sigaction(SIGTERM, &sa, nullptr);
 
-  std::uint64_t read = 0, bad = 0;
+  std::uint64_t read = 0, bad = 0, stored = 0, duplicates = 0;
+  std::string store_error;
   const bool empty = consumer.messages_at_open() == 0 && options.durable.empty();
-  const auto print = [&](const store::ConsumedMessage& m) {
-    ++read;
-    const wire::Frame* frame = wire::verify_frame(m.frame);
-    const wire::Batch* batch = frame != nullptr ? frame->message_as_Batch() : nullptr;
-    if (batch == nullptr) {
-      ++bad;
-      std::fprintf(out, "stream_seq=%" PRIu64 " INVALID frame (%zu bytes, Nats-Msg-Id %s)\n", m.stream_seq,
-                   m.frame.size(), m.msg_id.c_str());
-      return;
+  // Verifies and prints a group; with --db stores it and says per line whether it was new.
+  const auto handle = [&](std::span<const store::ConsumedMessage> group) {
+    std::vector<store::IncomingBatch> batches;
+    std::vector<std::size_t> line_of;  // batches[i] is group[line_of[i]]
+    std::vector<std::string> lines(group.size());
+    for (std::size_t i = 0; i < group.size(); ++i) {
+      const store::ConsumedMessage& m = group[i];
+      ++read;
+      const wire::Frame* frame = wire::verify_frame(m.frame);
+      const wire::Batch* batch = frame != nullptr ? frame->message_as_Batch() : nullptr;
+      // No header: a message from a collector older than incarnations, the legacy incarnation.
+      const auto incarnation =
+          m.incarnation.empty() ? std::optional(store::kLegacyIncarnation) : store::parse_incarnation_hex(m.incarnation);
+      if (batch == nullptr || !incarnation) {
+        ++bad;
+        std::fprintf(out, "stream_seq=%" PRIu64 " INVALID %s (%zu bytes, Nats-Msg-Id %s)\n", m.stream_seq,
+                     batch == nullptr ? "frame" : "incarnation header", m.frame.size(), m.msg_id.c_str());
+        continue;
+      }
+      const std::string agent = wire::text(batch->agent_id());
+      const bool mismatch = m.agent != agent || m.seq != std::to_string(batch->seq());
+      if (mismatch) {
+        ++bad;
+        std::fprintf(stderr,
+                     "vantage-collector consume: stream seq %" PRIu64
+                     ": headers say %s/%s, the frame %s/%" PRIu64 "\n",
+                     m.stream_seq, m.agent.c_str(), m.seq.c_str(), agent.c_str(), batch->seq());
+      }
+      char line[512];
+      std::snprintf(line, sizeof line,
+                    "stream_seq=%" PRIu64 " agent=%s region=%s pop=%s seq=%" PRIu64
+                    " interval=%s+%.3fs latency=%u load=%u incarnation=%s",
+                    m.stream_seq, agent.c_str(), m.region.c_str(), m.pop.c_str(), batch->seq(),
+                    iso_time(batch->interval_start_ns()).c_str(),
+                    static_cast<double>(batch->interval_end_ns() - batch->interval_start_ns()) / 1e9,
+                    batch->latency() != nullptr ? batch->latency()->size() : 0u,
+                    batch->load() != nullptr ? batch->load()->size() : 0u,
+                    store::incarnation_hex(*incarnation).c_str());
+      lines[i] = line;
+      if (mismatch) continue;  // printed, never stored under a name its frame contradicts
+      store::IncomingBatch in;
+      in.batch = batch;
+      // The identity the publishing collector authenticated travels in the headers.
+      in.agent_id = m.agent;
+      in.region = m.region;
+      in.pop = m.pop;
+      in.incarnation = *incarnation;
+      in.received_ns = m.published_ns != 0 ? m.published_ns : platform::realtime_ns();
+      in.frame = m.frame;
+      batches.push_back(in);
+      line_of.push_back(i);
     }
-    const std::string agent = wire::text(batch->agent_id());
-    if (m.agent != agent || m.seq != std::to_string(batch->seq())) {
-      ++bad;
-      std::fprintf(stderr,
-                   "vantage-collector consume: stream seq %" PRIu64
-                   ": headers say %s/%s, the frame %s/%" PRIu64 "\n",
-                   m.stream_seq, m.agent.c_str(), m.seq.c_str(), agent.c_str(), batch->seq());
+    if (db && !batches.empty()) {
+      auto outcomes = db->store(batches);
+      if (!outcomes) {
+        store_error = outcomes.error();
+        return false;  // nothing acked: redelivered to whoever consumes next
+      }
+      for (std::size_t k = 0; k < outcomes->size(); ++k) {
+        const bool dup = (*outcomes)[k] == store::StoreOutcome::kDuplicate;
+        (dup ? duplicates : stored) += 1;
+        lines[line_of[k]] += dup ? " store=duplicate" : " store=stored";
+      }
     }
-    std::fprintf(out,
-                 "stream_seq=%" PRIu64 " agent=%s region=%s pop=%s seq=%" PRIu64
-                 " interval=%s+%.3fs latency=%u load=%u\n",
-                 m.stream_seq, agent.c_str(), m.region.c_str(), m.pop.c_str(), batch->seq(),
-                 iso_time(batch->interval_start_ns()).c_str(),
-                 static_cast<double>(batch->interval_end_ns() - batch->interval_start_ns()) / 1e9,
-                 batch->latency() != nullptr ? batch->latency()->size() : 0u,
-                 batch->load() != nullptr ? batch->load()->size() : 0u);
+    for (const std::string& line : lines) {
+      if (!line.empty()) std::fprintf(out, "%s\n", line.c_str());
+    }
+    return true;
   };
   while (!g_stop && (follow || !(empty || consumer.caught_up()))) {
     std::string error;
-    const auto fetched = consumer.fetch(print, error);
+    const auto fetched = consumer.fetch_group(handle, error);
+    if (!store_error.empty()) {
+      std::fprintf(stderr, "vantage-collector consume: %s (the group stays unacked)\n", store_error.c_str());
+      return 1;
+    }
     if (fetched == store::JetStreamConsumer::Fetched::kTimeout) {
       if (!follow) break;  // nothing more within the timeout: caught up
       continue;
@@ -221,9 +287,13 @@ int consume_command(std::span<const std::string_view> args, std::FILE* out) {
     }
     std::fflush(out);
   }
-  std::fprintf(stderr, "vantage-collector consume: %" PRIu64 " batches from stream %s (%s)%s\n", read,
+  std::fprintf(stderr, "vantage-collector consume: %" PRIu64 " batches from stream %s (%s)%s%s\n", read,
                options.stream.c_str(), consumer.subject().c_str(),
-               bad > 0 ? (", " + std::to_string(bad) + " failed verification").c_str() : "");
+               bad > 0 ? (", " + std::to_string(bad) + " failed verification").c_str() : "",
+               db ? (", " + std::to_string(stored) + " stored in " + db_path + ", " + std::to_string(duplicates) +
+                     " already there")
+                        .c_str()
+                  : "");
   return bad > 0 ? 1 : 0;
 }
 

@@ -1,5 +1,6 @@
 // vantage-collector's commands besides `serve`: the usage text, --version, `query` (what the
-// SQLite store holds) and `consume` (batches read back from the JetStream stream).
+// SQLite store holds) and `consume` (batches read back from the JetStream stream, and with --db
+// written into a SQLite store).
 #pragma once
 
 #include <cstdio>

@@ -699,6 +699,7 @@ void IngestServer::Impl::run_store() {
       in.pop = item.pop;
       in.arch = item.arch;
       in.software_version = item.software_version;
+      in.incarnation = item.incarnation;
       in.received_ns = item.received_ns;
       in.frame = item.frame;
       batches.push_back(in);

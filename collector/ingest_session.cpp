@@ -146,6 +146,7 @@ bool IngestSession::on_frame(const wire::Frame& frame, std::span<const std::uint
     pop_ = wire::text(hello->pop());
     arch_ = wire::text(hello->arch());
     version_ = wire::text(hello->software_version());
+    incarnation_ = store::incarnation_of(*hello);
     if (agent_id_ != cn_) {
       return refuse(Reject::kIdentity,
                     "Hello claims agent '" + agent_id_ + "' but the certificate is for '" + cn_ + "'");
@@ -157,9 +158,10 @@ bool IngestSession::on_frame(const wire::Frame& frame, std::span<const std::uint
       return refuse(Reject::kRegion, "region '" + region_ + "' is not served here (serves: " + list + ")");
     }
     phase_ = Phase::kOpen;
-    log(LogLevel::kInfo, "%s: agent %s (%s/%s, %s, %s) connected%s", peer_.c_str(), shown(agent_id_).c_str(),
-        shown(region_).c_str(), shown(pop_).c_str(), shown(arch_).c_str(), shown(version_).c_str(),
-        resumed_ ? ", resumed" : "");
+    log(LogLevel::kInfo, "%s: agent %s (%s/%s, %s, %s, incarnation %s) connected%s", peer_.c_str(),
+        shown(agent_id_).c_str(), shown(region_).c_str(), shown(pop_).c_str(), shown(arch_).c_str(),
+        shown(version_).c_str(),
+        store::incarnation_hex(incarnation_).c_str(), resumed_ ? ", resumed" : "");
     return true;
   }
   if (const wire::Batch* batch = frame.message_as_Batch()) {
@@ -189,6 +191,7 @@ bool IngestSession::on_frame(const wire::Frame& frame, std::span<const std::uint
     item.software_version = version_;
     item.received_ns = clock_.realtime_ns();
     item.seq = batch->seq();
+    item.incarnation = incarnation_;
     awaiting_.push_back({item.seq, std::nullopt});
     batches_.push_back(std::move(item));
     return true;

@@ -45,6 +45,7 @@ struct SessionBatch {
   std::string agent_id, region, pop, arch, software_version;
   std::int64_t received_ns = 0;  // wall clock
   std::uint64_t seq = 0;
+  store::Incarnation incarnation{};  // from Hello (legacy all zero when it had none)
 };
 
 // Inputs are the on_* calls; outputs are read after each: take_batches() for the store queue,
@@ -121,6 +122,7 @@ class IngestSession {
   std::string source_;
   std::string cn_;
   std::string agent_id_, region_, pop_, arch_, version_;
+  store::Incarnation incarnation_{};
   wire::FrameReader reader_;
   std::vector<SessionBatch> batches_;
   std::deque<Awaiting> awaiting_;  // batches handed to the store, oldest first

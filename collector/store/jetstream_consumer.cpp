@@ -34,7 +34,7 @@ struct JetStreamConsumer::State {
   std::string subject;
   std::uint64_t messages = 0;
   bool caught_up = false;
-  std::vector<std::uint64_t> aligned;
+  std::vector<std::vector<std::uint64_t>> aligned;  // one per message of the group in hand
   ~State() {
     if (sub != nullptr) natsSubscription_Destroy(sub);
     if (js != nullptr) jsCtx_Destroy(js);
@@ -94,6 +94,16 @@ Result<std::unique_ptr<JetStreamConsumer>> JetStreamConsumer::open(const Consume
 
 JetStreamConsumer::Fetched JetStreamConsumer::fetch(
     const std::function<void(const ConsumedMessage&)>& on_message, std::string& error) {
+  return fetch_group(
+      [&](std::span<const ConsumedMessage> group) {
+        for (const ConsumedMessage& m : group) on_message(m);
+        return true;
+      },
+      error);
+}
+
+JetStreamConsumer::Fetched JetStreamConsumer::fetch_group(
+    const std::function<bool(std::span<const ConsumedMessage>)>& on_group, std::string& error) {
   State& c = *state_;
   natsMsgList list{};
   jsErrCode code = static_cast<jsErrCode>(0);
@@ -104,19 +114,23 @@ JetStreamConsumer::Fetched JetStreamConsumer::fetch(
     error = failure("fetch", s, code);
     return Fetched::kError;
   }
-  for (int i = 0; i < list.Count; ++i) {
+  const auto count = static_cast<std::size_t>(std::max(list.Count, 0));
+  std::vector<ConsumedMessage> group(count);
+  if (c.aligned.size() < count) c.aligned.resize(count);
+  for (std::size_t i = 0; i < count; ++i) {
     natsMsg* m = list.Msgs[i];
     // NATS hands over the payload at whatever offset follows its headers, and FlatBuffers reads
     // scalars in place: 32-bit ARM faults on a misaligned 64-bit load (SIGBUS). Verify and read
     // an 8-byte-aligned copy.
     const std::size_t length = static_cast<std::size_t>(std::max(natsMsg_GetDataLength(m), 0));
-    c.aligned.assign((length + 7) / 8, 0);
-    if (length > 0) std::memcpy(c.aligned.data(), natsMsg_GetData(m), length);
-    ConsumedMessage msg;
-    msg.frame = {reinterpret_cast<const std::uint8_t*>(c.aligned.data()), length};
+    c.aligned[i].assign((length + 7) / 8, 0);
+    if (length > 0) std::memcpy(c.aligned[i].data(), natsMsg_GetData(m), length);
+    ConsumedMessage& msg = group[i];
+    msg.frame = {reinterpret_cast<const std::uint8_t*>(c.aligned[i].data()), length};
     jsMsgMetaData* meta = nullptr;
     if (natsMsg_GetMetaData(&meta, m) == NATS_OK) {
       msg.stream_seq = meta->Sequence.Stream;
+      msg.published_ns = meta->Timestamp;
       if (meta->NumPending == 0) c.caught_up = true;
       jsMsgMetaData_Destroy(meta);
     }
@@ -124,9 +138,11 @@ JetStreamConsumer::Fetched JetStreamConsumer::fetch(
     msg.region = header(m, kHeaderRegion);
     msg.pop = header(m, kHeaderPop);
     msg.seq = header(m, kHeaderSeq);
+    msg.incarnation = header(m, kHeaderIncarnation);
     msg.msg_id = header(m, kHeaderMsgId);
-    on_message(msg);
-    natsMsg_Ack(m, nullptr);
+  }
+  if (on_group(group)) {
+    for (std::size_t i = 0; i < count; ++i) natsMsg_Ack(list.Msgs[i], nullptr);
   }
   natsMsgList_Destroy(&list);
   return Fetched::kMessages;

@@ -1,6 +1,7 @@
 // Reads batches back from the collector's JetStream stream with a pull consumer: each message's
 // frame (in an 8-byte-aligned copy, ready for the Verifier) with the headers the sink set.
-// `vantage-collector consume` (collector/cli.cpp) is its command line.
+// `vantage-collector consume` (collector/cli.cpp) is its command line; with --db it writes them
+// into a SQLite store, acking a group only once it is committed.
 #pragma once
 
 #include <cstdint>
@@ -22,9 +23,12 @@ struct ConsumerOptions {
 };
 
 struct ConsumedMessage {
-  std::uint64_t stream_seq = 0;  // 0 when the metadata could not be read
+  std::uint64_t stream_seq = 0;    // 0 when the metadata could not be read
+  std::int64_t published_ns = 0;   // when JetStream stored it (wall clock); 0 when unknown
   std::span<const std::uint8_t> frame;
-  std::string agent, region, pop, seq, msg_id;  // the sink's headers; empty when absent
+  // The sink's headers; empty when absent (incarnation: a message from a collector older than
+  // incarnations, so the legacy one).
+  std::string agent, region, pop, seq, incarnation, msg_id;
 };
 
 class JetStreamConsumer {
@@ -43,6 +47,10 @@ class JetStreamConsumer {
   // Fetches up to 256 messages and hands each to on_message, then acks it; kTimeout when none
   // came within timeout_ms, kError with error set.
   Fetched fetch(const std::function<void(const ConsumedMessage&)>& on_message, std::string& error);
+  // The same for the whole fetched group at once: acked only when on_group returns true (it made
+  // them durable); otherwise none is acked and JetStream redelivers them after the consumer's ack
+  // wait (to this consumer, or to whoever resumes a durable one).
+  Fetched fetch_group(const std::function<bool(std::span<const ConsumedMessage>)>& on_group, std::string& error);
   // A fetched message had no more pending behind it.
   bool caught_up() const noexcept;
 

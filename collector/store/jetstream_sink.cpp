@@ -176,6 +176,17 @@ void on_closed(natsConnection*, void* closure) {
 
 }  // namespace
 
+std::string message_id(std::string_view agent, const Incarnation& incarnation, std::uint64_t seq) {
+  std::string id(agent);
+  id += '/';
+  if (incarnation != kLegacyIncarnation) {
+    id += incarnation_hex(incarnation);
+    id += '-';
+  }
+  id += std::to_string(seq);
+  return id;
+}
+
 JetStreamSink::JetStreamSink(std::unique_ptr<State> state) : state_(std::move(state)) {}
 JetStreamSink::~JetStreamSink() {
   if (!state_) return;
@@ -285,7 +296,8 @@ Result<std::vector<StoreOutcome>> JetStreamSink::store(std::span<const IncomingB
     const std::string region(in.filed_region());
     const std::string pop(in.filed_pop());
     const std::string seq = std::to_string(in.batch->seq());
-    const std::string id = agent + "/" + seq;
+    const std::string incarnation = incarnation_hex(in.incarnation);
+    const std::string id = message_id(agent, in.incarnation, in.batch->seq());
     const std::string subj = subject(region);
     natsMsg* raw = nullptr;
     natsStatus s = natsMsg_Create(&raw, subj.c_str(), nullptr, reinterpret_cast<const char*>(in.frame.data()),
@@ -295,6 +307,7 @@ Result<std::vector<StoreOutcome>> JetStreamSink::store(std::span<const IncomingB
     if (s == NATS_OK) s = natsMsgHeader_Set(msg.get(), kHeaderRegion, region.c_str());
     if (s == NATS_OK) s = natsMsgHeader_Set(msg.get(), kHeaderPop, pop.c_str());
     if (s == NATS_OK) s = natsMsgHeader_Set(msg.get(), kHeaderSeq, seq.c_str());
+    if (s == NATS_OK) s = natsMsgHeader_Set(msg.get(), kHeaderIncarnation, incarnation.c_str());
     if (s == NATS_OK) s = natsMsgHeader_Set(msg.get(), kHeaderMsgId, id.c_str());
     if (s == NATS_OK && in.frame.empty()) s = NATS_INVALID_ARG;
     if (s == NATS_OK) {
@@ -322,7 +335,8 @@ Result<std::vector<StoreOutcome>> JetStreamSink::store(std::span<const IncomingB
     const natsStatus s = js_PublishAsyncComplete(st.js, &wait);
     if (s != NATS_OK) {
       // Take back what was not acked: its late acks are dropped by the library, and the agents
-      // resend those batches (the Nats-Msg-Id makes a resend of one that did land harmless).
+      // resend those batches (a resend of one that did land is dropped by its Nats-Msg-Id within
+      // the duplicate window, and by the store's batch key at any distance).
       natsMsgList pending{};
       if (js_PublishAsyncGetPendingList(&pending, st.js) == NATS_OK) natsMsgList_Destroy(&pending);
       if (publish_error.empty()) publish_error = "waiting for PubAcks: " + status_text(s);

@@ -71,8 +71,9 @@ std::string subst(std::string_view tmpl, std::string_view name) {
   return out;
 }
 
-// Version 3, the dictionaries (see the header for what each column means).
-constexpr const char* kSchemaV3 = R"sql(
+// Version 4, the dictionaries (see the header for what each column means). Version 3 lacked the
+// incarnations table and agents.incarnation (kSchemaV4Additions, also its migration).
+constexpr const char* kSchemaV4Dictionaries = R"sql(
 CREATE TABLE agents(
   id                     INTEGER PRIMARY KEY,
   agent_id               TEXT NOT NULL UNIQUE,
@@ -121,10 +122,22 @@ CREATE TABLE partitions(
 );
 )sql";
 
-// The batch key: what makes a batch unique (delivery is idempotent on it). Only this index and
-// bind_batch_key() name it; an (agent, incarnation, seq) key changes those two places (plus a
-// column) and nothing else.
-constexpr const char* kBatchKeyColumns = "agent, seq";
+// What version 4 added to the version 3 dictionaries. Id 0 is the legacy incarnation (all zero
+// bytes: agents that send none), which is what every batch of a migrated database is under: its
+// DEFAULT makes the new batches_D column an O(1) ALTER TABLE, no row rewritten.
+constexpr const char* kSchemaV4Additions = R"sql(
+CREATE TABLE incarnations(
+  id            INTEGER PRIMARY KEY,
+  incarnation   BLOB NOT NULL UNIQUE,
+  first_seen_ns INTEGER NOT NULL
+);
+INSERT INTO incarnations VALUES (0, zeroblob(16), 0);
+ALTER TABLE agents ADD COLUMN incarnation INTEGER NOT NULL DEFAULT 0;
+)sql";
+
+// The batch key: what makes a batch unique (delivery is idempotent on it). `incarnation` is an
+// incarnations.id: the agent's spool incarnation, so a reinstalled agent's seq 1 is a new batch.
+constexpr const char* kBatchKeyColumns = "agent, incarnation, seq";
 
 // One day partition. Plain rowid tables, no secondary index but the batch key: the data is
 // appended in arrival order and reached through batches_{P} (see kChildShift).
@@ -141,7 +154,8 @@ CREATE TABLE batches_{P}(
   latency_count     INTEGER NOT NULL,
   load_count        INTEGER NOT NULL,
   rtt_sample_count  INTEGER NOT NULL,
-  spool_dropped     INTEGER NOT NULL
+  spool_dropped     INTEGER NOT NULL,
+  incarnation       INTEGER NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX batches_{P}_key ON batches_{P}({KEY});
 CREATE TABLE latency_{P}(
@@ -194,8 +208,13 @@ struct ViewColumn {
 struct ViewDef {
   const char* name;
   std::vector<ViewColumn> columns;
-  const char* from;  // with {P}
+  std::string from;  // with {P}
 };
+
+// Every view ends with the batch's incarnation as 32 hex digits (all zero: legacy), which with
+// agent_id and seq names the batch.
+constexpr const char* kIncarnationHex = "lower(hex(i.incarnation))";
+constexpr std::string_view kJoinIncarnation = " JOIN incarnations AS i ON i.id = b.incarnation";
 
 const std::vector<ViewDef>& view_defs() {
   static const std::vector<ViewDef> defs = [] {
@@ -211,8 +230,9 @@ const std::vector<ViewDef>& view_defs() {
                   {"latency_count", "b.latency_count"},
                   {"load_count", "b.load_count"},
                   {"rtt_sample_count", "b.rtt_sample_count"},
-                  {"spool_dropped", "b.spool_dropped"}},
-                 "batches_{P} AS b JOIN agents AS a ON a.id = b.agent"});
+                  {"spool_dropped", "b.spool_dropped"},
+                  {"incarnation", kIncarnationHex}},
+                 "batches_{P} AS b JOIN agents AS a ON a.id = b.agent" + std::string(kJoinIncarnation)});
     std::vector<ViewColumn> lat{{"agent_id", "a.agent_id"},
                                 {"seq", "b.seq"},
                                 {"idx", "l.id & 16777215"},
@@ -232,9 +252,10 @@ const std::vector<ViewDef>& view_defs() {
     }
     lat.push_back({"interval_start_ns", "b.interval_start_ns"});
     lat.push_back({"interval_end_ns", "b.interval_end_ns"});
+    lat.push_back({"incarnation", kIncarnationHex});
     v.push_back({"latency_summaries", lat,
                  "latency_{P} AS l JOIN batches_{P} AS b ON b.id = l.id >> 24 JOIN agents AS a ON a.id = b.agent "
-                 "JOIN targets AS t ON t.id = l.target"});
+                 "JOIN targets AS t ON t.id = l.target" + std::string(kJoinIncarnation)});
     std::vector<ViewColumn> load{{"agent_id", "a.agent_id"}, {"seq", "b.seq"}, {"idx", "l.id & 16777215"}};
     for (const char* c : {"time_ns", "arch", "cpu_user", "cpu_system", "cpu_iowait", "cpu_steal", "cpu_irq",
                           "cpu_softirq", "cpu_idle", "cpu_busy", "cpu_count", "mem_total", "mem_available",
@@ -243,8 +264,10 @@ const std::vector<ViewDef>& view_defs() {
                           "net_json", "temperatures_json"}) {
       load.push_back({c, nullptr});
     }
+    load.push_back({"incarnation", kIncarnationHex});
     v.push_back({"load_samples", load,
-                 "load_{P} AS l JOIN batches_{P} AS b ON b.id = l.id >> 24 JOIN agents AS a ON a.id = b.agent"});
+                 "load_{P} AS l JOIN batches_{P} AS b ON b.id = l.id >> 24 JOIN agents AS a ON a.id = b.agent" +
+                     std::string(kJoinIncarnation)});
     v.push_back({"rtt_samples",
                  {{"agent_id", "a.agent_id"},
                   {"seq", "b.seq"},
@@ -252,14 +275,18 @@ const std::vector<ViewDef>& view_defs() {
                   {"target_index", nullptr},
                   {"probe_seq", nullptr},
                   {"send_time_ns", nullptr},
-                  {"rtt_ns", nullptr}},
-                 "rtt_{P} AS l JOIN batches_{P} AS b ON b.id = l.id >> 24 JOIN agents AS a ON a.id = b.agent"});
+                  {"rtt_ns", nullptr},
+                  {"incarnation", kIncarnationHex}},
+                 "rtt_{P} AS l JOIN batches_{P} AS b ON b.id = l.id >> 24 JOIN agents AS a ON a.id = b.agent" +
+                     std::string(kJoinIncarnation)});
     std::vector<ViewColumn> self{{"agent_id", "a.agent_id"}, {"seq", "b.seq"}, {"interval_end_ns", "b.interval_end_ns"}};
     for (const wire::AgentSelfField& f : wire::kAgentSelfFields) {
       self.push_back({f.name, nullptr});
     }
+    self.push_back({"incarnation", kIncarnationHex});
     v.push_back({"agent_self", self,
-                 "self_{P} AS l JOIN batches_{P} AS b ON b.id = l.batch JOIN agents AS a ON a.id = b.agent"});
+                 "self_{P} AS l JOIN batches_{P} AS b ON b.id = l.batch JOIN agents AS a ON a.id = b.agent" +
+                     std::string(kJoinIncarnation)});
     return v;
   }();
   return defs;
@@ -314,9 +341,9 @@ std::string views_sql(const std::vector<std::string>& partitions) {
 }
 
 constexpr const char* kInsertBatch = R"sql(
-INSERT OR IGNORE INTO batches_{P}(agent, seq, interval_start_ns, interval_end_ns, received_ns, region, pop,
-                                  latency_count, load_count, rtt_sample_count, spool_dropped)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+INSERT OR IGNORE INTO batches_{P}(agent, incarnation, seq, interval_start_ns, interval_end_ns, received_ns, region,
+                                  pop, latency_count, load_count, rtt_sample_count, spool_dropped)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
 )sql";
 
 constexpr const char* kInsertLatency = R"sql(
@@ -353,11 +380,12 @@ constexpr const char* kUpdateAgent = R"sql(
 UPDATE agents SET region = ?2, pop = ?3, arch = ?4, software_version = ?5, last_seen_ns = ?6,
   batch_count = ?7, max_seq = ?8, spool_dropped = ?9, latest_day = ?10, latest_batch = ?11,
   latest_interval_end_ns = ?12, latest_seq = ?13, load_day = ?14, load_row = ?15, load_time_ns = ?16,
-  load_seq = ?17, self_day = ?18, self_batch = ?19, self_seq = ?20
+  load_seq = ?17, self_day = ?18, self_batch = ?19, self_seq = ?20, incarnation = ?21
 WHERE id = ?1
 )sql";
 
 constexpr const char* kInsertTarget = "INSERT INTO targets(name, protocol) VALUES (?1, ?2)";
+constexpr const char* kInsertIncarnation = "INSERT INTO incarnations(incarnation, first_seen_ns) VALUES (?1, ?2)";
 
 constexpr const char* kUpsertPair = R"sql(
 INSERT INTO pairs VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
@@ -388,6 +416,9 @@ class Binder {
   Binder& text(std::string_view v) {
     const char* data = v.data() == nullptr ? "" : v.data();  // a null pointer would bind NULL
     return check(sqlite3_bind_text(stmt_, ++index_, data, static_cast<int>(v.size()), nullptr));
+  }
+  Binder& bytes(const Incarnation& v) {
+    return check(sqlite3_bind_blob(stmt_, ++index_, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT));
   }
   Binder& blob(const std::string& v) {
     if (v.empty()) return null();
@@ -687,7 +718,10 @@ struct AgentState {
   std::int64_t first_seen_ns = 0;
   std::int64_t last_seen_ns = 0;
   std::int64_t batch_count = 0;
+  // The highest (incarnation id, seq) stored: ids grow in order of first arrival, so this is the
+  // highest seq of the agent's newest incarnation (a reinstalled agent starts again at 1).
   bool has_max_seq = false;
+  std::int64_t max_incarnation = 0;
   std::int64_t max_seq = 0;
   std::int64_t spool_dropped = 0;
   bool has_latest = false;
@@ -723,7 +757,7 @@ struct SqliteStore::Impl {
   std::string path;
   Db db;  // declared before the statements: destroyed after them
   OpenOptions options;
-  Stmt begin, commit, rollback, insert_agent, update_agent, insert_target, upsert_pair;
+  Stmt begin, commit, rollback, insert_agent, update_agent, insert_target, upsert_pair, insert_incarnation;
 
   // The dictionaries and running state mirror the database as of the last commit; a rollback
   // clears them (state_loaded = false) and the next store() reads them back.
@@ -732,6 +766,7 @@ struct SqliteStore::Impl {
   Partition* last_partition = nullptr;  // a group's batches mostly share a day
   std::unordered_map<TargetKey, std::int64_t, TargetHash, TargetEq> targets;
   std::unordered_map<std::string, std::unique_ptr<AgentState>, StringHash, std::equal_to<>> agents;
+  std::map<Incarnation, std::int64_t> incarnations;  // value -> incarnations.id
   std::vector<AgentState*> touched;
 
   std::string histogram, cpus, net, temps;  // reused buffers: no allocation per row once warm
@@ -778,6 +813,7 @@ struct SqliteStore::Impl {
         {&update_agent, kUpdateAgent},
         {&insert_target, kInsertTarget},
         {&upsert_pair, kUpsertPair},
+        {&insert_incarnation, kInsertIncarnation},
     };
     for (const auto& [stmt, sql] : all) {
       if (std::string err = prepare(*stmt, sql); !err.empty()) return err;
@@ -841,6 +877,7 @@ struct SqliteStore::Impl {
     last_partition = nullptr;
     targets.clear();
     agents.clear();
+    incarnations.clear();
     touched.clear();
   }
 
@@ -849,8 +886,10 @@ struct SqliteStore::Impl {
   std::string store_one(const IncomingBatch& in, std::int64_t now, StoreOutcome& outcome);
   std::string agent_for(const IncomingBatch& in, std::string_view region, std::string_view pop, AgentState*& out);
   std::string pair_for(AgentState& agent, TargetView key, PairState*& out);
+  std::string incarnation_id(const IncomingBatch& in, std::int64_t& out);
   std::string rebuild_derived();
   std::string migrate(std::int64_t from_version);
+  std::string migrate_v3();
   std::string ensure_self_columns();
   std::size_t drop_expired(std::int64_t now, std::string& err);
 };
@@ -872,12 +911,19 @@ std::string SqliteStore::Impl::load_state() {
     targets.emplace(std::move(k), sqlite3_column_int64(s, 0));
   });
   if (rc != SQLITE_OK) return error("cannot read targets");
+  rc = each_row(h, "SELECT id, incarnation FROM incarnations", kNoBind, [&](sqlite3_stmt* s) {
+    Incarnation value{};
+    if (sqlite3_column_bytes(s, 1) != static_cast<int>(value.size())) return;  // never written so
+    std::memcpy(value.data(), sqlite3_column_blob(s, 1), value.size());
+    incarnations.emplace(value, sqlite3_column_int64(s, 0));
+  });
+  if (rc != SQLITE_OK) return error("cannot read incarnations");
   std::unordered_map<std::int64_t, AgentState*> agent_by_id;
   rc = each_row(h,
                 "SELECT id, agent_id, region, pop, arch, software_version, first_seen_ns, last_seen_ns, "
                 "batch_count, max_seq, spool_dropped, latest_day, latest_batch, latest_interval_end_ns, "
-                "latest_seq, load_day, load_row, load_time_ns, load_seq, self_day, self_batch, self_seq "
-                "FROM agents",
+                "latest_seq, load_day, load_row, load_time_ns, load_seq, self_day, self_batch, self_seq, "
+                "incarnation FROM agents",
                 kNoBind, [&](sqlite3_stmt* s) {
                   auto a = std::make_unique<AgentState>();
                   const auto i = [s](int c) { return sqlite3_column_int64(s, c); };
@@ -908,6 +954,7 @@ std::string SqliteStore::Impl::load_state() {
                   a->self_day = i(19);
                   a->self_batch = i(20);
                   a->self_seq = i(21);
+                  a->max_incarnation = i(22);
                   agent_by_id.emplace(a->id, a.get());
                   std::string key = a->agent_id;
                   agents.emplace(std::move(key), std::move(a));
@@ -1017,6 +1064,21 @@ std::string SqliteStore::Impl::pair_for(AgentState& agent, TargetView key, PairS
   return {};
 }
 
+// The incarnations.id of the batch's incarnation, added on first sight (inside the transaction:
+// a rollback takes the row back and clears the in-memory map with the rest).
+std::string SqliteStore::Impl::incarnation_id(const IncomingBatch& in, std::int64_t& out) {
+  if (auto it = incarnations.find(in.incarnation); it != incarnations.end()) {
+    out = it->second;
+    return {};
+  }
+  Binder b(insert_incarnation.get());
+  b.bytes(in.incarnation).i64(in.received_ns);
+  if (b.rc() != SQLITE_OK || run(insert_incarnation.get()) != SQLITE_OK) return error("insert incarnation");
+  out = sqlite3_last_insert_rowid(db.get());
+  incarnations.emplace(in.incarnation, out);
+  return {};
+}
+
 // Once per group commit: each touched agent's row, and the pairs rows whose meaning changed
 // (see `pairs` in the header: steady state writes none).
 std::string SqliteStore::Impl::flush_touched() {
@@ -1042,7 +1104,8 @@ std::string SqliteStore::Impl::flush_touched() {
         .opt_i64(a->has_load, a->load_seq)
         .opt_i64(a->has_self, a->self_day)
         .opt_i64(a->has_self, a->self_batch)
-        .opt_i64(a->has_self, a->self_seq);
+        .opt_i64(a->has_self, a->self_seq)
+        .i64(a->max_incarnation);
     if (b.rc() != SQLITE_OK || run(update_agent.get()) != SQLITE_OK) return error("update agent");
     for (auto& [key, p] : a->pairs) {
       if (!p.has_best) continue;
@@ -1089,9 +1152,12 @@ std::string SqliteStore::Impl::store_one(const IncomingBatch& in, std::int64_t n
   const auto* rtts = b.rtt_samples();
   const auto count = [](const auto* v) -> std::int64_t { return v == nullptr ? 0 : v->size(); };
   const auto seq = static_cast<std::int64_t>(b.seq());
+  std::int64_t incarnation = 0;
+  if (std::string err = incarnation_id(in, incarnation); !err.empty()) return err;
   Binder batch(part->insert_batch.get());
   batch.i64(agent->id)
-      .i64(seq)  // with agent: the batch key (kBatchKeyColumns)
+      .i64(incarnation)
+      .i64(seq)  // with agent and incarnation: the batch key (kBatchKeyColumns)
       .i64(b.interval_start_ns())
       .i64(b.interval_end_ns())
       .i64(in.received_ns)
@@ -1102,7 +1168,8 @@ std::string SqliteStore::Impl::store_one(const IncomingBatch& in, std::int64_t n
       .i64(count(rtts))
       .u64(b.spool_dropped());  // v1.1 field: a first-version batch reads 0
   if (batch.rc() != SQLITE_OK || run(part->insert_batch.get()) != SQLITE_OK) return error("insert batch");
-  // OR IGNORE turned a second (agent, seq) into a no-op: the first copy stands, no children.
+  // OR IGNORE turned a second (agent, incarnation, seq) into a no-op: the first copy stands, no
+  // children.
   if (sqlite3_changes(db.get()) == 0) {
     outcome = StoreOutcome::kDuplicate;
     return {};
@@ -1111,8 +1178,9 @@ std::string SqliteStore::Impl::store_one(const IncomingBatch& in, std::int64_t n
   const std::int64_t base = batch_id << kChildShift;
 
   ++agent->batch_count;
-  if (!agent->has_max_seq || seq > agent->max_seq) {
+  if (!agent->has_max_seq || std::tie(incarnation, seq) > std::tie(agent->max_incarnation, agent->max_seq)) {
     agent->has_max_seq = true;
+    agent->max_incarnation = incarnation;
     agent->max_seq = seq;
     agent->spool_dropped = static_cast<std::int64_t>(b.spool_dropped());
   }
@@ -1315,16 +1383,18 @@ std::string SqliteStore::Impl::rebuild_derived() {
   for (const auto& [key, id] : targets) target_by_id.emplace(id, &key);
   for (const auto& [day, part] : partitions) {
     const std::int64_t d = day;
-    int rc = each_row(h, subst("SELECT id, agent, seq, interval_end_ns, spool_dropped FROM batches_{P}", part->name),
+    int rc = each_row(h, subst("SELECT id, agent, seq, interval_end_ns, spool_dropped, incarnation FROM batches_{P}",
+                               part->name),
                       kNoBind, [&](sqlite3_stmt* s) {
                         const auto it = by_id.find(sqlite3_column_int64(s, 1));
                         if (it == by_id.end()) return;
                         AgentState& a = *it->second;
                         const std::int64_t id = sqlite3_column_int64(s, 0), seq = sqlite3_column_int64(s, 2),
-                                           end = sqlite3_column_int64(s, 3);
+                                           end = sqlite3_column_int64(s, 3), inc = sqlite3_column_int64(s, 5);
                         ++a.batch_count;
-                        if (!a.has_max_seq || seq > a.max_seq) {
+                        if (!a.has_max_seq || std::tie(inc, seq) > std::tie(a.max_incarnation, a.max_seq)) {
                           a.has_max_seq = true;
+                          a.max_incarnation = inc;
                           a.max_seq = seq;
                           a.spool_dropped = sqlite3_column_int64(s, 4);
                         }
@@ -1403,9 +1473,38 @@ std::string SqliteStore::Impl::rebuild_derived() {
   return flush_touched();
 }
 
-// v1/v2 -> v3 inside the caller's transaction: the old tables are renamed, copied into day
-// partitions (ids replace text keys), dropped; then the running totals are computed.
+// v3 -> v4 inside the caller's transaction: the incarnations dictionary, and in every partition
+// an incarnation column (0, legacy, for every existing batch: a DEFAULT, so no row is rewritten)
+// and the batch key index rebuilt on (agent, incarnation, seq). The views gain the column.
+std::string SqliteStore::Impl::migrate_v3() {
+  sqlite3* h = db.get();
+  if (exec(h, kSchemaV4Additions) != SQLITE_OK) return error("cannot add the incarnations");
+  std::vector<std::string> names;
+  if (each_row(h, "SELECT name FROM partitions ORDER BY day", kNoBind,
+               [&](sqlite3_stmt* s) { names.push_back(column_text(s, 0)); }) != SQLITE_OK) {
+    return error("cannot read partitions");
+  }
+  for (const std::string& name : names) {
+    std::string sql = subst(
+        "ALTER TABLE batches_{P} ADD COLUMN incarnation INTEGER NOT NULL DEFAULT 0;"
+        "DROP INDEX batches_{P}_key;"
+        "CREATE UNIQUE INDEX batches_{P}_key ON batches_{P}({KEY});",
+        name);
+    sql.replace(sql.find("{KEY}"), 5, kBatchKeyColumns);
+    if (exec(h, sql) != SQLITE_OK) return error("cannot add the incarnation to batches_" + name);
+  }
+  if (exec(h, views_sql(names)) != SQLITE_OK) return error("cannot rebuild views");
+  if (exec(h, "PRAGMA user_version=" + std::to_string(kSchemaVersion)) != SQLITE_OK) {
+    return error("cannot set the schema version");
+  }
+  return {};
+}
+
+// v1/v2 -> v4 inside the caller's transaction: the old tables are renamed, copied into day
+// partitions (ids replace text keys; every batch under the legacy incarnation), dropped; then the
+// running totals are computed. v3 -> v4 is migrate_v3().
 std::string SqliteStore::Impl::migrate(std::int64_t from_version) {
+  if (from_version == 3) return migrate_v3();
   sqlite3* h = db.get();
   const bool has_self = from_version >= 2 && table_exists(h, "agent_self");
   std::vector<const char*> old_tables{"agents", "batches", "latency_summaries", "load_samples", "rtt_samples"};
@@ -1413,7 +1512,9 @@ std::string SqliteStore::Impl::migrate(std::int64_t from_version) {
   for (const char* t : old_tables) {
     if (exec(h, std::string("ALTER TABLE ") + t + " RENAME TO v2_" + t) != SQLITE_OK) return error("cannot rename " + std::string(t));
   }
-  if (exec(h, kSchemaV3) != SQLITE_OK) return error("cannot create schema version 3");
+  if (exec(h, std::string(kSchemaV4Dictionaries) + kSchemaV4Additions) != SQLITE_OK) {
+    return error("cannot create schema version " + std::to_string(kSchemaVersion));
+  }
   if (sqlite3_create_function(h, "vantage_histogram_v3", 1, SQLITE_UTF8 | SQLITE_DETERMINISTIC, nullptr,
                               histogram_v3_from_v2, nullptr, nullptr) != SQLITE_OK) {
     return error("cannot register the histogram conversion");
@@ -1489,7 +1590,9 @@ INSERT INTO self_{P}(batch, process_start_ns, config_generation, rss_bytes, cpu_
     if (exec(h, std::string("DROP TABLE v2_") + *it) != SQLITE_OK) return error("cannot drop the old " + std::string(*it));
   }
   if (std::string err = rebuild_derived(); !err.empty()) return err;
-  if (exec(h, "PRAGMA user_version=3") != SQLITE_OK) return error("cannot set the schema version");
+  if (exec(h, "PRAGMA user_version=" + std::to_string(kSchemaVersion)) != SQLITE_OK) {
+    return error("cannot set the schema version");
+  }
   return {};
 }
 
@@ -1645,7 +1748,8 @@ Result<SqliteStore> SqliteStore::open(const std::string& path, const OpenOptions
       return failure(s.error("cannot set synchronous=FULL"));
     }
     if (version == 0) {
-      const std::string create = std::string("BEGIN IMMEDIATE;") + kSchemaV3 + views_sql({}) +
+      const std::string create = std::string("BEGIN IMMEDIATE;") + kSchemaV4Dictionaries + kSchemaV4Additions +
+                                 views_sql({}) +
                                  "PRAGMA user_version=" + std::to_string(kSchemaVersion) + ";COMMIT;";
       if (exec(h, create) != SQLITE_OK) {
         std::string err = s.error("cannot create schema version " + std::to_string(kSchemaVersion));
@@ -1719,7 +1823,7 @@ Result<std::vector<StoreOutcome>> SqliteStore::store(std::span<const IncomingBat
         if (*st) sqlite3_clear_bindings(st->get());
       }
     }
-    for (Stmt* st : {&s.insert_agent, &s.update_agent, &s.insert_target, &s.upsert_pair}) {
+    for (Stmt* st : {&s.insert_agent, &s.update_agent, &s.insert_target, &s.upsert_pair, &s.insert_incarnation}) {
       sqlite3_clear_bindings(st->get());
     }
   };
@@ -1964,7 +2068,9 @@ Result<std::vector<AgentSummary>> SqliteStore::agents() {
   std::vector<std::tuple<std::size_t, std::int64_t, std::int64_t>> selfs;  // row, day, batch
   int rc = each_row(h,
                     "SELECT agent_id, region, pop, COALESCE(max_seq, 0), batch_count, first_seen_ns, last_seen_ns, "
-                    "spool_dropped, self_day, self_batch, self_seq FROM agents ORDER BY agent_id",
+                    "spool_dropped, self_day, self_batch, self_seq, "
+                    "(SELECT lower(hex(incarnation)) FROM incarnations WHERE id = agents.incarnation) "
+                    "FROM agents ORDER BY agent_id",
                     kNoBind, [&](sqlite3_stmt* s) {
                       AgentSummary r;
                       r.agent_id = column_text(s, 0);
@@ -1975,6 +2081,7 @@ Result<std::vector<AgentSummary>> SqliteStore::agents() {
                       r.first_seen_ns = sqlite3_column_int64(s, 5);
                       r.last_seen_ns = sqlite3_column_int64(s, 6);
                       r.spool_dropped = static_cast<std::uint64_t>(sqlite3_column_int64(s, 7));
+                      r.incarnation = column_text(s, 11);
                       if (sqlite3_column_type(s, 8) != SQLITE_NULL) {
                         selfs.emplace_back(rows.size(), sqlite3_column_int64(s, 8), sqlite3_column_int64(s, 9));
                       }
@@ -2009,9 +2116,23 @@ Result<std::vector<AgentSummary>> SqliteStore::agents() {
 }
 
 Result<std::vector<std::uint64_t>> SqliteStore::seqs(std::string_view agent_id) {
+  auto keys = batch_keys(agent_id);
+  if (!keys) return keys.status();
+  std::vector<std::int64_t> seqs(keys->size());
+  std::transform(keys->begin(), keys->end(), seqs.begin(),
+                 [](const BatchKey& k) { return static_cast<std::int64_t>(k.seq); });
+  // Ascending by value as SQLite orders the stored int64.
+  std::sort(seqs.begin(), seqs.end());
+  std::vector<std::uint64_t> out(seqs.size());
+  std::transform(seqs.begin(), seqs.end(), out.begin(), [](std::int64_t v) { return static_cast<std::uint64_t>(v); });
+  return out;
+}
+
+Result<std::vector<BatchKey>> SqliteStore::batch_keys(std::string_view agent_id) {
   sqlite3* h = impl_->db.get();
   std::int64_t id = -1;
   std::vector<std::int64_t> days;
+  std::unordered_map<std::int64_t, Incarnation> incarnations;
   int rc = each_row(
       h, "SELECT id FROM agents WHERE agent_id = ?1", [&](sqlite3_stmt* s) { return Binder(s).text(agent_id).rc(); },
       [&](sqlite3_stmt* s) { id = sqlite3_column_int64(s, 0); });
@@ -2019,20 +2140,33 @@ Result<std::vector<std::uint64_t>> SqliteStore::seqs(std::string_view agent_id) 
     rc = each_row(h, "SELECT day FROM partitions ORDER BY day", kNoBind,
                   [&](sqlite3_stmt* s) { days.push_back(sqlite3_column_int64(s, 0)); });
   }
-  std::vector<std::int64_t> seqs;
+  if (rc == SQLITE_OK) {
+    rc = each_row(h, "SELECT id, incarnation FROM incarnations", kNoBind, [&](sqlite3_stmt* s) {
+      Incarnation value{};
+      if (sqlite3_column_bytes(s, 1) == static_cast<int>(value.size())) {
+        std::memcpy(value.data(), sqlite3_column_blob(s, 1), value.size());
+      }
+      incarnations.emplace(sqlite3_column_int64(s, 0), value);
+    });
+  }
+  std::vector<std::pair<std::int64_t, std::int64_t>> keys;  // incarnations.id, seq
   for (std::size_t i = 0; rc == SQLITE_OK && id >= 0 && i < days.size(); ++i) {
     rc = each_row(
-        h, subst("SELECT seq FROM batches_{P} WHERE agent = ?1", partition_name(days[i])),
+        h, subst("SELECT incarnation, seq FROM batches_{P} WHERE agent = ?1", partition_name(days[i])),
         [&](sqlite3_stmt* s) { return Binder(s).i64(id).rc(); },
-        [&](sqlite3_stmt* s) { seqs.push_back(sqlite3_column_int64(s, 0)); });
+        [&](sqlite3_stmt* s) { keys.emplace_back(sqlite3_column_int64(s, 0), sqlite3_column_int64(s, 1)); });
   }
   if (rc != SQLITE_OK) {
-    return failure(impl_->error("seqs query"));
+    return failure(impl_->error("batch keys query"));
   }
-  // Ascending by value as SQLite orders the stored int64, across partitions.
-  std::sort(seqs.begin(), seqs.end());
-  std::vector<std::uint64_t> out(seqs.size());
-  std::transform(seqs.begin(), seqs.end(), out.begin(), [](std::int64_t v) { return static_cast<std::uint64_t>(v); });
+  // Ids grow in order of first arrival; seqs ascend by value as SQLite orders the stored int64.
+  std::sort(keys.begin(), keys.end());
+  std::vector<BatchKey> out;
+  out.reserve(keys.size());
+  for (const auto& [incarnation, seq] : keys) {
+    const auto it = incarnations.find(incarnation);
+    out.push_back({it != incarnations.end() ? it->second : kLegacyIncarnation, static_cast<std::uint64_t>(seq)});
+  }
   return out;
 }
 

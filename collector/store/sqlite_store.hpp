@@ -1,5 +1,5 @@
 // The collector's SQLite store: verified telemetry batches in, one durable transaction per group
-// of batches, idempotent by (agent, seq); plus the read side for `vantage-collector query`.
+// of batches, idempotent by (agent, incarnation, seq); plus the read side for `vantage-collector query`.
 #pragma once
 
 #include <cstddef>
@@ -18,7 +18,7 @@
 
 namespace vantage::collector::store {
 
-// Tables, as operators query them (schema v3; times are ns since the Unix epoch unless named
+// Tables, as operators query them (schema v4; times are ns since the Unix epoch unless named
 // otherwise; `seq` is the agent's u64 sequence number stored as its two's-complement int64 bit
 // pattern, so ordering is by value for every seq below 2^63, which a one-per-second counter never
 // reaches).
@@ -28,9 +28,13 @@ namespace vantage::collector::store {
 //               region, pop, arch, software_version (the last non-empty values seen),
 //               first_seen_ns, last_seen_ns (collector receive times); and the agent's running
 //               totals, rewritten once per group commit: batch_count (batches held in the retained
-//               partitions), max_seq and spool_dropped (from the highest seq ever stored), and
+//               partitions), incarnation, max_seq and spool_dropped (from the highest seq stored
+//               under the agent's newest incarnation, newest meaning first seen last), and
 //               where its newest batch (latest_*), newest load sample (load_*) and newest
 //               self-metrics (self_*) are: a partition day plus a row id.
+//   incarnations id and incarnation (the 16 bytes an agent's Hello carries, named when its spool
+//               was created), first_seen_ns. Id 0 is the legacy incarnation, all zero bytes: what
+//               agents that send none are under, and every batch stored before schema v4.
 //   targets     id, name (as the agent labels it: host:port, or a pseudonym), protocol
 //               ("udp_echo", "tcp_connect", "icmp", "unknown"); unique (name, protocol).
 //   pairs       one row per (agent, target) ever seen: where its latest summary is. NULL best_*
@@ -45,11 +49,13 @@ namespace vantage::collector::store {
 // its first copy there. Retention (OpenOptions::retention_days) drops whole partitions.
 //   batches_D   one row per batch: id (INTEGER PRIMARY KEY), agent, seq, the interval, when the
 //               collector received it, the region/pop it was filed under, how many children it
-//               had, and the agent's spool_dropped counter. The unique index batches_D_key on
-//               (agent, seq) is the batch key: it makes delivery idempotent (a batch resent with
-//               the same (agent, seq) is acked again but never stored twice; if its content
-//               differs the first one stored wins, since rewriting acked and read data is worse)
-//               and it serves seqs() and the per-agent range scans.
+//               had, the agent's spool_dropped counter and incarnation (incarnations.id). The
+//               unique index batches_D_key on (agent, incarnation, seq) is the batch key: it
+//               makes delivery idempotent (a batch resent with the same key is acked again but
+//               never stored twice; if its content differs the first one stored wins, since
+//               rewriting acked and read data is worse), while a reinstalled agent, whose seq
+//               starts again at 1 under a new incarnation, is stored; it serves seqs() and the
+//               per-agent range scans.
 //   latency_D   one row per Batch.latency entry; its id is (batch id << 24) + its position in the
 //               batch (which rtt_D.target_index refers to), so a batch's summaries are one
 //               contiguous id range and need no index; target is targets.id; every
@@ -67,7 +73,8 @@ namespace vantage::collector::store {
 //
 // Views with the v2 names and columns span every partition and resolve the ids to text, for
 // operators and scripts: batches, latency_summaries, load_samples, rtt_samples, agent_self
-// (e.g. SELECT * FROM latency_summaries WHERE agent_id = 'fra1-edge-07' AND target LIKE 'ams%').
+// (e.g. SELECT * FROM latency_summaries WHERE agent_id = 'fra1-edge-07' AND target LIKE 'ams%');
+// each ends with an `incarnation` column (32 hex digits) that, with agent_id and seq, names a batch.
 // They are rebuilt whenever a partition is created or dropped. A query on one day is faster on
 // that day's tables directly.
 struct OpenOptions {
@@ -131,12 +138,20 @@ struct AgentSummary {
   std::string agent_id;
   std::string region;
   std::string pop;
-  std::uint64_t max_seq = 0;
+  std::string incarnation;  // the newest incarnation's 32 hex digits (all zero: legacy)
+  std::uint64_t max_seq = 0;  // the highest seq stored under that incarnation
   std::int64_t batch_count = 0;
   std::int64_t first_seen_ns = 0;
   std::int64_t last_seen_ns = 0;
   std::uint64_t spool_dropped = 0;   // as reported in the agent's newest batch
   std::optional<AgentSelfRow> self;  // from the newest batch that carried self-metrics
+};
+
+// What identifies a stored batch besides its agent.
+struct BatchKey {
+  Incarnation incarnation{};
+  std::uint64_t seq = 0;
+  friend bool operator==(const BatchKey&, const BatchKey&) = default;
 };
 
 // One interval of one (source, target) pair, for a drill-down.
@@ -167,11 +182,12 @@ inline constexpr std::int64_t kPartitionNs = 86'400'000'000'000;
 
 class SqliteStore {
  public:
-  static constexpr int kSchemaVersion = 3;  // PRAGMA user_version
+  static constexpr int kSchemaVersion = 4;  // PRAGMA user_version
 
-  // Opens or creates the database and brings its schema to kSchemaVersion: a version 1 or 2
-  // database is copied into the partitioned layout in one transaction (a crash leaves it as it
-  // was). Then drops expired partitions (not read-only).
+  // Opens or creates the database and brings its schema to kSchemaVersion in one transaction (a
+  // crash leaves it as it was): a version 1 or 2 database is copied into the partitioned layout,
+  // a version 3 one gains the incarnation (its batches are all under the legacy one). Then drops
+  // expired partitions (not read-only).
   static Result<SqliteStore> open(const std::string& path, const OpenOptions& options = {});
 
   SqliteStore(SqliteStore&&) noexcept;
@@ -199,8 +215,11 @@ class SqliteStore {
   Result<std::vector<LatestLatency>> latest_latency();
   Result<std::vector<LatestLoad>> latest_load_per_pop();
   Result<std::vector<AgentSummary>> agents();
-  // Every stored seq of the agent, ascending.
+  // Every stored seq of the agent, ascending, under every incarnation (a seq stored under two
+  // incarnations appears twice).
   Result<std::vector<std::uint64_t>> seqs(std::string_view agent_id);
+  // Every stored batch key of the agent, by incarnation in order of first arrival, then seq.
+  Result<std::vector<BatchKey>> batch_keys(std::string_view agent_id);
   // One pair's intervals in a time range, by interval_end_ns then agent.
   Result<std::vector<PairPoint>> pair_history(const PairHistoryQuery& query);
 

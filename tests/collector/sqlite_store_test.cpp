@@ -1,7 +1,7 @@
 // Tests for SqliteStore on real database files: every column of a round trip, dedupe by
-// (agent, seq) within and across day partitions, group commit, durability across reopen and
+// (agent, incarnation, seq) within and across day partitions, group commit, durability across reopen and
 // across a SIGKILLed writer, error paths with nothing half-written, retention by partition,
-// migration from the v1/v2 layouts, and the operator queries.
+// migration from the v1/v2/v3 layouts, and the operator queries.
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -1271,7 +1271,7 @@ TEST_CASE("migration: a version-2 database is copied into day partitions and rea
   CHECK(store.latest_load_per_pop()->size() == 2);
   {
     RawDb db(path);
-    CHECK(db.integer("PRAGMA user_version") == 3);
+    CHECK(db.integer("PRAGMA user_version") == SqliteStore::kSchemaVersion);
     CHECK(db.integer("SELECT count(*) FROM sqlite_master WHERE name LIKE 'v2_%'") == 0);
     auto row = db.rows("SELECT * FROM latency_summaries WHERE agent_id = 'fra-1' AND seq = 1 AND idx = 0");
     REQUIRE(row.size() == 1);
@@ -1307,6 +1307,209 @@ TEST_CASE("migration: a version-1 database (no self-metrics) is migrated too") {
   REQUIRE(agents.size() == 2);
   CHECK_FALSE(agents[1].self.has_value());
   RawDb db(path);
-  CHECK(db.integer("PRAGMA user_version") == 3);
+  CHECK(db.integer("PRAGMA user_version") == SqliteStore::kSchemaVersion);
   CHECK(db.integer("SELECT count(*) FROM agent_self") == 0);
+}
+
+namespace {
+
+constexpr Incarnation kIncarnationA{0xa1, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08,
+                                    0x09, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f, 0x10};
+constexpr Incarnation kIncarnationB{0xb2, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01};
+
+// Adds simple_batch(agent, seq) under `incarnation`, as a connection whose Hello carried it.
+void add_under(Batches& in, const Incarnation& incarnation, const char* agent, std::uint64_t seq,
+               std::int64_t p50 = 1'000'000) {
+  in.add(simple_batch(agent, seq, {"t1"}, p50), agent);
+  in.incoming.back().incarnation = incarnation;
+}
+
+std::vector<StoreOutcome> outcomes(SqliteStore& store, const Batches& in) {
+  auto r = store.store(in.incoming);
+  INFO(r.error());
+  REQUIRE(r);
+  return *r;
+}
+
+// The schema version 3 layout exactly as that collector created it: the dictionaries and one day
+// partition (its batch key was (agent, seq)); views and the self-metrics columns are rebuilt and
+// added by the migration.
+constexpr const char* kSchemaV3Dictionaries = R"sql(
+CREATE TABLE agents(
+  id INTEGER PRIMARY KEY, agent_id TEXT NOT NULL UNIQUE, region TEXT NOT NULL, pop TEXT NOT NULL,
+  arch TEXT NOT NULL DEFAULT '', software_version TEXT NOT NULL DEFAULT '', first_seen_ns INTEGER NOT NULL,
+  last_seen_ns INTEGER NOT NULL, batch_count INTEGER NOT NULL DEFAULT 0, max_seq INTEGER,
+  spool_dropped INTEGER NOT NULL DEFAULT 0, latest_day INTEGER, latest_batch INTEGER,
+  latest_interval_end_ns INTEGER, latest_seq INTEGER, load_day INTEGER, load_row INTEGER, load_time_ns INTEGER,
+  load_seq INTEGER, self_day INTEGER, self_batch INTEGER, self_seq INTEGER
+);
+CREATE TABLE targets(id INTEGER PRIMARY KEY, name TEXT NOT NULL, protocol TEXT NOT NULL, UNIQUE (name, protocol));
+CREATE TABLE pairs(
+  agent INTEGER NOT NULL, target INTEGER NOT NULL, best_day INTEGER, best_batch INTEGER, best_idx INTEGER,
+  best_interval_end_ns INTEGER, best_seq INTEGER, best_sent INTEGER, PRIMARY KEY (agent, target)
+) WITHOUT ROWID;
+CREATE TABLE partitions(day INTEGER PRIMARY KEY, name TEXT NOT NULL, created_ns INTEGER NOT NULL);
+CREATE TABLE batches_d20260921(
+  id INTEGER PRIMARY KEY, agent INTEGER NOT NULL, seq INTEGER NOT NULL, interval_start_ns INTEGER NOT NULL,
+  interval_end_ns INTEGER NOT NULL, received_ns INTEGER NOT NULL, region TEXT NOT NULL, pop TEXT NOT NULL,
+  latency_count INTEGER NOT NULL, load_count INTEGER NOT NULL, rtt_sample_count INTEGER NOT NULL,
+  spool_dropped INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX batches_d20260921_key ON batches_d20260921(agent, seq);
+CREATE TABLE latency_d20260921(
+  id INTEGER PRIMARY KEY, target INTEGER, sent INTEGER, received INTEGER, lost INTEGER, late INTEGER,
+  reordered INTEGER, duplicates INTEGER, lost_outbound INTEGER, lost_inbound INTEGER, min_ns INTEGER,
+  max_ns INTEGER, mean_ns REAL, stddev_ns REAL, p50_ns INTEGER, p90_ns INTEGER, p99_ns INTEGER,
+  p999_ns INTEGER, jitter_mean_ns REAL, jitter_p99_ns INTEGER, timestamp_source INTEGER,
+  histogram_scheme INTEGER, histogram BLOB, send_errors INTEGER, unexpected INTEGER, invalid INTEGER,
+  reflector_restarts INTEGER, session_resets INTEGER, ipdv_count INTEGER, histogram_overflow INTEGER,
+  histogram_dropped INTEGER
+);
+CREATE TABLE load_d20260921(
+  id INTEGER PRIMARY KEY, time_ns INTEGER, arch TEXT, cpu_user REAL, cpu_system REAL, cpu_iowait REAL,
+  cpu_steal REAL, cpu_irq REAL, cpu_softirq REAL, cpu_idle REAL, cpu_busy REAL, cpu_count INTEGER,
+  mem_total INTEGER, mem_available INTEGER, mem_dirty INTEGER, swap_total INTEGER, swap_free INTEGER,
+  load1 REAL, load5 REAL, load15 REAL, psi_cpu_some REAL, psi_memory_some REAL, psi_memory_full REAL,
+  psi_io_some REAL, psi_io_full REAL, cpus_json TEXT, net_json TEXT, temperatures_json TEXT
+);
+CREATE TABLE rtt_d20260921(
+  id INTEGER PRIMARY KEY, target_index INTEGER, probe_seq INTEGER, send_time_ns INTEGER, rtt_ns INTEGER
+);
+CREATE TABLE self_d20260921(batch INTEGER PRIMARY KEY);
+)sql";
+
+// Agent "fra-1" with seqs 1 and 2 on kDay0, each with one summary of target t1 (p50 = 100 * seq).
+void write_v3_database(const std::string& path) {
+  std::ofstream{path};
+  RawDb db(path);  // kDay0 is 2026-09-21
+  const std::string t0 = std::to_string(kT0);
+  db.exec(std::string("BEGIN;") + kSchemaV3Dictionaries + "PRAGMA user_version=3;" +
+          "INSERT INTO partitions VALUES (" + std::to_string(kDay0) + ", 'd20260921', " + t0 + ");" +
+          "INSERT INTO targets VALUES (1, 't1', 'udp_echo');" +
+          "INSERT INTO agents(id, agent_id, region, pop, arch, software_version, first_seen_ns, last_seen_ns, "
+          "batch_count, max_seq, spool_dropped, latest_day, latest_batch, latest_interval_end_ns, latest_seq) "
+          "VALUES (1, 'fra-1', 'eu-central', 'fra1', 'amd64', '0.1.0', " + t0 + ", " + t0 + ", 2, 2, 0, " +
+          std::to_string(kDay0) + ", 2, " + t0 + " + 2, 2);" +
+          "INSERT INTO pairs VALUES (1, 1, NULL, NULL, NULL, NULL, NULL, NULL);");
+  for (int seq = 1; seq <= 2; ++seq) {
+    const std::string s = std::to_string(seq);
+    db.exec("INSERT INTO batches_d20260921 VALUES (" + s + ", 1, " + s + ", " + t0 + ", " + t0 + " + " + s + ", " +
+            t0 + ", 'eu-central', 'fra1', 1, 0, 0, 0);"
+            "INSERT INTO latency_d20260921(id, target, sent, received, lost, p50_ns, p99_ns) VALUES ((" + s +
+            " << 24), 1, 10, 10, 0, " + std::to_string(100 * seq) + ", 1000);");
+  }
+  db.exec("COMMIT;");
+}
+
+}  // namespace
+
+TEST_CASE("incarnations: the same seq under two incarnations is stored twice, the same key once") {
+  TempDir dir;
+  const std::string path = dir.file("store.db");
+  {
+    SqliteStore store = open_store(path);
+    Batches first;
+    for (std::uint64_t seq = 1; seq <= 3; ++seq) add_under(first, kIncarnationA, "a", seq);
+    CHECK(outcomes(store, first) == std::vector<StoreOutcome>(3, StoreOutcome::kStored));
+
+    // The agent was reinstalled: a new spool, seq from 1 again. New batches, not duplicates.
+    Batches second;
+    add_under(second, kIncarnationB, "a", 1, 7'000'000);
+    add_under(second, kIncarnationB, "a", 2, 7'000'000);
+    add_under(second, kIncarnationB, "a", 2, 9'000'000);  // a resend in the same group
+    add_under(second, kIncarnationA, "a", 3, 9'000'000);  // a late resend from the old spool
+    add_under(second, kLegacyIncarnation, "a", 1);        // an agent without incarnations: its own key
+    CHECK(outcomes(store, second) == std::vector<StoreOutcome>{StoreOutcome::kStored, StoreOutcome::kStored,
+                                                               StoreOutcome::kDuplicate, StoreOutcome::kDuplicate,
+                                                               StoreOutcome::kStored});
+    CHECK(*store.seqs("a") == std::vector<std::uint64_t>{1, 1, 1, 2, 2, 3});
+    // By incarnation in order of first arrival, the legacy one always first (an agent that gained
+    // incarnations never goes back to none), then by seq.
+    const std::vector<BatchKey> keys{{kLegacyIncarnation, 1}, {kIncarnationA, 1}, {kIncarnationA, 2},
+                                     {kIncarnationA, 3},      {kIncarnationB, 1}, {kIncarnationB, 2}};
+    CHECK(*store.batch_keys("a") == keys);
+    auto agents = *store.agents();
+    REQUIRE(agents.size() == 1);
+    CHECK(agents[0].batch_count == 6);
+    // max_seq is of the newest incarnation, B, not the 3 of the one before it.
+    CHECK(agents[0].incarnation == incarnation_hex(kIncarnationB));
+    CHECK(agents[0].max_seq == 2);
+  }
+  // After a reopen the dictionary is read back: the keys still dedupe, a third incarnation stores.
+  SqliteStore store = open_store(path);
+  Batches third;
+  add_under(third, kIncarnationB, "a", 2);
+  add_under(third, kIncarnationB, "b", 2);  // the same incarnation bytes under another agent
+  CHECK(outcomes(store, third) == std::vector<StoreOutcome>{StoreOutcome::kDuplicate, StoreOutcome::kStored});
+  auto agents = *store.agents();
+  REQUIRE(agents.size() == 2);
+  CHECK(agents[1].agent_id == "b");
+  CHECK(agents[1].incarnation == "b2ff0000000000000000000000000001");
+  RawDb db(path);
+  CHECK(db.integer("SELECT count(*) FROM incarnations") == 3);  // legacy, A, B
+  // The views name each batch by (agent_id, incarnation, seq); the first copy of a key stands.
+  auto rows = db.rows("SELECT b.incarnation, b.seq, l.p50_ns FROM batches AS b JOIN latency_summaries AS l "
+                      "USING (agent_id, incarnation, seq) WHERE agent_id = 'a' ORDER BY b.incarnation, b.seq");
+  REQUIRE(rows.size() == 6);
+  CHECK(rows[0]["incarnation"].s == "00000000000000000000000000000000");
+  CHECK(rows[1]["incarnation"].s == "a102030405060708090a0b0c0d0e0f10");
+  CHECK(rows[4]["incarnation"].s == "b2ff0000000000000000000000000001");
+  CHECK(rows[4]["seq"].i == 1);
+  CHECK(rows[5]["p50_ns"].i == 7'000'000);
+  CHECK(db.integer("SELECT count(*) FROM load_samples WHERE incarnation = 'b2ff0000000000000000000000000001'") == 3);
+}
+
+TEST_CASE("migration: a version-3 database keeps its batches under the legacy incarnation") {
+  TempDir dir;
+  const std::string path = dir.file("store.db");
+  write_v3_database(path);
+  {
+    OpenOptions read_only = test_options();
+    read_only.read_only = true;
+    auto refused = SqliteStore::open(path, read_only);
+    REQUIRE_FALSE(refused);
+    CHECK(refused.error().find("schema version 3") != std::string::npos);
+  }
+  SqliteStore store = open_store(path);
+  {
+    RawDb db(path);
+    CHECK(db.integer("PRAGMA user_version") == SqliteStore::kSchemaVersion);
+    CHECK(db.integer("SELECT count(*) FROM batches WHERE incarnation = '00000000000000000000000000000000'") == 2);
+    CHECK(db.text("SELECT sql FROM sqlite_master WHERE name = 'batches_d20260921_key'")
+              .find("(agent, incarnation, seq)") != std::string::npos);
+    CHECK(db.text("PRAGMA integrity_check") == "ok");
+  }
+  const std::vector<BatchKey> migrated{{kLegacyIncarnation, 1}, {kLegacyIncarnation, 2}};
+  CHECK(*store.batch_keys("fra-1") == migrated);
+  auto latest = *store.latest_latency();
+  REQUIRE(latest.size() == 1);
+  CHECK(latest[0].p50_ns == 200);
+  auto agents = *store.agents();
+  REQUIRE(agents.size() == 1);
+  CHECK(agents[0].incarnation == "00000000000000000000000000000000");
+  CHECK(agents[0].max_seq == 2);
+
+  // An agent still without incarnations resends seq 2: a duplicate, as before. The same agent,
+  // upgraded and under its first incarnation, ships seq 2 and 3: both new.
+  Batches in;
+  add_under(in, kLegacyIncarnation, "fra-1", 2);
+  add_under(in, kIncarnationA, "fra-1", 2);
+  add_under(in, kIncarnationA, "fra-1", 3);
+  CHECK(outcomes(store, in) == std::vector<StoreOutcome>{StoreOutcome::kDuplicate, StoreOutcome::kStored,
+                                                         StoreOutcome::kStored});
+  CHECK(*store.seqs("fra-1") == std::vector<std::uint64_t>{1, 2, 2, 3});
+  agents = *store.agents();
+  CHECK(agents[0].incarnation == incarnation_hex(kIncarnationA));
+  CHECK(agents[0].max_seq == 3);
+  CHECK(agents[0].batch_count == 4);
+}
+
+TEST_CASE("incarnation hex: 32 digits both ways, anything else refused") {
+  CHECK(incarnation_hex(kIncarnationA) == "a102030405060708090a0b0c0d0e0f10");
+  CHECK(parse_incarnation_hex("A102030405060708090A0B0C0D0E0F10") == kIncarnationA);
+  CHECK(parse_incarnation_hex(incarnation_hex(kIncarnationB)) == kIncarnationB);
+  CHECK_FALSE(parse_incarnation_hex("a102030405060708090a0b0c0d0e0f1").has_value());
+  CHECK_FALSE(parse_incarnation_hex("a102030405060708090a0b0c0d0e0f100").has_value());
+  CHECK_FALSE(parse_incarnation_hex("g102030405060708090a0b0c0d0e0f10").has_value());
+  CHECK_FALSE(parse_incarnation_hex("").has_value());
 }

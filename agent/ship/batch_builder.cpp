@@ -18,11 +18,15 @@ std::vector<std::uint8_t> finish(flatbuffers::FlatBufferBuilder& fbb, wire::Mess
 
 }  // namespace
 
-std::vector<std::uint8_t> build_hello_frame(const AgentIdentity& identity, std::uint64_t capabilities) {
+std::vector<std::uint8_t> build_hello_frame(const AgentIdentity& identity, std::uint64_t capabilities,
+                                            const std::array<std::uint8_t, 16>& incarnation) {
   flatbuffers::FlatBufferBuilder fbb(256);
   const std::string arch(platform::kArchName);
+  const wire::Incarnation wire_incarnation(flatbuffers::span<const std::uint8_t, 16>(incarnation.data(), 16));
+  const bool legacy = incarnation == std::array<std::uint8_t, 16>{};
   const auto hello = wire::CreateHelloDirect(fbb, 1, identity.agent_id.c_str(), identity.region.c_str(),
-                                             identity.pop.c_str(), kVersion, arch.c_str(), capabilities);
+                                             identity.pop.c_str(), kVersion, arch.c_str(), capabilities,
+                                             legacy ? nullptr : &wire_incarnation);
   return finish(fbb, wire::Message::Hello, hello.Union());
 }
 

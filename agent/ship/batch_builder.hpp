@@ -2,6 +2,7 @@
 // Batch per report, each a complete, verified-format FlatBuffers Frame (no length prefix).
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <span>
@@ -36,7 +37,10 @@ inline constexpr std::uint64_t kCapabilityIcmp = 1u << 2;
 inline constexpr std::uint64_t kCapabilityHostLoad = 1u << 3;
 inline constexpr std::uint64_t kCapabilityReflector = 1u << 4;
 
-std::vector<std::uint8_t> build_hello_frame(const AgentIdentity& identity, std::uint64_t capabilities);
+// `incarnation` is the spool's (Spool::incarnation()): with the agent id and seq it names a batch
+// at the collector. All zero (tests, tools) sends none, the legacy incarnation.
+std::vector<std::uint8_t> build_hello_frame(const AgentIdentity& identity, std::uint64_t capabilities,
+                                            const std::array<std::uint8_t, 16>& incarnation = {});
 
 // Targets are labelled as the report says (report.labels: a client target's pseudonym), else as
 // configured; report.targets and targets are in the same order.

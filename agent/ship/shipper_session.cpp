@@ -83,7 +83,8 @@ void ShipperSession::on_session(std::string_view tls_version, bool resumed) {
   writes_.clear();
   writing_ = false;
   std::vector<std::uint8_t> hello;
-  wire::append_frame(hello, build_hello_frame(config_.identity, config_.capabilities));
+  // The spool's incarnation names its seq space: after a purge seq 1 is a new batch, not a duplicate.
+  wire::append_frame(hello, build_hello_frame(config_.identity, config_.capabilities, spool_.incarnation()));
   writes_.push_back(std::move(hello));
   state_ = State::kReady;
   // Everything not acked goes again, in order: the collector dedupes what it already has.

@@ -29,6 +29,7 @@ constexpr const char* kUsage =
     "                               [--listen ADDR:PORT ...] [--max-sessions N] [--max-frame BYTES]\n"
     "                               [--handshake-timeout MS] [--idle-timeout MS] [--http ADDR:PORT ...]\n"
     "                               [--ticket-keys FILE] (default: ticket-keys beside --db)\n"
+    "                               [--crl FILE] (the CA's revocation list; SIGHUP rereads it)\n"
     "                               [--retention-days N] (default 30; 0 keeps everything)\n"
     "       vantage-collector serve --jetstream URL [--jetstream URL ...] [--stream NAME] (instead of --db)\n"
     "       vantage-collector serve --config FILE [--check-config]\n"
@@ -36,7 +37,8 @@ constexpr const char* kUsage =
     "       vantage-collector consume --jetstream URL [--stream NAME] [--durable NAME] [--follow] [--db FILE]\n"
     "       vantage-collector --version | --config-reference\n"
     "  serve   accept agents over mutual TLS (default listen [::]:7443, IPv4 and IPv6) and store their\n"
-    "          batches; SIGINT/SIGTERM stop it; --http serves /metrics and the status page\n"
+    "          batches; SIGINT/SIGTERM stop it; SIGHUP rereads the TLS certificate, key, CA\n"
+    "          and CRL; --http serves /metrics and the status page\n"
     "  query   print the latest latency per agent and target, the latest load per PoP, and the agents\n"
     "  consume read batches back from a JetStream stream, verify them, print one line per batch;\n"
     "          --db FILE also stores them there (once each by agent, incarnation and seq)\n";

@@ -155,6 +155,11 @@ const cfg::Key<Draft> kKeys[] = {
      cfg::non_empty_text, [](Draft& d, const Value& v) { d.config.tls.cert_file = v.text(); }},
     {"tls.key", Kind::kString, "", kAlways, "a file path (PEM)", "The private key of tls.cert.",
      cfg::non_empty_text, [](Draft& d, const Value& v) { d.config.tls.key_file = v.text(); }},
+    {"tls.crl", Kind::kString, "", "", "a file path (PEM or DER)",
+     "The CA's certificate revocation list: a revoked agent certificate is refused at the handshake "
+     "and on resumption. It must be signed by tls.ca and not past its nextUpdate. `systemctl reload` "
+     "(SIGHUP) rereads it with tls.cert, tls.key and tls.ca; sessions it revokes are closed.",
+     cfg::non_empty_text, [](Draft& d, const Value& v) { d.config.tls.crl_file = v.text(); }},
 
     {"tls.ticket_keys", Kind::kString, "", "", "a file path",
      "Session-ticket keys (made mode 0600 if missing, rotated every 6 h), so agents resume their TLS "

@@ -74,6 +74,7 @@ constexpr const char* kRejectNames[] = {
     "connection_limit", "handshake", "timeout", "no_identity", "identity", "region", "protocol", "frame",
     "store", "handshake_limit", "source_limit", "evicted", "slow_reader", "fd_limit",
     "string_too_long", "invalid_utf8", "control_character",
+    "certificate", "region_mismatch", "pop_mismatch", "revoked",
 };
 static_assert(std::size(kRejectNames) == static_cast<std::size_t>(Reject::kCount), "a name for every Reject");
 
@@ -268,7 +269,18 @@ struct IngestServer::Impl final : SessionTally {
   IngestConfig config;
   std::vector<std::unique_ptr<IoThread>> threads;  // [0] also runs the acceptors and timers
   std::size_t next_thread = 0;
+  // The TLS material new handshakes use; a reload replaces it, and the connections made with the
+  // old one keep it alive (each TlsStream holds its context).
   std::shared_ptr<platform::tls::TlsContext> tls;
+  mutable std::mutex tls_mutex;
+  std::shared_ptr<platform::tls::TlsContext> current_tls() const {
+    std::lock_guard lock(tls_mutex);
+    return tls;
+  }
+  // Authenticated connections and their io threads, so a reload can find the sessions its CRL
+  // revokes.
+  std::mutex sessions_mutex;
+  std::unordered_map<const Connection*, std::pair<std::weak_ptr<Connection>, asio::io_context*>> sessions;
   std::vector<std::unique_ptr<asio::ip::tcp::acceptor>> acceptors;
   std::unique_ptr<asio::steady_timer> summary_timer;
   std::thread store_thread;
@@ -356,6 +368,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   }
 
   ~Connection() {
+    if (registered_) {
+      std::lock_guard lock(server_.sessions_mutex);
+      server_.sessions.erase(this);
+    }
     server_.admission.release(*ticket_);
     server_.update([this](IngestCounters& c) {
       --c.connections_open;
@@ -379,6 +395,13 @@ class Connection : public std::enable_shared_from_this<Connection> {
     session_.on_stored(seq, outcome);
     apply();
     resume();
+  }
+
+  // After a reload, on this connection's thread: closes the session if `tls` revokes it.
+  void check_revoked(const platform::tls::TlsContext& tls) {
+    if (closed_ || !session_.reading() || !tls.is_revoked(session_.identity().serial)) return;
+    session_.revoke();
+    apply();
   }
 
   // Reading resumes if nothing holds it back (pending acks, the store queue).
@@ -439,8 +462,22 @@ class Connection : public std::enable_shared_from_this<Connection> {
       close();  // evicted meanwhile
       return;
     }
+    const platform::tls::PeerIdentity& identity = stream_->peer_identity();
+    if (!identity.ticket_refused.empty()) {
+      // identity.ticket_refused quotes only what our own sealed ticket held.
+      log(LogLevel::kNotice, "%s: %s; a full handshake follows", session_.peer().c_str(),
+          identity.ticket_refused.c_str());
+    }
     if (ec) {
-      session_.on_handshake_failed(ec.message());
+      if ((stream_->peer_verify_flags() & MBEDTLS_X509_BADCERT_REVOKED) != 0) {
+        // A certificate of our CA, so its identity is the CA's word; without the source port the
+        // line repeats identically for each retry and the log's rate limit folds them.
+        log(LogLevel::kWarning, "refused %s: the certificate of agent '%s' (serial %s) is revoked",
+            session_.source().c_str(), identity.agent_id.c_str(), identity.serial_hex().c_str());
+        session_.on_handshake_failed(ec.message(), Reject::kRevoked);
+      } else {
+        session_.on_handshake_failed(ec.message());
+      }
       apply();
       return;
     }
@@ -456,10 +493,27 @@ class Connection : public std::enable_shared_from_this<Connection> {
         session_counted_ = true;
       }
     });
-    session_.on_authenticated(stream_->peer_common_name(), stream_->resumed(), !full);
+    session_.on_authenticated(identity, stream_->resumed(), !full);
+    if (session_.reading()) {
+      if (identity.valid()) {
+        server_.update([&](IngestCounters& c) {
+          auto& earliest = c.agent_certificate_earliest_not_after_s;
+          if (earliest == 0 || identity.not_after_s < earliest) earliest = identity.not_after_s;
+        });
+      }
+      {
+        std::lock_guard lock(server_.sessions_mutex);
+        server_.sessions.emplace(this, std::make_pair(weak_from_this(), &io_));
+        registered_ = true;
+      }
+      // A reload may have revoked it while this handshake ran against the previous CRL (the
+      // reload's sweep only sees registered sessions).
+      if (server_.current_tls()->is_revoked(identity.serial)) session_.revoke();
+    }
     apply();
     if (session_.reading()) read_loop();
   }
+
 
   void wait_readable() {
     read_state_ = ReadState::kWaiting;
@@ -554,6 +608,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   ReadState read_state_ = ReadState::kStopped;
   bool handshake_done_ = false;
   bool session_counted_ = false;
+  bool registered_ = false;  // in server_.sessions
   bool writing_ = false;
   bool closed_ = false;
 };
@@ -614,7 +669,7 @@ void IngestServer::Impl::on_accepted(asio::ip::tcp::socket socket, asio::io_cont
   // The socket already belongs to `io`; the connection starts there.
   asio::post(io, [this, &io, socket = std::move(socket), peer, source, ticket = decision.ticket]() mutable {
     auto connection = std::make_shared<Connection>(
-        *this, io, platform::tls::TlsStream::create(std::move(socket), tls), peer, source, ticket);
+        *this, io, platform::tls::TlsStream::create(std::move(socket), current_tls()), peer, source, ticket);
     admission.bind(*ticket, connection);
     connection->start();
   });
@@ -818,7 +873,10 @@ platform::Status IngestServer::start() {
   if (!context) {
     return context.status();
   }
-  s.tls = std::move(context).value();
+  {
+    std::lock_guard lock(s.tls_mutex);
+    s.tls = std::move(context).value();
+  }
 
   if (s.config.sink) {
     s.sink = s.config.sink;
@@ -889,6 +947,40 @@ void IngestServer::stop() {
   s.threads.clear();
 }
 
+platform::Status IngestServer::reload_tls() {
+  Impl& s = *impl_;
+  const auto current = s.current_tls();
+  if (!current) return platform::Status::error("TLS reload before start");
+  platform::tls::TlsContextOptions options = s.config.tls;
+  options.role = platform::tls::TlsRole::kServer;
+  auto reloaded = current->reload(options);
+  if (!reloaded) {
+    s.update([](IngestCounters& c) { ++c.tls_reload_failures; });
+    return platform::Status::error("TLS reload failed, the previous certificate, key, CA and CRL stay in use: " +
+                                   reloaded.error());
+  }
+  std::shared_ptr<platform::tls::TlsContext> fresh = std::move(reloaded).value();
+  {
+    std::lock_guard lock(s.tls_mutex);
+    s.tls = fresh;
+  }
+  s.update([](IngestCounters& c) { ++c.tls_reloads; });
+  // Established sessions keep the configuration they were made with (their streams hold it);
+  // only those whose certificate the new CRL revokes are closed, each on its own thread.
+  std::vector<std::pair<std::weak_ptr<Connection>, asio::io_context*>> sessions;
+  {
+    std::lock_guard lock(s.sessions_mutex);
+    sessions.reserve(s.sessions.size());
+    for (const auto& entry : s.sessions) sessions.push_back(entry.second);
+  }
+  for (auto& [weak, io] : sessions) {
+    asio::post(*io, [weak = std::move(weak), fresh] {
+      if (auto connection = weak.lock()) connection->check_revoked(*fresh);
+    });
+  }
+  return platform::Status();
+}
+
 const char* IngestServer::sink_name() const noexcept { return impl_->sink ? impl_->sink->name() : ""; }
 
 std::vector<asio::ip::tcp::endpoint> IngestServer::local_endpoints() const {
@@ -929,6 +1021,11 @@ IngestCounters IngestServer::counters() const {
   std::lock_guard lock(s.queue_mutex);
   c.store_queue_bytes = s.queue_bytes;
   c.store_queue_peak_bytes = s.queue_peak_bytes;
+  if (const auto tls = s.current_tls()) {
+    c.certificate_not_after_s = tls->certificate_not_after_s();
+    c.crl_next_update_s = tls->crl_next_update_s();
+    c.crl_revoked_serials = tls->revoked_serials();
+  }
   return c;
 }
 

@@ -68,8 +68,8 @@ enum class Reject : std::uint8_t {
   kConnectionLimit,  // authenticated sessions at max_sessions
   kHandshake,        // TLS handshake failed: no or untrusted client certificate, garbage, ...
   kTimeout,          // handshake or idle timeout
-  kNoIdentity,  // no client certificate CN
-  kIdentity,    // Hello/Batch agent id differs from the certificate's CN
+  kNoIdentity,  // no client certificate identity
+  kIdentity,    // Hello/Batch agent id differs from the certificate's
   kRegion,      // Hello from a region this collector does not serve
   kProtocol,    // a frame out of order (Batch before Hello, an Ack, a second Hello, seq 0)
   kFrame,       // length over the limit, zero, or verification failed
@@ -84,6 +84,11 @@ enum class Reject : std::uint8_t {
   kStringTooLong,     // over its kind's length bound
   kInvalidUtf8,       // not valid UTF-8 (overlong, surrogate, past U+10FFFF, truncated, ...)
   kControlCharacter,  // a C0, DEL or C1 control character
+  // The certificate is the identity (platform/tls/peer_identity.hpp):
+  kCertificate,     // it names no valid vantage://<region>/<pop>/<agent-id> (none, two, malformed)
+  kRegionMismatch,  // the Hello's (or a Batch's) region differs from the certificate's
+  kPopMismatch,     // the Hello's (or a Batch's) PoP differs from the certificate's
+  kRevoked,         // the CRL revokes it: at the handshake, on resumption, or after a reload
   kCount,
 };
 const char* to_string(Reject reason) noexcept;
@@ -115,6 +120,16 @@ struct IngestCounters {
   double sink_latency_sum_s = 0.0;
   std::uint64_t batches_failed = 0;  // the sink failed them; their agents retry
   std::uint64_t rejects[static_cast<std::size_t>(Reject::kCount)] = {};
+  // TLS material: reloads (SIGHUP) that took effect and that failed (the old material stays).
+  std::uint64_t tls_reloads = 0;
+  std::uint64_t tls_reload_failures = 0;
+  // Unix times; 0: none. The collector's own certificate's notAfter, the CRL's nextUpdate (after
+  // which every full handshake would fail), and the earliest notAfter among the agent
+  // certificates of the sessions authenticated since the collector started.
+  std::int64_t certificate_not_after_s = 0;
+  std::int64_t crl_next_update_s = 0;
+  std::int64_t agent_certificate_earliest_not_after_s = 0;
+  std::uint64_t crl_revoked_serials = 0;  // serials the loaded CRL lists
 };
 
 // Threads: io_threads io_contexts, each owning its connections (TLS, framing, verification),
@@ -133,6 +148,12 @@ class IngestServer {
 
   [[nodiscard]] platform::Status start();
   void stop();
+
+  // Reads config.tls's certificate, key, CA and CRL again (SIGHUP). New handshakes use the new
+  // material; established sessions keep theirs, except those whose certificate the new CRL
+  // revokes, which are refused and closed. On failure (a file unreadable or invalid) the old
+  // material stays, the failure is counted and the message says why. Any thread, after start().
+  platform::Status reload_tls();
 
   // The bound endpoints (ephemeral ports resolved), valid after start().
   std::vector<asio::ip::tcp::endpoint> local_endpoints() const;

@@ -66,23 +66,32 @@ IngestSession::IngestSession(const IngestConfig& config, const SessionClock& clo
       reader_(config.max_frame),
       deadline_ns_(clock.monotonic_ns() + to_ns(config.handshake_timeout)) {}
 
-void IngestSession::on_handshake_failed(const std::string& why) {
+void IngestSession::on_handshake_failed(const std::string& why, Reject reason) {
   if (phase_ != Phase::kHandshake) return;
   log(LogLevel::kDebug, "%s: TLS handshake failed: %s", peer_.c_str(), why.c_str());
-  tally_.refuse_pre_auth(source_, Reject::kHandshake);
+  tally_.refuse_pre_auth(source_, reason);
   close();
 }
 
-void IngestSession::on_authenticated(std::string cn, bool resumed, bool session_available) {
+void IngestSession::on_authenticated(platform::tls::PeerIdentity peer, bool resumed, bool session_available) {
   if (phase_ != Phase::kHandshake) return;
   phase_ = Phase::kHello;
-  cn_ = std::move(cn);
+  identity_ = std::move(peer);
+  cn_ = identity_.agent_id;
   resumed_ = resumed;
   if (!session_available) {
     log(LogLevel::kWarning, "%s (%s): session limit (%zu) reached, closing", peer_.c_str(), shown(cn_).c_str(),
         config_.max_sessions);
     tally_.count(Reject::kConnectionLimit);
     send_then_close(ack_frame(0, wire::AckStatus::RetryLater, "session limit reached"));
+    return;
+  }
+  if (!identity_.error.empty()) {
+    // The certificate is the CA's, but binds no usable identity (identity_.error is escaped).
+    log(LogLevel::kWarning, "%s: refused: %s (serial %s)", peer_.c_str(), identity_.error.c_str(),
+        identity_.serial_hex().c_str());
+    tally_.count(Reject::kCertificate);
+    send_then_close(ack_frame(0, wire::AckStatus::Rejected, identity_.error));
     return;
   }
   if (cn_.empty()) {
@@ -92,6 +101,12 @@ void IngestSession::on_authenticated(std::string cn, bool resumed, bool session_
     return;
   }
   restart_idle_deadline();
+}
+
+void IngestSession::revoke() {
+  if (phase_ == Phase::kHandshake || phase_ == Phase::kClosing || closed()) return;
+  refuse(Reject::kRevoked, "the certificate of agent '" + cn_ + "' (serial " + identity_.serial_hex() +
+                               ") is revoked by the collector's CRL");
 }
 
 void IngestSession::on_tick() {
@@ -151,6 +166,15 @@ bool IngestSession::on_frame(const wire::Frame& frame, std::span<const std::uint
       return refuse(Reject::kIdentity,
                     "Hello claims agent '" + agent_id_ + "' but the certificate is for '" + cn_ + "'");
     }
+    // Residency is the certificate's word, not the agent's.
+    if (region_ != identity_.region) {
+      return refuse(Reject::kRegionMismatch, "Hello claims region '" + region_ + "' but the certificate of " +
+                                                 cn_ + " binds region '" + identity_.region + "'");
+    }
+    if (pop_ != identity_.pop) {
+      return refuse(Reject::kPopMismatch, "Hello claims PoP '" + pop_ + "' but the certificate of " + cn_ +
+                                              " binds PoP '" + identity_.pop + "'");
+    }
     const auto& served = config_.regions;
     if (std::find(served.begin(), served.end(), region_) == served.end()) {
       std::string list;
@@ -182,11 +206,24 @@ bool IngestSession::on_frame(const wire::Frame& frame, std::span<const std::uint
     if (batch->seq() == 0) {
       return refuse(Reject::kProtocol, "a Batch with seq 0");
     }
+    // The stored frame carries its own region and PoP: they must be the certificate's too.
+    if (batch->region() != nullptr && batch->region()->size() > 0 && wire::str(batch->region()) != identity_.region) {
+      return refuse(Reject::kRegionMismatch, "batch " + std::to_string(batch->seq()) + " claims region '" +
+                                                 wire::text(batch->region()) + "' but the certificate binds '" +
+                                                 identity_.region + "'",
+                    batch->seq());
+    }
+    if (batch->pop() != nullptr && batch->pop()->size() > 0 && wire::str(batch->pop()) != identity_.pop) {
+      return refuse(Reject::kPopMismatch, "batch " + std::to_string(batch->seq()) + " claims PoP '" +
+                                              wire::text(batch->pop()) + "' but the certificate binds '" +
+                                              identity_.pop + "'",
+                    batch->seq());
+    }
     SessionBatch item;
     item.frame.assign(bytes.begin(), bytes.end());
     item.agent_id = agent_id_;
-    item.region = region_;
-    item.pop = pop_;
+    item.region = identity_.region;  // the certificate's (the Hello's agreed)
+    item.pop = identity_.pop;
     item.arch = arch_;
     item.software_version = version_;
     item.received_ns = clock_.realtime_ns();

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "collector/ingest_server.hpp"
+#include "platform/tls/peer_identity.hpp"
 #include "schemas/frame_codec.hpp"
 
 namespace vantage::collector {
@@ -58,11 +59,17 @@ class IngestSession {
   IngestSession(const IngestConfig& config, const SessionClock& clock, SessionTally& tally, std::string peer,
                 std::string source);
 
-  // The TLS handshake failed: a pre-authentication refusal.
-  void on_handshake_failed(const std::string& why);
-  // The TLS handshake succeeded with the client certificate's CN `cn` (empty: none). With
-  // `session_available` false the server is at max_sessions and the agent is told to retry later.
-  void on_authenticated(std::string cn, bool resumed, bool session_available);
+  // The TLS handshake failed: a pre-authentication refusal, counted as `reason` (kRevoked when
+  // the CRL revokes the certificate; kHandshake for everything else).
+  void on_handshake_failed(const std::string& why, Reject reason = Reject::kHandshake);
+  // The TLS handshake succeeded for the identity the client certificate names (from the ticket
+  // when resumed): agent id, region and PoP are taken from it, never from Hello; one that names
+  // none validly is refused. With `session_available` false the server is at max_sessions and the
+  // agent is told to retry later.
+  void on_authenticated(platform::tls::PeerIdentity peer, bool resumed, bool session_available);
+  // The CRL revokes this session's certificate (found after a reload, or as the handshake ended):
+  // refused with that reason and closed once the answer is written.
+  void revoke();
   // Plaintext from the peer: every complete frame in it is handled. Ignored once closing.
   void on_bytes(std::span<const std::uint8_t> bytes);
   // The store's outcome for a batch of this session's (by seq, in any order or grouping): acks
@@ -92,7 +99,9 @@ class IngestSession {
   std::size_t pending() const noexcept { return awaiting_.size(); }
   std::size_t unsent_bytes() const noexcept { return unsent_bytes_; }
   const std::string& peer() const noexcept { return peer_; }
+  const std::string& source() const noexcept { return source_; }
   const std::string& cn() const noexcept { return cn_; }
+  const platform::tls::PeerIdentity& identity() const noexcept { return identity_; }
 
  private:
   enum class Phase {
@@ -120,7 +129,8 @@ class IngestSession {
   SessionTally& tally_;
   std::string peer_;
   std::string source_;
-  std::string cn_;
+  std::string cn_;  // the certificate's agent id (empty until authenticated, or when it names none)
+  platform::tls::PeerIdentity identity_;
   std::string agent_id_, region_, pop_, arch_, version_;
   store::Incarnation incarnation_{};
   wire::FrameReader reader_;

@@ -50,6 +50,15 @@ bool parse_endpoint(std::string_view text, asio::ip::tcp::endpoint& out) {
   return true;
 }
 
+// Unix seconds as "2026-12-02T14:00:00Z".
+std::string utc_text(std::int64_t seconds) {
+  const std::time_t t = static_cast<std::time_t>(seconds);
+  std::tm tm{};
+  char text[32] = "?";
+  if (gmtime_r(&t, &tm) != nullptr) std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return text;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -130,6 +139,8 @@ int main(int argc, char** argv) {
       config.tls.ca_file = value;
     } else if (arg == "--cert") {
       config.tls.cert_file = value;
+    } else if (arg == "--crl") {
+      config.tls.crl_file = value;
     } else if (arg == "--ticket-keys") {
       config.tls.ticket_key_file = value;
     } else if (arg == "--key") {
@@ -187,6 +198,7 @@ int main(int argc, char** argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGHUP);  // `systemctl reload`: reread the TLS material
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   // The HTTP side reads a live view fed on the store thread as batches become durable.
@@ -247,6 +259,20 @@ int main(int argc, char** argv) {
                                         std::to_string(c.commits) + " commits");
     vantage::platform::flush_log_suppressions();
     const int signal = sigtimedwait(&signals, nullptr, &tick);
+    if (signal == SIGHUP) {
+      vantage::platform::sd_notify_reloading();
+      if (const auto reloaded = server.reload_tls(); !reloaded) {
+        vantage::platform::log(vantage::platform::LogLevel::kError, "%s", reloaded.message().c_str());
+      } else {
+        const auto now = server.counters();
+        vantage::platform::log(vantage::platform::LogLevel::kNotice,
+                               "reloaded TLS material: certificate valid until %s, CRL %s (%llu revoked serials)",
+                               utc_text(now.certificate_not_after_s).c_str(),
+                               config.tls.crl_file.empty() ? "none" : config.tls.crl_file.c_str(),
+                               static_cast<unsigned long long>(now.crl_revoked_serials));
+      }
+      vantage::platform::sd_notify_ready();
+    }
     if (signal == SIGINT || signal == SIGTERM) {
       vantage::platform::log(vantage::platform::LogLevel::kInfo, "stopping (%s)", strsignal(signal));
       vantage::platform::sd_notify_stopping();

@@ -26,7 +26,7 @@ cleanup() {
 trap cleanup EXIT
 
 say "development PKI (CA, collector and one certificate per agent) in $work/pki"
-tools/dev-pki.sh "$work/pki" fra1-edge-01:eu-central ams1-edge-01:eu-central sin1-edge-01:eu-central
+tools/dev-pki.sh "$work/pki" fra1-edge-01:eu-central:fra1 ams1-edge-01:eu-central:ams1 sin1-edge-01:eu-central:sin1
 
 # Ports: collector, three reflectors, six one-way relays (from -> to).
 base=$((20000 + RANDOM % 20000))

@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # Development PKI for Vantage's mutual TLS: an ECDSA P-256 CA, the collector's server certificate
-# and one client certificate per agent (subject CN=<agent-id>, OU=<region>). Not for production.
+# and one client certificate per agent. An agent certificate binds the agent's identity in one
+# subjectAltName URI, vantage://<region>/<pop>/<agent-id>, which the collector takes as the
+# truth (the subject, CN=<agent-id>, OU=<region>, is only display text). Not for production.
 #
-#   tools/dev-pki.sh [--other-ca] OUT_DIR [agent-id[:region] ...]
+#   tools/dev-pki.sh [--other-ca] OUT_DIR [agent-id[:region[:pop]] ...]
+#       region defaults to eu-central, pop to the agent id.
+#   tools/dev-pki.sh --revoke OUT_DIR [agent-id ...]
+#       revokes those agents' certificates (kept in OUT_DIR/index.txt) and writes OUT_DIR/crl.pem,
+#       the CA's CRL of every certificate revoked so far (valid 365 days; with no agent id it just
+#       renews the CRL). The collector loads it with tls.crl / --crl; `systemctl reload` rereads it.
 #
 # Re-running keeps every existing file (so certificates stay valid for running processes) and
 # only adds what is missing. A second invocation into another directory, or --other-ca (which
@@ -11,13 +18,18 @@
 set -euo pipefail
 
 usage() {
-  echo "usage: $0 [--other-ca] OUT_DIR [agent-id[:region] ...]" >&2
+  echo "usage: $0 [--other-ca] OUT_DIR [agent-id[:region[:pop]] ...]" >&2
+  echo "       $0 --revoke OUT_DIR [agent-id ...]" >&2
   exit 2
 }
 
 other_ca=0
+revoke=0
 if [[ ${1:-} == --other-ca ]]; then
   other_ca=1
+  shift
+elif [[ ${1:-} == --revoke ]]; then
+  revoke=1
   shift
 fi
 [[ $# -ge 1 ]] || usage
@@ -29,7 +41,7 @@ days=825
 umask 077
 mkdir -p "$out"
 log=$(mktemp)
-trap 'rm -f "$log" "$out"/*.csr "$out"/*.ext' EXIT
+trap 'rm -f "$log" "$out"/*.csr "$out"/*.ext "$out"/ca.cnf' EXIT
 
 # openssl is chatty on stderr; keep quiet unless it fails.
 run() {
@@ -44,6 +56,39 @@ new_key() {
   run openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1"
   chmod 600 "$1"
 }
+
+# One component of the identity URI: what the collector accepts (1..64 of A-Z a-z 0-9 . _ -,
+# starting with a letter or digit).
+component_re='^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$'
+
+if [[ $revoke -eq 1 ]]; then
+  [[ -f $out/ca.crt && -f $out/ca.key ]] || { echo "dev-pki: no CA in $out" >&2; exit 1; }
+  touch "$out/index.txt"
+  [[ -f $out/crlnumber ]] || echo 1000 >"$out/crlnumber"
+  for agent in "$@"; do
+    if [[ ! $agent =~ $component_re || ! -f $out/$agent.crt ]]; then
+      echo "dev-pki: no certificate $out/$agent.crt to revoke" >&2
+      exit 2
+    fi
+    serial=$(openssl x509 -in "$out/$agent.crt" -noout -serial)
+    serial=${serial#serial=}
+    grep -q "	$serial	" "$out/index.txt" && continue
+    end=$(openssl x509 -in "$out/$agent.crt" -noout -enddate)
+    # openssl ca's database: status, expiry, revocation time, serial, file, subject (tab-separated).
+    printf 'R\t%s\t%s\t%s\tunknown\t/CN=%s\n' "$(date -u -d "${end#notAfter=}" +%y%m%d%H%M%SZ)" \
+      "$(date -u +%y%m%d%H%M%SZ)" "$serial" "$agent" >>"$out/index.txt"
+    echo "revoked $out/$agent.crt (serial $serial)"
+  done
+  printf '%s\n' "[ca]" "default_ca = dev" "[dev]" "database = $out/index.txt" "crlnumber = $out/crlnumber" \
+    "default_md = sha256" "default_crl_days = 365" "crl_extensions = crl_ext" \
+    "[crl_ext]" "authorityKeyIdentifier = keyid:always" >"$out/ca.cnf"
+  run openssl ca -batch -config "$out/ca.cnf" -gencrl -cert "$out/ca.crt" -keyfile "$out/ca.key" \
+    -out "$out/crl.pem.new"
+  chmod 644 "$out/crl.pem.new"
+  mv "$out/crl.pem.new" "$out/crl.pem"  # a reader sees the old CRL or the new one, never half
+  echo "made $out/crl.pem"
+  exit 0
+fi
 
 if [[ ! -f $out/ca.crt || ! -f $out/ca.key ]]; then
   new_key "$out/ca.key"
@@ -83,16 +128,14 @@ issue collector "/O=Vantage/CN=vantage-collector" "${leaf_ext[@]}" \
   "extendedKeyUsage=serverAuth" "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1"
 
 for spec in "$@"; do
-  agent=${spec%%:*}
-  region=
-  [[ $spec == *:* ]] && region=${spec#*:}
-  # The id becomes a file name and an X.509 subject: keep it to a safe alphabet.
-  if [[ ! $agent =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ || ! $region =~ ^[A-Za-z0-9._-]*$ ]]; then
-    echo "dev-pki: bad agent spec '$spec' (want agent-id[:region], letters, digits, . _ -)" >&2
+  IFS=: read -r agent region pop extra <<<"$spec"
+  region=${region:-eu-central}
+  pop=${pop:-$agent}
+  # The id becomes a file name, a subject and the URI: keep all three to the collector's alphabet.
+  if [[ -n $extra || ! $agent =~ $component_re || ! $region =~ $component_re || ! $pop =~ $component_re ]]; then
+    echo "dev-pki: bad agent spec '$spec' (want agent-id[:region[:pop]], each 1..64 letters, digits, . _ -)" >&2
     exit 2
   fi
-  subject="/O=Vantage"
-  [[ -n $region ]] && subject+="/OU=$region"
-  subject+="/CN=$agent"
-  issue "$agent" "$subject" "${leaf_ext[@]}" "extendedKeyUsage=clientAuth"
+  issue "$agent" "/O=Vantage/OU=$region/CN=$agent" "${leaf_ext[@]}" "extendedKeyUsage=clientAuth" \
+    "subjectAltName=URI:vantage://$region/$pop/$agent"
 done

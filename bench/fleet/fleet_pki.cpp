@@ -128,7 +128,7 @@ std::unique_ptr<FleetPki> FleetPki::create(bool shared_agent_key, std::string& e
 
 // subject == ca_subject_ issues the self-signed CA; otherwise a leaf signed by the CA.
 std::string FleetPki::issue(mbedtls_pk_context& subject_key, const std::string& subject, bool server,
-                            std::string& pem) {
+                            std::string& pem, const std::string& identity_uri) {
   const bool is_ca = subject == ca_subject_;
   CertWriter w;
   mbedtls_x509write_crt_set_version(&w.crt, MBEDTLS_X509_CRT_VERSION_3);
@@ -180,6 +180,13 @@ std::string FleetPki::issue(mbedtls_pk_context& subject_key, const std::string& 
     san[1].next = &san[2];
     ret = mbedtls_x509write_crt_set_subject_alternative_name(&w.crt, san.data());
   }
+  if (ret == 0 && !identity_uri.empty()) {
+    mbedtls_x509_san_list uri{};
+    uri.node.type = MBEDTLS_X509_SAN_UNIFORM_RESOURCE_IDENTIFIER;
+    uri.node.san.unstructured_name.p = reinterpret_cast<unsigned char*>(const_cast<char*>(identity_uri.data()));
+    uri.node.san.unstructured_name.len = identity_uri.size();
+    ret = mbedtls_x509write_crt_set_subject_alternative_name(&w.crt, &uri);
+  }
   if (ret != 0) return fail("certificate fields", ret);
   std::array<unsigned char, 4096> buffer{};
   ret = mbedtls_x509write_crt_pem(&w.crt, buffer.data(), buffer.size(), mbedtls_psa_get_random,
@@ -189,11 +196,13 @@ std::string FleetPki::issue(mbedtls_pk_context& subject_key, const std::string& 
   return {};
 }
 
-CertAndKey FleetPki::mint_agent(const std::string& agent_id, const std::string& region, std::string& error) {
+CertAndKey FleetPki::mint_agent(const std::string& agent_id, const std::string& region, const std::string& pop,
+                                std::string& error) {
   CertAndKey out;
   const std::string subject = "O=Vantage,OU=" + region + ",CN=" + agent_id;
+  const std::string uri = "vantage://" + region + "/" + pop + "/" + agent_id;
   if (shared_agent_key_) {
-    error = issue(agent_key_, subject, false, out.cert_pem);
+    error = issue(agent_key_, subject, false, out.cert_pem, uri);
     if (error.empty()) out.key_pem = agent_key_pem_;
     return out;
   }
@@ -202,7 +211,7 @@ CertAndKey FleetPki::mint_agent(const std::string& agent_id, const std::string& 
   if (int ret = new_p256_key(key); ret != 0) {
     error = fail("agent key", ret);
   } else {
-    error = issue(key, subject, false, out.cert_pem);
+    error = issue(key, subject, false, out.cert_pem, uri);
     out.key_pem = key_pem(key);
   }
   mbedtls_pk_free(&key);

@@ -1,6 +1,7 @@
 // FleetPki: the fleet simulator's certificates, minted in-process with mbedTLS x509write: one
 // ECDSA P-256 CA, the collector's server certificate and a client certificate per agent, laid
-// out as tools/dev-pki.sh issues them (O=Vantage, OU=<region>, CN=<agent-id>).
+// out as tools/dev-pki.sh issues them (O=Vantage, OU=<region>, CN=<agent-id>, and the identity
+// the collector checks: subjectAltName URI vantage://<region>/<pop>/<agent-id>).
 #pragma once
 
 #include <mbedtls/pk.h>
@@ -29,15 +30,19 @@ class FleetPki {
   const std::string& ca_pem() const noexcept { return ca_pem_; }
   // serverAuth, SAN DNS:localhost, IP:127.0.0.1, IP:::1.
   const CertAndKey& server() const noexcept { return server_; }
-  // clientAuth, subject O=Vantage, OU=<region>, CN=<agent_id>. Not thread-safe (one minting
-  // thread). Empty cert_pem on error (error set).
-  CertAndKey mint_agent(const std::string& agent_id, const std::string& region, std::string& error);
+  // clientAuth, subject O=Vantage, OU=<region>, CN=<agent_id>, SAN URI
+  // vantage://<region>/<pop>/<agent_id>. Not thread-safe (one minting thread). Empty cert_pem on
+  // error (error set).
+  CertAndKey mint_agent(const std::string& agent_id, const std::string& region, const std::string& pop,
+                        std::string& error);
   // ca.crt, collector.crt, collector.key in dir (the collector reads files).
   bool write_collector_files(const std::filesystem::path& dir, std::string& error) const;
 
  private:
   FleetPki();
-  std::string issue(mbedtls_pk_context& subject_key, const std::string& subject, bool server, std::string& pem);
+  // identity_uri: an agent's SAN URI (empty for the CA and the server).
+  std::string issue(mbedtls_pk_context& subject_key, const std::string& subject, bool server, std::string& pem,
+                    const std::string& identity_uri = {});
 
   mbedtls_pk_context ca_key_;
   mbedtls_pk_context agent_key_;  // the shared agent key (when shared)

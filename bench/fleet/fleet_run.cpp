@@ -108,7 +108,7 @@ bool FleetRun::setup(std::size_t agents, std::size_t targets, std::string& error
     std::snprintf(pop, sizeof pop, "pop%03zu", i / per_source);
     identity.pop = pop;
     identity.index = static_cast<std::uint32_t>(i);
-    certs.push_back(pki->mint_agent(identity.agent_id, identity.region, error));
+    certs.push_back(pki->mint_agent(identity.agent_id, identity.region, identity.pop, error));
     if (certs.back().cert_pem.empty()) return false;
     agent_setups.push_back({std::move(identity), nullptr});
   }

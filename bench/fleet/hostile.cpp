@@ -81,7 +81,7 @@ int run_hostile(const Options& options) {
   for (std::size_t i = 0; i < non_readers; ++i) {
     char id[32];
     std::snprintf(id, sizeof id, "hostile-%03zu", i);
-    const CertAndKey cert = run.pki->mint_agent(id, run.regions[0], error);
+    const CertAndKey cert = run.pki->mint_agent(id, run.regions[0], "hostile", error);
     platform::tls::TlsContextOptions tls;
     tls.ca_pem = run.pki->ca_pem();
     tls.cert_pem = cert.cert_pem;

@@ -208,6 +208,29 @@ std::string render_metrics(const LiveSnapshot& view, const IngestCounters& c, co
              "Each sink store call, from hand-over to durable.");
   out.histogram("vantage_collector_sink_latency_seconds", {{"sink", sink_name}}, kSinkLatencyBounds,
                 c.sink_latency_buckets, c.sink_latency_sum_s);
+  // TLS material and the certificates it has seen (absent while unknown).
+  counter("vantage_collector_tls_reloads_total", Type::kCounter,
+          "Reloads of the TLS certificate, key, CA and CRL (SIGHUP) that took effect.", num(c.tls_reloads));
+  counter("vantage_collector_tls_reload_failures_total", Type::kCounter,
+          "Reloads that failed (a file unreadable or invalid); the previous material stayed in use.",
+          num(c.tls_reload_failures));
+  const auto timestamp = [&](std::string_view name, std::string_view help, std::int64_t s) {
+    if (s != 0) counter(name, Type::kGauge, help, static_cast<double>(s));
+  };
+  timestamp("vantage_collector_certificate_expiry_timestamp_seconds",
+            "notAfter of the collector's own TLS certificate (Unix time), as last loaded.",
+            c.certificate_not_after_s);
+  timestamp("vantage_collector_agent_certificate_earliest_expiry_timestamp_seconds",
+            "Earliest notAfter (Unix time) among the agent certificates of all sessions authenticated "
+            "since the collector started (full and resumed handshakes; refused identities excluded).",
+            c.agent_certificate_earliest_not_after_s);
+  timestamp("vantage_collector_crl_next_update_timestamp_seconds",
+            "nextUpdate of the loaded CRL (Unix time): renew and reload before it, or full handshakes fail.",
+            c.crl_next_update_s);
+  if (c.crl_next_update_s != 0 || c.crl_revoked_serials != 0) {
+    counter("vantage_collector_crl_revoked_certificates", Type::kGauge,
+            "Certificate serials the loaded CRL revokes.", num(c.crl_revoked_serials));
+  }
   counter("vantage_collector_live_view_agents", Type::kGauge,
           "Agents in the live view (seen within forget_after).", num(agents.size()));
   return out.take();

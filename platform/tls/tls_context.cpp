@@ -5,6 +5,8 @@
 #include <psa/crypto.h>
 
 #include <mbedtls/gcm.h>
+#include <mbedtls/md.h>
+#include <mbedtls/oid.h>
 #include <mbedtls/platform_time.h>
 #include <mbedtls/platform_util.h>
 // psa_util.h in mbedTLS 3.6 lacks its own extern "C" guard.
@@ -80,25 +82,55 @@ std::string parse_key(const PemSource& source, mbedtls_pk_context& key) {
 
 }  // namespace
 
-TlsContext::TlsContext(TlsRole role) : role_(role) {
+// The ticket keys of a server context, shared with the contexts reloaded from it.
+struct TlsContext::TicketKeys {
+  struct Key {
+    std::uint32_t id = 0;        // 0: none
+    std::int64_t created_s = 0;  // wall clock: key files outlive reboots
+    unsigned char key[32] = {};
+  };
+  std::mutex mutex;  // ticket callbacks run on every server stream's thread
+  Key keys[2];       // current, previous
+  std::string file;
+  std::uint32_t lifetime_s = 0;
+
+  ~TicketKeys() { mbedtls_platform_zeroize(keys, sizeof keys); }
+  // Makes a new current key when there is none or it is a lifetime old (the current one becomes
+  // the previous one) and writes the key file. Under mutex.
+  std::string rotate_if_due(std::int64_t now_s);
+  std::string load_file();
+  std::string save_file() const;
+  const Key* find(std::uint32_t id) const;
+};
+
+TlsContext::TlsContext(TlsRole role, std::shared_ptr<TicketKeys> keys) : role_(role), keys_(std::move(keys)) {
   mbedtls_ssl_config_init(&config_);
   mbedtls_x509_crt_init(&ca_chain_);
   mbedtls_x509_crt_init(&own_cert_);
   mbedtls_pk_init(&own_key_);
+  mbedtls_x509_crl_init(&crl_);
   mbedtls_ssl_session_init(&saved_session_);
 }
 
 TlsContext::~TlsContext() {
   mbedtls_ssl_session_free(&saved_session_);
-  mbedtls_platform_zeroize(keys_, sizeof keys_);
   mbedtls_pk_free(&own_key_);
+  mbedtls_x509_crl_free(&crl_);
   mbedtls_x509_crt_free(&own_cert_);
   mbedtls_x509_crt_free(&ca_chain_);
   mbedtls_ssl_config_free(&config_);
 }
 
 platform::Result<std::shared_ptr<TlsContext>> TlsContext::create(const TlsContextOptions& options) {
-  std::shared_ptr<TlsContext> context(new TlsContext(options.role));
+  std::shared_ptr<TlsContext> context(new TlsContext(options.role, nullptr));
+  if (std::string error = context->load(options); !error.empty()) {
+    return platform::Status::error(std::move(error));
+  }
+  return context;
+}
+
+platform::Result<std::shared_ptr<TlsContext>> TlsContext::reload(const TlsContextOptions& options) const {
+  std::shared_ptr<TlsContext> context(new TlsContext(role_, keys_));
   if (std::string error = context->load(options); !error.empty()) {
     return platform::Status::error(std::move(error));
   }
@@ -128,6 +160,10 @@ std::string TlsContext::load(const TlsContextOptions& options) {
         ret != 0) {
       return key_name + ": does not match " + cert_name + ": " + describe_mbedtls_error(ret);
     }
+    certificate_not_after_s_ = unix_seconds(own_cert_.valid_to);
+  }
+  if (!options.crl_file.empty()) {
+    if (std::string error = load_crl(options.crl_file); !error.empty()) return error;
   }
 
   if (int ret = mbedtls_ssl_config_defaults(&config_, server ? MBEDTLS_SSL_IS_SERVER : MBEDTLS_SSL_IS_CLIENT,
@@ -141,7 +177,8 @@ std::string TlsContext::load(const TlsContextOptions& options) {
       &config_, options.allow_tls13 ? MBEDTLS_SSL_VERSION_TLS1_3 : MBEDTLS_SSL_VERSION_TLS1_2);
   // Mutual authentication both ways, and only against the pinned CA.
   mbedtls_ssl_conf_authmode(&config_, MBEDTLS_SSL_VERIFY_REQUIRED);
-  mbedtls_ssl_conf_ca_chain(&config_, &ca_chain_, nullptr);
+  // With a CRL, mbedTLS checks the peer's certificate against it in every full handshake.
+  mbedtls_ssl_conf_ca_chain(&config_, &ca_chain_, has_crl_ ? &crl_ : nullptr);
   if (server || has_identity) {
     if (int ret = mbedtls_ssl_conf_own_cert(&config_, &own_cert_, &own_key_); ret != 0) {
       return cert_name + ": " + describe_mbedtls_error(ret);
@@ -152,12 +189,18 @@ std::string TlsContext::load(const TlsContextOptions& options) {
                                                           MBEDTLS_SSL_TLS1_3_KEY_EXCHANGE_MODE_PSK_EPHEMERAL);
 
   if (server) {
-    ticket_lifetime_s_ = options.ticket_lifetime_s;
-    ticket_key_file_ = options.ticket_key_file;
-    if (!ticket_key_file_.empty()) {
-      if (std::string error = load_key_file(); !error.empty()) return error;
+    if (!keys_) {  // a new server; a reloaded one keeps the keys (and key file) it had
+      keys_ = std::make_shared<TicketKeys>();
+      keys_->lifetime_s = options.ticket_lifetime_s;
+      keys_->file = options.ticket_key_file;
+      if (!keys_->file.empty()) {
+        if (std::string error = keys_->load_file(); !error.empty()) return error;
+      }
     }
-    if (std::string error = rotate_keys_if_due(wall_seconds()); !error.empty()) return error;
+    {
+      std::lock_guard lock(keys_->mutex);
+      if (std::string error = keys_->rotate_if_due(wall_seconds()); !error.empty()) return error;
+    }
     mbedtls_ssl_conf_session_tickets_cb(&config_, write_ticket, parse_ticket, this);
   } else {
     mbedtls_ssl_conf_session_tickets(&config_, MBEDTLS_SSL_SESSION_TICKETS_ENABLED);
@@ -213,7 +256,8 @@ bool open_sealed(const unsigned char* key, const unsigned char* header, unsigned
 
 }  // namespace
 
-std::string TlsContext::load_key_file() {
+std::string TlsContext::TicketKeys::load_file() {
+  const std::string& ticket_key_file_ = file;
   const int fd = ::open(ticket_key_file_.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
   if (fd < 0) {
     if (errno == ENOENT) return {};  // made by the first rotation
@@ -234,9 +278,9 @@ std::string TlsContext::load_key_file() {
     } else {
       for (int i = 0; i < 2; ++i) {
         const unsigned char* record = buffer + sizeof kKeyFileMagic + i * kKeyRecord;
-        keys_[i].id = static_cast<std::uint32_t>(get_le(record, 4));
-        keys_[i].created_s = static_cast<std::int64_t>(get_le(record + 4, 8));
-        std::memcpy(keys_[i].key, record + 12, sizeof keys_[i].key);
+        keys[i].id = static_cast<std::uint32_t>(get_le(record, 4));
+        keys[i].created_s = static_cast<std::int64_t>(get_le(record + 4, 8));
+        std::memcpy(keys[i].key, record + 12, sizeof keys[i].key);
       }
     }
   }
@@ -245,14 +289,15 @@ std::string TlsContext::load_key_file() {
   return error;
 }
 
-std::string TlsContext::save_key_file() const {
+std::string TlsContext::TicketKeys::save_file() const {
+  const std::string& ticket_key_file_ = file;
   unsigned char buffer[kKeyFileSize];
   std::memcpy(buffer, kKeyFileMagic, sizeof kKeyFileMagic);
   for (int i = 0; i < 2; ++i) {
     unsigned char* record = buffer + sizeof kKeyFileMagic + i * kKeyRecord;
-    put_le(record, keys_[i].id, 4);
-    put_le(record + 4, static_cast<std::uint64_t>(keys_[i].created_s), 8);
-    std::memcpy(record + 12, keys_[i].key, sizeof keys_[i].key);
+    put_le(record, keys[i].id, 4);
+    put_le(record + 4, static_cast<std::uint64_t>(keys[i].created_s), 8);
+    std::memcpy(record + 12, keys[i].key, sizeof keys[i].key);
   }
   // A new file beside the old one, made durable, then renamed over it: a crash leaves either.
   const std::string temporary = ticket_key_file_ + ".new";
@@ -274,12 +319,12 @@ std::string TlsContext::save_key_file() const {
   return error;
 }
 
-std::string TlsContext::rotate_keys_if_due(std::int64_t now_s) {
-  const TicketKey& current = keys_[0];
-  if (current.id != 0 && now_s - current.created_s < std::int64_t{ticket_lifetime_s_} && now_s >= current.created_s) {
+std::string TlsContext::TicketKeys::rotate_if_due(std::int64_t now_s) {
+  const Key& current = keys[0];
+  if (current.id != 0 && now_s - current.created_s < std::int64_t{lifetime_s} && now_s >= current.created_s) {
     return {};
   }
-  TicketKey next;
+  Key next;
   do {
     if (mbedtls_psa_get_random(MBEDTLS_PSA_RANDOM_STATE, reinterpret_cast<unsigned char*>(&next.id),
                                sizeof next.id) != 0 ||
@@ -288,35 +333,72 @@ std::string TlsContext::rotate_keys_if_due(std::int64_t now_s) {
     }
   } while (next.id == 0 || next.id == current.id);
   next.created_s = now_s;
-  keys_[1] = keys_[0];
-  keys_[0] = next;
+  keys[1] = keys[0];
+  keys[0] = next;
   mbedtls_platform_zeroize(&next, sizeof next);
-  return ticket_key_file_.empty() ? std::string{} : save_key_file();
+  return file.empty() ? std::string{} : save_file();
 }
 
-const TlsContext::TicketKey* TlsContext::find_key(std::uint32_t id) const {
-  for (const TicketKey& key : keys_) {
+const TlsContext::TicketKeys::Key* TlsContext::TicketKeys::find(std::uint32_t id) const {
+  for (const Key& key : keys) {
     if (key.id != 0 && key.id == id) return &key;
   }
   return nullptr;
 }
+
+namespace {
+
+// The identity at the start of a ticket's sealed part: magic, then agent id, region and PoP (u8
+// length each), serial (u8 length), notAfter (i64). The magic tells it from tickets sealed before
+// the format had it, which are refused.
+constexpr unsigned char kIdentityMagic[2] = {0xa5, 0x49};
+constexpr std::size_t kMaxSerial = 32;  // RFC 5280 allows 20 octets; some CAs use a few more
+
+std::size_t identity_size(const PeerIdentity& peer) {
+  return sizeof kIdentityMagic + 1 + peer.agent_id.size() + 1 + peer.region.size() + 1 + peer.pop.size() + 1 +
+         peer.serial.size() + 8;
+}
+
+unsigned char* put_text(unsigned char* p, const std::string& text) {
+  *p++ = static_cast<unsigned char>(text.size());
+  std::memcpy(p, text.data(), text.size());
+  return p + text.size();
+}
+
+// Reads a length-prefixed text of at most `max` bytes; null when it does not fit.
+const unsigned char* get_text(const unsigned char* p, const unsigned char* end, std::size_t max, std::string& out) {
+  if (p >= end) return nullptr;
+  const std::size_t n = *p++;
+  if (n > max || n > static_cast<std::size_t>(end - p)) return nullptr;
+  out.assign(reinterpret_cast<const char*>(p), n);
+  return p + n;
+}
+
+}  // namespace
 
 int TlsContext::write_ticket(void* self, const mbedtls_ssl_session* session, unsigned char* start,
                              const unsigned char* end, std::size_t* length, std::uint32_t* lifetime_s) {
   auto* context = static_cast<TlsContext*>(self);
   *length = 0;
   const std::size_t room = static_cast<std::size_t>(end - start);
+  // A peer without a valid identity is refused by the session anyway; its ticket seals an empty
+  // identity, which parse_ticket never resumes. (Failing here would fail the handshake.)
   const PeerIdentity empty;
-  const PeerIdentity& peer = current_peer_ != nullptr ? *current_peer_ : empty;
-  const std::size_t cn = std::min<std::size_t>(peer.common_name.size(), 0xffff);
-  const std::size_t subject = std::min<std::size_t>(peer.subject.size(), 0xffff);
-  const std::size_t identity = 2 + cn + 2 + subject;
+  const PeerIdentity& peer =
+      current_peer_ != nullptr && current_peer_->valid() && current_peer_->serial.size() <= kMaxSerial
+          ? *current_peer_
+          : empty;
+  const std::size_t identity = identity_size(peer);
   if (room < kTicketHeader + identity + kTicketTag) return MBEDTLS_ERR_SSL_BUFFER_TOO_SMALL;
   unsigned char* plain = start + kTicketHeader;
-  put_le(plain, cn, 2);
-  std::memcpy(plain + 2, peer.common_name.data(), cn);
-  put_le(plain + 2 + cn, subject, 2);
-  std::memcpy(plain + 4 + cn, peer.subject.data(), subject);
+  unsigned char* p = plain;
+  std::memcpy(p, kIdentityMagic, sizeof kIdentityMagic);
+  p += sizeof kIdentityMagic;
+  p = put_text(p, peer.agent_id);
+  p = put_text(p, peer.region);
+  p = put_text(p, peer.pop);
+  p = put_text(p, peer.serial);
+  put_le(p, static_cast<std::uint64_t>(peer.not_after_s), 8);
   std::size_t saved = 0;
   if (int ret = mbedtls_ssl_session_save(session, plain + identity, room - kTicketHeader - identity - kTicketTag,
                                          &saved);
@@ -324,58 +406,155 @@ int TlsContext::write_ticket(void* self, const mbedtls_ssl_session* session, uns
     return ret;
   }
   const std::size_t sealed = identity + saved;
-  std::lock_guard lock(context->tickets_mutex_);
+  TicketKeys& keys = *context->keys_;
+  std::lock_guard lock(keys.mutex);
   // A failed key-file write keeps the new key in memory: tickets still work until a restart.
-  (void)context->rotate_keys_if_due(wall_seconds());
-  const TicketKey& key = context->keys_[0];
+  (void)keys.rotate_if_due(wall_seconds());
+  const TicketKeys::Key& key = keys.keys[0];
   put_le(start, key.id, 4);
   if (mbedtls_psa_get_random(MBEDTLS_PSA_RANDOM_STATE, start + 4, kTicketIv) != 0) {
     return MBEDTLS_ERR_SSL_INTERNAL_ERROR;
   }
   if (!seal(key.key, start, plain, sealed, plain + sealed)) return MBEDTLS_ERR_SSL_INTERNAL_ERROR;
   *length = kTicketHeader + sealed + kTicketTag;
-  *lifetime_s = context->ticket_lifetime_s_;
+  *lifetime_s = keys.lifetime_s;
   return 0;
 }
 
 int TlsContext::parse_ticket(void* self, mbedtls_ssl_session* session, unsigned char* ticket,
                              std::size_t length) {
   auto* context = static_cast<TlsContext*>(self);
-  if (length < kTicketHeader + 4 + kTicketTag) return MBEDTLS_ERR_SSL_INVALID_MAC;
+  if (length < kTicketHeader + sizeof kIdentityMagic + kTicketTag) return MBEDTLS_ERR_SSL_INVALID_MAC;
   unsigned char* plain = ticket + kTicketHeader;
   const std::size_t sealed = length - kTicketHeader - kTicketTag;
+  TicketKeys& keys = *context->keys_;
   {
-    std::lock_guard lock(context->tickets_mutex_);
-    (void)context->rotate_keys_if_due(wall_seconds());
-    const TicketKey* key = context->find_key(static_cast<std::uint32_t>(get_le(ticket, 4)));
+    std::lock_guard lock(keys.mutex);
+    (void)keys.rotate_if_due(wall_seconds());
+    const TicketKeys::Key* key = keys.find(static_cast<std::uint32_t>(get_le(ticket, 4)));
     // An unknown key (rotated out, another server's, or a forgery): mbedTLS falls back to a full
     // handshake.
     if (key == nullptr) return MBEDTLS_ERR_SSL_SESSION_TICKET_EXPIRED;
     if (!open_sealed(key->key, ticket, plain, sealed, plain + sealed)) return MBEDTLS_ERR_SSL_INVALID_MAC;
   }
-  const std::size_t cn = static_cast<std::size_t>(get_le(plain, 2));
-  if (cn == 0 || 2 + cn + 2 > sealed) return MBEDTLS_ERR_SSL_INVALID_MAC;  // no identity: never resumed
-  const std::size_t subject = static_cast<std::size_t>(get_le(plain + 2 + cn, 2));
-  const std::size_t identity = 4 + cn + subject;
-  if (identity > sealed) return MBEDTLS_ERR_SSL_INVALID_MAC;
-  if (int ret = mbedtls_ssl_session_load(session, plain + identity, sealed - identity); ret != 0) return ret;
+  // No identity (or the old format): never resumed.
+  if (std::memcmp(plain, kIdentityMagic, sizeof kIdentityMagic) != 0) return MBEDTLS_ERR_SSL_INVALID_MAC;
+  PeerIdentity peer;
+  const unsigned char* end = plain + sealed;
+  const unsigned char* p = plain + sizeof kIdentityMagic;
+  try {  // nothing may throw through mbedTLS
+    p = get_text(p, end, kMaxIdentityComponent, peer.agent_id);
+    if (p != nullptr) p = get_text(p, end, kMaxIdentityComponent, peer.region);
+    if (p != nullptr) p = get_text(p, end, kMaxIdentityComponent, peer.pop);
+    if (p != nullptr) p = get_text(p, end, kMaxSerial, peer.serial);
+  } catch (...) {
+    return MBEDTLS_ERR_SSL_ALLOC_FAILED;
+  }
+  if (p == nullptr || end - p < 8 || !valid_identity_component(peer.agent_id)) return MBEDTLS_ERR_SSL_INVALID_MAC;
+  peer.not_after_s = static_cast<std::int64_t>(get_le(p, 8));
+  p += 8;
+  // Sealed for a certificate that has expired since, or that the CRL now revokes: the peer must
+  // show a certificate again (and a revoked one then fails the full handshake).
+  const char* refused = nullptr;
+  if (peer.not_after_s <= wall_seconds()) refused = "its certificate has expired";
+  if (context->is_revoked(peer.serial)) refused = "its certificate is revoked";
+  if (refused != nullptr) {
+    if (current_peer_ != nullptr) {
+      try {
+        current_peer_->ticket_refused = "a session ticket of agent " + peer.agent_id + " (serial " +
+                                        peer.serial_hex() + ") was refused: " + refused;
+      } catch (...) {
+      }
+    }
+    return MBEDTLS_ERR_SSL_SESSION_TICKET_EXPIRED;
+  }
+  if (int ret = mbedtls_ssl_session_load(session, p, static_cast<std::size_t>(end - p)); ret != 0) return ret;
   // As mbedtls_ssl_ticket_parse does: the session's own creation time (CLOCK_BOOTTIME, so a
   // ticket outlives a restart of the process but not a reboot) bounds its age.
   mbedtls_ms_time_t created = 0;
   if (int ret = mbedtls_ssl_session_get_ticket_creation_time(session, &created); ret != 0) return ret;
   const mbedtls_ms_time_t age = mbedtls_ms_time() - created;
-  if (age < 0 || age > mbedtls_ms_time_t{context->ticket_lifetime_s_} * 1000) {
+  if (age < 0 || age > mbedtls_ms_time_t{keys.lifetime_s} * 1000) {
     return MBEDTLS_ERR_SSL_SESSION_TICKET_EXPIRED;
   }
   if (current_peer_ != nullptr) {
-    try {  // nothing may throw through mbedTLS
-      current_peer_->common_name.assign(reinterpret_cast<const char*>(plain + 2), cn);
-      current_peer_->subject.assign(reinterpret_cast<const char*>(plain + 4 + cn), subject);
+    try {
+      std::string note = std::move(current_peer_->ticket_refused);
+      *current_peer_ = std::move(peer);
+      current_peer_->ticket_refused = std::move(note);
     } catch (...) {
       return MBEDTLS_ERR_SSL_ALLOC_FAILED;
     }
   }
   return 0;
+}
+
+bool TlsContext::is_revoked(std::string_view serial) const noexcept {
+  if (!has_crl_) return false;
+  for (const mbedtls_x509_crl* crl = &crl_; crl != nullptr; crl = crl->next) {
+    for (const mbedtls_x509_crl_entry* entry = &crl->entry; entry != nullptr; entry = entry->next) {
+      if (entry->serial.p != nullptr && entry->serial.len == serial.size() &&
+          std::memcmp(entry->serial.p, serial.data(), serial.size()) == 0) {
+        return true;
+      }
+    }
+  }
+  return false;
+}
+
+namespace {
+
+// True when `crl` was issued and signed by `ca` (mbedTLS checks this itself in handshakes; the
+// revocation checks on resumption and after a reload rely on the CRL directly, so it is checked
+// once here, as x509_crt_verifycrl does).
+bool signed_by(const mbedtls_x509_crl& crl, const mbedtls_x509_crt& ca) {
+  if (crl.issuer_raw.len != ca.subject_raw.len ||
+      std::memcmp(crl.issuer_raw.p, ca.subject_raw.p, crl.issuer_raw.len) != 0) {
+    return false;
+  }
+  if (mbedtls_x509_crt_check_key_usage(&ca, MBEDTLS_X509_KU_CRL_SIGN) != 0) return false;
+  const mbedtls_md_info_t* md = mbedtls_md_info_from_type(crl.MBEDTLS_PRIVATE(sig_md));
+  if (md == nullptr) return false;
+  unsigned char hash[MBEDTLS_MD_MAX_SIZE];
+  if (mbedtls_md(md, crl.tbs.p, crl.tbs.len, hash) != 0) return false;
+  return mbedtls_pk_verify_ext(crl.MBEDTLS_PRIVATE(sig_pk), crl.MBEDTLS_PRIVATE(sig_opts), const_cast<mbedtls_pk_context*>(&ca.pk),
+                               crl.MBEDTLS_PRIVATE(sig_md), hash, mbedtls_md_get_size(md),
+                               crl.MBEDTLS_PRIVATE(sig).p, crl.MBEDTLS_PRIVATE(sig).len) == 0;
+}
+
+}  // namespace
+
+std::string TlsContext::load_crl(const std::string& file) {
+  const std::string empty;
+  std::vector<unsigned char> pem;
+  if (std::string error = read_pem({file, empty}, pem); !error.empty()) return error;
+  // PEM needs the terminating NUL read_pem adds; DER must be given without it.
+  const bool is_pem = std::string_view(reinterpret_cast<const char*>(pem.data()), pem.size()).find("-----BEGIN") !=
+                      std::string_view::npos;
+  const int ret = mbedtls_x509_crl_parse(&crl_, pem.data(), is_pem ? pem.size() : pem.size() - 1);
+  if (ret != 0) return file_error(file, ret);
+  has_crl_ = true;
+  const std::int64_t now = wall_seconds();
+  int index = 0;
+  for (const mbedtls_x509_crl* crl = &crl_; crl != nullptr; crl = crl->next, ++index) {
+    const std::string which = file + (crl == &crl_ && crl->next == nullptr ? "" : " (CRL " + std::to_string(index + 1) + ")");
+    bool issued = false;
+    for (const mbedtls_x509_crt* ca = &ca_chain_; ca != nullptr && !issued; ca = ca->next) {
+      issued = ca->raw.p != nullptr && signed_by(*crl, *ca);
+    }
+    if (!issued) return which + ": not issued and signed by the CA of tls.ca";
+    if (crl->next_update.year != 0) {
+      const std::int64_t next = unix_seconds(crl->next_update);
+      // mbedTLS fails every full handshake against a CRL past its nextUpdate: never load one.
+      if (next <= now) return which + ": past its nextUpdate; issue a fresh CRL";
+      if (crl_next_update_s_ == 0 || next < crl_next_update_s_) crl_next_update_s_ = next;
+    }
+    if (unix_seconds(crl->this_update) > now + 300) return which + ": its thisUpdate is in the future";
+    for (const mbedtls_x509_crl_entry* entry = &crl->entry; entry != nullptr; entry = entry->next) {
+      if (entry->serial.p != nullptr) ++revoked_serials_;
+    }
+  }
+  return {};
 }
 
 bool TlsContext::has_saved_session() const {

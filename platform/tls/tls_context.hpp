@@ -12,20 +12,15 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 
 #include "platform/result.hpp"
+#include "platform/tls/peer_identity.hpp"
 
 namespace vantage::platform::tls {
 
 enum class TlsRole { kClient, kServer };
-
-// Who the verified peer certificate names: its subject CN and the whole subject DN
-// ("O=Vantage, OU=eu-west, CN=agent-1").
-struct PeerIdentity {
-  std::string common_name;
-  std::string subject;
-};
 
 struct TlsContextOptions {
   TlsRole role = TlsRole::kClient;
@@ -55,6 +50,11 @@ struct TlsContextOptions {
   // instead of doing full handshakes. Empty: the keys exist in memory only and die with the
   // process.
   std::string ticket_key_file;
+  // Server: a certificate revocation list of the CA (PEM or DER; several CRLs may be concatenated).
+  // Every CRL in it must be issued and signed by the CA and not past its nextUpdate. A revoked
+  // agent certificate fails the full handshake, and a session ticket sealed for one is refused
+  // (the agent must then do a full handshake, which fails). Empty: no revocation.
+  std::string crl_file;
 };
 
 class TlsContext;
@@ -65,6 +65,10 @@ class TlsContext {
  public:
   // The context, or one line naming what is wrong (a file and mbedTLS's error).
   [[nodiscard]] static platform::Result<std::shared_ptr<TlsContext>> create(const TlsContextOptions& options);
+  // A new context from options (files read again) that shares this one's session-ticket keys, so
+  // tickets issued before stay valid: what a reload makes. This context is unchanged and keeps
+  // serving the connections made with it.
+  [[nodiscard]] platform::Result<std::shared_ptr<TlsContext>> reload(const TlsContextOptions& options) const;
 
   ~TlsContext();
   TlsContext(const TlsContext&) = delete;
@@ -72,6 +76,14 @@ class TlsContext {
 
   TlsRole role() const noexcept { return role_; }
   const mbedtls_ssl_config* config() const noexcept { return &config_; }
+
+  // True when the CRL lists this certificate serial (raw bytes, as PeerIdentity::serial).
+  bool is_revoked(std::string_view serial) const noexcept;
+  // Unix time: the own certificate's notAfter (0: none), the CRL's nextUpdate (0: no CRL, or none
+  // given in it; the earliest of several), the number of serials the CRL revokes.
+  std::int64_t certificate_not_after_s() const noexcept { return certificate_not_after_s_; }
+  std::int64_t crl_next_update_s() const noexcept { return crl_next_update_s_; }
+  std::size_t revoked_serials() const noexcept { return revoked_serials_; }
 
   // Client: the session (ticket) saved from the latest connection is offered on the next
   // handshake to the same server name, so a reconnect skips certificate exchange and
@@ -85,15 +97,19 @@ class TlsContext {
 
  private:
   friend class TlsStream;
-  explicit TlsContext(TlsRole role);
+  struct TicketKeys;
+  TlsContext(TlsRole role, std::shared_ptr<TicketKeys> keys);
   std::string load(const TlsContextOptions& options);
+  std::string load_crl(const std::string& file);
 
   // mbedTLS's TLS 1.3 sessions do not carry the client certificate, so a resuming client would
   // be anonymous to the server. Our tickets therefore seal the client's identity together with
   // the session: AES-256-GCM under the current ticket key, [key id u32][IV 12][ciphertext of
-  // (CN, subject DN, mbedtls_ssl_session_save bytes)][tag 16]. A ticket without an identity, under
-  // an unknown key or older than its lifetime is refused: the client does a full handshake.
-  // Stateless, so any number of agents resume, also after the server restarts with its key file.
+  // (identity: magic, agent id, region, PoP, serial, notAfter; mbedtls_ssl_session_save
+  // bytes)][tag 16]. A ticket without an identity, under an unknown key, older than its lifetime,
+  // or whose certificate has expired or is revoked by the current CRL is refused: the client does
+  // a full handshake. Stateless, so any number of agents resume, also after the server restarts
+  // with its key file.
   static int write_ticket(void* self, const mbedtls_ssl_session* session, unsigned char* start,
                           const unsigned char* end, std::size_t* length, std::uint32_t* lifetime_s);
   static int parse_ticket(void* self, mbedtls_ssl_session* session, unsigned char* ticket,
@@ -108,23 +124,14 @@ class TlsContext {
   mbedtls_x509_crt ca_chain_;
   mbedtls_x509_crt own_cert_;
   mbedtls_pk_context own_key_;
+  mbedtls_x509_crl crl_;
+  bool has_crl_ = false;
+  std::int64_t certificate_not_after_s_ = 0;
+  std::int64_t crl_next_update_s_ = 0;
+  std::size_t revoked_serials_ = 0;
 
-  struct TicketKey {
-    std::uint32_t id = 0;  // 0: none
-    std::int64_t created_s = 0;  // wall clock: key files outlive reboots
-    unsigned char key[32] = {};
-  };
-  // Makes a new current key when there is none or it is a lifetime old (the current one becomes
-  // the previous one) and writes the key file. Under tickets_mutex_.
-  std::string rotate_keys_if_due(std::int64_t now_s);
-  std::string load_key_file();
-  std::string save_key_file() const;
-  const TicketKey* find_key(std::uint32_t id) const;
-
-  std::mutex tickets_mutex_;  // ticket callbacks run on every server stream's thread
-  TicketKey keys_[2];         // current, previous
-  std::string ticket_key_file_;
-  std::uint32_t ticket_lifetime_s_ = 0;
+  // The session-ticket keys, shared by a server context and those reloaded from it.
+  std::shared_ptr<TicketKeys> keys_;
 
   mutable std::mutex session_mutex_;  // streams on different threads share the saved session
   mbedtls_ssl_session saved_session_;

@@ -1,6 +1,7 @@
 #include "platform/tls/tls_stream.hpp"
 
 #include "platform/tls/tls_error.hpp"
+#include "platform/tls/peer_identity.hpp"
 
 #include <mbedtls/net_sockets.h>
 #include <mbedtls/oid.h>
@@ -18,18 +19,6 @@ namespace vantage::platform::tls {
 namespace {
 
 bool wants_io(int ret) { return ret == MBEDTLS_ERR_SSL_WANT_READ || ret == MBEDTLS_ERR_SSL_WANT_WRITE; }
-
-PeerIdentity identity_of(const mbedtls_x509_crt& crt) {
-  PeerIdentity peer;
-  for (const mbedtls_x509_name* name = &crt.subject; name != nullptr; name = name->next) {
-    if (name->oid.p != nullptr && MBEDTLS_OID_CMP(MBEDTLS_OID_AT_CN, &name->oid) == 0) {
-      peer.common_name.assign(reinterpret_cast<const char*>(name->val.p), name->val.len);
-    }
-  }
-  std::array<char, 512> subject{};
-  if (mbedtls_x509_dn_gets(subject.data(), subject.size(), &crt.subject) > 0) peer.subject = subject.data();
-  return peer;
-}
 
 }  // namespace
 
@@ -97,14 +86,18 @@ int TlsStream::bio_recv(void* self, unsigned char* data, std::size_t size) {
   }
 }
 
-int TlsStream::on_verify(void* self, mbedtls_x509_crt* crt, int depth, std::uint32_t*) {
+int TlsStream::on_verify(void* self, mbedtls_x509_crt* crt, int depth, std::uint32_t* flags) {
   // Called only when the peer sent certificates; a resumed handshake sends none. Depth 0 is the
-  // peer's own certificate. The verdict stays mbedTLS's (*flags untouched).
+  // peer's own certificate. The verdict stays mbedTLS's (*flags untouched); the identity is read
+  // even from a refused certificate, so the refusal can say whose it was.
   auto* stream = static_cast<TlsStream*>(self);
   stream->verified_peer_ = true;
   if (depth == 0) {
     try {
+      std::string note = std::move(stream->peer_.ticket_refused);
       stream->peer_ = identity_of(*crt);
+      stream->peer_.ticket_refused = std::move(note);
+      stream->peer_flags_ = *flags;
     } catch (...) {
       return MBEDTLS_ERR_X509_ALLOC_FAILED;  // nothing may throw through mbedTLS
     }
@@ -291,16 +284,16 @@ void TlsStream::close() noexcept {
 }
 
 std::string TlsStream::peer_common_name() const {
-  if (!peer_.common_name.empty()) return peer_.common_name;
-  // A resuming client has the server certificate in its saved session.
+  // A resuming client has the server certificate in its saved session; a resuming TLS 1.3 server
+  // has no certificate at all (the identity came from the ticket).
   const mbedtls_x509_crt* peer = mbedtls_ssl_get_peer_cert(&ssl_);
-  return peer == nullptr ? std::string{} : identity_of(*peer).common_name;
-}
-
-std::string TlsStream::peer_subject() const {
-  if (!peer_.subject.empty()) return peer_.subject;
-  const mbedtls_x509_crt* peer = mbedtls_ssl_get_peer_cert(&ssl_);
-  return peer == nullptr ? std::string{} : identity_of(*peer).subject;
+  if (peer == nullptr) return {};
+  for (const mbedtls_x509_name* name = &peer->subject; name != nullptr; name = name->next) {
+    if (name->oid.p != nullptr && MBEDTLS_OID_CMP(MBEDTLS_OID_AT_CN, &name->oid) == 0) {
+      return std::string(reinterpret_cast<const char*>(name->val.p), name->val.len);
+    }
+  }
+  return {};
 }
 
 std::string_view TlsStream::protocol_version() const { return mbedtls_ssl_get_version(&ssl_); }

@@ -68,10 +68,16 @@ class TlsStream : public std::enable_shared_from_this<TlsStream> {
   // Closes the socket now; pending handlers complete with operation_aborted. Idempotent.
   void close() noexcept;
 
-  // After a successful handshake: the subject CN and DN of the verified peer certificate, also
-  // on a resumed connection (from the ticket the peer's certificate was verified for).
+  // Server, after a handshake: who the peer's certificate names (agent id, region, PoP, serial,
+  // expiry, or why it names nobody usable), also on a resumed connection (from the ticket its
+  // certificate was verified for). After a failed handshake: what the refused certificate named.
+  const PeerIdentity& peer_identity() const noexcept { return peer_; }
+  // mbedTLS's verification flags for the peer's certificate (MBEDTLS_X509_BADCERT_*), e.g.
+  // REVOKED after a failed handshake; 0 when none was verified.
+  std::uint32_t peer_verify_flags() const noexcept { return peer_flags_; }
+  // The subject CN of the peer certificate this side holds (a client: the server's, also when
+  // resumed); empty when it holds none. Display only: identity is peer_identity().
   std::string peer_common_name() const;
-  std::string peer_subject() const;
   // True when the handshake resumed a session (no certificates exchanged or verified).
   bool resumed() const noexcept { return resumed_; }
   // "TLSv1.3" / "TLSv1.2" and mbedTLS's ciphersuite name (e.g. "TLS1-3-AES-256-GCM-SHA384"),
@@ -107,6 +113,7 @@ class TlsStream : public std::enable_shared_from_this<TlsStream> {
   bool closed_ = false;
   bool verified_peer_ = false;  // a certificate was verified during this handshake
   PeerIdentity peer_;           // from that certificate, or from the ticket of a resumption
+  std::uint32_t peer_flags_ = 0;
   bool resumed_ = false;
   int read_wants_ = MBEDTLS_ERR_SSL_WANT_READ;  // what read_available() last waited for
   std::function<void(bool)> handshake_observer_;

@@ -58,16 +58,18 @@ Bytes framed(flatbuffers::FlatBufferBuilder& fbb, flatbuffers::Offset<wire::Fram
   return out;
 }
 
-Bytes hello(const char* agent_id = "agent-1", const char* region = "eu-west", std::uint16_t version = 1) {
+Bytes hello(const char* agent_id = "agent-1", const char* region = "eu-west", std::uint16_t version = 1,
+            const char* pop = "fra1") {
   flatbuffers::FlatBufferBuilder fbb;
-  const auto h = wire::CreateHelloDirect(fbb, version, agent_id, region, "fra1", "0.1.0", "aarch64", 0);
+  const auto h = wire::CreateHelloDirect(fbb, version, agent_id, region, pop, "0.1.0", "aarch64", 0);
   return framed(fbb, wire::CreateFrame(fbb, wire::Message::Hello, h.Union()));
 }
 
-Bytes batch(std::uint64_t seq, const char* agent_id = "agent-1") {
+Bytes batch(std::uint64_t seq, const char* agent_id = "agent-1", const char* region = "eu-west",
+            const char* pop = "fra1") {
   flatbuffers::FlatBufferBuilder fbb;
   std::vector<flatbuffers::Offset<wire::LatencySummary>> latency{wire::CreateLatencySummaryDirect(fbb, "10.0.0.1:7000")};
-  const auto b = wire::CreateBatchDirect(fbb, agent_id, seq, 1'000, 2'000, "eu-west", "fra1", &latency);
+  const auto b = wire::CreateBatchDirect(fbb, agent_id, seq, 1'000, 2'000, region, pop, &latency);
   return framed(fbb, wire::CreateFrame(fbb, wire::Message::Batch, b.Union()));
 }
 
@@ -98,11 +100,25 @@ struct SentAck {
   std::string reason;
 };
 
+// What a certificate names: vantage://<region>/<pop>/<agent_id> (agent_id empty: nothing).
+platform::tls::PeerIdentity certificate(const char* agent_id = "agent-1", const char* region = "eu-west",
+                                        const char* pop = "fra1") {
+  platform::tls::PeerIdentity id;
+  if (*agent_id != '\0') {
+    id.agent_id = agent_id;
+    id.region = region;
+    id.pop = pop;
+  }
+  id.serial = "\x0a\xbc";
+  id.not_after_s = 1'900'000'000;
+  return id;
+}
+
 // One agent connection: a session on a test clock and tally, authenticated as `cn`.
 struct Peer {
   explicit Peer(const IngestConfig& config, ManualClock& clock, Tally& tally, const char* cn = "agent-1")
       : session(config, clock, tally, "192.0.2.7:40000", "192.0.2.7") {
-    if (cn != nullptr) session.on_authenticated(cn, false, true);
+    if (cn != nullptr) session.on_authenticated(certificate(cn), false, true);
   }
   void feed(const Bytes& bytes) { session.on_bytes(bytes); }
   std::vector<std::uint64_t> stored_seqs() {
@@ -202,15 +218,25 @@ TEST_CASE_FIXTURE(Fixture, "ingest session: each refusal answers with its reason
     Reject reason;
     std::string text;
     Seqs stored;  // batches accepted before the refusal still go to the store
-    const char* cn = "agent-1";
+    platform::tls::PeerIdentity who = certificate();
     bool session_available = true;
     AckStatus status = AckStatus::Rejected;
   };
+  platform::tls::PeerIdentity no_uri = certificate("");
+  no_uri.error = "the certificate has no vantage://<region>/<pop>/<agent-id> URI in its subjectAltName";
   const std::vector<Case> cases{
       {"agent id disagreeing with the certificate", hello("agent-2"), Reject::kIdentity,
        "Hello claims agent 'agent-2' but the certificate is for 'agent-1'", {}},
-      {"region not served", hello("agent-1", "ap-south"), Reject::kRegion,
-       "region 'ap-south' is not served here (serves: eu-west, eu-central)", {}},
+      {"region not served (the certificate's own)", hello("agent-1", "ap-south"), Reject::kRegion,
+       "region 'ap-south' is not served here (serves: eu-west, eu-central)", {}, certificate("agent-1", "ap-south")},
+      {"a served region the certificate does not bind", hello("agent-1", "eu-central"), Reject::kRegionMismatch,
+       "Hello claims region 'eu-central' but the certificate of agent-1 binds region 'eu-west'", {}},
+      {"a region the certificate binds, claimed from another", hello("agent-1", "eu-west"), Reject::kRegionMismatch,
+       "Hello claims region 'eu-west' but the certificate of agent-1 binds region 'ap-south'", {},
+       certificate("agent-1", "ap-south")},
+      {"a PoP the certificate does not bind", hello("agent-1", "eu-west", 1, "ams1"), Reject::kPopMismatch,
+       "Hello claims PoP 'ams1' but the certificate of agent-1 binds PoP 'fra1'", {}},
+      {"a certificate without an identity URI", hello(), Reject::kCertificate, no_uri.error, {}, no_uri},
       {"a Batch before Hello", batch(1), Reject::kProtocol, "a Batch before Hello", {}},
       {"a second Hello", hello() + batch(1) + hello(), Reject::kProtocol, "a second Hello", {1}},
       {"a Batch for another agent", hello() + batch(1, "agent-2"), Reject::kIdentity,
@@ -221,15 +247,15 @@ TEST_CASE_FIXTURE(Fixture, "ingest session: each refusal answers with its reason
        "an unexpected message", {}},
       {"a frame with no message", frame_of_type(wire::Message::NONE), Reject::kProtocol, "an unexpected message",
        {}},
-      {"no certificate identity", {}, Reject::kNoIdentity, "no client certificate identity", {}, ""},
-      {"the session limit", {}, Reject::kConnectionLimit, "session limit reached", {}, "agent-1", false,
+      {"no certificate identity", {}, Reject::kNoIdentity, "no client certificate identity", {}, certificate("")},
+      {"the session limit", {}, Reject::kConnectionLimit, "session limit reached", {}, certificate(), false,
        AckStatus::RetryLater},
   };
   for (const Case& c : cases) {
     CAPTURE(c.name);
     Tally own;
     Peer peer(config, clock, own, nullptr);
-    peer.session.on_authenticated(c.cn, false, c.session_available);
+    peer.session.on_authenticated(c.who, false, c.session_available);
     peer.feed(c.bytes);
     CHECK(own.rejects(c.reason) == 1);
     CHECK(own.all_rejects() == 1);
@@ -354,6 +380,66 @@ TEST_CASE_FIXTURE(Fixture, "ingest session: a Batch with a hostile string is ref
             batch_with_target(3, "\xf0\x9f\x9a\x80 rocket"));
   CHECK(peer.stored_seqs() == Seqs{1, 2, 3});
   CHECK(tally.all_rejects() == 0);
+}
+
+TEST_CASE_FIXTURE(Fixture, "ingest session: a Batch claiming another region or PoP than the certificate is refused with its seq") {
+  struct Case {
+    Bytes bytes;
+    Reject reason;
+    std::uint64_t seq;
+    std::string text;
+    Seqs stored;
+  };
+  const std::vector<Case> cases{
+      {hello() + batch(1) + batch(2, "agent-1", "eu-central"), Reject::kRegionMismatch, 2,
+       "batch 2 claims region 'eu-central' but the certificate binds 'eu-west'", {1}},
+      {hello() + batch(1, "agent-1", "eu-west", "ams1"), Reject::kPopMismatch, 1,
+       "batch 1 claims PoP 'ams1' but the certificate binds 'fra1'", {}},
+  };
+  for (const Case& c : cases) {
+    CAPTURE(c.text);
+    Tally own;
+    Peer peer(config, clock, own);
+    peer.feed(c.bytes);
+    CHECK(own.rejects(c.reason) == 1);
+    CHECK(own.all_rejects() == 1);
+    CHECK(peer.stored_seqs() == c.stored);
+    CHECK(peer.session.closing());
+    const std::vector<SentAck> acks = peer.drain();
+    REQUIRE(acks.size() == 1);
+    CHECK(acks[0].seq == c.seq);
+    CHECK(acks[0].status == wire::AckStatus::Rejected);
+    CHECK(acks[0].reason == c.text);
+  }
+}
+
+TEST_CASE_FIXTURE(Fixture, "ingest session: batches are labelled with the certificate's region and PoP") {
+  // A Batch without region or PoP of its own is stored under the certificate's.
+  Peer peer(config, clock, tally);
+  peer.feed(hello() + batch(1, "agent-1", "", ""));
+  const std::vector<SessionBatch> batches = peer.session.take_batches();
+  REQUIRE(batches.size() == 1);
+  CHECK(batches[0].region == "eu-west");
+  CHECK(batches[0].pop == "fra1");
+  CHECK(tally.all_rejects() == 0);
+}
+
+TEST_CASE_FIXTURE(Fixture, "ingest session: a session whose certificate is revoked is refused and closed") {
+  Peer peer(config, clock, tally);
+  peer.feed(hello() + batch(1));
+  CHECK(peer.stored_seqs() == Seqs{1});
+  peer.session.revoke();
+  CHECK(tally.rejects(Reject::kRevoked) == 1);
+  CHECK_FALSE(peer.session.reading());
+  peer.feed(batch(2));
+  CHECK(peer.stored_seqs().empty());
+  const std::vector<SentAck> acks = peer.drain();
+  REQUIRE(acks.size() == 1);
+  CHECK(acks[0].status == wire::AckStatus::Rejected);
+  CHECK(acks[0].reason == "the certificate of agent 'agent-1' (serial 0abc) is revoked by the collector's CRL");
+  CHECK(peer.session.closed());
+  peer.session.revoke();  // once closed, nothing more
+  CHECK(tally.rejects(Reject::kRevoked) == 1);
 }
 
 TEST_CASE_FIXTURE(Fixture, "ingest session: a failed TLS handshake is a pre-authentication refusal of its source") {

@@ -42,7 +42,8 @@ class World(harness.World):
     """A collector with HTTP and three PoP agents probing each other through delay relays."""
 
     def __init__(self, workdir, args):
-        super().__init__(workdir, args, [f"{p}-edge-01:{REGION}" for p in POPS] + ["fra2-edge-01:eu-central"])
+        # agent:region:pop, as the certificates bind them (the PoP is also what the agents claim).
+        super().__init__(workdir, args, [f"{p}-edge-01:{REGION}:{p}" for p in POPS] + ["fra2-edge-01:eu-central:fra2"])
 
     def start_collector(self, region=REGION, name="collector"):
         port, http_port = free_port(), free_port()

@@ -29,7 +29,7 @@ class World(harness.World):
 
     def __init__(self, workdir, args):
         self.agents = ["a1", "a2", "a3", "a4"]
-        super().__init__(workdir, args, [f"{a}:{REGION}" for a in self.agents])
+        super().__init__(workdir, args, [f"{a}:{REGION}:pop-{a}" for a in self.agents])
         self.nats_port, self.monitor_port = free_port(), free_port()
         self.url = f"nats://127.0.0.1:{self.nats_port}"
         self.stream_dir = os.path.join(workdir, "jetstream")

@@ -53,7 +53,7 @@ class Host(harness.World):
         args = argparse.Namespace(pki=os.path.join(TOP, "tools/dev-pki.sh"), emulator=[],
                                   agent=os.path.join(bins, "usr/bin/vantage-agent"),
                                   collector=os.path.join(bins, "usr/bin/vantage-collector"))
-        super().__init__(work, args, [f"vm-host:{REGION}"] + [f"vm-{a}:{REGION}" for a in arches])
+        super().__init__(work, args, [f"vm-host:{REGION}:host"] + [f"vm-{a}:{REGION}" for a in arches])
         self.issue_guest_collector_cert()
         self.store = harness.Store(self.db, tolerant=True)
         self.collector_port = self.port

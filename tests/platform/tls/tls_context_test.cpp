@@ -4,6 +4,7 @@
 
 #include <doctest/doctest.h>
 
+#include <ctime>
 #include <fstream>
 
 namespace vantage::platform::tls::test {
@@ -97,6 +98,87 @@ TEST_CASE("factory errors name the file and the mbedTLS error") {
     CHECK(result.error().rfind(
               pki.file("collector.key") + ": does not match " + pki.file("agent-1.crt") + ": -0x", 0) == 0);
   }
+}
+
+}  // namespace vantage::platform::tls::test
+
+namespace vantage::platform::tls::test {
+
+TEST_CASE("identity URIs: vantage://region/pop/agent-id, each component strictly checked") {
+  auto good = parse_identity_uri("vantage://eu-central/fra1/fra1-edge-01");
+  REQUIRE(good);
+  CHECK(good->region == "eu-central");
+  CHECK(good->pop == "fra1");
+  CHECK(good->agent_id == "fra1-edge-01");
+  CHECK(parse_identity_uri("vantage://a/b/C.d_9"));
+  const std::string max(64, 'x');
+  CHECK(parse_identity_uri("vantage://" + max + "/" + max + "/" + max));
+
+  struct Bad {
+    std::string uri;
+    const char* why;
+  };
+  const Bad bad[] = {
+      {"", "does not start with vantage://"},
+      {"spiffe://eu-central/fra1/a", "does not start with vantage://"},
+      {"VANTAGE://eu-central/fra1/a", "does not start with vantage://"},
+      {"vantage://eu-central/fra1", "is not vantage://<region>/<pop>/<agent-id>"},
+      {"vantage://eu-central", "is not vantage://<region>/<pop>/<agent-id>"},
+      {"vantage://eu-central/fra1/a/b", "agent id 'a/b'"},
+      {"vantage://eu-central/fra1/", "agent id ''"},
+      {"vantage:///fra1/a", "region ''"},
+      {"vantage://eu-central//a", "PoP ''"},
+      {"vantage://eu central/fra1/a", "region 'eu central'"},
+      {"vantage://eu-central/fra1/a%2Fb", "agent id 'a%2Fb'"},
+      {"vantage://eu-central/fra1/a?x=1", "agent id 'a?x=1'"},
+      {"vantage://eu-central:7443/fra1/a", "region 'eu-central:7443'"},
+      {"vantage://user@eu-central/fra1/a", "region 'user@eu-central'"},
+      {"vantage://eu-central/.hidden/a", "PoP '.hidden'"},
+      {"vantage://eu-central/fra1/-a", "agent id '-a'"},
+      {"vantage://eu-central/fra1/a\nforged log line", "agent id 'a\\x0aforged log line'"},
+      {"vantage://eu-central/fra1/\xc3\xa9t\xc3\xa9", "agent id '\\xc3\\xa9t\\xc3\\xa9'"},
+      {"vantage://eu-central/fra1/" + std::string(65, 'a'), "agent id 'aaaa"},
+      {"vantage://eu-central/fra1/" + std::string(300, 'a'), "longer than 204 bytes"},
+  };
+  for (const Bad& b : bad) {
+    CAPTURE(b.uri);
+    auto parsed = parse_identity_uri(b.uri);
+    REQUIRE_FALSE(parsed);
+    CHECK(contains(parsed.error(), b.why));
+    // Peer text is escaped: no raw control byte or non-ASCII reaches a log line.
+    for (const char ch : parsed.error()) {
+      CHECK((ch >= 0x20 && ch < 0x7f));
+    }
+  }
+  CHECK(valid_identity_component("a"));
+  CHECK_FALSE(valid_identity_component(""));
+  CHECK_FALSE(valid_identity_component(std::string(65, 'a')));
+  CHECK_FALSE(valid_identity_component("_a"));
+}
+
+TEST_CASE("a reloaded context reads its files again and keeps the ticket keys, or says what is wrong") {
+  const Pki& pki = Pki::get();
+  REQUIRE(pki.ok());
+  TlsContextOptions options;
+  options.role = TlsRole::kServer;
+  options.ca_file = pki.file("ca.crt");
+  options.cert_file = pki.file("collector.crt");
+  options.key_file = pki.file("collector.key");
+  auto first = TlsContext::create(options);
+  REQUIRE(first);
+  CHECK((*first)->certificate_not_after_s() > static_cast<std::int64_t>(std::time(nullptr)));
+  CHECK((*first)->crl_next_update_s() == 0);
+  CHECK_FALSE((*first)->is_revoked("anything"));
+  options.crl_file = pki.file("revoked.crl");
+  auto second = (*first)->reload(options);
+  REQUIRE(second);
+  CHECK((*second)->revoked_serials() == 1);
+  CHECK((*second)->crl_next_update_s() > static_cast<std::int64_t>(std::time(nullptr)));
+  options.key_file = pki.file("agent-1.key");  // not the certificate's key
+  auto bad = (*first)->reload(options);
+  REQUIRE_FALSE(bad);
+  CHECK(contains(bad.error(), "agent-1.key: does not match"));
+  CHECK((*first)->revoked_serials() == 0);  // untouched by either reload
 }
 
 }  // namespace vantage::platform::tls::test

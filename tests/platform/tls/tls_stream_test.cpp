@@ -9,6 +9,7 @@
 #include <asio/write.hpp>
 
 #include <array>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <vector>
@@ -27,6 +28,22 @@ void echo(std::shared_ptr<TlsStream> stream, std::shared_ptr<std::vector<char>> 
                           if (!write_ec) echo(stream, buffer);
                         });
   });
+}
+
+// What the server's peer certificate (or the ticket sealed for it) names: "region/pop/agent".
+std::string who(const TlsStream& server) {
+  const PeerIdentity& id = server.peer_identity();
+  return id.region + "/" + id.pop + "/" + id.agent_id;
+}
+
+// Everything the identity holds, also after a resumption from the ticket: agent-1's serial and a
+// notAfter in the future.
+void check_sealed_identity(const TlsStream& server) {
+  const PeerIdentity& id = server.peer_identity();
+  CHECK(id.valid());
+  CHECK(id.error.empty());
+  CHECK(!id.serial.empty());
+  CHECK(id.not_after_s > static_cast<std::int64_t>(std::time(nullptr)));
 }
 
 struct Connection {
@@ -116,8 +133,8 @@ TEST_CASE("mutual TLS 1.3 handshake, identities both ways and echo of several si
     CHECK(c.server->protocol_version() == "TLSv1.3");
     CHECK(c.client->ciphersuite() == c.server->ciphersuite());
     CHECK(c.client->ciphersuite().rfind("TLS1-3-", 0) == 0);
-    CHECK(c.server->peer_common_name() == "agent-1");
-    CHECK(c.server->peer_subject() == "O=Vantage, OU=eu-west, CN=agent-1");
+    CHECK(who(*c.server) == "eu-west/fra1/agent-1");
+    check_sealed_identity(*c.server);
     CHECK(c.client->peer_common_name() == "vantage-collector");
     CHECK_FALSE(c.server->resumed());
     CHECK_FALSE(c.client->resumed());
@@ -170,8 +187,8 @@ TEST_CASE("a reconnect resumes the saved TLS 1.3 session") {
     // Identities survive resumption: the client keeps the server certificate with its session,
     // the server remembers which client each of its tickets went to.
     CHECK(second.client->peer_common_name() == "vantage-collector");
-    CHECK(second.server->peer_common_name() == "agent-1");
-    CHECK(second.server->peer_subject() == "O=Vantage, OU=eu-west, CN=agent-1");
+    CHECK(who(*second.server) == "eu-west/fra1/agent-1");
+    check_sealed_identity(*second.server);
     server_loop.run([&] { echo(second.server, std::make_shared<std::vector<char>>(4096)); });
     check_round_trip(client_loop, second.client, 20000);
     close_all(server_loop, client_loop, second);
@@ -180,7 +197,7 @@ TEST_CASE("a reconnect resumes the saved TLS 1.3 session") {
     Connection third = connected(server_loop, client_loop, server_context, client_context, addr);
     CHECK(third.client->resumed());
     CHECK(third.server->resumed());
-    CHECK(third.server->peer_common_name() == "agent-1");
+    CHECK(who(*third.server) == "eu-west/fra1/agent-1");
     close_all(server_loop, client_loop, third);
   }
 }
@@ -197,7 +214,7 @@ TEST_CASE("a ticket the server does not know (collector restarted) means a full 
   Connection second = connected(server_loop, client_loop, collector_context(), client_context);
   CHECK_FALSE(second.client->resumed());
   CHECK_FALSE(second.server->resumed());
-  CHECK(second.server->peer_common_name() == "agent-1");
+  CHECK(who(*second.server) == "eu-west/fra1/agent-1");
   close_all(server_loop, client_loop, second);
 }
 
@@ -232,9 +249,9 @@ std::pair<bool, std::string> connect_once(Loop& server_loop, Loop& client_loop,
   check_round_trip(client_loop, c.client, 10);  // picks up the TLS 1.3 ticket
   const bool resumed = c.server->resumed();
   CHECK(c.client->resumed() == resumed);
-  std::string who = c.server->peer_common_name();
+  std::string who_it_was = who(*c.server);
   close_all(server_loop, client_loop, c);
-  return {resumed, who};
+  return {resumed, who_it_was};
 }
 
 TEST_CASE("tickets outlive a server restart that keeps its key file, with the client's identity") {
@@ -248,11 +265,11 @@ TEST_CASE("tickets outlive a server restart that keeps its key file, with the cl
     auto first_server = server_with_key_file(key_file);
     REQUIRE(fs::exists(key_file));
     CHECK((fs::status(key_file).permissions() & (fs::perms::group_all | fs::perms::others_all)) == fs::perms::none);
-    CHECK(connect_once(server_loop, client_loop, first_server, client_context) == std::make_pair(false, std::string("agent-1")));
+    CHECK(connect_once(server_loop, client_loop, first_server, client_context) == std::make_pair(false, std::string("eu-west/fra1/agent-1")));
   }
   // A new process (context) with the same key file accepts the ticket: resumed, identity kept.
   auto second_server = server_with_key_file(key_file);
-  CHECK(connect_once(server_loop, client_loop, second_server, client_context) == std::make_pair(true, std::string("agent-1")));
+  CHECK(connect_once(server_loop, client_loop, second_server, client_context) == std::make_pair(true, std::string("eu-west/fra1/agent-1")));
   // Thousands of distinct clients need no server memory: each ticket carries its own identity.
   auto other_client = agent_context();
   CHECK_FALSE(connect_once(server_loop, client_loop, second_server, other_client).first);
@@ -263,7 +280,7 @@ TEST_CASE("tickets outlive a server restart that keeps its key file, with the cl
   const std::string elsewhere = (dir / "other-keys").string();
   fs::remove(elsewhere);
   auto third_server = server_with_key_file(elsewhere);
-  CHECK(connect_once(server_loop, client_loop, third_server, client_context) == std::make_pair(false, std::string("agent-1")));
+  CHECK(connect_once(server_loop, client_loop, third_server, client_context) == std::make_pair(false, std::string("eu-west/fra1/agent-1")));
 }
 
 TEST_CASE("a ticket key file that is damaged or readable by others is refused with its name") {
@@ -293,7 +310,7 @@ TEST_CASE("TLS 1.2 when the client caps it, with ticket resumption and identitie
   Loop server_loop, client_loop;
   Connection first = connected(server_loop, client_loop, server_context, client_context, "::1", "::1");
   CHECK(first.client->protocol_version() == "TLSv1.2");
-  CHECK(first.server->peer_common_name() == "agent-1");
+  CHECK(who(*first.server) == "eu-west/fra1/agent-1");
   CHECK_FALSE(first.server->resumed());
   CHECK(client_context->has_saved_session());
   server_loop.run([&] { echo(first.server, std::make_shared<std::vector<char>>(4096)); });
@@ -303,7 +320,7 @@ TEST_CASE("TLS 1.2 when the client caps it, with ticket resumption and identitie
   Connection second = connected(server_loop, client_loop, server_context, client_context, "::1", "::1");
   CHECK(second.client->resumed());
   CHECK(second.server->resumed());
-  CHECK(second.server->peer_common_name() == "agent-1");  // TLS 1.2 tickets keep the certificate
+  CHECK(who(*second.server) == "eu-west/fra1/agent-1");  // TLS 1.2 tickets keep the certificate
   CHECK(second.client->peer_common_name() == "vantage-collector");
   close_all(server_loop, client_loop, second);
 }
@@ -435,6 +452,140 @@ TEST_CASE("closing at any point completes pending operations with operation_abor
   client_loop.run([&] { d.client->close(); });
   CHECK(await(orphan_read).first);
   CHECK(server_loop.run([&] { return orphan.expired(); }));
+}
+
+}  // namespace vantage::platform::tls::test
+
+namespace vantage::platform::tls::test {
+namespace {
+
+std::shared_ptr<TlsContext> server_with_crl(const std::string& key_file, const std::string& crl) {
+  TlsContextOptions options = server_options(key_file);
+  options.crl_file = crl;
+  auto result = TlsContext::create(options);
+  INFO(result.error());
+  REQUIRE(result);
+  return std::move(result).value();
+}
+
+std::shared_ptr<TlsContext> agent_2_context() {
+  const Pki& pki = Pki::get();
+  return make_context(TlsRole::kClient, pki.file("ca.crt"), pki.file("agent-2.crt"), pki.file("agent-2.key"));
+}
+
+}  // namespace
+
+TEST_CASE("the server reads agent id, region and PoP from the certificate's vantage:// URI") {
+  const Pki& pki = Pki::get();
+  REQUIRE(pki.ok());
+  struct Case {
+    const char* name;
+    const char* identity;  // region/pop/agent, or empty when refused
+    const char* error;     // part of PeerIdentity::error
+  };
+  const Case cases[] = {
+      {"agent-2", "eu-west/fra2/agent-2", ""},
+      {"other-uri", "eu-west/fra1/agent-4", ""},  // a URI of another scheme beside it is ignored
+      {"no-uri", "//", "no vantage://<region>/<pop>/<agent-id> URI"},
+      {"two-uris", "//", "has 2 vantage:// URIs"},
+      {"bad-uri", "//", "PoP 'fra%201' is not 1..64 characters"},
+      {"long-uri", "//", "agent id 'aaaa"},
+  };
+  auto server_context = collector_context();
+  for (const Case& c : cases) {
+    CAPTURE(c.name);
+    auto client_context =
+        make_context(TlsRole::kClient, pki.file("ca.crt"), pki.file(std::string(c.name) + ".crt"),
+                     pki.file(std::string(c.name) + ".key"));
+    Loop server_loop, client_loop;
+    // The handshake itself succeeds: the certificate is the CA's. The session refuses it, with
+    // the reason, which only an authenticated peer may learn.
+    Connection conn = connected(server_loop, client_loop, server_context, client_context);
+    const PeerIdentity& id = conn.server->peer_identity();
+    CHECK(who(*conn.server) == c.identity);
+    CHECK(id.valid() == (*c.error == '\0'));
+    CHECK(id.error.find(c.error) != std::string::npos);
+    CHECK_FALSE(id.serial.empty());
+    close_all(server_loop, client_loop, conn);
+  }
+}
+
+TEST_CASE("a CRL refuses the certificates it revokes at the handshake, and only those") {
+  const Pki& pki = Pki::get();
+  REQUIRE(pki.ok());
+  auto server = server_with_crl("", pki.file("revoked.crl"));
+  CHECK(server->revoked_serials() == 1);
+  CHECK(server->crl_next_update_s() > static_cast<std::int64_t>(std::time(nullptr)));
+  check_refused(server, agent_2_context(), nullptr, false, MBEDTLS_ERR_X509_CERT_VERIFY_FAILED);
+  Loop server_loop, client_loop;
+  Connection c = handshake(server_loop, client_loop, "127.0.0.1", server, agent_2_context(), "localhost");
+  CHECK((c.server->peer_verify_flags() & MBEDTLS_X509_BADCERT_REVOKED) != 0);
+  CHECK(who(*c.server) == "eu-west/fra2/agent-2");  // whose certificate it was, for the log
+  close_all(server_loop, client_loop, c);
+  Connection good = connected(server_loop, client_loop, server, agent_context());
+  CHECK(good.server->peer_verify_flags() == 0);
+  close_all(server_loop, client_loop, good);
+}
+
+TEST_CASE("a CRL that is not the CA's, or is unreadable, is refused with its name") {
+  const Pki& pki = Pki::get();
+  REQUIRE(pki.ok());
+  const fs::path dir = fs::path(pki.dir()) / "bad-crl";
+  fs::create_directories(dir);
+  TlsContextOptions options = server_options("");
+  options.crl_file = (dir / "missing.pem").string();
+  auto missing = TlsContext::create(options);
+  REQUIRE_FALSE(missing);
+  CHECK(missing.error().find("missing.pem: No such file") != std::string::npos);
+  // A CRL of the other CA: parsed fine, but not signed by ours.
+  const std::string other = (fs::path(pki.dir()) / "other-ca").string();
+  REQUIRE(std::system(("bash '" + std::string(VANTAGE_SOURCE_DIR) + "/tools/dev-pki.sh' --revoke '" + other +
+                       "' >/dev/null").c_str()) == 0);
+  options.crl_file = other + "/crl.pem";
+  auto foreign = TlsContext::create(options);
+  REQUIRE_FALSE(foreign);
+  CHECK(foreign.error().find("not issued and signed by the CA") != std::string::npos);
+  options.crl_file = pki.file("ca.crt");  // a certificate, not a CRL
+  auto garbage = TlsContext::create(options);
+  REQUIRE_FALSE(garbage);
+  CHECK(garbage.error().find("ca.crt: -0x") != std::string::npos);
+}
+
+TEST_CASE("a ticket sealed for a certificate revoked since is refused: a full handshake follows, and fails") {
+  const Pki& pki = Pki::get();
+  REQUIRE(pki.ok());
+  const fs::path dir = fs::path(pki.dir()) / "tickets-revoked";
+  fs::create_directories(dir);
+  const std::string key_file = (dir / "ticket-keys").string();
+  fs::remove(key_file);
+  auto client = agent_2_context();
+  Loop server_loop, client_loop;
+  auto before = server_with_crl(key_file, pki.file("crl.pem"));  // revokes nothing
+  CHECK(connect_once(server_loop, client_loop, before, client).first == false);
+  CHECK(connect_once(server_loop, client_loop, before, client) == std::make_pair(true, std::string("eu-west/fra2/agent-2")));
+  CHECK(client->has_saved_session());
+
+  // A reload with the CRL that revokes agent-2: same ticket keys, so the ticket still opens, but
+  // the serial sealed in it is now revoked.
+  TlsContextOptions options = server_options(key_file);
+  options.crl_file = pki.file("revoked.crl");
+  auto reloaded = before->reload(options);
+  INFO(reloaded.error());
+  REQUIRE(reloaded);
+  auto after = std::move(reloaded).value();
+  CHECK(after->is_revoked(std::string("x")) == false);
+  Connection c = handshake(server_loop, client_loop, "127.0.0.1", after, client, "localhost");
+  CHECK(c.server_error == make_mbedtls_error(MBEDTLS_ERR_X509_CERT_VERIFY_FAILED));
+  CHECK_FALSE(c.server->resumed());
+  CHECK(c.server->peer_identity().ticket_refused.find("agent-2") != std::string::npos);
+  CHECK(c.server->peer_identity().ticket_refused.find("revoked") != std::string::npos);
+  CHECK((c.server->peer_verify_flags() & MBEDTLS_X509_BADCERT_REVOKED) != 0);
+  close_all(server_loop, client_loop, c);
+
+  // agent-1's ticket, from before the reload, still resumes under the reloaded context.
+  auto good = agent_context();
+  CHECK_FALSE(connect_once(server_loop, client_loop, before, good).first);
+  CHECK(connect_once(server_loop, client_loop, after, good) == std::make_pair(true, std::string("eu-west/fra1/agent-1")));
 }
 
 }  // namespace vantage::platform::tls::test

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <future>
 #include <memory>
 #include <string>
@@ -24,8 +25,11 @@ namespace vantage::platform::tls::test {
 // Generous: under QEMU every ECDSA operation is emulated.
 inline constexpr auto kBound = std::chrono::seconds(60);
 
-// ca.crt, collector.*, agent-1.* (CN=agent-1, OU=eu-west); other-ca/ holds an unrelated CA with
-// its own collector.* and rogue.*.
+// ca.crt, collector.*, agent-1.* (vantage://eu-west/fra1/agent-1), agent-2.* (revoked/revoked.crl
+// revokes it; crl.pem revokes nothing), and agents whose subjectAltName is wrong: no-uri (a DNS
+// name only), two-uris, bad-uri (a space in the PoP), long-uri (a 65-character agent id),
+// other-uri (a spiffe:// URI beside a good vantage:// one); other-ca/ holds an unrelated CA with its
+// own collector.* and rogue.*.
 class Pki {
  public:
   static const Pki& get() {
@@ -49,9 +53,37 @@ class Pki {
     dir_ = pattern;
     const std::string script = std::string(VANTAGE_SOURCE_DIR) + "/tools/dev-pki.sh";
     const std::string quiet = " >/dev/null";
-    ok_ =
-        std::system(("bash '" + script + "' '" + dir_.string() + "' agent-1:eu-west" + quiet).c_str()) == 0 &&
-        std::system(("bash '" + script + "' --other-ca '" + dir_.string() + "' rogue" + quiet).c_str()) == 0;
+    const std::string d = "'" + dir_.string() + "'";
+    ok_ = std::system(("bash '" + script + "' " + d + " agent-1:eu-west:fra1 agent-2:eu-west:fra2" + quiet).c_str()) ==
+              0 &&
+          std::system(("bash '" + script + "' --other-ca " + d + " rogue" + quiet).c_str()) == 0 &&
+          std::system(("bash '" + script + "' --revoke " + d + quiet).c_str()) == 0 &&
+          std::system(("cp " + d + "/crl.pem " + d + "/empty.crl").c_str()) == 0 &&
+          std::system(("bash '" + script + "' --revoke " + d + " agent-2" + quiet).c_str()) == 0 &&
+          std::system(("mv " + d + "/crl.pem " + d + "/revoked.crl && mv " + d + "/empty.crl " + d + "/crl.pem").c_str()) ==
+              0 &&
+          issue("no-uri", "DNS:agent.example") && issue("two-uris", "URI:vantage://eu-west/fra1/a,URI:vantage://eu-west/fra1/b") &&
+          issue("bad-uri", "URI:vantage://eu-west/fra%201/agent-3") &&
+          issue("long-uri", "URI:vantage://eu-west/fra1/" + std::string(65, 'a')) &&
+          issue("other-uri", "URI:spiffe://example.org/agent,URI:vantage://eu-west/fra1/agent-4");
+  }
+  // name.crt/.key: an agent certificate of the CA with this subjectAltName (openssl syntax).
+  bool issue(const std::string& name, const std::string& san) const {
+    const std::string base = "'" + (dir_ / name).string();
+    const std::string ca = "'" + (dir_ / "ca").string();
+    const std::string ext = base + ".ext'";
+    {
+      std::ofstream out((dir_ / (name + ".ext")).string());
+      out << "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+          << "extendedKeyUsage=clientAuth\nsubjectAltName=" << san << "\n";
+    }
+    const std::string command =
+        "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out " + base + ".key' 2>/dev/null && " +
+        "openssl req -new -key " + base + ".key' -subj /O=Vantage/CN=" + name + " -out " + base + ".csr' && " +
+        "openssl x509 -req -in " + base + ".csr' -CA " + ca + ".crt' -CAkey " + ca + ".key' -sha256 -days 30 " +
+        "-set_serial 0x$(openssl rand -hex 12) -extfile " + ext + " -out " + base +
+        ".crt' 2>/dev/null";
+    return std::system(command.c_str()) == 0;
   }
   std::filesystem::path dir_;
   bool ok_ = false;

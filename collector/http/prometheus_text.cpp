@@ -4,25 +4,41 @@
 #include <charconv>
 #include <cmath>
 
+#include "platform/utf8_text.hpp"
+
 namespace vantage::collector::http {
 
 namespace {
 
 // The exposition format escapes backslash and newline in both places, the double quote only
-// inside a label value (HELP text is not quoted).
+// inside a label value (HELP text is not quoted). It has no escape for other bytes, and one
+// invalid UTF-8 sequence fails the whole scrape ("invalid label value"): the ingest refuses such
+// strings, and anything that still carries one (an older store, a future code path) shows
+// U+FFFD in its place, as it does for other control characters.
 std::string escape(std::string_view text, bool in_quotes) {
+  static constexpr std::string_view kReplacement = "\xef\xbf\xbd";  // U+FFFD
   std::string out;
   out.reserve(text.size());
-  for (const char c : text) {
+  for (std::size_t at = 0; at < text.size();) {
+    const platform::Utf8Sequence s = platform::decode_utf8(text, at);
+    if (s.length == 0) {
+      out += kReplacement;
+      ++at;
+      continue;
+    }
+    const char32_t c = s.code_point;
     if (c == '\\') {
       out += "\\\\";
     } else if (c == '"' && in_quotes) {
       out += "\\\"";
     } else if (c == '\n') {
       out += "\\n";
+    } else if (platform::is_control(c)) {
+      out += kReplacement;
     } else {
-      out += c;
+      out.append(text.substr(at, s.length));
     }
+    at += s.length;
   }
   return out;
 }

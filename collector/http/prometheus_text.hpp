@@ -17,9 +17,10 @@ inline constexpr const char* kPrometheusContentType = "text/plain; version=0.0.4
 using Label = std::pair<std::string_view, std::string_view>;
 using Labels = std::vector<Label>;
 
-// A label value with backslash, double quote and line feed escaped (\\, \", \n).
+// A label value with backslash, double quote and line feed escaped (\\, \", \n); invalid UTF-8
+// and other control characters become U+FFFD, so the text always parses.
 std::string escape_label_value(std::string_view value);
-// HELP text: backslash and line feed escaped.
+// HELP text: backslash and line feed escaped, invalid UTF-8 and control characters as above.
 std::string escape_help(std::string_view text);
 // A sample value: integers without a fraction, NaN and +Inf/-Inf spelled as Prometheus does,
 // everything else with enough digits to round-trip.

@@ -5,14 +5,24 @@
 
 #include <flatbuffers/flatbuffers.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
 #include <cstdint>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "collector/http/http_server.hpp"
 #include "collector/http/metrics.hpp"
 #include "collector/http/prometheus_text.hpp"
 #include "collector/http/status_page.hpp"
 #include "collector/live_view.hpp"
+#include "platform/utf8_text.hpp"
 #include "tests/support/wire_frames.hpp"
 #include "vantage/telemetry_generated.h"
 
@@ -251,4 +261,236 @@ TEST_CASE("/api/status is JSON with a cell per (PoP, target) and escapes strings
   CHECK(collector::http::status_page_html().find("<script src") == std::string_view::npos);
   CHECK(collector::http::status_page_html().find("<link") == std::string_view::npos);
   CHECK(collector::http::status_page_html().find("@import") == std::string_view::npos);
+  // Names reach the DOM as text only (textContent, setAttribute), never parsed as markup.
+  for (const char* sink : {"innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("}) {
+    CAPTURE(sink);
+    CHECK(collector::http::status_page_html().find(sink) == std::string_view::npos);
+  }
+}
+
+TEST_CASE("label values and HELP never carry invalid UTF-8 or control characters, whatever they are given") {
+  using collector::http::escape_help;
+  using collector::http::escape_label_value;
+  const std::string fffd = "\xef\xbf\xbd";
+  CHECK(escape_label_value("a\xff" "b") == "a" + fffd + "b");
+  CHECK(escape_label_value("\xc0\xaf") == fffd + fffd);  // an overlong '/': each byte replaced
+  CHECK(escape_label_value("x\xed\xa0\x80") == "x" + fffd + fffd + fffd);
+  CHECK(escape_label_value("cr\rtab\tesc\x1b" "del\x7f" "c1\xc2\x85") ==
+        "cr" + fffd + "tab" + fffd + "esc" + fffd + "del" + fffd + "c1" + fffd);
+  // Valid text passes untouched: quotes escaped, the rest as is.
+  CHECK(escape_label_value("\"q\" </script> \xe2\x80\x8f\xd7\xa9 \xf0\x9f\x9a\x80") ==
+        "\\\"q\\\" </script> \xe2\x80\x8f\xd7\xa9 \xf0\x9f\x9a\x80");
+  CHECK(escape_help("bad \xff\n") == "bad " + fffd + "\\n");
+}
+
+TEST_CASE("/metrics with hostile names from the live view stays one sample per line, valid UTF-8") {
+  LiveView view;
+  const auto b = batch("fra1-a", "fra1", 1, 8'000'000, {"ok", "new\nline", "bad\xff", "q\"</script>"});
+  record(view, b, "fra\n1-a", "fra1\r", kT0 + 2 * kSecond);
+  const std::string text =
+      collector::http::render_metrics(view.snapshot(kT0 + 3 * kSecond), {}, "sqlite", kT0 + 3 * kSecond);
+  CHECK(vantage::platform::check_text(text, text.size()).fault != vantage::platform::TextFault::kInvalidUtf8);
+  std::size_t start = 0;
+  while (start < text.size()) {
+    const std::size_t end = text.find('\n', start);
+    REQUIRE(end != std::string::npos);
+    const std::string line = text.substr(start, end - start);
+    CAPTURE(line);
+    CHECK(vantage::platform::check_text(line, line.size()));  // no control character in a line
+    CHECK((line.starts_with("# HELP ") || line.starts_with("# TYPE ") || line.starts_with("vantage_")));
+    start = end + 1;
+  }
+  CHECK(contains(text, "target=\"new\\nline\""));
+  CHECK(contains(text, "target=\"q\\\"</script>\""));
+}
+
+namespace {
+
+using namespace std::chrono_literals;
+
+// A plain TCP client for the HTTP server's limits.
+class RawClient {
+ public:
+  explicit RawClient(std::uint16_t port) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    REQUIRE(fd_ >= 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::connect(fd_, reinterpret_cast<const sockaddr*>(&a), sizeof a) == 0);
+  }
+  ~RawClient() { ::close(fd_); }
+  RawClient(const RawClient&) = delete;
+  RawClient& operator=(const RawClient&) = delete;
+
+  // Sends what the server takes; false once it closed or reset the connection.
+  bool send_all(std::string_view bytes) {
+    while (!bytes.empty()) {
+      const ssize_t n = ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+      if (n <= 0) return false;
+      bytes.remove_prefix(static_cast<std::size_t>(n));
+    }
+    return true;
+  }
+  // Everything until the server closes (or `limit` passes): {bytes, closed}.
+  std::pair<std::string, bool> read_until_closed(std::chrono::milliseconds limit = 20s) {
+    std::string out;
+    const auto end = std::chrono::steady_clock::now() + limit;
+    while (std::chrono::steady_clock::now() < end) {
+      pollfd p{fd_, POLLIN, 0};
+      if (::poll(&p, 1, 100) <= 0) continue;
+      char buffer[4096];
+      const ssize_t n = ::recv(fd_, buffer, sizeof buffer, 0);
+      if (n <= 0) return {out, true};
+      out.append(buffer, static_cast<std::size_t>(n));
+    }
+    return {out, false};
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+struct Served {
+  explicit Served(collector::http::HttpLimits limits) {
+    collector::http::HttpConfig config;
+    config.listen.emplace_back(asio::ip::make_address("127.0.0.1"), 0);
+    config.limits = limits;
+    server = std::make_unique<collector::http::HttpServer>(config, view, ingest);
+    REQUIRE(server->start());
+    port = server->local_endpoints().at(0).port();
+  }
+  LiveView view;
+  collector::IngestServer ingest{collector::IngestConfig{}};
+  std::unique_ptr<collector::http::HttpServer> server;
+  std::uint16_t port = 0;
+};
+
+template <typename F>
+bool eventually(F&& condition, std::chrono::milliseconds limit = 20s) {
+  const auto end = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < end) {
+    if (condition()) return true;
+    std::this_thread::sleep_for(20ms);
+  }
+  return condition();
+}
+
+}  // namespace
+
+TEST_CASE("http server: GET and HEAD are served, every other method is 405 and its body never read") {
+  Served s({});
+  {
+    RawClient c(s.port);
+    REQUIRE(c.send_all("GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
+    const auto [text, closed] = c.read_until_closed();
+    CHECK(closed);
+    CHECK(text.starts_with("HTTP/1.1 200"));
+    CHECK(contains(text, "vantage_collector_http_refused_total{limit=\"method\"} 0"));
+  }
+  {
+    RawClient c(s.port);
+    REQUIRE(c.send_all("HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
+    CHECK(c.read_until_closed().first.starts_with("HTTP/1.1 200"));
+  }
+  for (const char* method : {"POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"}) {
+    CAPTURE(method);
+    RawClient c(s.port);
+    // A body announced at 1 GiB, of which only the start is sent: the answer comes at once.
+    REQUIRE(c.send_all(std::string(method) + " /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 1073741824\r\n\r\n" +
+                       std::string(4096, 'z')));
+    const auto [text, closed] = c.read_until_closed();
+    CHECK(closed);
+    CHECK(text.starts_with("HTTP/1.1 405"));
+    CHECK(contains(text, "Allow: GET, HEAD"));
+  }
+  {
+    // With Expect: 100-continue the refusal comes before the client sends any of its body.
+    RawClient c(s.port);
+    REQUIRE(c.send_all("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1073741824\r\nExpect: 100-continue\r\n\r\n"));
+    const auto [text, closed] = c.read_until_closed();
+    CHECK(closed);
+    CHECK(text.starts_with("HTTP/1.1 405"));
+  }
+  {
+    // A method httplib does not know is a bad request; the connection ends all the same.
+    RawClient c(s.port);
+    REQUIRE(c.send_all("BREW / HTTP/1.1\r\nHost: x\r\n\r\n"));
+    const auto [text, closed] = c.read_until_closed();
+    CHECK(closed);
+    CHECK(text.starts_with("HTTP/1.1 400"));
+  }
+  CHECK(s.server->counters().refused_methods == 7);
+}
+
+TEST_CASE("http server: a connection past its byte budget is closed, however the bytes come") {
+  collector::http::HttpLimits limits;
+  limits.connection_bytes = 64 << 10;
+  Served s(limits);
+  {
+    // A request line that never ends: httplib alone would buffer all of it.
+    RawClient c(s.port);
+    bool sending = c.send_all("GET /");
+    for (int i = 0; i < 64 && sending; ++i) sending = c.send_all(std::string(16 << 10, 'a'));
+    CHECK(c.read_until_closed().second);
+  }
+  {
+    // Keep-alive requests with padding headers: the budget spans the connection.
+    RawClient c(s.port);
+    // 14 KB each: the fifth passes 64 KiB, well before keep_alive_max_requests ends the connection.
+    const std::string pad(7000, 'p');
+    const std::string request = "GET /api/status HTTP/1.1\r\nHost: x\r\nX-Pad: " + pad + "\r\nX-Pad2: " + pad + "\r\n\r\n";
+    for (int i = 0; i < 40 && c.send_all(request); ++i) {
+    }
+    CHECK(c.read_until_closed().second);
+  }
+  eventually([&] { return s.server->counters().oversized == 2; });
+  const auto counters = s.server->counters();
+  CAPTURE(counters.expired);
+  CAPTURE(counters.requests);
+  CHECK(counters.oversized == 2);
+}
+
+TEST_CASE("http server: a slow client is closed at the connection lifetime") {
+  collector::http::HttpLimits limits;
+  limits.connection_lifetime = 1500ms;
+  Served s(limits);
+  RawClient c(s.port);
+  REQUIRE(c.send_all("GET / HTTP/1.1\r\n"));
+  const auto start = std::chrono::steady_clock::now();
+  bool open = true;
+  // One header byte every 200 ms: within every read timeout, never done.
+  while (open && std::chrono::steady_clock::now() - start < 30s) {
+    open = c.send_all("X");
+    std::this_thread::sleep_for(200ms);
+    if (s.server->counters().expired > 0) break;
+  }
+  CHECK(eventually([&] { return s.server->counters().expired == 1; }));
+  CHECK(c.read_until_closed().second);
+}
+
+TEST_CASE("http server: connections past max_connections are closed unread, the rest are served") {
+  collector::http::HttpLimits limits;
+  limits.threads = 1;
+  limits.max_connections = 2;
+  limits.keep_alive_timeout = 3s;
+  Served s(limits);
+  // The first holds the only worker (it waits for its request), the second waits in the queue,
+  // the third and fourth are over the bound.
+  RawClient first(s.port);
+  REQUIRE(eventually([&] { return s.server->counters().shed_connections == 0; }));
+  std::this_thread::sleep_for(200ms);
+  RawClient second(s.port);
+  std::this_thread::sleep_for(200ms);
+  RawClient third(s.port);
+  RawClient fourth(s.port);
+  CHECK(third.read_until_closed(10s).second);
+  CHECK(fourth.read_until_closed(10s).second);
+  CHECK(s.server->counters().shed_connections == 2);
+  // The held ones are still served.
+  REQUIRE(first.send_all("GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
+  CHECK(first.read_until_closed().first.starts_with("HTTP/1.1 200"));
+  REQUIRE(second.send_all("GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
+  CHECK(second.read_until_closed().first.starts_with("HTTP/1.1 200"));
 }

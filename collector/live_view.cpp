@@ -28,13 +28,20 @@ void LiveView::record(const store::IncomingBatch& in) {
 
   const std::lock_guard lock(mutex_);
   LiveAgent& agent = agents_[agent_id];
-  const bool newest = b.seq() >= agent.seq;
+  // Seqs compare within one spool incarnation only: a reinstalled agent starts again at 1 under a
+  // new one, which takes over once its batches are newer by interval.
+  const std::string incarnation = store::incarnation_hex(in.incarnation);
+  const bool newest = agent.incarnation.empty() || agent.incarnation == incarnation
+                          ? b.seq() >= agent.seq
+                          : b.interval_end_ns() >= agent.interval_end_ns;
   agent.agent_id = agent_id;
   agent.region = region;
   agent.pop = pop;
   agent.last_seen_ns = std::max(agent.last_seen_ns, now);
   if (newest) {
+    agent.incarnation = incarnation;
     agent.seq = b.seq();
+    agent.interval_end_ns = b.interval_end_ns();
     agent.spool_dropped = b.spool_dropped();
     if (const wire::AgentSelf* m = b.self()) {
       agent.self = wire::agent_self_values(*m);

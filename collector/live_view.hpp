@@ -60,7 +60,9 @@ using LiveAgentSelf = wire::AgentSelfValues;  // schemas/agent_self_fields.hpp
 
 struct LiveAgent {
   std::string region, pop, agent_id;
-  std::uint64_t seq = 0;          // of the newest batch stored
+  std::string incarnation;        // of the newest batch stored: its spool incarnation, 32 hex digits
+  std::uint64_t seq = 0;          // of the newest batch stored, in that incarnation
+  std::int64_t interval_end_ns = 0;  // of the newest batch stored
   std::int64_t last_seen_ns = 0;  // collector wall clock
   std::uint64_t spool_dropped = 0;
   std::optional<LiveAgentSelf> self;

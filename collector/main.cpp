@@ -229,7 +229,9 @@ int main(int argc, char** argv) {
                            e.address().to_string().c_str(), static_cast<unsigned>(e.port()),
                            store_text.c_str());
   }
-  vantage::collector::http::HttpServer http({.listen = http_listen}, live_view, server);
+  vantage::collector::http::HttpConfig http_config;  // the limits keep their defaults
+  http_config.listen = http_listen;
+  vantage::collector::http::HttpServer http(http_config, live_view, server);
   if (const auto started = http.start(); !started) {
     vantage::platform::log(vantage::platform::LogLevel::kError, "%s", started.message().c_str());
     server.stop();

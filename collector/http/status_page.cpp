@@ -90,6 +90,7 @@ std::string render_status_json(const LiveSnapshot& view, const IngestCounters& c
     j.field("agent", a.agent_id);
     j.field("region", a.region);
     j.field("pop", a.pop);
+    j.field("incarnation", a.incarnation);  // names the agent's spool: seq counts within it
     j.field("seq", a.seq);
     j.field("age_s", static_cast<double>(now_ns - a.last_seen_ns) / 1e9);
     field_or_null("rss_bytes", a.self ? std::optional(a.self->rss_bytes) : std::nullopt);

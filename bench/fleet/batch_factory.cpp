@@ -93,8 +93,11 @@ std::vector<std::uint8_t> BatchFactory::hello_frame(const AgentIdentity& agent) 
   const std::string arch(platform::kArchName);
   // Capabilities as a UDP-echo agent with host load and a reflector announces them.
   const std::uint64_t capabilities = (1u << 0) | (1u << 3) | (1u << 4);
+  const wire::Incarnation incarnation(flatbuffers::span<const std::uint8_t, 16>(agent.incarnation.data(), 16));
+  const bool legacy = agent.incarnation == std::array<std::uint8_t, 16>{};
   const auto hello = wire::CreateHelloDirect(fbb, 1, agent.agent_id.c_str(), agent.region.c_str(),
-                                             agent.pop.c_str(), VANTAGE_VERSION, arch.c_str(), capabilities);
+                                             agent.pop.c_str(), VANTAGE_VERSION, arch.c_str(), capabilities,
+                                             legacy ? nullptr : &incarnation);
   return finish(fbb, wire::Message::Hello, hello.Union());
 }
 

@@ -3,6 +3,7 @@
 // produces them), plus the same summaries as Influx line protocol for the VictoriaMetrics peer.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -16,6 +17,9 @@ struct AgentIdentity {
   std::string region;    // the certificate's OU
   std::string pop;
   std::uint32_t index = 0;  // position in the fleet, names the agent's targets
+  // The simulated spool's incarnation, sent in Hello (all zero: none, the legacy form); with the
+  // agent id and seq it is what the store keys a batch by.
+  std::array<std::uint8_t, 16> incarnation{};
 };
 
 // One target's interval: counters, RTT statistics and the non-empty histogram buckets.

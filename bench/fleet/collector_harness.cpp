@@ -88,7 +88,18 @@ asio::ip::tcp::endpoint CollectorHarness::endpoint() const {
   return {asio::ip::make_address_v4("127.0.0.1"), port_};
 }
 
-void check_agent_seqs(const AgentRecord& r, std::vector<std::uint64_t> s, StoreCheck& check) {
+void check_agent_keys(const AgentRecord& r, const std::vector<collector::store::BatchKey>& keys,
+                      StoreCheck& check) {
+  std::vector<std::uint64_t> s;
+  s.reserve(keys.size());
+  for (const collector::store::BatchKey& k : keys) {
+    if (k.incarnation == r.incarnation) {
+      s.push_back(k.seq);
+    } else {
+      ++check.foreign;
+      ++check.stored;
+    }
+  }
   check.acked += r.acked_through;
   std::sort(s.begin(), s.end());
   check.stored += s.size();
@@ -115,12 +126,12 @@ StoreCheck check_store(const std::filesystem::path& database, const std::vector<
     return check;
   }
   for (const AgentRecord& r : records) {
-    auto seqs = opened->seqs(r.agent_id);
-    if (!seqs) {
-      check.error = seqs.error();
+    auto keys = opened->batch_keys(r.agent_id);
+    if (!keys) {
+      check.error = keys.error();
       return check;
     }
-    check_agent_seqs(r, std::move(*seqs), check);
+    check_agent_keys(r, *keys, check);
   }
   return check;
 }

@@ -14,6 +14,7 @@
 #include "bench/fleet/child_process.hpp"
 #include "bench/fleet/fleet.hpp"
 #include "bench/fleet/fleet_pki.hpp"
+#include "collector/store/sqlite_store.hpp"
 
 namespace vantage::fleet {
 
@@ -57,17 +58,19 @@ class CollectorHarness {
   std::filesystem::path database_, log_, config_, state_dir_;
 };
 
-// The store read back after the collector stopped: every acked (agent, seq) once.
+// The store read back after the collector stopped: every acked (agent, incarnation, seq) once.
 struct StoreCheck {
   std::uint64_t acked = 0;       // batches the fleet saw acked
   std::uint64_t stored = 0;      // rows for the fleet's agents
   std::uint64_t missing = 0;     // acked but not stored
   std::uint64_t duplicates = 0;  // stored more than once
   std::uint64_t unacked_stored = 0;  // stored though never acked (in flight at the end): fine
+  std::uint64_t foreign = 0;  // stored under an incarnation the agent never had
   std::string error;
 };
-// Adds one agent's stored seqs (any order, repeats kept) to the check.
-void check_agent_seqs(const AgentRecord& record, std::vector<std::uint64_t> seqs, StoreCheck& check);
+// Adds one agent's stored batch keys (any order, repeats kept) to the check.
+void check_agent_keys(const AgentRecord& record, const std::vector<collector::store::BatchKey>& keys,
+                      StoreCheck& check);
 StoreCheck check_store(const std::filesystem::path& database, const std::vector<AgentRecord>& records);
 
 }  // namespace vantage::fleet

@@ -54,7 +54,7 @@ int run_firehose(const Options& options) {
   report.number("disconnects", static_cast<double>(after.disconnects), "sessions lost");
   run.report_window(w, "vantage_", "vantage");
   const StoreCheck check = run.stop_and_check();
-  bool ok = all && drained && check.error.empty() && check.missing == 0 && check.duplicates == 0;
+  bool ok = all && drained && check.error.empty() && check.missing == 0 && check.duplicates == 0 && check.foreign == 0;
 
   if (!options.flag("no-victoria")) {
     // As many requests in flight as the agents have batches in flight: each HTTP/1.1 client has

@@ -90,7 +90,16 @@ class SimAgent {
         timer_(shard.io),
         send_timer_(shard.io),
         ack_timer_(shard.io),
-        rng_(0x9e3779b97f4a7c15ULL ^ id_.index) {}
+        rng_(0x9e3779b97f4a7c15ULL ^ id_.index) {
+    // A simulated agent is a freshly installed one: a new spool, a new random incarnation.
+    if (id_.incarnation == std::array<std::uint8_t, 16>{}) {
+      std::random_device random;
+      for (std::size_t i = 0; i < id_.incarnation.size(); i += 4) {
+        const std::uint32_t r = random();
+        for (std::size_t k = 0; k < 4; ++k) id_.incarnation[i + k] = static_cast<std::uint8_t>(r >> (8 * k));
+      }
+    }
+  }
 
   const AgentIdentity& identity() const noexcept { return id_; }
   std::uint64_t acked_through() const noexcept { return acked_through_; }
@@ -528,7 +537,9 @@ std::vector<AgentRecord> Fleet::records() {
     auto future = promise.get_future();
     asio::post(s->io, [s, &promise] {
       std::vector<AgentRecord> part;
-      for (auto& a : s->agents) part.push_back({a->identity().agent_id, a->acked_through(), a->made_through()});
+      for (auto& a : s->agents) {
+        part.push_back({a->identity().agent_id, a->identity().incarnation, a->acked_through(), a->made_through()});
+      }
       promise.set_value(std::move(part));
     });
     for (auto& r : future.get()) out.push_back(std::move(r));

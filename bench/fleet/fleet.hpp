@@ -81,6 +81,7 @@ struct FleetStats {
 // Per agent, for checking the store afterwards.
 struct AgentRecord {
   std::string agent_id;
+  std::array<std::uint8_t, 16> incarnation{};  // its Hello's: every batch it made is under it
   std::uint64_t acked_through = 0;  // every seq 1..acked_through was acked as stored
   std::uint64_t made_through = 0;   // highest seq made (sent or waiting)
 };

@@ -223,6 +223,7 @@ StoreCheck FleetRun::stop_and_check() {
   report.number("store_duplicates", static_cast<double>(check.duplicates), "stored more than once");
   report.number("store_unacked_stored", static_cast<double>(check.unacked_stored),
                 "stored but never acked (in flight at the end)");
+  report.number("store_foreign", static_cast<double>(check.foreign), "stored under an incarnation never sent");
   return check;
 }
 

@@ -138,7 +138,7 @@ int run_hostile(const Options& options) {
 
   const StoreCheck check = run.stop_and_check();
   bool ok = steady.all_connected && steady.stats.agents_acked >= agents && steady.drained && check.error.empty() &&
-            check.missing == 0 && check.duplicates == 0;
+            check.missing == 0 && check.duplicates == 0 && check.foreign == 0;
   if (max_p99_ms > 0 && steady.p99_ms > max_p99_ms) ok = false;
   report.section("verdict");
   report.flag("ok", ok, "every steady agent connected and acked, every acked batch stored once");

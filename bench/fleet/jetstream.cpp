@@ -294,7 +294,7 @@ int run_jetstream(const Options& options) {
     }
   }
   const double read_s = std::chrono::duration<double>(Clock::now() - read_start).count();
-  std::unordered_map<std::string, std::vector<std::uint64_t>> seqs;
+  std::unordered_map<std::string, std::vector<collector::store::BatchKey>> keys;
   std::uint64_t lines = 0, invalid = 0;
   {
     std::ifstream in(consume_out);
@@ -303,20 +303,22 @@ int run_jetstream(const Options& options) {
       if (line.rfind("stream_seq=", 0) != 0) continue;
       ++lines;
       const std::string agent = field(line, "agent"), seq = field(line, "seq");
-      if (agent.empty() || seq.empty()) {
+      const auto incarnation = collector::store::parse_incarnation_hex(field(line, "incarnation"));
+      if (agent.empty() || seq.empty() || !incarnation) {
         ++invalid;
         continue;
       }
-      seqs[agent].push_back(std::strtoull(seq.c_str(), nullptr, 10));
+      keys[agent].push_back({*incarnation, std::strtoull(seq.c_str(), nullptr, 10)});
     }
   }
   StoreCheck check;
   std::uint64_t fleet_messages = 0;
   for (const AgentRecord& r : records) {
-    auto it = seqs.find(r.agent_id);
-    std::vector<std::uint64_t> s = it == seqs.end() ? std::vector<std::uint64_t>{} : std::move(it->second);
-    fleet_messages += s.size();
-    check_agent_seqs(r, std::move(s), check);
+    auto it = keys.find(r.agent_id);
+    const std::vector<collector::store::BatchKey> k =
+        it == keys.end() ? std::vector<collector::store::BatchKey>{} : std::move(it->second);
+    fleet_messages += k.size();
+    check_agent_keys(r, k, check);
   }
   const bool read_complete = final_status.ok && consume_status == 0 && lines == final_status.messages;
 
@@ -332,10 +334,11 @@ int run_jetstream(const Options& options) {
   report.number("stream_duplicates", static_cast<double>(check.duplicates), "in the stream more than once");
   report.number("stream_unacked_stored", static_cast<double>(check.unacked_stored),
                 "in the stream but never acked (in flight at a failure or the end)");
+  report.number("stream_foreign", static_cast<double>(check.foreign), "under an incarnation never sent");
   if (invalid > 0) report.number("stream_unparsed", static_cast<double>(invalid), "lines not understood");
 
   const bool ok = result.all_connected && result.drained && read_complete && check.missing == 0 &&
-                  check.duplicates == 0 && invalid == 0 && collectors_clean &&
+                  check.duplicates == 0 && check.foreign == 0 && invalid == 0 && collectors_clean &&
                   (!outage.enabled || (!std::isnan(outage.killed_s) && outage.error.empty()));
   report.section("verdict");
   report.flag("ok", ok,

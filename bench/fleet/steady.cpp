@@ -21,7 +21,7 @@ int run_steady(const Options& options) {
   SteadyResult result = run_steady_phase(run, fleet, agents, interval_s, duration_s);
   const StoreCheck check = run.stop_and_check();
   bool ok = result.all_connected && result.drained && check.error.empty() && check.missing == 0 &&
-            check.duplicates == 0;
+            check.duplicates == 0 && check.foreign == 0;
   if (max_p99_ms > 0 && result.p99_ms > max_p99_ms) ok = false;
   run.report.section("verdict");
   run.report.flag("ok", ok, "every agent connected, every acked batch stored once, p99 in bound");

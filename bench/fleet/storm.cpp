@@ -83,7 +83,7 @@ int run_storm(const Options& options) {
   bool drained = false;
   fleet.wait_until([](const FleetStats& s) { return s.unacked_now == 0; }, std::chrono::seconds(30), &drained);
   const StoreCheck check = run.stop_and_check();
-  const bool ok = all_first && all_back && drained && check.error.empty() && check.missing == 0 && check.duplicates == 0;
+  const bool ok = all_first && all_back && drained && check.error.empty() && check.missing == 0 && check.duplicates == 0 && check.foreign == 0;
   report.section("verdict");
   report.flag("ok", ok, "every agent back, every acked batch stored once");
   report.print();

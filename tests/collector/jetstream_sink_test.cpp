@@ -1,5 +1,6 @@
 // Tests for JetStreamSink against a real `nats-server -js` on loopback (its own store directory
-// and port): subjects, headers and payload as published, de-duplication by Nats-Msg-Id, a server
+// and port): subjects, headers and payload as published, de-duplication by Nats-Msg-Id (the batch
+// key: agent, spool incarnation and seq), a server
 // that is down at start, killed (-9) and restarted mid-run, and an existing stream's settings.
 #include <doctest/doctest.h>
 #include <nats/nats.h>
@@ -245,6 +246,58 @@ TEST_CASE(
   REQUIRE_MESSAGE(second, second.error());
   CHECK(*second == std::vector<StoreOutcome>{StoreOutcome::kDuplicate, StoreOutcome::kStored});
   CHECK(reader.count("TEST") == 5);
+}
+
+TEST_CASE("the message id is the batch key: the same seq under another incarnation is a new message") {
+  NatsServer server;
+  SKIP_WITHOUT_NATS_SERVER(server);
+  server.start();
+  auto sink = JetStreamSink::connect(options_for(server));
+  REQUIRE_MESSAGE(sink, sink.error());
+  const Incarnation first{0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0, 0, 0, 0, 0, 0, 0, 0x01};
+  const Incarnation reinstalled{0xfe, 0xdc, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02};
+  std::vector<Frame> frames;
+  for (const Incarnation& incarnation : {first, reinstalled}) {
+    for (std::uint64_t seq = 1; seq <= 2; ++seq) {
+      frames.push_back(make_frame("a1", seq));
+      frames.back().in.incarnation = incarnation;
+    }
+  }
+  auto stored = (*sink)->store(inputs(frames));
+  REQUIRE_MESSAGE(stored, stored.error());
+  CHECK(*stored == std::vector<StoreOutcome>(4, StoreOutcome::kStored));
+
+  Reader reader(server.url());
+  REQUIRE(reader.count("TEST") == 4);
+  natsMsg* m = reader.get("TEST", 3);
+  CHECK(header(m, "Vantage-Seq") == "1");
+  CHECK(header(m, "Vantage-Incarnation") == "fedc0000000000000000000000000002");
+  CHECK(header(m, "Nats-Msg-Id") == "a1/fedc0000000000000000000000000002-1");
+  natsMsg_Destroy(m);
+
+  // A resend under the same incarnation is JetStream's duplicate; the legacy incarnation (an
+  // agent that sends none) is a key of its own, with the id older collectors gave it.
+  std::vector<Frame> again;
+  again.push_back(make_frame("a1", 2));
+  again.back().in.incarnation = reinstalled;
+  again.push_back(make_frame("a1", 2));
+  auto second = (*sink)->store(inputs(again));
+  REQUIRE_MESSAGE(second, second.error());
+  CHECK(*second == std::vector<StoreOutcome>{StoreOutcome::kDuplicate, StoreOutcome::kStored});
+  REQUIRE(reader.count("TEST") == 5);
+  m = reader.get("TEST", 5);
+  CHECK(header(m, "Nats-Msg-Id") == "a1/2");
+  CHECK(header(m, "Vantage-Incarnation") == "00000000000000000000000000000000");
+  natsMsg_Destroy(m);
+}
+
+TEST_CASE("message ids: the legacy form for the all-zero incarnation, distinct forms otherwise") {
+  const Incarnation some{0xab, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xcd};
+  CHECK(message_id("fra1-edge-01", kLegacyIncarnation, 42) == "fra1-edge-01/42");
+  CHECK(message_id("fra1-edge-01", some, 42) == "fra1-edge-01/ab0000000000000000000000000000cd-42");
+  // The part after the last '/' tells the forms apart, whatever the agent id holds.
+  CHECK(message_id("a/ab0000000000000000000000000000cd", kLegacyIncarnation, 42) !=
+        message_id("a", some, 42));
 }
 
 TEST_CASE("a server down at start then killed and restarted: bounded failures and then stored again") {

@@ -142,6 +142,10 @@ std::string status_line(const AgentOptions& options, const Running& r) {
     s += ", acked through " + std::to_string(c.acked_seq) + ", spool " + std::to_string(c.spool.records) +
          " batches";
     if (c.spool.dropped_total > 0) s += " (" + std::to_string(c.spool.dropped_total) + " dropped)";
+    if (c.spool.lost() > 0) s += ", " + std::to_string(c.spool.lost()) + " lost to disk errors";
+    if (c.spool.sync_stalled_ms > 0) {
+      s += ", spool fsync stalled for " + std::to_string(c.spool.sync_stalled_ms / 1000) + " s";
+    }
     if (!c.connected && !c.last_error.empty()) s += "; " + c.last_error;
   }
   return s;

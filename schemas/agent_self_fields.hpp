@@ -36,7 +36,11 @@
   X(rejected, std::uint64_t, "vantage_agent_rejected_total", Counter, 1.0, "", "",                             \
     "Sessions a collector refused (identity, region).")                                                       \
   X(spool_errors, std::uint64_t, "vantage_agent_spool_errors_total", Counter, 1.0, "", "",                     \
-    "Spool writes, acks and syncs that failed on the agent (I/O error, disk full).")
+    "Spool writes, acks and syncs that failed on the agent (I/O error, disk full).")                           \
+  X(spool_lost, std::uint64_t, "vantage_agent_spool_lost_total", Counter, 1.0, "", "",                         \
+    "Batches the agent's spool could not keep (write failed after dropping older ones, unreadable).")          \
+  X(spool_sync_stalls, std::uint64_t, "vantage_agent_spool_sync_stalls_total", Counter, 1.0, "", "",           \
+    "Spool fsyncs on the agent that outlasted the shipper's wait (a hung or very slow disk).")
 
 namespace vantage::wire {
 

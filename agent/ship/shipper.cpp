@@ -164,7 +164,9 @@ void add_to_baseline(SelfBaseline& baseline, const ShipperCounters& counters) {
   baseline.connect_failures += counters.connect_failures;
   baseline.tls_failures += counters.tls_failures;
   baseline.rejected += counters.rejected;
-  baseline.spool_errors += counters.spool_errors;
+  baseline.spool_errors += counters.spool_errors + counters.spool.retried_errors;
+  baseline.spool_lost += counters.spool.lost();
+  baseline.spool_sync_stalls += counters.spool.sync_stalls;
 }
 
 platform::Result<std::unique_ptr<Shipper>> Shipper::open(ShipperConfig config,

@@ -34,6 +34,8 @@ struct SelfBaseline {
   std::uint64_t tls_failures = 0;
   std::uint64_t rejected = 0;
   std::uint64_t spool_errors = 0;
+  std::uint64_t spool_lost = 0;
+  std::uint64_t spool_sync_stalls = 0;
   std::uint64_t probe_ring_dropped = 0;
   std::uint64_t load_ring_dropped = 0;
 };
@@ -61,7 +63,9 @@ struct ShipperConfig {
 
 struct ShipperCounters {
   std::uint64_t batches_spooled = 0;
-  std::uint64_t spool_errors = 0;  // spool calls that failed (disk full, I/O); a failed append loses its batch
+  // Spool calls that failed (disk full, I/O); a failed append loses its batch (spool.lost()). The
+  // spool's own retried errors (spool.retried_errors) come on top in the self-metrics.
+  std::uint64_t spool_errors = 0;
   std::uint64_t frames_sent = 0;
   std::uint64_t acked_seq = 0;
   std::uint64_t connects = 0;          // TLS sessions established

@@ -166,6 +166,7 @@ void ShipperSession::pump() {
         spool_failed(st);
         break;
       }
+      spool_synced();
     }
     std::vector<std::uint8_t> frame;
     frame.reserve(wire::kFrameLengthSize + record->payload.size());
@@ -239,6 +240,9 @@ void ShipperSession::on_timer(SessionTimer timer) {
       }
       if (const platform::Status st = spool_.flush(); !st) {
         spool_failed(st);
+      } else if (sync_stalled_) {
+        spool_synced();
+        pump();  // what waited for the stalled sync can go now
       }
       arm_flush();
       return;
@@ -304,8 +308,27 @@ void ShipperSession::schedule_reconnect() {
 }
 
 void ShipperSession::spool_failed(const platform::Status& st) {
+  if (st.code() == platform::Errc::kUnavailable) {
+    // An fsync still running (a hung or very slow disk): not an error yet, but visible, once per
+    // stall; the spool counts it (sync_stalls) and the flush timer and the next batch retry.
+    if (!sync_stalled_) {
+      sync_stalled_ = true;
+      log(LogLevel::kWarning, "spool: %s; batches are spooled but not sent until it returns",
+          st.message().c_str());
+    }
+    publish_spool_counters();
+    return;
+  }
   log(LogLevel::kError, "spool: %s", st.message().c_str());
   update([](ShipperCounters& s) { ++s.spool_errors; });
+  publish_spool_counters();
+}
+
+void ShipperSession::spool_synced() {
+  if (sync_stalled_) {
+    sync_stalled_ = false;
+    log(LogLevel::kNotice, "spool: fsync returned again; sending resumes");
+  }
 }
 
 bool ShipperSession::delivered() const { return spool_.acked_seq() + 1 >= spool_.next_seq(); }
@@ -352,7 +375,11 @@ void ShipperSession::submit(MeasurementReport& report, const std::vector<ProbeTa
   if (const platform::Status st = spool_.append(seq, as_bytes(frame)); !st) {
     log(LogLevel::kError, "spool: batch %llu not stored: %s", static_cast<unsigned long long>(seq),
         st.message().c_str());
-    update([](ShipperCounters& s) { ++s.spool_errors; });
+    const SpoolStats stats = spool_.stats();  // the spool counted the lost batch (append_failures)
+    update([&stats](ShipperCounters& s) {
+      ++s.spool_errors;
+      s.spool = stats;
+    });
     return;
   }
   const SpoolStats stats = spool_.stats();
@@ -383,7 +410,9 @@ SelfMetrics ShipperSession::self_metrics(const MeasurementReport& report, const 
   m.connect_failures = base.connect_failures + counters_.connect_failures;
   m.tls_failures = base.tls_failures + counters_.tls_failures;
   m.rejected = base.rejected + counters_.rejected;
-  m.spool_errors = base.spool_errors + counters_.spool_errors;
+  m.spool_errors = base.spool_errors + counters_.spool_errors + spool_stats.retried_errors;
+  m.spool_lost = base.spool_lost + spool_stats.lost();
+  m.spool_sync_stalls = base.spool_sync_stalls + spool_stats.sync_stalls;
   return m;
 }
 

@@ -125,6 +125,7 @@ class ShipperSession {
   void check_drain();
   bool delivered() const;  // everything spooled is acked
   void spool_failed(const platform::Status& st);  // logged and counted
+  void spool_synced();                            // a flush succeeded: ends a sync stall
   SelfMetrics self_metrics(const MeasurementReport& report, const SpoolStats& spool_stats);
 
   ShipperConfig config_;
@@ -146,6 +147,7 @@ class ShipperSession {
   std::deque<std::vector<std::uint8_t>> writes_;
   wire::FrameReader reader_;
   std::function<void()> drained_;  // drain()'s callback while it waits
+  bool sync_stalled_ = false;      // an fsync outlasted its wait and has not been followed by a good one
 
   mutable std::mutex counters_mutex_;
   ShipperCounters counters_;

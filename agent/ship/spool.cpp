@@ -1,7 +1,6 @@
 // The disk spool: segment scanning and recovery, appends, acks, drops and validated reads.
 #include "agent/ship/spool.hpp"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <sys/random.h>
 #include <sys/stat.h>
@@ -19,6 +18,7 @@
 #include <system_error>
 
 #include "agent/ship/crc32c.hpp"
+#include "agent/ship/spool_syncer.hpp"
 #include "platform/byte_order.hpp"
 
 // Segment offsets and state files are 64-bit on every target; armhf needs _FILE_OFFSET_BITS=64
@@ -49,6 +49,9 @@ constexpr std::uint32_t kIncarnationVersion = 1;
 constexpr std::size_t kIncarnationBytes = 28;
 constexpr const char* kIncarnationName = "incarnation";
 constexpr const char* kIncarnationTmpName = "incarnation.tmp";
+constexpr const char* kReserveName = "reserve";
+// Reads of one record that fail with an I/O error before it is given up as lost.
+constexpr unsigned kReadAttempts = 3;
 constexpr std::size_t kSegNameDigits = 20;
 
 struct Header {
@@ -81,10 +84,10 @@ Status sys_error(int err, const std::string& what, const std::filesystem::path& 
 }
 
 // Reads up to n bytes; fewer only at end of file. -1 on error (errno set).
-ssize_t pread_full(int fd, void* buf, std::size_t n, std::uint64_t off) {
+ssize_t pread_full(SpoolFiles& files, int fd, void* buf, std::size_t n, std::uint64_t off) {
   std::size_t got = 0;
   while (got < n) {
-    const ssize_t r = ::pread(fd, static_cast<char*>(buf) + got, n - got, static_cast<off_t>(off + got));
+    const ssize_t r = files.pread(fd, static_cast<char*>(buf) + got, n - got, off + got);
     if (r < 0) {
       if (errno == EINTR) continue;
       return -1;
@@ -96,8 +99,10 @@ ssize_t pread_full(int fd, void* buf, std::size_t n, std::uint64_t off) {
 }
 
 // 0 or an errno. Header and payload go in one pwritev so that, short of a torn write the next
-// open() cuts off, a record reaches the page cache whole.
-int pwrite_full(int fd, std::span<const std::byte> a, std::span<const std::byte> b, std::uint64_t off) {
+// open() cuts off, a record reaches the page cache whole. A short write goes on from where it
+// stopped; the kernel reports a full disk on the call after the one that wrote the last byte.
+int pwrite_full(SpoolFiles& files, int fd, std::span<const std::byte> a, std::span<const std::byte> b,
+                std::uint64_t off) {
   std::size_t done = 0;
   const std::size_t total = a.size() + b.size();
   while (done < total) {
@@ -112,7 +117,7 @@ int pwrite_full(int fd, std::span<const std::byte> a, std::span<const std::byte>
       iov[0] = iovec{const_cast<std::byte*>(b.data() + in_b), b.size() - in_b};
       n = 1;
     }
-    const ssize_t w = ::pwritev(fd, iov.data(), n, static_cast<off_t>(off + done));
+    const ssize_t w = files.pwritev(fd, iov.data(), n, off + done);
     if (w < 0) {
       if (errno == EINTR) continue;
       return errno;
@@ -123,13 +128,7 @@ int pwrite_full(int fd, std::span<const std::byte> a, std::span<const std::byte>
   return 0;
 }
 
-int fsync_retry(int fd, bool data_only) {
-  for (;;) {
-    const int r = data_only ? ::fdatasync(fd) : ::fsync(fd);
-    if (r == 0) return 0;
-    if (errno != EINTR) return errno;
-  }
-}
+bool disk_full(int err) { return err == ENOSPC || err == EDQUOT; }
 
 struct StateFile {
   std::uint64_t next_seq = 1;
@@ -153,15 +152,15 @@ std::array<std::byte, kStateBytes> encode_state(const StateFile& s) {
 enum class StateRead { kOk, kMissing, kCorrupt };
 
 // I/O errors other than "missing" are start-up errors; bad contents are not.
-StateRead read_state(const std::filesystem::path& path, StateFile& out, Status& err) {
-  SpoolFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+StateRead read_state(SpoolFiles& files, const std::filesystem::path& path, StateFile& out, Status& err) {
+  SpoolFd fd(files.open(path.c_str(), O_RDONLY | O_CLOEXEC, 0));
   if (!fd.valid()) {
     if (errno == ENOENT) return StateRead::kMissing;
     err = sys_error(errno, "cannot open", path);
     return StateRead::kCorrupt;
   }
   std::array<std::byte, kStateBytes + 1> b{};
-  const ssize_t n = pread_full(fd.get(), b.data(), b.size(), 0);
+  const ssize_t n = pread_full(files, fd.get(), b.data(), b.size(), 0);
   if (n < 0) {
     err = sys_error(errno, "cannot read", path);
     return StateRead::kCorrupt;
@@ -191,11 +190,11 @@ enum class IncarnationRead { kOk, kMissing, kCorrupt };
 
 // An unreadable file counts as corrupt: a new incarnation is always safe, so no doubt about the
 // old one can stop the agent from starting.
-IncarnationRead read_incarnation(int dir_fd, SpoolIncarnation& out) {
-  SpoolFd fd(::openat(dir_fd, kIncarnationName, O_RDONLY | O_CLOEXEC));
+IncarnationRead read_incarnation(SpoolFiles& files, int dir_fd, SpoolIncarnation& out) {
+  SpoolFd fd(files.openat(dir_fd, kIncarnationName, O_RDONLY | O_CLOEXEC, 0));
   if (!fd.valid()) return errno == ENOENT ? IncarnationRead::kMissing : IncarnationRead::kCorrupt;
   std::array<std::byte, kIncarnationBytes + 1> b{};
-  const ssize_t n = pread_full(fd.get(), b.data(), b.size(), 0);
+  const ssize_t n = pread_full(files, fd.get(), b.data(), b.size(), 0);
   if (n != static_cast<ssize_t>(kIncarnationBytes) || platform::load_le32(b.data()) != kIncarnationMagic ||
       platform::load_le32(b.data() + 4) != kIncarnationVersion ||
       platform::load_le32(b.data() + 24) != crc32c(std::span<const std::byte>(b.data(), 24))) {
@@ -282,6 +281,16 @@ void SpoolFd::reset(int fd) {
   fd_ = fd;
 }
 
+Spool::Spool(SpoolConfig config)
+    : config_(std::move(config)),
+      files_(config_.files ? config_.files
+                           : std::shared_ptr<SpoolFiles>(&posix_spool_files(), [](SpoolFiles*) {})),
+      syncer_(std::make_unique<SpoolSyncer>(files_)) {}
+
+Spool::Spool(Spool&& other) noexcept = default;
+Spool& Spool::operator=(Spool&& other) noexcept = default;
+Spool::~Spool() = default;
+
 std::filesystem::path Spool::segment_path(std::uint64_t first_seq) const {
   std::array<char, 32> name{};
   std::snprintf(name.data(), name.size(), "seg-%020llu.vsp", static_cast<unsigned long long>(first_seq));
@@ -292,41 +301,53 @@ platform::Result<Spool> Spool::open(const SpoolConfig& config, std::vector<std::
   if (const std::string problem = config_problem(config); !problem.empty()) {
     return Status::error("spool " + config.dir.string() + ": " + problem, Errc::kInvalid);
   }
-  std::error_code ec;
-  std::filesystem::create_directories(config.dir, ec);
-  if (ec) {
-    return Status::error("cannot create spool directory " + config.dir.string() + ": " + ec.message(),
-                         errc_of(ec.value()));
-  }
   Spool spool(config);
-  spool.dir_fd_.reset(::open(config.dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (spool.files_->create_directories(config.dir) != 0) {
+    return sys_error(errno, "cannot create spool directory", config.dir);
+  }
+  spool.dir_fd_.reset(spool.files_->open(config.dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0));
   if (!spool.dir_fd_.valid()) return sys_error(errno, "cannot open spool directory", config.dir);
   if (Status st = spool.recover(warnings); !st) return st;
   return spool;
 }
 
+int Spool::sync_fd(int fd, bool data_only) {
+  const int r = syncer_->sync(fd, data_only, config_.sync_wait);
+  if (r == 0) ++fsyncs_;
+  return r;
+}
+
+Status Spool::sync_error(int result, const std::string& what, const std::filesystem::path& path) const {
+  if (result == SpoolSyncer::kPending) {
+    return Status::error(what + " " + path.string() + ": still running after " +
+                             std::to_string(config_.sync_wait.count()) + " ms (a hung or very slow disk)",
+                         Errc::kUnavailable);
+  }
+  return sys_error(result, what, path);
+}
+
 Status Spool::recover(std::vector<std::string>& warnings) {
+  SpoolFiles& files = *files_;
   const std::filesystem::path state_path = config_.dir / kStateName;
   StateFile state;
   Status read;
-  const StateRead state_read = read_state(state_path, state, read);
+  const StateRead state_read = read_state(files, state_path, state, read);
   if (!read) return read;
 
   // Segments in seq order, from their names; anything else in the directory is left alone.
   std::vector<std::uint64_t> firsts;
+  bool reserve_found = false;
   {
-    DIR* d = ::opendir(config_.dir.c_str());
-    if (d == nullptr) return sys_error(errno, "cannot list spool directory", config_.dir);
-    errno = 0;
-    while (const dirent* e = ::readdir(d)) {
-      if (auto first = parse_segment_name(e->d_name)) firsts.push_back(*first);
+    std::vector<std::string> names;
+    if (files.list(config_.dir, names) != 0) return sys_error(errno, "cannot list spool directory", config_.dir);
+    for (const std::string& name : names) {
+      if (auto first = parse_segment_name(name)) firsts.push_back(*first);
+      if (name == kReserveName) reserve_found = true;
     }
-    const int list_errno = errno;
-    ::closedir(d);
-    if (list_errno != 0) return sys_error(list_errno, "cannot list spool directory", config_.dir);
   }
-  ::unlinkat(dir_fd_.get(), kStateTmpName, 0);  // left by an interrupted write_state(), if at all
-  ::unlinkat(dir_fd_.get(), kIncarnationTmpName, 0);
+  // Left by an interrupted write of the state or the incarnation, if at all.
+  files.unlinkat(dir_fd_.get(), kStateTmpName);
+  files.unlinkat(dir_fd_.get(), kIncarnationTmpName);
   std::sort(firsts.begin(), firsts.end());
 
   if (state_read == StateRead::kMissing && !firsts.empty()) {
@@ -340,11 +361,10 @@ Status Spool::recover(std::vector<std::string>& warnings) {
   std::uint64_t prev_seq = 0;  // seqs must rise strictly across the whole spool
   for (const std::uint64_t first : firsts) {
     const std::filesystem::path path = segment_path(first);
-    SpoolFd fd(::open(path.c_str(), O_RDWR | O_CLOEXEC));
+    SpoolFd fd(files.open(path.c_str(), O_RDWR | O_CLOEXEC, 0));
     if (!fd.valid()) return sys_error(errno, "cannot open segment", path);
-    struct stat st {};
-    if (::fstat(fd.get(), &st) != 0) return sys_error(errno, "cannot stat segment", path);
-    const auto file_size = static_cast<std::uint64_t>(st.st_size);
+    std::uint64_t file_size = 0;
+    if (files.size(fd.get(), file_size) != 0) return sys_error(errno, "cannot stat segment", path);
 
     Segment seg;
     seg.first_seq = first;
@@ -356,7 +376,7 @@ Status Spool::recover(std::vector<std::string>& warnings) {
         break;
       }
       std::array<std::byte, kHeader> hb{};
-      const ssize_t n = pread_full(fd.get(), hb.data(), hb.size(), off);
+      const ssize_t n = pread_full(files, fd.get(), hb.data(), hb.size(), off);
       if (n < 0) return sys_error(errno, "cannot read segment", path);
       if (static_cast<std::size_t>(n) != kHeader) {
         problem = "torn record header";
@@ -390,7 +410,7 @@ Status Spool::recover(std::vector<std::string>& warnings) {
       for (std::uint64_t done = 0; done < h.length;) {
         const std::size_t want =
             static_cast<std::size_t>(std::min<std::uint64_t>(h.length - done, chunk.size()));
-        const ssize_t r = pread_full(fd.get(), chunk.data(), want, off + kHeader + done);
+        const ssize_t r = pread_full(files, fd.get(), chunk.data(), want, off + kHeader + done);
         if (r < 0) return sys_error(errno, "cannot read segment", path);
         if (static_cast<std::size_t>(r) != want) {
           short_read = true;  // the file shrank under us: treat like a torn tail
@@ -414,7 +434,7 @@ Status Spool::recover(std::vector<std::string>& warnings) {
 
     if (seg.offsets.empty()) {
       // Nothing valid (or a zero-length file from a crash right after it was created).
-      if (::unlinkat(dir_fd_.get(), path.filename().c_str(), 0) != 0 && errno != ENOENT) {
+      if (files.unlinkat(dir_fd_.get(), path.filename().c_str()) != 0 && errno != ENOENT) {
         return sys_error(errno, "cannot remove segment", path);
       }
       if (file_size == 0) {
@@ -428,9 +448,7 @@ Status Spool::recover(std::vector<std::string>& warnings) {
       continue;
     }
     if (off < file_size) {
-      if (::ftruncate(fd.get(), static_cast<off_t>(off)) != 0) {
-        return sys_error(errno, "cannot truncate", path);
-      }
+      if (files.ftruncate(fd.get(), off) != 0) return sys_error(errno, "cannot truncate", path);
       ++truncations_;
       truncated_bytes_ += file_size - off;
       warnings.push_back(path.string() + ": offset " + std::to_string(off) + ": " + problem + "; kept " +
@@ -439,9 +457,11 @@ Status Spool::recover(std::vector<std::string>& warnings) {
                          std::to_string(file_size - off) + " bytes");
     }
     // What a crashed process left may be in the page cache only, and a cut must reach the disk
-    // before records after it are trusted: durable_seq() covers everything found.
-    if (const int e = fsync_retry(fd.get(), false); e != 0) return sys_error(e, "cannot fsync", path);
-    ++fsyncs_;
+    // before records after it are trusted: durable_seq() covers what is synced. A sync that fails
+    // or outlasts sync_wait does not stop the start: that segment waits for the next flush().
+    if (sync_fd(fd.get(), false) != 0) {
+      unsynced_closed_.push_back(UnsyncedSegment{seg.first_seq, std::move(fd)});
+    }
     if (prev_seq != 0 && seg.first_seq > prev_seq + 1) {
       const std::uint64_t floor_seq = std::max(state.acked_seq, state.dropped_through);
       const std::uint64_t from = std::max(prev_seq, floor_seq);
@@ -455,7 +475,7 @@ Status Spool::recover(std::vector<std::string>& warnings) {
   dropped_through_ = state.dropped_through;
   dropped_total_ = state.dropped_total;
   next_seq_ = std::max<std::uint64_t>({state.next_seq, prev_seq + 1, floor() + 1, 1});
-  durable_seq_ = next_seq_ - 1;
+  durable_seq_ = unsynced_closed_.empty() ? next_seq_ - 1 : unsynced_closed_.front().first_seq - 1;
 
   for (const Segment& seg : segments_) {
     for (std::size_t i = 0; i < seg.offsets.size(); ++i) {
@@ -472,15 +492,21 @@ Status Spool::recover(std::vector<std::string>& warnings) {
   // Before the state file is rewritten: a next_seq rebuilt from the segments may have gone back,
   // and must never be persisted beside the incarnation that already used those seqs.
   if (Status st = load_or_create_incarnation(state_read == StateRead::kOk, warnings); !st) return st;
+  if (reserve_found) {
+    std::uint64_t size = 0;
+    SpoolFd fd(files.openat(dir_fd_.get(), kReserveName, O_RDONLY | O_CLOEXEC, 0));
+    reserve_present_ = fd.valid() && files.size(fd.get(), size) == 0 && size == config_.reserve_bytes;
+  }
   // Persisting here catches a read-only spool at start-up, and must precede deleting dead segments.
-  if (Status st = write_state(); !st) return st;
-  delete_dead_segments();
+  // An fsync still running (a hung disk) is no reason not to start: a later flush() saves it.
+  if (Status st = persist_state(); !st && st.code() != Errc::kUnavailable) return st;
+  if (!reserve_present_) ensure_reserve();
 
   if (!segments_.empty()) {
     const Segment& last = segments_.back();
     if (last.last_seq() + 1 == next_seq_ && last.size < config_.segment_bytes) {
       const std::filesystem::path path = segment_path(last.first_seq);
-      write_fd_.reset(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
+      write_fd_.reset(files.open(path.c_str(), O_WRONLY | O_CLOEXEC, 0));
       if (!write_fd_.valid()) return sys_error(errno, "cannot open segment", path);
     }
   }
@@ -552,20 +578,45 @@ std::uint64_t Spool::drop_oldest_for(std::uint64_t bytes) {
   return dropped;
 }
 
+bool Spool::drop_oldest_segment() {
+  const std::optional<std::uint64_t> oldest = first_live_after(floor());
+  if (!oldest) return false;
+  auto it = std::partition_point(segments_.begin(), segments_.end(),
+                                 [&oldest](const Segment& s) { return s.last_seq() < *oldest; });
+  const std::uint64_t through = it->last_seq();
+  const std::uint64_t before = live_records_;
+  retire_through(through);
+  dropped_through_ = through;
+  dropped_total_ += before - live_records_;
+  full_disk_drops_ += before - live_records_;
+  return true;
+}
+
 void Spool::delete_dead_segments() {
+  // Deletions that failed before come first: a full disk needs the space.
+  for (auto it = unlink_pending_.begin(); it != unlink_pending_.end();) {
+    const int r = files_->unlinkat(dir_fd_.get(), segment_path(*it).filename().c_str());
+    it = r == 0 || errno == ENOENT ? unlink_pending_.erase(it) : it + 1;
+  }
   while (!segments_.empty() && segments_.front().last_seq() <= floor()) {
     const Segment& seg = segments_.front();
-    if (segments_.size() == 1) write_fd_.reset();
+    if (segments_.size() == 1) {
+      write_fd_.reset();
+      unsynced_ = false;  // nothing in it is live any more
+    }
     if (read_fd_.valid() && read_seg_first_ == seg.first_seq) read_fd_.reset();
-    // A failed unlink leaves a dead segment that the next open() deletes; nothing here depends on it.
-    ::unlinkat(dir_fd_.get(), segment_path(seg.first_seq).filename().c_str(), 0);
+    std::erase_if(unsynced_closed_, [&seg](const UnsyncedSegment& u) { return u.first_seq == seg.first_seq; });
+    // A failed unlink is retried on the next call (and by the next open()); nothing depends on it.
+    if (files_->unlinkat(dir_fd_.get(), segment_path(seg.first_seq).filename().c_str()) != 0 && errno != ENOENT) {
+      unlink_pending_.push_back(seg.first_seq);
+    }
     segments_.erase(segments_.begin());
   }
 }
 
 Status Spool::load_or_create_incarnation(bool seq_space_trusted, std::vector<std::string>& warnings) {
   const std::filesystem::path path = config_.dir / kIncarnationName;
-  const IncarnationRead read = read_incarnation(dir_fd_.get(), incarnation_);
+  const IncarnationRead read = read_incarnation(*files_, dir_fd_.get(), incarnation_);
   if (read == IncarnationRead::kOk && seq_space_trusted) return {};
   const std::string old = read == IncarnationRead::kOk ? to_hex(incarnation_) : std::string();
   if (Status st = new_incarnation(incarnation_, config_.dir); !st) return st;
@@ -583,17 +634,52 @@ Status Spool::load_or_create_incarnation(bool seq_space_trusted, std::vector<std
   return write_file_atomically(kIncarnationTmpName, kIncarnationName, encode_incarnation(incarnation_));
 }
 
+void Spool::ensure_reserve() {
+  if (config_.reserve_bytes == 0) return;
+  SpoolFd fd(files_->openat(dir_fd_.get(), kReserveName, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640));
+  if (fd.valid()) {
+    const std::vector<std::byte> zeros(static_cast<std::size_t>(config_.reserve_bytes));
+    if (pwrite_full(*files_, fd.get(), zeros, {}, 0) == 0) {
+      reserve_present_ = true;
+      return;
+    }
+  }
+  // No room yet: a partial reserve would only take space from the records.
+  if (fd.valid()) files_->unlinkat(dir_fd_.get(), kReserveName);
+  reserve_present_ = false;
+}
+
+bool Spool::release_reserve() {
+  if (!reserve_present_) return false;
+  if (files_->unlinkat(dir_fd_.get(), kReserveName) != 0 && errno != ENOENT) return false;
+  reserve_present_ = false;
+  return true;
+}
+
 Status Spool::write_file_atomically(const char* tmp_name, const char* name, std::span<const std::byte> bytes) {
   const std::filesystem::path tmp = config_.dir / tmp_name;
   const std::filesystem::path path = config_.dir / name;
-  {
-    SpoolFd fd(::openat(dir_fd_.get(), tmp_name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640));
-    if (!fd.valid()) return sys_error(errno, "cannot create", tmp);
-    if (const int e = pwrite_full(fd.get(), bytes, {}, 0); e != 0) return sys_error(e, "cannot write", tmp);
-    if (const int e = fsync_retry(fd.get(), false); e != 0) return sys_error(e, "cannot fsync", tmp);
-    ++fsyncs_;
+  for (int attempt = 0;; ++attempt) {
+    int err = 0;
+    const char* verb = "cannot create";
+    {
+      SpoolFd fd(files_->openat(dir_fd_.get(), tmp_name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640));
+      if (!fd.valid()) {
+        err = errno;
+      } else {
+        verb = "cannot write";
+        err = pwrite_full(*files_, fd.get(), bytes, {}, 0);
+      }
+      if (err == 0) {
+        if (const int r = sync_fd(fd.get(), false); r != 0) return sync_error(r, "cannot fsync", tmp);
+      }
+    }
+    if (err == 0) break;
+    // On a full disk the reserve makes room for this small file, once.
+    if (attempt == 0 && disk_full(err) && release_reserve()) continue;
+    return sys_error(err, verb, tmp);
   }
-  if (::renameat(dir_fd_.get(), tmp_name, dir_fd_.get(), name) != 0) {
+  if (files_->renameat(dir_fd_.get(), tmp_name, name) != 0) {
     return sys_error(errno, "cannot rename " + tmp.string() + " to", path);
   }
   // The rename is durable only once the directory is; dir_unsynced_ covers new segments too.
@@ -605,24 +691,41 @@ Status Spool::write_state() {
       kStateTmpName, kStateName, encode_state(StateFile{next_seq_, acked_seq_, dropped_through_, dropped_total_}));
 }
 
+Status Spool::persist_state() {
+  if (Status st = write_state(); !st) {
+    state_dirty_ = true;
+    return st;
+  }
+  state_dirty_ = false;
+  delete_dead_segments();
+  if (!reserve_present_) ensure_reserve();  // deletions may have made room again
+  return {};
+}
+
 int Spool::fsync_dir() {
-  if (const int e = fsync_retry(dir_fd_.get(), false); e != 0) return e;
-  ++fsyncs_;
-  dir_unsynced_ = false;
-  return 0;
+  const int r = sync_fd(dir_fd_.get(), false);
+  if (r == 0) dir_unsynced_ = false;
+  return r;
 }
 
 Status Spool::sync_dir() {
-  if (const int e = fsync_dir(); e != 0) return sys_error(e, "cannot fsync", config_.dir);
+  if (const int r = fsync_dir(); r != 0) return sync_error(r, "cannot fsync", config_.dir);
   return {};
 }
 
 Status Spool::sync_data() {
-  if (unsynced_ && write_fd_.valid()) {
-    if (const int e = fsync_retry(write_fd_.get(), true); e != 0) {
-      return sys_error(e, "cannot fdatasync", segment_path(segments_.back().first_seq));
+  // Segments closed (or found at open) before their data was synced, oldest first.
+  while (!unsynced_closed_.empty()) {
+    UnsyncedSegment& u = unsynced_closed_.front();
+    if (const int r = sync_fd(u.fd.get(), true); r != 0) {
+      return sync_error(r, "cannot fdatasync", segment_path(u.first_seq));
     }
-    ++fsyncs_;
+    unsynced_closed_.erase(unsynced_closed_.begin());
+  }
+  if (unsynced_ && write_fd_.valid()) {
+    if (const int r = sync_fd(write_fd_.get(), true); r != 0) {
+      return sync_error(r, "cannot fdatasync", segment_path(segments_.back().first_seq));
+    }
   }
   unsynced_ = false;
   if (dir_unsynced_) {
@@ -633,13 +736,18 @@ Status Spool::sync_data() {
   return {};
 }
 
-Status Spool::flush() { return sync_data(); }
+Status Spool::flush() {
+  Status saved;
+  if (state_dirty_ || !unlink_pending_.empty()) saved = persist_state();
+  Status synced = sync_data();
+  return !synced ? synced : saved;
+}
 
 Status Spool::start_segment(std::uint64_t first_seq) {
   const std::filesystem::path path = segment_path(first_seq);
   // O_TRUNC: a file of this name is not in the index, so it holds nothing live.
-  SpoolFd fd(
-      ::openat(dir_fd_.get(), path.filename().c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640));
+  SpoolFd fd(files_->openat(dir_fd_.get(), path.filename().c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+                            0640));
   if (!fd.valid()) return sys_error(errno, "cannot create segment", path);
   write_fd_ = std::move(fd);
   Segment seg;
@@ -657,37 +765,61 @@ Status Spool::append(std::uint64_t seq, std::span<const std::byte> payload) {
   }
   const std::uint64_t rec = kHeader + std::uint64_t{payload.size()};
   if (payload.size() > config_.max_record_bytes || rec > config_.max_bytes) {
+    ++append_failures_;
     return Status::error("spool " + config_.dir.string() + ": record of " + std::to_string(payload.size()) +
                              " bytes exceeds max_record_bytes " + std::to_string(config_.max_record_bytes) +
                              " or max_bytes " + std::to_string(config_.max_bytes),
                          Errc::kInvalid);
   }
   if (next_seq_ == std::numeric_limits<std::uint64_t>::max()) {
+    ++append_failures_;
     return Status::error("spool " + config_.dir.string() + ": seq space exhausted", Errc::kExhausted);
   }
 
-  // Drops are persisted before the new record is written: a crash in between loses nothing
-  // that was not already counted as dropped.
-  if (drop_oldest_for(rec) > 0) {
-    if (Status st = write_state(); !st) return st;
-    delete_dead_segments();
-  }
+  // A state that could not be saved earlier is tried again; its failure does not stop the record.
+  if (state_dirty_ && !persist_state()) ++retried_errors_;
+  // Drops are persisted before the new record is written, so a crash in between loses nothing
+  // that was not already counted as dropped. If that save fails, the dropped records stay on disk
+  // (not live) until a later save; a crash before then brings them back, which loses nothing.
+  if (drop_oldest_for(rec) > 0 && !persist_state()) ++retried_errors_;
 
+  for (;;) {
+    int err = 0;
+    Status st = write_record(seq, payload, err);
+    if (st) return {};
+    // A full disk: the oldest records make room, a segment at a time (a segment's space comes back
+    // only once all of it is dead), and only if the drop could be saved and so deleted.
+    if (disk_full(err) && drop_oldest_segment()) {
+      if (persist_state()) continue;
+      ++retried_errors_;
+    }
+    ++append_failures_;
+    return st;
+  }
+}
+
+Status Spool::write_record(std::uint64_t seq, std::span<const std::byte> payload, int& err) {
+  const std::uint64_t rec = kHeader + std::uint64_t{payload.size()};
   const bool every_record = config_.fsync == SpoolConfig::Fsync::kEveryRecord;
   if (!every_record && unsynced_ && std::chrono::steady_clock::now() - last_sync_ >= config_.fsync_interval) {
-    // Synced before writing, so a failure leaves this record out, as the contract says.
-    if (Status st = sync_data(); !st) return st;
+    // Keeps syncs at most fsync_interval apart while appends continue; a failure is retried by the
+    // next one or by flush(), and only delays sending.
+    if (!sync_data()) ++retried_errors_;
   }
   if (write_fd_.valid() && segments_.back().size > 0 && segments_.back().size + rec > config_.segment_bytes) {
-    // A closed segment must not hold unsynced data: flush() only reaches the open one.
-    if (!every_record) {
-      if (Status st = sync_data(); !st) return st;
+    // A closed segment that holds unsynced data keeps its descriptor until flush() syncs it.
+    if (unsynced_) {
+      unsynced_closed_.push_back(UnsyncedSegment{segments_.back().first_seq, std::move(write_fd_)});
+      unsynced_ = false;
     }
     write_fd_.reset();
   }
   bool fresh = false;
   if (!write_fd_.valid()) {
-    if (Status st = start_segment(seq); !st) return st;
+    if (Status st = start_segment(seq); !st) {
+      err = errno;
+      return st;
+    }
     fresh = true;
   }
   Segment& seg = segments_.back();
@@ -698,35 +830,44 @@ Status Spool::append(std::uint64_t seq, std::span<const std::byte> payload) {
   platform::store_le32(h.data() + 4, static_cast<std::uint32_t>(payload.size()));
   platform::store_le64(h.data() + 8, seq);
   platform::store_le32(h.data() + kHeaderCrcOffset,
-          crc32c_extend(crc32c(std::span<const std::byte>(h.data(), kHeaderCrcOffset)), payload));
+                       crc32c_extend(crc32c(std::span<const std::byte>(h.data(), kHeaderCrcOffset)), payload));
 
-  int err = pwrite_full(write_fd_.get(), h, payload, seg.size);
+  err = pwrite_full(*files_, write_fd_.get(), h, payload, seg.size);
+  bool durable = false;
   if (err == 0 && every_record) {
-    err = fsync_retry(write_fd_.get(), true);
-    if (err == 0) {
-      ++fsyncs_;
-      if (dir_unsynced_) err = fsync_dir();
+    int r = sync_fd(write_fd_.get(), true);
+    if (r == 0 && dir_unsynced_) r = fsync_dir();
+    // Still running: the record is written, and becomes durable (and sendable) with a later sync.
+    if (r == SpoolSyncer::kPending) {
+      ++retried_errors_;
+    } else {
+      err = r;
+      durable = r == 0;
     }
   }
   if (err != 0) {
-    // Take the record back out so the file ends at the last indexed record; if even that fails,
-    // the next record goes to a new segment and the next open() cuts the leftover.
+    // Take the record back out so the file ends at the last indexed record.
     if (fresh) {
       write_fd_.reset();
-      ::unlinkat(dir_fd_.get(), path.filename().c_str(), 0);
+      if (files_->unlinkat(dir_fd_.get(), path.filename().c_str()) != 0 && errno != ENOENT) {
+        ++retried_errors_;  // O_TRUNC clears it when this seq starts a segment again
+      }
       segments_.pop_back();
-    } else if (::ftruncate(write_fd_.get(), static_cast<off_t>(seg.size)) != 0) {
-      // sync_data() cannot reach this segment once it is closed: sync its earlier records now.
-      if (unsynced_ && fsync_retry(write_fd_.get(), true) == 0) {
-        ++fsyncs_;
+    } else if (files_->ftruncate(write_fd_.get(), seg.size) != 0) {
+      // The file keeps some or all of this record after the indexed ones. Its seq is used up, so
+      // the next record starts a new segment after it and no seq appears twice on disk; the next
+      // open() cuts what is torn. The earlier records still need their sync.
+      ++retried_errors_;
+      if (unsynced_) {
+        unsynced_closed_.push_back(UnsyncedSegment{seg.first_seq, std::move(write_fd_)});
         unsynced_ = false;
-        durable_seq_ = next_seq_ - 1;
       }
       write_fd_.reset();
+      ++next_seq_;
     }
     return sys_error(err, "cannot write record " + std::to_string(seq) + " to", path);
   }
-  if (every_record) {
+  if (durable) {
     durable_seq_ = seq;
   } else {
     unsynced_ = true;
@@ -741,54 +882,65 @@ Status Spool::append(std::uint64_t seq, std::span<const std::byte> payload) {
 
 Status Spool::ack(std::uint64_t seq) {
   seq = std::min(seq, next_seq_ - 1);
-  if (seq <= acked_seq_) return {};
+  if (seq <= acked_seq_) return state_dirty_ ? persist_state() : Status{};
   retire_through(seq);
   acked_seq_ = seq;
   // Segments go only after acked_seq (and next_seq with it) is durable, so a restart can never
   // hand out a seq the collector already holds.
-  if (Status st = write_state(); !st) return st;
-  delete_dead_segments();
-  return {};
+  return persist_state();
 }
 
-std::optional<SpoolRecord> Spool::read_record(std::uint64_t seq) {
+Spool::ReadOutcome Spool::read_record(std::uint64_t seq, SpoolRecord& out) {
   auto it = std::partition_point(segments_.begin(), segments_.end(),
                                  [seq](const Segment& s) { return s.last_seq() < seq; });
-  if (it == segments_.end() || seq < it->first_seq) return std::nullopt;
+  if (it == segments_.end() || seq < it->first_seq) return ReadOutcome::kInvalid;
   const auto i = static_cast<std::size_t>(seq - it->first_seq);
   const std::uint64_t off = it->offsets[i];
   const std::uint64_t length = it->record_end(i) - off - kHeader;
   if (!read_fd_.valid() || read_seg_first_ != it->first_seq) {
-    read_fd_.reset(::open(segment_path(it->first_seq).c_str(), O_RDONLY | O_CLOEXEC));
+    read_fd_.reset(files_->open(segment_path(it->first_seq).c_str(), O_RDONLY | O_CLOEXEC, 0));
     read_seg_first_ = it->first_seq;
-    if (!read_fd_.valid()) return std::nullopt;
+    if (!read_fd_.valid()) return ReadOutcome::kIoError;
   }
   std::array<std::byte, kHeader> hb{};
-  if (pread_full(read_fd_.get(), hb.data(), hb.size(), off) != static_cast<ssize_t>(kHeader))
-    return std::nullopt;
+  const ssize_t n = pread_full(*files_, read_fd_.get(), hb.data(), hb.size(), off);
+  if (n < 0) return ReadOutcome::kIoError;
+  if (n != static_cast<ssize_t>(kHeader)) return ReadOutcome::kInvalid;
   const Header h = decode_header(hb);
   // The length comes from the index (validated at open), so a rotted length field cannot make us
   // allocate more than max_record_bytes.
   if (h.magic != kRecordMagic || h.length != length || h.seq != seq || length > config_.max_record_bytes) {
-    return std::nullopt;
+    return ReadOutcome::kInvalid;
   }
-  SpoolRecord r;
-  r.seq = seq;
-  r.payload.resize(static_cast<std::size_t>(length));
-  if (pread_full(read_fd_.get(), r.payload.data(), r.payload.size(), off + kHeader) !=
-      static_cast<ssize_t>(r.payload.size())) {
-    return std::nullopt;
-  }
+  out.seq = seq;
+  out.payload.resize(static_cast<std::size_t>(length));
+  const ssize_t m = pread_full(*files_, read_fd_.get(), out.payload.data(), out.payload.size(), off + kHeader);
+  if (m < 0) return ReadOutcome::kIoError;
+  if (m != static_cast<ssize_t>(out.payload.size())) return ReadOutcome::kInvalid;
   const std::uint32_t crc =
-      crc32c_extend(crc32c(std::span<const std::byte>(hb.data(), kHeaderCrcOffset)), r.payload);
-  if (crc != h.crc) return std::nullopt;
-  return r;
+      crc32c_extend(crc32c(std::span<const std::byte>(hb.data(), kHeaderCrcOffset)), out.payload);
+  return crc == h.crc ? ReadOutcome::kOk : ReadOutcome::kInvalid;
 }
 
 std::optional<SpoolRecord> Spool::next_unacked(std::uint64_t after_seq) {
   for (std::optional<std::uint64_t> s = first_live_after(after_seq); s; s = first_live_after(*s)) {
-    if (std::optional<SpoolRecord> r = read_record(*s)) return r;
-    // Rotted or unreadable: it can never be sent, so it stops counting as live.
+    SpoolRecord r;
+    const ReadOutcome outcome = read_record(*s, r);
+    if (outcome == ReadOutcome::kOk) {
+      if (read_fail_seq_ == *s) read_fail_count_ = 0;
+      return r;
+    }
+    if (outcome == ReadOutcome::kIoError) {
+      ++retried_errors_;
+      read_fd_.reset();  // the next try opens the file again
+      if (read_fail_seq_ != *s) {
+        read_fail_seq_ = *s;
+        read_fail_count_ = 0;
+      }
+      if (++read_fail_count_ < kReadAttempts) return std::nullopt;  // try again on a later call
+      read_fail_count_ = 0;
+    }
+    // Rotted, or unreadable time after time: it can never be sent, so it stops counting as live.
     ++corrupt_reads_;
     live_bytes_ -= record_bytes(*s);
     --live_records_;
@@ -813,6 +965,12 @@ SpoolStats Spool::stats() const {
   st.truncated_bytes = truncated_bytes_;
   st.lost_records = lost_records_;
   st.corrupt_reads = corrupt_reads_;
+  st.append_failures = append_failures_;
+  st.retried_errors = retried_errors_;
+  st.full_disk_drops = full_disk_drops_;
+  st.sync_stalls = syncer_->stalls();
+  st.sync_stalled_ms = static_cast<std::uint64_t>(syncer_->stalled_for().count());
+  st.state_unsaved = state_dirty_;
   return st;
 }
 

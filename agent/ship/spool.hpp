@@ -8,12 +8,14 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "agent/ship/spool_files.hpp"
 #include "platform/result.hpp"
 
 namespace vantage::agent::ship {
@@ -42,6 +44,10 @@ namespace vantage::agent::ship {
 // next_seq that went back. Records still spooled then go out under the new incarnation: a batch
 // the collector held but whose ack was not persisted may be stored twice, never lost.
 //
+//   <dir>/reserve    (reserve_bytes of zeros, when reserve_bytes > 0)
+//       Space held back for the state file: on a full disk it is deleted so that drops and acks
+//       can still be saved (and dropped segments deleted), and it is made again once there is room.
+//
 // A record is live when its seq is above both acked_seq and dropped_through. Sizes count whole
 // records (header + payload) as they sit on disk.
 inline constexpr std::uint32_t kSpoolRecordHeaderBytes = 20;
@@ -66,6 +72,14 @@ struct SpoolConfig {
   };
   Fsync fsync = Fsync::kInterval;
   std::chrono::milliseconds fsync_interval{1000};
+  // How long a spool call waits for an fsync (which runs on the spool's sync worker). One that
+  // takes longer goes on in the background; the call reports it as pending (Errc::kUnavailable)
+  // and the records it covers are not durable (not sent) until a later sync returns. Keeps a hung
+  // disk from blocking the spool's owner thread, whose health feeds the watchdog.
+  std::chrono::milliseconds sync_wait{500};
+  std::uint64_t reserve_bytes = 64u << 10;  // the reserve file (0: none)
+  // Every file operation goes through this; nullptr: the real file system. Tests inject faults.
+  std::shared_ptr<SpoolFiles> files;
 };
 
 struct SpoolRecord {
@@ -90,8 +104,22 @@ struct SpoolStats {
   // gaps still live). Records cut from the end of the newest segment leave no gap; they show in
   // truncated_bytes only.
   std::uint64_t lost_records = 0;
-  std::uint64_t corrupt_reads = 0;  // records that failed validation in next_unacked() and were skipped
+  std::uint64_t corrupt_reads = 0;  // records next_unacked() gave up on (failed validation, or unreadable)
+  // This process: appends that failed, so their record was never stored (the disk stayed full after
+  // dropping every older record, an I/O error, a record too large).
+  std::uint64_t append_failures = 0;
+  // This process: failed file operations that the spool absorbed and retries itself (a read of a
+  // record, an opportunistic sync, saving the state inside another call); no call returned them.
+  std::uint64_t retried_errors = 0;
+  std::uint64_t full_disk_drops = 0;  // records dropped (in dropped_total) to make room on a full disk
+  std::uint64_t sync_stalls = 0;      // fsyncs that outlasted sync_wait
+  std::uint64_t sync_stalled_ms = 0;  // how long the current stalled fsync has run; 0 when none
+  bool state_unsaved = false;         // the state file is behind (its write failed; retried)
+  // Records this process could not keep: lost to I/O errors or damage after being handed over.
+  [[nodiscard]] std::uint64_t lost() const { return append_failures + corrupt_reads; }
 };
+
+class SpoolSyncer;
 
 // Owns one file descriptor; closes it on destruction.
 class SpoolFd {
@@ -116,6 +144,14 @@ class SpoolFd {
   int fd_ = -1;
 };
 
+// Failures and full disks: an append that finds the disk full (ENOSPC, EDQUOT) drops the oldest
+// segment's live records (counted in dropped_total and full_disk_drops), saves the state, deletes
+// what is dead and tries again, until it fits or nothing older is left; only then does it fail
+// (append_failures). A state file that cannot be saved never wedges anything: acked_seq and the
+// drops stay in memory, segments stay on disk until a later ack(), append() or flush() saves it.
+// A record that cannot be read (I/O error) is tried again on later calls, a few times, before it
+// is given up (corrupt_reads). fsyncs run on a worker thread, waited for at most sync_wait.
+//
 // Durability: append() hands the record to the kernel with one pwritev(2) (no user-space
 // buffer) before it returns. A crash of this process (even SIGKILL) after append() returned
 // cannot lose that record: it is in the page cache. Power loss or a kernel crash keeps only what
@@ -124,7 +160,7 @@ class SpoolFd {
 // A write torn by either kind of crash is cut off by the next open(). durable_seq() tells which
 // records are past the power-loss risk.
 //
-// Not thread-safe: one owner (the shipper) calls everything. Memory is O(records) at 4 bytes each
+// Not thread-safe: one owner (the shipper) calls everything (the sync worker is internal). Memory is O(records) at 4 bytes each
 // plus one payload while reading; payloads are never cached.
 //
 // Failures are a platform::Status whose message names the file at fault. Its code: kIo when the
@@ -141,11 +177,11 @@ class Spool {
   [[nodiscard]] static platform::Result<Spool> open(const SpoolConfig& config,
                                                     std::vector<std::string>& warnings);
 
-  Spool(Spool&& other) noexcept = default;
-  Spool& operator=(Spool&& other) noexcept = default;
+  Spool(Spool&& other) noexcept;
+  Spool& operator=(Spool&& other) noexcept;
   Spool(const Spool&) = delete;
   Spool& operator=(const Spool&) = delete;
-  ~Spool() = default;
+  ~Spool();
 
   // The seq the next append() must carry. Strictly increasing across restarts, also after every
   // record was acked and its segment deleted. Starts at 1; 0 means "nothing" everywhere.
@@ -158,17 +194,21 @@ class Spool {
   [[nodiscard]] platform::Status append(std::uint64_t seq, std::span<const std::byte> payload);
 
   // The collector holds everything <= seq. Persists acked_seq, then deletes segment files whose
-  // records are all acked or dropped. Acks at or below acked_seq are no-ops; an ack beyond the
-  // newest appended seq is clamped to it.
+  // records are all acked or dropped. Acks at or below acked_seq only retry an unsaved state; an
+  // ack beyond the newest appended seq is clamped to it. On error acked_seq has still moved (the
+  // records are not resent), and the state is saved by a later call.
   [[nodiscard]] platform::Status ack(std::uint64_t seq);
 
   // The first live record with seq > after_seq, read from disk and validated again (CRC, length,
-  // seq); a record that fails is skipped, counted in corrupt_reads and treated as gone.
+  // seq); a record that fails is skipped, counted in corrupt_reads and treated as gone. An I/O
+  // error ends the call with nothing (retried_errors); the next call tries that record again, and
+  // gives it up after a few failures.
   // The shipper resends with after_seq = acked_seq() after a reconnect, then the returned seqs.
   [[nodiscard]] std::optional<SpoolRecord> next_unacked(std::uint64_t after_seq);
 
-  // fdatasync of the segment being written (and of the directory if segments were created since
-  // the last sync), for Fsync::kInterval timers and shutdown. No-op when nothing is unsynced.
+  // fdatasync of the segments written since the last sync (and of the directory if segments were
+  // created), for Fsync::kInterval timers and shutdown; also saves an unsaved state and retries
+  // failed deletions. No-op when nothing is pending. Errc::kUnavailable: an fsync is still running.
   [[nodiscard]] platform::Status flush();
 
   // Every record with seq <= durable_seq() has been fdatasync'd (open() syncs what it finds).
@@ -191,7 +231,12 @@ class Spool {
     std::uint64_t record_end(std::size_t i) const { return i + 1 < offsets.size() ? offsets[i + 1] : size; }
   };
 
-  explicit Spool(SpoolConfig config) : config_(std::move(config)) {}
+  struct UnsyncedSegment {
+    std::uint64_t first_seq = 0;
+    SpoolFd fd;
+  };
+
+  explicit Spool(SpoolConfig config);
   std::uint64_t floor() const { return acked_seq_ > dropped_through_ ? acked_seq_ : dropped_through_; }
   std::filesystem::path segment_path(std::uint64_t first_seq) const;
   bool is_bad(std::uint64_t seq) const;
@@ -201,8 +246,16 @@ class Spool {
   void retire_through(std::uint64_t seq);               // before raising the floor: live counters follow
   std::uint64_t drop_oldest_for(std::uint64_t bytes);   // returns how many were dropped
   void delete_dead_segments();
-  std::optional<SpoolRecord> read_record(std::uint64_t seq);
+  bool drop_oldest_segment();                          // for a full disk; false when nothing is live
+  enum class ReadOutcome { kOk, kInvalid, kIoError };
+  ReadOutcome read_record(std::uint64_t seq, SpoolRecord& out);
+  platform::Status write_record(std::uint64_t seq, std::span<const std::byte> payload, int& err);
+  platform::Status persist_state();  // write_state(), then delete what is dead; remembers a failure
   platform::Status write_state();
+  int sync_fd(int fd, bool data_only);  // 0, an errno or SpoolSyncer::kPending
+  platform::Status sync_error(int result, const std::string& what, const std::filesystem::path& path) const;
+  void ensure_reserve();
+  bool release_reserve();
   platform::Status write_file_atomically(const char* tmp_name, const char* name, std::span<const std::byte> bytes);
   platform::Status load_or_create_incarnation(bool seq_space_trusted, std::vector<std::string>& warnings);
   platform::Status sync_data();
@@ -212,12 +265,16 @@ class Spool {
   platform::Status recover(std::vector<std::string>& warnings);
 
   SpoolConfig config_;
+  std::shared_ptr<SpoolFiles> files_;
+  std::unique_ptr<SpoolSyncer> syncer_;
   SpoolFd dir_fd_;
   SpoolFd write_fd_;  // the newest segment's, while appends may go there
   SpoolFd read_fd_;   // cached for sequential resends
   std::uint64_t read_seg_first_ = 0;
   std::vector<Segment> segments_;        // ascending first_seq, non-empty, seqs strictly increasing
   std::vector<std::uint64_t> bad_seqs_;  // failed validation on read; treated as not live
+  std::vector<UnsyncedSegment> unsynced_closed_;  // closed or recovered segments awaiting their sync
+  std::vector<std::uint64_t> unlink_pending_;     // dead segments whose deletion failed
 
   SpoolIncarnation incarnation_{};
   std::uint64_t next_seq_ = 1;
@@ -230,6 +287,10 @@ class Spool {
 
   bool unsynced_ = false;      // data written to write_fd_ since the last fdatasync
   bool dir_unsynced_ = false;  // a segment was created since the last directory fsync
+  bool state_dirty_ = false;   // the last write_state() failed
+  bool reserve_present_ = false;
+  std::uint64_t read_fail_seq_ = 0;  // the record whose reads fail, and how often they did
+  unsigned read_fail_count_ = 0;
   std::chrono::steady_clock::time_point last_sync_{};
 
   std::uint64_t fsyncs_ = 0;
@@ -237,6 +298,9 @@ class Spool {
   std::uint64_t truncated_bytes_ = 0;
   std::uint64_t lost_records_ = 0;
   std::uint64_t corrupt_reads_ = 0;
+  std::uint64_t append_failures_ = 0;
+  std::uint64_t retried_errors_ = 0;
+  std::uint64_t full_disk_drops_ = 0;
 };
 
 }  // namespace vantage::agent::ship

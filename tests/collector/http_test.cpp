@@ -58,7 +58,7 @@ Built batch(const std::string& agent, const std::string& pop, std::uint64_t seq,
       wire::CreateLoadSampleDirect(fbb, start + kSecond / 2, "amd64", &cpus, &mem, &psi, &la)};
   flatbuffers::Offset<wire::AgentSelf> self;
   if (with_self)
-    self = wire::CreateAgentSelf(fbb, kT0, 1, 5u << 20, 2'000'000'000, 500'000'000, 3, 0, 1, 100, 2, 0, 0, 0, 4);
+    self = wire::CreateAgentSelf(fbb, kT0, 1, 5u << 20, 2'000'000'000, 500'000'000, 3, 0, 1, 100, 2, 0, 0, 0, 4, 5, 6);
   const auto b = wire::CreateBatchDirect(fbb, agent.c_str(), seq, start, start + kSecond, "eu-central",
                                          pop.c_str(), &latency, &load, nullptr, 0, self);
   return Built{test::finish_batch(fbb, b)};
@@ -206,6 +206,9 @@ TEST_CASE("/metrics holds every family with HELP and TYPE, every reject reason, 
   CHECK(contains(text, "# HELP vantage_agent_spool_errors_total Spool writes, acks and syncs that failed on the "
                        "agent (I/O error, disk full).\n# TYPE vantage_agent_spool_errors_total counter\n"
                        "vantage_agent_spool_errors_total{region=\"eu-central\",pop=\"fra1\",agent=\"fra1-a\"} 4\n"));
+  CHECK(contains(text, "# TYPE vantage_agent_spool_lost_total counter\n"
+                       "vantage_agent_spool_lost_total{region=\"eu-central\",pop=\"fra1\",agent=\"fra1-a\"} 5\n"));
+  CHECK(contains(text, "vantage_agent_spool_sync_stalls_total{region=\"eu-central\",pop=\"fra1\",agent=\"fra1-a\"} 6\n"));
   CHECK(contains(text, "vantage_collector_batches_stored_total 7\n"));
   CHECK(contains(text, "vantage_collector_sessions_open 9000\n"));
   CHECK(contains(text, "vantage_collector_handshakes_in_progress 12\n"));
@@ -254,7 +257,7 @@ TEST_CASE("/api/status is JSON with a cell per (PoP, target) and escapes strings
   CHECK(contains(json, R"("now_ms":1700000003000,)"));
   // Every self-metric under "self", by its wire name.
   CHECK(contains(json, R"("rss_bytes":5242880,"spool_batches":1,"reconnects":2,"self":{"process_start_ns":)"));
-  CHECK(contains(json, R"("spool_errors":4})"));
+  CHECK(contains(json, R"("spool_errors":4,"spool_lost":5,"spool_sync_stalls":6})"));
   CHECK(collector::http::json_string("a\nb\\") == R"("a\u000ab\\")");
   CHECK(collector::http::status_page_html().find("data-src") != std::string_view::npos);
   // Nothing external: no linked scripts, styles or fonts.

@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -12,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "collector/store/incoming_batch.hpp"
 #include "tests/support/wire_frames.hpp"
 #include "vantage/telemetry_generated.h"
 
@@ -276,4 +278,23 @@ TEST_CASE("first-version buffers from tests/fixtures are still read") {
   check_hello(read_file(fixture_path("telemetry_v1_hello.bin")));
   check_batch(read_file(fixture_path("telemetry_v1_batch.bin")));
   check_ack(read_file(fixture_path("telemetry_v1_ack.bin")));
+}
+
+TEST_CASE("Hello.incarnation: absent in a first-version Hello (legacy), its 16 bytes when present") {
+  const auto* old = checked_frame(read_file(fixture_path("telemetry_v1_hello.bin")))->message_as_Hello();
+  REQUIRE(old != nullptr);
+  CHECK(old->incarnation() == nullptr);
+  CHECK(vantage::collector::store::incarnation_of(*old) == vantage::collector::store::kLegacyIncarnation);
+
+  const std::array<std::uint8_t, 16> bytes{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 0xff};
+  flatbuffers::FlatBufferBuilder fbb;
+  const wire::Incarnation incarnation(flatbuffers::span<const std::uint8_t, 16>(bytes.data(), 16));
+  const auto hello = wire::CreateHelloDirect(fbb, 1, "fra1-edge-07", "eu-central", "fra1", "0.1.0", "arm64", 0,
+                                             &incarnation);
+  wire::FinishFrameBuffer(fbb, wire::CreateFrame(fbb, wire::Message::Hello, hello.Union()));
+  const Bytes frame(fbb.GetBufferPointer(), fbb.GetBufferPointer() + fbb.GetSize());
+  const auto* read = checked_frame(frame)->message_as_Hello();
+  REQUIRE(read != nullptr);
+  CHECK(vantage::collector::store::incarnation_of(*read) == bytes);
+  CHECK(vantage::collector::store::incarnation_hex(bytes) == "0102030405060708090a0b0c0d0e0fff");
 }

@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 
 #include <cstdlib>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <thread>
@@ -34,15 +35,15 @@ std::string frame_bytes(flatbuffers::FlatBufferBuilder& fbb) {
   return {out.begin(), out.end()};
 }
 
-std::string hello_frame() {
+std::string hello_frame(const char* agent = "agent-1", const char* pop = "fra1") {
   flatbuffers::FlatBufferBuilder fbb;
-  const auto hello = wire::CreateHelloDirect(fbb, 1, "agent-1", "eu-west", "fra1", "test", "x86_64", 0);
+  const auto hello = wire::CreateHelloDirect(fbb, 1, agent, "eu-west", pop, "test", "x86_64", 0);
   wire::FinishFrameBuffer(fbb, wire::CreateFrame(fbb, wire::Message::Hello, hello.Union()));
   return frame_bytes(fbb);
 }
 
 // A batch with `targets` latency summaries (about 60 bytes each).
-std::string batch_frame(std::uint64_t seq, int targets = 1) {
+std::string batch_frame(std::uint64_t seq, int targets = 1, const char* agent = "agent-1", const char* pop = "fra1") {
   flatbuffers::FlatBufferBuilder fbb;
   std::vector<flatbuffers::Offset<wire::LatencySummary>> latency;
   for (int i = 0; i < targets; ++i) {
@@ -52,7 +53,7 @@ std::string batch_frame(std::uint64_t seq, int targets = 1) {
   // Recent intervals: the store keeps store.retention_days, and older batches are not kept.
   static const std::int64_t start_ns = platform::realtime_ns() - 3'600'000'000'000;
   const std::int64_t end_ns = start_ns + static_cast<std::int64_t>(seq) * 1'000'000'000;
-  const auto batch = wire::CreateBatchDirect(fbb, "agent-1", seq, end_ns - 1'000'000'000, end_ns, "eu-west", "fra1",
+  const auto batch = wire::CreateBatchDirect(fbb, agent, seq, end_ns - 1'000'000'000, end_ns, "eu-west", pop,
                                              &latency);
   wire::FinishFrameBuffer(fbb, wire::CreateFrame(fbb, wire::Message::Batch, batch.Union()));
   return frame_bytes(fbb);
@@ -128,8 +129,10 @@ struct Agent {
   wire::FrameReader reader;
   std::array<std::uint8_t, 4096> chunk{};
 
+  std::shared_ptr<platform::tls::TlsContext> context;  // agent-1's when not set
+
   std::error_code connect(const std::string& source, const asio::ip::tcp::endpoint& to, int receive_buffer = 0) {
-    auto context = platform::tls::test::agent_context();
+    if (!context) context = platform::tls::test::agent_context();
     stream = platform::tls::TlsStream::create(connect_from(loop.io(), source, to, receive_buffer), context,
                                               "localhost");
     auto handshake = platform::tls::test::start_handshake(loop, stream);
@@ -298,6 +301,71 @@ TEST_CASE("a peer that sends batches but never reads its acks is closed") {
   CHECK(server.ingest->counters().sessions_open <= 1);
   Agent other;
   REQUIRE_FALSE(other.connect("127.0.0.7", server.endpoint));
+}
+
+TEST_CASE("a TLS reload closes the sessions its CRL revokes, keeps the others, and a failed one changes nothing") {
+  const Pki& pki = Pki::get();
+  REQUIRE(pki.ok());
+  const fs::path crl_dir = pki.dir() / "reload-crl";
+  fs::create_directories(crl_dir);
+  const fs::path crl = crl_dir / "crl.pem";
+  fs::copy_file(pki.file("crl.pem"), crl, fs::copy_options::overwrite_existing);  // revokes nothing
+  IngestConfig config;
+  config.tls.crl_file = crl.string();
+  Server server(std::move(config), "reload");
+  CHECK(server.ingest->counters().crl_revoked_serials == 0);
+  CHECK(server.ingest->counters().certificate_not_after_s > static_cast<std::int64_t>(std::time(nullptr)));
+
+  Agent good;
+  REQUIRE_FALSE(good.connect("127.0.0.1", server.endpoint));
+  good.start_reading();
+  REQUIRE_FALSE(good.send(hello_frame() + batch_frame(1)));
+  Agent revoked;
+  revoked.context = platform::tls::test::make_context(platform::tls::TlsRole::kClient, pki.file("ca.crt"),
+                                                      pki.file("agent-2.crt"), pki.file("agent-2.key"));
+  REQUIRE_FALSE(revoked.connect("127.0.0.1", server.endpoint));
+  revoked.start_reading();
+  REQUIRE_FALSE(revoked.send(hello_frame("agent-2", "fra2") + batch_frame(1, 1, "agent-2", "fra2")));
+  REQUIRE(eventually([&] { return good.ack_count() == 1 && revoked.ack_count() == 1; }));
+  CHECK(server.ingest->counters().agent_certificate_earliest_not_after_s > 0);
+
+  // The new CRL revokes agent-2: its session is refused and closed, agent-1's goes on.
+  fs::copy_file(pki.file("revoked.crl"), crl, fs::copy_options::overwrite_existing);
+  const auto reloaded = server.ingest->reload_tls();
+  INFO(reloaded.message());
+  REQUIRE(reloaded);
+  CHECK(eventually([&] { return revoked.closed(); }));
+  IngestCounters c = server.ingest->counters();
+  CHECK(c.tls_reloads == 1);
+  CHECK(c.crl_revoked_serials == 1);
+  CHECK(c.rejects[static_cast<std::size_t>(Reject::kRevoked)] == 1);
+  REQUIRE_FALSE(good.send(batch_frame(2)));
+  CHECK(eventually([&] { return good.ack_count() == 2; }));
+  CHECK_FALSE(good.closed());
+
+  // An unreadable CRL: the reload fails, is counted, and the previous material stays.
+  std::ofstream(crl, std::ios::trunc) << "not a CRL\n";
+  const auto failed = server.ingest->reload_tls();
+  REQUIRE_FALSE(failed);
+  CHECK(failed.message().find("stay in use") != std::string::npos);
+  CHECK(failed.message().find(crl.string()) != std::string::npos);
+  c = server.ingest->counters();
+  CHECK(c.tls_reload_failures == 1);
+  CHECK(c.tls_reloads == 1);
+  CHECK(c.crl_revoked_serials == 1);
+  REQUIRE_FALSE(good.send(batch_frame(3)));
+  CHECK(eventually([&] { return good.ack_count() == 3; }));
+
+  // agent-2 cannot come back: its new handshake is refused as revoked (a TLS 1.3 client learns it
+  // at its first read).
+  Agent again;
+  again.context = revoked.context;
+  (void)again.connect("127.0.0.1", server.endpoint);
+  CHECK(eventually([&] {
+    return server.ingest->counters().rejects[static_cast<std::size_t>(Reject::kRevoked)] == 2;
+  }));
+  CHECK(server.seqs() == std::vector<std::uint64_t>{1, 2, 3});
+  fs::remove_all(crl_dir);
 }
 
 }  // namespace vantage::collector

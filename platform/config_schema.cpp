@@ -16,6 +16,8 @@
 #include <optional>
 #include <sstream>
 
+#include "platform/utf8_text.hpp"
+
 namespace vantage::platform::config {
 
 namespace {
@@ -245,20 +247,35 @@ class Walker {
 
 std::string quote_value(std::string_view text) {
   std::string out = "\"";
-  for (const char c : text) {
+  for (std::size_t at = 0; at < text.size();) {
+    const Utf8Sequence s = decode_utf8(text, at);
+    char escaped[12];
+    if (s.length == 0) {  // not from TOML, which is UTF-8, but from a caller's string
+      std::snprintf(escaped, sizeof escaped, "\\x%02x", static_cast<unsigned>(static_cast<unsigned char>(text[at])));
+      out += escaped;
+      ++at;
+      continue;
+    }
+    const char32_t c = s.code_point;
     if (c == '"' || c == '\\') {
       out += '\\';
-      out += c;
-    } else if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
-      char escaped[8];
+      out += static_cast<char>(c);
+    } else if (is_control(c) || c == 0x061c || c == 0x200e || c == 0x200f || (c >= 0x202a && c <= 0x202e) ||
+               (c >= 0x2066 && c <= 0x2069) || c == 0x2028 || c == 0x2029) {
+      // Controls and the invisible characters that reorder or break a line: shown, not obeyed.
       std::snprintf(escaped, sizeof escaped, "\\u%04x", static_cast<unsigned>(c));
       out += escaped;
     } else {
-      out += c;
+      out.append(text.substr(at, s.length));
     }
+    at += s.length;
   }
   out += '"';
-  if (out.size() > 60) out = out.substr(0, 57) + "...";
+  if (out.size() > 60) {
+    std::size_t cut = 57;  // never inside a character
+    while (cut > 0 && (static_cast<unsigned char>(out[cut]) & 0xc0) == 0x80) --cut;
+    out = out.substr(0, cut) + "...";
+  }
   return out;
 }
 

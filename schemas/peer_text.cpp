@@ -21,6 +21,13 @@ std::string indexed(std::string_view vector, std::size_t i, std::string_view fie
 
 }  // namespace
 
+std::string to_peer_text(std::string_view text, PeerText kind) {
+  const std::size_t bound = max_bytes(kind);
+  if (platform::check_text(text, bound)) return std::string(text);
+  // An escape is at most 4 bytes per input byte (\xNN), plus "..." when cut: this always fits.
+  return platform::escape_for_log(text, (bound - 3) / 4);
+}
+
 std::optional<PeerTextFault> check_peer_text(std::string_view field, std::string_view text, PeerText kind) {
   const std::size_t bound = max_bytes(kind);
   const platform::TextVerdict verdict = platform::check_text(text, bound);

@@ -54,6 +54,12 @@ struct PeerTextFault {
   std::string reason;
 };
 
+// A string the agent did not choose (an interface or sensor name read from /sys, which the kernel
+// lets hold any byte but '/') made to pass its kind's rules: unchanged when it does, otherwise
+// escaped as log lines show it (\xNN, ...) and cut to fit, so one odd name on a host cannot get
+// every batch of that agent refused.
+std::string to_peer_text(std::string_view text, PeerText kind);
+
 // One string against its kind's rules.
 std::optional<PeerTextFault> check_peer_text(std::string_view field, std::string_view text, PeerText kind);
 // Every string of the message: nullopt when all of them pass.

@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "platform/arch.hpp"
+#include "schemas/peer_text.hpp"
 
 namespace vantage::agent::samplers {
 
@@ -241,13 +242,16 @@ flatbuffers::Offset<wire::LoadSample> build_load_sample(flatbuffers::FlatBufferB
     const NetRates& r = iface.rates;
     const wire::NetRates rates(r.rx_bytes_per_s, r.tx_bytes_per_s, r.rx_packets_per_s, r.tx_packets_per_s,
                                r.rx_errors_per_s, r.tx_errors_per_s, r.rx_drops_per_s, r.tx_drops_per_s);
-    net.push_back(wire::CreateNetInterface(fbb, fbb.CreateString(iface.name), &rates));
+    // Names from /sys may hold any byte: the collector refuses a batch whose strings break its rules.
+    net.push_back(wire::CreateNetInterface(fbb, fbb.CreateString(wire::to_peer_text(iface.name, wire::PeerText::kInterface)),
+                                           &rates));
   }
   std::vector<flatbuffers::Offset<wire::Temperature>> temperatures;
   temperatures.reserve(load.temperatures.size());
   for (const Temperature& t : load.temperatures) {
     temperatures.push_back(
-        wire::CreateTemperature(fbb, fbb.CreateString(t.sensor), static_cast<float>(t.celsius)));
+        wire::CreateTemperature(fbb, fbb.CreateString(wire::to_peer_text(t.sensor, wire::PeerText::kSensor)),
+                                static_cast<float>(t.celsius)));
   }
 
   const MemoryUsage& m = load.memory;

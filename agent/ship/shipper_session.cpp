@@ -5,6 +5,8 @@
 
 #include "agent/process_usage.hpp"
 #include "platform/log.hpp"
+#include "schemas/peer_text.hpp"
+#include "schemas/wire_string.hpp"
 
 namespace vantage::agent::ship {
 
@@ -121,9 +123,23 @@ void ShipperSession::on_frame(const wire::Frame& frame) {
     case wire::AckStatus::Rejected: {
       update([](ShipperCounters& s) { ++s.rejected; });
       refused_ = true;
-      const std::string reason = ack->reason() != nullptr ? ack->reason()->str() : "no reason given";
-      log(LogLevel::kError, "collector %s refused this agent: %s", collector().host.c_str(), reason.c_str());
-      fail("refused: " + reason);
+      // The collector's words are a peer's: escaped and bounded before any log line shows them.
+      const std::string reason =
+          ack->reason() != nullptr
+              ? platform::escape_for_log(wire::str(ack->reason()), wire::max_bytes(wire::PeerText::kAckReason))
+              : "no reason given";
+      // Nothing is acked or deleted: a rejected batch stays spooled and goes again first after
+      // every reconnect (with the growing backoff), so a collector that is fixed or upgraded takes
+      // it; measuring and spooling go on meanwhile. The reason is logged once while it stays the
+      // same; retries that meet it again log at debug level only.
+      const bool repeated = reason == last_refusal_;
+      last_refusal_ = reason;
+      const std::string what = ack->seq() != 0 ? "rejected batch " + std::to_string(ack->seq()) +
+                                                     " (kept in the spool, retried with backoff)"
+                                               : "refused this agent";
+      log(repeated ? LogLevel::kDebug : LogLevel::kError, "collector %s %s: %s", collector().host.c_str(),
+          what.c_str(), reason.c_str());
+      fail("refused: " + reason, repeated);
       check_drain();
       return;
     }
@@ -140,6 +156,7 @@ void ShipperSession::on_ack(const wire::Ack& ack) {
   }
   failures_ = 0;  // the collector is working: the next outage starts from the shortest backoff
   refused_ = false;
+  last_refusal_.clear();
   const SpoolStats stats = spool_.stats();
   update([&stats](ShipperCounters& s) {
     s.acked_seq = stats.acked_seq;
@@ -272,7 +289,7 @@ void ShipperSession::arm_flush() {
   arm(SessionTimer::kFlush, config_.spool.fsync_interval);
 }
 
-void ShipperSession::fail(const std::string& why) {
+void ShipperSession::fail(const std::string& why, bool quiet) {
   state_ = State::kIdle;
   writing_ = false;
   io_.close();  // before the writes go: no write of the old connection may still use them
@@ -285,7 +302,7 @@ void ShipperSession::fail(const std::string& why) {
   if (stopping_) {
     return;
   }
-  log(LogLevel::kWarning, "collector %s:%u: %s", collector().host.c_str(),
+  log(quiet ? LogLevel::kDebug : LogLevel::kWarning, "collector %s:%u: %s", collector().host.c_str(),
       static_cast<unsigned>(collector().port), why.c_str());
   ++failures_;
   // Fail over: the next collector of the region gets the next attempt.

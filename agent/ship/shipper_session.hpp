@@ -120,7 +120,8 @@ class ShipperSession {
   void arm(SessionTimer timer, std::chrono::milliseconds after);
   void arm_ack_timer();
   void arm_flush();
-  void fail(const std::string& why);
+  // Closes the connection and schedules a reconnect; `quiet` logs it at debug level (a repeat).
+  void fail(const std::string& why, bool quiet = false);
   void schedule_reconnect();
   void check_drain();
   bool delivered() const;  // everything spooled is acked
@@ -143,6 +144,7 @@ class ShipperSession {
   // The collector refused this agent (identity, region): retrying keeps the spool draining once
   // an operator fixes it, but a stopping agent does not wait for acks that cannot come.
   bool refused_ = false;
+  std::string last_refusal_;  // the collector's last Rejected reason (escaped), logged once
   std::uint64_t sent_through_ = 0;  // highest seq written on this connection
   std::deque<std::vector<std::uint8_t>> writes_;
   wire::FrameReader reader_;

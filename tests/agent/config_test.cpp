@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "agent/config.hpp"
+#include "platform/utf8_text.hpp"
 #include "tests/support/errors_text.hpp"
 
 namespace {
@@ -159,6 +160,28 @@ TEST_CASE("agent config: every error is reported at once, with file, line and ke
       file + ": tls.key: missing; expected a file path (PEM) (required when collectors are set)",
   };
   CHECK(errors_text(c.errors) == errors_text(expected));
+}
+
+TEST_CASE("agent config: names the collector would refuse are errors with file, line and key") {
+  const std::string file = kDir + "agent_hostile_names.toml";
+  const agent::AgentConfig c = agent::load_config(file);
+  CHECK_FALSE(c.options.has_value());
+  const std::string token = "expected a name without spaces (1..64 characters), got ";
+  const std::string name = "expected a name without spaces or control characters (UTF-8, 1..64 bytes), got ";
+  const std::vector<std::string> expected = {
+      file + ":2: identity.agent_id: " + token + "\"fra1-edge\\u000a<3>forged line\"",
+      file + ":3: identity.region: " + token + "\"eu-central\\u0085\"",
+      file + ":4: identity.pop: " + token + "\"fra1\\u202e\"",
+      file + ":7: targets[0].name: " + name + "\"ams1\\u0000\"",
+      file + ":12: targets[1].name: " + name + "\"rtt\\u0085next\"",
+      // 61 + 4 bytes: over the bound by the emoji's last bytes (the value shown is cut).
+      file + ":17: targets[2].name: " + name + "\"" + std::string(56, 'a') + "...",
+      file + ":22: targets[3].name: " + name + "\"esc\\u001b[2J\"",
+      file + ":27: targets[4].name: " + name + "\"two words\"",
+  };
+  CHECK(errors_text(c.errors) == errors_text(expected));
+  // No error line carries a raw control character: each is one line of the log, as written.
+  for (const std::string& e : c.errors) CHECK(vantage::platform::check_text(e, e.size()));
 }
 
 TEST_CASE("agent config: a syntax error reports the parser's line and column") {

@@ -139,3 +139,16 @@ TEST_CASE("peer text: the bounds per kind") {
   CHECK_FALSE(wire::check_peer_text("x", std::string(64, 'a'), wire::PeerText::kRegion));
   CHECK(wire::check_peer_text("x", std::string(65, 'a'), wire::PeerText::kRegion));
 }
+
+TEST_CASE("peer text: to_peer_text keeps good names and makes any other pass") {
+  CHECK(wire::to_peer_text("eth0", wire::PeerText::kInterface) == "eth0");
+  CHECK(wire::to_peer_text("\xe2\x80\x8fwlan", wire::PeerText::kInterface) == "\xe2\x80\x8fwlan");
+  CHECK(wire::to_peer_text("eth\x01\xff", wire::PeerText::kInterface) == "eth\\x01\\xFF");
+  for (const std::string& hostile :
+       {std::string(200, '\xff'), std::string(300, '\n'), std::string(100, 'a') + "\x1b", std::string(129, 's')}) {
+    for (const wire::PeerText kind : {wire::PeerText::kInterface, wire::PeerText::kSensor, wire::PeerText::kArch}) {
+      const std::string made = wire::to_peer_text(hostile, kind);
+      CHECK(vantage::platform::check_text(made, wire::max_bytes(kind)));
+    }
+  }
+}

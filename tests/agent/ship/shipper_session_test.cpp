@@ -459,6 +459,48 @@ TEST_CASE(
   }
 }
 
+TEST_CASE("session: a rejected batch stays spooled, is offered again first with backoff, its reason escaped") {
+  Harness h;
+  h.session->start();
+  h.connect();
+  h.submit(3);
+  h.deliver_all();
+  h.ack(1);
+  // The collector refuses batch 2 for a string rule; its reason is a peer's bytes.
+  const std::string hostile = "batch 2: Batch.latency[0].target: bad\nforged line\x1b[2J";
+  h.answer(2, wire::AckStatus::Rejected, hostile);
+  ship::ShipperCounters c = h.counters();
+  CHECK(c.rejected == 1);
+  CHECK(c.last_error == "refused: batch 2: Batch.latency[0].target: bad\\nforged line\\x1B[2J");
+  CHECK_FALSE(c.connected);
+  CHECK(h.spool().acked_seq() == 1);
+  CHECK(h.spool().stats().records == 2);  // 2 and 3 kept: nothing is deleted for a rejection
+  // Every retry offers the spool from the rejected batch on; the delay grows while it is refused.
+  std::vector<std::chrono::milliseconds> ceilings;
+  for (std::uint32_t round = 1; round <= 4; ++round) {
+    CHECK(h.backoff_delay() <= h.session->backoff_ceiling(round));
+    ceilings.push_back(h.session->backoff_ceiling(round));
+    h.wait_out_backoff();
+    h.connect();
+    h.collector.received.clear();
+    h.deliver_all();
+    REQUIRE_FALSE(h.collector.received.empty());
+    CHECK(h.collector.received.front() == 2);
+    h.answer(2, wire::AckStatus::Rejected, hostile);
+    CHECK(h.spool().stats().records == 1 + round);
+    h.submit();  // measuring and spooling go on meanwhile
+  }
+  CHECK(ceilings.back() > ceilings.front());
+  CHECK(h.counters().rejected == 5);
+  CHECK(h.spool().stats().records == 6);
+  // Once the collector takes it (fixed, upgraded), everything drains.
+  h.wait_out_backoff();
+  h.connect();
+  h.deliver_all();
+  for (std::uint64_t seq = 2; seq <= 7; ++seq) h.ack(seq);
+  CHECK(h.spool().stats().records == 0);
+}
+
 TEST_CASE("session: the in-memory collector refuses as the real one does, and the agent counts it") {
   SUBCASE("region not served") {
     Harness h;

@@ -7,9 +7,6 @@
 #include <map>
 #include <string_view>
 
-#include "platform/utf8_text.hpp"
-#include "schemas/peer_text.hpp"
-
 namespace vantage::agent {
 
 namespace {
@@ -70,15 +67,6 @@ std::chrono::nanoseconds seconds_to_ns(double seconds) {
   return std::chrono::nanoseconds(std::llround(seconds * 1e9));
 }
 
-// The collector's rule for a target (schemas/peer_text.hpp), so what the file accepts is never
-// refused on the wire, within the names' own 64 bytes and without spaces (labels in tables).
-bool target_name(const Value& v) {
-  constexpr std::size_t kMaxBytes = 64;
-  static_assert(kMaxBytes <= wire::max_bytes(wire::PeerText::kTarget));
-  return cfg::non_empty_text(v) && platform::check_text(v.text(), kMaxBytes) &&
-         v.text().find(' ') == std::string::npos;
-}
-
 bool fsync_value(const Value& v) {
   return v.is_text() ? v.text() == "every" : cfg::integer_in<1, 3'600'000>(v);
 }
@@ -86,13 +74,14 @@ bool fsync_value(const Value& v) {
 // The one table: parsing, validation and the reference docs all come from it.
 const cfg::Key<Draft> kKeys[] = {
     {"identity.agent_id", Kind::kString, "", kWithCollectors, "a name without spaces (1..64 characters)",
-     "This agent's id; must equal the subject CN of its certificate (tls.cert).", cfg::token,
+     "This agent's id; must equal the agent id its certificate binds (tls.cert).", cfg::token,
      [](Draft& d, const Value& v) { d.ship.identity.agent_id = v.text(); }},
     {"identity.region", Kind::kString, "", kWithCollectors, "a name without spaces (1..64 characters)",
-     "The region this agent's data belongs to (data residency), e.g. eu-central.", cfg::token,
+     "The region this agent's data belongs to (data residency), e.g. eu-central; must equal the region its "
+     "certificate binds.", cfg::token,
      [](Draft& d, const Value& v) { d.ship.identity.region = v.text(); }},
     {"identity.pop", Kind::kString, "", kWithCollectors, "a name without spaces (1..64 characters)",
-     "The PoP this agent runs in, e.g. fra1.", cfg::token,
+     "The PoP this agent runs in, e.g. fra1; must equal the PoP its certificate binds.", cfg::token,
      [](Draft& d, const Value& v) { d.ship.identity.pop = v.text(); }},
 
     {"collectors[]", Kind::kTableArray, "", "", "an array of tables ([[collectors]])",
@@ -130,7 +119,8 @@ const cfg::Key<Draft> kKeys[] = {
      "The only CA whose collector certificates are trusted.", cfg::non_empty_text,
      [](Draft& d, const Value& v) { d.ship.tls.ca_file = v.text(); }},
     {"tls.cert", Kind::kString, "", kWithCollectors, "a file path (PEM)",
-     "This agent's certificate (leaf first); its subject CN is identity.agent_id.", cfg::non_empty_text,
+     "This agent's certificate (leaf first); its subjectAltName URI vantage://<region>/<pop>/<agent-id> binds "
+     "the identity.* values.", cfg::non_empty_text,
      [](Draft& d, const Value& v) { d.ship.tls.cert_file = v.text(); }},
     {"tls.key", Kind::kString, "", kWithCollectors, "a file path (PEM)", "The private key of tls.cert.",
      cfg::non_empty_text, [](Draft& d, const Value& v) { d.ship.tls.key_file = v.text(); }},
@@ -160,8 +150,8 @@ const cfg::Key<Draft> kKeys[] = {
        d.targets.back().key = v.key;
        d.targets.back().line = v.line;
      }},
-    {"targets[].name", Kind::kString, "", "", "a name without spaces or control characters (UTF-8, 1..64 bytes)",
-     "The target's label in reports; unique. Default: its address, e.g. 192.0.2.1:8627.", target_name,
+    {"targets[].name", Kind::kString, "", "", "a name without spaces (1..64 characters)",
+     "The target's label in reports; unique. Default: its address, e.g. 192.0.2.1:8627.", cfg::token,
      [](Draft& d, const Value& v) {
        d.targets.back().name = v.text();
        d.targets.back().name_line = v.line;

@@ -7,6 +7,9 @@
 #include <map>
 #include <string_view>
 
+#include "platform/utf8_text.hpp"
+#include "schemas/peer_text.hpp"
+
 namespace vantage::agent {
 
 namespace {
@@ -65,6 +68,15 @@ struct Draft {
 
 std::chrono::nanoseconds seconds_to_ns(double seconds) {
   return std::chrono::nanoseconds(std::llround(seconds * 1e9));
+}
+
+// The collector's rule for a target (schemas/peer_text.hpp), so what the file accepts is never
+// refused on the wire, within the names' own 64 bytes and without spaces (labels in tables).
+bool target_name(const Value& v) {
+  constexpr std::size_t kMaxBytes = 64;
+  static_assert(kMaxBytes <= wire::max_bytes(wire::PeerText::kTarget));
+  return cfg::non_empty_text(v) && platform::check_text(v.text(), kMaxBytes) &&
+         v.text().find(' ') == std::string::npos;
 }
 
 bool fsync_value(const Value& v) {
@@ -150,8 +162,8 @@ const cfg::Key<Draft> kKeys[] = {
        d.targets.back().key = v.key;
        d.targets.back().line = v.line;
      }},
-    {"targets[].name", Kind::kString, "", "", "a name without spaces (1..64 characters)",
-     "The target's label in reports; unique. Default: its address, e.g. 192.0.2.1:8627.", cfg::token,
+    {"targets[].name", Kind::kString, "", "", "a name without spaces or control characters (UTF-8, 1..64 bytes)",
+     "The target's label in reports; unique. Default: its address, e.g. 192.0.2.1:8627.", target_name,
      [](Draft& d, const Value& v) {
        d.targets.back().name = v.text();
        d.targets.back().name_line = v.line;

@@ -150,6 +150,37 @@ TEST_CASE("the live view keeps the newest summary per key and ignores a late res
   CHECK(*s.load[0].load1 == doctest::Approx(0.5));
 }
 
+TEST_CASE("the live view follows a reinstalled agent's new incarnation although its seqs start again at 1") {
+  LiveView view;
+  const auto at = [](std::uint64_t seq, std::int64_t start) {
+    flatbuffers::FlatBufferBuilder fbb;
+    return Built{test::finish_batch(fbb, wire::CreateBatchDirect(fbb, "fra1-a", seq, start, start + kSecond,
+                                                                 "eu-central", "fra1"))};
+  };
+  const auto in = [&view](const Built& b, std::uint8_t incarnation, std::int64_t received_ns) {
+    IncomingBatch i;
+    i.batch = b.batch();
+    i.agent_id = "fra1-a";
+    i.region = "eu-central";
+    i.pop = "fra1";
+    i.incarnation[0] = incarnation;
+    i.received_ns = received_ns;
+    view.record(i);
+  };
+  const auto old_spool = at(500, kT0);
+  const auto reinstalled = at(1, kT0 + 60 * kSecond);
+  const auto late_old = at(499, kT0 - kSecond);
+  in(old_spool, 0xa0, kT0 + kSecond);
+  in(reinstalled, 0xb0, kT0 + 61 * kSecond);
+  in(late_old, 0xa0, kT0 + 62 * kSecond);  // a late resend from the old spool changes nothing
+  const auto s = view.snapshot(kT0 + 63 * kSecond);
+  REQUIRE(s.agents.size() == 1);
+  CHECK(s.agents[0].incarnation == "b0000000000000000000000000000000");
+  CHECK(s.agents[0].seq == 1);
+  CHECK(contains(collector::http::render_status_json(s, {}, kT0 + 63 * kSecond),
+                 "\"incarnation\":\"b0000000000000000000000000000000\""));
+}
+
 TEST_CASE("the live view forgets entries not updated within forget_after and bounds load history") {
   LiveView view({.forget_after = std::chrono::seconds(60), .load_history = 3});
   for (std::uint64_t seq = 1; seq <= 5; ++seq) {

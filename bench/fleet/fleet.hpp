@@ -65,7 +65,7 @@ struct FleetStats {
   std::uint64_t rejected = 0;
   std::uint64_t ack_timeouts = 0;
   std::uint64_t frames_sent = 0;   // batch frames written, resends included
-  std::uint64_t batches_acked = 0;  // distinct (agent, seq) acked as stored
+  std::uint64_t batches_acked = 0;  // distinct (agent, incarnation, seq) acked as stored
   std::uint64_t summaries_acked = 0;
   std::uint64_t connected_now = 0;
   std::uint64_t agents_acked = 0;   // agents with at least one ack

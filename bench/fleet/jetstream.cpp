@@ -1,7 +1,7 @@
 // jetstream: the steady fleet against two stateless collectors publishing into a real 3-node NATS
 // JetStream cluster (stream replicas 3); one node is killed (-9) mid-run and restarted on its
 // store; afterwards the whole stream is read back with `vantage-collector consume` and every
-// (agent, seq) the fleet saw acked must be in it exactly once.
+// (agent, incarnation, seq) the fleet saw acked must be in it exactly once.
 #include <sys/wait.h>
 #include <unistd.h>
 

@@ -8,12 +8,20 @@
 #include <cmath>
 #include <limits>
 #include <system_error>
+#include <tuple>
+
+#include "platform/log.hpp"
+#include "platform/utf8_text.hpp"
+#include "schemas/peer_text.hpp"
 
 namespace vantage::agent {
 
 namespace {
 
 using probes::ProbeProtocol;
+
+// A target's NAME, as targets[].name in the config file allows it (agent/config.cpp).
+constexpr std::size_t kMaxNameBytes = 64;
 
 template <typename T>
 bool parse_number(std::string_view text, T& out) {
@@ -396,6 +404,12 @@ platform::Result<AgentOptions> parse_args(const std::vector<std::string_view>& a
         if (name.empty()) {
           return fail(std::string(arg) + ": empty name before '='");
         }
+        // The config file's rule for names (and the collector's for targets): it would refuse a
+        // batch carrying one that breaks it.
+        if (const auto verdict = platform::check_text(name, kMaxNameBytes); !verdict || name.find(' ') != std::string::npos) {
+          return fail(std::string(arg) + ": NAME \"" + platform::escape_for_log(name, 40) + "\": " +
+                      (verdict ? std::string("contains a space") : platform::describe(verdict, kMaxNameBytes)));
+        }
         if (client) {
           return fail(std::string(arg) + ": a --client target is labelled by its pseudonym, not NAME=");
         }
@@ -442,6 +456,12 @@ platform::Result<AgentOptions> parse_args(const std::vector<std::string_view>& a
     return fail(error);
   }
   if (!ship.collectors.empty()) {
+    for (const auto& [name, value, kind] :
+         {std::tuple{"--agent-id", &ship.identity.agent_id, wire::PeerText::kAgentId},
+          std::tuple{"--region", &ship.identity.region, wire::PeerText::kRegion},
+          std::tuple{"--pop", &ship.identity.pop, wire::PeerText::kPop}}) {
+      if (const auto fault = wire::check_peer_text(name, *value, kind)) return fail(fault->reason);
+    }
     for (const auto& [name, value] :
          {std::pair{"--agent-id", &ship.identity.agent_id}, std::pair{"--region", &ship.identity.region},
           std::pair{"--pop", &ship.identity.pop}, std::pair{"--ca", &ship.tls.ca_file},

@@ -121,6 +121,28 @@ TEST_CASE("cli: every bad argument is named in a one-line error") {
   }
 }
 
+TEST_CASE("cli: names the collector would refuse are errors, shown escaped") {
+  CHECK(error_of({"--udp", "a\nb=127.0.0.1"}) == "--udp: NAME \"a\\nb\": control character U+000A at byte 1");
+  CHECK(error_of({"--udp", "\xff=127.0.0.1"}) == "--udp: NAME \"\\xFF\": invalid UTF-8 at byte 0");
+  CHECK(error_of({"--tcp", "a b=127.0.0.1:80"}) == "--tcp: NAME \"a b\": contains a space");
+  CHECK(error_of({"--udp", std::string(65, 'n') + "=127.0.0.1"}).ends_with(": 65 bytes, over the limit of 64"));
+  const std::vector<std::string_view> shipping = {"--collector", "127.0.0.1:7443", "--ca", "ca", "--cert", "c",
+                                                  "--key", "k"};
+  auto with = [&](std::string_view id, std::string_view region, std::string_view pop) {
+    std::vector<std::string_view> args = shipping;
+    for (std::string_view a : {std::string_view("--agent-id"), id, std::string_view("--region"), region,
+                               std::string_view("--pop"), pop}) {
+      args.push_back(a);
+    }
+    return args;
+  };
+  CHECK(error_of(with("a1\x1b[2J", "eu", "fra1")) == "--agent-id \"a1\\x1B[2J\": control character U+001B at byte 2");
+  CHECK(error_of(with("a1", "eu\xc0\xaf", "fra1")) == "--region \"eu\\xC0\\xAF\": invalid UTF-8 at byte 2");
+  CHECK(error_of(with("a1", "eu", std::string(65, 'p'))).starts_with("--pop \"ppp"));
+  // Hostile to a careless page but valid: accepted.
+  CHECK(parse({"--udp", "\"q\"</script>\xe2\x80\x8f\xf0\x9f\x9a\x80=127.0.0.1"}).has_value());
+}
+
 TEST_CASE("report: table and JSON carry the counts and RTTs, and null for a silent target") {
   agent::MeasurementReport report;
   report.start_ns = 1'000'000'000;

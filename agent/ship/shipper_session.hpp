@@ -136,7 +136,6 @@ class ShipperSession {
   std::mt19937_64 rng_;
 
   State state_ = State::kIdle;
-  std::uint64_t attempt_ = 0;  // connect attempts: tells whether one ended inside io_.connect()
   std::size_t collector_index_ = 0;
   std::uint32_t failures_ = 0;
   bool writing_ = false;

@@ -196,8 +196,6 @@ std::string partition_ddl() {
   return ddl;
 }
 
-constexpr const char* kPartitionTables[] = {"batches", "latency", "load", "rtt", "self"};
-
 // --- operator views: the v2 tables' names and columns over every partition -------------------
 
 struct ViewColumn {
@@ -2040,7 +2038,10 @@ Result<std::vector<LatestLoad>> SqliteStore::latest_load_per_pop() {
   PartitionStatements load_row(h, "SELECT time_ns, cpu_busy, mem_total, mem_available, load1, psi_cpu_some "
                                   "FROM load_{P} WHERE id = ?1");
   std::vector<LatestLoad> rows;
-  for (const auto& [pop, c] : best) {
+  for (const auto& entry : best) {
+    // Named references, not a structured binding: clang 14 (the fuzz build) cannot capture those.
+    const std::string& pop = entry.first;
+    const auto& c = entry.second;
     if (rc != SQLITE_OK) break;
     sqlite3_stmt* s = load_row.get(c.day);
     if (s == nullptr) continue;
@@ -2202,15 +2203,19 @@ FROM batches_{P} AS b JOIN latency_{P} AS l ON l.id BETWEEN b.id << 24 AND (b.id
 WHERE b.agent = ?1 AND b.interval_end_ns >= ?2 AND b.interval_end_ns < ?3 AND l.target = ?4 AND (?5 = '' OR b.pop = ?5)
 )sql");
   for (const std::int64_t day : days) {
+    // Pairs, not structured bindings: clang 14 (the fuzz build) cannot capture those in the lambda.
     for (const auto& [agent, agent_id] : sources) {
-      for (const auto& [target, protocol] : target_ids) {
+      for (const auto& target_id : target_ids) {
+        const std::int64_t target = target_id.first;
+        const std::string& protocol = target_id.second;
+        const std::string& agent_name = agent_id;
         if (rc != SQLITE_OK) break;
         sqlite3_stmt* s = stmts.get(day);
         if (s == nullptr) continue;
         Binder(s).i64(agent).i64(q.from_ns).i64(q.to_ns).i64(target).text(by_pop ? q.pop : std::string_view{});
         rc = step_rows(s, [&](sqlite3_stmt* row) {
           PairPoint p;
-          p.agent_id = agent_id;
+          p.agent_id = agent_name;
           p.protocol = protocol;
           p.seq = static_cast<std::uint64_t>(sqlite3_column_int64(row, 0));
           p.interval_start_ns = sqlite3_column_int64(row, 1);

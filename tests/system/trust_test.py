@@ -139,6 +139,11 @@ def revocation(w):
     assert w.batches("early") == 0, "the revoked agent's batch was stored"
     good.wait_log("connected to collector", 5)
     good_connects = connects(good)
+    # The agent's own count of reconnects, as its batches report it to /metrics.
+    wait_for(lambda: w.metric("vantage_agent_reconnects_total", region="eu-central", pop="fra1", agent="good")
+             is not None, 60, "the good agent's self-metrics")
+    good_reconnects = w.metric("vantage_agent_reconnects_total", region="eu-central", pop="fra1", agent="good")
+    early_refusals = count(c, "the certificate of agent 'early'")
 
     # Revoke `late`, then `systemctl reload`: its session is closed with the reason...
     w.revoke("late")
@@ -156,6 +161,8 @@ def revocation(w):
     wait_for(lambda: re.search(r"refused 127\.0\.0\.1: the certificate of agent 'late' \(serial [0-9a-f]+\) is revoked",
                                c.text()), 60, "late's full handshake refused as revoked")
     wait_for(lambda: w.rejects("revoked") >= revoked_before + 2, 30, "late's refusals counted as revoked")
+    # `early` stays refused under the new CRL too.
+    wait_for(lambda: count(c, "the certificate of agent 'early'") > early_refusals, 60, "early refused after the reload")
     late_final = w.batches("late")
 
     # A reload that fails (the CRL unreadable) keeps the previous material and is counted.
@@ -171,6 +178,8 @@ def revocation(w):
     # The good agent delivered through both reloads on the session it had.
     wait_for(lambda: w.batches("good") >= good_before + 3, 60, "the good agent delivering after the reloads")
     assert connects(good) == good_connects, f"the good agent reconnected:\n{good.text()[-2000:]}"
+    assert w.metric("vantage_agent_reconnects_total", region="eu-central", pop="fra1", agent="good") == \
+        good_reconnects, w.metrics()
     assert "refused" not in good.text(), good.text()[-2000:]
     time.sleep(1)
     assert w.batches("late") == late_final and w.batches("early") == 0

@@ -1,15 +1,16 @@
 #include "agent/cli.hpp"
 
-#include <asio/io_context.hpp>
-#include <asio/ip/udp.hpp>
+#include <asio/ip/address.hpp>
 
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <system_error>
 #include <tuple>
 
+#include "platform/config_schema.hpp"
 #include "platform/log.hpp"
 #include "platform/utf8_text.hpp"
 #include "schemas/peer_text.hpp"
@@ -38,22 +39,6 @@ bool parse_seconds(std::string_view text, double& out, bool allow_zero) {
   }
   out = v;
   return true;
-}
-
-std::optional<asio::ip::address> resolve(const std::string& host, std::string& error) {
-  std::error_code ec;
-  asio::ip::address address = asio::ip::make_address(host, ec);
-  if (!ec) {
-    return address;
-  }
-  asio::io_context io;
-  asio::ip::udp::resolver resolver(io);
-  const auto results = resolver.resolve(host, "", ec);
-  if (ec || results.empty()) {
-    error = "cannot resolve '" + host + "': " + (ec ? ec.message() : "no address");
-    return std::nullopt;
-  }
-  return results.begin()->endpoint().address();
 }
 
 // "host:port", "[v6]:port", or with port optional: "host", "[v6]", "v6".
@@ -126,7 +111,8 @@ const char* usage_text() noexcept {
          "  --client              the targets that follow are clients' (players') addresses: reports,\n"
          "                        batches and logs show only their pseudonym (--no-client ends that)\n"
          "client pseudonyms (see the README's Privacy section):\n"
-         "  --privacy-key FILE    the fleet's secret (at least 32 bytes, e.g. 64 hex digits)\n"
+         "  --privacy-key FILE    the fleet's secret (at least 32 bytes, e.g. 64 hex digits; mode 0600),\n"
+         "                        or credential:NAME ($CREDENTIALS_DIRECTORY/NAME; default privacy-key)\n"
          "  --privacy-mode hmac|prefix  keyed HMAC-SHA256 digest (default) or the /24 (/48) prefix\n"
          "  --privacy-rotation SECONDS  the HMAC key changes every SECONDS (default 86400)\n"
          "shipping (all of these, with at least one --collector, turn it on):\n"
@@ -176,18 +162,30 @@ std::string set_client_labels(MeasurementConfig& measurement, privacy::PrivacyCo
                               const std::string& key_file) {
   const bool any_client = std::any_of(measurement.targets.begin(), measurement.targets.end(),
                                       [](const ProbeTargetSpec& t) { return t.client; });
-  if (!any_client) {
-    return {};
-  }
-  if (privacy.mode == privacy::PseudonymMode::kHmac) {
-    if (key_file.empty()) {
-      return "--client targets need --privacy-key FILE (or --privacy-mode prefix)";
+  const char* credentials = std::getenv("CREDENTIALS_DIRECTORY");
+  std::optional<privacy::SecretSource> source;
+  if (!key_file.empty()) {
+    // A key given is checked whether or not a target needs it yet, as the config file does.
+    auto s = privacy::secret_source(key_file, credentials);
+    if (!s) {
+      return "--privacy-key: " + s.error();
     }
-    auto secret = privacy::read_secret(key_file);
+    source = std::move(s).value();
+  } else if (any_client && privacy.mode == privacy::PseudonymMode::kHmac) {
+    source = privacy::default_secret_source(credentials);
+  }
+  if (source) {
+    auto secret = privacy::read_secret(*source);
     if (!secret) {
       return "--privacy-key: " + secret.error();
     }
     privacy.secret = std::move(secret).value();
+  }
+  if (!any_client) {
+    return {};
+  }
+  if (privacy.mode == privacy::PseudonymMode::kHmac && !privacy.secret) {
+    return "--client targets need --privacy-key FILE (or --privacy-mode prefix)";
   }
   for (ProbeTargetSpec& t : measurement.targets) {
     if (t.client) t.label = client_label_now(privacy, t);
@@ -422,16 +420,27 @@ platform::Result<AgentOptions> parse_args(const std::vector<std::string_view>& a
       if (protocol == ProbeProtocol::kIcmpEcho && port) {
         return fail_target("ICMP has no port ('" + std::string(v) + "')", "ICMP has no port");
       }
-      const std::optional<asio::ip::address> address = resolve(host, error);
-      if (!address) {
-        return fail_target(error, "cannot resolve its host");
+      // A name is resolved in the background once measuring starts (see ProbeTargetSpec::host).
+      std::error_code literal_error;
+      const asio::ip::address literal = asio::ip::make_address(host, literal_error);
+      if (literal_error && client) {
+        return fail_target("", "takes an IP address, not a name");
+      }
+      if (literal_error && !platform::config::host(platform::config::Value{host, std::string(arg), 0})) {
+        return fail_target("'" + host + "' is neither an IP address nor a host name", "");
       }
       ProbeTargetSpec t;
       t.protocol = protocol;
-      t.address = *address;
+      if (literal_error) {
+        t.host = host;
+      } else {
+        t.address = literal;
+      }
       t.port = protocol == ProbeProtocol::kUdpEcho ? port.value_or(probes::kDefaultReflectorPort)
                                                    : port.value_or(0);
-      t.label = name.empty() ? target_label(protocol, t.address, t.port) : name;
+      t.label = !name.empty()     ? name
+                : t.host.empty() ? target_label(protocol, t.address, t.port)
+                                 : target_label(protocol, t.host, t.port);
       t.rate_per_s = rate;
       t.timeout = std::chrono::nanoseconds(std::llround(timeout_ms * 1e6));
       t.payload_size = size;

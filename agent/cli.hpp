@@ -26,7 +26,8 @@ struct AgentOptions {
 };
 
 // The options, or an error (Errc::kInvalid) whose message is one line naming the argument.
-// Host names are resolved here (first address returned), so a typo fails at start-up.
+// Host names are not resolved here: a target's name is resolved in the background once the
+// measurement runs (ProbeTargetSpec::host), so a name without an address yet stops nothing.
 platform::Result<AgentOptions> parse_args(const std::vector<std::string_view>& args);
 
 const char* usage_text() noexcept;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <map>
 #include <string_view>
 
@@ -63,6 +64,8 @@ struct Draft {
   privacy::PrivacyConfig privacy;
   std::string key_file;
   std::uint32_t key_file_line = 0;
+  std::uint32_t prefix_v4_line = 0;
+  std::uint32_t prefix_v6_line = 0;
   bool privacy_ok = true;  // false: the key file is set but unusable (reported already)
 };
 
@@ -177,7 +180,10 @@ const cfg::Key<Draft> kKeys[] = {
     // Checked with the whole target (build_targets), once `client` is known: a client's host
     // is personal data and no error may show it.
     {"targets[].host", Kind::kString, "", kAlways, "an IP address or a host name",
-     "A name is resolved when the config is loaded (the first address).", nullptr,
+     "A name is resolved in the background (the first address): the agent starts while it does not "
+     "resolve, reports the target unresolved (not lost), retries with backoff and follows the name "
+     "when its address changes. A client target takes an IP address.",
+     nullptr,
      [](Draft& d, const Value& v) {
        d.targets.back().host = v.text();
        d.targets.back().host_line = v.line;
@@ -234,6 +240,20 @@ const cfg::Key<Draft> kKeys[] = {
     {"measurement.host_root", Kind::kString, "\"/\"", "", "a directory path",
      "Read /proc and /sys under this directory (a container's view of its host).", cfg::non_empty_text,
      [](Draft& d, const Value& v) { d.options.measurement.host_root = v.text(); }},
+    {"measurement.dns_retry_max", Kind::kNumber, "60", "", "seconds in [1, 3600]",
+     "A name (target or collector) that does not resolve is retried after 1 s, then twice as long each "
+     "time (jittered), never waiting longer than this.",
+     cfg::number_in<1, 3600>,
+     [](Draft& d, const Value& v) {
+       d.options.measurement.resolve.retry_max = std::chrono::milliseconds(std::llround(v.number() * 1e3));
+     }},
+    {"measurement.dns_refresh", Kind::kNumber, "300", "", "seconds in [1, 86400]",
+     "A name that resolves is looked up again this often (jittered), so probes and the shipper follow it "
+     "when its address changes; a reload looks every name up at once.",
+     cfg::number_in<1, 86'400>,
+     [](Draft& d, const Value& v) {
+       d.options.measurement.resolve.refresh = std::chrono::milliseconds(std::llround(v.number() * 1e3));
+     }},
     {"measurement.kernel_timestamps", Kind::kBoolean, "true", "", "true or false",
      "Take receive times from the kernel where the socket allows; false: in user space.", nullptr,
      [](Draft& d, const Value& v) { d.options.measurement.kernel_timestamps = v.boolean(); }},
@@ -258,9 +278,12 @@ const cfg::Key<Draft> kKeys[] = {
        d.privacy.mode = v.text() == "prefix" ? privacy::PseudonymMode::kPrefix : privacy::PseudonymMode::kHmac;
      }},
     {"privacy.key_file", Kind::kString, "", "when a target is a client and mode is \"hmac\"",
-     "a file path (a secret of at least 32 bytes)",
-     "The fleet's shared secret: 64 (or more) hex digits, or at least 32 raw bytes. Agents with the same "
-     "secret give a client the same pseudonym.",
+     "a file path (a secret of at least 32 bytes), or \"credential:NAME\"",
+     "The fleet's shared secret: 64 (or more) hex digits, or at least 32 raw bytes, in a file only the "
+     "agent's user may read (mode 0600 or 0400; at most 4096 bytes). \"credential:NAME\" reads "
+     "$CREDENTIALS_DIRECTORY/NAME (systemd's LoadCredential=NAME:PATH); without key_file, the credential "
+     "privacy-key is used when systemd delivers one. Agents with the same secret give a client the same "
+     "pseudonym.",
      cfg::non_empty_text,
      [](Draft& d, const Value& v) {
        d.key_file = v.text();
@@ -271,11 +294,21 @@ const cfg::Key<Draft> kKeys[] = {
      cfg::integer_in<1, 31'622'400>,
      [](Draft& d, const Value& v) { d.privacy.rotation = std::chrono::seconds(v.integer()); }},
     {"privacy.prefix_v4", Kind::kInteger, "24", "", "an integer in 0..32",
-     "prefix mode: the IPv4 prefix length kept.", cfg::integer_in<0, 32>,
-     [](Draft& d, const Value& v) { d.privacy.prefix_v4 = static_cast<unsigned>(v.integer()); }},
+     "prefix mode: the IPv4 prefix length kept; above 24 only with allow_long_prefix.", cfg::integer_in<0, 32>,
+     [](Draft& d, const Value& v) {
+       d.privacy.prefix_v4 = static_cast<unsigned>(v.integer());
+       d.prefix_v4_line = v.line;
+     }},
     {"privacy.prefix_v6", Kind::kInteger, "48", "", "an integer in 0..128",
-     "prefix mode: the IPv6 prefix length kept.", cfg::integer_in<0, 128>,
-     [](Draft& d, const Value& v) { d.privacy.prefix_v6 = static_cast<unsigned>(v.integer()); }},
+     "prefix mode: the IPv6 prefix length kept; above 48 only with allow_long_prefix.", cfg::integer_in<0, 128>,
+     [](Draft& d, const Value& v) {
+       d.privacy.prefix_v6 = static_cast<unsigned>(v.integer());
+       d.prefix_v6_line = v.line;
+     }},
+    {"privacy.allow_long_prefix", Kind::kBoolean, "false", "", "true or false",
+     "prefix mode: allow prefix_v4 above 24 and prefix_v6 above 48, which keep (nearly) the whole client "
+     "address, so barely a pseudonym; a warning is logged at each start.",
+     nullptr, [](Draft& d, const Value& v) { d.privacy.allow_long_prefix = v.boolean(); }},
     {"privacy.digest_bytes", Kind::kInteger, "12", "", "an integer in 8..32",
      "hmac mode: how many bytes of the digest the pseudonym keeps (twice as many hex digits).",
      cfg::integer_in<8, 32>,
@@ -290,20 +323,6 @@ ProbeProtocol protocol_of(std::string_view name) {
                           : ProbeProtocol::kUdpEcho;
 }
 
-// Host names resolve exactly as on the command line: through parse_args itself (an ICMP
-// target takes a bare host), so both paths share one resolver and one error text.
-std::optional<asio::ip::address> resolve(const std::string& host, std::string& error) {
-  std::error_code ec;
-  const asio::ip::address literal = asio::ip::make_address(host, ec);
-  if (!ec) return literal;
-  const platform::Result<AgentOptions> parsed = parse_args({"--icmp", host});
-  if (!parsed || parsed->measurement.targets.empty()) {
-    constexpr std::string_view kPrefix = "--icmp: ";
-    error = parsed.error().starts_with(kPrefix) ? parsed.error().substr(kPrefix.size()) : parsed.error();
-    return std::nullopt;
-  }
-  return parsed->measurement.targets.front().address;
-}
 
 void build_targets(Draft& d, cfg::Diagnostics& diagnostics) {
   // Reports and the store key a target by its label: two alike would be one series. Names are
@@ -341,19 +360,24 @@ void build_targets(Draft& d, cfg::Diagnostics& diagnostics) {
                    : "expected an IP address or a host name, got " + cfg::quote_value(t.host));
       continue;
     }
-    std::string error;
-    const std::optional<asio::ip::address> address = resolve(t.host, error);
-    if (!address) {
-      // A client's host is personal data: the reason, not the name.
+    // A name is resolved in the background once the agent runs (and followed when it moves),
+    // so one that does not resolve yet stops nothing; a client's address must be an address.
+    std::error_code literal_error;
+    const asio::ip::address literal = asio::ip::make_address(t.host, literal_error);
+    if (literal_error && t.client) {
       diagnostics.error(t.host_line, t.key + ".host",
-                        t.client ? std::string("cannot resolve this client target's host") : error);
+                        "a client target takes an IP address, not a name (not shown: a client's address)");
       ok = false;
     }
     if (t.client && !d.privacy_ok) ok = false;  // no usable key: reported once, by build_privacy
     if (!ok) continue;
     ProbeTargetSpec spec;
     spec.protocol = protocol;
-    spec.address = *address;
+    if (literal_error) {
+      spec.host = t.host;
+    } else {
+      spec.address = literal;
+    }
     spec.port = protocol == ProbeProtocol::kUdpEcho      ? t.port.value_or(probes::kDefaultReflectorPort)
                 : protocol == ProbeProtocol::kTcpConnect ? *t.port
                                                          : 0;
@@ -363,8 +387,9 @@ void build_targets(Draft& d, cfg::Diagnostics& diagnostics) {
     spec.dscp = t.dscp;
     spec.client = t.client;
     spec.label = t.client         ? client_label_now(d.privacy, spec)
-                 : t.name.empty() ? target_label(protocol, spec.address, spec.port)
-                                  : t.name;
+                 : !t.name.empty() ? t.name
+                 : spec.host.empty() ? target_label(protocol, spec.address, spec.port)
+                                     : target_label(protocol, spec.host, spec.port);
     if (t.name.empty()) {
       if (const auto [it, inserted] = labels.emplace(spec.label, &t); !inserted) {
         const TargetDraft& first = *it->second;
@@ -381,16 +406,46 @@ void build_targets(Draft& d, cfg::Diagnostics& diagnostics) {
 // Reads the secret (a key_file must be readable whether or not a target needs it yet) and
 // requires one when a client target is to be labelled by HMAC.
 void build_privacy(Draft& d, cfg::Diagnostics& diagnostics) {
+  const bool prefix = d.privacy.mode == privacy::PseudonymMode::kPrefix;
+  if (prefix && !d.privacy.allow_long_prefix) {
+    // A /32 (or /128) "prefix" is the address itself: refused unless explicitly allowed.
+    if (d.privacy.prefix_v4 > privacy::kMaxSafePrefixV4) {
+      diagnostics.error(d.prefix_v4_line, "privacy.prefix_v4",
+                        std::to_string(d.privacy.prefix_v4) + " keeps more than " +
+                            std::to_string(privacy::kMaxSafePrefixV4) +
+                            " bits of a client's IPv4 address; at most 24, or set privacy.allow_long_prefix = true");
+      d.privacy_ok = false;
+    }
+    if (d.privacy.prefix_v6 > privacy::kMaxSafePrefixV6) {
+      diagnostics.error(d.prefix_v6_line, "privacy.prefix_v6",
+                        std::to_string(d.privacy.prefix_v6) + " keeps more than " +
+                            std::to_string(privacy::kMaxSafePrefixV6) +
+                            " bits of a client's IPv6 address; at most 48, or set privacy.allow_long_prefix = true");
+      d.privacy_ok = false;
+    }
+  }
+  const char* credentials = std::getenv("CREDENTIALS_DIRECTORY");
+  std::optional<privacy::SecretSource> source;
   if (!d.key_file.empty()) {
-    if (auto secret = privacy::read_secret(d.key_file)) {
+    if (auto s = privacy::secret_source(d.key_file, credentials)) {
+      source = std::move(s).value();
+    } else {
+      diagnostics.error(d.key_file_line, "privacy.key_file", s.error());
+      d.privacy_ok = false;
+    }
+  } else if (!prefix) {
+    // Under systemd with LoadCredential=privacy-key:PATH, no key_file is needed.
+    source = privacy::default_secret_source(credentials);
+  }
+  if (source) {
+    if (auto secret = privacy::read_secret(*source)) {
       d.privacy.secret = std::move(secret).value();
     } else {
       diagnostics.error(d.key_file_line, "privacy.key_file", secret.error());
       d.privacy_ok = false;
     }
   }
-  if (d.privacy.mode != privacy::PseudonymMode::kHmac || !d.key_file.empty() ||
-      diagnostics.has("privacy.key_file")) {
+  if (prefix || source || diagnostics.has("privacy.key_file")) {
     return;
   }
   for (const TargetDraft& t : d.targets) {
@@ -498,6 +553,7 @@ static AgentConfig load_config(const std::filesystem::path& file, std::optional<
   }
   if (!shipping.collectors.empty()) {
     shipping.capabilities = capabilities_for(m);
+    shipping.resolve = m.resolve;  // one schedule for every name the agent resolves
     d.options.shipping = std::move(shipping);
   }
   result.options = std::move(d.options);

@@ -23,8 +23,8 @@ struct AgentConfig {
   std::vector<std::string> errors;
 };
 
-// Reads and checks the file; target host names are resolved here (first address), as the
-// command line does, so a typo fails at start-up.
+// Reads and checks the file. Target and collector host names are not resolved here (that
+// happens in the background once the agent runs), so reading never waits for DNS.
 AgentConfig load_config(const std::filesystem::path& file);
 // The same over text in memory, reported under `name` (tests, the config fuzzer).
 AgentConfig parse_config(std::string_view text, const std::string& name);

@@ -14,6 +14,7 @@
 
 #include "platform/clock.hpp"
 #include "platform/enum_names.hpp"
+#include "platform/log.hpp"
 #include "platform/random_seed.hpp"
 #include "platform/spsc_ring.hpp"
 
@@ -59,6 +60,13 @@ std::string target_label(ProbeProtocol protocol, const asio::ip::address& addres
     return host;
   }
   return (address.is_v6() ? "[" + host + "]" : host) + ":" + std::to_string(port);
+}
+
+std::string target_label(ProbeProtocol protocol, const std::string& host, std::uint16_t port) {
+  if (protocol == ProbeProtocol::kIcmpEcho) {
+    return host;
+  }
+  return host + ":" + std::to_string(port);
 }
 
 std::string client_label(privacy::Pseudonymiser& pseudonymiser, const ProbeTargetSpec& target,
@@ -107,6 +115,15 @@ struct Measurement::Impl {
   std::unique_ptr<probes::Reflector> reflector;
   std::unique_ptr<privacy::Pseudonymiser> pseudonymiser;  // used by the aggregator thread only
 
+  // Target names: the resolver's name i is target name_targets[i]; prober_position[t] is target
+  // t's place in its prober's list. unresolved[t] is set by the resolver's callback and read by
+  // the aggregator when it closes an interval.
+  std::unique_ptr<NameResolver> resolver;
+  std::vector<std::size_t> name_targets;
+  std::vector<std::size_t> prober_position;
+  std::unique_ptr<std::atomic<bool>[]> unresolved;
+  std::vector<std::optional<asio::ip::address>> name_addresses;  // the resolver's thread only
+
   std::thread probe_thread;
   std::thread reflector_thread;
   std::jthread sampler_thread;
@@ -120,6 +137,7 @@ struct Measurement::Impl {
   std::int64_t interval_start_ns = 0;
 
   platform::Status open_probers();
+  void on_name(std::size_t name, const NameState& state);
   void run_sampler(std::stop_token stop);
   void run_aggregator(std::stop_token stop);
   std::size_t drain();
@@ -137,11 +155,15 @@ platform::Status Measurement::Impl::open_probers() {
   icmp_config.mode = config.icmp_mode;
   icmp_config.kernel_timestamps = config.kernel_timestamps;
 
+  prober_position.assign(config.targets.size(), 0);
   for (std::size_t i = 0; i < config.targets.size(); ++i) {
     const ProbeTargetSpec& t = config.targets[i];
     const auto index = static_cast<std::uint32_t>(i);
+    // A name starts without an address: the resolver gives it one (set_address) once it has one.
+    const bool resolved = t.host.empty();
     switch (t.protocol) {
       case ProbeProtocol::kUdpEcho:
+        prober_position[i] = udp_config.targets.size();
         udp_config.targets.push_back(probes::UdpProbeTarget{
             .endpoint = {t.address, t.port},
             .index = index,
@@ -149,18 +171,22 @@ platform::Status Measurement::Impl::open_probers() {
             .payload_size = t.payload_size != 0 ? t.payload_size : probes::kProbeHeaderSize,
             .dscp = t.dscp,
             .count = 0,
+            .resolved = resolved,
         });
         break;
       case ProbeProtocol::kTcpConnect:
+        prober_position[i] = tcp_config.targets.size();
         tcp_config.targets.push_back(probes::TcpTarget{
             .target = index,
             .endpoint = {t.address, t.port},
             .rate_per_s = t.rate_per_s,
             .timeout = t.timeout,
             .dscp = t.dscp,
+            .resolved = resolved,
         });
         break;
       case ProbeProtocol::kIcmpEcho:
+        prober_position[i] = icmp_config.targets.size();
         icmp_config.targets.push_back(probes::IcmpTarget{
             .target = index,
             .address = t.address,
@@ -168,6 +194,7 @@ platform::Status Measurement::Impl::open_probers() {
             .timeout = t.timeout,
             .payload_size = t.payload_size != 0 ? t.payload_size : 56,
             .dscp = t.dscp,
+            .resolved = resolved,
         });
         break;
     }
@@ -192,6 +219,37 @@ platform::Status Measurement::Impl::open_probers() {
     }
   }
   return platform::Status();
+}
+
+void Measurement::Impl::on_name(std::size_t name, const NameState& state) {
+  const std::size_t i = name_targets[name];
+  const ProbeTargetSpec& t = config.targets[i];
+  std::optional<asio::ip::address>& known = name_addresses[name];
+  // Once per change: resolved, unresolved, moved (a name's first failure counts as a change).
+  if (state.address && !known) {
+    platform::log(platform::LogLevel::kInfo, "target %s: %s resolves to %s", t.label.c_str(), t.host.c_str(),
+                  state.address->to_string().c_str());
+  } else if (state.address && known && *state.address != *known) {
+    platform::log(platform::LogLevel::kInfo, "target %s: %s now resolves to %s (was %s)", t.label.c_str(),
+                  t.host.c_str(), state.address->to_string().c_str(), known->to_string().c_str());
+  } else if (!state.address) {
+    platform::log(platform::LogLevel::kWarning, "target %s: %s does not resolve (%s); reported unresolved until it does",
+                  t.label.c_str(), t.host.c_str(), state.error.c_str());
+  }
+  known = state.address;
+  unresolved[i].store(!state.address.has_value(), std::memory_order_relaxed);
+  const std::size_t position = prober_position[i];
+  switch (t.protocol) {
+    case ProbeProtocol::kUdpEcho:
+      if (udp) udp->set_address(position, state.address);
+      break;
+    case ProbeProtocol::kTcpConnect:
+      if (tcp) tcp->set_address(position, state.address);
+      break;
+    case ProbeProtocol::kIcmpEcho:
+      if (icmp) icmp->set_address(position, state.address);
+      break;
+  }
 }
 
 void Measurement::Impl::run_sampler(std::stop_token stop) {
@@ -256,6 +314,10 @@ void Measurement::Impl::emit(std::int64_t now_ns, bool final) {
     report.labels.push_back(t.client && pseudonymiser
                                 ? client_label(*pseudonymiser, t, report.wall_start_ns / 1'000'000'000)
                                 : t.label);
+  }
+  report.unresolved.reserve(config.targets.size());
+  for (std::size_t i = 0; i < config.targets.size(); ++i) {
+    report.unresolved.push_back(unresolved[i].load(std::memory_order_relaxed) ? 1 : 0);
   }
   report.loads = std::move(pending_loads);
   pending_loads.clear();
@@ -342,7 +404,26 @@ platform::Status Measurement::start(ReportSink sink) {
   impl->sink = std::move(sink);
   if (config_.privacy) {
     impl->pseudonymiser = std::make_unique<privacy::Pseudonymiser>(*config_.privacy);
+    const privacy::PrivacyConfig& p = *config_.privacy;
+    if (p.mode == privacy::PseudonymMode::kPrefix &&
+        (p.prefix_v4 > privacy::kMaxSafePrefixV4 || p.prefix_v6 > privacy::kMaxSafePrefixV6)) {
+      platform::log(platform::LogLevel::kWarning,
+                    "privacy: prefix mode keeps %u of 32 IPv4 and %u of 128 IPv6 bits of client addresses "
+                    "(privacy.allow_long_prefix): such labels are close to the addresses themselves",
+                    p.prefix_v4, p.prefix_v6);
+    }
   }
+  impl->unresolved = std::make_unique<std::atomic<bool>[]>(config_.targets.size());
+  std::vector<std::string> names;
+  for (std::size_t i = 0; i < config_.targets.size(); ++i) {
+    const bool name = !config_.targets[i].host.empty();
+    impl->unresolved[i].store(name, std::memory_order_relaxed);
+    if (name) {
+      impl->name_targets.push_back(i);
+      names.push_back(config_.targets[i].host);
+    }
+  }
+  impl->name_addresses.assign(names.size(), std::nullopt);
   if (config_.reflector) {
     impl->reflector = std::make_unique<probes::Reflector>(impl->reflector_io, *config_.reflector);
     if (const platform::Status s = impl->reflector->start(); !s) {
@@ -377,6 +458,13 @@ platform::Status Measurement::start(ReportSink sink) {
     impl->sampler_thread = std::jthread([p](std::stop_token stop) { p->run_sampler(stop); });
   }
   impl->aggregator_thread = std::jthread([p](std::stop_token stop) { p->run_aggregator(stop); });
+  if (!names.empty()) {
+    // Last: its callbacks post to the probers, which run by now.
+    impl->resolver = std::make_unique<NameResolver>(
+        std::move(names), config_.resolve, [p](std::size_t name, const NameState& state) { p->on_name(name, state); },
+        config_.lookup ? config_.lookup : NameResolver::Lookup(system_lookup));
+    impl->resolver->start();
+  }
   impl_ = std::move(impl);
   return platform::Status();
 }
@@ -386,6 +474,7 @@ void Measurement::finish() {
     return;
   }
   Impl& impl = *impl_;
+  if (impl.resolver) impl.resolver->stop();  // no address changes while the probes wind down
   if (impl.udp) impl.udp->stop_sending();
   if (impl.tcp) impl.tcp->stop_sending();
   if (impl.icmp) impl.icmp->stop_sending();
@@ -415,6 +504,7 @@ void Measurement::stop() {
     return;
   }
   Impl& impl = *impl_;
+  if (impl.resolver) impl.resolver->stop();
   if (impl.sampler_thread.joinable()) {
     impl.sampler_thread.request_stop();
     impl.sampler_thread.join();

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "agent/aggregate/target_stats.hpp"
+#include "agent/name_resolver.hpp"
 #include "agent/privacy/pseudonym.hpp"
 #include "agent/probes/icmp_prober.hpp"
 #include "agent/probes/probe_event.hpp"
@@ -35,6 +36,11 @@ struct ProbeTargetSpec {
   // (MeasurementReport::labels), so only the probers' sockets ever see its address.
   std::string label;
   probes::ProbeProtocol protocol = probes::ProbeProtocol::kUdpEcho;
+  // A DNS name, resolved in the background once the measurement starts (and again every
+  // MeasurementConfig::resolve.refresh, and with backoff while it fails): the target is probed
+  // while the name has an address and reported unresolved while it has none. Empty: `address`
+  // is an IP address given as such.
+  std::string host;
   asio::ip::address address;
   std::uint16_t port = 0;  // UDP echo and TCP; ignored for ICMP
   double rate_per_s = 1.0;
@@ -55,6 +61,10 @@ struct MeasurementConfig {
   std::optional<probes::ReflectorConfig> reflector;  // nullopt: answer nobody's probes
   bool kernel_timestamps = true;
   probes::IcmpSocketMode icmp_mode = probes::IcmpSocketMode::kAuto;
+  // How target names are retried and refreshed, and looked up (empty: getaddrinfo; tests
+  // inject their own).
+  ResolveSchedule resolve;
+  NameResolver::Lookup lookup;
   // How client targets are pseudonymised; required when any target is a client.
   std::optional<privacy::PrivacyConfig> privacy;
   std::uint64_t sender_id = 0;  // 0: a random one per start
@@ -90,6 +100,9 @@ struct MeasurementReport {
   // The targets' labels for this interval, in the same order: a client target's pseudonym is
   // made here, by the aggregator, for the epoch of wall_start_ns, so it follows key rotation.
   std::vector<std::string> labels;
+  // Per target, in the same order: 1 when its name had no address at the end of the interval,
+  // so it was not probed (its sent and lost stay 0: unresolved is not loss).
+  std::vector<std::uint8_t> unresolved;
   std::vector<HostLoadRecord> loads;  // the samples that ended in this interval
   MeasurementCounters counters;
 };
@@ -142,6 +155,9 @@ const char* protocol_name(probes::ProbeProtocol protocol) noexcept;
 // "192.0.2.1:8627", "[2001:db8::1]:8627"; ICMP targets have no port: "192.0.2.1", "2001:db8::1".
 std::string target_label(probes::ProbeProtocol protocol, const asio::ip::address& address,
                          std::uint16_t port);
+// The same for a name: "pop2.example.net:8627", "pop2.example.net" (ICMP); stable while the
+// name's address changes.
+std::string target_label(probes::ProbeProtocol protocol, const std::string& host, std::uint16_t port);
 
 // A client target's pseudonym at unix_seconds (the protocol and port enter the digest).
 std::string client_label(privacy::Pseudonymiser& pseudonymiser, const ProbeTargetSpec& target,

@@ -79,10 +79,12 @@ void write_rtt(JsonWriter& j, const IntervalSummary& s) {
 }
 
 void write_target(JsonWriter& j, const ProbeTargetSpec& spec, const std::string& label,
-                  const IntervalSummary& s) {
+                  const IntervalSummary& s, bool unresolved) {
   j.begin_object();
   j.field("target", label);
   j.field("protocol", protocol_name(spec.protocol));
+  // Its name had no address: not probed, so nothing sent and nothing lost.
+  j.field("unresolved", unresolved);
   j.field("sent", s.sent);
   j.field("received", s.received);
   j.field("lost", s.lost);
@@ -206,7 +208,8 @@ std::string format_json(const MeasurementReport& report, const std::vector<Probe
   j.key("targets");
   j.begin_array();
   for (std::size_t i = 0; i < report.targets.size() && i < targets.size(); ++i) {
-    write_target(j, targets[i], report_label(report, targets, i), report.targets[i]);
+    write_target(j, targets[i], report_label(report, targets, i), report.targets[i],
+                 i < report.unresolved.size() && report.unresolved[i] != 0);
   }
   j.end_array();
   j.key("load");
@@ -262,6 +265,9 @@ std::string format_table(const MeasurementReport& report, const std::vector<Prob
     if (targets[i].protocol == probes::ProbeProtocol::kUdpEcho && s.lost > 0) {
       notes += printf_string(" lost out/in/unknown %" PRIu64 "/%" PRIu64 "/%" PRIu64, s.lost_outbound,
                              s.lost_inbound, s.lost - std::min(s.lost, s.lost_outbound + s.lost_inbound));
+    }
+    if (i < report.unresolved.size() && report.unresolved[i] != 0) {
+      notes += " unresolved: " + targets[i].host + " has no address (not probed, not loss)";
     }
     if (s.send_errors > 0) notes += printf_string(" send errors %" PRIu64, s.send_errors);
     if (s.reflector_restarts > 0)

@@ -73,6 +73,7 @@ void LiveView::record(const store::IncomingBatch& in) {
       e.mean_ns = l->mean_ns();
       e.jitter_mean_ns = l->jitter_mean_ns();
       e.jitter_p99_ns = l->jitter_p99_ns();
+      e.unresolved = l->unresolved();
     }
   }
 

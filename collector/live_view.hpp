@@ -37,6 +37,7 @@ struct LiveLatency {
   double mean_ns = 0.0;
   double jitter_mean_ns = 0.0;
   std::int64_t jitter_p99_ns = 0;
+  bool unresolved = false;  // the agent could not resolve the target's name: not probed, not loss
 };
 
 struct LoadPoint {

@@ -455,7 +455,8 @@ constexpr WireCount kWireCounts[] = {
 
 flatbuffers::Offset<wire::LatencySummary> build_latency_summary(flatbuffers::FlatBufferBuilder& fbb,
                                                                 std::string_view target,
-                                                                const IntervalSummary& summary) {
+                                                                const IntervalSummary& summary,
+                                                                bool unresolved) {
   const auto name = fbb.CreateString(target.data(), target.size());
   flatbuffers::Offset<flatbuffers::Vector<const wire::HistogramBucket*>> histogram;
   std::uint8_t scheme = 0;
@@ -496,6 +497,9 @@ flatbuffers::Offset<wire::LatencySummary> build_latency_summary(flatbuffers::Fla
                                ? wire::TimestampSource::Kernel
                                : wire::TimestampSource::Userspace);
   out.add_histogram_scheme(scheme);
+  if (unresolved) {
+    out.add_unresolved(true);  // absent means resolved, as from an agent before late DNS
+  }
   return out.Finish();
 }
 

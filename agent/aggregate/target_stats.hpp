@@ -218,8 +218,10 @@ class TargetStats {
 // buckets with histogram_scheme = LatencyHistogram::kScheme, or scheme 0 and no vector when
 // the interval had no RTT. Every counter of IntervalSummary is written, plus the RTT
 // histogram's overflow() and dropped() so a receiver can rebuild it with from_sparse().
+// unresolved: the target's name had no address (LatencySummary.unresolved).
 flatbuffers::Offset<wire::LatencySummary> build_latency_summary(flatbuffers::FlatBufferBuilder& fbb,
                                                                 std::string_view target,
-                                                                const IntervalSummary& summary);
+                                                                const IntervalSummary& summary,
+                                                                bool unresolved = false);
 
 }  // namespace vantage::agent::aggregate

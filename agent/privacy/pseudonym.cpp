@@ -7,9 +7,12 @@
 #include <cassert>
 #include <cerrno>
 #include <cstring>
-#include <fstream>
-#include <iterator>
+#include <cstdio>
 #include <string_view>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 namespace vantage::agent::privacy {
 
@@ -48,17 +51,113 @@ void keep_prefix(std::array<unsigned char, N>& b, unsigned bits) noexcept {
 
 Secret::~Secret() { mbedtls_platform_zeroize(bytes_.data(), bytes_.size()); }
 
+platform::Result<SecretSource> secret_source(std::string_view key_file, const char* credentials_directory) {
+  if (!key_file.starts_with(kCredentialPrefix)) {
+    return SecretSource{std::filesystem::path(key_file), false};
+  }
+  const std::string_view name = key_file.substr(kCredentialPrefix.size());
+  if (name.empty() || name.find('/') != std::string_view::npos || name == "." || name == "..") {
+    return platform::Status::error("\"" + std::string(key_file) +
+                                   "\": expected credential:NAME, NAME as in LoadCredential=NAME:PATH");
+  }
+  if (credentials_directory == nullptr || *credentials_directory == '\0') {
+    return platform::Status::error(
+        "\"" + std::string(key_file) +
+        "\" needs $CREDENTIALS_DIRECTORY, which systemd sets for a unit with LoadCredential=" + std::string(name) +
+        ":PATH; outside systemd give a file path");
+  }
+  return SecretSource{std::filesystem::path(credentials_directory) / std::string(name), true};
+}
+
+std::optional<SecretSource> default_secret_source(const char* credentials_directory) {
+  if (credentials_directory == nullptr || *credentials_directory == '\0') {
+    return std::nullopt;
+  }
+  SecretSource source{std::filesystem::path(credentials_directory) / std::string(kDefaultCredential), true};
+  std::error_code ec;
+  if (!std::filesystem::exists(source.file, ec)) {
+    return std::nullopt;
+  }
+  return source;
+}
+
+std::string secret_mode_problem(const SecretSource& source, unsigned mode) {
+  // A credential's directory is entered by the service's user only, and systemd shows an
+  // ACL-granted credential as 0440 (the group bits are the ACL mask): its group may read.
+  const unsigned refused = source.credential ? (S_IWGRP | S_IROTH | S_IWOTH) : (S_IRGRP | S_IWGRP | S_IROTH | S_IWOTH);
+  const unsigned perms = mode & 07777;
+  if ((perms & refused) == 0) {
+    return {};
+  }
+  char octal[8];
+  std::snprintf(octal, sizeof(octal), "%04o", perms);
+  const bool readable = (perms & refused & (S_IRGRP | S_IROTH)) != 0;
+  const std::string name = source.file.string();
+  return name + ": the pseudonym secret is " + (readable ? "readable" : "writable") + " by " +
+         ((perms & refused & (S_IROTH | S_IWOTH)) != 0 ? "other users" : "its group") + " (mode " + octal +
+         "); make it private to the agent's user: chmod 600 " + name +
+         " (or deliver it with systemd's LoadCredential=, see the README's Privacy section)";
+}
+
 platform::Result<std::shared_ptr<const Secret>> read_secret(const std::filesystem::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) {
-    return platform::Status::error(std::string("cannot read ") + file.string() + ": " + std::strerror(errno),
-                                   platform::Errc::kIo);
+  return read_secret(SecretSource{file, false});
+}
+
+platform::Result<std::shared_ptr<const Secret>> read_secret(const SecretSource& source) {
+  const std::string name = source.file.string();
+  // O_NONBLOCK: opening a FIFO must not wait for a writer (a regular file ignores the flag).
+  const int fd = ::open(name.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+  if (fd < 0) {
+    return platform::Status::error("cannot read " + name + ": " + std::strerror(errno), platform::Errc::kIo);
   }
-  std::vector<std::uint8_t> raw((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) {
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    return platform::Status::error("cannot read " + name + ": " + std::strerror(errno), platform::Errc::kIo);
+  }
+  if (!S_ISREG(st.st_mode)) {
+    const char* kind = S_ISCHR(st.st_mode)    ? "a character device"
+                       : S_ISBLK(st.st_mode)  ? "a block device"
+                       : S_ISFIFO(st.st_mode) ? "a FIFO"
+                       : S_ISSOCK(st.st_mode) ? "a socket"
+                       : S_ISDIR(st.st_mode)  ? "a directory"
+                                              : "not a file";
+    return platform::Status::error(name + ": not a regular file (" + kind +
+                                   "); the pseudonym secret is a file of 64 hex digits");
+  }
+  if (std::string problem = secret_mode_problem(source, static_cast<unsigned>(st.st_mode)); !problem.empty()) {
+    return platform::Status::error(std::move(problem));
+  }
+  const auto too_large = [&name] {
+    return platform::Status::error(name + ": larger than a secret file may be (" +
+                                   std::to_string(kMaxSecretFileBytes) + " bytes; a secret is 64 hex digits)");
+  };
+  if (st.st_size > static_cast<off_t>(kMaxSecretFileBytes)) {
+    return too_large();
+  }
+  // One byte more than allowed tells a file that grew since fstat from one that fits.
+  std::vector<std::uint8_t> raw(kMaxSecretFileBytes + 1);
+  std::size_t got = 0;
+  while (got < raw.size()) {
+    const ssize_t n = ::read(fd, raw.data() + got, raw.size() - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const int error = errno;
+      mbedtls_platform_zeroize(raw.data(), raw.size());
+      return platform::Status::error("cannot read " + name + ": " + std::strerror(error), platform::Errc::kIo);
+    }
+    if (n == 0) break;
+    got += static_cast<std::size_t>(n);
+  }
+  if (got > kMaxSecretFileBytes) {
     mbedtls_platform_zeroize(raw.data(), raw.size());
-    return platform::Status::error("cannot read " + file.string(), platform::Errc::kIo);
+    return too_large();
   }
+  raw.resize(got);  // shrinks in place: the bytes past got were never written
+  const std::filesystem::path& file = source.file;
   std::size_t text_size = raw.size();
   while (text_size > 0 && (raw[text_size - 1] == '\n' || raw[text_size - 1] == '\r')) --text_size;
   const bool hex = text_size > 0 && text_size % 2 == 0 &&

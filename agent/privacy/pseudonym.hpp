@@ -13,6 +13,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "platform/result.hpp"
@@ -39,6 +40,36 @@ class Secret {
 };
 
 inline constexpr std::size_t kMinSecretBytes = 32;
+// A secret file larger than this is refused before it is read: a key is 64 hex digits, and a
+// path to a device or a log file by mistake must not make the agent read without end.
+inline constexpr std::size_t kMaxSecretFileBytes = 4096;
+// Prefix lengths above these keep (nearly) the whole address: refused unless the config says
+// privacy.allow_long_prefix (the command line: --privacy-allow-long-prefix).
+inline constexpr unsigned kMaxSafePrefixV4 = 24;
+inline constexpr unsigned kMaxSafePrefixV6 = 48;
+
+// "credential:NAME" names a file systemd delivered with LoadCredential=NAME:PATH, found under
+// $CREDENTIALS_DIRECTORY; kDefaultCredential is looked for there when no key file is given.
+inline constexpr std::string_view kCredentialPrefix = "credential:";
+inline constexpr std::string_view kDefaultCredential = "privacy-key";
+
+// Where a secret comes from: a plain file, or a credential (whose directory only the service's
+// user can enter, so systemd's 0440 for an ACL-granted credential is not a leak).
+struct SecretSource {
+  std::filesystem::path file;
+  bool credential = false;
+};
+
+// key_file as configured: a path, or "credential:NAME" resolved against credentials_directory
+// (the value of $CREDENTIALS_DIRECTORY, nullptr when unset: then an error says so).
+platform::Result<SecretSource> secret_source(std::string_view key_file, const char* credentials_directory);
+// With no key file configured: the credential kDefaultCredential when credentials_directory
+// holds one, else nothing.
+std::optional<SecretSource> default_secret_source(const char* credentials_directory);
+
+// Why a secret file with this mode may not be used ("" when it may): group- or world-readable
+// plain files are refused, and any file others can read; names the file, its mode and the fix.
+std::string secret_mode_problem(const SecretSource& source, unsigned mode);
 
 struct PrivacyConfig {
   PseudonymMode mode = PseudonymMode::kHmac;
@@ -47,11 +78,16 @@ struct PrivacyConfig {
   unsigned prefix_v4 = 24;               // 0..32
   unsigned prefix_v6 = 48;               // 0..128
   std::size_t digest_bytes = 12;         // 8..32
+  // Prefix lengths above kMaxSafePrefixV4/V6 were explicitly allowed: a warning at each start.
+  bool allow_long_prefix = false;
 };
 
 // Reads a secret file: a file of only hex digits (optionally ending in a newline) is decoded,
-// anything else is used byte for byte. At least kMinSecretBytes after decoding. An error's
-// message names no secret bytes.
+// anything else is used byte for byte. At least kMinSecretBytes after decoding. Refused at once
+// (never read) when it is not a regular file (/dev/zero, a FIFO), larger than
+// kMaxSecretFileBytes, or readable by others (secret_mode_problem). An error's message names no
+// secret bytes.
+platform::Result<std::shared_ptr<const Secret>> read_secret(const SecretSource& source);
 platform::Result<std::shared_ptr<const Secret>> read_secret(const std::filesystem::path& file);
 
 // floor(unix_seconds / rotation); times before 1970 are epoch 0.

@@ -51,7 +51,8 @@ bool valid(const IcmpProberConfig& c) noexcept {
   return std::all_of(c.targets.begin(), c.targets.end(), [](const IcmpTarget& t) {
     return t.rate_per_s > 0.0 && t.rate_per_s <= kMaxIcmpRatePerS && t.dscp <= 63 &&
            t.payload_size >= kIcmpMinPayload && t.payload_size <= kIcmpMaxPayload &&
-           !t.address.is_unspecified() && !(t.address.is_v6() && t.address.to_v6().is_v4_mapped());
+           (!t.resolved ||
+            (!t.address.is_unspecified() && !(t.address.is_v6() && t.address.to_v6().is_v4_mapped())));
   });
 }
 
@@ -206,10 +207,12 @@ platform::Status IcmpProber::start() {
   if (!valid(config_)) {
     return platform::Status::error("invalid ICMP prober configuration");
   }
+  // A name not resolved yet opens the IPv4 socket, so that a missing permission shows at start
+  // rather than when the name resolves; an IPv6 one is opened when an address needs it.
   const bool need_v4 = std::any_of(config_.targets.begin(), config_.targets.end(),
-                                   [](const IcmpTarget& t) { return t.address.is_v4(); });
+                                   [](const IcmpTarget& t) { return !t.resolved || t.address.is_v4(); });
   const bool need_v6 = std::any_of(config_.targets.begin(), config_.targets.end(),
-                                   [](const IcmpTarget& t) { return t.address.is_v6(); });
+                                   [](const IcmpTarget& t) { return t.resolved && t.address.is_v6(); });
   auto v4 = need_v4 ? std::make_unique<Family>(io_, false) : nullptr;
   auto v6 = need_v6 ? std::make_unique<Family>(io_, true) : nullptr;
   for (Family* family : {v4.get(), v6.get()}) {
@@ -234,26 +237,13 @@ platform::Status IcmpProber::start() {
   for (const IcmpTarget& t : config_.targets) {
     Target target;
     target.config = t;
-    if (t.address.is_v4()) {
-      target.family = v4_.get();
-      sockaddr_in sin{};
-      sin.sin_family = AF_INET;
-      const auto bytes = t.address.to_v4().to_bytes();
-      std::memcpy(&sin.sin_addr, bytes.data(), bytes.size());
-      std::memcpy(&target.address, &sin, sizeof(sin));
-      target.address_len = sizeof(sin);
-    } else {
-      target.family = v6_.get();
-      sockaddr_in6 sin6{};
-      sin6.sin6_family = AF_INET6;
-      const auto v6addr = t.address.to_v6();
-      const auto bytes = v6addr.to_bytes();
-      std::memcpy(&sin6.sin6_addr, bytes.data(), bytes.size());
-      sin6.sin6_scope_id = static_cast<std::uint32_t>(v6addr.scope_id());
-      std::memcpy(&target.address, &sin6, sizeof(sin6));
-      target.address_len = sizeof(sin6);
+    if (t.resolved) {
+      place(target, t.address);
     }
-    schedule_.add(t.rate_per_s, now);
+    const std::size_t i = schedule_.add(t.rate_per_s, now);
+    if (!t.resolved) {
+      schedule_.set_active(i, false, now);
+    }
     targets_.push_back(target);
   }
   stopping_ = false;
@@ -278,6 +268,72 @@ void IcmpProber::stop() {
         std::error_code ignored;
         family->descriptor.close(ignored);
       }
+    }
+  });
+}
+
+void IcmpProber::place(Target& target, const asio::ip::address& address) {
+  target.config.address = address;
+  target.address = {};
+  if (address.is_v4()) {
+    target.family = v4_.get();
+    sockaddr_in sin{};
+    sin.sin_family = AF_INET;
+    const auto bytes = address.to_v4().to_bytes();
+    std::memcpy(&sin.sin_addr, bytes.data(), bytes.size());
+    std::memcpy(&target.address, &sin, sizeof(sin));
+    target.address_len = sizeof(sin);
+  } else {
+    target.family = v6_.get();
+    sockaddr_in6 sin6{};
+    sin6.sin6_family = AF_INET6;
+    const auto v6addr = address.to_v6();
+    const auto bytes = v6addr.to_bytes();
+    std::memcpy(&sin6.sin6_addr, bytes.data(), bytes.size());
+    sin6.sin6_scope_id = static_cast<std::uint32_t>(v6addr.scope_id());
+    std::memcpy(&target.address, &sin6, sizeof(sin6));
+    target.address_len = sizeof(sin6);
+  }
+}
+
+void IcmpProber::set_address(std::size_t position, std::optional<asio::ip::address> address) {
+  asio::post(io_, [this, position, address] {
+    if (stopping_ || position >= targets_.size()) {
+      return;
+    }
+    Target& target = targets_[position];
+    const std::int64_t now = clock_ns(CLOCK_MONOTONIC);
+    // An IPv4-mapped address is the IPv4 one (the reply comes from the plain form).
+    std::optional<asio::ip::address> a = address;
+    if (a && a->is_v6() && a->to_v6().is_v4_mapped()) {
+      a = asio::ip::make_address_v4(asio::ip::v4_mapped, a->to_v6());
+    }
+    if (a && a->is_unspecified()) {
+      a.reset();
+    }
+    if (a) {
+      std::unique_ptr<Family>& slot = a->is_v6() ? v6_ : v4_;
+      if (!slot) {
+        auto family = std::make_unique<Family>(io_, a->is_v6());
+        if (!open_family(*family)) {
+          send_errors_.bump();
+          a.reset();
+        } else {
+          slot = std::move(family);
+          (slot->ipv6 ? kind_v6_ : kind_v4_).store(slot->kind, std::memory_order_relaxed);
+          (slot->ipv6 ? kernel_ts_v6_ : kernel_ts_v4_).store(slot->kernel_ts, std::memory_order_relaxed);
+          arm_receive(*slot);
+        }
+      }
+    }
+    target.config.resolved = a.has_value();
+    if (a) {
+      place(target, *a);
+    }
+    schedule_.set_active(position, a.has_value(), now);
+    if (!sending_stopped_) {
+      schedule_timer_.cancel();
+      arm_schedule();
     }
   });
 }

@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <system_error>
@@ -41,6 +42,8 @@ struct IcmpTarget {
   std::size_t payload_size = 56;  // kIcmpMinPayload..kIcmpMaxPayload, as ping(8)'s default
   std::uint8_t dscp = 0;          // 0..63; targets sharing a family share a socket, so it is
                                   // set per send (IP_TOS / IPV6_TCLASS) only when it changes
+  // False: a name without an address yet; not probed until set_address() gives it one.
+  bool resolved = true;
 };
 
 enum class IcmpSocketMode : std::uint8_t {
@@ -107,6 +110,12 @@ class IcmpProber {
   // Stops scheduling and closes the sockets on the io_context's thread. Idempotent.
   void stop();
 
+  // Gives target `position` (in config.targets) a new address, or none (not probed meanwhile);
+  // its sequence numbers continue. A family without a socket yet gets one (a name that resolved
+  // to IPv6 late); if that fails, the target stays paused and the failure counts as a send error.
+  // Posted to the io_context's thread; any thread.
+  void set_address(std::size_t position, std::optional<asio::ip::address> address);
+
   // Sends no further probes but keeps the sockets open, so replies (and ICMP errors) for the
   // probes in flight still arrive and are forwarded: a measurement ends with every probe
   // answered or timed out, not cut off. Posted to the io_context's thread like stop();
@@ -131,6 +140,7 @@ class IcmpProber {
   using Counter = platform::StatCounter;
 
   platform::Status open_family(Family& family);
+  void place(Target& target, const asio::ip::address& address);
   void arm_schedule();
   void send(Target& target);
   void arm_receive(Family& family);

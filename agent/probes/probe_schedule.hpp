@@ -61,6 +61,17 @@ class ProbeSchedule {
   // Sends nothing more to target i (a probe count reached).
   void finish(std::size_t i) noexcept { entries_[i].active = false; }
 
+  // Pauses target i (its name has no address) or resumes it; a resumed target starts again at a
+  // random phase within one interval from now_ns, as a new one would.
+  void set_active(std::size_t i, bool active, std::int64_t now_ns) noexcept {
+    Entry& e = entries_[i];
+    if (active && !e.active) {
+      e.next_due_ns = now_ns + static_cast<std::int64_t>(static_cast<double>(e.interval_ns) * uniform01(rng_state_));
+    }
+    e.active = active;
+  }
+  [[nodiscard]] bool active(std::size_t i) const noexcept { return entries_[i].active; }
+
   // The earliest deadline of a target still active; INT64_MAX when there is none.
   [[nodiscard]] std::int64_t earliest() const noexcept {
     std::int64_t earliest = std::numeric_limits<std::int64_t>::max();

@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <system_error>
 
 #include "agent/probes/handler_memory.hpp"
@@ -28,6 +29,9 @@ class ScheduleTimer {
   // send(target index, now) for every due target and arms again. schedule must outlive the wait.
   template <typename Sending, typename Send>
   void arm(ProbeSchedule& schedule, Sending sending, Send send) {
+    if (schedule.earliest() == std::numeric_limits<std::int64_t>::max()) {
+      return;  // every target paused or finished: armed again when one resumes
+    }
     timer_.expires_at(platform::steady_time(schedule.earliest()));
     timer_.async_wait(with_memory(memory_, [this, &schedule, sending, send](const std::error_code& ec) {
       // A wait that completed just before the prober's cancel still sends nothing.

@@ -75,7 +75,9 @@ platform::Status TcpProber::start() {
   for (const TcpTarget& t : config_.targets) {
     auto target = std::make_unique<Target>();
     target->config = t;
-    schedule_.add(t.rate_per_s, now);
+    if (const std::size_t i = schedule_.add(t.rate_per_s, now); !t.resolved) {
+      schedule_.set_active(i, false, now);
+    }
     // Enough slots for every connect that can still be within its timeout, plus headroom for
     // jitter; a connect's slot is reused only once both of its operations have completed.
     const double in_flight = std::ceil(t.rate_per_s * std::chrono::duration<double>(t.timeout).count());
@@ -109,6 +111,25 @@ void TcpProber::stop() {
           slot->timer.cancel();
         }
       }
+    }
+  });
+}
+
+void TcpProber::set_address(std::size_t position, std::optional<asio::ip::address> address) {
+  asio::post(io_, [this, position, address] {
+    if (stopping_ || position >= targets_.size()) {
+      return;
+    }
+    Target& target = *targets_[position];
+    target.config.resolved = address.has_value();
+    if (address) {
+      target.config.endpoint.address(*address);
+    }
+    // Connects in flight to the old address finish as they would have.
+    schedule_.set_active(position, address.has_value(), monotonic_ns());
+    if (!sending_stopped_) {
+      schedule_timer_.cancel();
+      arm_schedule();
     }
   });
 }

@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <system_error>
 #include <vector>
 
@@ -30,6 +31,8 @@ struct TcpTarget {
   // counts a kSent without a kReply as lost, and the socket must not linger in SYN_SENT.
   std::chrono::nanoseconds timeout = std::chrono::seconds(1);
   std::uint8_t dscp = 0;  // 0..63, written as IP_TOS / IPV6_TCLASS = dscp << 2
+  // False: a name without an address yet; not probed until set_address() gives it one.
+  bool resolved = true;
 };
 
 inline constexpr double kMaxTcpRatePerS = 1000.0;
@@ -84,6 +87,10 @@ class TcpProber {
   // Starts no further connects; those in flight still complete, fail or time out with their
   // events, so a measurement ends with every probe resolved. Posted like stop(); idempotent.
   void stop_sending();
+
+  // Gives target `position` (in config.targets) a new address, or none (not probed meanwhile);
+  // its sequence numbers continue. Posted to the io_context's thread; any thread.
+  void set_address(std::size_t position, std::optional<asio::ip::address> address);
 
   TcpProberCounters counters() const noexcept;
 

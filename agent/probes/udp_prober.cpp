@@ -82,13 +82,16 @@ platform::Status UdpProber::start() {
       return platform::Status::error("invalid target " + std::to_string(i + 1) +
                                      " (rate, payload size, DSCP or port 0)");
     }
+    max_payload = std::max(max_payload, t.payload_size);
+    if (!t.resolved) {
+      continue;  // no endpoint yet
+    }
     // Replies are told apart by source endpoint only.
     for (std::size_t j = 0; j < i; ++j) {
-      if (config_.targets[j].endpoint == t.endpoint) {
+      if (config_.targets[j].resolved && config_.targets[j].endpoint == t.endpoint) {
         return platform::Status::error("target " + std::to_string(i + 1) + " listed twice");
       }
     }
-    max_payload = std::max(max_payload, t.payload_size);
     (t.endpoint.address().is_v6() ? any_v6 : any_v4) = true;
   }
 
@@ -120,7 +123,9 @@ platform::Status UdpProber::start() {
   for (const UdpProbeTarget& t : config_.targets) {
     TargetState s;
     s.config = t;
-    schedule_.add(t.rate_per_s, now);
+    if (const std::size_t i = schedule_.add(t.rate_per_s, now); !t.resolved) {
+      schedule_.set_active(i, false, now);
+    }
     targets_.push_back(s);
   }
 
@@ -143,6 +148,42 @@ void UdpProber::stop() {
     std::error_code ignored;
     v4_.socket.close(ignored);
     v6_.socket.close(ignored);
+  });
+}
+
+void UdpProber::set_address(std::size_t position, std::optional<asio::ip::address> address) {
+  asio::post(io_, [this, position, address] {
+    if (stopping_ || position >= targets_.size()) {
+      return;
+    }
+    TargetState& t = targets_[position];
+    std::optional<asio::ip::address> a = address;
+    if (a && a->is_v6() && a->to_v6().is_v4_mapped()) {
+      a = asio::ip::make_address_v4(asio::ip::v4_mapped, a->to_v6());
+    }
+    if (a) {
+      Socket& s = a->is_v6() ? v6_ : v4_;
+      if (!s.socket.is_open()) {
+        if (open(s, a->is_v6())) {
+          std::error_code ignored;
+          s.socket.close(ignored);
+          send_errors_.bump();  // retried at the next change or refresh of the name
+          a.reset();
+        } else {
+          arm_read(s);
+        }
+      }
+    }
+    t.config.resolved = a.has_value();
+    if (a) {
+      t.config.endpoint.address(*a);
+    }
+    const bool more = t.config.count == 0 || t.next_seq < t.config.count;
+    schedule_.set_active(position, a.has_value() && more, clock_ns(CLOCK_MONOTONIC));
+    if (!sending_stopped_) {
+      timer_.cancel();
+      arm_timer();
+    }
   });
 }
 
@@ -287,7 +328,7 @@ void UdpProber::handle_reply(std::size_t size, bool truncated, platform::RxTime 
   }
   const TargetState* target = nullptr;
   for (const TargetState& t : targets_) {
-    if (same_endpoint(t.config.endpoint, peer_)) {
+    if (t.config.resolved && same_endpoint(t.config.endpoint, peer_)) {
       target = &t;
       break;
     }

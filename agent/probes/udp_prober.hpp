@@ -11,6 +11,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <system_error>
 #include <vector>
 
@@ -32,6 +33,8 @@ struct UdpProbeTarget {
   std::uint8_t dscp = 0;                        // 0..63, written into the IP TOS / traffic class
   // Stop after this many probes (0: never). For one-shot measurements and tests.
   std::uint64_t count = 0;
+  // False: a name without an address yet; not probed until set_address() gives it one.
+  bool resolved = true;
 };
 
 struct UdpProberConfig {
@@ -117,6 +120,11 @@ class UdpProber {
   // still arrive and are forwarded: a measurement ends with every probe answered or timed
   // out, not cut off. Posted to the io_context's thread like stop(); idempotent.
   void stop_sending();
+
+  // Gives target `position` (in config.targets) a new address, or none (not probed meanwhile);
+  // its sequence numbers continue, and replies still in flight from the old address are dropped
+  // as foreign. A family without a socket yet gets one. Posted to the io_context's thread.
+  void set_address(std::size_t position, std::optional<asio::ip::address> address);
 
   // True when every open socket accepted SO_TIMESTAMPNS. Valid after a successful start().
   bool kernel_timestamps() const noexcept { return kernel_timestamps_.load(std::memory_order_relaxed); }

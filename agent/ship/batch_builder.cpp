@@ -38,8 +38,9 @@ std::vector<std::uint8_t> build_batch_frame(const AgentIdentity& identity, std::
   std::vector<flatbuffers::Offset<wire::LatencySummary>> latency;
   latency.reserve(report.targets.size());
   for (std::size_t i = 0; i < report.targets.size() && i < targets.size(); ++i) {
-    latency.push_back(
-        aggregate::build_latency_summary(fbb, report_label(report, targets, i), report.targets[i]));
+    latency.push_back(aggregate::build_latency_summary(
+        fbb, report_label(report, targets, i), report.targets[i],
+        i < report.unresolved.size() && report.unresolved[i] != 0));
   }
   std::vector<flatbuffers::Offset<wire::LoadSample>> load;
   load.reserve(report.loads.size());

@@ -7,28 +7,37 @@
 #include <asio/post.hpp>
 #include <asio/steady_timer.hpp>
 
+#include <algorithm>
 #include <array>
 #include <future>
 #include <thread>
 
 #include "agent/ship/shipper_session.hpp"
+#include "platform/log.hpp"
 #include "platform/random_seed.hpp"
 #include "platform/tls/tls_stream.hpp"
 
 namespace vantage::agent::ship {
 
 using Clock = SessionClock;
+using platform::log;
+using platform::LogLevel;
 
 // The I/O under the session: one TCP connection with TLS over it, and the session's timers. conn
 // tells a stale callback (from a connection the session already gave up) from a current one.
 struct Shipper::Impl final : SessionIo {
   Impl(ShipperConfig c, Spool s, std::shared_ptr<platform::tls::TlsContext> t)
-      : tls(std::move(t)),
+      : session_config_collectors(c.collectors),
+        resolve_schedule(c.resolve),
+        tls(std::move(t)),
         work(io.get_executor()),
         timers{asio::steady_timer(io), asio::steady_timer(io), asio::steady_timer(io)},
         session(
             std::move(c), std::move(s), *this, [] { return Clock::now(); }, platform::random_seed()) {}
 
+  // Copied before the config moves into the session: what the name resolver needs.
+  std::vector<CollectorAddress> session_config_collectors;
+  ResolveSchedule resolve_schedule;
   std::shared_ptr<platform::tls::TlsContext> tls;
   asio::io_context io;
   asio::executor_work_guard<asio::io_context::executor_type> work;
@@ -43,25 +52,70 @@ struct Shipper::Impl final : SessionIo {
   std::array<std::uint8_t, 4096> read_buffer{};
   ShipperSession session;
 
+  // Collector names (not IP addresses), resolved on the resolver's own thread. A connect to a
+  // name whose first lookup has not finished waits for it (the session's connect timeout bounds
+  // that); pending_gen is the attempt waiting, 0 for none.
+  std::vector<std::string> names;
+  std::unique_ptr<NameResolver> resolver;
+  std::uint64_t pending_gen = 0;
+  std::size_t pending_name = 0;
+  CollectorAddress pending_collector;
+
   void connect(const CollectorAddress& c) override;
   void write(std::span<const std::uint8_t> bytes) override;
   void close() override;
   void arm_timer(SessionTimer timer, Clock::time_point at) override;
   void cancel_timer(SessionTimer timer) override;
   void on_tcp(std::uint64_t gen, std::error_code ec, asio::ip::tcp::socket socket, const std::string& name);
+  void connect_to(std::uint64_t gen, const CollectorAddress& c, const std::vector<asio::ip::address>& addresses);
+  void on_name(std::size_t name);
   void read(std::uint64_t gen);
 };
 
 void Shipper::Impl::connect(const CollectorAddress& c) {
   const std::uint64_t gen = ++conn;
+  pending_gen = 0;
   std::error_code ec;
-  asio::ip::tcp::resolver resolver(io);
-  // Collectors are few and resolved rarely; a blocking lookup on this thread only delays
-  // delivery, which the spool absorbs.
-  const auto endpoints = resolver.resolve(c.host, std::to_string(c.port), ec);
-  if (ec) {
-    session.on_resolve_failed(ec.message());
+  const asio::ip::address literal = asio::ip::make_address(c.host, ec);
+  if (!ec) {
+    connect_to(gen, c, {literal});
     return;
+  }
+  // No DNS on this thread: the watchdog watches it, and a dead DNS server blocks a lookup for
+  // its timeout times its attempts. The resolver's latest answer is used, or awaited.
+  const std::size_t name =
+      static_cast<std::size_t>(std::find(names.begin(), names.end(), c.host) - names.begin());
+  const NameState state = resolver ? resolver->state(name) : NameState{};
+  if (!state.all.empty()) {
+    connect_to(gen, c, state.all);
+  } else if (state.looked_up) {
+    session.on_resolve_failed(state.error.empty() ? "no address" : state.error);
+  } else {
+    pending_gen = gen;
+    pending_name = name;
+    pending_collector = c;
+  }
+}
+
+void Shipper::Impl::on_name(std::size_t name) {
+  if (pending_gen == 0 || pending_gen != conn || pending_name != name) {
+    return;
+  }
+  pending_gen = 0;
+  const NameState state = resolver->state(name);
+  if (!state.all.empty()) {
+    connect_to(conn, pending_collector, state.all);
+  } else {
+    session.on_resolve_failed(state.error.empty() ? "no address" : state.error);
+  }
+}
+
+void Shipper::Impl::connect_to(std::uint64_t gen, const CollectorAddress& c,
+                               const std::vector<asio::ip::address>& addresses) {
+  std::vector<asio::ip::tcp::endpoint> endpoints;
+  endpoints.reserve(addresses.size());
+  for (const asio::ip::address& a : addresses) {
+    endpoints.emplace_back(a, c.port);
   }
   connecting = std::make_unique<asio::ip::tcp::socket>(io);
   const std::string name = c.server_name.empty() ? c.host : c.server_name;
@@ -197,6 +251,29 @@ Shipper::~Shipper() { stop(std::chrono::milliseconds(0)); }
 
 void Shipper::start() {
   Impl& s = *impl_;
+  for (const CollectorAddress& c : s.session_config_collectors) {
+    std::error_code ec;
+    (void)asio::ip::make_address(c.host, ec);
+    if (ec && std::find(s.names.begin(), s.names.end(), c.host) == s.names.end()) {
+      s.names.push_back(c.host);
+    }
+  }
+  if (!s.names.empty()) {
+    Impl* p = &s;
+    s.resolver = std::make_unique<NameResolver>(
+        s.names, s.resolve_schedule, [p](std::size_t name, const NameState& state) {
+          // Once per change, on the resolver's thread; the connect waiting for it hears on the io thread.
+          if (state.address) {
+            log(LogLevel::kInfo, "collector %s resolves to %s", p->names[name].c_str(),
+                state.address->to_string().c_str());
+          } else {
+            log(LogLevel::kWarning, "collector %s does not resolve (%s); retrying in the background",
+                p->names[name].c_str(), state.error.c_str());
+          }
+          asio::post(p->io, [p, name] { p->on_name(name); });
+        });
+    s.resolver->start();
+  }
   s.session.publish_spool_counters();
   asio::post(s.io, [&s] { s.session.start(); });
   s.thread = std::thread([&s] { s.io.run(); });
@@ -211,6 +288,9 @@ void Shipper::submit(MeasurementReport report, std::vector<ProbeTargetSpec> targ
 
 void Shipper::stop(std::chrono::milliseconds drain) {
   Impl& s = *impl_;
+  if (s.resolver) {
+    s.resolver->stop();  // no callback (and no post to io) after this
+  }
   if (!s.thread.joinable()) {
     return;
   }

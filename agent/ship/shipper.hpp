@@ -56,6 +56,9 @@ struct ShipperConfig {
   // jitter"), so agents cut off together do not come back together.
   std::chrono::milliseconds backoff_initial{500};
   std::chrono::milliseconds backoff_max{30'000};
+  // Collector names are resolved in the background (never on the shipper's thread, which the
+  // watchdog watches), retried and refreshed on this schedule.
+  ResolveSchedule resolve;
   std::size_t max_in_flight = 32;  // batches sent ahead of their acks
   std::uint32_t max_frame = 4u << 20;
   SelfBaseline self_baseline;

@@ -78,6 +78,10 @@ std::string render_metrics(const LiveSnapshot& view, const IngestCounters& c, co
          [&](const LiveLatency& l) { return opt(l.lost); });
   family(out, "vantage_loss_ratio", Type::kGauge, "lost / (received + lost) in the newest interval.", lat,
          latency_labels, [&](const LiveLatency& l) { return opt(l.loss_ratio); });
+  family(out, "vantage_target_unresolved", Type::kGauge,
+         "1 when the agent could not resolve the target's name in the newest interval (so it was not "
+         "probed: no RTT, and no loss either).",
+         lat, latency_labels, [&](const LiveLatency& l) { return opt(l.unresolved ? 1.0 : 0.0); });
   family(out, "vantage_latency_age_seconds", Type::kGauge,
          "Seconds since the end of the newest interval (collector clock minus agent clock).", lat,
          latency_labels, [&](const LiveLatency& l) { return opt(seconds(now_ns - l.interval_end_ns)); });

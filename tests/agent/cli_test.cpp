@@ -111,7 +111,9 @@ TEST_CASE("cli: every bad argument is named in a one-line error") {
   CHECK(error_of({"--udp", "[::1"}).find("']'") != std::string::npos);
   CHECK(error_of({"--icmp", "127.0.0.1:80"}).find("no port") != std::string::npos);
   CHECK(error_of({"--udp", ":8627"}).find("missing host") != std::string::npos);
-  CHECK(error_of({"--udp", "no-such-host.invalid"}).find("cannot resolve") != std::string::npos);
+  CHECK(error_of({"--udp", "pop 2:8627"}).find("neither an IP address nor a host name") != std::string::npos);
+  CHECK(error_of({"--client", "--privacy-mode", "prefix", "--udp", "player.example"}) ==
+        "--udp: a --client target: takes an IP address, not a name");
   CHECK(error_of({"--reflector", "example:80"}).find("not an IP address") != std::string::npos);
   CHECK(error_of({"--udp", "=127.0.0.1"}).find("empty name") != std::string::npos);
   CHECK(error_of({"--icmp-socket", "tcp"}).find("auto, dgram or raw") != std::string::npos);

@@ -232,6 +232,12 @@ if check "dpkg --root -i the amd64 packages" "${dpkg_root[@]}" -i "${amd64_debs[
       fail "installed $pkg: dpkg did not register /etc/vantage/$comp.toml as a conffile ('$conffiles')"
     [ -f "$root/lib/systemd/system/$pkg.service" ] && ok || fail "installed $pkg: unit missing under $root/lib/systemd/system"
     run_checks "installed $pkg" "" "$root/usr/bin/$pkg" "$comp" "$root/etc/vantage/$comp.toml"
+    if [ "$comp" = agent ]; then
+      # The pseudonym secret the unit's LoadCredential= names: 64 hex digits, root-only.
+      key=$root/etc/vantage/privacy.key
+      [ "$(stat -c %a "$key" 2>&1)" = 600 ] && ok || fail "installed $pkg: $key mode '$(stat -c %a "$key" 2>&1)', expected 600"
+      grep -Eqx '[0-9a-f]{64}' "$key" 2>/dev/null && ok || fail "installed $pkg: $key is not 64 hex digits"
+    fi
     man_checks "installed $pkg" "$root" "$pkg"
     # What the service would have left behind, for the purge to remove.
     mkdir -p "$root/var/lib/private/$pkg" "$root/etc/systemd/system/multi-user.target.wants"
@@ -243,6 +249,7 @@ if check "dpkg --root -i the amd64 packages" "${dpkg_root[@]}" -i "${amd64_debs[
       pkg=vantage-$comp
       # Also deb-systemd-helper's state and mask (the purge runs postrm remove, then purge).
       left=$(cd "$root" && ls -d "usr/bin/$pkg" "etc/vantage/$comp.toml" "var/lib/$pkg" "var/lib/private/$pkg" \
+        "etc/vantage/privacy.key" \
         "etc/systemd/system/multi-user.target.wants/$pkg.service" "etc/systemd/system/$pkg.service" \
         "var/lib/systemd/deb-systemd-helper-enabled/$pkg.service.dsh-also" \
         "var/lib/systemd/deb-systemd-helper-masked/$pkg.service" 2>/dev/null)

@@ -141,7 +141,9 @@ class SpoolWatcher:
 
 
 def scenario(world):
-    with open(os.path.join(world.dir, "secret.hex"), "w") as f:
+    # Private to its owner: the agent refuses a group- or world-readable secret.
+    fd = os.open(os.path.join(world.dir, "secret.hex"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
         f.write(SECRET_HEX + "\n")
     world.start_collector()
     tcp = TcpListener()

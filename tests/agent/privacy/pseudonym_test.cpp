@@ -3,11 +3,13 @@
 // settings, and frames built for a client target that carry neither form of its address.
 #include <doctest/doctest.h>
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
@@ -47,9 +49,13 @@ struct TempDir {
     path = ::mkdtemp(name);
   }
   ~TempDir() { std::filesystem::remove_all(path); }
-  std::string write(const std::string& name, const std::string& text) const {
+  // Private to its owner (0600), as a secret file must be.
+  std::string write(const std::string& name, const std::string& text,
+                    std::filesystem::perms perms = std::filesystem::perms::owner_read |
+                                                   std::filesystem::perms::owner_write) const {
     const std::filesystem::path p = path / name;
     std::ofstream(p, std::ios::binary) << text;
+    std::filesystem::permissions(p, perms);
     return p.string();
   }
 };
@@ -186,6 +192,150 @@ TEST_CASE("pseudonym: secret files, hex or raw, at least 32 bytes") {
   CHECK(missing.error() == "cannot read " + (dir.path / "missing").string() + ": No such file or directory");
 }
 
+TEST_CASE("pseudonym: a secret that is not a private regular file of bounded size is refused at once") {
+  using std::filesystem::perms;
+  TempDir dir;
+  // A device would be read without end: refused by its type before any read.
+  const auto zero = privacy::read_secret(std::filesystem::path("/dev/zero"));
+  REQUIRE_FALSE(zero);
+  CHECK(zero.error() ==
+        "/dev/zero: not a regular file (a character device); the pseudonym secret is a file of 64 hex digits");
+  // A FIFO without a writer: open must not wait for one.
+  const std::string fifo = (dir.path / "fifo").string();
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  const auto from_fifo = privacy::read_secret(std::filesystem::path(fifo));
+  REQUIRE_FALSE(from_fifo);
+  CHECK(from_fifo.error().find("not a regular file (a FIFO)") != std::string::npos);
+  CHECK(privacy::read_secret(dir.path).error().find("(a directory)") != std::string::npos);
+
+  // Readable by the group or by others: the error names the file, its mode and the fix.
+  const std::string shared = dir.write("shared.hex", secret_hex(), perms::owner_read | perms::owner_write |
+                                                                        perms::group_read | perms::others_read);
+  CHECK(privacy::read_secret(std::filesystem::path(shared)).error() ==
+        shared + ": the pseudonym secret is readable by other users (mode 0644); make it private to the agent's "
+                 "user: chmod 600 " + shared +
+            " (or deliver it with systemd's LoadCredential=, see the README's Privacy section)");
+  const std::string group = dir.write("group.hex", secret_hex(), perms::owner_read | perms::group_read);
+  CHECK(privacy::read_secret(std::filesystem::path(group)).error().find("readable by its group (mode 0440)") !=
+        std::string::npos);
+  const std::string group_w = dir.write("group_w.hex", secret_hex(), perms::owner_read | perms::group_write);
+  CHECK(privacy::read_secret(std::filesystem::path(group_w)).error().find("writable by its group (mode 0420)") !=
+        std::string::npos);
+  CHECK(privacy::read_secret(std::filesystem::path(dir.write("ro.hex", secret_hex(), perms::owner_read))));
+  // systemd shows an ACL-granted credential as 0440; others may still never read it.
+  CHECK(privacy::secret_mode_problem({group, true}, 0440).empty());
+  CHECK(privacy::secret_mode_problem({group, true}, 0400).empty());
+  CHECK_FALSE(privacy::secret_mode_problem({group, true}, 0444).empty());
+  CHECK_FALSE(privacy::secret_mode_problem({group, true}, 0460).empty());
+  CHECK_FALSE(privacy::secret_mode_problem({group, false}, 0440).empty());
+  CHECK(privacy::secret_mode_problem({group, false}, 0700).empty());
+
+  // Bounded: one byte over the limit is refused before it is read; the limit itself is fine.
+  const std::string big = dir.write("big", std::string(privacy::kMaxSecretFileBytes + 1, 'x'));
+  CHECK(privacy::read_secret(std::filesystem::path(big)).error() ==
+        big + ": larger than a secret file may be (4096 bytes; a secret is 64 hex digits)");
+  const auto largest = privacy::read_secret(
+      std::filesystem::path(dir.write("largest", std::string(privacy::kMaxSecretFileBytes, 'x'))));
+  REQUIRE_MESSAGE(largest, largest.error());
+  CHECK((*largest)->bytes().size() == privacy::kMaxSecretFileBytes);
+}
+
+TEST_CASE("pseudonym: credential:NAME reads the key systemd delivered under $CREDENTIALS_DIRECTORY") {
+  using std::filesystem::perms;
+  TempDir dir;
+  const auto source = privacy::secret_source("credential:privacy-key", dir.path.c_str());
+  REQUIRE_MESSAGE(source, source.error());
+  CHECK(source->file == dir.path / "privacy-key");
+  CHECK(source->credential);
+  const auto plain = privacy::secret_source("/etc/vantage/privacy.key", dir.path.c_str());
+  REQUIRE(plain);
+  CHECK(plain->file == "/etc/vantage/privacy.key");
+  CHECK_FALSE(plain->credential);
+  CHECK(privacy::secret_source("credential:privacy-key", nullptr).error() ==
+        "\"credential:privacy-key\" needs $CREDENTIALS_DIRECTORY, which systemd sets for a unit with "
+        "LoadCredential=privacy-key:PATH; outside systemd give a file path");
+  CHECK_FALSE(privacy::secret_source("credential:../etc/shadow", dir.path.c_str()));
+  CHECK_FALSE(privacy::secret_source("credential:", dir.path.c_str()));
+
+  // The default: only when the directory holds privacy-key.
+  CHECK_FALSE(privacy::default_secret_source(nullptr));
+  CHECK_FALSE(privacy::default_secret_source(dir.path.c_str()));
+  dir.write("privacy-key", secret_hex(), perms::owner_read | perms::group_read);  // 0440, as systemd may
+  const auto found = privacy::default_secret_source(dir.path.c_str());
+  REQUIRE(found);
+  const auto secret = privacy::read_secret(*found);
+  REQUIRE_MESSAGE(secret, secret.error());
+  CHECK((*secret)->bytes() == test_secret()->bytes());
+  // The same file named as a plain path is refused for its group bit.
+  CHECK_FALSE(privacy::read_secret(dir.path / "privacy-key"));
+
+  // The config file and the command line take the credential form and the default.
+  ::setenv("CREDENTIALS_DIRECTORY", dir.path.c_str(), 1);
+  const std::string file = dir.write("credential.toml",
+                                     "[privacy]\n"
+                                     "key_file = \"credential:privacy-key\"\n"
+                                     "[[targets]]\n"
+                                     "protocol = \"udp\"\n"
+                                     "host = \"203.0.113.7\"\n"
+                                     "client = true\n");
+  const agent::AgentConfig c = agent::load_config(file);
+  REQUIRE_MESSAGE(c.options.has_value(), errors_text(c.errors));
+  REQUIRE(c.options->measurement.privacy);
+  CHECK(c.options->measurement.privacy->secret->bytes() == test_secret()->bytes());
+  const std::string implicit = dir.write("implicit.toml",
+                                         "[[targets]]\n"
+                                         "protocol = \"udp\"\n"
+                                         "host = \"203.0.113.7\"\n"
+                                         "client = true\n");
+  const agent::AgentConfig d = agent::load_config(implicit);
+  REQUIRE_MESSAGE(d.options.has_value(), errors_text(d.errors));
+  CHECK(d.options->measurement.privacy->secret->bytes() == test_secret()->bytes());
+  const auto cli = agent::parse_args({"--client", "--udp", "203.0.113.7"});
+  REQUIRE_MESSAGE(cli, cli.error());
+  CHECK(cli->measurement.privacy->secret->bytes() == test_secret()->bytes());
+  ::unsetenv("CREDENTIALS_DIRECTORY");
+  const agent::AgentConfig e = agent::load_config(file);
+  CHECK(errors_text(e.errors) ==
+        file + ":2: privacy.key_file: \"credential:privacy-key\" needs $CREDENTIALS_DIRECTORY, which systemd "
+               "sets for a unit with LoadCredential=privacy-key:PATH; outside systemd give a file path\n");
+}
+
+TEST_CASE("agent config: prefix lengths that keep the whole address are refused unless allowed") {
+  TempDir dir;
+  const std::string long_prefix = dir.write("long.toml",
+                                            "[privacy]\n"
+                                            "mode = \"prefix\"\n"
+                                            "prefix_v4 = 32\n"
+                                            "prefix_v6 = 49\n");
+  const agent::AgentConfig e = agent::load_config(long_prefix);
+  CHECK_FALSE(e.options.has_value());
+  CHECK(errors_text(e.errors) ==
+        long_prefix + ":3: privacy.prefix_v4: 32 keeps more than 24 bits of a client's IPv4 address; at most 24, "
+                      "or set privacy.allow_long_prefix = true\n" +
+            long_prefix + ":4: privacy.prefix_v6: 49 keeps more than 48 bits of a client's IPv6 address; at most "
+                          "48, or set privacy.allow_long_prefix = true\n");
+  // The limits themselves are fine, and hmac mode does not look at the prefix lengths.
+  const std::string edge = dir.write("edge.toml",
+                                     "[privacy]\n"
+                                     "mode = \"prefix\"\n"
+                                     "prefix_v4 = 24\n"
+                                     "prefix_v6 = 48\n");
+  CHECK(agent::load_config(edge).options.has_value());
+  const std::string allowed = dir.write("allowed.toml",
+                                        "[privacy]\n"
+                                        "mode = \"prefix\"\n"
+                                        "prefix_v4 = 32\n"
+                                        "allow_long_prefix = true\n"
+                                        "[[targets]]\n"
+                                        "protocol = \"icmp\"\n"
+                                        "host = \"203.0.113.7\"\n"
+                                        "client = true\n");
+  const agent::AgentConfig a = agent::load_config(allowed);
+  REQUIRE_MESSAGE(a.options.has_value(), errors_text(a.errors));
+  CHECK(a.options->measurement.targets[0].label == "203.0.113.7/32");
+  CHECK(a.options->measurement.privacy->allow_long_prefix);
+}
+
 TEST_CASE(
     "agent config: client targets and [privacy], with file:line:key errors that do not echo the address") {
   TempDir dir;
@@ -283,7 +433,7 @@ TEST_CASE(
       bad + ":5: privacy.digest_bytes: expected an integer in 8..32, got 4",
       bad + ":6: privacy.rotation: expected seconds, an integer in 1..31622400, got 0",
       bad + ":8: targets[0].name: a client target is labelled by its pseudonym and takes no name",
-      bad + ":14: targets[1].host: cannot resolve this client target's host",
+      bad + ":14: targets[1].host: a client target takes an IP address, not a name (not shown: a client's address)",
       bad + ":19: targets[2].client: expected true or false, got \"yes\"",
   };
   CHECK(errors_text(e2.errors) == errors_text(expected));

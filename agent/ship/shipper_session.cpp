@@ -400,6 +400,11 @@ void ShipperSession::submit(MeasurementReport& report, const std::vector<ProbeTa
     return;
   }
   const SpoolStats stats = spool_.stats();
+  if (stats.full_disk_drops > before.full_disk_drops) {
+    log(LogLevel::kWarning, "spool: disk full: dropped the %llu oldest batches to make room (%llu dropped in all)",
+        static_cast<unsigned long long>(stats.full_disk_drops - before.full_disk_drops),
+        static_cast<unsigned long long>(stats.dropped_total));
+  }
   update([&stats](ShipperCounters& s) {
     ++s.batches_spooled;
     s.spool = stats;

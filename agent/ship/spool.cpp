@@ -788,9 +788,10 @@ Status Spool::append(std::uint64_t seq, std::span<const std::byte> payload) {
     Status st = write_record(seq, payload, err);
     if (st) return {};
     // A full disk: the oldest records make room, a segment at a time (a segment's space comes back
-    // only once all of it is dead), and only if the drop could be saved and so deleted.
-    if (disk_full(err) && drop_oldest_segment()) {
-      if (persist_state()) continue;
+    // only once all of it is dead). Dropping frees space only once the drop is saved, so when not
+    // even the state file can be written (the reserve is used up) the records are kept.
+    if (disk_full(err)) {
+      if (persist_state() && drop_oldest_segment() && persist_state()) continue;
       ++retried_errors_;
     }
     ++append_failures_;

@@ -1,0 +1,194 @@
+// The shipper's session over a spool whose disk fails (through the SpoolFiles seam): a full disk
+// while the collector is away, a disk that stays full, a hung fsync. The session never blocks,
+// keeps measuring into the spool, and every batch it made is stored, counted as dropped or counted
+// as lost, with the counts travelling in each Batch (spool_dropped, self.spool_lost/spool_errors).
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <set>
+#include <span>
+#include <thread>
+#include <vector>
+
+#include "agent/ship/shipper_session.hpp"
+#include "schemas/frame_codec.hpp"
+#include "tests/agent/ship/spool_fault_util.hpp"
+#include "tests/agent/ship/spool_test_util.hpp"
+#include "vantage/telemetry_generated.h"
+
+namespace {
+
+namespace ship = vantage::agent::ship;
+namespace wire = vantage::wire;
+using namespace std::chrono_literals;
+using namespace spool_test;
+using ship::SessionTimer;
+
+class Io final : public ship::SessionIo {
+ public:
+  int connects = 0;
+  std::optional<std::vector<std::uint8_t>> pending;
+  void connect(const ship::CollectorAddress&) override { ++connects; }
+  void write(std::span<const std::uint8_t> bytes) override { pending.emplace(bytes.begin(), bytes.end()); }
+  void close() override { pending.reset(); }
+  void arm_timer(SessionTimer, ship::SessionClock::time_point) override {}
+  void cancel_timer(SessionTimer) override {}
+};
+
+// Stores every Batch it is sent (once per seq) and acks it; remembers the latest counts.
+struct Collector {
+  std::set<std::uint64_t> stored;
+  std::uint64_t spool_dropped = 0;
+  wire::AgentSelfValues self;
+  std::vector<std::uint8_t> acks;
+
+  void receive(std::span<const std::uint8_t> bytes) {
+    wire::FrameReader reader;
+    reader.feed(bytes);
+    REQUIRE(reader.next() == wire::FrameStatus::kFrame);
+    const wire::Batch* b = reader.frame()->message_as_Batch();
+    if (b == nullptr) return;  // the Hello
+    stored.insert(b->seq());
+    spool_dropped = b->spool_dropped();
+    REQUIRE(b->self() != nullptr);
+    self = wire::agent_self_values(*b->self());
+    flatbuffers::FlatBufferBuilder fbb;
+    wire::AckBuilder ack(fbb);
+    ack.add_seq(b->seq());
+    ack.add_status(wire::AckStatus::Stored);
+    wire::FinishFrameBuffer(fbb, wire::CreateFrame(fbb, wire::Message::Ack, ack.Finish().Union()));
+    wire::append_frame(acks, {fbb.GetBufferPointer(), fbb.GetSize()});
+  }
+};
+
+struct World {
+  TempDir dir{"/dev/shm"};
+  std::shared_ptr<FaultySpoolFiles> files = std::make_shared<FaultySpoolFiles>();
+  Io io;
+  Collector collector;
+  std::unique_ptr<ship::ShipperSession> session;
+  std::uint64_t made = 0;
+
+  World() {
+    ship::ShipperConfig c;
+    c.identity = {"fra1-edge-07", "eu-central", "fra1"};
+    c.collectors = {{"collector-a", 7443, ""}};
+    c.spool.dir = dir.path();
+    c.spool.segment_bytes = 1024;
+    c.spool.reserve_bytes = 4096;
+    c.spool.sync_wait = 50ms;
+    c.spool.files = files;
+    std::vector<std::string> warnings;
+    auto opened = ship::Spool::open(c.spool, warnings);
+    REQUIRE(opened.has_value());
+    session = std::make_unique<ship::ShipperSession>(
+        c, std::move(opened).value(), io, [] { return ship::SessionClock::now(); }, 7);
+    session->publish_spool_counters();
+    session->start();
+  }
+
+  void submit(int n) {
+    for (int i = 0; i < n; ++i) {
+      vantage::agent::MeasurementReport r;
+      r.wall_start_ns = 1'700'000'000'000'000'000;
+      r.wall_end_ns = r.wall_start_ns + 1'000'000'000;
+      session->submit(r, {});
+      ++made;
+    }
+  }
+  void connect() {
+    session->on_connected();
+    session->on_session("TLSv1.3", false);
+  }
+  // Everything the session writes reaches the collector, and its acks come back.
+  void deliver() {
+    while (io.pending) {
+      const std::vector<std::uint8_t> bytes = std::move(*io.pending);
+      io.pending.reset();
+      collector.receive(bytes);
+      session->on_write_done();
+      if (!collector.acks.empty()) {
+        const std::vector<std::uint8_t> acks = std::move(collector.acks);
+        collector.acks.clear();
+        session->on_bytes(acks);
+      }
+    }
+  }
+};
+
+}  // namespace
+
+TEST_CASE("shipper over a failing disk: full while the collector is away, then full for good, then fine") {
+  World w;
+  w.connect();
+  w.submit(5);
+  w.deliver();
+  REQUIRE(w.collector.stored.size() == 5);
+
+  w.session->on_peer_closed();  // the collector goes away: batches pile up in the spool
+  w.submit(20);
+  // The disk fills: the oldest spooled batches make room for the new ones.
+  w.files->arm({Fault{SpoolOp::kWrite, 1, FaultAction::kErrno, ENOSPC, 1}});
+  w.submit(1);
+  CHECK(w.session->counters().spool.full_disk_drops > 0);
+  CHECK(w.session->counters().spool.lost() == 0);
+  // Full for good (the state file cannot be written either): batches are lost, and counted.
+  w.files->arm({Fault{SpoolOp::kWrite, 1, FaultAction::kErrno, ENOSPC, kForever}});
+  w.submit(3);
+  CHECK(w.session->counters().spool.lost() == 3);
+  w.files->clear();
+  w.submit(2);
+
+  w.session->on_timer(SessionTimer::kConnection);  // the backoff ends: reconnect
+  w.connect();
+  w.deliver();
+  w.submit(1);  // a batch that carries the counts as they are now
+  w.deliver();
+
+  const ship::ShipperCounters c = w.session->counters();
+  CHECK(c.spool.records == 0);
+  const std::uint64_t stored = w.collector.stored.size();
+  const std::uint64_t dropped = w.collector.spool_dropped;
+  const std::uint64_t lost = w.collector.self.spool_lost;
+  INFO("made ", w.made, ", stored ", stored, ", dropped ", dropped, ", lost ", lost);
+  CHECK(dropped > 0);
+  CHECK(lost == 3);
+  CHECK(stored + dropped + lost == w.made);
+  CHECK(w.collector.self.spool_errors >= 3);  // the three failed appends at least
+  // Stored seqs run 1..N with the dropped ones missing, never a seq twice.
+  CHECK(*w.collector.stored.rbegin() == stored + dropped);
+}
+
+TEST_CASE("shipper over a failing disk: a hung fsync holds sending back, not the session") {
+  World w;
+  w.connect();
+  w.submit(2);
+  w.deliver();
+  REQUIRE(w.collector.stored.size() == 2);
+
+  w.files->arm({Fault{SpoolOp::kSync, 1, FaultAction::kBlock, 0, kForever}});
+  w.submit(3);  // returns: the session waited sync_wait at most, once
+  w.deliver();
+  CHECK(w.files->blocked());
+  CHECK(w.collector.stored.size() == 2);  // not durable, so not sent
+  CHECK(w.session->counters().spool.sync_stalls == 1);
+  CHECK(w.session->counters().spool.records == 3);
+  w.session->on_timer(SessionTimer::kFlush);  // the flush timer finds the sync still hung
+  CHECK(w.collector.stored.size() == 2);
+
+  w.files->release();
+  for (int i = 0; i < 500 && w.collector.stored.size() < 5; ++i) {
+    std::this_thread::sleep_for(10ms);
+    w.session->on_timer(SessionTimer::kFlush);  // the next flush finds the disk back and sends
+    w.deliver();
+  }
+  CHECK(w.collector.stored.size() == 5);
+  w.submit(1);
+  w.deliver();
+  CHECK(w.collector.stored.size() == 6);
+  CHECK(w.collector.self.spool_sync_stalls == 1);  // the stall reached the collector
+  CHECK(w.collector.self.spool_lost == 0);
+}

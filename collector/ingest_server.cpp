@@ -464,8 +464,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
     }
     const platform::tls::PeerIdentity& identity = stream_->peer_identity();
     if (!identity.ticket_refused.empty()) {
-      // identity.ticket_refused quotes only what our own sealed ticket held.
-      log(LogLevel::kNotice, "%s: %s; a full handshake follows", session_.peer().c_str(),
+      // identity.ticket_refused quotes only what our own sealed ticket held. By source, without
+      // the port: the line repeats identically for each retry and the log's rate limit folds them.
+      log(LogLevel::kNotice, "%s: %s; a full handshake follows", session_.source().c_str(),
           identity.ticket_refused.c_str());
     }
     if (ec) {

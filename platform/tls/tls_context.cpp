@@ -517,6 +517,8 @@ bool signed_by(const mbedtls_x509_crl& crl, const mbedtls_x509_crt& ca) {
   if (md == nullptr) return false;
   unsigned char hash[MBEDTLS_MD_MAX_SIZE];
   if (mbedtls_md(md, crl.tbs.p, crl.tbs.len, hash) != 0) return false;
+  // The private fields are how mbedTLS's own x509_crt_verifycrl reads the signature; the key is
+  // taken non-const by the API but only read.
   return mbedtls_pk_verify_ext(crl.MBEDTLS_PRIVATE(sig_pk), crl.MBEDTLS_PRIVATE(sig_opts), const_cast<mbedtls_pk_context*>(&ca.pk),
                                crl.MBEDTLS_PRIVATE(sig_md), hash, mbedtls_md_get_size(md),
                                crl.MBEDTLS_PRIVATE(sig).p, crl.MBEDTLS_PRIVATE(sig).len) == 0;
@@ -549,7 +551,10 @@ std::string TlsContext::load_crl(const std::string& file) {
       if (next <= now) return which + ": past its nextUpdate; issue a fresh CRL";
       if (crl_next_update_s_ == 0 || next < crl_next_update_s_) crl_next_update_s_ = next;
     }
-    if (unix_seconds(crl->this_update) > now + 300) return which + ": its thisUpdate is in the future";
+    // mbedTLS fails every full handshake against a CRL whose thisUpdate is ahead of this clock.
+    if (unix_seconds(crl->this_update) > now) {
+      return which + ": its thisUpdate is in the future (clock skew with the CA?); reload again later";
+    }
     for (const mbedtls_x509_crl_entry* entry = &crl->entry; entry != nullptr; entry = entry->next) {
       if (entry->serial.p != nullptr) ++revoked_serials_;
     }

@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""Late DNS with real processes: an agent whose target and collector names do not resolve at
+start runs under a stand-in service manager (NOTIFY_SOCKET, WATCHDOG_USEC, as notify_test.py) and
+must be active there: READY=1 and WATCHDOG=1 pings while nothing resolves. Its /etc/hosts is a
+private bind mount (unshare --mount, so nothing outside the test changes) that the test rewrites
+in place, as glibc reads /etc/hosts on every lookup: first the collector's name appears (batches
+flow, and the collector's /metrics shows the target unresolved, not lost), then the target's
+(probes flow, RTTs are stored). Names resolve only to loopback. The agent logs each change once.
+Skipped (77) where a private mount namespace cannot be made (not root, no CAP_SYS_ADMIN).
+Run: late_dns_test.py --agent BIN --collector BIN --pki tools/dev-pki.sh [-- EMULATOR WORDS...]
+"""
+import os
+import re
+import signal
+import subprocess
+import sys
+import urllib.request
+import harness
+from harness import free_port
+from notify_test import Manager
+
+TARGET = "pop2.vantage-test.invalid"
+COLLECTOR = "collector.vantage-test.invalid"
+BASE_HOSTS = "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n"
+
+
+def private_hosts_possible(hosts):
+    """True when `unshare --mount` can bind a file over /etc/hosts here (and only in there)."""
+    try:
+        out = subprocess.run(["unshare", "--mount", "--", "sh", "-c", 'mount --bind "$0" /etc/hosts && cat /etc/hosts',
+                              hosts], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0 and out.stdout == BASE_HOSTS
+
+
+def collector_cert(pki, name):
+    """A collector certificate for `name` (the agent checks the collector's name against it), signed
+    by the dev CA: pki/<cert>.crt and .key; returns the file stem."""
+    stem = "collector-late"
+    key, csr, crt, ext = (os.path.join(pki, f"{stem}.{e}") for e in ("key", "csr", "crt", "ext"))
+    subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", key], check=True,
+                   stdout=subprocess.DEVNULL)
+    subprocess.run(["openssl", "req", "-new", "-key", key, "-subj", "/O=Vantage/CN=vantage-collector", "-out", csr],
+                   check=True, stdout=subprocess.DEVNULL)
+    harness.write(ext, "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+                       f"extendedKeyUsage=serverAuth\nsubjectAltName=DNS:{name}\n")
+    subprocess.run(["openssl", "x509", "-req", "-in", csr, "-CA", os.path.join(pki, "ca.crt"), "-CAkey",
+                    os.path.join(pki, "ca.key"), "-sha256", "-days", "2", "-set_serial", "0x1d2c3b4a",
+                    "-extfile", ext, "-out", crt], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return stem
+
+
+def metric(body, name, target):
+    """The value of name{..., target="target", ...} in a /metrics body, or None."""
+    for line in body.splitlines():
+        if line.startswith(name + "{") and f'target="{target}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def scenario(world):
+    hosts = harness.write(os.path.join(world.dir, "hosts"), BASE_HOSTS)
+    if not private_hosts_possible(hosts):
+        raise harness.Skip("cannot bind a private /etc/hosts (unshare --mount needs root or CAP_SYS_ADMIN)")
+    cert = collector_cert(world.pki, COLLECTOR)
+    http_port = free_port()
+    world.start_collector("--http", f"127.0.0.1:{http_port}", cert=cert, ready="http on")
+    metrics_url = f"http://127.0.0.1:{http_port}/metrics"
+
+    reflector = free_port()
+    label = f"{TARGET}:{reflector}"
+    text = harness.agent_config(
+        "fra1-late", [f"{COLLECTOR}:{world.port}"], f"{world.pki}/ca.crt", f"{world.pki}/fra1-late.crt",
+        f"{world.pki}/fra1-late.key", os.path.join(world.dir, "spool"), drain=10,
+        measurement={"report_interval": 1, "load_interval": 0.5, "dns_retry_max": 2, "dns_refresh": 5},
+        reflector={"enabled": True, "bind": "127.0.0.1", "port": reflector},
+        targets=[{"protocol": "udp", "host": TARGET, "port": reflector, "rate": 20}],
+        log={"level": "info"})
+    config = harness.write(os.path.join(world.dir, "agent.toml"), text)
+    notify = os.path.join(world.dir, "notify")
+    manager = Manager(notify)
+    env = dict(os.environ, NOTIFY_SOCKET=notify, WATCHDOG_USEC="2000000")
+    # The bind mount lives in the agent's own mount namespace and ends with it.
+    agent = world.spawn("agent", ["unshare", "--mount", "--", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"',
+                                  hosts, *world.args.emulator, world.args.agent, "--config", config],
+                        emulate=False, env=env)
+
+    # Nothing resolves: still READY, and the watchdog keeps being pinged.
+    manager.wait_for(lambda m: m == "READY=1", 30, "READY=1 with nothing resolvable")
+    agent.wait_log(f"{TARGET} does not resolve", 30)
+    agent.wait_log(f"collector {COLLECTOR} does not resolve", 30)
+    manager.take()
+    manager.pump(4)
+    pings = [m for _, m in manager.messages if m == "WATCHDOG=1"]
+    assert len(pings) >= 2, f"only {len(pings)} WATCHDOG=1 in 4 s while names did not resolve"
+    assert agent.alive(), "the agent exited while its names did not resolve"
+    statuses = [m for _, m in manager.messages if m.startswith("STATUS=")]
+    assert statuses and "not connected" in statuses[-1], statuses[-2:]
+    results = [f"active with nothing resolvable ({len(pings)} pings in 4 s)"]
+
+    # The collector's name appears: batches flow; the target is reported unresolved, not lost.
+    with open(hosts, "r+") as f:  # in place: the bind mount holds this inode
+        f.write(BASE_HOSTS + f"127.0.0.1 {COLLECTOR}\n")
+    agent.wait_log(f"collector {COLLECTOR} resolves to 127.0.0.1", 60)
+    harness.wait_for(lambda: world.scalar("SELECT count(*) FROM batches WHERE agent_id = 'fra1-late'") >= 2, 90,
+                     "batches from the agent once the collector's name resolves")
+    body = harness.wait_for(lambda: (lambda b: b if metric(b, "vantage_target_unresolved", label) == 1 else None)(
+        urllib.request.urlopen(metrics_url, timeout=10).read().decode()), 60, "the target unresolved in /metrics")
+    assert metric(body, "vantage_probes_lost", label) == 0, "an unresolved target was reported as loss"
+    assert metric(body, "vantage_probes_sent", label) == 0, "an unresolved target was probed"
+    lost = world.scalar("SELECT coalesce(sum(lost), 0) FROM latency_summaries WHERE target = ?", label)
+    assert lost == 0, f"{lost} probes counted lost while the name did not resolve"
+    results.append("collector resolved: batches stored, target unresolved (not lost) in /metrics")
+
+    # The target's name appears too: it is probed and its RTTs reach the store.
+    with open(hosts, "r+") as f:
+        f.write(BASE_HOSTS + f"127.0.0.1 {COLLECTOR}\n127.0.0.1 {TARGET}\n")
+    agent.wait_log(f"{TARGET} resolves to 127.0.0.1", 60)
+    harness.wait_for(lambda: world.scalar("SELECT count(*) FROM latency_summaries WHERE target = ? AND received > 0",
+                                          label) >= 2, 90, "measured intervals of the late target in the store")
+    harness.wait_for(lambda: metric(urllib.request.urlopen(metrics_url, timeout=10).read().decode(),
+                                    "vantage_target_unresolved", label) == 0, 60, "the target resolved in /metrics")
+    received = world.scalar("SELECT sum(received) FROM latency_summaries WHERE target = ?", label)
+    manager.take()
+    manager.wait_for(lambda m: m == "WATCHDOG=1", 10, "WATCHDOG=1 after the names resolved")
+    results.append(f"target resolved: {received} replies stored")
+
+    # Each change logged once.
+    log = agent.text()
+    for line in (f"{TARGET} does not resolve", f"{TARGET} resolves to 127.0.0.1",
+                 f"collector {COLLECTOR} does not resolve", f"collector {COLLECTOR} resolves to 127.0.0.1"):
+        n = len(re.findall(re.escape(line), log))
+        assert n == 1, f"'{line}' logged {n} times"
+
+    agent.signal(signal.SIGTERM)
+    manager.wait_for(lambda m: m == "STOPPING=1", 10, "STOPPING=1")
+    rc = agent.p.wait(timeout=60)
+    assert rc == 0, f"exit code {rc}"
+    results.append("each change logged once, exit 0")
+    return ", ".join(results)
+
+
+if __name__ == "__main__":
+    sys.exit(harness.main({"late-dns": scenario},
+                          lambda workdir, args: harness.World(workdir, args, identities=["fra1-late"])))

@@ -3,6 +3,7 @@
 // the order of acks, the slow reader and the two timeouts.
 #include <doctest/doctest.h>
 
+#include <array>
 #include <optional>
 #include <string>
 #include <vector>
@@ -421,6 +422,27 @@ TEST_CASE_FIXTURE(Fixture, "ingest session: batches are labelled with the certif
   REQUIRE(batches.size() == 1);
   CHECK(batches[0].region == "eu-west");
   CHECK(batches[0].pop == "fra1");
+  CHECK(tally.all_rejects() == 0);
+}
+
+TEST_CASE_FIXTURE(Fixture, "ingest session: batches carry the Hello's spool incarnation, legacy when it has none") {
+  // A reinstalled agent's seq 1 under a new incarnation is a new batch: the key travels with it.
+  const std::array<std::uint8_t, 16> bytes{0xa1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 0x16};
+  flatbuffers::FlatBufferBuilder fbb;
+  const wire::Incarnation incarnation(flatbuffers::span<const std::uint8_t, 16>(bytes.data(), 16));
+  const auto h = wire::CreateHelloDirect(fbb, 1, "agent-1", "eu-west", "fra1", "0.1.0", "aarch64", 0, &incarnation);
+  Peer peer(config, clock, tally);
+  peer.feed(framed(fbb, wire::CreateFrame(fbb, wire::Message::Hello, h.Union())) + batch(1) + batch(2));
+  const std::vector<SessionBatch> batches = peer.session.take_batches();
+  REQUIRE(batches.size() == 2);
+  CHECK(batches[0].incarnation == bytes);
+  CHECK(batches[1].incarnation == bytes);
+
+  Peer legacy(config, clock, tally);
+  legacy.feed(hello() + batch(1));
+  const std::vector<SessionBatch> old = legacy.session.take_batches();
+  REQUIRE(old.size() == 1);
+  CHECK(old[0].incarnation == store::kLegacyIncarnation);
   CHECK(tally.all_rejects() == 0);
 }
 

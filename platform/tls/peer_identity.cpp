@@ -8,30 +8,9 @@ namespace vantage::platform::tls {
 
 namespace {
 
-bool component_char(char c) noexcept {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
-         c == '-';
-}
-
-bool alnum(char c) noexcept { return component_char(c) && c != '.' && c != '_' && c != '-'; }
-
-std::string quoted(std::string_view text) { return "'" + escape_for_log(text) + "'"; }
-
-// A SAN URI's scheme, compared without case (RFC 3986 schemes are case-insensitive).
-bool has_identity_scheme(std::string_view uri) noexcept {
-  constexpr std::string_view scheme = "vantage:";
-  if (uri.size() < scheme.size()) return false;
-  for (std::size_t i = 0; i < scheme.size(); ++i) {
-    char c = uri[i];
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-    if (c != scheme[i]) return false;
-  }
-  return true;
-}
-
-}  // namespace
-
-std::string escape_for_log(std::string_view text, std::size_t limit) {
+// Printable ASCII as is (but for the quote and backslash these messages use), everything else as
+// \xNN, at most `limit` bytes: a certificate's URI is ASCII, so anything else is shown byte by byte.
+std::string shown(std::string_view text, std::size_t limit = 96) {
   static constexpr char kHex[] = "0123456789abcdef";
   std::string out;
   const std::size_t n = text.size() < limit ? text.size() : limit;
@@ -49,6 +28,29 @@ std::string escape_for_log(std::string_view text, std::size_t limit) {
   if (n < text.size()) out += "...";
   return out;
 }
+
+bool component_char(char c) noexcept {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+         c == '-';
+}
+
+bool alnum(char c) noexcept { return component_char(c) && c != '.' && c != '_' && c != '-'; }
+
+std::string quoted(std::string_view text) { return "'" + shown(text) + "'"; }
+
+// A SAN URI's scheme, compared without case (RFC 3986 schemes are case-insensitive).
+bool has_identity_scheme(std::string_view uri) noexcept {
+  constexpr std::string_view scheme = "vantage:";
+  if (uri.size() < scheme.size()) return false;
+  for (std::size_t i = 0; i < scheme.size(); ++i) {
+    char c = uri[i];
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+    if (c != scheme[i]) return false;
+  }
+  return true;
+}
+
+}  // namespace
 
 bool valid_identity_component(std::string_view text) noexcept {
   if (text.empty() || text.size() > kMaxIdentityComponent || !alnum(text.front())) return false;

@@ -54,8 +54,4 @@ PeerIdentity identity_of(const mbedtls_x509_crt& crt);
 // An X.509 time (UTC) as Unix seconds.
 std::int64_t unix_seconds(const mbedtls_x509_time& time) noexcept;
 
-// Printable ASCII as is, everything else as \xNN, at most `limit` bytes of input: peer bytes that
-// go into log lines.
-std::string escape_for_log(std::string_view text, std::size_t limit = 96);
-
 }  // namespace vantage::platform::tls

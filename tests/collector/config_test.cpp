@@ -42,6 +42,7 @@ TEST_CASE("collector config: a file with every key loads with exact values") {
   CHECK(o.store_queue_bytes == 1048576);
   CHECK(o.retention_days == 7);
   CHECK(o.tls.ticket_key_file == "/tmp/keys");
+  CHECK(o.tls.crl_file == "pki/crl.pem");
   CHECK(o.max_frame == 65536);
   CHECK(o.handshake_timeout == 2s);
   CHECK(o.idle_timeout == 30s);
@@ -63,6 +64,7 @@ TEST_CASE("collector config: keys left out take the command line's defaults") {
   CHECK(o.store_queue_bytes == defaults.store_queue_bytes);
   CHECK(o.retention_days == 30);
   CHECK(o.tls.ticket_key_file == "ticket-keys");  // beside the database
+  CHECK(o.tls.crl_file.empty());                  // no revocation unless configured
   CHECK(o.max_frame == defaults.max_frame);
   CHECK(o.handshake_timeout == defaults.handshake_timeout);
   CHECK(o.idle_timeout == defaults.idle_timeout);

@@ -16,6 +16,7 @@
 #include "collector/store/sqlite_store.hpp"
 #include "platform/arch.hpp"
 #include "platform/clock.hpp"
+#include "platform/log.hpp"
 #include "schemas/frame_codec.hpp"
 #include "schemas/wire_string.hpp"
 
@@ -45,6 +46,10 @@ constexpr const char* kUsage =
 
 std::atomic<bool> g_stop{false};
 void on_signal(int) { g_stop = true; }
+
+// Names from the store or the stream were a peer's (and an older collector stored them
+// unchecked): printed escaped, so none can move the terminal's cursor or forge a line.
+std::string shown(std::string_view name) { return platform::escape_for_log(name, 64); }
 
 std::string iso_time(std::int64_t ns) {
   const std::time_t seconds = static_cast<std::time_t>(ns / 1'000'000'000);
@@ -98,15 +103,15 @@ int query_command(const std::string& db_path) {
   std::printf("latest latency (RTT in ms)\n%-10s %-16s %-28s %-5s %7s %7s %8s %8s %8s %9s %8s\n", "POP",
               "AGENT", "TARGET", "PROTO", "SENT", "RECV", "LOSS%", "P50", "P99", "JITTER", "AGE");
   for (const auto& l : *latency) {
-    std::printf("%-10s %-16s %-28s %-5s %7u %7u %8.2f %8.3f %8.3f %9.3f %8s\n", l.pop.c_str(),
-                l.agent_id.c_str(), l.target.c_str(), l.protocol.c_str(), l.sent, l.received,
+    std::printf("%-10s %-16s %-28s %-5s %7u %7u %8.2f %8.3f %8.3f %9.3f %8s\n", shown(l.pop).c_str(),
+                shown(l.agent_id).c_str(), shown(l.target).c_str(), l.protocol.c_str(), l.sent, l.received,
                 100.0 * l.loss_ratio, static_cast<double>(l.p50_ns) / 1e6,
                 static_cast<double>(l.p99_ns) / 1e6, l.jitter_mean_ns / 1e6, ago(l.interval_end_ns).c_str());
   }
   std::printf("\nlatest load per PoP\n%-10s %-16s %7s %10s %10s %7s %8s\n", "POP", "AGENT", "CPU%",
               "MEM_AVAIL", "MEM_TOTAL", "LOAD1", "AGE");
   for (const auto& l : *load) {
-    std::printf("%-10s %-16s %7.1f %9.2fG %9.2fG %7.2f %8s\n", l.pop.c_str(), l.agent_id.c_str(),
+    std::printf("%-10s %-16s %7.1f %9.2fG %9.2fG %7.2f %8s\n", shown(l.pop).c_str(), shown(l.agent_id).c_str(),
                 100.0 * l.cpu_busy.value_or(0),
                 static_cast<double>(l.mem_available.value_or(0)) / 1073741824.0,
                 static_cast<double>(l.mem_total.value_or(0)) / 1073741824.0, l.load1.value_or(0),
@@ -117,8 +122,8 @@ int query_command(const std::string& db_path) {
   std::printf("\nagents\n%-16s %-12s %-10s %10s %10s %10s  %s\n", "AGENT", "REGION", "POP", "BATCHES", "MAX_SEQ",
               "LAST_SEEN", "INCARNATION");
   for (const auto& a : *agents) {
-    std::printf("%-16s %-12s %-10s %10" PRId64 " %10" PRIu64 " %10s  %s\n", a.agent_id.c_str(), a.region.c_str(),
-                a.pop.c_str(), a.batch_count, a.max_seq, ago(a.last_seen_ns).c_str(), a.incarnation.c_str());
+    std::printf("%-16s %-12s %-10s %10" PRId64 " %10" PRIu64 " %10s  %s\n", shown(a.agent_id).c_str(),
+                shown(a.region).c_str(), shown(a.pop).c_str(), a.batch_count, a.max_seq, ago(a.last_seen_ns).c_str(), a.incarnation.c_str());
   }
   std::printf(
       "\nagent health (newest batch with self-metrics)\n%-16s %5s %9s %9s %6s %8s %8s %6s %6s %6s %6s\n",
@@ -128,7 +133,7 @@ int query_command(const std::string& db_path) {
     const auto& m = *a.self;
     std::printf("%-16s %5" PRIu64 " %8.1fM %9.2f %6s %8" PRIu64 " %8" PRIu64 " %6" PRIu64 " %6" PRIu64
                 " %6" PRIu64 " %6" PRIu64 "\n",
-                a.agent_id.c_str(), m.config_generation, static_cast<double>(m.rss_bytes) / 1048576.0,
+                shown(a.agent_id).c_str(), m.config_generation, static_cast<double>(m.rss_bytes) / 1048576.0,
                 static_cast<double>(m.cpu_user_ns + m.cpu_system_ns) / 1e9, ago(m.process_start_ns).c_str(),
                 m.spool_records, a.spool_dropped, m.probe_ring_dropped + m.load_ring_dropped, m.reconnects,
                 m.connect_failures, m.tls_failures);
@@ -219,7 +224,7 @@ int consume_command(std::span<const std::string_view> args, std::FILE* out) {
       if (batch == nullptr || !incarnation) {
         ++bad;
         std::fprintf(out, "stream_seq=%" PRIu64 " INVALID %s (%zu bytes, Nats-Msg-Id %s)\n", m.stream_seq,
-                     batch == nullptr ? "frame" : "incarnation header", m.frame.size(), m.msg_id.c_str());
+                     batch == nullptr ? "frame" : "incarnation header", m.frame.size(), shown(m.msg_id).c_str());
         continue;
       }
       const std::string agent = wire::text(batch->agent_id());
@@ -229,13 +234,13 @@ int consume_command(std::span<const std::string_view> args, std::FILE* out) {
         std::fprintf(stderr,
                      "vantage-collector consume: stream seq %" PRIu64
                      ": headers say %s/%s, the frame %s/%" PRIu64 "\n",
-                     m.stream_seq, m.agent.c_str(), m.seq.c_str(), agent.c_str(), batch->seq());
+                     m.stream_seq, shown(m.agent).c_str(), shown(m.seq).c_str(), shown(agent).c_str(), batch->seq());
       }
       char line[512];
       std::snprintf(line, sizeof line,
                     "stream_seq=%" PRIu64 " agent=%s region=%s pop=%s seq=%" PRIu64
                     " interval=%s+%.3fs latency=%u load=%u incarnation=%s",
-                    m.stream_seq, agent.c_str(), m.region.c_str(), m.pop.c_str(), batch->seq(),
+                    m.stream_seq, shown(agent).c_str(), shown(m.region).c_str(), shown(m.pop).c_str(), batch->seq(),
                     iso_time(batch->interval_start_ns()).c_str(),
                     static_cast<double>(batch->interval_end_ns() - batch->interval_start_ns()) / 1e9,
                     batch->latency() != nullptr ? batch->latency()->size() : 0u,

@@ -207,6 +207,10 @@ TEST_CASE("pseudonym: a secret that is not a private regular file of bounded siz
   REQUIRE_FALSE(from_fifo);
   CHECK(from_fifo.error().find("not a regular file (a FIFO)") != std::string::npos);
   CHECK(privacy::read_secret(dir.path).error().find("(a directory)") != std::string::npos);
+  // The command line reads a key given whether or not a client target needs it: at once.
+  CHECK(agent::parse_args({"--privacy-key", "/dev/zero", "--udp", "192.0.2.1"}).error() ==
+        "--privacy-key: /dev/zero: not a regular file (a character device); the pseudonym secret is a file of "
+        "64 hex digits");
 
   // Readable by the group or by others: the error names the file, its mode and the fix.
   const std::string shared = dir.write("shared.hex", secret_hex(), perms::owner_read | perms::owner_write |

@@ -10,6 +10,7 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <asio/executor_work_guard.hpp>
 #include <asio/io_context.hpp>
 #include <asio/ip/address.hpp>
 
@@ -615,4 +616,56 @@ TEST_CASE("IcmpProber: after stop_sending no probe is sent, and replies still ar
       return;
     }
   }
+}
+
+TEST_CASE("IcmpProber: a target resolved late is probed from then on, and a late IPv6 address opens its socket") {
+  const bool v6 = socket_works(AF_INET6, SOCK_RAW, IPPROTO_ICMPV6) || socket_works(AF_INET6, SOCK_DGRAM, IPPROTO_ICMPV6);
+  if (!socket_works(AF_INET, SOCK_RAW, IPPROTO_ICMP) && !socket_works(AF_INET, SOCK_DGRAM, IPPROTO_ICMP)) {
+    MESSAGE("skipped: no ICMP socket of either kind here");
+    return;
+  }
+  if (echo_ignored("/proc/sys/net/ipv4/icmp_echo_ignore_all")) {
+    MESSAGE("skipped: this host ignores echo requests");
+    return;
+  }
+  asio::io_context io;
+  Ring ring(4096);
+  IcmpTarget late = target(9, "0.0.0.0");
+  late.resolved = false;
+  IcmpProber prober(io, paced(IcmpSocketMode::kAuto, late, 50.0), ring);
+  const vantage::platform::Status started = prober.start();
+  REQUIRE_MESSAGE(started, started.message());
+  // An unresolved target opens the IPv4 socket at start (a missing permission shows there).
+  CHECK(prober.socket_kind(false) != IcmpSocketKind::kNone);
+  CHECK(prober.socket_kind(true) == IcmpSocketKind::kNone);
+  auto work = asio::make_work_guard(io);
+  std::thread thread([&io] { io.run(); });
+  const auto wait_replies = [&](std::uint64_t n) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (prober.counters().replies < n && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return prober.counters().replies >= n;
+  };
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  CHECK(prober.counters().sent == 0);
+  prober.set_address(0, asio::ip::make_address("127.0.0.1"));
+  CHECK(wait_replies(5));
+  if (v6 && !echo_ignored("/proc/sys/net/ipv6/icmp/echo_ignore_all")) {
+    const std::uint64_t before = prober.counters().replies;
+    prober.set_address(0, asio::ip::make_address("::1"));
+    CHECK(wait_replies(before + 5));
+    CHECK(prober.socket_kind(true) != IcmpSocketKind::kNone);
+  } else {
+    MESSAGE("no IPv6 ICMP here: the late IPv6 socket is not tested");
+  }
+  prober.stop();
+  work.reset();
+  thread.join();
+  std::uint64_t expected = 0;
+  for (const ProbeEvent& e : drain_events(ring)) {
+    CHECK(e.target == 9);
+    if (e.kind == ProbeEventKind::kSent) CHECK(e.seq == expected++);  // one sequence across the move
+  }
+  CHECK(prober.counters().dropped_malformed == 0);
 }

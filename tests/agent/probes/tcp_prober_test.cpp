@@ -10,6 +10,7 @@
 #include <asio/io_context.hpp>
 #include <asio/ip/address.hpp>
 #include <asio/ip/tcp.hpp>
+#include <asio/executor_work_guard.hpp>
 #include <asio/post.hpp>
 
 #include <chrono>
@@ -259,4 +260,55 @@ TEST_CASE("TcpProber: an invalid config is rejected by start()") {
   CHECK(bad([](TcpProberConfig& c) { c.targets[0].timeout = std::chrono::nanoseconds(0); }));
   CHECK(bad([](TcpProberConfig& c) { c.targets[0].endpoint.port(0); }));
   CHECK(bad([](TcpProberConfig& c) { c.jitter = 0.9; }));
+}
+
+TEST_CASE("TcpProber: a target without an address waits, starts once set_address gives it one, and keeps its seqs") {
+  asio::io_context server_io;
+  Acceptor acceptor(server_io, "127.0.0.1");
+  std::thread server([&server_io] { server_io.run(); });
+  asio::io_context io;
+  Ring ring(4096);
+  TcpProberConfig config;
+  TcpTarget late = target(5, tcp::endpoint(asio::ip::address_v4::any(), acceptor.endpoint().port()));
+  late.resolved = false;  // a name that has no address yet
+  config.targets = {late};
+  TcpProber prober(io, config, ring);
+  REQUIRE(prober.start());
+  // With nothing to probe the prober has no pending work: the guard keeps run() going, as the
+  // agent's own does.
+  auto work = asio::make_work_guard(io);
+  std::thread thread([&io] { io.run(); });
+  const auto wait_until = [&](auto done) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (!done(prober.counters()) && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return done(prober.counters());
+  };
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // 20 probes' worth at 100/s
+  CHECK(prober.counters().sent == 0);
+
+  prober.set_address(0, asio::ip::make_address("127.0.0.1"));
+  CHECK(wait_until([](const TcpProberCounters& c) { return c.established >= 5; }));
+  prober.set_address(0, std::nullopt);  // the name went away: probing pauses
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  const std::uint64_t paused_at = prober.counters().sent;
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  CHECK(prober.counters().sent == paused_at);
+  prober.set_address(0, asio::ip::make_address("127.0.0.1"));
+  CHECK(wait_until([&](const TcpProberCounters& c) { return c.established >= paused_at + 5; }));
+
+  prober.stop();
+  work.reset();
+  thread.join();
+  asio::post(server_io, [&acceptor] { acceptor.close(); });
+  server.join();
+  // One continuous sequence for the target across the pause: 0, 1, 2, ... without repeats.
+  std::vector<std::uint64_t> seqs;
+  for (const ProbeEvent& e : probes::test::drain_events(ring)) {
+    CHECK(e.target == 5);
+    if (e.kind == ProbeEventKind::kSent) seqs.push_back(e.seq);
+  }
+  REQUIRE(seqs.size() == prober.counters().sent);
+  for (std::size_t i = 0; i < seqs.size(); ++i) CHECK(seqs[i] == i);
 }

@@ -79,8 +79,10 @@ void ShipperSession::on_session(std::string_view tls_version, bool resumed) {
     s.connected = true;
     if (resumed) ++s.resumed;
   });
-  log(LogLevel::kInfo, "connected to collector %s:%u (%s%s)", collector().host.c_str(),
-      static_cast<unsigned>(collector().port), std::string(tls_version).c_str(), resumed ? ", resumed" : "");
+  // The incarnation is what the collector's log and store name this spool by.
+  log(LogLevel::kInfo, "connected to collector %s:%u (%s%s), spool incarnation %s", collector().host.c_str(),
+      static_cast<unsigned>(collector().port), std::string(tls_version).c_str(), resumed ? ", resumed" : "",
+      to_hex(spool_.incarnation()).c_str());
   reader_ = wire::FrameReader(config_.max_frame);
   writes_.clear();
   writing_ = false;

@@ -94,6 +94,10 @@ def scenario_sqlite(world):
     # every summary of the new ones (not dropped as duplicates of the old ones).
     log = world.collector.text()
     assert f"incarnation {old}" in log and f"incarnation {new}" in log, log[-2000:]
+    with open(os.path.join(world.dir, f"agent-{AGENT}.log"), errors="replace") as f:
+        agent_log = f.read()
+    named = [agent_log.find(f"spool incarnation {i}") for i in (old, new)]
+    assert 0 <= named[0] < named[1], f"the agent's log does not name its two spool incarnations in order: {named}"
     held = world.scalar("SELECT count(DISTINCT seq) FROM load_samples WHERE agent_id = ? AND incarnation = ?",
                         AGENT, new)
     assert held == m, f"load samples for {held} of the new incarnation's {m} batches"

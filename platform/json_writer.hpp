@@ -18,7 +18,7 @@ namespace vantage::platform {
 enum class JsonEscape : std::uint8_t {
   kStandard,  // '"', '\\' and control characters, as JSON requires
   // Also '<' as \u003c: harmless in JSON, and never closes a <script> element if ever inlined
-  // into a page.
+  // into a page; and U+2028, U+2029 as \u2028, \u2029, which end a line in older JavaScript.
   kHtmlSafe,
 };
 
@@ -28,7 +28,8 @@ inline void append_json_string(std::string& out, std::string_view s,
                                JsonEscape escape = JsonEscape::kStandard) {
   static constexpr char kHex[] = "0123456789abcdef";
   out += '"';
-  for (const char ch : s) {
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    const char ch = s[i];
     const auto c = static_cast<unsigned char>(ch);
     if (c == '"' || c == '\\') {
       out += '\\';
@@ -37,6 +38,10 @@ inline void append_json_string(std::string& out, std::string_view s,
       out += "\\u00";
       out += kHex[c >> 4];
       out += kHex[c & 0xf];
+    } else if (c == 0xe2 && escape == JsonEscape::kHtmlSafe && i + 2 < s.size() && s[i + 1] == '\x80' &&
+               (s[i + 2] == '\xa8' || s[i + 2] == '\xa9')) {
+      out += s[i + 2] == '\xa8' ? "\\u2028" : "\\u2029";
+      i += 2;
     } else {
       out += ch;
     }

@@ -20,6 +20,9 @@ TEST_CASE("json_writer: strings escape quotes, backslashes and control character
   // Bytes from 0x20 up pass through, UTF-8 included; '<' only in the HTML-safe flavour.
   CHECK(json_string("caf\xc3\xa9 <b> \x7f") == "\"caf\xc3\xa9 <b> \x7f\"");
   CHECK(json_string("</script>", JsonEscape::kHtmlSafe) == "\"\\u003c/script>\"");
+  CHECK(json_string("a\xe2\x80\xa8" "b\xe2\x80\xa9" "c\xe2\x80\x8f", JsonEscape::kHtmlSafe) ==
+        "\"a\\u2028b\\u2029c\xe2\x80\x8f\"");
+  CHECK(json_string("a\xe2\x80\xa8", JsonEscape::kStandard) == "\"a\xe2\x80\xa8\"");
 }
 
 TEST_CASE("json_writer: numbers, shortest or to a given precision, non-finite as null") {

@@ -1,8 +1,8 @@
 // libFuzzer target: one agent connection's protocol (IngestSession, sans-IO) as a state machine.
 // The input is decoded into a sequence of operations, as the TLS server and the store would
 // drive a session: authenticate with some identity, feed frames (Hello, Batch, Ack built from
-// input bytes, or raw bytes), store outcomes for seqs, write completions, clock advances, ticks
-// and close. After each step it traps when the session breaks its contract:
+// input bytes, or raw bytes), store outcomes for seqs, write completions, clock advances, ticks,
+// revocation and close. After each step it traps when the session breaks its contract:
 // - every write is a verified Ack; the acks of batches go out in arrival order, one per batch,
 //   each only once that batch and every earlier one have their outcome (Stored for stored and
 //   duplicate, RetryLater for failed), and the ones due are all queued while the session is open;
@@ -109,6 +109,7 @@ enum class Op : std::uint8_t {
   kAdvance,          // time passes: milliseconds, 2 bytes, at most 8000
   kTick,             // the timer fires
   kClose,            // the server ends the session (peer gone, shutdown)
+  kRevoke,           // a reloaded CRL revokes the session's certificate
   kCount,
 };
 
@@ -240,6 +241,9 @@ class Harness {
       }
       case Op::kClose:
         session_.close();
+        break;
+      case Op::kRevoke:
+        session_.revoke();
         break;
       case Op::kCount:
         break;

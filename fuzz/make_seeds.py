@@ -114,7 +114,7 @@ def config_seeds():
 
 # ---- ingest_session: operations in ingest_session_fuzz.cpp's encoding ----
 
-AUTH, HANDSHAKE_FAILED, HELLO, BATCH, ACK, RAW, STORED, WRITTEN, ADVANCE, TICK, CLOSE = range(11)
+AUTH, HANDSHAKE_FAILED, HELLO, BATCH, ACK, RAW, STORED, WRITTEN, ADVANCE, TICK, CLOSE, REVOKE = range(12)
 STORED_OK, DUPLICATE, FAILED = range(3)
 
 
@@ -200,6 +200,7 @@ def session_seeds():
         "close-then-store": open_ + batch(1) + bytes([CLOSE]) + stored(0) + batch(2),
         "agent-sends-ack": open_ + bytes([ACK]) + seq_bytes(1) + W,
         "incarnation": auth() + hello(incarnation=bytes(range(1, 17))) + batch(1) + stored(0) + W,
+        "revoked-mid-session": open_ + batch(1) + batch(2) + stored(0) + bytes([REVOKE]) + stored(1) + batch(3) + W * 3,
         "resumed": auth(resumed=True, region=1, pop=1) + hello(region=1, pop=1) + batch(5) + stored(0) + W,
     }
     for seed_name, data in seeds.items():

@@ -136,6 +136,10 @@ void stop(Running& r, std::chrono::milliseconds drain, SelfBaseline& baseline) {
 
 std::string status_line(const AgentOptions& options, const Running& r) {
   std::string s = std::to_string(options.measurement.targets.size()) + " targets";
+  // Names without an address are probed once they resolve (agent/name_resolver.hpp).
+  if (const std::size_t unresolved = r.measurement->unresolved_targets(); unresolved > 0) {
+    s += " (" + std::to_string(unresolved) + " unresolved)";
+  }
   if (r.shipper) {
     const auto c = r.shipper->counters();
     s += c.connected ? ", connected" : ", not connected";

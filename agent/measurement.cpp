@@ -520,6 +520,16 @@ std::int64_t Measurement::aggregator_heartbeat_ns() const noexcept {
   return impl_ ? impl_->heartbeat_ns.load(std::memory_order_relaxed) : 0;
 }
 
+std::size_t Measurement::unresolved_targets() const noexcept {
+  std::size_t n = 0;
+  if (impl_) {
+    for (std::size_t i = 0; i < config_.targets.size(); ++i) {
+      n += impl_->unresolved[i].load(std::memory_order_relaxed) ? 1 : 0;
+    }
+  }
+  return n;
+}
+
 std::optional<asio::ip::udp::endpoint> Measurement::reflector_endpoint() const {
   if (!impl_ || !impl_->reflector) {
     return std::nullopt;

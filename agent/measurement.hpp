@@ -139,6 +139,9 @@ class Measurement {
   // watchdog stops pinging systemd when this goes stale.
   std::int64_t aggregator_heartbeat_ns() const noexcept;
 
+  // How many targets' names have no address right now (0 before start). Any thread.
+  std::size_t unresolved_targets() const noexcept;
+
   // The reflector's bound endpoint (to read back an ephemeral port), if one runs.
   std::optional<asio::ip::udp::endpoint> reflector_endpoint() const;
   const MeasurementConfig& config() const noexcept { return config_; }

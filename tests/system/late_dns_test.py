@@ -96,7 +96,7 @@ def scenario(world):
     assert len(pings) >= 2, f"only {len(pings)} WATCHDOG=1 in 4 s while names did not resolve"
     assert agent.alive(), "the agent exited while its names did not resolve"
     statuses = [m for _, m in manager.messages if m.startswith("STATUS=")]
-    assert statuses and "not connected" in statuses[-1], statuses[-2:]
+    assert statuses and "1 targets (1 unresolved)" in statuses[-1] and "not connected" in statuses[-1], statuses[-2:]
     results = [f"active with nothing resolvable ({len(pings)} pings in 4 s)"]
 
     # The collector's name appears: batches flow; the target is reported unresolved, not lost.
@@ -124,6 +124,7 @@ def scenario(world):
     received = world.scalar("SELECT sum(received) FROM latency_summaries WHERE target = ?", label)
     manager.take()
     manager.wait_for(lambda m: m == "WATCHDOG=1", 10, "WATCHDOG=1 after the names resolved")
+    manager.wait_for(lambda m: m.startswith("STATUS=1 targets, connected"), 10, "STATUS without unresolved targets")
     results.append(f"target resolved: {received} replies stored")
 
     # Each change logged once.

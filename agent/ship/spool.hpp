@@ -67,7 +67,9 @@ struct SpoolConfig {
   std::uint64_t segment_bytes = 4ull << 20;   // a new segment starts once this is reached
   std::uint32_t max_record_bytes = 4u << 20;  // payload limit, checked before any allocation
   enum class Fsync {
-    kEveryRecord,  // append() returns after fdatasync: the record survives power loss
+    // append() returns after fdatasync: the record survives power loss. (An fdatasync that
+    // outlasts sync_wait leaves the record written but not durable until a later sync.)
+    kEveryRecord,
     kInterval,     // fdatasync at most fsync_interval apart (on append) and on flush()
   };
   Fsync fsync = Fsync::kInterval;

@@ -237,6 +237,24 @@ void Measurement::Impl::on_name(std::size_t name, const NameState& state) {
                   t.label.c_str(), t.host.c_str(), state.error.c_str());
   }
   known = state.address;
+  if (state.address) {
+    // Replies are matched to targets by address and port: two targets there cannot be told apart.
+    for (std::size_t j = 0; j < config.targets.size(); ++j) {
+      const ProbeTargetSpec& other = config.targets[j];
+      if (j == i || other.protocol != t.protocol || other.port != t.port) continue;
+      const auto n = std::find(name_targets.begin(), name_targets.end(), j);
+      const std::optional<asio::ip::address> there =
+          other.host.empty() ? std::optional(other.address)
+          : n != name_targets.end() ? name_addresses[static_cast<std::size_t>(n - name_targets.begin())]
+                                    : std::nullopt;
+      if (there == state.address) {
+        platform::log(platform::LogLevel::kWarning,
+                      "target %s: %s resolves to the address target %s probes too; their replies cannot be "
+                      "told apart",
+                      t.label.c_str(), t.host.c_str(), other.label.c_str());
+      }
+    }
+  }
   unresolved[i].store(!state.address.has_value(), std::memory_order_relaxed);
   const std::size_t position = prober_position[i];
   switch (t.protocol) {

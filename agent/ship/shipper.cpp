@@ -99,6 +99,9 @@ void Shipper::Impl::connect(const CollectorAddress& c) {
 
 void Shipper::Impl::on_name(std::size_t name) {
   if (pending_gen == 0 || pending_gen != conn || pending_name != name) {
+    if (!resolver->state(name).all.empty()) {
+      session.on_collector_resolved();  // no need to sit out a backoff earned by the missing name
+    }
     return;
   }
   pending_gen = 0;

@@ -57,6 +57,12 @@ void ShipperSession::on_resolve_failed(std::string_view error) {
   fail("resolve " + collector().host + ": " + std::string(error));
 }
 
+void ShipperSession::on_collector_resolved() {
+  if (state_ == State::kBackoff && !stopping_) {
+    connect();
+  }
+}
+
 void ShipperSession::on_connect_failed(std::string_view error) {
   update([](ShipperCounters& s) { ++s.connect_failures; });
   fail("connect to " + collector().host + ":" + std::to_string(collector().port) + ": " + std::string(error));

@@ -86,6 +86,10 @@ class ShipperSession {
   void on_read_failed(std::string_view error);
   void on_timer(SessionTimer timer);
 
+  // A collector's name has just resolved (or moved): a session waiting out a reconnect backoff
+  // tries now instead of at the end of it (up to backoff_max later).
+  void on_collector_resolved();
+
   // Calls done once everything spooled is acked, the collector refused this agent, or limit has
   // passed, whichever comes first. With a limit above zero, a session waiting out a reconnect
   // backoff tries once more right away rather than giving up or sleeping through it.

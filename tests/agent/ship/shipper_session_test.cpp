@@ -649,6 +649,28 @@ TEST_CASE("session: a resolve failure is not a connect failure, and the backoff 
   CHECK(h.io.timer(SessionTimer::kConnection) == h.now + h.config.connect_timeout);
 }
 
+TEST_CASE("session: a collector name that resolves ends a reconnect backoff at once") {
+  Harness h;
+  h.io.on_connect = [&] { h.session->on_resolve_failed("Name or service not known"); };
+  h.session->start();
+  for (int i = 0; i < 6; ++i) {  // the backoff grows while the names do not resolve
+    h.wait_out_backoff();
+  }
+  const std::size_t attempts = h.io.connects.size();
+  REQUIRE(h.io.timer(SessionTimer::kConnection));  // waiting out a backoff
+  h.io.on_connect = nullptr;
+  h.session->on_collector_resolved();
+  REQUIRE(h.io.connects.size() == attempts + 1);  // tried now, not at the end of the backoff
+  CHECK(h.io.timer(SessionTimer::kConnection) == h.now + h.config.connect_timeout);
+  // While connecting (or connected) the news changes nothing.
+  h.session->on_collector_resolved();
+  CHECK(h.io.connects.size() == attempts + 1);
+  h.connect();
+  h.session->on_collector_resolved();
+  CHECK(h.io.connects.size() == attempts + 1);
+  CHECK(h.counters().connected);
+}
+
 TEST_CASE("session: unacked data outstanding for ack_timeout ends the connection") {
   Harness h;
   h.session->start();

@@ -112,6 +112,9 @@ TEST_CASE("collector config: the example file loads and the reference covers the
       collector::load_config(VANTAGE_FIXTURES_DIR "/../../packaging/examples/collector.toml");
   REQUIRE_MESSAGE(c.options.has_value(), errors_text(c.errors));
   CHECK(c.options->regions == std::vector<std::string>{"eu-central"});
+  // The example serves HTTP on loopback only: the status page and /metrics are not for the world.
+  REQUIRE(c.http_listen.size() == 1);
+  CHECK(c.http_listen[0].address().is_loopback());
   const std::string doc = collector::config_reference_markdown();
   for (const auto& k : collector::config_keys()) {
     CAPTURE(k.path);

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <optional>
 #include <set>
@@ -13,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "agent/ship/shipper.hpp"
 #include "agent/ship/shipper_session.hpp"
 #include "schemas/frame_codec.hpp"
 #include "tests/agent/ship/spool_fault_util.hpp"
@@ -191,4 +193,45 @@ TEST_CASE("shipper over a failing disk: a hung fsync holds sending back, not the
   CHECK(w.collector.stored.size() == 6);
   CHECK(w.collector.self.spool_sync_stalls == 1);  // the stall reached the collector
   CHECK(w.collector.self.spool_lost == 0);
+}
+
+TEST_CASE("shipper over a failing disk: a hung fsync leaves the shipper's thread responsive, as the watchdog asks") {
+  // The daemon pings the watchdog only while Shipper::responsive() holds (agent/main.cpp), so a
+  // sync that never returns must not hold the shipper's thread.
+  TempDir dir{"/dev/shm"};
+  const std::string pki = (dir.path() / "pki").string();
+  REQUIRE(std::system(("bash '" VANTAGE_SOURCE_DIR "/tools/dev-pki.sh' '" + pki + "' a1:eu-central >/dev/null").c_str()) ==
+          0);
+  auto files = std::make_shared<FaultySpoolFiles>();
+  ship::ShipperConfig c;
+  c.identity = {"a1", "eu-central", "a1"};
+  c.collectors = {{"127.0.0.1", 1, ""}};  // nobody there: the shipper keeps retrying
+  c.tls.ca_file = pki + "/ca.crt";
+  c.tls.cert_file = pki + "/a1.crt";
+  c.tls.key_file = pki + "/a1.key";
+  c.spool.dir = dir.path() / "spool";
+  c.spool.fsync_interval = 100ms;  // the flush timer syncs often
+  c.spool.sync_wait = 200ms;
+  c.spool.files = files;
+  std::vector<std::string> warnings;
+  auto opened = ship::Shipper::open(c, warnings);
+  INFO(opened.error());
+  REQUIRE(opened.has_value());
+  std::unique_ptr<ship::Shipper> shipper = std::move(opened).value();
+  shipper->start();
+  files->arm({Fault{SpoolOp::kSync, 1, FaultAction::kBlock, 0, kForever}});
+  for (int i = 0; i < 20; ++i) {
+    vantage::agent::MeasurementReport r;
+    r.wall_start_ns = 1'700'000'000'000'000'000;
+    r.wall_end_ns = r.wall_start_ns + 1'000'000'000;
+    shipper->submit(r, {});
+    CHECK(shipper->responsive(2s));
+    std::this_thread::sleep_for(50ms);
+  }
+  CHECK(files->blocked());
+  const ship::ShipperCounters counters = shipper->counters();
+  CHECK(counters.batches_spooled == 20);
+  CHECK(counters.spool.sync_stalls >= 1);
+  files->release();
+  shipper->stop(0ms);
 }

@@ -48,16 +48,24 @@ void refuse_method(httplib::Response& res) {
 // One per connection, so bytes read ahead of one request are the next request's, not lost.
 class ConnectionStream final : public httplib::Stream {
  public:
-  ConnectionStream(socket_t sock, const HttpLimits& limits, std::int64_t deadline_ns, Counters& counters)
+  ConnectionStream(socket_t sock, const HttpLimits& limits, std::int64_t deadline_ns, Counters& counters,
+                   const std::atomic<bool>& stopping)
       : sock_(sock),
         read_timeout_s_(static_cast<time_t>(limits.read_timeout.count())),
         write_timeout_s_(static_cast<time_t>(limits.write_timeout.count())),
         budget_(limits.connection_bytes),
         deadline_ns_(deadline_ns),
-        counters_(counters) {}
+        counters_(counters),
+        stopping_(stopping) {}
 
-  bool is_readable() const override {
-    return buffered() || httplib::detail::select_read(sock_, read_timeout_s_, 0) > 0;
+  bool is_readable() const override { return buffered() || wait_readable(read_timeout_s_); }
+  // Waits for bytes in short slices, so a stop() ends the wait (and the connection) at once.
+  bool wait_readable(time_t timeout_s) const {
+    const std::int64_t until = platform::monotonic_ns() + static_cast<std::int64_t>(timeout_s) * 1'000'000'000;
+    while (!stopping_.load(std::memory_order_relaxed) && platform::monotonic_ns() < until) {
+      if (httplib::detail::select_read(sock_, 0, 100'000) != 0) return true;  // readable, or an error to read
+    }
+    return false;
   }
   bool is_writable() const override { return httplib::detail::select_write(sock_, write_timeout_s_, 0) > 0; }
   ssize_t read(char* ptr, std::size_t size) override {
@@ -107,6 +115,7 @@ class ConnectionStream final : public httplib::Stream {
   std::size_t budget_;
   std::int64_t deadline_ns_;
   Counters& counters_;
+  const std::atomic<bool>& stopping_;
   char buffer_[4096];
   std::size_t offset_ = 0, length_ = 0;
   bool cut_ = false;
@@ -128,11 +137,11 @@ class BoundedServer final : public httplib::Server {
           sock, limits_,
           platform::monotonic_ns() +
               std::chrono::duration_cast<std::chrono::nanoseconds>(limits_.connection_lifetime).count(),
-          counters_);
+          counters_, stopping_);
       const auto keep_alive_s = static_cast<time_t>(limits_.keep_alive_timeout.count());
       for (std::size_t left = limits_.keep_alive_max_requests;
            left > 0 && !stopping_.load(std::memory_order_relaxed) && !stream.expired() &&
-           (stream.buffered() || httplib::detail::keep_alive(sock, keep_alive_s));
+           (stream.buffered() || stream.wait_readable(keep_alive_s));
            --left) {
         bool peer_asked_close = false;
         t_close_after_response = false;

@@ -228,6 +228,8 @@ TEST_CASE("/metrics holds every family with HELP and TYPE, every reject reason, 
   CHECK(contains(text, "vantage_loss_ratio{" + labels + "} 0.2\n"));
   CHECK(contains(text, "vantage_probes_sent{" + labels + "} 10\n"));
   CHECK(contains(text, "vantage_latency_age_seconds{" + labels + "} 1\n"));
+  CHECK(contains(text, "# TYPE vantage_target_unresolved gauge\n"));
+  CHECK(contains(text, "vantage_target_unresolved{" + labels + "} 0\n"));  // a target that resolves
   CHECK(contains(text,
                  "vantage_host_cpu_busy_ratio{region=\"eu-central\",pop=\"fra1\",agent=\"fra1-a\"} 0.25\n"));
   CHECK(!contains(text, "vantage_host_pressure_cpu_some_ratio{"));
@@ -527,4 +529,22 @@ TEST_CASE("http server: connections past max_connections are closed unread, the 
   CHECK(first.read_until_closed().first.starts_with("HTTP/1.1 200"));
   REQUIRE(second.send_all("GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
   CHECK(second.read_until_closed().first.starts_with("HTTP/1.1 200"));
+}
+
+TEST_CASE("http server: stop() does not wait for a client that holds its connection open") {
+  collector::http::HttpLimits limits;
+  limits.connection_lifetime = 600s;
+  limits.read_timeout = 600s;
+  limits.keep_alive_timeout = 600s;
+  Served s(limits);
+  RawClient idle(s.port);    // waits for a first request that never comes
+  RawClient partial(s.port);  // half a request, then silence
+  REQUIRE(partial.send_all("GET /metrics HTTP/1.1\r\nHost: x\r\n"));
+  std::this_thread::sleep_for(300ms);
+  const auto start = std::chrono::steady_clock::now();
+  s.server->stop();
+  // Far below the 600 s either connection could otherwise hold a worker.
+  CHECK(std::chrono::steady_clock::now() - start < 60s);
+  CHECK(idle.read_until_closed(10s).second);
+  CHECK(partial.read_until_closed(10s).second);
 }

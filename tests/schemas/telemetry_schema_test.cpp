@@ -122,6 +122,7 @@ void check_batch(const Bytes& b) {
   CHECK(udp->ipdv_count() == 0);
   CHECK(udp->histogram_overflow() == 0);
   CHECK(udp->histogram_dropped() == 0);
+  CHECK_FALSE(udp->unresolved());  // an agent from before late DNS resolved every target it had
   const auto* tcp = batch->latency()->Get(1);
   CHECK(tcp->protocol() == wire::Protocol::TcpConnect);
   CHECK(tcp->histogram() == nullptr);  // absent vector: the reader must cope

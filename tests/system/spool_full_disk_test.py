@@ -133,18 +133,18 @@ def scenario_full_disk(world):
             f"disk (filler {filled >> 10} KiB); /metrics showed lost {shown_lost:.0f}, dropped {shown_dropped:.0f}")
 
 
-SCENARIOS = {"full_disk": scenario_full_disk}
+SCENARIOS = {"full-disk": scenario_full_disk}
 
 
 def main():
     if os.environ.get(NAMESPACED) != "1":
         if os.geteuid() != 0:
-            print("SKIP full_disk: needs root to mount a tmpfs", flush=True)
+            print("SKIP full-disk: needs root to mount a tmpfs", flush=True)
             return 77
         unshare = shutil.which("unshare")
         if unshare is None or subprocess.run([unshare, "--mount", "--propagation", "private", "true"],
                                              capture_output=True).returncode != 0:
-            print("SKIP full_disk: cannot make a private mount namespace (unshare --mount)", flush=True)
+            print("SKIP full-disk: cannot make a private mount namespace (unshare --mount)", flush=True)
             return 77
         # Mounts made in a private mount namespace vanish with it, whatever happens to the test.
         env = dict(os.environ, **{NAMESPACED: "1"})

@@ -23,7 +23,8 @@ bool one_line(const std::string& s) {
 
 // An identity field as the key table admits it: printable ASCII without spaces, 1..64.
 bool token(const std::string& s) {
-  return !s.empty() && s.size() <= 64 && std::all_of(s.begin(), s.end(), [](char c) { return c > ' ' && c < 127; });
+  return !s.empty() && s.size() <= 64 &&
+         std::all_of(s.begin(), s.end(), [](char c) { return c > ' ' && c < 127; });
 }
 
 }  // namespace
@@ -39,7 +40,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     check(t.timeout.count() > 0);
   }
   if (const auto& shipping = config.options->shipping) {
-    check(token(shipping->identity.agent_id) && token(shipping->identity.region) && token(shipping->identity.pop));
+    check(token(shipping->identity.agent_id) && token(shipping->identity.region) &&
+          token(shipping->identity.pop));
     check(!shipping->collectors.empty());
     for (const auto& c : shipping->collectors) check(!c.host.empty() && c.port != 0);
   }

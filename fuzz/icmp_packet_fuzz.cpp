@@ -45,13 +45,16 @@ void check_round_trip(bool ipv6, std::uint16_t id, std::uint64_t cookie, std::si
   const auto wire_seq = static_cast<std::uint16_t>(cookie >> 16);
   const auto send_ns = static_cast<std::int64_t>(cookie * 3);
   const auto target = static_cast<std::uint32_t>(cookie >> 24);
-  const std::size_t n = encode_icmp_echo_request(packet, ipv6, id, wire_seq, cookie, send_ns, target, payload_size);
+  const std::size_t n =
+      encode_icmp_echo_request(packet, ipv6, id, wire_seq, cookie, send_ns, target, payload_size);
   check(n == kIcmpHeaderSize + payload_size);
   const std::span<const std::byte> request(packet, n);
   IcmpErrorReport quoted;
   check(parse_quoted_echo_request(request, ipv6, true, id, cookie, quoted) == IcmpParseStatus::kOk);
-  check(quoted.id == id && quoted.wire_seq == wire_seq && quoted.send_ns == send_ns && quoted.target == target);
-  check(parse_quoted_echo_request(request, ipv6, true, id, cookie + 1, quoted) == IcmpParseStatus::kWrongCookie);
+  check(quoted.id == id && quoted.wire_seq == wire_seq && quoted.send_ns == send_ns &&
+        quoted.target == target);
+  check(parse_quoted_echo_request(request, ipv6, true, id, cookie + 1, quoted) ==
+        IcmpParseStatus::kWrongCookie);
   packet[0] = static_cast<std::byte>(ipv6 ? icmp_type::kEchoReplyV6 : icmp_type::kEchoReplyV4);
   IcmpEchoReply reply;
   check(parse_icmp_echo_reply(request, ipv6, false, true, id, cookie, reply) == IcmpParseStatus::kOk);
@@ -70,7 +73,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::span<const std::byte> packet(reinterpret_cast<const std::byte*>(data + kPrefix), size - kPrefix);
 
   IcmpEchoReply reply;
-  if (parse_icmp_echo_reply(packet, ipv6, with_ip_header, check_id, id, cookie, reply) == IcmpParseStatus::kOk) {
+  if (parse_icmp_echo_reply(packet, ipv6, with_ip_header, check_id, id, cookie, reply) ==
+      IcmpParseStatus::kOk) {
     check(!check_id || reply.id == id);
     check(packet.size() >= kIcmpHeaderSize + kIcmpMinPayload);
     check_unwrap(load_be(data + 3, 8) >> 8, reply.wire_seq);

@@ -100,16 +100,16 @@ class Input {
 enum class Op : std::uint8_t {
   kAuthenticate,     // the TLS handshake ended: flags (bit 0 resumed, bits 1-3 zero: server full), identity
   kHandshakeFailed,  //
-  kHello,            // a Hello frame: agent, region, PoP, version, arch, flag (1: 16 incarnation bytes follow)
-  kBatch,            // a Batch frame: agent, seq, flags (bit 0 region, bit 1 PoP, bits 2-3 targets), ...
-  kAck,              // an Ack frame from the agent (never valid): seq
-  kRawBytes,         // bytes as they come (length byte, at most 64): partial frames, garbage, prefixes
-  kStored,           // the store's outcome: selector (bit 0: of an accepted batch, index byte), seq, outcome
-  kWritten,          // the socket took the frame next_write() offered
-  kAdvance,          // time passes: milliseconds, 2 bytes, at most 8000
-  kTick,             // the timer fires
-  kClose,            // the server ends the session (peer gone, shutdown)
-  kRevoke,           // a reloaded CRL revokes the session's certificate
+  kHello,     // a Hello frame: agent, region, PoP, version, arch, flag (1: 16 incarnation bytes follow)
+  kBatch,     // a Batch frame: agent, seq, flags (bit 0 region, bit 1 PoP, bits 2-3 targets), ...
+  kAck,       // an Ack frame from the agent (never valid): seq
+  kRawBytes,  // bytes as they come (length byte, at most 64): partial frames, garbage, prefixes
+  kStored,    // the store's outcome: selector (bit 0: of an accepted batch, index byte), seq, outcome
+  kWritten,   // the socket took the frame next_write() offered
+  kAdvance,   // time passes: milliseconds, 2 bytes, at most 8000
+  kTick,      // the timer fires
+  kClose,     // the server ends the session (peer gone, shutdown)
+  kRevoke,    // a reloaded CRL revokes the session's certificate
   kCount,
 };
 
@@ -126,7 +126,8 @@ std::uint64_t pick_seq(Input& in) {
 }
 
 StoreOutcome pick_outcome(Input& in) {
-  constexpr StoreOutcome kOutcomes[] = {StoreOutcome::kStored, StoreOutcome::kDuplicate, StoreOutcome::kFailed};
+  constexpr StoreOutcome kOutcomes[] = {StoreOutcome::kStored, StoreOutcome::kDuplicate,
+                                        StoreOutcome::kFailed};
   return kOutcomes[in.u8() % 3];
 }
 

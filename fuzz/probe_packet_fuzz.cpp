@@ -30,9 +30,12 @@ std::uint64_t load64(std::span<const std::byte> bytes, std::size_t offset) {
 void check_reply_round_trip(std::span<const std::byte> request, const ProbeHeader& decoded) {
   std::vector<std::byte> packet(request.begin(), request.end());
   // Stamp values from the datagram itself, so they vary with the input.
-  const ReplyStamp stamp{load64(request, 8) ^ 1, load64(request, 16) ^ 2, load64(request, 24) ^ 3,
+  const ReplyStamp stamp{load64(request, 8) ^ 1,
+                         load64(request, 16) ^ 2,
+                         load64(request, 24) ^ 3,
                          static_cast<std::uint32_t>(load64(request, 32)),
-                         static_cast<std::uint32_t>(load64(request, 40)), (request.size() & 1) != 0};
+                         static_cast<std::uint32_t>(load64(request, 40)),
+                         (request.size() & 1) != 0};
   stamp_reply(packet, stamp);
   ProbeHeader reply;
   check(decode_probe(packet, ProbeKind::kReply, reply) == ProbeDecodeStatus::kOk);
@@ -75,11 +78,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   check(to_string(status) != nullptr);
   if (status != ProbeDecodeStatus::kOk) {
     check(out == untouched);
-    check((status == ProbeDecodeStatus::kTooShort) == (datagram.size() < kProbeHeaderSize &&
-                                                       (datagram.size() < 4 || std::memcmp(data + 1, "VNTP", 4) == 0)));
+    check((status == ProbeDecodeStatus::kTooShort) ==
+          (datagram.size() < kProbeHeaderSize &&
+           (datagram.size() < 4 || std::memcmp(data + 1, "VNTP", 4) == 0)));
     return 0;
   }
-  check(datagram.size() >= kProbeHeaderSize && datagram.size() <= max_size && datagram.size() <= kMaxProbeSize);
+  check(datagram.size() >= kProbeHeaderSize && datagram.size() <= max_size &&
+        datagram.size() <= kMaxProbeSize);
   check(std::memcmp(data + 1, "VNTP", 4) == 0 && (out.flags & ~kKnownFlags) == 0);
   check(out.is_reply() == reply && (reply || out.flags == 0));
   check(!is_malformed_probe(status));

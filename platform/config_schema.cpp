@@ -252,10 +252,10 @@ class Walker {
   Diagnostics& d_;
 };
 
-}  // namespace
-
-std::string quote_value(std::string_view text) {
-  std::string out = "\"";
+// Controls and the invisible characters that reorder or break a line escaped (and quotes and
+// backslashes, for text shown in quotes): text as one honest line.
+std::string escape_text(std::string_view text, bool in_quotes) {
+  std::string out;
   for (std::size_t at = 0; at < text.size();) {
     const Utf8Sequence s = decode_utf8(text, at);
     char escaped[12];
@@ -266,7 +266,7 @@ std::string quote_value(std::string_view text) {
       continue;
     }
     const char32_t c = s.code_point;
-    if (c == '"' || c == '\\') {
+    if (in_quotes && (c == '"' || c == '\\')) {
       out += '\\';
       out += static_cast<char>(c);
     } else if (is_control(c) || c == 0x061c || c == 0x200e || c == 0x200f || (c >= 0x202a && c <= 0x202e) ||
@@ -279,7 +279,13 @@ std::string quote_value(std::string_view text) {
     }
     at += s.length;
   }
-  out += '"';
+  return out;
+}
+
+}  // namespace
+
+std::string quote_value(std::string_view text) {
+  std::string out = "\"" + escape_text(text, true) + "\"";
   if (out.size() > 60) {
     std::size_t cut = 57;  // never inside a character
     while (cut > 0 && (static_cast<unsigned char>(out[cut]) & 0xc0) == 0x80) --cut;
@@ -316,8 +322,9 @@ void Diagnostics::missing(std::string_view key, std::string_view expected) {
 }
 
 void Diagnostics::syntax_error(std::uint32_t line, std::uint32_t column, std::string_view message) {
-  errors_.emplace_back(
-      line, file_ + ":" + std::to_string(line) + ":" + std::to_string(column) + ": " + std::string(message));
+  // toml++ quotes the character it stopped at as is: a line break there would end the line.
+  errors_.emplace_back(line, file_ + ":" + std::to_string(line) + ":" + std::to_string(column) + ": " +
+                                 escape_text(message, false));
 }
 
 std::vector<std::string> Diagnostics::errors() const {
@@ -365,12 +372,18 @@ struct TextPosition {
 
 // toml++ 3.3 reaches __builtin_unreachable (undefined behaviour) when it tests some non-ASCII
 // characters for whitespace (marzer/tomlplusplus#190 and #295, fixed after 3.3). It does so
-// outside strings and comments, where TOML allows only ASCII anyway, and right after a
-// line-ending backslash in a multi-line basic string. A small scan finds the first such
-// character, so toml++ never sees it. fuzz/corpus/*_config/regression-non-ascii-*.
+// outside strings and comments, where TOML allows only ASCII anyway (toml++ reads a bare value
+// such as 250"x up to the next whitespace, ']', '}', ',' or '#', quotes included), and right after
+// a line-ending backslash in a multi-line basic string. This scan finds the first such character,
+// so toml++ never sees it. fuzz/corpus/*_config/regression-non-ascii-*.
 std::optional<TextPosition> find_non_ascii_toml_cannot_read(std::string_view text) {
   enum class In { kCode, kComment, kBasic, kLiteral, kMultiBasic, kMultiLiteral };
   In in = In::kCode;
+  // Enough of the grammar to tell whether a quote opens a string: arrays and inline tables, and
+  // whether a key or a value comes next.
+  std::vector<char> nest;
+  bool value = false;
+  bool in_bare_value = false;
   TextPosition at;
   std::size_t i = text.starts_with("\xEF\xBB\xBF") ? 3 : 0;  // a BOM is toml++'s to skip
   // Moves past n bytes, counting lines and characters (a UTF-8 continuation byte is no new one).
@@ -390,22 +403,42 @@ std::optional<TextPosition> find_non_ascii_toml_cannot_read(std::string_view tex
     while (i + n < text.size() && text[i + n] == q) ++n;
     return n;
   };
+  auto is_space = [](char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; };
   while (i < text.size()) {
     const char c = text[i];
     switch (in) {
       case In::kCode:
         if (static_cast<unsigned char>(c) >= 0x80) return at;
-        if (c == '#') {
+        if (in_bare_value && !is_space(c) && c != ']' && c != '}' && c != ',' && c != '#') break;
+        in_bare_value = false;
+        if (c == '\n' && nest.empty()) {
+          value = false;
+        } else if (c == '#') {
           in = In::kComment;
         } else if (c == '"' || c == '\'') {
           const bool multi = quotes_at(c) >= 3;
           in = c == '"' ? (multi ? In::kMultiBasic : In::kBasic) : (multi ? In::kMultiLiteral : In::kLiteral);
           advance(multi ? 3 : 1);
           continue;
+        } else if (c == '=') {
+          value = true;
+        } else if ((c == '[' || c == '{') && value) {
+          nest.push_back(c);
+          value = c == '[';
+        } else if ((c == ']' || c == '}') && !nest.empty()) {
+          nest.pop_back();
+          value = true;
+        } else if (c == ',') {
+          value = nest.empty() || nest.back() == '[';
+        } else if (value && !is_space(c)) {
+          in_bare_value = true;
         }
         break;
       case In::kComment:
-        if (c == '\n') in = In::kCode;
+        if (c == '\n') {
+          in = In::kCode;
+          continue;  // the line break as code
+        }
         break;
       case In::kBasic:
       case In::kLiteral:
@@ -427,7 +460,7 @@ std::optional<TextPosition> find_non_ascii_toml_cannot_read(std::string_view tex
           std::size_t j = i + 1;
           while (j < text.size() && (text[j] == ' ' || text[j] == '\t' || text[j] == '\r')) ++j;
           if (j < text.size() && text[j] == '\n') {  // a line-ending backslash: whitespace is trimmed
-            while (j < text.size() && (text[j] == ' ' || text[j] == '\t' || text[j] == '\r' || text[j] == '\n')) ++j;
+            while (j < text.size() && is_space(text[j])) ++j;
             advance(j - i);
             if (i < text.size() && static_cast<unsigned char>(text[i]) >= 0x80) return at;
             continue;

@@ -61,8 +61,9 @@ using SpoolIncarnation = std::array<std::uint8_t, 16>;
 struct SpoolConfig {
   std::filesystem::path dir;  // created (with parents) if missing
   // Bound on live bytes. An append that would exceed it first drops the oldest live records.
-  // Disk use stays below max_bytes + segment_bytes + max_record_bytes: a segment file is deleted
-  // only once every record in it is acked or dropped.
+  // Segment files stay below max_bytes + segment_bytes + max_record_bytes on disk (a segment file
+  // is deleted only once every record in it is acked or dropped, and the state is saved); the
+  // reserve, state and incarnation files come on top.
   std::uint64_t max_bytes = 64ull << 20;
   std::uint64_t segment_bytes = 4ull << 20;   // a new segment starts once this is reached
   std::uint32_t max_record_bytes = 4u << 20;  // payload limit, checked before any allocation

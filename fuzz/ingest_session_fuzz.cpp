@@ -8,8 +8,8 @@
 //   duplicate, RetryLater for failed), and the ones due are all queued while the session is open;
 // - a refusal (Rejected, or RetryLater for the session) leaves the session closing; once closing
 //   no batch is accepted; once closed nothing is written and it stays closed;
-// - an accepted batch is a verified Batch with a non-zero seq, of the certificate's agent and
-//   region, with strings that pass the peer-text rules;
+// - an accepted batch is a verified Batch with a non-zero seq, of the certificate's agent, region
+//   and PoP, with strings that pass the peer-text rules;
 // - unwritten acks stay within max_unsent_ack_bytes; a tick past the deadline closes.
 #include <algorithm>
 #include <array>
@@ -284,7 +284,9 @@ class Harness {
     for (const SessionBatch& b : session_.take_batches()) {
       check(was_accepting && !closed_);
       check(b.seq != 0 && !b.agent_id.empty() && b.agent_id == session_.cn());
+      // Residency is the certificate's: its region (one this collector serves) and PoP.
       const auto& regions = session_config().regions;
+      check(b.region == session_.identity().region && b.pop == session_.identity().pop);
       check(std::find(regions.begin(), regions.end(), b.region) != regions.end());
       const wire::Frame* frame = wire::verify_frame(b.frame);
       check(frame != nullptr && frame->message_as_Batch() != nullptr);

@@ -10,6 +10,7 @@
 #include <ctime>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "collector/store/jetstream_consumer.hpp"
@@ -18,6 +19,7 @@
 #include "platform/clock.hpp"
 #include "platform/log.hpp"
 #include "schemas/frame_codec.hpp"
+#include "schemas/peer_text.hpp"
 #include "schemas/wire_string.hpp"
 
 namespace vantage::collector {
@@ -225,6 +227,20 @@ int consume_command(std::span<const std::string_view> args, std::FILE* out) {
         ++bad;
         std::fprintf(out, "stream_seq=%" PRIu64 " INVALID %s (%zu bytes, Nats-Msg-Id %s)\n", m.stream_seq,
                      batch == nullptr ? "frame" : "incarnation header", m.frame.size(), shown(m.msg_id).c_str());
+        continue;
+      }
+      // The strings rules the ingest applies, again: a message from an older collector (or from
+      // anyone who may publish to the stream) is printed as invalid, never stored.
+      std::optional<wire::PeerTextFault> fault = wire::check_batch_text(*batch);
+      for (const auto& [field, value, kind] :
+           {std::tuple{"header Vantage-Agent", &m.agent, wire::PeerText::kAgentId},
+            std::tuple{"header Vantage-Region", &m.region, wire::PeerText::kRegion},
+            std::tuple{"header Vantage-Pop", &m.pop, wire::PeerText::kPop}}) {
+        if (!fault) fault = wire::check_peer_text(field, *value, kind);
+      }
+      if (fault) {
+        ++bad;
+        std::fprintf(out, "stream_seq=%" PRIu64 " INVALID strings: %s\n", m.stream_seq, fault->reason.c_str());
         continue;
       }
       const std::string agent = wire::text(batch->agent_id());

@@ -9,6 +9,9 @@ agent (a1) delivers throughout:
                reason in /metrics, and stored nowhere. `promtool check metrics` passes before,
                during and after; the collector's log holds no raw control byte or invalid UTF-8 (a
                newline a peer sent never starts a line of its own).
+  consume      a JetStream message with hostile strings (in the frame, in a header), as an older
+               collector or anyone who may publish could leave it: `vantage-collector consume --db`
+               prints it as invalid, escaped, and stores none of it, while a real agent's batches are.
   status-page  a real agent whose targets are named with quotes, </script>, markup, RTL marks and
                overrides and 4-byte UTF-8: /metrics passes promtool, /api/status carries the names,
                and headless Chromium renders them in the matrix as text, with no element injected.
@@ -20,7 +23,7 @@ agent (a1) delivers throughout:
 Frames are written with flatc from JSON (its --allow-non-utf8 takes \\xNN escapes), so any bytes
 can go into any string. Run: hostile_strings_test.py --agent BIN --collector BIN --pki
 tools/dev-pki.sh --flatc FLATC [--only NAME] [-- EMULATOR WORDS...]; 77 when a host program it
-needs (promtool, chromium, curl) is missing.
+needs (promtool, chromium, curl, nats-server) is missing.
 """
 import html.parser
 import json
@@ -518,8 +521,68 @@ def scenario_big_post(world):
             f"a1 stored {stored_before} -> {stored_during} during -> {world.batches('a1')} batches")
 
 
+def nats_publish(port, subject, headers, payload):
+    """One message with headers over NATS's text protocol (CONNECT, HPUB, PING/PONG to flush)."""
+    head = "NATS/1.0\r\n".encode() + b"".join(k + b": " + v + b"\r\n" for k, v in headers) + b"\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        s.recv(4096)  # INFO
+        s.sendall(b'CONNECT {"verbose":false,"pedantic":false,"headers":true,"no_responders":false}\r\n')
+        s.sendall(f"HPUB {subject} {len(head)} {len(head) + len(payload)}\r\n".encode() + head + payload +
+                  b"\r\nPING\r\n")
+        answer = b""
+        while b"PONG" not in answer and b"-ERR" not in answer:
+            data = s.recv(4096)
+            if not data:
+                break
+            answer += data
+        assert b"-ERR" not in answer, answer
+
+
+def scenario_consume(world):
+    """A stream message with hostile strings (from an older collector, or anyone who may publish):
+    `vantage-collector consume --db` prints it as invalid, escaped, and stores nothing of it."""
+    nats = need("nats-server", "nats-server")
+    nats_port = free_port()
+    world.spawn("nats-server", [nats, "-js", "-a", "127.0.0.1", "-p", str(nats_port), "-sd",
+                                os.path.join(world.dir, "jetstream")], emulate=False)
+    url = f"nats://127.0.0.1:{nats_port}"
+    wait_for(lambda: socket.create_connection(("127.0.0.1", nats_port), timeout=1).close() or True, 20,
+             "nats-server")
+    stream = "HOSTILE"
+    collector = harness.World.start_collector(world, "--jetstream", url, "--stream", stream, db=False)
+    agent = world.start_agent("a1", "--interval", "0.5", "--no-reflector", "--load-interval", "0")
+    wait_for(lambda: "connected to collector" in agent.text(), 60, "a1's session")
+    time.sleep(2)  # a few good batches in the stream first
+    forged = "FORGED-by-publisher"
+    body = batch(world, 7, target=b"evil\n" + forged.encode())[4:]
+    nats_publish(nats_port, f"vantage.telemetry.{REGION}", [
+        (b"Vantage-Agent", b"a2"), (b"Vantage-Region", REGION.encode()), (b"Vantage-Pop", b"a2"),
+        (b"Vantage-Seq", b"7"), (b"Nats-Msg-Id", b"a2-hostile-7")], body)
+    good = batch(world, 8)[4:]
+    nats_publish(nats_port, f"vantage.telemetry.{REGION}", [
+        (b"Vantage-Agent", b"a2\x1b[2J"), (b"Vantage-Region", REGION.encode()), (b"Vantage-Pop", b"a2"),
+        (b"Vantage-Seq", b"8"), (b"Nats-Msg-Id", b"a2-hostile-8")], good)
+    agent.stop()
+    collector.stop()
+    db = os.path.join(world.dir, "consumed.db")
+    out = subprocess.run(world.args.emulator + [world.args.collector, "consume", "--jetstream", url, "--stream",
+                                                 stream, "--timeout", "2000", "--db", db],
+                         capture_output=True, timeout=120)
+    text = out.stdout.decode("utf-8")  # strict
+    invalid = [l for l in text.splitlines() if "INVALID strings" in l]
+    assert len(invalid) == 2, f"consume: {out.returncode}\n{text[-3000:]}\n{out.stderr.decode(errors='replace')[-1000:]}"
+    assert "Batch.latency[1].target" in invalid[0] and "control character U+000A" in invalid[0], invalid[0]
+    assert "header Vantage-Agent" in invalid[1] and "U+001B" in invalid[1], invalid[1]
+    assert not any(l.startswith(forged) for l in text.splitlines()) and "\x1b" not in text
+    assert Store(db).seqs("a2") == [], "a hostile message was stored"
+    good_rows = len(Store(db).seqs("a1"))
+    assert good_rows > 0, "consume stored none of a1's batches"
+    return f"2 hostile messages printed as invalid ({invalid[0][:90]}...); a1's {good_rows} batches stored"
+
+
 SCENARIOS = {
     "refused": scenario_refused,
+    "consume": scenario_consume,
     "status-page": scenario_status_page,
     "big-post": scenario_big_post,
 }

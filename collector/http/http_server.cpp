@@ -19,6 +19,7 @@
 #include "collector/http/prometheus_text.hpp"
 #include "collector/http/status_page.hpp"
 #include "platform/clock.hpp"
+#include "platform/log.hpp"
 
 namespace vantage::collector::http {
 
@@ -353,6 +354,13 @@ platform::Status HttpServer::start() {
                                      platform::Errc::kIo);
     }
     l.bound = asio::ip::tcp::endpoint(endpoint.address(), static_cast<std::uint16_t>(port));
+    if (!endpoint.address().is_loopback()) {
+      // Said once at start: an operator's choice, but not one to make by accident.
+      platform::log(platform::LogLevel::kNotice,
+                    "http: %s:%d is reachable beyond this host; /metrics and the status page have no "
+                    "authentication (a loopback address or a management network keeps them private)",
+                    endpoint.address().is_v6() ? ("[" + host + "]").c_str() : host.c_str(), port);
+    }
     httplib::Server* server = l.server.get();
     l.thread = std::thread([server] { server->listen_after_bind(); });
     impl_->listeners.push_back(std::move(l));

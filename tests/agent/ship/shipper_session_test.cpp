@@ -174,6 +174,7 @@ ship::ShipperConfig base_config(const std::filesystem::path& dir) {
   c.collectors = {{"collector-a", 7443, ""}, {"collector-b", 7444, ""}};
   c.capabilities = ship::kCapabilityUdpEcho | ship::kCapabilityIcmp | ship::kCapabilityReflector;
   c.spool.dir = dir;
+  c.spool.sync_wait = std::chrono::seconds(30);  // a slow fsync on a loaded machine is not a hung one here
   return c;
 }
 

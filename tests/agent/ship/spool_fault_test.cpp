@@ -77,6 +77,17 @@ SpoolConfig fault_config(const fs::path& dir, std::shared_ptr<FaultySpoolFiles> 
   return c;
 }
 
+// flush(), again while a sync is still running (a loaded machine can make a healthy fsync outlast
+// its wait; the spool then reports it pending and the next call retries).
+Status flush_until_done(Spool& s) {
+  Status st = s.flush();
+  for (int i = 0; i < 3000 && st.code() == Errc::kUnavailable; ++i) {
+    std::this_thread::sleep_for(10ms);
+    st = s.flush();
+  }
+  return st;
+}
+
 // Opens through faults; each armed fault is finite, so some attempt succeeds.
 std::optional<Spool> open_through(const SpoolConfig& c) {
   for (int attempt = 0; attempt < 20; ++attempt) {
@@ -154,8 +165,8 @@ void run(const std::vector<Fault>& faults, bool every_record) {
   for (int round = 0; round < 20 && s.stats().records > 0; ++round) deliver(s, b, 8);
   const Status acked = s.ack(s.next_seq() - 1);
   INFO(acked.message());
-  CHECK(acked);
-  const Status flushed = s.flush();
+  CHECK((acked || acked.code() == Errc::kUnavailable));  // a loaded machine's slow sync: flush saves it
+  const Status flushed = flush_until_done(s);
   INFO(flushed.message());
   CHECK(flushed);
   CHECK(s.stats().records == 0);
@@ -367,31 +378,34 @@ TEST_CASE("spool faults: a hung fsync does not block the spool's caller, and sho
   auto files = std::make_shared<FaultySpoolFiles>();
   SpoolConfig cfg = fault_config(tmp.path(), files, false);
   cfg.max_bytes = 1 << 20;
-  cfg.sync_wait = 50ms;
+  cfg.sync_wait = 300ms;
   auto o = open_ok(cfg);
   Spool& s = o.spool;
   for (int i = 0; i < 3; ++i) append_ok(s, 40);
-  REQUIRE(s.flush());
+  // A loaded machine may make a healthy sync outlast its wait: those stalls are not the test's.
+  for (int i = 0; i < 100 && !s.flush(); ++i) std::this_thread::sleep_for(10ms);
+  REQUIRE(s.durable_seq() == 3);
+  const std::uint64_t stalls = s.stats().sync_stalls;
   files->arm({Fault{SpoolOp::kSync, 1, FaultAction::kBlock, 0, kForever}});
   append_ok(s, 40);
   const Status st = s.flush();  // returns although the fsync under it does not
   CHECK(st.code() == Errc::kUnavailable);
   CHECK(files->blocked());
   CHECK(s.durable_seq() == 3);  // seq 4 is not durable, so it is not sent yet
-  CHECK(s.stats().sync_stalls == 1);
+  CHECK(s.stats().sync_stalls == stalls + 1);
   // Everything else goes on: appends, reads, acks (whose state save waits for the sync).
   for (int i = 0; i < 5; ++i) append_ok(s, 40);
   CHECK(consecutive(read_all(s), 1, 9));
   CHECK(s.ack(2).code() == Errc::kUnavailable);
   CHECK(s.acked_seq() == 2);
   CHECK(s.flush().code() == Errc::kUnavailable);
-  CHECK(s.stats().sync_stalls == 1);  // one hung sync, one stall: no pile of threads behind it
+  CHECK(s.stats().sync_stalls == stalls + 1);  // one hung sync, one stall: no pile of threads behind it
   std::this_thread::sleep_for(20ms);
   CHECK(s.stats().sync_stalled_ms >= 20);
 
   files->release();
   Status flushed = s.flush();
-  for (int i = 0; i < 200 && !flushed; ++i) {
+  for (int i = 0; i < 3000 && !flushed; ++i) {
     std::this_thread::sleep_for(10ms);
     flushed = s.flush();
   }
@@ -410,7 +424,7 @@ TEST_CASE("spool faults: a spool whose fsync hangs at open still opens, and sync
   auto files = std::make_shared<FaultySpoolFiles>();
   SpoolConfig cfg = fault_config(tmp.path(), files, false);
   cfg.max_bytes = 1 << 20;
-  cfg.sync_wait = 50ms;
+  cfg.sync_wait = 300ms;
   {
     auto o = open_ok(cfg);
     for (int i = 0; i < 7; ++i) append_ok(o.spool, 40);
@@ -425,7 +439,7 @@ TEST_CASE("spool faults: a spool whose fsync hangs at open still opens, and sync
     append_ok(o.spool, 40);
     files->release();
     Status flushed = o.spool.flush();
-    for (int i = 0; i < 200 && !flushed; ++i) {
+    for (int i = 0; i < 3000 && !flushed; ++i) {
       std::this_thread::sleep_for(10ms);
       flushed = o.spool.flush();
     }

@@ -55,6 +55,7 @@ std::string render_status_json(const LiveSnapshot& view, const IngestCounters& c
     j.field("loss", l.loss_ratio);
     j.field("sent", l.sent);
     j.field("lost", l.lost);
+    j.field("unresolved", l.unresolved);  // the agent has no address for this target's name
     j.field("age_s", static_cast<double>(now_ns - l.interval_end_ns) / 1e9);
     j.end_object();
   }

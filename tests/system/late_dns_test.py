@@ -9,6 +9,7 @@ flow, and the collector's /metrics shows the target unresolved, not lost), then 
 Skipped (77) where a private mount namespace cannot be made (not root, no CAP_SYS_ADMIN).
 Run: late_dns_test.py --agent BIN --collector BIN --pki tools/dev-pki.sh [-- EMULATOR WORDS...]
 """
+import json
 import os
 import re
 import signal
@@ -57,6 +58,12 @@ def metric(body, name, target):
         if line.startswith(name + "{") and f'target="{target}"' in line:
             return float(line.rsplit(" ", 1)[1])
     return None
+
+
+def status_cell(url, target):
+    """The /api/status matrix cell of `target`, or None."""
+    cells = json.loads(urllib.request.urlopen(url, timeout=10).read().decode())["cells"]
+    return next((c for c in cells if c["dst"] == target), None)
 
 
 def scenario(world):
@@ -109,9 +116,12 @@ def scenario(world):
         urllib.request.urlopen(metrics_url, timeout=10).read().decode()), 60, "the target unresolved in /metrics")
     assert metric(body, "vantage_probes_lost", label) == 0, "an unresolved target was reported as loss"
     assert metric(body, "vantage_probes_sent", label) == 0, "an unresolved target was probed"
+    status_url = f"http://127.0.0.1:{http_port}/api/status"
+    cell = status_cell(status_url, label)
+    assert cell and cell["unresolved"] is True and cell["lost"] == 0, f"/api/status cell: {cell}"
     lost = world.scalar("SELECT coalesce(sum(lost), 0) FROM latency_summaries WHERE target = ?", label)
     assert lost == 0, f"{lost} probes counted lost while the name did not resolve"
-    results.append("collector resolved: batches stored, target unresolved (not lost) in /metrics")
+    results.append("collector resolved: batches stored, target unresolved (not lost) in /metrics and /api/status")
 
     # The target's name appears too: it is probed and its RTTs reach the store.
     with open(hosts, "r+") as f:
@@ -121,6 +131,8 @@ def scenario(world):
                                           label) >= 2, 90, "measured intervals of the late target in the store")
     harness.wait_for(lambda: metric(urllib.request.urlopen(metrics_url, timeout=10).read().decode(),
                                     "vantage_target_unresolved", label) == 0, 60, "the target resolved in /metrics")
+    cell = status_cell(status_url, label)
+    assert cell and cell["unresolved"] is False, f"/api/status cell: {cell}"
     received = world.scalar("SELECT sum(received) FROM latency_summaries WHERE target = ?", label)
     manager.take()
     manager.wait_for(lambda m: m == "WATCHDOG=1", 10, "WATCHDOG=1 after the names resolved")

@@ -156,7 +156,9 @@ std::string status_line(const AgentOptions& options, const Running& r) {
 }
 
 // Healthy when the aggregator loop ran within the last few report-poll periods and the shipper's
-// thread answers: a wedged thread stops the watchdog pings and systemd restarts the agent.
+// thread answers: a wedged thread stops the watchdog pings and systemd restarts the agent. Neither
+// thread waits on the disk for long: spool fsyncs run on the spool's sync worker (a hung one is a
+// stall in STATUS and the logs, not a restart, which could not unhang the disk anyway).
 bool healthy(const Running& r) {
   const std::int64_t beat = r.measurement->aggregator_heartbeat_ns();
   const bool aggregator = beat != 0 && vantage::platform::monotonic_ns() - beat < 5'000'000'000;

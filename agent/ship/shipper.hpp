@@ -111,8 +111,9 @@ class Shipper {
 
   ShipperCounters counters() const;
 
-  // True when the shipper's thread runs a posted task within timeout: a wedged shipper (a
-  // blocked disk, a stuck lock) stops the daemon's watchdog pings.
+  // True when the shipper's thread runs a posted task within timeout: a wedged shipper (a stuck
+  // lock) stops the daemon's watchdog pings. A hung fsync does not: the spool's syncs run on its
+  // sync worker and the shipper waits for one at most SpoolConfig::sync_wait (a stall, counted).
   bool responsive(std::chrono::milliseconds timeout) const;
 
   struct Impl;

@@ -232,6 +232,10 @@ void Measurement::Impl::on_name(std::size_t name, const NameState& state) {
   } else if (state.address && known && *state.address != *known) {
     platform::log(platform::LogLevel::kInfo, "target %s: %s now resolves to %s (was %s)", t.label.c_str(),
                   t.host.c_str(), state.address->to_string().c_str(), known->to_string().c_str());
+  } else if (!state.address && known) {
+    platform::log(platform::LogLevel::kWarning,
+                  "target %s: %s no longer resolves (%s; was %s); reported unresolved until it does",
+                  t.label.c_str(), t.host.c_str(), state.error.c_str(), known->to_string().c_str());
   } else if (!state.address) {
     platform::log(platform::LogLevel::kWarning, "target %s: %s does not resolve (%s); reported unresolved until it does",
                   t.label.c_str(), t.host.c_str(), state.error.c_str());

@@ -139,12 +139,25 @@ def scenario(world):
     manager.wait_for(lambda m: m.startswith("STATUS=1 targets, connected"), 10, "STATUS without unresolved targets")
     results.append(f"target resolved: {received} replies stored")
 
-    # Each change logged once.
+    # The name goes away (found at the next refresh) and comes back: probing pauses and resumes.
+    with open(hosts, "r+") as f:  # never empty meanwhile: the collector's name must stay
+        f.write(BASE_HOSTS + f"127.0.0.1 {COLLECTOR}\n")
+        f.truncate()
+    agent.wait_log(f"{TARGET} no longer resolves", 60)
+    with open(hosts, "r+") as f:
+        f.write(BASE_HOSTS + f"127.0.0.1 {COLLECTOR}\n127.0.0.1 {TARGET}\n")
+    harness.wait_for(lambda: len(re.findall(re.escape(f"{TARGET} resolves to 127.0.0.1"), agent.text())) == 2, 60,
+                     "the target's name resolving again")
+    results.append("resolved -> unresolved -> resolved")
+
+    # Each change logged once, with the address where there is one.
     log = agent.text()
-    for line in (f"{TARGET} does not resolve", f"{TARGET} resolves to 127.0.0.1",
-                 f"collector {COLLECTOR} does not resolve", f"collector {COLLECTOR} resolves to 127.0.0.1"):
+    for line, count in ((f"{TARGET} does not resolve", 1), (f"{TARGET} resolves to 127.0.0.1", 2),
+                        (f"{TARGET} no longer resolves (", 1), (f"was 127.0.0.1); reported unresolved", 1),
+                        (f"collector {COLLECTOR} does not resolve", 1),
+                        (f"collector {COLLECTOR} resolves to 127.0.0.1", 1)):
         n = len(re.findall(re.escape(line), log))
-        assert n == 1, f"'{line}' logged {n} times"
+        assert n == count, f"'{line}' logged {n} times, expected {count}"
 
     agent.signal(signal.SIGTERM)
     manager.wait_for(lambda m: m == "STOPPING=1", 10, "STOPPING=1")

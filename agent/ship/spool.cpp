@@ -776,12 +776,16 @@ Status Spool::append(std::uint64_t seq, std::span<const std::byte> payload) {
     return Status::error("spool " + config_.dir.string() + ": seq space exhausted", Errc::kExhausted);
   }
 
+  // Errors absorbed here are counted; a sync still running is a stall (counted as such) instead.
+  const auto absorb = [this](const Status& st) {
+    if (!st && st.code() != Errc::kUnavailable) ++retried_errors_;
+  };
   // A state that could not be saved earlier is tried again; its failure does not stop the record.
-  if (state_dirty_ && !persist_state()) ++retried_errors_;
+  if (state_dirty_) absorb(persist_state());
   // Drops are persisted before the new record is written, so a crash in between loses nothing
   // that was not already counted as dropped. If that save fails, the dropped records stay on disk
   // (not live) until a later save; a crash before then brings them back, which loses nothing.
-  if (drop_oldest_for(rec) > 0 && !persist_state()) ++retried_errors_;
+  if (drop_oldest_for(rec) > 0) absorb(persist_state());
 
   for (;;) {
     int err = 0;
@@ -804,8 +808,9 @@ Status Spool::write_record(std::uint64_t seq, std::span<const std::byte> payload
   const bool every_record = config_.fsync == SpoolConfig::Fsync::kEveryRecord;
   if (!every_record && unsynced_ && std::chrono::steady_clock::now() - last_sync_ >= config_.fsync_interval) {
     // Keeps syncs at most fsync_interval apart while appends continue; a failure is retried by the
-    // next one or by flush(), and only delays sending.
-    if (!sync_data()) ++retried_errors_;
+    // next one or by flush(), and only delays sending. (A sync still running is a stall, counted
+    // as such, not an error.)
+    if (const Status st = sync_data(); !st && st.code() != Errc::kUnavailable) ++retried_errors_;
   }
   if (write_fd_.valid() && segments_.back().size > 0 && segments_.back().size + rec > config_.segment_bytes) {
     // A closed segment that holds unsynced data keeps its descriptor until flush() syncs it.
@@ -839,9 +844,7 @@ Status Spool::write_record(std::uint64_t seq, std::span<const std::byte> payload
     int r = sync_fd(write_fd_.get(), true);
     if (r == 0 && dir_unsynced_) r = fsync_dir();
     // Still running: the record is written, and becomes durable (and sendable) with a later sync.
-    if (r == SpoolSyncer::kPending) {
-      ++retried_errors_;
-    } else {
+    if (r != SpoolSyncer::kPending) {
       err = r;
       durable = r == 0;
     }

@@ -68,6 +68,8 @@ std::string join(std::string_view prefix, std::string_view name) {
   return prefix.empty() ? std::string(name) : std::string(prefix) + "." + std::string(name);
 }
 
+std::string escape_text(std::string_view text, bool in_quotes);
+
 // The value as the file spells it, so an error shows what was read. Strings always in basic
 // (double-quoted) form, whichever form the file used.
 std::string describe(const toml::node& node) {
@@ -76,8 +78,25 @@ std::string describe(const toml::node& node) {
   if (const toml::value<std::string>* s = node.as_string()) return quote_value(s->get());
   std::ostringstream os;
   node.visit([&](const auto& n) { os << n; });
-  std::string text = os.str();
-  if (text.size() > 60) text = text.substr(0, 57) + "...";
+  // toml++ prints a long array over several indented lines: here one line, escaped as any text,
+  // cut between characters.
+  std::string flat;
+  bool line_break = false;
+  for (const char c : os.str()) {
+    if (c == '\n' || c == '\r' || (line_break && (c == ' ' || c == '\t'))) {
+      line_break = true;
+      continue;
+    }
+    if (line_break && !flat.empty() && flat.back() != '[') flat += ' ';
+    line_break = false;
+    flat += c;
+  }
+  std::string text = escape_text(flat, false);
+  if (text.size() > 60) {
+    std::size_t cut = 57;
+    while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xc0) == 0x80) --cut;
+    text = text.substr(0, cut) + "...";
+  }
   return text;
 }
 

@@ -159,6 +159,9 @@ TEST_CASE("collector config: what toml++ 3.3 mishandles is a syntax error, non-A
       {"[ingest]\npop \xc7\x9atries = 3\n", "collector.toml:2:5" + kNonAscii},
       {"[tls]\nca = \"\"\"\\\n  \xc2\xa7/ca.crt\"\"\"\n", "collector.toml:3:3" + kNonAscii},
       {"[ingest]\nmax_frame = 1\"\xc2\xa7\"\n", "collector.toml:2:15" + kNonAscii},
+      // toml++ prints a long array over several lines: shown as one.
+      {"[ingest]\nregions = [\"eu-west\"]\nmax_sessions = [\"" + std::string(70, 'a') + "\", \"b\"]\n",
+       "collector.toml:3: ingest.max_sessions: expected an integer in 1..1000000, got [ 'aaaa"},
       // toml++ quotes the line break it stopped at: escaped, so the error stays one line.
       {"[ingest]\nio_threads = tru\n",
        "collector.toml:2:17: Error while parsing boolean: expected 'true', saw 'tru\\u000a'"},

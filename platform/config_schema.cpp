@@ -392,9 +392,10 @@ struct TextPosition {
 // toml++ 3.3 reaches __builtin_unreachable (undefined behaviour) when it tests some non-ASCII
 // characters for whitespace (marzer/tomlplusplus#190 and #295, fixed after 3.3). It does so
 // outside strings and comments, where TOML allows only ASCII anyway (toml++ reads a bare value
-// such as 250"x up to the next whitespace, ']', '}', ',' or '#', quotes included), and right after
-// a line-ending backslash in a multi-line basic string. This scan finds the first such character,
-// so toml++ never sees it. fuzz/corpus/*_config/regression-non-ascii-*.
+// such as 250"x up to the next whitespace, ']', '}', ',' or '#', quotes included), and after a
+// backslash in a basic string (escapes are ASCII; a line-ending backslash in a multi-line string
+// trims the whitespace after it). This scan finds the first such character, so toml++ never sees
+// it. fuzz/corpus/*_config/regression-non-ascii-*.
 std::optional<TextPosition> find_non_ascii_toml_cannot_read(std::string_view text) {
   enum class In { kCode, kComment, kBasic, kLiteral, kMultiBasic, kMultiLiteral };
   In in = In::kCode;
@@ -464,7 +465,8 @@ std::optional<TextPosition> find_non_ascii_toml_cannot_read(std::string_view tex
         if (c == '\n' || c == (in == In::kBasic ? '"' : '\'')) {
           in = In::kCode;
         } else if (c == '\\' && in == In::kBasic) {
-          advance(1);  // the escaped character
+          advance(1);  // the escaped character, which TOML allows to be ASCII only
+          if (i < text.size() && static_cast<unsigned char>(text[i]) >= 0x80) return at;
         }
         break;
       case In::kMultiBasic:
@@ -476,15 +478,14 @@ std::optional<TextPosition> find_non_ascii_toml_cannot_read(std::string_view tex
           continue;
         }
         if (c == '\\' && in == In::kMultiBasic) {
+          // toml++ skips the whitespace after a backslash, line breaks included (a line-ending
+          // backslash trims it), testing every character it meets.
           std::size_t j = i + 1;
-          while (j < text.size() && (text[j] == ' ' || text[j] == '\t' || text[j] == '\r')) ++j;
-          if (j < text.size() && text[j] == '\n') {  // a line-ending backslash: whitespace is trimmed
-            while (j < text.size() && is_space(text[j])) ++j;
-            advance(j - i);
-            if (i < text.size() && static_cast<unsigned char>(text[i]) >= 0x80) return at;
-            continue;
-          }
-          advance(1);  // the escaped character
+          while (j < text.size() && is_space(text[j])) ++j;
+          const bool skipped = j > i + 1;
+          advance(skipped ? j - i : 1);  // to what follows the whitespace, or the escaped character
+          if (i < text.size() && static_cast<unsigned char>(text[i]) >= 0x80) return at;
+          if (skipped) continue;
         }
         break;
       }
@@ -501,7 +502,7 @@ void parse_text(std::string_view text, std::span<const KeyInfo> keys, const Visi
   if (const std::optional<TextPosition> at = find_non_ascii_toml_cannot_read(text)) {
     diagnostics.syntax_error(at->line, at->column,
                              "a non-ASCII character outside a string or comment (or right after a "
-                             "line-ending backslash in a multi-line string)");
+                             "backslash in a string)");
     return;
   }
   toml::parse_result parsed = toml::parse(text, diagnostics.file());

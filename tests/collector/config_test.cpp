@@ -151,14 +151,15 @@ TEST_CASE("collector config: what toml++ 3.3 mishandles is a syntax error, non-A
     std::string error;
   };
   const std::string kNonAscii =
-      ": a non-ASCII character outside a string or comment (or right after a line-ending backslash in a "
-      "multi-line string)";
+      ": a non-ASCII character outside a string or comment (or right after a backslash in a string)";
   const std::vector<Case> cases{
       {"[ingest]\n[!x]\n", "collector.toml:2:2: "},
       {"[[[ingest]]]\n", "collector.toml:1:3: "},
       {"[ingest]\npop \xc7\x9atries = 3\n", "collector.toml:2:5" + kNonAscii},
       {"[tls]\nca = \"\"\"\\\n  \xc2\xa7/ca.crt\"\"\"\n", "collector.toml:3:3" + kNonAscii},
       {"[ingest]\nmax_frame = 1\"\xc2\xa7\"\n", "collector.toml:2:15" + kNonAscii},
+      {"[tls]\nca = \"\"\"\\\xef\xb5\xbf\"\"\"\n", "collector.toml:2:10" + kNonAscii},
+      {"[tls]\nca = \"\"\"\\  \xc2\xa7\"\"\"\n", "collector.toml:2:12" + kNonAscii},
       // toml++ prints a long array over several lines: shown as one.
       {"[ingest]\nregions = [\"eu-west\"]\nmax_sessions = [\"" + std::string(70, 'a') + "\", \"b\"]\n",
        "collector.toml:3: ingest.max_sessions: expected an integer in 1..1000000, got [ 'aaaa"},

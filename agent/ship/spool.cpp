@@ -687,8 +687,17 @@ Status Spool::write_file_atomically(const char* tmp_name, const char* name, std:
 }
 
 Status Spool::write_state() {
-  return write_file_atomically(
-      kStateTmpName, kStateName, encode_state(StateFile{next_seq_, acked_seq_, dropped_through_, dropped_total_}));
+  const auto bytes = encode_state(StateFile{next_seq_, acked_seq_, dropped_through_, dropped_total_});
+  Status st = write_file_atomically(kStateTmpName, kStateName, bytes);
+  if (st || st.code() != Errc::kExhausted) return st;
+  // A full disk and no reserve left: the state is rewritten in place, which needs no new space,
+  // so acks and drops can still be saved (and segments deleted). Not atomic, but the 44 bytes sit
+  // in one sector, and a torn write fails the CRC: the next open() then takes the state as
+  // corrupt, which loses nothing (all spooled records count as unacked, under a new incarnation).
+  SpoolFd fd(files_->openat(dir_fd_.get(), kStateName, O_WRONLY | O_CLOEXEC, 0));
+  if (!fd.valid() || pwrite_full(*files_, fd.get(), bytes, {}, 0) != 0) return st;
+  if (const int r = sync_fd(fd.get(), false); r != 0) return sync_error(r, "cannot fsync", config_.dir / kStateName);
+  return {};
 }
 
 Status Spool::persist_state() {

@@ -452,3 +452,26 @@ TEST_CASE("spool faults: a spool whose fsync hangs at open still opens, and sync
   CHECK(o.spool.durable_seq() == 8);
   CHECK(consecutive(read_all(o.spool), 1, 8));
 }
+
+TEST_CASE("spool faults: with no room for a new state file, the state is rewritten in place") {
+  TempDir tmp{"/dev/shm"};
+  auto files = std::make_shared<FaultySpoolFiles>();
+  SpoolConfig cfg = fault_config(tmp.path(), files, false);
+  cfg.max_bytes = 1 << 20;
+  cfg.reserve_bytes = 0;  // no reserve to give up
+  auto o = open_ok(cfg);
+  for (int i = 0; i < 9; ++i) append_ok(o.spool, 40);
+  const auto segments = o.spool.stats().segments;
+  // state.tmp cannot be created (a full disk, or no inode left), the existing state file is there.
+  files->arm({Fault{SpoolOp::kOpen, 1, FaultAction::kErrno, ENOSPC, 1}});
+  const Status st = o.spool.ack(6);
+  INFO(st.message());
+  CHECK(st);
+  CHECK_FALSE(o.spool.stats().state_unsaved);
+  CHECK(o.spool.stats().segments < segments);  // saved, so the acked segments went
+  CHECK(files->injected() == 1);
+  o = open_ok(cfg);
+  CHECK(o.warnings.empty());
+  CHECK(o.spool.acked_seq() == 6);
+  CHECK(consecutive(read_all(o.spool), 7, 9));
+}

@@ -47,6 +47,8 @@ namespace vantage::agent::ship {
 //   <dir>/reserve    (reserve_bytes of zeros, when reserve_bytes > 0)
 //       Space held back for the state file: on a full disk it is deleted so that drops and acks
 //       can still be saved (and dropped segments deleted), and it is made again once there is room.
+//       With the reserve used up, the state file is rewritten in place (no new space; a torn write
+//       fails the CRC and reads as a corrupt state, which loses nothing).
 //
 // A record is live when its seq is above both acked_seq and dropped_through. Sizes count whole
 // records (header + payload) as they sit on disk.
@@ -148,9 +150,10 @@ class SpoolFd {
 };
 
 // Failures and full disks: an append that finds the disk full (ENOSPC, EDQUOT) drops the oldest
-// segment's live records (counted in dropped_total and full_disk_drops), saves the state, deletes
-// what is dead and tries again, until it fits or nothing older is left; only then does it fail
-// (append_failures). A state file that cannot be saved never wedges anything: acked_seq and the
+// segment's live records (counted in dropped_total and full_disk_drops), saves the state (with the
+// reserve file, or in place), deletes what is dead and tries again, until it fits or nothing older
+// is left; only then does it fail (append_failures). Dropping happens only when the drop can be
+// saved: unsaved, it would free nothing. A state file that cannot be saved never wedges anything: acked_seq and the
 // drops stay in memory, segments stay on disk until a later ack(), append() or flush() saves it.
 // A record that cannot be read (I/O error) is tried again on later calls, a few times, before it
 // is given up (corrupt_reads). fsyncs run on a worker thread, waited for at most sync_wait.

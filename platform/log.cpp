@@ -77,8 +77,11 @@ void write_line(char* line, std::size_t length) noexcept {
 
 // Formats "<level>identity: " into line; returns its length (0 on failure).
 std::size_t write_prefix(char* line, int level) noexcept {
-  const int n = std::snprintf(line, kLineSize, "<%d>%s: ", level, identity.load(std::memory_order_relaxed));
-  return n < 0 ? 0 : std::min(static_cast<std::size_t>(n), kLineSize - 1);
+  // The identity is a program name; bounding the prefix keeps room for the text (and tells the
+  // compiler so: a summary line must not be cut to nothing).
+  constexpr std::size_t kMaxPrefix = kLineSize / 4;
+  const int n = std::snprintf(line, kMaxPrefix, "<%d>%s: ", level, identity.load(std::memory_order_relaxed));
+  return n < 0 ? 0 : std::min(static_cast<std::size_t>(n), kMaxPrefix - 1);
 }
 
 void write_summary(const RepeatSlot& slot) noexcept {

@@ -34,7 +34,7 @@
   X(tls_failures, std::uint64_t, "vantage_agent_tls_failures_total", Counter, 1.0, "", "",                     \
     "TLS handshakes with a collector that failed.")                                                           \
   X(rejected, std::uint64_t, "vantage_agent_rejected_total", Counter, 1.0, "", "",                             \
-    "Sessions a collector refused (identity, region).")                                                       \
+    "Refusals from a collector: a session (identity, region) or a batch, which stays spooled.")               \
   X(spool_errors, std::uint64_t, "vantage_agent_spool_errors_total", Counter, 1.0, "", "",                     \
     "Spool writes, acks and syncs that failed on the agent (I/O error, disk full).")                           \
   X(spool_lost, std::uint64_t, "vantage_agent_spool_lost_total", Counter, 1.0, "", "",                         \

@@ -441,6 +441,13 @@ platform::Result<AgentOptions> parse_args(const std::vector<std::string_view>& a
       t.label = !name.empty()     ? name
                 : t.host.empty() ? target_label(protocol, t.address, t.port)
                                  : target_label(protocol, t.host, t.port);
+      // The label travels in every batch: one the collector refuses (a long host name with its
+      // port) would get every batch refused, and the agent retries a refused batch first.
+      if (!client) {
+        if (const auto fault = wire::check_peer_text("label", t.label, wire::PeerText::kTarget)) {
+          return fail(std::string(arg) + ": " + fault->reason + "; give it a shorter NAME=");
+        }
+      }
       t.rate_per_s = rate;
       t.timeout = std::chrono::nanoseconds(std::llround(timeout_ms * 1e6));
       t.payload_size = size;

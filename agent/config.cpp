@@ -182,7 +182,8 @@ const cfg::Key<Draft> kKeys[] = {
     {"targets[].host", Kind::kString, "", kAlways, "an IP address or a host name",
      "A name is resolved in the background (the first address): the agent starts while it does not "
      "resolve, reports the target unresolved (not lost), retries with backoff and follows the name "
-     "when its address changes. A client target takes an IP address.",
+     "when its address changes. A client target takes an IP address. Without a name, the label (the host, "
+     "with :port for udp and tcp) must fit in 128 bytes.",
      nullptr,
      [](Draft& d, const Value& v) {
        d.targets.back().host = v.text();
@@ -390,6 +391,16 @@ void build_targets(Draft& d, cfg::Diagnostics& diagnostics) {
                  : !t.name.empty() ? t.name
                  : spec.host.empty() ? target_label(protocol, spec.address, spec.port)
                                      : target_label(protocol, spec.host, spec.port);
+    // The label travels in every batch: one the collector refuses (a long host name with its
+    // port) would get every batch refused, and the agent retries a refused batch first.
+    if (!t.client) {
+      if (const auto fault = wire::check_peer_text("label", spec.label, wire::PeerText::kTarget)) {
+        diagnostics.error(t.host_line, t.key + ".host",
+                          "the target's " + fault->reason + " (the collector's bound for a target); set " +
+                              t.key + ".name");
+        continue;
+      }
+    }
     if (t.name.empty()) {
       if (const auto [it, inserted] = labels.emplace(spec.label, &t); !inserted) {
         const TargetDraft& first = *it->second;

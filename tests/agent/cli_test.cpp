@@ -186,3 +186,27 @@ TEST_CASE("report: table and JSON carry the counts and RTTs, and null for a sile
   CHECK(table.find("lost out/in/unknown 2/1/0") != std::string::npos);
   CHECK(table.find("send errors 4") != std::string::npos);
 }
+
+TEST_CASE("cli: a host name whose label the collector would refuse is an error, unless the target has a name") {
+  // The label of a target without NAME= is HOST (icmp) or HOST:PORT: over the collector's 128
+  // bytes it would get every batch refused.
+  const std::string host = std::string(60, 'a') + "." + std::string(60, 'b') + ".net";
+  REQUIRE(host.size() == 125);
+  const std::string udp = host + ":8627";
+  const std::string tcp = host + ":443";
+  const std::string shown = "\"" + std::string(40, 'a') + "...\"";
+  CHECK(error_of({"--udp", host}) ==
+        "--udp: label " + shown + ": 130 bytes, over the limit of 128; give it a shorter NAME=");
+  CHECK(error_of({"--tcp", tcp}) ==
+        "--tcp: label " + shown + ": 129 bytes, over the limit of 128; give it a shorter NAME=");
+  const std::string long_icmp = std::string(200, 'c') + ".net";
+  CHECK(error_of({"--icmp", long_icmp}).ends_with(": 204 bytes, over the limit of 128; give it a shorter NAME="));
+  // The same host labelled by a name, or an icmp label of 125 bytes: accepted.
+  const std::string named = "pop9=" + udp;
+  const auto p = parse({"--udp", named, "--icmp", host});
+  REQUIRE_MESSAGE(p.has_value(), p.error());
+  REQUIRE(p->measurement.targets.size() == 2);
+  CHECK(p->measurement.targets[0].label == "pop9");
+  CHECK(p->measurement.targets[0].host == host);
+  CHECK(p->measurement.targets[1].label == host);
+}

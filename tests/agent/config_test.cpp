@@ -278,3 +278,25 @@ TEST_CASE("agent config: names that do not resolve stop nothing, and are not loo
   CHECK(c.options->shipping->collectors.at(0).host == "collector.invalid");
   CHECK(c.options->shipping->resolve.retry_max == 5s);
 }
+
+TEST_CASE("agent config: a host name whose label the collector would refuse is an error with file, line and key") {
+  // The label of a target without a name is its host (icmp) or host:port: the collector refuses
+  // one over 128 bytes, and would refuse every batch carrying it.
+  const std::string file = kDir + "agent_long_host.toml";
+  const agent::AgentConfig c = agent::load_config(file);
+  CHECK_FALSE(c.options.has_value());
+  const std::string a40(40, 'a');
+  const std::string tail = " (the collector's bound for a target); set ";
+  const std::vector<std::string> expected = {
+      // 125 bytes + ":8627" (the default port) and + ":443"
+      file + ":5: targets[0].host: the target's label \"" + a40 + "...\": 130 bytes, over the limit of 128" +
+          tail + "targets[0].name",
+      file + ":9: targets[1].host: the target's label \"" + a40 + "...\": 129 bytes, over the limit of 128" +
+          tail + "targets[1].name",
+      // icmp: the label is the host alone, so 125 bytes pass and 253 do not
+      file + ":18: targets[3].host: the target's label \"" + std::string(40, 'c') +
+          "...\": 253 bytes, over the limit of 128" + tail + "targets[3].name",
+      // targets[4] has the same long host and a name: accepted
+  };
+  CHECK(errors_text(c.errors) == errors_text(expected));
+}

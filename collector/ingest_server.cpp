@@ -399,7 +399,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   // After a reload, on this connection's thread: closes the session if `tls` revokes it.
   void check_revoked(const platform::tls::TlsContext& tls) {
-    if (closed_ || !session_.reading() || !tls.is_revoked(session_.identity().serial)) return;
+    if (closed_ || !session_.reading() || !tls.is_revoked(session_.identity())) return;
     session_.revoke();
     apply();
   }
@@ -509,7 +509,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
       }
       // A reload may have revoked it while this handshake ran against the previous CRL (the
       // reload's sweep only sees registered sessions).
-      if (server_.current_tls()->is_revoked(identity.serial)) session_.revoke();
+      if (server_.current_tls()->is_revoked(identity)) session_.revoke();
     }
     apply();
     if (session_.reading()) read_loop();

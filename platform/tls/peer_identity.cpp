@@ -1,8 +1,7 @@
 #include "platform/tls/peer_identity.hpp"
 
+#include <mbedtls/md.h>
 #include <mbedtls/x509.h>
-
-#include <ctime>
 
 namespace vantage::platform::tls {
 
@@ -107,20 +106,30 @@ std::string PeerIdentity::serial_hex() const {
 }
 
 std::int64_t unix_seconds(const mbedtls_x509_time& t) noexcept {
-  std::tm tm{};
-  tm.tm_year = t.year - 1900;
-  tm.tm_mon = t.mon - 1;
-  tm.tm_mday = t.day;
-  tm.tm_hour = t.hour;
-  tm.tm_min = t.min;
-  tm.tm_sec = t.sec;
-  return static_cast<std::int64_t>(::timegm(&tm));
+  // Days from 1970-01-01 to the civil date (Howard Hinnant's days_from_civil), all in int64: the
+  // proleptic Gregorian calendar, March-based years so the leap day ends a year.
+  const std::int64_t year = std::int64_t{t.year} - (t.mon <= 2 ? 1 : 0);
+  const std::int64_t era = (year >= 0 ? year : year - 399) / 400;
+  const std::int64_t year_of_era = year - era * 400;
+  const std::int64_t month = t.mon > 2 ? t.mon - 3 : t.mon + 9;
+  const std::int64_t day_of_year = (153 * month + 2) / 5 + t.day - 1;
+  const std::int64_t day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+  const std::int64_t days = era * 146097 + day_of_era - 719468;
+  return days * 86400 + std::int64_t{t.hour} * 3600 + std::int64_t{t.min} * 60 + t.sec;
+}
+
+std::string sha256_of(const unsigned char* der, std::size_t length) {
+  unsigned char hash[32];
+  const mbedtls_md_info_t* md = mbedtls_md_info_from_type(MBEDTLS_MD_SHA256);
+  if (md == nullptr || der == nullptr || mbedtls_md(md, der, length, hash) != 0) return {};
+  return std::string(reinterpret_cast<const char*>(hash), sizeof hash);
 }
 
 PeerIdentity identity_of(const mbedtls_x509_crt& crt) {
   PeerIdentity peer;
   peer.serial.assign(reinterpret_cast<const char*>(crt.serial.p), crt.serial.len);
   peer.not_after_s = unix_seconds(crt.valid_to);
+  peer.issuer_sha256 = sha256_of(crt.issuer_raw.p, crt.issuer_raw.len);
   int found = 0;
   std::string first_error;
   UriIdentity identity;

@@ -25,6 +25,15 @@ struct PeerIdentity {
   std::string pop;
   std::string serial;            // the certificate's serial number, raw (DER INTEGER content)
   std::int64_t not_after_s = 0;  // the certificate's notAfter, Unix time
+  // SHA-256 of the certificate's issuer name (DER), so a CRL's serials are matched only against
+  // certificates of that CRL's issuer, and SHA-256 of the CA certificate (DER) that the chain was
+  // verified up to, so a ticket stops resuming once that CA is no longer trusted. 32 raw bytes
+  // each; ca_sha256 is empty until a handshake verified the chain.
+  std::string issuer_sha256;
+  std::string ca_sha256;
+  // Unix time of the full handshake that last verified this certificate; resumptions carry it on,
+  // so a chain of resumptions has a bounded age (see TlsContextOptions::ticket_chain_limit_s).
+  std::int64_t verified_at_s = 0;
   // Non-empty when the certificate names no usable identity: why (e.g. "no vantage:// URI in
   // subjectAltName"). Safe to log: peer bytes in it are escaped.
   std::string error;
@@ -51,7 +60,11 @@ platform::Result<UriIdentity> parse_identity_uri(std::string_view uri);
 // URIs and name types are ignored), its serial and notAfter. Never fails: problems go to `error`.
 PeerIdentity identity_of(const mbedtls_x509_crt& crt);
 
-// An X.509 time (UTC) as Unix seconds.
+// An X.509 time (UTC) as Unix seconds, computed in 64 bits (never through a 32-bit time_t, so a
+// date past 2038 is right on armhf too).
 std::int64_t unix_seconds(const mbedtls_x509_time& time) noexcept;
+
+// SHA-256 of `der` as 32 raw bytes (empty if hashing failed).
+std::string sha256_of(const unsigned char* der, std::size_t length);
 
 }  // namespace vantage::platform::tls

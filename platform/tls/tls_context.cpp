@@ -148,6 +148,9 @@ std::string TlsContext::load(const TlsContextOptions& options) {
   const std::string cert_name = in_memory(options.cert_pem, options.cert_file, "<cert>");
   const std::string key_name = in_memory(options.key_pem, options.key_file, "<key>");
   if (std::string error = parse_certs({ca_name, options.ca_pem}, ca_chain_); !error.empty()) return error;
+  for (const mbedtls_x509_crt* ca = &ca_chain_; ca != nullptr; ca = ca->next) {
+    if (ca->raw.p != nullptr) ca_sha256_.push_back(sha256_of(ca->raw.p, ca->raw.len));
+  }
 
   const bool has_identity = !cert_name.empty() || !key_name.empty();
   if (server || has_identity) {
@@ -201,6 +204,8 @@ std::string TlsContext::load(const TlsContextOptions& options) {
       std::lock_guard lock(keys_->mutex);
       if (std::string error = keys_->rotate_if_due(wall_seconds()); !error.empty()) return error;
     }
+    chain_limit_s_ = options.ticket_chain_limit_s != 0 ? std::int64_t{options.ticket_chain_limit_s}
+                                                       : 4 * std::int64_t{keys_->lifetime_s};
     mbedtls_ssl_conf_session_tickets_cb(&config_, write_ticket, parse_ticket, this);
   } else {
     mbedtls_ssl_conf_session_tickets(&config_, MBEDTLS_SSL_SESSION_TICKETS_ENABLED);
@@ -349,14 +354,21 @@ const TlsContext::TicketKeys::Key* TlsContext::TicketKeys::find(std::uint32_t id
 namespace {
 
 // The identity at the start of a ticket's sealed part: magic, then agent id, region and PoP (u8
-// length each), serial (u8 length), notAfter (i64). The magic tells it from tickets sealed before
-// the format had it, which are refused.
-constexpr unsigned char kIdentityMagic[2] = {0xa5, 0x49};
+// length each), serial (u8 length), notAfter (i64), issuer name SHA-256 (32), CA certificate
+// SHA-256 (32), time of the full handshake (i64). The magic tells it from tickets sealed in an
+// earlier format, which are refused (a full handshake follows).
+constexpr unsigned char kIdentityMagic[2] = {0xa5, 0x4a};
+constexpr std::size_t kHash = 32;
 constexpr std::size_t kMaxSerial = 32;  // RFC 5280 allows 20 octets; some CAs use a few more
 
 std::size_t identity_size(const PeerIdentity& peer) {
   return sizeof kIdentityMagic + 1 + peer.agent_id.size() + 1 + peer.region.size() + 1 + peer.pop.size() + 1 +
-         peer.serial.size() + 8;
+         peer.serial.size() + 8 + 2 * kHash + 8;
+}
+
+void put_hash(unsigned char* p, const std::string& hash) {
+  std::memset(p, 0, kHash);
+  if (hash.size() == kHash) std::memcpy(p, hash.data(), kHash);
 }
 
 unsigned char* put_text(unsigned char* p, const std::string& text) {
@@ -384,10 +396,11 @@ int TlsContext::write_ticket(void* self, const mbedtls_ssl_session* session, uns
   // A peer without a valid identity is refused by the session anyway; its ticket seals an empty
   // identity, which parse_ticket never resumes. (Failing here would fail the handshake.)
   const PeerIdentity empty;
-  const PeerIdentity& peer =
-      current_peer_ != nullptr && current_peer_->valid() && current_peer_->serial.size() <= kMaxSerial
-          ? *current_peer_
-          : empty;
+  const PeerIdentity& peer = current_peer_ != nullptr && current_peer_->valid() &&
+                                     current_peer_->serial.size() <= kMaxSerial &&
+                                     current_peer_->ca_sha256.size() == kHash && current_peer_->verified_at_s > 0
+                                 ? *current_peer_
+                                 : empty;
   const std::size_t identity = identity_size(peer);
   if (room < kTicketHeader + identity + kTicketTag) return MBEDTLS_ERR_SSL_BUFFER_TOO_SMALL;
   unsigned char* plain = start + kTicketHeader;
@@ -399,6 +412,14 @@ int TlsContext::write_ticket(void* self, const mbedtls_ssl_session* session, uns
   p = put_text(p, peer.pop);
   p = put_text(p, peer.serial);
   put_le(p, static_cast<std::uint64_t>(peer.not_after_s), 8);
+  p += 8;
+  put_hash(p, peer.issuer_sha256);
+  p += kHash;
+  put_hash(p, peer.ca_sha256);
+  p += kHash;
+  // A resumption's peer carries the time of the full handshake its chain started with: re-sealing
+  // it (never "now") is what bounds the chain.
+  put_le(p, static_cast<std::uint64_t>(peer.verified_at_s), 8);
   std::size_t saved = 0;
   if (int ret = mbedtls_ssl_session_save(session, plain + identity, room - kTicketHeader - identity - kTicketTag,
                                          &saved);
@@ -450,14 +471,33 @@ int TlsContext::parse_ticket(void* self, mbedtls_ssl_session* session, unsigned 
   } catch (...) {
     return MBEDTLS_ERR_SSL_ALLOC_FAILED;
   }
-  if (p == nullptr || end - p < 8 || !valid_identity_component(peer.agent_id)) return MBEDTLS_ERR_SSL_INVALID_MAC;
-  peer.not_after_s = static_cast<std::int64_t>(get_le(p, 8));
-  p += 8;
-  // Sealed for a certificate that has expired since, or that the CRL now revokes: the peer must
-  // show a certificate again (and a revoked one then fails the full handshake).
+  if (p == nullptr || end - p < static_cast<std::ptrdiff_t>(8 + 2 * kHash + 8) ||
+      !valid_identity_component(peer.agent_id)) {
+    return MBEDTLS_ERR_SSL_INVALID_MAC;
+  }
+  try {
+    peer.not_after_s = static_cast<std::int64_t>(get_le(p, 8));
+    p += 8;
+    peer.issuer_sha256.assign(reinterpret_cast<const char*>(p), kHash);
+    p += kHash;
+    peer.ca_sha256.assign(reinterpret_cast<const char*>(p), kHash);
+    p += kHash;
+    peer.verified_at_s = static_cast<std::int64_t>(get_le(p, 8));
+    p += 8;
+  } catch (...) {
+    return MBEDTLS_ERR_SSL_ALLOC_FAILED;
+  }
+  // Sealed for a certificate that has expired since, whose CA is no longer trusted, that the CRL
+  // now revokes, or verified too long ago: the peer must show a certificate again (and one that
+  // is revoked or of a removed CA then fails the full handshake).
+  const std::int64_t now = wall_seconds();
   const char* refused = nullptr;
-  if (peer.not_after_s <= wall_seconds()) refused = "its certificate has expired";
-  if (context->is_revoked(peer.serial)) refused = "its certificate is revoked";
+  if (peer.not_after_s <= now) refused = "its certificate has expired";
+  if (peer.verified_at_s <= 0 || peer.verified_at_s > now + 300 || now - peer.verified_at_s > context->chain_limit_s_) {
+    refused = "its certificate was last verified too long ago";
+  }
+  if (!context->trusts_ca(peer.ca_sha256)) refused = "its CA is no longer trusted";
+  if (context->is_revoked(peer)) refused = "its certificate is revoked";
   if (refused != nullptr) {
     if (current_peer_ != nullptr) {
       try {
@@ -489,9 +529,16 @@ int TlsContext::parse_ticket(void* self, mbedtls_ssl_session* session, unsigned 
   return 0;
 }
 
-bool TlsContext::is_revoked(std::string_view serial) const noexcept {
+bool TlsContext::trusts_ca(std::string_view ca_sha256) const noexcept {
+  if (ca_sha256.size() != kHash) return false;
+  return std::find(ca_sha256_.begin(), ca_sha256_.end(), ca_sha256) != ca_sha256_.end();
+}
+
+bool TlsContext::is_revoked(std::string_view serial, std::string_view issuer_sha256) const noexcept {
   if (!has_crl_) return false;
-  for (const mbedtls_x509_crl* crl = &crl_; crl != nullptr; crl = crl->next) {
+  std::size_t index = 0;
+  for (const mbedtls_x509_crl* crl = &crl_; crl != nullptr; crl = crl->next, ++index) {
+    if (index >= crl_issuer_sha256_.size() || crl_issuer_sha256_[index] != issuer_sha256) continue;
     for (const mbedtls_x509_crl_entry* entry = &crl->entry; entry != nullptr; entry = entry->next) {
       if (entry->serial.p != nullptr && entry->serial.len == serial.size() &&
           std::memcmp(entry->serial.p, serial.data(), serial.size()) == 0) {
@@ -545,12 +592,15 @@ std::string TlsContext::load_crl(const std::string& file) {
       issued = ca->raw.p != nullptr && signed_by(*crl, *ca);
     }
     if (!issued) return which + ": not issued and signed by the CA of tls.ca";
-    if (crl->next_update.year != 0) {
-      const std::int64_t next = unix_seconds(crl->next_update);
-      // mbedTLS fails every full handshake against a CRL past its nextUpdate: never load one.
-      if (next <= now) return which + ": past its nextUpdate; issue a fresh CRL";
-      if (crl_next_update_s_ == 0 || next < crl_next_update_s_) crl_next_update_s_ = next;
+    // mbedTLS 3.6 takes a CRL without nextUpdate as expired and would fail every full handshake.
+    if (crl->next_update.year == 0) {
+      return which + ": has no nextUpdate, which every handshake would treat as expired; issue a CRL with one";
     }
+    const std::int64_t next = unix_seconds(crl->next_update);
+    // mbedTLS fails every full handshake against a CRL past its nextUpdate: never load one.
+    if (next <= now) return which + ": past its nextUpdate; issue a fresh CRL";
+    if (crl_next_update_s_ == 0 || next < crl_next_update_s_) crl_next_update_s_ = next;
+    crl_issuer_sha256_.push_back(sha256_of(crl->issuer_raw.p, crl->issuer_raw.len));
     // mbedTLS fails every full handshake against a CRL whose thisUpdate is ahead of this clock.
     if (unix_seconds(crl->this_update) > now) {
       return which + ": its thisUpdate is in the future (clock skew with the CA?); reload again later";

@@ -14,6 +14,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <vector>
 
 #include "platform/result.hpp"
 #include "platform/tls/peer_identity.hpp"
@@ -50,6 +51,12 @@ struct TlsContextOptions {
   // instead of doing full handshakes. Empty: the keys exist in memory only and die with the
   // process.
   std::string ticket_key_file;
+  // Server: how long a chain of resumptions may go on after the full handshake that verified the
+  // certificate. mbedTLS issues a fresh ticket on every resumption and each carries the time of
+  // that first handshake, so an agent that resumes within every lifetime still does a full
+  // handshake (certificate, CA and CRL checked anew) at least this often. 0: four ticket
+  // lifetimes (24 h with the default lifetime).
+  std::uint32_t ticket_chain_limit_s = 0;
   // Server: a certificate revocation list of the CA (PEM or DER; several CRLs may be concatenated).
   // Every CRL in it must be issued and signed by the CA and not past its nextUpdate. A revoked
   // agent certificate fails the full handshake, and a session ticket sealed for one is refused
@@ -77,8 +84,12 @@ class TlsContext {
   TlsRole role() const noexcept { return role_; }
   const mbedtls_ssl_config* config() const noexcept { return &config_; }
 
-  // True when the CRL lists this certificate serial (raw bytes, as PeerIdentity::serial).
-  bool is_revoked(std::string_view serial) const noexcept;
+  // True when a CRL of the certificate's issuer lists its serial (raw bytes, as
+  // PeerIdentity::serial; issuer_sha256 as PeerIdentity's): serials are unique per issuer only.
+  bool is_revoked(std::string_view serial, std::string_view issuer_sha256) const noexcept;
+  bool is_revoked(const PeerIdentity& peer) const noexcept { return is_revoked(peer.serial, peer.issuer_sha256); }
+  // True when the CA certificate with this SHA-256 (of its DER) is among the trusted ones.
+  bool trusts_ca(std::string_view ca_sha256) const noexcept;
   // Unix time: the own certificate's notAfter (0: none), the CRL's nextUpdate (0: no CRL, or none
   // given in it; the earliest of several), the number of serials the CRL revokes.
   std::int64_t certificate_not_after_s() const noexcept { return certificate_not_after_s_; }
@@ -106,7 +117,10 @@ class TlsContext {
   // be anonymous to the server. Our tickets therefore seal the client's identity together with
   // the session: AES-256-GCM under the current ticket key, [key id u32][IV 12][ciphertext of
   // (identity: magic, agent id, region, PoP, serial, notAfter; mbedtls_ssl_session_save
-  // bytes)][tag 16]. A ticket without an identity, under an unknown key, older than its lifetime,
+  // bytes)][tag 16], the identity also holding the SHA-256 of the certificate's issuer name and of
+  // the CA certificate it was verified against, and the time of that full handshake. A ticket
+  // without an identity, under an unknown key, older than its lifetime, whose chain of
+  // resumptions started more than ticket_chain_limit_s ago, whose CA is no longer in the CA file,
   // or whose certificate has expired or is revoked by the current CRL is refused: the client does
   // a full handshake. Stateless, so any number of agents resume, also after the server restarts
   // with its key file.
@@ -129,6 +143,9 @@ class TlsContext {
   std::int64_t certificate_not_after_s_ = 0;
   std::int64_t crl_next_update_s_ = 0;
   std::size_t revoked_serials_ = 0;
+  std::vector<std::string> crl_issuer_sha256_;  // of each CRL in crl_'s list, in order
+  std::vector<std::string> ca_sha256_;          // of each certificate in ca_chain_
+  std::int64_t chain_limit_s_ = 0;
 
   // The session-ticket keys, shared by a server context and those reloaded from it.
   std::shared_ptr<TicketKeys> keys_;

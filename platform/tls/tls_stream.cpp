@@ -3,6 +3,8 @@
 #include "platform/tls/tls_error.hpp"
 #include "platform/tls/peer_identity.hpp"
 
+#include <ctime>
+
 #include <mbedtls/net_sockets.h>
 #include <mbedtls/oid.h>
 #include <asio/error.hpp>
@@ -92,11 +94,22 @@ int TlsStream::on_verify(void* self, mbedtls_x509_crt* crt, int depth, std::uint
   // even from a refused certificate, so the refusal can say whose it was.
   auto* stream = static_cast<TlsStream*>(self);
   stream->verified_peer_ = true;
+  try {
+    if (depth > stream->chain_top_depth_) {
+      stream->chain_top_depth_ = depth;
+      stream->chain_top_sha256_ = sha256_of(crt->raw.p, crt->raw.len);
+    }
+  } catch (...) {
+    return MBEDTLS_ERR_X509_ALLOC_FAILED;
+  }
   if (depth == 0) {
     try {
       std::string note = std::move(stream->peer_.ticket_refused);
       stream->peer_ = identity_of(*crt);
       stream->peer_.ticket_refused = std::move(note);
+      if (stream->chain_top_depth_ > 0) stream->peer_.ca_sha256 = std::move(stream->chain_top_sha256_);
+      stream->chain_top_depth_ = -1;
+      stream->peer_.verified_at_s = static_cast<std::int64_t>(std::time(nullptr));
       stream->peer_flags_ = *flags;
     } catch (...) {
       return MBEDTLS_ERR_X509_ALLOC_FAILED;  // nothing may throw through mbedTLS

@@ -112,6 +112,10 @@ class TlsStream : public std::enable_shared_from_this<TlsStream> {
   int last_errno_ = 0;  // why the BIO failed, reported instead of a generic NET_*_FAILED
   bool closed_ = false;
   bool verified_peer_ = false;  // a certificate was verified during this handshake
+  // SHA-256 of the top of the chain being verified (mbedTLS calls on_verify from the top down), the
+  // CA it ends in, and its depth; moved into peer_ at depth 0.
+  std::string chain_top_sha256_;
+  int chain_top_depth_ = -1;
   PeerIdentity peer_;           // from that certificate, or from the ticket of a resumption
   std::uint32_t peer_flags_ = 0;
   bool resumed_ = false;

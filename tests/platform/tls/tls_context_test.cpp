@@ -168,7 +168,7 @@ TEST_CASE("a reloaded context reads its files again and keeps the ticket keys, o
   REQUIRE(first);
   CHECK((*first)->certificate_not_after_s() > static_cast<std::int64_t>(std::time(nullptr)));
   CHECK((*first)->crl_next_update_s() == 0);
-  CHECK_FALSE((*first)->is_revoked("anything"));
+  CHECK_FALSE((*first)->is_revoked("anything", ""));
   options.crl_file = pki.file("revoked.crl");
   auto second = (*first)->reload(options);
   REQUIRE(second);
@@ -179,6 +179,28 @@ TEST_CASE("a reloaded context reads its files again and keeps the ticket keys, o
   REQUIRE_FALSE(bad);
   CHECK(contains(bad.error(), "agent-1.key: does not match"));
   CHECK((*first)->revoked_serials() == 0);  // untouched by either reload
+}
+
+}  // namespace vantage::platform::tls::test
+
+namespace vantage::platform::tls::test {
+
+TEST_CASE("X.509 times become Unix seconds in 64 bits, past 2038 too") {
+  const auto at = [](int year, int mon, int day, int hour, int min, int sec) {
+    mbedtls_x509_time t{};
+    t.year = year;
+    t.mon = mon;
+    t.day = day;
+    t.hour = hour;
+    t.min = min;
+    t.sec = sec;
+    return unix_seconds(t);
+  };
+  CHECK(at(1970, 1, 1, 0, 0, 0) == 0);
+  CHECK(at(2000, 2, 29, 23, 59, 59) == 951868799);
+  CHECK(at(2050, 1, 1, 0, 0, 0) == 2524608000LL);   // beyond a 32-bit time_t (armhf)
+  CHECK(at(2050, 6, 15, 12, 34, 56) == 2538909296LL);
+  CHECK(at(2100, 3, 1, 0, 0, 0) == 4107542400LL);   // 2100 is not a leap year
 }
 
 }  // namespace vantage::platform::tls::test

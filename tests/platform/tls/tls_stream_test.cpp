@@ -12,6 +12,7 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 #include <vector>
 
 namespace vantage::platform::tls::test {
@@ -573,7 +574,7 @@ TEST_CASE("a ticket sealed for a certificate revoked since is refused: a full ha
   INFO(reloaded.error());
   REQUIRE(reloaded);
   auto after = std::move(reloaded).value();
-  CHECK(after->is_revoked(std::string("x")) == false);
+  CHECK(after->is_revoked(std::string("x"), std::string()) == false);
   Connection c = handshake(server_loop, client_loop, "127.0.0.1", after, client, "localhost");
   CHECK(c.server_error == make_mbedtls_error(MBEDTLS_ERR_X509_CERT_VERIFY_FAILED));
   CHECK_FALSE(c.server->resumed());
@@ -586,6 +587,168 @@ TEST_CASE("a ticket sealed for a certificate revoked since is refused: a full ha
   auto good = agent_context();
   CHECK_FALSE(connect_once(server_loop, client_loop, before, good).first);
   CHECK(connect_once(server_loop, client_loop, after, good) == std::make_pair(true, std::string("eu-west/fra1/agent-1")));
+}
+
+
+namespace {
+
+// The concatenation of PEM files, e.g. a CA bundle.
+std::string bundle(const fs::path& out, std::initializer_list<std::string> files) {
+  std::ofstream file(out, std::ios::binary | std::ios::trunc);
+  for (const std::string& name : files) {
+    std::ifstream in(name, std::ios::binary);
+    file << in.rdbuf();
+  }
+  return out.string();
+}
+
+std::shared_ptr<TlsContext> reloaded(const std::shared_ptr<TlsContext>& from, const TlsContextOptions& options) {
+  auto result = from->reload(options);
+  INFO(result.error());
+  REQUIRE(result);
+  return std::move(result).value();
+}
+
+}  // namespace
+
+TEST_CASE("a ticket is refused once a reload removed the CA its certificate was verified against") {
+  const Pki& pki = Pki::get();
+  REQUIRE(pki.ok());
+  const fs::path dir = fs::path(pki.dir()) / "tickets-ca-removed";
+  fs::create_directories(dir);
+  const std::string key_file = (dir / "ticket-keys").string();
+  fs::remove(key_file);
+  auto client = agent_context();
+  Loop server_loop, client_loop;
+  auto before = server_with_key_file(key_file);
+  CHECK_FALSE(connect_once(server_loop, client_loop, before, client).first);
+  // Both CAs: ours is still there, so the ticket resumes (and a fresh one is issued).
+  TlsContextOptions options = server_options(key_file);
+  options.ca_file = bundle(dir / "both.crt", {pki.other("ca.crt"), pki.file("ca.crt")});
+  auto both = reloaded(before, options);
+  CHECK(connect_once(server_loop, client_loop, both, client) == std::make_pair(true, std::string("eu-west/fra1/agent-1")));
+  // Ours removed: the ticket opens (same keys) but its CA is gone; the full handshake then fails.
+  options.ca_file = pki.other("ca.crt");
+  auto other_only = reloaded(both, options);
+  Connection c = handshake(server_loop, client_loop, "127.0.0.1", other_only, client, "localhost");
+  CHECK(c.server_error);
+  CHECK_FALSE(c.server->resumed());
+  CHECK(c.server->peer_identity().ticket_refused.find("CA is no longer trusted") != std::string::npos);
+  close_all(server_loop, client_loop, c);
+}
+
+TEST_CASE("a chain of resumptions keeps the time of its full handshake and ends after the chain limit") {
+  const Pki& pki = Pki::get();
+  REQUIRE(pki.ok());
+  const fs::path dir = fs::path(pki.dir()) / "tickets-chain";
+  fs::create_directories(dir);
+  const std::string key_file = (dir / "ticket-keys").string();
+  fs::remove(key_file);
+  auto client = agent_context();
+  Loop server_loop, client_loop;
+  auto server = server_with_key_file(key_file);
+  const auto now = [] { return static_cast<std::int64_t>(std::time(nullptr)); };
+
+  Connection full = connected(server_loop, client_loop, server, client);
+  server_loop.run([&] { echo(full.server, std::make_shared<std::vector<char>>(4096)); });
+  check_round_trip(client_loop, full.client, 10);
+  const std::int64_t verified_at = full.server->peer_identity().verified_at_s;
+  CHECK(verified_at > 0);
+  CHECK(verified_at <= now());
+  CHECK(full.server->peer_identity().ca_sha256.size() == 32);
+  close_all(server_loop, client_loop, full);
+
+  // Each resumption re-seals the time of the full handshake, never its own.
+  std::this_thread::sleep_for(std::chrono::milliseconds(2100));
+  for (int i = 0; i < 2; ++i) {
+    Connection resumed = connected(server_loop, client_loop, server, client);
+    server_loop.run([&] { echo(resumed.server, std::make_shared<std::vector<char>>(4096)); });
+    check_round_trip(client_loop, resumed.client, 10);
+    CHECK(resumed.server->resumed());
+    CHECK(resumed.server->peer_identity().verified_at_s == verified_at);
+    CHECK(resumed.server->peer_identity().ca_sha256.size() == 32);
+    close_all(server_loop, client_loop, resumed);
+  }
+
+  // A limit shorter than the chain's age: the ticket (fresh, well within its lifetime) is refused
+  // and the full handshake that follows verifies the certificate again.
+  TlsContextOptions options = server_options(key_file);
+  options.ticket_chain_limit_s = 1;  // the chain is at least 2 s old (whole seconds)
+  auto strict = reloaded(server, options);
+  Connection again = connected(server_loop, client_loop, strict, client);
+  CHECK_FALSE(again.server->resumed());
+  CHECK(again.server->peer_identity().ticket_refused.find("last verified too long ago") != std::string::npos);
+  CHECK(again.server->peer_identity().verified_at_s >= verified_at + 2);
+  close_all(server_loop, client_loop, again);
+}
+
+TEST_CASE("a CRL of another trusted CA that lists the same serial does not revoke the certificate") {
+  const Pki& pki = Pki::get();
+  REQUIRE(pki.ok());
+  const fs::path dir = fs::path(pki.dir()) / "crl-issuer";
+  fs::create_directories(dir);
+  // The other CA's CRL revoking a serial equal to agent-1's (dev-pki.sh takes the serial from the
+  // certificate file it is given).
+  const fs::path twin = dir / "twin-ca";
+  fs::create_directories(twin);
+  fs::copy_file(pki.other("ca.crt"), twin / "ca.crt", fs::copy_options::overwrite_existing);
+  fs::copy_file(pki.other("ca.key"), twin / "ca.key", fs::copy_options::overwrite_existing);
+  fs::copy_file(pki.file("agent-1.crt"), twin / "twin.crt", fs::copy_options::overwrite_existing);
+  REQUIRE(std::system(("bash '" + std::string(VANTAGE_SOURCE_DIR) + "/tools/dev-pki.sh' --revoke '" +
+                       twin.string() + "' twin >/dev/null").c_str()) == 0);
+  const std::string key_file = (dir / "ticket-keys").string();
+  fs::remove(key_file);
+  TlsContextOptions options = server_options(key_file);
+  options.ca_file = bundle(dir / "both.crt", {pki.file("ca.crt"), pki.other("ca.crt")});
+  options.crl_file = bundle(dir / "crls.pem", {pki.file("revoked.crl"), (twin / "crl.pem").string()});
+  auto created = TlsContext::create(options);
+  INFO(created.error());
+  REQUIRE(created);
+  auto server = std::move(created).value();
+  CHECK(server->revoked_serials() == 2);
+  auto client = agent_context();
+  Loop server_loop, client_loop;
+  Connection c = connected(server_loop, client_loop, server, client);
+  server_loop.run([&] { echo(c.server, std::make_shared<std::vector<char>>(4096)); });
+  check_round_trip(client_loop, c.client, 10);  // picks up the TLS 1.3 ticket
+  const PeerIdentity id = c.server->peer_identity();
+  close_all(server_loop, client_loop, c);
+  CHECK(id.issuer_sha256.size() == 32);
+  CHECK_FALSE(server->is_revoked(id));
+  // The same serial from the other CA is what that CRL revokes.
+  mbedtls_x509_crt other_ca;
+  mbedtls_x509_crt_init(&other_ca);
+  const std::string other_pem = read_pem_file(pki.other("ca.crt"));
+  REQUIRE(mbedtls_x509_crt_parse(&other_ca, reinterpret_cast<const unsigned char*>(other_pem.c_str()),
+                                 other_pem.size() + 1) == 0);
+  const std::string other_issuer = sha256_of(other_ca.subject_raw.p, other_ca.subject_raw.len);
+  mbedtls_x509_crt_free(&other_ca);
+  CHECK(server->is_revoked(id.serial, other_issuer));
+  // Its ticket resumes: the serial is listed only by a CRL of an issuer that is not agent-1's.
+  CHECK(connect_once(server_loop, client_loop, server, client) == std::make_pair(true, std::string("eu-west/fra1/agent-1")));
+  // agent-2, which our own CRL revokes, is still refused.
+  check_refused(server, agent_2_context(), nullptr, false, MBEDTLS_ERR_X509_CERT_VERIFY_FAILED);
+}
+
+TEST_CASE("a CRL without nextUpdate is refused at load, saying why") {
+  const Pki& pki = Pki::get();
+  REQUIRE(pki.ok());
+  const fs::path dir = fs::path(pki.dir()) / "crl-no-next-update";
+  fs::create_directories(dir);
+  const std::int64_t now = static_cast<std::int64_t>(std::time(nullptr));
+  const std::string without = (dir / "without.crl").string();
+  const std::string with = (dir / "with.crl").string();
+  REQUIRE(write_crl(pki.dir().string(), without, now - 60, 0));
+  REQUIRE(write_crl(pki.dir().string(), with, now - 60, now + 3600));
+  TlsContextOptions options = server_options("");
+  options.crl_file = with;  // the same CRL with a nextUpdate loads: the hand-made DER is sound
+  auto good = TlsContext::create(options);
+  INFO(good.error());
+  CHECK(good);
+  options.crl_file = without;
+  auto bad = TlsContext::create(options);
+  REQUIRE_FALSE(bad);
+  CHECK(bad.error().find("without.crl: has no nextUpdate") != std::string::npos);
 }
 
 }  // namespace vantage::platform::tls::test

@@ -10,11 +10,23 @@
 #include <asio/io_context.hpp>
 #include <asio/post.hpp>
 
+#include <psa/crypto.h>
+
+#include <mbedtls/md.h>
+#include <mbedtls/pk.h>
+// psa_util.h in mbedTLS 3.6 lacks its own extern "C" guard.
+extern "C" {
+#include <mbedtls/psa_util.h>
+}
+
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <future>
+#include <iterator>
 #include <memory>
 #include <string>
 #include <thread>
@@ -96,6 +108,75 @@ class Pki {
   std::filesystem::path dir_;
   bool ok_ = false;
 };
+
+// A whole (PEM) file as text; empty when unreadable.
+inline std::string read_pem_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+// A DER CRL of the CA in `dir` (ca.crt, ca.key) that revokes nothing, with this thisUpdate and, if
+// next_update_s is non-zero, that nextUpdate (openssl always writes one; a CRL without it is what
+// some tests need). Written by hand: a v1 TBSCertList signed with ECDSA-SHA256.
+inline bool write_crl(const std::string& dir, const std::string& out, std::int64_t this_update_s,
+                      std::int64_t next_update_s) {
+  mbedtls_x509_crt ca;
+  mbedtls_x509_crt_init(&ca);
+  mbedtls_pk_context key;
+  mbedtls_pk_init(&key);
+  const auto length = [](std::size_t n) {
+    std::string l;
+    if (n < 128) {
+      l.push_back(static_cast<char>(n));
+    } else if (n < 256) {
+      l = {'\x81', static_cast<char>(n)};
+    } else {
+      l = {'\x82', static_cast<char>(n >> 8), static_cast<char>(n & 0xff)};
+    }
+    return l;
+  };
+  const auto tlv = [&](char tag, const std::string& body) { return std::string(1, tag) + length(body.size()) + body; };
+  const auto utc_time = [&](std::int64_t s) {
+    const std::time_t t = static_cast<std::time_t>(s);
+    std::tm tm{};
+    ::gmtime_r(&t, &tm);
+    char text[64];
+    std::snprintf(text, sizeof text, "%02d%02d%02d%02d%02d%02dZ", tm.tm_year % 100, tm.tm_mon + 1, tm.tm_mday,
+                  tm.tm_hour, tm.tm_min, tm.tm_sec);
+    return tlv('\x17', text);
+  };
+  bool ok = false;
+  (void)psa_crypto_init();  // the RNG below is PSA's; initialising twice is harmless
+  const std::string ca_pem = read_pem_file(dir + "/ca.crt");
+  const std::string key_pem = read_pem_file(dir + "/ca.key");
+  if (mbedtls_x509_crt_parse(&ca, reinterpret_cast<const unsigned char*>(ca_pem.c_str()), ca_pem.size() + 1) == 0 &&
+      mbedtls_pk_parse_key(&key, reinterpret_cast<const unsigned char*>(key_pem.c_str()), key_pem.size() + 1,
+                           nullptr, 0, mbedtls_psa_get_random, MBEDTLS_PSA_RANDOM_STATE) == 0) {
+    const std::string algorithm = tlv('\x30', tlv('\x06', "\x2a\x86\x48\xce\x3d\x04\x03\x02"));
+    std::string tbs = algorithm + std::string(reinterpret_cast<const char*>(ca.subject_raw.p), ca.subject_raw.len) +
+                      utc_time(this_update_s);
+    if (next_update_s != 0) tbs += utc_time(next_update_s);
+    tbs = tlv('\x30', tbs);
+    unsigned char hash[32];
+    unsigned char signature[MBEDTLS_PK_SIGNATURE_MAX_SIZE];
+    std::size_t signature_length = 0;
+    if (mbedtls_md(mbedtls_md_info_from_type(MBEDTLS_MD_SHA256), reinterpret_cast<const unsigned char*>(tbs.data()),
+                   tbs.size(), hash) == 0 &&
+        mbedtls_pk_sign(&key, MBEDTLS_MD_SHA256, hash, sizeof hash, signature, sizeof signature, &signature_length,
+                        mbedtls_psa_get_random, MBEDTLS_PSA_RANDOM_STATE) == 0) {
+      const std::string crl =
+          tlv('\x30', tbs + algorithm +
+                          tlv('\x03', std::string(1, '\0') +
+                                          std::string(reinterpret_cast<const char*>(signature), signature_length)));
+      std::ofstream file(out, std::ios::binary | std::ios::trunc);
+      file << crl;
+      ok = static_cast<bool>(file);
+    }
+  }
+  mbedtls_pk_free(&key);
+  mbedtls_x509_crt_free(&ca);
+  return ok;
+}
 
 inline std::shared_ptr<TlsContext> make_context(TlsRole role, const std::string& ca, const std::string& cert,
                                                 const std::string& key, bool allow_tls13 = true) {

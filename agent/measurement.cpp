@@ -69,6 +69,17 @@ std::string target_label(ProbeProtocol protocol, const std::string& host, std::u
   return host + ":" + std::to_string(port);
 }
 
+const char* unprobeable_address(const asio::ip::address& address) noexcept {
+  asio::ip::address a = address;
+  if (a.is_v6() && a.to_v6().is_v4_mapped()) {
+    a = asio::ip::make_address_v4(asio::ip::v4_mapped, a.to_v6());
+  }
+  if (a.is_unspecified()) return "the unspecified address";
+  if (a.is_multicast()) return "a multicast address";
+  if (a.is_v4() && a.to_v4() == asio::ip::address_v4::broadcast()) return "the broadcast address";
+  return nullptr;
+}
+
 std::string client_label(privacy::Pseudonymiser& pseudonymiser, const ProbeTargetSpec& target,
                          std::int64_t unix_seconds) {
   // IANA protocol numbers: the digest is the fleet's, not this build's enum.
@@ -221,9 +232,18 @@ platform::Status Measurement::Impl::open_probers() {
   return platform::Status();
 }
 
-void Measurement::Impl::on_name(std::size_t name, const NameState& state) {
+void Measurement::Impl::on_name(std::size_t name, const NameState& answer) {
   const std::size_t i = name_targets[name];
   const ProbeTargetSpec& t = config.targets[i];
+  // An answer that is no address to probe (a sinkhole's 0.0.0.0) leaves the target unresolved:
+  // probing it would measure this host, or nothing, under the target's label.
+  NameState state = answer;
+  if (state.address) {
+    if (const char* why = unprobeable_address(*state.address)) {
+      state.error = "answered " + state.address->to_string() + ", " + why + ", not one to probe";
+      state.address.reset();
+    }
+  }
   std::optional<asio::ip::address>& known = name_addresses[name];
   // Once per change: resolved, unresolved, moved (a name's first failure counts as a change).
   if (state.address && !known) {
@@ -259,19 +279,34 @@ void Measurement::Impl::on_name(std::size_t name, const NameState& state) {
       }
     }
   }
-  unresolved[i].store(!state.address.has_value(), std::memory_order_relaxed);
+  // The prober has the last word: an address its socket cannot serve (IPv6 where no IPv6 socket
+  // opens) leaves the target unresolved too. Its verdicts run on the probe thread in the order
+  // of the changes, so the latest stands; one per change, so this logs once per change too.
+  const std::optional<asio::ip::address> address = state.address;
+  auto applied = [this, i, address](bool probed) {
+    unresolved[i].store(!probed, std::memory_order_relaxed);
+    if (address && !probed) {
+      const ProbeTargetSpec& target = config.targets[i];
+      platform::log(platform::LogLevel::kWarning,
+                    "target %s: %s resolves to %s, which the %s prober cannot probe (its socket for that "
+                    "family does not open; counted as a send error); reported unresolved",
+                    target.label.c_str(), target.host.c_str(), address->to_string().c_str(),
+                    protocol_name(target.protocol));
+    }
+  };
   const std::size_t position = prober_position[i];
   switch (t.protocol) {
     case ProbeProtocol::kUdpEcho:
-      if (udp) udp->set_address(position, state.address);
+      if (udp) return udp->set_address(position, address, std::move(applied));
       break;
     case ProbeProtocol::kTcpConnect:
-      if (tcp) tcp->set_address(position, state.address);
+      if (tcp) return tcp->set_address(position, address, std::move(applied));
       break;
     case ProbeProtocol::kIcmpEcho:
-      if (icmp) icmp->set_address(position, state.address);
+      if (icmp) return icmp->set_address(position, address, std::move(applied));
       break;
   }
+  unresolved[i].store(!address.has_value(), std::memory_order_relaxed);  // no prober (not started)
 }
 
 void Measurement::Impl::run_sampler(std::stop_token stop) {

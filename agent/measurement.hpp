@@ -162,6 +162,11 @@ std::string target_label(probes::ProbeProtocol protocol, const asio::ip::address
 // name's address changes.
 std::string target_label(probes::ProbeProtocol protocol, const std::string& host, std::uint16_t port);
 
+// Why a name's answer is no address to probe, or nullptr when it is one: the unspecified address
+// (0.0.0.0 or ::, what DNS sinkholes answer: probing it probes this host), multicast, or the IPv4
+// broadcast address (IPv4-mapped forms alike). Such a target stays unresolved.
+const char* unprobeable_address(const asio::ip::address& address) noexcept;
+
 // A client target's pseudonym at unix_seconds (the protocol and port enter the digest).
 std::string client_label(privacy::Pseudonymiser& pseudonymiser, const ProbeTargetSpec& target,
                          std::int64_t unix_seconds);

@@ -296,8 +296,9 @@ void IcmpProber::place(Target& target, const asio::ip::address& address) {
   }
 }
 
-void IcmpProber::set_address(std::size_t position, std::optional<asio::ip::address> address) {
-  asio::post(io_, [this, position, address] {
+void IcmpProber::set_address(std::size_t position, std::optional<asio::ip::address> address,
+                       std::function<void(bool probed)> applied) {
+  asio::post(io_, [this, position, address, applied = std::move(applied)] {
     if (stopping_ || position >= targets_.size()) {
       return;
     }
@@ -335,6 +336,7 @@ void IcmpProber::set_address(std::size_t position, std::optional<asio::ip::addre
       schedule_timer_.cancel();
       arm_schedule();
     }
+    if (applied) applied(a.has_value());
   });
 }
 

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -114,7 +115,10 @@ class IcmpProber {
   // its sequence numbers continue. A family without a socket yet gets one (a name that resolved
   // to IPv6 late); if that fails, the target stays paused and the failure counts as a send error.
   // Posted to the io_context's thread; any thread.
-  void set_address(std::size_t position, std::optional<asio::ip::address> address);
+  // applied(probed), when given, runs on that thread once the change is made: false when the
+  // target is not probed (no address, or one its socket cannot serve).
+  void set_address(std::size_t position, std::optional<asio::ip::address> address,
+                   std::function<void(bool probed)> applied = {});
 
   // Sends no further probes but keeps the sockets open, so replies (and ICMP errors) for the
   // probes in flight still arrive and are forwarded: a measurement ends with every probe

@@ -115,8 +115,9 @@ void TcpProber::stop() {
   });
 }
 
-void TcpProber::set_address(std::size_t position, std::optional<asio::ip::address> address) {
-  asio::post(io_, [this, position, address] {
+void TcpProber::set_address(std::size_t position, std::optional<asio::ip::address> address,
+                       std::function<void(bool probed)> applied) {
+  asio::post(io_, [this, position, address, applied = std::move(applied)] {
     if (stopping_ || position >= targets_.size()) {
       return;
     }
@@ -131,6 +132,7 @@ void TcpProber::set_address(std::size_t position, std::optional<asio::ip::addres
       schedule_timer_.cancel();
       arm_schedule();
     }
+    if (applied) applied(address.has_value());
   });
 }
 

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <system_error>
@@ -90,7 +91,10 @@ class TcpProber {
 
   // Gives target `position` (in config.targets) a new address, or none (not probed meanwhile);
   // its sequence numbers continue. Posted to the io_context's thread; any thread.
-  void set_address(std::size_t position, std::optional<asio::ip::address> address);
+  // applied(probed), when given, runs on that thread once the change is made: false when the
+  // target is not probed (no address, or one its socket cannot serve).
+  void set_address(std::size_t position, std::optional<asio::ip::address> address,
+                   std::function<void(bool probed)> applied = {});
 
   TcpProberCounters counters() const noexcept;
 

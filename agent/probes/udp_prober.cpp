@@ -151,8 +151,9 @@ void UdpProber::stop() {
   });
 }
 
-void UdpProber::set_address(std::size_t position, std::optional<asio::ip::address> address) {
-  asio::post(io_, [this, position, address] {
+void UdpProber::set_address(std::size_t position, std::optional<asio::ip::address> address,
+                       std::function<void(bool probed)> applied) {
+  asio::post(io_, [this, position, address, applied = std::move(applied)] {
     if (stopping_ || position >= targets_.size()) {
       return;
     }
@@ -184,6 +185,7 @@ void UdpProber::set_address(std::size_t position, std::optional<asio::ip::addres
       timer_.cancel();
       arm_timer();
     }
+    if (applied) applied(a.has_value());
   });
 }
 

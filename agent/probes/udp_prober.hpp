@@ -11,6 +11,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <system_error>
 #include <vector>
@@ -124,7 +125,10 @@ class UdpProber {
   // Gives target `position` (in config.targets) a new address, or none (not probed meanwhile);
   // its sequence numbers continue, and replies still in flight from the old address are dropped
   // as foreign. A family without a socket yet gets one. Posted to the io_context's thread.
-  void set_address(std::size_t position, std::optional<asio::ip::address> address);
+  // applied(probed), when given, runs on that thread once the change is made: false when the
+  // target is not probed (no address, or one its socket cannot serve).
+  void set_address(std::size_t position, std::optional<asio::ip::address> address,
+                   std::function<void(bool probed)> applied = {});
 
   // True when every open socket accepted SO_TIMESTAMPNS. Valid after a successful start().
   bool kernel_timestamps() const noexcept { return kernel_timestamps_.load(std::memory_order_relaxed); }

@@ -288,3 +288,97 @@ TEST_CASE("pipeline: a target whose name resolves late is unresolved (not lost) 
   CHECK(sent == got + lost);
   CHECK(reports.back().counters.udp.sent == sent);
 }
+
+TEST_CASE("late dns: an answer that is no address to probe is named, and a usable one is not") {
+  const auto why = [](const char* a) {
+    const char* reason = agent::unprobeable_address(asio::ip::make_address(a));
+    return std::string(reason != nullptr ? reason : "");
+  };
+  CHECK(why("0.0.0.0") == "the unspecified address");
+  CHECK(why("::") == "the unspecified address");
+  CHECK(why("::ffff:0.0.0.0") == "the unspecified address");
+  CHECK(why("224.0.0.1") == "a multicast address");
+  CHECK(why("ff02::1") == "a multicast address");
+  CHECK(why("::ffff:239.1.2.3") == "a multicast address");
+  CHECK(why("255.255.255.255") == "the broadcast address");
+  for (const char* usable : {"127.0.0.1", "::1", "192.0.2.1", "2001:db8::1", "::ffff:192.0.2.1", "10.255.255.255"}) {
+    CHECK_MESSAGE(why(usable).empty(), usable);
+  }
+}
+
+TEST_CASE("pipeline: a name answered by a sinkhole (0.0.0.0) stays unresolved and is not probed until it resolves") {
+  // A reflector on 127.0.0.1: probes sent to 0.0.0.0 would reach it (the kernel sends them to
+  // this host), so any reply while the name answers 0.0.0.0 would show the sinkhole was probed.
+  agent::MeasurementConfig reflector;
+  reflector.load_interval = 0s;
+  reflector.reflector = agent::probes::ReflectorConfig{};
+  reflector.reflector->bind_address = "127.0.0.1";
+  reflector.reflector->port = 0;
+  agent::Measurement answering(reflector);
+  REQUIRE(answering.start([](agent::MeasurementReport&&) {}));
+  const auto port = answering.reflector_endpoint()->port();
+
+  FakeDns dns;
+  dns.set("pop3.test", found("0.0.0.0"));
+  dns.set("mcast.test", found("ff02::1"));
+  agent::MeasurementConfig c;
+  c.load_interval = 0s;
+  c.report_interval = 200ms;
+  c.resolve = ResolveSchedule{.retry_initial = 20ms, .retry_max = 50ms, .refresh = 50ms};
+  c.lookup = dns.lookup();
+  agent::ProbeTargetSpec udp;
+  udp.protocol = agent::probes::ProbeProtocol::kUdpEcho;
+  udp.host = "pop3.test";
+  udp.port = port;
+  udp.rate_per_s = 50;
+  udp.timeout = 300ms;
+  udp.label = agent::target_label(udp.protocol, udp.host, udp.port);
+  c.targets.push_back(udp);
+  agent::ProbeTargetSpec tcp = udp;
+  tcp.protocol = agent::probes::ProbeProtocol::kTcpConnect;
+  tcp.host = "mcast.test";
+  tcp.label = agent::target_label(tcp.protocol, tcp.host, tcp.port);
+  c.targets.push_back(tcp);
+  std::mutex mutex;
+  std::vector<agent::MeasurementReport> reports;
+  agent::Measurement m(c);
+  REQUIRE(m.start([&](agent::MeasurementReport&& r) {
+    std::lock_guard lock(mutex);
+    reports.push_back(std::move(r));
+  }));
+  const auto count = [&] {
+    std::lock_guard lock(mutex);
+    return reports.size();
+  };
+  // Both names were looked up (and refreshed) while these reports were made.
+  REQUIRE(eventually([&] { return count() >= 3 && dns.calls("pop3.test") >= 2 && dns.calls("mcast.test") >= 2; }));
+  const std::size_t before = count();
+  REQUIRE(eventually([&] { return count() >= before + 2; }));
+  {
+    std::lock_guard lock(mutex);
+    for (const auto& r : reports) {
+      REQUIRE(r.unresolved.size() == 2);
+      CHECK(r.unresolved[0] == 1);
+      CHECK(r.unresolved[1] == 1);
+      CHECK(r.targets[0].sent == 0);
+      CHECK(r.targets[0].received == 0);
+      CHECK(r.targets[1].sent == 0);
+    }
+  }
+  CHECK(m.unresolved_targets() == 2);
+  dns.set("pop3.test", found("127.0.0.1"));
+  REQUIRE(eventually([&] {
+    std::lock_guard lock(mutex);
+    std::uint64_t received = 0;
+    for (const auto& r : reports) received += r.targets[0].received;
+    return received >= 10 && reports.back().unresolved[0] == 0;
+  }));
+  m.finish();
+  answering.stop();
+  std::lock_guard lock(mutex);
+  CHECK(reports.back().unresolved[0] == 0);
+  CHECK(reports.back().unresolved[1] == 1);
+  std::uint64_t tcp_sent = 0;
+  for (const auto& r : reports) tcp_sent += r.targets[1].sent;
+  CHECK(tcp_sent == 0);
+}

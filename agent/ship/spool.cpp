@@ -130,12 +130,10 @@ int pwrite_full(SpoolFiles& files, int fd, std::span<const std::byte> a, std::sp
 
 bool disk_full(int err) { return err == ENOSPC || err == EDQUOT; }
 
-struct StateFile {
-  std::uint64_t next_seq = 1;
-  std::uint64_t acked_seq = 0;
-  std::uint64_t dropped_through = 0;
-  std::uint64_t dropped_total = 0;
-};
+using StateFile = SpoolStateFile;
+
+// sync_fd()'s result when the sync (or what had to follow it) failed; settled_error_ says how.
+constexpr int kSyncFailed = -2;
 
 std::array<std::byte, kStateBytes> encode_state(const StateFile& s) {
   std::array<std::byte, kStateBytes> b{};
@@ -311,13 +309,160 @@ platform::Result<Spool> Spool::open(const SpoolConfig& config, std::vector<std::
   return spool;
 }
 
-int Spool::sync_fd(int fd, bool data_only) {
-  const int r = syncer_->sync(fd, data_only, config_.sync_wait);
-  if (r == 0) ++fsyncs_;
-  return r;
+std::chrono::milliseconds Spool::sync_wait() const {
+  return unbounded_sync_ ? std::chrono::milliseconds(-1) : config_.sync_wait;
+}
+
+std::uint64_t Spool::saved_floor() const {
+  return saved_state_ ? std::max(saved_state_->acked_seq, saved_state_->dropped_through) : 0;
+}
+
+int Spool::settle_sync() {
+  if (!pending_sync_) return 0;
+  const int r = syncer_->collect(sync_wait());
+  if (r == SpoolSyncer::kPending) return r;
+  const SyncJob job = *pending_sync_;
+  pending_sync_.reset();
+  if (Status st = apply_sync(job, r); !st) {
+    settled_error_ = std::move(st);
+    return kSyncFailed;
+  }
+  return 0;
+}
+
+int Spool::sync_fd(int fd, bool data_only, const SyncJob& job) {
+  if (const int r = settle_sync(); r != 0) return r;
+  const int r = syncer_->sync(fd, data_only, sync_wait());
+  if (r == SpoolSyncer::kPending) {
+    pending_sync_ = job;
+    return r;
+  }
+  if (Status st = apply_sync(job, r); !st) {
+    settled_error_ = std::move(st);
+    return kSyncFailed;
+  }
+  return 0;
+}
+
+Status Spool::apply_sync(const SyncJob& job, int result) {
+  if (result == 0) ++fsyncs_;
+  switch (job.kind) {
+    case SyncJob::Kind::kSegment: {
+      if (result == 0) {
+        segment_synced(job.first_seq, job.through);
+        recompute_durable();
+        return {};
+      }
+      const std::uint64_t lost = segment_sync_failed(job.first_seq);
+      recompute_durable();
+      Status st = sys_error(result, "cannot fdatasync", segment_path(job.first_seq));
+      if (lost == 0) return st;
+      return Status::error(st.message() + "; its " + std::to_string(lost) +
+                               " records written since its last good sync count as lost",
+                           st.code());
+    }
+    case SyncJob::Kind::kDir:
+      if (result != 0) return sys_error(result, "cannot fsync", config_.dir);
+      if (job.dir_gen == dir_gen_) dir_unsynced_from_ = 0;
+      if (job.carries_state) {
+        saved_state_ = job.state;
+        if (state_renamed_ == job.state) state_renamed_.reset();
+      }
+      recompute_durable();
+      return {};
+    case SyncJob::Kind::kStateTmp:
+    case SyncJob::Kind::kIncarnationTmp: {
+      const bool state = job.kind == SyncJob::Kind::kStateTmp;
+      const char* tmp_name = state ? kStateTmpName : kIncarnationTmpName;
+      const char* name = state ? kStateName : kIncarnationName;
+      if (result != 0) return sys_error(result, "cannot fsync", config_.dir / tmp_name);
+      // The file is complete on disk: it replaces the old one, durable once the directory is.
+      if (files_->renameat(dir_fd_.get(), tmp_name, name) != 0) {
+        return sys_error(errno, "cannot rename " + (config_.dir / tmp_name).string() + " to", config_.dir / name);
+      }
+      ++dir_gen_;
+      if (state) state_renamed_ = job.state;
+      return {};
+    }
+    case SyncJob::Kind::kStateInPlace:
+      if (result != 0) return sys_error(result, "cannot fsync", config_.dir / kStateName);
+      saved_state_ = job.state;
+      return {};
+  }
+  return {};
+}
+
+void Spool::segment_synced(std::uint64_t first_seq, std::uint64_t through) {
+  const auto last_of = [this](std::uint64_t first) -> std::optional<std::uint64_t> {
+    for (const Segment& seg : segments_) {
+      if (seg.first_seq == first) return seg.offsets.empty() ? std::nullopt : std::optional(seg.last_seq());
+    }
+    return std::nullopt;
+  };
+  for (auto it = unsynced_closed_.begin(); it != unsynced_closed_.end(); ++it) {
+    if (it->first_seq != first_seq) continue;
+    const std::optional<std::uint64_t> last = last_of(first_seq);
+    if (!last || through >= *last) {
+      unsynced_closed_.erase(it);
+    } else {
+      it->from = std::max(it->from, through + 1);
+    }
+    return;
+  }
+  if (write_unsynced_from_ != 0 && write_fd_.valid() && segments_.back().first_seq == first_seq) {
+    const Segment& seg = segments_.back();
+    if (seg.offsets.empty() || through >= seg.last_seq()) {
+      write_unsynced_from_ = 0;
+    } else if (through >= write_unsynced_from_) {
+      write_unsynced_from_ = through + 1;
+    }
+  }
+}
+
+std::uint64_t Spool::segment_sync_failed(std::uint64_t first_seq) {
+  // After a failed fdatasync the kernel may have given up the write-back of the dirty pages and
+  // marked them clean, so a retry returns 0 without writing them: what was written since the
+  // segment's last good sync is not trusted, ever. It is not sent (a power cut could give its
+  // seqs back), but counted as lost, and the segment takes no more records.
+  std::uint64_t from = 0;
+  for (auto it = unsynced_closed_.begin(); it != unsynced_closed_.end(); ++it) {
+    if (it->first_seq == first_seq) {
+      from = it->from;
+      unsynced_closed_.erase(it);
+      break;
+    }
+  }
+  if (from == 0 && write_unsynced_from_ != 0 && write_fd_.valid() && segments_.back().first_seq == first_seq) {
+    from = write_unsynced_from_;
+    write_unsynced_from_ = 0;
+    write_poisoned_ = true;
+  }
+  if (from == 0) return 0;
+  std::uint64_t lost = 0;
+  for (const Segment& seg : segments_) {
+    if (seg.first_seq != first_seq || seg.offsets.empty()) continue;
+    for (std::uint64_t s = std::max(from, floor() + 1); s <= seg.last_seq(); ++s) {
+      if (is_bad(s)) continue;
+      live_bytes_ -= record_bytes(s);
+      --live_records_;
+      bad_seqs_.insert(std::upper_bound(bad_seqs_.begin(), bad_seqs_.end(), s), s);
+      ++lost;
+    }
+  }
+  sync_lost_ += lost;
+  return lost;
+}
+
+void Spool::recompute_durable() {
+  std::uint64_t limit = next_seq_;
+  for (const UnsyncedSegment& u : unsynced_closed_) limit = std::min(limit, u.from);
+  if (write_unsynced_from_ != 0) limit = std::min(limit, write_unsynced_from_);
+  if (dir_unsynced_from_ != 0) limit = std::min(limit, dir_unsynced_from_);
+  durable_seq_ = std::max(durable_seq_, limit - 1);
 }
 
 Status Spool::sync_error(int result, const std::string& what, const std::filesystem::path& path) const {
+  if (result == kSyncFailed) return settled_error_;
   if (result == SpoolSyncer::kPending) {
     return Status::error(what + " " + path.string() + ": still running after " +
                              std::to_string(config_.sync_wait.count()) + " ms (a hung or very slow disk)",
@@ -356,6 +501,11 @@ Status Spool::recover(std::vector<std::string>& warnings) {
     warnings.push_back(state_path.string() + ": corrupt, ignored; all spooled records count as unacked");
     state = StateFile{};
   }
+
+  if (state_read == StateRead::kOk) saved_state_ = state;
+  acked_seq_ = state.acked_seq;
+  dropped_through_ = state.dropped_through;
+  dropped_total_ = state.dropped_total;
 
   std::vector<std::byte> chunk(kScanChunk);
   std::uint64_t prev_seq = 0;  // seqs must rise strictly across the whole spool
@@ -456,34 +606,32 @@ Status Spool::recover(std::vector<std::string>& warnings) {
                          std::to_string(seg.first_seq) + ".." + std::to_string(seg.last_seq()) + "), cut " +
                          std::to_string(file_size - off) + " bytes");
     }
-    // What a crashed process left may be in the page cache only, and a cut must reach the disk
-    // before records after it are trusted: durable_seq() covers what is synced. A sync that fails
-    // or outlasts sync_wait does not stop the start: that segment waits for the next flush().
-    if (sync_fd(fd.get(), false) != 0) {
-      unsynced_closed_.push_back(UnsyncedSegment{seg.first_seq, std::move(fd)});
-    }
     if (prev_seq != 0 && seg.first_seq > prev_seq + 1) {
       const std::uint64_t floor_seq = std::max(state.acked_seq, state.dropped_through);
       const std::uint64_t from = std::max(prev_seq, floor_seq);
       if (seg.first_seq > from + 1) lost_records_ += seg.first_seq - from - 1;
     }
     prev_seq = seg.last_seq();
-    segments_.push_back(std::move(seg));
-  }
-
-  acked_seq_ = state.acked_seq;
-  dropped_through_ = state.dropped_through;
-  dropped_total_ = state.dropped_total;
-  next_seq_ = std::max<std::uint64_t>({state.next_seq, prev_seq + 1, floor() + 1, 1});
-  durable_seq_ = unsynced_closed_.empty() ? next_seq_ - 1 : unsynced_closed_.front().first_seq - 1;
-
-  for (const Segment& seg : segments_) {
     for (std::size_t i = 0; i < seg.offsets.size(); ++i) {
       if (seg.first_seq + i <= floor()) continue;
       ++live_records_;
       live_bytes_ += seg.record_end(i) - seg.offsets[i];
     }
+    const std::uint64_t seg_first = seg.first_seq;
+    const std::uint64_t seg_last = seg.last_seq();
+    segments_.push_back(std::move(seg));
+    // What a crashed process left may be in the page cache only, and a cut must reach the disk
+    // before records after it are trusted: durable_seq() covers what is synced. A sync that
+    // outlasts sync_wait does not stop the start: it is applied by a later call. One that fails
+    // gives up the segment's records (counted as lost), since no later sync can vouch for them.
+    unsynced_closed_.push_back(UnsyncedSegment{seg_first, seg_first, std::move(fd)});
+    const int synced = sync_fd(unsynced_closed_.back().fd.get(), false,
+                               SyncJob{SyncJob::Kind::kSegment, seg_first, seg_last, 0, false, {}});
+    if (synced == kSyncFailed) warnings.push_back(settled_error_.message());
   }
+
+  next_seq_ = std::max<std::uint64_t>({state.next_seq, prev_seq + 1, floor() + 1, 1});
+  recompute_durable();
   // The bound also holds after a restart with a smaller max_bytes.
   if (const std::uint64_t dropped = drop_oldest_for(0); dropped > 0) {
     warnings.push_back(config_.dir.string() + ": dropped " + std::to_string(dropped) +
@@ -499,7 +647,10 @@ Status Spool::recover(std::vector<std::string>& warnings) {
   }
   // Persisting here catches a read-only spool at start-up, and must precede deleting dead segments.
   // An fsync still running (a hung disk) is no reason not to start: a later flush() saves it.
-  if (Status st = persist_state(); !st && st.code() != Errc::kUnavailable) return st;
+  // (With a new incarnation the state is waited for: it must not stay paired with the old one.)
+  Status persisted = persist_state();
+  unbounded_sync_ = false;
+  if (!persisted && persisted.code() != Errc::kUnavailable) return persisted;
   if (!reserve_present_) ensure_reserve();
 
   if (!segments_.empty()) {
@@ -598,11 +749,12 @@ void Spool::delete_dead_segments() {
     const int r = files_->unlinkat(dir_fd_.get(), segment_path(*it).filename().c_str());
     it = r == 0 || errno == ENOENT ? unlink_pending_.erase(it) : it + 1;
   }
-  while (!segments_.empty() && segments_.front().last_seq() <= floor()) {
+  // Only what the state on disk says is dead: the state in memory may be ahead of it.
+  while (!segments_.empty() && segments_.front().last_seq() <= std::min(floor(), saved_floor())) {
     const Segment& seg = segments_.front();
     if (segments_.size() == 1) {
       write_fd_.reset();
-      unsynced_ = false;  // nothing in it is live any more
+      write_unsynced_from_ = 0;  // nothing in it is live any more
     }
     if (read_fd_.valid() && read_seg_first_ == seg.first_seq) read_fd_.reset();
     std::erase_if(unsynced_closed_, [&seg](const UnsyncedSegment& u) { return u.first_seq == seg.first_seq; });
@@ -630,8 +782,12 @@ Status Spool::load_or_create_incarnation(bool seq_space_trusted, std::vector<std
     warnings.push_back(path.string() + ": missing (a spool from before incarnations, or the file was "
                        "removed); new incarnation " + fresh);
   }
-  // A fresh directory (missing incarnation and state) gets one without a warning.
-  return write_file_atomically(kIncarnationTmpName, kIncarnationName, encode_incarnation(incarnation_));
+  // A fresh directory (missing incarnation and state) gets one without a warning. Its syncs are
+  // waited for without sync_wait's bound (nothing watches open(), and the spool cannot start
+  // without it); so is the state file that follows it (see recover()).
+  unbounded_sync_ = true;
+  return write_file_atomically(kIncarnationTmpName, encode_incarnation(incarnation_),
+                               SyncJob{SyncJob::Kind::kIncarnationTmp, 0, 0, 0, false, {}});
 }
 
 void Spool::ensure_reserve() {
@@ -656,9 +812,8 @@ bool Spool::release_reserve() {
   return true;
 }
 
-Status Spool::write_file_atomically(const char* tmp_name, const char* name, std::span<const std::byte> bytes) {
+Status Spool::write_file_atomically(const char* tmp_name, std::span<const std::byte> bytes, const SyncJob& job) {
   const std::filesystem::path tmp = config_.dir / tmp_name;
-  const std::filesystem::path path = config_.dir / name;
   for (int attempt = 0;; ++attempt) {
     int err = 0;
     const char* verb = "cannot create";
@@ -670,8 +825,9 @@ Status Spool::write_file_atomically(const char* tmp_name, const char* name, std:
         verb = "cannot write";
         err = pwrite_full(*files_, fd.get(), bytes, {}, 0);
       }
+      // The sync renames the file into place when it returns (apply_sync), also on a later call.
       if (err == 0) {
-        if (const int r = sync_fd(fd.get(), false); r != 0) return sync_error(r, "cannot fsync", tmp);
+        if (const int r = sync_fd(fd.get(), false, job); r != 0) return sync_error(r, "cannot fsync", tmp);
       }
     }
     if (err == 0) break;
@@ -679,16 +835,23 @@ Status Spool::write_file_atomically(const char* tmp_name, const char* name, std:
     if (attempt == 0 && disk_full(err) && release_reserve()) continue;
     return sys_error(err, verb, tmp);
   }
-  if (files_->renameat(dir_fd_.get(), tmp_name, name) != 0) {
-    return sys_error(errno, "cannot rename " + tmp.string() + " to", path);
-  }
-  // The rename is durable only once the directory is; dir_unsynced_ covers new segments too.
+  // The rename is durable only once the directory is; the directory fsync covers new segments too.
   return sync_dir();
 }
 
 Status Spool::write_state() {
-  const auto bytes = encode_state(StateFile{next_seq_, acked_seq_, dropped_through_, dropped_total_});
-  Status st = write_file_atomically(kStateTmpName, kStateName, bytes);
+  // A save that outlasted sync_wait goes on where it stopped (its fsync applied, the file renamed,
+  // the directory synced) rather than from scratch: on a disk whose every fsync takes longer than
+  // sync_wait, each call moves it one step, and the state still gets saved.
+  if (const int r = settle_sync(); r != 0) return sync_error(r, "cannot fsync", config_.dir / kStateTmpName);
+  if (state_renamed_) {
+    if (Status st = sync_dir(); !st) return st;
+  }
+  const StateFile now = current_state();
+  if (saved_state_ == now) return {};
+  const auto bytes = encode_state(now);
+  Status st = write_file_atomically(kStateTmpName, bytes,
+                                    SyncJob{SyncJob::Kind::kStateTmp, 0, 0, 0, false, now});
   if (st || st.code() != Errc::kExhausted) return st;
   // A full disk and no reserve left: the state is rewritten in place, which needs no new space,
   // so acks and drops can still be saved (and segments deleted). Not atomic, but the 44 bytes sit
@@ -696,25 +859,30 @@ Status Spool::write_state() {
   // corrupt, which loses nothing (all spooled records count as unacked, under a new incarnation).
   SpoolFd fd(files_->openat(dir_fd_.get(), kStateName, O_WRONLY | O_CLOEXEC, 0));
   if (!fd.valid() || pwrite_full(*files_, fd.get(), bytes, {}, 0) != 0) return st;
-  if (const int r = sync_fd(fd.get(), false); r != 0) return sync_error(r, "cannot fsync", config_.dir / kStateName);
+  if (const int r = sync_fd(fd.get(), false, SyncJob{SyncJob::Kind::kStateInPlace, 0, 0, 0, false, now}); r != 0) {
+    return sync_error(r, "cannot fsync", config_.dir / kStateName);
+  }
   return {};
 }
 
 Status Spool::persist_state() {
-  if (Status st = write_state(); !st) {
-    state_dirty_ = true;
-    return st;
-  }
-  state_dirty_ = false;
+  const Status st = write_state();
+  state_dirty_ = saved_state_ != current_state();
+  // Whatever part of the state is durable lets its dead segments go (also when a newer save is
+  // still under way).
   delete_dead_segments();
+  if (!st) return st;
   if (!reserve_present_) ensure_reserve();  // deletions may have made room again
   return {};
 }
 
 int Spool::fsync_dir() {
-  const int r = sync_fd(dir_fd_.get(), false);
-  if (r == 0) dir_unsynced_ = false;
-  return r;
+  SyncJob job{SyncJob::Kind::kDir, 0, 0, dir_gen_, false, {}};
+  if (state_renamed_) {
+    job.carries_state = true;
+    job.state = *state_renamed_;
+  }
+  return sync_fd(dir_fd_.get(), false, job);
 }
 
 Status Spool::sync_dir() {
@@ -723,46 +891,61 @@ Status Spool::sync_dir() {
 }
 
 Status Spool::sync_data() {
-  // Segments closed (or found at open) before their data was synced, oldest first.
+  // A sync that outlasted its wait earlier counts now if it has returned.
+  if (const int r = settle_sync(); r != 0) return sync_error(r, "cannot fdatasync", config_.dir);
+  // Segments closed (or found at open) before their data was synced, oldest first. Each sync,
+  // good or failed, takes its segment off the list (apply_sync).
   while (!unsynced_closed_.empty()) {
-    UnsyncedSegment& u = unsynced_closed_.front();
-    if (const int r = sync_fd(u.fd.get(), true); r != 0) {
-      return sync_error(r, "cannot fdatasync", segment_path(u.first_seq));
+    const UnsyncedSegment& u = unsynced_closed_.front();
+    const std::uint64_t first = u.first_seq;
+    std::uint64_t through = first;
+    for (const Segment& seg : segments_) {
+      if (seg.first_seq == first && !seg.offsets.empty()) through = seg.last_seq();
     }
-    unsynced_closed_.erase(unsynced_closed_.begin());
-  }
-  if (unsynced_ && write_fd_.valid()) {
-    if (const int r = sync_fd(write_fd_.get(), true); r != 0) {
-      return sync_error(r, "cannot fdatasync", segment_path(segments_.back().first_seq));
+    if (const int r = sync_fd(u.fd.get(), true, SyncJob{SyncJob::Kind::kSegment, first, through, 0, false, {}});
+        r != 0) {
+      return sync_error(r, "cannot fdatasync", segment_path(first));
     }
   }
-  unsynced_ = false;
-  if (dir_unsynced_) {
+  if (write_unsynced_from_ != 0 && write_fd_.valid()) {
+    const Segment& seg = segments_.back();
+    if (const int r = sync_fd(write_fd_.get(), true,
+                              SyncJob{SyncJob::Kind::kSegment, seg.first_seq, next_seq_ - 1, 0, false, {}});
+        r != 0) {
+      return sync_error(r, "cannot fdatasync", segment_path(seg.first_seq));
+    }
+  }
+  if (dir_unsynced_from_ != 0) {
     if (Status st = sync_dir(); !st) return st;
   }
-  durable_seq_ = next_seq_ - 1;
+  recompute_durable();
   last_sync_ = std::chrono::steady_clock::now();
   return {};
 }
 
 Status Spool::flush() {
   Status saved;
-  if (state_dirty_ || !unlink_pending_.empty()) saved = persist_state();
+  if (state_dirty_ || state_renamed_ || !unlink_pending_.empty()) saved = persist_state();
   Status synced = sync_data();
   return !synced ? synced : saved;
 }
 
-Status Spool::start_segment(std::uint64_t first_seq) {
+Status Spool::start_segment(std::uint64_t first_seq, int& err) {
   const std::filesystem::path path = segment_path(first_seq);
   // O_TRUNC: a file of this name is not in the index, so it holds nothing live.
   SpoolFd fd(files_->openat(dir_fd_.get(), path.filename().c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
                             0640));
-  if (!fd.valid()) return sys_error(errno, "cannot create segment", path);
+  if (!fd.valid()) {
+    err = errno;
+    return sys_error(err, "cannot create segment", path);
+  }
   write_fd_ = std::move(fd);
+  write_poisoned_ = false;
   Segment seg;
   seg.first_seq = first_seq;
   segments_.push_back(std::move(seg));
-  dir_unsynced_ = true;
+  ++dir_gen_;
+  if (dir_unsynced_from_ == 0) dir_unsynced_from_ = first_seq;
   return {};
 }
 
@@ -815,26 +998,26 @@ Status Spool::append(std::uint64_t seq, std::span<const std::byte> payload) {
 Status Spool::write_record(std::uint64_t seq, std::span<const std::byte> payload, int& err) {
   const std::uint64_t rec = kHeader + std::uint64_t{payload.size()};
   const bool every_record = config_.fsync == SpoolConfig::Fsync::kEveryRecord;
-  if (!every_record && unsynced_ && std::chrono::steady_clock::now() - last_sync_ >= config_.fsync_interval) {
+  if (!every_record && write_unsynced_from_ != 0 &&
+      std::chrono::steady_clock::now() - last_sync_ >= config_.fsync_interval) {
     // Keeps syncs at most fsync_interval apart while appends continue; a failure is retried by the
     // next one or by flush(), and only delays sending. (A sync still running is a stall, counted
     // as such, not an error.)
     if (const Status st = sync_data(); !st && st.code() != Errc::kUnavailable) ++retried_errors_;
   }
-  if (write_fd_.valid() && segments_.back().size > 0 && segments_.back().size + rec > config_.segment_bytes) {
+  if (write_fd_.valid() &&
+      (write_poisoned_ || (segments_.back().size > 0 && segments_.back().size + rec > config_.segment_bytes))) {
     // A closed segment that holds unsynced data keeps its descriptor until flush() syncs it.
-    if (unsynced_) {
-      unsynced_closed_.push_back(UnsyncedSegment{segments_.back().first_seq, std::move(write_fd_)});
-      unsynced_ = false;
+    if (write_unsynced_from_ != 0) {
+      unsynced_closed_.push_back(
+          UnsyncedSegment{segments_.back().first_seq, write_unsynced_from_, std::move(write_fd_)});
+      write_unsynced_from_ = 0;
     }
     write_fd_.reset();
   }
   bool fresh = false;
   if (!write_fd_.valid()) {
-    if (Status st = start_segment(seq); !st) {
-      err = errno;
-      return st;
-    }
+    if (Status st = start_segment(seq, err); !st) return st;
     fresh = true;
   }
   Segment& seg = segments_.back();
@@ -848,15 +1031,19 @@ Status Spool::write_record(std::uint64_t seq, std::span<const std::byte> payload
                        crc32c_extend(crc32c(std::span<const std::byte>(h.data(), kHeaderCrcOffset)), payload));
 
   err = pwrite_full(*files_, write_fd_.get(), h, payload, seg.size);
-  bool durable = false;
+  // Written: from here the segment holds data its next sync must cover (the record is indexed
+  // below, unless its sync fails).
+  if (err == 0 && write_unsynced_from_ == 0) write_unsynced_from_ = seq;
   if (err == 0 && every_record) {
-    int r = sync_fd(write_fd_.get(), true);
-    if (r == 0 && dir_unsynced_) r = fsync_dir();
-    // Still running: the record is written, and becomes durable (and sendable) with a later sync.
-    if (r != SpoolSyncer::kPending) {
-      err = r;
-      durable = r == 0;
+    const std::uint64_t first = seg.first_seq;
+    int r = sync_fd(write_fd_.get(), true, SyncJob{SyncJob::Kind::kSegment, first, seq, 0, false, {}});
+    if (r == 0 && dir_unsynced_from_ != 0) r = fsync_dir();
+    if (r == kSyncFailed && write_poisoned_ && segments_.back().first_seq == first) {
+      err = EIO;  // this segment's sync failed: the record is taken back out and reported
+    } else if (r == kSyncFailed) {
+      ++retried_errors_;  // an earlier sync's (or the directory's) failure, reported; retried
     }
+    // Still running: the record is written, and becomes durable (and sendable) with a later sync.
   }
   if (err != 0) {
     // Take the record back out so the file ends at the last indexed record.
@@ -871,25 +1058,21 @@ Status Spool::write_record(std::uint64_t seq, std::span<const std::byte> payload
       // the next record starts a new segment after it and no seq appears twice on disk; the next
       // open() cuts what is torn. The earlier records still need their sync.
       ++retried_errors_;
-      if (unsynced_) {
-        unsynced_closed_.push_back(UnsyncedSegment{seg.first_seq, std::move(write_fd_)});
-        unsynced_ = false;
+      if (write_unsynced_from_ != 0) {
+        unsynced_closed_.push_back(UnsyncedSegment{seg.first_seq, write_unsynced_from_, std::move(write_fd_)});
+        write_unsynced_from_ = 0;
       }
       write_fd_.reset();
       ++next_seq_;
     }
     return sys_error(err, "cannot write record " + std::to_string(seq) + " to", path);
   }
-  if (durable) {
-    durable_seq_ = seq;
-  } else {
-    unsynced_ = true;
-  }
   seg.offsets.push_back(static_cast<std::uint32_t>(seg.size));
   seg.size += rec;
   live_bytes_ += rec;
   ++live_records_;
   ++next_seq_;
+  recompute_durable();
   return {};
 }
 
@@ -981,6 +1164,7 @@ SpoolStats Spool::stats() const {
   st.append_failures = append_failures_;
   st.retried_errors = retried_errors_;
   st.full_disk_drops = full_disk_drops_;
+  st.sync_lost = sync_lost_;
   st.sync_stalls = syncer_->stalls();
   st.sync_stalled_ms = static_cast<std::uint64_t>(syncer_->stalled_for().count());
   st.state_unsaved = state_dirty_;

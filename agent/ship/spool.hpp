@@ -119,9 +119,21 @@ struct SpoolStats {
   std::uint64_t full_disk_drops = 0;  // records dropped (in dropped_total) to make room on a full disk
   std::uint64_t sync_stalls = 0;      // fsyncs that outlasted sync_wait
   std::uint64_t sync_stalled_ms = 0;  // how long the current stalled fsync has run; 0 when none
+  // This process: records whose segment's fdatasync failed (the kernel may have dropped their
+  // write-back, and a later sync that returns 0 does not prove otherwise): never sent.
+  std::uint64_t sync_lost = 0;
   bool state_unsaved = false;         // the state file is behind (its write failed; retried)
   // Records this process could not keep: lost to I/O errors or damage after being handed over.
-  [[nodiscard]] std::uint64_t lost() const { return append_failures + corrupt_reads; }
+  [[nodiscard]] std::uint64_t lost() const { return append_failures + corrupt_reads + sync_lost; }
+};
+
+// The state file's contents (see the on-disk format above).
+struct SpoolStateFile {
+  std::uint64_t next_seq = 1;
+  std::uint64_t acked_seq = 0;
+  std::uint64_t dropped_through = 0;
+  std::uint64_t dropped_total = 0;
+  bool operator==(const SpoolStateFile&) const = default;
 };
 
 class SpoolSyncer;
@@ -239,7 +251,21 @@ class Spool {
 
   struct UnsyncedSegment {
     std::uint64_t first_seq = 0;
+    std::uint64_t from = 0;  // its oldest record not known to be synced
     SpoolFd fd;
+  };
+
+  // What a sync covers, so that one which outlasts sync_wait is applied when it returns (on a
+  // later call) instead of being thrown away: a slow disk still makes progress, and an error is
+  // never hidden by a later sync that returns 0.
+  struct SyncJob {
+    enum class Kind : std::uint8_t { kSegment, kDir, kStateTmp, kIncarnationTmp, kStateInPlace };
+    Kind kind = Kind::kSegment;
+    std::uint64_t first_seq = 0;  // kSegment: the segment
+    std::uint64_t through = 0;    // kSegment: its newest record when the sync started
+    std::uint64_t dir_gen = 0;    // kDir: the directory changes it covers
+    bool carries_state = false;   // kDir: it makes this renamed state durable
+    SpoolStateFile state{};       // kStateTmp, kStateInPlace, kDir with carries_state
   };
 
   explicit Spool(SpoolConfig config);
@@ -258,16 +284,27 @@ class Spool {
   platform::Status write_record(std::uint64_t seq, std::span<const std::byte> payload, int& err);
   platform::Status persist_state();  // write_state(), then delete what is dead; remembers a failure
   platform::Status write_state();
-  int sync_fd(int fd, bool data_only);  // 0, an errno or SpoolSyncer::kPending
+  // 0, SpoolSyncer::kPending, or kSyncFailed (settled_error_ says what). Collects (and applies) an
+  // earlier sync that outlasted its wait first; while that one still runs, nothing new starts.
+  int sync_fd(int fd, bool data_only, const SyncJob& job);
+  int settle_sync();  // the first half of sync_fd: 0, kPending or kSyncFailed
+  platform::Status apply_sync(const SyncJob& job, int result);
+  void segment_synced(std::uint64_t first_seq, std::uint64_t through);
+  std::uint64_t segment_sync_failed(std::uint64_t first_seq);  // the records it loses
+  void recompute_durable();
+  std::chrono::milliseconds sync_wait() const;
+  std::uint64_t saved_floor() const;
+  SpoolStateFile current_state() const { return {next_seq_, acked_seq_, dropped_through_, dropped_total_}; }
   platform::Status sync_error(int result, const std::string& what, const std::filesystem::path& path) const;
   void ensure_reserve();
   bool release_reserve();
-  platform::Status write_file_atomically(const char* tmp_name, const char* name, std::span<const std::byte> bytes);
+  // Writes tmp_name and syncs it; job's apply_sync renames it into place (also on a later call).
+  platform::Status write_file_atomically(const char* tmp_name, std::span<const std::byte> bytes, const SyncJob& job);
   platform::Status load_or_create_incarnation(bool seq_space_trusted, std::vector<std::string>& warnings);
   platform::Status sync_data();
   platform::Status sync_dir();
   int fsync_dir();  // sync_dir()'s work: 0 or the errno
-  platform::Status start_segment(std::uint64_t first_seq);
+  platform::Status start_segment(std::uint64_t first_seq, int& err);  // err: the errno
   platform::Status recover(std::vector<std::string>& warnings);
 
   SpoolConfig config_;
@@ -291,9 +328,16 @@ class Spool {
   std::uint64_t live_bytes_ = 0;
   std::uint64_t live_records_ = 0;
 
-  bool unsynced_ = false;      // data written to write_fd_ since the last fdatasync
-  bool dir_unsynced_ = false;  // a segment was created since the last directory fsync
-  bool state_dirty_ = false;   // the last write_state() failed
+  std::uint64_t write_unsynced_from_ = 0;  // write_fd_'s oldest record not yet synced; 0: none
+  bool write_poisoned_ = false;           // write_fd_'s sync failed: the next record starts a new segment
+  std::uint64_t dir_gen_ = 0;             // directory changes (segments created, renames)
+  std::uint64_t dir_unsynced_from_ = 0;   // first seq of the oldest segment created since the last dir fsync
+  bool state_dirty_ = false;              // the state file on disk is behind the one in memory
+  std::optional<SyncJob> pending_sync_;   // the sync that outlasted its wait, until applied
+  platform::Status settled_error_;        // what kSyncFailed means
+  bool unbounded_sync_ = false;           // open() making an incarnation durable: no watchdog yet
+  std::optional<SpoolStateFile> saved_state_;    // known durable on disk
+  std::optional<SpoolStateFile> state_renamed_;  // renamed into place, awaiting the directory fsync
   bool reserve_present_ = false;
   std::uint64_t read_fail_seq_ = 0;  // the record whose reads fail, and how often they did
   unsigned read_fail_count_ = 0;
@@ -307,6 +351,7 @@ class Spool {
   std::uint64_t append_failures_ = 0;
   std::uint64_t retried_errors_ = 0;
   std::uint64_t full_disk_drops_ = 0;
+  std::uint64_t sync_lost_ = 0;
 };
 
 }  // namespace vantage::agent::ship

@@ -23,7 +23,7 @@ struct SpoolSyncer::Shared {
   int fd = -1;  // the worker's duplicate, closed by the worker
   bool data_only = false;
   int result = 0;
-  bool stalled = false;  // the current request outlasted its wait
+  bool stalled = false;  // the current request outlasted its wait; its result awaits collect()
   std::chrono::steady_clock::time_point started{};
   std::uint64_t stalls = 0;
 
@@ -77,12 +77,26 @@ SpoolSyncer::~SpoolSyncer() {
   }
 }
 
+namespace {
+
+// Waits for pred, at most wait (negative: no bound).
+template <typename Pred>
+bool wait_bounded(std::condition_variable& cv, std::unique_lock<std::mutex>& lock, std::chrono::milliseconds wait,
+                  Pred pred) {
+  if (wait.count() < 0) {
+    cv.wait(lock, pred);
+    return true;
+  }
+  return cv.wait_for(lock, wait, pred);
+}
+
+}  // namespace
+
 int SpoolSyncer::sync(int fd, bool data_only, std::chrono::milliseconds wait) {
   Shared& s = *shared_;
   std::unique_lock lock(s.mutex);
-  if (s.state == Shared::State::kQueued || s.state == Shared::State::kRunning) return kPending;
-  s.state = Shared::State::kIdle;  // a stalled sync that has since returned answers nobody now
-  s.stalled = false;
+  if (s.stalled || s.state == Shared::State::kQueued || s.state == Shared::State::kRunning) return kPending;
+  s.state = Shared::State::kIdle;
   const int dup = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
   if (dup < 0) return errno;
   if (!worker_.joinable()) {
@@ -93,11 +107,26 @@ int SpoolSyncer::sync(int fd, bool data_only, std::chrono::milliseconds wait) {
   s.state = Shared::State::kQueued;
   s.started = std::chrono::steady_clock::now();
   s.cv.notify_all();
-  if (!s.cv.wait_for(lock, wait, [&s] { return s.state == Shared::State::kDone; })) {
+  if (!wait_bounded(s.cv, lock, wait, [&s] { return s.state == Shared::State::kDone; })) {
     s.stalled = true;
     ++s.stalls;
     return kPending;
   }
+  s.state = Shared::State::kIdle;
+  return s.result;
+}
+
+bool SpoolSyncer::outstanding() const {
+  std::lock_guard lock(shared_->mutex);
+  return shared_->stalled;
+}
+
+int SpoolSyncer::collect(std::chrono::milliseconds wait) {
+  Shared& s = *shared_;
+  std::unique_lock lock(s.mutex);
+  if (!s.stalled) return 0;
+  if (!wait_bounded(s.cv, lock, wait, [&s] { return s.state == Shared::State::kDone; })) return kPending;
+  s.stalled = false;
   s.state = Shared::State::kIdle;
   return s.result;
 }

@@ -22,11 +22,16 @@ class SpoolSyncer {
   SpoolSyncer(const SpoolSyncer&) = delete;
   SpoolSyncer& operator=(const SpoolSyncer&) = delete;
 
-  // 0, an errno, or kPending: the sync did not return within wait, or an earlier one that did
-  // not is still running (then nothing new is started: one hung sync holds one thread, and a
-  // later call starts afresh once it returns, since its result answers nobody any more). The
-  // worker syncs a duplicate of fd, so the caller may close its own at once.
+  // 0, an errno, or kPending: the sync did not return within wait (a negative wait: no bound),
+  // or an earlier one that did is not collected yet (then nothing new is started: one hung sync
+  // holds one thread). A sync that outlasted its wait goes on, and its result is kept for
+  // collect(): a slow disk's syncs still count, and an error is never lost to a later sync that
+  // returns 0. The worker syncs a duplicate of fd, so the caller may close its own at once.
   int sync(int fd, bool data_only, std::chrono::milliseconds wait);
+  // A sync that outlasted its wait and whose result nobody has collected yet.
+  [[nodiscard]] bool outstanding() const;
+  // Waits up to wait (negative: no bound) for that sync: its result (once), or kPending.
+  int collect(std::chrono::milliseconds wait);
 
   [[nodiscard]] std::uint64_t stalls() const;  // syncs that outlasted their wait
   // How long the sync that outlasted its wait has been running; zero when none is.

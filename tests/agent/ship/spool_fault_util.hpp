@@ -1,9 +1,11 @@
 // A SpoolFiles that fails on demand: the Nth call of one kind (or of any kind) fails with an errno,
-// writes or reads only part of what it was asked to, or blocks until released (a hung fsync).
+// writes or reads only part of what it was asked to, blocks until released (a hung fsync), or
+// takes a while and then succeeds or fails (a slow disk).
 #pragma once
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <cerrno>
 #include <condition_variable>
 #include <cstddef>
@@ -12,6 +14,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "agent/ship/spool_files.hpp"
@@ -22,7 +25,8 @@ using vantage::agent::ship::kSpoolOpCount;
 using vantage::agent::ship::SpoolFiles;
 using vantage::agent::ship::SpoolOp;
 
-enum class FaultAction { kErrno, kShort, kBlock };
+// kDelay: the call takes `delay`, then fails with err (0: it succeeds).
+enum class FaultAction { kErrno, kShort, kBlock, kDelay };
 
 struct Fault {
   std::optional<SpoolOp> op;  // nullopt: a call of any kind
@@ -30,6 +34,7 @@ struct Fault {
   FaultAction action = FaultAction::kErrno;
   int err = EIO;
   std::uint64_t count = 1;  // how many such calls in a row, from the Nth; kForever: until clear()
+  std::chrono::milliseconds delay{0};  // kDelay
 };
 inline constexpr std::uint64_t kForever = std::numeric_limits<std::uint64_t>::max();
 
@@ -147,6 +152,14 @@ class FaultySpoolFiles final : public SpoolFiles {
           cv_.wait(lock, [this] { return released_; });
           --blocked_;
           return false;
+        case FaultAction::kDelay: {
+          const Fault hit = f;  // faults_ may be replaced while this call sleeps
+          lock.unlock();
+          std::this_thread::sleep_for(hit.delay);
+          if (hit.err == 0) return false;
+          errno = hit.err;
+          return true;
+        }
       }
     }
     return false;

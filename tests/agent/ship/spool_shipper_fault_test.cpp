@@ -248,3 +248,23 @@ TEST_CASE("shipper over a failing disk: a hung fsync leaves the shipper's thread
   files->release();
   shipper->stop(0ms);
 }
+
+TEST_CASE("shipper over a failing disk: a slow disk (every fsync outlasts sync_wait) still delivers and frees the spool") {
+  World w(500ms);  // the production sync_wait
+  w.connect();
+  w.files->arm({Fault{SpoolOp::kSync, 1, FaultAction::kDelay, 0, kForever, 700ms}});
+  w.submit(8);
+  REQUIRE(w.session->spool().stats().segments >= 2);
+  for (int i = 0; i < 600 && (w.collector.stored.size() < 8 || w.session->spool().stats().segments > 0); ++i) {
+    std::this_thread::sleep_for(100ms);
+    w.session->on_timer(SessionTimer::kFlush);  // the flush timer, faster than production's 1 s
+    w.deliver(false);
+  }
+  CHECK(w.collector.stored.size() == 8);
+  CHECK(w.session->spool().acked_seq() == 8);
+  CHECK(w.session->spool().stats().segments == 0);  // the state was saved, so the segments went
+  CHECK_FALSE(w.session->spool().stats().state_unsaved);
+  CHECK(w.session->spool().stats().sync_stalls > 0);
+  CHECK(w.session->counters().spool_errors == 0);
+  CHECK(w.collector.self.spool_lost == 0);
+}

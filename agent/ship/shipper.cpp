@@ -60,6 +60,9 @@ struct Shipper::Impl final : SessionIo {
   std::uint64_t pending_gen = 0;
   std::size_t pending_name = 0;
   CollectorAddress pending_collector;
+  // The name of the connect in flight (names.size(): an IP address). A connect to it that fails
+  // or times out looks it up again at once: the collector may have moved.
+  std::size_t connecting_name = 0;
 
   void connect(const CollectorAddress& c) override;
   void write(std::span<const std::uint8_t> bytes) override;
@@ -121,12 +124,14 @@ void Shipper::Impl::connect_to(std::uint64_t gen, const CollectorAddress& c,
     endpoints.emplace_back(a, c.port);
   }
   connecting = std::make_unique<asio::ip::tcp::socket>(io);
+  connecting_name = static_cast<std::size_t>(std::find(names.begin(), names.end(), c.host) - names.begin());
   const std::string name = c.server_name.empty() ? c.host : c.server_name;
   asio::async_connect(*connecting, endpoints,
                       [this, gen, name](std::error_code cec, const asio::ip::tcp::endpoint&) {
                         if (gen != conn || !connecting) {
                           return;
                         }
+                        if (cec && resolver && connecting_name < names.size()) resolver->refresh(connecting_name);
                         asio::ip::tcp::socket socket = std::move(*connecting);
                         connecting.reset();
                         on_tcp(gen, cec, std::move(socket), name);
@@ -193,6 +198,8 @@ void Shipper::Impl::write(std::span<const std::uint8_t> bytes) {
 void Shipper::Impl::close() {
   ++conn;  // every callback of the old connection is now stale
   std::error_code ignored;
+  // A connect still in flight timed out (or the shipper stops): its name is looked up again.
+  if (connecting && resolver && connecting_name < names.size()) resolver->refresh(connecting_name);
   if (connecting) connecting->close(ignored);
   if (stream) stream->close();
   connecting.reset();

@@ -8,7 +8,8 @@ resolver's timeout (the watchdog must not notice), and /etc/hosts is rewritten i
 reads it on every lookup: first the collector's name appears (batches flow, and the collector's
 /metrics shows the target unresolved, not lost), then the target's (probes flow, RTTs are
 stored); then the target's name goes away and comes back. Names resolve only to loopback. The
-agent logs each change once.
+agent logs each change once. collector-moves: a collector name that points where nothing listens
+and then moves is followed at once, as a failed connect looks the name up again.
 Skipped (77) where a private mount namespace cannot be made (not root, no CAP_SYS_ADMIN).
 Run: late_dns_test.py --agent BIN --collector BIN --pki tools/dev-pki.sh [-- EMULATOR WORDS...]
 """
@@ -240,6 +241,44 @@ def run(world, hosts, resolv, dns):
     return ", ".join(results)
 
 
+def collector_moves(world):
+    """The collector's name first points where nothing listens (127.0.0.2: connects are refused),
+    then moves to the collector (127.0.0.1). Names are refreshed only every 600 s here, so the agent
+    finds the move in time only because a failed connect looks its collector's name up again."""
+    hosts = harness.write(os.path.join(world.dir, "hosts"), BASE_HOSTS)
+    resolv = harness.write(os.path.join(world.dir, "resolv.conf"), RESOLV)
+    if not private_etc_possible(hosts, resolv):
+        raise harness.Skip("cannot bind a private /etc/hosts (unshare --mount needs root or CAP_SYS_ADMIN)")
+    with open(hosts, "a") as f:
+        f.write(f"127.0.0.2 {COLLECTOR}\n")
+    cert = collector_cert(world.pki, COLLECTOR)
+    world.start_collector(cert=cert)
+    reflector = free_port()
+    text = harness.agent_config(
+        "fra1-late", [f"{COLLECTOR}:{world.port}"], f"{world.pki}/ca.crt", f"{world.pki}/fra1-late.crt",
+        f"{world.pki}/fra1-late.key", os.path.join(world.dir, "spool"), drain=10,
+        measurement={"report_interval": 1, "load_interval": 0.5, "dns_retry_max": 2, "dns_refresh": 600},
+        reflector={"enabled": True, "bind": "127.0.0.1", "port": reflector},
+        targets=[{"protocol": "udp", "host": "127.0.0.1", "port": reflector, "rate": 5}],
+        log={"level": "info"})
+    config = harness.write(os.path.join(world.dir, "agent.toml"), text)
+    agent = world.spawn("agent", ["unshare", "--mount", "--", "sh", "-c", PRIVATE_ETC, hosts, resolv,
+                                  *world.args.emulator, world.args.agent, "--config", config], emulate=False)
+    agent.wait_log(f"collector {COLLECTOR} resolves to 127.0.0.2", 60)
+    agent.wait_log(f"collector {COLLECTOR}:{world.port}: connect to {COLLECTOR}:{world.port}", 60)
+    with open(hosts, "r+") as f:  # in place: the bind mount holds this inode
+        f.write(BASE_HOSTS + f"127.0.0.1 {COLLECTOR}\n")
+        f.truncate()
+    # Well within the 300..600 s a refresh would take: the next failed connect looks it up.
+    agent.wait_log(f"collector {COLLECTOR} resolves to 127.0.0.1", 60)
+    harness.wait_for(lambda: world.scalar("SELECT count(*) FROM batches WHERE agent_id = 'fra1-late'") >= 1, 60,
+                     "batches from the agent once its collector's name moved")
+    agent.signal(signal.SIGTERM)
+    rc = agent.p.wait(timeout=60)
+    assert rc == 0, f"exit code {rc}"
+    return "a failed connect looked the collector's name up again: the move was found at once"
+
+
 if __name__ == "__main__":
-    sys.exit(harness.main({"late-dns": scenario},
+    sys.exit(harness.main({"late-dns": scenario, "collector-moves": collector_moves},
                           lambda workdir, args: harness.World(workdir, args, identities=["fra1-late"])))

@@ -82,6 +82,11 @@ bool target_name(const Value& v) {
          v.text().find(' ') == std::string::npos;
 }
 
+// identity.* take a cfg::token (printable ASCII without spaces, at most 64 bytes): what the
+// collector takes for each of them, so a Hello or Batch never carries one it refuses.
+static_assert(wire::max_bytes(wire::PeerText::kAgentId) >= 64 && wire::max_bytes(wire::PeerText::kRegion) >= 64 &&
+              wire::max_bytes(wire::PeerText::kPop) >= 64);
+
 bool fsync_value(const Value& v) {
   return v.is_text() ? v.text() == "every" : cfg::integer_in<1, 3'600'000>(v);
 }

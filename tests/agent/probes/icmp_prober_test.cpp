@@ -15,6 +15,7 @@
 #include <asio/ip/address.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstddef>
@@ -651,6 +652,15 @@ TEST_CASE("IcmpProber: a target resolved late is probed from then on, and a late
   CHECK(prober.counters().sent == 0);
   prober.set_address(0, asio::ip::make_address("127.0.0.1"));
   CHECK(wait_replies(5));
+  // The unspecified address is none to probe (a sinkhole's answer): the prober says so, on its
+  // own thread, and the target pauses until a usable one comes.
+  std::atomic<int> verdict{-1};
+  prober.set_address(0, asio::ip::make_address("::"), [&verdict](bool probed) { verdict = probed ? 1 : 0; });
+  for (int i = 0; i < 2000 && verdict.load() == -1; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  CHECK(verdict.load() == 0);
+  prober.set_address(0, asio::ip::make_address("127.0.0.1"), [&verdict](bool probed) { verdict = probed ? 1 : 0; });
+  for (int i = 0; i < 2000 && verdict.load() != 1; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  CHECK(verdict.load() == 1);
   if (v6 && !echo_ignored("/proc/sys/net/ipv6/icmp/echo_ignore_all")) {
     const std::uint64_t before = prober.counters().replies;
     prober.set_address(0, asio::ip::make_address("::1"));

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <system_error>
@@ -288,15 +289,26 @@ TEST_CASE("TcpProber: a target without an address waits, starts once set_address
   std::this_thread::sleep_for(std::chrono::milliseconds(200));  // 20 probes' worth at 100/s
   CHECK(prober.counters().sent == 0);
 
-  prober.set_address(0, asio::ip::make_address("127.0.0.1"));
+  // Each change tells, on the prober's thread, whether the target is probed now.
+  std::mutex verdicts_mutex;
+  std::vector<bool> verdicts;
+  const auto record = [&](bool probed) {
+    std::lock_guard lock(verdicts_mutex);
+    verdicts.push_back(probed);
+  };
+  prober.set_address(0, asio::ip::make_address("127.0.0.1"), record);
   CHECK(wait_until([](const TcpProberCounters& c) { return c.established >= 5; }));
-  prober.set_address(0, std::nullopt);  // the name went away: probing pauses
+  prober.set_address(0, std::nullopt, record);  // the name went away: probing pauses
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   const std::uint64_t paused_at = prober.counters().sent;
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   CHECK(prober.counters().sent == paused_at);
-  prober.set_address(0, asio::ip::make_address("127.0.0.1"));
+  prober.set_address(0, asio::ip::make_address("127.0.0.1"), record);
   CHECK(wait_until([&](const TcpProberCounters& c) { return c.established >= paused_at + 5; }));
+  {
+    std::lock_guard lock(verdicts_mutex);
+    CHECK(verdicts == std::vector<bool>{true, false, true});
+  }
 
   prober.stop();
   work.reset();

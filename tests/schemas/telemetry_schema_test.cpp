@@ -282,7 +282,8 @@ TEST_CASE("first-version buffers from tests/fixtures are still read") {
 }
 
 TEST_CASE("Hello.incarnation: absent in a first-version Hello (legacy), its 16 bytes when present") {
-  const auto* old = checked_frame(read_file(fixture_path("telemetry_v1_hello.bin")))->message_as_Hello();
+  const Bytes old_frame = read_file(fixture_path("telemetry_v1_hello.bin"));  // outlives the view below
+  const auto* old = checked_frame(old_frame)->message_as_Hello();
   REQUIRE(old != nullptr);
   CHECK(old->incarnation() == nullptr);
   CHECK(vantage::collector::store::incarnation_of(*old) == vantage::collector::store::kLegacyIncarnation);

@@ -509,6 +509,11 @@ Status Spool::recover(std::vector<std::string>& warnings) {
 
   std::vector<std::byte> chunk(kScanChunk);
   std::uint64_t prev_seq = 0;  // seqs must rise strictly across the whole spool
+  const std::uint64_t floor_seq = std::max(state.acked_seq, state.dropped_through);
+  // Damage this open cut or removed since the last segment it kept, and the highest seq the
+  // records in it could have had (each record takes at least a header, so the bytes bound it).
+  bool damage_open = false;
+  std::uint64_t damage_reach = 0;
   for (const std::uint64_t first : firsts) {
     const std::filesystem::path path = segment_path(first);
     SpoolFd fd(files.open(path.c_str(), O_RDWR | O_CLOEXEC, 0));
@@ -592,24 +597,32 @@ Status Spool::recover(std::vector<std::string>& warnings) {
       } else {
         ++truncations_;
         truncated_bytes_ += file_size;
+        damage_open = true;
+        if (file_size >= kHeader) damage_reach = std::max(damage_reach, first + file_size / kHeader - 1);
         warnings.push_back(path.string() + ": offset 0: " + problem +
                            "; no valid records, segment removed (" + std::to_string(file_size) + " bytes)");
       }
       continue;
     }
+    // Records lost to damage are counted by the open that finds (and cuts) it, so a later open
+    // (a reload, a restart) does not count the same loss again: the seqs missing between the
+    // records kept, when damage cut or removed what held them.
+    if (damage_open) {
+      const std::uint64_t from = std::max(prev_seq, floor_seq);
+      if (seg.first_seq > from + 1) lost_records_ += seg.first_seq - from - 1;
+    }
+    damage_open = false;
+    damage_reach = 0;
     if (off < file_size) {
       if (files.ftruncate(fd.get(), off) != 0) return sys_error(errno, "cannot truncate", path);
+      damage_open = true;
+      damage_reach = seg.last_seq() + (file_size - off) / kHeader;
       ++truncations_;
       truncated_bytes_ += file_size - off;
       warnings.push_back(path.string() + ": offset " + std::to_string(off) + ": " + problem + "; kept " +
                          std::to_string(seg.offsets.size()) + " records (seq " +
                          std::to_string(seg.first_seq) + ".." + std::to_string(seg.last_seq()) + "), cut " +
                          std::to_string(file_size - off) + " bytes");
-    }
-    if (prev_seq != 0 && seg.first_seq > prev_seq + 1) {
-      const std::uint64_t floor_seq = std::max(state.acked_seq, state.dropped_through);
-      const std::uint64_t from = std::max(prev_seq, floor_seq);
-      if (seg.first_seq > from + 1) lost_records_ += seg.first_seq - from - 1;
     }
     prev_seq = seg.last_seq();
     for (std::size_t i = 0; i < seg.offsets.size(); ++i) {
@@ -631,6 +644,28 @@ Status Spool::recover(std::vector<std::string>& warnings) {
   }
 
   next_seq_ = std::max<std::uint64_t>({state.next_seq, prev_seq + 1, floor() + 1, 1});
+  // Damage after the newest record kept: the records cut had seqs from prev_seq + 1 on. Those the
+  // state file says were appended are lost. And the state's next_seq is saved only on acks and
+  // drops, so it lags the appends: when the cut records could reach next_seq, the seqs handed out
+  // from here may be ones the collector already stored (acked, but the ack not yet saved), which
+  // it would take as duplicates of the new batches. The seq space then starts a new incarnation.
+  bool seq_space_trusted = state_read == StateRead::kOk;
+  std::string distrust;
+  if (damage_open) {
+    if (state_read == StateRead::kOk) {
+      const std::uint64_t from = std::max(prev_seq, floor_seq);
+      const std::uint64_t to = std::min(state.next_seq - 1, damage_reach);
+      if (to > from) lost_records_ += to - from;
+    }
+    if (damage_reach >= next_seq_) {
+      seq_space_trusted = false;
+      distrust = "records cut from the end of the spool may have had seqs from " + std::to_string(next_seq_) +
+                 " on, which could be handed out again";
+      // The new seq space continues right after the records kept: the seqs lost here (counted
+      // above) are not left as a hole below next_seq for a later open to count again.
+      next_seq_ = std::max(prev_seq, floor()) + 1;
+    }
+  }
   recompute_durable();
   // The bound also holds after a restart with a smaller max_bytes.
   if (const std::uint64_t dropped = drop_oldest_for(0); dropped > 0) {
@@ -639,7 +674,7 @@ Status Spool::recover(std::vector<std::string>& warnings) {
   }
   // Before the state file is rewritten: a next_seq rebuilt from the segments may have gone back,
   // and must never be persisted beside the incarnation that already used those seqs.
-  if (Status st = load_or_create_incarnation(state_read == StateRead::kOk, warnings); !st) return st;
+  if (Status st = load_or_create_incarnation(seq_space_trusted, distrust, warnings); !st) return st;
   if (reserve_found) {
     std::uint64_t size = 0;
     SpoolFd fd(files.openat(dir_fd_.get(), kReserveName, O_RDONLY | O_CLOEXEC, 0));
@@ -766,7 +801,8 @@ void Spool::delete_dead_segments() {
   }
 }
 
-Status Spool::load_or_create_incarnation(bool seq_space_trusted, std::vector<std::string>& warnings) {
+Status Spool::load_or_create_incarnation(bool seq_space_trusted, const std::string& distrust,
+                                         std::vector<std::string>& warnings) {
   const std::filesystem::path path = config_.dir / kIncarnationName;
   const IncarnationRead read = read_incarnation(*files_, dir_fd_.get(), incarnation_);
   if (read == IncarnationRead::kOk && seq_space_trusted) return {};
@@ -776,8 +812,8 @@ Status Spool::load_or_create_incarnation(bool seq_space_trusted, std::vector<std
   if (read == IncarnationRead::kCorrupt) {
     warnings.push_back(path.string() + ": corrupt or unreadable; new incarnation " + fresh);
   } else if (read == IncarnationRead::kOk) {
-    warnings.push_back(path.string() + ": state file missing or corrupt, so seqs may repeat; incarnation " +
-                       old + " replaced by " + fresh);
+    const std::string why = distrust.empty() ? "state file missing or corrupt, so seqs may repeat" : distrust;
+    warnings.push_back(path.string() + ": " + why + "; incarnation " + old + " replaced by " + fresh);
   } else if (seq_space_trusted) {
     warnings.push_back(path.string() + ": missing (a spool from before incarnations, or the file was "
                        "removed); new incarnation " + fresh);

@@ -38,8 +38,10 @@ namespace vantage::agent::ship {
 // drop, and one written once cannot be lost to a failed rewrite. open() makes a new one (getrandom,
 // 128 bits, so it never collides with an earlier one) whenever it cannot prove that next_seq
 // continues the seq space it names: the directory is new, the incarnation file is missing or
-// corrupt (also a spool of the version before incarnations), or the state file is missing or
-// corrupt (next_seq is then rebuilt from the segments and may go back). The new incarnation is
+// corrupt (also a spool of the version before incarnations), the state file is missing or
+// corrupt (next_seq is then rebuilt from the segments and may go back), or damage cut records off
+// the end of the spool whose seqs could reach the state's next_seq (which lags the appends: it is
+// saved on acks and drops), so that next_seq may go back under a valid state. The new incarnation is
 // durable before the state file is rewritten, so no crash can pair an old incarnation with a
 // next_seq that went back. Records still spooled then go out under the new incarnation: a batch
 // the collector held but whose ack was not persisted may be stored twice, never lost.
@@ -105,9 +107,9 @@ struct SpoolStats {
   std::uint64_t fsyncs = 0;         // fdatasync/fsync calls on segments, this process
   std::uint64_t truncations = 0;    // segments cut at damage during open()
   std::uint64_t truncated_bytes = 0;
-  // Seqs missing between live records at open(): records lost to damage (every open counts the
-  // gaps still live). Records cut from the end of the newest segment leave no gap; they show in
-  // truncated_bytes only.
+  // Records lost to damage this open() cut or removed (counted by the open that finds it, so a
+  // later open does not count it again): the unacked seqs missing between the records kept, and
+  // after a cut at the end, the ones the state file says were appended.
   std::uint64_t lost_records = 0;
   std::uint64_t corrupt_reads = 0;  // records next_unacked() gave up on (failed validation, or unreadable)
   // This process: appends that failed, so their record was never stored (the disk stayed full after
@@ -124,7 +126,7 @@ struct SpoolStats {
   std::uint64_t sync_lost = 0;
   bool state_unsaved = false;         // the state file is behind (its write failed; retried)
   // Records this process could not keep: lost to I/O errors or damage after being handed over.
-  [[nodiscard]] std::uint64_t lost() const { return append_failures + corrupt_reads + sync_lost; }
+  [[nodiscard]] std::uint64_t lost() const { return append_failures + corrupt_reads + sync_lost + lost_records; }
 };
 
 // The state file's contents (see the on-disk format above).
@@ -300,7 +302,9 @@ class Spool {
   bool release_reserve();
   // Writes tmp_name and syncs it; job's apply_sync renames it into place (also on a later call).
   platform::Status write_file_atomically(const char* tmp_name, std::span<const std::byte> bytes, const SyncJob& job);
-  platform::Status load_or_create_incarnation(bool seq_space_trusted, std::vector<std::string>& warnings);
+  // distrust: why the seq space is not trusted although the state file read fine (empty: it is not).
+  platform::Status load_or_create_incarnation(bool seq_space_trusted, const std::string& distrust,
+                                              std::vector<std::string>& warnings);
   platform::Status sync_data();
   platform::Status sync_dir();
   int fsync_dir();  // sync_dir()'s work: 0 or the errno

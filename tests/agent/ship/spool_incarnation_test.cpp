@@ -180,3 +180,63 @@ TEST_CASE("spool incarnation: a missing or corrupt state file also gives a new o
   auto again = open_ok(cfg);
   CHECK(again.spool.incarnation() == o.spool.incarnation());
 }
+
+namespace {
+
+// Flips one byte of a file.
+void flip_byte(const fs::path& p, std::size_t offset) {
+  std::vector<char> bytes = read_bytes(p);
+  REQUIRE(offset < bytes.size());
+  bytes[offset] = static_cast<char>(bytes[offset] ^ 0x5a);
+  write_bytes(p, bytes);
+}
+
+}  // namespace
+
+TEST_CASE("spool incarnation: damage cutting the newest records under a valid state gives a new one") {
+  TempDir tmp;
+  const SpoolConfig cfg = small_config(tmp.path());  // 50-byte records, 5 per segment
+  SpoolIncarnation first{};
+  {
+    auto o = open_ok(cfg);
+    first = o.spool.incarnation();
+    for (int i = 0; i < 4; ++i) append_ok(o.spool, 30);
+    REQUIRE(o.spool.ack(2));  // the state file says next_seq 5
+    for (int i = 0; i < 4; ++i) append_ok(o.spool, 30);  // 5..8, sent and stored by the collector
+    REQUIRE(o.spool.stats().segments == 2);
+  }
+  // Rot in seq 6 (the newest segment's first record) cuts 6..8: next_seq goes back to 6. Under
+  // the old incarnation the collector would ack the new 6..8 as duplicates of the old ones.
+  flip_byte(tmp.path() / "seg-00000000000000000006.vsp", 30);
+  auto o = open_ok(cfg);
+  CHECK(o.spool.next_seq() == 6);
+  CHECK(o.spool.incarnation() != first);
+  CHECK_FALSE(zero(o.spool.incarnation()));
+  CHECK(mentions(o.warnings, "cut from the end"));
+  CHECK(consecutive(read_all(o.spool), 3, 5));
+  const SpoolIncarnation second = o.spool.incarnation();
+  append_ok(o.spool, 30);
+  o = open_ok(cfg);
+  CHECK(o.warnings.empty());
+  CHECK(o.spool.incarnation() == second);  // stable again once repaired
+}
+
+TEST_CASE("spool incarnation: a torn tail too short to hold a record keeps it") {
+  TempDir tmp;
+  const SpoolConfig cfg = small_config(tmp.path());
+  SpoolIncarnation first{};
+  {
+    auto o = open_ok(cfg);
+    first = o.spool.incarnation();
+    for (int i = 0; i < 3; ++i) append_ok(o.spool, 30);
+  }
+  const fs::path segment = tmp.path() / "seg-00000000000000000001.vsp";
+  std::vector<char> bytes = read_bytes(segment);
+  bytes.insert(bytes.end(), {'V', 'S', 'R', '1', '\x40', '\0', '\0'});  // half a header: no record lost
+  write_bytes(segment, bytes);
+  auto o = open_ok(cfg);
+  CHECK_FALSE(o.warnings.empty());
+  CHECK(o.spool.incarnation() == first);
+  CHECK(o.spool.next_seq() == 4);
+  CHECK(o.spool.stats().lost_records == 0);
+}

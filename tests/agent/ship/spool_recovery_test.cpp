@@ -210,6 +210,48 @@ TEST_CASE("spool recovery: a corrupt middle segment is cut and counted, later se
   CHECK(s.next_unacked(10)->seq == 11);
 }
 
+TEST_CASE("spool recovery: records cut from the end are counted as lost, by the open that cuts them") {
+  TempDir tmp;
+  const SpoolConfig cfg = small_config(tmp.path());
+  build_ten(cfg);  // seq 1-4, 5-8, 9-10
+  {
+    auto o = open_ok(cfg);
+    REQUIRE(o.spool.ack(2));  // the state file says next_seq 11
+  }
+  // A CRC failure in seq 9 cuts 9 and 10, the newest records: no later segment, so no gap.
+  flip(seg(tmp.path(), 9), 30);
+  {
+    auto o = open_ok(cfg);
+    const auto st = o.spool.stats();
+    CHECK(st.truncations == 1);
+    CHECK(st.lost_records == 2);
+    CHECK(st.lost() == 2);  // what the shipper reports as self.spool_lost
+    CHECK(consecutive(read_all(o.spool), 3, 8));
+  }
+  // A reopen (a reload) finds nothing new: the same loss is not counted again.
+  auto o = open_ok(cfg);
+  CHECK(o.spool.stats().lost_records == 0);
+  // And a cut in the middle of the newest segment: seq 7 rots, 7 and 8 go.
+  flip(seg(tmp.path(), 5), 2 * kRec + 30);
+  o = open_ok(cfg);
+  CHECK(o.spool.stats().lost_records == 2);
+  CHECK(consecutive(read_all(o.spool), 3, 6));
+}
+
+TEST_CASE("spool recovery: a gap is counted by the open that made it, not by every later open") {
+  TempDir tmp;
+  const SpoolConfig cfg = small_config(tmp.path());
+  build_ten(cfg);
+  flip(seg(tmp.path(), 5), kRec + 30);  // seq 6: cuts 6..8, 9 and 10 stay
+  {
+    auto o = open_ok(cfg);
+    CHECK(o.spool.stats().lost_records == 3);
+  }
+  auto o = open_ok(cfg);
+  CHECK(o.spool.stats().lost_records == 0);
+  CHECK(read_all(o.spool) == std::vector<std::uint64_t>{1, 2, 3, 4, 5, 9, 10});
+}
+
 TEST_CASE("spool recovery: a record that rots after open is skipped and counted on read") {
   TempDir tmp;
   const SpoolConfig cfg = small_config(tmp.path());

@@ -14,12 +14,14 @@
 #include <array>
 #include <condition_variable>
 #include <cstdlib>
+#include <ctime>
 #include <deque>
 #include <future>
 #include <list>
 #include <mutex>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 
 #include "collector/ingest_session.hpp"
@@ -74,7 +76,7 @@ constexpr const char* kRejectNames[] = {
     "connection_limit", "handshake", "timeout", "no_identity", "identity", "region", "protocol", "frame",
     "store", "handshake_limit", "source_limit", "evicted", "slow_reader", "fd_limit",
     "string_too_long", "invalid_utf8", "control_character",
-    "certificate", "region_mismatch", "pop_mismatch", "revoked",
+    "certificate", "region_mismatch", "pop_mismatch", "revoked", "crl_expired", "certificate_expired",
 };
 static_assert(std::size(kRejectNames) == static_cast<std::size_t>(Reject::kCount), "a name for every Reject");
 
@@ -279,8 +281,29 @@ struct IngestServer::Impl final : SessionTally {
   }
   // Authenticated connections and their io threads, so a reload can find the sessions its CRL
   // revokes.
+  // Each with its certificate's notAfter (0: no valid identity), for the earliest-expiry metric
+  // and the sweep that closes sessions whose certificate expired.
+  struct LiveSession {
+    std::weak_ptr<Connection> connection;
+    asio::io_context* io = nullptr;
+    std::int64_t not_after_s = 0;
+  };
   std::mutex sessions_mutex;
-  std::unordered_map<const Connection*, std::pair<std::weak_ptr<Connection>, asio::io_context*>> sessions;
+  std::unordered_map<const Connection*, LiveSession> sessions;
+  // Serials of revoked certificates presented since the last refusal summary, each logged once
+  // per period (bounded: past the bound, only the summary counts them). A CRL check runs before
+  // the client proves it holds the key, so anyone with a copy of a certificate can present it.
+  static constexpr std::size_t kMaxPresentedSerials = 256;
+  std::mutex presented_mutex;
+  std::unordered_set<std::string> presented_revoked;
+  bool first_presentation(const std::string& serial) {
+    std::lock_guard lock(presented_mutex);
+    if (presented_revoked.size() >= kMaxPresentedSerials) return false;
+    return presented_revoked.insert(serial).second;
+  }
+  // CLOCK_MONOTONIC ns of the last warning that the CRL is past its nextUpdate (0: none yet).
+  std::atomic<std::int64_t> crl_expired_warned_ns{0};
+  void sweep_expired_sessions();
   std::vector<std::unique_ptr<asio::ip::tcp::acceptor>> acceptors;
   std::unique_ptr<asio::steady_timer> summary_timer;
   std::thread store_thread;
@@ -404,6 +427,16 @@ class Connection : public std::enable_shared_from_this<Connection> {
     apply();
   }
 
+  // From the periodic sweep, on this connection's thread: closes the session if its
+  // certificate's notAfter has passed.
+  void check_expired(std::int64_t now_s) {
+    if (closed_ || !session_.reading()) return;
+    const std::int64_t not_after = session_.identity().not_after_s;
+    if (not_after == 0 || not_after > now_s) return;
+    session_.expire();
+    apply();
+  }
+
   // Reading resumes if nothing holds it back (pending acks, the store queue).
   void resume() {
     if (closed_ || read_state_ != ReadState::kStopped || !session_.reading()) return;
@@ -464,18 +497,36 @@ class Connection : public std::enable_shared_from_this<Connection> {
     }
     const platform::tls::PeerIdentity& identity = stream_->peer_identity();
     if (!identity.ticket_refused.empty()) {
-      // identity.ticket_refused quotes only what our own sealed ticket held. By source, without
-      // the port: the line repeats identically for each retry and the log's rate limit folds them.
-      log(LogLevel::kNotice, "%s: %s; a full handshake follows", session_.source().c_str(),
+      // Debug only: a ticket travels in clear and can be replayed by anyone who saw it, so this
+      // line would let an unauthenticated peer make the log speak of a real agent.
+      log(LogLevel::kDebug, "%s: %s; a full handshake follows", session_.source().c_str(),
           identity.ticket_refused.c_str());
     }
     if (ec) {
-      if ((stream_->peer_verify_flags() & MBEDTLS_X509_BADCERT_REVOKED) != 0) {
-        // A certificate of our CA, so its identity is the CA's word; without the source port the
-        // line repeats identically for each retry and the log's rate limit folds them.
-        log(LogLevel::kWarning, "refused %s: the certificate of agent '%s' (serial %s) is revoked",
-            session_.source().c_str(), identity.agent_id.c_str(), identity.serial_hex().c_str());
+      const std::uint32_t flags = stream_->peer_verify_flags();
+      if ((flags & MBEDTLS_X509_BADCERT_REVOKED) != 0) {
+        // The CRL is checked before the client proves it holds the key: whoever has a copy of a
+        // revoked certificate can present it. So the line says "presented", and comes once per
+        // serial per summary period; every attempt is counted in the refusal summary.
+        if (server_.first_presentation(identity.serial)) {
+          log(LogLevel::kWarning,
+              "%s: a client presented the certificate of agent '%s' (serial %s), which the CRL revokes; refused "
+              "(repeats are counted in the refusal summary)",
+              session_.source().c_str(), identity.agent_id.c_str(), identity.serial_hex().c_str());
+        }
         session_.on_handshake_failed(ec.message(), Reject::kRevoked);
+      } else if ((flags & MBEDTLS_X509_BADCRL_EXPIRED) != 0) {
+        // Not the agent's fault: the loaded CRL is past its nextUpdate and mbedTLS fails every
+        // full handshake against it. One warning a minute, and its own reason in the counters.
+        const std::int64_t now = platform::monotonic_ns();
+        std::int64_t last = server_.crl_expired_warned_ns.load(std::memory_order_relaxed);
+        if ((last == 0 || now - last >= 60'000'000'000) &&
+            server_.crl_expired_warned_ns.compare_exchange_strong(last, now, std::memory_order_relaxed)) {
+          log(LogLevel::kWarning,
+              "the CRL (tls.crl) is past its nextUpdate: every full TLS handshake fails until a fresh CRL is "
+              "loaded (systemctl reload)");
+        }
+        session_.on_handshake_failed(ec.message(), Reject::kCrlExpired);
       } else {
         session_.on_handshake_failed(ec.message());
       }
@@ -496,15 +547,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
     });
     session_.on_authenticated(identity, stream_->resumed(), !full);
     if (session_.reading()) {
-      if (identity.valid()) {
-        server_.update([&](IngestCounters& c) {
-          auto& earliest = c.agent_certificate_earliest_not_after_s;
-          if (earliest == 0 || identity.not_after_s < earliest) earliest = identity.not_after_s;
-        });
-      }
       {
         std::lock_guard lock(server_.sessions_mutex);
-        server_.sessions.emplace(this, std::make_pair(weak_from_this(), &io_));
+        server_.sessions.emplace(
+            this, IngestServer::Impl::LiveSession{weak_from_this(), &io_, identity.valid() ? identity.not_after_s : 0});
         registered_ = true;
       }
       // A reload may have revoked it while this handshake ran against the previous CRL (the
@@ -682,8 +728,31 @@ void IngestServer::Impl::arm_summary() {
     if (ec) return;
     const std::string line = refusals.take(platform::monotonic_ns());
     if (!line.empty()) log(LogLevel::kNotice, "%s", line.c_str());
+    {
+      std::lock_guard lock(presented_mutex);
+      presented_revoked.clear();  // a revoked certificate presented again gets its line again
+    }
+    sweep_expired_sessions();
     arm_summary();
   });
+}
+
+// Closes, each on its own thread, the sessions whose certificate's notAfter has passed: run with
+// the refusal summary, so an expired certificate keeps its session at most one period longer.
+void IngestServer::Impl::sweep_expired_sessions() {
+  const auto now = static_cast<std::int64_t>(std::time(nullptr));
+  std::vector<std::pair<std::weak_ptr<Connection>, asio::io_context*>> expired;
+  {
+    std::lock_guard lock(sessions_mutex);
+    for (const auto& [key, live] : sessions) {
+      if (live.not_after_s != 0 && live.not_after_s <= now) expired.emplace_back(live.connection, live.io);
+    }
+  }
+  for (auto& [weak, io] : expired) {
+    asio::post(*io, [weak = std::move(weak), now] {
+      if (auto connection = weak.lock()) connection->check_expired(now);
+    });
+  }
 }
 
 void IngestServer::Impl::enqueue(StoreItem item) {
@@ -966,13 +1035,18 @@ platform::Status IngestServer::reload_tls() {
     s.tls = fresh;
   }
   s.update([](IngestCounters& c) { ++c.tls_reloads; });
+  {
+    // Under the new CRL, a revoked certificate still being presented is worth one line again.
+    std::lock_guard lock(s.presented_mutex);
+    s.presented_revoked.clear();
+  }
   // Established sessions keep the configuration they were made with (their streams hold it);
   // only those whose certificate the new CRL revokes are closed, each on its own thread.
   std::vector<std::pair<std::weak_ptr<Connection>, asio::io_context*>> sessions;
   {
     std::lock_guard lock(s.sessions_mutex);
     sessions.reserve(s.sessions.size());
-    for (const auto& entry : s.sessions) sessions.push_back(entry.second);
+    for (const auto& entry : s.sessions) sessions.emplace_back(entry.second.connection, entry.second.io);
   }
   for (auto& [weak, io] : sessions) {
     asio::post(*io, [weak = std::move(weak), fresh] {
@@ -1018,6 +1092,19 @@ IngestCounters IngestServer::counters() const {
   {
     std::lock_guard lock(s.counters_mutex);
     c = s.counters;
+  }
+  {
+    // The earliest certificate expiry among the sessions open now: it goes back up when the
+    // agent that held it leaves.
+    std::lock_guard lock(s.sessions_mutex);
+    c.agent_certificate_earliest_not_after_s = 0;
+    for (const auto& entry : s.sessions) {
+      const std::int64_t not_after = entry.second.not_after_s;
+      if (not_after != 0 && (c.agent_certificate_earliest_not_after_s == 0 ||
+                             not_after < c.agent_certificate_earliest_not_after_s)) {
+        c.agent_certificate_earliest_not_after_s = not_after;
+      }
+    }
   }
   std::lock_guard lock(s.queue_mutex);
   c.store_queue_bytes = s.queue_bytes;

@@ -89,6 +89,8 @@ enum class Reject : std::uint8_t {
   kRegionMismatch,  // the Hello's (or a Batch's) region differs from the certificate's
   kPopMismatch,     // the Hello's (or a Batch's) PoP differs from the certificate's
   kRevoked,         // the CRL revokes it: at the handshake, on resumption, or after a reload
+  kCrlExpired,      // the loaded CRL passed its nextUpdate: every full handshake fails until a reload
+  kCertificateExpired,  // a live session's certificate passed its notAfter: closed
   kCount,
 };
 const char* to_string(Reject reason) noexcept;
@@ -125,7 +127,7 @@ struct IngestCounters {
   std::uint64_t tls_reload_failures = 0;
   // Unix times; 0: none. The collector's own certificate's notAfter, the CRL's nextUpdate (after
   // which every full handshake would fail), and the earliest notAfter among the agent
-  // certificates of the sessions authenticated since the collector started.
+  // certificates of the sessions open now (authenticated, with a valid identity).
   std::int64_t certificate_not_after_s = 0;
   std::int64_t crl_next_update_s = 0;
   std::int64_t agent_certificate_earliest_not_after_s = 0;

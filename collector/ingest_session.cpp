@@ -25,6 +25,21 @@ class SystemSessionClock final : public SessionClock {
 // Every peer-provided string goes into a log line through this: no raw newline or control byte.
 std::string shown(std::string_view peer_text) { return platform::escape_for_log(peer_text); }
 
+// A peer's value inside '...' in a refusal reason: escaped, with its own quotes as \x27, so a
+// value cannot close the quotes and make the rest of the line read as the collector's words.
+std::string quoted(std::string_view peer_text) {
+  std::string out(1, '\'');
+  for (char c : platform::escape_for_log(peer_text, 96)) {
+    if (c == '\'') {
+      out += "\\x27";
+    } else {
+      out.push_back(c);
+    }
+  }
+  out += '\'';
+  return out;
+}
+
 Reject reject_for(platform::TextFault fault) {
   switch (fault) {
     case platform::TextFault::kTooLong:
@@ -109,6 +124,12 @@ void IngestSession::revoke() {
                                ") is revoked by the collector's CRL");
 }
 
+void IngestSession::expire() {
+  if (phase_ == Phase::kHandshake || phase_ == Phase::kClosing || closed()) return;
+  refuse(Reject::kCertificateExpired,
+         "the certificate of agent '" + cn_ + "' (serial " + identity_.serial_hex() + ") has expired");
+}
+
 void IngestSession::on_tick() {
   if (closed() || clock_.monotonic_ns() < deadline_ns_) return;
   if (phase_ != Phase::kHandshake) {
@@ -164,16 +185,16 @@ bool IngestSession::on_frame(const wire::Frame& frame, std::span<const std::uint
     incarnation_ = store::incarnation_of(*hello);
     if (agent_id_ != cn_) {
       return refuse(Reject::kIdentity,
-                    "Hello claims agent '" + agent_id_ + "' but the certificate is for '" + cn_ + "'");
+                    "Hello claims agent " + quoted(agent_id_) + " but the certificate is for " + quoted(cn_));
     }
     // Residency is the certificate's word, not the agent's.
     if (region_ != identity_.region) {
-      return refuse(Reject::kRegionMismatch, "Hello claims region '" + region_ + "' but the certificate of " +
-                                                 cn_ + " binds region '" + identity_.region + "'");
+      return refuse(Reject::kRegionMismatch, "Hello claims region " + quoted(region_) + " but the certificate of " +
+                                                 cn_ + " binds region " + quoted(identity_.region));
     }
     if (pop_ != identity_.pop) {
-      return refuse(Reject::kPopMismatch, "Hello claims PoP '" + pop_ + "' but the certificate of " + cn_ +
-                                              " binds PoP '" + identity_.pop + "'");
+      return refuse(Reject::kPopMismatch, "Hello claims PoP " + quoted(pop_) + " but the certificate of " + cn_ +
+                                              " binds PoP " + quoted(identity_.pop));
     }
     const auto& served = config_.regions;
     if (std::find(served.begin(), served.end(), region_) == served.end()) {

@@ -70,6 +70,9 @@ class IngestSession {
   // The CRL revokes this session's certificate (found after a reload, or as the handshake ended):
   // refused with that reason and closed once the answer is written.
   void revoke();
+  // The certificate's notAfter has passed while the session was open: refused with that reason
+  // (certificate_expired) and closed once the answer is written.
+  void expire();
   // Plaintext from the peer: every complete frame in it is handled. Ignored once closing.
   void on_bytes(std::span<const std::uint8_t> bytes);
   // The store's outcome for a batch of this session's (by seq, in any order or grouping): acks

@@ -368,4 +368,127 @@ TEST_CASE("a TLS reload closes the sessions its CRL revokes, keeps the others, a
   fs::remove_all(crl_dir);
 }
 
+namespace {
+
+// `name`.crt/.key in `dir`: an agent certificate of the test CA for vantage://eu-west/fra1/<name>
+// whose notAfter is `seconds` from now (openssl ca, which alone takes an exact end date).
+bool issue_short_lived(const fs::path& dir, const std::string& name, int seconds) {
+  const Pki& pki = Pki::get();
+  fs::create_directories(dir);
+  {
+    std::ofstream cnf(dir / "ca.cnf");
+    cnf << "[ca]\ndefault_ca=d\n[d]\ndatabase=" << (dir / "index.txt").string() << "\nserial="
+        << (dir / "serial").string() << "\nnew_certs_dir=" << dir.string()
+        << "\ndefault_md=sha256\npolicy=p\nunique_subject=no\n[p]\ncommonName=supplied\n[ext]\n"
+        << "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n"
+        << "subjectAltName=URI:vantage://eu-west/fra1/" << name << "\n";
+  }
+  std::ofstream(dir / "index.txt", std::ios::trunc);
+  std::ofstream(dir / "serial", std::ios::trunc) << "1000\n";
+  const std::string d = "'" + dir.string() + "'";
+  const std::string command =
+      "cd " + d + " && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out " + name +
+      ".key 2>/dev/null && openssl req -new -key " + name + ".key -subj /O=Vantage/CN=" + name + " -out " + name +
+      ".csr && openssl ca -batch -config ca.cnf -cert '" + pki.file("ca.crt") + "' -keyfile '" + pki.file("ca.key") +
+      "' -in " + name + ".csr -out " + name + ".crt -extensions ext -notext -enddate $(date -u -d '+" +
+      std::to_string(seconds) + " seconds' +%y%m%d%H%M%SZ) >/dev/null 2>&1";
+  return std::system(command.c_str()) == 0;
+}
+
+std::int64_t not_after_of(const std::string& cert) {
+  auto context = platform::tls::test::make_context(platform::tls::TlsRole::kClient, Pki::get().file("ca.crt"),
+                                                   cert, cert.substr(0, cert.size() - 4) + ".key");
+  return context->certificate_not_after_s();
+}
+
+}  // namespace
+
+TEST_CASE("the earliest agent-certificate expiry is over the sessions open now, and goes back up") {
+  const Pki& pki = Pki::get();
+  REQUIRE(pki.ok());
+  Server server(IngestConfig{}, "earliest");
+  CHECK(server.ingest->counters().agent_certificate_earliest_not_after_s == 0);
+  const std::int64_t agent_1 = not_after_of(pki.file("agent-1.crt"));
+  const std::int64_t agent_4 = not_after_of(pki.file("other-uri.crt"));  // 30 days: earlier
+  REQUIRE(agent_4 < agent_1);
+
+  Agent one;
+  REQUIRE_FALSE(one.connect("127.0.0.1", server.endpoint));
+  one.start_reading();
+  REQUIRE_FALSE(one.send(hello_frame() + batch_frame(1)));
+  REQUIRE(eventually([&] { return one.ack_count() == 1; }));
+  CHECK(server.ingest->counters().agent_certificate_earliest_not_after_s == agent_1);
+  {
+    Agent four;
+    four.context = platform::tls::test::make_context(platform::tls::TlsRole::kClient, pki.file("ca.crt"),
+                                                     pki.file("other-uri.crt"), pki.file("other-uri.key"));
+    REQUIRE_FALSE(four.connect("127.0.0.1", server.endpoint));
+    four.start_reading();
+    REQUIRE_FALSE(four.send(hello_frame("agent-4") + batch_frame(1, 1, "agent-4")));
+    REQUIRE(eventually([&] { return four.ack_count() == 1; }));
+    CHECK(server.ingest->counters().agent_certificate_earliest_not_after_s == agent_4);
+  }
+  // agent-4 left: the earliest is agent-1's again.
+  CHECK(eventually([&] { return server.ingest->counters().agent_certificate_earliest_not_after_s == agent_1; }));
+  // A certificate without a usable identity is refused and never counts.
+  {
+    Agent nobody;
+    nobody.context = platform::tls::test::make_context(platform::tls::TlsRole::kClient, pki.file("ca.crt"),
+                                                       pki.file("no-uri.crt"), pki.file("no-uri.key"));
+    (void)nobody.connect("127.0.0.1", server.endpoint);
+    CHECK(eventually([&] {
+      return server.ingest->counters().rejects[static_cast<std::size_t>(Reject::kCertificate)] == 1;
+    }));
+    CHECK(server.ingest->counters().agent_certificate_earliest_not_after_s == agent_1);
+  }
+}
+
+TEST_CASE("a CRL past its nextUpdate fails handshakes under its own reason, crl_expired") {
+  const Pki& pki = Pki::get();
+  REQUIRE(pki.ok());
+  const fs::path crl_dir = pki.dir() / "crl-expiring-files";
+  fs::create_directories(crl_dir);
+  const std::int64_t now = static_cast<std::int64_t>(std::time(nullptr));
+  const std::string crl = (crl_dir / "crl.der").string();
+  REQUIRE(platform::tls::test::write_crl(pki.dir().string(), crl, now - 60, now + 3));
+  IngestConfig config;
+  config.tls.crl_file = crl;
+  Server server(std::move(config), "crl-expiring");
+  // Wait until the CRL is past its nextUpdate (whole seconds, so one more).
+  while (static_cast<std::int64_t>(std::time(nullptr)) <= now + 4) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  Agent agent;
+  (void)agent.connect("127.0.0.1", server.endpoint);
+  CHECK(eventually([&] {
+    return server.ingest->counters().rejects[static_cast<std::size_t>(Reject::kCrlExpired)] == 1;
+  }));
+  CHECK(server.ingest->counters().rejects[static_cast<std::size_t>(Reject::kHandshake)] == 0);
+  CHECK(server.ingest->counters().sessions_open == 0);
+  fs::remove_all(crl_dir);
+}
+
+TEST_CASE("a session whose certificate passes its notAfter is closed by the periodic sweep") {
+  const Pki& pki = Pki::get();
+  REQUIRE(pki.ok());
+  const fs::path dir = pki.dir() / "short-lived";
+  REQUIRE(issue_short_lived(dir, "short", 12));
+  const std::string cert = (dir / "short.crt").string();
+  const std::int64_t not_after = not_after_of(cert);
+  IngestConfig config;
+  config.refusal_summary_period = std::chrono::milliseconds(200);  // the sweep runs with it
+  Server server(std::move(config), "short-lived-server");
+  Agent agent;
+  agent.context = platform::tls::test::make_context(platform::tls::TlsRole::kClient, pki.file("ca.crt"), cert,
+                                                    (dir / "short.key").string());
+  REQUIRE_FALSE(agent.connect("127.0.0.1", server.endpoint));
+  agent.start_reading();
+  REQUIRE_FALSE(agent.send(hello_frame("short") + batch_frame(1, 1, "short")));
+  REQUIRE(eventually([&] { return agent.ack_count() == 1; }));
+  CHECK(eventually([&] { return agent.closed(); }, std::chrono::seconds(90)));
+  CHECK(static_cast<std::int64_t>(std::time(nullptr)) >= not_after);  // not before its time
+  CHECK(server.ingest->counters().rejects[static_cast<std::size_t>(Reject::kCertificateExpired)] == 1);
+  fs::remove_all(dir);
+}
+
 }  // namespace vantage::collector

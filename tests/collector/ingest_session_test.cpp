@@ -237,6 +237,11 @@ TEST_CASE_FIXTURE(Fixture, "ingest session: each refusal answers with its reason
        certificate("agent-1", "ap-south")},
       {"a PoP the certificate does not bind", hello("agent-1", "eu-west", 1, "ams1"), Reject::kPopMismatch,
        "Hello claims PoP 'ams1' but the certificate of agent-1 binds PoP 'fra1'", {}},
+      // A quote in the peer's value cannot close the quotes: the reader still sees whose word is whose.
+      {"a PoP with a quote in it", hello("agent-1", "eu-west", 1, "x' but the certificate binds PoP 'x"),
+       Reject::kPopMismatch,
+       "Hello claims PoP 'x\\x27 but the certificate binds PoP \\x27x' but the certificate of agent-1 binds PoP 'fra1'",
+       {}},
       {"a certificate without an identity URI", hello(), Reject::kCertificate, no_uri.error, {}, no_uri},
       {"a Batch before Hello", batch(1), Reject::kProtocol, "a Batch before Hello", {}},
       {"a second Hello", hello() + batch(1) + hello(), Reject::kProtocol, "a second Hello", {1}},
@@ -462,6 +467,22 @@ TEST_CASE_FIXTURE(Fixture, "ingest session: a session whose certificate is revok
   CHECK(peer.session.closed());
   peer.session.revoke();  // once closed, nothing more
   CHECK(tally.rejects(Reject::kRevoked) == 1);
+}
+
+TEST_CASE_FIXTURE(Fixture, "ingest session: a session whose certificate expired is refused and closed") {
+  Peer peer(config, clock, tally);
+  peer.feed(hello() + batch(1));
+  CHECK(peer.stored_seqs() == Seqs{1});
+  peer.session.expire();
+  CHECK(tally.rejects(Reject::kCertificateExpired) == 1);
+  CHECK_FALSE(peer.session.reading());
+  const std::vector<SentAck> acks = peer.drain();
+  REQUIRE(acks.size() == 1);
+  CHECK(acks[0].status == wire::AckStatus::Rejected);
+  CHECK(acks[0].reason == "the certificate of agent 'agent-1' (serial 0abc) has expired");
+  CHECK(peer.session.closed());
+  peer.session.expire();  // once closed, nothing more
+  CHECK(tally.rejects(Reject::kCertificateExpired) == 1);
 }
 
 TEST_CASE_FIXTURE(Fixture, "ingest session: a failed TLS handshake is a pre-authentication refusal of its source") {

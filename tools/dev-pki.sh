@@ -12,7 +12,8 @@
 #       renews the CRL). The collector loads it with tls.crl / --crl; `systemctl reload` rereads it.
 #
 # Re-running keeps every existing file (so certificates stay valid for running processes) and
-# only adds what is missing. A second invocation into another directory, or --other-ca (which
+# only adds what is missing; naming an existing agent with another region or PoP than its
+# certificate binds fails and says so (remove its .crt and .key to issue it anew). A second invocation into another directory, or --other-ca (which
 # writes a complete, unrelated PKI with the same file names into OUT_DIR/other-ca/), gives a CA
 # that the first one does not trust: what refusal tests need.
 set -euo pipefail
@@ -136,6 +137,19 @@ for spec in "$@"; do
     echo "dev-pki: bad agent spec '$spec' (want agent-id[:region[:pop]], each 1..64 letters, digits, . _ -)" >&2
     exit 2
   fi
+  uri="vantage://$region/$pop/$agent"
+  # An existing certificate is kept, so it must already bind this identity: silently keeping one
+  # for another region or PoP would leave the agent refused for a mismatch nobody asked for.
+  if [[ -f $out/$agent.crt ]]; then
+    bound=$(openssl x509 -in "$out/$agent.crt" -noout -ext subjectAltName 2>/dev/null |
+      grep -o 'URI:vantage://[^,[:space:]]*' | head -n 1 || true)
+    bound=${bound#URI:}
+    if [[ $bound != "$uri" ]]; then
+      echo "dev-pki: $out/$agent.crt already exists and binds ${bound:-no vantage:// URI}, not $uri; remove" \
+        "$out/$agent.crt and $out/$agent.key to issue it anew (and --revoke the old one first if it was handed out)" >&2
+      exit 1
+    fi
+  fi
   issue "$agent" "/O=Vantage/OU=$region/CN=$agent" "${leaf_ext[@]}" "extendedKeyUsage=clientAuth" \
-    "subjectAltName=URI:vantage://$region/$pop/$agent"
+    "subjectAltName=URI:$uri"
 done

@@ -204,3 +204,31 @@ TEST_CASE("X.509 times become Unix seconds in 64 bits, past 2038 too") {
 }
 
 }  // namespace vantage::platform::tls::test
+
+namespace vantage::platform::tls::test {
+
+TEST_CASE("dev-pki.sh re-run for an existing agent keeps its certificate, or fails when the identity differs") {
+  const Pki& pki = Pki::get();
+  REQUIRE(pki.ok());
+  const std::filesystem::path dir = pki.dir() / "dev-pki-rerun";
+  std::filesystem::remove_all(dir);
+  const std::string script = "bash '" + std::string(VANTAGE_SOURCE_DIR) + "/tools/dev-pki.sh' '" + dir.string() + "' ";
+  const std::string errors = (pki.dir() / "dev-pki-rerun.err").string();
+  const auto run = [&](const std::string& spec) {
+    return std::system((script + spec + " >/dev/null 2>'" + errors + "'").c_str());
+  };
+  const auto certificate = [&] { return read_pem_file((dir / "a1.crt").string()); };
+  REQUIRE(run("a1:eu-west:fra1") == 0);
+  const std::string first = certificate();
+  REQUIRE_FALSE(first.empty());
+  CHECK(run("a1:eu-west:fra1") == 0);  // the same identity: kept as it is
+  CHECK(certificate() == first);
+  CHECK(run("a1:eu-west:fra2") != 0);  // another PoP: refused, with the reason, nothing changed
+  CHECK(contains(read_pem_file(errors), "a1.crt already exists and binds vantage://eu-west/fra1/a1, not "
+                                        "vantage://eu-west/fra2/a1"));
+  CHECK(run("a1:ap-south:fra1") != 0);  // another region
+  CHECK(certificate() == first);
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace vantage::platform::tls::test

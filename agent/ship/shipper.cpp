@@ -231,6 +231,7 @@ void add_to_baseline(SelfBaseline& baseline, const ShipperCounters& counters) {
   baseline.spool_errors += counters.spool_errors + counters.spool.retried_errors;
   baseline.spool_lost += counters.spool.lost();
   baseline.spool_sync_stalls += counters.spool.sync_stalls;
+  baseline.spool_bad = counters.spool_bad;
 }
 
 platform::Result<std::unique_ptr<Shipper>> Shipper::open(ShipperConfig config,

@@ -36,6 +36,9 @@ struct SelfBaseline {
   std::uint64_t spool_errors = 0;
   std::uint64_t spool_lost = 0;
   std::uint64_t spool_sync_stalls = 0;
+  // Records an earlier spool of this process gave up as unreadable (already in spool_lost): the
+  // next spool, if it has the same incarnation, skips them without counting them again.
+  SpoolBadSeqs spool_bad;
   std::uint64_t probe_ring_dropped = 0;
   std::uint64_t load_ring_dropped = 0;
 };
@@ -80,6 +83,7 @@ struct ShipperCounters {
   bool connected = false;
   std::string last_error;  // the most recent reason a connection failed or ended
   SpoolStats spool;
+  SpoolBadSeqs spool_bad;  // as of the last publish (shut_down publishes at the end)
 };
 
 // Adds what a stopped shipper counted to the baseline its successor starts from.

@@ -22,13 +22,18 @@ std::span<const std::byte> as_bytes(const std::vector<std::uint8_t>& v) {
 }  // namespace
 
 ShipperSession::ShipperSession(ShipperConfig config, Spool spool, SessionIo& io, Now now, std::uint64_t seed)
-    : config_(std::move(config)), spool_(std::move(spool)), io_(io), now_(std::move(now)), rng_(seed) {}
+    : config_(std::move(config)), spool_(std::move(spool)), io_(io), now_(std::move(now)), rng_(seed) {
+  // A reload opens the spool again: records the last spool gave up (and counted) stay given up.
+  spool_.adopt_bad_seqs(config_.self_baseline.spool_bad);
+}
 
 void ShipperSession::publish_spool_counters() {
   const SpoolStats stats = spool_.stats();
+  SpoolBadSeqs bad = spool_.bad_seqs();
   update([&](ShipperCounters& c) {
     c.acked_seq = spool_.acked_seq();
     c.spool = stats;
+    c.spool_bad = std::move(bad);
   });
 }
 
@@ -385,6 +390,9 @@ void ShipperSession::shut_down() {
     spool_failed(st);
   }
   fail("agent stopping");
+  // What pump() and the flush counted since the last publish (reads given up, retried errors):
+  // the baseline a reload carries over is taken from here.
+  publish_spool_counters();
 }
 
 void ShipperSession::submit(MeasurementReport& report, const std::vector<ProbeTargetSpec>& targets) {

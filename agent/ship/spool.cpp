@@ -1022,10 +1022,9 @@ Status Spool::append(std::uint64_t seq, std::span<const std::byte> payload) {
     // A full disk: the oldest records make room, a segment at a time (a segment's space comes back
     // only once all of it is dead). Dropping frees space only once the drop is saved, so when not
     // even the state file can be written (the reserve is used up) the records are kept.
-    if (disk_full(err)) {
-      if (persist_state() && drop_oldest_segment() && persist_state()) continue;
-      ++retried_errors_;
-    }
+    // (A state that could not be saved here is not counted as an error of its own: the append's
+    // failure, which the caller reports, is the one error.)
+    if (disk_full(err) && persist_state() && drop_oldest_segment() && persist_state()) continue;
     ++append_failures_;
     return st;
   }
@@ -1179,6 +1178,16 @@ std::optional<SpoolRecord> Spool::next_unacked(std::uint64_t after_seq) {
     bad_seqs_.insert(std::upper_bound(bad_seqs_.begin(), bad_seqs_.end(), *s), *s);
   }
   return std::nullopt;
+}
+
+void Spool::adopt_bad_seqs(const SpoolBadSeqs& bad) {
+  if (bad.incarnation != incarnation_) return;
+  for (const std::uint64_t s : bad.seqs) {
+    if (s <= floor() || is_bad(s) || record_bytes(s) == 0) continue;
+    live_bytes_ -= record_bytes(s);
+    --live_records_;
+    bad_seqs_.insert(std::upper_bound(bad_seqs_.begin(), bad_seqs_.end(), s), s);
+  }
 }
 
 SpoolStats Spool::stats() const {

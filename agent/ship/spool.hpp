@@ -138,6 +138,12 @@ struct SpoolStateFile {
   bool operator==(const SpoolStateFile&) const = default;
 };
 
+// Records a spool gave up as unreadable (counted in corrupt_reads), with the seq space they are in.
+struct SpoolBadSeqs {
+  SpoolIncarnation incarnation{};
+  std::vector<std::uint64_t> seqs;
+};
+
 class SpoolSyncer;
 
 // Owns one file descriptor; closes it on destruction.
@@ -240,6 +246,11 @@ class Spool {
   // Names this spool's seq space (see the on-disk format above); never all zero.
   [[nodiscard]] const SpoolIncarnation& incarnation() const { return incarnation_; }
   [[nodiscard]] SpoolStats stats() const;
+  // The records next_unacked() gave up as unreadable and that are still above the floor.
+  [[nodiscard]] SpoolBadSeqs bad_seqs() const { return {incarnation_, bad_seqs_}; }
+  // Records an earlier Spool of this directory in this process gave up (and counted): skipped
+  // here too, without being counted again. Ignored when the incarnation differs.
+  void adopt_bad_seqs(const SpoolBadSeqs& bad);
   [[nodiscard]] const SpoolConfig& config() const { return config_; }
 
  private:

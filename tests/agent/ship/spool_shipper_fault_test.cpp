@@ -268,3 +268,96 @@ TEST_CASE("shipper over a failing disk: a slow disk (every fsync outlasts sync_w
   CHECK(w.session->counters().spool_errors == 0);
   CHECK(w.collector.self.spool_lost == 0);
 }
+
+namespace {
+
+// A session over the spool in dir, as a reload makes it: the config's baseline is the one the
+// previous shipper left.
+std::unique_ptr<ship::ShipperSession> session_over(const fs::path& dir, Io& io, const ship::SelfBaseline& baseline,
+                                                   std::shared_ptr<FaultySpoolFiles> files = nullptr) {
+  ship::ShipperConfig c;
+  c.identity = {"fra1-edge-07", "eu-central", "fra1"};
+  c.collectors = {{"collector-a", 7443, ""}};
+  c.spool.dir = dir;
+  c.spool.segment_bytes = 1 << 16;
+  c.spool.files = std::move(files);
+  c.self_baseline = baseline;
+  std::vector<std::string> warnings;
+  auto opened = ship::Spool::open(c.spool, warnings);
+  REQUIRE(opened.has_value());
+  auto session = std::make_unique<ship::ShipperSession>(
+      c, std::move(opened).value(), io, [] { return ship::SessionClock::now(); }, 7);
+  session->publish_spool_counters();
+  session->start();
+  return session;
+}
+
+void submit_to(ship::ShipperSession& session, int n) {
+  for (int i = 0; i < n; ++i) {
+    vantage::agent::MeasurementReport r;
+    r.wall_start_ns = 1'700'000'000'000'000'000;
+    r.wall_end_ns = r.wall_start_ns + 1'000'000'000;
+    session.submit(r, {});
+  }
+}
+
+}  // namespace
+
+TEST_CASE("shipper over a failing disk: what pump() counted reaches the baseline a reload carries over") {
+  World w;
+  w.connect();
+  w.submit(1);
+  w.deliver();
+  REQUIRE(w.collector.stored.size() == 1);
+  // The next batch cannot be read back: pump() counts a retried error after the submit published.
+  w.files->arm({Fault{SpoolOp::kRead, 1, FaultAction::kErrno, EIO, kForever}});
+  w.submit(1);
+  const std::uint64_t retried = w.session->spool().stats().retried_errors;
+  REQUIRE(retried >= 1);
+  w.session->shut_down();
+  const ship::ShipperCounters c = w.session->counters();
+  CHECK(c.spool.retried_errors == retried);
+  ship::SelfBaseline baseline;
+  ship::add_to_baseline(baseline, c);
+  CHECK(baseline.spool_errors == c.spool_errors + retried);
+}
+
+TEST_CASE("shipper over a failing disk: a record given up as unreadable is not counted again after a reload") {
+  TempDir dir{"/dev/shm"};
+  Io io;
+  ship::SelfBaseline baseline;
+  auto files = std::make_shared<FaultySpoolFiles>();
+  {
+    auto a = session_over(dir.path(), io, baseline, files);
+    submit_to(*a, 3);  // not connected: spooled, not read yet
+    // Batch 2's header read fails every time (reads 1 and 2 are batch 1's header and payload).
+    files->arm({Fault{SpoolOp::kRead, 3, FaultAction::kErrno, EIO, 3}});
+    a->on_connected();
+    a->on_session("TLSv1.3", false);
+    a->on_write_done();  // the Hello: pump() sends 1, fails on 2
+    a->on_write_done();  // batch 1: pump() fails on 2 again
+    submit_to(*a, 1);    // batch 4: pump() fails on 2 a third time and gives it up
+    CHECK(a->spool().stats().corrupt_reads == 1);
+    CHECK(a->spool().stats().records == 3);
+    a->shut_down();
+    ship::add_to_baseline(baseline, a->counters());
+  }
+  CHECK(baseline.spool_lost == 1);
+  files->clear();
+  auto b = session_over(dir.path(), io, baseline, files);  // the reload opens the spool again
+  CHECK(b->spool().stats().records == 3);  // 2 stays given up: it is in spool_lost already
+  CHECK(b->spool().stats().lost() == 0);
+}
+
+TEST_CASE("shipper over a failing disk: one batch lost to a full disk is one spool error") {
+  World w;
+  w.submit(1);
+  const std::uint64_t retried = w.session->spool().stats().retried_errors;
+  // Nothing can be written: not the batch, not the state file that dropping would need.
+  w.files->arm({Fault{SpoolOp::kWrite, 1, FaultAction::kErrno, ENOSPC, kForever}});
+  w.submit(1);
+  const ship::ShipperCounters c = w.session->counters();
+  CHECK(c.spool.append_failures == 1);
+  CHECK(c.spool.lost() == 1);
+  CHECK(c.spool_errors + c.spool.retried_errors - retried == 1);
+}

@@ -678,7 +678,11 @@ Status Spool::recover(std::vector<std::string>& warnings) {
   if (reserve_found) {
     std::uint64_t size = 0;
     SpoolFd fd(files.openat(dir_fd_.get(), kReserveName, O_RDONLY | O_CLOEXEC, 0));
-    reserve_present_ = fd.valid() && files.size(fd.get(), size) == 0 && size == config_.reserve_bytes;
+    reserve_present_ = config_.reserve_bytes > 0 && fd.valid() && files.size(fd.get(), size) == 0 &&
+                       size == config_.reserve_bytes;
+    // One of another size (reserve_bytes changed, or 0 now) or a partial one is given back: the
+    // space is the records', and a reserve of the right size is made again below if one is wanted.
+    if (!reserve_present_) files.unlinkat(dir_fd_.get(), kReserveName);
   }
   // Persisting here catches a read-only spool at start-up, and must precede deleting dead segments.
   // An fsync still running (a hung disk) is no reason not to start: a later flush() saves it.

@@ -351,6 +351,20 @@ TEST_CASE("spool faults: the reserve file lets drops and acks be saved on a full
   CHECK(o.spool.acked_seq() == 3);
 }
 
+TEST_CASE("spool faults: a reserve file of another size is remade at open, or given back when none is wanted") {
+  TempDir tmp{"/dev/shm"};
+  SpoolConfig cfg = small_config(tmp.path());
+  cfg.reserve_bytes = 4096;
+  { auto o = open_ok(cfg); }
+  REQUIRE(fs::file_size(tmp.path() / "reserve") == 4096);
+  cfg.reserve_bytes = 1024;
+  { auto o = open_ok(cfg); }
+  CHECK(fs::file_size(tmp.path() / "reserve") == 1024);
+  cfg.reserve_bytes = 0;  // no reserve wanted now: the old one's space goes back to the records
+  { auto o = open_ok(cfg); }
+  CHECK_FALSE(fs::exists(tmp.path() / "reserve"));
+}
+
 TEST_CASE("spool faults: a record that cannot be read is retried, then given up and counted") {
   TempDir tmp{"/dev/shm"};
   auto files = std::make_shared<FaultySpoolFiles>();

@@ -49,17 +49,20 @@ LookupResult system_lookup(const std::string& host) {
   }
   for (const addrinfo* a = list; a != nullptr; a = a->ai_next) {
     if (a->ai_family == AF_INET && a->ai_addrlen >= sizeof(sockaddr_in)) {
-      const auto* in = reinterpret_cast<const sockaddr_in*>(a->ai_addr);
+      // Copied out, not cast: sockaddr's alignment is below sockaddr_in's on 32-bit ARM.
+      sockaddr_in in{};
+      std::memcpy(&in, a->ai_addr, sizeof in);
       asio::ip::address_v4::bytes_type b;
-      std::memcpy(b.data(), &in->sin_addr, b.size());
+      std::memcpy(b.data(), &in.sin_addr, b.size());
       r.all.emplace_back(asio::ip::address_v4(b));
       continue;
     }
     if (a->ai_family == AF_INET6 && a->ai_addrlen >= sizeof(sockaddr_in6)) {
-      const auto* in6 = reinterpret_cast<const sockaddr_in6*>(a->ai_addr);
+      sockaddr_in6 in6{};
+      std::memcpy(&in6, a->ai_addr, sizeof in6);
       asio::ip::address_v6::bytes_type b;
-      std::memcpy(b.data(), &in6->sin6_addr, b.size());
-      r.all.emplace_back(asio::ip::address_v6(b, in6->sin6_scope_id));
+      std::memcpy(b.data(), &in6.sin6_addr, b.size());
+      r.all.emplace_back(asio::ip::address_v6(b, in6.sin6_scope_id));
     }
   }
   ::freeaddrinfo(list);

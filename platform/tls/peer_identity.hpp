@@ -38,7 +38,8 @@ struct PeerIdentity {
   // subjectAltName"). Safe to log: peer bytes in it are escaped.
   std::string error;
   // Server: why a session ticket the peer offered was refused (its certificate revoked or expired
-  // since); the handshake then went on as a full one. Empty when none was.
+  // since, its CA no longer trusted, or its chain of resumptions too old); the handshake then went
+  // on as a full one. Empty when none was. Not proof of who offered it: tickets can be replayed.
   std::string ticket_refused;
 
   bool valid() const noexcept { return error.empty() && !agent_id.empty(); }

@@ -58,7 +58,8 @@ struct TlsContextOptions {
   // lifetimes (24 h with the default lifetime).
   std::uint32_t ticket_chain_limit_s = 0;
   // Server: a certificate revocation list of the CA (PEM or DER; several CRLs may be concatenated).
-  // Every CRL in it must be issued and signed by the CA and not past its nextUpdate. A revoked
+  // Every CRL in it must be issued and signed by the CA, have a nextUpdate (mbedTLS 3.6 takes a
+  // CRL without one as expired) and not be past it. A CRL revokes only its issuer's serials. A revoked
   // agent certificate fails the full handshake, and a session ticket sealed for one is refused
   // (the agent must then do a full handshake, which fails). Empty: no revocation.
   std::string crl_file;

@@ -450,12 +450,13 @@ TEST_CASE("a CRL past its nextUpdate fails handshakes under its own reason, crl_
   fs::create_directories(crl_dir);
   const std::int64_t now = static_cast<std::int64_t>(std::time(nullptr));
   const std::string crl = (crl_dir / "crl.der").string();
-  REQUIRE(platform::tls::test::write_crl(pki.dir().string(), crl, now - 60, now + 3));
+  // Long enough for the server to load it first, also under emulation.
+  REQUIRE(platform::tls::test::write_crl(pki.dir().string(), crl, now - 60, now + 8));
   IngestConfig config;
   config.tls.crl_file = crl;
   Server server(std::move(config), "crl-expiring");
   // Wait until the CRL is past its nextUpdate (whole seconds, so one more).
-  while (static_cast<std::int64_t>(std::time(nullptr)) <= now + 4) {
+  while (static_cast<std::int64_t>(std::time(nullptr)) <= now + 9) {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
   Agent agent;
@@ -472,7 +473,8 @@ TEST_CASE("a session whose certificate passes its notAfter is closed by the peri
   const Pki& pki = Pki::get();
   REQUIRE(pki.ok());
   const fs::path dir = pki.dir() / "short-lived";
-  REQUIRE(issue_short_lived(dir, "short", 12));
+  // Long enough for the handshake, Hello and a batch before it expires, also under emulation.
+  REQUIRE(issue_short_lived(dir, "short", 25));
   const std::string cert = (dir / "short.crt").string();
   const std::int64_t not_after = not_after_of(cert);
   IngestConfig config;

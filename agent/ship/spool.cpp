@@ -609,7 +609,10 @@ Status Spool::recover(std::vector<std::string>& warnings) {
     // records kept, when damage cut or removed what held them.
     if (damage_open) {
       const std::uint64_t from = std::max(prev_seq, floor_seq);
-      if (seg.first_seq > from + 1) lost_records_ += seg.first_seq - from - 1;
+      if (seg.first_seq > from + 1) {
+        lost_records_ += seg.first_seq - from - 1;
+        damage_lost_.emplace_back(from + 1, seg.first_seq - 1);
+      }
     }
     damage_open = false;
     damage_reach = 0;
@@ -637,10 +640,14 @@ Status Spool::recover(std::vector<std::string>& warnings) {
     // before records after it are trusted: durable_seq() covers what is synced. A sync that
     // outlasts sync_wait does not stop the start: it is applied by a later call. One that fails
     // gives up the segment's records (counted as lost), since no later sync can vouch for them.
+    // Once one sync is pending (a hung or slow disk) the rest wait for a later flush() rather than
+    // each waiting sync_wait here.
     unsynced_closed_.push_back(UnsyncedSegment{seg_first, seg_first, std::move(fd)});
-    const int synced = sync_fd(unsynced_closed_.back().fd.get(), false,
-                               SyncJob{SyncJob::Kind::kSegment, seg_first, seg_last, 0, false, {}});
-    if (synced == kSyncFailed) warnings.push_back(settled_error_.message());
+    if (!pending_sync_) {
+      const int synced = sync_fd(unsynced_closed_.back().fd.get(), false,
+                                 SyncJob{SyncJob::Kind::kSegment, seg_first, seg_last, 0, false, {}});
+      if (synced == kSyncFailed) warnings.push_back(settled_error_.message());
+    }
   }
 
   next_seq_ = std::max<std::uint64_t>({state.next_seq, prev_seq + 1, floor() + 1, 1});
@@ -655,7 +662,10 @@ Status Spool::recover(std::vector<std::string>& warnings) {
     if (state_read == StateRead::kOk) {
       const std::uint64_t from = std::max(prev_seq, floor_seq);
       const std::uint64_t to = std::min(state.next_seq - 1, damage_reach);
-      if (to > from) lost_records_ += to - from;
+      if (to > from) {
+        lost_records_ += to - from;
+        damage_lost_.emplace_back(from + 1, to);
+      }
     }
     if (damage_reach >= next_seq_) {
       seq_space_trusted = false;
@@ -809,6 +819,7 @@ Status Spool::load_or_create_incarnation(bool seq_space_trusted, const std::stri
                                          std::vector<std::string>& warnings) {
   const std::filesystem::path path = config_.dir / kIncarnationName;
   const IncarnationRead read = read_incarnation(*files_, dir_fd_.get(), incarnation_);
+  if (read == IncarnationRead::kOk) found_incarnation_ = incarnation_;
   if (read == IncarnationRead::kOk && seq_space_trusted) return {};
   const std::string old = read == IncarnationRead::kOk ? to_hex(incarnation_) : std::string();
   if (Status st = new_incarnation(incarnation_, config_.dir); !st) return st;
@@ -1185,8 +1196,13 @@ std::optional<SpoolRecord> Spool::next_unacked(std::uint64_t after_seq) {
 }
 
 void Spool::adopt_bad_seqs(const SpoolBadSeqs& bad) {
-  if (bad.incarnation != incarnation_) return;
+  // The incarnation this open found: it may have made a new one since (after damage).
+  if (bad.incarnation != found_incarnation_ || found_incarnation_ == SpoolIncarnation{}) return;
   for (const std::uint64_t s : bad.seqs) {
+    // Rot found on read and then cut by this open: the earlier spool counted it already.
+    for (const auto& [lo, hi] : damage_lost_) {
+      if (s >= lo && s <= hi && lost_records_ > 0) --lost_records_;
+    }
     if (s <= floor() || is_bad(s) || record_bytes(s) == 0) continue;
     live_bytes_ -= record_bytes(s);
     --live_records_;

@@ -81,8 +81,11 @@ struct SpoolConfig {
   std::chrono::milliseconds fsync_interval{1000};
   // How long a spool call waits for an fsync (which runs on the spool's sync worker). One that
   // takes longer goes on in the background; the call reports it as pending (Errc::kUnavailable)
-  // and the records it covers are not durable (not sent) until a later sync returns. Keeps a hung
-  // disk from blocking the spool's owner thread, whose health feeds the watchdog.
+  // and the records it covers are not durable (not sent) until it returns: the next call that
+  // syncs collects its result and applies it (records durable, a state file renamed into place),
+  // so a disk whose every fsync outlasts sync_wait still makes progress, a step per call. Keeps a
+  // hung disk from blocking the spool's owner thread, whose health feeds the watchdog. open()
+  // waits without this bound only for a new incarnation file (and the state after it).
   std::chrono::milliseconds sync_wait{500};
   std::uint64_t reserve_bytes = 64u << 10;  // the reserve file (0: none)
   // Every file operation goes through this; nullptr: the real file system. Tests inject faults.
@@ -176,7 +179,10 @@ class SpoolFd {
 // saved: unsaved, it would free nothing. A state file that cannot be saved never wedges anything: acked_seq and the
 // drops stay in memory, segments stay on disk until a later ack(), append() or flush() saves it.
 // A record that cannot be read (I/O error) is tried again on later calls, a few times, before it
-// is given up (corrupt_reads). fsyncs run on a worker thread, waited for at most sync_wait.
+// is given up (corrupt_reads). fsyncs run on a worker thread, waited for at most sync_wait (a
+// longer one is applied when a later call finds it returned). A failed fdatasync is final for the
+// records it covered (sync_lost): the kernel may have dropped their write-back, so the next sync
+// returning 0 proves nothing about them.
 //
 // Durability: append() hands the record to the kernel with one pwritev(2) (no user-space
 // buffer) before it returns. A crash of this process (even SIGKILL) after append() returned
@@ -249,7 +255,8 @@ class Spool {
   // The records next_unacked() gave up as unreadable and that are still above the floor.
   [[nodiscard]] SpoolBadSeqs bad_seqs() const { return {incarnation_, bad_seqs_}; }
   // Records an earlier Spool of this directory in this process gave up (and counted): skipped
-  // here too, without being counted again. Ignored when the incarnation differs.
+  // here too, and not counted again (also when this open cut them as damage). Ignored unless
+  // bad.incarnation is the one this open found on disk.
   void adopt_bad_seqs(const SpoolBadSeqs& bad);
   [[nodiscard]] const SpoolConfig& config() const { return config_; }
 
@@ -335,6 +342,7 @@ class Spool {
   std::vector<std::uint64_t> unlink_pending_;     // dead segments whose deletion failed
 
   SpoolIncarnation incarnation_{};
+  SpoolIncarnation found_incarnation_{};  // the one open() found on disk, if it read fine
   std::uint64_t next_seq_ = 1;
   std::uint64_t durable_seq_ = 0;
   std::uint64_t acked_seq_ = 0;
@@ -367,6 +375,7 @@ class Spool {
   std::uint64_t retried_errors_ = 0;
   std::uint64_t full_disk_drops_ = 0;
   std::uint64_t sync_lost_ = 0;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> damage_lost_;  // seq ranges in lost_records_
 };
 
 }  // namespace vantage::agent::ship

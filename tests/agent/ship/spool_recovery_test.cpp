@@ -252,6 +252,26 @@ TEST_CASE("spool recovery: a gap is counted by the open that made it, not by eve
   CHECK(read_all(o.spool) == std::vector<std::uint64_t>{1, 2, 3, 4, 5, 9, 10});
 }
 
+TEST_CASE("spool recovery: a record given up on read and then cut by the next open is counted once") {
+  TempDir tmp;
+  const SpoolConfig cfg = small_config(tmp.path());
+  vantage::agent::ship::SpoolBadSeqs bad;
+  {
+    auto o = open_ok(cfg);
+    for (int i = 0; i < 3; ++i) append_ok(o.spool, kPayload);
+    REQUIRE(o.spool.ack(1));  // the state file says next_seq 4
+    flip(seg(tmp.path(), 1), kRec + 30);  // seq 2 rots
+    CHECK(o.spool.next_unacked(1)->seq == 3);
+    CHECK(o.spool.stats().corrupt_reads == 1);
+    bad = o.spool.bad_seqs();
+  }
+  // A reload: the open cuts 2 and 3 (2 and 3 lost to damage), but 2 was counted by the read.
+  auto o = open_ok(cfg);
+  CHECK(o.spool.stats().lost_records == 2);
+  o.spool.adopt_bad_seqs(bad);
+  CHECK(o.spool.stats().lost_records == 1);
+}
+
 TEST_CASE("spool recovery: a record that rots after open is skipped and counted on read") {
   TempDir tmp;
   const SpoolConfig cfg = small_config(tmp.path());

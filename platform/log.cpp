@@ -249,6 +249,12 @@ void log(LogLevel level, const char* format, ...) noexcept {
     slot.count = 0;
     slot.suppressed = 0;
     slot.text_length = std::min(text.size(), kKeptText);
+    // The summary line quotes this text: cut between characters, never inside one.
+    if (slot.text_length < text.size()) {
+      while (slot.text_length > 0 && (static_cast<unsigned char>(text[slot.text_length]) & 0xc0) == 0x80) {
+        --slot.text_length;
+      }
+    }
     std::memcpy(slot.text, text.data(), slot.text_length);
   }
   if (slot.count < UINT32_MAX) {

@@ -2,8 +2,10 @@
 
 // The only translation unit that includes cpp-httplib (header-only, plain HTTP: no TLS, zlib or
 // brotli). Its stock pool would be a thread per core with an unbounded queue; BoundedPool below
-// replaces it.
+// replaces it. poll(), not select(): with select() httplib answers 500 to every socket numbered
+// FD_SETSIZE (1024) or above, which is every HTTP connection once ~1,000 agents are connected.
 #define CPPHTTPLIB_THREAD_POOL_COUNT 2
+#define CPPHTTPLIB_USE_POLL
 #include <httplib.h>
 
 #include <atomic>
@@ -34,6 +36,14 @@ struct Counters {
 thread_local bool t_close_after_response = false;
 // Set while BoundedPool runs a connection on the accept thread only to close it.
 thread_local bool t_shed = false;
+// When the connection being run was accepted (monotonic ns): its lifetime counts from then, so
+// time spent queued behind busy workers is part of it.
+thread_local std::int64_t t_accepted_ns = 0;
+
+// Range requests are ignored (RFC 9110 lets a server answer the whole representation): httplib
+// would otherwise copy the body once per range, and one header of ~4,000 "-," ranges would turn a
+// scrape into gigabytes.
+void ignore_ranges(httplib::Request& req) { req.ranges.clear(); }
 
 bool served_method(const std::string& method) { return method == "GET" || method == "HEAD"; }
 
@@ -136,7 +146,7 @@ class BoundedServer final : public httplib::Server {
     if (!t_shed) {
       ConnectionStream stream(
           sock, limits_,
-          platform::monotonic_ns() +
+          t_accepted_ns +
               std::chrono::duration_cast<std::chrono::nanoseconds>(limits_.connection_lifetime).count(),
           counters_, stopping_);
       const auto keep_alive_s = static_cast<time_t>(limits_.keep_alive_timeout.count());
@@ -146,7 +156,7 @@ class BoundedServer final : public httplib::Server {
            --left) {
         bool peer_asked_close = false;
         t_close_after_response = false;
-        ok = process_request(stream, left == 1, peer_asked_close, nullptr);
+        ok = process_request(stream, left == 1, peer_asked_close, ignore_ranges);
         if (!ok || peer_asked_close || t_close_after_response || stream.cut()) break;
       }
     }
@@ -175,7 +185,10 @@ class BoundedPool final : public httplib::TaskQueue {
     {
       std::lock_guard lock(mutex_);
       if (!shutdown_ && jobs_.size() + busy_ < max_connections_) {
-        jobs_.push_back(std::move(fn));
+        jobs_.push_back([fn = std::move(fn), accepted = platform::monotonic_ns()] {
+          t_accepted_ns = accepted;
+          fn();
+        });
         cv_.notify_one();
         return;
       }

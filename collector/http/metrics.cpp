@@ -49,7 +49,9 @@ std::string render_metrics(const LiveSnapshot& view, const IngestCounters& c, co
   const auto& lat = view.latency;
 
   // Latency per (region, pop, agent, target, protocol), from the newest interval.
-  out.family("vantage_rtt_seconds", Type::kGauge,
+  // A summary: the only type whose samples may carry a quantile label (a gauge with one fails
+  // promtool). Quantiles only, no _sum/_count: the interval's probe counts are their own families.
+  out.family("vantage_rtt_seconds", Type::kSummary,
              "Round-trip time quantiles in the newest reporting interval (reflector dwell time removed).");
   for (const LiveLatency& l : lat) {
     const std::pair<const char*, std::int64_t> quantiles[] = {
@@ -225,8 +227,8 @@ std::string render_metrics(const LiveSnapshot& view, const IngestCounters& c, co
             "notAfter of the collector's own TLS certificate (Unix time), as last loaded.",
             c.certificate_not_after_s);
   timestamp("vantage_collector_agent_certificate_earliest_expiry_timestamp_seconds",
-            "Earliest notAfter (Unix time) among the agent certificates of all sessions authenticated "
-            "since the collector started (full and resumed handshakes; refused identities excluded).",
+            "Earliest notAfter (Unix time) among the agent certificates of the sessions open now "
+            "(refused identities excluded).",
             c.agent_certificate_earliest_not_after_s);
   timestamp("vantage_collector_crl_next_update_timestamp_seconds",
             "nextUpdate of the loaded CRL (Unix time): renew and reload before it, or full handshakes fail.",

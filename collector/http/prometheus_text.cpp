@@ -75,7 +75,10 @@ void PrometheusText::family(std::string_view name, Type type, std::string_view h
   out_ += escape_help(help);
   out_ += "\n# TYPE ";
   out_ += name;
-  out_ += type == Type::kGauge ? " gauge\n" : type == Type::kCounter ? " counter\n" : " histogram\n";
+  out_ += type == Type::kGauge     ? " gauge\n"
+          : type == Type::kCounter ? " counter\n"
+          : type == Type::kSummary ? " summary\n"
+                                   : " histogram\n";
 }
 
 void PrometheusText::labels(const Labels& labels, const Label* extra) {

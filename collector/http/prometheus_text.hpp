@@ -28,7 +28,7 @@ std::string format_value(double value);
 
 class PrometheusText {
  public:
-  enum class Type { kGauge, kCounter, kHistogram };
+  enum class Type { kGauge, kCounter, kHistogram, kSummary };
 
   // Starts a family; every sample() until the next family() belongs to it. A family without
   // samples is still valid exposition (HELP and TYPE alone).

@@ -8,6 +8,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -223,6 +224,7 @@ TEST_CASE("/metrics holds every family with HELP and TYPE, every reject reason, 
       collector::http::render_metrics(view.snapshot(kT0 + 3 * kSecond), c, "sqlite", kT0 + 3 * kSecond);
   const std::string labels =
       R"(region="eu-central",pop="fra1",agent="fra1-a",target="ams1",protocol="udp_echo")";
+  CHECK(contains(text, "# TYPE vantage_rtt_seconds summary\n"));
   CHECK(contains(text, "vantage_rtt_seconds{" + labels + ",quantile=\"0.5\"} 0.008\n"));
   CHECK(contains(text, "vantage_rtt_seconds{" + labels + ",quantile=\"0.99\"} 0.008000002\n"));
   CHECK(contains(text, "vantage_loss_ratio{" + labels + "} 0.2\n"));
@@ -547,4 +549,55 @@ TEST_CASE("http server: stop() does not wait for a client that holds its connect
   CHECK(std::chrono::steady_clock::now() - start < 60s);
   CHECK(idle.read_until_closed(10s).second);
   CHECK(partial.read_until_closed(10s).second);
+}
+
+TEST_CASE("http server: a Range header is ignored, so many ranges cannot multiply a response") {
+  Served s({});
+  const auto page = [&](const std::string& extra) {
+    RawClient c(s.port);
+    REQUIRE(c.send_all("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + extra + "\r\n"));
+    const auto [text, closed] = c.read_until_closed();
+    CHECK(closed);
+    return text;
+  };
+  const std::string plain = page("");
+  REQUIRE(plain.starts_with("HTTP/1.1 200"));
+  // ~3,000 ranges, each the whole body: httplib would answer ~3,000 copies of the page.
+  std::string ranges = "Range: bytes=-";
+  while (ranges.size() < 6000) ranges += ",-";
+  const std::string ranged = page(ranges + "\r\n");
+  CHECK(ranged.starts_with("HTTP/1.1 200"));
+  CHECK_FALSE(contains(ranged, "multipart/byteranges"));
+  const auto body_size = [](const std::string& response) { return response.size() - response.find("\r\n\r\n"); };
+  CHECK(body_size(ranged) == body_size(plain));
+  const std::string one = page("Range: bytes=0-9\r\n");
+  CHECK(one.starts_with("HTTP/1.1 200"));
+  CHECK(body_size(one) == body_size(plain));
+}
+
+TEST_CASE("http server: connections on descriptors above FD_SETSIZE are served") {
+  // httplib with select() answers 500 to a socket numbered 1024 or more; a collector with a
+  // thousand agents connected hands its HTTP connections such numbers.
+  rlimit limit{};
+  REQUIRE(::getrlimit(RLIMIT_NOFILE, &limit) == 0);
+  if (limit.rlim_cur < 1200 && limit.rlim_max >= 1200) {
+    limit.rlim_cur = 1200;
+    REQUIRE(::setrlimit(RLIMIT_NOFILE, &limit) == 0);
+  }
+  if (limit.rlim_cur < 1200) {
+    MESSAGE("skipped: the open-file limit is below 1200");
+    return;
+  }
+  Served s({});
+  std::vector<int> filler;
+  for (int fd = ::dup(0); fd >= 0 && fd < 1100; fd = ::dup(0)) filler.push_back(fd);
+  REQUIRE(filler.size() > 900);
+  {
+    RawClient c(s.port);  // the server's accepted socket is numbered above 1024 now
+    REQUIRE(c.send_all("GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
+    const auto [text, closed] = c.read_until_closed();
+    CHECK(closed);
+    CHECK(text.starts_with("HTTP/1.1 200"));
+  }
+  for (const int fd : filler) ::close(fd);
 }

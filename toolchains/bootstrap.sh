@@ -41,7 +41,8 @@ as_root() {
 # libnats-dev (the NATS C client, for the collector's JetStream sink; Debian ships only the .so)
 # and nats-server (`nats-server -js` on loopback in tests); the cross targets' libnats below.
 # prometheus and chromium are host programs for the collector's HTTP tests (a real scrape, the
-# status page in a headless browser); cpp-httplib comes as source, see fetch_cpp_httplib.
+# status page in a headless browser; curl for the 1 GiB POST against its HTTP port); cpp-httplib
+# comes as source, see fetch_cpp_httplib.
 # `make deb` and its test use file, dpkg-dev (dpkg-shlibdeps, to cross-check Depends), binutils
 # (readelf, from build-essential; the cross strip comes with each cross g++), qemu-user-static,
 # lintian (the packages must pass it) and man-db (the installed manual pages must show).
@@ -57,7 +58,7 @@ host_packages=(
   python3 iproute2 irtt collectd-core liboping0
   clang-14 libclang-rt-14-dev openssl
   libnats-dev nats-server
-  prometheus chromium victoria-metrics
+  prometheus chromium victoria-metrics curl
   qemu-system-arm qemu-system-x86 mmdebstrap arch-test cpio kmod e2fsprogs
 )
 

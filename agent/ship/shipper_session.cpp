@@ -192,11 +192,14 @@ void ShipperSession::pump() {
     // Never send a batch the disk might still lose: after a power cut its seq would be handed
     // out again, to a different batch, and the collector would drop that one as a duplicate.
     if (record->seq > spool_.durable_seq()) {
+      // A flush that reports a sync still running may have applied an earlier one that has
+      // returned since (a slow disk): what is durable now goes, the rest waits.
       if (const platform::Status st = spool_.flush(); !st) {
         spool_failed(st);
-        break;
+      } else {
+        spool_synced();
       }
-      spool_synced();
+      if (record->seq > spool_.durable_seq()) break;
     }
     std::vector<std::uint8_t> frame;
     frame.reserve(wire::kFrameLengthSize + record->payload.size());
@@ -264,18 +267,23 @@ void ShipperSession::on_timer(SessionTimer timer) {
           return;
       }
       return;
-    case SessionTimer::kFlush:
+    case SessionTimer::kFlush: {
       if (stopping_) {
         return;
       }
+      const std::uint64_t durable = spool_.durable_seq();
+      const bool was_stalled = sync_stalled_;
       if (const platform::Status st = spool_.flush(); !st) {
         spool_failed(st);
-      } else if (sync_stalled_) {
+      } else {
         spool_synced();
-        pump();  // what waited for the stalled sync can go now
       }
+      // What waited for a sync can go now: one that returned (also a stalled one whose result
+      // this flush collected, while the next sync it started is still running).
+      if (spool_.durable_seq() > durable || (was_stalled && !sync_stalled_)) pump();
       arm_flush();
       return;
+    }
     case SessionTimer::kDrain: {
       auto done = std::exchange(drained_, nullptr);
       if (done) done();

@@ -361,3 +361,21 @@ TEST_CASE("shipper over a failing disk: one batch lost to a full disk is one spo
   CHECK(c.spool.lost() == 1);
   CHECK(c.spool_errors + c.spool.retried_errors - retried == 1);
 }
+
+TEST_CASE("shipper over a failing disk: on a slow disk batches go out while new ones keep coming") {
+  World w(500ms);  // the production sync_wait
+  w.connect();
+  w.files->arm({Fault{SpoolOp::kSync, 1, FaultAction::kDelay, 0, kForever, 700ms}});
+  // A batch every 200 ms for 8 s, the flush timer every 200 ms: every flush finds new data and
+  // starts a sync that outlasts its wait, yet the ones that returned let their batches go.
+  for (int i = 0; i < 40; ++i) {
+    w.submit(1);
+    w.deliver(false);
+    std::this_thread::sleep_for(100ms);
+    w.session->on_timer(SessionTimer::kFlush);
+    w.deliver(false);
+  }
+  INFO("stored while batches kept coming: ", w.collector.stored.size());
+  CHECK(w.collector.stored.size() >= 20);
+  CHECK(w.session->counters().spool_errors == 0);
+}

@@ -222,22 +222,22 @@ bool IngestSession::on_frame(const wire::Frame& frame, std::span<const std::uint
     }
     if (wire::str(batch->agent_id()) != agent_id_) {
       return refuse(Reject::kIdentity,
-                    "a Batch for agent '" + wire::text(batch->agent_id()) + "' on " + agent_id_ + "'s connection");
+                    "a Batch for agent " + quoted(wire::text(batch->agent_id())) + " on " + agent_id_ + "'s connection");
     }
     if (batch->seq() == 0) {
       return refuse(Reject::kProtocol, "a Batch with seq 0");
     }
     // The stored frame carries its own region and PoP: they must be the certificate's too.
     if (batch->region() != nullptr && batch->region()->size() > 0 && wire::str(batch->region()) != identity_.region) {
-      return refuse(Reject::kRegionMismatch, "batch " + std::to_string(batch->seq()) + " claims region '" +
-                                                 wire::text(batch->region()) + "' but the certificate binds '" +
-                                                 identity_.region + "'",
+      return refuse(Reject::kRegionMismatch, "batch " + std::to_string(batch->seq()) + " claims region " +
+                                                 quoted(wire::text(batch->region())) + " but the certificate binds " +
+                                                 quoted(identity_.region),
                     batch->seq());
     }
     if (batch->pop() != nullptr && batch->pop()->size() > 0 && wire::str(batch->pop()) != identity_.pop) {
-      return refuse(Reject::kPopMismatch, "batch " + std::to_string(batch->seq()) + " claims PoP '" +
-                                              wire::text(batch->pop()) + "' but the certificate binds '" +
-                                              identity_.pop + "'",
+      return refuse(Reject::kPopMismatch, "batch " + std::to_string(batch->seq()) + " claims PoP " +
+                                              quoted(wire::text(batch->pop())) + " but the certificate binds " +
+                                              quoted(identity_.pop),
                     batch->seq());
     }
     SessionBatch item;

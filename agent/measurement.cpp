@@ -283,14 +283,17 @@ void Measurement::Impl::on_name(std::size_t name, const NameState& answer) {
   // opens) leaves the target unresolved too. Its verdicts run on the probe thread in the order
   // of the changes, so the latest stands; one per change, so this logs once per change too.
   const std::optional<asio::ip::address> address = state.address;
-  auto applied = [this, i, address](bool probed) {
+  // The verdict callback keeps the address as text only (a captured optional<address> trips
+  // GCC 12's -Wmaybe-uninitialized at -O1).
+  const std::string shown_address = address ? address->to_string() : std::string();
+  auto applied = [this, i, shown_address](bool probed) {
     unresolved[i].store(!probed, std::memory_order_relaxed);
-    if (address && !probed) {
+    if (!shown_address.empty() && !probed) {
       const ProbeTargetSpec& target = config.targets[i];
       platform::log(platform::LogLevel::kWarning,
                     "target %s: %s resolves to %s, which the %s prober cannot probe (its socket for that "
                     "family does not open; counted as a send error); reported unresolved",
-                    target.label.c_str(), target.host.c_str(), address->to_string().c_str(),
+                    target.label.c_str(), target.host.c_str(), shown_address.c_str(),
                     protocol_name(target.protocol));
     }
   };

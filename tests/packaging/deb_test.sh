@@ -173,7 +173,7 @@ man_checks() {  # man_checks LABEL ROOT PACKAGE
     fail "$label: man $pkg failed: $page"
     return
   fi
-  help_word=$("$root/usr/bin/$pkg" --help | sed -n 's/^  \([^ ]*\) .*/\1/p' | tail -n 1)
+  help_word=$("$root/usr/bin/$pkg" --help | sed -n 's/^  \([^ ][^ ]*\) .*/\1/p' | tail -n 1)
   key=$("$root/usr/bin/$pkg" --config-reference | sed -n 's/^| `\([^`]*\)`.*/\1/p' | tail -n 1)
   grep -q "^${pkg^^}(8)" <<<"$page" && ok || fail "$label: man $pkg shows no ${pkg^^}(8) page"
   [ -n "$help_word" ] && grep -qF -- "$help_word" <<<"$page" && ok ||

@@ -327,6 +327,21 @@ class World:
                 p.p.wait()
 
 
+# --- what an agent reports ------------------------------------------------------------------------
+
+def lost_logged(text):
+    """How many batches the agent logged as not stored, counting rate-limited repeats."""
+    lines = len(re.findall(r"spool: batch \d+ not stored", text))
+    repeats = sum(int(n) for n in re.findall(r"suppressed (\d+) repeats of: spool: batch \d+ not stored", text))
+    return lines + repeats
+
+
+def metric(text, name, agent):
+    """The value of /metrics family `name` for `agent` (text: a scrape), or None."""
+    m = re.search(rf'^{name}{{[^}}]*agent="{agent}"[^}}]*}} (\S+)$', text, re.M)
+    return None if m is None else float(m.group(1))
+
+
 def assert_complete(world, agent, agent_id, first=1):
     """The agent stopped with nothing left to send, and the store holds first..N exactly once."""
     _, acked, left = stopped_line(agent)

@@ -12,7 +12,6 @@ Needs root (mount); exits 77 (skip) without it or where mounting is impossible.
 Run: spool_full_disk_test.py --agent BIN --collector BIN --pki tools/dev-pki.sh [-- EMULATOR...].
 """
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import time
 import urllib.request
 
 import harness
-from harness import Skip, free_port, stopped_line, wait_for
+from harness import Skip, free_port, lost_logged, metric, stopped_line, wait_for
 
 NAMESPACED = "VANTAGE_SPOOL_TEST_NAMESPACE"
 
@@ -70,18 +69,6 @@ def fill(path):
     finally:
         os.close(fd)
     return written
-
-
-def lost_logged(text):
-    """How many batches the agent logged as not stored, counting rate-limited repeats."""
-    lines = len(re.findall(r"spool: batch \d+ not stored", text))
-    repeats = sum(int(n) for n in re.findall(r"suppressed (\d+) repeats of: spool: batch \d+ not stored", text))
-    return lines + repeats
-
-
-def metric(text, name, agent):
-    m = re.search(rf'^{name}{{[^}}]*agent="{agent}"[^}}]*}} (\S+)$', text, re.M)
-    return None if m is None else float(m.group(1))
 
 
 def scenario_full_disk(world):

@@ -13,12 +13,11 @@ Run: spool_io_faults_test.py --agent BIN --collector BIN --pki tools/dev-pki.sh 
 """
 import errno
 import os
-import re
 import sys
 import urllib.request
 
 import harness
-from harness import Skip, free_port, stopped_line, wait_for
+from harness import Skip, free_port, lost_logged, metric, stopped_line, wait_for
 
 KINDS = ("write", "sync", "rename", "open", "read", "unlink")
 
@@ -36,18 +35,6 @@ class World(harness.World):
 
     def metrics(self):
         return urllib.request.urlopen(self.http + "/metrics", timeout=10).read().decode()
-
-
-def lost_logged(text):
-    """How many batches the agent logged as not stored, counting rate-limited repeats."""
-    lines = len(re.findall(r"spool: batch \d+ not stored", text))
-    repeats = sum(int(n) for n in re.findall(r"suppressed (\d+) repeats of: spool: batch \d+ not stored", text))
-    return lines + repeats
-
-
-def metric(text, name, agent):
-    m = re.search(rf'^{name}{{[^}}]*agent="{agent}"[^}}]*}} (\S+)$', text, re.M)
-    return None if m is None else float(m.group(1))
 
 
 def injected(path):

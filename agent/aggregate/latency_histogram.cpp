@@ -1,9 +1,11 @@
-// Non-hot-path parts of LatencyHistogram: statistics, percentiles, merging and the
-// sparse wire form.
+// Non-hot-path parts of LatencyHistogram: page management, statistics, percentiles, merging
+// and the sparse wire form.
 #include "agent/aggregate/latency_histogram.hpp"
 
 #include <algorithm>
 #include <cmath>
+#include <new>
+#include <string>
 
 #include "platform/enum_names.hpp"
 
@@ -29,15 +31,161 @@ platform::Status reject(SparseError error) { return platform::Status::error(to_s
 
 }  // namespace
 
+LatencyHistogram::LatencyHistogram(const LatencyHistogram& other)
+    : count_(other.count_),
+      min_(other.min_),
+      max_(other.max_),
+      overflow_(other.overflow_),
+      dropped_(other.dropped_),
+      shift_(other.shift_),
+      sum_(other.sum_),
+      sum_sq_(other.sum_sq_),
+      page_slot_(other.page_slot_),
+      pages_used_(other.pages_used_),
+      pages_capacity_(other.pages_used_),
+      scheme_(other.scheme_),
+      sub_bucket_bits_(other.sub_bucket_bits_) {
+  if (pages_used_ != 0) {
+    pool_ = new std::uint32_t[std::size_t{pages_used_} * kPageSize];
+    std::copy_n(other.pool_, std::size_t{pages_used_} * kPageSize, pool_);
+  }
+}
+
+LatencyHistogram& LatencyHistogram::operator=(const LatencyHistogram& other) {
+  if (this == &other) {
+    return *this;
+  }
+  if (pages_capacity_ < other.pages_used_) {
+    // Allocate before touching anything, so a failure leaves *this as it was.
+    auto* bigger = new std::uint32_t[std::size_t{other.pages_used_} * kPageSize];
+    delete[] pool_;
+    pool_ = bigger;
+    pages_capacity_ = other.pages_used_;
+  }
+  std::copy_n(other.pool_, std::size_t{other.pages_used_} * kPageSize, pool_);
+  count_ = other.count_;
+  min_ = other.min_;
+  max_ = other.max_;
+  overflow_ = other.overflow_;
+  dropped_ = other.dropped_;
+  shift_ = other.shift_;
+  sum_ = other.sum_;
+  sum_sq_ = other.sum_sq_;
+  page_slot_ = other.page_slot_;
+  pages_used_ = other.pages_used_;
+  scheme_ = other.scheme_;
+  sub_bucket_bits_ = other.sub_bucket_bits_;
+  return *this;
+}
+
+LatencyHistogram& LatencyHistogram::operator=(LatencyHistogram&& other) noexcept {
+  if (this != &other) {
+    LatencyHistogram taken(std::move(other));
+    swap(taken);
+  }
+  return *this;
+}
+
+void LatencyHistogram::swap(LatencyHistogram& other) noexcept {
+  using std::swap;
+  swap(count_, other.count_);
+  swap(min_, other.min_);
+  swap(max_, other.max_);
+  swap(overflow_, other.overflow_);
+  swap(dropped_, other.dropped_);
+  swap(shift_, other.shift_);
+  swap(sum_, other.sum_);
+  swap(sum_sq_, other.sum_sq_);
+  swap(pool_, other.pool_);
+  swap(page_slot_, other.page_slot_);
+  swap(pages_used_, other.pages_used_);
+  swap(pages_capacity_, other.pages_capacity_);
+  swap(scheme_, other.scheme_);
+  swap(sub_bucket_bits_, other.sub_bucket_bits_);
+}
+
+bool LatencyHistogram::reallocate(std::size_t capacity) noexcept {
+  auto* fresh = new (std::nothrow) std::uint32_t[capacity * kPageSize];
+  if (fresh == nullptr) {
+    return false;
+  }
+  std::copy_n(pool_, std::size_t{pages_used_} * kPageSize, fresh);
+  delete[] pool_;
+  pool_ = fresh;
+  pages_capacity_ = static_cast<std::uint8_t>(capacity);
+  return true;
+}
+
+std::uint32_t* LatencyHistogram::add_page(std::size_t idx) noexcept {
+  if (pages_used_ == pages_capacity_) {
+    // Doubling keeps the copies of a growing histogram to a few per lifetime; reset() keeps
+    // the buffer, so they happen in the first intervals only.
+    const std::size_t grown = std::min(kMaxPages, std::max<std::size_t>(1, std::size_t{pages_capacity_} * 2));
+    if (!reallocate(grown)) {
+      return nullptr;
+    }
+  }
+  std::uint32_t* page = pool_ + (std::size_t{pages_used_} << kPageBits);
+  std::fill_n(page, kPageSize, 0u);
+  ++pages_used_;
+  page_slot_[idx >> kPageBits] = pages_used_;
+  return page + (idx & (kPageSize - 1));
+}
+
+void LatencyHistogram::clear_samples() noexcept {
+  count_ = 0;
+  min_ = UINT64_MAX;
+  max_ = 0;
+  overflow_ = 0;
+  dropped_ = 0;
+  shift_ = 0.0;
+  sum_ = 0.0;
+  sum_sq_ = 0.0;
+  page_slot_.fill(0);
+}
+
+void LatencyHistogram::reset() noexcept {
+  const std::size_t used = pages_used_;
+  clear_samples();
+  pages_used_ = 0;
+  set_scheme(kLayout);
+  // Unmapping every page (rather than zeroing the mapped ones) also lets go of pages a path
+  // no longer touches; mapping one again is a table write and a 256-byte clear, no malloc.
+  // The buffer is kept while it is more than a quarter used, so a steady path reuses it
+  // every interval; an idle interval frees it, and a much smaller one trades it for a
+  // buffer of twice what it used.
+  if (used == 0) {
+    delete[] pool_;
+    pool_ = nullptr;
+    pages_capacity_ = 0;
+  } else if (used * 4 <= pages_capacity_) {
+    delete[] pool_;
+    pool_ = nullptr;
+    pages_capacity_ = 0;
+    static_cast<void>(reallocate(used * 2));  // on failure add_page grows it again
+  }
+}
+
 void LatencyHistogram::record_n(std::uint64_t ns, std::uint32_t n) noexcept {
-  std::uint32_t& bucket = buckets_[bucket_index(ns)];
-  const std::uint32_t room = kBucketLimit - bucket;
+  if (n == 0) {
+    return;
+  }
+  const std::size_t idx = index_of(ns);
+  std::uint32_t* bucket = counter(idx);
+  if (bucket == nullptr) {
+    bucket = add_page(idx);
+    if (bucket == nullptr) {
+      dropped_ += n;
+      return;
+    }
+  }
+  const std::uint32_t room = kBucketLimit - *bucket;
   const std::uint32_t accepted = n < room ? n : room;
   dropped_ += n - accepted;
   if (accepted == 0) {
     return;
   }
-  bucket += accepted;
+  *bucket += accepted;
   const double v = static_cast<double>(ns);
   if (count_ == 0) {
     shift_ = v;
@@ -54,19 +202,33 @@ void LatencyHistogram::record_n(std::uint64_t ns, std::uint32_t n) noexcept {
   }
 }
 
-void LatencyHistogram::merge(const LatencyHistogram& other) noexcept {
+platform::Status LatencyHistogram::merge(const LatencyHistogram& other) {
   // other may be *this, so everything read from it is read before the first write.
   const std::uint64_t other_count = other.count_;
   const std::uint64_t other_dropped = other.dropped_;
   if (other_count == 0) {
     dropped_ += other_dropped;
-    return;
+    return {};
   }
   if (count_ == 0) {
     const std::uint64_t dropped = dropped_ + other_dropped;
     *this = other;
     dropped_ = dropped;
-    return;
+    return {};
+  }
+  if (scheme_ != other.scheme_) {
+    return platform::Status::error("cannot merge a histogram of bucket scheme " + std::to_string(other.scheme_) +
+                                   " into one of scheme " + std::to_string(scheme_));
+  }
+
+  // Every page this lacks is reserved first, so running out of memory changes nothing.
+  const std::size_t page_count = layout().bucket_count() / kPageSize;
+  std::size_t missing = 0;
+  for (std::size_t p = 0; p < page_count; ++p) {
+    missing += static_cast<std::size_t>(other.page_slot_[p] != 0 && page_slot_[p] == 0);
+  }
+  if (std::size_t{pages_used_} + missing > pages_capacity_ && !reallocate(std::size_t{pages_used_} + missing)) {
+    return platform::Status::error("no memory for histogram pages", platform::Errc::kExhausted);
   }
 
   // Pairwise combination of centred second moments (Chan, Golub, LeVeque). Each side's
@@ -96,46 +258,57 @@ void LatencyHistogram::merge(const LatencyHistogram& other) noexcept {
   sum_ = 0.0;
   sum_sq_ = m2;
 
-  // A branch-free scan for saturation keeps the common case to plain vector adds.
-  std::uint32_t saturates = 0;
-  for (std::size_t i = 0; i < kBucketCount; ++i) {
-    saturates |= static_cast<std::uint32_t>(buckets_[i] > kBucketLimit - other.buckets_[i]);
-  }
-  if (saturates == 0) [[likely]] {
-    // Staging through a local block proves to the compiler that source and
-    // destination do not overlap (other may be *this), so -O2 vectorises the add
-    // without runtime alias checks.
-    static_assert(kBucketCount % kSubBuckets == 0);
-    for (std::size_t base = 0; base < kBucketCount; base += kSubBuckets) {
-      std::array<std::uint32_t, kSubBuckets> block;
-      std::copy_n(other.buckets_.begin() + static_cast<std::ptrdiff_t>(base), kSubBuckets, block.begin());
-      for (std::size_t j = 0; j < kSubBuckets; ++j) {
-        buckets_[base + j] += block[j];
-      }
-    }
-    return;
-  }
-  for (std::size_t i = 0; i < kBucketCount; ++i) {
-    const std::uint64_t total = std::uint64_t{buckets_[i]} + other.buckets_[i];
-    if (total <= kBucketLimit) [[likely]] {
-      buckets_[i] = static_cast<std::uint32_t>(total);
-      continue;
-    }
-    // Which samples of the bucket get dropped is unknown, so the moments lose them
-    // at the bucket's representative value; the error is bounded by the bucket
-    // width, or by [min, max] for the open-ended last bucket.
-    buckets_[i] = kBucketLimit;
-    const std::uint64_t excess = total - kBucketLimit;
+  // Samples a saturated bucket cannot keep: which ones is unknown, so the moments lose them at
+  // the bucket's representative value; the error is bounded by the bucket width, or by
+  // [min, max] for the open-ended last bucket.
+  const BucketLayout& geometry = layout();
+  auto lose = [&](std::size_t idx, std::uint64_t excess) {
     const double e = static_cast<double>(excess);
-    const double d = static_cast<double>(std::clamp(bucket_midpoint(i), min_, max_)) - shift_;
+    const double d = static_cast<double>(std::clamp(geometry.midpoint(idx), min_, max_)) - shift_;
     count_ -= excess;
     dropped_ += excess;
     sum_ -= e * d;
     sum_sq_ -= e * d * d;
+  };
+
+  for (std::size_t p = 0; p < page_count; ++p) {
+    const std::uint32_t* src = other.page_at(p);
+    if (src == nullptr) {
+      continue;
+    }
+    // Staged through a local block: proves to the compiler that source and destination do
+    // not overlap (other may be *this), so the add vectorises without alias checks.
+    std::array<std::uint32_t, kPageSize> block;
+    std::copy_n(src, kPageSize, block.begin());
+    std::uint32_t* dst = page_at(p);
+    if (dst == nullptr) {
+      dst = add_page(p << kPageBits);  // cannot fail: reserved above
+    }
+    // A branch-free scan for saturation keeps the common case to plain vector adds.
+    std::uint32_t saturates = 0;
+    for (std::size_t j = 0; j < kPageSize; ++j) {
+      saturates |= static_cast<std::uint32_t>(dst[j] > kBucketLimit - block[j]);
+    }
+    if (saturates == 0) [[likely]] {
+      for (std::size_t j = 0; j < kPageSize; ++j) {
+        dst[j] += block[j];
+      }
+      continue;
+    }
+    for (std::size_t j = 0; j < kPageSize; ++j) {
+      const std::uint64_t total = std::uint64_t{dst[j]} + block[j];
+      if (total <= kBucketLimit) [[likely]] {
+        dst[j] = static_cast<std::uint32_t>(total);
+        continue;
+      }
+      dst[j] = kBucketLimit;
+      lose((p << kPageBits) + j, total - kBucketLimit);
+    }
   }
   // Overflow samples all live in the last bucket; if it saturated, keep the
   // invariant overflow <= last bucket that the wire form checks.
-  overflow_ = std::min<std::uint64_t>(overflow_, buckets_[kBucketCount - 1]);
+  overflow_ = std::min<std::uint64_t>(overflow_, bucket_count(geometry.bucket_count() - 1));
+  return {};
 }
 
 double LatencyHistogram::mean() const noexcept {
@@ -180,19 +353,32 @@ std::uint64_t LatencyHistogram::percentile(double p) const noexcept {
   if (rank == count_) {
     return max_;
   }
+  const BucketLayout& geometry = layout();
+  const std::size_t page_count = geometry.bucket_count() / kPageSize;
   std::uint64_t cumulative = 0;
-  for (std::size_t i = 0; i < kBucketCount; ++i) {
-    cumulative += buckets_[i];
-    if (cumulative >= rank) {
-      return std::clamp(bucket_midpoint(i), min_, max_);
+  for (std::size_t pg = 0; pg < page_count; ++pg) {
+    const std::uint32_t* page = page_at(pg);
+    if (page == nullptr) {
+      continue;
+    }
+    for (std::size_t j = 0; j < kPageSize; ++j) {
+      cumulative += page[j];
+      if (cumulative >= rank) {
+        return std::clamp(geometry.midpoint((pg << kPageBits) + j), min_, max_);
+      }
     }
   }
   return max_;  // unreachable while count_ equals the bucket total
 }
 
 std::size_t LatencyHistogram::nonzero_buckets() const noexcept {
-  return static_cast<std::size_t>(
-      std::count_if(buckets_.begin(), buckets_.end(), [](std::uint32_t c) { return c != 0; }));
+  std::size_t n = 0;
+  for (std::size_t p = 0; p < kMaxPages; ++p) {
+    if (const std::uint32_t* page = page_at(p)) {
+      n += static_cast<std::size_t>(std::count_if(page, page + kPageSize, [](std::uint32_t c) { return c != 0; }));
+    }
+  }
+  return n;
 }
 
 std::vector<SparseBucket> LatencyHistogram::to_sparse() const {
@@ -204,7 +390,7 @@ std::vector<SparseBucket> LatencyHistogram::to_sparse() const {
 
 HistogramSummary LatencyHistogram::summary() const noexcept {
   HistogramSummary s;
-  s.scheme = kScheme;
+  s.scheme = scheme_;
   s.count = count_;
   s.min_ns = min();
   s.max_ns = max();
@@ -217,17 +403,20 @@ HistogramSummary LatencyHistogram::summary() const noexcept {
 
 platform::Result<LatencyHistogram> LatencyHistogram::from_sparse(const HistogramSummary& summary,
                                                                  std::span<const SparseBucket> buckets) {
-  if (summary.scheme != kScheme) {
+  const BucketLayout* geometry = bucket_layout(summary.scheme);
+  if (geometry == nullptr) {
     return reject(SparseError::kUnknownScheme);
   }
+  const std::size_t bucket_limit = geometry->bucket_count();
 
-  LatencyHistogram h;
-  // Strictly increasing indices below kBucketCount bound the list to kBucketCount
-  // entries of < 2^32 each, so the total cannot overflow 64 bits.
+  // Strictly increasing indices below the bucket count bound the list to that many entries of
+  // < 2^32 each, so the total cannot overflow 64 bits. Validation comes first so that a
+  // hostile list costs no memory.
   std::uint64_t total = 0;
   std::size_t next_allowed = 0;
+  std::size_t pages_needed = 0;
   for (const SparseBucket& b : buckets) {
-    if (b.index >= kBucketCount) {
+    if (b.index >= bucket_limit) {
       return reject(SparseError::kIndexOutOfRange);
     }
     if (b.index < next_allowed) {
@@ -236,7 +425,9 @@ platform::Result<LatencyHistogram> LatencyHistogram::from_sparse(const Histogram
     if (b.count == 0) {
       return reject(SparseError::kZeroCount);
     }
-    h.buckets_[b.index] = b.count;
+    if (next_allowed == 0 || (std::size_t{b.index} >> kPageBits) != ((next_allowed - 1) >> kPageBits)) {
+      ++pages_needed;
+    }
     total += b.count;
     next_allowed = std::size_t{b.index} + 1;
   }
@@ -254,19 +445,22 @@ platform::Result<LatencyHistogram> LatencyHistogram::from_sparse(const Histogram
     if (summary.mean_ns != 0.0 || summary.stddev_ns != 0.0) {
       return reject(SparseError::kBadMoments);
     }
+    LatencyHistogram h;
+    h.set_scheme(*geometry);
     h.dropped_ = summary.dropped;
     return h;
   }
 
-  if (summary.min_ns > summary.max_ns || bucket_index(summary.min_ns) != buckets.front().index ||
-      bucket_index(summary.max_ns) != buckets.back().index ||
+  if (summary.min_ns > summary.max_ns || geometry->index(summary.min_ns) != buckets.front().index ||
+      geometry->index(summary.max_ns) != buckets.back().index ||
       (total == 1 && summary.min_ns != summary.max_ns)) {
     return reject(SparseError::kBoundsMismatch);
   }
 
   const bool max_overflows = summary.max_ns >= kOverflowThreshold;
   const bool min_overflows = summary.min_ns >= kOverflowThreshold;
-  if (summary.overflow > h.buckets_[kBucketCount - 1] || max_overflows != (summary.overflow != 0) ||
+  const std::uint64_t last_bucket = buckets.back().index == bucket_limit - 1 ? buckets.back().count : 0;
+  if (summary.overflow > last_bucket || max_overflows != (summary.overflow != 0) ||
       (min_overflows && summary.overflow != total)) {
     return reject(SparseError::kOverflowMismatch);
   }
@@ -281,6 +475,15 @@ platform::Result<LatencyHistogram> LatencyHistogram::from_sparse(const Histogram
     return reject(SparseError::kBadMoments);
   }
 
+  LatencyHistogram h;
+  h.set_scheme(*geometry);
+  if (!h.reallocate(pages_needed)) {
+    return platform::Status::error("no memory for histogram pages", platform::Errc::kExhausted);
+  }
+  for (const SparseBucket& b : buckets) {
+    std::uint32_t* c = h.counter(b.index);
+    *(c != nullptr ? c : h.add_page(b.index)) = b.count;
+  }
   h.count_ = total;
   h.min_ = summary.min_ns;
   h.max_ = summary.max_ns;

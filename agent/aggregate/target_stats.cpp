@@ -396,6 +396,8 @@ std::uint64_t TargetStats::outstanding() const noexcept {
 IntervalSummary TargetStats::close_interval(std::int64_t now_ns) noexcept {
   expire(now_ns);
 
+  // The copy takes the RTT histogram's mapped pages in one exact-sized allocation: the only
+  // one a steady target makes per interval, since current_'s page buffers are kept below.
   IntervalSummary out = current_;
   out.end_ns = now_ns;
   const LatencyHistogram& rtt = current_.rtt;
@@ -413,9 +415,12 @@ IntervalSummary TargetStats::close_interval(std::int64_t now_ns) noexcept {
   out.timestamp_source =
       out.received != 0 && all_kernel_ ? TimestampSource::kKernel : TimestampSource::kUserspace;
 
+  LatencyHistogram rtt_pages = std::move(current_.rtt);
   current_ = IntervalSummary{};
   current_.protocol = config_.protocol;
   current_.start_ns = now_ns;
+  rtt_pages.reset();
+  current_.rtt = std::move(rtt_pages);
   ipdv_.reset();
   ipdv_abs_sum_ = 0.0;
   all_kernel_ = true;

@@ -1,5 +1,6 @@
-// Tests for LatencyHistogram: bucket geometry, accuracy against exact order statistics
-// on realistic and adversarial data, merging, saturation and the sparse wire form.
+// Tests for LatencyHistogram: bucket geometry of both schemes, accuracy against exact order
+// statistics on realistic and adversarial data, merging, saturation, the sparse wire form and
+// the decoding of scheme 1 (older agents).
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -17,6 +18,7 @@
 
 namespace {
 
+using vantage::agent::BucketLayout;
 using vantage::agent::HistogramSummary;
 using vantage::agent::LatencyHistogram;
 using vantage::agent::SparseBucket;
@@ -27,19 +29,27 @@ using Values = std::vector<std::uint64_t>;
 constexpr std::size_t kLast = LatencyHistogram::kBucketCount - 1;
 constexpr std::uint64_t kLimit = LatencyHistogram::kOverflowThreshold;
 constexpr std::uint64_t kMaxU64 = std::numeric_limits<std::uint64_t>::max();
-// Midpoint reporting is off by at most half a bucket, and buckets above 127 ns are at
-// most 1/64 of their lower bound wide; the requirement is 1 %.
-constexpr double kMaxRelError = 1.0 / 128.0;
+// Midpoint reporting is off by at most half a bucket, and buckets above 511 ns are at
+// most 1/256 of their lower bound wide; the requirement is 0.25 %.
+constexpr double kMaxRelError = 1.0 / 512.0;
+static_assert(kMaxRelError <= 0.0025);
 constexpr std::size_t kSamples = 100'000;
 constexpr double kPercentiles[] = {0.0, 50.0, 90.0, 99.0, 99.9, 100.0};
 
-static_assert(std::is_trivially_copyable_v<LatencyHistogram>);
-static_assert(std::is_standard_layout_v<LatencyHistogram>);
-static_assert(sizeof(LatencyHistogram) == 8000);
+static_assert(sizeof(LatencyHistogram) <= 192);
+static_assert(std::is_nothrow_move_constructible_v<LatencyHistogram>);
 static_assert(noexcept(std::declval<LatencyHistogram&>().record(std::uint64_t{1})));
+static_assert(noexcept(std::declval<LatencyHistogram&>().reset()));
+static_assert(LatencyHistogram::kScheme == 2);
+static_assert(LatencyHistogram::kBucketCount == 7424);
 static_assert(LatencyHistogram::bucket_index(0) == 0);
-static_assert(LatencyHistogram::bucket_index(127) == 127);
-static_assert(LatencyHistogram::bucket_index(128) == 128);
+static_assert(LatencyHistogram::bucket_index(511) == 511);
+static_assert(LatencyHistogram::bucket_index(512) == 512);
+static_assert(LatencyHistogram::bucket_index(1023) == 767);
+static_assert(LatencyHistogram::bucket_index(1024) == 768);
+static_assert(vantage::agent::kBucketLayout1.index(127) == 127);
+static_assert(vantage::agent::kBucketLayout1.index(128) == 128);
+static_assert(vantage::agent::kBucketLayout1.index(kLimit) == 1983);
 static_assert(LatencyHistogram::bucket_index(kLimit - 1) == kLast);
 static_assert(LatencyHistogram::bucket_index(kLimit) == kLast);
 static_assert(LatencyHistogram::bucket_upper(kLast) == kLimit);
@@ -174,41 +184,56 @@ std::string decode_error(const WireForm& w) {
 }
 
 void check_same_buckets(const LatencyHistogram& a, const LatencyHistogram& b) {
+  CHECK(a.scheme() == b.scheme());
   CHECK(a.count() == b.count());
   CHECK(a.min() == b.min());
   CHECK(a.max() == b.max());
   CHECK(a.overflow() == b.overflow());
   CHECK(a.dropped() == b.dropped());
-  CHECK(std::equal(a.buckets().begin(), a.buckets().end(), b.buckets().begin()));
+  CHECK(a.to_sparse() == b.to_sparse());
 }
 
 }  // namespace
 
-TEST_CASE("latency histogram: bucket bounds are contiguous and at most 1/64 wide") {
-  CHECK(LatencyHistogram::bucket_lower(0) == 0);
-  for (std::size_t i = 0; i < LatencyHistogram::kBucketCount; ++i) {
-    const std::uint64_t lower = LatencyHistogram::bucket_lower(i);
-    const std::uint64_t upper = LatencyHistogram::bucket_upper(i);
-    const std::uint64_t mid = LatencyHistogram::bucket_midpoint(i);
-    INFO("bucket ", i, " [", lower, ", ", upper, ")");
-    REQUIRE(lower < upper);
-    if (i + 1 < LatencyHistogram::kBucketCount) {
-      REQUIRE(upper == LatencyHistogram::bucket_lower(i + 1));
+TEST_CASE("latency histogram: bucket bounds are contiguous and at most 1/256 wide (1/64 in scheme 1)") {
+  for (const BucketLayout& layout : {vantage::agent::kBucketLayout1, vantage::agent::kBucketLayout2}) {
+    CAPTURE(int{layout.scheme});
+    REQUIRE(vantage::agent::bucket_layout(layout.scheme) != nullptr);
+    CHECK(vantage::agent::bucket_layout(layout.scheme)->sub_bucket_bits == layout.sub_bucket_bits);
+    CHECK(layout.lower(0) == 0);
+    const std::size_t n = layout.bucket_count();
+    CHECK(n <= 65536);
+    CHECK(n % LatencyHistogram::kPageSize == 0);
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::uint64_t lower = layout.lower(i);
+      const std::uint64_t upper = layout.upper(i);
+      const std::uint64_t mid = layout.midpoint(i);
+      INFO("bucket ", i, " [", lower, ", ", upper, ")");
+      REQUIRE(lower < upper);
+      if (i + 1 < n) {
+        REQUIRE(upper == layout.lower(i + 1));
+      }
+      REQUIRE(layout.index(lower) == i);
+      REQUIRE(layout.index(upper - 1) == i);
+      REQUIRE(mid >= lower);
+      REQUIRE(mid < upper);
+      if (i < layout.exact_buckets()) {
+        REQUIRE(upper - lower == 1);
+        REQUIRE(mid == lower);
+      } else {
+        REQUIRE((upper - lower) * layout.sub_buckets() <= lower);
+        // Worst cases for reporting the midpoint are the two ends of the bucket.
+        REQUIRE(static_cast<double>(mid - lower) / static_cast<double>(lower) <= layout.max_relative_error());
+        REQUIRE(static_cast<double>(upper - 1 - mid) / static_cast<double>(upper - 1) <=
+                layout.max_relative_error());
+      }
     }
-    REQUIRE(LatencyHistogram::bucket_index(lower) == i);
-    REQUIRE(LatencyHistogram::bucket_index(upper - 1) == i);
-    REQUIRE(mid >= lower);
-    REQUIRE(mid < upper);
-    if (i < LatencyHistogram::kExactBuckets) {
-      REQUIRE(upper - lower == 1);
-      REQUIRE(mid == lower);
-    } else {
-      REQUIRE((upper - lower) * LatencyHistogram::kSubBuckets <= lower);
-      // Worst cases for reporting the midpoint are the two ends of the bucket.
-      REQUIRE(static_cast<double>(mid - lower) / static_cast<double>(lower) <= kMaxRelError);
-      REQUIRE(static_cast<double>(upper - 1 - mid) / static_cast<double>(upper - 1) <= kMaxRelError);
-    }
+    CHECK(layout.upper(n - 1) == kLimit);
   }
+  CHECK(vantage::agent::kBucketLayout1.max_relative_error() == 1.0 / 128.0);
+  CHECK(vantage::agent::kBucketLayout2.max_relative_error() == kMaxRelError);
+  CHECK(vantage::agent::bucket_layout(0) == nullptr);
+  CHECK(vantage::agent::bucket_layout(3) == nullptr);
   CHECK(LatencyHistogram::bucket_upper(kLast) == kLimit);
   // Out-of-range indices are read as the last bucket rather than shifting past 64 bits.
   CHECK(LatencyHistogram::bucket_lower(kLast + 1) == LatencyHistogram::bucket_lower(kLast));
@@ -220,7 +245,7 @@ TEST_CASE("latency histogram: bucket index is monotonic and covers its value") {
     const std::size_t step = LatencyHistogram::bucket_index(v + 1) - LatencyHistogram::bucket_index(v);
     REQUIRE(step <= 1);
   }
-  for (unsigned k = 7; k < 64; ++k) {
+  for (unsigned k = 9; k < 64; ++k) {
     const std::uint64_t edge = std::uint64_t{1} << k;
     for (std::uint64_t v = edge - 3; v < edge + 3; ++v) {
       const std::size_t a = LatencyHistogram::bucket_index(v);
@@ -353,7 +378,7 @@ TEST_CASE("latency histogram: constant values") {
   }
 }
 
-TEST_CASE("latency histogram: exact region and the 127/128 boundary") {
+TEST_CASE("latency histogram: exact region and the 511/512 boundary") {
   std::mt19937_64 rng(0x5eed0008);
   SUBCASE("zeros and small values") {
     std::uniform_int_distribution<std::uint64_t> u(0, 200);
@@ -363,8 +388,16 @@ TEST_CASE("latency histogram: exact region and the 127/128 boundary") {
     }
     check_against_exact(values);
   }
-  SUBCASE("126..129") { check_against_exact(pick_from(rng, kSamples, {126, 127, 128, 129})); }
-  SUBCASE("127 and 128 only") { check_against_exact(pick_from(rng, kSamples, {127, 128})); }
+  SUBCASE("zeros and values up to 1000") {
+    std::uniform_int_distribution<std::uint64_t> u(0, 1000);
+    Values values(kSamples);
+    for (auto& v : values) {
+      v = u(rng) < 100 ? 0 : u(rng);
+    }
+    check_against_exact(values);
+  }
+  SUBCASE("510..513") { check_against_exact(pick_from(rng, kSamples, {510, 511, 512, 513})); }
+  SUBCASE("511 and 512 only") { check_against_exact(pick_from(rng, kSamples, {511, 512})); }
 }
 
 TEST_CASE("latency histogram: top of range and overflow") {
@@ -405,8 +438,8 @@ TEST_CASE("latency histogram: stddev far below the mean") {
     LatencyHistogram merged;
     for (std::size_t start = 0; start < values.size(); start += 7'919) {
       const std::size_t end = std::min(values.size(), start + 7'919);
-      merged.merge(histogram_of(Values(values.begin() + static_cast<std::ptrdiff_t>(start),
-                                       values.begin() + static_cast<std::ptrdiff_t>(end))));
+      REQUIRE(merged.merge(histogram_of(Values(values.begin() + static_cast<std::ptrdiff_t>(start),
+                                               values.begin() + static_cast<std::ptrdiff_t>(end)))));
     }
     check_mean_stddev(merged, exact_moments(values));
   }
@@ -477,17 +510,17 @@ TEST_CASE("latency histogram: merge equals recording everything into one") {
 
   LatencyHistogram sequential;
   for (const Values& p : parts) {
-    sequential.merge(histogram_of(p));
+    REQUIRE(sequential.merge(histogram_of(p)));
   }
   check_same_buckets(sequential, single);
   check_mean_stddev(sequential, exact_moments(all));
 
   LatencyHistogram left = histogram_of(parts[0]);
-  left.merge(histogram_of(parts[1]));
+  REQUIRE(left.merge(histogram_of(parts[1])));
   LatencyHistogram right = histogram_of(parts[2]);
-  right.merge(histogram_of(parts[3]));
-  right.merge(histogram_of(parts[4]));
-  right.merge(left);
+  REQUIRE(right.merge(histogram_of(parts[3])));
+  REQUIRE(right.merge(histogram_of(parts[4])));
+  REQUIRE(right.merge(left));
   check_same_buckets(right, single);
   check_mean_stddev(right, exact_moments(all));
 
@@ -511,24 +544,24 @@ TEST_CASE("latency histogram: merge with empty and with itself") {
   const LatencyHistogram h = histogram_of(values);
 
   LatencyHistogram into_empty;
-  into_empty.merge(h);
+  REQUIRE(into_empty.merge(h));
   check_same_buckets(into_empty, h);
   CHECK(into_empty.mean() == h.mean());
 
   LatencyHistogram with_empty = h;
-  with_empty.merge(LatencyHistogram{});
+  REQUIRE(with_empty.merge(LatencyHistogram{}));
   check_same_buckets(with_empty, h);
   CHECK(with_empty.stddev() == h.stddev());
 
   LatencyHistogram dropped_only;
   dropped_only.record_signed(-3);
-  with_empty.merge(dropped_only);
+  REQUIRE(with_empty.merge(dropped_only));
   CHECK(with_empty.dropped() == 1);
-  into_empty.merge(dropped_only);
+  REQUIRE(into_empty.merge(dropped_only));
   CHECK(into_empty.dropped() == 1);
 
   LatencyHistogram doubled = h;
-  doubled.merge(doubled);
+  REQUIRE(doubled.merge(doubled));
   Values twice = values;
   twice.insert(twice.end(), values.begin(), values.end());
   check_same_buckets(doubled, histogram_of(twice));
@@ -557,7 +590,7 @@ TEST_CASE("latency histogram: bucket counters saturate instead of wrapping") {
     LatencyHistogram other;
     other.record_n(1'000, 100);
     other.record_n(2'000, 3);
-    h.merge(other);
+    REQUIRE(h.merge(other));
     CHECK(h.bucket_count(LatencyHistogram::bucket_index(1'000)) == limit);
     CHECK(h.count() == std::uint64_t{limit} + 4);
     CHECK(h.dropped() == 106);
@@ -570,7 +603,7 @@ TEST_CASE("latency histogram: bucket counters saturate instead of wrapping") {
   SUBCASE("overflow bucket saturating keeps overflow <= bucket") {
     LatencyHistogram big;
     big.record_n(kLimit * 2, limit);
-    big.merge(big);
+    REQUIRE(big.merge(big));
     CHECK(big.overflow() == limit);
     CHECK(big.count() == limit);
     CHECK(big.dropped() == limit);
@@ -615,9 +648,9 @@ TEST_CASE("latency histogram: sparse round trip") {
 
     // A decoded histogram merges like the original.
     LatencyHistogram via_wire = r;
-    via_wire.merge(r);
+    REQUIRE(via_wire.merge(r));
     LatencyHistogram direct = h;
-    direct.merge(h);
+    REQUIRE(direct.merge(h));
     check_same_buckets(via_wire, direct);
     CHECK(via_wire.mean() == doctest::Approx(direct.mean()).epsilon(1e-12));
     CHECK(via_wire.stddev() == doctest::Approx(direct.stddev()).epsilon(1e-9));
@@ -785,4 +818,211 @@ TEST_CASE("latency histogram: error strings") {
     seen.insert(vantage::agent::to_string(e));
   }
   CHECK(seen.size() == 9);
+}
+
+TEST_CASE("latency histogram: a typical RTT path 20 ms with 2 ms of jitter") {
+  std::mt19937_64 rng(0x5eed000e);
+  std::normal_distribution<double> rtt(20e6, 2e6);
+  Values values(kSamples);
+  for (auto& v : values) {
+    v = to_ns(rtt(rng), 1e3, 60e9);
+  }
+  check_against_exact(values);
+  // 20 ms +- 5 sigma spans two octaves' upper and lower parts: a handful of pages, not 116.
+  const LatencyHistogram h = histogram_of(values);
+  CHECK(h.pages() <= 8);
+}
+
+namespace {
+
+// A LatencySummary as an agent of scheme 1 (every release before scheme 2) sent it: 1000 RTTs
+// around 20..24 ms, a tail near 35 ms, one of 150 ns and one past the range. The percentiles
+// are what that agent's histogram reported for the same samples.
+struct OldBatch {
+  HistogramSummary summary;
+  std::vector<SparseBucket> buckets;
+};
+
+OldBatch scheme1_batch() {
+  OldBatch b;
+  b.summary.scheme = 1;
+  b.summary.count = 1000;
+  b.summary.min_ns = 150;
+  b.summary.max_ns = 80'000'000'000;
+  b.summary.overflow = 1;
+  b.summary.dropped = 0;
+  b.summary.mean_ns = 0x1.857b013d0e56p+26;
+  b.summary.stddev_ns = 0x1.2d581e0bacb33p+31;
+  b.buckets = {{139, 1},   {1228, 50}, {1229, 61}, {1230, 64}, {1231, 68}, {1232, 63}, {1233, 64},
+               {1234, 64}, {1235, 67}, {1236, 61}, {1237, 65}, {1238, 65}, {1239, 68}, {1240, 61},
+               {1241, 68}, {1242, 65}, {1243, 33}, {1282, 2},  {1283, 5},  {1284, 4},  {1983, 1}};
+  return b;
+}
+
+}  // namespace
+
+TEST_CASE("latency histogram: a scheme 1 summary decodes and gives the percentiles it had") {
+  const OldBatch old = scheme1_batch();
+  const auto decoded = LatencyHistogram::from_sparse(old.summary, old.buckets);
+  REQUIRE(decoded);
+  const LatencyHistogram& h = *decoded;
+  CHECK(h.scheme() == 1);
+  CHECK(h.layout().bucket_count() == 1984);
+  CHECK(h.count() == 1000);
+  CHECK(h.overflow() == 1);
+  const std::pair<double, std::uint64_t> expected[] = {
+      {0.0, 150},         {1.0, 20'054'016},  {10.0, 20'316'160},  {50.0, 21'889'024},
+      {90.0, 23'724'032}, {99.0, 34'865'152}, {99.9, 35'913'728}, {100.0, 80'000'000'000}};
+  for (const auto& [p, ns] : expected) {
+    CAPTURE(p);
+    CHECK(h.percentile(p) == ns);
+  }
+  // Re-encoding keeps scheme 1 and the same buckets, so a store or relay passes it on intact.
+  CHECK(h.summary().scheme == 1);
+  CHECK(h.to_sparse() == old.buckets);
+  CHECK(h.bucket_count(1228) == 50);
+  CHECK(h.bucket_count(1984) == 0);
+
+  // Scheme 1 geometry is still checked: an index valid only in scheme 2 is refused.
+  OldBatch bad = old;
+  bad.buckets.back().index = 1984;
+  CHECK(LatencyHistogram::from_sparse(bad.summary, bad.buckets).error() ==
+        to_string(SparseError::kIndexOutOfRange));
+  // And min/max are placed with scheme 1's buckets (150 ns is bucket 139 there, 150 in scheme 2).
+  bad = old;
+  bad.summary.scheme = 2;
+  CHECK_FALSE(LatencyHistogram::from_sparse(bad.summary, bad.buckets));
+}
+
+TEST_CASE("latency histogram: scheme 1 and scheme 2 histograms do not merge") {
+  const OldBatch old = scheme1_batch();
+  const auto decoded = LatencyHistogram::from_sparse(old.summary, old.buckets);
+  REQUIRE(decoded);
+  LatencyHistogram fresh;
+  fresh.record(21'000'000);
+  const LatencyHistogram before = fresh;
+
+  const auto refused = fresh.merge(*decoded);
+  CHECK_FALSE(refused);
+  CHECK(refused.message() == "cannot merge a histogram of bucket scheme 1 into one of scheme 2");
+  check_same_buckets(fresh, before);
+  CHECK(fresh.mean() == before.mean());
+
+  LatencyHistogram old_copy = *decoded;
+  CHECK_FALSE(old_copy.merge(before));
+  check_same_buckets(old_copy, *decoded);
+
+  // An empty side takes the other's scheme; so does an empty one that only counted drops.
+  LatencyHistogram empty;
+  empty.record_signed(-1);
+  REQUIRE(empty.merge(*decoded));
+  CHECK(empty.scheme() == 1);
+  CHECK(empty.dropped() == 1);
+  CHECK(empty.percentile(50) == decoded->percentile(50));
+  LatencyHistogram same_old = *decoded;
+  REQUIRE(same_old.merge(*decoded));
+  CHECK(same_old.count() == 2000);
+  CHECK(same_old.percentile(50) == decoded->percentile(50));
+  // Samples recorded into a scheme 1 histogram land in scheme 1 buckets; reset returns to
+  // kScheme.
+  same_old.record(20'000'000);
+  CHECK(same_old.bucket_count(vantage::agent::kBucketLayout1.index(20'000'000)) == 2 * 50 + 1);
+  same_old.reset();
+  CHECK(same_old.scheme() == LatencyHistogram::kScheme);
+}
+
+TEST_CASE("latency histogram: memory is mapped by the page") {
+  constexpr std::size_t kPageBytes = LatencyHistogram::kPageSize * sizeof(std::uint32_t);
+  LatencyHistogram h;
+  CHECK(h.pages() == 0);
+  CHECK(h.page_capacity() == 0);
+  CHECK(h.heap_bytes() == 0);
+  CHECK(h.memory_bytes() == sizeof(LatencyHistogram));
+  CHECK(h.percentile(50) == 0);
+  CHECK(h.nonzero_buckets() == 0);
+
+  // 64 neighbouring buckets share a page.
+  const std::size_t first = LatencyHistogram::bucket_index(20'000'000) & ~(LatencyHistogram::kPageSize - 1);
+  for (std::size_t i = 0; i < LatencyHistogram::kPageSize; ++i) {
+    h.record(LatencyHistogram::bucket_lower(first + i));
+  }
+  CHECK(h.pages() == 1);
+  CHECK(h.heap_bytes() == kPageBytes);
+  h.record(LatencyHistogram::bucket_lower(first + LatencyHistogram::kPageSize));
+  CHECK(h.pages() == 2);
+  CHECK(h.heap_bytes() == 2 * kPageBytes);
+  h.record(5);
+  CHECK(h.pages() == 3);
+  CHECK(h.page_capacity() == 4);  // the buffer doubles
+  h.record(6);
+  h.record(kLimit * 3);
+  CHECK(h.pages() == 4);
+  CHECK(h.nonzero_buckets() == LatencyHistogram::kPageSize + 4);
+  CHECK(h.percentile(0) == 5);
+  CHECK(h.percentile(100) == kLimit * 3);
+
+  // A copy holds exactly the pages in use.
+  h.record(1'000'000'000);
+  CHECK(h.pages() == 5);
+  CHECK(h.page_capacity() == 8);
+  const LatencyHistogram copy = h;
+  CHECK(copy.pages() == 5);
+  CHECK(copy.heap_bytes() == 5 * kPageBytes);
+  check_same_buckets(copy, h);
+
+  // Reset keeps the buffer while an interval used more than a quarter of it...
+  h.reset();
+  CHECK(h.pages() == 0);
+  CHECK(h.count() == 0);
+  CHECK(h.nonzero_buckets() == 0);
+  CHECK(h.page_capacity() == 8);
+  for (int i = 0; i < 3; ++i) {
+    h.record(20'000'000 + static_cast<std::uint64_t>(i) * 3'000'000);
+  }
+  CHECK(h.pages() == 3);
+  CHECK(h.page_capacity() == 8);
+  h.reset();
+  CHECK(h.page_capacity() == 8);
+  // ... trades it for twice the used pages after a small interval...
+  h.record(20'000'000);
+  h.reset();
+  CHECK(h.page_capacity() == 2);
+  // ... and frees it after an idle one.
+  h.reset();
+  CHECK(h.page_capacity() == 0);
+  CHECK(h.heap_bytes() == 0);
+
+  // A move leaves the source empty and owning nothing.
+  LatencyHistogram a;
+  a.record(123'456);
+  LatencyHistogram b = std::move(a);
+  CHECK(b.count() == 1);
+  CHECK(b.pages() == 1);
+  CHECK(a.count() == 0);  // NOLINT(bugprone-use-after-move): moved-from state is specified
+  CHECK(a.heap_bytes() == 0);
+  a.record(7);
+  CHECK(a.percentile(50) == 7);
+
+  // Every page of the layout mapped: the most a histogram can take.
+  LatencyHistogram full;
+  for (std::size_t i = 0; i < LatencyHistogram::kBucketCount; i += LatencyHistogram::kPageSize) {
+    full.record(LatencyHistogram::bucket_lower(i));
+  }
+  CHECK(full.pages() == LatencyHistogram::kMaxPages);
+  CHECK(full.page_capacity() == LatencyHistogram::kMaxPages);
+  CHECK(full.heap_bytes() == LatencyHistogram::kBucketCount * sizeof(std::uint32_t));
+}
+
+TEST_CASE("latency histogram: decoding allocates only the pages its buckets need") {
+  LatencyHistogram h;
+  for (std::uint64_t v : {std::uint64_t{600}, std::uint64_t{610}, std::uint64_t{20'000'000}, std::uint64_t{20'100'000}}) {
+    h.record(v);
+  }
+  REQUIRE(h.pages() == 2);
+  const WireForm w = wire_of(h);
+  const auto decoded = LatencyHistogram::from_sparse(w.summary, w.buckets);
+  REQUIRE(decoded);
+  CHECK(decoded->pages() == 2);
+  CHECK(decoded->page_capacity() == 2);
+  check_same_buckets(*decoded, h);
 }

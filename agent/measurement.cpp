@@ -5,9 +5,8 @@
 #include <asio/ip/tcp.hpp>
 
 #include <algorithm>
+#include <bit>
 #include <atomic>
-#include <condition_variable>
-#include <mutex>
 #include <stop_token>
 #include <thread>
 #include <utility>
@@ -16,6 +15,7 @@
 #include "platform/enum_names.hpp"
 #include "platform/log.hpp"
 #include "platform/random_seed.hpp"
+#include "platform/doorbell.hpp"
 #include "platform/spsc_ring.hpp"
 
 namespace vantage::agent {
@@ -24,19 +24,28 @@ namespace {
 
 using probes::ProbeProtocol;
 
-// Sleeps until a deadline or until stop is requested, whichever comes first. One per thread,
-// made once: libstdc++'s condition_variable_any allocates on construction.
-class StoppableSleep {
- public:
-  void until(std::stop_token stop, std::int64_t deadline_ns) {
-    std::unique_lock lock(mutex_);
-    cv_.wait_until(lock, stop, platform::steady_time(deadline_ns), [] { return false; });
-  }
+// The aggregator's heartbeat period: it wakes at least this often even with nothing queued.
+constexpr std::int64_t kAggregatorHeartbeatNs = 1'000'000'000;
 
- private:
-  std::mutex mutex_;
-  std::condition_variable_any cv_;
-};
+// About a second of events (a probe sent and its reply: two), a power of two within
+// [1024, most]: the doorbell at half capacity then wakes the aggregator about twice a second.
+std::size_t event_ring_size(const MeasurementConfig& c) {
+  double per_second = 0;
+  for (const ProbeTargetSpec& t : c.targets) per_second += 2.0 * t.rate_per_s;
+  const double wanted = std::min(per_second, static_cast<double>(c.event_ring_capacity));
+  return std::min(std::max<std::size_t>(1024, std::bit_ceil(static_cast<std::size_t>(wanted))),
+                  std::max<std::size_t>(1, c.event_ring_capacity));
+}
+
+// The agent's slot grid: the configured slot, lowered for the fastest target, at a random phase.
+probes::SlotGrid slot_grid(const MeasurementConfig& c) {
+  double max_rate = 0;
+  for (const ProbeTargetSpec& t : c.targets) max_rate = std::max(max_rate, t.rate_per_s);
+  probes::SlotGrid grid;
+  grid.slot_ns = probes::SlotGrid::slot_for(c.probe_slot.count(), max_rate);
+  grid.phase_ns = static_cast<std::int64_t>(platform::random_seed() % static_cast<std::uint64_t>(grid.slot_ns));
+  return grid;
+}
 
 // Probes tracked per target: twice what can be in flight within one timeout, plus room for
 // reordering, so a slot is never reused while its probe could still be answered.
@@ -104,18 +113,22 @@ const std::string& report_label(const MeasurementReport& report, std::span<const
 struct Measurement::Impl {
   explicit Impl(const MeasurementConfig& c)
       : config(c),
-        events(c.event_ring_capacity),
+        events(event_ring_size(c), &doorbell),
         loads(16),
+        probe_io(ASIO_CONCURRENCY_HINT_UNSAFE_IO),
         probe_work(probe_io.get_executor()),
         reflector_work(reflector_io.get_executor()) {}
 
   const MeasurementConfig& config;
   ReportSink sink;
 
-  platform::SpscRing<probes::ProbeEvent> events;  // producer: probe_thread
+  platform::Doorbell doorbell;  // the aggregator sleeps on it; the event ring rings it
+  probes::EventRing events;     // producer: probe_thread
   platform::SpscRing<HostLoadRecord> loads;       // producer: sampler_thread
   std::atomic<std::uint64_t> loads_dropped{0};
 
+  // Only probe_thread touches the probers' sockets and timers (start() runs before it exists):
+  // no per-descriptor locking. Posts from other threads (name changes, stop) still lock.
   asio::io_context probe_io;
   asio::io_context reflector_io;
   asio::executor_work_guard<asio::io_context::executor_type> probe_work;
@@ -163,6 +176,10 @@ platform::Status Measurement::Impl::open_probers() {
   udp_config.kernel_timestamps = config.kernel_timestamps;
   probes::TcpProberConfig tcp_config;
   probes::IcmpProberConfig icmp_config;
+  const probes::SlotGrid grid = slot_grid(config);
+  udp_config.grid = grid;
+  tcp_config.grid = grid;
+  icmp_config.grid = grid;
   icmp_config.mode = config.icmp_mode;
   icmp_config.kernel_timestamps = config.kernel_timestamps;
 
@@ -181,6 +198,7 @@ platform::Status Measurement::Impl::open_probers() {
             .rate_per_s = t.rate_per_s,
             .payload_size = t.payload_size != 0 ? t.payload_size : probes::kProbeHeaderSize,
             .dscp = t.dscp,
+            .timeout = t.timeout,
             .count = 0,
             .resolved = resolved,
         });
@@ -314,14 +332,14 @@ void Measurement::Impl::on_name(std::size_t name, const NameState& answer) {
 
 void Measurement::Impl::run_sampler(std::stop_token stop) {
   samplers::HostSampler sampler(config.host_root);
-  StoppableSleep sleep;
+  platform::Doorbell sleep;  // never rung: a stoppable sleep
   const std::int64_t period = config.load_interval.count();
   std::int64_t next = platform::monotonic_ns();
   // The first call only takes the baseline snapshot.
   (void)sampler.sample(next);
   while (!stop.stop_requested()) {
     next += period;
-    sleep.until(stop, next);
+    sleep.wait_until(stop, next);
     if (stop.stop_requested()) {
       break;
     }
@@ -394,9 +412,7 @@ void Measurement::Impl::emit(std::int64_t now_ns, bool final) {
 
 void Measurement::Impl::run_aggregator(std::stop_token stop) {
   const std::int64_t interval = config.report_interval.count();
-  const std::int64_t poll = std::chrono::nanoseconds(config.aggregator_poll).count();
   std::int64_t next_close = interval_start_ns + interval;
-  StoppableSleep sleep;
   while (!stop.stop_requested()) {
     drain();
     const std::int64_t now = platform::monotonic_ns();
@@ -408,7 +424,8 @@ void Measurement::Impl::run_aggregator(std::stop_token stop) {
         next_close = now + interval;
       }
     }
-    sleep.until(stop, std::min(next_close, now + poll));
+    // Woken early by the event ring when half of it is queued.
+    doorbell.wait_until(stop, std::min(next_close, now + kAggregatorHeartbeatNs));
   }
   if (final_report.load(std::memory_order_acquire)) {
     // finish() joined every producer first, so this drain sees every event there will be.
@@ -513,7 +530,9 @@ platform::Status Measurement::start(ReportSink sink) {
 
   Impl* p = impl.get();
   impl->probe_thread = std::thread([p] { p->probe_io.run(); });
-  impl->reflector_thread = std::thread([p] { p->reflector_io.run(); });
+  if (impl->reflector) {
+    impl->reflector_thread = std::thread([p] { p->reflector_io.run(); });
+  }
   if (config_.load_interval > std::chrono::nanoseconds::zero()) {
     impl->sampler_thread = std::jthread([p](std::stop_token stop) { p->run_sampler(stop); });
   }

@@ -68,11 +68,15 @@ struct MeasurementConfig {
   // How client targets are pseudonymised; required when any target is a client.
   std::optional<privacy::PrivacyConfig> privacy;
   std::uint64_t sender_id = 0;  // 0: a random one per start
-  // Events in flight between the probe thread and the aggregator; a full ring drops and counts.
+  // Events in flight between the probe thread and the aggregator, at most: the ring holds about
+  // a second of the targets' events (two per probe), at least 1024. The aggregator is woken
+  // when half of it has been pushed, at every interval close, and at least once a second (its
+  // heartbeat); a full ring drops and counts.
   std::size_t event_ring_capacity = 16384;
-  // How long the aggregator sleeps when the rings are empty. Event times are stamped by the
-  // probers, so this bounds only how stale the ring gets, not what is measured.
-  std::chrono::milliseconds aggregator_poll{20};
+  // The slot grid probes are sent on: every prober wakes at boundaries of this period (lowered
+  // to a quarter of the shortest probe interval), randomly phased per start so that a fleet
+  // does not wake in step.
+  std::chrono::nanoseconds probe_slot = std::chrono::milliseconds(10);
 };
 
 // Cumulative since start; read from each component's own counters when a report is made.
@@ -112,7 +116,9 @@ struct MeasurementReport {
 using ReportSink = std::function<void(MeasurementReport&&)>;
 
 // Threads: one io_context thread for all probers (they share one event ring, which that
-// thread alone produces into), one for the reflector, one for the host sampler (reading
+// thread alone produces into; it alone touches their sockets, so its io_context runs without
+// the reactor's per-descriptor locks), one for the reflector when one is configured, one for
+// the host sampler (reading
 // /proc and /sys may stall on a loaded box; it must not stall probing or aggregation) and the
 // aggregator, the only consumer of both rings and the only owner of the statistics.
 class Measurement {

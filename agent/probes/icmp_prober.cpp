@@ -39,6 +39,9 @@ using namespace icmp_type;
 constexpr int kIcmpFilterOption = 1;
 // Datagrams handled per wakeup, as in the reflector: drains a burst, then lets others run.
 constexpr int kMaxBatch = 64;
+// Batched reads: datagrams per recvmmsg, and recvmmsg calls per wakeup at most.
+constexpr std::size_t kBatchSize = 16;
+constexpr int kMaxBatchesPerWake = 64;
 // An echoed send time this far behind the reply cannot be a probe of ours still in flight.
 constexpr std::int64_t kMaxRttNs = 3600LL * 1'000'000'000;
 
@@ -102,6 +105,7 @@ struct IcmpProber::Family {
   // IPv6), and a timestamp if the kernel adds one.
   alignas(std::max_align_t) std::array<unsigned char, 192> error_control{};
   bool error_queue = false;  // ping socket with IP(V6)_RECVERR: ICMP errors come from there
+  bool batched = false;      // read at the prober's wakeups (kernel stamps, still sending)
   HandlerMemory wait_memory;
 };
 
@@ -113,7 +117,7 @@ struct IcmpProber::Target {
   std::uint64_t next_seq = 0;
 };
 
-IcmpProber::IcmpProber(asio::io_context& io, IcmpProberConfig config, platform::SpscRing<ProbeEvent>& ring)
+IcmpProber::IcmpProber(asio::io_context& io, IcmpProberConfig config, EventRing& ring)
     : io_(io),
       config_(std::move(config)),
       ring_(ring),
@@ -232,8 +236,13 @@ platform::Status IcmpProber::start() {
   const std::int64_t now = clock_ns(CLOCK_MONOTONIC);
   targets_.clear();
   targets_.reserve(config_.targets.size());
-  schedule_.reset(config_.jitter, platform::random_seed());
+  double max_rate = 0;
+  for (const IcmpTarget& t : config_.targets) max_rate = std::max(max_rate, t.rate_per_s);
+  SlotGrid grid = config_.grid;
+  grid.slot_ns = SlotGrid::slot_for(grid.slot_ns, max_rate);
+  schedule_.reset(config_.jitter, platform::random_seed(), grid);
   schedule_.reserve(config_.targets.size());
+  reply_wait_.resize(config_.targets.size());
   for (const IcmpTarget& t : config_.targets) {
     Target target;
     target.config = t;
@@ -250,7 +259,12 @@ platform::Status IcmpProber::start() {
   sending_stopped_ = false;
   for (Family* family : {v4_.get(), v6_.get()}) {
     if (family != nullptr) {
-      arm_receive(*family);
+      family->batched = family->kernel_ts;
+      if (family->batched) {
+        if (batch_.capacity() == 0) batch_.resize(kBatchSize, family->rx.size());
+      } else {
+        arm_receive(*family);
+      }
     }
   }
   if (!targets_.empty()) {
@@ -323,7 +337,12 @@ void IcmpProber::set_address(std::size_t position, std::optional<asio::ip::addre
           slot = std::move(family);
           (slot->ipv6 ? kind_v6_ : kind_v4_).store(slot->kind, std::memory_order_relaxed);
           (slot->ipv6 ? kernel_ts_v6_ : kernel_ts_v4_).store(slot->kernel_ts, std::memory_order_relaxed);
-          arm_receive(*slot);
+          slot->batched = slot->kernel_ts && !sending_stopped_;
+          if (slot->batched) {
+            if (batch_.capacity() == 0) batch_.resize(kBatchSize, slot->rx.size());
+          } else {
+            arm_receive(*slot);
+          }
         }
       }
     }
@@ -332,6 +351,7 @@ void IcmpProber::set_address(std::size_t position, std::optional<asio::ip::addre
       place(target, *a);
     }
     schedule_.set_active(position, a.has_value(), now);
+    if (!a) reply_wait_.forget(position);
     if (!sending_stopped_) {
       schedule_timer_.cancel();
       arm_schedule();
@@ -344,6 +364,13 @@ void IcmpProber::stop_sending() {
   asio::post(io_, [this] {
     sending_stopped_ = true;
     schedule_timer_.cancel();
+    // The replies in flight are read as they arrive from now on (no more wakeups to read at).
+    for (Family* family : {v4_.get(), v6_.get()}) {
+      if (family != nullptr && family->batched && family->descriptor.is_open()) {
+        family->batched = false;
+        arm_receive(*family);
+      }
+    }
   });
 }
 
@@ -355,10 +382,27 @@ IcmpProberCounters IcmpProber::counters() const noexcept {
 void IcmpProber::arm_schedule() {
   schedule_timer_.arm(
       schedule_, [this] { return !stopping_ && !sending_stopped_; },
-      [this](std::size_t i, std::int64_t) { send(targets_[i]); });
+      [this](std::size_t i, std::int64_t now) { send(targets_[i], now); }, &reads_);
 }
 
-void IcmpProber::send(Target& target) {
+std::size_t IcmpProber::BatchedReads::read(std::int64_t) {
+  std::size_t n = 0;
+  for (Family* family : {prober->v4_.get(), prober->v6_.get()}) {
+    if (family != nullptr && family->batched && family->descriptor.is_open()) n += prober->read_batch(*family);
+  }
+  return n;
+}
+
+std::int64_t IcmpProber::BatchedReads::next_read(std::int64_t now_ns, std::size_t sent, std::size_t read) {
+  bool any = false;
+  for (Family* family : {prober->v4_.get(), prober->v6_.get()}) {
+    any = any || (family != nullptr && family->batched && family->descriptor.is_open());
+  }
+  if (!any) return std::numeric_limits<std::int64_t>::max();
+  return prober->reply_wait_.next_read(now_ns, sent, read, prober->schedule_.grid().slot_ns);
+}
+
+void IcmpProber::send(Target& target, std::int64_t now_ns) {
   Family& family = *target.family;
   const int fd = family.descriptor.native_handle();
   const int tos = target.config.dscp << 2;
@@ -385,6 +429,7 @@ void IcmpProber::send(Target& target) {
   if (sent == static_cast<ssize_t>(size)) {
     event.kind = ProbeEventKind::kSent;
     sent_.bump();
+    reply_wait_.sent(index, event.seq, now_ns, target.config.timeout.count());
   } else {
     event.kind = ProbeEventKind::kSendError;
     send_errors_.bump();
@@ -418,19 +463,8 @@ void IcmpProber::on_readable(Family& family) {
     const platform::ReceivedDatagram d =
         platform::receive_datagram(family.descriptor.native_handle(), family.rx, family.peer, family.control);
     if (d.status != platform::ReceivedDatagram::Status::kDatagram) {
-      // With RECVERR a plain read reports a newly queued ICMP error once as its errno (e.g.
-      // EHOSTUNREACH): that is the error queue's entry, not a failed receive. The entry may
-      // already have been drained above (the pending socket error outlives it), so an errno an
-      // ICMP error maps to is never a receive failure on such a socket.
-      const int err = errno;
       if (d.status == platform::ReceivedDatagram::Status::kError) {
-        const bool icmp_errno = err == EHOSTUNREACH || err == ENETUNREACH || err == EHOSTDOWN ||
-                                err == ECONNREFUSED || err == EPROTO || err == EMSGSIZE || err == ENONET ||
-                                err == EACCES || err == ENOPROTOOPT;
-        const bool drained = family.error_queue && drain_error_queue(family) != 0;
-        if (!drained && !(family.error_queue && icmp_errno)) {
-          receive_errors_.bump();
-        }
+        on_receive_error(family, errno);
       }
       return;
     }
@@ -440,14 +474,61 @@ void IcmpProber::on_readable(Family& family) {
       dropped_malformed_.bump();
       continue;
     }
-    handle_reply(family, d.size, rx);
+    handle_reply(family, std::span<const std::byte>(family.rx.data(), d.size), family.peer, rx);
   }
 }
 
-void IcmpProber::handle_reply(Family& family, std::size_t size, platform::RxTime rx) {
+// With RECVERR a plain read reports a newly queued ICMP error once as its errno (e.g.
+// EHOSTUNREACH): that is the error queue's entry, not a failed receive. The entry may already
+// have been drained (the pending socket error outlives it), so an errno an ICMP error maps to is
+// never a receive failure on such a socket. Returns whether error-queue entries were read.
+bool IcmpProber::on_receive_error(Family& family, int err) {
+  const bool icmp_errno = err == EHOSTUNREACH || err == ENETUNREACH || err == EHOSTDOWN || err == ECONNREFUSED ||
+                          err == EPROTO || err == EMSGSIZE || err == ENONET || err == EACCES || err == ENOPROTOOPT;
+  const bool drained = family.error_queue && drain_error_queue(family) != 0;
+  if (!drained && !(family.error_queue && icmp_errno)) {
+    receive_errors_.bump();
+  }
+  return drained;
+}
+
+std::size_t IcmpProber::read_batch(Family& family) {
+  if (family.error_queue) {
+    drain_error_queue(family);
+  }
+  std::size_t replies = 0;
+  // One realtime/monotonic offset for the whole wakeup: reads a few microseconds apart share it.
+  const std::int64_t offset = platform::realtime_offset_ns();
+  // A raw socket also queues other processes' echo replies: read until the queue is empty (up
+  // to a bound), so that they cannot fill it between wakeups and crowd ours out.
+  for (int b = 0; b < kMaxBatchesPerWake; ++b) {
+    const platform::ReceivedDatagram::Status status = batch_.receive(family.descriptor.native_handle(), true);
+    if (status != platform::ReceivedDatagram::Status::kDatagram) {
+      if (status == platform::ReceivedDatagram::Status::kError && on_receive_error(family, errno)) {
+        continue;  // error-queue entries read: the data queue may still hold replies
+      }
+      break;
+    }
+    const std::int64_t read_ns = clock_ns(CLOCK_MONOTONIC);
+    for (std::size_t i = 0; i < batch_.count(); ++i) {
+      if (batch_.truncated(i)) {
+        dropped_malformed_.bump();
+        continue;
+      }
+      replies += handle_reply(family, batch_.data(i), batch_.peer(i),
+                              platform::monotonic_rx_time(batch_.kernel_realtime_ns(i), offset, read_ns))
+                     ? 1
+                     : 0;
+    }
+    if (batch_.count() < batch_.capacity()) break;  // the queue is empty
+  }
+  return replies;
+}
+
+bool IcmpProber::handle_reply(Family& family, std::span<const std::byte> packet, const sockaddr_storage& peer,
+                              platform::RxTime rx) {
   IcmpEchoReply reply;
   const bool raw = family.kind == IcmpSocketKind::kRaw;
-  const std::span<const std::byte> packet(family.rx.data(), size);
   IcmpParseStatus status =
       parse_icmp_echo_reply(packet, family.ipv6, raw && !family.ipv6, raw, family.id, cookie_, reply);
   if (status == IcmpParseStatus::kNotEchoReply && raw) {
@@ -457,7 +538,7 @@ void IcmpProber::handle_reply(Family& family, std::size_t size, platform::RxTime
     if (status == IcmpParseStatus::kOk) {
       handle_error(family, report,
                    std::span<const std::byte>(report.destination.data(), family.ipv6 ? 16 : 4));
-      return;
+      return false;
     }
   }
   switch (status) {
@@ -468,34 +549,35 @@ void IcmpProber::handle_reply(Family& family, std::size_t size, platform::RxTime
     case IcmpParseStatus::kWrongId:
     case IcmpParseStatus::kWrongCookie:
       dropped_foreign_.bump();
-      return;
+      return false;
     case IcmpParseStatus::kShortQuote:
       unattributed_errors_.bump();
-      return;
+      return false;
     case IcmpParseStatus::kTooShort:
     case IcmpParseStatus::kMalformed:
       dropped_malformed_.bump();
-      return;
+      return false;
   }
   // The cookie says we sent it; the target index and the source address must still agree, so
   // a reply (or a forged one) cannot be credited to a different target.
   if (reply.target >= targets_.size()) {
     dropped_malformed_.bump();
-    return;
+    return false;
   }
   Target& target = targets_[reply.target];
-  if (target.family != &family || !same_address(ip_address_bytes(family.peer, family.ipv6),
-                                                ip_address_bytes(target.address, family.ipv6))) {
+  if (target.family != &family ||
+      !same_address(ip_address_bytes(peer, family.ipv6), ip_address_bytes(target.address, family.ipv6))) {
     dropped_foreign_.bump();
-    return;
+    return false;
   }
   std::uint64_t seq = 0;
   rx.not_before(reply.send_ns);
   const std::int64_t rtt = rx.ns - reply.send_ns;
   if (!unwrap_icmp_sequence(target.next_seq, reply.wire_seq, seq) || rtt < 0 || rtt > kMaxRttNs) {
     dropped_malformed_.bump();
-    return;
+    return false;
   }
+  reply_wait_.answered(reply.target, seq);
   ProbeEvent event;
   event.target = target.config.target;
   event.protocol = ProbeProtocol::kIcmpEcho;
@@ -506,6 +588,7 @@ void IcmpProber::handle_reply(Family& family, std::size_t size, platform::RxTime
   event.receive_ns = rx.ns;
   replies_.bump();
   emit(event);
+  return true;
 }
 
 std::size_t IcmpProber::drain_error_queue(Family& family) {

@@ -21,9 +21,11 @@
 #include <vector>
 
 #include "agent/probes/icmp_packet.hpp"
+#include "agent/probes/event_ring.hpp"
 #include "agent/probes/probe_event.hpp"
 #include "agent/probes/probe_schedule.hpp"
 #include "agent/probes/schedule_timer.hpp"
+#include "platform/receive_batch.hpp"
 #include "platform/result.hpp"
 #include "platform/rx_timestamp.hpp"
 #include "platform/spsc_ring.hpp"
@@ -63,6 +65,7 @@ struct IcmpProberConfig {
   std::vector<IcmpTarget> targets;
   IcmpSocketMode mode = IcmpSocketMode::kAuto;
   double jitter = 0.1;            // as TcpProberConfig::jitter: gap = interval * (1 +- jitter), 0..0.5
+  SlotGrid grid;                  // as UdpProberConfig::grid
   bool kernel_timestamps = true;  // SO_TIMESTAMPNS where the socket accepts it
   IcmpSocketOpener socket_opener = nullptr;  // nullptr: socket(2)
 };
@@ -94,9 +97,13 @@ struct IcmpProberCounters {
 // Nothing is allocated per probe: one socket per address family and one schedule timer serve
 // every target, requests are encoded into and replies and ICMP errors read from buffers sized
 // at start(), and the three possible outstanding waits use handler memory owned by the prober.
+//
+// Sending and reading follow the UDP prober: probes go out on the slot grid, and a socket whose
+// replies carry kernel receive timestamps is read in batches at the wakeups (ICMP errors from
+// its error queue too) until stop_sending(), after which every socket is read on arrival.
 class IcmpProber {
  public:
-  IcmpProber(asio::io_context& io, IcmpProberConfig config, platform::SpscRing<ProbeEvent>& ring);
+  IcmpProber(asio::io_context& io, IcmpProberConfig config, EventRing& ring);
   ~IcmpProber();
 
   IcmpProber(const IcmpProber&) = delete;
@@ -145,19 +152,32 @@ class IcmpProber {
 
   platform::Status open_family(Family& family);
   void place(Target& target, const asio::ip::address& address);
+  // What the schedule timer calls on a wakeup to read the batched sockets (as the UDP prober's).
+  struct BatchedReads {
+    IcmpProber* prober;
+    std::size_t read(std::int64_t now_ns);
+    std::int64_t next_read(std::int64_t now_ns, std::size_t sent, std::size_t read);
+  };
+
   void arm_schedule();
-  void send(Target& target);
+  void send(Target& target, std::int64_t now_ns);
   void arm_receive(Family& family);
   void on_readable(Family& family);
-  void handle_reply(Family& family, std::size_t size, platform::RxTime rx);
+  std::size_t read_batch(Family& family);
+  bool on_receive_error(Family& family, int err);
+  bool handle_reply(Family& family, std::span<const std::byte> packet, const sockaddr_storage& peer,
+                    platform::RxTime rx);
   std::size_t drain_error_queue(Family& family);
   void handle_error(Family& family, const IcmpErrorReport& report, std::span<const std::byte> destination);
   void emit(const ProbeEvent& event) noexcept;
 
   asio::io_context& io_;
   IcmpProberConfig config_;
-  platform::SpscRing<ProbeEvent>& ring_;
+  EventRing& ring_;
   ScheduleTimer schedule_timer_;
+  BatchedReads reads_{this};
+  ReplyWait reply_wait_;          // parallel to targets_
+  platform::ReceiveBatch batch_;  // the batched sockets' reads
   std::unique_ptr<Family> v4_;
   std::unique_ptr<Family> v6_;
   std::vector<Target> targets_;

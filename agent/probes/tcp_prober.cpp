@@ -55,7 +55,7 @@ struct TcpProber::Target {
   std::vector<std::unique_ptr<Slot>> slots;
 };
 
-TcpProber::TcpProber(asio::io_context& io, TcpProberConfig config, platform::SpscRing<ProbeEvent>& ring)
+TcpProber::TcpProber(asio::io_context& io, TcpProberConfig config, EventRing& ring)
     : io_(io),
       config_(std::move(config)),
       ring_(ring),
@@ -70,7 +70,11 @@ platform::Status TcpProber::start() {
   const std::int64_t now = monotonic_ns();
   targets_.clear();
   targets_.reserve(config_.targets.size());
-  schedule_.reset(config_.jitter, platform::random_seed());
+  double max_rate = 0;
+  for (const TcpTarget& t : config_.targets) max_rate = std::max(max_rate, t.rate_per_s);
+  SlotGrid grid = config_.grid;
+  grid.slot_ns = SlotGrid::slot_for(grid.slot_ns, max_rate);
+  schedule_.reset(config_.jitter, platform::random_seed(), grid);
   schedule_.reserve(config_.targets.size());
   for (const TcpTarget& t : config_.targets) {
     auto target = std::make_unique<Target>();

@@ -15,6 +15,7 @@
 #include <system_error>
 #include <vector>
 
+#include "agent/probes/event_ring.hpp"
 #include "agent/probes/probe_event.hpp"
 #include "agent/probes/probe_schedule.hpp"
 #include "agent/probes/schedule_timer.hpp"
@@ -46,6 +47,8 @@ struct TcpProberConfig {
   // the first probe lands at a random point of the first interval, so agents started together
   // (a fleet rollout, a power cut) drift apart instead of probing in step. 0..0.5.
   double jitter = 0.1;
+  // The slot grid connects start on (as UdpProberConfig::grid).
+  SlotGrid grid;
 };
 
 // A snapshot of monotonic statistics; each field is individually exact.
@@ -71,7 +74,7 @@ struct TcpProberCounters {
 // socket itself, which a connect probe cannot avoid.
 class TcpProber {
  public:
-  TcpProber(asio::io_context& io, TcpProberConfig config, platform::SpscRing<ProbeEvent>& ring);
+  TcpProber(asio::io_context& io, TcpProberConfig config, EventRing& ring);
   ~TcpProber();
 
   TcpProber(const TcpProber&) = delete;
@@ -113,7 +116,7 @@ class TcpProber {
 
   asio::io_context& io_;
   TcpProberConfig config_;
-  platform::SpscRing<ProbeEvent>& ring_;
+  EventRing& ring_;
   ScheduleTimer schedule_timer_;
   std::vector<std::unique_ptr<Target>> targets_;
   ProbeSchedule schedule_;  // parallel to targets_

@@ -42,32 +42,13 @@ bool valid(const UdpProbeTarget& t) noexcept {
          t.endpoint.port() != 0;
 }
 
-// The peer, read as a Sockaddr (sockaddr_in or sockaddr_in6), against a port and address bytes.
-template <typename Sockaddr, auto kPort, auto kAddress, typename Bytes>
-bool same_port_and_address(const sockaddr_storage& peer, std::uint16_t port, const Bytes& address) noexcept {
-  Sockaddr s{};
-  std::memcpy(&s, &peer, sizeof(s));
-  return ntohs(s.*kPort) == port && std::memcmp(&(s.*kAddress), address.data(), address.size()) == 0;
-}
-
-// A reflector answers from the address and port it was probed on; the scope id of a
-// link-local address is not compared, as the kernel fills it in on receive.
-bool same_endpoint(const asio::ip::udp::endpoint& target, const sockaddr_storage& peer) noexcept {
-  const asio::ip::address& a = target.address();
-  if (peer.ss_family == AF_INET && a.is_v4()) {
-    return same_port_and_address<sockaddr_in, &sockaddr_in::sin_port, &sockaddr_in::sin_addr>(
-        peer, target.port(), a.to_v4().to_bytes());
-  }
-  if (peer.ss_family == AF_INET6 && a.is_v6()) {
-    return same_port_and_address<sockaddr_in6, &sockaddr_in6::sin6_port, &sockaddr_in6::sin6_addr>(
-        peer, target.port(), a.to_v6().to_bytes());
-  }
-  return false;
-}
+// How many batches one wakeup reads from a socket at most; what is left waits for the next.
+constexpr int kMaxBatchesPerWake = 8;
+constexpr std::size_t kBatchSize = 16;
 
 }  // namespace
 
-UdpProber::UdpProber(asio::io_context& io, UdpProberConfig config, platform::SpscRing<ProbeEvent>& events)
+UdpProber::UdpProber(asio::io_context& io, UdpProberConfig config, EventRing& events)
     : io_(io), config_(std::move(config)), events_(events), v4_(io), v6_(io), timer_(io) {}
 
 UdpProber::~UdpProber() = default;
@@ -114,8 +95,13 @@ platform::Status UdpProber::start() {
 
   send_buffer_.assign(max_payload, std::byte{0});
   receive_buffer_.assign(max_payload + 1, std::byte{0});
-  schedule_.reset(kJitter, config_.jitter_seed != 0 ? config_.jitter_seed : platform::random_seed());
+  double max_rate = 0;
+  for (const UdpProbeTarget& t : config_.targets) max_rate = std::max(max_rate, t.rate_per_s);
+  SlotGrid grid = config_.grid;
+  grid.slot_ns = SlotGrid::slot_for(grid.slot_ns, max_rate);
+  schedule_.reset(kJitter, config_.jitter_seed != 0 ? config_.jitter_seed : platform::random_seed(), grid);
   schedule_.reserve(config_.targets.size());
+  reply_wait_.resize(config_.targets.size());
 
   const std::int64_t now = clock_ns(CLOCK_MONOTONIC);
   targets_.clear();
@@ -128,14 +114,19 @@ platform::Status UdpProber::start() {
     }
     targets_.push_back(s);
   }
+  rebuild_endpoints();
 
   stopping_ = false;
   sending_stopped_ = false;
-  if (any_v4) {
-    arm_read(v4_);
-  }
-  if (any_v6) {
-    arm_read(v6_);
+  for (Socket* s : {&v4_, &v6_}) {
+    if (s->socket.is_open()) {
+      s->batched = s->kernel_timestamps;
+      if (s->batched) {
+        batch_.resize(kBatchSize, receive_buffer_.size());
+      } else {
+        arm_read(*s);
+      }
+    }
   }
   arm_timer();
   return platform::Status();
@@ -171,7 +162,12 @@ void UdpProber::set_address(std::size_t position, std::optional<asio::ip::addres
           send_errors_.bump();  // retried at the next change or refresh of the name
           a.reset();
         } else {
-          arm_read(s);
+          s.batched = s.kernel_timestamps && !sending_stopped_;
+          if (s.batched) {
+            if (batch_.capacity() == 0) batch_.resize(kBatchSize, receive_buffer_.size());
+          } else {
+            arm_read(s);
+          }
         }
       }
     }
@@ -179,8 +175,10 @@ void UdpProber::set_address(std::size_t position, std::optional<asio::ip::addres
     if (a) {
       t.config.endpoint.address(*a);
     }
+    rebuild_endpoints();
     const bool more = t.config.count == 0 || t.next_seq < t.config.count;
     schedule_.set_active(position, a.has_value() && more, clock_ns(CLOCK_MONOTONIC));
+    if (!a) reply_wait_.forget(position);
     if (!sending_stopped_) {
       timer_.cancel();
       arm_timer();
@@ -193,6 +191,13 @@ void UdpProber::stop_sending() {
   asio::post(io_, [this] {
     sending_stopped_ = true;
     timer_.cancel();
+    // The replies in flight are read as they arrive from now on (no more wakeups to read at).
+    for (Socket* s : {&v4_, &v6_}) {
+      if (s->batched && s->socket.is_open()) {
+        s->batched = false;
+        arm_read(*s);
+      }
+    }
   });
 }
 
@@ -228,28 +233,52 @@ std::error_code UdpProber::open(Socket& s, bool v6) {
 }
 
 void UdpProber::arm_timer() {
-  const std::int64_t next = schedule_.earliest();
-  if (next == std::numeric_limits<std::int64_t>::max() || stopping_ || sending_stopped_) {
+  if (stopping_ || sending_stopped_) {
     return;
   }
-  timer_.expires_at(platform::steady_time(next));
-  timer_.async_wait([this](const std::error_code& ec) {
-    // operation_aborted is the normal end after stop().
-    if (ec || stopping_ || sending_stopped_) {
-      return;
-    }
-    schedule_.run_due(clock_ns(CLOCK_MONOTONIC), [this](std::size_t i) {
-      TargetState& t = targets_[i];
-      send_probe(t);
-      if (t.config.count != 0 && t.next_seq >= t.config.count) {
-        schedule_.finish(i);
-      }
-    });
-    arm_timer();
-  });
+  timer_.arm(
+      schedule_, [this] { return !stopping_ && !sending_stopped_; },
+      [this](std::size_t i, std::int64_t now) {
+        TargetState& t = targets_[i];
+        send_probe(t, now);
+        if (t.config.count != 0 && t.next_seq >= t.config.count) {
+          schedule_.finish(i);
+        }
+      },
+      &reads_);
 }
 
-void UdpProber::send_probe(TargetState& t) {
+std::size_t UdpProber::BatchedReads::read(std::int64_t) {
+  std::size_t n = 0;
+  for (Socket* s : {&prober->v4_, &prober->v6_}) {
+    if (s->batched && s->socket.is_open()) n += prober->read_batch(*s);
+  }
+  return n;
+}
+
+std::int64_t UdpProber::BatchedReads::next_read(std::int64_t now_ns, std::size_t sent, std::size_t read) {
+  const bool any = (prober->v4_.batched && prober->v4_.socket.is_open()) ||
+                   (prober->v6_.batched && prober->v6_.socket.is_open());
+  if (!any) return std::numeric_limits<std::int64_t>::max();
+  return prober->reply_wait_.next_read(now_ns, sent, read, prober->schedule_.grid().slot_ns);
+}
+
+void UdpProber::rebuild_endpoints() {
+  std::vector<std::optional<EndpointKey>> keys;
+  keys.reserve(targets_.size());
+  for (const TargetState& t : targets_) {
+    if (!t.config.resolved) {
+      keys.emplace_back(std::nullopt);
+      continue;
+    }
+    sockaddr_storage ss{};
+    std::memcpy(&ss, t.config.endpoint.data(), std::min<std::size_t>(t.config.endpoint.size(), sizeof(ss)));
+    keys.push_back(EndpointKey::of(ss));
+  }
+  endpoints_.rebuild(keys);
+}
+
+void UdpProber::send_probe(TargetState& t, std::int64_t now_ns) {
   const bool v6 = t.config.endpoint.address().is_v6();
   Socket& s = v6 ? v6_ : v4_;
   const int dscp = t.config.dscp;
@@ -283,6 +312,7 @@ void UdpProber::send_probe(TargetState& t) {
   if (n == static_cast<ssize_t>(size) && size != 0) {
     sent_.bump();
     event.kind = ProbeEventKind::kSent;
+    reply_wait_.sent(static_cast<std::size_t>(&t - targets_.data()), event.seq, now_ns, t.config.timeout.count());
   } else {
     send_errors_.bump();
     event.kind = ProbeEventKind::kSendError;
@@ -314,36 +344,57 @@ void UdpProber::on_readable(Socket& s) {
       }
       return;
     }
-    handle_reply(d.size, d.truncated,
-                 platform::monotonic_rx_time(s.kernel_timestamps ? d.kernel_realtime_ns : std::nullopt));
+    received_.bump();
+    handle_reply(std::span<const std::byte>(receive_buffer_.data(), d.truncated ? receive_buffer_.size() : d.size),
+                 peer_, platform::monotonic_rx_time(s.kernel_timestamps ? d.kernel_realtime_ns : std::nullopt));
   }
 }
 
-void UdpProber::handle_reply(std::size_t size, bool truncated, platform::RxTime rx) {
-  received_.bump();
-  const std::span<const std::byte> packet(receive_buffer_.data(), truncated ? receive_buffer_.size() : size);
+std::size_t UdpProber::read_batch(Socket& s) {
+  std::size_t replies = 0;
+  // One realtime/monotonic offset for the whole wakeup: reads a few microseconds apart share it.
+  const std::int64_t offset = platform::realtime_offset_ns();
+  for (int b = 0; b < kMaxBatchesPerWake; ++b) {
+    const platform::ReceivedDatagram::Status status = batch_.receive(s.socket.native_handle(), true);
+    if (status != platform::ReceivedDatagram::Status::kDatagram) {
+      if (status == platform::ReceivedDatagram::Status::kError) {
+        receive_errors_.bump();
+      }
+      break;
+    }
+    const std::int64_t read_ns = clock_ns(CLOCK_MONOTONIC);
+    for (std::size_t i = 0; i < batch_.count(); ++i) {
+      received_.bump();
+      replies += handle_reply(batch_.data(i), batch_.peer(i),
+                              platform::monotonic_rx_time(batch_.kernel_realtime_ns(i), offset, read_ns))
+                     ? 1
+                     : 0;
+    }
+    if (batch_.count() < batch_.capacity()) break;  // the queue is empty
+  }
+  return replies;
+}
+
+bool UdpProber::handle_reply(std::span<const std::byte> packet, const sockaddr_storage& peer, platform::RxTime rx) {
   ProbeHeader reply;
   if (const ProbeDecodeStatus status = decode_probe(packet, ProbeKind::kReply, reply, receive_buffer_.size() - 1);
       status != ProbeDecodeStatus::kOk) {
     (is_malformed_probe(status) ? dropped_malformed_ : dropped_foreign_).bump();
-    return;
+    return false;
   }
-  const TargetState* target = nullptr;
-  for (const TargetState& t : targets_) {
-    if (t.config.resolved && same_endpoint(t.config.endpoint, peer_)) {
-      target = &t;
-      break;
-    }
-  }
-  if (target == nullptr) {
+  const std::optional<EndpointKey> key = EndpointKey::of(peer);
+  const std::uint32_t position = key ? endpoints_.find(*key) : EndpointTable::kNone;
+  if (position == EndpointTable::kNone) {
     dropped_foreign_.bump();
-    return;
+    return false;
   }
+  const TargetState* target = &targets_[position];
   if (reply.sender_id != config_.sender_id || reply.sequence >= target->next_seq ||
       packet.size() != target->config.payload_size) {
     dropped_unexpected_.bump();
-    return;
+    return false;
   }
+  reply_wait_.answered(position, reply.sequence);
 
   ProbeEvent event;
   event.target = target->config.index;
@@ -369,6 +420,7 @@ void UdpProber::handle_reply(std::size_t size, bool truncated, platform::RxTime 
   event.session_rx = reply.session_rx;
   replies_.bump();
   emit(event);
+  return true;
 }
 
 void UdpProber::emit(const ProbeEvent& event) noexcept {

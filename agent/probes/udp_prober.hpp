@@ -5,9 +5,9 @@
 #include <sys/socket.h>
 #include <asio/io_context.hpp>
 #include <asio/ip/udp.hpp>
-#include <asio/steady_timer.hpp>
 
 #include <array>
+#include <chrono>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -16,9 +16,13 @@
 #include <system_error>
 #include <vector>
 
+#include "agent/probes/event_ring.hpp"
 #include "agent/probes/probe_event.hpp"
 #include "agent/probes/probe_packet.hpp"
+#include "agent/probes/endpoint_table.hpp"
 #include "agent/probes/probe_schedule.hpp"
+#include "agent/probes/schedule_timer.hpp"
+#include "platform/receive_batch.hpp"
 #include "platform/rx_timestamp.hpp"
 #include "platform/result.hpp"
 #include "platform/spsc_ring.hpp"
@@ -32,6 +36,8 @@ struct UdpProbeTarget {
   double rate_per_s = 1.0;                      // mean probes per second, > 0
   std::size_t payload_size = kProbeHeaderSize;  // kProbeHeaderSize..kMaxProbeSize bytes of UDP payload
   std::uint8_t dscp = 0;                        // 0..63, written into the IP TOS / traffic class
+  // How long a reply is awaited: a prober reading replies in batches wakes to read until then.
+  std::chrono::nanoseconds timeout = std::chrono::seconds(1);
   // Stop after this many probes (0: never). For one-shot measurements and tests.
   std::uint64_t count = 0;
   // False: a name without an address yet; not probed until set_address() gives it one.
@@ -48,6 +54,9 @@ struct UdpProberConfig {
   // Seeds the send-time jitter; 0 takes one from the kernel's entropy pool so that agents
   // started together still drift apart. Tests fix it to make schedules reproducible.
   std::uint64_t jitter_seed = 0;
+  // The slot grid probes are sent on (slot_ns is lowered to a quarter of the shortest probe
+  // interval); the measurement gives all its probers one grid.
+  SlotGrid grid;
 };
 
 // A snapshot; each field is individually exact, the set is not one atomic cut. Once idle,
@@ -80,11 +89,19 @@ struct UdpProberCounters {
 // numbers sent so far and probe length. DSCP is set per send with setsockopt, only when it
 // differs from the socket's current marking.
 //
-// Scheduling: one steady_timer for all targets over a ProbeSchedule (as the TCP and ICMP
-// probers). Each target starts at a random phase within its first interval, and every gap is
-// the mean interval times uniform[0.5, 1.5), so a fleet started together never probes in step.
-// Deadlines advance from the previous deadline, not from when the timer fired, so a late
-// wakeup delays one probe without lowering the rate.
+// Scheduling: one timer for all targets over a ProbeSchedule (as the TCP and ICMP probers),
+// woken on the slot grid. Each target starts at a random phase within its first interval, and
+// every gap is the mean interval times uniform[0.5, 1.5), so a fleet started together never
+// probes in step. Deadlines advance from the previous deadline, not from when the timer fired,
+// so sending at the next slot boundary delays one probe without lowering the rate.
+//
+// Reading: a socket whose datagrams carry kernel receive timestamps is read in batches
+// (recvmmsg) at the prober's wakeups, not on every arrival: the stamp says when a reply came
+// however late it is read. While probes await replies with nothing due to send, the timer also
+// wakes to read (ReplyWait). A socket without kernel stamps (QEMU user mode, the option off)
+// is read as each reply arrives, as accuracy requires there; after stop_sending() every socket
+// is, so that the replies in flight are forwarded promptly. Replies are matched to their target
+// by a hash of the sender's address and port.
 //
 // Timestamps: send_ns is CLOCK_MONOTONIC read right before sendto and is carried in the probe.
 // receive_ns is the kernel's SO_TIMESTAMPNS stamp when the socket accepts the option.
@@ -102,7 +119,7 @@ struct UdpProberCounters {
 // handlers (one timer wait, one read wait per socket).
 class UdpProber {
  public:
-  UdpProber(asio::io_context& io, UdpProberConfig config, platform::SpscRing<ProbeEvent>& events);
+  UdpProber(asio::io_context& io, UdpProberConfig config, EventRing& events);
   ~UdpProber();
 
   UdpProber(const UdpProber&) = delete;
@@ -147,25 +164,38 @@ class UdpProber {
     explicit Socket(asio::io_context& io) : socket(io) {}
     asio::ip::udp::socket socket;
     bool kernel_timestamps = false;
-    int dscp = 0;  // the marking currently set on the socket
+    bool batched = false;  // read at wakeups (kernel stamps, still sending), not on arrival
+    int dscp = 0;          // the marking currently set on the socket
+  };
+
+  // What the schedule timer calls on a wakeup to read the batched sockets.
+  struct BatchedReads {
+    UdpProber* prober;
+    std::size_t read(std::int64_t now_ns);
+    std::int64_t next_read(std::int64_t now_ns, std::size_t sent, std::size_t read);
   };
 
   std::error_code open(Socket& s, bool v6);
   void arm_read(Socket& s);
   void on_readable(Socket& s);
-  void handle_reply(std::size_t size, bool truncated, platform::RxTime rx);
+  std::size_t read_batch(Socket& s);
+  bool handle_reply(std::span<const std::byte> packet, const sockaddr_storage& peer, platform::RxTime rx);
   void arm_timer();
-  void send_probe(TargetState& t);
+  void send_probe(TargetState& t, std::int64_t now_ns);
+  void rebuild_endpoints();
   void emit(const ProbeEvent& event) noexcept;
 
   asio::io_context& io_;
   UdpProberConfig config_;
-  platform::SpscRing<ProbeEvent>& events_;
+  EventRing& events_;
   Socket v4_;
   Socket v6_;
-  asio::steady_timer timer_;
+  ScheduleTimer timer_;
+  BatchedReads reads_{this};
   std::vector<TargetState> targets_;
   ProbeSchedule schedule_;  // parallel to targets_; a target is finished once its count is sent
+  ReplyWait reply_wait_;    // parallel to targets_
+  EndpointTable endpoints_;  // sender -> position in targets_
   bool stopping_ = false;
   bool sending_stopped_ = false;
   std::atomic<bool> kernel_timestamps_{false};
@@ -176,6 +206,7 @@ class UdpProber {
   std::vector<std::byte> receive_buffer_;
   sockaddr_storage peer_{};
   alignas(std::max_align_t) std::array<unsigned char, 128> control_{};
+  platform::ReceiveBatch batch_;  // the batched sockets' reads
 
   Counter sent_, send_errors_, received_, replies_, dropped_foreign_, dropped_malformed_, dropped_unexpected_,
       invalid_dwell_, receive_errors_, dscp_errors_, events_dropped_;

@@ -4,11 +4,11 @@
 #include <vector>
 
 #include "agent/probes/probe_event.hpp"
-#include "platform/spsc_ring.hpp"
+#include "agent/probes/event_ring.hpp"
 
 namespace vantage::agent::probes::test {
 
-using EventRing = platform::SpscRing<ProbeEvent>;
+using EventRing = probes::EventRing;
 
 // Pops every event the ring holds, oldest first (the test thread is the ring's consumer).
 inline std::vector<ProbeEvent> drain_events(EventRing& ring) {

@@ -102,6 +102,7 @@ void LatencyHistogram::swap(LatencyHistogram& other) noexcept {
   swap(pages_capacity_, other.pages_capacity_);
   swap(scheme_, other.scheme_);
   swap(sub_bucket_bits_, other.sub_bucket_bits_);
+  swap(small_intervals_, other.small_intervals_);
 }
 
 bool LatencyHistogram::reallocate(std::size_t capacity) noexcept {
@@ -151,17 +152,25 @@ void LatencyHistogram::reset() noexcept {
   set_scheme(kLayout);
   // Unmapping every page (rather than zeroing the mapped ones) also lets go of pages a path
   // no longer touches; mapping one again is a table write and a 256-byte clear, no malloc.
-  // The buffer is kept while it is more than a quarter used, so a steady path reuses it
-  // every interval; an idle interval frees it, and a much smaller one trades it for a
-  // buffer of twice what it used.
-  if (used == 0) {
-    delete[] pool_;
-    pool_ = nullptr;
-    pages_capacity_ = 0;
-  } else if (used * 4 <= pages_capacity_) {
-    delete[] pool_;
-    pool_ = nullptr;
-    pages_capacity_ = 0;
+  // The buffer is kept, so a steady path reuses it every interval. Only after kShrinkAfter
+  // intervals in a row that used a quarter of it or less is it traded for one of twice the
+  // pages the last one used (or freed, if that used none): a path whose page count wobbles
+  // never shrinks and regrows, and a target gone quiet gives its memory back.
+  if (pages_capacity_ == 0) {
+    return;
+  }
+  if (used * 4 > pages_capacity_) {
+    small_intervals_ = 0;
+    return;
+  }
+  if (++small_intervals_ < kShrinkAfter) {
+    return;
+  }
+  small_intervals_ = 0;
+  delete[] pool_;
+  pool_ = nullptr;
+  pages_capacity_ = 0;
+  if (used != 0) {
     static_cast<void>(reallocate(used * 2));  // on failure add_page grows it again
   }
 }

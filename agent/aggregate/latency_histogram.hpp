@@ -104,11 +104,12 @@ struct SparseBucket {
 
 struct HistogramSummary;
 
-// Memory: a fixed part (scalars, a one-byte-per-page table) of 192 bytes, plus 256 bytes per
+// Memory: a fixed part (scalars, a one-byte-per-page table) of 200 bytes, plus 256 bytes per
 // page of 64 counters that has been used. An empty histogram owns no heap memory. Pages live
 // in one pool buffer that grows by doubling; reset() unmaps every page but keeps the buffer,
-// so an interval that touches the same number of pages as the last allocates nothing, and
-// shrinks it when the closed interval used a quarter of it or less (frees it when it used none).
+// so an interval that touches no more pages than the buffer holds allocates nothing. After
+// kShrinkAfter intervals in a row that used a quarter of the buffer or less, reset() shrinks it
+// to twice what the last one used, or frees it when that used none.
 class LatencyHistogram {
  public:
   // What new histograms record with; from_sparse also rebuilds scheme 1.
@@ -127,6 +128,7 @@ class LatencyHistogram {
   static constexpr std::size_t kMaxPages = kBucketCount / kPageSize;     // 116
   static_assert(kBucketCount % kPageSize == 0 && kBucketLayout1.bucket_count() % kPageSize == 0);
   static_assert(kMaxPages < 256, "page slots are bytes");
+  static constexpr unsigned kShrinkAfter = 8;
 
   // Geometry of kScheme; a histogram's own is layout().
   static constexpr std::size_t bucket_index(std::uint64_t ns) noexcept { return kLayout.index(ns); }
@@ -204,7 +206,8 @@ class LatencyHistogram {
   // claim a precision the coarser one never had. Samples whose page cannot be allocated are
   // counted in dropped().
   platform::Status merge(const LatencyHistogram& other);
-  // Back to empty, in kScheme; keeps the page buffer for the next interval (see above).
+  // Back to empty, in kScheme; keeps the page buffer for the next interval (see above). Meant
+  // to be called once per interval: the shrink rule counts calls.
   void reset() noexcept;
 
   std::uint8_t scheme() const noexcept { return scheme_; }
@@ -331,9 +334,10 @@ class LatencyHistogram {
   std::uint8_t pages_capacity_ = 0;
   std::uint8_t scheme_ = kScheme;
   std::uint8_t sub_bucket_bits_ = kSubBucketBits;
+  std::uint8_t small_intervals_ = 0;  // consecutive resets that found the buffer under a quarter used
 };
 
-static_assert(sizeof(LatencyHistogram) <= 192);
+static_assert(sizeof(LatencyHistogram) <= 200);
 
 // Everything except the buckets that a receiver needs to rebuild the histogram.
 struct HistogramSummary {

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "agent/aggregate/latency_histogram.hpp"
+#include "tests/agent/aggregate/allocation_counter.hpp"
 
 namespace {
 
@@ -36,7 +37,7 @@ static_assert(kMaxRelError <= 0.0025);
 constexpr std::size_t kSamples = 100'000;
 constexpr double kPercentiles[] = {0.0, 50.0, 90.0, 99.0, 99.9, 100.0};
 
-static_assert(sizeof(LatencyHistogram) <= 192);
+static_assert(sizeof(LatencyHistogram) <= 200);
 static_assert(std::is_nothrow_move_constructible_v<LatencyHistogram>);
 static_assert(noexcept(std::declval<LatencyHistogram&>().record(std::uint64_t{1})));
 static_assert(noexcept(std::declval<LatencyHistogram&>().reset()));
@@ -983,14 +984,26 @@ TEST_CASE("latency histogram: memory is mapped by the page") {
   CHECK(h.page_capacity() == 8);
   h.reset();
   CHECK(h.page_capacity() == 8);
-  // ... trades it for twice the used pages after a small interval...
+  // ... and through up to kShrinkAfter - 1 small intervals in a row, so a wobbling path does
+  // not shrink and regrow; the kShrinkAfter-th trades it for twice the pages that one used...
+  for (unsigned i = 1; i < LatencyHistogram::kShrinkAfter; ++i) {
+    h.record(20'000'000);
+    h.reset();
+    CHECK(h.page_capacity() == 8);
+  }
   h.record(20'000'000);
   h.reset();
   CHECK(h.page_capacity() == 2);
-  // ... and frees it after an idle one.
+  // ... and an idle stretch frees it.
+  for (unsigned i = 1; i < LatencyHistogram::kShrinkAfter; ++i) {
+    h.reset();
+    CHECK(h.page_capacity() == 2);
+  }
   h.reset();
   CHECK(h.page_capacity() == 0);
   CHECK(h.heap_bytes() == 0);
+  h.reset();
+  CHECK(h.page_capacity() == 0);
 
   // A move leaves the source empty and owning nothing.
   LatencyHistogram a;
@@ -1025,4 +1038,44 @@ TEST_CASE("latency histogram: decoding allocates only the pages its buckets need
   CHECK(decoded->pages() == 2);
   CHECK(decoded->page_capacity() == 2);
   check_same_buckets(*decoded, h);
+}
+
+TEST_CASE("latency histogram: an empty histogram allocates nothing and recording allocates per page") {
+  const std::size_t at_start = vantage::test::allocations();
+  LatencyHistogram h;
+  CHECK(h.percentile(99) == 0);
+  CHECK(h.summary().count == 0);
+  LatencyHistogram copy = h;
+  LatencyHistogram moved = std::move(copy);
+  REQUIRE(moved.merge(h));
+  h.reset();
+  CHECK(vantage::test::allocations() == at_start);
+
+  // The first page is one allocation; the buffer then doubles (2, 4, 8 pages) as pages are
+  // mapped, and filling a mapped page allocates nothing.
+  h.record(1'000'000);
+  CHECK(vantage::test::allocations() == at_start + 1);
+  for (std::uint64_t v = 1'000'000; v < 1'010'000; v += 100) {
+    h.record(v);
+  }
+  CHECK(h.pages() == 1);
+  CHECK(vantage::test::allocations() == at_start + 1);
+  for (std::uint64_t v = 1'000'000; h.pages() < 5; v += v / 64) {
+    h.record(v);
+  }
+  CHECK(vantage::test::allocations() == at_start + 4);
+
+  // Interval after interval on the same pages: no allocation at all.
+  const std::size_t pages = h.pages();
+  Values same;
+  h.for_each_nonzero([&same](SparseBucket b) { same.push_back(LatencyHistogram::bucket_lower(b.index)); });
+  const std::size_t warm = vantage::test::allocations();
+  for (int interval = 0; interval < 5; ++interval) {
+    h.reset();
+    for (std::uint64_t v : same) {
+      h.record(v);
+    }
+    CHECK(h.pages() == pages);
+  }
+  CHECK(vantage::test::allocations() == warm);
 }

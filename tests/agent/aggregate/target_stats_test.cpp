@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "agent/aggregate/target_stats.hpp"
+#include "tests/agent/aggregate/allocation_counter.hpp"
 #include "tests/support/wire_frames.hpp"
 #include "vantage/telemetry_generated.h"
 
@@ -576,6 +577,7 @@ TEST_CASE("the wire LatencySummary passes the verifier and round-trips") {
     buckets.push_back({b->index(), b->count()});
   }
   vantage::agent::HistogramSummary hs;
+  hs.scheme = l->histogram_scheme();
   hs.count = l->received();
   hs.min_ns = static_cast<std::uint64_t>(l->min_ns());
   hs.max_ns = static_cast<std::uint64_t>(l->max_ns());
@@ -642,4 +644,47 @@ TEST_CASE("every counter reaches its own wire field, saturating at 32 bits") {
   CHECK(h->ipdv_count() == UINT32_MAX);
   CHECK(h->histogram_overflow() == 0);
   CHECK(h->histogram_dropped() == 0);
+}
+
+TEST_CASE("target stats: a steady target records without allocating and closes with one allocation") {
+  TargetStats stats(config(), 0);
+  std::uint64_t seq = 0;
+  // RTTs of 20..24 ms and IPDVs of up to 4 ms: a few pages in each histogram.
+  auto run_interval = [&](std::int64_t start_ns) {
+    for (int i = 0; i < 50; ++i) {
+      const std::int64_t send_ns = start_ns + i * 10 * kMs;
+      const std::int64_t rtt = 20 * kMs + static_cast<std::int64_t>((i * 7919) % 4'000'000);
+      stats.on_event(sent(seq, send_ns));
+      stats.on_event(reply(seq, send_ns, rtt));
+      ++seq;
+    }
+  };
+  run_interval(0);
+  IntervalSummary first = stats.close_interval(1'000 * kMs);
+  REQUIRE(first.received == 50);
+  const std::size_t pages = first.rtt.pages();
+  CHECK(pages >= 1);
+  CHECK(pages <= 4);
+  CHECK(first.rtt.heap_bytes() == pages * LatencyHistogram::kPageSize * sizeof(std::uint32_t));
+
+  // The second interval may still map pages: its first IPDV is against the first interval's
+  // last reply, a difference the first interval never saw.
+  run_interval(1'000 * kMs);
+  static_cast<void>(stats.close_interval(2'000 * kMs));
+  for (int k = 2; k <= 4; ++k) {
+    const std::size_t before = vantage::test::allocations();
+    run_interval(k * 1'000 * kMs);
+    CHECK(vantage::test::allocations() == before);
+    const IntervalSummary s = stats.close_interval((k + 1) * 1'000 * kMs);
+    // The summary's own copy of the RTT pages, nothing else.
+    CHECK(vantage::test::allocations() == before + 1);
+    CHECK(s.received == 50);
+    CHECK(s.rtt.count() == 50);
+  }
+  // An interval with no replies: its summary carries an empty histogram, allocating nothing.
+  const std::size_t before = vantage::test::allocations();
+  const IntervalSummary idle = stats.close_interval(6'000 * kMs);
+  CHECK(idle.rtt.count() == 0);
+  CHECK(idle.rtt.heap_bytes() == 0);
+  CHECK(vantage::test::allocations() == before);
 }

@@ -43,8 +43,7 @@ LatencyHistogram::LatencyHistogram(const LatencyHistogram& other)
       page_slot_(other.page_slot_),
       pages_used_(other.pages_used_),
       pages_capacity_(other.pages_used_),
-      scheme_(other.scheme_),
-      sub_bucket_bits_(other.sub_bucket_bits_) {
+      scheme_(other.scheme_) {
   if (pages_used_ != 0) {
     pool_ = new std::uint32_t[std::size_t{pages_used_} * kPageSize];
     std::copy_n(other.pool_, std::size_t{pages_used_} * kPageSize, pool_);
@@ -74,7 +73,6 @@ LatencyHistogram& LatencyHistogram::operator=(const LatencyHistogram& other) {
   page_slot_ = other.page_slot_;
   pages_used_ = other.pages_used_;
   scheme_ = other.scheme_;
-  sub_bucket_bits_ = other.sub_bucket_bits_;
   return *this;
 }
 
@@ -101,7 +99,6 @@ void LatencyHistogram::swap(LatencyHistogram& other) noexcept {
   swap(pages_used_, other.pages_used_);
   swap(pages_capacity_, other.pages_capacity_);
   swap(scheme_, other.scheme_);
-  swap(sub_bucket_bits_, other.sub_bucket_bits_);
   swap(small_intervals_, other.small_intervals_);
 }
 
@@ -119,9 +116,11 @@ bool LatencyHistogram::reallocate(std::size_t capacity) noexcept {
 
 std::uint32_t* LatencyHistogram::add_page(std::size_t idx) noexcept {
   if (pages_used_ == pages_capacity_) {
-    // Doubling keeps the copies of a growing histogram to a few per lifetime; reset() keeps
-    // the buffer, so they happen in the first intervals only.
-    const std::size_t grown = std::min(kMaxPages, std::max<std::size_t>(1, std::size_t{pages_capacity_} * 2));
+    // Growing by a quarter bounds the unused part of the buffer to a quarter, which is what a
+    // target's memory is judged by; the dozen or so copies it takes to reach a few dozen pages
+    // happen once, since reset() keeps the buffer.
+    const std::size_t grown =
+        std::min(kMaxPages, std::size_t{pages_capacity_} + std::max<std::size_t>(1, pages_capacity_ / 4));
     if (!reallocate(grown)) {
       return nullptr;
     }

@@ -1,5 +1,7 @@
 // Cost of LatencyHistogram (record, percentile, merge, sparse encoding) measured side by
-// side with the obvious alternative: raw samples in a reserved std::vector + nth_element.
+// side with the obvious alternative: raw samples in a reserved std::vector + nth_element;
+// then, per distribution, record cost, percentile cost and error against the exact order
+// statistic, and the bytes a histogram (and a target's two) occupies.
 //
 // usage: histogram_bench [values_per_run] [runs (default 5)]
 // values_per_run defaults to 50M, or 10M on 32-bit targets where the raw-sample vector
@@ -14,6 +16,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <random>
+#include <string>
 #include <vector>
 
 namespace {
@@ -52,6 +55,8 @@ double best_per_op(int runs, double ops_per_run, F&& run) {
   return best / ops_per_run;
 }
 
+std::uint64_t clamp_ns(double x) { return static_cast<std::uint64_t>(std::clamp(x, 1e3, 60e9)); }
+
 // Mostly lognormal RTTs around 350 us (a regional network), plus a 2 % Pareto tail
 // from 5 ms for queueing and retransmits, capped at the 60 s probe timeout.
 std::vector<std::uint64_t> make_rtt_pool() {
@@ -61,9 +66,59 @@ std::vector<std::uint64_t> make_rtt_pool() {
   std::vector<std::uint64_t> pool(kPoolSize);
   for (auto& v : pool) {
     const double x = u(rng) < 0.02 ? 5e6 / std::pow(1.0 - u(rng), 1.0 / 1.3) : body(rng);
-    v = static_cast<std::uint64_t>(std::clamp(x, 1e3, 60e9));
+    v = clamp_ns(x);
   }
   return pool;
+}
+
+struct Distribution {
+  const char* name;
+  std::vector<std::uint64_t> pool;
+};
+
+// The shapes the accuracy tests use, each kPoolSize values.
+std::vector<Distribution> make_distributions() {
+  std::mt19937_64 rng(20261202);
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  auto fill = [&](auto&& draw) {
+    std::vector<std::uint64_t> pool(kPoolSize);
+    for (auto& v : pool) {
+      v = draw();
+    }
+    return pool;
+  };
+  std::vector<Distribution> out;
+  out.push_back({"uniform 20..24 ms (a path)", fill([&] { return clamp_ns(20e6 + 4e6 * u(rng)); })});
+  out.push_back({"uniform 1 us..60 s", fill([&] { return clamp_ns(1e3 + (60e9 - 1e3) * u(rng)); })});
+  std::normal_distribution<double> fast(200e3, 20e3);
+  std::normal_distribution<double> slow(80e6, 5e6);
+  out.push_back({"bimodal 200 us / 80 ms", fill([&] { return clamp_ns(u(rng) < 0.3 ? slow(rng) : fast(rng)); })});
+  out.push_back({"Pareto 50 us, alpha 1.2", fill([&] { return clamp_ns(50e3 / std::pow(1.0 - u(rng), 1.0 / 1.2)); })});
+  std::lognormal_distribution<double> lognormal(std::log(1e6), 1.5);
+  out.push_back({"lognormal 1 ms, sigma 1.5", fill([&] { return clamp_ns(lognormal(rng)); })});
+  out.push_back({"RTT mix (lognormal + 2 % tail)", make_rtt_pool()});
+  std::vector<std::uint64_t> edges;
+  for (std::size_t i = 0; i < LatencyHistogram::kBucketCount; ++i) {
+    edges.push_back(LatencyHistogram::bucket_lower(i));
+    edges.push_back(LatencyHistogram::bucket_upper(i) - 1);
+  }
+  std::uniform_int_distribution<std::size_t> pick(0, edges.size() - 1);
+  out.push_back({"bucket edges (every lower, upper-1)", fill([&] { return edges[pick(rng)]; })});
+  return out;
+}
+
+// Bytes a target's two histograms (RTT and IPDV) hold after an interval of the first n
+// values, as TargetStats keeps them: fixed parts plus page buffers.
+std::size_t target_bytes(const std::vector<std::uint64_t>& pool, std::size_t n) {
+  LatencyHistogram rtt;
+  LatencyHistogram ipdv;
+  for (std::size_t i = 0; i < n; ++i) {
+    rtt.record(pool[i]);
+    if (i != 0) {
+      ipdv.record(pool[i] > pool[i - 1] ? pool[i] - pool[i - 1] : pool[i - 1] - pool[i]);
+    }
+  }
+  return rtt.memory_bytes() + ipdv.memory_bytes();
 }
 
 // The timed recording loops live in their own functions with plain arguments, the way
@@ -243,11 +298,10 @@ int main(int argc, char** argv) {
   std::snprintf(b, sizeof b, "%.3f ms", vec_p99_ns / 1e6);
   std::snprintf(c, sizeof c, "%.2gx", hist_p99_ns / vec_p99_ns);
   print_row("p99 query", a, b, c);
-  std::snprintf(a, sizeof a, "%zu B", sizeof(LatencyHistogram));
+  std::snprintf(a, sizeof a, "%zu B", hist.memory_bytes());
   std::snprintf(b, sizeof b, "%zu B", n * sizeof(std::uint64_t));
-  std::snprintf(
-      c, sizeof c, "%.2gx",
-      static_cast<double>(sizeof(LatencyHistogram)) / static_cast<double>(n * sizeof(std::uint64_t)));
+  std::snprintf(c, sizeof c, "%.2gx",
+                static_cast<double>(hist.memory_bytes()) / static_cast<double>(n * sizeof(std::uint64_t)));
   print_row("state size", a, b, c);
   std::snprintf(a, sizeof a, "%.0f ns", merge_ns);
   print_row("merge", a, "-", "-");
@@ -259,8 +313,63 @@ int main(int argc, char** argv) {
   print_row("from_sparse", a, "-", "-");
   std::printf("(sparse form of the pool histogram: %zu non-zero buckets)\n\n", sparse.size());
 
-  std::printf("histogram record: %.2f ns/value (limit %.0f ns)%s\n", hist_record_ns, kRecordLimitNs,
-              hist_record_ns <= kRecordLimitNs ? "" : "  EXCEEDED");
+  // Per distribution: the same record loop and queries, the worst error of p50/p90/p99/p99.9
+  // against the exact order statistic of the same values, and memory.
+  std::printf("scheme %u: %zu sub-buckets an octave, error bound %.3f %%, %zu-byte pages of %zu counters, "
+              "%zu-byte fixed part\n",
+              unsigned{LatencyHistogram::kScheme}, LatencyHistogram::kSubBuckets,
+              100.0 * LatencyHistogram::kLayout.max_relative_error(),
+              LatencyHistogram::kPageSize * sizeof(std::uint32_t), LatencyHistogram::kPageSize,
+              sizeof(LatencyHistogram));
+  std::printf("%-36s %9s %9s %9s %11s %6s %9s %22s\n", "distribution", "record", "p50", "p99", "max error",
+              "pages", "bytes", "target bytes @10/100/1k");
+  double worst_record_ns = hist_record_ns;
+  for (Distribution& d : make_distributions()) {
+    LatencyHistogram h;
+    const double record_ns = best_per_op(runs, static_cast<double>(n), [&] {
+      h.reset();
+      const auto start = Clock::now();
+      record_all(h, d.pool.data(), n);
+      return elapsed_ns(start);
+    });
+    worst_record_ns = std::max(worst_record_ns, record_ns);
+    auto query = [&](double p) {
+      return best_per_op(runs, kQueries, [&] {
+        const auto start = Clock::now();
+        for (int i = 0; i < kQueries; ++i) {
+          keep(&h);
+          keep(h.percentile(p));
+        }
+        return elapsed_ns(start);
+      });
+    };
+    const double p50_ns = query(50.0);
+    const double p99_ns = query(99.0);
+    // Error against the pool itself, recorded once.
+    LatencyHistogram once;
+    for (std::uint64_t v : d.pool) {
+      once.record(v);
+    }
+    std::vector<std::uint64_t> sorted = d.pool;
+    std::sort(sorted.begin(), sorted.end());
+    double worst = 0.0;
+    for (double p : {50.0, 90.0, 99.0, 99.9}) {
+      const double r = std::ceil(p * static_cast<double>(sorted.size()) / 100.0);
+      const auto exact = static_cast<double>(sorted[static_cast<std::size_t>(r) - 1]);
+      worst = std::max(worst, std::fabs(static_cast<double>(once.percentile(p)) - exact) / exact);
+    }
+    char per_target[64];
+    std::snprintf(per_target, sizeof per_target, "%zu/%zu/%zu", target_bytes(d.pool, 10),
+                  target_bytes(d.pool, 100), target_bytes(d.pool, 1000));
+    std::printf("%-36s %6.2f ns %6.0f ns %6.0f ns %9.4f %% %6zu %9zu %22s\n", d.name, record_ns, p50_ns, p99_ns,
+                100.0 * worst, once.pages(), once.memory_bytes(), per_target);
+  }
+  std::printf("(record and queries over %zu values; error, pages and bytes over the %zu-value pool; target "
+              "bytes: RTT + IPDV histograms after an interval of 10, 100, 1000 samples)\n\n",
+              n, kPoolSize);
+
+  std::printf("histogram record: %.2f ns/value, worst distribution %.2f ns (limit %.0f ns)%s\n", hist_record_ns,
+              worst_record_ns, kRecordLimitNs, worst_record_ns <= kRecordLimitNs ? "" : "  EXCEEDED");
   std::printf("std::vector push_back: %.2f ns/value\n", vec_record_ns);
   std::printf("ratio record vs std::vector push_back: %.2fx\n", hist_record_ns / vec_record_ns);
   std::printf("ratio p99 query vs std::nth_element: %.2gx\n", hist_p99_ns / vec_p99_ns);

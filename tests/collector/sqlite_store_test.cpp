@@ -1,7 +1,8 @@
 // Tests for SqliteStore on real database files: every column of a round trip, dedupe by
 // (agent, incarnation, seq) within and across day partitions, group commit, durability across reopen and
 // across a SIGKILLed writer, error paths with nothing half-written, retention by partition,
-// migration from the v1/v2/v3 layouts, and the operator queries.
+// migration from the v1/v2/v3 layouts, the operator queries, and histograms of both bucket
+// schemes stored as sent.
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -24,6 +25,8 @@
 #include <utility>
 #include <vector>
 
+#include "agent/aggregate/latency_histogram.hpp"
+#include "agent/aggregate/target_stats.hpp"
 #include "collector/store/sqlite_store.hpp"
 #include "schemas/agent_self_fields.hpp"
 #include "tests/collector/old_schemas.hpp"
@@ -1512,4 +1515,118 @@ TEST_CASE("incarnation hex: 32 digits both ways, anything else refused") {
   CHECK_FALSE(parse_incarnation_hex("a102030405060708090a0b0c0d0e0f100").has_value());
   CHECK_FALSE(parse_incarnation_hex("g102030405060708090a0b0c0d0e0f10").has_value());
   CHECK_FALSE(parse_incarnation_hex("").has_value());
+}
+
+TEST_CASE("histograms: scheme 1 and scheme 2 buckets are stored as sent and rebuild the agent's percentiles") {
+  using vantage::agent::HistogramSummary;
+  using vantage::agent::LatencyHistogram;
+  using vantage::agent::SparseBucket;
+  namespace aggregate = vantage::agent::aggregate;
+
+  // A current agent's summary: RTTs up to a minute, so bucket indices reach past scheme 1's
+  // 1984 and up to scheme 2's last (7423): they must survive the 16-bit wire field and the
+  // varint BLOB.
+  aggregate::IntervalSummary current;
+  for (std::uint64_t v = 1'000; v < 60'000'000'000; v += v / 3) {
+    current.rtt.record(v);
+  }
+  current.rtt.record(LatencyHistogram::kOverflowThreshold + 5);
+  current.received = current.rtt.count();
+  current.sent = current.received;
+  current.min_ns = current.rtt.min();
+  current.max_ns = current.rtt.max();
+  current.mean_ns = current.rtt.mean();
+  current.stddev_ns = current.rtt.stddev();
+  current.p50_ns = current.rtt.percentile(50);
+  current.p90_ns = current.rtt.percentile(90);
+  current.p99_ns = current.rtt.percentile(99);
+  current.p999_ns = current.rtt.percentile(99.9);
+  REQUIRE(current.rtt.to_sparse().back().index == LatencyHistogram::kBucketCount - 1);
+
+  // An older agent's summary (scheme 1), with the percentiles that agent reported.
+  const std::vector<wire::HistogramBucket> old_buckets{
+      {139, 1},   {1228, 50}, {1229, 61}, {1230, 64}, {1231, 68}, {1232, 63}, {1233, 64},
+      {1234, 64}, {1235, 67}, {1236, 61}, {1237, 65}, {1238, 65}, {1239, 68}, {1240, 61},
+      {1241, 68}, {1242, 65}, {1243, 33}, {1282, 2},  {1283, 5},  {1284, 4},  {1983, 1}};
+
+  flatbuffers::FlatBufferBuilder fbb;
+  std::vector<flatbuffers::Offset<wire::LatencySummary>> latency;
+  latency.push_back(aggregate::build_latency_summary(fbb, "new:7801", current));
+  {
+    auto target = fbb.CreateString("old:7801");
+    auto histogram = fbb.CreateVectorOfStructs(old_buckets);
+    wire::LatencySummaryBuilder lb(fbb);
+    lb.add_target(target);
+    lb.add_protocol(wire::Protocol::UdpEcho);
+    lb.add_sent(1000);
+    lb.add_received(1000);
+    lb.add_min_ns(150);
+    lb.add_max_ns(80'000'000'000);
+    lb.add_mean_ns(0x1.857b013d0e56p+26);
+    lb.add_stddev_ns(0x1.2d581e0bacb33p+31);
+    lb.add_p50_ns(21'889'024);
+    lb.add_p90_ns(23'724'032);
+    lb.add_p99_ns(34'865'152);
+    lb.add_p999_ns(35'913'728);
+    lb.add_histogram_scheme(1);
+    lb.add_histogram(histogram);
+    lb.add_histogram_overflow(1);
+    latency.push_back(lb.Finish());
+  }
+  const Bytes batch = finish_batch(fbb, wire::CreateBatchDirect(fbb, "edge-1", 1, kT0, kT0 + kSecond, "eu-central",
+                                                                "fra1", &latency));
+  TempDir dir;
+  const std::string path = dir.file("store.db");
+  {
+    SqliteStore store = open_store(path);
+    Batches in;
+    in.add(batch, "edge-1");
+    auto r = store.store(in.incoming);
+    INFO(r.error());
+    REQUIRE(r);
+  }
+  RawDb db(path);
+  auto rows = db.rows("SELECT * FROM latency_summaries ORDER BY idx");
+  REQUIRE(rows.size() == 2);
+  CHECK(rows[0]["histogram_scheme"].i == 2);
+  CHECK(rows[1]["histogram_scheme"].i == 1);
+  for (Row& row : rows) {
+    CAPTURE(row["target"].s);
+    std::vector<SparseBucket> buckets;
+    for (const auto& [index, count] : decode_histogram_blob(row["histogram"].s)) {
+      buckets.push_back({index, count});
+    }
+    HistogramSummary summary;
+    summary.scheme = static_cast<std::uint8_t>(row["histogram_scheme"].i);
+    summary.count = static_cast<std::uint64_t>(row["received"].i);
+    summary.min_ns = static_cast<std::uint64_t>(row["min_ns"].i);
+    summary.max_ns = static_cast<std::uint64_t>(row["max_ns"].i);
+    summary.mean_ns = row["mean_ns"].d;
+    summary.stddev_ns = row["stddev_ns"].d;
+    summary.overflow = static_cast<std::uint64_t>(row["histogram_overflow"].i);
+    summary.dropped = static_cast<std::uint64_t>(row["histogram_dropped"].i);
+    const auto rebuilt = LatencyHistogram::from_sparse(summary, buckets);
+    INFO(rebuilt.error());
+    REQUIRE(rebuilt);
+    CHECK(rebuilt->scheme() == summary.scheme);
+    CHECK(static_cast<std::int64_t>(rebuilt->percentile(50)) == row["p50_ns"].i);
+    CHECK(static_cast<std::int64_t>(rebuilt->percentile(90)) == row["p90_ns"].i);
+    CHECK(static_cast<std::int64_t>(rebuilt->percentile(99)) == row["p99_ns"].i);
+    CHECK(static_cast<std::int64_t>(rebuilt->percentile(99.9)) == row["p999_ns"].i);
+  }
+  // The two cannot be merged into one: their buckets mean different ranges.
+  std::vector<SparseBucket> old_sparse;
+  for (const auto& b : old_buckets) old_sparse.push_back({b.index(), b.count()});
+  HistogramSummary old_summary;
+  old_summary.scheme = 1;
+  old_summary.count = 1000;
+  old_summary.min_ns = 150;
+  old_summary.max_ns = 80'000'000'000;
+  old_summary.overflow = 1;
+  old_summary.mean_ns = 0x1.857b013d0e56p+26;
+  old_summary.stddev_ns = 0x1.2d581e0bacb33p+31;
+  const auto old_histogram = LatencyHistogram::from_sparse(old_summary, old_sparse);
+  REQUIRE(old_histogram);
+  LatencyHistogram merged = current.rtt;
+  CHECK_FALSE(merged.merge(*old_histogram));
 }

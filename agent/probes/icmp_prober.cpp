@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <linux/errqueue.h>
+#include <linux/filter.h>
 #include <netinet/icmp6.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -77,6 +78,41 @@ bool same_address(std::span<const std::byte> a, std::span<const std::byte> b) no
 }
 
 int default_opener(int domain, int type, int protocol) { return ::socket(domain, type, protocol); }
+
+// A raw socket queues every echo reply the host receives, other pingers' too (collectd's, a
+// second agent's): a classic BPF filter drops echo replies carrying another identifier in the
+// kernel, before they are queued, copied and parsed. Other types (the errors ICMP_FILTER lets
+// through) pass: their quoted id is checked in user space. IPv4 raw sockets see the IP header
+// first; IPv6 ones start at the ICMPv6 header. Best effort: without it (an emulator that lacks
+// SO_ATTACH_FILTER) the parser drops them as foreign, as before.
+void attach_echo_id_filter(int fd, bool ipv6, std::uint16_t id) noexcept {
+  const std::uint8_t echo_reply = ipv6 ? kEchoReplyV6 : kEchoReplyV4;
+  constexpr std::uint32_t kAccept = 0x40000;  // the whole packet
+  std::array<sock_filter, 7> v4 = {{
+      {BPF_LDX | BPF_B | BPF_MSH, 0, 0, 0},           // X = IP header length
+      {BPF_LD | BPF_B | BPF_IND, 0, 0, 0},            // A = ICMP type
+      {BPF_JMP | BPF_JEQ | BPF_K, 0, 2, echo_reply},  // not an echo reply: accept
+      {BPF_LD | BPF_H | BPF_IND, 0, 0, 4},            // A = identifier
+      {BPF_JMP | BPF_JEQ | BPF_K, 0, 1, id},          // ours: accept, else drop
+      {BPF_RET | BPF_K, 0, 0, kAccept},
+      {BPF_RET | BPF_K, 0, 0, 0},
+  }};
+  std::array<sock_filter, 6> v6 = {{
+      {BPF_LD | BPF_B | BPF_ABS, 0, 0, 0},
+      {BPF_JMP | BPF_JEQ | BPF_K, 0, 2, echo_reply},
+      {BPF_LD | BPF_H | BPF_ABS, 0, 0, 4},
+      {BPF_JMP | BPF_JEQ | BPF_K, 0, 1, id},
+      {BPF_RET | BPF_K, 0, 0, kAccept},
+      {BPF_RET | BPF_K, 0, 0, 0},
+  }};
+  sock_fprog program{};
+  if (ipv6) {
+    program = sock_fprog{static_cast<unsigned short>(v6.size()), v6.data()};
+  } else {
+    program = sock_fprog{static_cast<unsigned short>(v4.size()), v4.data()};
+  }
+  ::setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &program, sizeof(program));
+}
 
 std::string ping_group_range() {
   std::ifstream in("/proc/sys/net/ipv4/ping_group_range");
@@ -188,6 +224,7 @@ platform::Status IcmpProber::open_family(Family& family) {
             (std::uint32_t{1} << kTimeExceededV4));
       ::setsockopt(fd, SOL_RAW, kIcmpFilterOption, &blocked, sizeof(blocked));
     }
+    attach_echo_id_filter(fd, family.ipv6, family.id);
   } else {
     // A ping socket gets ICMP errors about its requests only through the error queue. Linux's
     // ping_err() tests the IPv4 flag even on IPv6 sockets before queueing, so those need both.

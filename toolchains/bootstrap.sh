@@ -35,7 +35,8 @@ as_root() {
 # Host tools, cross compilers and QEMU, and the header-only libraries (Multi-Arch: foreign or
 # arch-independent, so the host's copy serves every target). python3 checks the agent's JSON in
 # tests; iproute2 makes the network namespaces; irtt and collectd-core are the peers that
-# bench/ measures the agent against (liboping0: collectd's ping plugin, only Recommended).
+# bench/ measures the agent against (liboping0: collectd's ping plugin, only Recommended;
+# libgcrypt20: its network plugin, which bench/collectd_cost.sh ships with, only Suggested).
 # libsqlite3-dev is the collector's store on the host; the cross targets get theirs below.
 # libtomlplusplus-dev (config files) is used header-only, so the cross targets need no .so of it.
 # libnats-dev (the NATS C client, for the collector's JetStream sink; Debian ships only the .so)
@@ -55,7 +56,7 @@ host_packages=(
   "${cross_compilers[@]}" qemu-user-static
   libasio-dev flatbuffers-compiler libflatbuffers-dev doctest-dev
   libboost-dev libreaderwriterqueue-dev libsqlite3-dev libtomlplusplus-dev
-  python3 iproute2 irtt collectd-core liboping0
+  python3 iproute2 irtt collectd-core liboping0 libgcrypt20
   clang-14 libclang-rt-14-dev openssl
   libnats-dev nats-server
   prometheus chromium victoria-metrics curl

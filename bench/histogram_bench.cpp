@@ -323,18 +323,22 @@ int main(int argc, char** argv) {
               sizeof(LatencyHistogram));
   std::printf("%-36s %9s %9s %9s %11s %6s %9s %22s\n", "distribution", "record", "p50", "p99", "max error",
               "pages", "bytes", "target bytes @10/100/1k");
+  // Shorter runs, three times as many: on a shared machine the best of many short runs is
+  // the one that was not preempted, which is the cost of the code rather than of the neighbours.
+  const std::size_t dist_values = std::min<std::size_t>(n, 4 * kPoolSize);
+  const int dist_runs = 3 * runs;
   double worst_record_ns = hist_record_ns;
   for (Distribution& d : make_distributions()) {
     LatencyHistogram h;
-    const double record_ns = best_per_op(runs, static_cast<double>(n), [&] {
+    const double record_ns = best_per_op(dist_runs, static_cast<double>(dist_values), [&] {
       h.reset();
       const auto start = Clock::now();
-      record_all(h, d.pool.data(), n);
+      record_all(h, d.pool.data(), dist_values);
       return elapsed_ns(start);
     });
     worst_record_ns = std::max(worst_record_ns, record_ns);
     auto query = [&](double p) {
-      return best_per_op(runs, kQueries, [&] {
+      return best_per_op(dist_runs, kQueries, [&] {
         const auto start = Clock::now();
         for (int i = 0; i < kQueries; ++i) {
           keep(&h);
@@ -364,9 +368,9 @@ int main(int argc, char** argv) {
     std::printf("%-36s %6.2f ns %6.0f ns %6.0f ns %9.4f %% %6zu %9zu %22s\n", d.name, record_ns, p50_ns, p99_ns,
                 100.0 * worst, once.pages(), once.memory_bytes(), per_target);
   }
-  std::printf("(record and queries over %zu values; error, pages and bytes over the %zu-value pool; target "
-              "bytes: RTT + IPDV histograms after an interval of 10, 100, 1000 samples)\n\n",
-              n, kPoolSize);
+  std::printf("(record: best of %d runs of %zu values; error, pages and bytes over the %zu-value pool; "
+              "target bytes: RTT + IPDV histograms after an interval of 10, 100, 1000 samples)\n\n",
+              dist_runs, dist_values, kPoolSize);
 
   std::printf("histogram record: %.2f ns/value, worst distribution %.2f ns (limit %.0f ns)%s\n", hist_record_ns,
               worst_record_ns, kRecordLimitNs, worst_record_ns <= kRecordLimitNs ? "" : "  EXCEEDED");

@@ -105,11 +105,11 @@ struct SparseBucket {
 struct HistogramSummary;
 
 // Memory: a fixed part (scalars, a one-byte-per-page table) of 192 bytes, plus 256 bytes per
-// page of 64 counters that has been used. An empty histogram owns no heap memory. Pages live
-// in one pool buffer that grows by a quarter; reset() unmaps every page but keeps the buffer,
-// so an interval that touches no more pages than the buffer holds allocates nothing. After
-// kShrinkAfter intervals in a row that used a quarter of the buffer or less, reset() shrinks it
-// to twice what the last one used, or frees it when that used none.
+// page of 64 counters in use, in one pool buffer that grows by a quarter (so about a quarter
+// of it at most is spare). An empty histogram owns no heap memory. reset() unmaps every page
+// but keeps the buffer, so an interval that touches no more pages than the buffer holds
+// allocates nothing. After kShrinkAfter intervals in a row that used a quarter of the buffer
+// or less, reset() shrinks it to twice what the last one used, or frees it when that used none.
 class LatencyHistogram {
  public:
   // What new histograms record with; from_sparse also rebuilds scheme 1.

@@ -129,6 +129,7 @@ const char* usage_text() noexcept {
          "  --no-reflector        answer nobody's probes\n"
          "  --reflector-rate N    probes per second answered per source address (default 100)\n"
          "  --load-interval SECONDS  host load sampling period (default 1; 0 turns it off)\n"
+         "  --probe-slot MS          send probes on a grid of this period (default 20)\n"
          "  --host-root PATH      read /proc and /sys under PATH instead of /\n"
          "  --icmp-socket auto|dgram|raw  ICMP socket kind (default auto)\n"
          "  --no-kernel-timestamps  take receive times in user space\n";
@@ -268,6 +269,12 @@ platform::Result<AgentOptions> parse_args(const std::vector<std::string_view>& a
       } else {
         o.measurement.load_interval = ns;
       }
+    } else if (arg == "--probe-slot") {
+      double ms = 0;
+      if (!value(v) || !parse_number(v, ms) || !(ms > 0.0) || ms > 1000.0) {
+        return fail("--probe-slot: expected milliseconds in (0, 1000]");
+      }
+      o.measurement.probe_slot = std::chrono::nanoseconds(std::llround(ms * 1e6));
     } else if (arg == "--rate") {
       if (!value(v) || !parse_number(v, rate) || !(rate > 0.0) || rate > 1000.0) {
         return fail("--rate: expected probes per second in (0, 1000]");

@@ -76,7 +76,7 @@ struct MeasurementConfig {
   // The slot grid probes are sent on: every prober wakes at boundaries of this period (lowered
   // to a quarter of the shortest probe interval), randomly phased per start so that a fleet
   // does not wake in step.
-  std::chrono::nanoseconds probe_slot = std::chrono::milliseconds(10);
+  std::chrono::nanoseconds probe_slot = std::chrono::milliseconds(20);
 };
 
 // Cumulative since start; read from each component's own counters when a report is made.

@@ -239,7 +239,7 @@ TEST_CASE("agent config: the example file loads and the reference covers the who
   const std::string doc = agent::config_reference_markdown();
   CHECK(doc.starts_with("| key | value | default | description |\n|---|---|---|---|\n"));
   const auto keys = agent::config_keys();
-  CHECK(keys.size() == 43);
+  CHECK(keys.size() == 44);
   std::istringstream rows(doc);
   std::string row;
   std::set<std::string> documented;

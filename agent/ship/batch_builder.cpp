@@ -30,11 +30,16 @@ std::vector<std::uint8_t> build_hello_frame(const AgentIdentity& identity, std::
   return finish(fbb, wire::Message::Hello, hello.Union());
 }
 
-std::vector<std::uint8_t> build_batch_frame(const AgentIdentity& identity, std::uint64_t seq,
-                                            const MeasurementReport& report,
-                                            std::span<const ProbeTargetSpec> targets,
-                                            const BatchExtras& extras) {
-  flatbuffers::FlatBufferBuilder fbb(4096);
+std::span<const std::uint8_t> BatchFrameBuilder::build(const AgentIdentity& identity, std::uint64_t seq,
+                                                       const MeasurementReport& report,
+                                                       std::span<const ProbeTargetSpec> targets,
+                                                       const BatchExtras& extras) {
+  if (last_size_ > kKeptBytes) {
+    fbb_.Reset();  // frees the buffer: the next batch grows one of its own size
+  } else {
+    fbb_.Clear();  // keeps the buffer's capacity for the next batch
+  }
+  flatbuffers::FlatBufferBuilder& fbb = fbb_;
   std::vector<flatbuffers::Offset<wire::LatencySummary>> latency;
   latency.reserve(report.targets.size());
   for (std::size_t i = 0; i < report.targets.size() && i < targets.size(); ++i) {
@@ -69,7 +74,19 @@ std::vector<std::uint8_t> build_batch_frame(const AgentIdentity& identity, std::
   if (extras.self) {
     b.add_self(self);
   }
-  return finish(fbb, wire::Message::Batch, b.Finish().Union());
+  const auto batch = b.Finish();
+  wire::FinishFrameBuffer(fbb, wire::CreateFrame(fbb, wire::Message::Batch, batch.Union()));
+  last_size_ = fbb.GetSize();
+  return {fbb.GetBufferPointer(), fbb.GetSize()};
+}
+
+std::vector<std::uint8_t> build_batch_frame(const AgentIdentity& identity, std::uint64_t seq,
+                                            const MeasurementReport& report,
+                                            std::span<const ProbeTargetSpec> targets,
+                                            const BatchExtras& extras) {
+  BatchFrameBuilder builder;
+  const std::span<const std::uint8_t> frame = builder.build(identity, seq, report, targets, extras);
+  return {frame.begin(), frame.end()};
 }
 
 }  // namespace vantage::agent::ship

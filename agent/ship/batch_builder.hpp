@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include <flatbuffers/flatbuffers.h>
+
 #include "agent/measurement.hpp"
 #include "schemas/agent_self_fields.hpp"
 
@@ -41,6 +43,27 @@ inline constexpr std::uint64_t kCapabilityReflector = 1u << 4;
 // at the collector. All zero (tests, tools) sends none, the legacy incarnation.
 std::vector<std::uint8_t> build_hello_frame(const AgentIdentity& identity, std::uint64_t capabilities,
                                             const std::array<std::uint8_t, 16>& incarnation = {});
+
+// Builds the Batch frames of one shipper into one FlatBuffers builder kept across batches: the
+// buffer one batch grew to serves the next (no new builder, no copy into a vector per batch). A
+// buffer grown past kKeptBytes by an unusually large batch is given back before the next one.
+class BatchFrameBuilder {
+ public:
+  static constexpr std::size_t kKeptBytes = 256 * 1024;
+
+  BatchFrameBuilder() : fbb_(4096) {}
+  BatchFrameBuilder(const BatchFrameBuilder&) = delete;
+  BatchFrameBuilder& operator=(const BatchFrameBuilder&) = delete;
+
+  // As build_batch_frame; the bytes stay valid until the next build().
+  std::span<const std::uint8_t> build(const AgentIdentity& identity, std::uint64_t seq,
+                                      const MeasurementReport& report, std::span<const ProbeTargetSpec> targets,
+                                      const BatchExtras& extras);
+
+ private:
+  flatbuffers::FlatBufferBuilder fbb_;
+  std::size_t last_size_ = 0;
+};
 
 // Targets are labelled as the report says (report.labels: a client target's pseudonym), else as
 // configured; report.targets and targets are in the same order.

@@ -15,10 +15,6 @@ namespace {
 using platform::log;
 using platform::LogLevel;
 
-std::span<const std::byte> as_bytes(const std::vector<std::uint8_t>& v) {
-  return std::as_bytes(std::span<const std::uint8_t>(v));
-}
-
 }  // namespace
 
 ShipperSession::ShipperSession(ShipperConfig config, Spool spool, SessionIo& io, Now now, std::uint64_t seed)
@@ -412,8 +408,8 @@ void ShipperSession::submit(MeasurementReport& report, const std::vector<ProbeTa
   BatchExtras extras;
   extras.spool_dropped = before.dropped_total;
   extras.self = self_metrics(report, before);
-  const std::vector<std::uint8_t> frame = build_batch_frame(config_.identity, seq, report, targets, extras);
-  if (const platform::Status st = spool_.append(seq, as_bytes(frame)); !st) {
+  const std::span<const std::uint8_t> frame = batch_builder_.build(config_.identity, seq, report, targets, extras);
+  if (const platform::Status st = spool_.append(seq, std::as_bytes(frame)); !st) {
     log(LogLevel::kError, "spool: batch %llu not stored: %s", static_cast<unsigned long long>(seq),
         st.message().c_str());
     const SpoolStats stats = spool_.stats();  // the spool counted the lost batch (append_failures)

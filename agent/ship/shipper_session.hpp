@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "agent/measurement.hpp"
+#include "agent/ship/batch_builder.hpp"
 #include "agent/ship/shipper.hpp"
 #include "agent/ship/spool.hpp"
 #include "schemas/frame_codec.hpp"
@@ -135,6 +136,7 @@ class ShipperSession {
 
   ShipperConfig config_;
   Spool spool_;
+  BatchFrameBuilder batch_builder_;  // one builder, its buffer reused batch after batch
   SessionIo& io_;
   Now now_;
   std::mt19937_64 rng_;

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -68,6 +69,50 @@ TEST_CASE("batch: self-metrics travel field by field, and are absent when not gi
   REQUIRE(plain_frame != nullptr);
   REQUIRE(plain_frame->message_as_Batch() != nullptr);
   CHECK(plain_frame->message_as_Batch()->self() == nullptr);
+}
+
+TEST_CASE("batch: one builder reused for batch after batch writes the bytes a fresh one does") {
+  // Labels of 8 KiB on 40 targets: a frame past the builder's kept capacity, given back after.
+  MeasurementReport big = empty_report();
+  std::vector<vantage::agent::ProbeTargetSpec> big_targets(40);
+  big.targets.resize(big_targets.size());
+  for (std::size_t i = 0; i < big_targets.size(); ++i) {
+    big_targets[i].label = std::string(8192, static_cast<char>('a' + i % 26));
+    big.targets[i].sent = i;
+  }
+  MeasurementReport small = empty_report();
+  std::vector<vantage::agent::ProbeTargetSpec> small_targets(1);
+  small_targets[0].label = "198.51.100.1:8627";
+  small.targets.resize(1);
+  small.targets[0].sent = 10;
+  small.targets[0].received = 9;
+  small.loads.resize(1);
+
+  ship::BatchFrameBuilder builder;
+  struct Step {
+    const MeasurementReport* report;
+    const std::vector<vantage::agent::ProbeTargetSpec>* targets;
+  };
+  std::uint64_t seq = 1;
+  for (const Step step : {Step{&small, &small_targets}, Step{&small, &small_targets}, Step{&big, &big_targets},
+                          Step{&small, &small_targets}, Step{&big, &big_targets}}) {
+    CAPTURE(seq);
+    ship::BatchExtras extras;
+    extras.spool_dropped = seq;
+    const auto span = builder.build(kIdentity, seq, *step.report, *step.targets, extras);
+    const std::vector<std::uint8_t> reused(span.begin(), span.end());
+    const auto fresh = ship::build_batch_frame(kIdentity, seq, *step.report, *step.targets, extras);
+    CHECK(reused == fresh);
+    const wire::Frame* frame = wire::verify_frame(reused);
+    REQUIRE(frame != nullptr);
+    REQUIRE(frame->message_as_Batch() != nullptr);
+    CHECK(frame->message_as_Batch()->seq() == seq);
+    CHECK(frame->message_as_Batch()->latency()->size() == step.targets->size());
+    if (step.report == &big) {
+      CHECK(reused.size() > ship::BatchFrameBuilder::kKeptBytes);
+    }
+    ++seq;
+  }
 }
 
 TEST_CASE("process usage: a resident set, CPU time that grows with work, a start time in the past") {

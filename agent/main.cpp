@@ -94,9 +94,12 @@ std::optional<Running> start(const AgentOptions& options, const SelfBaseline& ba
   auto sink = [targets, json, print, ship, last_counters](MeasurementReport&& report) {
     *last_counters = report.counters;
     if (print) {
-      const std::string text = json ? vantage::agent::format_json(report, targets) + "\n"
-                                    : vantage::agent::format_table(report, targets) + "\n";
-      std::fwrite(text.data(), 1, text.size(), stdout);
+      if (json) {
+        vantage::agent::write_json(stdout, report, targets);
+      } else {
+        vantage::agent::write_table(stdout, report, targets);
+      }
+      std::fputc('\n', stdout);
       std::fflush(stdout);
     }
     if (ship != nullptr) {

@@ -197,9 +197,10 @@ void write_load(JsonWriter& j, const HostLoadRecord& r) {
   j.end_object();
 }
 
-}  // namespace
-
-std::string format_json(const MeasurementReport& report, const std::vector<ProbeTargetSpec>& targets) {
+// Writes the report in pieces (a target, a load sample at a time) to sink(std::string_view), so
+// that a report of many targets and samples is never held whole as text.
+template <typename Sink>
+void json_report(const MeasurementReport& report, const std::vector<ProbeTargetSpec>& targets, Sink&& sink) {
   JsonWriter j({.double_digits = 9});
   j.begin_object();
   j.field("start_ns", report.wall_start_ns);
@@ -210,12 +211,14 @@ std::string format_json(const MeasurementReport& report, const std::vector<Probe
   for (std::size_t i = 0; i < report.targets.size() && i < targets.size(); ++i) {
     write_target(j, targets[i], report_label(report, targets, i), report.targets[i],
                  i < report.unresolved.size() && report.unresolved[i] != 0);
+    j.drain(sink);
   }
   j.end_array();
   j.key("load");
   j.begin_array();
   for (const HostLoadRecord& r : report.loads) {
     write_load(j, r);
+    j.drain(sink);
   }
   j.end_array();
   const MeasurementCounters& c = report.counters;
@@ -235,11 +238,17 @@ std::string format_json(const MeasurementReport& report, const std::vector<Probe
   j.end_object();
   j.end_object();
   j.end_object();
-  return j.take();
+  j.drain(sink);
 }
 
-std::string format_table(const MeasurementReport& report, const std::vector<ProbeTargetSpec>& targets) {
+// Writes the table a line (or a few) at a time to sink(std::string_view).
+template <typename Sink>
+void table_report(const MeasurementReport& report, const std::vector<ProbeTargetSpec>& targets, Sink&& sink) {
   std::string out;
+  auto flush = [&out, &sink] {
+    sink(std::string_view(out));
+    out.clear();
+  };
   const double seconds = static_cast<double>(report.end_ns - report.start_ns) / 1e9;
   out += printf_string("%.1f s from ", seconds) + utc_time(report.wall_start_ns) + "; RTT in ms\n";
   if (!report.targets.empty()) {
@@ -274,6 +283,7 @@ std::string format_table(const MeasurementReport& report, const std::vector<Prob
       notes += printf_string(" reflector restarts %" PRIu64, s.reflector_restarts);
     if (!notes.empty()) out += " " + notes;
     out += '\n';
+    flush();
   }
 
   const LoadDigest d = digest(report);
@@ -316,7 +326,37 @@ std::string format_table(const MeasurementReport& report, const std::vector<Prob
                          rc.received, rc.replied, rc.dropped_rate_limited,
                          rc.dropped_short + rc.dropped_malformed + rc.dropped_foreign);
   }
+  flush();
+}
+
+auto appender(std::string& out) {
+  return [&out](std::string_view s) { out += s; };
+}
+
+auto file_writer(std::FILE* file) {
+  return [file](std::string_view s) { std::fwrite(s.data(), 1, s.size(), file); };
+}
+
+}  // namespace
+
+std::string format_json(const MeasurementReport& report, const std::vector<ProbeTargetSpec>& targets) {
+  std::string out;
+  json_report(report, targets, appender(out));
   return out;
+}
+
+void write_json(std::FILE* file, const MeasurementReport& report, const std::vector<ProbeTargetSpec>& targets) {
+  json_report(report, targets, file_writer(file));
+}
+
+std::string format_table(const MeasurementReport& report, const std::vector<ProbeTargetSpec>& targets) {
+  std::string out;
+  table_report(report, targets, appender(out));
+  return out;
+}
+
+void write_table(std::FILE* file, const MeasurementReport& report, const std::vector<ProbeTargetSpec>& targets) {
+  table_report(report, targets, file_writer(file));
 }
 
 }  // namespace vantage::agent

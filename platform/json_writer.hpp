@@ -148,7 +148,19 @@ class JsonWriter {
     value(v);
   }
   [[nodiscard]] const std::string& str() const noexcept { return out_; }
-  std::string take() { return std::move(out_); }
+  std::string take() {
+    drained_ = false;
+    return std::move(out_);
+  }
+  // Streams a document out in pieces: hands `sink` what is written so far (a std::string_view)
+  // and empties the buffer, keeping its capacity and the writer's place in the document (the
+  // next comma still comes), so a large document is never held whole.
+  template <typename Sink>
+  void drain(Sink&& sink) {
+    sink(std::string_view(out_));
+    out_.clear();
+    drained_ = true;
+  }
 
  private:
   void open(char c) {
@@ -165,7 +177,7 @@ class JsonWriter {
       after_key_ = false;
       return;
     }
-    if (!first_ && !out_.empty()) {
+    if (!first_ && (drained_ || !out_.empty())) {
       out_ += ',';
     }
     first_ = false;
@@ -175,6 +187,7 @@ class JsonWriter {
   std::string out_;
   bool first_ = true;
   bool after_key_ = false;
+  bool drained_ = false;  // part of this document went out through drain()
 };
 
 }  // namespace vantage::platform

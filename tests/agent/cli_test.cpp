@@ -1,6 +1,8 @@
 // vantage-agent's command line and report rendering.
 #include <doctest/doctest.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -168,6 +170,8 @@ TEST_CASE("report: table and JSON carry the counts and RTTs, and null for a sile
   s.max_ns = 25'000'000;
   report.targets[1].sent = 4;
   report.targets[1].send_errors = 4;
+  report.loads.resize(2);
+  report.loads[1].wall_time_ns = report.wall_start_ns + 1'000'000'000;
 
   const std::string json = agent::format_json(report, targets);
   CHECK(json.find('\n') == std::string::npos);
@@ -185,6 +189,21 @@ TEST_CASE("report: table and JSON carry the counts and RTTs, and null for a sile
   CHECK(table.find("20.125") != std::string::npos);
   CHECK(table.find("lost out/in/unknown 2/1/0") != std::string::npos);
   CHECK(table.find("send errors 4") != std::string::npos);
+
+  // What the agent prints goes out a piece at a time, and reads the same.
+  auto written = [&](auto write) {
+    char* buffer = nullptr;
+    std::size_t size = 0;
+    std::FILE* file = ::open_memstream(&buffer, &size);
+    REQUIRE(file != nullptr);
+    write(file);
+    std::fclose(file);
+    std::string text(buffer, size);
+    std::free(buffer);
+    return text;
+  };
+  CHECK(written([&](std::FILE* f) { agent::write_json(f, report, targets); }) == json);
+  CHECK(written([&](std::FILE* f) { agent::write_table(f, report, targets); }) == table);
 }
 
 TEST_CASE("cli: a host name whose label the collector would refuse is an error, unless the target has a name") {

@@ -4,7 +4,9 @@
 
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <string_view>
 
 using vantage::platform::append_json_number;
 using vantage::platform::append_json_string;
@@ -63,4 +65,40 @@ TEST_CASE("json_writer: the streaming writer places commas and colons") {
   j.end_array();
   j.end_object();
   CHECK(j.take() == R"({"name":"eth0","up":true,"count":3,"empty":[],"list":[-1,2.5,null,{"x":0.333333333}]})");
+}
+
+TEST_CASE("json_writer: a document drained in pieces reads as one written whole") {
+  auto write = [](JsonWriter& j, const std::function<void()>& between) {
+    j.begin_object();
+    j.field("a", std::uint64_t{1});
+    between();
+    j.key("list");
+    j.begin_array();
+    j.value(std::int32_t{1});
+    between();
+    j.value(std::int32_t{2});
+    between();
+    j.begin_object();
+    between();
+    j.field("x", true);
+    j.end_object();
+    j.end_array();
+    between();
+    j.end_object();
+  };
+  JsonWriter whole;
+  write(whole, [] {});
+  JsonWriter pieces;
+  std::string out;
+  std::size_t drains = 0;
+  auto sink = [&out, &drains](std::string_view s) {
+    out += s;
+    ++drains;
+  };
+  write(pieces, [&] { pieces.drain(sink); });
+  pieces.drain(sink);
+  CHECK(drains == 6);
+  CHECK(pieces.str().empty());
+  CHECK(out == whole.take());
+  CHECK(out == R"({"a":1,"list":[1,2,{"x":true}]})");
 }

@@ -47,11 +47,14 @@ probes::SlotGrid slot_grid(const MeasurementConfig& c) {
   return grid;
 }
 
-// Probes tracked per target: twice what can be in flight within one timeout, plus room for
-// reordering, so a slot is never reused while its probe could still be answered.
+// Probes tracked per target: twice the mean number sent within one timeout (the shortest
+// jittered gap is half the mean, so no more than that can still be answered), plus a margin, so
+// a slot is never reused while its probe could still be answered. Replies cannot be reordered
+// further back than the probes still in flight. 32 slots (1 KiB) for a target probed once a
+// second with a 1 s timeout; the window is most of a target's memory at low rates.
 std::uint32_t window_for(const ProbeTargetSpec& t) {
   const double in_flight = t.rate_per_s * std::chrono::duration<double>(t.timeout).count();
-  const double wanted = std::min(2.0 * in_flight + 64.0, double{aggregate::TargetStatsConfig::kMaxWindow});
+  const double wanted = std::min(2.0 * in_flight + 16.0, double{aggregate::TargetStatsConfig::kMaxWindow});
   return static_cast<std::uint32_t>(wanted);
 }
 

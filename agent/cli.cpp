@@ -271,8 +271,8 @@ platform::Result<AgentOptions> parse_args(const std::vector<std::string_view>& a
       }
     } else if (arg == "--probe-slot") {
       double ms = 0;
-      if (!value(v) || !parse_number(v, ms) || !(ms > 0.0) || ms > 1000.0) {
-        return fail("--probe-slot: expected milliseconds in (0, 1000]");
+      if (!value(v) || !parse_number(v, ms) || !(ms > 0.0) || ms > 100.0) {
+        return fail("--probe-slot: expected milliseconds in (0, 100]");
       }
       o.measurement.probe_slot = std::chrono::nanoseconds(std::llround(ms * 1e6));
     } else if (arg == "--rate") {

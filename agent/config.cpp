@@ -243,11 +243,11 @@ const cfg::Key<Draft> kKeys[] = {
     {"measurement.load_interval", Kind::kNumber, "1", "", "seconds in [0, 10000000]",
      "Host load sampling period; 0 turns the sampler off.", cfg::number_in<0, 10'000'000>,
      [](Draft& d, const Value& v) { d.options.measurement.load_interval = seconds_to_ns(v.number()); }},
-    {"measurement.probe_slot_ms", Kind::kNumber, "20", "", "milliseconds in (0, 1000]",
+    {"measurement.probe_slot_ms", Kind::kNumber, "20", "", "milliseconds in (0, 100]",
      "Probes are sent on a grid of this period (randomly phased per start; lowered to a quarter of the "
-     "shortest probe interval): one wakeup per slot for all probes due in it. Shorter: sends closer to "
+     "shortest probe interval, and to hold 64 probes on average): one wakeup per slot for all probes due in it. Shorter: sends closer to "
      "their jittered deadlines, more wakeups.",
-     cfg::number_above_at_most<0, 1000>,
+     cfg::number_above_at_most<0, 100>,
      [](Draft& d, const Value& v) {
        d.options.measurement.probe_slot = std::chrono::nanoseconds(std::llround(v.number() * 1e6));
      }},

@@ -27,11 +27,12 @@ using probes::ProbeProtocol;
 // The aggregator's heartbeat period: it wakes at least this often even with nothing queued.
 constexpr std::int64_t kAggregatorHeartbeatNs = 1'000'000'000;
 
-// About a second of events (a probe sent and its reply: two), a power of two within
-// [1024, most]: the doorbell at half capacity then wakes the aggregator about twice a second.
+// About two seconds of events (a probe sent and its reply: two), a power of two within
+// [1024, most]: the doorbell at half capacity wakes the aggregator about once a second, and
+// the other half absorbs a second of its lateness (a report being written or shipped).
 std::size_t event_ring_size(const MeasurementConfig& c) {
   double per_second = 0;
-  for (const ProbeTargetSpec& t : c.targets) per_second += 2.0 * t.rate_per_s;
+  for (const ProbeTargetSpec& t : c.targets) per_second += 2.0 * 2.0 * t.rate_per_s;
   const double wanted = std::min(per_second, static_cast<double>(c.event_ring_capacity));
   return std::min(std::max<std::size_t>(1024, std::bit_ceil(static_cast<std::size_t>(wanted))),
                   std::max<std::size_t>(1, c.event_ring_capacity));
@@ -40,9 +41,13 @@ std::size_t event_ring_size(const MeasurementConfig& c) {
 // The agent's slot grid: the configured slot, lowered for the fastest target, at a random phase.
 probes::SlotGrid slot_grid(const MeasurementConfig& c) {
   double max_rate = 0;
-  for (const ProbeTargetSpec& t : c.targets) max_rate = std::max(max_rate, t.rate_per_s);
+  double total_rate = 0;
+  for (const ProbeTargetSpec& t : c.targets) {
+    max_rate = std::max(max_rate, t.rate_per_s);
+    total_rate += t.rate_per_s;
+  }
   probes::SlotGrid grid;
-  grid.slot_ns = probes::SlotGrid::slot_for(c.probe_slot.count(), max_rate);
+  grid.slot_ns = probes::SlotGrid::slot_for(c.probe_slot.count(), max_rate, total_rate);
   grid.phase_ns = static_cast<std::int64_t>(platform::random_seed() % static_cast<std::uint64_t>(grid.slot_ns));
   return grid;
 }
@@ -361,6 +366,10 @@ void Measurement::Impl::run_sampler(std::stop_token stop) {
     record.errors.assign(sampler.errors().begin(), sampler.errors().end());
     if (!loads.try_push(std::move(record))) {
       loads_dropped.fetch_add(1, std::memory_order_relaxed);
+    }
+    // The aggregator sleeps up to its heartbeat: a fast sampler wakes it before the ring fills.
+    if (loads.size_approx() >= loads.capacity() / 2) {
+      doorbell.ring();
     }
   }
 }

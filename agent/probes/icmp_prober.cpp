@@ -42,7 +42,7 @@ constexpr int kIcmpFilterOption = 1;
 constexpr int kMaxBatch = 64;
 // Batched reads: datagrams per recvmmsg, and recvmmsg calls per wakeup at most.
 constexpr std::size_t kBatchSize = 16;
-constexpr int kMaxBatchesPerWake = 64;
+constexpr int kMaxBatchesPerWake = 256;
 // An echoed send time this far behind the reply cannot be a probe of ours still in flight.
 constexpr std::int64_t kMaxRttNs = 3600LL * 1'000'000'000;
 
@@ -274,9 +274,13 @@ platform::Status IcmpProber::start() {
   targets_.clear();
   targets_.reserve(config_.targets.size());
   double max_rate = 0;
-  for (const IcmpTarget& t : config_.targets) max_rate = std::max(max_rate, t.rate_per_s);
+  double total_rate = 0;
+  for (const IcmpTarget& t : config_.targets) {
+    max_rate = std::max(max_rate, t.rate_per_s);
+    total_rate += t.rate_per_s;
+  }
   SlotGrid grid = config_.grid;
-  grid.slot_ns = SlotGrid::slot_for(grid.slot_ns, max_rate);
+  grid.slot_ns = SlotGrid::slot_for(grid.slot_ns, max_rate, total_rate);
   schedule_.reset(config_.jitter, platform::random_seed(), grid);
   schedule_.reserve(config_.targets.size());
   reply_wait_.resize(config_.targets.size());
@@ -466,7 +470,9 @@ void IcmpProber::send(Target& target, std::int64_t now_ns) {
   if (sent == static_cast<ssize_t>(size)) {
     event.kind = ProbeEventKind::kSent;
     sent_.bump();
-    reply_wait_.sent(index, event.seq, now_ns, target.config.timeout.count());
+    if (family.batched) {  // a socket read on arrival needs no read-only wakeups
+      reply_wait_.sent(index, event.seq, now_ns, target.config.timeout.count());
+    }
   } else {
     event.kind = ProbeEventKind::kSendError;
     send_errors_.bump();

@@ -46,11 +46,16 @@ struct SlotGrid {
   std::int64_t phase_ns = 0;  // in [0, slot_ns)
 
   // A slot no longer than a quarter of the shortest probe interval (so a target gets at most
-  // one probe per slot however its gaps are jittered) and no longer than `wanted`.
-  static std::int64_t slot_for(std::int64_t wanted_ns, double max_rate_per_s) noexcept {
+  // one probe per slot however its gaps are jittered), than one holding kMaxProbesPerSlot probes
+  // on average (a wakeup's burst of replies must fit a socket's receive buffer), and than `wanted`.
+  static constexpr double kMaxProbesPerSlot = 64;
+  static std::int64_t slot_for(std::int64_t wanted_ns, double max_rate_per_s, double total_rate_per_s = 0) noexcept {
     std::int64_t slot = wanted_ns > 0 ? wanted_ns : kDefaultSlotNs;
     if (max_rate_per_s > 0) {
       slot = std::min<std::int64_t>(slot, static_cast<std::int64_t>(1e9 / max_rate_per_s / 4.0));
+    }
+    if (total_rate_per_s > 0) {
+      slot = std::min<std::int64_t>(slot, static_cast<std::int64_t>(1e9 * kMaxProbesPerSlot / total_rate_per_s));
     }
     return std::max(slot, kMinSlotNs);
   }

@@ -55,15 +55,19 @@ class ReplyWait {
 
   // After a wakeup at now_ns that sent `sent` probes and read `read` replies: the time of the
   // next read-only wakeup, INT64_MAX when nothing is awaited.
+  // The delay is one slot after progress and doubles after a wakeup that found nothing, never
+  // beyond kMaxReadDelayNs whatever the slot: a kernel stamp is trusted only if read within a
+  // second of arrival (platform::kMaxRxStampAgeNs).
   std::int64_t next_read(std::int64_t now_ns, std::size_t sent, std::size_t read, std::int64_t slot_ns) noexcept {
+    const std::int64_t first = std::min(slot_ns, kMaxReadDelayNs);
     if (sent != 0 || read != 0) {
-      delay_ns_ = slot_ns;
+      delay_ns_ = first;
     } else {
       // A wakeup that neither sent nor read: give up on probes past their timeout.
       for (std::size_t i = 0; i < until_.size() && waiting_ != 0; ++i) {
         if (until_[i] != 0 && until_[i] <= now_ns) forget(i);
       }
-      delay_ns_ = std::min(std::max(slot_ns, kMaxReadDelayNs), std::max(slot_ns, 2 * delay_ns_));
+      delay_ns_ = std::min(kMaxReadDelayNs, std::max(first, 2 * delay_ns_));
     }
     return waiting_ == 0 ? std::numeric_limits<std::int64_t>::max() : now_ns + delay_ns_;
   }
@@ -91,18 +95,15 @@ class ScheduleTimer {
   ScheduleTimer(const ScheduleTimer&) = delete;
   ScheduleTimer& operator=(const ScheduleTimer&) = delete;
 
-  // Waits for the schedule's next grid wakeup or reads.next_read()'s time, whichever is first;
+  // Waits for the schedule's next grid wakeup or the next read-only wakeup, whichever is first;
   // then calls reads.read(now) (replies queued since the last wakeup), and, unless cancelled or
   // sending() is false, send(target index, now) for every due target, and arms again.
   // schedule and reads must outlive the wait. Reads: read(now) -> replies read;
-  // next_read(now, sent, read) -> next read-only wakeup or INT64_MAX.
+  // next_read(now, sent, read) -> next read-only wakeup or INT64_MAX. A re-arm after a cancel
+  // (a target's address changed) keeps the read-only wakeup already planned.
   template <typename Sending, typename Send, typename Reads = NoBatchedReads>
-  void arm(ProbeSchedule& schedule, Sending sending, Send send, Reads* reads = nullptr,
-           std::int64_t read_at = std::numeric_limits<std::int64_t>::max()) {
-    if (read_at != std::numeric_limits<std::int64_t>::max()) {
-      read_at = schedule.grid().boundary_at_or_after(read_at);  // with the other probers' wakeups
-    }
-    const std::int64_t at = std::min(schedule.next_wake(), read_at);
+  void arm(ProbeSchedule& schedule, Sending sending, Send send, Reads* reads = nullptr) {
+    const std::int64_t at = std::min(schedule.next_wake(), read_at_);
     if (at == std::numeric_limits<std::int64_t>::max()) {
       return;  // every target paused or finished and nothing awaited: armed again on a change
     }
@@ -115,9 +116,16 @@ class ScheduleTimer {
       const std::int64_t now = platform::monotonic_ns();
       const std::size_t read = reads != nullptr ? reads->read(now) : 0;
       const std::size_t sent = schedule.run_due(now, [&send, now](std::size_t i) { send(i, now); });
-      const std::int64_t next_read =
-          reads != nullptr ? reads->next_read(now, sent, read) : std::numeric_limits<std::int64_t>::max();
-      arm(schedule, sending, send, reads, next_read);
+      read_at_ = std::numeric_limits<std::int64_t>::max();
+      if (reads != nullptr) {
+        // Counted from the boundary this wakeup was for (now is a little past it), then put on
+        // the grid, so a read-only wakeup joins the other probers' wakeups one delay later.
+        const SlotGrid& grid = schedule.grid();
+        const std::int64_t base = grid.boundary_at_or_after(now) == now ? now : grid.boundary_at_or_after(now) - grid.slot_ns;
+        const std::int64_t next = reads->next_read(base, sent, read);
+        if (next != std::numeric_limits<std::int64_t>::max()) read_at_ = grid.boundary_at_or_after(next);
+      }
+      arm(schedule, sending, send, reads);
     }));
   }
 
@@ -126,6 +134,7 @@ class ScheduleTimer {
  private:
   asio::steady_timer timer_;
   HandlerMemory memory_;
+  std::int64_t read_at_ = std::numeric_limits<std::int64_t>::max();  // the next read-only wakeup
 };
 
 }  // namespace vantage::agent::probes

@@ -42,8 +42,10 @@ bool valid(const UdpProbeTarget& t) noexcept {
          t.endpoint.port() != 0;
 }
 
-// How many batches one wakeup reads from a socket at most; what is left waits for the next.
-constexpr int kMaxBatchesPerWake = 8;
+// How many batches one wakeup reads from a socket at most: until the queue is empty, in
+// practice (the slot holds at most SlotGrid::kMaxProbesPerSlot probes on average); the bound
+// only keeps a flood of foreign datagrams from holding the thread.
+constexpr int kMaxBatchesPerWake = 256;
 constexpr std::size_t kBatchSize = 16;
 
 }  // namespace
@@ -96,9 +98,13 @@ platform::Status UdpProber::start() {
   send_buffer_.assign(max_payload, std::byte{0});
   receive_buffer_.assign(max_payload + 1, std::byte{0});
   double max_rate = 0;
-  for (const UdpProbeTarget& t : config_.targets) max_rate = std::max(max_rate, t.rate_per_s);
+  double total_rate = 0;
+  for (const UdpProbeTarget& t : config_.targets) {
+    max_rate = std::max(max_rate, t.rate_per_s);
+    total_rate += t.rate_per_s;
+  }
   SlotGrid grid = config_.grid;
-  grid.slot_ns = SlotGrid::slot_for(grid.slot_ns, max_rate);
+  grid.slot_ns = SlotGrid::slot_for(grid.slot_ns, max_rate, total_rate);
   schedule_.reset(kJitter, config_.jitter_seed != 0 ? config_.jitter_seed : platform::random_seed(), grid);
   schedule_.reserve(config_.targets.size());
   reply_wait_.resize(config_.targets.size());
@@ -312,7 +318,9 @@ void UdpProber::send_probe(TargetState& t, std::int64_t now_ns) {
   if (n == static_cast<ssize_t>(size) && size != 0) {
     sent_.bump();
     event.kind = ProbeEventKind::kSent;
-    reply_wait_.sent(static_cast<std::size_t>(&t - targets_.data()), event.seq, now_ns, t.config.timeout.count());
+    if (s.batched) {  // a socket read on arrival needs no read-only wakeups
+      reply_wait_.sent(static_cast<std::size_t>(&t - targets_.data()), event.seq, now_ns, t.config.timeout.count());
+    }
   } else {
     send_errors_.bump();
     event.kind = ProbeEventKind::kSendError;

@@ -425,3 +425,18 @@ TEST_CASE("pipeline: start reports what is wrong and leaves nothing running") {
     m.stop();
   }
 }
+
+TEST_CASE("pipeline: a sampler faster than the aggregator's heartbeat loses no host load sample") {
+  MeasurementConfig c;
+  c.load_interval = 20ms;  // 50 samples a second into a ring of 16: the sampler must wake the aggregator
+  c.report_interval = 1h;
+  Collected collected;
+  Measurement m(c);
+  REQUIRE(m.start(collected.sink()));
+  std::this_thread::sleep_for(1500ms);
+  m.finish();
+  const std::vector<MeasurementReport> reports = collected.take();
+  REQUIRE(reports.size() == 1);
+  CHECK(reports[0].loads.size() >= 10);
+  CHECK(reports[0].counters.loads_dropped == 0);
+}

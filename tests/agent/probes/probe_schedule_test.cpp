@@ -127,6 +127,9 @@ TEST_CASE("slot grid: the slot is lowered for fast targets and boundaries round 
   CHECK(SlotGrid::slot_for(10 * kMs, 100) == 2'500'000);
   CHECK(SlotGrid::slot_for(0, 1) == SlotGrid::kDefaultSlotNs);
   CHECK(SlotGrid::slot_for(10 * kMs, 1e9) == SlotGrid::kMinSlotNs);
+  // 1000 targets x 10/s: a slot holds 64 probes on average, so a wakeup's replies fit a socket.
+  CHECK(SlotGrid::slot_for(20 * kMs, 10, 10'000) == 6'400'000);
+  CHECK(SlotGrid::slot_for(20 * kMs, 10, 1'000) == 20 * kMs);
   const SlotGrid g{.slot_ns = 10, .phase_ns = 3};
   CHECK(g.boundary_at_or_after(3) == 3);
   CHECK(g.boundary_at_or_after(4) == 13);
@@ -167,4 +170,7 @@ TEST_CASE("reply wait: read-only wakeups back off and stop at the timeout") {
   wait.answered(1, 7);
   CHECK(wait.waiting() == 0);
   CHECK(wait.next_read(now, 0, 1, slot) == kNever);
+  // However long the slot, a reply is read well within the second a kernel stamp is trusted.
+  wait.sent(0, 9, now, 10 * kSecond);
+  CHECK(wait.next_read(now, 1, 0, 100 * kMs) == now + ReplyWait::kMaxReadDelayNs);
 }

@@ -447,3 +447,44 @@ TEST_CASE("udp prober: invalid configurations are refused") {
   c.targets.push_back(c.targets[0]);
   CHECK(refused(c));
 }
+
+TEST_CASE("udp prober: a new address for a target keeps the wakeup that reads its awaited reply") {
+  // One target probed every 4 s on average: after an address change right after a send, the
+  // reply must still be read at once (kernel stamp kept), not at the next send seconds later.
+  RunningReflector reflector(fast_loopback("127.0.0.1"));
+  UdpProberConfig c;
+  c.sender_id = 77;
+  c.jitter_seed = 5;
+  UdpProbeTarget t;
+  t.endpoint = reflector.endpoint();
+  t.rate_per_s = 0.25;
+  t.timeout = std::chrono::seconds(1);
+  c.targets.push_back(t);
+  asio::io_context io;
+  EventRing ring(1024);
+  UdpProber prober(io, c, ring);
+  probes::test::StartedOnThread<UdpProber> started{io, prober};
+  bool changed = false;
+  std::vector<ProbeEvent> replies;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (replies.size() < 2 && std::chrono::steady_clock::now() < deadline) {
+    ProbeEvent e;
+    if (!ring.try_pop(e)) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      continue;
+    }
+    if (e.kind == ProbeEventKind::kSent && !changed) {
+      prober.set_address(0, reflector.endpoint().address());
+      changed = true;
+    } else if (e.kind == ProbeEventKind::kReply) {
+      replies.push_back(e);
+    }
+  }
+  REQUIRE(replies.size() == 2);
+  for (const ProbeEvent& e : replies) {
+    CAPTURE(e.seq);
+    // Read at the next send instead, the reply would be 2-6 s old, its stamp refused.
+    CHECK(e.receive_ns - e.send_ns < 1'500'000'000);
+    CHECK(e.kernel_rx_timestamp == prober.kernel_timestamps());
+  }
+}

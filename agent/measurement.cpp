@@ -40,14 +40,7 @@ std::size_t event_ring_size(const MeasurementConfig& c) {
 
 // The agent's slot grid: the configured slot, lowered for the fastest target, at a random phase.
 probes::SlotGrid slot_grid(const MeasurementConfig& c) {
-  double max_rate = 0;
-  double total_rate = 0;
-  for (const ProbeTargetSpec& t : c.targets) {
-    max_rate = std::max(max_rate, t.rate_per_s);
-    total_rate += t.rate_per_s;
-  }
-  probes::SlotGrid grid;
-  grid.slot_ns = probes::SlotGrid::slot_for(c.probe_slot.count(), max_rate, total_rate);
+  probes::SlotGrid grid = probes::SlotGrid{.slot_ns = c.probe_slot.count(), .phase_ns = 0}.for_targets(c.targets);
   grid.phase_ns = static_cast<std::int64_t>(platform::random_seed() % static_cast<std::uint64_t>(grid.slot_ns));
   return grid;
 }

@@ -60,6 +60,20 @@ struct SlotGrid {
     return std::max(slot, kMinSlotNs);
   }
 
+  // This grid with its slot lowered for `targets` (anything with a rate_per_s), as slot_for().
+  template <typename Targets>
+  [[nodiscard]] SlotGrid for_targets(const Targets& targets) const noexcept {
+    double max_rate = 0;
+    double total_rate = 0;
+    for (const auto& t : targets) {
+      max_rate = std::max(max_rate, t.rate_per_s);
+      total_rate += t.rate_per_s;
+    }
+    SlotGrid grid = *this;
+    grid.slot_ns = slot_for(slot_ns, max_rate, total_rate);
+    return grid;
+  }
+
   // The first boundary at or after t.
   [[nodiscard]] std::int64_t boundary_at_or_after(std::int64_t t) const noexcept {
     const std::int64_t d = t - phase_ns;

@@ -70,14 +70,7 @@ platform::Status TcpProber::start() {
   const std::int64_t now = monotonic_ns();
   targets_.clear();
   targets_.reserve(config_.targets.size());
-  double max_rate = 0;
-  double total_rate = 0;
-  for (const TcpTarget& t : config_.targets) {
-    max_rate = std::max(max_rate, t.rate_per_s);
-    total_rate += t.rate_per_s;
-  }
-  SlotGrid grid = config_.grid;
-  grid.slot_ns = SlotGrid::slot_for(grid.slot_ns, max_rate, total_rate);
+  const SlotGrid grid = config_.grid.for_targets(config_.targets);
   schedule_.reset(config_.jitter, platform::random_seed(), grid);
   schedule_.reserve(config_.targets.size());
   for (const TcpTarget& t : config_.targets) {

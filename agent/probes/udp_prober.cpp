@@ -97,14 +97,7 @@ platform::Status UdpProber::start() {
 
   send_buffer_.assign(max_payload, std::byte{0});
   receive_buffer_.assign(max_payload + 1, std::byte{0});
-  double max_rate = 0;
-  double total_rate = 0;
-  for (const UdpProbeTarget& t : config_.targets) {
-    max_rate = std::max(max_rate, t.rate_per_s);
-    total_rate += t.rate_per_s;
-  }
-  SlotGrid grid = config_.grid;
-  grid.slot_ns = SlotGrid::slot_for(grid.slot_ns, max_rate, total_rate);
+  const SlotGrid grid = config_.grid.for_targets(config_.targets);
   schedule_.reset(kJitter, config_.jitter_seed != 0 ? config_.jitter_seed : platform::random_seed(), grid);
   schedule_.reserve(config_.targets.size());
   reply_wait_.resize(config_.targets.size());

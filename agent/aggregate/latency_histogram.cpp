@@ -51,12 +51,22 @@ LatencyHistogram::LatencyHistogram(const LatencyHistogram& other)
 }
 
 LatencyHistogram& LatencyHistogram::operator=(const LatencyHistogram& other) {
+  if (!try_assign(other)) {
+    throw std::bad_alloc();
+  }
+  return *this;
+}
+
+bool LatencyHistogram::try_assign(const LatencyHistogram& other) noexcept {
   if (this == &other) {
-    return *this;
+    return true;
   }
   if (pages_capacity_ < other.pages_used_) {
     // Allocate before touching anything, so a failure leaves *this as it was.
-    auto* bigger = new std::uint32_t[std::size_t{other.pages_used_} * kPageSize];
+    auto* bigger = new (std::nothrow) std::uint32_t[std::size_t{other.pages_used_} * kPageSize];
+    if (bigger == nullptr) {
+      return false;
+    }
     delete[] pool_;
     pool_ = bigger;
     pages_capacity_ = other.pages_used_;
@@ -73,7 +83,7 @@ LatencyHistogram& LatencyHistogram::operator=(const LatencyHistogram& other) {
   page_slot_ = other.page_slot_;
   pages_used_ = other.pages_used_;
   scheme_ = other.scheme_;
-  return *this;
+  return true;
 }
 
 LatencyHistogram& LatencyHistogram::operator=(LatencyHistogram&& other) noexcept {
@@ -220,7 +230,9 @@ platform::Status LatencyHistogram::merge(const LatencyHistogram& other) {
   }
   if (count_ == 0) {
     const std::uint64_t dropped = dropped_ + other_dropped;
-    *this = other;
+    if (!try_assign(other)) {
+      return platform::Status::error("no memory for histogram pages", platform::Errc::kExhausted);
+    }
     dropped_ = dropped;
     return {};
   }

@@ -140,6 +140,9 @@ class LatencyHistogram {
   // Copies allocate exactly the pages in use (and throw std::bad_alloc if that fails).
   LatencyHistogram(const LatencyHistogram& other);
   LatencyHistogram& operator=(const LatencyHistogram& other);
+  // As copy-assignment, but an allocation failure returns false and leaves *this unchanged:
+  // for noexcept paths.
+  [[nodiscard]] bool try_assign(const LatencyHistogram& other) noexcept;
   // The moved-from histogram is empty and owns nothing.
   LatencyHistogram(LatencyHistogram&& other) noexcept { swap(other); }
   LatencyHistogram& operator=(LatencyHistogram&& other) noexcept;

@@ -396,11 +396,11 @@ std::uint64_t TargetStats::outstanding() const noexcept {
 IntervalSummary TargetStats::close_interval(std::int64_t now_ns) noexcept {
   expire(now_ns);
 
-  // The copy takes the RTT histogram's mapped pages in one exact-sized allocation: the only
-  // one a steady target makes per interval, since current_'s page buffers are kept below.
+  // The RTT histogram moves out first, so that copying the rest of the summary allocates nothing.
+  LatencyHistogram rtt_pages = std::move(current_.rtt);
   IntervalSummary out = current_;
   out.end_ns = now_ns;
-  const LatencyHistogram& rtt = current_.rtt;
+  const LatencyHistogram& rtt = rtt_pages;
   out.min_ns = rtt.min();
   out.max_ns = rtt.max();
   out.mean_ns = rtt.mean();
@@ -414,8 +414,13 @@ IntervalSummary TargetStats::close_interval(std::int64_t now_ns) noexcept {
   out.jitter_p99_ns = ipdv_.percentile(99.0);
   out.timestamp_source =
       out.received != 0 && all_kernel_ ? TimestampSource::kKernel : TimestampSource::kUserspace;
+  // The summary takes an exact-sized copy of the pages, the one allocation a steady target makes
+  // per interval, so that the interval's buffer is kept for the next one; when that allocation
+  // fails (this function cannot throw) the summary takes the buffer itself.
+  if (!out.rtt.try_assign(rtt_pages)) {
+    out.rtt = std::move(rtt_pages);
+  }
 
-  LatencyHistogram rtt_pages = std::move(current_.rtt);
   current_ = IntervalSummary{};
   current_.protocol = config_.protocol;
   current_.start_ns = now_ns;
@@ -466,7 +471,7 @@ flatbuffers::Offset<wire::LatencySummary> build_latency_summary(flatbuffers::Fla
   flatbuffers::Offset<flatbuffers::Vector<const wire::HistogramBucket*>> histogram;
   std::uint8_t scheme = 0;
   if (summary.rtt.count() != 0) {
-    scheme = LatencyHistogram::kScheme;
+    scheme = summary.rtt.scheme();
     wire::HistogramBucket* out = nullptr;
     histogram = fbb.CreateUninitializedVectorOfStructs(summary.rtt.nonzero_buckets(), &out);
     summary.rtt.for_each_nonzero(

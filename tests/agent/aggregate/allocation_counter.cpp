@@ -9,9 +9,13 @@
 namespace {
 
 std::atomic<std::size_t> g_allocations{0};
+std::atomic<bool> g_fail{false};
 
 void* counted(std::size_t size) noexcept {
   g_allocations.fetch_add(1, std::memory_order_relaxed);
+  if (g_fail.load(std::memory_order_relaxed)) {
+    return nullptr;
+  }
   return std::malloc(size != 0 ? size : 1);
 }
 
@@ -28,6 +32,7 @@ void* counted_or_throw(std::size_t size) {
 namespace vantage::test {
 
 std::size_t allocations() noexcept { return g_allocations.load(std::memory_order_relaxed); }
+void fail_allocations(bool fail) noexcept { g_fail.store(fail, std::memory_order_relaxed); }
 
 }  // namespace vantage::test
 

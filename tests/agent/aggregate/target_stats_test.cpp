@@ -688,3 +688,26 @@ TEST_CASE("target stats: a steady target records without allocating and closes w
   CHECK(idle.rtt.heap_bytes() == 0);
   CHECK(vantage::test::allocations() == before);
 }
+
+TEST_CASE("target stats: closing an interval when memory runs out still reports every reply") {
+  TargetStats stats(config(), 0);
+  for (std::uint64_t seq = 0; seq < 20; ++seq) {
+    const std::int64_t send_ns = static_cast<std::int64_t>(seq) * 10 * kMs;
+    stats.on_event(sent(seq, send_ns));
+    stats.on_event(reply(seq, send_ns, 20 * kMs + static_cast<std::int64_t>(seq) * 1000));
+  }
+  // The summary cannot get its own copy of the pages: it takes the interval's buffer instead
+  // of ending the process (close_interval cannot throw).
+  vantage::test::fail_allocations(true);
+  const IntervalSummary s = stats.close_interval(1'000 * kMs);
+  vantage::test::fail_allocations(false);
+  CHECK(s.received == 20);
+  CHECK(s.rtt.count() == 20);
+  CHECK(s.p50_ns >= 20 * kMs);
+  // The next interval starts empty and records again once memory is back.
+  stats.on_event(sent(20, 1'100 * kMs));
+  stats.on_event(reply(20, 1'100 * kMs, 21 * kMs));
+  const IntervalSummary next = stats.close_interval(2'000 * kMs);
+  CHECK(next.received == 1);
+  CHECK(next.rtt.count() == 1);
+}

@@ -74,6 +74,13 @@ struct SlotGrid {
     return grid;
   }
 
+  // The last boundary at or before t.
+  [[nodiscard]] std::int64_t boundary_at_or_before(std::int64_t t) const noexcept {
+    const std::int64_t d = t - phase_ns;
+    const std::int64_t k = d >= 0 ? d / slot_ns : -((-d + slot_ns - 1) / slot_ns);
+    return phase_ns + k * slot_ns;
+  }
+
   // The first boundary at or after t.
   [[nodiscard]] std::int64_t boundary_at_or_after(std::int64_t t) const noexcept {
     const std::int64_t d = t - phase_ns;

@@ -121,8 +121,7 @@ class ScheduleTimer {
         // Counted from the boundary this wakeup was for (now is a little past it), then put on
         // the grid, so a read-only wakeup joins the other probers' wakeups one delay later.
         const SlotGrid& grid = schedule.grid();
-        const std::int64_t base = grid.boundary_at_or_after(now) == now ? now : grid.boundary_at_or_after(now) - grid.slot_ns;
-        const std::int64_t next = reads->next_read(base, sent, read);
+        const std::int64_t next = reads->next_read(grid.boundary_at_or_before(now), sent, read);
         if (next != std::numeric_limits<std::int64_t>::max()) read_at_ = grid.boundary_at_or_after(next);
       }
       arm(schedule, sending, send, reads);

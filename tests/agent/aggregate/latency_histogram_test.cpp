@@ -381,22 +381,17 @@ TEST_CASE("latency histogram: constant values") {
 
 TEST_CASE("latency histogram: exact region and the 511/512 boundary") {
   std::mt19937_64 rng(0x5eed0008);
-  SUBCASE("zeros and small values") {
-    std::uniform_int_distribution<std::uint64_t> u(0, 200);
+  // Zeros mixed with values uniform in [0, max].
+  auto zeros_and_up_to = [&rng](std::uint64_t max) {
+    std::uniform_int_distribution<std::uint64_t> u(0, max);
     Values values(kSamples);
     for (auto& v : values) {
       v = u(rng) < 100 ? 0 : u(rng);
     }
-    check_against_exact(values);
-  }
-  SUBCASE("zeros and values up to 1000") {
-    std::uniform_int_distribution<std::uint64_t> u(0, 1000);
-    Values values(kSamples);
-    for (auto& v : values) {
-      v = u(rng) < 100 ? 0 : u(rng);
-    }
-    check_against_exact(values);
-  }
+    return values;
+  };
+  SUBCASE("zeros and small values") { check_against_exact(zeros_and_up_to(200)); }
+  SUBCASE("zeros and values up to 1000") { check_against_exact(zeros_and_up_to(1000)); }
   SUBCASE("510..513") { check_against_exact(pick_from(rng, kSamples, {510, 511, 512, 513})); }
   SUBCASE("511 and 512 only") { check_against_exact(pick_from(rng, kSamples, {511, 512})); }
 }

@@ -135,6 +135,9 @@ TEST_CASE("slot grid: the slot is lowered for fast targets and boundaries round 
   CHECK(g.boundary_at_or_after(4) == 13);
   CHECK(g.boundary_at_or_after(-6) == 3);
   CHECK(g.boundary_at_or_after(-8) == -7);
+  CHECK(g.boundary_at_or_before(3) == 3);
+  CHECK(g.boundary_at_or_before(12) == 3);
+  CHECK(g.boundary_at_or_before(-6) == -7);
 }
 
 TEST_CASE("reply wait: read-only wakeups back off and stop at the timeout") {

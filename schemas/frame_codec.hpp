@@ -13,6 +13,9 @@
 namespace vantage::wire {
 
 inline constexpr std::size_t kFrameLengthSize = 4;
+// Hello.capabilities bit: the agent applies TargetList frames. Older agents lack it, and the
+// collector sends a TargetList to no agent without it.
+inline constexpr std::uint64_t kCapabilityTargetList = 1u << 5;
 // Default ceiling for one frame: a batch of a few hundred targets with histograms is tens of KiB.
 inline constexpr std::uint32_t kDefaultMaxFrame = 4u << 20;
 

@@ -13,6 +13,7 @@
 
 #include "agent/measurement.hpp"
 #include "schemas/agent_self_fields.hpp"
+#include "schemas/frame_codec.hpp"
 
 namespace vantage::agent::ship {
 
@@ -38,6 +39,9 @@ inline constexpr std::uint64_t kCapabilityTcpConnect = 1u << 1;
 inline constexpr std::uint64_t kCapabilityIcmp = 1u << 2;
 inline constexpr std::uint64_t kCapabilityHostLoad = 1u << 3;
 inline constexpr std::uint64_t kCapabilityReflector = 1u << 4;
+// The agent takes TargetList frames (wire::kCapabilityTargetList; the collector sends them to no
+// other agent).
+inline constexpr std::uint64_t kCapabilityTargetList = wire::kCapabilityTargetList;
 
 // `incarnation` is the spool's (Spool::incarnation()): with the agent id and seq it names a batch
 // at the collector. All zero (tests, tools) sends none, the legacy incarnation.

@@ -231,6 +231,7 @@ int main(int argc, char** argv) {
   }
   vantage::collector::http::HttpConfig http_config;  // the limits keep their defaults
   http_config.listen = http_listen;
+  if (jetstream.servers.empty()) http_config.database = config.database;  // /api/pair
   vantage::collector::http::HttpServer http(http_config, live_view, server);
   if (const auto started = http.start(); !started) {
     vantage::platform::log(vantage::platform::LogLevel::kError, "%s", started.message().c_str());

@@ -16,9 +16,11 @@
 #include <deque>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "collector/http/metrics.hpp"
+#include "collector/http/pop_matrix.hpp"
 #include "collector/http/prometheus_text.hpp"
 #include "collector/http/status_page.hpp"
 #include "platform/clock.hpp"
@@ -282,7 +284,31 @@ struct HttpServer::Impl {
   };
   std::vector<Listener> listeners;
 
+  // /api/pair's read-only connection, opened at its first use; one request at a time uses it.
+  std::mutex store_mutex;
+  std::optional<store::SqliteStore> store;  // guarded by store_mutex
+
   Impl(HttpConfig c, LiveView& v, const IngestServer& i) : config(std::move(c)), view(v), ingest(i) {}
+
+  platform::Result<std::vector<store::PairPoint>> pair_history(const PairRequest& r) {
+    if (config.database.empty()) {
+      return platform::Status::error("no SQLite store: the drill-down reads one", platform::Errc::kUnsupported);
+    }
+    const std::lock_guard lock(store_mutex);
+    if (!store) {
+      auto opened = store::SqliteStore::open(config.database, {.read_only = true,
+                                                                .busy_timeout_ms = 5000,
+                                                                .retention_days = 30,
+                                                                .cache_kib = 8 * 1024,
+                                                                .wall_clock_ns = nullptr});
+      if (!opened) return opened.status();
+      store.emplace(std::move(*opened));
+    }
+    auto points = store->pair_history({.agent_id = {}, .pop = r.from, .target = r.to, .protocol = r.protocol,
+                                       .from_ns = r.since_s * 1'000'000'000, .to_ns = r.until_s * 1'000'000'000});
+    if (!points) store.reset();  // reopened next time: the file may have been replaced
+    return points;
+  }
 
   HttpCounters snapshot() const {
     HttpCounters c;
@@ -340,11 +366,35 @@ struct HttpServer::Impl {
                           http_metrics(),
                       kPrometheusContentType);
     });
-    s.Get("/api/status", [this](const httplib::Request&, httplib::Response& res) {
+    s.Get("/api/status", [this](const httplib::Request& req, httplib::Response& res) {
       const std::int64_t now = platform::realtime_ns();
       res.set_header("Cache-Control", "no-store");
       res.set_header("X-Content-Type-Options", "nosniff");
-      res.set_content(render_status_json(view.snapshot(now), ingest.counters(), now), "application/json");
+      LiveSnapshot snapshot = view.snapshot(now);
+      // ?cells=0: the page polls this for the agents and load, and takes the matrix from
+      // /api/matrix (the cells of 300 PoPs are ~20 MB here).
+      if (req.get_param_value("cells") == "0") snapshot.latency.clear();
+      res.set_content(render_status_json(snapshot, ingest.counters(), now), "application/json");
+    });
+    s.Get("/api/matrix", [this](const httplib::Request&, httplib::Response& res) {
+      const std::int64_t now = platform::realtime_ns();
+      res.set_header("Cache-Control", "no-store");
+      res.set_header("X-Content-Type-Options", "nosniff");
+      res.set_content(render_matrix_json(build_pop_matrix(view.snapshot(now), now), now), "application/json");
+    });
+    s.Get("/api/pair", [this](const httplib::Request& req, httplib::Response& res) {
+      res.set_header("Cache-Control", "no-store");
+      res.set_header("X-Content-Type-Options", "nosniff");
+      const auto error = [&res](int status, std::string_view why) {
+        res.status = status;
+        res.set_content("{\"error\":" + json_string(why) + "}\n", "application/json");
+      };
+      const PairRequestOrError parsed = parse_pair_request(req.params, platform::realtime_ns());
+      if (!parsed.request) return error(400, parsed.error);
+      const PairRequest& r = *parsed.request;
+      auto points = pair_history(r);
+      if (!points) return error(points.code() == platform::Errc::kUnsupported ? 404 : 503, points.error());
+      res.set_content(render_pair_json(r, *points), "application/json");
     });
     s.Get("/", [](const httplib::Request&, httplib::Response& res) {
       const std::string_view page = status_page_html();

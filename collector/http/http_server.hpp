@@ -1,6 +1,7 @@
-// The collector's HTTP side on its own port(s): /metrics (Prometheus), / (the status page) and
-// /api/status (its JSON). Served by cpp-httplib; reads the live view and the ingest's counters,
-// never the store.
+// The collector's HTTP side on its own port(s): /metrics (Prometheus), / (the status page),
+// /api/status and /api/matrix (its JSON) and /api/pair (a PoP pair's drill-down). Served by
+// cpp-httplib; reads the live view and the ingest's counters, and only /api/pair reads the store
+// (on a read-only connection of its own, so the store thread's writes never wait for a browser).
 #pragma once
 
 #include <asio/ip/tcp.hpp>
@@ -39,6 +40,7 @@ struct HttpLimits {
 
 struct HttpConfig {
   std::vector<asio::ip::tcp::endpoint> listen;  // empty: no HTTP
+  std::string database;                         // the SQLite store /api/pair reads; empty: none
   HttpLimits limits;
 };
 

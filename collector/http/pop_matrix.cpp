@@ -1,0 +1,272 @@
+#include "collector/http/pop_matrix.hpp"
+
+#include <algorithm>
+#include <charconv>
+#include <set>
+#include <unordered_map>
+
+#include "platform/json_writer.hpp"
+#include "platform/utf8_text.hpp"
+
+namespace vantage::collector::http {
+
+namespace {
+
+int protocol_rank(std::string_view protocol) {
+  if (protocol == "udp_echo") return 0;
+  if (protocol == "tcp_connect") return 1;
+  if (protocol == "icmp") return 2;
+  return 9;
+}
+
+double median(std::vector<double>& v) {
+  if (v.empty()) return 0.0;
+  const auto mid = v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2);
+  std::nth_element(v.begin(), mid, v.end());
+  if (v.size() % 2 == 1) return *mid;
+  const double upper = *mid;
+  return (*std::max_element(v.begin(), mid) + upper) / 2.0;
+}
+
+// Every figure a (PoP, target) pair merges from several agents' intervals.
+struct Merge {
+  std::vector<double> p50s;
+  double p99 = 0.0;
+  std::uint64_t sent = 0, received = 0, lost = 0;
+  void add(std::int64_t p50_ns, std::int64_t p99_ns, std::uint64_t s, std::uint64_t r, std::uint64_t l) {
+    sent += s;
+    received += r;
+    lost += l;
+    if (r > 0) {  // an interval with no reply has no RTT to merge
+      p50s.push_back(static_cast<double>(p50_ns) / 1e6);
+      p99 = std::max(p99, static_cast<double>(p99_ns) / 1e6);
+    }
+  }
+  double loss() const {
+    return received + lost == 0 ? 0.0 : static_cast<double>(lost) / static_cast<double>(received + lost);
+  }
+};
+
+}  // namespace
+
+PopMatrix build_pop_matrix(const LiveSnapshot& view, std::int64_t now_ns) {
+  PopMatrix m;
+  std::set<std::string_view> names, sources, agents;
+  for (const LiveLatency& l : view.latency) {
+    names.insert(l.pop);
+    names.insert(l.target);
+    sources.insert(l.pop);
+    agents.insert(l.agent_id);
+  }
+  for (const LiveAgent& a : view.agents) {
+    names.insert(a.pop);
+    sources.insert(a.pop);
+  }
+  std::unordered_map<std::string_view, std::uint32_t> name_index, agent_index;
+  for (const std::string_view n : names) {
+    name_index.emplace(n, static_cast<std::uint32_t>(m.pops.size()));
+    m.pops.emplace_back(n);
+  }
+  for (const std::string_view s : sources) m.rows.push_back(name_index.at(s));
+  for (const std::string_view a : agents) {
+    agent_index.emplace(a, static_cast<std::uint32_t>(m.agent_ids.size()));
+    m.agent_ids.emplace_back(a);
+  }
+  // (src << 32 | dst) -> the pair's entries; sorted keys give the cells in src, dst order.
+  std::unordered_map<std::uint64_t, std::vector<const LiveLatency*>> pairs;
+  pairs.reserve(view.latency.size());
+  for (const LiveLatency& l : view.latency) {
+    const std::uint64_t key = std::uint64_t{name_index.at(l.pop)} << 32 | name_index.at(l.target);
+    pairs[key].push_back(&l);
+  }
+  std::vector<std::uint64_t> keys;
+  keys.reserve(pairs.size());
+  for (const auto& kv : pairs) keys.push_back(kv.first);
+  std::sort(keys.begin(), keys.end());
+  m.cells.reserve(keys.size());
+  for (const std::uint64_t key : keys) {
+    const auto& entries = pairs.at(key);
+    int best = 99;
+    for (const LiveLatency* l : entries) best = std::min(best, protocol_rank(l->protocol));
+    PopMatrixCell c;
+    c.src = static_cast<std::uint32_t>(key >> 32);
+    c.dst = static_cast<std::uint32_t>(key & 0xffffffffu);
+    c.unresolved = true;
+    Merge merge;
+    std::int64_t newest = 0;
+    std::string_view first_agent;
+    for (const LiveLatency* l : entries) {
+      if (protocol_rank(l->protocol) != best) continue;
+      // Unknown protocols all rank alike: the first one's name stands for the cell.
+      if (c.protocol.empty()) c.protocol = l->protocol;
+      if (l->protocol != c.protocol) continue;
+      ++c.agents;
+      if (first_agent.empty() || l->agent_id < first_agent) first_agent = l->agent_id;
+      newest = std::max(newest, l->interval_end_ns);
+      if (l->unresolved) continue;
+      c.unresolved = false;
+      merge.add(l->p50_ns, l->p99_ns, l->sent, l->received, l->lost);
+    }
+    c.first_agent = agent_index.at(first_agent);
+    c.p50_ms = median(merge.p50s);
+    c.p99_ms = merge.p99;
+    c.sent = merge.sent;
+    c.received = merge.received;
+    c.lost = merge.lost;
+    c.loss = merge.loss();
+    c.age_s = static_cast<double>(now_ns - newest) / 1e9;
+    m.cells.push_back(std::move(c));
+  }
+  return m;
+}
+
+std::string render_matrix_json(const PopMatrix& m, std::int64_t now_ns) {
+  // Six significant digits: microseconds for any RTT under a second, and a third of the bytes of
+  // the shortest round trip. kHtmlSafe: names from agents never close a script element.
+  platform::JsonWriter j({.escape = platform::JsonEscape::kHtmlSafe, .double_digits = 6});
+  std::vector<std::string> protocols;
+  std::unordered_map<std::string_view, std::uint32_t> protocol_index;
+  for (const PopMatrixCell& c : m.cells) {
+    if (protocol_index.emplace(c.protocol, static_cast<std::uint32_t>(protocols.size())).second) {
+      protocols.push_back(c.protocol);
+    }
+  }
+  const auto column = [&](std::string_view key, const auto& get) {
+    j.key(key);
+    j.begin_array();
+    for (const PopMatrixCell& c : m.cells) j.value(get(c));
+    j.end_array();
+  };
+  const auto names = [&](std::string_view key, const std::vector<std::string>& list) {
+    j.key(key);
+    j.begin_array();
+    for (const std::string& n : list) j.value(n);
+    j.end_array();
+  };
+  j.begin_object();
+  j.field("now_ms", static_cast<double>(now_ns / 1'000'000));
+  names("pops", m.pops);
+  j.key("rows");
+  j.begin_array();
+  for (const std::uint32_t r : m.rows) j.value(r);
+  j.end_array();
+  names("agent_ids", m.agent_ids);
+  names("protocols", protocols);
+  j.field("count", static_cast<std::uint64_t>(m.cells.size()));
+  column("src", [](const PopMatrixCell& c) { return c.src; });
+  column("dst", [](const PopMatrixCell& c) { return c.dst; });
+  column("p50_ms", [](const PopMatrixCell& c) { return c.p50_ms; });
+  column("p99_ms", [](const PopMatrixCell& c) { return c.p99_ms; });
+  column("loss", [](const PopMatrixCell& c) { return c.loss; });
+  column("sent", [](const PopMatrixCell& c) { return c.sent; });
+  column("samples", [](const PopMatrixCell& c) { return c.received; });
+  column("agents", [](const PopMatrixCell& c) { return c.agents; });
+  column("agent", [](const PopMatrixCell& c) { return c.first_agent; });
+  column("protocol", [&](const PopMatrixCell& c) { return protocol_index.at(c.protocol); });
+  column("unresolved", [](const PopMatrixCell& c) { return std::uint32_t{c.unresolved}; });
+  column("age_s", [](const PopMatrixCell& c) { return c.age_s; });
+  j.end_object();
+  return j.take();
+}
+
+PairRequestOrError parse_pair_request(const std::multimap<std::string, std::string>& params, std::int64_t now_ns) {
+  constexpr std::size_t kMaxName = 256;
+  // Unix seconds up to 2100: ns stay far from int64's end.
+  constexpr std::int64_t kMaxTimeS = 4'102'444'800;
+  PairRequestOrError out;
+  const auto fail = [&out](std::string why) {
+    out.error = std::move(why);
+    return out;
+  };
+  PairRequest r;
+  bool has_since = false, has_until = false;
+  for (const auto& [key, value] : params) {
+    if (params.count(key) > 1) return fail("parameter '" + key + "' given more than once");
+    if (key == "from" || key == "to") {
+      if (value.empty()) return fail(key + ": empty");
+      if (const auto verdict = platform::check_text(value, kMaxName); !verdict) {
+        return fail(key + ": " + platform::describe(verdict, kMaxName));
+      }
+      (key == "from" ? r.from : r.to) = value;
+    } else if (key == "since" || key == "until") {
+      std::int64_t v = -1;
+      const auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), v);
+      if (ec != std::errc() || end != value.data() + value.size() || v < 0 || v > kMaxTimeS) {
+        return fail(key + ": expected Unix seconds (an integer from 0 to " + std::to_string(kMaxTimeS) + ")");
+      }
+      (key == "since" ? r.since_s : r.until_s) = v;
+      (key == "since" ? has_since : has_until) = true;
+    } else if (key == "protocol") {
+      if (protocol_rank(value) > 2) return fail("protocol: expected udp_echo, tcp_connect or icmp");
+      r.protocol = value;
+    } else {
+      return fail("unknown parameter (from, to, since, until and protocol are known)");
+    }
+  }
+  if (r.from.empty() || r.to.empty()) return fail("from and to are required");
+  if (!has_until) r.until_s = now_ns / 1'000'000'000 + 1;  // the interval ending now is included
+  if (!has_since) r.since_s = std::max<std::int64_t>(0, r.until_s - 3600);
+  if (r.until_s <= r.since_s) return fail("until must be after since");
+  if (r.until_s - r.since_s > kMaxPairRangeS) {
+    return fail("the range is longer than " + std::to_string(kMaxPairRangeS) + " s");
+  }
+  out.request = std::move(r);
+  return out;
+}
+
+std::string render_pair_json(const PairRequest& request, std::span<const store::PairPoint> points) {
+  std::set<std::string_view> present;
+  for (const store::PairPoint& p : points) present.insert(p.protocol);
+  std::string_view protocol = request.protocol;
+  if (protocol.empty()) {
+    for (const std::string_view p : present) {
+      if (protocol.empty() || protocol_rank(p) < protocol_rank(protocol)) protocol = p;
+    }
+  }
+  const std::int64_t range = request.until_s - request.since_s;
+  const std::int64_t step = std::max<std::int64_t>(1, (range + kMaxPairPoints - 1) / kMaxPairPoints);
+  struct Bucket {
+    Merge merge;
+    std::set<std::string_view> agents;
+  };
+  std::map<std::int64_t, Bucket> buckets;  // by step index: at most kMaxPairPoints
+  for (const store::PairPoint& p : points) {
+    if (p.protocol != protocol) continue;
+    const std::int64_t end_s = p.interval_end_ns / 1'000'000'000;
+    if (end_s < request.since_s || end_s >= request.until_s) continue;
+    Bucket& b = buckets[(end_s - request.since_s) / step];
+    b.merge.add(p.p50_ns, p.p99_ns, p.sent, p.received, p.lost);
+    b.agents.insert(p.agent_id);
+  }
+  platform::JsonWriter j({.escape = platform::JsonEscape::kHtmlSafe, .double_digits = 6});
+  j.begin_object();
+  j.field("from", request.from);
+  j.field("to", request.to);
+  j.field("protocol", protocol);
+  j.key("protocols");
+  j.begin_array();
+  for (const std::string_view p : present) j.value(p);
+  j.end_array();
+  j.field("since", request.since_s);
+  j.field("until", request.until_s);
+  j.field("step_s", step);
+  j.field("count", static_cast<std::uint64_t>(buckets.size()));
+  const auto column = [&](std::string_view key, const auto& get) {
+    j.key(key);
+    j.begin_array();
+    for (auto& [index, b] : buckets) j.value(get(index, b));
+    j.end_array();
+  };
+  // t: the step's start, Unix seconds (with 1 s steps, the second the interval ended in).
+  column("t", [&](std::int64_t index, Bucket&) { return request.since_s + index * step; });
+  column("p50_ms", [](std::int64_t, Bucket& b) { return median(b.merge.p50s); });
+  column("p99_ms", [](std::int64_t, Bucket& b) { return b.merge.p99; });
+  column("loss", [](std::int64_t, Bucket& b) { return b.merge.loss(); });
+  column("sent", [](std::int64_t, Bucket& b) { return b.merge.sent; });
+  column("samples", [](std::int64_t, Bucket& b) { return b.merge.received; });
+  column("agents", [](std::int64_t, Bucket& b) { return static_cast<std::uint64_t>(b.agents.size()); });
+  j.end_object();
+  return j.take();
+}
+
+}  // namespace vantage::collector::http

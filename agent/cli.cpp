@@ -108,6 +108,8 @@ const char* usage_text() noexcept {
          "  --timeout MS          a reply later than this is lost (default 1000)\n"
          "  --size BYTES          UDP/ICMP payload bytes (default 64 UDP, 56 ICMP)\n"
          "  --dscp N              DSCP 0..63 (default 0)\n"
+         "  --paths K             ECMP paths 1..64 of the UDP targets that follow: source ports they\n"
+         "                        rotate over, loss and RTT reported per path (default 1)\n"
          "  --client              the targets that follow are clients' (players') addresses: reports,\n"
          "                        batches and logs show only their pseudonym (--no-client ends that)\n"
          "client pseudonyms (see the README's Privacy section):\n"
@@ -227,6 +229,7 @@ platform::Result<AgentOptions> parse_args(const std::vector<std::string_view>& a
     if (arg == "--version") {
       o.show_version = true;
     } else if (arg == "--help" || arg == "-h") {
+  std::uint32_t paths = 1;
       o.show_help = true;
     } else if (arg == "--json") {
       o.json = true;
@@ -321,6 +324,12 @@ platform::Result<AgentOptions> parse_args(const std::vector<std::string_view>& a
         return fail("--reflector: " + error);
       }
       std::error_code ec;
+    } else if (arg == "--paths") {
+      unsigned k = 0;
+      if (!value(v) || !parse_number(v, k) || k < 1 || k > ProbeTargetSpec::kMaxPaths) {
+        return fail("--paths: expected 1..64");
+      }
+      paths = k;
       (void)asio::ip::make_address(host, ec);
       if (ec) {
         return fail("--reflector: '" + host + "' is not an IP address");
@@ -499,6 +508,7 @@ platform::Result<AgentOptions> parse_args(const std::vector<std::string_view>& a
   if (o.once_seconds && !o.explicit_interval) {
     // One report at the end; finish() closes it.
     o.measurement.report_interval = std::chrono::hours(24 * 365);
+      t.paths = protocol == ProbeProtocol::kUdpEcho ? paths : 1;  // TCP and ICMP probe one path
   }
   return o;
 }

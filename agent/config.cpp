@@ -37,6 +37,8 @@ struct TargetDraft {
   double timeout_ms = 1000.0;
   std::size_t size = 0;
   std::uint8_t dscp = 0;
+  std::uint32_t paths = 1;
+  std::uint32_t paths_line = 0;
   bool client = false;
   std::uint32_t client_line = 0;
 };
@@ -216,6 +218,14 @@ const cfg::Key<Draft> kKeys[] = {
      "A client's (player's) address, personal data: reports, batches and logs show only its pseudonym "
      "(see [privacy]), never the address; such a target takes no name.",
      nullptr,
+    {"targets[].paths", Kind::kInteger, "1", "", "an integer in 1..64; above 1 for udp only",
+     "ECMP paths: UDP probes rotate over this many source ports (and IPv6 flow labels), so a "
+     "multipath network spreads them over its routes, and reports carry loss and RTT per path.",
+     cfg::integer_in<1, 64>,
+     [](Draft& d, const Value& v) {
+       d.targets.back().paths = static_cast<std::uint32_t>(v.integer());
+       d.targets.back().paths_line = v.line;
+     }},
      [](Draft& d, const Value& v) {
        d.targets.back().client = v.boolean();
        d.targets.back().client_line = v.line;
@@ -381,6 +391,10 @@ void build_targets(Draft& d, cfg::Diagnostics& diagnostics) {
     if (literal_error && t.client) {
       diagnostics.error(t.host_line, t.key + ".host",
                         "a client target takes an IP address, not a name (not shown: a client's address)");
+    if (protocol != ProbeProtocol::kUdpEcho && t.paths > 1) {
+      diagnostics.error(t.paths_line, t.key + ".paths", "only a udp target spreads over several paths");
+      ok = false;
+    }
       ok = false;
     }
     if (t.client && !d.privacy_ok) ok = false;  // no usable key: reported once, by build_privacy
@@ -418,6 +432,7 @@ void build_targets(Draft& d, cfg::Diagnostics& diagnostics) {
       if (const auto [it, inserted] = labels.emplace(spec.label, &t); !inserted) {
         const TargetDraft& first = *it->second;
         diagnostics.error(t.line, t.key,
+    spec.paths = t.paths;
                           "label \"" + spec.label + "\" is already used by " + first.key + " (line " +
                               std::to_string(first.line) + "); give one of them a name");
         continue;

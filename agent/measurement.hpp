@@ -48,6 +48,11 @@ struct ProbeTargetSpec {
   std::size_t payload_size = 0;  // 0: the protocol's default (64-byte probe header, 56-byte ping)
   std::uint8_t dscp = 0;
   bool client = false;  // a client's (player's) address: personal data, labelled by its pseudonym
+  // ECMP paths: UDP echo probes rotate over this many source ports (probe seq mod paths), so
+  // a multipath network spreads them over up to `paths` routes, and reports carry per-path
+  // counts when it is above 1. 1..kMaxPaths; TCP and ICMP probe one path (1).
+  std::uint32_t paths = 1;
+  static constexpr std::uint32_t kMaxPaths = 64;
 };
 
 struct MeasurementConfig {

@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <bit>
+#include <cmath>
 #include <limits>
+#include <new>
 
 namespace vantage::agent::aggregate {
 
@@ -67,6 +69,8 @@ TargetStats::TargetStats(const TargetStatsConfig& config, std::int64_t start_ns)
   mask_ = slots_.size() - 1;
   current_.protocol = config_.protocol;
   current_.start_ns = start_ns;
+  config_.paths = std::clamp<std::uint32_t>(config_.paths, 1, TargetStatsConfig::kMaxPaths);
+  if (config_.paths > 1) paths_.resize(config_.paths);
 }
 
 void TargetStats::on_event(const ProbeEvent& event) noexcept {
@@ -120,6 +124,7 @@ void TargetStats::on_sent(const ProbeEvent& event) noexcept {
   newest_sent_ = event.seq;
   slot_for(event.seq) = Slot{event.seq, event.send_ns, 0, 0, 0, SlotState::kOutstanding, Direction::kUnknown};
   ++current_.sent;
+  if (PathCounts* p = path_of(event.seq)) ++p->sent;
 }
 
 void TargetStats::retire_before(std::uint64_t new_oldest) noexcept {
@@ -164,6 +169,7 @@ void TargetStats::declare_lost(Slot& slot) noexcept {
   slot.state = SlotState::kLost;
   slot.loss_number = losses_++;
   ++current_.lost;
+  if (PathCounts* p = path_of(slot.seq)) ++p->lost;
   if (slot.direction == Direction::kOutbound) {
     ++current_.lost_outbound;
   } else if (slot.direction == Direction::kInbound) {
@@ -173,6 +179,8 @@ void TargetStats::declare_lost(Slot& slot) noexcept {
 
 void TargetStats::undo_loss(Slot& slot) noexcept {
   --current_.lost;
+  // Only a loss of this interval is undone (as the target's own lost), so the path's is above 0.
+  if (PathCounts* p = path_of(slot.seq); p != nullptr && p->lost != 0) --p->lost;
   if (slot.direction == Direction::kOutbound) {
     --current_.lost_outbound;
   } else if (slot.direction == Direction::kInbound) {
@@ -246,6 +254,12 @@ void TargetStats::on_reply(const ProbeEvent& event) noexcept {
 void TargetStats::record_received(const ProbeEvent& event, std::uint64_t rtt_ns) noexcept {
   ++current_.received;
   current_.rtt.record(rtt_ns);
+  if (PathCounts* p = path_of(event.seq)) {
+    p->min_ns = p->received == 0 ? rtt_ns : std::min(p->min_ns, rtt_ns);
+    p->max_ns = std::max(p->max_ns, rtt_ns);
+    p->sum_ns += static_cast<double>(rtt_ns);
+    ++p->received;
+  }
   if (!event.kernel_rx_timestamp) {
     all_kernel_ = false;
   }
@@ -420,6 +434,28 @@ IntervalSummary TargetStats::close_interval(std::int64_t now_ns) noexcept {
   if (!out.rtt.try_assign(rtt_pages)) {
     out.rtt = std::move(rtt_pages);
   }
+  if (!paths_.empty()) {
+    // A few KiB at most; without memory the interval goes without its per-path detail.
+    try {
+      out.paths.reserve(paths_.size());
+      for (std::size_t i = 0; i < paths_.size(); ++i) {
+        const PathCounts& p = paths_[i];
+        out.paths.push_back(PathSummary{
+            .path = static_cast<std::uint16_t>(i),
+            .source_port = 0,
+            .sent = p.sent,
+            .received = p.received,
+            .lost = p.lost,
+            .min_ns = p.min_ns,
+            .max_ns = p.max_ns,
+            .mean_ns = p.received != 0 ? p.sum_ns / static_cast<double>(p.received) : 0.0,
+        });
+      }
+    } catch (const std::bad_alloc&) {
+      out.paths.clear();
+    }
+    std::fill(paths_.begin(), paths_.end(), PathCounts{});
+  }
 
   current_ = IntervalSummary{};
   current_.protocol = config_.protocol;
@@ -468,6 +504,16 @@ flatbuffers::Offset<wire::LatencySummary> build_latency_summary(flatbuffers::Fla
                                                                 const IntervalSummary& summary,
                                                                 bool unresolved) {
   const auto name = fbb.CreateString(target.data(), target.size());
+  flatbuffers::Offset<flatbuffers::Vector<const wire::PathStats*>> paths;
+  if (!summary.paths.empty()) {
+    wire::PathStats* out = nullptr;
+    paths = fbb.CreateUninitializedVectorOfStructs(summary.paths.size(), &out);
+    for (const PathSummary& p : summary.paths) {
+      *out++ = wire::PathStats(p.path, p.source_port, to_wire_count(p.sent), to_wire_count(p.received),
+                               to_wire_count(p.lost), to_wire_ns(p.min_ns), std::llround(p.mean_ns),
+                               to_wire_ns(p.max_ns));
+    }
+  }
   flatbuffers::Offset<flatbuffers::Vector<const wire::HistogramBucket*>> histogram;
   std::uint8_t scheme = 0;
   if (summary.rtt.count() != 0) {
@@ -509,6 +555,9 @@ flatbuffers::Offset<wire::LatencySummary> build_latency_summary(flatbuffers::Fla
   out.add_histogram_scheme(scheme);
   if (unresolved) {
     out.add_unresolved(true);  // absent means resolved, as from an agent before late DNS
+  }
+  if (!paths.IsNull()) {
+    out.add_paths(paths);  // absent with one path
   }
   return out.Finish();
 }

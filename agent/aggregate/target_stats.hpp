@@ -71,12 +71,30 @@ struct TargetStatsConfig {
   // cover probe rate * timeout plus the reordering to expect, or probes are counted lost
   // when their slot is reused.
   std::uint32_t window = 1024;
+  // ECMP paths the prober spreads this target's probes over: probe seq's path is seq mod paths.
+  // Above 1, every interval also carries per-path counts and RTT (IntervalSummary::paths).
+  std::uint32_t paths = 1;
 
+  static constexpr std::uint32_t kMaxPaths = 64;
   static constexpr std::uint32_t kMinWindow = 16;
   static constexpr std::uint32_t kMaxWindow = 65536;
 };
 
 enum class TimestampSource : std::uint8_t { kUserspace = 0, kKernel = 1 };
+
+// One ECMP path of one interval (wire::PathStats): its counts follow the target's own rules
+// (a probe is attributed to path seq mod paths), its RTTs are min/mean/max of its received
+// replies (no per-path histogram: 64 paths of 1000 targets would cost more than the rest).
+struct PathSummary {
+  std::uint16_t path = 0;
+  std::uint16_t source_port = 0;  // filled by whoever knows the prober's sockets; 0 unknown
+  std::uint64_t sent = 0;
+  std::uint64_t received = 0;
+  std::uint64_t lost = 0;
+  std::uint64_t min_ns = 0;  // all RTTs 0 when received is 0
+  std::uint64_t max_ns = 0;
+  double mean_ns = 0.0;
+};
 
 // One interval of one target, in the shape of wire::LatencySummary plus the counters the
 // wire format does not carry yet. Times are CLOCK_MONOTONIC ns.
@@ -119,6 +137,10 @@ struct IntervalSummary {
   TimestampSource timestamp_source = TimestampSource::kUserspace;
 
   LatencyHistogram rtt;  // the sparse buckets on the wire
+
+  // Per ECMP path, in path order; empty when the target has one path (or, rarely, when memory
+  // ran out at the interval's close).
+  std::vector<PathSummary> paths;
 };
 
 class TargetStats {
@@ -172,6 +194,18 @@ class TargetStats {
   void on_reply(const probes::ProbeEvent& event) noexcept;
   void on_send_error(const probes::ProbeEvent& event) noexcept;
 
+  struct PathCounts {
+    std::uint64_t sent = 0;
+    std::uint64_t received = 0;
+    std::uint64_t lost = 0;
+    std::uint64_t min_ns = 0;
+    std::uint64_t max_ns = 0;
+    double sum_ns = 0.0;
+  };
+  PathCounts* path_of(std::uint64_t seq) noexcept {
+    return paths_.empty() ? nullptr : &paths_[static_cast<std::size_t>(seq % paths_.size())];
+  }
+
   void declare_lost(Slot& slot) noexcept;
   void undo_loss(Slot& slot) noexcept;
   void retire_before(std::uint64_t new_oldest) noexcept;
@@ -211,6 +245,7 @@ class TargetStats {
   double ipdv_abs_sum_ = 0.0;
   LatencyHistogram ipdv_;
   IntervalSummary current_;
+  std::vector<PathCounts> paths_;  // this interval's, per path; empty with one path
 };
 
 // Appends a wire::LatencySummary for summary to fbb. target is the label to ship (host:port

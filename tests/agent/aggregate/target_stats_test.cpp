@@ -711,3 +711,82 @@ TEST_CASE("target stats: closing an interval when memory runs out still reports 
   CHECK(next.received == 1);
   CHECK(next.rtt.count() == 1);
 }
+
+TEST_CASE("ECMP paths: per-path sent, received, lost and RTT, path = seq mod paths") {
+  // 4 paths, 40 probes 10 ms apart: path 1 (seq 1, 5, 9, ...) never answers, path k answers
+  // in (k + 1) ms.
+  TargetStatsConfig c = config(ProbeProtocol::kUdpEcho, 256);
+  c.paths = 4;
+  TargetStats stats(c, 0);
+  for (std::uint64_t i = 0; i < 40; ++i) {
+    const std::int64_t t = static_cast<std::int64_t>(i) * 10 * kMs;
+    stats.on_event(sent(i, t));
+    if (i % 4 != 1) stats.on_event(reply(i, t, static_cast<std::int64_t>(i % 4 + 1) * kMs));
+  }
+  const IntervalSummary s = stats.close_interval(1000 * kMs);
+  CHECK(s.sent == 40);
+  CHECK(s.received == 30);
+  CHECK(s.lost == 10);
+  REQUIRE(s.paths.size() == 4);
+  for (std::uint16_t k = 0; k < 4; ++k) {
+    CAPTURE(k);
+    const PathSummary& p = s.paths[k];
+    CHECK(p.path == k);
+    CHECK(p.sent == 10);
+    if (k == 1) {
+      CHECK(p.received == 0);
+      CHECK(p.lost == 10);
+      CHECK(p.min_ns + p.max_ns == 0);
+      CHECK(p.mean_ns == 0.0);
+    } else {
+      const auto rtt = static_cast<std::uint64_t>((k + 1) * kMs);
+      CHECK(p.received == 10);
+      CHECK(p.lost == 0);
+      CHECK(p.min_ns == rtt);
+      CHECK(p.max_ns == rtt);
+      CHECK(p.mean_ns == doctest::Approx(static_cast<double>(rtt)));
+    }
+  }
+
+  // The next interval starts from zero on every path, and the wire carries them.
+  const IntervalSummary next = stats.close_interval(2000 * kMs);
+  REQUIRE(next.paths.size() == 4);
+  for (const PathSummary& p : next.paths) CHECK(p.sent + p.received + p.lost == 0);
+
+  flatbuffers::FlatBufferBuilder fbb;
+  fbb.Finish(build_latency_summary(fbb, "t", s));
+  const auto* l = flatbuffers::GetRoot<wire::LatencySummary>(fbb.GetBufferPointer());
+  REQUIRE(l->paths() != nullptr);
+  REQUIRE(l->paths()->size() == 4);
+  CHECK(l->paths()->Get(1)->lost() == 10);
+  CHECK(l->paths()->Get(1)->sent() == 10);
+  CHECK(l->paths()->Get(2)->mean_ns() == 3 * kMs);
+}
+
+TEST_CASE("ECMP paths: a target with one path carries no path stats, on the wire neither") {
+  TargetStats stats(config(), 0);
+  stats.on_event(sent(0, 0));
+  stats.on_event(reply(0, 0, kMs));
+  const IntervalSummary s = stats.close_interval(1000 * kMs);
+  CHECK(s.paths.empty());
+  flatbuffers::FlatBufferBuilder fbb;
+  fbb.Finish(build_latency_summary(fbb, "t", s));
+  CHECK(flatbuffers::GetRoot<wire::LatencySummary>(fbb.GetBufferPointer())->paths() == nullptr);
+}
+
+TEST_CASE("ECMP paths: a late reply taken back from lost in the same interval moves to received on its path") {
+  TargetStatsConfig c = config(ProbeProtocol::kUdpEcho, 256);
+  c.paths = 2;
+  TargetStats stats(c, 0);
+  stats.on_event(sent(0, 0));
+  stats.on_event(sent(1, 0));
+  stats.expire(kTimeout + kMs);  // both counted lost
+  // Probe 1's reply was stamped in time but sat in the ring.
+  stats.on_event(reply(1, 0, kTimeout / 2));
+  const IntervalSummary s = stats.close_interval(1000 * kMs);
+  REQUIRE(s.paths.size() == 2);
+  CHECK(s.lost + s.received == 2);
+  CHECK(s.paths[0].lost + s.paths[1].lost == s.lost);
+  CHECK(s.paths[0].received + s.paths[1].received == s.received);
+  CHECK(s.paths[1].lost + s.paths[1].received == 1);
+}

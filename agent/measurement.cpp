@@ -202,6 +202,7 @@ platform::Status Measurement::Impl::open_probers() {
             .timeout = t.timeout,
             .count = 0,
             .resolved = resolved,
+            .paths = std::clamp<std::uint32_t>(t.paths, 1, ProbeTargetSpec::kMaxPaths),
         });
         break;
       case ProbeProtocol::kTcpConnect:
@@ -392,6 +393,11 @@ void Measurement::Impl::emit(std::int64_t now_ns, bool final) {
   for (aggregate::TargetStats& s : stats) {
     report.targets.push_back(s.close_interval(now_ns));
   }
+  for (std::size_t i = 0; i < report.targets.size() && udp; ++i) {
+    for (aggregate::PathSummary& p : report.targets[i].paths) {
+      p.source_port = udp->path_source_port(prober_position[i], p.path);
+    }
+  }
   report.labels.reserve(config.targets.size());
   for (const ProbeTargetSpec& t : config.targets) {
     report.labels.push_back(t.client && pseudonymiser
@@ -528,7 +534,11 @@ platform::Status Measurement::start(ReportSink sink) {
   for (const ProbeTargetSpec& t : config_.targets) {
     impl->stats.emplace_back(
         aggregate::TargetStatsConfig{
-            .protocol = t.protocol, .timeout_ns = t.timeout.count(), .window = window_for(t)},
+            .protocol = t.protocol,
+            .timeout_ns = t.timeout.count(),
+            .window = window_for(t),
+            // Only the UDP prober spreads probes over paths (TCP and ICMP probe one).
+            .paths = t.protocol == ProbeProtocol::kUdpEcho ? t.paths : 1},
         now);
   }
   impl->interval_start_ns = now;

@@ -39,7 +39,7 @@ using platform::clock_ns;
 bool valid(const UdpProbeTarget& t) noexcept {
   return std::isfinite(t.rate_per_s) && t.rate_per_s > 0 && t.rate_per_s <= kMaxRatePerS &&
          t.payload_size >= kProbeHeaderSize && t.payload_size <= kMaxProbeSize && t.dscp < 64 &&
-         t.endpoint.port() != 0;
+         t.endpoint.port() != 0 && t.paths >= 1 && t.paths <= kMaxUdpPaths;
 }
 
 // How many batches one wakeup reads from a socket at most: until the queue is empty, in
@@ -51,7 +51,7 @@ constexpr std::size_t kBatchSize = 16;
 }  // namespace
 
 UdpProber::UdpProber(asio::io_context& io, UdpProberConfig config, EventRing& events)
-    : io_(io), config_(std::move(config)), events_(events), v4_(io), v6_(io), timer_(io) {}
+    : io_(io), config_(std::move(config)), events_(events), timer_(io) {}
 
 UdpProber::~UdpProber() = default;
 
@@ -59,13 +59,15 @@ platform::Status UdpProber::start() {
   std::size_t max_payload = kProbeHeaderSize;
   bool any_v4 = false;
   bool any_v6 = false;
+  std::size_t pool_size = 1;
   for (std::size_t i = 0; i < config_.targets.size(); ++i) {
     const UdpProbeTarget& t = config_.targets[i];
     if (!valid(t)) {
       return platform::Status::error("invalid target " + std::to_string(i + 1) +
-                                     " (rate, payload size, DSCP or port 0)");
+                                     " (rate, payload size, DSCP, paths or port 0)");
     }
     max_payload = std::max(max_payload, t.payload_size);
+    pool_size = std::max<std::size_t>(pool_size, t.paths);
     if (!t.resolved) {
       continue;  // no endpoint yet
     }
@@ -78,22 +80,27 @@ platform::Status UdpProber::start() {
     (t.endpoint.address().is_v6() ? any_v6 : any_v4) = true;
   }
 
+  pool_size_ = pool_size;
+  target_v6_ = std::make_unique<std::atomic<bool>[]>(config_.targets.size());
+  for (std::size_t i = 0; i < config_.targets.size(); ++i) {
+    target_v6_[i].store(config_.targets[i].endpoint.address().is_v6(), std::memory_order_relaxed);
+  }
   std::error_code ec;
   if (any_v4) {
-    ec = open(v4_, false);
+    ec = open_pool(false);
   }
   if (!ec && any_v6) {
-    ec = open(v6_, true);
+    ec = open_pool(true);
   }
   if (ec) {
-    std::error_code ignored;
-    v4_.socket.close(ignored);
-    v6_.socket.close(ignored);
+    close_pools();
     return platform::Status::error(ec.message(), platform::Errc::kIo);
   }
-  kernel_timestamps_.store(
-      (!any_v4 || v4_.kernel_timestamps) && (!any_v6 || v6_.kernel_timestamps) && (any_v4 || any_v6),
-      std::memory_order_relaxed);
+  bool all_stamped = any_v4 || any_v6;
+  for (const Pool* p : {&v4_, &v6_}) {
+    for (const auto& s : *p) all_stamped = all_stamped && s->kernel_timestamps;
+  }
+  kernel_timestamps_.store(all_stamped, std::memory_order_relaxed);
 
   send_buffer_.assign(max_payload, std::byte{0});
   receive_buffer_.assign(max_payload + 1, std::byte{0});
@@ -117,11 +124,11 @@ platform::Status UdpProber::start() {
 
   stopping_ = false;
   sending_stopped_ = false;
-  for (Socket* s : {&v4_, &v6_}) {
-    if (s->socket.is_open()) {
+  for (Pool* p : {&v4_, &v6_}) {
+    for (auto& s : *p) {
       s->batched = s->kernel_timestamps;
       if (s->batched) {
-        batch_.resize(kBatchSize, receive_buffer_.size());
+        if (batch_.capacity() == 0) batch_.resize(kBatchSize, receive_buffer_.size());
       } else {
         arm_read(*s);
       }
@@ -135,9 +142,7 @@ void UdpProber::stop() {
   asio::post(io_, [this] {
     stopping_ = true;
     timer_.cancel();
-    std::error_code ignored;
-    v4_.socket.close(ignored);
-    v6_.socket.close(ignored);
+    close_pools();
   });
 }
 
@@ -153,19 +158,19 @@ void UdpProber::set_address(std::size_t position, std::optional<asio::ip::addres
       a = asio::ip::make_address_v4(asio::ip::v4_mapped, a->to_v6());
     }
     if (a) {
-      Socket& s = a->is_v6() ? v6_ : v4_;
-      if (!s.socket.is_open()) {
-        if (open(s, a->is_v6())) {
-          std::error_code ignored;
-          s.socket.close(ignored);
+      Pool& p = pool(a->is_v6());
+      if (p.empty()) {
+        if (open_pool(a->is_v6())) {
           send_errors_.bump();  // retried at the next change or refresh of the name
           a.reset();
         } else {
-          s.batched = s.kernel_timestamps && !sending_stopped_;
-          if (s.batched) {
-            if (batch_.capacity() == 0) batch_.resize(kBatchSize, receive_buffer_.size());
-          } else {
-            arm_read(s);
+          for (auto& s : p) {
+            s->batched = s->kernel_timestamps && !sending_stopped_;
+            if (s->batched) {
+              if (batch_.capacity() == 0) batch_.resize(kBatchSize, receive_buffer_.size());
+            } else {
+              arm_read(*s);
+            }
           }
         }
       }
@@ -173,6 +178,7 @@ void UdpProber::set_address(std::size_t position, std::optional<asio::ip::addres
     t.config.resolved = a.has_value();
     if (a) {
       t.config.endpoint.address(*a);
+      target_v6_[position].store(a->is_v6(), std::memory_order_relaxed);
     }
     rebuild_endpoints();
     const bool more = t.config.count == 0 || t.next_seq < t.config.count;
@@ -191,13 +197,51 @@ void UdpProber::stop_sending() {
     sending_stopped_ = true;
     timer_.cancel();
     // The replies in flight are read as they arrive from now on (no more wakeups to read at).
-    for (Socket* s : {&v4_, &v6_}) {
-      if (s->batched && s->socket.is_open()) {
-        s->batched = false;
-        arm_read(*s);
+    for (Pool* p : {&v4_, &v6_}) {
+      for (auto& s : *p) {
+        if (s->batched && s->socket.is_open()) {
+          s->batched = false;
+          arm_read(*s);
+        }
       }
     }
   });
+}
+
+std::uint16_t UdpProber::path_source_port(std::size_t position, std::size_t path) const noexcept {
+  if (!target_v6_ || position >= config_.targets.size() || path >= kMaxUdpPaths) return 0;
+  const bool v6 = target_v6_[position].load(std::memory_order_relaxed);
+  return ports_[v6 ? 1 : 0][path].load(std::memory_order_relaxed);
+}
+
+std::error_code UdpProber::open_pool(bool v6) {
+  Pool& p = pool(v6);
+  p.clear();
+  p.reserve(pool_size_);
+  for (std::size_t i = 0; i < pool_size_; ++i) {
+    p.push_back(std::make_unique<Socket>(io_, static_cast<std::uint16_t>(i)));
+    if (const std::error_code ec = open(*p.back(), v6)) {
+      for (auto& s : p) {
+        std::error_code ignored;
+        s->socket.close(ignored);
+      }
+      p.clear();
+      return ec;
+    }
+    std::error_code ignored;
+    ports_[v6 ? 1 : 0][i].store(p.back()->socket.local_endpoint(ignored).port(), std::memory_order_relaxed);
+  }
+  return {};
+}
+
+void UdpProber::close_pools() {
+  // Closed, not destroyed: a read wait still queued on the io_context refers to its Socket.
+  for (Pool* p : {&v4_, &v6_}) {
+    for (auto& s : *p) {
+      std::error_code ignored;
+      s->socket.close(ignored);
+    }
+  }
 }
 
 UdpProberCounters UdpProber::counters() const noexcept {
@@ -221,6 +265,13 @@ std::error_code UdpProber::open(Socket& s, bool v6) {
   }
   if (!ec) {
     s.socket.non_blocking(true, ec);
+  }
+  if (!ec && v6) {
+    // The kernel's flow label hashes the flow, source port included, so each path gets its own
+    // label for routers that hash on it; Linux's default (net.ipv6.auto_flowlabels=1) already
+    // does, this also covers the opt-in setting. Refused by an older kernel: ports alone then.
+    const int one = 1;
+    (void)::setsockopt(s.socket.native_handle(), IPPROTO_IPV6, IPV6_AUTOFLOWLABEL, &one, sizeof(one));
   }
   if (ec) {
     return ec;
@@ -249,15 +300,18 @@ void UdpProber::arm_timer() {
 
 std::size_t UdpProber::BatchedReads::read(std::int64_t) {
   std::size_t n = 0;
-  for (Socket* s : {&prober->v4_, &prober->v6_}) {
-    if (s->batched && s->socket.is_open()) n += prober->read_batch(*s);
+  for (UdpProber::Pool* p : {&prober->v4_, &prober->v6_}) {
+    for (auto& s : *p) {
+      if (s->batched && s->socket.is_open()) n += prober->read_batch(*s);
+    }
   }
   return n;
 }
 
 std::int64_t UdpProber::BatchedReads::next_read(std::int64_t now_ns, std::size_t sent, std::size_t read) {
-  const bool any = (prober->v4_.batched && prober->v4_.socket.is_open()) ||
-                   (prober->v6_.batched && prober->v6_.socket.is_open());
+  // A pool's sockets are batched or not together.
+  const bool any = (!prober->v4_.empty() && prober->v4_[0]->batched && prober->v4_[0]->socket.is_open()) ||
+                   (!prober->v6_.empty() && prober->v6_[0]->batched && prober->v6_[0]->socket.is_open());
   if (!any) return std::numeric_limits<std::int64_t>::max();
   return prober->reply_wait_.next_read(now_ns, sent, read, prober->schedule_.grid().slot_ns);
 }
@@ -279,7 +333,13 @@ void UdpProber::rebuild_endpoints() {
 
 void UdpProber::send_probe(TargetState& t, std::int64_t now_ns) {
   const bool v6 = t.config.endpoint.address().is_v6();
-  Socket& s = v6 ? v6_ : v4_;
+  Pool& p = pool(v6);
+  if (p.empty()) {  // cannot happen for a resolved target; counted rather than trusted
+    send_errors_.bump();
+    return;
+  }
+  const std::uint64_t seq = t.next_seq;
+  Socket& s = *p[t.config.paths > 1 ? static_cast<std::size_t>(seq % t.config.paths) : 0];
   const int dscp = t.config.dscp;
   if (s.dscp != dscp) {
     const int tos = dscp << 2;  // DSCP is the upper six bits; ECN bits stay 0
@@ -347,7 +407,8 @@ void UdpProber::on_readable(Socket& s) {
     }
     received_.bump();
     handle_reply(std::span<const std::byte>(receive_buffer_.data(), d.truncated ? receive_buffer_.size() : d.size),
-                 peer_, platform::monotonic_rx_time(s.kernel_timestamps ? d.kernel_realtime_ns : std::nullopt));
+                 peer_, platform::monotonic_rx_time(s.kernel_timestamps ? d.kernel_realtime_ns : std::nullopt),
+                 s.path);
   }
 }
 
@@ -367,7 +428,7 @@ std::size_t UdpProber::read_batch(Socket& s) {
     for (std::size_t i = 0; i < batch_.count(); ++i) {
       received_.bump();
       replies += handle_reply(batch_.data(i), batch_.peer(i),
-                              platform::monotonic_rx_time(batch_.kernel_realtime_ns(i), offset, read_ns))
+                              platform::monotonic_rx_time(batch_.kernel_realtime_ns(i), offset, read_ns), s.path)
                      ? 1
                      : 0;
     }
@@ -376,7 +437,8 @@ std::size_t UdpProber::read_batch(Socket& s) {
   return replies;
 }
 
-bool UdpProber::handle_reply(std::span<const std::byte> packet, const sockaddr_storage& peer, platform::RxTime rx) {
+bool UdpProber::handle_reply(std::span<const std::byte> packet, const sockaddr_storage& peer, platform::RxTime rx,
+                             std::uint16_t path) {
   ProbeHeader reply;
   if (const ProbeDecodeStatus status = decode_probe(packet, ProbeKind::kReply, reply, receive_buffer_.size() - 1);
       status != ProbeDecodeStatus::kOk) {
@@ -390,8 +452,9 @@ bool UdpProber::handle_reply(std::span<const std::byte> packet, const sockaddr_s
     return false;
   }
   const TargetState* target = &targets_[position];
+  const std::uint64_t expected_path = target->config.paths > 1 ? reply.sequence % target->config.paths : 0;
   if (reply.sender_id != config_.sender_id || reply.sequence >= target->next_seq ||
-      packet.size() != target->config.payload_size) {
+      packet.size() != target->config.payload_size || expected_path != path) {
     dropped_unexpected_.bump();
     return false;
   }

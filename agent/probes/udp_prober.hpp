@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <system_error>
 #include <vector>
@@ -42,7 +43,14 @@ struct UdpProbeTarget {
   std::uint64_t count = 0;
   // False: a name without an address yet; not probed until set_address() gives it one.
   bool resolved = true;
+  // ECMP paths, 1..kMaxPaths: probe seq goes out from the family's socket seq mod paths, so
+  // consecutive probes leave from `paths` different source ports (and IPv6 flow labels).
+  std::uint32_t paths = 1;
 };
+
+// The most source ports one target rotates over; the prober opens at most this many sockets
+// per address family, shared by all targets.
+inline constexpr std::uint32_t kMaxUdpPaths = 64;
 
 struct UdpProberConfig {
   std::vector<UdpProbeTarget> targets;
@@ -69,7 +77,8 @@ struct UdpProberCounters {
   std::uint64_t dropped_foreign = 0;    // not our magic, or not from a configured target
   std::uint64_t dropped_malformed = 0;  // our magic but bad version/flags/reserved, or a request
   // Well-formed reply from a target, but with another sender id, a sequence number not yet
-  // sent, or a length other than the probe's: forged, stale or misrouted.
+  // sent, a length other than the probe's, or arriving on another path's socket than its
+  // probe left from: forged, stale or misrouted.
   std::uint64_t dropped_unexpected = 0;
   std::uint64_t invalid_dwell = 0;   // reflector tx < rx or dwell > RTT: dwell reported as 0
   std::uint64_t receive_errors = 0;  // recvmsg failed with something other than EAGAIN
@@ -82,11 +91,16 @@ struct UdpProberCounters {
 // const accessors may be called from any thread once start() has returned. Destroy it only
 // once the io_context no longer runs its handlers.
 //
-// Sockets: one unconnected socket per address family in use, bound to an ephemeral port and
-// shared by all targets of that family, so a prober with hundreds of targets holds two file
-// descriptors. Replies are matched to a target by their source endpoint (a reflector answers
-// from the address and port it was probed on), then checked against sender id, sequence
-// numbers sent so far and probe length. DSCP is set per send with setsockopt, only when it
+// Sockets: per address family in use, a pool of unconnected sockets bound to ephemeral ports
+// and shared by all targets of that family: as many as the most paths any target has (one
+// without ECMP targets), so a prober with a thousand targets of 64 paths holds 128 file
+// descriptors. Path i of every target is socket i of its family; probe seq of a target with K
+// paths leaves from socket seq mod K, so ECMP hashing (ports, IPv6 flow label) sees K flows.
+// IPv6 sockets ask for the kernel's automatic flow label (IPV6_AUTOFLOWLABEL), a hash of
+// the flow that differs with the source port. Replies are matched to a target by their source
+// endpoint (a reflector answers from the address and port it was probed on), then checked
+// against sender id, sequence numbers sent so far, probe length and the path: a reply must
+// arrive on the socket its probe left from. DSCP is set per send with setsockopt, only when it
 // differs from the socket's current marking.
 //
 // Scheduling: one timer for all targets over a ProbeSchedule (as the TCP and ICMP probers),
@@ -151,6 +165,10 @@ class UdpProber {
   bool kernel_timestamps() const noexcept { return kernel_timestamps_.load(std::memory_order_relaxed); }
   UdpProberCounters counters() const noexcept;
 
+  // The local port path `path` of target `position` sends from, for its current address
+  // family; 0 when that socket is not open (or out of range). Any thread.
+  std::uint16_t path_source_port(std::size_t position, std::size_t path) const noexcept;
+
  private:
   // Single writer (the io_context thread), any reader.
   using Counter = platform::StatCounter;
@@ -161,8 +179,9 @@ class UdpProber {
   };
 
   struct Socket {
-    explicit Socket(asio::io_context& io) : socket(io) {}
+    Socket(asio::io_context& io, std::uint16_t path_index) : socket(io), path(path_index) {}
     asio::ip::udp::socket socket;
+    std::uint16_t path = 0;  // the path index of every probe sent from it
     bool kernel_timestamps = false;
     bool batched = false;  // read at wakeups (kernel stamps, still sending), not on arrival
     int dscp = 0;          // the marking currently set on the socket
@@ -175,11 +194,17 @@ class UdpProber {
     std::int64_t next_read(std::int64_t now_ns, std::size_t sent, std::size_t read);
   };
 
+  using Pool = std::vector<std::unique_ptr<Socket>>;
+  Pool& pool(bool v6) noexcept { return v6 ? v6_ : v4_; }
+  // Opens the family's pool (pool_size_ sockets); on failure none stays open.
+  std::error_code open_pool(bool v6);
+  void close_pools();
   std::error_code open(Socket& s, bool v6);
   void arm_read(Socket& s);
   void on_readable(Socket& s);
   std::size_t read_batch(Socket& s);
-  bool handle_reply(std::span<const std::byte> packet, const sockaddr_storage& peer, platform::RxTime rx);
+  bool handle_reply(std::span<const std::byte> packet, const sockaddr_storage& peer, platform::RxTime rx,
+                    std::uint16_t path);
   void arm_timer();
   void send_probe(TargetState& t, std::int64_t now_ns);
   void rebuild_endpoints();
@@ -188,8 +213,13 @@ class UdpProber {
   asio::io_context& io_;
   UdpProberConfig config_;
   EventRing& events_;
-  Socket v4_;
-  Socket v6_;
+  Pool v4_;  // empty, or pool_size_ sockets, all open
+  Pool v6_;
+  std::size_t pool_size_ = 1;
+  // The pools' local ports, for path_source_port() from other threads: [v6][path].
+  std::array<std::array<std::atomic<std::uint16_t>, kMaxUdpPaths>, 2> ports_{};
+  // Per target (config order): whether its current address is IPv6.
+  std::unique_ptr<std::atomic<bool>[]> target_v6_;
   ScheduleTimer timer_;
   BatchedReads reads_{this};
   std::vector<TargetState> targets_;

@@ -488,3 +488,53 @@ TEST_CASE("udp prober: a new address for a target keeps the wakeup that reads it
     CHECK(e.kernel_rx_timestamp == prober.kernel_timestamps());
   }
 }
+
+TEST_CASE("udp prober: ECMP paths rotate probes over as many source ports, seq mod paths") {
+  constexpr std::uint64_t kPaths = 8;
+  constexpr std::uint64_t kProbes = 4 * kPaths;
+  for (const std::string address : {"127.0.0.1", "::1"}) {
+    CAPTURE(address);
+    RunningReflector reflector(fast_loopback(address));
+    UdpProberConfig config = one_target(reflector.endpoint(), 200, kProbes);
+    config.targets[0].paths = kPaths;
+    // A second target on one path shares the pool's first socket.
+    UdpProbeTarget plain = config.targets[0];
+    plain.index = 8;
+    plain.paths = 1;
+    RunningReflector other(fast_loopback(address));
+    plain.endpoint = other.endpoint();
+    config.targets.push_back(plain);
+    RunningProber prober(std::move(config));
+    REQUIRE(prober.collect_until([&] { return prober.count(ProbeEventKind::kReply) >= 2 * kProbes; }));
+
+    // A reply comes back to the port its probe left from, and one arriving on another path's
+    // socket than seq mod paths would be dropped as unexpected: every probe answered and none
+    // dropped means each left from its path's socket, and the ports below are all different.
+    std::set<std::uint64_t> answered;
+    for (const ProbeEvent& e : prober.of_kind(ProbeEventKind::kReply)) {
+      if (e.target == 7) answered.insert(e.seq);
+    }
+    CHECK(answered.size() == kProbes);
+    std::set<std::uint16_t> ports;
+    for (std::size_t p = 0; p < kPaths; ++p) ports.insert(prober->path_source_port(0, p));
+    CHECK(ports.size() == kPaths);
+    CHECK(ports.count(0) == 0);
+    CHECK(prober->path_source_port(0, kPaths) == 0);  // the pool holds only as many as the most paths
+    CHECK(prober->path_source_port(1, 0) == prober->path_source_port(0, 0));
+    const auto c = prober->counters();
+    CHECK(c.replies == 2 * kProbes);
+    CHECK(c.dropped_foreign + c.dropped_malformed + c.dropped_unexpected == 0);
+  }
+}
+
+TEST_CASE("udp prober: more than 64 paths is refused") {
+  asio::io_context io;
+  EventRing ring(64);
+  UdpProberConfig config = one_target(udp::endpoint(asio::ip::make_address("127.0.0.1"), 9), 1, 1);
+  config.targets[0].paths = probes::kMaxUdpPaths + 1;
+  UdpProber prober(io, config, ring);
+  CHECK(!prober.start());
+  config.targets[0].paths = 0;
+  UdpProber zero(io, config, ring);
+  CHECK(!zero.start());
+}

@@ -115,6 +115,24 @@ void write_target(JsonWriter& j, const ProbeTargetSpec& spec, const std::string&
   j.field("p99", s.jitter_p99_ns);
   j.end_object();
   j.field("timestamps", s.timestamp_source == aggregate::TimestampSource::kKernel ? "kernel" : "userspace");
+  if (!s.paths.empty()) {
+    // Compact: one array per path, [path, source_port, sent, received, lost, min, mean, max] (ns).
+    j.key("paths");
+    j.begin_array();
+    for (const aggregate::PathSummary& p : s.paths) {
+      j.begin_array();
+      j.value(std::uint64_t{p.path});
+      j.value(std::uint64_t{p.source_port});
+      j.value(p.sent);
+      j.value(p.received);
+      j.value(p.lost);
+      j.value(p.min_ns);
+      j.value(p.mean_ns);
+      j.value(p.max_ns);
+      j.end_array();
+    }
+    j.end_array();
+  }
   j.end_object();
 }
 
@@ -281,6 +299,15 @@ void table_report(const MeasurementReport& report, const std::vector<ProbeTarget
     if (s.send_errors > 0) notes += printf_string(" send errors %" PRIu64, s.send_errors);
     if (s.reflector_restarts > 0)
       notes += printf_string(" reflector restarts %" PRIu64, s.reflector_restarts);
+    if (!s.paths.empty()) {
+      // Only the paths that lost anything, as path:lost/sent; the rest is the target's own line.
+      std::string lossy;
+      for (const aggregate::PathSummary& p : s.paths) {
+        if (p.lost > 0) lossy += printf_string(" %u:%" PRIu64 "/%" PRIu64, unsigned{p.path}, p.lost, p.sent);
+      }
+      notes += printf_string(" %zu paths", s.paths.size());
+      if (!lossy.empty()) notes += ", lossy (path:lost/sent)" + lossy;
+    }
     if (!notes.empty()) out += " " + notes;
     out += '\n';
     flush();

@@ -177,8 +177,21 @@ CREATE TABLE load_{P}(
 CREATE TABLE rtt_{P}(
   id INTEGER PRIMARY KEY, target_index INTEGER, probe_seq INTEGER, send_time_ns INTEGER, rtt_ns INTEGER
 );
+{PATH}
 {SELF}
 )sql";
+
+// path_{P}: a latency summary's ECMP paths (wire::PathStats), only for targets probed over more
+// than one. A row's id is (its latency_{P} row id << kPathShift) + path, so a summary's paths
+// are the id range of its own id, found without an index. Partitions made before it get the
+// table from ensure_path_tables().
+constexpr int kPathShift = 6;
+constexpr std::int64_t kMaxPaths = std::int64_t{1} << kPathShift;  // the agent's bound, 64
+constexpr const char* kPathTableDdl = R"sql(
+CREATE TABLE IF NOT EXISTS path_{P}(
+  id INTEGER PRIMARY KEY, path INTEGER, source_port INTEGER, sent INTEGER, received INTEGER, lost INTEGER,
+  min_ns INTEGER, mean_ns INTEGER, max_ns INTEGER
+);)sql";
 
 // self_{P}: the batch id, then one INTEGER column per AgentSelf field (schemas/agent_self_fields.hpp).
 // A field added since a partition was made is added to it by ensure_self_columns().
@@ -193,6 +206,7 @@ std::string self_table_ddl() {
 std::string partition_ddl() {
   std::string ddl = kPartitionDdl;
   ddl.replace(ddl.find("{SELF}"), 6, self_table_ddl());
+  ddl.replace(ddl.find("{PATH}"), 6, kPathTableDdl);
   return ddl;
 }
 
@@ -282,6 +296,26 @@ const std::vector<ViewDef>& view_defs() {
       self.push_back({f.name, nullptr});
     }
     self.push_back({"incarnation", kIncarnationHex});
+    v.push_back({"latency_paths",
+                 {{"agent_id", "a.agent_id"},
+                  {"seq", "b.seq"},
+                  {"idx", "(l.id >> 6) & 16777215"},
+                  {"target", "t.name"},
+                  {"protocol", "t.protocol"},
+                  {"path", nullptr},
+                  {"source_port", nullptr},
+                  {"sent", nullptr},
+                  {"received", nullptr},
+                  {"lost", nullptr},
+                  {"min_ns", nullptr},
+                  {"mean_ns", nullptr},
+                  {"max_ns", nullptr},
+                  {"interval_start_ns", "b.interval_start_ns"},
+                  {"interval_end_ns", "b.interval_end_ns"},
+                  {"incarnation", kIncarnationHex}},
+                 "path_{P} AS l JOIN latency_{P} AS s ON s.id = l.id >> 6 JOIN batches_{P} AS b ON b.id = l.id >> 30 "
+                 "JOIN agents AS a ON a.id = b.agent JOIN targets AS t ON t.id = s.target" +
+                     std::string(kJoinIncarnation)});
     v.push_back({"agent_self", self,
                  "self_{P} AS l JOIN batches_{P} AS b ON b.id = l.batch JOIN agents AS a ON a.id = b.agent" +
                      std::string(kJoinIncarnation)});
@@ -355,6 +389,7 @@ INSERT INTO load_{P} VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 
 )sql";
 
 constexpr const char* kInsertRtt = "INSERT INTO rtt_{P} VALUES (?1, ?2, ?3, ?4, ?5)";
+constexpr const char* kInsertPath = "INSERT INTO path_{P} VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 
 // By column name: a partition made by an older collector has its later columns added at the end.
 const std::string& insert_self_sql() {
@@ -749,7 +784,7 @@ struct SqliteStore::Impl {
   struct Partition {
     std::int64_t day = 0;
     std::string name;
-    Stmt insert_batch, insert_latency, insert_load, insert_rtt, insert_self;
+    Stmt insert_batch, insert_latency, insert_load, insert_rtt, insert_self, insert_path;
   };
 
   std::string path;
@@ -860,7 +895,8 @@ struct SqliteStore::Impl {
                                                    {&p.insert_latency, kInsertLatency},
                                                    {&p.insert_load, kInsertLoad},
                                                    {&p.insert_rtt, kInsertRtt},
-                                                   {&p.insert_self, insert_self_sql().c_str()}};
+                                                   {&p.insert_self, insert_self_sql().c_str()},
+                                                   {&p.insert_path, kInsertPath}};
       for (const auto& [stmt, sql] : all) {
         if (std::string err = prepare(*stmt, subst(sql, p.name)); !err.empty()) return err;
       }
@@ -889,6 +925,8 @@ struct SqliteStore::Impl {
   std::string migrate(std::int64_t from_version);
   std::string migrate_v3();
   std::string ensure_self_columns();
+  std::string ensure_path_tables();
+  std::string store_paths(Partition& part, std::int64_t latency_id, const wire::LatencySummary& l);
   std::size_t drop_expired(std::int64_t now, std::string& err);
 };
 
@@ -1237,6 +1275,7 @@ std::string SqliteStore::Impl::store_one(const IncomingBatch& in, std::int64_t n
           .i64(l->histogram_overflow())
           .i64(l->histogram_dropped());
       if (r.rc() != SQLITE_OK || run(st) != SQLITE_OK) return error("insert latency summary");
+      if (std::string err = store_paths(*part, base + idx, *l); !err.empty()) return err;
       const bool sent = l->sent() > 0;
       if (better(sent, end, seq, idx, *pair)) {
         pair->has_best = true;
@@ -1622,6 +1661,51 @@ std::string SqliteStore::Impl::ensure_self_columns() {
   return {};
 }
 
+// Partitions made before per-path rows existed get an empty path_{P}, so that the views cover
+// every partition; nothing else changes (schema version included: an older collector ignores it).
+std::string SqliteStore::Impl::ensure_path_tables() {
+  sqlite3* h = db.get();
+  std::vector<std::string> names;
+  std::string create;
+  int rc = each_row(h, "SELECT name FROM partitions ORDER BY day", kNoBind,
+                    [&](sqlite3_stmt* s) { names.push_back(column_text(s, 0)); });
+  for (std::size_t i = 0; rc == SQLITE_OK && i < names.size(); ++i) {
+    if (!table_exists(h, ("path_" + names[i]).c_str())) create += subst(kPathTableDdl, names[i]);
+  }
+  if (rc != SQLITE_OK) return error("cannot read the partitions");
+  if (create.empty()) return {};
+  if (exec(h, "BEGIN IMMEDIATE;" + create + views_sql(names) + "COMMIT;") != SQLITE_OK) {
+    std::string err = error("cannot add the per-path tables");
+    exec(h, "ROLLBACK");
+    return err;
+  }
+  return {};
+}
+
+// A summary's paths beyond kMaxPaths (more than any agent sends) are not stored: ids must stay in
+// their summary's range. Path numbers are the row's position, the agent's own path kept as a column.
+std::string SqliteStore::Impl::store_paths(Partition& part, std::int64_t latency_id, const wire::LatencySummary& l) {
+  const auto* paths = l.paths();
+  if (paths == nullptr) return {};
+  const std::int64_t n = std::min<std::int64_t>(paths->size(), kMaxPaths);
+  sqlite3_stmt* st = part.insert_path.get();
+  for (std::int64_t i = 0; i < n; ++i) {
+    const wire::PathStats* p = paths->Get(static_cast<flatbuffers::uoffset_t>(i));
+    Binder r(st);
+    r.i64((latency_id << kPathShift) + i)
+        .i64(p->path())
+        .i64(p->source_port())
+        .i64(p->sent())
+        .i64(p->received())
+        .i64(p->lost())
+        .i64(p->min_ns())
+        .i64(p->mean_ns())
+        .i64(p->max_ns());
+    if (r.rc() != SQLITE_OK || run(st) != SQLITE_OK) return error("insert path stats");
+  }
+  return {};
+}
+
 std::size_t SqliteStore::Impl::drop_expired(std::int64_t now, std::string& err) {
   if (options.retention_days <= 0 || options.read_only) return 0;
   sqlite3* h = db.get();
@@ -1662,7 +1746,7 @@ std::size_t SqliteStore::Impl::drop_expired(std::int64_t now, std::string& err) 
         "  WHERE latest_day <= {D};"
         "UPDATE agents SET load_day = NULL, load_row = NULL, load_time_ns = NULL, load_seq = NULL WHERE load_day <= {D};"
         "UPDATE agents SET self_day = NULL, self_batch = NULL, self_seq = NULL WHERE self_day <= {D};"
-        "DROP TABLE batches_{P}; DROP TABLE latency_{P}; DROP TABLE load_{P}; DROP TABLE rtt_{P}; DROP TABLE self_{P};"
+        "DROP TABLE batches_{P}; DROP TABLE latency_{P}; DROP TABLE load_{P}; DROP TABLE rtt_{P}; DROP TABLE self_{P}; DROP TABLE IF EXISTS path_{P};"
         "DELETE FROM partitions WHERE day = {D};",
         name);
     for (std::size_t at; (at = sql.find("{D}")) != std::string::npos;) sql.replace(at, 3, d);
@@ -1773,6 +1857,9 @@ Result<SqliteStore> SqliteStore::open(const std::string& path, const OpenOptions
     if (std::string err = s.ensure_self_columns(); !err.empty()) {
       return failure(std::move(err));
     }
+    if (std::string err = s.ensure_path_tables(); !err.empty()) {
+      return failure(std::move(err));
+    }
   }
   if (!s.begin) {
     if (std::string err = s.prepare_global(); !err.empty()) {
@@ -1817,7 +1904,8 @@ Result<std::vector<StoreOutcome>> SqliteStore::store(std::span<const IncomingBat
   sqlite3* h = s.db.get();
   const auto clear_bindings = [&] {
     for (auto& [day, p] : s.partitions) {
-      for (Stmt* st : {&p->insert_batch, &p->insert_latency, &p->insert_load, &p->insert_rtt, &p->insert_self}) {
+      for (Stmt* st : {&p->insert_batch, &p->insert_latency, &p->insert_load, &p->insert_rtt, &p->insert_self,
+                       &p->insert_path}) {
         if (*st) sqlite3_clear_bindings(st->get());
       }
     }

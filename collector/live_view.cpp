@@ -74,6 +74,25 @@ void LiveView::record(const store::IncomingBatch& in) {
       e.jitter_mean_ns = l->jitter_mean_ns();
       e.jitter_p99_ns = l->jitter_p99_ns();
       e.unresolved = l->unresolved();
+      e.paths.clear();
+      if (const auto* paths = l->paths()) {
+        for (flatbuffers::uoffset_t i = 0; i < paths->size() && i < kMaxLivePaths; ++i) {
+          const wire::PathStats* p = paths->Get(i);
+          const std::uint64_t path_answered = static_cast<std::uint64_t>(p->received()) + p->lost();
+          e.paths.push_back(LivePath{
+              .path = p->path(),
+              .source_port = p->source_port(),
+              .sent = p->sent(),
+              .received = p->received(),
+              .lost = p->lost(),
+              .loss_ratio = path_answered == 0 ? 0.0
+                                               : static_cast<double>(p->lost()) / static_cast<double>(path_answered),
+              .min_ns = p->min_ns(),
+              .mean_ns = p->mean_ns(),
+              .max_ns = p->max_ns(),
+          });
+        }
+      }
     }
   }
 

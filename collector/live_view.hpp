@@ -27,6 +27,16 @@ struct LiveViewOptions {
 };
 
 // One (region, PoP, agent, target, protocol): the newest interval's summary.
+// One ECMP path of a target's newest interval (wire::PathStats); at most kMaxLivePaths a target.
+struct LivePath {
+  std::uint16_t path = 0;
+  std::uint16_t source_port = 0;
+  std::uint32_t sent = 0, received = 0, lost = 0;
+  double loss_ratio = 0.0;  // lost / (received + lost), 0 when neither
+  std::int64_t min_ns = 0, mean_ns = 0, max_ns = 0;
+};
+inline constexpr std::size_t kMaxLivePaths = 64;  // the agent's bound on paths per target
+
 struct LiveLatency {
   std::string region, pop, agent_id, target, protocol;
   std::int64_t interval_end_ns = 0;
@@ -38,6 +48,7 @@ struct LiveLatency {
   double jitter_mean_ns = 0.0;
   std::int64_t jitter_p99_ns = 0;
   bool unresolved = false;  // the agent could not resolve the target's name: not probed, not loss
+  std::vector<LivePath> paths;  // empty unless the target is probed over several ECMP paths
 };
 
 struct LoadPoint {

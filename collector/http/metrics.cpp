@@ -1,6 +1,7 @@
 #include "collector/http/metrics.hpp"
 
 #include <array>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -38,6 +39,35 @@ void family(PrometheusText& out, std::string_view name, Type type, std::string_v
   for (const Row& r : rows) {
     const std::optional<double> v = value_of(r);
     if (v) out.sample(name, labels_of(r), *v);
+  }
+}
+
+// The vantage_path_* families: one sample per path of each multi-path target's newest interval.
+void path_families(PrometheusText& out, const std::vector<LiveLatency>& lat) {
+  struct PathFamily {
+    const char* name;
+    const char* help;
+    double (*value)(const LivePath&);
+  };
+  static constexpr PathFamily kPathFamilies[] = {
+      {"vantage_path_probes_sent", "Probes sent over one ECMP path (source port) in the newest interval.",
+       [](const LivePath& p) { return num(p.sent); }},
+      {"vantage_path_probes_lost", "Probes lost over one ECMP path in the newest interval.",
+       [](const LivePath& p) { return num(p.lost); }},
+      {"vantage_path_loss_ratio", "lost / (received + lost) of one ECMP path in the newest interval.",
+       [](const LivePath& p) { return p.loss_ratio; }},
+      {"vantage_path_rtt_mean_seconds", "Mean round trip of one ECMP path in the newest interval.",
+       [](const LivePath& p) { return seconds(p.mean_ns); }},
+  };
+  for (const PathFamily& f : kPathFamilies) {
+    out.family(f.name, Type::kGauge, f.help);
+    for (const LiveLatency& l : lat) {
+      for (const LivePath& p : l.paths) {
+        Labels labels = latency_labels(l);
+        labels.emplace_back("path", std::to_string(p.path));
+        out.sample(f.name, labels, f.value(p));
+      }
+    }
   }
 }
 
@@ -87,6 +117,11 @@ std::string render_metrics(const LiveSnapshot& view, const IngestCounters& c, co
   family(out, "vantage_latency_age_seconds", Type::kGauge,
          "Seconds since the end of the newest interval (collector clock minus agent clock).", lat,
          latency_labels, [&](const LiveLatency& l) { return opt(seconds(now_ns - l.interval_end_ns)); });
+
+  // Per ECMP path, only for targets probed over several (at most 64 paths a target, the agent's
+  // bound): the path label multiplies a target's series by its path count, so one-path targets
+  // stay out.
+  path_families(out, lat);
 
   // Host load per (region, pop, agent).
   const auto& load = view.load;
@@ -239,6 +274,41 @@ std::string render_metrics(const LiveSnapshot& view, const IngestCounters& c, co
   }
   counter("vantage_collector_live_view_agents", Type::kGauge,
           "Agents in the live view (seen within forget_after).", num(agents.size()));
+
+  // The mesh: only when configured. Per agent, the same (region, pop, agent) labels as the other
+  // per-agent families.
+  if (c.mesh.enabled) {
+    const MeshCounters& m = c.mesh;
+    counter("vantage_mesh_agents", Type::kGauge,
+            "Agents in the mesh (connected, or gone for less than mesh.forget_after).", num(m.agents));
+    counter("vantage_mesh_pops", Type::kGauge, "PoPs with an agent in the mesh.", num(m.pops));
+    counter("vantage_mesh_planned_targets", Type::kGauge, "Targets over all agents' planned lists.",
+            num(m.planned_targets));
+    counter("vantage_mesh_lists_recomputed_total", Type::kCounter,
+            "Target lists the planner rebuilt because an agent joined, changed or left.", num(m.lists_recomputed));
+    counter("vantage_mesh_lists_sent_total", Type::kCounter, "Target lists handed to agents' sessions.",
+            num(m.lists_sent));
+    counter("vantage_mesh_lists_replaced_total", Type::kCounter,
+            "Target lists replaced unsent by a newer one (the agent was not reading).", num(m.lists_replaced));
+    counter("vantage_mesh_agents_stale", Type::kGauge,
+            "Agents that take target lists and report running a version other than the planned one.",
+            num(m.agents_stale));
+    const auto& versions = m.versions;
+    const auto labels_of_versions = [](const MeshAgentVersions& v) { return agent_labels(v); };
+    family(out, "vantage_agent_target_list_version", Type::kGauge,
+           "Version of the collector-made target list the agent reports running (0: none).", versions,
+           labels_of_versions, [&](const MeshAgentVersions& v) { return opt(num(v.running)); });
+    family(out, "vantage_agent_target_list_planned_version", Type::kGauge,
+           "Version of the agent's current list in the mesh (absent when it is not in the planner).", versions,
+           labels_of_versions, [&](const MeshAgentVersions& v) {
+             return v.planned != 0 ? opt(num(v.planned)) : std::optional<double>();
+           });
+    family(out, "vantage_agent_target_list_stale", Type::kGauge,
+           "1 when the agent takes target lists and runs a version other than the planned one.", versions,
+           labels_of_versions, [&](const MeshAgentVersions& v) {
+             return v.accepts_lists ? opt(v.stale() ? 1.0 : 0.0) : std::optional<double>();
+           });
+  }
   return out.take();
 }
 

@@ -11,6 +11,8 @@ Run: ecmp_test.py --agent BIN --collector BIN --pki tools/dev-pki.sh --relay tes
 """
 import os
 import re
+import shutil
+import subprocess
 import sys
 import urllib.request
 
@@ -91,6 +93,10 @@ def spread(world):
         ok = len(loss) == PATHS and len(rtt) == PATHS and loss.get(bad, 0) > 0.95
         return (loss, rtt) if ok else None
     loss, rtt = wait_for(scrape, 30, "every path in /metrics")
+    if shutil.which("promtool"):
+        text = metrics(http)
+        check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+        assert check.returncode == 0, f"promtool check metrics: {check.stdout}{check.stderr}"
     others = [v for p, v in loss.items() if p != bad]
     assert max(others) < 0.2, f"/metrics path loss {loss}"
     assert rtt[bad] == 0 and all(v > 0 for p, v in rtt.items() if p != bad), f"/metrics path RTT {rtt}"

@@ -25,6 +25,8 @@
 #include <utility>
 
 #include "collector/ingest_session.hpp"
+#include "collector/mesh/mesh_planner.hpp"
+#include "collector/mesh_sessions.hpp"
 #include "collector/store/sqlite_sink.hpp"
 #include "platform/clock.hpp"
 #include "platform/log.hpp"
@@ -311,6 +313,9 @@ struct IngestServer::Impl final : SessionTally {
   Admission admission;
   RefusalSummary refusals;
   std::string pause_file;  // test seam: while this file exists the store thread holds off
+  // The mesh, when configured: its own thread owns the planner.
+  std::unique_ptr<MeshSessions> mesh;
+  std::atomic<std::uint64_t> next_connection_id{1};
 
   std::mutex queue_mutex;
   std::condition_variable queue_cv;
@@ -374,6 +379,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
         stream_(std::move(stream)),
         timer_(io),
         ticket_(std::move(ticket)),
+        id_(server.next_connection_id.fetch_add(1, std::memory_order_relaxed)),
         session_(server.config, system_session_clock(), server, std::move(peer), std::move(source)) {}
 
   void start() {
@@ -391,6 +397,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   }
 
   ~Connection() {
+    leave_mesh();
     if (registered_) {
       std::lock_guard lock(server_.sessions_mutex);
       server_.sessions.erase(this);
@@ -437,6 +444,13 @@ class Connection : public std::enable_shared_from_this<Connection> {
     apply();
   }
 
+  // From the mesh thread, on this connection's thread: the agent's newest target list.
+  void send_target_list(std::vector<std::uint8_t> frame) {
+    if (closed_) return;
+    if (session_.send_target_list(std::move(frame)) && server_.mesh) server_.mesh->count_replaced();
+    apply();
+  }
+
   // Reading resumes if nothing holds it back (pending acks, the store queue).
   void resume() {
     if (closed_ || read_state_ != ReadState::kStopped || !session_.reading()) return;
@@ -459,6 +473,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
       item.io = &io_;
       server_.enqueue(std::move(item));
     }
+    if (server_.mesh) tell_mesh();
     if (session_.closed()) {
       close();
       return;
@@ -632,11 +647,36 @@ class Connection : public std::enable_shared_from_this<Connection> {
     });
   }
 
+  // The Hello's reflectors and list version, and the version the batches report running, to the
+  // mesh thread: nothing here waits for the planner.
+  void tell_mesh() {
+    if (std::optional<MeshHello> hello = session_.take_mesh_hello()) {
+      const platform::tls::PeerIdentity& identity = session_.identity();
+      mesh_agent_ = identity.agent_id;
+      server_.mesh->hello(identity.agent_id, identity.region, identity.pop, std::move(*hello), id_,
+                          [weak = weak_from_this(), io = &io_](std::vector<std::uint8_t> frame, std::uint64_t) {
+                            asio::post(*io, [weak, frame = std::move(frame)]() mutable {
+                              if (auto connection = weak.lock()) connection->send_target_list(std::move(frame));
+                            });
+                          });
+    }
+    if (const auto running = session_.take_running_list_version(); running && !mesh_agent_.empty()) {
+      server_.mesh->running(mesh_agent_, id_, *running);
+    }
+  }
+
+  // The agent's session ended: the mesh starts its forget_after.
+  void leave_mesh() {
+    if (mesh_agent_.empty() || !server_.mesh) return;
+    server_.mesh->gone(std::exchange(mesh_agent_, {}), id_);
+  }
+
   void close() {
     if (closed_) {
       return;
     }
     closed_ = true;
+    leave_mesh();
     session_.close();
     server_.admission.release(*ticket_);
     timer_.cancel();
@@ -650,6 +690,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   asio::steady_timer timer_;
   std::int64_t timer_deadline_ns_ = 0;  // what timer_ waits for; 0: nothing
   std::shared_ptr<Admission::Ticket> ticket_;
+  const std::uint64_t id_;  // tells this connection's mesh events from an older or newer one's
+  std::string mesh_agent_;  // the agent id once the mesh has its Hello, until it left
   std::shared_ptr<Connection> hold_;  // self, while reading is paused
   IngestSession session_;
   ReadState read_state_ = ReadState::kStopped;
@@ -985,6 +1027,12 @@ platform::Status IngestServer::start() {
   }
   s.summary_timer = std::make_unique<asio::steady_timer>(s.io0());
   s.arm_summary();
+  if (s.config.mesh_rules && !s.config.mesh_rules->empty()) {
+    // Versions start at the wall clock in ms: a restarted collector never reuses one an agent holds.
+    s.mesh = std::make_unique<MeshSessions>(s.config.mesh_rules, s.config.mesh_forget_after,
+                                            static_cast<std::uint64_t>(platform::realtime_ns() / 1'000'000));
+    s.mesh->start();
+  }
   s.store_thread = std::thread([&s] { s.run_store(); });
   for (auto& t : s.threads) {
     t->thread = std::thread([io = &t->io] { io->run(); });
@@ -1007,6 +1055,8 @@ void IngestServer::stop() {
   s.store_thread.join();
   for (auto& t : s.threads) t->io.stop();
   for (auto& t : s.threads) t->thread.join();
+  // The mesh thread posts to the io threads' contexts: it ends before they are destroyed.
+  if (s.mesh) s.mesh->stop();
   // The summary of what was refused since the last period is not lost at shutdown.
   if (const std::string line = s.refusals.take(platform::monotonic_ns()); !line.empty()) {
     log(LogLevel::kNotice, "%s", line.c_str());
@@ -1109,6 +1159,7 @@ IngestCounters IngestServer::counters() const {
   std::lock_guard lock(s.queue_mutex);
   c.store_queue_bytes = s.queue_bytes;
   c.store_queue_peak_bytes = s.queue_peak_bytes;
+  if (s.mesh) c.mesh = s.mesh->counters();
   if (const auto tls = s.current_tls()) {
     c.certificate_not_after_s = tls->certificate_not_after_s();
     c.crl_next_update_s = tls->crl_next_update_s();

@@ -20,6 +20,10 @@
 
 namespace vantage::collector {
 
+namespace mesh {
+struct MeshRules;
+}
+
 struct IngestConfig {
   // Each endpoint gets its own acceptor. An IPv6 wildcard ("::") is dual-stack (v6_only off),
   // so one listener serves IPv4 and IPv6.
@@ -61,6 +65,12 @@ struct IngestConfig {
   // Pre-authentication refusals are logged as one summary line per period, never one per
   // connection (they are peer-controlled).
   std::chrono::milliseconds refusal_summary_period{60'000};
+  // The mesh ([mesh]): rules that turn the agents seen into each agent's target list, sent over
+  // its session. Null or empty: no mesh, no TargetList is ever sent.
+  std::shared_ptr<const mesh::MeshRules> mesh_rules;
+  // A disconnected agent stays in the mesh (others keep probing it) this long; a reconnect within
+  // it changes nothing for the others.
+  std::chrono::milliseconds mesh_forget_after{600'000};
 };
 
 // Rejection reasons, as counted (and later exposed as metrics).
@@ -101,6 +111,30 @@ inline constexpr double kSinkLatencyBounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.
                                                 0.05,   0.1,   0.25,   0.5,   1.0,  2.5};
 inline constexpr std::size_t kSinkLatencyBuckets = std::size(kSinkLatencyBounds) + 1;
 
+// One agent's target-list versions as the mesh sees them.
+struct MeshAgentVersions {
+  std::string region, pop, agent_id;
+  std::uint64_t planned = 0;  // the planner's current list for it (0: not in the planner)
+  std::uint64_t sent = 0;     // the newest list handed to its session (or that its Hello named)
+  std::uint64_t running = 0;  // what it reports running (Hello, then each batch's AgentSelf)
+  bool connected = false;
+  bool accepts_lists = false;  // its Hello had the TargetList capability
+  // Running a list other than the planned one (only agents that take lists can be stale).
+  bool stale() const noexcept { return accepts_lists && planned != 0 && running != planned; }
+};
+
+struct MeshCounters {
+  bool enabled = false;
+  std::uint64_t agents = 0;  // in the planner (connected, or gone less than mesh_forget_after)
+  std::uint64_t pops = 0;
+  std::uint64_t planned_targets = 0;  // over all lists
+  std::uint64_t lists_recomputed = 0;  // cumulative
+  std::uint64_t lists_sent = 0;        // TargetList frames handed to sessions
+  std::uint64_t lists_replaced = 0;    // unsent lists replaced by a newer one (a slow reader)
+  std::uint64_t agents_stale = 0;
+  std::vector<MeshAgentVersions> versions;  // by agent id
+};
+
 struct IngestCounters {
   std::uint64_t connections_accepted = 0;
   std::uint64_t connections_open = 0;
@@ -132,6 +166,7 @@ struct IngestCounters {
   std::int64_t crl_next_update_s = 0;
   std::int64_t agent_certificate_earliest_not_after_s = 0;
   std::uint64_t crl_revoked_serials = 0;  // serials the loaded CRL lists
+  MeshCounters mesh;
 };
 
 // Threads: io_threads io_contexts, each owning its connections (TLS, framing, verification),

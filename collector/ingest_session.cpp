@@ -203,6 +203,8 @@ bool IngestSession::on_frame(const wire::Frame& frame, std::span<const std::uint
       return refuse(Reject::kRegion, "region '" + region_ + "' is not served here (serves: " + list + ")");
     }
     phase_ = Phase::kOpen;
+    mesh_hello_ = mesh_hello_of(*hello);
+    running_list_version_ = mesh_hello_->target_list_version;
     log(LogLevel::kInfo, "%s: agent %s (%s/%s, %s, %s, incarnation %s) connected%s", peer_.c_str(),
         shown(agent_id_).c_str(), shown(region_).c_str(), shown(pop_).c_str(), shown(arch_).c_str(),
         shown(version_).c_str(),
@@ -239,6 +241,10 @@ bool IngestSession::on_frame(const wire::Frame& frame, std::span<const std::uint
                                               quoted(wire::text(batch->pop())) + " but the certificate binds " +
                                               quoted(identity_.pop),
                     batch->seq());
+    }
+    if (batch->self() != nullptr && batch->self()->target_list_version() != running_list_version_) {
+      running_list_version_ = batch->self()->target_list_version();
+      running_changed_ = running_list_version_;
     }
     SessionBatch item;
     item.frame.assign(bytes.begin(), bytes.end());
@@ -303,7 +309,21 @@ void IngestSession::send(std::vector<std::uint8_t> frame) {
     close();
     return;
   }
-  writes_.push_back(std::move(frame));
+  writes_.push_back({std::move(frame), false});
+}
+
+bool IngestSession::send_target_list(std::vector<std::uint8_t> frame) {
+  if (phase_ != Phase::kOpen) return false;
+  // The front may be on the wire already; any later list has not been started.
+  for (std::size_t i = 1; i < writes_.size(); ++i) {
+    if (!writes_[i].target_list) continue;
+    unsent_list_bytes_ = unsent_list_bytes_ - writes_[i].bytes.size() + frame.size();
+    writes_[i].bytes = std::move(frame);
+    return true;
+  }
+  unsent_list_bytes_ += frame.size();
+  writes_.push_back({std::move(frame), true});
+  return false;
 }
 
 void IngestSession::send_then_close(std::vector<std::uint8_t> frame) {
@@ -313,7 +333,7 @@ void IngestSession::send_then_close(std::vector<std::uint8_t> frame) {
 
 void IngestSession::on_written() {
   if (writes_.empty()) return;
-  unsent_bytes_ -= writes_.front().size();
+  (writes_.front().target_list ? unsent_list_bytes_ : unsent_bytes_) -= writes_.front().bytes.size();
   writes_.pop_front();
   if (writes_.empty() && closing()) close();
 }

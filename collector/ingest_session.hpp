@@ -10,9 +10,11 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "collector/ingest_server.hpp"
+#include "collector/mesh_sessions.hpp"
 #include "platform/tls/peer_identity.hpp"
 #include "schemas/frame_codec.hpp"
 
@@ -78,6 +80,11 @@ class IngestSession {
   // The store's outcome for a batch of this session's (by seq, in any order or grouping): acks
   // go out in the order the batches arrived, each once every batch before it has its outcome.
   void on_stored(std::uint64_t seq, store::StoreOutcome outcome);
+  // A TargetList frame for the agent, written after what is queued. Only while open (Hello
+  // accepted, not closing). An unsent list still queued is replaced rather than kept beside it,
+  // so a peer that does not read holds at most the list being written and the newest one.
+  // True when it replaced one.
+  bool send_target_list(std::vector<std::uint8_t> frame);
   // The frame next_write() returned has been written whole.
   void on_written();
   // The timer fired (or any time): closes the session if its deadline has passed.
@@ -85,11 +92,15 @@ class IngestSession {
   // Ends the session now, for reasons outside it (peer gone, write error, eviction, shutdown).
   void close() noexcept { phase_ = Phase::kClosed; }
 
+  // What the Hello said for the mesh, once, after it was accepted.
+  std::optional<MeshHello> take_mesh_hello() { return std::exchange(mesh_hello_, std::nullopt); }
+  // The list version the agent reports running, when its batches changed it since the last call.
+  std::optional<std::uint64_t> take_running_list_version() { return std::exchange(running_changed_, std::nullopt); }
   // Batches accepted since the last call, in arrival order.
   std::vector<SessionBatch> take_batches();
   // The frame to write next (stays valid until on_written()), or null.
   const std::vector<std::uint8_t>* next_write() const noexcept {
-    return writes_.empty() || closed() ? nullptr : &writes_.front();
+    return writes_.empty() || closed() ? nullptr : &writes_.front().bytes;
   }
   // Past the handshake, not refused or closing: bytes are welcome.
   bool reading() const noexcept { return phase_ == Phase::kHello || phase_ == Phase::kOpen; }
@@ -101,6 +112,7 @@ class IngestSession {
   std::int64_t deadline_ns() const noexcept { return deadline_ns_; }
   std::size_t pending() const noexcept { return awaiting_.size(); }
   std::size_t unsent_bytes() const noexcept { return unsent_bytes_; }
+  std::size_t unsent_list_bytes() const noexcept { return unsent_list_bytes_; }
   const std::string& peer() const noexcept { return peer_; }
   const std::string& source() const noexcept { return source_; }
   const std::string& cn() const noexcept { return cn_; }
@@ -139,8 +151,16 @@ class IngestSession {
   wire::FrameReader reader_;
   std::vector<SessionBatch> batches_;
   std::deque<Awaiting> awaiting_;  // batches handed to the store, oldest first
-  std::deque<std::vector<std::uint8_t>> writes_;
-  std::size_t unsent_bytes_ = 0;  // in writes_, the one being written included
+  struct Write {
+    std::vector<std::uint8_t> bytes;
+    bool target_list = false;
+  };
+  std::deque<Write> writes_;
+  std::size_t unsent_bytes_ = 0;       // acks and refusals in writes_, the one being written included
+  std::size_t unsent_list_bytes_ = 0;  // TargetLists in writes_ (at most two)
+  std::optional<MeshHello> mesh_hello_;
+  std::uint64_t running_list_version_ = 0;
+  std::optional<std::uint64_t> running_changed_;
   std::int64_t deadline_ns_ = 0;
   Phase phase_ = Phase::kHandshake;
   bool resumed_ = false;

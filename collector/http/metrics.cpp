@@ -274,6 +274,41 @@ std::string render_metrics(const LiveSnapshot& view, const IngestCounters& c, co
   }
   counter("vantage_collector_live_view_agents", Type::kGauge,
           "Agents in the live view (seen within forget_after).", num(agents.size()));
+
+  // The mesh: only when configured. Per agent, the same (region, pop, agent) labels as the other
+  // per-agent families.
+  if (c.mesh.enabled) {
+    const MeshCounters& m = c.mesh;
+    counter("vantage_mesh_agents", Type::kGauge,
+            "Agents in the mesh (connected, or gone for less than mesh.forget_after).", num(m.agents));
+    counter("vantage_mesh_pops", Type::kGauge, "PoPs with an agent in the mesh.", num(m.pops));
+    counter("vantage_mesh_planned_targets", Type::kGauge, "Targets over all agents' planned lists.",
+            num(m.planned_targets));
+    counter("vantage_mesh_lists_recomputed_total", Type::kCounter,
+            "Target lists the planner rebuilt because an agent joined, changed or left.", num(m.lists_recomputed));
+    counter("vantage_mesh_lists_sent_total", Type::kCounter, "Target lists handed to agents' sessions.",
+            num(m.lists_sent));
+    counter("vantage_mesh_lists_replaced_total", Type::kCounter,
+            "Target lists replaced unsent by a newer one (the agent was not reading).", num(m.lists_replaced));
+    counter("vantage_mesh_agents_stale", Type::kGauge,
+            "Agents that take target lists and report running a version other than the planned one.",
+            num(m.agents_stale));
+    const auto& versions = m.versions;
+    const auto labels_of_versions = [](const MeshAgentVersions& v) { return agent_labels(v); };
+    family(out, "vantage_agent_target_list_version", Type::kGauge,
+           "Version of the collector-made target list the agent reports running (0: none).", versions,
+           labels_of_versions, [&](const MeshAgentVersions& v) { return opt(num(v.running)); });
+    family(out, "vantage_agent_target_list_planned_version", Type::kGauge,
+           "Version of the agent's current list in the mesh (absent when it is not in the planner).", versions,
+           labels_of_versions, [&](const MeshAgentVersions& v) {
+             return v.planned != 0 ? opt(num(v.planned)) : std::optional<double>();
+           });
+    family(out, "vantage_agent_target_list_stale", Type::kGauge,
+           "1 when the agent takes target lists and runs a version other than the planned one.", versions,
+           labels_of_versions, [&](const MeshAgentVersions& v) {
+             return v.accepts_lists ? opt(v.stale() ? 1.0 : 0.0) : std::optional<double>();
+           });
+  }
   return out.take();
 }
 

@@ -1,6 +1,8 @@
 #include "collector/http/status_page.hpp"
 
+#include <algorithm>
 #include <optional>
+#include <string>
 
 #include "platform/json_writer.hpp"
 
@@ -37,6 +39,13 @@ std::string render_status_json(const LiveSnapshot& view, const IngestCounters& c
     } else {
       j.null();
     }
+  };
+  // counters.mesh.versions is sorted by agent id.
+  const auto& versions = counters.mesh.versions;
+  const auto find_versions = [&versions](const std::string& agent_id) -> const MeshAgentVersions* {
+    const auto found = std::lower_bound(versions.begin(), versions.end(), agent_id,
+                                        [](const MeshAgentVersions& v, const std::string& id) { return v.agent_id < id; });
+    return found != versions.end() && found->agent_id == agent_id ? &*found : nullptr;
   };
   j.begin_object();
   j.field("now_ms", static_cast<double>(now_ns / 1'000'000));
@@ -107,9 +116,47 @@ std::string render_status_json(const LiveSnapshot& view, const IngestCounters& c
     } else {
       j.null();
     }
+    // The mesh's view of its target list (null without a mesh or when the mesh does not know it).
+    const MeshAgentVersions* mesh_versions = find_versions(a.agent_id);
+    field_or_null("target_list_version", mesh_versions ? std::optional(mesh_versions->running) : std::nullopt);
+    field_or_null("target_list_planned_version",
+                  mesh_versions && mesh_versions->planned != 0 ? std::optional(mesh_versions->planned) : std::nullopt);
+    field_or_null("target_list_stale", mesh_versions ? std::optional(mesh_versions->stale()) : std::nullopt);
     j.end_object();
   }
   j.end_array();
+  // The mesh (null when not configured): every agent it knows, connected or not yet forgotten,
+  // with the list version planned for it, last sent and reported running.
+  j.key("mesh");
+  if (counters.mesh.enabled) {
+    const MeshCounters& m = counters.mesh;
+    j.begin_object();
+    j.field("agents", m.agents);
+    j.field("pops", m.pops);
+    j.field("planned_targets", m.planned_targets);
+    j.field("lists_recomputed", m.lists_recomputed);
+    j.field("lists_sent", m.lists_sent);
+    j.field("agents_stale", m.agents_stale);
+    j.key("versions");
+    j.begin_array();
+    for (const MeshAgentVersions& v : versions) {
+      j.begin_object();
+      j.field("agent", v.agent_id);
+      j.field("region", v.region);
+      j.field("pop", v.pop);
+      j.field("running", v.running);
+      j.field("planned", v.planned);
+      j.field("sent", v.sent);
+      j.field("connected", v.connected);
+      j.field("accepts_lists", v.accepts_lists);
+      j.field("stale", v.stale());
+      j.end_object();
+    }
+    j.end_array();
+    j.end_object();
+  } else {
+    j.null();
+  }
   j.key("collector");
   j.begin_object();
   j.field("connections_open", counters.connections_open);

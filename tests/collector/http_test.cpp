@@ -10,10 +10,12 @@
 #include <poll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <string>
 #include <thread>
 #include <vector>
@@ -304,6 +306,58 @@ TEST_CASE("/api/status is JSON with a cell per (PoP, target) and escapes strings
     CAPTURE(sink);
     CHECK(collector::http::status_page_html().find(sink) == std::string_view::npos);
   }
+}
+
+TEST_CASE("the mesh: its families and per-agent list versions in /metrics (promtool clean), and in /api/status") {
+  LiveView view;
+  const auto b = batch("fra1-a", "fra1", 1, 8'000'000, {"ams1"});
+  record(view, b, "fra1-a", "fra1", kT0 + 2 * kSecond);
+  collector::IngestCounters c;
+  const std::string plain =
+      collector::http::render_metrics(view.snapshot(kT0 + 3 * kSecond), c, "sqlite", kT0 + 3 * kSecond);
+  CHECK_FALSE(contains(plain, "vantage_mesh_"));  // no mesh configured: no mesh families
+  CHECK(contains(collector::http::render_status_json(view.snapshot(kT0 + 3 * kSecond), c, kT0 + 3 * kSecond),
+                 R"("target_list_version":null,"target_list_planned_version":null,"target_list_stale":null})"));
+
+  c.mesh.enabled = true;
+  c.mesh.agents = 2;
+  c.mesh.pops = 2;
+  c.mesh.planned_targets = 2;
+  c.mesh.lists_recomputed = 5;
+  c.mesh.lists_sent = 4;
+  c.mesh.lists_replaced = 1;
+  c.mesh.agents_stale = 1;
+  c.mesh.versions = {{"eu-central", "ams1", "ams1-a", 0, 0, 0, false, false},
+                     {"eu-central", "fra1", "fra1-a", 1'733'000'000'123, 1'733'000'000'123, 1'733'000'000'100, true,
+                      true}};
+  const std::string text =
+      collector::http::render_metrics(view.snapshot(kT0 + 3 * kSecond), c, "sqlite", kT0 + 3 * kSecond);
+  const std::string fra = R"({region="eu-central",pop="fra1",agent="fra1-a"})";
+  const std::string ams = R"({region="eu-central",pop="ams1",agent="ams1-a"})";
+  CHECK(contains(text, "# TYPE vantage_mesh_agents gauge\nvantage_mesh_agents 2\n"));
+  CHECK(contains(text, "vantage_mesh_lists_recomputed_total 5\n"));
+  CHECK(contains(text, "vantage_mesh_lists_sent_total 4\n"));
+  CHECK(contains(text, "vantage_mesh_lists_replaced_total 1\n"));
+  CHECK(contains(text, "vantage_mesh_agents_stale 1\n"));
+  CHECK(contains(text, "vantage_agent_target_list_version" + fra + " 1733000000100\n"));
+  CHECK(contains(text, "vantage_agent_target_list_planned_version" + fra + " 1733000000123\n"));
+  CHECK(contains(text, "vantage_agent_target_list_stale" + fra + " 1\n"));
+  // An agent without the capability and outside the planner: its running version (0) only.
+  CHECK(contains(text, "vantage_agent_target_list_version" + ams + " 0\n"));
+  CHECK_FALSE(contains(text, "vantage_agent_target_list_planned_version" + ams));
+  CHECK_FALSE(contains(text, "vantage_agent_target_list_stale" + ams));
+  if (std::FILE* promtool = ::popen("promtool check metrics >/dev/null 2>&1", "w")) {
+    std::fwrite(text.data(), 1, text.size(), promtool);
+    const int status = ::pclose(promtool);
+    // 127: no promtool here; anything else but 0 is a finding.
+    if (!(WIFEXITED(status) && WEXITSTATUS(status) == 127)) CHECK(status == 0);
+  }
+
+  const std::string json =
+      collector::http::render_status_json(view.snapshot(kT0 + 3 * kSecond), c, kT0 + 3 * kSecond);
+  CHECK(contains(json, R"("target_list_version":1733000000100,"target_list_planned_version":1733000000123,"target_list_stale":true})"));
+  CHECK(contains(json, R"("mesh":{"agents":2,"pops":2,"planned_targets":2,"lists_recomputed":5,"lists_sent":4,"agents_stale":1,"versions":[)"));
+  CHECK(contains(json, R"({"agent":"fra1-a","region":"eu-central","pop":"fra1","running":1733000000100,"planned":1733000000123,"sent":1733000000123,"connected":true,"accepts_lists":true,"stale":true})"));
 }
 
 TEST_CASE("label values and HELP never carry invalid UTF-8 or control characters, whatever they are given") {

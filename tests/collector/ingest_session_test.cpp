@@ -722,4 +722,95 @@ TEST_CASE_FIXTURE(Fixture, "ingest session: once closed from outside it answers 
   CHECK(tally.all_rejects() == 0);
 }
 
+namespace {
+
+// A TargetList frame of `version` with `targets` entries.
+Bytes target_list(std::uint64_t version, int targets) {
+  flatbuffers::FlatBufferBuilder fbb;
+  std::vector<flatbuffers::Offset<wire::MeshTarget>> list;
+  for (int i = 0; i < targets; ++i) {
+    list.push_back(wire::CreateMeshTargetDirect(fbb, ("192.0.2." + std::to_string(i)).c_str(), 7000));
+  }
+  const auto t = wire::CreateTargetListDirect(fbb, version, &list);
+  return framed(fbb, wire::CreateFrame(fbb, wire::Message::TargetList, t.Union()));
+}
+
+// The version of a written TargetList frame, 0 for any other frame.
+std::uint64_t list_version_of(const Bytes& frame) {
+  wire::FrameReader reader;
+  reader.feed(frame);
+  REQUIRE(reader.next() == wire::FrameStatus::kFrame);
+  const wire::TargetList* list = reader.frame()->message_as_TargetList();
+  return list != nullptr ? list->version() : 0;
+}
+
+}  // namespace
+
+TEST_CASE_FIXTURE(Fixture, "ingest session: an unsent target list is replaced by a newer one, acks keep their order and bound") {
+  Peer peer(config, clock, tally);
+  // Before the Hello nothing is sent.
+  CHECK_FALSE(peer.session.send_target_list(target_list(1, 3)));
+  CHECK(peer.session.next_write() == nullptr);
+  peer.feed(hello() + batch(1) + batch(2));
+  REQUIRE(peer.stored_seqs() == Seqs{1, 2});
+
+  // The first list goes out at once (it is the front: being written); the next ones queue once,
+  // each replacing the unsent one, whatever their size.
+  CHECK_FALSE(peer.session.send_target_list(target_list(10, 3)));
+  peer.session.on_stored(1, StoreOutcome::kStored);
+  CHECK_FALSE(peer.session.send_target_list(target_list(11, 3)));
+  CHECK(peer.session.send_target_list(target_list(12, 200)));
+  CHECK(peer.session.send_target_list(target_list(13, 5)));
+  peer.session.on_stored(2, StoreOutcome::kStored);
+  CHECK(peer.session.unsent_list_bytes() == target_list(10, 3).size() + target_list(13, 5).size());
+  // Lists are not acks: they never count toward the slow-reader bound.
+  CHECK(peer.session.unsent_bytes() < target_list(13, 5).size());
+
+  std::vector<std::uint64_t> order;  // list versions, 0 for an ack
+  while (const Bytes* next = peer.session.next_write()) {
+    order.push_back(list_version_of(*next));
+    peer.session.on_written();
+  }
+  CHECK(order == std::vector<std::uint64_t>{10, 0, 13, 0});
+  CHECK(peer.session.unsent_list_bytes() == 0);
+  CHECK(peer.session.unsent_bytes() == 0);
+  CHECK_FALSE(peer.session.closed());
+  CHECK(tally.all_rejects() == 0);
+}
+
+TEST_CASE_FIXTURE(Fixture, "ingest session: the Hello's reflectors and list version, then the running version when batches change it") {
+  Peer peer(config, clock, tally);
+  flatbuffers::FlatBufferBuilder fbb;
+  const auto bytes = asio::ip::make_address_v6("::ffff:192.0.2.9").to_bytes();
+  std::vector<wire::ReflectorAddress> reflectors{
+      wire::ReflectorAddress(flatbuffers::span<const std::uint8_t, 16>(bytes.data(), 16), 7000)};
+  const auto h = wire::CreateHelloDirect(fbb, 1, "agent-1", "eu-west", "fra1", "0.1.0", "aarch64",
+                                         wire::kCapabilityTargetList, nullptr, &reflectors, 7);
+  peer.feed(framed(fbb, wire::CreateFrame(fbb, wire::Message::Hello, h.Union())));
+  const std::optional<MeshHello> mesh_hello = peer.session.take_mesh_hello();
+  REQUIRE(mesh_hello);
+  CHECK(mesh_hello->accepts_lists);
+  CHECK(mesh_hello->target_list_version == 7);
+  REQUIRE(mesh_hello->reflectors.size() == 1);
+  CHECK(mesh_hello->reflectors[0] == asio::ip::udp::endpoint(asio::ip::make_address("192.0.2.9"), 7000));
+  CHECK_FALSE(peer.session.take_mesh_hello());
+
+  const auto batch_running = [](std::uint64_t seq, std::uint64_t version) {
+    flatbuffers::FlatBufferBuilder b;
+    wire::AgentSelfBuilder self(b);
+    self.add_target_list_version(version);
+    const auto s = self.Finish();
+    const auto batch = wire::CreateBatchDirect(b, "agent-1", seq, 1'000, 2'000, "eu-west", "fra1", nullptr, nullptr,
+                                               nullptr, 0, s);
+    return framed(b, wire::CreateFrame(b, wire::Message::Batch, batch.Union()));
+  };
+  peer.feed(batch_running(1, 7));  // what the Hello said: no change
+  CHECK_FALSE(peer.session.take_running_list_version());
+  peer.feed(batch_running(2, 9) + batch_running(3, 9));
+  CHECK(peer.session.take_running_list_version() == std::optional<std::uint64_t>(9));
+  CHECK_FALSE(peer.session.take_running_list_version());
+  peer.feed(batch(4));  // no AgentSelf: says nothing about the list
+  CHECK_FALSE(peer.session.take_running_list_version());
+}
+
 }  // namespace vantage::collector

@@ -1,5 +1,6 @@
 #include "collector/config.hpp"
 
+#include <map>
 #include <set>
 #include <span>
 #include <string_view>
@@ -13,6 +14,19 @@ using cfg::kAlways;
 using cfg::Kind;
 using cfg::Value;
 
+// A [[mesh.rules]] element as read, with the lines its cross-key checks report on.
+struct RuleDraft {
+  mesh::MeshRule rule;
+  std::string key;  // "mesh.rules[1]"
+  std::uint32_t line = 0;
+  std::string kind = "full-mesh";
+  std::string protocol = "udp";
+  std::string to_region;
+  std::uint32_t name_line = 0, host_line = 0, port_line = 0, sample_line = 0, per_pop_line = 0,
+                protocol_line = 0, to_line = 0;
+  bool has_port = false;
+};
+
 struct Draft {
   IngestConfig config;
   platform::LogLevel log_level = platform::LogLevel::kInfo;
@@ -20,7 +34,11 @@ struct Draft {
   store::JetStreamOptions jetstream;
   std::vector<asio::ip::tcp::endpoint> http_listen;
   std::chrono::seconds http_forget_after{3600};
+  std::vector<RuleDraft> rules;
+  std::chrono::seconds mesh_forget_after{60};
 };
+
+RuleDraft& rule(Draft& d) { return d.rules.back(); }
 
 // Listeners bind, so they take addresses, not names.
 bool endpoint(const Value& v) {
@@ -179,8 +197,171 @@ const cfg::Key<Draft> kKeys[] = {
      cfg::integer_in<10, 604'800>,
      [](Draft& d, const Value& v) { d.http_forget_after = std::chrono::seconds(v.integer()); }},
 
+    {"mesh.forget_after_s", Kind::kInteger, "60", "", "seconds, an integer in 1..86400",
+     "An agent disconnected this long leaves the mesh: its own list goes and no list names it any more "
+     "(until then the others keep probing it, so a reconnect changes nothing).",
+     cfg::integer_in<1, 86'400>,
+     [](Draft& d, const Value& v) { d.mesh_forget_after = std::chrono::seconds(v.integer()); }},
+    {"mesh.rules[]", Kind::kTableArray, "", "", "an array of tables ([[mesh.rules]])",
+     "Who probes whom, turned into each connected agent's target list (agents announce their reflectors "
+     "when they connect; an agent without any probes others and is probed by none). Rules apply in order: "
+     "when two give an agent the same (host, port, protocol), the first one's settings stay. Without "
+     "rules, no lists are sent.",
+     nullptr,
+     [](Draft& d, const Value& v) {
+       d.rules.emplace_back();
+       rule(d).key = v.key;
+       rule(d).line = v.line;
+     }},
+    {"mesh.rules[].name", Kind::kString, "", kAlways, "a name without spaces (1..64 characters)",
+     "The rule's name in errors and /metrics; unique.", cfg::token,
+     [](Draft& d, const Value& v) {
+       rule(d).rule.name = v.text();
+       rule(d).name_line = v.line;
+     }},
+    {"mesh.rules[].kind", Kind::kString, "\"full-mesh\"", "", "\"full-mesh\", \"sampled\" or \"extra\"",
+     "full-mesh: each matching agent probes per_pop agents of every other PoP that to_* matches; sampled: "
+     "the same over `sample` of those PoPs, each agent its own stable choice; extra: each matching agent "
+     "probes host:port.",
+     [](const Value& v) {
+       return cfg::one_of(v, {"full-mesh", "sampled", "extra"});
+     },
+     [](Draft& d, const Value& v) { rule(d).kind = v.text(); }},
+    {"mesh.rules[].from_region", Kind::kString, "", "", "a name without spaces (1..64 characters)",
+     "Only agents of this region probe; default: any.", cfg::token,
+     [](Draft& d, const Value& v) { rule(d).rule.from_region = v.text(); }},
+    {"mesh.rules[].from_pop", Kind::kString, "", "", "a name without spaces (1..64 characters)",
+     "Only agents of this PoP probe; default: any.", cfg::token,
+     [](Draft& d, const Value& v) { rule(d).rule.from_pop = v.text(); }},
+    {"mesh.rules[].to_region", Kind::kString, "", "", "\"same\", \"other\" or a region name",
+     "full-mesh and sampled: PoPs of the prober's own region, of the other regions, or of this one; "
+     "default: any. A prober never probes its own PoP.", cfg::token,
+     [](Draft& d, const Value& v) {
+       rule(d).to_region = v.text();
+       rule(d).to_line = v.line;
+     }},
+    {"mesh.rules[].to_pop", Kind::kString, "", "", "a name without spaces (1..64 characters)",
+     "full-mesh and sampled: only this PoP; default: any.", cfg::token,
+     [](Draft& d, const Value& v) {
+       rule(d).rule.to_pop = v.text();
+       rule(d).to_line = v.line;
+     }},
+    {"mesh.rules[].per_pop", Kind::kInteger, "0", "", "an integer in 0..100000",
+     "full-mesh and sampled: agents probed in each target PoP, 0 for all of them. Each prober takes its "
+     "own stable choice (a rendezvous hash), so a join changes only the lists it ranks first in.",
+     cfg::integer_in<0, 100'000>,
+     [](Draft& d, const Value& v) {
+       rule(d).rule.per_pop = static_cast<std::uint32_t>(v.integer());
+       rule(d).per_pop_line = v.line;
+     }},
+    {"mesh.rules[].sample", Kind::kInteger, "", "when kind = \"sampled\"", "an integer in 1..100000",
+     "sampled: PoPs each prober takes (a rendezvous hash, so a new PoP displaces at most one).",
+     cfg::integer_in<1, 100'000>,
+     [](Draft& d, const Value& v) {
+       rule(d).rule.sample = static_cast<std::uint32_t>(v.integer());
+       rule(d).sample_line = v.line;
+     }},
+    {"mesh.rules[].host", Kind::kString, "", "when kind = \"extra\"", "an IP address or a host name",
+     "extra: the target (a game server, a router).", cfg::host,
+     [](Draft& d, const Value& v) {
+       rule(d).rule.host = v.text();
+       rule(d).host_line = v.line;
+     }},
+    {"mesh.rules[].port", Kind::kInteger, "8627", "", "an integer in 1..65535",
+     "extra: the target's port (udp: a Vantage reflector's, default 8627; tcp: required; icmp: not allowed). "
+     "full-mesh and sampled probe the port each agent announces.",
+     cfg::integer_in<1, 65535>,
+     [](Draft& d, const Value& v) {
+       rule(d).rule.port = static_cast<std::uint16_t>(v.integer());
+       rule(d).port_line = v.line;
+       rule(d).has_port = true;
+     }},
+    {"mesh.rules[].protocol", Kind::kString, "\"udp\"", "", "\"udp\", \"icmp\" or \"tcp\"",
+     "UDP echo against a Vantage reflector, ICMP echo, or TCP connect time (extra only).",
+     [](const Value& v) {
+       return cfg::one_of(v, {"udp", "icmp", "tcp"});
+     },
+     [](Draft& d, const Value& v) {
+       rule(d).protocol = v.text();
+       rule(d).protocol_line = v.line;
+     }},
+    {"mesh.rules[].interval_ms", Kind::kInteger, "1000", "", "milliseconds, an integer in 1..3600000",
+     "Time between two probes to one target (1000: one per second).", cfg::integer_in<1, 3'600'000>,
+     [](Draft& d, const Value& v) { rule(d).rule.probe.interval_ms = static_cast<std::uint32_t>(v.integer()); }},
+    {"mesh.rules[].size", Kind::kInteger, "", "", "bytes, an integer in 1..8972",
+     "UDP/ICMP payload size. Default: the agent's (64 for UDP, 56 for ICMP).", cfg::integer_in<1, 8972>,
+     [](Draft& d, const Value& v) { rule(d).rule.probe.payload_size = static_cast<std::uint16_t>(v.integer()); }},
+    {"mesh.rules[].dscp", Kind::kInteger, "0", "", "an integer in 0..63", "DSCP of the probes.",
+     cfg::integer_in<0, 63>,
+     [](Draft& d, const Value& v) { rule(d).rule.probe.dscp = static_cast<std::uint8_t>(v.integer()); }},
+    {"mesh.rules[].paths", Kind::kInteger, "1", "", "an integer in 1..64",
+     "ECMP paths: probes to one target rotate over this many source ports (and IPv6 flow labels).",
+     cfg::integer_in<1, 64>,
+     [](Draft& d, const Value& v) { rule(d).rule.probe.paths = static_cast<std::uint8_t>(v.integer()); }},
+
     cfg::log_level_key<Draft>(),
 };
+
+// The rules' cross-key checks (what one key alone cannot say), then the planner's form.
+void build_mesh(Draft& d, cfg::Diagnostics& diagnostics, mesh::MeshRules& out) {
+  std::map<std::string, const RuleDraft*> names;
+  for (RuleDraft& r : d.rules) {
+    const std::string& key = r.key;
+    bool ok = true;
+    auto fail = [&](std::uint32_t line, const std::string& which, const std::string& message) {
+      diagnostics.error(line, key + "." + which, message);
+      ok = false;
+    };
+    if (!r.rule.name.empty()) {
+      if (const auto [it, inserted] = names.emplace(r.rule.name, &r); !inserted) {
+        fail(r.name_line, "name",
+             "duplicate \"" + r.rule.name + "\" (" + it->second->key + ", line " + std::to_string(it->second->name_line) + ")");
+      }
+    } else if (!diagnostics.has(key + ".name")) {
+      ok = false;  // reported missing by the table
+    }
+    using RuleKind = mesh::MeshRule::Kind;
+    r.rule.kind = r.kind == "extra" ? RuleKind::kExtraTarget : r.kind == "sampled" ? RuleKind::kSampled : RuleKind::kFullMesh;
+    r.rule.probe.protocol = r.protocol == "tcp"    ? wire::Protocol::TcpConnect
+                            : r.protocol == "icmp" ? wire::Protocol::Icmp
+                                                   : wire::Protocol::UdpEcho;
+    const std::string kind_text = "kind = \"" + r.kind + "\"";
+    if (r.rule.kind == RuleKind::kExtraTarget) {
+      if (r.rule.host.empty() && !diagnostics.has(key + ".host")) {
+        diagnostics.missing(key + ".host", "an IP address or a host name (required when kind = \"extra\")");
+        ok = false;
+      }
+      if (r.protocol == "tcp" && !r.has_port && !diagnostics.has(key + ".port")) {
+        diagnostics.missing(key + ".port", "an integer in 1..65535 (required when protocol = \"tcp\")");
+        ok = false;
+      }
+      if (r.protocol == "icmp" && r.has_port) fail(r.port_line, "port", "not allowed with protocol = \"icmp\"");
+      if (r.protocol == "udp" && !r.has_port) r.rule.port = 8627;
+      if (r.sample_line != 0) fail(r.sample_line, "sample", "not allowed with " + kind_text);
+      if (r.per_pop_line != 0) fail(r.per_pop_line, "per_pop", "not allowed with " + kind_text);
+      if (r.to_line != 0) fail(r.to_line, r.rule.to_pop.empty() ? "to_region" : "to_pop", "not allowed with " + kind_text);
+    } else {
+      if (r.host_line != 0) fail(r.host_line, "host", "not allowed with " + kind_text + " (agents announce their reflectors)");
+      if (r.has_port) fail(r.port_line, "port", "not allowed with " + kind_text + " (agents announce their reflectors)");
+      if (r.protocol == "tcp") {
+        fail(r.protocol_line, "protocol", "\"tcp\" needs kind = \"extra\" (a reflector answers UDP echo and ICMP)");
+      }
+      if (r.rule.kind == RuleKind::kSampled && r.rule.sample == 0 && !diagnostics.has(key + ".sample")) {
+        diagnostics.missing(key + ".sample", "an integer in 1..100000 (required when kind = \"sampled\")");
+        ok = false;
+      }
+      if (r.rule.kind == RuleKind::kFullMesh && r.sample_line != 0) fail(r.sample_line, "sample", "not allowed with " + kind_text);
+    }
+    if (r.to_region == "same") {
+      r.rule.to_same_region = true;
+    } else if (r.to_region == "other") {
+      r.rule.to_other_regions = true;
+    } else {
+      r.rule.to_region = r.to_region;
+    }
+    if (ok) out.rules.push_back(r.rule);
+  }
+}
 
 }  // namespace
 
@@ -218,6 +399,8 @@ static CollectorConfig load_config(const std::filesystem::path& file, std::optio
   if (d.sink == "jetstream" && d.jetstream.servers.empty() && !diagnostics.has("jetstream.servers")) {
     diagnostics.missing("jetstream.servers", "\"nats://HOST:PORT\"");
   }
+  mesh::MeshRules rules;
+  build_mesh(d, diagnostics, rules);
   if (d.config.tls.ticket_key_file.empty() && d.sink == "sqlite" && !d.config.database.empty()) {
     d.config.tls.ticket_key_file = default_ticket_key_file(d.config.database);
   }
@@ -226,6 +409,8 @@ static CollectorConfig load_config(const std::filesystem::path& file, std::optio
   if (d.sink == "jetstream") result.jetstream = d.jetstream;
   result.http_listen = std::move(d.http_listen);
   result.http_forget_after = d.http_forget_after;
+  result.mesh = std::move(rules);
+  result.mesh_forget_after = d.mesh_forget_after;
   if (!diagnostics.empty()) {
     result.errors = diagnostics.errors();
     return result;

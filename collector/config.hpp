@@ -1,5 +1,5 @@
-// vantage-collector's TOML config file: listeners, regions served, the store, TLS, limits and
-// logging. One key table parses, checks and documents it (collector/config.cpp); values the
+// vantage-collector's TOML config file: listeners, regions served, the store, TLS, limits, the
+// mesh's rules and logging. One key table parses, checks and documents it (collector/config.cpp); values the
 // file leaves out take the command line's defaults.
 #pragma once
 
@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "collector/ingest_server.hpp"
+#include "collector/mesh/mesh_planner.hpp"
 #include "collector/store/jetstream_sink.hpp"
 #include "platform/config_schema.hpp"
 #include "platform/log.hpp"
@@ -23,6 +24,10 @@ struct CollectorConfig {
   // [http]: /metrics and the status page; no listener, no HTTP.
   std::vector<asio::ip::tcp::endpoint> http_listen;
   std::chrono::seconds http_forget_after{3600};
+  // [mesh]: the rules that make each agent's target list (empty: no lists are sent), and how long
+  // a disconnected agent stays in the mesh.
+  mesh::MeshRules mesh;
+  std::chrono::seconds mesh_forget_after{60};
   platform::LogLevel log_level = platform::LogLevel::kInfo;
   // Every problem found, in file order, one line each:
   // "collector.toml:4: ingest.listen[1]: expected \"ADDR:PORT\" ..., got \"7443\"".

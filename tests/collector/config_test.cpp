@@ -185,3 +185,149 @@ TEST_CASE("collector config: what toml++ 3.3 mishandles is a syntax error, non-A
   CHECK(ok.options->tls.ca_file == "\xc2\xa7");
   CHECK(ok.options->tls.cert_file == "c\xc3\xa9");
 }
+
+namespace {
+
+const std::string kMinimal =
+    "[ingest]\nregions = [\"eu-central\"]\n[store]\ndatabase = \"store.db\"\n"
+    "[tls]\nca = \"ca.crt\"\ncert = \"collector.crt\"\nkey = \"collector.key\"\n";  // 8 lines
+
+}  // namespace
+
+TEST_CASE("collector config: [mesh] rules load in order with their settings") {
+  const collector::CollectorConfig ok = collector::parse_config(kMinimal + R"(
+[mesh]
+forget_after_s = 5
+[[mesh.rules]]
+name = "region"
+to_region = "same"
+interval_ms = 100
+[[mesh.rules]]
+name = "far"
+kind = "sampled"
+from_region = "eu-central"
+from_pop = "fra1"
+to_region = "other"
+sample = 20
+per_pop = 2
+protocol = "icmp"
+size = 100
+dscp = 46
+paths = 16
+[[mesh.rules]]
+name = "game"
+kind = "extra"
+host = "game.example.net"
+port = 27015
+protocol = "tcp"
+[[mesh.rules]]
+name = "reflector"
+kind = "extra"
+host = "192.0.2.7"
+[[mesh.rules]]
+name = "lon"
+to_region = "eu-west"
+to_pop = "lon1"
+)",
+                                                                "collector.toml");
+  REQUIRE_MESSAGE(ok.options.has_value(), errors_text(ok.errors));
+  CHECK(ok.mesh_forget_after == 5s);
+  using Kind = collector::mesh::MeshRule::Kind;
+  using vantage::wire::Protocol;
+  const auto& rules = ok.mesh.rules;
+  REQUIRE(rules.size() == 5);
+  CHECK(rules[0].name == "region");
+  CHECK(rules[0].kind == Kind::kFullMesh);
+  CHECK(rules[0].to_same_region);
+  CHECK_FALSE(rules[0].to_other_regions);
+  CHECK(rules[0].to_region.empty());
+  CHECK(rules[0].per_pop == 0);  // every agent of every PoP
+  CHECK(rules[0].probe.interval_ms == 100);
+  CHECK(rules[0].probe.protocol == Protocol::UdpEcho);
+  CHECK(rules[0].probe.paths == 1);
+  CHECK(rules[0].probe.payload_size == 0);
+
+  CHECK(rules[1].kind == Kind::kSampled);
+  CHECK(rules[1].from_region == "eu-central");
+  CHECK(rules[1].from_pop == "fra1");
+  CHECK(rules[1].to_other_regions);
+  CHECK(rules[1].sample == 20);
+  CHECK(rules[1].per_pop == 2);
+  CHECK(rules[1].probe.protocol == Protocol::Icmp);
+  CHECK(rules[1].probe.payload_size == 100);
+  CHECK(rules[1].probe.dscp == 46);
+  CHECK(rules[1].probe.paths == 16);
+  CHECK(rules[1].probe.interval_ms == 1000);
+
+  CHECK(rules[2].kind == Kind::kExtraTarget);
+  CHECK(rules[2].host == "game.example.net");
+  CHECK(rules[2].port == 27015);
+  CHECK(rules[2].probe.protocol == Protocol::TcpConnect);
+  CHECK(rules[3].port == 8627);  // udp: a reflector's default port
+
+  CHECK(rules[4].to_region == "eu-west");
+  CHECK(rules[4].to_pop == "lon1");
+  CHECK_FALSE(rules[4].to_same_region);
+}
+
+TEST_CASE("collector config: no [mesh] means no rules and the default forget_after") {
+  const collector::CollectorConfig c = collector::parse_config(kMinimal, "collector.toml");
+  REQUIRE_MESSAGE(c.options.has_value(), errors_text(c.errors));
+  CHECK(c.mesh.empty());
+  CHECK(c.mesh_forget_after == 60s);
+}
+
+TEST_CASE("collector config: bad [mesh] lines name the file, line and key") {
+  const collector::CollectorConfig c = collector::parse_config(kMinimal + R"([mesh]
+forget_after_s = 0
+[[mesh.rules]]
+name = "a"
+kind = "ring"
+paths = 65
+[[mesh.rules]]
+name = "a"
+kind = "sampled"
+protocol = "tcp"
+[[mesh.rules]]
+name = "x"
+kind = "extra"
+protocol = "icmp"
+port = 7
+per_pop = 1
+[[mesh.rules]]
+kind = "full-mesh"
+host = "192.0.2.1"
+dscp = 64
+interval_ms = 0
+[[mesh.rules]]
+name = "t"
+kind = "extra"
+protocol = "tcp"
+host = "bad host"
+)",
+                                                               "collector.toml");
+  CHECK_FALSE(c.options.has_value());
+  const std::vector<std::string> expected = {
+      "collector.toml:10: mesh.forget_after_s: expected seconds, an integer in 1..86400, got 0",
+      "collector.toml:13: mesh.rules[0].kind: expected \"full-mesh\", \"sampled\" or \"extra\", got \"ring\"",
+      "collector.toml:14: mesh.rules[0].paths: expected an integer in 1..64, got 65",
+      "collector.toml:15: mesh.rules[1].sample: missing; expected an integer in 1..100000 (required when kind = "
+      "\"sampled\")",
+      "collector.toml:16: mesh.rules[1].name: duplicate \"a\" (mesh.rules[0], line 12)",
+      "collector.toml:18: mesh.rules[1].protocol: \"tcp\" needs kind = \"extra\" (a reflector answers UDP echo and "
+      "ICMP)",
+      "collector.toml:19: mesh.rules[2].host: missing; expected an IP address or a host name (required when kind = "
+      "\"extra\")",
+      "collector.toml:23: mesh.rules[2].port: not allowed with protocol = \"icmp\"",
+      "collector.toml:24: mesh.rules[2].per_pop: not allowed with kind = \"extra\"",
+      "collector.toml:25: mesh.rules[3].name: missing; expected a name without spaces (1..64 characters)",
+      "collector.toml:27: mesh.rules[3].host: not allowed with kind = \"full-mesh\" (agents announce their "
+      "reflectors)",
+      "collector.toml:28: mesh.rules[3].dscp: expected an integer in 0..63, got 64",
+      "collector.toml:29: mesh.rules[3].interval_ms: expected milliseconds, an integer in 1..3600000, got 0",
+      "collector.toml:30: mesh.rules[4].port: missing; expected an integer in 1..65535 (required when protocol = "
+      "\"tcp\")",
+      "collector.toml:34: mesh.rules[4].host: expected an IP address or a host name, got \"bad host\"",
+  };
+  CHECK(errors_text(c.errors) == errors_text(expected));
+}

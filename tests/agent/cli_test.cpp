@@ -229,3 +229,17 @@ TEST_CASE("cli: a host name whose label the collector would refuse is an error, 
   CHECK(p->measurement.targets[0].host == host);
   CHECK(p->measurement.targets[1].label == host);
 }
+
+TEST_CASE("cli: --paths applies to the UDP targets that follow, TCP and ICMP probe one path") {
+  const auto p = parse({"--once", "1", "--udp", "127.0.0.1", "--paths", "16", "--udp", "127.0.0.2", "--tcp",
+                        "127.0.0.3:443", "--icmp", "127.0.0.4"});
+  REQUIRE(p);
+  const auto& t = p->measurement.targets;
+  REQUIRE(t.size() == 4);
+  CHECK(t[0].paths == 1);
+  CHECK(t[1].paths == 16);
+  CHECK(t[2].paths == 1);
+  CHECK(t[3].paths == 1);
+  CHECK(error_of({"--paths", "0"}).find("--paths") != std::string::npos);
+  CHECK(error_of({"--paths", "65"}).find("--paths") != std::string::npos);
+}

@@ -2,6 +2,7 @@
 // for bad ones, and the reference docs generated from the same key table.
 #include <doctest/doctest.h>
 
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -239,7 +240,7 @@ TEST_CASE("agent config: the example file loads and the reference covers the who
   const std::string doc = agent::config_reference_markdown();
   CHECK(doc.starts_with("| key | value | default | description |\n|---|---|---|---|\n"));
   const auto keys = agent::config_keys();
-  CHECK(keys.size() == 44);
+  CHECK(keys.size() == 45);
   std::istringstream rows(doc);
   std::string row;
   std::set<std::string> documented;
@@ -299,4 +300,33 @@ TEST_CASE("agent config: a host name whose label the collector would refuse is a
       // targets[4] has the same long host and a name: accepted
   };
   CHECK(errors_text(c.errors) == errors_text(expected));
+}
+
+TEST_CASE("agent config: targets[].paths, 1..64 and above 1 for udp only") {
+  const std::string file = (std::filesystem::temp_directory_path() / "vantage-agent-paths-test.toml").string();
+  {
+    std::ofstream out(file);
+    out << "[[targets]]\nname = \"a\"\nprotocol = \"udp\"\nhost = \"192.0.2.1\"\npaths = 16\n"     // 1-5
+        << "[[targets]]\nname = \"b\"\nprotocol = \"tcp\"\nhost = \"192.0.2.2\"\nport = 443\n"   // 6-10
+        << "paths = 2\n"                                                                       // 11
+        << "[[targets]]\nname = \"c\"\nprotocol = \"udp\"\nhost = \"192.0.2.3\"\npaths = 65\n";  // 12-16
+  }
+  const agent::AgentConfig bad = agent::load_config(file);
+  CHECK_FALSE(bad.options.has_value());
+  const std::vector<std::string> expected = {
+      file + ":11: targets[1].paths: only a udp target spreads over several paths",
+      file + ":16: targets[2].paths: expected an integer in 1..64; above 1 for udp only, got 65",
+  };
+  CHECK(errors_text(bad.errors) == errors_text(expected));
+  {
+    std::ofstream out(file);
+    out << "[[targets]]\nname = \"a\"\nprotocol = \"udp\"\nhost = \"192.0.2.1\"\npaths = 16\n"
+        << "[[targets]]\nname = \"b\"\nprotocol = \"icmp\"\nhost = \"192.0.2.2\"\n";
+  }
+  const agent::AgentConfig good = agent::load_config(file);
+  REQUIRE_MESSAGE(good.options.has_value(), errors_text(good.errors));
+  REQUIRE(good.options->measurement.targets.size() == 2);
+  CHECK(good.options->measurement.targets[0].paths == 16);
+  CHECK(good.options->measurement.targets[1].paths == 1);
+  std::filesystem::remove(file);
 }

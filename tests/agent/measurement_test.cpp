@@ -440,3 +440,59 @@ TEST_CASE("pipeline: a sampler faster than the aggregator's heartbeat loses no h
   CHECK(reports[0].loads.size() >= 10);
   CHECK(reports[0].counters.loads_dropped == 0);
 }
+
+TEST_CASE("pipeline: an ECMP target's reports carry its paths, each with its own source port") {
+  for (const std::string address : {"127.0.0.1", "::1"}) {
+    CAPTURE(address);
+    Measurement reflector(reflector_only(address));
+    REQUIRE(reflector.start(nullptr));
+
+    MeasurementConfig mc;
+    mc.targets.push_back(udp_target(*reflector.reflector_endpoint(), 80, kGenerousTimeout));
+    mc.targets[0].paths = 4;
+    mc.report_interval = 400ms;
+    mc.load_interval = 0s;
+    Collected collected;
+    Measurement measurement(mc);
+    const auto started = measurement.start(collected.sink());
+    REQUIRE_MESSAGE(started, started.message());
+    REQUIRE(wait_until([&] {
+      return collected.peek([](const std::vector<MeasurementReport>& rs) {
+        std::uint64_t sent = 0;
+        for (const auto& r : rs) sent += r.targets.empty() ? 0 : r.targets[0].sent;
+        return rs.size() >= 2 && sent > 40;
+      });
+    }));
+    measurement.finish();
+
+    std::uint64_t sent = 0, received = 0;
+    std::set<std::uint16_t> ports;
+    for (const MeasurementReport& r : collected.take()) {
+      REQUIRE(r.targets.size() == 1);
+      const auto& t = r.targets[0];
+      REQUIRE(t.paths.size() == 4);
+      std::uint64_t path_sent = 0, path_received = 0, path_lost = 0;
+      for (std::size_t p = 0; p < t.paths.size(); ++p) {
+        CHECK(t.paths[p].path == p);
+        CHECK(t.paths[p].source_port != 0);
+        ports.insert(t.paths[p].source_port);
+        path_sent += t.paths[p].sent;
+        path_received += t.paths[p].received;
+        path_lost += t.paths[p].lost;
+        if (t.paths[p].received > 0) {
+          CHECK(t.paths[p].min_ns <= t.paths[p].max_ns);
+          CHECK(t.paths[p].mean_ns >= static_cast<double>(t.paths[p].min_ns));
+        }
+      }
+      CHECK(path_sent == t.sent);
+      CHECK(path_received == t.received);
+      CHECK(path_lost == t.lost);
+      sent += t.sent;
+      received += t.received;
+    }
+    CHECK(ports.size() == 4);  // the same four sockets all run long
+    CHECK(sent > 40);
+    CHECK(received == sent);
+    reflector.stop();
+  }
+}

@@ -19,14 +19,25 @@ std::vector<std::uint8_t> finish(flatbuffers::FlatBufferBuilder& fbb, wire::Mess
 }  // namespace
 
 std::vector<std::uint8_t> build_hello_frame(const AgentIdentity& identity, std::uint64_t capabilities,
-                                            const std::array<std::uint8_t, 16>& incarnation) {
+                                            const std::array<std::uint8_t, 16>& incarnation,
+                                            std::span<const asio::ip::udp::endpoint> reflectors,
+                                            std::uint64_t target_list_version) {
   flatbuffers::FlatBufferBuilder fbb(256);
   const std::string arch(platform::kArchName);
   const wire::Incarnation wire_incarnation(flatbuffers::span<const std::uint8_t, 16>(incarnation.data(), 16));
   const bool legacy = incarnation == std::array<std::uint8_t, 16>{};
+  std::vector<wire::ReflectorAddress> announced;
+  announced.reserve(reflectors.size());
+  for (const asio::ip::udp::endpoint& e : reflectors) {
+    const asio::ip::address a = e.address();
+    const asio::ip::address_v6::bytes_type ip =
+        a.is_v4() ? asio::ip::make_address_v6(asio::ip::v4_mapped, a.to_v4()).to_bytes() : a.to_v6().to_bytes();
+    announced.emplace_back(flatbuffers::span<const std::uint8_t, 16>(ip.data(), 16), e.port());
+  }
   const auto hello = wire::CreateHelloDirect(fbb, 1, identity.agent_id.c_str(), identity.region.c_str(),
                                              identity.pop.c_str(), kVersion, arch.c_str(), capabilities,
-                                             legacy ? nullptr : &wire_incarnation);
+                                             legacy ? nullptr : &wire_incarnation,
+                                             announced.empty() ? nullptr : &announced, target_list_version);
   return finish(fbb, wire::Message::Hello, hello.Union());
 }
 
@@ -59,7 +70,13 @@ std::span<const std::uint8_t> BatchFrameBuilder::build(const AgentIdentity& iden
   const auto load_vector = fbb.CreateVector(load);
   flatbuffers::Offset<wire::AgentSelf> self;
   if (extras.self) {
-    self = wire::build_agent_self(fbb, *extras.self);
+    // The field list's members, plus the mesh's list version (the agent's alone to fill in).
+    wire::AgentSelfBuilder sb(fbb);
+#define VANTAGE_AGENT_SELF_WRITE(field, ...) sb.add_##field(extras.self->field);
+    VANTAGE_AGENT_SELF_FIELDS(VANTAGE_AGENT_SELF_WRITE)
+#undef VANTAGE_AGENT_SELF_WRITE
+    sb.add_target_list_version(extras.target_list_version);
+    self = sb.Finish();
   }
   wire::BatchBuilder b(fbb);
   b.add_agent_id(agent_id);

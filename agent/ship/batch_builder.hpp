@@ -31,6 +31,7 @@ using SelfMetrics = wire::AgentSelfValues;
 struct BatchExtras {
   std::uint64_t spool_dropped = 0;  // batches dropped by the spool bound since the spool began
   std::optional<SelfMetrics> self;  // Batch.self; absent when not given
+  std::uint64_t target_list_version = 0;  // AgentSelf.target_list_version (with self)
 };
 
 // Capability bits carried in Hello.capabilities.
@@ -45,8 +46,12 @@ inline constexpr std::uint64_t kCapabilityTargetList = wire::kCapabilityTargetLi
 
 // `incarnation` is the spool's (Spool::incarnation()): with the agent id and seq it names a batch
 // at the collector. All zero (tests, tools) sends none, the legacy incarnation.
+// reflectors: Hello.reflectors (IPv4 as IPv4-mapped IPv6); target_list_version: the mesh list the
+// agent runs (0: none).
 std::vector<std::uint8_t> build_hello_frame(const AgentIdentity& identity, std::uint64_t capabilities,
-                                            const std::array<std::uint8_t, 16>& incarnation = {});
+                                            const std::array<std::uint8_t, 16>& incarnation = {},
+                                            std::span<const asio::ip::udp::endpoint> reflectors = {},
+                                            std::uint64_t target_list_version = 0);
 
 // Builds the Batch frames of one shipper into one FlatBuffers builder kept across batches: the
 // buffer one batch grew to serves the next (no new builder, no copy into a vector per batch). A

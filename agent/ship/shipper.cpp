@@ -290,10 +290,23 @@ void Shipper::start() {
   s.thread = std::thread([&s] { s.io.run(); });
 }
 
-void Shipper::submit(MeasurementReport report, std::vector<ProbeTargetSpec> targets) {
+void Shipper::submit(MeasurementReport report, std::vector<ProbeTargetSpec> targets,
+                     std::uint64_t target_list_version) {
   Impl& s = *impl_;
-  asio::post(s.io, [&s, report = std::move(report), targets = std::move(targets)]() mutable {
-    s.session.submit(report, targets);
+  asio::post(s.io, [&s, report = std::move(report), targets = std::move(targets), target_list_version]() mutable {
+    s.session.submit(report, targets, target_list_version);
+  });
+}
+
+void Shipper::set_target_list_version(std::uint64_t version) {
+  Impl& s = *impl_;
+  asio::post(s.io, [&s, version] { s.session.set_target_list_version(version); });
+}
+
+void Shipper::add_measurement_baseline(std::uint64_t probe_ring_dropped, std::uint64_t load_ring_dropped) {
+  Impl& s = *impl_;
+  asio::post(s.io, [&s, probe_ring_dropped, load_ring_dropped] {
+    s.session.add_measurement_baseline(probe_ring_dropped, load_ring_dropped);
   });
 }
 

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -13,6 +14,7 @@
 #include "agent/measurement.hpp"
 #include "agent/ship/batch_builder.hpp"
 #include "agent/ship/spool.hpp"
+#include "agent/ship/target_list.hpp"
 #include "platform/result.hpp"
 #include "platform/tls/tls_context.hpp"
 
@@ -51,6 +53,16 @@ struct ShipperConfig {
   platform::tls::TlsContextOptions tls;  // role is forced to client
   SpoolConfig spool;
   std::uint64_t capabilities = 0;  // Hello.capabilities
+  // Where this agent's reflector answers (Hello.reflectors), so the collector can point other
+  // agents at it; empty: nothing announced.
+  std::vector<asio::ip::udp::endpoint> reflectors;
+  // Hello.target_list_version until set_target_list_version(): the list the agent starts with.
+  std::uint64_t target_list_version = 0;
+  // Called on the shipper's thread with each TargetList that passed every check; it must not
+  // block (the session goes on). Without it (or without kCapabilityTargetList) a TargetList is
+  // refused like a bad one.
+  std::function<void(AcceptedTargetList)> on_target_list;
+  TargetListLimits target_list_limits;
   std::chrono::milliseconds connect_timeout{5'000};
   std::chrono::milliseconds handshake_timeout{10'000};
   // Unacked data outstanding this long without an ack means the collector is stuck: reconnect.
@@ -80,6 +92,9 @@ struct ShipperCounters {
   std::uint64_t rejected = 0;          // the collector refused us (identity, region)
   std::uint64_t retry_later = 0;
   std::uint64_t resumed = 0;  // handshakes that resumed a session
+  std::uint64_t target_lists_accepted = 0;  // handed on to the agent
+  std::uint64_t target_lists_refused = 0;   // failed a check: refused whole, the session went on
+  std::string last_target_list_error;       // why the latest refused list was refused
   bool connected = false;
   std::string last_error;  // the most recent reason a connection failed or ended
   SpoolStats spool;
@@ -107,7 +122,16 @@ class Shipper {
 
   // Builds the report's Batch with the next seq and appends it to the spool, on the shipper's
   // thread; the batch goes out as soon as a connection has room.
-  void submit(MeasurementReport report, std::vector<ProbeTargetSpec> targets);
+  // target_list_version: the mesh list the report's interval ran (AgentSelf.target_list_version).
+  void submit(MeasurementReport report, std::vector<ProbeTargetSpec> targets,
+              std::uint64_t target_list_version = 0);
+
+  // The list version the next Hello announces (a list applied while connected).
+  void set_target_list_version(std::uint64_t version);
+  // What a measurement that ended under this shipper counted (its ring drops), so the
+  // self-metrics stay cumulative when the next measurement starts from zero. Ordered after the
+  // ended measurement's last submit().
+  void add_measurement_baseline(std::uint64_t probe_ring_dropped, std::uint64_t load_ring_dropped);
 
   // Waits up to drain for everything spooled to be acked (while connected), flushes the spool
   // and stops. Unacked batches stay spooled for the next start.

@@ -95,7 +95,8 @@ void ShipperSession::on_session(std::string_view tls_version, bool resumed) {
   writing_ = false;
   std::vector<std::uint8_t> hello;
   // The spool's incarnation names its seq space: after a purge seq 1 is a new batch, not a duplicate.
-  wire::append_frame(hello, build_hello_frame(config_.identity, config_.capabilities, spool_.incarnation()));
+  wire::append_frame(hello, build_hello_frame(config_.identity, config_.capabilities, spool_.incarnation(),
+                                              config_.reflectors, config_.target_list_version));
   writes_.push_back(std::move(hello));
   state_ = State::kReady;
   // Everything not acked goes again, in order: the collector dedupes what it already has.
@@ -112,14 +113,18 @@ void ShipperSession::on_bytes(std::span<const std::uint8_t> bytes) {
   for (wire::FrameStatus status;
        state_ == State::kReady && (status = reader_.next()) != wire::FrameStatus::kNeedMore;) {
     if (status == wire::FrameStatus::kFrame) {
-      on_frame(*reader_.frame());
+      on_frame(*reader_.frame(), reader_.frame_bytes());
     } else {
       fail(std::string("bad frame from collector: ") + wire::to_string(status));
     }
   }
 }
 
-void ShipperSession::on_frame(const wire::Frame& frame) {
+void ShipperSession::on_frame(const wire::Frame& frame, std::span<const std::uint8_t> bytes) {
+  if (frame.message_type() == wire::Message::TargetList) {
+    on_target_list(bytes);
+    return;
+  }
   const wire::Ack* ack = frame.message_as_Ack();
   if (ack == nullptr) {
     fail("collector sent something other than an Ack");
@@ -157,6 +162,29 @@ void ShipperSession::on_frame(const wire::Frame& frame) {
       fail("collector asked to retry later");
       return;
   }
+}
+
+void ShipperSession::on_target_list(std::span<const std::uint8_t> bytes) {
+  // A bad list is the collector's bug, not the connection's: it is refused whole (the agent keeps
+  // the list it runs), counted and logged, and the session goes on delivering batches.
+  platform::Result<AcceptedTargetList> accepted =
+      config_.on_target_list && (config_.capabilities & kCapabilityTargetList) != 0
+          ? accept_target_list(bytes, config_.target_list_limits)
+          : platform::Result<AcceptedTargetList>(platform::Status::error("this agent takes no target lists"));
+  if (!accepted) {
+    const std::string why = accepted.error();
+    update([&why](ShipperCounters& s) {
+      ++s.target_lists_refused;
+      s.last_target_list_error = why;
+    });
+    // Repeats of one line are suppressed by the log's rate limit.
+    log(LogLevel::kWarning, "collector %s: target list refused: %s", collector().host.c_str(), why.c_str());
+    return;
+  }
+  update([](ShipperCounters& s) { ++s.target_lists_accepted; });
+  log(LogLevel::kInfo, "collector %s: target list version %llu received (%zu targets)", collector().host.c_str(),
+      static_cast<unsigned long long>(accepted.value().version), accepted.value().targets.size());
+  config_.on_target_list(std::move(accepted).value());
 }
 
 void ShipperSession::on_ack(const wire::Ack& ack) {
@@ -399,7 +427,8 @@ void ShipperSession::shut_down() {
   publish_spool_counters();
 }
 
-void ShipperSession::submit(MeasurementReport& report, const std::vector<ProbeTargetSpec>& targets) {
+void ShipperSession::submit(MeasurementReport& report, const std::vector<ProbeTargetSpec>& targets,
+                            std::uint64_t target_list_version) {
   if (stopping_) {
     return;
   }
@@ -408,6 +437,7 @@ void ShipperSession::submit(MeasurementReport& report, const std::vector<ProbeTa
   BatchExtras extras;
   extras.spool_dropped = before.dropped_total;
   extras.self = self_metrics(report, before);
+  extras.target_list_version = target_list_version;
   const std::span<const std::uint8_t> frame = batch_builder_.build(config_.identity, seq, report, targets, extras);
   if (const platform::Status st = spool_.append(seq, std::as_bytes(frame)); !st) {
     log(LogLevel::kError, "spool: batch %llu not stored: %s", static_cast<unsigned long long>(seq),

@@ -72,7 +72,14 @@ class ShipperSession {
   void start();
   // Builds the report's Batch with the next seq, appends it to the spool and sends it when the
   // window has room. Ignored once shut_down() ran.
-  void submit(MeasurementReport& report, const std::vector<ProbeTargetSpec>& targets);
+  void submit(MeasurementReport& report, const std::vector<ProbeTargetSpec>& targets,
+              std::uint64_t target_list_version = 0);
+  // See Shipper::set_target_list_version and Shipper::add_measurement_baseline.
+  void set_target_list_version(std::uint64_t version) { config_.target_list_version = version; }
+  void add_measurement_baseline(std::uint64_t probe_ring_dropped, std::uint64_t load_ring_dropped) {
+    config_.self_baseline.probe_ring_dropped += probe_ring_dropped;
+    config_.self_baseline.load_ring_dropped += load_ring_dropped;
+  }
 
   // Events from the driver.
   void on_resolve_failed(std::string_view error);
@@ -118,7 +125,8 @@ class ShipperSession {
   }
 
   void connect();
-  void on_frame(const wire::Frame& frame);
+  void on_frame(const wire::Frame& frame, std::span<const std::uint8_t> bytes);
+  void on_target_list(std::span<const std::uint8_t> bytes);
   void on_ack(const wire::Ack& ack);
   void pump();
   void write_next();

@@ -126,10 +126,13 @@ const char* usage_text() noexcept {
          "  --fsync every|MS      fsync each batch, or every MS milliseconds (default 1000)\n"
          "  --drain SECONDS       on stop, wait this long for acks (default 5)\n"
          "  --reconnect-max SECONDS  longest reconnect backoff (default 30; full jitter below it)\n"
+         "  --no-mesh             refuse the collector's target lists (the mesh); default: take them\n"
          "other:\n"
          "  --reflector ADDR:PORT answer peers' probes there (default [::]:8627; off with --once)\n"
          "  --no-reflector        answer nobody's probes\n"
          "  --reflector-rate N    probes per second answered per source address (default 100)\n"
+         "  --announce ADDR:PORT  where peers reach this reflector, told to the collector for the mesh\n"
+         "                        (repeatable, IPv4 and IPv6; default: --reflector's address unless a wildcard)\n"
          "  --load-interval SECONDS  host load sampling period (default 1; 0 turns it off)\n"
          "  --probe-slot MS          send probes on a grid of this period (default 20)\n"
          "  --host-root PATH      read /proc and /sys under PATH instead of /\n"
@@ -150,8 +153,9 @@ void set_spool_bound(ship::SpoolConfig& spool, std::uint64_t kib) {
       std::min<std::uint64_t>(spool.segment_bytes, std::max<std::uint64_t>(spool.max_bytes / 8, 4 << 10));
 }
 
-std::uint64_t capabilities_for(const MeasurementConfig& measurement) {
+std::uint64_t capabilities_for(const MeasurementConfig& measurement, bool accept_target_lists) {
   std::uint64_t capabilities = ship::kCapabilityHostLoad;
+  if (accept_target_lists) capabilities |= ship::kCapabilityTargetList;
   for (const ProbeTargetSpec& t : measurement.targets) {
     capabilities |= t.protocol == ProbeProtocol::kUdpEcho      ? ship::kCapabilityUdpEcho
                     : t.protocol == ProbeProtocol::kTcpConnect ? ship::kCapabilityTcpConnect
@@ -159,6 +163,28 @@ std::uint64_t capabilities_for(const MeasurementConfig& measurement) {
   }
   if (measurement.reflector) capabilities |= ship::kCapabilityReflector;
   return capabilities;
+}
+
+std::vector<asio::ip::udp::endpoint> announced_reflectors(const MeasurementConfig& measurement,
+                                                          std::vector<asio::ip::udp::endpoint> given) {
+  if (!measurement.reflector) return {};
+  if (!given.empty()) return given;
+  std::error_code ec;
+  const asio::ip::address bound = asio::ip::make_address(measurement.reflector->bind_address, ec);
+  // A wildcard says nothing about where peers reach this host: announced only when given.
+  if (ec || bound.is_unspecified() || measurement.reflector->port == 0) return {};
+  return {asio::ip::udp::endpoint(bound, measurement.reflector->port)};
+}
+
+std::optional<asio::ip::udp::endpoint> parse_announce(std::string_view text) {
+  std::string host;
+  std::optional<std::uint16_t> port;
+  std::string error;
+  if (!split_host_port(text, true, host, port, error)) return std::nullopt;
+  std::error_code ec;
+  const asio::ip::address address = asio::ip::make_address(host, ec);
+  if (ec || address.is_unspecified() || address.is_multicast()) return std::nullopt;
+  return asio::ip::udp::endpoint(address, *port);
 }
 
 std::string set_client_labels(MeasurementConfig& measurement, privacy::PrivacyConfig privacy,
@@ -203,6 +229,7 @@ platform::Result<AgentOptions> parse_args(const std::vector<std::string_view>& a
   double timeout_ms = 1000.0;
   std::size_t size = 0;
   std::uint8_t dscp = 0;
+  std::uint32_t paths = 1;
   bool client = false;
   privacy::PrivacyConfig privacy;
   std::string privacy_key;
@@ -211,6 +238,8 @@ platform::Result<AgentOptions> parse_args(const std::vector<std::string_view>& a
   std::optional<std::uint32_t> reflector_rate;
   ship::ShipperConfig ship;
   ship.spool.dir = "/var/lib/vantage-agent/spool";
+  std::vector<asio::ip::udp::endpoint> announce;
+  bool accept_target_lists = true;
 
   auto fail = [](std::string message) { return platform::Result<AgentOptions>::error(std::move(message)); };
 
@@ -229,7 +258,6 @@ platform::Result<AgentOptions> parse_args(const std::vector<std::string_view>& a
     if (arg == "--version") {
       o.show_version = true;
     } else if (arg == "--help" || arg == "-h") {
-  std::uint32_t paths = 1;
       o.show_help = true;
     } else if (arg == "--json") {
       o.json = true;
@@ -296,6 +324,12 @@ platform::Result<AgentOptions> parse_args(const std::vector<std::string_view>& a
         return fail("--dscp: expected 0..63");
       }
       dscp = static_cast<std::uint8_t>(d);
+    } else if (arg == "--paths") {
+      unsigned k = 0;
+      if (!value(v) || !parse_number(v, k) || k < 1 || k > ProbeTargetSpec::kMaxPaths) {
+        return fail("--paths: expected 1..64");
+      }
+      paths = k;
     } else if (arg == "--host-root") {
       if (!value(v) || v.empty()) {
         return fail("--host-root: expected a directory");
@@ -324,12 +358,6 @@ platform::Result<AgentOptions> parse_args(const std::vector<std::string_view>& a
         return fail("--reflector: " + error);
       }
       std::error_code ec;
-    } else if (arg == "--paths") {
-      unsigned k = 0;
-      if (!value(v) || !parse_number(v, k) || k < 1 || k > ProbeTargetSpec::kMaxPaths) {
-        return fail("--paths: expected 1..64");
-      }
-      paths = k;
       (void)asio::ip::make_address(host, ec);
       if (ec) {
         return fail("--reflector: '" + host + "' is not an IP address");
@@ -340,6 +368,18 @@ platform::Result<AgentOptions> parse_args(const std::vector<std::string_view>& a
       reflector->port = *port;
       reflector->kernel_timestamps = kernel && o.measurement.kernel_timestamps;
       reflector_explicit = true;
+    } else if (arg == "--announce") {
+      if (!value(v)) {
+        return fail("--announce: expected ADDR:PORT");
+      }
+      const auto endpoint = parse_announce(v);
+      if (!endpoint) {
+        return fail("--announce: expected ADDR:PORT with an IP address (IPv6 in brackets), not '" + std::string(v) +
+                    "'");
+      }
+      announce.push_back(*endpoint);
+    } else if (arg == "--no-mesh") {
+      accept_target_lists = false;
     } else if (arg == "--reflector-rate") {
       std::uint32_t r = 0;
       if (!value(v) || !parse_number(v, r) || r == 0 || r > 1'000'000) {
@@ -468,6 +508,7 @@ platform::Result<AgentOptions> parse_args(const std::vector<std::string_view>& a
       t.timeout = std::chrono::nanoseconds(std::llround(timeout_ms * 1e6));
       t.payload_size = size;
       t.dscp = dscp;
+      t.paths = protocol == ProbeProtocol::kUdpEcho ? paths : 1;  // TCP and ICMP probe one path
       t.client = client;
       o.measurement.targets.push_back(std::move(t));
     } else {
@@ -502,13 +543,13 @@ platform::Result<AgentOptions> parse_args(const std::vector<std::string_view>& a
         return fail(std::string("shipping to a collector needs ") + name);
       }
     }
-    ship.capabilities = capabilities_for(o.measurement);
+    ship.capabilities = capabilities_for(o.measurement, accept_target_lists);
+    ship.reflectors = announced_reflectors(o.measurement, std::move(announce));
     o.shipping = std::move(ship);
   }
   if (o.once_seconds && !o.explicit_interval) {
     // One report at the end; finish() closes it.
     o.measurement.report_interval = std::chrono::hours(24 * 365);
-      t.paths = protocol == ProbeProtocol::kUdpEcho ? paths : 1;  // TCP and ICMP probe one path
   }
   return o;
 }

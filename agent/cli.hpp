@@ -42,7 +42,14 @@ void set_spool_bound(ship::SpoolConfig& spool, std::uint64_t kib);
 // is a client).
 std::string set_client_labels(MeasurementConfig& measurement, privacy::PrivacyConfig privacy,
                               const std::string& key_file);
-// Hello.capabilities for the targets and reflector configured.
-std::uint64_t capabilities_for(const MeasurementConfig& measurement);
+// Hello.capabilities for the targets and reflector configured (and the mesh's target lists when
+// accept_target_lists).
+std::uint64_t capabilities_for(const MeasurementConfig& measurement, bool accept_target_lists = true);
+// Hello.reflectors: the addresses given (reflector.announce, --announce), else the reflector's
+// bound address when it is not a wildcard; none without a reflector.
+std::vector<asio::ip::udp::endpoint> announced_reflectors(const MeasurementConfig& measurement,
+                                                          std::vector<asio::ip::udp::endpoint> given);
+// "ADDR:PORT" or "[v6]:PORT" with an IP address (not a name) and a port in 1..65535.
+std::optional<asio::ip::udp::endpoint> parse_announce(std::string_view text);
 
 }  // namespace vantage::agent

@@ -60,6 +60,8 @@ struct Draft {
   std::vector<CollectorsDraft> collectors;
   bool allow_cross_region = false;
   bool reflector_enabled = true;
+  std::vector<asio::ip::udp::endpoint> announce;
+  bool accept_target_lists = true;
   std::optional<std::uint32_t> reflector_rate;
   std::optional<std::uint64_t> spool_max_kb;
   platform::LogLevel log_level = platform::LogLevel::kInfo;
@@ -88,6 +90,8 @@ bool target_name(const Value& v) {
 // collector takes for each of them, so a Hello or Batch never carries one it refuses.
 static_assert(wire::max_bytes(wire::PeerText::kAgentId) >= 64 && wire::max_bytes(wire::PeerText::kRegion) >= 64 &&
               wire::max_bytes(wire::PeerText::kPop) >= 64);
+
+bool announce_value(const Value& v) { return v.is_text() && parse_announce(v.text()).has_value(); }
 
 bool fsync_value(const Value& v) {
   return v.is_text() ? v.text() == "every" : cfg::integer_in<1, 3'600'000>(v);
@@ -214,10 +218,6 @@ const cfg::Key<Draft> kKeys[] = {
     {"targets[].dscp", Kind::kInteger, "0", "", "an integer in 0..63", "DSCP of the probes.",
      cfg::integer_in<0, 63>,
      [](Draft& d, const Value& v) { d.targets.back().dscp = static_cast<std::uint8_t>(v.integer()); }},
-    {"targets[].client", Kind::kBoolean, "false", "", "true or false",
-     "A client's (player's) address, personal data: reports, batches and logs show only its pseudonym "
-     "(see [privacy]), never the address; such a target takes no name.",
-     nullptr,
     {"targets[].paths", Kind::kInteger, "1", "", "an integer in 1..64; above 1 for udp only",
      "ECMP paths: UDP probes rotate over this many source ports (and IPv6 flow labels), so a "
      "multipath network spreads them over its routes, and reports carry loss and RTT per path.",
@@ -226,6 +226,10 @@ const cfg::Key<Draft> kKeys[] = {
        d.targets.back().paths = static_cast<std::uint32_t>(v.integer());
        d.targets.back().paths_line = v.line;
      }},
+    {"targets[].client", Kind::kBoolean, "false", "", "true or false",
+     "A client's (player's) address, personal data: reports, batches and logs show only its pseudonym "
+     "(see [privacy]), never the address; such a target takes no name.",
+     nullptr,
      [](Draft& d, const Value& v) {
        d.targets.back().client = v.boolean();
        d.targets.back().client_line = v.line;
@@ -242,6 +246,21 @@ const cfg::Key<Draft> kKeys[] = {
      [](Draft& d, const Value& v) {
        d.options.measurement.reflector->port = static_cast<std::uint16_t>(v.integer());
      }},
+    {"reflector.announce", Kind::kStringList, "", "", "\"ADDR:PORT\" (an IP address; IPv6 in brackets)",
+     "Where peers reach this reflector (IPv4 and IPv6, e.g. a public address in front of reflector.bind), told "
+     "to the collector in Hello so the mesh points other agents at it. Default: reflector.bind with "
+     "reflector.port, unless bind is a wildcard (then nothing is announced).",
+     announce_value,
+     [](Draft& d, const Value& v) {
+       d.announce.clear();
+       for (const std::string& text : v.strings()) {
+         if (const auto endpoint = parse_announce(text)) d.announce.push_back(*endpoint);
+       }
+     }},
+    {"mesh.accept", Kind::kBoolean, "true", "", "true or false",
+     "Take the target lists the collector makes from its mesh rules (merged with targets[], which always win; "
+     "the last one is kept in spool.dir as target-list.vnt). false: probe only targets[].",
+     nullptr, [](Draft& d, const Value& v) { d.accept_target_lists = v.boolean(); }},
     {"reflector.rate", Kind::kInteger, "100", "", "an integer in 1..1000000",
      "Probes per second answered per source address; the rest are dropped (and counted).",
      cfg::integer_in<1, 1'000'000>,
@@ -372,6 +391,10 @@ void build_targets(Draft& d, cfg::Diagnostics& diagnostics) {
       diagnostics.error(t.port_line, t.key + ".port", "an icmp target has no port");
       ok = false;
     }
+    if (protocol != ProbeProtocol::kUdpEcho && t.paths > 1) {
+      diagnostics.error(t.paths_line, t.key + ".paths", "only a udp target spreads over several paths");
+      ok = false;
+    }
     if (t.client && !t.name.empty()) {
       diagnostics.error(t.name_line, t.key + ".name",
                         "a client target is labelled by its pseudonym and takes no name");
@@ -391,10 +414,6 @@ void build_targets(Draft& d, cfg::Diagnostics& diagnostics) {
     if (literal_error && t.client) {
       diagnostics.error(t.host_line, t.key + ".host",
                         "a client target takes an IP address, not a name (not shown: a client's address)");
-    if (protocol != ProbeProtocol::kUdpEcho && t.paths > 1) {
-      diagnostics.error(t.paths_line, t.key + ".paths", "only a udp target spreads over several paths");
-      ok = false;
-    }
       ok = false;
     }
     if (t.client && !d.privacy_ok) ok = false;  // no usable key: reported once, by build_privacy
@@ -413,6 +432,7 @@ void build_targets(Draft& d, cfg::Diagnostics& diagnostics) {
     spec.timeout = std::chrono::nanoseconds(std::llround(t.timeout_ms * 1e6));
     spec.payload_size = t.size;
     spec.dscp = t.dscp;
+    spec.paths = t.paths;
     spec.client = t.client;
     spec.label = t.client         ? client_label_now(d.privacy, spec)
                  : !t.name.empty() ? t.name
@@ -432,7 +452,6 @@ void build_targets(Draft& d, cfg::Diagnostics& diagnostics) {
       if (const auto [it, inserted] = labels.emplace(spec.label, &t); !inserted) {
         const TargetDraft& first = *it->second;
         diagnostics.error(t.line, t.key,
-    spec.paths = t.paths;
                           "label \"" + spec.label + "\" is already used by " + first.key + " (line " +
                               std::to_string(first.line) + "); give one of them a name");
         continue;
@@ -591,7 +610,8 @@ static AgentConfig load_config(const std::filesystem::path& file, std::optional<
     set_spool_bound(shipping.spool, *d.spool_max_kb);
   }
   if (!shipping.collectors.empty()) {
-    shipping.capabilities = capabilities_for(m);
+    shipping.capabilities = capabilities_for(m, d.accept_target_lists);
+    shipping.reflectors = announced_reflectors(m, d.announce);
     shipping.resolve = m.resolve;  // one schedule for every name the agent resolves
     d.options.shipping = std::move(shipping);
   }

@@ -243,3 +243,39 @@ TEST_CASE("cli: --paths applies to the UDP targets that follow, TCP and ICMP pro
   CHECK(error_of({"--paths", "0"}).find("--paths") != std::string::npos);
   CHECK(error_of({"--paths", "65"}).find("--paths") != std::string::npos);
 }
+
+TEST_CASE("cli: --announce and --no-mesh shape the Hello the agent sends") {
+  const std::vector<std::string_view> shipping = {"--collector", "127.0.0.1:7443", "--agent-id", "a",
+                                                  "--region",    "r",              "--pop",      "p",
+                                                  "--ca",        "ca",             "--cert",     "c",
+                                                  "--key",       "k"};
+  auto with = [&](std::vector<std::string_view> more) {
+    more.insert(more.end(), shipping.begin(), shipping.end());
+    return parse(std::move(more));
+  };
+  const auto plain = with({});
+  REQUIRE(plain.has_value());
+  CHECK((plain.value().shipping->capabilities & agent::ship::kCapabilityTargetList) != 0);
+  CHECK(plain.value().shipping->reflectors.empty());  // [::]:8627 is a wildcard
+
+  const auto announced = with({"--announce", "192.0.2.1:8627", "--announce", "[2001:db8::1]:9000"});
+  REQUIRE(announced.has_value());
+  const auto& reflectors = announced.value().shipping->reflectors;
+  REQUIRE(reflectors.size() == 2);
+  CHECK(reflectors[0].address().to_string() == "192.0.2.1");
+  CHECK(reflectors[1].address().to_string() == "2001:db8::1");
+  CHECK(reflectors[1].port() == 9000);
+
+  const auto bound = with({"--reflector", "127.0.0.5:8700"});
+  REQUIRE(bound.has_value());
+  REQUIRE(bound.value().shipping->reflectors.size() == 1);
+  CHECK(bound.value().shipping->reflectors[0].port() == 8700);
+
+  const auto off = with({"--no-mesh"});
+  REQUIRE(off.has_value());
+  CHECK((off.value().shipping->capabilities & agent::ship::kCapabilityTargetList) == 0);
+
+  CHECK(error_of({"--announce", "host.example:8627"}).find("--announce") != std::string::npos);
+  CHECK(error_of({"--announce", "192.0.2.1"}).find("--announce") != std::string::npos);
+  CHECK(error_of({"--announce"}).find("--announce") != std::string::npos);
+}

@@ -98,7 +98,59 @@ TEST_CASE("agent config: a file with every key loads with exact values") {
   CHECK(s.spool.fsync == agent::ship::SpoolConfig::Fsync::kEveryRecord);
   CHECK(s.capabilities == (agent::ship::kCapabilityHostLoad | agent::ship::kCapabilityUdpEcho |
                            agent::ship::kCapabilityTcpConnect | agent::ship::kCapabilityIcmp |
-                           agent::ship::kCapabilityReflector));
+                           agent::ship::kCapabilityReflector | agent::ship::kCapabilityTargetList));
+}
+
+namespace {
+
+const std::string kShipping =
+    "[identity]\nagent_id = \"fra1-edge-07\"\nregion = \"eu-central\"\npop = \"fra1\"\n"
+    "[tls]\nca = \"ca.crt\"\ncert = \"a.crt\"\nkey = \"a.key\"\n"
+    "[[collectors]]\nregion = \"eu-central\"\naddresses = [\"127.0.0.1:7443\"]\n";
+
+}  // namespace
+
+TEST_CASE("agent config: the mesh's target lists are taken unless mesh.accept is false") {
+  const agent::AgentConfig on = agent::parse_config(kShipping, "mesh.toml");
+  REQUIRE_MESSAGE(on.options.has_value(), errors_text(on.errors));
+  CHECK((on.options->shipping->capabilities & agent::ship::kCapabilityTargetList) != 0);
+  const agent::AgentConfig off = agent::parse_config(kShipping + "[mesh]\naccept = false\n", "mesh.toml");
+  REQUIRE_MESSAGE(off.options.has_value(), errors_text(off.errors));
+  CHECK((off.options->shipping->capabilities & agent::ship::kCapabilityTargetList) == 0);
+}
+
+TEST_CASE("agent config: reflector.announce, else a specific reflector.bind, is announced in Hello") {
+  // The default bind "::" is a wildcard: nothing to announce.
+  const agent::AgentConfig wildcard = agent::parse_config(kShipping, "a.toml");
+  REQUIRE_MESSAGE(wildcard.options.has_value(), errors_text(wildcard.errors));
+  CHECK(wildcard.options->shipping->reflectors.empty());
+
+  const agent::AgentConfig bound =
+      agent::parse_config(kShipping + "[reflector]\nbind = \"192.0.2.1\"\nport = 9000\n", "a.toml");
+  REQUIRE_MESSAGE(bound.options.has_value(), errors_text(bound.errors));
+  REQUIRE(bound.options->shipping->reflectors.size() == 1);
+  CHECK(bound.options->shipping->reflectors[0].address().to_string() == "192.0.2.1");
+  CHECK(bound.options->shipping->reflectors[0].port() == 9000);
+
+  const agent::AgentConfig announced = agent::parse_config(
+      kShipping + "[reflector]\nannounce = [\"198.51.100.7:8627\", \"[2001:db8::7]:8627\"]\n", "a.toml");
+  REQUIRE_MESSAGE(announced.options.has_value(), errors_text(announced.errors));
+  REQUIRE(announced.options->shipping->reflectors.size() == 2);
+  CHECK(announced.options->shipping->reflectors[0].address().to_string() == "198.51.100.7");
+  CHECK(announced.options->shipping->reflectors[1].address().to_string() == "2001:db8::7");
+
+  const agent::AgentConfig off = agent::parse_config(
+      kShipping + "[reflector]\nenabled = false\nannounce = [\"198.51.100.7:8627\"]\n", "a.toml");
+  REQUIRE_MESSAGE(off.options.has_value(), errors_text(off.errors));
+  CHECK(off.options->shipping->reflectors.empty());  // no reflector, nothing to announce
+
+  for (const std::string bad : {"\"reflector.example:8627\"", "\"192.0.2.1\"", "\"0.0.0.0:8627\"",
+                                "\"2001:db8::7:8627\""}) {
+    CAPTURE(bad);
+    const agent::AgentConfig c = agent::parse_config(kShipping + "[reflector]\nannounce = [" + bad + "]\n", "a.toml");
+    REQUIRE(c.errors.size() == 1);
+    CHECK(c.errors[0].find("reflector.announce") != std::string::npos);
+  }
 }
 
 TEST_CASE("agent config: an empty file gives the command line's defaults") {
@@ -240,7 +292,7 @@ TEST_CASE("agent config: the example file loads and the reference covers the who
   const std::string doc = agent::config_reference_markdown();
   CHECK(doc.starts_with("| key | value | default | description |\n|---|---|---|---|\n"));
   const auto keys = agent::config_keys();
-  CHECK(keys.size() == 45);
+  CHECK(keys.size() == 47);
   std::istringstream rows(doc);
   std::string row;
   std::set<std::string> documented;

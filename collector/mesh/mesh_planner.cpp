@@ -49,6 +49,13 @@ struct Contribution {
   }
 };
 
+// A PoP's reflector-holding agent with its id's hash beside it: a selection reads the hashes of a
+// whole PoP for every prober, and they would otherwise be a cache miss each.
+struct TargetRef {
+  std::uint64_t hash = 0;
+  std::uint32_t slot = 0;
+};
+
 bool list_order(const PlannedTarget& a, const PlannedTarget& b) {
   return std::tie(a.agent_id, a.host, a.port, a.probe.protocol) < std::tie(b.agent_id, b.host, b.port, b.probe.protocol);
 }
@@ -75,7 +82,7 @@ struct MeshPlanner::Impl {
     std::string region, name;
     std::uint64_t hash = 0;
     std::vector<std::uint32_t> members;  // agent slots
-    std::vector<std::uint32_t> targets;  // members with reflectors
+    std::vector<TargetRef> targets;      // members with reflectors
   };
 
   MeshRules rules;
@@ -85,13 +92,20 @@ struct MeshPlanner::Impl {
   std::unordered_map<std::string, std::uint32_t> agent_index;
   std::vector<Pop> pops;
   std::unordered_map<std::string, std::uint32_t> pop_index;  // region '\n' pop
+  // "HOST PORT" to the agents announcing it, and extra targets: see find_clash().
+  std::unordered_map<std::string, std::uint32_t> endpoint_users;
   std::size_t agent_count = 0;
   std::size_t planned_targets = 0;
   std::uint64_t recomputed_lists = 0;
   // Scratch, kept to spare an allocation per prober.
   std::vector<std::pair<std::uint64_t, std::uint32_t>> ranked;
+  std::vector<Contribution> removed, added, before, after;
 
-  Impl(MeshRules r, std::uint64_t first_version) : rules(std::move(r)), last_version(first_version) {}
+  Impl(MeshRules r, std::uint64_t first_version) : rules(std::move(r)), last_version(first_version) {
+    for (const MeshRule& rule : rules.rules) {
+      if (rule.kind == MeshRule::Kind::kExtraTarget) ++endpoint_users[endpoint_key(rule.host, rule.port)];
+    }
+  }
 
   std::uint32_t pop_of(const std::string& region, const std::string& name) {
     std::string key = region + '\n' + name;
@@ -119,27 +133,31 @@ struct MeshPlanner::Impl {
 
   // The `per_pop` agents of PoP q that prober p takes under rule i (all of them for 0).
   void select_in_pop(const Agent& p, std::uint32_t i, std::uint32_t q, std::vector<Contribution>& out) {
-    const std::vector<std::uint32_t>& targets = pops[q].targets;
+    select_among(p, i, q, pops[q].targets, out);
+  }
+  // The same among `targets` (PoP q's reflectors before a change, to know what p held).
+  void select_among(const Agent& p, std::uint32_t i, std::uint32_t q, const std::vector<TargetRef>& targets,
+                    std::vector<Contribution>& out) {
     const std::uint32_t per_pop = rules.rules[i].per_pop;
     if (per_pop == 0 || per_pop >= targets.size()) {
-      for (const std::uint32_t t : targets) out.push_back({i, q, t});
+      for (const TargetRef& t : targets) out.push_back({i, q, t.slot});
       return;
     }
     if (per_pop == 1) {
-      std::uint32_t best = targets.front();
-      std::uint64_t best_score = score(p.id_hash, agents[best].id_hash);
-      for (const std::uint32_t t : targets) {
-        const std::uint64_t s = score(p.id_hash, agents[t].id_hash);
+      std::uint32_t best = targets.front().slot;
+      std::uint64_t best_score = score(p.id_hash, targets.front().hash);
+      for (const TargetRef& t : targets) {
+        const std::uint64_t s = score(p.id_hash, t.hash);
         if (s < best_score) {
           best_score = s;
-          best = t;
+          best = t.slot;
         }
       }
       out.push_back({i, q, best});
       return;
     }
     ranked.clear();
-    for (const std::uint32_t t : targets) ranked.emplace_back(score(p.id_hash, agents[t].id_hash), t);
+    for (const TargetRef& t : targets) ranked.emplace_back(score(p.id_hash, t.hash), t.slot);
     std::nth_element(ranked.begin(), ranked.begin() + per_pop, ranked.end());
     for (std::uint32_t k = 0; k < per_pop; ++k) out.push_back({i, q, ranked[k].second});
   }
@@ -201,11 +219,7 @@ struct MeshPlanner::Impl {
       }
     }
     // A v4-mapped address is announced as IPv6 on the wire but probed as IPv4.
-    asio::ip::address address = chosen->address();
-    if (address.is_v6() && address.to_v6().is_v4_mapped()) {
-      address = asio::ip::make_address_v4(asio::ip::v4_mapped, address.to_v6());
-    }
-    t.host = address.to_string();
+    t.host = host_text(*chosen);
     t.port = chosen->port();
     t.pop = pops[c.pop].name;
     t.agent_id = target.info.agent_id;
@@ -213,6 +227,62 @@ struct MeshPlanner::Impl {
   }
 
   std::uint64_t next_version() { return ++last_version; }
+
+  // The entries of one agent (or, for "", the extra targets) in a list sorted by agent id.
+  static std::pair<std::size_t, std::size_t> entries_of(const Agent& p, const std::string& agent_id) {
+    const auto& v = p.plan.targets;
+    const auto lo = std::lower_bound(v.begin(), v.end(), agent_id,
+                                     [](const PlannedTarget& t, const std::string& id) { return t.agent_id < id; });
+    auto hi = lo;
+    while (hi != v.end() && hi->agent_id == agent_id) ++hi;
+    return {static_cast<std::size_t>(lo - v.begin()), static_cast<std::size_t>(hi - v.begin())};
+  }
+
+  std::vector<Contribution>::iterator find_entry(Agent& p, const Contribution& c) {
+    if (c.target == kNone) return std::find(p.meta.begin(), p.meta.end(), c);
+    const auto [lo, hi] = entries_of(p, agents[c.target].info.agent_id);
+    for (std::size_t k = lo; k < hi; ++k) {
+      if (p.meta[k] == c) return p.meta.begin() + static_cast<std::ptrdiff_t>(k);
+    }
+    return p.meta.end();
+  }
+
+  // The entry of p's list with t's (host, port, protocol), or the list's size. Only an address
+  // that two announcers share (agents behind one NAT, an extra target on a reflector) can be held
+  // by another agent's entry; otherwise only t's own agent's entries need a look.
+  std::size_t find_clash(const Agent& p, const PlannedTarget& t) const {
+    const auto& v = p.plan.targets;
+    std::size_t lo = 0, hi = v.size();
+    const auto users = endpoint_users.find(endpoint_key(t.host, t.port));
+    if (users == endpoint_users.end() || users->second <= 1) std::tie(lo, hi) = entries_of(p, t.agent_id);
+    for (std::size_t k = lo; k < hi; ++k) {
+      if (same_key(v[k], t)) return k;
+    }
+    return v.size();
+  }
+
+  static std::string endpoint_key(const std::string& host, std::uint16_t port) {
+    return host + ' ' + std::to_string(port);
+  }
+
+  static std::string host_text(const asio::ip::udp::endpoint& e) {
+    asio::ip::address address = e.address();
+    if (address.is_v6() && address.to_v6().is_v4_mapped()) {
+      address = asio::ip::make_address_v4(asio::ip::v4_mapped, address.to_v6());
+    }
+    return address.to_string();
+  }
+
+  void count_endpoints(const MeshAgent& a, int delta) {
+    for (const asio::ip::udp::endpoint& e : a.reflectors) {
+      const std::string key = endpoint_key(host_text(e), e.port());
+      if (delta > 0) {
+        ++endpoint_users[key];
+      } else if (const auto it = endpoint_users.find(key); it != endpoint_users.end() && --it->second == 0) {
+        endpoint_users.erase(it);
+      }
+    }
+  }
 
   // The whole list from scratch: for an agent that is new or whose own PoP or reflectors changed.
   bool rebuild(std::uint32_t slot, bool is_new) {
@@ -266,12 +336,17 @@ struct MeshPlanner::Impl {
   }
 
   // Prober p's list patched for a change in PoPs `changed` (the one or two PoPs an agent left or
-  // joined as a target): only the entries those PoPs give are recomputed, each in O(PoP size),
-  // and applied in O(list size). `moved`: a target agent whose reflectors changed in place, so
-  // its entries are rewritten even when the choices stay.
-  bool patch(std::uint32_t slot, const std::vector<std::uint32_t>& changed, bool eligibility_changed, std::uint32_t moved) {
+  // joined as a target; `old_targets` their reflectors before it): what p held there and holds
+  // now are two selections in O(PoP size) each, and only a prober whose choice differs pays
+  // O(list size) to apply it. `moved`: a target agent whose reflectors changed in place, so its
+  // entries are rewritten even when the choices stay.
+  bool patch(std::uint32_t slot, const std::vector<std::uint32_t>& changed,
+             const std::vector<std::vector<TargetRef>>& old_targets, bool eligibility_changed, std::uint32_t moved) {
     Agent& p = agents[slot];
-    std::vector<Contribution> removed, added, before, after;
+    removed.clear();
+    added.clear();
+    before.clear();
+    after.clear();
     auto compare = [&](bool force) {
       std::sort(before.begin(), before.end());
       std::sort(after.begin(), after.end());
@@ -288,9 +363,14 @@ struct MeshPlanner::Impl {
       const MeshRule& r = rules.rules[i];
       if (r.kind == MeshRule::Kind::kExtraTarget || !from_matches(r, pops[p.pop])) continue;
       if (r.kind == MeshRule::Kind::kFullMesh) {
-        for (const std::uint32_t q : changed) {
+        for (std::size_t k = 0; k < changed.size(); ++k) {
+          const std::uint32_t q = changed[k];
           if (!to_matches(r, p.pop, q)) continue;
-          existing(p, i, q, before);
+          if (moved == kNone) {
+            select_among(p, i, q, old_targets[k], before);
+          } else {
+            existing(p, i, q, before);
+          }
           select_in_pop(p, i, q, after);
           compare(moved != kNone);
         }
@@ -333,7 +413,7 @@ struct MeshPlanner::Impl {
       p.meta.insert(p.meta.begin() + index, c);
     };
     for (const Contribution& c : removed) {
-      const auto it = std::find(p.meta.begin(), p.meta.end(), c);
+      const auto it = find_entry(p, c);
       if (it == p.meta.end()) {
         const auto s = std::find(p.shadowed.begin(), p.shadowed.end(), c);
         if (s != p.shadowed.end()) p.shadowed.erase(s);
@@ -366,13 +446,7 @@ struct MeshPlanner::Impl {
     }
     for (const Contribution& c : added) {
       PlannedTarget t = materialise(p, c);
-      std::size_t clash = p.plan.targets.size();
-      for (std::size_t k = 0; k < p.plan.targets.size(); ++k) {
-        if (same_key(p.plan.targets[k], t)) {
-          clash = k;
-          break;
-        }
-      }
+      const std::size_t clash = find_clash(p, t);
       if (clash == p.plan.targets.size()) {
         insert_exposed(std::move(t), c);
       } else if (std::tie(p.meta[clash].rule, p.plan.targets[clash].agent_id) < std::tie(c.rule, t.agent_id)) {
@@ -394,8 +468,8 @@ struct MeshPlanner::Impl {
   }
 
   // Every prober whose rules reach one of `changed`, patched; ids of the changed lists appended.
-  void patch_probers(const std::vector<std::uint32_t>& changed, bool eligibility_changed, std::uint32_t moved,
-                     std::uint32_t skip, std::vector<std::string>& out) {
+  void patch_probers(const std::vector<std::uint32_t>& changed, const std::vector<std::vector<TargetRef>>& old_targets,
+                     bool eligibility_changed, std::uint32_t moved, std::uint32_t skip, std::vector<std::string>& out) {
     if (changed.empty()) return;
     for (std::uint32_t pp = 0; pp < pops.size(); ++pp) {
       if (pops[pp].members.empty()) continue;
@@ -406,11 +480,15 @@ struct MeshPlanner::Impl {
       }
       if (!reaches) continue;
       for (const std::uint32_t slot : pops[pp].members) {
-        if (slot != skip && patch(slot, changed, eligibility_changed, moved)) out.push_back(agents[slot].info.agent_id);
+        if (slot != skip && patch(slot, changed, old_targets, eligibility_changed, moved)) out.push_back(agents[slot].info.agent_id);
       }
     }
   }
 
+  static void erase_target(std::vector<TargetRef>& v, std::uint32_t slot) {
+    const auto it = std::find_if(v.begin(), v.end(), [&](const TargetRef& t) { return t.slot == slot; });
+    if (it != v.end()) v.erase(it);
+  }
   static void erase_value(std::vector<std::uint32_t>& v, std::uint32_t x) {
     const auto it = std::find(v.begin(), v.end(), x);
     if (it != v.end()) v.erase(it);
@@ -443,6 +521,8 @@ struct MeshPlanner::Impl {
     const std::uint32_t new_pop = pop_of(agent.region, agent.pop);
     const bool is_target = !agent.reflectors.empty();
     const bool reflectors_changed = !is_new && agents[slot].info.reflectors != agent.reflectors;
+    if (!is_new) count_endpoints(agents[slot].info, -1);
+    count_endpoints(agent, +1);
     {
       Agent& a = agents[slot];
       a.used = true;
@@ -456,21 +536,21 @@ struct MeshPlanner::Impl {
     if (old_pop != kNone && was_target) changed.push_back(old_pop);
     if (is_target && (changed.empty() || changed.front() != new_pop)) changed.push_back(new_pop);
     // A PoP gaining its first reflector or losing its last changes kSampled rules' choices.
-    std::vector<bool> had_targets;
-    for (const std::uint32_t q : changed) had_targets.push_back(!pops[q].targets.empty());
+    std::vector<std::vector<TargetRef>> old_targets;
+    for (const std::uint32_t q : changed) old_targets.push_back(pops[q].targets);
     if (old_pop != kNone) {
       erase_value(pops[old_pop].members, slot);
-      if (was_target) erase_value(pops[old_pop].targets, slot);
+      if (was_target) erase_target(pops[old_pop].targets, slot);
     }
     pops[new_pop].members.push_back(slot);
-    if (is_target) pops[new_pop].targets.push_back(slot);
+    if (is_target) pops[new_pop].targets.push_back({agents[slot].id_hash, slot});
     bool eligibility_changed = false;
     for (std::size_t k = 0; k < changed.size(); ++k) {
-      eligibility_changed = eligibility_changed || had_targets[k] == pops[changed[k]].targets.empty();
+      eligibility_changed = eligibility_changed || old_targets[k].empty() != pops[changed[k]].targets.empty();
     }
     // In the same PoP with other reflectors: probers keep their choices but rewrite the entries.
     const std::uint32_t moved = reflectors_changed && old_pop == new_pop && was_target && is_target ? slot : kNone;
-    patch_probers(changed, eligibility_changed, moved, slot, out);
+    patch_probers(changed, old_targets, eligibility_changed, moved, slot, out);
     if (rebuild(slot, is_new)) out.push_back(agent.agent_id);
     std::sort(out.begin(), out.end());
     return out;
@@ -483,15 +563,18 @@ struct MeshPlanner::Impl {
     const std::uint32_t slot = found->second;
     Agent& a = agents[slot];
     const std::uint32_t pop = a.pop;
+    count_endpoints(a.info, -1);
     erase_value(pops[pop].members, slot);
     std::vector<std::uint32_t> changed;
+    std::vector<std::vector<TargetRef>> old_targets;
     bool eligibility_changed = false;
     if (!a.info.reflectors.empty()) {
-      erase_value(pops[pop].targets, slot);
       changed.push_back(pop);
+      old_targets.push_back(pops[pop].targets);
+      erase_target(pops[pop].targets, slot);
       eligibility_changed = pops[pop].targets.empty();
     }
-    patch_probers(changed, eligibility_changed, kNone, slot, out);
+    patch_probers(changed, old_targets, eligibility_changed, kNone, slot, out);
     Agent& gone = agents[slot];  // patch_probers does not reallocate, but be explicit
     planned_targets -= gone.plan.targets.size();
     gone = Agent{};

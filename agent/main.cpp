@@ -3,20 +3,25 @@
 // RELOADING on SIGHUP, STOPPING on SIGTERM).
 #include <malloc.h>
 #include <signal.h>
+#include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "agent/cli.hpp"
 #include "agent/config.hpp"
 #include "agent/measurement.hpp"
 #include "agent/report_format.hpp"
+#include "agent/ship/target_list.hpp"
 #include "agent/version.hpp"
 #include "platform/clock.hpp"
 #include "platform/log.hpp"
@@ -28,6 +33,7 @@ namespace {
 using vantage::agent::AgentOptions;
 using vantage::agent::Measurement;
 using vantage::agent::MeasurementReport;
+using vantage::agent::ship::AcceptedTargetList;
 using vantage::agent::ship::SelfBaseline;
 using vantage::agent::ship::Shipper;
 using vantage::platform::log;
@@ -52,7 +58,39 @@ int wait_for_signal(const sigset_t& signals, std::chrono::nanoseconds timeout) {
   }
 }
 
-// The running parts for one set of options: a reload replaces the whole set.
+// Where the shipper's thread leaves the collector's latest target list for the main loop, which
+// it wakes with SIGUSR1 (blocked everywhere, so it lands in the loop's sigtimedwait). Only the
+// newest list matters: one that arrives before the loop took the previous replaces it.
+struct TargetListMailbox {
+  std::mutex mutex;
+  std::optional<AcceptedTargetList> pending;
+
+  void post(AcceptedTargetList list) {
+    {
+      std::lock_guard lock(mutex);
+      pending = std::move(list);
+    }
+    ::kill(::getpid(), SIGUSR1);
+  }
+  std::optional<AcceptedTargetList> take() {
+    std::lock_guard lock(mutex);
+    return std::exchange(pending, std::nullopt);
+  }
+};
+
+// The mesh list the agent runs (merged with the configured targets), if any.
+struct MeshState {
+  std::optional<AcceptedTargetList> list;
+  std::uint64_t version() const { return list ? list->version : 0; }
+};
+
+bool accepts_target_lists(const AgentOptions& options) {
+  return options.shipping && !options.once_seconds &&
+         (options.shipping->capabilities & vantage::agent::ship::kCapabilityTargetList) != 0;
+}
+
+// The running parts for one set of options: a reload replaces the whole set, a new mesh list
+// only the measurement.
 struct Running {
   std::unique_ptr<Shipper> shipper;
   std::unique_ptr<Measurement> measurement;
@@ -61,16 +99,82 @@ struct Running {
   std::shared_ptr<vantage::agent::MeasurementCounters> last_counters =
       std::make_shared<vantage::agent::MeasurementCounters>();
   bool print = true;
+  // The mesh list version the measurement runs and how many of its targets came from it.
+  std::shared_ptr<std::atomic<std::uint64_t>> list_version = std::make_shared<std::atomic<std::uint64_t>>(0);
+  std::size_t from_mesh = 0;
 };
+
+// The measurement's config: the configured targets plus the mesh's (local ones win).
+vantage::agent::MeasurementConfig merged_config(const AgentOptions& options, const MeshState& mesh,
+                                                std::size_t& from_mesh) {
+  vantage::agent::MeasurementConfig m = options.measurement;
+  const bool mesh_on = accepts_target_lists(options) && mesh.list;
+  auto merged = vantage::agent::ship::merge_targets(options.measurement.targets, mesh_on ? &*mesh.list : nullptr);
+  if (merged.shadowed > 0) {
+    log(LogLevel::kInfo, "mesh list v%llu: %zu of its targets are configured locally, the local ones are probed",
+        static_cast<unsigned long long>(mesh.version()), merged.shadowed);
+  }
+  from_mesh = merged.from_mesh;
+  m.targets = std::move(merged.targets);
+  return m;
+}
+
+// Starts a measurement of config into r (its shipper, if any, already running); on failure logs
+// why and leaves r.measurement null.
+bool start_measurement(Running& r, const AgentOptions& options, vantage::agent::MeasurementConfig config,
+                       std::uint64_t list_version, std::size_t from_mesh) {
+  r.measurement = std::make_unique<Measurement>(std::move(config));
+  r.last_counters = std::make_shared<vantage::agent::MeasurementCounters>();
+  r.list_version = std::make_shared<std::atomic<std::uint64_t>>(list_version);
+  r.from_mesh = from_mesh;
+  const auto targets = r.measurement->config().targets;
+  Shipper* ship = r.shipper.get();
+  const bool json = options.json;
+  const bool print = r.print;
+  auto last_counters = r.last_counters;
+  auto version = r.list_version;
+  auto sink = [targets, json, print, ship, last_counters, version](MeasurementReport&& report) {
+    *last_counters = report.counters;
+    if (print) {
+      if (json) {
+        vantage::agent::write_json(stdout, report, targets);
+      } else {
+        vantage::agent::write_table(stdout, report, targets);
+      }
+      std::fputc('\n', stdout);
+      std::fflush(stdout);
+    }
+    if (ship != nullptr) {
+      ship->submit(std::move(report), targets, version->load(std::memory_order_relaxed));
+    }
+  };
+  const auto started = r.measurement->start(sink);
+  if (!started) {
+    log(LogLevel::kError, "%s", started.message().c_str());
+    r.measurement.reset();
+    return false;
+  }
+  return true;
+}
 
 // Starts the shipper (when configured) and the measurement; on failure logs why and returns
 // nothing, with whatever had started stopped again. baseline: what this process counted before
 // (earlier configurations), so the batches' self-metrics stay cumulative across reloads.
-std::optional<Running> start(const AgentOptions& options, const SelfBaseline& baseline) {
+std::optional<Running> start(const AgentOptions& options, const SelfBaseline& baseline, const MeshState& mesh,
+                             const std::shared_ptr<TargetListMailbox>& mailbox) {
   Running r;
+  std::size_t from_mesh = 0;
+  vantage::agent::MeasurementConfig config = merged_config(options, mesh, from_mesh);
+  const std::uint64_t list_version = accepts_target_lists(options) && mesh.list ? mesh.version() : 0;
   if (options.shipping) {
     vantage::agent::ship::ShipperConfig shipping = *options.shipping;
     shipping.self_baseline = baseline;
+    shipping.target_list_version = list_version;
+    if (accepts_target_lists(options)) {
+      shipping.on_target_list = [mailbox](AcceptedTargetList list) { mailbox->post(std::move(list)); };
+    } else {
+      shipping.capabilities &= ~vantage::agent::ship::kCapabilityTargetList;
+    }
     std::vector<std::string> warnings;
     auto opened = Shipper::open(std::move(shipping), warnings);
     for (const std::string& warning : warnings) {
@@ -83,32 +187,9 @@ std::optional<Running> start(const AgentOptions& options, const SelfBaseline& ba
     r.shipper = std::move(opened).value();
     r.shipper->start();
   }
-  r.measurement = std::make_unique<Measurement>(options.measurement);
   // Without a collector the reports go to stdout; with one, to the spool (and stdout for --once).
   r.print = !r.shipper || options.once_seconds.has_value();
-  const auto targets = r.measurement->config().targets;
-  Shipper* ship = r.shipper.get();
-  const bool json = options.json;
-  const bool print = r.print;
-  auto last_counters = r.last_counters;
-  auto sink = [targets, json, print, ship, last_counters](MeasurementReport&& report) {
-    *last_counters = report.counters;
-    if (print) {
-      if (json) {
-        vantage::agent::write_json(stdout, report, targets);
-      } else {
-        vantage::agent::write_table(stdout, report, targets);
-      }
-      std::fputc('\n', stdout);
-      std::fflush(stdout);
-    }
-    if (ship != nullptr) {
-      ship->submit(std::move(report), targets);
-    }
-  };
-  const auto started = r.measurement->start(sink);
-  if (!started) {
-    log(LogLevel::kError, "%s", started.message().c_str());
+  if (!start_measurement(r, options, std::move(config), list_version, from_mesh)) {
     if (r.shipper) {
       r.shipper->stop(0ms);
     }
@@ -119,6 +200,20 @@ std::optional<Running> start(const AgentOptions& options, const SelfBaseline& ba
         static_cast<unsigned>(endpoint->port()));
   }
   return r;
+}
+
+// Ends the measurement alone (its final report goes to the shipper) and carries what it counted
+// into baseline and into the running shipper's, so the next measurement's counts add to them.
+void finish_measurement(Running& r, SelfBaseline& baseline) {
+  r.measurement->finish();
+  const vantage::agent::MeasurementCounters& m = *r.last_counters;
+  const std::uint64_t probe = m.udp.events_dropped + m.tcp.ring_full + m.icmp.ring_full;
+  baseline.probe_ring_dropped += probe;
+  baseline.load_ring_dropped += m.loads_dropped;
+  if (r.shipper) {
+    r.shipper->add_measurement_baseline(probe, m.loads_dropped);
+  }
+  r.measurement.reset();
 }
 
 // Ends the measurement cleanly (its final report goes to the spool) and drains the shipper;
@@ -138,8 +233,59 @@ void stop(Running& r, std::chrono::milliseconds drain, SelfBaseline& baseline) {
   }
 }
 
-std::string status_line(const AgentOptions& options, const Running& r) {
-  std::string s = std::to_string(options.measurement.targets.size()) + " targets";
+// A list the collector sent: kept on disk first (a restart with the collector away starts with
+// it), then applied like a reload of the measurement alone. The shipper and its session keep
+// running (they delivered the list); the old measurement's last partial interval is shipped.
+// A list that changes no target is adopted without a restart. Returns false when neither the new
+// nor the previous targets start (the daemon exits).
+bool apply_target_list(AcceptedTargetList list, const AgentOptions& options, Running& r, MeshState& mesh,
+                       SelfBaseline& baseline) {
+  const std::uint64_t version = list.version;
+  if (mesh.list && version == mesh.version()) {
+    return true;  // the collector resent what runs (e.g. after a reconnect)
+  }
+  if (const auto st = vantage::agent::ship::save_target_list(options.shipping->spool.dir, list.frame); !st) {
+    log(LogLevel::kWarning, "mesh list v%llu: not kept on disk (%s); applied anyway",
+        static_cast<unsigned long long>(version), st.message().c_str());
+  }
+  MeshState next;
+  next.list = std::move(list);
+  std::size_t from_mesh = 0;
+  vantage::agent::MeasurementConfig config = merged_config(options, next, from_mesh);
+  if (vantage::agent::ship::same_targets(config.targets, r.measurement->config().targets)) {
+    r.list_version->store(version, std::memory_order_relaxed);
+    r.from_mesh = from_mesh;
+    if (r.shipper) r.shipper->set_target_list_version(version);
+    log(LogLevel::kInfo, "mesh list v%llu: same targets, adopted without a restart",
+        static_cast<unsigned long long>(version));
+    mesh = std::move(next);
+    return true;
+  }
+  vantage::agent::MeasurementConfig previous = r.measurement->config();
+  const std::uint64_t previous_version = r.list_version->load(std::memory_order_relaxed);
+  const std::size_t previous_from_mesh = r.from_mesh;
+  finish_measurement(r, baseline);
+  if (start_measurement(r, options, std::move(config), version, from_mesh)) {
+    if (r.shipper) r.shipper->set_target_list_version(version);
+    log(LogLevel::kInfo, "mesh list v%llu running: %zu targets (%zu from the mesh list)",
+        static_cast<unsigned long long>(version), r.measurement->config().targets.size(), from_mesh);
+    mesh = std::move(next);
+    return true;
+  }
+  log(LogLevel::kError, "mesh list v%llu: the measurement did not start, going back to v%llu",
+      static_cast<unsigned long long>(version), static_cast<unsigned long long>(previous_version));
+  if (!start_measurement(r, options, std::move(previous), previous_version, previous_from_mesh)) {
+    log(LogLevel::kError, "mesh list: the previous targets no longer start either, exiting");
+    return false;
+  }
+  return true;
+}
+
+std::string status_line(const Running& r) {
+  std::string s = std::to_string(r.measurement->config().targets.size()) + " targets";
+  if (const std::uint64_t version = r.list_version->load(std::memory_order_relaxed); version != 0) {
+    s += " (" + std::to_string(r.from_mesh) + " from mesh list v" + std::to_string(version) + ")";
+  }
   // Names without an address are probed once they resolve (agent/name_resolver.hpp).
   if (const std::size_t unresolved = r.measurement->unresolved_targets(); unresolved > 0) {
     s += " (" + std::to_string(unresolved) + " unresolved)";
@@ -251,10 +397,26 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGHUP);
+  sigaddset(&signals, SIGUSR1);  // a target list from the collector waits in the mailbox
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   SelfBaseline baseline;  // config_generation 1
-  std::optional<Running> running = start(options, baseline);
+  auto mailbox = std::make_shared<TargetListMailbox>();
+  MeshState mesh;
+  if (accepts_target_lists(options)) {
+    // The last list the collector sent: probed from the start, also while the collector is away.
+    std::vector<std::string> warnings;
+    mesh.list = vantage::agent::ship::load_target_list(options.shipping->spool.dir, warnings,
+                                                       options.shipping->target_list_limits);
+    for (const std::string& warning : warnings) {
+      log(LogLevel::kWarning, "mesh list: %s", warning.c_str());
+    }
+    if (mesh.list) {
+      log(LogLevel::kInfo, "mesh list v%llu from disk: %zu targets",
+          static_cast<unsigned long long>(mesh.version()), mesh.list->targets.size());
+    }
+  }
+  std::optional<Running> running = start(options, baseline, mesh, mailbox);
   if (!running) {
     return 1;
   }
@@ -285,7 +447,7 @@ int main(int argc, char** argv) {
     if (watchdog) {
       watchdog->kick_if_healthy(healthy(*running));
     }
-    vantage::platform::sd_notify_status(status_line(options, *running) + ", config generation " +
+    vantage::platform::sd_notify_status(status_line(*running) + ", config generation " +
                                         std::to_string(baseline.config_generation));
     vantage::platform::flush_log_suppressions();
     const int s = wait_for_signal(signals, tick);
@@ -295,6 +457,12 @@ int main(int argc, char** argv) {
       vantage::platform::sd_notify_stopping();
       stop(*running, options.drain, baseline);
       return 0;
+    }
+    // Every turn, not only on SIGUSR1: a list posted while a reload ran is not missed.
+    if (std::optional<AcceptedTargetList> list = mailbox->take()) {
+      if (!apply_target_list(std::move(*list), options, *running, mesh, baseline)) {
+        return 1;
+      }
     }
     if (s != SIGHUP) {
       continue;
@@ -314,11 +482,11 @@ int main(int argc, char** argv) {
     // The spool is on disk, so stopping the shipper loses nothing: the new one replays it.
     stop(*running, 0ms, baseline);
     ++baseline.config_generation;
-    std::optional<Running> replacement = start(*next, baseline);
+    std::optional<Running> replacement = start(*next, baseline, mesh, mailbox);
     if (!replacement) {
       log(LogLevel::kError, "reload: the new configuration did not start, going back to the running one");
       --baseline.config_generation;
-      replacement = start(options, baseline);
+      replacement = start(options, baseline, mesh, mailbox);
       if (!replacement) {
         log(LogLevel::kError, "reload: the previous configuration no longer starts either, exiting");
         return 1;

@@ -12,10 +12,19 @@ and 170 ms of round trip, as in `make demo`), and then:
                is in both logs and /metrics counts vantage_collector_rejects_total{reason="region"}.
   grafana      every PromQL expression of packaging/grafana/vantage-dashboard.json names metrics
                and labels that a real scrape of this collector has.
+  matrix300    300 synthetic PoPs (tests/tools/synthetic_fleet.py: a certificate, a TLS session and
+               real Batch frames each, so the ingest, store and live view are the real ones) fill the
+               matrix; /api/matrix has all 89,700 pairs; /api/pair returns the hour of a pair and
+               400 for bad parameters; headless Chromium (driven over its debugging pipe) paints
+               every pair on the canvas, each one's pixel read back in the page with the colour its
+               figures call for, a hover shows the pair's figures and a click its drill-down; a
+               screenshot is left in the build tree (matrix-300.png).
 
 Run: http_test.py --agent BIN --collector BIN --pki tools/dev-pki.sh --relay tests/tools/delay_relay.py
-     [--only NAME] [--out DIR] [-- EMULATOR WORDS...]. Exits 77 when a host program it needs is missing.
+     [--only NAME] [--out DIR] [--flatc FLATC] [-- EMULATOR WORDS...]. Exits 77 when a host program it
+     needs is missing.
 """
+import base64
 import json
 import os
 import re
@@ -23,10 +32,15 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 import harness
 from harness import REGION, Skip, free_port, wait_for
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+import cdp_pipe  # noqa: E402
+import synthetic_fleet  # noqa: E402
 
 POPS = ["fra1", "ams1", "sin1"]
 RTT_MS = {("fra1", "ams1"): 8, ("fra1", "sin1"): 160, ("ams1", "sin1"): 170}
@@ -296,16 +310,121 @@ def scenario_grafana(world):
     return f"{len(exprs)} expressions, {len(names)} metrics, all in a real scrape of {len(series)} series names"
 
 
+def http_status(url):
+    """(status, parsed JSON body) of a GET, for answers that are errors too."""
+    try:
+        status, _, body = http_get(url)
+    except urllib.error.HTTPError as e:
+        status, body = e.code, e.read().decode()
+    return status, json.loads(body)
+
+
+def scenario_matrix300(world):
+    """300 synthetic PoPs through the real ingest: every pair painted, a pair's hour from the store."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        raise Skip("no chromium (Debian package chromium)")
+    flatc = world.args.flatc or shutil.which("flatc")
+    if not flatc:
+        raise Skip("no flatc (Debian package flatbuffers-compiler)")
+    n = 300
+    world.collector = world.start_collector()
+    fleet = subprocess.run([sys.executable, synthetic_fleet.__file__, "--pki", world.pki, "--port",
+                            str(world.collector.port), "--pops", str(n), "--flatc", flatc,
+                            "--workdir", os.path.join(world.dir, "frames")],
+                           capture_output=True, text=True, timeout=600)
+    assert fleet.returncode == 0, fleet.stderr[-3000:]
+    delivered = json.loads(fleet.stdout)
+    pops = delivered["pops"]
+    assert len(pops) == n and delivered["stored"] == n + 60, delivered["stored"]
+
+    m = json.loads(http_get(world.collector.http + "/api/matrix")[2])
+    pairs = n * (n - 1)
+    assert m["count"] == pairs and len(m["rows"]) == n and m["pops"] == pops, (m["count"], len(m["rows"]))
+    expected = synthetic_fleet.figures(pops)
+    for i in range(0, pairs, 997):  # a sample: the live view's figures are the batches'
+        src, dst = m["pops"][m["src"][i]], m["pops"][m["dst"][i]]
+        p50, p99, lost = expected[(src, dst)]
+        assert abs(m["p50_ms"][i] - p50 / 1e6) < 1e-3 and abs(m["p99_ms"][i] - p99 / 1e6) < 1e-3, (src, dst, i)
+        assert m["loss"][i] == lost / 100 and m["samples"][i] == 100 - lost and m["agents"][i] == 1, (src, dst)
+
+    # The drill-down: pop000 sent a batch a minute for the last hour, then its newest.
+    api = world.collector.http + "/api/pair"
+    status, d = http_status(f"{api}?from=pop000&to=pop001")
+    assert status == 200 and d["from"] == "pop000" and d["to"] == "pop001" and d["protocol"] == "udp_echo", d
+    assert 55 <= d["count"] <= 61 and d["step_s"] == 1 and d["until"] - d["since"] == 3600, d
+    assert all(len(d[k]) == d["count"] for k in ("t", "p50_ms", "p99_ms", "loss", "samples", "agents")), d
+    assert d["t"] == sorted(d["t"]) and all(d["since"] <= t < d["until"] for t in d["t"]), d["t"]
+    assert abs(d["p50_ms"][-1] - expected[("pop000", "pop001")][0] / 1e6) < 1e-3, d["p50_ms"][-1]
+    assert all(0 < v < 1000 for v in d["p50_ms"]) and set(d["agents"]) == {1}, d
+    status, d = http_status(f"{api}?from=pop001&to=pop000&since={d['since']}&until={d['until']}")
+    assert status == 200 and d["count"] == 1, (status, d)  # pop001 sent its newest batch only
+    status, d = http_status(f"{api}?from=pop000&to=pop001&since=0&until=86400")
+    assert status == 200 and d["count"] == 0 and d["step_s"] == 24, (status, d)
+    hostile = urllib.parse.quote('</script><b x="1">‮')
+    status, _, raw = http_get(f"{api}?from={hostile}&to=pop001")
+    assert status == 200 and "<" not in raw and json.loads(raw)["from"] == '</script><b x="1">‮', raw
+    bad = {"to missing": "from=pop000", "from empty": "from=&to=pop001", "since not a number": "from=a&to=b&since=x",
+           "negative": "from=a&to=b&since=-5", "until before since": "from=a&to=b&since=100&until=50",
+           "over a week": "from=a&to=b&since=0&until=700000", "invalid UTF-8": "from=%C3%28&to=b",
+           "control character": "from=a%0Ab&to=b", "repeated": "from=a&from=b&to=c", "unknown": "from=a&to=b&x=1",
+           "protocol": "from=a&to=b&protocol=smtp", "too long": "from=" + "a" * 300 + "&to=b"}
+    for why, query in bad.items():
+        status, body = http_status(f"{api}?{query}")
+        assert status == 400 and body["error"], f"{why}: {status} {body}"
+
+    # The page: every pair painted, read back, hovered and clicked, in a real browser.
+    out = os.path.abspath(world.args.out or world.dir)
+    os.makedirs(out, exist_ok=True)
+    png = os.path.join(out, "matrix-300.png")
+    if os.path.exists(png):
+        os.unlink(png)
+    with cdp_pipe.Browser(chromium, os.path.join(world.dir, "chromium"), 1400, 1500) as browser:
+        page = browser.new_page()
+        page.navigate(world.collector.http + "/#verify")
+        page.wait_for("document.body && document.body.dataset.matrixVerified", timeout=60)
+        data = page.evaluate("Object.assign({}, document.body.dataset)")
+        assert int(data["matrixCells"]) == pairs and int(data["matrixVerified"]) == pairs, data
+        assert data["matrixRows"] == str(n) and data["matrixCols"] == str(n) and data["matrixUnresolved"] == "0", data
+        assert page.evaluate("document.querySelectorAll('#matrix td').length") == 0, "a table of 90,000 cells"
+        assert page.evaluate("document.querySelectorAll('#agents tbody tr').length") == n
+        # The pair pop002 -> pop007: its cell's centre, hovered and clicked.
+        x, y = page.evaluate("(() => { const b = document.getElementById('matrix-canvas').getBoundingClientRect();"
+                             " return [b.left + layout.labelW + layout.s * 7.5, b.top + layout.labelH + layout.s * 2.5]; })()")
+        page.mouse("mouseMoved", x, y)
+        tip = page.wait_for("document.getElementById('matrix-tip').textContent")
+        p50, p99, _ = expected[("pop002", "pop007")]
+        fmt = lambda ms: f"{ms:.0f}" if ms >= 100 else f"{ms:.1f}" if ms >= 10 else f"{ms:.2f}"  # noqa: E731
+        assert tip.startswith("\u2068pop002\u2069 \u2192 \u2068pop007\u2069") and f"p50 {fmt(p50 / 1e6)} ms" in tip \
+            and f"p99 {fmt(p99 / 1e6)} ms" in tip and "samples" in tip and "1 agent" in tip, repr(tip)
+        page.mouse("mousePressed", x, y)
+        page.mouse("mouseReleased", x, y)
+        points = page.wait_for("document.body.dataset.drillPoints", timeout=30)
+        title = page.evaluate("document.getElementById('drill-title').textContent")
+        assert points == "1" and "pop002" in title and "pop007" in title, (points, title)
+        shot = page.call("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": False}, timeout=60)
+    with open(png, "wb") as f:
+        f.write(base64.b64decode(shot["data"]))
+    assert os.path.getsize(png) > 10_000, os.path.getsize(png)
+    print(f"screenshot: {png}")
+    return (f"{n} PoPs delivered in {delivered['seconds']} s; /api/matrix {pairs} pairs; /api/pair {d['count']} "
+            f"points and 400 for {len(bad)} bad queries; Chromium painted and read back {data['matrixVerified']} "
+            f"cells ({data['matrixCellPx']} px), first paint at {float(data['matrixFirstPaintMs']):.0f} ms; "
+            f"hover and drill-down work; screenshot {png}")
+
+
 SCENARIOS = {
     "prometheus": scenario_prometheus,
     "status-page": scenario_status_page,
     "residency": scenario_residency,
     "grafana": scenario_grafana,
+    "matrix300": scenario_matrix300,
 }
 
 
 def add_args(parser):
     parser.add_argument("--out", help="where the status page screenshot goes (default: the temp dir)")
+    parser.add_argument("--flatc", help="the host's flatc, to write the synthetic fleet's frames (matrix300)")
 
 
 if __name__ == "__main__":

@@ -496,6 +496,40 @@ struct MeshPlanner::Impl {
 
   std::vector<std::string> upsert(const MeshAgent& agent) {
     std::vector<std::string> out;
+    (void)apply(agent, false, out);
+    std::sort(out.begin(), out.end());
+    return out;
+  }
+
+  // Many agents at once (a collector's start, when the whole fleet reconnects): past a fraction
+  // of the fleet, one rebuild of every list beats patching every list once per agent.
+  std::vector<std::string> upsert_many(const std::vector<MeshAgent>& batch) {
+    std::vector<std::string> out;
+    if (batch.size() * 8 < agent_count + batch.size()) {
+      for (const MeshAgent& a : batch) (void)apply(a, false, out);
+    } else {
+      std::vector<std::uint32_t> fresh;
+      bool any = false;
+      for (const MeshAgent& a : batch) {
+        const std::size_t known = agent_index.size();
+        if (apply(a, true, out)) any = true;
+        if (agent_index.size() != known) fresh.push_back(agent_index.find(a.agent_id)->second);
+      }
+      std::sort(fresh.begin(), fresh.end());
+      for (std::uint32_t slot = 0; any && slot < agents.size(); ++slot) {
+        if (agents[slot].used && rebuild(slot, std::binary_search(fresh.begin(), fresh.end(), slot))) {
+          out.push_back(agents[slot].info.agent_id);
+        }
+      }
+    }
+    std::sort(out.begin(), out.end());
+    out.erase(std::unique(out.begin(), out.end()), out.end());
+    return out;
+  }
+
+  // One agent into the indexes; unless `bulk` (the caller rebuilds every list), the lists it
+  // changes are patched and named in `out`. False: nothing changed.
+  bool apply(const MeshAgent& agent, bool bulk, std::vector<std::string>& out) {
     auto found = agent_index.find(agent.agent_id);
     const bool is_new = found == agent_index.end();
     std::uint32_t slot = 0;
@@ -514,7 +548,7 @@ struct MeshPlanner::Impl {
     } else {
       slot = found->second;
       const MeshAgent& old = agents[slot].info;
-      if (old.region == agent.region && old.pop == agent.pop && old.reflectors == agent.reflectors) return out;
+      if (old.region == agent.region && old.pop == agent.pop && old.reflectors == agent.reflectors) return false;
       old_pop = agents[slot].pop;
       was_target = !old.reflectors.empty();
     }
@@ -548,12 +582,12 @@ struct MeshPlanner::Impl {
     for (std::size_t k = 0; k < changed.size(); ++k) {
       eligibility_changed = eligibility_changed || old_targets[k].empty() != pops[changed[k]].targets.empty();
     }
+    if (bulk) return true;
     // In the same PoP with other reflectors: probers keep their choices but rewrite the entries.
     const std::uint32_t moved = reflectors_changed && old_pop == new_pop && was_target && is_target ? slot : kNone;
     patch_probers(changed, old_targets, eligibility_changed, moved, slot, out);
     if (rebuild(slot, is_new)) out.push_back(agent.agent_id);
-    std::sort(out.begin(), out.end());
-    return out;
+    return true;
   }
 
   std::vector<std::string> remove(std::string_view agent_id) {
@@ -592,6 +626,10 @@ MeshPlanner::MeshPlanner(MeshRules rules, std::uint64_t first_version)
 MeshPlanner::~MeshPlanner() = default;
 
 std::vector<std::string> MeshPlanner::upsert(const MeshAgent& agent) { return impl_->upsert(agent); }
+
+std::vector<std::string> MeshPlanner::upsert_many(const std::vector<MeshAgent>& agents) {
+  return impl_->upsert_many(agents);
+}
 
 std::vector<std::string> MeshPlanner::remove(std::string_view agent_id) { return impl_->remove(agent_id); }
 

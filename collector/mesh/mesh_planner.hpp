@@ -105,6 +105,11 @@ class MeshPlanner {
   // the agent itself included when it is new or its own list changed; each has a new version.
   // An agent seen again with the same region, PoP and reflectors changes nothing: returns {}.
   std::vector<std::string> upsert(const MeshAgent& agent);
+  // The same for many agents, e.g. the fleet reconnecting after a collector restart: the lists end
+  // as upserting them one by one (in order) leaves them, and each changed list is named once with
+  // one new version. Past an eighth of the fleet every list is rebuilt once instead of patched
+  // once per agent (seconds instead of minutes for 10,000 agents).
+  std::vector<std::string> upsert_many(const std::vector<MeshAgent>& agents);
   // Removes an agent (gone for good, see the collector's mesh.forget_after). Returns the agents
   // whose list changed.
   std::vector<std::string> remove(std::string_view agent_id);

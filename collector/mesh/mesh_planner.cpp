@@ -377,6 +377,16 @@ struct MeshPlanner::Impl {
         continue;
       }
       // kSampled: the chosen PoPs change only when a PoP gains its first reflector or loses its last.
+      if (!eligibility_changed) {
+        // The same PoPs: only a changed PoP that p holds can change (and p holds few).
+        for (const std::uint32_t q : changed) {
+          existing(p, i, q, before);
+          if (!before.empty() || moved != kNone) select_in_pop(p, i, q, after);
+          if (before.empty()) after.clear();
+          compare(moved != kNone);
+        }
+        continue;
+      }
       std::vector<std::uint32_t> held;
       for (const auto* list : {&p.meta, &p.shadowed}) {
         for (const Contribution& c : *list) {
@@ -385,14 +395,12 @@ struct MeshPlanner::Impl {
       }
       std::sort(held.begin(), held.end());
       held.erase(std::unique(held.begin(), held.end()), held.end());
-      std::vector<std::uint32_t> chosen = eligibility_changed ? sample_pops(p, i) : held;
+      const std::vector<std::uint32_t> chosen = sample_pops(p, i);
       std::vector<std::uint32_t> check = changed;
-      if (eligibility_changed) {
-        check.insert(check.end(), held.begin(), held.end());
-        check.insert(check.end(), chosen.begin(), chosen.end());
-        std::sort(check.begin(), check.end());
-        check.erase(std::unique(check.begin(), check.end()), check.end());
-      }
+      check.insert(check.end(), held.begin(), held.end());
+      check.insert(check.end(), chosen.begin(), chosen.end());
+      std::sort(check.begin(), check.end());
+      check.erase(std::unique(check.begin(), check.end()), check.end());
       for (const std::uint32_t q : check) {
         existing(p, i, q, before);
         if (std::binary_search(chosen.begin(), chosen.end(), q) && !pops[q].targets.empty()) {
@@ -406,6 +414,13 @@ struct MeshPlanner::Impl {
 
     std::vector<PlannedTarget> gone, came;
     auto insert_exposed = [&](PlannedTarget t, const Contribution& c) {
+      // Grown by an eighth, not doubled: a join adds one entry to thousands of full lists, and
+      // doubling would double their memory for it.
+      if (p.plan.targets.size() == p.plan.targets.capacity()) {
+        const std::size_t room = p.plan.targets.size() + p.plan.targets.size() / 8 + 4;
+        p.plan.targets.reserve(room);
+        p.meta.reserve(room);
+      }
       const auto at = std::lower_bound(p.plan.targets.begin(), p.plan.targets.end(), t, list_order);
       const auto index = at - p.plan.targets.begin();
       came.push_back(t);

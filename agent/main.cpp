@@ -284,11 +284,17 @@ bool apply_target_list(AcceptedTargetList list, const AgentOptions& options, Run
   return true;
 }
 
-std::string status_line(const Running& r) {
+// "12 targets (10 from mesh list v7)".
+std::string targets_summary(const Running& r) {
   std::string s = std::to_string(r.measurement->config().targets.size()) + " targets";
   if (const std::uint64_t version = r.list_version->load(std::memory_order_relaxed); version != 0) {
     s += " (" + std::to_string(r.from_mesh) + " from mesh list v" + std::to_string(version) + ")";
   }
+  return s;
+}
+
+std::string status_line(const Running& r) {
+  std::string s = targets_summary(r);
   // Names without an address are probed once they resolve (agent/name_resolver.hpp).
   if (const std::size_t unresolved = r.measurement->unresolved_targets(); unresolved > 0) {
     s += " (" + std::to_string(unresolved) + " unresolved)";
@@ -496,8 +502,8 @@ int main(int argc, char** argv) {
       }
     } else {
       options = std::move(*next);
-      log(LogLevel::kInfo, "reload: configuration generation %llu running",
-          static_cast<unsigned long long>(baseline.config_generation));
+      log(LogLevel::kInfo, "reload: configuration generation %llu running: %s",
+          static_cast<unsigned long long>(baseline.config_generation), targets_summary(*replacement).c_str());
     }
     running = std::move(replacement);
     vantage::platform::sd_notify_ready();

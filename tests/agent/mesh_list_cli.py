@@ -1,11 +1,12 @@
 #!/usr/bin/python3
-"""The agent binary and the collector's target lists, end to end over real TLS on loopback.
+"""The agent binary (--config) and the collector's target lists, end to end over real TLS on loopback.
 
 A fake collector (Python's ssl, the dev PKI) takes the agent's Hello and sends TargetList
 frames; flatc (from the schema) builds them and decodes what the agent sends. The agent starts
 with a kept list from its spool directory, announces its version and reflector in Hello, applies
 a new list (keeping it on disk first), adopts an unchanged target set without a restart, refuses
-a bad list while the session goes on, and ships batches that name the version they ran.
+a bad list while the session goes on, ships batches that name the version they ran, keeps the
+list merged through a reload (SIGHUP) and starts with it again after a restart.
 
 Usage: mesh_list_cli.py --agent BIN --schema telemetry.fbs --pki dev-pki.sh [-- EMULATOR...]
 Exit 77 (skipped) without flatc.
@@ -14,6 +15,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import socket
 import ssl
 import struct
@@ -162,15 +164,40 @@ def main():
             f.write(b"VNTLIST1" + struct.pack("<II", len(kept), crc32c(kept)) + kept)
 
         collector = Collector(pki)
+        config = os.path.join(work, "agent.toml")
+        with open(config, "w") as f:
+            f.write(f"""
+[identity]
+agent_id = "fra1-edge-07"
+region = "eu-central"
+pop = "fra1"
+[tls]
+ca = "{pki}/ca.crt"
+cert = "{pki}/fra1-edge-07.crt"
+key = "{pki}/fra1-edge-07.key"
+[[collectors]]
+region = "eu-central"
+addresses = ["127.0.0.1:{collector.port}"]
+[delivery]
+drain = 0
+[spool]
+dir = "{spool}"
+[measurement]
+report_interval = 1
+load_interval = 0
+[reflector]
+bind = "127.0.0.1"
+port = {reflector}
+announce = ["[2001:db8::7]:{reflector}"]
+[[targets]]
+name = "local"
+protocol = "udp"
+host = "127.0.0.1"
+port = {echo}
+""")
         log = open(os.path.join(work, "agent.log"), "w+")
-        agent = subprocess.Popen(
-            args.emulator + [args.agent, "--collector", f"127.0.0.1:{collector.port}", "--agent-id", "fra1-edge-07",
-                             "--region", "eu-central", "--pop", "fra1", "--ca", os.path.join(pki, "ca.crt"),
-                             "--cert", os.path.join(pki, "fra1-edge-07.crt"),
-                             "--key", os.path.join(pki, "fra1-edge-07.key"), "--spool", spool, "--interval", "1",
-                             "--load-interval", "0", "--drain", "0", "--reflector", f"127.0.0.1:{reflector}",
-                             "--announce", f"[2001:db8::7]:{reflector}", "--udp", f"local=127.0.0.1:{echo}"],
-            stdout=subprocess.DEVNULL, stderr=log)
+        command = args.emulator + [args.agent, "--config", config]
+        agent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
 
         def logged(text):
             log.seek(0)
@@ -217,13 +244,24 @@ def main():
         assert 7 in seen and 9 in seen, seen
         assert sorted(seen[7]) == sorted(["local", f"127.0.0.2:{echo}", f"[::1]:{echo}"]), seen
         assert sorted(seen[9]) == sorted(["local", f"127.0.0.3:{echo}"]), seen
-        agent.terminate()
-        assert agent.wait(timeout=60) == 0
-        agent = None
         log.seek(0)
         assert "collector 127.0.0.1" not in "".join(l for l in log if "connected to" not in l and "received" not in l
                                                       and "refused" not in l), "the session was interrupted"
-        print("ok: kept list v7 started, v8 applied and kept, v9 adopted, v10 refused, batches name their version")
+
+        # A reload re-reads the file and keeps the list merged in.
+        agent.send_signal(signal.SIGHUP)
+        wait_for("the reload", lambda: logged("reload: configuration generation 2 running: 2 targets (1 from mesh list v9)"))
+        agent.terminate()
+        assert agent.wait(timeout=60) == 0
+
+        # A restart (the collector away) starts with the list kept last.
+        agent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
+        wait_for("the kept v9", lambda: logged("mesh list v9 from disk: 1 targets"))
+        agent.terminate()
+        assert agent.wait(timeout=60) == 0
+        agent = None
+        print("ok: kept list v7 started, v8 applied and kept, v9 adopted, v10 refused, batches name their version, "
+              "a reload keeps v9 merged, a restart starts with v9")
         return 0
     finally:
         if agent is not None:

@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cmath>
 #include <set>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "platform/json_writer.hpp"
 #include "platform/utf8_text.hpp"
@@ -18,6 +20,14 @@ int protocol_rank(std::string_view protocol) {
   if (protocol == "icmp") return 2;
   return 9;
 }
+
+// Rounded to a fixed resolution, then written as the shortest text that reads back: "48.312"
+// rather than printf's digits, and several times faster for 90,000 pairs.
+// Dividing by the scale (an exact integer) gives the double nearest the decimal, whose shortest
+// text is that decimal; multiplying by 0.001 would not.
+double rounded(double v, double scale) { return std::round(v * scale) / scale; }
+constexpr double kMicrosPerMs = 1e3;  // millisecond figures to the microsecond
+constexpr double kMillionths = 1e6;   // ratios to the millionth
 
 double median(std::vector<double>& v) {
   if (v.empty()) return 0.0;
@@ -51,24 +61,30 @@ struct Merge {
 
 PopMatrix build_pop_matrix(const LiveSnapshot& view, std::int64_t now_ns) {
   PopMatrix m;
-  std::set<std::string_view> names, sources, agents;
+  // Hashed while collecting (three names per entry of a 90,000-entry view), sorted once after.
+  std::unordered_set<std::string_view> name_set, source_set, agent_set;
   for (const LiveLatency& l : view.latency) {
-    names.insert(l.pop);
-    names.insert(l.target);
-    sources.insert(l.pop);
-    agents.insert(l.agent_id);
+    name_set.insert(l.pop);
+    name_set.insert(l.target);
+    source_set.insert(l.pop);
+    agent_set.insert(l.agent_id);
   }
   for (const LiveAgent& a : view.agents) {
-    names.insert(a.pop);
-    sources.insert(a.pop);
+    name_set.insert(a.pop);
+    source_set.insert(a.pop);
   }
+  const auto sorted = [](const std::unordered_set<std::string_view>& set) {
+    std::vector<std::string_view> v(set.begin(), set.end());
+    std::sort(v.begin(), v.end());
+    return v;
+  };
   std::unordered_map<std::string_view, std::uint32_t> name_index, agent_index;
-  for (const std::string_view n : names) {
+  for (const std::string_view n : sorted(name_set)) {
     name_index.emplace(n, static_cast<std::uint32_t>(m.pops.size()));
     m.pops.emplace_back(n);
   }
-  for (const std::string_view s : sources) m.rows.push_back(name_index.at(s));
-  for (const std::string_view a : agents) {
+  for (const std::string_view s : sorted(source_set)) m.rows.push_back(name_index.at(s));
+  for (const std::string_view a : sorted(agent_set)) {
     agent_index.emplace(a, static_cast<std::uint32_t>(m.agent_ids.size()));
     m.agent_ids.emplace_back(a);
   }
@@ -121,9 +137,8 @@ PopMatrix build_pop_matrix(const LiveSnapshot& view, std::int64_t now_ns) {
 }
 
 std::string render_matrix_json(const PopMatrix& m, std::int64_t now_ns) {
-  // Six significant digits: microseconds for any RTT under a second, and a third of the bytes of
-  // the shortest round trip. kHtmlSafe: names from agents never close a script element.
-  platform::JsonWriter j({.escape = platform::JsonEscape::kHtmlSafe, .double_digits = 6});
+  // kHtmlSafe: names from agents never close a script element.
+  platform::JsonWriter j({.escape = platform::JsonEscape::kHtmlSafe, .double_digits = 0});
   std::vector<std::string> protocols;
   std::unordered_map<std::string_view, std::uint32_t> protocol_index;
   for (const PopMatrixCell& c : m.cells) {
@@ -155,16 +170,16 @@ std::string render_matrix_json(const PopMatrix& m, std::int64_t now_ns) {
   j.field("count", static_cast<std::uint64_t>(m.cells.size()));
   column("src", [](const PopMatrixCell& c) { return c.src; });
   column("dst", [](const PopMatrixCell& c) { return c.dst; });
-  column("p50_ms", [](const PopMatrixCell& c) { return c.p50_ms; });
-  column("p99_ms", [](const PopMatrixCell& c) { return c.p99_ms; });
-  column("loss", [](const PopMatrixCell& c) { return c.loss; });
+  column("p50_ms", [](const PopMatrixCell& c) { return rounded(c.p50_ms, kMicrosPerMs); });
+  column("p99_ms", [](const PopMatrixCell& c) { return rounded(c.p99_ms, kMicrosPerMs); });
+  column("loss", [](const PopMatrixCell& c) { return rounded(c.loss, kMillionths); });
   column("sent", [](const PopMatrixCell& c) { return c.sent; });
   column("samples", [](const PopMatrixCell& c) { return c.received; });
   column("agents", [](const PopMatrixCell& c) { return c.agents; });
   column("agent", [](const PopMatrixCell& c) { return c.first_agent; });
   column("protocol", [&](const PopMatrixCell& c) { return protocol_index.at(c.protocol); });
   column("unresolved", [](const PopMatrixCell& c) { return std::uint32_t{c.unresolved}; });
-  column("age_s", [](const PopMatrixCell& c) { return c.age_s; });
+  column("age_s", [](const PopMatrixCell& c) { return rounded(c.age_s, kMicrosPerMs); });
   j.end_object();
   return j.take();
 }
@@ -238,7 +253,7 @@ std::string render_pair_json(const PairRequest& request, std::span<const store::
     b.merge.add(p.p50_ns, p.p99_ns, p.sent, p.received, p.lost);
     b.agents.insert(p.agent_id);
   }
-  platform::JsonWriter j({.escape = platform::JsonEscape::kHtmlSafe, .double_digits = 6});
+  platform::JsonWriter j({.escape = platform::JsonEscape::kHtmlSafe, .double_digits = 0});
   j.begin_object();
   j.field("from", request.from);
   j.field("to", request.to);
@@ -259,9 +274,9 @@ std::string render_pair_json(const PairRequest& request, std::span<const store::
   };
   // t: the step's start, Unix seconds (with 1 s steps, the second the interval ended in).
   column("t", [&](std::int64_t index, Bucket&) { return request.since_s + index * step; });
-  column("p50_ms", [](std::int64_t, Bucket& b) { return median(b.merge.p50s); });
-  column("p99_ms", [](std::int64_t, Bucket& b) { return b.merge.p99; });
-  column("loss", [](std::int64_t, Bucket& b) { return b.merge.loss(); });
+  column("p50_ms", [](std::int64_t, Bucket& b) { return rounded(median(b.merge.p50s), kMicrosPerMs); });
+  column("p99_ms", [](std::int64_t, Bucket& b) { return rounded(b.merge.p99, kMicrosPerMs); });
+  column("loss", [](std::int64_t, Bucket& b) { return rounded(b.merge.loss(), kMillionths); });
   column("sent", [](std::int64_t, Bucket& b) { return b.merge.sent; });
   column("samples", [](std::int64_t, Bucket& b) { return b.merge.received; });
   column("agents", [](std::int64_t, Bucket& b) { return static_cast<std::uint64_t>(b.agents.size()); });

@@ -87,7 +87,7 @@ struct PlannerStats {
   std::size_t agents = 0;
   std::size_t pops = 0;
   std::size_t planned_targets = 0;  // over all lists
-  std::uint64_t recomputed_lists = 0;  // cumulative: lists rebuilt by upsert/remove
+  std::uint64_t recomputed_lists = 0;  // cumulative: lists examined (patched or rebuilt) by upsert/remove
 };
 
 // Not thread-safe: one owner (or one lock) serialises every call. A plan() pointer stays valid
@@ -110,7 +110,7 @@ class MeshPlanner {
   // one new version. Past an eighth of the fleet every list is rebuilt once instead of patched
   // once per agent (seconds instead of minutes for 10,000 agents).
   std::vector<std::string> upsert_many(const std::vector<MeshAgent>& agents);
-  // Removes an agent (gone for good, see the collector's mesh.forget_after). Returns the agents
+  // Removes an agent (gone for good, see the collector's mesh.forget_after_s). Returns the agents
   // whose list changed.
   std::vector<std::string> remove(std::string_view agent_id);
   // The current list of an agent the planner knows, or nullptr.

@@ -97,6 +97,9 @@ struct Server {
     config.tls.key_file = pki.file("collector.key");
     config.io_threads = 2;
     config.max_handshakes_per_source = 1024;  // every test agent comes from 127.0.0.1
+    // Hundreds of handshakes on one client thread take long on a slow (or sanitized) build.
+    config.handshake_timeout = std::chrono::minutes(5);
+    config.idle_timeout = std::chrono::minutes(10);
     if (!config.mesh_rules) config.mesh_rules = full_mesh();
     ingest = std::make_unique<IngestServer>(std::move(config));
     const auto started = ingest->start();
@@ -145,16 +148,20 @@ std::set<Entry> expected_list(int pop, const std::vector<std::pair<int, int>>& m
 // A test agent on a shared loop: TLS, Hello (with its reflector and the capability unless told
 // otherwise), then, once reading, records every TargetList.
 struct MeshClient {
+  // What the reads found; the read handlers hold it, so it outlives a read completing late.
+  struct Received {
+    std::mutex mutex;
+    std::size_t lists = 0;
+    std::uint64_t version = 0;
+    std::set<Entry> targets;
+    bool read_done = false;
+    wire::FrameReader reader;
+    std::array<std::uint8_t, 4096> chunk{};
+  };
   Loop& loop;
   int pop, index;
   std::shared_ptr<platform::tls::TlsStream> stream;
-  std::mutex mutex;
-  std::size_t lists = 0;
-  std::uint64_t version = 0;
-  std::set<Entry> targets;
-  bool read_done = false;
-  wire::FrameReader reader;
-  std::array<std::uint8_t, 4096> chunk{};
+  std::shared_ptr<Received> received = std::make_shared<Received>();
 
   MeshClient(Loop& l, int p, int i) : loop(l), pop(p), index(i) {}
   ~MeshClient() { close(); }
@@ -207,48 +214,49 @@ struct MeshClient {
     return platform::tls::test::start_write(loop, stream, std::make_shared<const std::string>(frame_bytes(fbb)));
   }
   void start_reading() {
-    asio::post(loop.io(), [this] { read_next(); });
+    asio::post(loop.io(), [stream = stream, received = received] { read_next(stream, received); });
   }
-  void read_next() {
-    stream->async_read_some(asio::buffer(chunk), [this](std::error_code ec, std::size_t n) {
-      std::lock_guard lock(mutex);
-      if (ec) {
-        read_done = true;
-        return;
-      }
-      reader.feed({chunk.data(), n});
-      while (reader.next() == wire::FrameStatus::kFrame) {
-        const wire::TargetList* list = reader.frame()->message_as_TargetList();
-        if (list == nullptr) continue;
-        ++lists;
-        version = list->version();
-        targets.clear();
-        if (list->targets() != nullptr) {
-          for (const wire::MeshTarget* t : *list->targets()) {
-            targets.emplace(t->agent_id() ? t->agent_id()->str() : "", t->host() ? t->host()->str() : "", t->port());
+  static void read_next(const std::shared_ptr<platform::tls::TlsStream>& stream, const std::shared_ptr<Received>& r) {
+    stream->async_read_some(asio::buffer(r->chunk), [stream, r](std::error_code ec, std::size_t n) {
+      {
+        std::lock_guard lock(r->mutex);
+        if (ec) {
+          r->read_done = true;
+          return;
+        }
+        r->reader.feed({r->chunk.data(), n});
+        while (r->reader.next() == wire::FrameStatus::kFrame) {
+          const wire::TargetList* list = r->reader.frame()->message_as_TargetList();
+          if (list == nullptr) continue;
+          ++r->lists;
+          r->version = list->version();
+          r->targets.clear();
+          if (list->targets() != nullptr) {
+            for (const wire::MeshTarget* t : *list->targets()) {
+              r->targets.emplace(t->agent_id() ? t->agent_id()->str() : "", t->host() ? t->host()->str() : "",
+                                 t->port());
+            }
           }
         }
       }
-      read_next();
+      read_next(stream, r);
     });
   }
   bool has(const std::set<Entry>& want) {
-    std::lock_guard lock(mutex);
-    return lists > 0 && targets == want;
+    std::lock_guard lock(received->mutex);
+    return received->lists > 0 && received->targets == want;
   }
   std::size_t list_count() {
-    std::lock_guard lock(mutex);
-    return lists;
+    std::lock_guard lock(received->mutex);
+    return received->lists;
   }
   std::uint64_t list_version() {
-    std::lock_guard lock(mutex);
-    return version;
+    std::lock_guard lock(received->mutex);
+    return received->version;
   }
   void close() {
     if (!stream) return;
-    loop.run([this] { stream->close(); });
-    // The read handler (if any) ran with the close: nothing refers to this client afterwards.
-    loop.run([] {});
+    loop.run([stream = stream] { stream->close(); });
     stream.reset();
   }
 };
@@ -265,6 +273,7 @@ void join_all(std::vector<std::unique_ptr<MeshClient>>& clients, const asio::ip:
   for (std::size_t i = from; i < clients.size(); ++i) clients[i]->start_reading();
 }
 
+// Into `m`: keep `m` alive while the answer is used.
 const MeshAgentVersions* find(const MeshCounters& m, const std::string& agent) {
   for (const MeshAgentVersions& v : m.versions) {
     if (v.agent_id == agent) return &v;
@@ -326,7 +335,10 @@ TEST_CASE("agents get the other PoPs' reflectors, a newcomer changes their lists
     REQUIRE_FALSE(await(hello));
   }
   old.start_reading();
-  REQUIRE(eventually([&] { return find(server.mesh(), old.name()) != nullptr; }));
+  REQUIRE(eventually([&] {
+    const MeshCounters m = server.mesh();
+    return find(m, old.name()) != nullptr;
+  }));
 
   std::vector<std::unique_ptr<MeshClient>> clients;
   std::vector<std::pair<int, int>> members;
@@ -410,7 +422,8 @@ TEST_CASE("a disconnected agent stays in the lists until forget_after, a reconne
 
     clients[2]->close();
     REQUIRE(eventually([&] {
-      const MeshAgentVersions* v = find(server.mesh(), clients[2]->name());
+      const MeshCounters m = server.mesh();
+      const MeshAgentVersions* v = find(m, clients[2]->name());
       return v != nullptr && !v->connected;
     }));
     clients[2] = std::make_unique<MeshClient>(loop, 2, 0);
@@ -422,7 +435,8 @@ TEST_CASE("a disconnected agent stays in the lists until forget_after, a reconne
     }
     clients[2]->start_reading();
     REQUIRE(eventually([&] {
-      const MeshAgentVersions* v = find(server.mesh(), clients[2]->name());
+      const MeshCounters m = server.mesh();
+      const MeshAgentVersions* v = find(m, clients[2]->name());
       return v != nullptr && v->connected;
     }));
     // Its Hello named the current version: nothing was sent, to it or to the others.
@@ -446,7 +460,10 @@ TEST_CASE("a disconnected agent stays in the lists until forget_after, a reconne
     for (int i = 0; i < 2; ++i) {
       CHECK(eventually([&] { return clients[i]->has(expected_list(clients[i]->pop, members)); }));
     }
-    CHECK(eventually([&] { return server.mesh().agents == 2 && find(server.mesh(), clients[2]->name()) == nullptr; }));
+    CHECK(eventually([&] {
+      const MeshCounters m = server.mesh();
+      return m.agents == 2 && find(m, clients[2]->name()) == nullptr;
+    }));
   }
 }
 

@@ -102,11 +102,9 @@ struct MeshSessions::Impl {
   std::chrono::milliseconds forget_after;
   mesh::MeshPlanner planner;  // mesh thread only
 
-  mutable std::mutex mutex;  // events, stopping, applied/queued counts
+  mutable std::mutex mutex;  // events, stopping
   std::condition_variable cv;
   std::vector<Event> events;
-  std::uint64_t queued = 0;   // events ever queued
-  std::uint64_t applied = 0;  // of those, applied and their lists sent
   bool stopping = false;
   std::thread thread;
 
@@ -125,7 +123,6 @@ struct MeshSessions::Impl {
       std::lock_guard lock(mutex);
       if (stopping) return;
       events.push_back(std::move(event));
-      ++queued;
     }
     cv.notify_one();
   }
@@ -233,7 +230,6 @@ struct MeshSessions::Impl {
   void run() {
     std::vector<Event> round;
     for (;;) {
-      std::uint64_t taken = 0;
       {
         std::unique_lock lock(mutex);
         const auto ready = [this] { return stopping || !events.empty(); };
@@ -244,15 +240,12 @@ struct MeshSessions::Impl {
         }
         if (stopping) return;
         round.swap(events);
-        taken = queued;
       }
       for (Event& event : round) std::visit([this](auto& e) { apply(e); }, event);
       round.clear();
       forget_due(Clock::now());
       send_dirty();
       publish();
-      std::lock_guard lock(mutex);
-      applied = taken;
     }
   }
 };
@@ -303,11 +296,6 @@ void MeshSessions::count_replaced() {
 MeshCounters MeshSessions::counters() const {
   std::lock_guard lock(impl_->counters_mutex);
   return impl_->published;
-}
-
-bool MeshSessions::idle() const {
-  std::lock_guard lock(impl_->mutex);
-  return impl_->applied == impl_->queued;
 }
 
 }  // namespace vantage::collector

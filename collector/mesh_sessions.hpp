@@ -74,9 +74,6 @@ class MeshSessions {
 
   MeshCounters counters() const;
 
-  // Test seam: true once every event queued before the call has been applied.
-  bool idle() const;
-
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;

@@ -147,6 +147,7 @@ def main():
 
     work = tempfile.mkdtemp(prefix="vantage-mesh-")
     agent = None
+    log = None
     try:
         flat = Flat(args.schema, work)
         pki = os.path.join(work, "pki")
@@ -263,6 +264,11 @@ port = {echo}
         print("ok: kept list v7 started, v8 applied and kept, v9 adopted, v10 refused, batches name their version, "
               "a reload keeps v9 merged, a restart starts with v9")
         return 0
+    except AssertionError:
+        if log is not None:
+            log.seek(0)
+            sys.stderr.write("agent's log:\n" + log.read())
+        raise
     finally:
         if agent is not None:
             agent.kill()

@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -277,6 +278,17 @@ bool apply_target_list(AcceptedTargetList list, const AgentOptions& options, Run
   }
   log(LogLevel::kError, "mesh list v%llu: the measurement did not start, going back to v%llu",
       static_cast<unsigned long long>(version), static_cast<unsigned long long>(previous_version));
+  // The kept list is the one that runs: a restart must not start with one that does not.
+  const std::filesystem::path& dir = options.shipping->spool.dir;
+  if (mesh.list) {
+    if (const auto st = vantage::agent::ship::save_target_list(dir, mesh.list->frame); !st) {
+      log(LogLevel::kWarning, "mesh list v%llu: not kept on disk again (%s)",
+          static_cast<unsigned long long>(mesh.version()), st.message().c_str());
+    }
+  } else {
+    std::error_code ignored;
+    std::filesystem::remove(dir / vantage::agent::ship::kTargetListFileName, ignored);
+  }
   if (!start_measurement(r, options, std::move(previous), previous_version, previous_from_mesh)) {
     log(LogLevel::kError, "mesh list: the previous targets no longer start either, exiting");
     return false;
@@ -426,6 +438,14 @@ int main(int argc, char** argv) {
     }
   }
   std::optional<Running> running = start(options, baseline, mesh, mailbox);
+  if (!running && mesh.list) {
+    // The kept list may be what fails (its targets): the configured targets alone still run,
+    // and the collector sends a list again once connected.
+    log(LogLevel::kWarning, "mesh list v%llu: the agent did not start with it, starting without it",
+        static_cast<unsigned long long>(mesh.version()));
+    mesh.list.reset();
+    running = start(options, baseline, mesh, mailbox);
+  }
   if (!running) {
     return 1;
   }

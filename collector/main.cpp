@@ -118,6 +118,10 @@ int main(int argc, char** argv) {
     if (loaded.jetstream) jetstream = *loaded.jetstream;
     http_listen = std::move(loaded.http_listen);
     http_forget_after = loaded.http_forget_after;
+    if (!loaded.mesh.empty()) {
+      config.mesh_rules = std::make_shared<const vantage::collector::mesh::MeshRules>(std::move(loaded.mesh));
+    }
+    config.mesh_forget_after = loaded.mesh_forget_after;
   }
   for (std::size_t i = 1; i < args.size() && !config_path; ++i) {
     const std::string_view arg = args[i];

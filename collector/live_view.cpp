@@ -80,7 +80,9 @@ void LiveView::record(const store::IncomingBatch& in) {
           const wire::PathStats* p = paths->Get(i);
           const std::uint64_t path_answered = static_cast<std::uint64_t>(p->received()) + p->lost();
           e.paths.push_back(LivePath{
-              .path = p->path(),
+              // The position, not the peer's number: a repeated or out-of-range path would be a
+              // duplicate or unbounded /metrics series (the store files paths by position too).
+              .path = static_cast<std::uint16_t>(i),
               .source_port = p->source_port(),
               .sent = p->sent(),
               .received = p->received(),

@@ -9,6 +9,7 @@
 #include <variant>
 
 #include "collector/mesh/mesh_planner.hpp"
+#include "platform/log.hpp"
 #include "schemas/frame_codec.hpp"
 
 namespace vantage::collector {
@@ -63,6 +64,9 @@ MeshHello mesh_hello_of(const wire::Hello& hello) {
   }
   return out;
 }
+
+// The agent's bound on a list's targets (agent/ship/target_list.hpp).
+constexpr std::size_t kMaxListTargets = 20'000;
 
 std::vector<std::uint8_t> target_list_frame(const mesh::TargetListPlan& plan) {
   flatbuffers::FlatBufferBuilder fbb(256 + plan.targets.size() * 96);
@@ -189,8 +193,19 @@ struct MeshSessions::Impl {
       if (!entry.connected || !entry.accepts_lists || !entry.send) continue;
       const mesh::TargetListPlan* plan = planner.plan(agent_id);
       if (plan == nullptr || plan->version == entry.sent) continue;
-      entry.send(target_list_frame(*plan), plan->version);
+      std::vector<std::uint8_t> frame = target_list_frame(*plan);
       entry.sent = plan->version;
+      // An agent refuses a list past these bounds, and closes its session on a frame past its
+      // limit: that session would come back with its old version and get the same frame again.
+      // Not sent, the agent keeps its list and shows as stale.
+      if (plan->targets.size() > kMaxListTargets || frame.size() > wire::kDefaultMaxFrame) {
+        platform::log(platform::LogLevel::kWarning,
+                      "mesh: target list v%llu for %s has %zu targets (%zu bytes), more than an agent takes; not sent",
+                      static_cast<unsigned long long>(plan->version), platform::escape_for_log(agent_id).c_str(),
+                      plan->targets.size(), frame.size());
+        continue;
+      }
+      entry.send(std::move(frame), plan->version);
       ++lists_sent;
     }
     dirty.clear();

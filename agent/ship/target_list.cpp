@@ -170,8 +170,15 @@ platform::Result<AcceptedTargetList> accept_target_list(std::span<const std::uin
     spec.paths = spec.protocol == ProbeProtocol::kUdpEcho ? m.paths : 1;
     m.pop = wire::text(t->pop());
     m.agent_id = wire::text(t->agent_id());
-    spec.label = spec.host.empty() ? target_label(spec.protocol, spec.address, spec.port)
-                                   : target_label(spec.protocol, spec.host, spec.port);
+    // Another agent's reflector is named "POP/AGENT": one series per agent, filed under its PoP in
+    // the matrix and /api/pair; an extra target (or names too long together) by its address.
+    if (!m.pop.empty() && !m.agent_id.empty() &&
+        m.pop.size() + 1 + m.agent_id.size() <= wire::max_bytes(wire::PeerText::kTarget)) {
+      spec.label = m.pop + "/" + m.agent_id;
+    } else {
+      spec.label = spec.host.empty() ? target_label(spec.protocol, spec.address, spec.port)
+                                     : target_label(spec.protocol, spec.host, spec.port);
+    }
     if (auto f = wire::check_peer_text(where(i, "host") + " as a label", spec.label, wire::PeerText::kTarget)) {
       return platform::Status::error(f->reason);
     }

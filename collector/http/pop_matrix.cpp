@@ -57,6 +57,13 @@ struct Merge {
   }
 };
 
+// The column a target fills: a mesh target ("POP/AGENT", another agent's reflector) its PoP's,
+// any other target its own name.
+std::string_view column_of(std::string_view target) {
+  const std::size_t slash = target.find('/');
+  return slash == std::string_view::npos || slash == 0 ? target : target.substr(0, slash);
+}
+
 }  // namespace
 
 PopMatrix build_pop_matrix(const LiveSnapshot& view, std::int64_t now_ns) {
@@ -65,7 +72,7 @@ PopMatrix build_pop_matrix(const LiveSnapshot& view, std::int64_t now_ns) {
   std::unordered_set<std::string_view> name_set, source_set, agent_set;
   for (const LiveLatency& l : view.latency) {
     name_set.insert(l.pop);
-    name_set.insert(l.target);
+    name_set.insert(column_of(l.target));
     source_set.insert(l.pop);
     agent_set.insert(l.agent_id);
   }
@@ -92,7 +99,7 @@ PopMatrix build_pop_matrix(const LiveSnapshot& view, std::int64_t now_ns) {
   std::unordered_map<std::uint64_t, std::vector<const LiveLatency*>> pairs;
   pairs.reserve(view.latency.size());
   for (const LiveLatency& l : view.latency) {
-    const std::uint64_t key = std::uint64_t{name_index.at(l.pop)} << 32 | name_index.at(l.target);
+    const std::uint64_t key = std::uint64_t{name_index.at(l.pop)} << 32 | name_index.at(column_of(l.target));
     pairs[key].push_back(&l);
   }
   std::vector<std::uint64_t> keys;

@@ -2269,7 +2269,9 @@ Result<std::vector<PairPoint>> SqliteStore::pair_history(const PairHistoryQuery&
   std::unordered_map<std::int64_t, std::string> target_ids;  // id -> protocol
   if (rc == SQLITE_OK) {
     rc = each_row(
-        h, "SELECT id, protocol FROM targets WHERE name = ?1 AND (?2 = '' OR protocol = ?2)",
+        // A mesh target is named "POP/AGENT": a PoP's name takes in its agents ('0' follows '/').
+        h, "SELECT id, protocol FROM targets WHERE (name = ?1 OR (name >= ?1 || '/' AND name < ?1 || '0')) "
+           "AND (?2 = '' OR protocol = ?2)",
         [&](sqlite3_stmt* s) { return Binder(s).text(q.target).text(q.protocol).rc(); },
         [&](sqlite3_stmt* s) { target_ids.emplace(sqlite3_column_int64(s, 0), column_text(s, 1)); });
   }

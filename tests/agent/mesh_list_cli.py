@@ -222,7 +222,8 @@ port = {echo}
         with open(kept_path, "rb") as f:
             assert f.read()[16:] == new
         # The same targets under a new version: no restart.
-        collector.send(flat.build(target_list(9, [udp("127.0.0.3", echo, 500, paths=2, pop="ams2")])))
+        collector.send(flat.build(target_list(9, [udp("127.0.0.3", echo, 500, paths=2, pop="ams1",
+                                                       agent_id="ams1-edge-01")])))
         wait_for("v9 adopted", lambda: logged("mesh list v9: same targets, adopted without a restart"))
         # A bad list is refused whole; the session goes on.
         collector.send(flat.build(target_list(10, [udp("127.0.0.3", echo, 0)])))
@@ -244,7 +245,8 @@ port = {echo}
         seen = versions()
         assert 7 in seen and 9 in seen, seen
         assert sorted(seen[7]) == sorted(["local", f"127.0.0.2:{echo}", f"[::1]:{echo}"]), seen
-        assert sorted(seen[9]) == sorted(["local", f"127.0.0.3:{echo}"]), seen
+        # Another agent's reflector is named after its PoP and agent.
+        assert sorted(seen[9]) == sorted(["local", "ams1/ams1-edge-01"]), seen
         log.seek(0)
         assert "collector 127.0.0.1" not in "".join(l for l in log if "connected to" not in l and "received" not in l
                                                       and "refused" not in l), "the session was interrupted"

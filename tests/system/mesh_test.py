@@ -13,6 +13,7 @@ collector computes every agent's target list and sends it over the session.
 
 Run: mesh_test.py --agent BIN --collector BIN --pki tools/dev-pki.sh [--only NAME] [-- EMULATOR...]
 """
+import json
 import os
 import sys
 import time
@@ -79,7 +80,8 @@ class World(harness.World):
         return a
 
     def label(self, agent_id):
-        return f"{self.reflector_address(agent_id)}:{self.reflector_port}"
+        """What its probers call an agent's reflector: POP/AGENT."""
+        return f"{agent_id.split('-')[0]}/{agent_id}"
 
     def latest_targets(self, agent_id):
         """The targets (with probes sent) of the agent's latest stored batch, and its seq."""
@@ -140,6 +142,17 @@ def scenario_mesh(world):
         mesh = expected(world, a, members)
         return (mesh - {world.label("pop1-a0")}) | {"own"} if a == "pop0-a0" else mesh
     wait_for(lambda: settled(world, members, want), 120, "every agent probing the 27 agents of the other PoPs")
+
+    # The matrix files every agent's reflector under its PoP: every ordered pair of the 10 PoPs,
+    # and pop0's own target.
+    matrix = json.loads(http_get(f"http://127.0.0.1:{world.http_port}/api/matrix"))
+    assert sorted(matrix["pops"]) == sorted(POPS + ["own"]), matrix["pops"]
+    pairs = {(matrix["pops"][s], matrix["pops"][d]) for s, d in zip(matrix["src"], matrix["dst"])}
+    want_pairs = {(a, b) for a in POPS for b in POPS if a != b} | {("pop0", "own")}
+    assert pairs == want_pairs, sorted(pairs ^ want_pairs)[:5]
+    # A PoP pair's drill-down from the store takes in every agent of the target PoP.
+    pair = json.loads(http_get(f"http://127.0.0.1:{world.http_port}/api/pair?from=pop0&to=pop1"))
+    assert pair["count"] > 0 and max(pair["agents"]) >= PER_POP, {k: pair[k] for k in ("count", "agents")}
 
     # The list each agent runs is the one the collector planned for it: none is stale.
     text = world.metrics()

@@ -32,7 +32,7 @@ struct Entry {
   std::uint8_t dscp = 0;
   std::uint8_t paths = 0;
   std::string pop = "ams1";
-  std::string agent_id = "ams1-edge-01";
+  std::string agent_id;  // empty: an extra target, named by its address
 };
 
 // A TargetList Frame as the collector builds it (no length prefix).
@@ -84,14 +84,16 @@ TEST_CASE("target list: a good list becomes probe targets") {
   tcp.protocol = wire::Protocol::TcpConnect;
   tcp.port = 443;
   tcp.interval_ms = 4000;
-  const auto frame = list_frame(42, {Entry{}, v6, icmp, tcp});
+  Entry agent;  // another agent's reflector: named "POP/AGENT"
+  agent.agent_id = "ams1-edge-01";
+  const auto frame = list_frame(42, {agent, v6, icmp, tcp});
   const auto accepted = ship::accept_target_list(frame);
   REQUIRE_MESSAGE(accepted.has_value(), accepted.error());
   const ship::AcceptedTargetList& list = accepted.value();
   CHECK(list.version == 42);
   CHECK(list.frame == frame);
   REQUIRE(list.targets.size() == 4);
-  CHECK(list.targets[0].spec.label == "192.0.2.10:8627");
+  CHECK(list.targets[0].spec.label == "ams1/ams1-edge-01");
   CHECK(list.targets[0].spec.rate_per_s == doctest::Approx(1.0));
   CHECK(list.targets[0].paths == 1);
   CHECK(list.targets[0].pop == "ams1");

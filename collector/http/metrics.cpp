@@ -63,8 +63,10 @@ void path_families(PrometheusText& out, const std::vector<LiveLatency>& lat) {
     out.family(f.name, Type::kGauge, f.help);
     for (const LiveLatency& l : lat) {
       for (const LivePath& p : l.paths) {
+        // Labels hold views: the path's text must outlive the sample.
+        const std::string path = std::to_string(p.path);
         Labels labels = latency_labels(l);
-        labels.emplace_back("path", std::to_string(p.path));
+        labels.emplace_back("path", path);
         out.sample(f.name, labels, f.value(p));
       }
     }

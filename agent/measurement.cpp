@@ -192,6 +192,7 @@ platform::Status Measurement::Impl::open_probers() {
     const bool resolved = t.host.empty();
     switch (t.protocol) {
       case ProbeProtocol::kUdpEcho:
+      case ProbeProtocol::kStamp:
         prober_position[i] = udp_config.targets.size();
         udp_config.targets.push_back(probes::UdpProbeTarget{
             .endpoint = {t.address, t.port},
@@ -320,6 +321,7 @@ void Measurement::Impl::on_name(std::size_t name, const NameState& answer) {
   const std::size_t position = prober_position[i];
   switch (t.protocol) {
     case ProbeProtocol::kUdpEcho:
+    case ProbeProtocol::kStamp:
       if (udp) return udp->set_address(position, address, std::move(applied));
       break;
     case ProbeProtocol::kTcpConnect:

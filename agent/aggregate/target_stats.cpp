@@ -49,6 +49,8 @@ wire::Protocol to_wire(ProbeProtocol protocol) noexcept {
       return wire::Protocol::TcpConnect;
     case ProbeProtocol::kIcmpEcho:
       return wire::Protocol::Icmp;
+    case ProbeProtocol::kStamp:
+      return wire::Protocol::Stamp;
     case ProbeProtocol::kUdpEcho:
       break;
   }

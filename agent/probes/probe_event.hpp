@@ -11,6 +11,7 @@ enum class ProbeProtocol : std::uint8_t {
   kUdpEcho = 0,     // against a Vantage reflector (probe_packet.hpp)
   kTcpConnect = 1,  // SYN -> established, then close
   kIcmpEcho = 2,    // ICMP/ICMPv6 echo request -> reply
+  kStamp = 3,       // RFC 8762 STAMP session-sender, against any STAMP or TWAMP-Light reflector
 };
 
 enum class ProbeEventKind : std::uint8_t {
@@ -35,6 +36,19 @@ struct ProbeEvent {
   std::uint64_t reflector_boot = 0;
   std::uint32_t session_id = 0;
   std::uint32_t session_rx = 0;
+  // STAMP replies: the packet carries a wall-clock send time, not the monotonic send_ns, so
+  // send_ns is 0 and the aggregator takes the one it recorded at kSent for this seq.
+  bool send_ns_from_slot = false;
+  // One-way delay (UDP echo replies with the reflector's clock extension, STAMP replies): set
+  // when all four wall-clock timestamps were known. forward = reflector rx - sender tx,
+  // backward = sender rx - reflector tx, each in ns and possibly negative (clock offset).
+  bool one_way = false;
+  bool sender_synchronised = false;     // this host's clock state at the reply
+  bool reflector_synchronised = false;  // the reflector's Error Estimate S bit
+  std::int64_t forward_ns = 0;
+  std::int64_t backward_ns = 0;
+  std::int64_t sender_error_ns = 0;     // each end's error estimate, ns
+  std::int64_t reflector_error_ns = 0;
 };
 
 static_assert(std::is_trivially_copyable_v<ProbeEvent>);

@@ -89,9 +89,10 @@ enum class StoreOutcome : std::uint8_t {
 // whose message names the database or server and the library's own message.
 using platform::Result;
 
-// The protocol as every view of the data names it: "udp_echo", "tcp_connect", "icmp"; a newer
-// agent's protocol is "unknown" (stored and labelled, not lost). The index is the store's code.
-inline constexpr const char* kProtocolNames[] = {"udp_echo", "tcp_connect", "icmp", "unknown"};
+// The protocol as every view of the data names it: "udp_echo", "tcp_connect", "icmp", "stamp"; a
+// newer agent's protocol is "unknown" (stored and labelled, not lost). The index is the store's
+// code.
+inline constexpr const char* kProtocolNames[] = {"udp_echo", "tcp_connect", "icmp", "stamp", "unknown"};
 
 inline std::uint8_t protocol_code(wire::Protocol p) noexcept {
   switch (p) {
@@ -101,8 +102,10 @@ inline std::uint8_t protocol_code(wire::Protocol p) noexcept {
       return 1;
     case wire::Protocol::Icmp:
       return 2;
+    case wire::Protocol::Stamp:
+      return 3;
   }
-  return 3;
+  return 4;
 }
 
 inline const char* protocol_name(wire::Protocol p) noexcept { return kProtocolNames[protocol_code(p)]; }

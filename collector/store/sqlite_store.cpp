@@ -693,10 +693,11 @@ int step_rows(sqlite3_stmt* stmt, Row&& row) {
 // Protocols as small codes: the key of a target is (name, protocol as every view names it).
 
 std::uint8_t protocol_code(std::string_view name) {
-  for (std::uint8_t i = 0; i < 4; ++i) {
+  constexpr auto kUnknown = static_cast<std::uint8_t>(std::size(kProtocolNames) - 1);
+  for (std::uint8_t i = 0; i < kUnknown; ++i) {
     if (name == kProtocolNames[i]) return i;
   }
-  return 3;
+  return kUnknown;
 }
 
 struct TargetView {

@@ -36,7 +36,7 @@ namespace vantage::collector::store {
 //               was created), first_seen_ns. Id 0 is the legacy incarnation, all zero bytes: what
 //               agents that send none are under, and every batch stored before schema v4.
 //   targets     id, name (as the agent labels it: host:port, or a pseudonym), protocol
-//               ("udp_echo", "tcp_connect", "icmp", "unknown"); unique (name, protocol).
+//               ("udp_echo", "tcp_connect", "icmp", "stamp", "unknown"); unique (name, protocol).
 //   pairs       one row per (agent, target) ever seen: where its latest summary is. NULL best_*
 //               means "in the agent's newest batch" (agents.latest_*), the steady state, so the
 //               row is written only when a pair stops or starts appearing in its agent's newest

@@ -51,12 +51,14 @@ as_root() {
 # made by mmdebstrap (arch-test to find a foreign architecture runnable through qemu-user), an
 # initramfs packed with cpio from modules that kmod's depmod/modprobe pick, ext4 by e2fsprogs.
 # The fleet simulator's firehose (bench/fleet) compares against victoria-metrics on loopback.
+# python3-scapy: its scapy.contrib.stamp layer is the independent STAMP implementation the STAMP
+# tests speak to (run under /usr/bin/python3, which sees Debian's modules).
 host_packages=(
   build-essential cmake ninja-build pkg-config file dpkg-dev ca-certificates lintian man-db
   "${cross_compilers[@]}" qemu-user-static
   libasio-dev flatbuffers-compiler libflatbuffers-dev doctest-dev
   libboost-dev libreaderwriterqueue-dev libsqlite3-dev libtomlplusplus-dev
-  python3 iproute2 irtt collectd-core liboping0 libgcrypt20
+  python3 python3-scapy iproute2 irtt collectd-core liboping0 libgcrypt20
   clang-14 libclang-rt-14-dev openssl
   libnats-dev nats-server
   prometheus chromium victoria-metrics curl

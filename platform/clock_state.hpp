@@ -3,6 +3,7 @@
 // every STAMP packet and every Vantage echo reply. One-way delay is reported only from it.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <optional>
 
@@ -44,11 +45,18 @@ struct ErrorEstimate {
 std::uint16_t encode_error_estimate(const ErrorEstimate& e) noexcept;
 ErrorEstimate decode_error_estimate(std::uint16_t bits) noexcept;
 
+// What this host puts on the wire for `state`: S from synchronised, the error from maximum_error_ns
+// (the kernel's bound, not its estimate: a peer gates on it).
+inline ErrorEstimate error_estimate_of(const ClockState& state, bool ptp_format = false) noexcept {
+  return ErrorEstimate{state.synchronised, ptp_format, state.maximum_error_ns};
+}
+
 // The process's current clock state, shared by every prober and reflector thread: refresh()
 // re-reads the kernel at most once per refresh interval (a reflector may ask per packet), and an
 // assumed state set from configuration (a PTP-disciplined host whose daemon does not maintain the
 // kernel's flags, or a test) replaces the kernel's. Safe from any thread without locks
-// (the state is packed into atomics).
+// (the state is packed into one 64-bit word: errors are held in whole microseconds, rounded up,
+// saturating at 2^29 - 1 us, about 9 minutes; the kernel's own bound stops at 16 s).
 class ClockStateCell {
  public:
   static ClockStateCell& instance() noexcept;
@@ -58,9 +66,15 @@ class ClockStateCell {
   // Replaces the kernel's state with `state` (source kConfigured), or back to the kernel's.
   void assume(std::optional<ClockState> state) noexcept;
 
- private:
+  // A cell of its own (tests); the process uses instance().
   ClockStateCell() = default;
-  struct Impl;
+  ClockStateCell(const ClockStateCell&) = delete;
+  ClockStateCell& operator=(const ClockStateCell&) = delete;
+
+ private:
+  std::atomic<std::uint64_t> kernel_{0};   // packed ClockState, bit 63 set once read
+  std::atomic<std::uint64_t> assumed_{0};  // packed ClockState, bit 63 set while assumed
+  std::atomic<std::int64_t> next_refresh_ns_{0};  // CLOCK_MONOTONIC
 };
 
 }  // namespace vantage::platform

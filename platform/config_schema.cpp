@@ -101,10 +101,10 @@ std::string describe(const toml::node& node) {
 }
 
 // A scalar key's value when the node has the key's kind: an integer is also a kNumber, and
-// kStringOrInteger takes either.
+// kStringOrInteger (kStringOrBoolean) takes either.
 std::optional<decltype(Value::data)> scalar_of_kind(const toml::node& node, Kind kind) {
   using Data = decltype(Value::data);
-  const bool text = kind == Kind::kString || kind == Kind::kStringOrInteger;
+  const bool text = kind == Kind::kString || kind == Kind::kStringOrInteger || kind == Kind::kStringOrBoolean;
   const bool integer = kind == Kind::kInteger || kind == Kind::kStringOrInteger;
   if (text && node.is_string()) return Data(std::in_place_type<std::string>, node.as_string()->get());
   if (integer && node.is_integer()) return Data(std::in_place_type<std::int64_t>, node.as_integer()->get());
@@ -114,7 +114,7 @@ std::optional<decltype(Value::data)> scalar_of_kind(const toml::node& node, Kind
   if (kind == Kind::kNumber && node.is_floating_point()) {
     return Data(std::in_place_type<double>, node.as_floating_point()->get());
   }
-  if (kind == Kind::kBoolean && node.is_boolean()) return Data(std::in_place_type<bool>, node.as_boolean()->get());
+  if ((kind == Kind::kBoolean || kind == Kind::kStringOrBoolean) && node.is_boolean()) return Data(std::in_place_type<bool>, node.as_boolean()->get());
   return std::nullopt;
 }
 
@@ -224,7 +224,8 @@ class Walker {
       case Kind::kInteger:
       case Kind::kNumber:
       case Kind::kBoolean:
-      case Kind::kStringOrInteger: {
+      case Kind::kStringOrInteger:
+      case Kind::kStringOrBoolean: {
         std::optional<decltype(Value::data)> data = scalar_of_kind(node, info.kind);
         if (!data) return wrong(key, node, "");
         value.data = std::move(*data);

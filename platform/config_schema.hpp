@@ -26,6 +26,7 @@ enum class Kind : std::uint8_t {
   kBoolean,
   kStringList,       // every element is checked on its own
   kStringOrInteger,  // e.g. fsync = "every" or fsync = 1000
+  kStringOrBoolean,  // e.g. stateful_reflector = "auto" or stateful_reflector = true
   kTableArray,       // [[targets]]: its keys are "targets[].name", ...
 };
 

@@ -155,7 +155,7 @@ CREATE TABLE batches_{P}(
   load_count        INTEGER NOT NULL,
   rtt_sample_count  INTEGER NOT NULL,
   spool_dropped     INTEGER NOT NULL,
-  incarnation       INTEGER NOT NULL DEFAULT 0
+  incarnation       INTEGER NOT NULL DEFAULT 0{BATCH_V5}
 );
 CREATE UNIQUE INDEX batches_{P}_key ON batches_{P}({KEY});
 CREATE TABLE latency_{P}(
@@ -165,7 +165,7 @@ CREATE TABLE latency_{P}(
   p999_ns INTEGER, jitter_mean_ns REAL, jitter_p99_ns INTEGER, timestamp_source INTEGER,
   histogram_scheme INTEGER, histogram BLOB, send_errors INTEGER, unexpected INTEGER, invalid INTEGER,
   reflector_restarts INTEGER, session_resets INTEGER, ipdv_count INTEGER, histogram_overflow INTEGER,
-  histogram_dropped INTEGER
+  histogram_dropped INTEGER{LATENCY_V5}
 );
 CREATE TABLE load_{P}(
   id INTEGER PRIMARY KEY, time_ns INTEGER, arch TEXT, cpu_user REAL, cpu_system REAL, cpu_iowait REAL,
@@ -180,6 +180,53 @@ CREATE TABLE rtt_{P}(
 {PATH}
 {SELF}
 )sql";
+
+// Columns version 5 appended (one-way delay): in a partition's DDL and, for the partitions of a
+// version 4 database, by ALTER TABLE ADD COLUMN (migrate_v4), so both have them in this order at
+// the end. NULL where the batch or summary did not carry the table (an older agent): "not known",
+// unlike a status of 0, which an agent that knows one-way delay sends when it could not measure it.
+struct AddedColumn {
+  const char* name;
+  const char* type;
+};
+// batches_{P}: Batch.clock, the agent's clock when it built the batch; clock_source as the wire
+// value (wire::ClockSource).
+constexpr AddedColumn kBatchV5Columns[] = {{"clock_synchronised", "INTEGER"},
+                                           {"clock_estimated_error_ns", "INTEGER"},
+                                           {"clock_maximum_error_ns", "INTEGER"},
+                                           {"clock_source", "INTEGER"}};
+// latency_{P}: LatencySummary.one_way (status as wire::OneWayStatus; the figures are 0 unless it
+// is 1, Reported; histograms as the histogram column) and stamp_ssid.
+constexpr AddedColumn kLatencyV5Columns[] = {{"one_way_status", "INTEGER"},
+                                             {"one_way_error_bound_ns", "INTEGER"},
+                                             {"one_way_max_error_fraction", "REAL"},
+                                             {"sender_synchronised", "INTEGER"},
+                                             {"reflector_synchronised", "INTEGER"},
+                                             {"sender_error_ns", "INTEGER"},
+                                             {"reflector_error_ns", "INTEGER"},
+                                             {"one_way_samples", "INTEGER"},
+                                             {"forward_min_ns", "INTEGER"},
+                                             {"forward_p50_ns", "INTEGER"},
+                                             {"forward_p90_ns", "INTEGER"},
+                                             {"forward_p99_ns", "INTEGER"},
+                                             {"forward_max_ns", "INTEGER"},
+                                             {"backward_min_ns", "INTEGER"},
+                                             {"backward_p50_ns", "INTEGER"},
+                                             {"backward_p90_ns", "INTEGER"},
+                                             {"backward_p99_ns", "INTEGER"},
+                                             {"backward_max_ns", "INTEGER"},
+                                             {"one_way_histogram_scheme", "INTEGER"},
+                                             {"forward_histogram", "BLOB"},
+                                             {"backward_histogram", "BLOB"},
+                                             {"stamp_ssid", "INTEGER"}};
+constexpr std::size_t kLatencyV4ColumnCount = 31;
+
+template <std::size_t N>
+std::string added_columns_ddl(const AddedColumn (&columns)[N]) {
+  std::string ddl;
+  for (const AddedColumn& c : columns) ddl += std::string(", ") + c.name + " " + c.type;
+  return ddl;
+}
 
 // path_{P}: a latency summary's ECMP paths (wire::PathStats), only for targets probed over more
 // than one. A row's id is (its latency_{P} row id << kPathShift) + path, so a summary's paths
@@ -207,6 +254,8 @@ std::string partition_ddl() {
   std::string ddl = kPartitionDdl;
   ddl.replace(ddl.find("{SELF}"), 6, self_table_ddl());
   ddl.replace(ddl.find("{PATH}"), 6, kPathTableDdl);
+  ddl.replace(ddl.find("{BATCH_V5}"), 10, added_columns_ddl(kBatchV5Columns));
+  ddl.replace(ddl.find("{LATENCY_V5}"), 12, added_columns_ddl(kLatencyV5Columns));
   return ddl;
 }
 
@@ -228,6 +277,15 @@ struct ViewDef {
 constexpr const char* kIncarnationHex = "lower(hex(i.incarnation))";
 constexpr std::string_view kJoinIncarnation = " JOIN incarnations AS i ON i.id = b.incarnation";
 
+// The enums' names as the wire schema spells them, in snake case; NULL stays NULL (not carried).
+constexpr const char* kClockSourceText =
+    "CASE WHEN b.clock_source IS NULL THEN NULL WHEN b.clock_source = 1 THEN 'chrony' WHEN b.clock_source = 2 "
+    "THEN 'ntpd' WHEN b.clock_source = 3 THEN 'timesyncd' WHEN b.clock_source = 4 THEN 'ptp' "
+    "WHEN b.clock_source = 5 THEN 'pps' WHEN b.clock_source = 6 THEN 'configured' ELSE 'unknown' END";
+constexpr const char* kOneWayStatusText =
+    "CASE l.one_way_status WHEN 0 THEN 'not_measured' WHEN 1 THEN 'reported' WHEN 2 THEN 'unsynchronised' "
+    "WHEN 3 THEN 'bound_too_large' ELSE NULL END";
+
 const std::vector<ViewDef>& view_defs() {
   static const std::vector<ViewDef> defs = [] {
     std::vector<ViewDef> v;
@@ -243,6 +301,10 @@ const std::vector<ViewDef>& view_defs() {
                   {"load_count", "b.load_count"},
                   {"rtt_sample_count", "b.rtt_sample_count"},
                   {"spool_dropped", "b.spool_dropped"},
+                  {"clock_synchronised", "b.clock_synchronised"},
+                  {"clock_estimated_error_ns", "b.clock_estimated_error_ns"},
+                  {"clock_maximum_error_ns", "b.clock_maximum_error_ns"},
+                  {"clock_source", kClockSourceText},
                   {"incarnation", kIncarnationHex}},
                  "batches_{P} AS b JOIN agents AS a ON a.id = b.agent" + std::string(kJoinIncarnation)});
     std::vector<ViewColumn> lat{{"agent_id", "a.agent_id"},
@@ -261,6 +323,9 @@ const std::vector<ViewDef>& view_defs() {
                           "reflector_restarts", "session_resets", "ipdv_count", "histogram_overflow",
                           "histogram_dropped"}) {
       lat.push_back({c, nullptr});
+    }
+    for (const AddedColumn& c : kLatencyV5Columns) {
+      lat.push_back({c.name, std::string_view(c.name) == "one_way_status" ? kOneWayStatusText : nullptr});
     }
     lat.push_back({"interval_start_ns", "b.interval_start_ns"});
     lat.push_back({"interval_end_ns", "b.interval_end_ns"});
@@ -374,14 +439,22 @@ std::string views_sql(const std::vector<std::string>& partitions) {
 
 constexpr const char* kInsertBatch = R"sql(
 INSERT OR IGNORE INTO batches_{P}(agent, incarnation, seq, interval_start_ns, interval_end_ns, received_ns, region,
-                                  pop, latency_count, load_count, rtt_sample_count, spool_dropped)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                                  pop, latency_count, load_count, rtt_sample_count, spool_dropped,
+                                  clock_synchronised, clock_estimated_error_ns, clock_maximum_error_ns, clock_source)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
 )sql";
 
-constexpr const char* kInsertLatency = R"sql(
-INSERT INTO latency_{P} VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-  ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31)
-)sql";
+// Every column in table order: the v4 ones, then kLatencyV5Columns.
+const std::string& insert_latency_sql() {
+  static const std::string sql = [] {
+    std::string s = "INSERT INTO latency_{P} VALUES (?1";
+    for (std::size_t i = 2; i <= kLatencyV4ColumnCount + std::size(kLatencyV5Columns); ++i) {
+      s += ", ?" + std::to_string(i);
+    }
+    return s + ")";
+  }();
+  return sql;
+}
 
 constexpr const char* kInsertLoad = R"sql(
 INSERT INTO load_{P} VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
@@ -803,7 +876,7 @@ struct SqliteStore::Impl {
   std::map<Incarnation, std::int64_t> incarnations;  // value -> incarnations.id
   std::vector<AgentState*> touched;
 
-  std::string histogram, cpus, net, temps;  // reused buffers: no allocation per row once warm
+  std::string histogram, forward_histogram, backward_histogram, cpus, net, temps;  // reused buffers: no allocation per row once warm
   std::int64_t last_commit_ns = 0;
   std::int64_t last_store_ns = 0;
   std::int64_t last_retention_check_ns = 0;
@@ -893,7 +966,7 @@ struct SqliteStore::Impl {
     Partition& p = *it->second;
     if (!p.insert_batch) {
       const std::pair<Stmt*, const char*> all[] = {{&p.insert_batch, kInsertBatch},
-                                                   {&p.insert_latency, kInsertLatency},
+                                                   {&p.insert_latency, insert_latency_sql().c_str()},
                                                    {&p.insert_load, kInsertLoad},
                                                    {&p.insert_rtt, kInsertRtt},
                                                    {&p.insert_self, insert_self_sql().c_str()},
@@ -925,9 +998,11 @@ struct SqliteStore::Impl {
   std::string rebuild_derived();
   std::string migrate(std::int64_t from_version);
   std::string migrate_v3();
+  std::string migrate_v4();
   std::string ensure_self_columns();
   std::string ensure_path_tables();
   std::string store_paths(Partition& part, std::int64_t latency_id, const wire::LatencySummary& l);
+  void bind_one_way(Binder& r, const wire::LatencySummary& l);
   std::size_t drop_expired(std::int64_t now, std::string& err);
 };
 
@@ -1204,6 +1279,11 @@ std::string SqliteStore::Impl::store_one(const IncomingBatch& in, std::int64_t n
       .i64(count(load))
       .i64(count(rtts))
       .u64(b.spool_dropped());  // v1.1 field: a first-version batch reads 0
+  const wire::ClockState* clock = b.clock();
+  batch.opt_i64(clock != nullptr, clock != nullptr && clock->synchronised() ? 1 : 0)
+      .opt_i64(clock != nullptr, clock != nullptr ? clock->estimated_error_ns() : 0)
+      .opt_i64(clock != nullptr, clock != nullptr ? clock->maximum_error_ns() : 0)
+      .opt_i64(clock != nullptr, clock != nullptr ? static_cast<std::int64_t>(clock->source()) : 0);
   if (batch.rc() != SQLITE_OK || run(part->insert_batch.get()) != SQLITE_OK) return error("insert batch");
   // OR IGNORE turned a second (agent, incarnation, seq) into a no-op: the first copy stands, no
   // children.
@@ -1275,6 +1355,7 @@ std::string SqliteStore::Impl::store_one(const IncomingBatch& in, std::int64_t n
           .i64(l->ipdv_count())
           .i64(l->histogram_overflow())
           .i64(l->histogram_dropped());
+      bind_one_way(r, *l);
       if (r.rc() != SQLITE_OK || run(st) != SQLITE_OK) return error("insert latency summary");
       if (std::string err = store_paths(*part, base + idx, *l); !err.empty()) return err;
       const bool sent = l->sent() > 0;
@@ -1513,7 +1594,7 @@ std::string SqliteStore::Impl::rebuild_derived() {
 
 // v3 -> v4 inside the caller's transaction: the incarnations dictionary, and in every partition
 // an incarnation column (0, legacy, for every existing batch: a DEFAULT, so no row is rewritten)
-// and the batch key index rebuilt on (agent, incarnation, seq). The views gain the column.
+// and the batch key index rebuilt on (agent, incarnation, seq). migrate_v4() follows.
 std::string SqliteStore::Impl::migrate_v3() {
   sqlite3* h = db.get();
   if (exec(h, kSchemaV4Additions) != SQLITE_OK) return error("cannot add the incarnations");
@@ -1531,6 +1612,29 @@ std::string SqliteStore::Impl::migrate_v3() {
     sql.replace(sql.find("{KEY}"), 5, kBatchKeyColumns);
     if (exec(h, sql) != SQLITE_OK) return error("cannot add the incarnation to batches_" + name);
   }
+  return {};
+}
+
+// v4 -> v5 inside the caller's transaction: every partition gains the one-way columns of
+// latency_{P} and the clock columns of batches_{P} (kLatencyV5Columns, kBatchV5Columns), NULL for
+// every existing row: ADD COLUMN without a DEFAULT rewrites nothing. The views gain them.
+std::string SqliteStore::Impl::migrate_v4() {
+  sqlite3* h = db.get();
+  std::vector<std::string> names;
+  if (each_row(h, "SELECT name FROM partitions ORDER BY day", kNoBind,
+               [&](sqlite3_stmt* s) { names.push_back(column_text(s, 0)); }) != SQLITE_OK) {
+    return error("cannot read partitions");
+  }
+  for (const std::string& name : names) {
+    std::string sql;
+    for (const AddedColumn& c : kBatchV5Columns) {
+      sql += "ALTER TABLE batches_" + name + " ADD COLUMN " + c.name + " " + c.type + ";";
+    }
+    for (const AddedColumn& c : kLatencyV5Columns) {
+      sql += "ALTER TABLE latency_" + name + " ADD COLUMN " + c.name + " " + c.type + ";";
+    }
+    if (exec(h, sql) != SQLITE_OK) return error("cannot add the one-way and clock columns to " + name);
+  }
   if (exec(h, views_sql(names)) != SQLITE_OK) return error("cannot rebuild views");
   if (exec(h, "PRAGMA user_version=" + std::to_string(kSchemaVersion)) != SQLITE_OK) {
     return error("cannot set the schema version");
@@ -1538,11 +1642,16 @@ std::string SqliteStore::Impl::migrate_v3() {
   return {};
 }
 
-// v1/v2 -> v4 inside the caller's transaction: the old tables are renamed, copied into day
-// partitions (ids replace text keys; every batch under the legacy incarnation), dropped; then the
-// running totals are computed. v3 -> v4 is migrate_v3().
+// v1/v2 -> v5 inside the caller's transaction: the old tables are renamed, copied into day
+// partitions (ids replace text keys; every batch under the legacy incarnation; no clock or one-way
+// figures), dropped; then the running totals are computed. v3 -> v4 is migrate_v3(), v4 -> v5
+// migrate_v4().
 std::string SqliteStore::Impl::migrate(std::int64_t from_version) {
-  if (from_version == 3) return migrate_v3();
+  if (from_version == 3) {
+    if (std::string err = migrate_v3(); !err.empty()) return err;
+    return migrate_v4();
+  }
+  if (from_version == 4) return migrate_v4();
   sqlite3* h = db.get();
   const bool has_self = from_version >= 2 && table_exists(h, "agent_self");
   std::vector<const char*> old_tables{"agents", "batches", "latency_summaries", "load_samples", "rtt_samples"};
@@ -1580,7 +1689,11 @@ INSERT INTO batches_{P}(agent, seq, interval_start_ns, interval_end_ns, received
          b.load_count, b.rtt_sample_count, b.spool_dropped
   FROM v2_batches AS b JOIN agents AS a ON a.agent_id = b.agent_id
   WHERE {DAY} = {D} ORDER BY b.received_ns, a.id, b.seq;
-INSERT INTO latency_{P}
+INSERT INTO latency_{P}(id, target, sent, received, lost, late, reordered, duplicates, lost_outbound,
+                        lost_inbound, min_ns, max_ns, mean_ns, stddev_ns, p50_ns, p90_ns, p99_ns, p999_ns,
+                        jitter_mean_ns, jitter_p99_ns, timestamp_source, histogram_scheme, histogram,
+                        send_errors, unexpected, invalid, reflector_restarts, session_resets, ipdv_count,
+                        histogram_overflow, histogram_dropped)
   SELECT (nb.id << 24) + l.idx, t.id, l.sent, l.received, l.lost, l.late, l.reordered, l.duplicates,
          l.lost_outbound, l.lost_inbound, l.min_ns, l.max_ns, l.mean_ns, l.stddev_ns, l.p50_ns, l.p90_ns,
          l.p99_ns, l.p999_ns, l.jitter_mean_ns, l.jitter_p99_ns,
@@ -1681,6 +1794,41 @@ std::string SqliteStore::Impl::ensure_path_tables() {
     return err;
   }
   return {};
+}
+
+// The kLatencyV5Columns of one summary: all NULL when it carries no one_way (an older agent), so
+// "not known" stays apart from "measured nothing".
+void SqliteStore::Impl::bind_one_way(Binder& r, const wire::LatencySummary& l) {
+  const wire::OneWay* w = l.one_way();
+  if (w == nullptr) {
+    for (std::size_t i = 0; i + 1 < std::size(kLatencyV5Columns); ++i) r.null();
+  } else {
+    histogram_blob(forward_histogram, w->forward_histogram());
+    histogram_blob(backward_histogram, w->backward_histogram());
+    r.i64(static_cast<std::int64_t>(w->status()))
+        .i64(w->error_bound_ns())
+        .real(w->max_error_fraction())
+        .i64(w->sender_synchronised() ? 1 : 0)
+        .i64(w->reflector_synchronised() ? 1 : 0)
+        .i64(w->sender_error_ns())
+        .i64(w->reflector_error_ns())
+        .i64(w->samples())
+        .i64(w->forward_min_ns())
+        .i64(w->forward_p50_ns())
+        .i64(w->forward_p90_ns())
+        .i64(w->forward_p99_ns())
+        .i64(w->forward_max_ns())
+        .i64(w->backward_min_ns())
+        .i64(w->backward_p50_ns())
+        .i64(w->backward_p90_ns())
+        .i64(w->backward_p99_ns())
+        .i64(w->backward_max_ns())
+        .i64(w->histogram_scheme())
+        .blob(forward_histogram)
+        .blob(backward_histogram);
+  }
+  // 0 is "none" on the wire (STAMP's SSID is 1..65535): NULL for every other protocol.
+  r.opt_i64(l.stamp_ssid() != 0, l.stamp_ssid());
 }
 
 // A summary's paths beyond kMaxPaths (more than any agent sends) are not stored: ids must stay in

@@ -18,7 +18,7 @@
 
 namespace vantage::collector::store {
 
-// Tables, as operators query them (schema v4; times are ns since the Unix epoch unless named
+// Tables, as operators query them (schema v5; times are ns since the Unix epoch unless named
 // otherwise; `seq` is the agent's u64 sequence number stored as its two's-complement int64 bit
 // pattern, so ordering is by value for every seq below 2^63, which a one-per-second counter never
 // reaches).
@@ -55,12 +55,22 @@ namespace vantage::collector::store {
 //               never stored twice; if its content differs the first one stored wins, since
 //               rewriting acked and read data is worse), while a reinstalled agent, whose seq
 //               starts again at 1 under a new incarnation, is stored; it serves seqs() and the
-//               per-agent range scans.
+//               per-agent range scans. Then (v5) the agent's clock when it built the batch
+//               (Batch.clock): clock_synchronised (0/1), clock_estimated_error_ns,
+//               clock_maximum_error_ns, clock_source (wire::ClockSource); NULL when the batch
+//               carried none (an older agent).
 //   latency_D   one row per Batch.latency entry; its id is (batch id << 24) + its position in the
 //               batch (which rtt_D.target_index refers to), so a batch's summaries are one
 //               contiguous id range and need no index; target is targets.id; every
 //               LatencySummary field, timestamp_source as the wire value (0 userspace,
-//               1 kernel), the histogram as a BLOB (see decode_histogram_blob).
+//               1 kernel), the histogram as a BLOB (see decode_histogram_blob). Then (v5) the
+//               one-way delay (LatencySummary.one_way): one_way_status (wire::OneWayStatus: 0 not
+//               measured, 1 reported, 2 unsynchronised, 3 bound too large), one_way_error_bound_ns,
+//               one_way_max_error_fraction, sender_/reflector_synchronised, sender_/reflector_
+//               error_ns, one_way_samples, forward_/backward_ min/p50/p90/p99/max_ns (0 unless
+//               reported), one_way_histogram_scheme, forward_/backward_histogram (BLOBs as above);
+//               all NULL when the summary carried no one_way (an older agent); and stamp_ssid
+//               (NULL unless STAMP).
 //   load_D      one row per Batch.load entry, id as above: the all-CPU total (cpu == -1) as
 //               columns, cpu_busy = 1 - idle - iowait of that total, memory, load averages, PSI
 //               (NULL where the kernel lacks PSI, i.e. the wire value is negative); per-CPU usage,
@@ -75,6 +85,7 @@ namespace vantage::collector::store {
 // operators and scripts: batches, latency_summaries, load_samples, rtt_samples, agent_self
 // (e.g. SELECT * FROM latency_summaries WHERE agent_id = 'fra1-edge-07' AND target LIKE 'ams%');
 // each ends with an `incarnation` column (32 hex digits) that, with agent_id and seq, names a batch.
+// In them one_way_status and clock_source are text ('reported', 'bound_too_large', 'chrony', ...).
 // They are rebuilt whenever a partition is created or dropped. A query on one day is faster on
 // that day's tables directly.
 struct OpenOptions {
@@ -182,11 +193,12 @@ inline constexpr std::int64_t kPartitionNs = 86'400'000'000'000;
 
 class SqliteStore {
  public:
-  static constexpr int kSchemaVersion = 4;  // PRAGMA user_version
+  static constexpr int kSchemaVersion = 5;  // PRAGMA user_version
 
   // Opens or creates the database and brings its schema to kSchemaVersion in one transaction (a
   // crash leaves it as it was): a version 1 or 2 database is copied into the partitioned layout,
-  // a version 3 one gains the incarnation (its batches are all under the legacy one). Then drops
+  // a version 3 one gains the incarnation (its batches are all under the legacy one), a version 4
+  // one the clock and one-way columns (NULL in its rows). Then drops
   // expired partitions (not read-only).
   static Result<SqliteStore> open(const std::string& path, const OpenOptions& options = {});
 

@@ -1,7 +1,8 @@
 // Tests for SqliteStore on real database files: every column of a round trip, dedupe by
 // (agent, incarnation, seq) within and across day partitions, group commit, durability across reopen and
 // across a SIGKILLed writer, error paths with nothing half-written, retention by partition,
-// migration from the v1/v2/v3 layouts, the operator queries, and histograms of both bucket
+// migration from the v1/v2/v3/v4 layouts, the clock state and one-way figures of a newer agent
+// beside an older one's, the operator queries, and histograms of both bucket
 // schemes stored as sent.
 #include <doctest/doctest.h>
 #include <fcntl.h>
@@ -30,6 +31,7 @@
 #include "collector/store/sqlite_store.hpp"
 #include "schemas/agent_self_fields.hpp"
 #include "tests/collector/old_schemas.hpp"
+#include "tests/collector/one_way_batches.hpp"
 #include "tests/support/wire_frames.hpp"
 #include "vantage/telemetry_generated.h"
 
@@ -1629,4 +1631,165 @@ TEST_CASE("histograms: scheme 1 and scheme 2 buckets are stored as sent and rebu
   REQUIRE(old_histogram);
   LatencyHistogram merged = current.rtt;
   CHECK_FALSE(merged.merge(*old_histogram));
+}
+
+namespace {
+
+Bytes one_way_at(std::uint64_t seq, OneWayBatchSpec spec = {}) {
+  spec.seq = seq;
+  spec.interval_start_ns = kT0 + static_cast<std::int64_t>(seq) * kSecond;
+  spec.interval_end_ns = spec.interval_start_ns + kSecond;
+  return one_way_batch(spec);
+}
+
+}  // namespace
+
+TEST_CASE("one-way and clock: a batch's clock state and each summary's one-way figures are stored, an old batch's are NULL") {
+  TempDir dir;
+  const std::string path = dir.file("store.db");
+  SqliteStore store = open_store(path);
+  Batches in;
+  in.add(one_way_at(1), "fra-1");
+  in.add(simple_batch("fra-1", 2), "fra-1");  // an older agent: no clock, no one_way
+  CHECK(outcomes(store, in) == std::vector<StoreOutcome>(2, StoreOutcome::kStored));
+
+  RawDb db(path);
+  auto batches = db.rows("SELECT * FROM batches ORDER BY seq");
+  REQUIRE(batches.size() == 2);
+  CHECK(batches[0]["clock_synchronised"].i == 1);
+  CHECK(batches[0]["clock_estimated_error_ns"].i == kClockEstimatedErrorNs);
+  CHECK(batches[0]["clock_maximum_error_ns"].i == kClockMaximumErrorNs);
+  CHECK(batches[0]["clock_source"].s == "chrony");
+  for (const char* c : {"clock_synchronised", "clock_estimated_error_ns", "clock_maximum_error_ns", "clock_source"}) {
+    INFO(c);
+    CHECK(batches[1][c].type == SQLITE_NULL);
+  }
+
+  auto lat = db.rows("SELECT * FROM latency_summaries ORDER BY seq, idx");
+  REQUIRE(lat.size() == 3 + 1);
+  Row& stamp = lat[0];
+  CHECK(stamp["protocol"].s == "stamp");
+  CHECK(stamp["one_way_status"].s == "reported");
+  CHECK(stamp["one_way_error_bound_ns"].i == kErrorBoundNs);
+  CHECK(stamp["one_way_max_error_fraction"].d == doctest::Approx(0.1));
+  CHECK(stamp["sender_synchronised"].i == 1);
+  CHECK(stamp["reflector_synchronised"].i == 1);
+  CHECK(stamp["sender_error_ns"].i == 40'000);
+  CHECK(stamp["reflector_error_ns"].i == 60'000);
+  CHECK(stamp["one_way_samples"].i == 10);
+  CHECK(stamp["forward_min_ns"].i == 29'000'000);
+  CHECK(stamp["forward_p50_ns"].i == kForwardP50Ns);
+  CHECK(stamp["forward_p90_ns"].i == 31'000'000);
+  CHECK(stamp["forward_p99_ns"].i == kForwardP99Ns);
+  CHECK(stamp["forward_max_ns"].i == 32'000'000);
+  CHECK(stamp["backward_min_ns"].i == 4'500'000);
+  CHECK(stamp["backward_p50_ns"].i == kBackwardP50Ns);
+  CHECK(stamp["backward_p90_ns"].i == 6'000'000);
+  CHECK(stamp["backward_p99_ns"].i == kBackwardP99Ns);
+  CHECK(stamp["backward_max_ns"].i == 7'000'000);
+  CHECK(stamp["one_way_histogram_scheme"].i == 2);
+  CHECK(decode_histogram_blob(stamp["forward_histogram"].s) ==
+        std::vector<std::pair<std::uint16_t, std::uint32_t>>{{1200, 7}, {1210, 3}});
+  CHECK(decode_histogram_blob(stamp["backward_histogram"].s) ==
+        std::vector<std::pair<std::uint16_t, std::uint32_t>>{{900, 10}});
+  CHECK(stamp["stamp_ssid"].i == kStampSsid);
+  CHECK(stamp["p50_ns"].i == 35'000'000);  // the round trip is stored as before
+
+  Row& udp = lat[1];
+  CHECK(udp["protocol"].s == "udp_echo");
+  CHECK(udp["one_way_status"].s == "unsynchronised");
+  CHECK(udp["one_way_error_bound_ns"].i == 9'000'000);
+  CHECK(udp["sender_synchronised"].i == 0);
+  CHECK(udp["forward_p50_ns"].i == 0);
+  CHECK(udp["forward_histogram"].type == SQLITE_NULL);
+  CHECK(udp["stamp_ssid"].type == SQLITE_NULL);
+
+  // No one_way in the summary (TCP here, and every summary of the old batch): all NULL, not 0.
+  for (Row* r : {&lat[2], &lat[3]}) {
+    for (const char* c : {"one_way_status", "one_way_error_bound_ns", "one_way_samples", "forward_p50_ns",
+                          "backward_p99_ns", "forward_histogram", "stamp_ssid"}) {
+      INFO(c);
+      CHECK((*r)[c].type == SQLITE_NULL);
+    }
+  }
+  CHECK(lat[3]["p50_ns"].i == 1'000'000);
+}
+
+TEST_CASE("one-way: a status other than reported is stored with its reason and no figures") {
+  TempDir dir;
+  const std::string path = dir.file("store.db");
+  SqliteStore store = open_store(path);
+  Batches in;
+  OneWayBatchSpec spec;
+  spec.stamp_status = wire::OneWayStatus::BoundTooLarge;
+  spec.clock_synchronised = false;
+  spec.clock_source = wire::ClockSource::Configured;
+  in.add(one_way_at(1, spec), "fra-1");
+  CHECK(outcomes(store, in) == std::vector<StoreOutcome>{StoreOutcome::kStored});
+  RawDb db(path);
+  auto stamp = db.rows("SELECT * FROM latency_summaries WHERE protocol = 'stamp'");
+  REQUIRE(stamp.size() == 1);
+  CHECK(stamp[0]["one_way_status"].s == "bound_too_large");
+  CHECK(stamp[0]["one_way_error_bound_ns"].i == kErrorBoundNs);
+  CHECK(stamp[0]["forward_p50_ns"].i == 0);
+  CHECK(db.integer("SELECT clock_synchronised FROM batches") == 0);
+  CHECK(db.text("SELECT clock_source FROM batches") == "configured");
+  CHECK(db.integer("SELECT one_way_status FROM latency_d20260921 WHERE stamp_ssid IS NOT NULL") == 3);
+}
+
+TEST_CASE("migration: a version-4 database gains the clock and one-way columns, its rows NULL") {
+  TempDir dir;
+  const std::string path = dir.file("store.db");
+  {
+    SqliteStore store = open_store(path);
+    Batches in;
+    in.add(simple_batch("fra-1", 1), "fra-1");
+    CHECK(outcomes(store, in) == std::vector<StoreOutcome>{StoreOutcome::kStored});
+  }
+  {
+    // Back to the version 4 layout: the same tables without the columns version 5 appended.
+    RawDb db(path);
+    std::string sql = "BEGIN;";
+    for (const char* v : {"batches", "latency_summaries", "load_samples", "rtt_samples", "latency_paths", "agent_self"}) {
+      sql += std::string("DROP VIEW ") + v + ";";
+    }
+    for (const char* c : {"clock_synchronised", "clock_estimated_error_ns", "clock_maximum_error_ns", "clock_source"}) {
+      sql += std::string("ALTER TABLE batches_d20260921 DROP COLUMN ") + c + ";";
+    }
+    for (const char* c : {"one_way_status", "one_way_error_bound_ns", "one_way_max_error_fraction",
+                          "sender_synchronised", "reflector_synchronised", "sender_error_ns", "reflector_error_ns",
+                          "one_way_samples", "forward_min_ns", "forward_p50_ns", "forward_p90_ns", "forward_p99_ns",
+                          "forward_max_ns", "backward_min_ns", "backward_p50_ns", "backward_p90_ns",
+                          "backward_p99_ns", "backward_max_ns", "one_way_histogram_scheme", "forward_histogram",
+                          "backward_histogram", "stamp_ssid"}) {
+      sql += std::string("ALTER TABLE latency_d20260921 DROP COLUMN ") + c + ";";
+    }
+    db.exec(sql + "PRAGMA user_version=4;COMMIT;");
+    CHECK(db.integer("SELECT count(*) FROM pragma_table_info('latency_d20260921')") == 31);
+  }
+  {
+    OpenOptions read_only = test_options();
+    read_only.read_only = true;
+    auto refused = SqliteStore::open(path, read_only);
+    REQUIRE_FALSE(refused);
+    CHECK(refused.error().find("schema version 4") != std::string::npos);
+  }
+  SqliteStore store = open_store(path);
+  Batches in;
+  in.add(one_way_at(2), "fra-1");
+  CHECK(outcomes(store, in) == std::vector<StoreOutcome>{StoreOutcome::kStored});
+  RawDb db(path);
+  CHECK(db.integer("PRAGMA user_version") == SqliteStore::kSchemaVersion);
+  CHECK(db.text("PRAGMA integrity_check") == "ok");
+  auto batches = db.rows("SELECT seq, clock_synchronised, clock_source FROM batches ORDER BY seq");
+  REQUIRE(batches.size() == 2);
+  CHECK(batches[0]["clock_synchronised"].type == SQLITE_NULL);
+  CHECK(batches[1]["clock_source"].s == "chrony");
+  auto lat = db.rows("SELECT seq, protocol, one_way_status, forward_p50_ns FROM latency_summaries ORDER BY seq, idx");
+  REQUIRE(lat.size() == 4);
+  CHECK(lat[0]["one_way_status"].type == SQLITE_NULL);
+  CHECK(lat[1]["one_way_status"].s == "reported");
+  CHECK(lat[1]["forward_p50_ns"].i == kForwardP50Ns);
+  auto latest = *store.latest_latency();
+  CHECK(latest.size() == 4);
 }

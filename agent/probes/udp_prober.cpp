@@ -20,6 +20,7 @@
 #include "agent/probes/counter_snapshot.hpp"
 #include "agent/probes/probe_schedule.hpp"
 #include "platform/clock.hpp"
+#include "platform/clock_state.hpp"
 #include "platform/random_seed.hpp"
 #include "platform/receive_datagram.hpp"
 #include "platform/rx_timestamp.hpp"
@@ -37,9 +38,26 @@ constexpr double kJitter = 0.5;
 using platform::clock_ns;
 
 bool valid(const UdpProbeTarget& t) noexcept {
+  const bool stamp = t.format == UdpProbeFormat::kStamp;
+  const std::size_t min_size = stamp ? stamp::base_size(t.stamp.mode()) : kProbeHeaderSize;
+  const bool key_ok = t.stamp.key.empty() || (t.stamp.key.size() >= stamp::kMinKeySize &&
+                                               t.stamp.key.size() <= stamp::kMaxKeySize);
   return std::isfinite(t.rate_per_s) && t.rate_per_s > 0 && t.rate_per_s <= kMaxRatePerS &&
-         t.payload_size >= kProbeHeaderSize && t.payload_size <= kMaxProbeSize && t.dscp < 64 &&
-         t.endpoint.port() != 0 && t.paths >= 1 && t.paths <= kMaxUdpPaths;
+         t.payload_size >= min_size && t.payload_size <= kMaxProbeSize && t.dscp < 64 &&
+         t.endpoint.port() != 0 && t.paths >= 1 && t.paths <= kMaxUdpPaths && (!stamp || (t.paths == 1 && key_ok));
+}
+
+// a - b, saturating: timestamps from a peer may be anything.
+std::int64_t difference(std::int64_t a, std::int64_t b) noexcept {
+  std::int64_t out = 0;
+  if (__builtin_sub_overflow(a, b, &out)) {
+    return a < b ? std::numeric_limits<std::int64_t>::min() : std::numeric_limits<std::int64_t>::max();
+  }
+  return out;
+}
+
+stamp::TimestampFormat format_of(const platform::ErrorEstimate& e) noexcept {
+  return e.ptp_format ? stamp::TimestampFormat::kPtp : stamp::TimestampFormat::kNtp;
 }
 
 // How many batches one wakeup reads from a socket at most: until the queue is empty, in
@@ -49,6 +67,15 @@ constexpr int kMaxBatchesPerWake = 256;
 constexpr std::size_t kBatchSize = 16;
 
 }  // namespace
+
+std::uint16_t stamp_ssid(std::uint64_t sender_id, std::uint32_t index) noexcept {
+  // splitmix64's finaliser: every input bit moves the result.
+  std::uint64_t z = sender_id + 0x9e3779b97f4a7c15ULL * (std::uint64_t{index} + 1);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  z ^= z >> 31;
+  return static_cast<std::uint16_t>(1 + z % 65535);  // RFC 8972: 0 is not an SSID
+}
 
 UdpProber::UdpProber(asio::io_context& io, UdpProberConfig config, EventRing& events)
     : io_(io), config_(std::move(config)), events_(events), timer_(io) {}
@@ -64,7 +91,7 @@ platform::Status UdpProber::start() {
     const UdpProbeTarget& t = config_.targets[i];
     if (!valid(t)) {
       return platform::Status::error("invalid target " + std::to_string(i + 1) +
-                                     " (rate, payload size, DSCP, paths or port 0)");
+                                     " (rate, payload size, DSCP, paths, STAMP key or port 0)");
     }
     max_payload = std::max(max_payload, t.payload_size);
     pool_size = std::max<std::size_t>(pool_size, t.paths);
@@ -115,6 +142,11 @@ platform::Status UdpProber::start() {
   for (const UdpProbeTarget& t : config_.targets) {
     TargetState s;
     s.config = t;
+    s.next_seq = config_.first_seq;
+    if (t.format == UdpProbeFormat::kStamp) {
+      s.ssid = t.stamp.ssid != 0 ? t.stamp.ssid : stamp_ssid(config_.sender_id, t.index);
+      s.stamp_stateful = t.stamp.stateful_reflector == StampStatefulReflector::kYes;
+    }
     if (const std::size_t i = schedule_.add(t.rate_per_s, now); !t.resolved) {
       schedule_.set_active(i, false, now);
     }
@@ -181,7 +213,7 @@ void UdpProber::set_address(std::size_t position, std::optional<asio::ip::addres
       target_v6_[position].store(a->is_v6(), std::memory_order_relaxed);
     }
     rebuild_endpoints();
-    const bool more = t.config.count == 0 || t.next_seq < t.config.count;
+    const bool more = t.config.count == 0 || t.next_seq - config_.first_seq < t.config.count;
     schedule_.set_active(position, a.has_value() && more, clock_ns(CLOCK_MONOTONIC));
     if (!a) reply_wait_.forget(position);
     if (!sending_stopped_) {
@@ -247,7 +279,7 @@ void UdpProber::close_pools() {
 UdpProberCounters UdpProber::counters() const noexcept {
   return snapshot_of<UdpProberCounters>(sent_, send_errors_, received_, replies_, dropped_foreign_,
                                         dropped_malformed_, dropped_unexpected_, invalid_dwell_,
-                                        receive_errors_, dscp_errors_, events_dropped_);
+                                        receive_errors_, dscp_errors_, events_dropped_, dropped_auth_);
 }
 
 std::error_code UdpProber::open(Socket& s, bool v6) {
@@ -291,7 +323,7 @@ void UdpProber::arm_timer() {
       [this](std::size_t i, std::int64_t now) {
         TargetState& t = targets_[i];
         send_probe(t, now);
-        if (t.config.count != 0 && t.next_seq >= t.config.count) {
+        if (t.config.count != 0 && t.next_seq - config_.first_seq >= t.config.count) {
           schedule_.finish(i);
         }
       },
@@ -353,17 +385,23 @@ void UdpProber::send_probe(TargetState& t, std::int64_t now_ns) {
 
   ProbeEvent event;
   event.target = t.config.index;
-  event.protocol = ProbeProtocol::kUdpEcho;
   event.seq = t.next_seq++;
 
-  ProbeHeader header;
-  header.sequence = event.seq;
-  header.sender_id = config_.sender_id;
-  // Read as late as possible so the RTT excludes encoding; the few bytes written after the
-  // read are the send time itself.
-  event.send_ns = clock_ns(CLOCK_MONOTONIC);
-  header.send_ns = static_cast<std::uint64_t>(event.send_ns);
-  const std::size_t size = encode_request(header, send_buffer_, t.config.payload_size);
+  std::size_t size = 0;
+  if (t.config.format == UdpProbeFormat::kStamp) {
+    event.protocol = ProbeProtocol::kStamp;
+    size = encode_stamp(t, event.seq, event.send_ns);
+  } else {
+    event.protocol = ProbeProtocol::kUdpEcho;
+    ProbeHeader header;
+    header.sequence = event.seq;
+    header.sender_id = config_.sender_id;
+    // Read as late as possible so the RTT excludes encoding; the few bytes written after the
+    // read are the send time itself.
+    event.send_ns = clock_ns(CLOCK_MONOTONIC);
+    header.send_ns = static_cast<std::uint64_t>(event.send_ns);
+    size = encode_request(header, send_buffer_, t.config.payload_size);
+  }
   const ssize_t n =
       size == 0 ? -1
                 : ::sendto(s.socket.native_handle(), send_buffer_.data(), size, MSG_DONTWAIT,
@@ -379,6 +417,34 @@ void UdpProber::send_probe(TargetState& t, std::int64_t now_ns) {
     event.kind = ProbeEventKind::kSendError;
   }
   emit(event);
+}
+
+std::size_t UdpProber::encode_stamp(const TargetState& t, std::uint64_t seq, std::int64_t& send_ns) {
+  const StampSenderOptions& o = t.config.stamp;
+  const stamp::Mode mode = o.mode();
+  const std::size_t base = stamp::base_size(mode);
+  const std::size_t size = t.config.payload_size;
+  if (size < base || size > send_buffer_.size()) return 0;
+  const std::span<std::byte> out(send_buffer_.data(), size);
+  // MBZ and padding are zero (RFC 8762 §4.2.1); the buffer is shared by every target.
+  std::fill(out.begin(), out.end(), std::byte{0});
+  if (size - base >= stamp::kTlvHeaderSize) {
+    (void)stamp::encode_tlv_header(out.subspan(base), 0, stamp::kTlvExtraPadding,
+                                   static_cast<std::uint16_t>(size - base - stamp::kTlvHeaderSize));
+  }
+  const platform::ClockState clock = platform::ClockStateCell::instance().current();
+  stamp::SenderPacket p;
+  p.seq = static_cast<std::uint32_t>(seq);  // the wire's 32 bits; replies are widened again
+  p.ssid = t.ssid;
+  p.error_estimate = platform::encode_error_estimate(platform::ErrorEstimate{
+      clock.synchronised, o.timestamp_format == stamp::TimestampFormat::kPtp, clock.maximum_error_ns});
+  // Both clocks as late as possible: the RTT (monotonic) and the forward delay (realtime)
+  // exclude encoding; only the timestamp field and the HMAC are written after them.
+  send_ns = clock_ns(CLOCK_MONOTONIC);
+  p.timestamp = stamp::wire_timestamp(clock_ns(CLOCK_REALTIME), o.timestamp_format);
+  if (!stamp::encode_sender(out, mode, p)) return 0;
+  if (mode == stamp::Mode::kAuthenticated && !stamp::sign(out, o.key)) return 0;
+  return size;
 }
 
 void UdpProber::arm_read(Socket& s) {
@@ -406,9 +472,14 @@ void UdpProber::on_readable(Socket& s) {
       return;
     }
     received_.bump();
+    // Read before the monotonic read time, as monotonic_rx_time() does, and always: the
+    // wall-clock arrival time of a reply without a kernel stamp is the read time plus it.
+    const std::int64_t offset = platform::realtime_offset_ns();
     handle_reply(std::span<const std::byte>(receive_buffer_.data(), d.truncated ? receive_buffer_.size() : d.size),
-                 peer_, platform::monotonic_rx_time(s.kernel_timestamps ? d.kernel_realtime_ns : std::nullopt),
-                 s.path);
+                 peer_,
+                 platform::monotonic_rx_time(s.kernel_timestamps ? d.kernel_realtime_ns : std::nullopt, offset,
+                                             clock_ns(CLOCK_MONOTONIC)),
+                 offset, s.path);
   }
 }
 
@@ -428,7 +499,8 @@ std::size_t UdpProber::read_batch(Socket& s) {
     for (std::size_t i = 0; i < batch_.count(); ++i) {
       received_.bump();
       replies += handle_reply(batch_.data(i), batch_.peer(i),
-                              platform::monotonic_rx_time(batch_.kernel_realtime_ns(i), offset, read_ns), s.path)
+                              platform::monotonic_rx_time(batch_.kernel_realtime_ns(i), offset, read_ns), offset,
+                              s.path)
                      ? 1
                      : 0;
     }
@@ -438,15 +510,18 @@ std::size_t UdpProber::read_batch(Socket& s) {
 }
 
 bool UdpProber::handle_reply(std::span<const std::byte> packet, const sockaddr_storage& peer, platform::RxTime rx,
-                             std::uint16_t path) {
+                             std::int64_t realtime_offset, std::uint16_t path) {
+  const std::optional<EndpointKey> key = EndpointKey::of(peer);
+  const std::uint32_t position = key ? endpoints_.find(*key) : EndpointTable::kNone;
+  if (position != EndpointTable::kNone && targets_[position].config.format == UdpProbeFormat::kStamp) {
+    return handle_stamp_reply(packet, position, rx, realtime_offset);
+  }
   ProbeHeader reply;
   if (const ProbeDecodeStatus status = decode_probe(packet, ProbeKind::kReply, reply, receive_buffer_.size() - 1);
       status != ProbeDecodeStatus::kOk) {
     (is_malformed_probe(status) ? dropped_malformed_ : dropped_foreign_).bump();
     return false;
   }
-  const std::optional<EndpointKey> key = EndpointKey::of(peer);
-  const std::uint32_t position = key ? endpoints_.find(*key) : EndpointTable::kNone;
   if (position == EndpointTable::kNone) {
     dropped_foreign_.bump();
     return false;
@@ -482,6 +557,83 @@ bool UdpProber::handle_reply(std::span<const std::byte> packet, const sockaddr_s
   event.reflector_boot = reply.reflector_boot;
   event.session_id = reply.session_id;
   event.session_rx = reply.session_rx;
+  replies_.bump();
+  emit(event);
+  return true;
+}
+
+bool UdpProber::handle_stamp_reply(std::span<const std::byte> packet, std::uint32_t position, platform::RxTime rx,
+                                   std::int64_t realtime_offset) {
+  TargetState& target = targets_[position];
+  const StampSenderOptions& o = target.config.stamp;
+  const stamp::Mode mode = o.mode();
+  if (packet.size() >= receive_buffer_.size()) {  // cut short by the buffer: longer than any probe
+    dropped_malformed_.bump();
+    return false;
+  }
+  if (mode == stamp::Mode::kAuthenticated &&
+      (packet.size() < stamp::kAuthenticatedSize || !stamp::verify_hmac(packet, o.key))) {
+    dropped_auth_.bump();
+    return false;
+  }
+  stamp::ReflectorPacket reply;
+  if (!stamp::decode_reflector(packet, mode, reply)) {
+    dropped_malformed_.bump();
+    return false;
+  }
+  // The TWAMP-Light layout (41..43 bytes) has no SSID; a plain RFC 8762 reflector leaves it 0.
+  const bool has_ssid = mode == stamp::Mode::kAuthenticated || packet.size() >= stamp::kUnauthenticatedSize;
+  // The latest seq sent with these low 32 bits: replies come back within a timeout, far less
+  // than 2^32 probes later.
+  const std::uint64_t last = target.next_seq - 1;
+  const std::uint32_t back = static_cast<std::uint32_t>(last) - reply.sender_seq;
+  if (target.next_seq == config_.first_seq || back > last - config_.first_seq ||
+      (has_ssid && reply.ssid != 0 && reply.ssid != target.ssid)) {
+    dropped_unexpected_.bump();
+    return false;
+  }
+  const std::uint64_t seq = last - back;
+  reply_wait_.answered(position, seq);
+
+  ProbeEvent event;
+  event.target = target.config.index;
+  event.protocol = ProbeProtocol::kStamp;
+  event.kind = ProbeEventKind::kReply;
+  event.seq = seq;
+  event.send_ns = 0;
+  event.send_ns_from_slot = true;
+  event.receive_ns = rx.ns;
+  event.kernel_rx_timestamp = rx.kernel;
+
+  // T1 in the format the sender's echoed Error Estimate names, T2 and T3 in the reflector's.
+  const platform::ErrorEstimate reflector = platform::decode_error_estimate(reply.error_estimate);
+  const platform::ErrorEstimate sender = platform::decode_error_estimate(reply.sender_error_estimate);
+  const std::int64_t t1 = stamp::realtime_ns_from_wire(reply.sender_timestamp, format_of(sender));
+  const std::int64_t t2 = stamp::realtime_ns_from_wire(reply.receive_timestamp, format_of(reflector));
+  const std::int64_t t3 = stamp::realtime_ns_from_wire(reply.timestamp, format_of(reflector));
+  const std::int64_t t4 = rx.ns + realtime_offset;  // the kernel's realtime stamp itself, when it is one
+  const std::int64_t dwell = difference(t3, t2);
+  if (dwell < 0 || dwell > difference(t4, t1)) {
+    invalid_dwell_.bump();
+  } else {
+    event.reflector_dwell_ns = dwell;
+  }
+
+  if (o.stateful_reflector == StampStatefulReflector::kAuto && reply.seq != reply.sender_seq) {
+    target.stamp_stateful = true;  // a stateless reflector echoes the sender's seq
+  }
+  event.reflector_boot = 0;
+  event.session_id = target.stamp_stateful ? 1 : 0;
+  event.session_rx = reply.seq + 1;
+
+  const platform::ClockState clock = platform::ClockStateCell::instance().current();
+  event.one_way = true;
+  event.forward_ns = difference(t2, t1);
+  event.backward_ns = difference(t4, t3);
+  event.sender_synchronised = clock.synchronised;
+  event.sender_error_ns = clock.maximum_error_ns;
+  event.reflector_synchronised = reflector.synchronised;
+  event.reflector_error_ns = reflector.error_ns;
   replies_.bump();
   emit(event);
   return true;

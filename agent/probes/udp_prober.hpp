@@ -1,5 +1,6 @@
-// The UDP echo prober: sends probes (probe_packet.hpp) to Vantage reflectors at a jittered
-// per-target rate and forwards one ProbeEvent per probe sent and per valid reply to a ring.
+// The UDP prober: sends probes to reflectors at a jittered per-target rate, as Vantage echo
+// (probe_packet.hpp) or as an RFC 8762 STAMP session-sender (stamp_packet.hpp) per target, and
+// forwards one ProbeEvent per probe sent and per valid reply to a ring.
 #pragma once
 
 #include <sys/socket.h>
@@ -23,6 +24,7 @@
 #include "agent/probes/endpoint_table.hpp"
 #include "agent/probes/probe_schedule.hpp"
 #include "agent/probes/schedule_timer.hpp"
+#include "agent/probes/stamp_packet.hpp"
 #include "platform/receive_batch.hpp"
 #include "platform/rx_timestamp.hpp"
 #include "platform/result.hpp"
@@ -31,11 +33,35 @@
 
 namespace vantage::agent::probes {
 
+// What a target's datagrams are: Vantage echo probes, or STAMP test packets for any RFC 8762
+// (or TWAMP-Light) reflector.
+enum class UdpProbeFormat : std::uint8_t { kVantageEcho, kStamp };
+
+// Whether a STAMP reflector numbers its replies per session (RFC 8762 §4.3 stateful), which
+// tells forward from backward loss. kAuto: assumed stateless until a reply's reflector sequence
+// number differs from the sender's (a stateful reflector that has missed a probe).
+enum class StampStatefulReflector : std::uint8_t { kAuto, kYes, kNo };
+
+struct StampSenderOptions {
+  // RFC 8972 Session-Sender Identifier, 1..65535; 0: derived from the sender id and the target's
+  // index (UdpProber::stamp_ssid).
+  std::uint16_t ssid = 0;
+  // HMAC-SHA-256 key, stamp::kMinKeySize..kMaxKeySize bytes: authenticated mode; empty:
+  // unauthenticated mode.
+  std::vector<std::byte> key;
+  stamp::TimestampFormat timestamp_format = stamp::TimestampFormat::kNtp;
+  StampStatefulReflector stateful_reflector = StampStatefulReflector::kAuto;
+
+  stamp::Mode mode() const noexcept { return key.empty() ? stamp::Mode::kUnauthenticated : stamp::Mode::kAuthenticated; }
+};
+
 struct UdpProbeTarget {
   asio::ip::udp::endpoint endpoint;             // a reflector; IPv4 or IPv6
   std::uint32_t index = 0;                      // ProbeEvent::target: the agent's index of this target
   double rate_per_s = 1.0;                      // mean probes per second, > 0
-  std::size_t payload_size = kProbeHeaderSize;  // kProbeHeaderSize..kMaxProbeSize bytes of UDP payload
+  // Bytes of UDP payload, up to kMaxProbeSize: Vantage echo from kProbeHeaderSize, STAMP from
+  // the mode's base size (44 or 112; the rest is zero padding).
+  std::size_t payload_size = kProbeHeaderSize;
   std::uint8_t dscp = 0;                        // 0..63, written into the IP TOS / traffic class
   // How long a reply is awaited: a prober reading replies in batches wakes to read until then.
   std::chrono::nanoseconds timeout = std::chrono::seconds(1);
@@ -45,8 +71,15 @@ struct UdpProbeTarget {
   bool resolved = true;
   // ECMP paths, 1..kMaxPaths: probe seq goes out from the family's socket seq mod paths, so
   // consecutive probes leave from `paths` different source ports (and IPv6 flow labels).
+  // STAMP: 1 (a reflector keeps one session per source port).
   std::uint32_t paths = 1;
+  UdpProbeFormat format = UdpProbeFormat::kVantageEcho;
+  StampSenderOptions stamp;  // format kStamp only
 };
+
+// The SSID a STAMP target without a configured one sends: a hash of the agent's sender id and
+// the target's index, 1..65535, so restarts keep it and one agent's targets differ.
+std::uint16_t stamp_ssid(std::uint64_t sender_id, std::uint32_t index) noexcept;
 
 // The most source ports one target rotates over; the prober opens at most this many sockets
 // per address family, shared by all targets.
@@ -65,6 +98,8 @@ struct UdpProberConfig {
   // The slot grid probes are sent on (slot_ns is lowered to a quarter of the shortest probe
   // interval); the measurement gives all its probers one grid.
   SlotGrid grid;
+  // Every target's first sequence number (tests of the STAMP sender's 32-bit wrap).
+  std::uint64_t first_seq = 0;
 };
 
 // A snapshot; each field is individually exact, the set is not one atomic cut. Once idle,
@@ -84,6 +119,9 @@ struct UdpProberCounters {
   std::uint64_t receive_errors = 0;  // recvmsg failed with something other than EAGAIN
   std::uint64_t dscp_errors = 0;     // the socket refused the target's DSCP; sent unmarked
   std::uint64_t events_dropped = 0;  // the ring was full
+  // STAMP, authenticated mode: a reply from a target shorter than 112 bytes or whose HMAC does
+  // not verify with the target's key.
+  std::uint64_t dropped_auth = 0;
 };
 
 // Thread contract: as the Reflector's. start(), the handlers and stop()'s posted work run on
@@ -127,6 +165,23 @@ struct UdpProberCounters {
 // outside [send_ns, read time] or more than platform::kMaxRxStampAgeNs before the read; such a
 // stamp is replaced by the monotonic read time (platform/rx_timestamp.hpp, as everywhere). Without
 // the option (QEMU user mode), receive_ns is CLOCK_MONOTONIC read after recvmsg returns.
+//
+// STAMP (format kStamp, RFC 8762 session-sender): the same sockets, schedule and matching by
+// source endpoint; the packet carries the low 32 bits of the target's seq, CLOCK_REALTIME in the
+// target's timestamp format and this host's Error Estimate (ClockStateCell), plus an HMAC in
+// authenticated mode; a payload above the base size ends in an Extra Padding TLV (RFC 8972; zero
+// padding when 1..3 bytes are left). A reply carries no monotonic send time, so its event has
+// send_ns 0 and send_ns_from_slot set: the aggregator takes the time it recorded at kSent. Its
+// 64-bit seq is the latest seq sent whose low 32 bits are the reply's Session-Sender Sequence
+// Number. Unauthenticated replies are accepted from the 41-byte TWAMP-Light layout on (which has
+// no SSID); a 44-byte or longer one carrying an SSID other than the target's is dropped as
+// unexpected (SSID 0 is a plain RFC 8762 reflector's MBZ and accepted). Authenticated replies
+// must be at least 112 bytes with a valid HMAC (dropped_auth otherwise). The reflector's
+// sequence numbers give the loss direction once it is known to be stateful (configured, or a
+// reply whose reflector seq differs from the sender seq): session_id 1, session_rx = its seq + 1;
+// before that session_id 0 (no direction information). All four timestamps give one-way delay:
+// the echoed sender timestamp, the reflector's receive and send timestamps, and the arrival in
+// CLOCK_REALTIME (the kernel stamp itself, else a realtime read).
 //
 // Nothing is allocated per packet: probes are encoded into a buffer sized at start(),
 // replies read into a fixed buffer, and Asio recycles the memory of the few outstanding
@@ -176,6 +231,8 @@ class UdpProber {
   struct TargetState {
     UdpProbeTarget config;
     std::uint64_t next_seq = 0;
+    std::uint16_t ssid = 0;        // STAMP: the SSID sent (configured or derived)
+    bool stamp_stateful = false;   // STAMP: the reflector is known to number per session
   };
 
   struct Socket {
@@ -203,8 +260,15 @@ class UdpProber {
   void arm_read(Socket& s);
   void on_readable(Socket& s);
   std::size_t read_batch(Socket& s);
+  // realtime_offset: CLOCK_REALTIME - CLOCK_MONOTONIC around the read, for the wall-clock
+  // arrival time (one-way delay).
   bool handle_reply(std::span<const std::byte> packet, const sockaddr_storage& peer, platform::RxTime rx,
-                    std::uint16_t path);
+                    std::int64_t realtime_offset, std::uint16_t path);
+  bool handle_stamp_reply(std::span<const std::byte> packet, std::uint32_t position, platform::RxTime rx,
+                          std::int64_t realtime_offset);
+  // Writes target t's STAMP test packet for `seq` into the send buffer; returns its size and
+  // sets send_ns (CLOCK_MONOTONIC, read right before the wall-clock timestamp).
+  std::size_t encode_stamp(const TargetState& t, std::uint64_t seq, std::int64_t& send_ns);
   void arm_timer();
   void send_probe(TargetState& t, std::int64_t now_ns);
   void rebuild_endpoints();
@@ -239,7 +303,7 @@ class UdpProber {
   platform::ReceiveBatch batch_;  // the batched sockets' reads
 
   Counter sent_, send_errors_, received_, replies_, dropped_foreign_, dropped_malformed_, dropped_unexpected_,
-      invalid_dwell_, receive_errors_, dscp_errors_, events_dropped_;
+      invalid_dwell_, receive_errors_, dscp_errors_, events_dropped_, dropped_auth_;
 };
 
 }  // namespace vantage::agent::probes

@@ -4,7 +4,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
+
+#include "agent/probes/probe_event.hpp"
 
 namespace vantage::agent::probes {
 
@@ -45,10 +48,39 @@ namespace vantage::agent::probes {
 // The reply is the request rewritten in place: it has exactly the request's length and the
 // prober's padding bytes are returned unchanged, so a reply never carries reflector memory
 // and is never larger than the probe that caused it (no amplification).
+//
+// Clock extension (one-way delay), in the padding, so version 1 is unchanged and old peers are
+// unaffected. A prober that wants one-way figures sends at least kClockProbeSize bytes and writes
+//
+//   offset size  field
+//       64    4  marker               "VNCX" (bytes 56 4e 43 58)
+//       68    1  ext_version          1
+//       69    1  ext_flags            request: 0; a new reflector sets kClockExtFilled
+//       70    2  sender_error         RFC 4656 Error Estimate of the prober's clock at send
+//       72    8  sender_tx_wall_ns    prober's CLOCK_REALTIME send time (ns since the epoch)
+//       80    8  reflector_rx_wall_ns reply only: CLOCK_REALTIME receive time (the kernel's
+//                                     stamp when it had one)
+//       88    8  reflector_tx_wall_ns reply only: CLOCK_REALTIME send time
+//       96    2  reflector_error      reply only: the reflector's RFC 4656 Error Estimate
+//       98    6  reserved             0
+//
+// An old reflector returns these bytes unchanged (ext_flags stays 0: the prober reports one-way
+// as not measured); a new reflector fills the reply fields only when the marker is there, so the
+// zero padding of an old prober is returned as it came. forward = reflector_rx - sender_tx and
+// backward = prober's wall receive time - reflector_tx; each is only as good as the two clocks,
+// which is what the two Error Estimates bound. The default UDP echo probe is kClockProbeSize
+// bytes (kDefaultProbeSize) so one-way delay is measured unless a size below it is configured.
 
 inline constexpr std::uint32_t kProbeMagic = 0x50544e56;  // "VNTP" as little-endian bytes
 inline constexpr std::uint8_t kProbeVersion = 1;
 inline constexpr std::size_t kProbeHeaderSize = 64;
+inline constexpr std::size_t kClockExtensionSize = 40;
+inline constexpr std::size_t kClockProbeSize = kProbeHeaderSize + kClockExtensionSize;
+// The UDP echo payload when a target does not set one: room for the clock extension.
+inline constexpr std::size_t kDefaultProbeSize = kClockProbeSize;
+inline constexpr std::uint32_t kClockExtMagic = 0x58434e56;  // "VNCX" as little-endian bytes
+inline constexpr std::uint8_t kClockExtVersion = 1;
+inline constexpr std::uint8_t kClockExtFilled = 0x01;
 // 1500-byte Ethernet MTU minus IPv4 (20) and UDP (8) headers; larger probes fragment.
 inline constexpr std::size_t kDefaultMaxProbeSize = 1472;
 // Jumbo frames (9000) minus IPv4 and UDP headers: the largest size either side accepts.
@@ -132,5 +164,47 @@ struct ReplyStamp {
 // writes the reflector fields; magic, version, sequence, sender_id, send_ns and padding are
 // kept. packet.size() must be at least kProbeHeaderSize.
 void stamp_reply(std::span<std::byte> packet, const ReplyStamp& stamp) noexcept;
+
+// --- Clock extension (layout above) ---
+//
+// For the UDP prober's owner: the Vantage echo one-way path is three calls.
+//   send:  after encode_request(), when the target's size >= kClockProbeSize:
+//            write_clock_request(packet, platform::realtime_ns(),
+//              platform::encode_error_estimate(platform::error_estimate_of(
+//                  platform::ClockStateCell::instance().current())));
+//   reply: after decode_probe() accepted it, with event.receive_ns set:
+//            fill_one_way(event, packet, event.receive_ns + platform::realtime_offset_ns());
+//          (leaves event.one_way false when the reply carries no reflector stamps).
+
+// What the extension carries; reflected is false while the reflector has not filled it.
+struct ClockExtension {
+  std::uint16_t sender_error = 0;  // RFC 4656 Error Estimate bits
+  std::int64_t sender_tx_ns = 0;   // CLOCK_REALTIME
+  bool reflected = false;
+  std::int64_t reflector_rx_ns = 0;  // CLOCK_REALTIME
+  std::int64_t reflector_tx_ns = 0;  // CLOCK_REALTIME
+  std::uint16_t reflector_error = 0;
+
+  friend bool operator==(const ClockExtension&, const ClockExtension&) = default;
+};
+
+// Prober: asks for the reflector's clock stamps. false (nothing written) when the packet is
+// smaller than kClockProbeSize.
+bool write_clock_request(std::span<std::byte> packet, std::int64_t sender_tx_realtime_ns,
+                         std::uint16_t sender_error_estimate) noexcept;
+
+// Reflector: fills the reply fields when the request asks (marker and version present, not yet
+// filled); returns whether it did. Nothing else of the packet is touched.
+bool stamp_clock_reply(std::span<std::byte> packet, std::int64_t rx_realtime_ns, std::int64_t tx_realtime_ns,
+                       std::uint16_t reflector_error_estimate) noexcept;
+
+// The extension of a probe or reply, or nullopt when there is none (short, or no marker).
+std::optional<ClockExtension> read_clock_extension(std::span<const std::byte> packet) noexcept;
+
+// Prober: sets the one-way fields of a reply event (one_way, forward/backward_ns, both ends'
+// synchronised flags and errors) from the reply's extension and this host's CLOCK_REALTIME
+// receive time; leaves event.one_way false when the reflector did not fill the extension.
+void fill_one_way(ProbeEvent& event, const ClockExtension& ext, std::int64_t receive_realtime_ns) noexcept;
+void fill_one_way(ProbeEvent& event, std::span<const std::byte> reply, std::int64_t receive_realtime_ns) noexcept;
 
 }  // namespace vantage::agent::probes

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "agent/probes/probe_packet.hpp"
+#include "platform/clock_state.hpp"
 
 namespace {
 
@@ -233,4 +234,68 @@ TEST_CASE("random and mutated bytes never crash the decoder") {
   }
   // The mutated half keeps some valid probes, so the accepting path ran too.
   CHECK(ok > 0);
+}
+
+TEST_CASE("clock extension: request layout, reflector fill and one-way figures") {
+  Bytes b = request(probes::kClockProbeSize);
+  const std::uint16_t sender_ee =
+      vantage::platform::encode_error_estimate({true, false, 40'000});
+  REQUIRE(probes::write_clock_request(b, 1'000'000'000'000, sender_ee));
+  CHECK(at(b, 64) == 'V');
+  CHECK(at(b, 65) == 'N');
+  CHECK(at(b, 66) == 'C');
+  CHECK(at(b, 67) == 'X');
+  CHECK(at(b, 68) == 1);
+  CHECK(at(b, 69) == 0);
+  // The request still decodes as a version-1 probe (old reflectors answer it).
+  CHECK(decode(b) == ProbeDecodeStatus::kOk);
+  auto ext = probes::read_clock_extension(b);
+  REQUIRE(ext);
+  CHECK_FALSE(ext->reflected);
+  CHECK(ext->sender_tx_ns == 1'000'000'000'000);
+  CHECK(ext->sender_error == sender_ee);
+
+  // An old reflector: the padding comes back unchanged, so no one-way figures.
+  probes::ProbeEvent old_event;
+  probes::fill_one_way(old_event, b, 1'000'020'000'000);
+  CHECK_FALSE(old_event.one_way);
+
+  const std::uint16_t refl_ee = vantage::platform::encode_error_estimate({false, false, 10'000});
+  CHECK(probes::stamp_clock_reply(b, 1'000'030'000'000, 1'000'030'100'000, refl_ee));
+  CHECK(at(b, 69) == probes::kClockExtFilled);
+  CHECK_FALSE(probes::stamp_clock_reply(b, 1, 2, refl_ee));  // filled once only
+  ext = probes::read_clock_extension(b);
+  REQUIRE(ext);
+  CHECK(ext->reflected);
+  CHECK(ext->reflector_rx_ns == 1'000'030'000'000);
+  CHECK(ext->reflector_tx_ns == 1'000'030'100'000);
+  CHECK(ext->reflector_error == refl_ee);
+
+  probes::ProbeEvent e;
+  probes::fill_one_way(e, b, 1'000'035'100'000);
+  CHECK(e.one_way);
+  CHECK(e.forward_ns == 30'000'000);
+  CHECK(e.backward_ns == 5'000'000);
+  CHECK(e.sender_synchronised);
+  CHECK_FALSE(e.reflector_synchronised);
+  CHECK(e.sender_error_ns >= 40'000);
+  CHECK(e.reflector_error_ns >= 10'000);
+
+  // Clocks apart: a negative one-way figure, not an overflow.
+  probes::ProbeEvent skewed;
+  probes::fill_one_way(skewed, b, 1'000'000'000'000);
+  CHECK(skewed.backward_ns == -30'100'000);
+}
+
+TEST_CASE("clock extension: absent from short probes and from an old prober's zero padding") {
+  Bytes small = request(probes::kClockProbeSize - 1);
+  CHECK_FALSE(probes::write_clock_request(small, 1, 0));
+  CHECK_FALSE(probes::read_clock_extension(small));
+  CHECK_FALSE(probes::stamp_clock_reply(small, 1, 2, 3));
+  Bytes old = request(200);
+  const Bytes before = old;
+  CHECK_FALSE(probes::stamp_clock_reply(old, 1, 2, 3));
+  CHECK(old == before);  // a reflector never writes into padding that did not ask
+  CHECK_FALSE(probes::read_clock_extension(old));
+  CHECK(probes::kDefaultProbeSize >= probes::kClockProbeSize);
 }

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "agent/probes/probe_packet.hpp"
+#include "agent/probes/reflector_socket.hpp"
 #include "agent/probes/source_table.hpp"
 #include "agent/probes/token_bucket.hpp"
 #include "platform/result.hpp"
@@ -52,23 +53,6 @@ struct ReflectorConfig {
   // the plain-sendto fallback.
   bool reply_from_destination = true;
 };
-
-enum class TimestampSource : std::uint8_t {
-  // SO_TIMESTAMPNS: the kernel stamps each datagram on arrival, in CLOCK_REALTIME. The send
-  // time is then read from CLOCK_REALTIME too, right before sending, so dwell = tx - rx is a
-  // difference within one clock. Converting to CLOCK_MONOTONIC would need a realtime/monotonic
-  // offset sampled per packet, which adds its own jitter to a value the prober only ever
-  // subtracts. A stamp after the tx read, or older than platform::kMaxRxStampAgeNs before it
-  // (a realtime step in between: the rule every prober applies), is replaced by the tx read,
-  // a dwell of 0 flagged as user space.
-  kKernelRealtime,
-  // The socket refused SO_TIMESTAMPNS (QEMU user mode does) or it was disabled: rx is read
-  // from CLOCK_MONOTONIC after recvmsg returns, tx right before sending. The dwell then misses
-  // the time the probe queued in the socket buffer.
-  kUserMonotonic,
-};
-
-const char* to_string(TimestampSource source) noexcept;
 
 // A snapshot; each field is individually exact, the set is not one atomic cut. Every
 // datagram read is counted in received and in exactly one of the other fields, so once the
@@ -117,15 +101,11 @@ class Reflector {
 
   // The bound endpoint (to read back an ephemeral port). Valid after a successful start().
   asio::ip::udp::endpoint local_endpoint() const;
-  TimestampSource timestamp_source() const noexcept {
-    return timestamp_source_.load(std::memory_order_relaxed);
-  }
+  TimestampSource timestamp_source() const noexcept { return socket_.timestamp_source(); }
   // True while replies are sent from the probed address; false when the config turned it off,
   // the socket refused pktinfo, or the kernel rejected the first pinned reply (the fallback
   // is then plain sendto, see replied_unpinned). Valid after a successful start().
-  bool replies_from_destination() const noexcept {
-    return replies_from_destination_.load(std::memory_order_relaxed);
-  }
+  bool replies_from_destination() const noexcept { return socket_.replies_from_destination(); }
   std::uint64_t boot_id() const noexcept { return boot_id_; }
   ReflectorCounters counters() const noexcept;
 
@@ -142,16 +122,10 @@ class Reflector {
   void on_readable();
   void handle_datagram(std::size_t size, bool truncated, std::uint64_t now_mono_ns,
                        std::optional<std::int64_t> kernel_rx_ns);
-  bool send_reply(std::span<const std::byte> packet);
 
   asio::io_context& io_;
   ReflectorConfig config_;
-  asio::ip::udp::socket socket_;
-  std::atomic<TimestampSource> timestamp_source_{TimestampSource::kUserMonotonic};
-  std::atomic<bool> replies_from_destination_{false};
-  // Set by the first reply the kernel sent with a pinned source: from then on an EINVAL is
-  // about that one address, not the platform refusing pktinfo altogether.
-  bool pinned_reply_sent_ = false;
+  ReflectorSocket socket_;
   const std::uint64_t boot_id_;
   std::uint32_t next_session_id_ = 0;
   bool stopping_ = false;
@@ -162,17 +136,6 @@ class Reflector {
   // Receive buffer one byte larger than the largest accepted probe, so that an oversized
   // datagram shows up as too long instead of being silently cut to an acceptable size.
   std::vector<std::byte> buffer_;
-  // Peer address and ancillary data of the datagram being handled, aligned as the kernel
-  // requires for cmsghdr. The receive side holds a timestamp and a pktinfo with room to
-  // spare; the reply side the one pktinfo that pins the reply's source address, or nothing
-  // (reply_control_len_ == 0).
-  sockaddr_storage peer_{};
-  socklen_t peer_len_ = 0;
-  alignas(std::max_align_t) std::array<unsigned char, 128> control_{};
-  static_assert(CMSG_SPACE(sizeof(timespec)) + CMSG_SPACE(sizeof(in6_pktinfo)) <= 128);
-  alignas(std::max_align_t) std::array<unsigned char, CMSG_SPACE(sizeof(in6_pktinfo))> reply_control_{};
-  std::size_t reply_control_len_ = 0;
-
   Counter received_, replied_, dropped_short_, dropped_malformed_, dropped_foreign_, dropped_rate_limited_,
       send_errors_, receive_errors_, replied_unpinned_;
   std::atomic<std::uint64_t> source_evictions_{0};

@@ -1,7 +1,10 @@
 #include "agent/probes/stamp_packet.hpp"
 
-#include <mbedtls/constant_time.h>
 #include <mbedtls/md.h>
+// mbedTLS 3.6's constant_time.h lacks the C++ linkage guard its other headers have.
+extern "C" {
+#include <mbedtls/constant_time.h>
+}
 
 #include <algorithm>
 #include <cstring>

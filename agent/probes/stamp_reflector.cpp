@@ -1,0 +1,311 @@
+#include "agent/probes/stamp_reflector.hpp"
+
+#include <asio/ip/address.hpp>
+#include <asio/post.hpp>
+
+#include <netinet/in.h>
+
+#include <algorithm>
+#include <charconv>
+#include <cstddef>
+#include <cstring>
+#include <ctime>
+#include <utility>
+
+#include "agent/probes/counter_snapshot.hpp"
+#include "platform/clock.hpp"
+#include "platform/clock_state.hpp"
+#include "platform/random_seed.hpp"
+#include "platform/rx_timestamp.hpp"
+
+namespace vantage::agent::probes {
+namespace {
+
+constexpr int kMaxBatch = 64;  // as the echo reflector: drain a burst, then let others run
+constexpr std::size_t kMaxPacketSize = 65'507;  // the largest UDP payload over IPv4
+
+bool valid(const StampReflectorConfig& c) noexcept {
+  if (c.rate_limit.rate_per_s == 0 || c.rate_limit.burst == 0 || c.max_sources == 0 ||
+      c.max_packet_size < stamp::kAuthenticatedSize || c.max_packet_size > kMaxPacketSize) {
+    return false;
+  }
+  for (const StampKey& k : c.keys) {
+    if (k.key.size() < stamp::kMinKeySize || k.key.size() > stamp::kMaxKeySize) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// In network order: it only tells sessions apart.
+std::uint16_t peer_port(const sockaddr_storage& peer) noexcept {
+  static_assert(offsetof(sockaddr_in, sin_port) == offsetof(sockaddr_in6, sin6_port));
+  std::uint16_t port = 0;
+  std::memcpy(&port, reinterpret_cast<const unsigned char*>(&peer) + offsetof(sockaddr_in, sin_port), sizeof(port));
+  return port;
+}
+
+}  // namespace
+
+std::optional<AddressPrefix> AddressPrefix::parse(std::string_view text) {
+  const std::size_t slash = text.find('/');
+  std::error_code ec;
+  const asio::ip::address a = asio::ip::make_address(std::string(text.substr(0, slash)), ec);
+  if (ec) {
+    return std::nullopt;
+  }
+  AddressPrefix p;
+  unsigned max = 128;
+  if (a.is_v4()) {
+    const auto b = a.to_v4().to_bytes();
+    p.address = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, b[0], b[1], b[2], b[3]};
+    max = 32;
+  } else {
+    const auto b = a.to_v6().to_bytes();
+    std::copy(b.begin(), b.end(), p.address.begin());
+  }
+  unsigned length = max;
+  if (slash != std::string_view::npos) {
+    const std::string_view digits = text.substr(slash + 1);
+    const auto [end, err] = std::from_chars(digits.data(), digits.data() + digits.size(), length);
+    if (err != std::errc() || end != digits.data() + digits.size() || digits.empty() || length > max) {
+      return std::nullopt;
+    }
+  }
+  p.length = length + (max == 32 ? 96 : 0);
+  // Host bits cleared, so that contains() compares whole bytes first.
+  for (unsigned bit = p.length; bit < 128; ++bit) {
+    p.address[bit / 8] = static_cast<std::uint8_t>(p.address[bit / 8] & ~(0x80U >> (bit % 8)));
+  }
+  return p;
+}
+
+bool AddressPrefix::contains(const std::array<std::uint8_t, 16>& a) const noexcept {
+  const unsigned whole = length / 8;
+  for (unsigned i = 0; i < whole; ++i) {
+    if (a[i] != address[i]) {
+      return false;
+    }
+  }
+  if (const unsigned rest = length % 8; rest != 0) {
+    const auto mask = static_cast<std::uint8_t>(0xffU << (8 - rest));
+    return (a[whole] & mask) == address[whole];
+  }
+  return true;
+}
+
+StampReflector::StampReflector(asio::io_context& io, StampReflectorConfig config)
+    : io_(io),
+      config_(std::move(config)),
+      socket_(io),
+      rate_table_(config_.max_sources, platform::random_seed()),
+      session_table_(config_.max_sources, platform::random_seed()),
+      buffer_(std::min(std::max(config_.max_packet_size, stamp::kAuthenticatedSize), kMaxPacketSize) + 1) {}
+
+StampReflector::~StampReflector() = default;
+
+platform::Status StampReflector::start() {
+  if (!valid(config_)) {
+    return platform::Status::error("invalid configuration (rate limit, source table size, packet size or key length)");
+  }
+  if (platform::Status s = socket_.open({.bind_address = config_.bind_address,
+                                         .port = config_.port,
+                                         .kernel_timestamps = config_.kernel_timestamps,
+                                         .reply_from_destination = config_.reply_from_destination,
+                                         .ip_header_info = true});
+      !s) {
+    return s;
+  }
+  stopping_ = false;
+  arm();
+  return platform::Status();
+}
+
+void StampReflector::stop() {
+  asio::post(io_, [this] {
+    stopping_ = true;
+    socket_.close();
+  });
+}
+
+asio::ip::udp::endpoint StampReflector::local_endpoint() const { return socket_.local_endpoint(); }
+
+StampReflectorCounters StampReflector::counters() const noexcept {
+  return snapshot_of<StampReflectorCounters>(received_, replied_, dropped_short_, dropped_malformed_, dropped_auth_,
+                                             dropped_rate_limited_, send_errors_, receive_errors_,
+                                             source_evictions_, session_evictions_, replied_unpinned_,
+                                             replied_authenticated_, tlvs_unrecognised_, tlvs_malformed_);
+}
+
+void StampReflector::arm() {
+  socket_.socket().async_wait(asio::ip::udp::socket::wait_read, [this](const std::error_code& ec) {
+    // As the echo reflector: operation_aborted ends it after stop(), any other error leaves it
+    // down rather than spinning.
+    if (ec || stopping_) {
+      return;
+    }
+    on_readable();
+    if (!stopping_ && socket_.is_open()) {
+      arm();
+    }
+  });
+}
+
+void StampReflector::on_readable() {
+  for (int i = 0; i < kMaxBatch; ++i) {
+    ReflectorDatagram d;
+    const ReflectorSocket::Receive r = socket_.receive(buffer_, d);
+    if (r != ReflectorSocket::Receive::kDatagram) {
+      if (r == ReflectorSocket::Receive::kError) {
+        receive_errors_.bump();
+      }
+      return;
+    }
+    handle_datagram(d, static_cast<std::uint64_t>(platform::monotonic_ns()));
+  }
+}
+
+const StampKey* StampReflector::key_for(const SourceKey& source) const noexcept {
+  for (const StampKey& k : config_.keys) {
+    for (const AddressPrefix& p : k.peers) {
+      if (p.contains(source.address)) {
+        return &k;
+      }
+    }
+  }
+  return nullptr;
+}
+
+int StampReflector::reflect_tlvs(std::span<std::byte> tlvs, int received_tos) noexcept {
+  int reply_tos = -1;
+  stamp::TlvWalker walker(tlvs);
+  stamp::Tlv tlv;
+  while (walker.next(tlv)) {
+    if (tlv.malformed) {
+      stamp::add_tlv_flags(tlvs, tlv.offset, stamp::kTlvFlagM);
+      tlvs_malformed_.bump();
+      break;
+    }
+    switch (tlv.type) {
+      case stamp::kTlvExtraPadding:
+        break;
+      case stamp::kTlvClassOfService: {
+        stamp::ClassOfService cos;
+        if (tlv.length != stamp::kClassOfServiceLength || !stamp::decode_class_of_service(tlv.value, cos)) {
+          stamp::add_tlv_flags(tlvs, tlv.offset, stamp::kTlvFlagM);
+          tlvs_malformed_.bump();
+          break;
+        }
+        // RFC 8972 §4.4: the reply leaves with DSCP1; DSCP2 and ECN say what arrived; RP 0
+        // says DSCP1 was used on the reverse path.
+        reply_tos = cos.dscp1 << 2;
+        const int tos = received_tos < 0 ? 0 : received_tos;
+        cos.dscp2 = static_cast<std::uint8_t>(tos >> 2);
+        cos.ecn = static_cast<std::uint8_t>(tos & 0x03);
+        cos.rp = 0;
+        (void)stamp::encode_class_of_service(tlvs.subspan(tlv.offset + stamp::kTlvHeaderSize), cos);
+        break;
+      }
+      default:
+        // Returned as received, flagged as not understood (RFC 8972 §4).
+        stamp::add_tlv_flags(tlvs, tlv.offset, stamp::kTlvFlagU);
+        tlvs_unrecognised_.bump();
+        break;
+    }
+  }
+  return reply_tos;
+}
+
+void StampReflector::handle_datagram(const ReflectorDatagram& d, std::uint64_t now_mono_ns) {
+  received_.bump();
+  // The arrival time when the kernel gave none (or one the plausibility rule refuses).
+  const std::int64_t read_ns = platform::realtime_ns();
+  if (d.truncated) {
+    dropped_malformed_.bump();
+    return;
+  }
+  const std::span<std::byte> packet(buffer_.data(), d.size);
+  SourceKey key;
+  if (!source_key(socket_.peer(), key)) {
+    dropped_malformed_.bump();
+    return;
+  }
+  const StampKey* auth = key_for(key);
+  if (auth == nullptr && !config_.unauthenticated) {
+    dropped_auth_.bump();
+    return;
+  }
+  const stamp::Mode mode = auth != nullptr ? stamp::Mode::kAuthenticated : stamp::Mode::kUnauthenticated;
+  if (packet.size() < stamp::base_size(mode)) {
+    dropped_short_.bump();
+    return;
+  }
+  // Rate-limit before the HMAC and the session table: an over-rate source costs neither a
+  // hash nor a session slot.
+  bool inserted = false;
+  auto& limit = rate_table_.find_or_insert(key, now_mono_ns, inserted);
+  if (inserted) {
+    limit.value.reset(config_.rate_limit, now_mono_ns);
+    source_evictions_.store(rate_table_.evictions(), std::memory_order_relaxed);
+  }
+  if (!limit.value.try_take(config_.rate_limit, now_mono_ns)) {
+    dropped_rate_limited_.bump();
+    return;
+  }
+  if (auth != nullptr && !stamp::verify_hmac(packet, auth->key)) {
+    dropped_auth_.bump();
+    return;
+  }
+  stamp::SenderPacket request;
+  (void)stamp::decode_sender(packet, mode, request);
+
+  stamp::ReflectorPacket reply;
+  if (config_.stateful) {
+    key.qualifier = (std::uint64_t{peer_port(socket_.peer())} << 16) | request.ssid;
+    auto& session = session_table_.find_or_insert(key, now_mono_ns, inserted);
+    if (inserted) {
+      session_evictions_.store(session_table_.evictions(), std::memory_order_relaxed);
+    }
+    reply.seq = session.value.next_seq++;
+  } else {
+    reply.seq = request.seq;
+  }
+  reply.ssid = request.ssid;
+  reply.sender_seq = request.seq;
+  reply.sender_timestamp = request.timestamp;
+  reply.sender_error_estimate = request.error_estimate;
+  reply.sender_ttl = d.ttl >= 0 && d.ttl <= 255 ? static_cast<std::uint8_t>(d.ttl) : 255;
+  const std::span<std::byte> tlvs = packet.subspan(stamp::base_size(mode));
+  const int reply_tos = reflect_tlvs(tlvs, d.tos);
+
+  const bool ptp = config_.timestamp_format == stamp::TimestampFormat::kPtp;
+  reply.error_estimate =
+      platform::encode_error_estimate(platform::error_estimate_of(platform::ClockStateCell::instance().current(), ptp));
+  // Both stamps in CLOCK_REALTIME: the kernel's arrival stamp when plausible (the rule every
+  // prober applies), else the read when handling began.
+  const platform::RxTime rx = platform::rx_time(d.kernel_rx_ns, read_ns);
+  const std::int64_t tx = std::max(platform::realtime_ns(), rx.ns);
+  reply.receive_timestamp = stamp::wire_timestamp(rx.ns, config_.timestamp_format);
+  reply.timestamp = stamp::wire_timestamp(tx, config_.timestamp_format);
+  (void)stamp::encode_reflector(packet, mode, reply);
+  if (auth != nullptr) {
+    (void)stamp::sign(packet, auth->key);
+  }
+  // Same length as the request: the reply is never larger than what the source sent.
+  switch (socket_.send_reply(packet, reply_tos)) {
+    case ReflectorSocket::Sent::kUnpinned:
+      replied_unpinned_.bump();
+      [[fallthrough]];
+    case ReflectorSocket::Sent::kPinned:
+      replied_.bump();
+      if (auth != nullptr) {
+        replied_authenticated_.bump();
+      }
+      break;
+    case ReflectorSocket::Sent::kFailed:
+      send_errors_.bump();
+      break;
+  }
+}
+
+}  // namespace vantage::agent::probes

@@ -16,7 +16,81 @@ std::optional<double> psi_ratio(float v) {
   return static_cast<double>(v) / 100.0;
 }
 
+// The wire's clock sources by name; a newer agent's is "unknown" (a bounded label set).
+const char* clock_source_name(wire::ClockSource source) {
+  switch (source) {
+    case wire::ClockSource::Unknown:
+      return "unknown";
+    case wire::ClockSource::Chrony:
+      return "chrony";
+    case wire::ClockSource::Ntpd:
+      return "ntpd";
+    case wire::ClockSource::Timesyncd:
+      return "timesyncd";
+    case wire::ClockSource::Ptp:
+      return "ptp";
+    case wire::ClockSource::Pps:
+      return "pps";
+    case wire::ClockSource::Configured:
+      return "configured";
+  }
+  return "unknown";
+}
+
+// A newer agent's status is taken as "not measured": no figures shown without a known reason.
+OneWayStatus one_way_status(wire::OneWayStatus status) {
+  switch (status) {
+    case wire::OneWayStatus::Reported:
+      return OneWayStatus::kReported;
+    case wire::OneWayStatus::Unsynchronised:
+      return OneWayStatus::kUnsynchronised;
+    case wire::OneWayStatus::BoundTooLarge:
+      return OneWayStatus::kBoundTooLarge;
+    case wire::OneWayStatus::NotMeasured:
+      break;
+  }
+  return OneWayStatus::kNotMeasured;
+}
+
+LiveOneWay live_one_way(const wire::OneWay& w) {
+  LiveOneWay o;
+  o.status = one_way_status(w.status());
+  o.error_bound_ns = w.error_bound_ns();
+  o.max_error_fraction = static_cast<double>(w.max_error_fraction());
+  o.sender_synchronised = w.sender_synchronised();
+  o.reflector_synchronised = w.reflector_synchronised();
+  o.sender_error_ns = w.sender_error_ns();
+  o.reflector_error_ns = w.reflector_error_ns();
+  o.samples = w.samples();
+  // Figures only with a status that vouches for them, whatever an agent put beside another one.
+  if (o.status == OneWayStatus::kReported) {
+    o.forward_min_ns = w.forward_min_ns();
+    o.forward_p50_ns = w.forward_p50_ns();
+    o.forward_p99_ns = w.forward_p99_ns();
+    o.forward_max_ns = w.forward_max_ns();
+    o.backward_min_ns = w.backward_min_ns();
+    o.backward_p50_ns = w.backward_p50_ns();
+    o.backward_p99_ns = w.backward_p99_ns();
+    o.backward_max_ns = w.backward_max_ns();
+  }
+  return o;
+}
+
 }  // namespace
+
+const char* to_string(OneWayStatus status) noexcept {
+  switch (status) {
+    case OneWayStatus::kReported:
+      return "reported";
+    case OneWayStatus::kUnsynchronised:
+      return "unsynchronised";
+    case OneWayStatus::kBoundTooLarge:
+      return "bound_too_large";
+    case OneWayStatus::kNotMeasured:
+      break;
+  }
+  return "not_measured";
+}
 
 void LiveView::record(const store::IncomingBatch& in) {
   const wire::Batch& b = *in.batch;
@@ -46,6 +120,14 @@ void LiveView::record(const store::IncomingBatch& in) {
     if (const wire::AgentSelf* m = b.self()) {
       agent.self = wire::agent_self_values(*m);
     }
+    // A batch without a clock (an older agent, or one downgraded) says nothing about it now.
+    agent.clock.reset();
+    if (const wire::ClockState* c = b.clock()) {
+      agent.clock = LiveClock{.synchronised = c->synchronised(),
+                              .estimated_error_ns = c->estimated_error_ns(),
+                              .maximum_error_ns = c->maximum_error_ns(),
+                              .source = clock_source_name(c->source())};
+    }
   }
 
   if (const auto* latency = b.latency()) {
@@ -74,6 +156,8 @@ void LiveView::record(const store::IncomingBatch& in) {
       e.jitter_mean_ns = l->jitter_mean_ns();
       e.jitter_p99_ns = l->jitter_p99_ns();
       e.unresolved = l->unresolved();
+      e.one_way.reset();
+      if (const wire::OneWay* w = l->one_way()) e.one_way = live_one_way(*w);
       e.paths.clear();
       if (const auto* paths = l->paths()) {
         for (flatbuffers::uoffset_t i = 0; i < paths->size() && i < kMaxLivePaths; ++i) {

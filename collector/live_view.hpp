@@ -37,6 +37,24 @@ struct LivePath {
 };
 inline constexpr std::size_t kMaxLivePaths = 64;  // the agent's bound on paths per target
 
+// A summary's one-way delay (wire::OneWay): status says whether the figures can be trusted.
+enum class OneWayStatus : std::uint8_t { kNotMeasured, kReported, kUnsynchronised, kBoundTooLarge };
+inline constexpr std::size_t kOneWayStatusCount = 4;
+// "not_measured", "reported", "unsynchronised", "bound_too_large": the /metrics label and JSON value.
+const char* to_string(OneWayStatus status) noexcept;
+
+struct LiveOneWay {
+  OneWayStatus status = OneWayStatus::kNotMeasured;
+  std::int64_t error_bound_ns = 0;  // sender + reflector error estimates used for the decision
+  double max_error_fraction = 0.0;
+  bool sender_synchronised = false, reflector_synchronised = false;
+  std::int64_t sender_error_ns = 0, reflector_error_ns = 0;
+  std::uint32_t samples = 0;
+  // 0 unless status is kReported.
+  std::int64_t forward_min_ns = 0, forward_p50_ns = 0, forward_p99_ns = 0, forward_max_ns = 0;
+  std::int64_t backward_min_ns = 0, backward_p50_ns = 0, backward_p99_ns = 0, backward_max_ns = 0;
+};
+
 struct LiveLatency {
   std::string region, pop, agent_id, target, protocol;
   std::int64_t interval_end_ns = 0;
@@ -49,6 +67,7 @@ struct LiveLatency {
   std::int64_t jitter_p99_ns = 0;
   bool unresolved = false;  // the agent could not resolve the target's name: not probed, not loss
   std::vector<LivePath> paths;  // empty unless the target is probed over several ECMP paths
+  std::optional<LiveOneWay> one_way;  // absent when the summary carried none (an older agent)
 };
 
 struct LoadPoint {
@@ -70,6 +89,14 @@ struct LiveLoad {
 
 using LiveAgentSelf = wire::AgentSelfValues;  // schemas/agent_self_fields.hpp
 
+// The agent's clock as its newest batch describes it (wire::ClockState).
+struct LiveClock {
+  bool synchronised = false;
+  std::int64_t estimated_error_ns = 0;
+  std::int64_t maximum_error_ns = 0;
+  std::string source;  // "unknown", "chrony", "ntpd", "timesyncd", "ptp", "pps", "configured"
+};
+
 struct LiveAgent {
   std::string region, pop, agent_id;
   std::string incarnation;        // of the newest batch stored: its spool incarnation, 32 hex digits
@@ -78,6 +105,7 @@ struct LiveAgent {
   std::int64_t last_seen_ns = 0;  // collector wall clock
   std::uint64_t spool_dropped = 0;
   std::optional<LiveAgentSelf> self;
+  std::optional<LiveClock> clock;  // from the newest batch; absent when it carried none
 };
 
 struct LiveSnapshot {

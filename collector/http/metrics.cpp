@@ -1,8 +1,11 @@
 #include "collector/http/metrics.hpp"
 
 #include <array>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "collector/http/prometheus_text.hpp"
@@ -73,6 +76,50 @@ void path_families(PrometheusText& out, const std::vector<LiveLatency>& lat) {
   }
 }
 
+// One-way delay per target whose summary carried it (agents that know it send it for every UDP
+// echo and STAMP target): the status always, the error bound always (it explains a
+// bound_too_large), the delays only when reported.
+void one_way_families(PrometheusText& out, const std::vector<LiveLatency>& lat) {
+  out.family("vantage_one_way_delay_seconds", Type::kSummary,
+             "One-way delay quantiles per direction (forward: agent to target, backward: target to agent) in the "
+             "newest interval; only when both clocks were synchronised and the error bound small enough.");
+  for (const LiveLatency& l : lat) {
+    if (!l.one_way || l.one_way->status != OneWayStatus::kReported) continue;
+    const LiveOneWay& w = *l.one_way;
+    const std::tuple<const char*, const char*, std::int64_t> quantiles[] = {
+        {"forward", "0.5", w.forward_p50_ns},
+        {"forward", "0.99", w.forward_p99_ns},
+        {"backward", "0.5", w.backward_p50_ns},
+        {"backward", "0.99", w.backward_p99_ns}};
+    for (const auto& [direction, q, ns] : quantiles) {
+      Labels labels = latency_labels(l);
+      labels.emplace_back("direction", direction);
+      labels.emplace_back("quantile", q);
+      out.sample("vantage_one_way_delay_seconds", labels, seconds(ns));
+    }
+  }
+  out.family("vantage_one_way_error_bound_seconds", Type::kGauge,
+             "Combined clock error bound (agent plus reflector error estimates) the one-way decision used.");
+  for (const LiveLatency& l : lat) {
+    if (l.one_way) out.sample("vantage_one_way_error_bound_seconds", latency_labels(l), seconds(l.one_way->error_bound_ns));
+  }
+  // Every status as its own sample, 1 for the current one: four series a target at most, and a
+  // change of status is a change of value, not a series that appears and goes stale.
+  out.family("vantage_one_way_status", Type::kGauge,
+             "1 for the one-way delay status of the newest interval (reported, unsynchronised: a clock not "
+             "synchronised, bound_too_large: error bound not below the configured fraction of the delay, "
+             "not_measured), 0 for the others.");
+  for (const LiveLatency& l : lat) {
+    if (!l.one_way) continue;
+    for (std::size_t i = 0; i < kOneWayStatusCount; ++i) {
+      const auto status = static_cast<OneWayStatus>(i);
+      Labels labels = latency_labels(l);
+      labels.emplace_back("status", to_string(status));
+      out.sample("vantage_one_way_status", labels, l.one_way->status == status ? 1.0 : 0.0);
+    }
+  }
+}
+
 }  // namespace
 
 std::string render_metrics(const LiveSnapshot& view, const IngestCounters& c, const char* sink_name,
@@ -124,6 +171,7 @@ std::string render_metrics(const LiveSnapshot& view, const IngestCounters& c, co
   // bound): the path label multiplies a target's series by its path count, so one-path targets
   // stay out.
   path_families(out, lat);
+  one_way_families(out, lat);
 
   // Host load per (region, pop, agent).
   const auto& load = view.load;
@@ -163,6 +211,33 @@ std::string render_metrics(const LiveSnapshot& view, const IngestCounters& c, co
   family(out, "vantage_agent_spool_dropped_total", Type::kCounter,
          "Batches the agent's spool dropped unacked to stay within its bound.", agents, labels_of_agent,
          [&](const LiveAgent& a) { return opt(num(a.spool_dropped)); });
+  // The agent's clock (absent for agents that do not send it): whether its one-way figures and
+  // those of the agents probing it can be trusted.
+  family(out, "vantage_agent_clock_synchronised", Type::kGauge,
+         "1 when the agent's kernel declared its clock synchronised (adjtimex) at its newest batch.", agents,
+         labels_of_agent, [&](const LiveAgent& a) {
+           return a.clock ? opt(a.clock->synchronised ? 1.0 : 0.0) : std::optional<double>();
+         });
+  out.family("vantage_agent_clock_error_seconds", Type::kGauge,
+             "The agent's clock error as its kernel estimates it (kind=estimated) and bounds it (kind=maximum).");
+  for (const LiveAgent& a : agents) {
+    if (!a.clock) continue;
+    for (const auto& [kind, ns] : {std::pair{"estimated", a.clock->estimated_error_ns},
+                                   std::pair{"maximum", a.clock->maximum_error_ns}}) {
+      Labels l = agent_labels(a);
+      l.emplace_back("kind", kind);
+      out.sample("vantage_agent_clock_error_seconds", l, seconds(ns));
+    }
+  }
+  out.family("vantage_agent_clock_source_info", Type::kGauge,
+             "1, labelled with what keeps the agent's clock (chrony, ntpd, timesyncd, ptp, pps, configured, unknown).");
+  for (const LiveAgent& a : agents) {
+    if (!a.clock) continue;
+    Labels l = agent_labels(a);
+    l.emplace_back("source", a.clock->source);
+    out.sample("vantage_agent_clock_source_info", l, 1.0);
+  }
+
   // Self-metrics: a family per metric of schemas/agent_self_fields.hpp; the fields of one family
   // are its samples, told apart by their label.
   const auto& fields = wire::kAgentSelfFields;

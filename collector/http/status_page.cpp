@@ -28,6 +28,31 @@ std::string json_string(std::string_view text) {
   return platform::json_string(text, platform::JsonEscape::kHtmlSafe);
 }
 
+namespace {
+
+double ms(std::int64_t ns) { return static_cast<double>(ns) / 1e6; }
+
+// Why a pair's one-way figures are absent or not to be trusted, for the page's marker and tooltip;
+// empty when reported.
+std::string one_way_reason(const LiveOneWay& w) {
+  switch (w.status) {
+    case OneWayStatus::kReported:
+      return {};
+    case OneWayStatus::kUnsynchronised:
+      if (!w.sender_synchronised && !w.reflector_synchronised) return "neither clock is synchronised";
+      if (!w.sender_synchronised) return "the agent's clock is not synchronised";
+      if (!w.reflector_synchronised) return "the reflector's clock is not synchronised";
+      return "a clock was not synchronised during the interval";
+    case OneWayStatus::kBoundTooLarge:
+      return "the clocks' error bound is not below the allowed fraction of the delay";
+    case OneWayStatus::kNotMeasured:
+      break;
+  }
+  return "not measured (no reply carried both ends' timestamps)";
+}
+
+}  // namespace
+
 std::string render_status_json(const LiveSnapshot& view, const IngestCounters& counters,
                                std::int64_t now_ns) {
   // kHtmlSafe: names from agents never close a script element if the JSON is ever inlined.
@@ -66,6 +91,33 @@ std::string render_status_json(const LiveSnapshot& view, const IngestCounters& c
     j.field("lost", l.lost);
     j.field("unresolved", l.unresolved);  // the agent has no address for this target's name
     j.field("age_s", static_cast<double>(now_ns - l.interval_end_ns) / 1e9);
+    // null: the summary carried no one-way delay (an older agent, or a protocol without it).
+    j.key("one_way");
+    if (l.one_way) {
+      const LiveOneWay& w = *l.one_way;
+      j.begin_object();
+      j.field("status", to_string(w.status));
+      j.field("trusted", w.status == OneWayStatus::kReported);
+      j.field("reason", one_way_reason(w));
+      j.field("error_bound_ms", ms(w.error_bound_ns));
+      j.field("max_error_fraction", w.max_error_fraction);
+      j.field("sender_synchronised", w.sender_synchronised);
+      j.field("reflector_synchronised", w.reflector_synchronised);
+      j.field("samples", w.samples);
+      if (w.status == OneWayStatus::kReported) {
+        j.field("forward_p50_ms", ms(w.forward_p50_ns));
+        j.field("forward_p99_ms", ms(w.forward_p99_ns));
+        j.field("backward_p50_ms", ms(w.backward_p50_ns));
+        j.field("backward_p99_ms", ms(w.backward_p99_ns));
+        j.field("forward_min_ms", ms(w.forward_min_ns));
+        j.field("forward_max_ms", ms(w.forward_max_ns));
+        j.field("backward_min_ms", ms(w.backward_min_ns));
+        j.field("backward_max_ms", ms(w.backward_max_ns));
+      }
+      j.end_object();
+    } else {
+      j.null();
+    }
     j.end_object();
   }
   j.end_array();
@@ -112,6 +164,18 @@ std::string render_status_json(const LiveSnapshot& view, const IngestCounters& c
     if (a.self) {
       j.begin_object();
       wire::for_each_agent_self_field(*a.self, [&](const wire::AgentSelfField& f, const auto& v) { j.field(f.name, v); });
+      j.end_object();
+    } else {
+      j.null();
+    }
+    // The agent's clock as of its newest batch (null: the agent does not send it).
+    j.key("clock");
+    if (a.clock) {
+      j.begin_object();
+      j.field("synchronised", a.clock->synchronised);
+      j.field("estimated_error_ms", ms(a.clock->estimated_error_ns));
+      j.field("maximum_error_ms", ms(a.clock->maximum_error_ns));
+      j.field("source", a.clock->source);
       j.end_object();
     } else {
       j.null();

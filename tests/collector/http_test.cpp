@@ -26,6 +26,7 @@
 #include "collector/http/status_page.hpp"
 #include "collector/live_view.hpp"
 #include "platform/utf8_text.hpp"
+#include "tests/collector/one_way_batches.hpp"
 #include "tests/support/wire_frames.hpp"
 #include "vantage/telemetry_generated.h"
 
@@ -654,4 +655,111 @@ TEST_CASE("http server: connections on descriptors above FD_SETSIZE are served")
     CHECK(text.starts_with("HTTP/1.1 200"));
   }
   for (const int fd : filler) ::close(fd);
+}
+
+namespace {
+
+Built one_way_built(std::uint64_t seq, test::OneWayBatchSpec spec = {}) {
+  spec.seq = seq;
+  spec.interval_start_ns = kT0 + static_cast<std::int64_t>(seq) * kSecond;
+  spec.interval_end_ns = spec.interval_start_ns + kSecond;
+  return Built{test::one_way_batch(spec)};
+}
+
+// promtool's verdict when it is installed (127: it is not, nothing to check).
+void check_promtool(const std::string& text) {
+  if (std::FILE* promtool = ::popen("promtool check metrics >/dev/null 2>&1", "w")) {
+    std::fwrite(text.data(), 1, text.size(), promtool);
+    const int status = ::pclose(promtool);
+    if (!(WIFEXITED(status) && WEXITSTATUS(status) == 127)) CHECK(status == 0);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("/metrics: the agent's clock state and one-way delay per target, protocol stamp (promtool clean)") {
+  LiveView view;
+  record(view, one_way_built(1), "fra-1", "fra1", kT0 + 2 * kSecond);
+  // An older agent beside it: no clock, no one-way families of its own.
+  record(view, batch("ams1-a", "ams1", 1, 8'000'000, {"fra1"}), "ams1-a", "ams1", kT0 + 2 * kSecond);
+  const std::string text =
+      collector::http::render_metrics(view.snapshot(kT0 + 3 * kSecond), {}, "sqlite", kT0 + 3 * kSecond);
+  const std::string agent = R"(region="eu-central",pop="fra1",agent="fra-1")";
+  CHECK(contains(text, "# TYPE vantage_agent_clock_synchronised gauge\n"));
+  CHECK(contains(text, "vantage_agent_clock_synchronised{" + agent + "} 1\n"));
+  CHECK(contains(text, "vantage_agent_clock_error_seconds{" + agent + ",kind=\"estimated\"} 0.00004\n"));
+  CHECK(contains(text, "vantage_agent_clock_error_seconds{" + agent + ",kind=\"maximum\"} 0.00025\n"));
+  CHECK(contains(text, "vantage_agent_clock_source_info{" + agent + ",source=\"chrony\"} 1\n"));
+  CHECK_FALSE(contains(text, "vantage_agent_clock_synchronised{region=\"eu-central\",pop=\"ams1\""));
+  CHECK_FALSE(contains(text, "vantage_agent_clock_source_info{region=\"eu-central\",pop=\"ams1\""));
+
+  const std::string stamp = agent + R"(,target="router1:862",protocol="stamp")";
+  CHECK(contains(text, "vantage_rtt_seconds{" + stamp + ",quantile=\"0.5\"} 0.035\n"));
+  CHECK(contains(text, "# TYPE vantage_one_way_delay_seconds summary\n"));
+  CHECK(contains(text, "vantage_one_way_delay_seconds{" + stamp + ",direction=\"forward\",quantile=\"0.5\"} 0.03\n"));
+  CHECK(contains(text, "vantage_one_way_delay_seconds{" + stamp + ",direction=\"forward\",quantile=\"0.99\"} 0.0315\n"));
+  CHECK(contains(text, "vantage_one_way_delay_seconds{" + stamp + ",direction=\"backward\",quantile=\"0.5\"} 0.005\n"));
+  CHECK(contains(text, "vantage_one_way_delay_seconds{" + stamp + ",direction=\"backward\",quantile=\"0.99\"} 0.00625\n"));
+  CHECK(contains(text, "vantage_one_way_error_bound_seconds{" + stamp + "} 0.0001\n"));
+  CHECK(contains(text, "vantage_one_way_status{" + stamp + ",status=\"reported\"} 1\n"));
+  CHECK(contains(text, "vantage_one_way_status{" + stamp + ",status=\"unsynchronised\"} 0\n"));
+  CHECK(contains(text, "vantage_one_way_status{" + stamp + ",status=\"bound_too_large\"} 0\n"));
+  CHECK(contains(text, "vantage_one_way_status{" + stamp + ",status=\"not_measured\"} 0\n"));
+
+  // Unsynchronised: the status and its bound, no delays.
+  const std::string udp = agent + R"(,target="ams1:7000",protocol="udp_echo")";
+  CHECK(contains(text, "vantage_one_way_status{" + udp + ",status=\"unsynchronised\"} 1\n"));
+  CHECK(contains(text, "vantage_one_way_error_bound_seconds{" + udp + "} 0.009\n"));
+  CHECK_FALSE(contains(text, "vantage_one_way_delay_seconds{" + udp));
+  // No one_way in the summary (TCP here, and the older agent's): no one-way series at all.
+  for (const std::string& none : {agent + R"(,target="ams1:443")", std::string(R"(agent="ams1-a")")}) {
+    CAPTURE(none);
+    CHECK_FALSE(contains(text, "vantage_one_way_status{" + none));
+    CHECK_FALSE(contains(text, "vantage_one_way_error_bound_seconds{" + none));
+  }
+  check_promtool(text);
+}
+
+TEST_CASE("/metrics: a later batch without a clock or one-way figures clears them, a status change moves the 1") {
+  LiveView view;
+  record(view, one_way_built(1), "fra-1", "fra1", kT0 + 2 * kSecond);
+  test::OneWayBatchSpec spec;
+  spec.stamp_status = wire::OneWayStatus::BoundTooLarge;
+  spec.with_clock = false;
+  record(view, one_way_built(2, spec), "fra-1", "fra1", kT0 + 3 * kSecond);
+  const std::string text =
+      collector::http::render_metrics(view.snapshot(kT0 + 4 * kSecond), {}, "sqlite", kT0 + 4 * kSecond);
+  const std::string stamp = R"(region="eu-central",pop="fra1",agent="fra-1",target="router1:862",protocol="stamp")";
+  CHECK(contains(text, "vantage_one_way_status{" + stamp + ",status=\"reported\"} 0\n"));
+  CHECK(contains(text, "vantage_one_way_status{" + stamp + ",status=\"bound_too_large\"} 1\n"));
+  CHECK_FALSE(contains(text, "vantage_one_way_delay_seconds{" + stamp));
+  CHECK_FALSE(contains(text, "vantage_agent_clock_synchronised{"));
+  check_promtool(text);
+}
+
+TEST_CASE("/api/status: one-way figures and status per cell, the reason when untrusted, the clock per agent") {
+  LiveView view;
+  test::OneWayBatchSpec spec;
+  spec.clock_source = wire::ClockSource::Ptp;
+  record(view, one_way_built(1, spec), "fra-1", "fra1", kT0 + 2 * kSecond);
+  record(view, batch("ams1-a", "ams1", 1, 8'000'000, {"fra1"}), "ams1-a", "ams1", kT0 + 2 * kSecond);
+  const std::string json =
+      collector::http::render_status_json(view.snapshot(kT0 + 3 * kSecond), {}, kT0 + 3 * kSecond);
+  CHECK(contains(json, R"("dst":"router1:862","agent":"fra-1","region":"eu-central","protocol":"stamp")"));
+  CHECK(contains(json, R"("one_way":{"status":"reported","trusted":true,"reason":"","error_bound_ms":0.1,)"));
+  CHECK(contains(json, R"("samples":10,"forward_p50_ms":30,"forward_p99_ms":31.5,"backward_p50_ms":5,"backward_p99_ms":6.25,)"));
+  CHECK(contains(json, R"("one_way":{"status":"unsynchronised","trusted":false,"reason":"the agent's clock is not synchronised","error_bound_ms":9,)"));
+  // Untrusted: no figures, whatever the agent sent beside the status.
+  const std::size_t unsync = json.find(R"("status":"unsynchronised")");
+  REQUIRE(unsync != std::string::npos);
+  CHECK(json.find("forward_p50_ms", unsync) > json.find("}", unsync));
+  // No one_way in the summary: null (TCP here, and the older agent's cell).
+  CHECK(contains(json, R"("dst":"ams1:443")"));
+  CHECK(contains(json, R"("dst":"fra1","agent":"ams1-a")"));
+  CHECK(json.find(R"("one_way":null)") != std::string::npos);
+  CHECK(contains(json, R"("clock":{"synchronised":true,"estimated_error_ms":0.04,"maximum_error_ms":0.25,"source":"ptp"})"));
+  CHECK(contains(json, R"("agent":"ams1-a","region":"eu-central","pop":"ams1")"));
+  const std::size_t ams = json.find(R"({"agent":"ams1-a")");
+  REQUIRE(ams != std::string::npos);
+  CHECK(json.find(R"("clock":null)", ams) != std::string::npos);
 }

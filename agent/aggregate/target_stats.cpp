@@ -57,6 +57,30 @@ wire::Protocol to_wire(ProbeProtocol protocol) noexcept {
   return wire::Protocol::UdpEcho;
 }
 
+// Protocols whose replies carry the reflector's receive and send times.
+constexpr bool has_dwell(ProbeProtocol protocol) noexcept {
+  return protocol == ProbeProtocol::kUdpEcho || protocol == ProbeProtocol::kStamp;
+}
+
+std::int64_t saturating_add(std::int64_t a, std::int64_t b) noexcept {
+  std::int64_t out = 0;
+  return __builtin_add_overflow(a, b, &out) ? std::numeric_limits<std::int64_t>::max() : out;
+}
+
+wire::OneWayStatus to_wire(OneWayStatus status) noexcept {
+  switch (status) {
+    case OneWayStatus::kReported:
+      return wire::OneWayStatus::Reported;
+    case OneWayStatus::kUnsynchronised:
+      return wire::OneWayStatus::Unsynchronised;
+    case OneWayStatus::kBoundTooLarge:
+      return wire::OneWayStatus::BoundTooLarge;
+    case OneWayStatus::kNotMeasured:
+      break;
+  }
+  return wire::OneWayStatus::NotMeasured;
+}
+
 std::uint32_t window_size(std::uint32_t requested) noexcept {
   const std::uint32_t clamped =
       std::clamp(requested, TargetStatsConfig::kMinWindow, TargetStatsConfig::kMaxWindow);
@@ -64,6 +88,20 @@ std::uint32_t window_size(std::uint32_t requested) noexcept {
 }
 
 }  // namespace
+
+const char* to_string(OneWayStatus status) noexcept {
+  switch (status) {
+    case OneWayStatus::kReported:
+      return "reported";
+    case OneWayStatus::kUnsynchronised:
+      return "unsynchronised";
+    case OneWayStatus::kBoundTooLarge:
+      return "bound too large";
+    case OneWayStatus::kNotMeasured:
+      break;
+  }
+  return "not measured";
+}
 
 TargetStats::TargetStats(const TargetStatsConfig& config, std::int64_t start_ns)
     : config_(config), slots_(window_size(config.window)) {
@@ -212,7 +250,8 @@ void TargetStats::on_reply(const ProbeEvent& event) noexcept {
     ++current_.unexpected;
     return;
   }
-  if (event.send_ns != slot->send_ns) {
+  // STAMP replies echo a wall-clock send time: the slot's monotonic one is the RTT's start.
+  if (!event.send_ns_from_slot && event.send_ns != slot->send_ns) {
     ++current_.invalid;
     return;
   }
@@ -221,7 +260,7 @@ void TargetStats::on_reply(const ProbeEvent& event) noexcept {
     return;
   }
   const std::int64_t raw_ns = difference(event.receive_ns, slot->send_ns);
-  const std::int64_t dwell_ns = config_.protocol == ProbeProtocol::kUdpEcho ? event.reflector_dwell_ns : 0;
+  const std::int64_t dwell_ns = has_dwell(config_.protocol) ? event.reflector_dwell_ns : 0;
   if (raw_ns < 0 || dwell_ns < 0 || dwell_ns > raw_ns) {
     ++current_.invalid;
     return;
@@ -250,7 +289,76 @@ void TargetStats::on_reply(const ProbeEvent& event) noexcept {
   reconcile_direction(*slot, event);
   slot->state = SlotState::kAnswered;
   record_received(event, static_cast<std::uint64_t>(raw_ns - dwell_ns));
+  if (event.one_way) record_one_way(event);
   attribute_direction(event);
+}
+
+void TargetStats::record_one_way(const ProbeEvent& event) noexcept {
+  if (one_way_ == nullptr) {
+    // Once per target that has one-way timestamps; without memory the sample is skipped.
+    one_way_.reset(new (std::nothrow) OneWayState);
+    if (one_way_ == nullptr) return;
+  }
+  OneWayState& w = *one_way_;
+  ++w.samples;
+  w.h.forward.record(event.forward_ns > 0 ? static_cast<std::uint64_t>(event.forward_ns) : 0);
+  w.h.backward.record(event.backward_ns > 0 ? static_cast<std::uint64_t>(event.backward_ns) : 0);
+  w.sender_synchronised = w.sender_synchronised && event.sender_synchronised;
+  w.reflector_synchronised = w.reflector_synchronised && event.reflector_synchronised;
+  const std::int64_t sender_error = std::max<std::int64_t>(event.sender_error_ns, 0);
+  const std::int64_t reflector_error = std::max<std::int64_t>(event.reflector_error_ns, 0);
+  w.sender_error_ns = std::max(w.sender_error_ns, sender_error);
+  w.reflector_error_ns = std::max(w.reflector_error_ns, reflector_error);
+  w.error_bound_ns = std::max(w.error_bound_ns, saturating_add(sender_error, reflector_error));
+}
+
+OneWaySummary TargetStats::close_one_way() noexcept {
+  OneWaySummary out;
+  out.max_error_fraction = config_.max_error_fraction;
+  if (one_way_ == nullptr || one_way_->samples == 0) return out;
+  OneWayState& w = *one_way_;
+  out.samples = w.samples;
+  out.sender_synchronised = w.sender_synchronised;
+  out.reflector_synchronised = w.reflector_synchronised;
+  out.sender_error_ns = w.sender_error_ns;
+  out.reflector_error_ns = w.reflector_error_ns;
+  out.error_bound_ns = w.error_bound_ns;
+  const std::uint64_t forward_p50 = w.h.forward.percentile(50.0);
+  const std::uint64_t backward_p50 = w.h.backward.percentile(50.0);
+  const double limit = config_.max_error_fraction * static_cast<double>(std::min(forward_p50, backward_p50));
+  if (!w.sender_synchronised || !w.reflector_synchronised) {
+    out.status = OneWayStatus::kUnsynchronised;
+  } else if (!(static_cast<double>(w.error_bound_ns) < limit)) {
+    out.status = OneWayStatus::kBoundTooLarge;
+  } else {
+    out.status = OneWayStatus::kReported;
+    out.forward_min_ns = w.h.forward.min();
+    out.forward_p50_ns = forward_p50;
+    out.forward_p90_ns = w.h.forward.percentile(90.0);
+    out.forward_p99_ns = w.h.forward.percentile(99.0);
+    out.forward_max_ns = w.h.forward.max();
+    out.backward_min_ns = w.h.backward.min();
+    out.backward_p50_ns = backward_p50;
+    out.backward_p90_ns = w.h.backward.percentile(90.0);
+    out.backward_p99_ns = w.h.backward.percentile(99.0);
+    out.backward_max_ns = w.h.backward.max();
+    // Exact-sized copies, so the state keeps its buffers for the next interval; without memory
+    // the summary goes without the histograms (the figures above stand).
+    try {
+      auto h = std::make_shared<OneWayHistograms>();
+      if (h->forward.try_assign(w.h.forward) && h->backward.try_assign(w.h.backward)) out.histograms = std::move(h);
+    } catch (const std::bad_alloc&) {
+    }
+  }
+  w.h.forward.reset();
+  w.h.backward.reset();
+  w.samples = 0;
+  w.sender_synchronised = true;
+  w.reflector_synchronised = true;
+  w.sender_error_ns = 0;
+  w.reflector_error_ns = 0;
+  w.error_bound_ns = 0;
+  return out;
 }
 
 void TargetStats::record_received(const ProbeEvent& event, std::uint64_t rtt_ns) noexcept {
@@ -282,7 +390,8 @@ void TargetStats::record_received(const ProbeEvent& event, std::uint64_t rtt_ns)
 }
 
 void TargetStats::attribute_direction(const ProbeEvent& event) noexcept {
-  if (config_.protocol != ProbeProtocol::kUdpEcho) {
+  // session_id 0: the reply carries no counters (a stateless STAMP reflector).
+  if (!has_dwell(config_.protocol) || event.session_id == 0) {
     return;
   }
   const auto set_baseline = [&] {
@@ -436,6 +545,7 @@ IntervalSummary TargetStats::close_interval(std::int64_t now_ns) noexcept {
   if (!out.rtt.try_assign(rtt_pages)) {
     out.rtt = std::move(rtt_pages);
   }
+  out.one_way = close_one_way();
   if (!paths_.empty()) {
     // A few KiB at most; without memory the interval goes without its per-path detail.
     try {
@@ -499,6 +609,50 @@ constexpr WireCount kWireCounts[] = {
     {&IntervalSummary::ipdv_count, &Out::add_ipdv_count, true},
 };
 
+flatbuffers::Offset<flatbuffers::Vector<const wire::HistogramBucket*>> sparse_buckets(
+    flatbuffers::FlatBufferBuilder& fbb, const LatencyHistogram& h) {
+  wire::HistogramBucket* out = nullptr;
+  const auto offset = fbb.CreateUninitializedVectorOfStructs(h.nonzero_buckets(), &out);
+  h.for_each_nonzero([&out](SparseBucket bucket) { *out++ = wire::HistogramBucket(bucket.index, bucket.count); });
+  return offset;
+}
+
+flatbuffers::Offset<wire::OneWay> build_one_way(flatbuffers::FlatBufferBuilder& fbb, const OneWaySummary& w) {
+  flatbuffers::Offset<flatbuffers::Vector<const wire::HistogramBucket*>> forward;
+  flatbuffers::Offset<flatbuffers::Vector<const wire::HistogramBucket*>> backward;
+  std::uint8_t scheme = 0;
+  if (w.status == OneWayStatus::kReported && w.histograms != nullptr && w.histograms->forward.count() != 0) {
+    scheme = w.histograms->forward.scheme();
+    forward = sparse_buckets(fbb, w.histograms->forward);
+    backward = sparse_buckets(fbb, w.histograms->backward);
+  }
+  wire::OneWayBuilder out(fbb);
+  out.add_error_bound_ns(w.error_bound_ns);
+  out.add_sender_error_ns(w.sender_error_ns);
+  out.add_reflector_error_ns(w.reflector_error_ns);
+  out.add_forward_min_ns(to_wire_ns(w.forward_min_ns));
+  out.add_forward_p50_ns(to_wire_ns(w.forward_p50_ns));
+  out.add_forward_p90_ns(to_wire_ns(w.forward_p90_ns));
+  out.add_forward_p99_ns(to_wire_ns(w.forward_p99_ns));
+  out.add_forward_max_ns(to_wire_ns(w.forward_max_ns));
+  out.add_backward_min_ns(to_wire_ns(w.backward_min_ns));
+  out.add_backward_p50_ns(to_wire_ns(w.backward_p50_ns));
+  out.add_backward_p90_ns(to_wire_ns(w.backward_p90_ns));
+  out.add_backward_p99_ns(to_wire_ns(w.backward_p99_ns));
+  out.add_backward_max_ns(to_wire_ns(w.backward_max_ns));
+  out.add_max_error_fraction(static_cast<float>(w.max_error_fraction));
+  out.add_samples(to_wire_count(w.samples));
+  if (!forward.IsNull()) {
+    out.add_forward_histogram(forward);
+    out.add_backward_histogram(backward);
+  }
+  out.add_status(to_wire(w.status));
+  out.add_sender_synchronised(w.sender_synchronised);
+  out.add_reflector_synchronised(w.reflector_synchronised);
+  out.add_histogram_scheme(scheme);
+  return out.Finish();
+}
+
 }  // namespace
 
 flatbuffers::Offset<wire::LatencySummary> build_latency_summary(flatbuffers::FlatBufferBuilder& fbb,
@@ -520,11 +674,12 @@ flatbuffers::Offset<wire::LatencySummary> build_latency_summary(flatbuffers::Fla
   std::uint8_t scheme = 0;
   if (summary.rtt.count() != 0) {
     scheme = summary.rtt.scheme();
-    wire::HistogramBucket* out = nullptr;
-    histogram = fbb.CreateUninitializedVectorOfStructs(summary.rtt.nonzero_buckets(), &out);
-    summary.rtt.for_each_nonzero(
-        [&out](SparseBucket bucket) { *out++ = wire::HistogramBucket(bucket.index, bucket.count); });
+    histogram = sparse_buckets(fbb, summary.rtt);
   }
+  // Protocols with a reflector clock say whether one-way delay was measured; absent (TCP, ICMP,
+  // old agents) reads as NotMeasured.
+  flatbuffers::Offset<wire::OneWay> one_way;
+  if (has_dwell(summary.protocol)) one_way = build_one_way(fbb, summary.one_way);
   // The builder rather than CreateLatencySummary: thirty positional arguments of mostly the
   // same type would let a swapped pair compile. Wide fields first, as the generated Create
   // functions do, so the table needs no alignment padding.
@@ -561,6 +716,7 @@ flatbuffers::Offset<wire::LatencySummary> build_latency_summary(flatbuffers::Fla
   if (!paths.IsNull()) {
     out.add_paths(paths);  // absent with one path
   }
+  if (!one_way.IsNull()) out.add_one_way(one_way);
   return out.Finish();
 }
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string_view>
 #include <vector>
 
@@ -59,6 +60,22 @@ namespace vantage::agent::aggregate {
 //                  UDP echo only: a reply from a new reflector_boot, or a new session_id from
 //                  the same boot; either one restarts the loss-direction baseline.
 //
+// STAMP replies carry a wall-clock send time, not the monotonic one: with send_ns_from_slot the
+// RTT is taken from the send_ns recorded at kSent. A reply with session_id 0 (a stateless STAMP
+// reflector, or a protocol without counters) carries no loss-direction information: it neither
+// moves nor restarts the baseline. The reflector's dwell is subtracted for UDP echo and STAMP.
+//
+// One-way delay: replies with event.one_way (received in time) feed a forward and a backward
+// histogram, allocated on the target's first such reply (a target that never has one costs a
+// pointer). At the interval's close the figures are Reported only when every one of those
+// replies had both ends synchronised and the combined error bound (the largest
+// sender_error_ns + reflector_error_ns of the interval) is below max_error_fraction times the
+// smaller of the forward and backward medians; otherwise the status says why (Unsynchronised,
+// BoundTooLarge) and the figures are 0. NotMeasured: no reply had the four timestamps. The bound
+// and each end's synchronised flag and largest error are carried whatever the status. A negative
+// one-way figure (clocks apart by more than the delay) is recorded as 0, so its median fails the
+// gate rather than passing a nonsense value.
+//
 // Sequence numbers are compared by modular distance, so the wrap from 2^64 - 1 to 0 is just
 // the next probe. Jitter is RFC 3393 IPDV between consecutive received replies in arrival
 // order (the RTT of each minus the RTT of the one received before it, also across an
@@ -74,6 +91,9 @@ struct TargetStatsConfig {
   // ECMP paths the prober spreads this target's probes over: probe seq's path is seq mod paths.
   // Above 1, every interval also carries per-path counts and RTT (IntervalSummary::paths).
   std::uint32_t paths = 1;
+  // One-way figures are reported when the combined error bound is below this fraction of the
+  // smaller one-way median ([clock] max_error_fraction).
+  double max_error_fraction = 0.1;
 
   static constexpr std::uint32_t kMaxPaths = 64;
   static constexpr std::uint32_t kMinWindow = 16;
@@ -94,6 +114,40 @@ struct PathSummary {
   std::uint64_t min_ns = 0;  // all RTTs 0 when received is 0
   std::uint64_t max_ns = 0;
   double mean_ns = 0.0;
+};
+
+enum class OneWayStatus : std::uint8_t { kNotMeasured = 0, kReported = 1, kUnsynchronised = 2, kBoundTooLarge = 3 };
+
+const char* to_string(OneWayStatus status) noexcept;
+
+struct OneWayHistograms {
+  LatencyHistogram forward;
+  LatencyHistogram backward;
+};
+
+// One interval's one-way delay (wire::OneWay). The figures are 0 and histograms null unless
+// status is kReported.
+struct OneWaySummary {
+  OneWayStatus status = OneWayStatus::kNotMeasured;
+  std::int64_t error_bound_ns = 0;
+  double max_error_fraction = 0.0;
+  bool sender_synchronised = false;     // every one-way reply of the interval
+  bool reflector_synchronised = false;
+  std::int64_t sender_error_ns = 0;     // largest of the interval
+  std::int64_t reflector_error_ns = 0;
+  std::uint64_t samples = 0;
+  std::uint64_t forward_min_ns = 0;
+  std::uint64_t forward_p50_ns = 0;
+  std::uint64_t forward_p90_ns = 0;
+  std::uint64_t forward_p99_ns = 0;
+  std::uint64_t forward_max_ns = 0;
+  std::uint64_t backward_min_ns = 0;
+  std::uint64_t backward_p50_ns = 0;
+  std::uint64_t backward_p90_ns = 0;
+  std::uint64_t backward_p99_ns = 0;
+  std::uint64_t backward_max_ns = 0;
+  // Shared, so that summaries stay cheap to copy and carry no histogram memory when not reported.
+  std::shared_ptr<const OneWayHistograms> histograms;
 };
 
 // One interval of one target, in the shape of wire::LatencySummary plus the counters the
@@ -141,6 +195,8 @@ struct IntervalSummary {
   // Per ECMP path, in path order; empty when the target has one path (or, rarely, when memory
   // ran out at the interval's close).
   std::vector<PathSummary> paths;
+
+  OneWaySummary one_way;
 };
 
 class TargetStats {
@@ -160,6 +216,8 @@ class TargetStats {
 
   std::uint32_t window() const noexcept { return static_cast<std::uint32_t>(slots_.size()); }
   std::uint64_t outstanding() const noexcept;
+  // Whether one-way histograms exist (only after a reply with one-way timestamps).
+  bool has_one_way_state() const noexcept { return one_way_ != nullptr; }
 
  private:
   enum class SlotState : std::uint8_t {
@@ -206,6 +264,19 @@ class TargetStats {
     return paths_.empty() ? nullptr : &paths_[static_cast<std::size_t>(seq % paths_.size())];
   }
 
+  // One-way delay of the current interval, allocated on the first reply that has it.
+  struct OneWayState {
+    OneWayHistograms h;
+    std::uint64_t samples = 0;
+    bool sender_synchronised = true;
+    bool reflector_synchronised = true;
+    std::int64_t sender_error_ns = 0;
+    std::int64_t reflector_error_ns = 0;
+    std::int64_t error_bound_ns = 0;
+  };
+  void record_one_way(const probes::ProbeEvent& event) noexcept;
+  OneWaySummary close_one_way() noexcept;
+
   void declare_lost(Slot& slot) noexcept;
   void undo_loss(Slot& slot) noexcept;
   void retire_before(std::uint64_t new_oldest) noexcept;
@@ -246,6 +317,7 @@ class TargetStats {
   LatencyHistogram ipdv_;
   IntervalSummary current_;
   std::vector<PathCounts> paths_;  // this interval's, per path; empty with one path
+  std::unique_ptr<OneWayState> one_way_;
 };
 
 // Appends a wire::LatencySummary for summary to fbb. target is the label to ship (host:port
@@ -253,6 +325,7 @@ class TargetStats {
 // buckets with histogram_scheme = LatencyHistogram::kScheme, or scheme 0 and no vector when
 // the interval had no RTT. Every counter of IntervalSummary is written, plus the RTT
 // histogram's overflow() and dropped() so a receiver can rebuild it with from_sparse().
+// UDP echo and STAMP summaries also carry wire::OneWay (summary.one_way).
 // unresolved: the target's name had no address (LatencySummary.unresolved).
 flatbuffers::Offset<wire::LatencySummary> build_latency_summary(flatbuffers::FlatBufferBuilder& fbb,
                                                                 std::string_view target,

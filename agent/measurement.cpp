@@ -59,8 +59,8 @@ std::uint32_t window_for(const ProbeTargetSpec& t) {
 }  // namespace
 
 const char* protocol_name(ProbeProtocol protocol) noexcept {
-  static constexpr const char* kNames[] = {"udp", "tcp", "icmp"};
-  static_assert(platform::enum_table_covers<ProbeProtocol, ProbeProtocol::kIcmpEcho>(kNames));
+  static constexpr const char* kNames[] = {"udp", "tcp", "icmp", "stamp"};
+  static_assert(platform::enum_table_covers<ProbeProtocol, ProbeProtocol::kStamp>(kNames));
   return platform::enum_name(protocol, kNames);
 }
 
@@ -93,7 +93,9 @@ const char* unprobeable_address(const asio::ip::address& address) noexcept {
 std::string client_label(privacy::Pseudonymiser& pseudonymiser, const ProbeTargetSpec& target,
                          std::int64_t unix_seconds) {
   // IANA protocol numbers: the digest is the fleet's, not this build's enum.
-  const std::uint8_t ip_protocol = target.protocol == ProbeProtocol::kUdpEcho      ? 17
+  const std::uint8_t ip_protocol = target.protocol == ProbeProtocol::kUdpEcho ||
+                                           target.protocol == ProbeProtocol::kStamp
+                                       ? 17
                                    : target.protocol == ProbeProtocol::kTcpConnect ? 6
                                    : target.address.is_v6()                        ? 58
                                                                                    : 1;
@@ -192,20 +194,25 @@ platform::Status Measurement::Impl::open_probers() {
     const bool resolved = t.host.empty();
     switch (t.protocol) {
       case ProbeProtocol::kUdpEcho:
-      case ProbeProtocol::kStamp:
+      case ProbeProtocol::kStamp: {
+        const bool stamp = t.protocol == ProbeProtocol::kStamp;
+        const std::size_t default_size = stamp ? probes::stamp::base_size(t.stamp.mode()) : probes::kProbeHeaderSize;
         prober_position[i] = udp_config.targets.size();
         udp_config.targets.push_back(probes::UdpProbeTarget{
             .endpoint = {t.address, t.port},
             .index = index,
             .rate_per_s = t.rate_per_s,
-            .payload_size = t.payload_size != 0 ? t.payload_size : probes::kProbeHeaderSize,
+            .payload_size = t.payload_size != 0 ? t.payload_size : default_size,
             .dscp = t.dscp,
             .timeout = t.timeout,
             .count = 0,
             .resolved = resolved,
-            .paths = std::clamp<std::uint32_t>(t.paths, 1, ProbeTargetSpec::kMaxPaths),
+            .paths = stamp ? 1 : std::clamp<std::uint32_t>(t.paths, 1, ProbeTargetSpec::kMaxPaths),
+            .format = stamp ? probes::UdpProbeFormat::kStamp : probes::UdpProbeFormat::kVantageEcho,
+            .stamp = t.stamp,
         });
         break;
+      }
       case ProbeProtocol::kTcpConnect:
         prober_position[i] = tcp_config.targets.size();
         tcp_config.targets.push_back(probes::TcpTarget{

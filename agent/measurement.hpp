@@ -42,10 +42,11 @@ struct ProbeTargetSpec {
   // is an IP address given as such.
   std::string host;
   asio::ip::address address;
-  std::uint16_t port = 0;  // UDP echo and TCP; ignored for ICMP
+  std::uint16_t port = 0;  // UDP echo, STAMP and TCP; ignored for ICMP
   double rate_per_s = 1.0;
   std::chrono::nanoseconds timeout = std::chrono::seconds(1);
-  std::size_t payload_size = 0;  // 0: the protocol's default (64-byte probe header, 56-byte ping)
+  // 0: the protocol's default (64-byte probe header, 56-byte ping, STAMP's 44 or 112-byte base).
+  std::size_t payload_size = 0;
   std::uint8_t dscp = 0;
   bool client = false;  // a client's (player's) address: personal data, labelled by its pseudonym
   // ECMP paths: UDP echo probes rotate over this many source ports (probe seq mod paths), so
@@ -53,6 +54,7 @@ struct ProbeTargetSpec {
   // counts when it is above 1. 1..kMaxPaths; TCP and ICMP probe one path (1).
   std::uint32_t paths = 1;
   static constexpr std::uint32_t kMaxPaths = 64;
+  probes::StampSenderOptions stamp;  // STAMP targets: SSID, key, timestamp format, reflector kind
 };
 
 struct MeasurementConfig {
@@ -163,7 +165,7 @@ class Measurement {
   std::unique_ptr<Impl> impl_;
 };
 
-// "udp", "tcp", "icmp".
+// "udp", "tcp", "icmp", "stamp".
 const char* protocol_name(probes::ProbeProtocol protocol) noexcept;
 
 // "192.0.2.1:8627", "[2001:db8::1]:8627"; ICMP targets have no port: "192.0.2.1", "2001:db8::1".

@@ -8,6 +8,7 @@
 
 #include "agent/probes/counter_snapshot.hpp"
 #include "platform/clock.hpp"
+#include "platform/clock_state.hpp"
 #include "platform/random_seed.hpp"
 #include "platform/rx_timestamp.hpp"
 
@@ -165,6 +166,17 @@ void Reflector::handle_datagram(std::size_t size, bool truncated, std::uint64_t 
     stamp.tx_ns = now_ns(CLOCK_MONOTONIC);
   }
   stamp_reply(packet, stamp);
+  // The clock extension, when the prober asked for it (probe_packet.hpp): wall-clock stamps and
+  // this host's Error Estimate, for one-way delay. Monotonic stamps move onto the wall clock
+  // by the one offset read here.
+  if (packet.size() >= kClockProbeSize) {
+    const bool wall = timestamp_source() == TimestampSource::kKernelRealtime;
+    const std::int64_t tx_wall = wall ? static_cast<std::int64_t>(stamp.tx_ns) : platform::realtime_ns();
+    const auto rx_wall = static_cast<std::int64_t>(static_cast<std::uint64_t>(tx_wall) - (stamp.tx_ns - stamp.rx_ns));
+    stamp_clock_reply(packet, rx_wall, tx_wall,
+                      platform::encode_error_estimate(
+                          platform::error_estimate_of(platform::ClockStateCell::instance().current())));
+  }
   // Same length as the request: the reply is never larger than what the source sent.
   switch (socket_.send_reply(packet)) {
     case ReflectorSocket::Sent::kUnpinned:

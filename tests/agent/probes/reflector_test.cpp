@@ -26,6 +26,7 @@
 #include "agent/probes/probe_packet.hpp"
 #include "agent/probes/reflector.hpp"
 #include "platform/clock.hpp"
+#include "platform/clock_state.hpp"
 #include "agent/probes/udp_prober.hpp"
 #include "platform/spsc_ring.hpp"
 #include "tests/agent/probes/event_ring.hpp"
@@ -560,4 +561,52 @@ TEST_CASE("start reports bad configs and busy ports and stop ends the io_context
   // Returns only because stop() left no pending wait behind.
   io.run();
   CHECK(first.counters().received == 0);
+}
+
+TEST_CASE("the clock extension comes back filled with wall-clock stamps and the Error Estimate") {
+  namespace platform = vantage::platform;
+  platform::ClockStateCell::instance().assume(platform::ClockState{true, 50'000, 50'000, {}});
+  for (const bool kernel : {true, false}) {
+    CAPTURE(kernel);
+    ReflectorConfig config = loopback_config("127.0.0.1");
+    config.kernel_timestamps = kernel;
+    RunningReflector r(config);
+    Peer peer("127.0.0.1");
+    Bytes request = probe(1, probes::kClockProbeSize);
+    const std::int64_t before = platform::realtime_ns();
+    REQUIRE(probes::write_clock_request(request, before, 0));
+    peer.send(r.target("127.0.0.1"), request);
+    const auto reply = peer.receive(kReplyTimeout);
+    REQUIRE(reply.has_value());
+    const std::int64_t after = platform::realtime_ns();
+    REQUIRE(reply->size() == request.size());
+    decode_reply(*reply);
+    const auto ext = probes::read_clock_extension(*reply);
+    REQUIRE(ext.has_value());
+    CHECK(ext->reflected);
+    CHECK(ext->sender_tx_ns == before);
+    CHECK(ext->reflector_rx_ns <= ext->reflector_tx_ns);
+    // Wall clock, so between the client's two reads (a realtime step during the test aside).
+    CHECK(ext->reflector_rx_ns >= before - 1'000'000'000);
+    CHECK(ext->reflector_tx_ns <= after + 1'000'000'000);
+    const platform::ErrorEstimate ee = platform::decode_error_estimate(ext->reflector_error);
+    CHECK(ee.synchronised);
+    CHECK(ee.error_ns >= 50'000);
+    CHECK(ee.error_ns < 51'000);
+    probes::ProbeEvent e;
+    probes::fill_one_way(e, *reply, after);
+    CHECK(e.one_way);
+    CHECK(e.reflector_synchronised);
+  }
+  platform::ClockStateCell::instance().assume(std::nullopt);
+}
+
+TEST_CASE("a probe without the clock extension keeps its padding, clock-sized or not") {
+  RunningReflector r(loopback_config("127.0.0.1"));
+  Peer peer("127.0.0.1");
+  const Bytes request = probe(1, probes::kClockProbeSize + 10);
+  peer.send(r.target("127.0.0.1"), request);
+  const auto reply = peer.receive(kReplyTimeout);
+  REQUIRE(reply.has_value());
+  CHECK(std::equal(reply->begin() + kProbeHeaderSize, reply->end(), request.begin() + kProbeHeaderSize));
 }

@@ -16,10 +16,48 @@ namespace {
 
 int protocol_rank(std::string_view protocol) {
   if (protocol == "udp_echo") return 0;
-  if (protocol == "tcp_connect") return 1;
-  if (protocol == "icmp") return 2;
+  if (protocol == "stamp") return 1;
+  if (protocol == "tcp_connect") return 2;
+  if (protocol == "icmp") return 3;
   return 9;
 }
+constexpr int kKnownProtocolRank = 3;
+
+// How little a one-way status lets the figures be trusted: the pair shows its agents' worst.
+int distrust(OneWayStatus s) {
+  switch (s) {
+    case OneWayStatus::kNotMeasured:
+      return 0;
+    case OneWayStatus::kReported:
+      return 1;
+    case OneWayStatus::kBoundTooLarge:
+      return 2;
+    case OneWayStatus::kUnsynchronised:
+      return 3;
+  }
+  return 0;
+}
+
+// A pair's one-way figures from its agents' summaries.
+struct OneWayMerge {
+  std::optional<OneWayStatus> status;
+  bool sender_unsynchronised = false, reflector_unsynchronised = false;
+  double error_bound_ms = 0.0;
+  std::vector<double> forward_p50s, backward_p50s;
+  double forward_p99 = 0.0, backward_p99 = 0.0;
+  void add(const LiveOneWay& w) {
+    if (!status || distrust(w.status) > distrust(*status)) status = w.status;
+    error_bound_ms = std::max(error_bound_ms, static_cast<double>(w.error_bound_ns) / 1e6);
+    if (w.status == OneWayStatus::kNotMeasured) return;  // nothing said about the clocks either
+    sender_unsynchronised |= !w.sender_synchronised;
+    reflector_unsynchronised |= !w.reflector_synchronised;
+    if (w.status != OneWayStatus::kReported) return;
+    forward_p50s.push_back(static_cast<double>(w.forward_p50_ns) / 1e6);
+    backward_p50s.push_back(static_cast<double>(w.backward_p50_ns) / 1e6);
+    forward_p99 = std::max(forward_p99, static_cast<double>(w.forward_p99_ns) / 1e6);
+    backward_p99 = std::max(backward_p99, static_cast<double>(w.backward_p99_ns) / 1e6);
+  }
+};
 
 // Rounded to a fixed resolution, then written as the shortest text that reads back: "48.312"
 // rather than printf's digits, and several times faster for 90,000 pairs.
@@ -116,6 +154,7 @@ PopMatrix build_pop_matrix(const LiveSnapshot& view, std::int64_t now_ns) {
     c.dst = static_cast<std::uint32_t>(key & 0xffffffffu);
     c.unresolved = true;
     Merge merge;
+    OneWayMerge one_way;
     std::int64_t newest = 0;
     std::string_view first_agent;
     for (const LiveLatency* l : entries) {
@@ -129,6 +168,7 @@ PopMatrix build_pop_matrix(const LiveSnapshot& view, std::int64_t now_ns) {
       if (l->unresolved) continue;
       c.unresolved = false;
       merge.add(l->p50_ns, l->p99_ns, l->sent, l->received, l->lost);
+      if (l->one_way) one_way.add(*l->one_way);
     }
     c.first_agent = agent_index.at(first_agent);
     c.p50_ms = median(merge.p50s);
@@ -138,6 +178,18 @@ PopMatrix build_pop_matrix(const LiveSnapshot& view, std::int64_t now_ns) {
     c.lost = merge.lost;
     c.loss = merge.loss();
     c.age_s = static_cast<double>(now_ns - newest) / 1e9;
+    if (one_way.status) {
+      c.one_way_status = static_cast<int>(*one_way.status);
+      c.sender_unsynchronised = one_way.sender_unsynchronised;
+      c.reflector_unsynchronised = one_way.reflector_unsynchronised;
+      c.one_way_error_bound_ms = one_way.error_bound_ms;
+      if (*one_way.status == OneWayStatus::kReported) {
+        c.forward_p50_ms = median(one_way.forward_p50s);
+        c.forward_p99_ms = one_way.forward_p99;
+        c.backward_p50_ms = median(one_way.backward_p50s);
+        c.backward_p99_ms = one_way.backward_p99;
+      }
+    }
     m.cells.push_back(std::move(c));
   }
   return m;
@@ -187,6 +239,24 @@ std::string render_matrix_json(const PopMatrix& m, std::int64_t now_ns) {
   column("protocol", [&](const PopMatrixCell& c) { return protocol_index.at(c.protocol); });
   column("unresolved", [](const PopMatrixCell& c) { return std::uint32_t{c.unresolved}; });
   column("age_s", [](const PopMatrixCell& c) { return rounded(c.age_s, kMicrosPerMs); });
+  // One-way delay, only once some agent sends it (a fleet without it pays nothing): one_way_status
+  // indexes one_way_statuses (-1: not carried), one_way_unsync has bit 1 for the agent's clock and
+  // bit 2 for the reflector's when either was not synchronised; the figures are 0 unless reported.
+  if (std::any_of(m.cells.begin(), m.cells.end(), [](const PopMatrixCell& c) { return c.one_way_status >= 0; })) {
+    j.key("one_way_statuses");
+    j.begin_array();
+    for (std::size_t i = 0; i < kOneWayStatusCount; ++i) j.value(to_string(static_cast<OneWayStatus>(i)));
+    j.end_array();
+    column("one_way_status", [](const PopMatrixCell& c) { return static_cast<std::int32_t>(c.one_way_status); });
+    column("one_way_unsync", [](const PopMatrixCell& c) {
+      return std::uint32_t{c.sender_unsynchronised} | std::uint32_t{c.reflector_unsynchronised} << 1;
+    });
+    column("one_way_error_bound_ms", [](const PopMatrixCell& c) { return rounded(c.one_way_error_bound_ms, kMicrosPerMs); });
+    column("forward_p50_ms", [](const PopMatrixCell& c) { return rounded(c.forward_p50_ms, kMicrosPerMs); });
+    column("forward_p99_ms", [](const PopMatrixCell& c) { return rounded(c.forward_p99_ms, kMicrosPerMs); });
+    column("backward_p50_ms", [](const PopMatrixCell& c) { return rounded(c.backward_p50_ms, kMicrosPerMs); });
+    column("backward_p99_ms", [](const PopMatrixCell& c) { return rounded(c.backward_p99_ms, kMicrosPerMs); });
+  }
   j.end_object();
   return j.take();
 }
@@ -219,7 +289,9 @@ PairRequestOrError parse_pair_request(const std::multimap<std::string, std::stri
       (key == "since" ? r.since_s : r.until_s) = v;
       (key == "since" ? has_since : has_until) = true;
     } else if (key == "protocol") {
-      if (protocol_rank(value) > 2) return fail("protocol: expected udp_echo, tcp_connect or icmp");
+      if (protocol_rank(value) > kKnownProtocolRank) {
+        return fail("protocol: expected udp_echo, stamp, tcp_connect or icmp");
+      }
       r.protocol = value;
     } else {
       return fail("unknown parameter (from, to, since, until and protocol are known)");

@@ -17,7 +17,7 @@
 namespace vantage::collector::http {
 
 // One (source PoP, target) pair: the live figures of every agent filed under that PoP, under the
-// pair's preferred protocol (UDP echo, then TCP connect, then ICMP). Several agents of one PoP
+// pair's preferred protocol (UDP echo, then STAMP, then TCP connect, then ICMP). Several agents of one PoP
 // merge as: counts summed, loss from the sums, p50 the median of the agents' p50s, p99 the
 // highest p99 (the pair is as bad as its worst agent's tail).
 struct PopMatrixCell {
@@ -29,6 +29,14 @@ struct PopMatrixCell {
   std::uint32_t first_agent = 0;  // index into PopMatrix::agent_ids
   bool unresolved = false;        // every agent lacks an address for the target's name
   double age_s = 0.0;             // of the freshest interval among the agents
+  // One-way delay, merged like the round trip: -1 when no agent's summary carried it, else the
+  // least trustworthy status among the agents (an OneWayStatus: unsynchronised, then bound too
+  // large, then reported, then not measured), so one agent with a bad clock marks the pair.
+  // Figures only when that is reported.
+  int one_way_status = -1;
+  bool sender_unsynchronised = false, reflector_unsynchronised = false;  // of any agent's interval
+  double one_way_error_bound_ms = 0.0;  // the largest
+  double forward_p50_ms = 0.0, forward_p99_ms = 0.0, backward_p50_ms = 0.0, backward_p99_ms = 0.0;
 };
 
 struct PopMatrix {
@@ -44,7 +52,7 @@ std::string render_matrix_json(const PopMatrix& matrix, std::int64_t now_ns);
 // GET /api/pair's parameters: from, to (PoP and target names, 1..256 bytes of UTF-8 without
 // control characters), since and until (Unix seconds, integers; until defaults to now, since to
 // an hour before until; until - since is 1 s .. kMaxPairRangeS), protocol (optional: one of
-// udp_echo, tcp_connect, icmp; default the pair's preferred one).
+// udp_echo, stamp, tcp_connect, icmp; default the pair's preferred one).
 inline constexpr std::int64_t kMaxPairRangeS = 7 * 86'400;
 // Points a drill-down returns at most: a longer range is grouped into coarser steps.
 inline constexpr std::int64_t kMaxPairPoints = 3'600;

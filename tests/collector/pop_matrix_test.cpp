@@ -190,3 +190,68 @@ TEST_CASE("a drill-down groups the store's intervals into steps under the prefer
   CHECK(contains(json, R"("protocol":"icmp","protocols":[],)"));
   CHECK(contains(json, R"("count":0,"t":[],)"));
 }
+
+TEST_CASE("a PoP pair's one-way delay: the least trustworthy agent's status marks it, figures only when reported") {
+  const auto one_way = [](OneWayStatus status, std::int64_t fwd_ms, std::int64_t bwd_ms) {
+    LiveOneWay w;
+    w.status = status;
+    w.error_bound_ns = 100'000;
+    w.sender_synchronised = status != OneWayStatus::kUnsynchronised;
+    w.reflector_synchronised = true;
+    if (status == OneWayStatus::kReported) {
+      w.forward_p50_ns = fwd_ms * kMs;
+      w.forward_p99_ns = (fwd_ms + 2) * kMs;
+      w.backward_p50_ns = bwd_ms * kMs;
+      w.backward_p99_ns = (bwd_ms + 1) * kMs;
+    }
+    return w;
+  };
+  LiveSnapshot view;
+  // ams -> fra: two agents reported; fra -> ams: one reported, one unsynchronised; STAMP to a
+  // router beside ICMP to it: STAMP is preferred; sin -> fra: an older agent, no one-way at all.
+  LiveLatency a1 = cell("ams", "ams-1", "fra", "udp_echo", 35, 40, 10, 0);
+  a1.one_way = one_way(OneWayStatus::kReported, 30, 5);
+  LiveLatency a2 = cell("ams", "ams-2", "fra", "udp_echo", 36, 42, 10, 0);
+  a2.one_way = one_way(OneWayStatus::kReported, 32, 6);
+  a2.one_way->error_bound_ns = 300'000;
+  LiveLatency f1 = cell("fra", "fra-1", "ams", "udp_echo", 35, 40, 10, 0);
+  f1.one_way = one_way(OneWayStatus::kReported, 5, 30);
+  LiveLatency f2 = cell("fra", "fra-2", "ams", "udp_echo", 35, 40, 10, 0);
+  f2.one_way = one_way(OneWayStatus::kUnsynchronised, 0, 0);
+  LiveLatency r1 = cell("fra", "fra-1", "router", "stamp", 2, 3, 10, 0);
+  r1.one_way = one_way(OneWayStatus::kBoundTooLarge, 0, 0);
+  view.latency = {a1, a2, f1, f2, r1, cell("fra", "fra-1", "router", "icmp", 1, 1, 10, 0),
+                  cell("sin", "sin-1", "fra", "udp_echo", 150, 160, 10, 0)};
+  const PopMatrix m = build_pop_matrix(view, kNow);
+  REQUIRE(m.cells.size() == 4);  // ams->fra, fra->ams, fra->router, sin->fra
+  const PopMatrixCell& ams_fra = m.cells[0];
+  CHECK(ams_fra.one_way_status == static_cast<int>(OneWayStatus::kReported));
+  CHECK(ams_fra.forward_p50_ms == doctest::Approx(31.0));  // the median of 30 and 32
+  CHECK(ams_fra.forward_p99_ms == doctest::Approx(34.0));  // the highest
+  CHECK(ams_fra.backward_p50_ms == doctest::Approx(5.5));
+  CHECK(ams_fra.backward_p99_ms == doctest::Approx(7.0));
+  CHECK(ams_fra.one_way_error_bound_ms == doctest::Approx(0.3));
+  const PopMatrixCell& fra_ams = m.cells[1];
+  CHECK(fra_ams.one_way_status == static_cast<int>(OneWayStatus::kUnsynchronised));
+  CHECK(fra_ams.sender_unsynchronised);
+  CHECK_FALSE(fra_ams.reflector_unsynchronised);
+  CHECK(fra_ams.forward_p50_ms == 0.0);
+  const PopMatrixCell& router = m.cells[2];
+  CHECK(router.protocol == "stamp");
+  CHECK(router.one_way_status == static_cast<int>(OneWayStatus::kBoundTooLarge));
+  CHECK(m.cells[3].one_way_status == -1);
+
+  const std::string json = render_matrix_json(m, kNow);
+  CHECK(contains(json, R"("protocols":["udp_echo","stamp"],)"));
+  CHECK(contains(json, R"("one_way_statuses":["not_measured","reported","unsynchronised","bound_too_large"],)"
+                       R"("one_way_status":[1,2,3,-1],"one_way_unsync":[0,1,0,0],)"
+                       R"("one_way_error_bound_ms":[0.3,0.1,0.1,0],"forward_p50_ms":[31,0,0,0],)"
+                       R"("forward_p99_ms":[34,0,0,0],"backward_p50_ms":[5.5,0,0,0],"backward_p99_ms":[7,0,0,0]})"));
+
+  // A fleet where no agent sends one-way delay: none of its columns.
+  LiveSnapshot old;
+  old.latency = {cell("sin", "sin-1", "fra", "udp_echo", 150, 160, 10, 0)};
+  CHECK_FALSE(contains(render_matrix_json(build_pop_matrix(old, kNow), kNow), "one_way"));
+  // /api/pair takes stamp as a protocol.
+  CHECK(parse_pair_request(params({{"from", "fra"}, {"to", "router"}, {"protocol", "stamp"}}), kNow).request);
+}

@@ -220,7 +220,8 @@ void StampReflector::handle_datagram(const ReflectorDatagram& d, std::uint64_t n
   received_.bump();
   // The arrival time when the kernel gave none (or one the plausibility rule refuses).
   const std::int64_t read_ns = platform::realtime_ns();
-  if (d.truncated) {
+  // The buffer holds one byte more than the limit, so an oversized datagram is seen as such.
+  if (d.truncated || d.size > config_.max_packet_size) {
     dropped_malformed_.bump();
     return;
   }

@@ -762,4 +762,7 @@ TEST_CASE("/api/status: one-way figures and status per cell, the reason when unt
   const std::size_t ams = json.find(R"({"agent":"ams1-a")");
   REQUIRE(ams != std::string::npos);
   CHECK(json.find(R"("clock":null)", ams) != std::string::npos);
+  // The page marks untrusted pairs and shows each agent's clock.
+  CHECK(collector::http::status_page_html().find("oneway-untrusted") != std::string_view::npos);
+  CHECK(collector::http::status_page_html().find("agents-clock") != std::string_view::npos);
 }

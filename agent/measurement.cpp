@@ -140,6 +140,7 @@ struct Measurement::Impl {
   std::unique_ptr<probes::TcpProber> tcp;
   std::unique_ptr<probes::IcmpProber> icmp;
   std::unique_ptr<probes::Reflector> reflector;
+  std::unique_ptr<probes::StampReflector> stamp_reflector;
   std::unique_ptr<privacy::Pseudonymiser> pseudonymiser;  // used by the aggregator thread only
 
   // Target names: the resolver's name i is target name_targets[i]; prober_position[t] is target
@@ -423,6 +424,7 @@ void Measurement::Impl::emit(std::int64_t now_ns, bool final) {
   if (tcp) report.counters.tcp = tcp->counters();
   if (icmp) report.counters.icmp = icmp->counters();
   if (reflector) report.counters.reflector = reflector->counters();
+  if (stamp_reflector) report.counters.stamp_reflector = stamp_reflector->counters();
   report.counters.loads_dropped = loads_dropped.load(std::memory_order_relaxed);
   interval_start_ns = now_ns;
   if (sink) {
@@ -467,6 +469,7 @@ void Measurement::Impl::stop_probe_thread() {
 
 void Measurement::Impl::stop_reflector_thread() {
   if (reflector) reflector->stop();
+  if (stamp_reflector) stamp_reflector->stop();
   reflector_work.reset();
   if (reflector_thread.joinable()) {
     reflector_thread.join();
@@ -529,6 +532,17 @@ platform::Status Measurement::start(ReportSink sink) {
                                      s.code());
     }
   }
+  if (config_.stamp_reflector) {
+    impl->stamp_reflector = std::make_unique<probes::StampReflector>(impl->reflector_io, *config_.stamp_reflector);
+    if (const platform::Status s = impl->stamp_reflector->start(); !s) {
+      // The Vantage reflector may have started: its posted close completes here.
+      impl->stop_reflector_thread();
+      impl->reflector_io.run();
+      return platform::Status::error("STAMP reflector on " + config_.stamp_reflector->bind_address + " port " +
+                                         std::to_string(config_.stamp_reflector->port) + ": " + s.message(),
+                                     s.code());
+    }
+  }
   if (platform::Status r = impl->open_probers(); !r) {
     // Whatever did start posts its close; running the io_contexts here completes that.
     impl->stop_probe_thread();
@@ -554,7 +568,7 @@ platform::Status Measurement::start(ReportSink sink) {
 
   Impl* p = impl.get();
   impl->probe_thread = std::thread([p] { p->probe_io.run(); });
-  if (impl->reflector) {
+  if (impl->reflector || impl->stamp_reflector) {
     impl->reflector_thread = std::thread([p] { p->reflector_io.run(); });
   }
   if (config_.load_interval > std::chrono::nanoseconds::zero()) {
@@ -638,6 +652,13 @@ std::optional<asio::ip::udp::endpoint> Measurement::reflector_endpoint() const {
     return std::nullopt;
   }
   return impl_->reflector->local_endpoint();
+}
+
+std::optional<asio::ip::udp::endpoint> Measurement::stamp_reflector_endpoint() const {
+  if (!impl_ || !impl_->stamp_reflector) {
+    return std::nullopt;
+  }
+  return impl_->stamp_reflector->local_endpoint();
 }
 
 }  // namespace vantage::agent

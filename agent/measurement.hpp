@@ -22,6 +22,7 @@
 #include "agent/probes/icmp_prober.hpp"
 #include "agent/probes/probe_event.hpp"
 #include "agent/probes/reflector.hpp"
+#include "agent/probes/stamp_reflector.hpp"
 #include "agent/probes/tcp_prober.hpp"
 #include "agent/probes/udp_prober.hpp"
 #include "agent/samplers/host_sampler.hpp"
@@ -66,6 +67,8 @@ struct MeasurementConfig {
   std::chrono::nanoseconds load_interval = std::chrono::seconds(1);
   std::filesystem::path host_root = "/";
   std::optional<probes::ReflectorConfig> reflector;  // nullopt: answer nobody's probes
+  // The STAMP session-reflector, on the reflector's thread; nullopt: none.
+  std::optional<probes::StampReflectorConfig> stamp_reflector;
   bool kernel_timestamps = true;
   probes::IcmpSocketMode icmp_mode = probes::IcmpSocketMode::kAuto;
   // How target names are retried and refreshed, and looked up (empty: getaddrinfo; tests
@@ -92,6 +95,7 @@ struct MeasurementCounters {
   probes::TcpProberCounters tcp;
   probes::IcmpProberCounters icmp;
   probes::ReflectorCounters reflector;
+  probes::StampReflectorCounters stamp_reflector;
   std::uint64_t loads_dropped = 0;  // the sampler's ring was full
 };
 
@@ -157,6 +161,8 @@ class Measurement {
 
   // The reflector's bound endpoint (to read back an ephemeral port), if one runs.
   std::optional<asio::ip::udp::endpoint> reflector_endpoint() const;
+  // The STAMP reflector's, likewise.
+  std::optional<asio::ip::udp::endpoint> stamp_reflector_endpoint() const;
   const MeasurementConfig& config() const noexcept { return config_; }
 
  private:

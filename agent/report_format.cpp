@@ -254,6 +254,18 @@ void json_report(const MeasurementReport& report, const std::vector<ProbeTargetS
   j.field("dropped_rate_limited", c.reflector.dropped_rate_limited);
   j.field("send_errors", c.reflector.send_errors);
   j.end_object();
+  j.key("stamp_reflector");
+  j.begin_object();
+  j.field("received", c.stamp_reflector.received);
+  j.field("replied", c.stamp_reflector.replied);
+  j.field("dropped_short", c.stamp_reflector.dropped_short);
+  j.field("dropped_malformed", c.stamp_reflector.dropped_malformed);
+  j.field("dropped_auth", c.stamp_reflector.dropped_auth);
+  j.field("dropped_rate_limited", c.stamp_reflector.dropped_rate_limited);
+  j.field("send_errors", c.stamp_reflector.send_errors);
+  j.field("tlvs_unrecognised", c.stamp_reflector.tlvs_unrecognised);
+  j.field("tlvs_malformed", c.stamp_reflector.tlvs_malformed);
+  j.end_object();
   j.end_object();
   j.end_object();
   j.drain(sink);
@@ -352,6 +364,14 @@ void table_report(const MeasurementReport& report, const std::vector<ProbeTarget
                          " rate-limited, %" PRIu64 " malformed or foreign\n",
                          rc.received, rc.replied, rc.dropped_rate_limited,
                          rc.dropped_short + rc.dropped_malformed + rc.dropped_foreign);
+  }
+  const probes::StampReflectorCounters& sc = report.counters.stamp_reflector;
+  if (sc.received > 0) {
+    out += printf_string("stamp reflector: received=%" PRIu64 " replied=%" PRIu64 " authenticated=%" PRIu64
+                         " dropped_short=%" PRIu64 " dropped_malformed=%" PRIu64 " dropped_auth=%" PRIu64
+                         " dropped_rate_limited=%" PRIu64 " send_errors=%" PRIu64 "\n",
+                         sc.received, sc.replied, sc.replied_authenticated, sc.dropped_short, sc.dropped_malformed,
+                         sc.dropped_auth, sc.dropped_rate_limited, sc.send_errors);
   }
   flush();
 }

@@ -78,6 +78,12 @@ std::span<const std::uint8_t> BatchFrameBuilder::build(const AgentIdentity& iden
     sb.add_target_list_version(extras.target_list_version);
     self = sb.Finish();
   }
+  flatbuffers::Offset<wire::ClockState> clock;
+  if (extras.clock) {
+    static_assert(static_cast<int>(wire::ClockSource::Configured) == static_cast<int>(platform::ClockSource::kConfigured));
+    clock = wire::CreateClockState(fbb, extras.clock->synchronised, extras.clock->estimated_error_ns,
+                                   extras.clock->maximum_error_ns, static_cast<wire::ClockSource>(extras.clock->source));
+  }
   wire::BatchBuilder b(fbb);
   b.add_agent_id(agent_id);
   b.add_seq(seq);
@@ -90,6 +96,9 @@ std::span<const std::uint8_t> BatchFrameBuilder::build(const AgentIdentity& iden
   b.add_spool_dropped(extras.spool_dropped);
   if (extras.self) {
     b.add_self(self);
+  }
+  if (extras.clock) {
+    b.add_clock(clock);
   }
   const auto batch = b.Finish();
   wire::FinishFrameBuffer(fbb, wire::CreateFrame(fbb, wire::Message::Batch, batch.Union()));

@@ -12,6 +12,7 @@
 #include <flatbuffers/flatbuffers.h>
 
 #include "agent/measurement.hpp"
+#include "platform/clock_state.hpp"
 #include "schemas/agent_self_fields.hpp"
 #include "schemas/frame_codec.hpp"
 
@@ -32,6 +33,7 @@ struct BatchExtras {
   std::uint64_t spool_dropped = 0;  // batches dropped by the spool bound since the spool began
   std::optional<SelfMetrics> self;  // Batch.self; absent when not given
   std::uint64_t target_list_version = 0;  // AgentSelf.target_list_version (with self)
+  std::optional<platform::ClockState> clock;  // Batch.clock; absent when not given
 };
 
 // Capability bits carried in Hello.capabilities.

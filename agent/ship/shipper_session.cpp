@@ -438,6 +438,7 @@ void ShipperSession::submit(MeasurementReport& report, const std::vector<ProbeTa
   extras.spool_dropped = before.dropped_total;
   extras.self = self_metrics(report, before);
   extras.target_list_version = target_list_version;
+  extras.clock = platform::ClockStateCell::instance().current();
   const std::span<const std::uint8_t> frame = batch_builder_.build(config_.identity, seq, report, targets, extras);
   if (const platform::Status st = spool_.append(seq, std::as_bytes(frame)); !st) {
     log(LogLevel::kError, "spool: batch %llu not stored: %s", static_cast<unsigned long long>(seq),

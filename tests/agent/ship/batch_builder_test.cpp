@@ -30,6 +30,24 @@ MeasurementReport empty_report() {
 
 }  // namespace
 
+TEST_CASE("batch: the clock state travels when given, and is absent otherwise") {
+  ship::BatchExtras extras;
+  extras.clock = vantage::platform::ClockState{true, 25'000, 75'000, vantage::platform::ClockSource::kChrony};
+  const auto bytes = ship::build_batch_frame(kIdentity, 1, empty_report(), {}, extras);
+  const wire::Frame* frame = wire::verify_frame(bytes);
+  REQUIRE(frame != nullptr);
+  REQUIRE(frame->message_as_Batch() != nullptr);
+  const wire::ClockState* clock = frame->message_as_Batch()->clock();
+  REQUIRE(clock != nullptr);
+  CHECK(clock->synchronised());
+  CHECK(clock->estimated_error_ns() == 25'000);
+  CHECK(clock->maximum_error_ns() == 75'000);
+  CHECK(clock->source() == wire::ClockSource::Chrony);
+  const auto plain = ship::build_batch_frame(kIdentity, 2, empty_report(), {}, ship::BatchExtras{});
+  REQUIRE(wire::verify_frame(plain) != nullptr);
+  CHECK(wire::verify_frame(plain)->message_as_Batch()->clock() == nullptr);
+}
+
 TEST_CASE("batch: self-metrics travel field by field, and are absent when not given") {
   // Every field distinct (11, 12, ... in list order), one past 2^32: a swapped or narrowed field shows.
   ship::SelfMetrics m;

@@ -369,8 +369,8 @@ TEST_SUITE("systemd units") {
     check_common(unit);
     CHECK(has(unit, "ExecStart", "/usr/bin/vantage-agent --config /etc/vantage/agent.toml"));
     CHECK(has(unit, "StateDirectory", "vantage-agent"));
-    CHECK(has(unit, "CapabilityBoundingSet", "CAP_NET_RAW"));
-    CHECK(has(unit, "AmbientCapabilities", "CAP_NET_RAW"));
+    CHECK(has(unit, "CapabilityBoundingSet", "CAP_NET_RAW CAP_NET_BIND_SERVICE"));
+    CHECK(has(unit, "AmbientCapabilities", "CAP_NET_RAW CAP_NET_BIND_SERVICE"));
     CHECK(has(unit, "MemoryMax", "256M"));
     CHECK(unit.count("CapabilityBoundingSet") == 1);
   }

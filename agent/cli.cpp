@@ -1,15 +1,20 @@
 #include "agent/cli.hpp"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <asio/ip/address.hpp>
 
 #include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <system_error>
 #include <tuple>
 
+#include "agent/probes/stamp_packet.hpp"
 #include "platform/config_schema.hpp"
 #include "platform/log.hpp"
 #include "platform/utf8_text.hpp"
@@ -103,10 +108,15 @@ const char* usage_text() noexcept {
          "  --udp [NAME=]HOST[:PORT]  UDP echo against a Vantage reflector (default port 8627)\n"
          "  --tcp [NAME=]HOST:PORT    TCP connect time\n"
          "  --icmp [NAME=]HOST        ICMP echo (ping socket or CAP_NET_RAW)\n"
+         "  --stamp [NAME=]HOST[:PORT]  STAMP (RFC 8762) against any STAMP or TWAMP-Light reflector\n"
+         "                        (default port 862)\n"
          "                        NAME labels the target in reports (default: the address)\n"
          "  --rate N              probes per second (default 1)\n"
          "  --timeout MS          a reply later than this is lost (default 1000)\n"
-         "  --size BYTES          UDP/ICMP payload bytes (default 64 UDP, 56 ICMP)\n"
+         "  --size BYTES          UDP/ICMP/STAMP payload bytes (default 64 UDP, 56 ICMP, 44 STAMP or\n"
+         "                        112 with --stamp-key)\n"
+         "  --stamp-key FILE      the STAMP targets that follow are authenticated with the HMAC key in\n"
+         "                        FILE (hex, 16..64 bytes, mode 0600); --stamp-key none ends that\n"
          "  --dscp N              DSCP 0..63 (default 0)\n"
          "  --paths K             ECMP paths 1..64 of the UDP targets that follow: source ports they\n"
          "                        rotate over, loss and RTT reported per path (default 1)\n"
@@ -157,9 +167,11 @@ std::uint64_t capabilities_for(const MeasurementConfig& measurement, bool accept
   std::uint64_t capabilities = ship::kCapabilityHostLoad;
   if (accept_target_lists) capabilities |= ship::kCapabilityTargetList;
   for (const ProbeTargetSpec& t : measurement.targets) {
+    // STAMP has no capability bit of its own (yet).
     capabilities |= t.protocol == ProbeProtocol::kUdpEcho      ? ship::kCapabilityUdpEcho
                     : t.protocol == ProbeProtocol::kTcpConnect ? ship::kCapabilityTcpConnect
-                                                               : ship::kCapabilityIcmp;
+                    : t.protocol == ProbeProtocol::kIcmpEcho   ? ship::kCapabilityIcmp
+                                                               : 0;
   }
   if (measurement.reflector) capabilities |= ship::kCapabilityReflector;
   return capabilities;
@@ -231,6 +243,7 @@ platform::Result<AgentOptions> parse_args(const std::vector<std::string_view>& a
   std::uint8_t dscp = 0;
   std::uint32_t paths = 1;
   bool client = false;
+  std::vector<std::byte> stamp_key;
   privacy::PrivacyConfig privacy;
   std::string privacy_key;
   std::optional<probes::ReflectorConfig> reflector = probes::ReflectorConfig{};
@@ -330,6 +343,17 @@ platform::Result<AgentOptions> parse_args(const std::vector<std::string_view>& a
         return fail("--paths: expected 1..64");
       }
       paths = k;
+    } else if (arg == "--stamp-key") {
+      if (!value(v) || v.empty()) {
+        return fail("--stamp-key: expected a file (or none)");
+      }
+      if (v == "none") {
+        stamp_key.clear();
+      } else {
+        auto key = read_stamp_key_file(std::string(v));
+        if (!key) return fail("--stamp-key: " + key.error());
+        stamp_key = std::move(key).value();
+      }
     } else if (arg == "--host-root") {
       if (!value(v) || v.empty()) {
         return fail("--host-root: expected a directory");
@@ -438,10 +462,11 @@ platform::Result<AgentOptions> parse_args(const std::vector<std::string_view>& a
         return fail("--drain: expected seconds");
       }
       o.drain = std::chrono::milliseconds(std::llround(seconds * 1e3));
-    } else if (arg == "--udp" || arg == "--tcp" || arg == "--icmp") {
-      const ProbeProtocol protocol = arg == "--udp"   ? ProbeProtocol::kUdpEcho
-                                     : arg == "--tcp" ? ProbeProtocol::kTcpConnect
-                                                      : ProbeProtocol::kIcmpEcho;
+    } else if (arg == "--udp" || arg == "--tcp" || arg == "--icmp" || arg == "--stamp") {
+      const ProbeProtocol protocol = arg == "--udp"    ? ProbeProtocol::kUdpEcho
+                                     : arg == "--tcp"  ? ProbeProtocol::kTcpConnect
+                                     : arg == "--icmp" ? ProbeProtocol::kIcmpEcho
+                                                       : ProbeProtocol::kStamp;
       if (!value(v)) {
         return fail(std::string(arg) + ": expected a target");
       }
@@ -493,6 +518,7 @@ platform::Result<AgentOptions> parse_args(const std::vector<std::string_view>& a
         t.address = literal;
       }
       t.port = protocol == ProbeProtocol::kUdpEcho ? port.value_or(probes::kDefaultReflectorPort)
+               : protocol == ProbeProtocol::kStamp ? port.value_or(probes::stamp::kDefaultPort)
                                                    : port.value_or(0);
       t.label = !name.empty()     ? name
                 : t.host.empty() ? target_label(protocol, t.address, t.port)
@@ -508,8 +534,15 @@ platform::Result<AgentOptions> parse_args(const std::vector<std::string_view>& a
       t.timeout = std::chrono::nanoseconds(std::llround(timeout_ms * 1e6));
       t.payload_size = size;
       t.dscp = dscp;
-      t.paths = protocol == ProbeProtocol::kUdpEcho ? paths : 1;  // TCP and ICMP probe one path
+      t.paths = protocol == ProbeProtocol::kUdpEcho ? paths : 1;  // TCP, ICMP and STAMP probe one path
       t.client = client;
+      if (protocol == ProbeProtocol::kStamp) {
+        t.stamp.key = stamp_key;
+        if (size != 0 && size < probes::stamp::base_size(t.stamp.mode())) {
+          return fail(std::string(arg) + ": --size " + std::to_string(size) + " is below STAMP's " +
+                      std::to_string(probes::stamp::base_size(t.stamp.mode())) + "-byte packet");
+        }
+      }
       o.measurement.targets.push_back(std::move(t));
     } else {
       return fail("unknown argument '" + std::string(arg) + "'");
@@ -552,6 +585,65 @@ platform::Result<AgentOptions> parse_args(const std::vector<std::string_view>& a
     o.measurement.report_interval = std::chrono::hours(24 * 365);
   }
   return o;
+}
+
+platform::Result<std::vector<std::byte>> stamp_key_from_hex(std::string_view hex) {
+  using R = platform::Result<std::vector<std::byte>>;
+  const auto digit = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  const std::string expected = "expected " + std::to_string(2 * probes::stamp::kMinKeySize) + ".." +
+                               std::to_string(2 * probes::stamp::kMaxKeySize) + " hex digits (" +
+                               std::to_string(probes::stamp::kMinKeySize) + ".." +
+                               std::to_string(probes::stamp::kMaxKeySize) + " bytes)";
+  if (hex.size() % 2 != 0 || hex.size() < 2 * probes::stamp::kMinKeySize ||
+      hex.size() > 2 * probes::stamp::kMaxKeySize) {
+    return R::error(expected + ", got " + std::to_string(hex.size()) + " characters");
+  }
+  std::vector<std::byte> key(hex.size() / 2);
+  for (std::size_t i = 0; i < key.size(); ++i) {
+    const int hi = digit(hex[2 * i]);
+    const int lo = digit(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0) return R::error(expected + ", got a character that is not one");
+    key[i] = std::byte(static_cast<std::uint8_t>(hi << 4 | lo));
+  }
+  return key;
+}
+
+platform::Result<std::vector<std::byte>> read_stamp_key_file(const std::string& file) {
+  using R = platform::Result<std::vector<std::byte>>;
+  constexpr std::size_t kMaxBytes = 4096;
+  // O_NONBLOCK: opening a FIFO must not wait for a writer (a regular file ignores the flag).
+  const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+  if (fd < 0) return R::error("cannot open " + file + ": " + std::strerror(errno), platform::Errc::kIo);
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat st{};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) return R::error(file + ": not a regular file");
+  if ((st.st_mode & (S_IRGRP | S_IWGRP | S_IROTH | S_IWOTH)) != 0) {
+    return R::error(file + ": the STAMP key is readable or writable by other users; chmod 600 " + file);
+  }
+  std::string text(kMaxBytes + 1, '\0');
+  std::size_t got = 0;
+  while (got < text.size()) {
+    const ssize_t n = ::read(fd, text.data() + got, text.size() - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return R::error("cannot read " + file + ": " + std::strerror(errno), platform::Errc::kIo);
+    if (n == 0) break;
+    got += static_cast<std::size_t>(n);
+  }
+  if (got > kMaxBytes) return R::error(file + ": larger than " + std::to_string(kMaxBytes) + " bytes");
+  text.resize(got);
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
+  auto key = stamp_key_from_hex(text);
+  std::fill(text.begin(), text.end(), '\0');
+  if (!key) return R::error(file + ": " + key.error());
+  return key;
 }
 
 }  // namespace vantage::agent

@@ -51,5 +51,11 @@ std::vector<asio::ip::udp::endpoint> announced_reflectors(const MeasurementConfi
                                                           std::vector<asio::ip::udp::endpoint> given);
 // "ADDR:PORT" or "[v6]:PORT" with an IP address (not a name) and a port in 1..65535.
 std::optional<asio::ip::udp::endpoint> parse_announce(std::string_view text);
+// A STAMP HMAC key written as hex digits, stamp::kMinKeySize..kMaxKeySize bytes. Errors show no
+// key digits.
+platform::Result<std::vector<std::byte>> stamp_key_from_hex(std::string_view hex);
+// The same from a file holding the hex digits (a trailing newline allowed), at most 4096 bytes and
+// readable by the agent's user only (mode 0600 or 0400), as privacy.key_file.
+platform::Result<std::vector<std::byte>> read_stamp_key_file(const std::string& file);
 
 }  // namespace vantage::agent

@@ -1,6 +1,8 @@
 // vantage-agent's command line and report rendering.
 #include <doctest/doctest.h>
 
+#include <sys/stat.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -278,4 +280,46 @@ TEST_CASE("cli: --announce and --no-mesh shape the Hello the agent sends") {
   CHECK(error_of({"--announce", "host.example:8627"}).find("--announce") != std::string::npos);
   CHECK(error_of({"--announce", "192.0.2.1"}).find("--announce") != std::string::npos);
   CHECK(error_of({"--announce"}).find("--announce") != std::string::npos);
+}
+
+TEST_CASE("cli: --stamp targets take port 862 by default and the key of the --stamp-key before them") {
+  char dir_template[] = "/tmp/vantage-stamp-key-XXXXXX";
+  REQUIRE(mkdtemp(dir_template) != nullptr);
+  const std::string key_file = std::string(dir_template) + "/key";
+  FILE* f = std::fopen(key_file.c_str(), "w");
+  REQUIRE(f != nullptr);
+  std::fputs("00112233445566778899aabbccddeeff\n", f);
+  std::fclose(f);
+  REQUIRE(chmod(key_file.c_str(), 0600) == 0);
+
+  const auto p = parse({"--stamp", "127.0.0.1", "--stamp-key", key_file, "--stamp", "rtr=[::1]:4000", "--size",
+                        "200", "--stamp-key", "none", "--stamp", "192.0.2.9"});
+  REQUIRE_MESSAGE(p.has_value(), p.error());
+  const auto& t = p->measurement.targets;
+  REQUIRE(t.size() == 3);
+  CHECK(t[0].protocol == ProbeProtocol::kStamp);
+  CHECK(t[0].label == "127.0.0.1:862");
+  CHECK(t[0].port == 862);
+  CHECK(t[0].stamp.key.empty());
+  CHECK(t[1].label == "rtr");
+  CHECK(t[1].port == 4000);
+  REQUIRE(t[1].stamp.key.size() == 16);
+  CHECK(t[1].stamp.key[15] == std::byte{0xff});
+  CHECK(t[1].paths == 1);
+  CHECK(t[2].stamp.key.empty());
+  CHECK(t[2].payload_size == 200);
+
+  CHECK(error_of({"--size", "43", "--stamp", "127.0.0.1"}).find("44-byte") != std::string::npos);
+  CHECK(error_of({"--stamp-key", key_file, "--size", "100", "--stamp", "127.0.0.1"}).find("112-byte") !=
+        std::string::npos);
+  REQUIRE(chmod(key_file.c_str(), 0644) == 0);
+  CHECK(error_of({"--stamp-key", key_file}).find("chmod 600") != std::string::npos);
+  f = std::fopen(key_file.c_str(), "w");
+  std::fputs("0011\n", f);
+  std::fclose(f);
+  REQUIRE(chmod(key_file.c_str(), 0600) == 0);
+  CHECK(error_of({"--stamp-key", key_file}).find("hex digits") != std::string::npos);
+  std::remove(key_file.c_str());
+  std::remove(dir_template);
+  CHECK(agent::protocol_name(ProbeProtocol::kStamp) == std::string_view("stamp"));
 }

@@ -102,13 +102,25 @@ int query_command(const std::string& db_path) {
       return 1;
     }
   }
-  std::printf("latest latency (RTT in ms)\n%-10s %-16s %-28s %-5s %7s %7s %8s %8s %8s %9s %8s\n", "POP",
-              "AGENT", "TARGET", "PROTO", "SENT", "RECV", "LOSS%", "P50", "P99", "JITTER", "AGE");
+  // ONE-WAY: forward/backward p50 when reported, else why not ("-": the agent sent none).
+  std::printf("latest latency (RTT in ms)\n%-10s %-16s %-28s %-5s %7s %7s %8s %8s %8s %9s %8s  %s\n", "POP",
+              "AGENT", "TARGET", "PROTO", "SENT", "RECV", "LOSS%", "P50", "P99", "JITTER", "AGE", "ONE-WAY");
   for (const auto& l : *latency) {
-    std::printf("%-10s %-16s %-28s %-5s %7u %7u %8.2f %8.3f %8.3f %9.3f %8s\n", shown(l.pop).c_str(),
+    std::string one_way = "-";
+    if (l.one_way_status) {
+      static constexpr const char* kStatus[] = {"not_measured", "reported", "unsynchronised", "bound_too_large"};
+      char figures[64];
+      std::snprintf(figures, sizeof figures, "%.3f/%.3f", static_cast<double>(l.forward_p50_ns) / 1e6,
+                    static_cast<double>(l.backward_p50_ns) / 1e6);
+      one_way = *l.one_way_status == 1 ? figures
+                : *l.one_way_status >= 0 && *l.one_way_status < 4 ? kStatus[*l.one_way_status]
+                                                                   : "unknown";
+    }
+    std::printf("%-10s %-16s %-28s %-5s %7u %7u %8.2f %8.3f %8.3f %9.3f %8s  %s\n", shown(l.pop).c_str(),
                 shown(l.agent_id).c_str(), shown(l.target).c_str(), l.protocol.c_str(), l.sent, l.received,
                 100.0 * l.loss_ratio, static_cast<double>(l.p50_ns) / 1e6,
-                static_cast<double>(l.p99_ns) / 1e6, l.jitter_mean_ns / 1e6, ago(l.interval_end_ns).c_str());
+                static_cast<double>(l.p99_ns) / 1e6, l.jitter_mean_ns / 1e6, ago(l.interval_end_ns).c_str(),
+                one_way.c_str());
   }
   std::printf("\nlatest load per PoP\n%-10s %-16s %7s %10s %10s %7s %8s\n", "POP", "AGENT", "CPU%",
               "MEM_AVAIL", "MEM_TOTAL", "LOAD1", "AGE");

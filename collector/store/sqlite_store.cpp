@@ -2175,14 +2175,20 @@ Result<std::vector<LatestLatency>> SqliteStore::latest_latency() {
   }
 
   PartitionStatements batch_rows(h, "SELECT id & 16777215, target, sent, received, lost, p50_ns, p99_ns, "
-                                    "jitter_mean_ns, jitter_p99_ns FROM latency_{P} WHERE id BETWEEN ?1 AND ?2");
+                                    "jitter_mean_ns, jitter_p99_ns, one_way_status, forward_p50_ns, backward_p50_ns "
+                                    "FROM latency_{P} WHERE id BETWEEN ?1 AND ?2");
   PartitionStatements one_row(h, "SELECT id & 16777215, target, sent, received, lost, p50_ns, p99_ns, "
-                                 "jitter_mean_ns, jitter_p99_ns FROM latency_{P} WHERE id = ?1");
+                                 "jitter_mean_ns, jitter_p99_ns, one_way_status, forward_p50_ns, backward_p50_ns "
+                                 "FROM latency_{P} WHERE id = ?1");
 
   const auto fill = [](sqlite3_stmt* s, LatestLatency& r) {
     read_figures(s, 2, r);
     r.jitter_mean_ns = sqlite3_column_double(s, 7);
     r.jitter_p99_ns = sqlite3_column_int64(s, 8);
+    r.one_way_status.reset();
+    if (sqlite3_column_type(s, 9) != SQLITE_NULL) r.one_way_status = static_cast<int>(sqlite3_column_int64(s, 9));
+    r.forward_p50_ns = sqlite3_column_int64(s, 10);
+    r.backward_p50_ns = sqlite3_column_int64(s, 11);
   };
   // The newest batch of each agent with implied pairs, read once: target -> best row in it.
   struct Best {

@@ -126,6 +126,11 @@ struct LatestLatency : IntervalFigures {
   std::string target;
   double jitter_mean_ns = 0.0;
   std::int64_t jitter_p99_ns = 0;
+  // One-way delay: the wire::OneWayStatus value, absent when the summary carried none; the
+  // medians are 0 unless it is 1 (reported).
+  std::optional<int> one_way_status;
+  std::int64_t forward_p50_ns = 0;
+  std::int64_t backward_p50_ns = 0;
 };
 
 // Latest load sample per PoP (from whichever of its agents sampled last).

@@ -1791,5 +1791,12 @@ TEST_CASE("migration: a version-4 database gains the clock and one-way columns, 
   CHECK(lat[1]["one_way_status"].s == "reported");
   CHECK(lat[1]["forward_p50_ns"].i == kForwardP50Ns);
   auto latest = *store.latest_latency();
-  CHECK(latest.size() == 4);
+  REQUIRE(latest.size() == 4);
+  // By pop, agent, target, protocol: ams1:443 (tcp), ams1:7000, router1:862, t1 (the old batch).
+  CHECK_FALSE(latest[0].one_way_status.has_value());
+  CHECK(latest[1].one_way_status == 2);
+  CHECK(latest[2].one_way_status == 1);
+  CHECK(latest[2].forward_p50_ns == kForwardP50Ns);
+  CHECK(latest[2].backward_p50_ns == kBackwardP50Ns);
+  CHECK_FALSE(latest[3].one_way_status.has_value());
 }

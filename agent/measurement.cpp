@@ -197,7 +197,7 @@ platform::Status Measurement::Impl::open_probers() {
       case ProbeProtocol::kUdpEcho:
       case ProbeProtocol::kStamp: {
         const bool stamp = t.protocol == ProbeProtocol::kStamp;
-        const std::size_t default_size = stamp ? probes::stamp::base_size(t.stamp.mode()) : probes::kProbeHeaderSize;
+        const std::size_t default_size = stamp ? probes::stamp::base_size(t.stamp.mode()) : probes::kDefaultProbeSize;
         prober_position[i] = udp_config.targets.size();
         udp_config.targets.push_back(probes::UdpProbeTarget{
             .endpoint = {t.address, t.port},
@@ -500,6 +500,8 @@ platform::Status Measurement::start(ReportSink sink) {
     }
   }
 
+  // Before the reflectors start: their first replies carry the configured state.
+  platform::ClockStateCell::instance().assume(config_.assume_clock);
   auto impl = std::make_unique<Impl>(config_);
   impl->sink = std::move(sink);
   if (config_.privacy) {
@@ -561,7 +563,8 @@ platform::Status Measurement::start(ReportSink sink) {
             .timeout_ns = t.timeout.count(),
             .window = window_for(t),
             // Only the UDP prober spreads probes over paths (TCP and ICMP probe one).
-            .paths = t.protocol == ProbeProtocol::kUdpEcho ? t.paths : 1},
+            .paths = t.protocol == ProbeProtocol::kUdpEcho ? t.paths : 1,
+            .max_error_fraction = config_.max_error_fraction},
         now);
   }
   impl->interval_start_ns = now;

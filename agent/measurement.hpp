@@ -26,6 +26,7 @@
 #include "agent/probes/tcp_prober.hpp"
 #include "agent/probes/udp_prober.hpp"
 #include "agent/samplers/host_sampler.hpp"
+#include "platform/clock_state.hpp"
 #include "platform/host_readers.hpp"
 #include "platform/result.hpp"
 
@@ -46,7 +47,8 @@ struct ProbeTargetSpec {
   std::uint16_t port = 0;  // UDP echo, STAMP and TCP; ignored for ICMP
   double rate_per_s = 1.0;
   std::chrono::nanoseconds timeout = std::chrono::seconds(1);
-  // 0: the protocol's default (64-byte probe header, 56-byte ping, STAMP's 44 or 112-byte base).
+  // 0: the protocol's default (UDP echo: 104 bytes, the probe header and the clock extension;
+  // 56-byte ping; STAMP's 44 or 112-byte base).
   std::size_t payload_size = 0;
   std::uint8_t dscp = 0;
   bool client = false;  // a client's (player's) address: personal data, labelled by its pseudonym
@@ -87,6 +89,11 @@ struct MeasurementConfig {
   // to a quarter of the shortest probe interval), randomly phased per start so that a fleet
   // does not wake in step.
   std::chrono::nanoseconds probe_slot = std::chrono::milliseconds(20);
+  // [clock]: the state to assume instead of the kernel's (nullopt: the kernel's), set on the
+  // process's ClockStateCell by start() (so a reload applies it too), and the one-way gate: figures
+  // are reported when the error bound is below this fraction of the smaller one-way median.
+  std::optional<platform::ClockState> assume_clock;
+  double max_error_fraction = 0.1;
 };
 
 // Cumulative since start; read from each component's own counters when a report is made.

@@ -1,6 +1,5 @@
 #include "agent/probes/reflector.hpp"
 
-#include <asio/post.hpp>
 
 #include <ctime>
 #include <span>
@@ -15,11 +14,6 @@
 namespace vantage::agent::probes {
 namespace {
 
-// Datagrams handled per wakeup before re-arming the wait: drains a burst in one go while
-// letting other work on the same io_context run during a sustained flood. The wait fires
-// again at once while the socket still holds data.
-constexpr int kMaxBatch = 64;
-
 // The reflector's stamps travel as unsigned nanoseconds.
 std::uint64_t now_ns(clockid_t clock) noexcept {
   return static_cast<std::uint64_t>(platform::clock_ns(clock));
@@ -33,8 +27,7 @@ bool valid(const ReflectorConfig& c) noexcept {
 }  // namespace
 
 Reflector::Reflector(asio::io_context& io, ReflectorConfig config)
-    : io_(io),
-      config_(std::move(config)),
+    : config_(std::move(config)),
       socket_(io),
       // boot_id tells a restarted reflector from the old one; the seeds key the tables' hashes.
       boot_id_(platform::random_seed()),
@@ -55,17 +48,13 @@ platform::Status Reflector::start() {
       !s) {
     return s;
   }
-  stopping_ = false;
-  arm();
+  socket_.serve(
+      buffer_, [this](const ReflectorDatagram& d, std::uint64_t now) { handle_datagram(d.size, d.truncated, now, d.kernel_rx_ns); },
+      [this] { receive_errors_.bump(); });
   return platform::Status();
 }
 
-void Reflector::stop() {
-  asio::post(io_, [this] {
-    stopping_ = true;
-    socket_.close();
-  });
-}
+void Reflector::stop() { socket_.stop(); }
 
 asio::ip::udp::endpoint Reflector::local_endpoint() const { return socket_.local_endpoint(); }
 
@@ -73,35 +62,6 @@ ReflectorCounters Reflector::counters() const noexcept {
   return snapshot_of<ReflectorCounters>(received_, replied_, dropped_short_, dropped_malformed_,
                                         dropped_foreign_, dropped_rate_limited_, send_errors_,
                                         receive_errors_, source_evictions_, replied_unpinned_);
-}
-
-void Reflector::arm() {
-  socket_.socket().async_wait(asio::ip::udp::socket::wait_read, [this](const std::error_code& ec) {
-    // operation_aborted is the normal end after stop(); any other wait error would repeat
-    // forever if re-armed, so the reflector stays down and the socket error is visible as
-    // silence in the counters.
-    if (ec || stopping_) {
-      return;
-    }
-    on_readable();
-    if (!stopping_ && socket_.is_open()) {
-      arm();
-    }
-  });
-}
-
-void Reflector::on_readable() {
-  for (int i = 0; i < kMaxBatch; ++i) {
-    ReflectorDatagram d;
-    const ReflectorSocket::Receive r = socket_.receive(buffer_, d);
-    if (r != ReflectorSocket::Receive::kDatagram) {
-      if (r == ReflectorSocket::Receive::kError) {
-        receive_errors_.bump();
-      }
-      return;
-    }
-    handle_datagram(d.size, d.truncated, now_ns(CLOCK_MONOTONIC), d.kernel_rx_ns);
-  }
 }
 
 void Reflector::handle_datagram(std::size_t size, bool truncated, std::uint64_t now_mono_ns,

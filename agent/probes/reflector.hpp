@@ -118,17 +118,13 @@ class Reflector {
   // Written only by the io_context thread and read by anyone.
   using Counter = platform::StatCounter;
 
-  void arm();
-  void on_readable();
   void handle_datagram(std::size_t size, bool truncated, std::uint64_t now_mono_ns,
                        std::optional<std::int64_t> kernel_rx_ns);
 
-  asio::io_context& io_;
   ReflectorConfig config_;
   ReflectorSocket socket_;
   const std::uint64_t boot_id_;
   std::uint32_t next_session_id_ = 0;
-  bool stopping_ = false;
 
   SourceTable<TokenBucket> rate_table_;
   SourceTable<Session> session_table_;

@@ -4,10 +4,13 @@
 #include <sys/socket.h>
 #include <asio/ip/address.hpp>
 #include <asio/ip/v6_only.hpp>
+#include <asio/post.hpp>
 
 #include <cerrno>
 #include <cstring>
+#include <utility>
 
+#include "platform/clock.hpp"
 #include "platform/cmsg.hpp"
 #include "platform/enum_names.hpp"
 #include "platform/receive_datagram.hpp"
@@ -15,6 +18,11 @@
 
 namespace vantage::agent::probes {
 namespace {
+
+// Datagrams handled per wakeup before re-arming the wait: drains a burst in one go while
+// letting other work on the same io_context run during a sustained flood. The wait fires
+// again at once while the socket still holds data.
+constexpr int kMaxBatch = 64;
 
 // Asks for each datagram's destination address. A dual-stack "::" socket needs only the IPv6
 // option: Linux reports IPv4 arrivals on it as IPV6_PKTINFO with a v4-mapped address, and
@@ -128,12 +136,57 @@ platform::Status ReflectorSocket::open(const ReflectorSocketOptions& options) {
     enable_ip_header_info(fd, address.is_v6());
   }
   pinned_reply_sent_ = false;
+  stopping_ = false;
   return platform::Status();
+}
+
+void ReflectorSocket::serve(std::span<std::byte> buffer, DatagramHandler on_datagram,
+                            std::function<void()> on_receive_error) {
+  buffer_ = buffer;
+  on_datagram_ = std::move(on_datagram);
+  on_receive_error_ = std::move(on_receive_error);
+  arm();
+}
+
+void ReflectorSocket::stop() {
+  asio::post(socket_.get_executor(), [this] {
+    stopping_ = true;
+    close();
+  });
 }
 
 void ReflectorSocket::close() noexcept {
   std::error_code ignored;
   socket_.close(ignored);
+}
+
+void ReflectorSocket::arm() {
+  socket_.async_wait(asio::ip::udp::socket::wait_read, [this](const std::error_code& ec) {
+    // operation_aborted is the normal end after stop(); any other wait error would repeat
+    // forever if re-armed, so the reflector stays down and the socket error is visible as
+    // silence in the counters.
+    if (ec || stopping_) {
+      return;
+    }
+    on_readable();
+    if (!stopping_ && socket_.is_open()) {
+      arm();
+    }
+  });
+}
+
+void ReflectorSocket::on_readable() {
+  for (int i = 0; i < kMaxBatch; ++i) {
+    ReflectorDatagram d;
+    const Receive r = receive(buffer_, d);
+    if (r != Receive::kDatagram) {
+      if (r == Receive::kError) {
+        on_receive_error_();
+      }
+      return;
+    }
+    on_datagram_(d, static_cast<std::uint64_t>(platform::monotonic_ns()));
+  }
 }
 
 asio::ip::udp::endpoint ReflectorSocket::local_endpoint() const {

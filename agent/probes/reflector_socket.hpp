@@ -14,6 +14,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
@@ -70,6 +71,16 @@ class ReflectorSocket {
 
   // Opens, sets the options and binds. Errc::kInvalid for a bad address, kIo for socket errors.
   [[nodiscard]] platform::Status open(const ReflectorSocketOptions& options);
+
+  // Once open: waits for datagrams and reads each into `buffer` and hands it to on_datagram
+  // (with the CLOCK_MONOTONIC time of the read), up to a batch per wakeup so that a flood does
+  // not starve other work on the io_context; on_receive_error counts failed reads. Both are
+  // stored once: nothing is allocated per datagram.
+  using DatagramHandler = std::function<void(const ReflectorDatagram&, std::uint64_t now_mono_ns)>;
+  void serve(std::span<std::byte> buffer, DatagramHandler on_datagram, std::function<void()> on_receive_error);
+  // Closes the socket on the io_context's thread; the pending wait then completes with
+  // operation_aborted and serving ends. Idempotent.
+  void stop();
   void close() noexcept;
   bool is_open() const noexcept { return socket_.is_open(); }
   asio::ip::udp::socket& socket() noexcept { return socket_; }
@@ -94,7 +105,14 @@ class ReflectorSocket {
   Sent send_reply(std::span<const std::byte> packet, int tos = -1) noexcept;
 
  private:
+  void arm();
+  void on_readable();
+
   asio::ip::udp::socket socket_;
+  std::span<std::byte> buffer_;
+  DatagramHandler on_datagram_;
+  std::function<void()> on_receive_error_;
+  bool stopping_ = false;
   bool ip_header_info_ = false;
   std::atomic<TimestampSource> timestamp_source_{TimestampSource::kUserMonotonic};
   std::atomic<bool> replies_from_destination_{false};

@@ -1,7 +1,6 @@
 #include "agent/probes/stamp_reflector.hpp"
 
 #include <asio/ip/address.hpp>
-#include <asio/post.hpp>
 
 #include <netinet/in.h>
 
@@ -21,7 +20,6 @@
 namespace vantage::agent::probes {
 namespace {
 
-constexpr int kMaxBatch = 64;  // as the echo reflector: drain a burst, then let others run
 constexpr std::size_t kMaxPacketSize = 65'507;  // the largest UDP payload over IPv4
 
 bool valid(const StampReflectorConfig& c) noexcept {
@@ -95,8 +93,7 @@ bool AddressPrefix::contains(const std::array<std::uint8_t, 16>& a) const noexce
 }
 
 StampReflector::StampReflector(asio::io_context& io, StampReflectorConfig config)
-    : io_(io),
-      config_(std::move(config)),
+    : config_(std::move(config)),
       socket_(io),
       rate_table_(config_.max_sources, platform::random_seed()),
       session_table_(config_.max_sources, platform::random_seed()),
@@ -116,17 +113,13 @@ platform::Status StampReflector::start() {
       !s) {
     return s;
   }
-  stopping_ = false;
-  arm();
+  socket_.serve(
+      buffer_, [this](const ReflectorDatagram& d, std::uint64_t now) { handle_datagram(d, now); },
+      [this] { receive_errors_.bump(); });
   return platform::Status();
 }
 
-void StampReflector::stop() {
-  asio::post(io_, [this] {
-    stopping_ = true;
-    socket_.close();
-  });
-}
+void StampReflector::stop() { socket_.stop(); }
 
 asio::ip::udp::endpoint StampReflector::local_endpoint() const { return socket_.local_endpoint(); }
 
@@ -135,34 +128,6 @@ StampReflectorCounters StampReflector::counters() const noexcept {
                                              dropped_rate_limited_, send_errors_, receive_errors_,
                                              source_evictions_, session_evictions_, replied_unpinned_,
                                              replied_authenticated_, tlvs_unrecognised_, tlvs_malformed_);
-}
-
-void StampReflector::arm() {
-  socket_.socket().async_wait(asio::ip::udp::socket::wait_read, [this](const std::error_code& ec) {
-    // As the echo reflector: operation_aborted ends it after stop(), any other error leaves it
-    // down rather than spinning.
-    if (ec || stopping_) {
-      return;
-    }
-    on_readable();
-    if (!stopping_ && socket_.is_open()) {
-      arm();
-    }
-  });
-}
-
-void StampReflector::on_readable() {
-  for (int i = 0; i < kMaxBatch; ++i) {
-    ReflectorDatagram d;
-    const ReflectorSocket::Receive r = socket_.receive(buffer_, d);
-    if (r != ReflectorSocket::Receive::kDatagram) {
-      if (r == ReflectorSocket::Receive::kError) {
-        receive_errors_.bump();
-      }
-      return;
-    }
-    handle_datagram(d, static_cast<std::uint64_t>(platform::monotonic_ns()));
-  }
 }
 
 const StampKey* StampReflector::key_for(const SourceKey& source) const noexcept {

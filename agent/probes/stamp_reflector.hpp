@@ -103,18 +103,14 @@ class StampReflector {
   };
   using Counter = platform::StatCounter;
 
-  void arm();
-  void on_readable();
   void handle_datagram(const ReflectorDatagram& d, std::uint64_t now_mono_ns);
   // The key that applies to the source, nullptr when none does.
   const StampKey* key_for(const SourceKey& source) const noexcept;
   // Marks the request's TLVs for the reply; returns the TOS to send with (-1: default).
   int reflect_tlvs(std::span<std::byte> tlvs, int received_tos) noexcept;
 
-  asio::io_context& io_;
   StampReflectorConfig config_;
   ReflectorSocket socket_;
-  bool stopping_ = false;
   SourceTable<TokenBucket> rate_table_;
   SourceTable<Session> session_table_;
   std::vector<std::byte> buffer_;  // max_packet_size + 1: an oversized datagram shows as such

@@ -81,24 +81,49 @@ std::int64_t realtime_ns_from_wire(std::uint64_t wire, TimestampFormat f) noexce
   return f == TimestampFormat::kPtp ? realtime_ns_from_ptp(wire) : realtime_ns_from_ntp(wire);
 }
 
+namespace {
+
+// Each layout's offsets (stamp_packet.hpp), so one codec serves both modes.
+struct SenderLayout {
+  std::size_t seq, timestamp, error_estimate, ssid;
+};
+struct ReflectorLayout {
+  std::size_t seq, timestamp, error_estimate, ssid, receive_timestamp, sender_seq, sender_timestamp,
+      sender_error_estimate, sender_ttl;
+};
+
+constexpr SenderLayout sender_layout(Mode mode) noexcept {
+  if (mode == Mode::kAuthenticated) {
+    using namespace sender_auth;
+    return {kSeq, kTimestamp, kErrorEstimate, kSsid};
+  }
+  using namespace sender_unauth;
+  return {kSeq, kTimestamp, kErrorEstimate, kSsid};
+}
+
+constexpr ReflectorLayout reflector_layout(Mode mode) noexcept {
+  if (mode == Mode::kAuthenticated) {
+    using namespace reflector_auth;
+    return {kSeq,      kTimestamp,       kErrorEstimate,       kSsid,     kReceiveTimestamp,
+            kSenderSeq, kSenderTimestamp, kSenderErrorEstimate, kSenderTtl};
+  }
+  using namespace reflector_unauth;
+  return {kSeq,      kTimestamp,       kErrorEstimate,       kSsid,     kReceiveTimestamp,
+          kSenderSeq, kSenderTimestamp, kSenderErrorEstimate, kSenderTtl};
+}
+
+}  // namespace
+
 bool decode_sender(std::span<const std::byte> packet, Mode mode, SenderPacket& out) noexcept {
   if (packet.size() < base_size(mode)) {
     return false;
   }
   const std::byte* p = packet.data();
-  if (mode == Mode::kAuthenticated) {
-    using namespace sender_auth;
-    out.seq = platform::load_be32(p + kSeq);
-    out.timestamp = platform::load_be64(p + kTimestamp);
-    out.error_estimate = platform::load_be16(p + kErrorEstimate);
-    out.ssid = platform::load_be16(p + kSsid);
-  } else {
-    using namespace sender_unauth;
-    out.seq = platform::load_be32(p + kSeq);
-    out.timestamp = platform::load_be64(p + kTimestamp);
-    out.error_estimate = platform::load_be16(p + kErrorEstimate);
-    out.ssid = platform::load_be16(p + kSsid);
-  }
+  const SenderLayout at = sender_layout(mode);
+  out.seq = platform::load_be32(p + at.seq);
+  out.timestamp = platform::load_be64(p + at.timestamp);
+  out.error_estimate = platform::load_be16(p + at.error_estimate);
+  out.ssid = platform::load_be16(p + at.ssid);
   return true;
 }
 
@@ -108,30 +133,17 @@ bool decode_reflector(std::span<const std::byte> packet, Mode mode, ReflectorPac
     return false;
   }
   const std::byte* p = packet.data();
-  if (mode == Mode::kAuthenticated) {
-    using namespace reflector_auth;
-    out.seq = platform::load_be32(p + kSeq);
-    out.timestamp = platform::load_be64(p + kTimestamp);
-    out.error_estimate = platform::load_be16(p + kErrorEstimate);
-    out.ssid = platform::load_be16(p + kSsid);
-    out.receive_timestamp = platform::load_be64(p + kReceiveTimestamp);
-    out.sender_seq = platform::load_be32(p + kSenderSeq);
-    out.sender_timestamp = platform::load_be64(p + kSenderTimestamp);
-    out.sender_error_estimate = platform::load_be16(p + kSenderErrorEstimate);
-    out.sender_ttl = static_cast<std::uint8_t>(p[kSenderTtl]);
-  } else {
-    using namespace reflector_unauth;
-    out.seq = platform::load_be32(p + kSeq);
-    out.timestamp = platform::load_be64(p + kTimestamp);
-    out.error_estimate = platform::load_be16(p + kErrorEstimate);
-    // A TWAMP-Light reflector leaves these two octets MBZ: an SSID of 0 then.
-    out.ssid = platform::load_be16(p + kSsid);
-    out.receive_timestamp = platform::load_be64(p + kReceiveTimestamp);
-    out.sender_seq = platform::load_be32(p + kSenderSeq);
-    out.sender_timestamp = platform::load_be64(p + kSenderTimestamp);
-    out.sender_error_estimate = platform::load_be16(p + kSenderErrorEstimate);
-    out.sender_ttl = static_cast<std::uint8_t>(p[kSenderTtl]);
-  }
+  const ReflectorLayout at = reflector_layout(mode);
+  out.seq = platform::load_be32(p + at.seq);
+  out.timestamp = platform::load_be64(p + at.timestamp);
+  out.error_estimate = platform::load_be16(p + at.error_estimate);
+  // A TWAMP-Light reflector leaves the SSID's octets MBZ: an SSID of 0 then.
+  out.ssid = platform::load_be16(p + at.ssid);
+  out.receive_timestamp = platform::load_be64(p + at.receive_timestamp);
+  out.sender_seq = platform::load_be32(p + at.sender_seq);
+  out.sender_timestamp = platform::load_be64(p + at.sender_timestamp);
+  out.sender_error_estimate = platform::load_be16(p + at.sender_error_estimate);
+  out.sender_ttl = static_cast<std::uint8_t>(p[at.sender_ttl]);
   return true;
 }
 
@@ -142,19 +154,11 @@ bool encode_sender(std::span<std::byte> out, Mode mode, const SenderPacket& s) n
   }
   zero(out, 0, size);
   std::byte* p = out.data();
-  if (mode == Mode::kAuthenticated) {
-    using namespace sender_auth;
-    platform::store_be32(p + kSeq, s.seq);
-    platform::store_be64(p + kTimestamp, s.timestamp);
-    platform::store_be16(p + kErrorEstimate, s.error_estimate);
-    platform::store_be16(p + kSsid, s.ssid);
-  } else {
-    using namespace sender_unauth;
-    platform::store_be32(p + kSeq, s.seq);
-    platform::store_be64(p + kTimestamp, s.timestamp);
-    platform::store_be16(p + kErrorEstimate, s.error_estimate);
-    platform::store_be16(p + kSsid, s.ssid);
-  }
+  const SenderLayout at = sender_layout(mode);
+  platform::store_be32(p + at.seq, s.seq);
+  platform::store_be64(p + at.timestamp, s.timestamp);
+  platform::store_be16(p + at.error_estimate, s.error_estimate);
+  platform::store_be16(p + at.ssid, s.ssid);
   return true;
 }
 
@@ -165,29 +169,16 @@ bool encode_reflector(std::span<std::byte> out, Mode mode, const ReflectorPacket
   }
   zero(out, 0, size);
   std::byte* p = out.data();
-  if (mode == Mode::kAuthenticated) {
-    using namespace reflector_auth;
-    platform::store_be32(p + kSeq, r.seq);
-    platform::store_be64(p + kTimestamp, r.timestamp);
-    platform::store_be16(p + kErrorEstimate, r.error_estimate);
-    platform::store_be16(p + kSsid, r.ssid);
-    platform::store_be64(p + kReceiveTimestamp, r.receive_timestamp);
-    platform::store_be32(p + kSenderSeq, r.sender_seq);
-    platform::store_be64(p + kSenderTimestamp, r.sender_timestamp);
-    platform::store_be16(p + kSenderErrorEstimate, r.sender_error_estimate);
-    p[kSenderTtl] = static_cast<std::byte>(r.sender_ttl);
-  } else {
-    using namespace reflector_unauth;
-    platform::store_be32(p + kSeq, r.seq);
-    platform::store_be64(p + kTimestamp, r.timestamp);
-    platform::store_be16(p + kErrorEstimate, r.error_estimate);
-    platform::store_be16(p + kSsid, r.ssid);
-    platform::store_be64(p + kReceiveTimestamp, r.receive_timestamp);
-    platform::store_be32(p + kSenderSeq, r.sender_seq);
-    platform::store_be64(p + kSenderTimestamp, r.sender_timestamp);
-    platform::store_be16(p + kSenderErrorEstimate, r.sender_error_estimate);
-    p[kSenderTtl] = static_cast<std::byte>(r.sender_ttl);
-  }
+  const ReflectorLayout at = reflector_layout(mode);
+  platform::store_be32(p + at.seq, r.seq);
+  platform::store_be64(p + at.timestamp, r.timestamp);
+  platform::store_be16(p + at.error_estimate, r.error_estimate);
+  platform::store_be16(p + at.ssid, r.ssid);
+  platform::store_be64(p + at.receive_timestamp, r.receive_timestamp);
+  platform::store_be32(p + at.sender_seq, r.sender_seq);
+  platform::store_be64(p + at.sender_timestamp, r.sender_timestamp);
+  platform::store_be16(p + at.sender_error_estimate, r.sender_error_estimate);
+  p[at.sender_ttl] = static_cast<std::byte>(r.sender_ttl);
   return true;
 }
 

@@ -78,6 +78,41 @@ void write_rtt(JsonWriter& j, const IntervalSummary& s) {
   j.end_object();
 }
 
+// One-way delay: the status and the error bound always, the figures only when reported.
+void write_one_way(JsonWriter& j, const aggregate::OneWaySummary& w) {
+  j.begin_object();
+  j.field("status", aggregate::to_string(w.status));
+  j.field("samples", w.samples);
+  j.field("error_bound_ns", w.error_bound_ns);
+  j.field("max_error_fraction", w.max_error_fraction);
+  j.field("sender_synchronised", w.sender_synchronised);
+  j.field("reflector_synchronised", w.reflector_synchronised);
+  j.field("sender_error_ns", w.sender_error_ns);
+  j.field("reflector_error_ns", w.reflector_error_ns);
+  if (w.status == aggregate::OneWayStatus::kReported) {
+    const auto quantiles = [&j](std::string_view name, std::uint64_t min, std::uint64_t p50, std::uint64_t p90,
+                                std::uint64_t p99, std::uint64_t max) {
+      j.key(name);
+      j.begin_object();
+      j.field("min", min);
+      j.field("p50", p50);
+      j.field("p90", p90);
+      j.field("p99", p99);
+      j.field("max", max);
+      j.end_object();
+    };
+    quantiles("forward_ns", w.forward_min_ns, w.forward_p50_ns, w.forward_p90_ns, w.forward_p99_ns,
+              w.forward_max_ns);
+    quantiles("backward_ns", w.backward_min_ns, w.backward_p50_ns, w.backward_p90_ns, w.backward_p99_ns,
+              w.backward_max_ns);
+  }
+  j.end_object();
+}
+
+bool has_reflector_clock(probes::ProbeProtocol protocol) {
+  return protocol == probes::ProbeProtocol::kUdpEcho || protocol == probes::ProbeProtocol::kStamp;
+}
+
 void write_target(JsonWriter& j, const ProbeTargetSpec& spec, const std::string& label,
                   const IntervalSummary& s, bool unresolved) {
   j.begin_object();
@@ -115,6 +150,10 @@ void write_target(JsonWriter& j, const ProbeTargetSpec& spec, const std::string&
   j.field("p99", s.jitter_p99_ns);
   j.end_object();
   j.field("timestamps", s.timestamp_source == aggregate::TimestampSource::kKernel ? "kernel" : "userspace");
+  if (has_reflector_clock(spec.protocol)) {
+    j.key("one_way");
+    write_one_way(j, s.one_way);
+  }
   if (!s.paths.empty()) {
     // Compact: one array per path, [path, source_port, sent, received, lost, min, mean, max] (ns).
     j.key("paths");
@@ -307,6 +346,14 @@ void table_report(const MeasurementReport& report, const std::vector<ProbeTarget
     }
     if (i < report.unresolved.size() && report.unresolved[i] != 0) {
       notes += " unresolved: " + targets[i].host + " has no address (not probed, not loss)";
+    }
+    if (const aggregate::OneWaySummary& w = s.one_way; has_reflector_clock(targets[i].protocol) && w.samples > 0) {
+      if (w.status == aggregate::OneWayStatus::kReported) {
+        notes += " one-way p50 fwd/back " + ms(w.forward_p50_ns) + "/" + ms(w.backward_p50_ns);
+      } else {
+        notes += std::string(" one-way ") + aggregate::to_string(w.status);
+      }
+      notes += " (error bound " + ms(static_cast<double>(w.error_bound_ns)) + ")";
     }
     if (s.send_errors > 0) notes += printf_string(" send errors %" PRIu64, s.send_errors);
     if (s.reflector_restarts > 0)

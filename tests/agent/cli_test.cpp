@@ -208,6 +208,45 @@ TEST_CASE("report: table and JSON carry the counts and RTTs, and null for a sile
   CHECK(written([&](std::FILE* f) { agent::write_table(f, report, targets); }) == table);
 }
 
+TEST_CASE("report: one-way figures when reported, else the reason, with the error bound") {
+  agent::MeasurementReport report;
+  report.end_ns = 1'000'000'000;
+  std::vector<agent::ProbeTargetSpec> targets(3);
+  targets[0].label = "reported:8627";
+  targets[1].label = "unsync:862";
+  targets[1].protocol = ProbeProtocol::kStamp;
+  targets[2].label = "tcp:80";
+  targets[2].protocol = ProbeProtocol::kTcpConnect;
+  report.targets.resize(3);
+  for (auto& s : report.targets) {
+    s.sent = 10;
+    s.received = 10;
+  }
+  auto& w = report.targets[0].one_way;
+  w.status = agent::aggregate::OneWayStatus::kReported;
+  w.samples = 10;
+  w.error_bound_ns = 100'000;
+  w.forward_p50_ns = 30'250'000;
+  w.backward_p50_ns = 5'125'000;
+  auto& u = report.targets[1].one_way;
+  u.status = agent::aggregate::OneWayStatus::kUnsynchronised;
+  u.samples = 10;
+  u.error_bound_ns = 2'000'000;
+
+  const std::string json = agent::format_json(report, targets);
+  CHECK(json.find("\"one_way\":{\"status\":\"reported\",\"samples\":10,\"error_bound_ns\":100000") !=
+        std::string::npos);
+  CHECK(json.find("\"forward_ns\":{\"min\":0,\"p50\":30250000") != std::string::npos);
+  CHECK(json.find("\"backward_ns\":{\"min\":0,\"p50\":5125000") != std::string::npos);
+  CHECK(json.find("\"status\":\"unsynchronised\",\"samples\":10,\"error_bound_ns\":2000000") != std::string::npos);
+  CHECK(json.find("\"forward_ns\"") == json.rfind("\"forward_ns\""));  // only the reported target has figures
+  CHECK(std::string_view(json).substr(json.find("tcp:80")).find("one_way") == std::string_view::npos);
+
+  const std::string table = agent::format_table(report, targets);
+  CHECK(table.find("one-way p50 fwd/back 30.250/5.125 (error bound 0.100)") != std::string::npos);
+  CHECK(table.find("one-way unsynchronised (error bound 2.000)") != std::string::npos);
+}
+
 TEST_CASE("cli: a host name whose label the collector would refuse is an error, unless the target has a name") {
   // The label of a target without NAME= is HOST (icmp) or HOST:PORT: over the collector's 128
   // bytes it would get every batch refused.

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <map>
 #include <string_view>
+#include <tuple>
 
 #include "platform/utf8_text.hpp"
 #include "schemas/peer_text.hpp"
@@ -41,6 +42,18 @@ struct TargetDraft {
   std::uint32_t paths_line = 0;
   bool client = false;
   std::uint32_t client_line = 0;
+  std::uint32_t size_line = 0;
+  // STAMP: set keys are refused on other protocols, at their line.
+  std::optional<std::uint16_t> ssid;
+  std::uint32_t ssid_line = 0;
+  std::string stamp_key;
+  std::uint32_t stamp_key_line = 0;
+  std::string stamp_key_file;
+  std::uint32_t stamp_key_file_line = 0;
+  std::optional<probes::stamp::TimestampFormat> timestamp_format;
+  std::uint32_t timestamp_format_line = 0;
+  std::optional<probes::StampStatefulReflector> stateful_reflector;
+  std::uint32_t stateful_reflector_line = 0;
 };
 
 struct CollectorsDraft {
@@ -182,10 +195,11 @@ const cfg::Key<Draft> kKeys[] = {
        d.targets.back().name = v.text();
        d.targets.back().name_line = v.line;
      }},
-    {"targets[].protocol", Kind::kString, "", kAlways, "\"udp\", \"tcp\" or \"icmp\"",
-     "UDP echo against a Vantage reflector, TCP connect time, or ICMP echo.",
+    {"targets[].protocol", Kind::kString, "", kAlways, "\"udp\", \"tcp\", \"icmp\" or \"stamp\"",
+     "UDP echo against a Vantage reflector, TCP connect time, ICMP echo, or STAMP (RFC 8762) against any STAMP "
+     "or TWAMP-Light reflector (a router, another agent's stamp_reflector).",
      [](const Value& v) {
-       return cfg::one_of(v, {"udp", "tcp", "icmp"});
+       return cfg::one_of(v, {"udp", "tcp", "icmp", "stamp"});
      },
      [](Draft& d, const Value& v) { d.targets.back().protocol = v.text(); }},
     // Checked with the whole target (build_targets), once `client` is known: a client's host
@@ -201,7 +215,9 @@ const cfg::Key<Draft> kKeys[] = {
        d.targets.back().host_line = v.line;
      }},
     {"targets[].port", Kind::kInteger, "8627", "", "an integer in 1..65535",
-     "UDP: the reflector's port (default 8627); TCP: required; ICMP: not allowed.", cfg::integer_in<1, 65535>,
+     "UDP: the reflector's port (default 8627); STAMP: the reflector's port (default 862); TCP: required; ICMP: "
+     "not allowed.",
+     cfg::integer_in<1, 65535>,
      [](Draft& d, const Value& v) {
        d.targets.back().port = static_cast<std::uint16_t>(v.integer());
        d.targets.back().port_line = v.line;
@@ -213,8 +229,13 @@ const cfg::Key<Draft> kKeys[] = {
      "A reply later than this many milliseconds counts as lost.", cfg::number_above_at_most<0, 60'000>,
      [](Draft& d, const Value& v) { d.targets.back().timeout_ms = v.number(); }},
     {"targets[].size", Kind::kInteger, "", "", "bytes, an integer in 1..8972",
-     "UDP/ICMP payload size. Default: 64 for UDP (the probe header), 56 for ICMP.", cfg::integer_in<1, 8972>,
-     [](Draft& d, const Value& v) { d.targets.back().size = static_cast<std::size_t>(v.integer()); }},
+     "UDP/ICMP/STAMP payload size. Default: 64 for UDP (the probe header), 56 for ICMP, 44 for STAMP (112 with "
+     "a key; more is sent as an Extra Padding TLV).",
+     cfg::integer_in<1, 8972>,
+     [](Draft& d, const Value& v) {
+       d.targets.back().size = static_cast<std::size_t>(v.integer());
+       d.targets.back().size_line = v.line;
+     }},
     {"targets[].dscp", Kind::kInteger, "0", "", "an integer in 0..63", "DSCP of the probes.",
      cfg::integer_in<0, 63>,
      [](Draft& d, const Value& v) { d.targets.back().dscp = static_cast<std::uint8_t>(v.integer()); }},
@@ -233,6 +254,48 @@ const cfg::Key<Draft> kKeys[] = {
      [](Draft& d, const Value& v) {
        d.targets.back().client = v.boolean();
        d.targets.back().client_line = v.line;
+     }},
+
+    {"targets[].ssid", Kind::kInteger, "", "", "an integer in 1..65535; stamp only",
+     "The STAMP Session-Sender Identifier (RFC 8972) the reflector keys its session on. Default: derived from "
+     "the agent and the target's position.",
+     cfg::integer_in<1, 65535>,
+     [](Draft& d, const Value& v) {
+       d.targets.back().ssid = static_cast<std::uint16_t>(v.integer());
+       d.targets.back().ssid_line = v.line;
+     }},
+    {"targets[].key", Kind::kString, "", "", "32..128 hex digits (16..64 bytes); stamp only",
+     "STAMP authenticated mode: the HMAC-SHA-256 key shared with the reflector (or key_file: at most one of the "
+     "two). Without either, unauthenticated mode.",
+     nullptr,
+     [](Draft& d, const Value& v) {
+       d.targets.back().stamp_key = v.text();
+       d.targets.back().stamp_key_line = v.line;
+     }},
+    {"targets[].key_file", Kind::kString, "", "", "a file path; stamp only",
+     "A file holding the STAMP key's hex digits, readable by the agent's user only (mode 0600 or 0400).",
+     cfg::non_empty_text,
+     [](Draft& d, const Value& v) {
+       d.targets.back().stamp_key_file = v.text();
+       d.targets.back().stamp_key_file_line = v.line;
+     }},
+    {"targets[].timestamp_format", Kind::kString, "\"ntp\"", "", "\"ntp\" or \"ptp\"; stamp only",
+     "The STAMP packets' timestamps: NTP (seconds since 1900 and a binary fraction) or PTPv2 truncated.",
+     [](const Value& v) { return cfg::one_of(v, {"ntp", "ptp"}); },
+     [](Draft& d, const Value& v) {
+       d.targets.back().timestamp_format =
+           v.text() == "ptp" ? probes::stamp::TimestampFormat::kPtp : probes::stamp::TimestampFormat::kNtp;
+       d.targets.back().timestamp_format_line = v.line;
+     }},
+    {"targets[].stateful_reflector", Kind::kStringOrBoolean, "\"auto\"", "", "\"auto\", true or false; stamp only",
+     "Whether the reflector numbers its replies per session (RFC 8762 stateful), which splits loss into "
+     "outbound and inbound. \"auto\": assumed once a reply's sequence number differs from the probe's.",
+     [](const Value& v) { return !v.is_text() || v.text() == "auto"; },
+     [](Draft& d, const Value& v) {
+       d.targets.back().stateful_reflector = v.is_text()   ? probes::StampStatefulReflector::kAuto
+                                             : v.boolean() ? probes::StampStatefulReflector::kYes
+                                                           : probes::StampStatefulReflector::kNo;
+       d.targets.back().stateful_reflector_line = v.line;
      }},
 
     {"reflector.enabled", Kind::kBoolean, "true", "", "true or false",
@@ -361,9 +424,56 @@ const cfg::Key<Draft> kKeys[] = {
 };
 
 ProbeProtocol protocol_of(std::string_view name) {
-  return name == "tcp"    ? ProbeProtocol::kTcpConnect
-         : name == "icmp" ? ProbeProtocol::kIcmpEcho
-                          : ProbeProtocol::kUdpEcho;
+  return name == "tcp"     ? ProbeProtocol::kTcpConnect
+         : name == "icmp"  ? ProbeProtocol::kIcmpEcho
+         : name == "stamp" ? ProbeProtocol::kStamp
+                           : ProbeProtocol::kUdpEcho;
+}
+
+// A target's STAMP keys: refused on other protocols (each at its line), else read into options.
+bool build_stamp_options(const TargetDraft& t, ProbeProtocol protocol, probes::StampSenderOptions& options,
+                         cfg::Diagnostics& diagnostics) {
+  bool ok = true;
+  if (protocol != ProbeProtocol::kStamp) {
+    for (const auto& [set, line, name] :
+         {std::tuple{t.ssid.has_value(), t.ssid_line, ".ssid"},
+          std::tuple{!t.stamp_key.empty(), t.stamp_key_line, ".key"},
+          std::tuple{!t.stamp_key_file.empty(), t.stamp_key_file_line, ".key_file"},
+          std::tuple{t.timestamp_format.has_value(), t.timestamp_format_line, ".timestamp_format"},
+          std::tuple{t.stateful_reflector.has_value(), t.stateful_reflector_line, ".stateful_reflector"}}) {
+      if (set) {
+        diagnostics.error(line, t.key + name, "only a stamp target takes it");
+        ok = false;
+      }
+    }
+    return ok;
+  }
+  options.ssid = t.ssid.value_or(0);
+  options.timestamp_format = t.timestamp_format.value_or(probes::stamp::TimestampFormat::kNtp);
+  options.stateful_reflector = t.stateful_reflector.value_or(probes::StampStatefulReflector::kAuto);
+  if (!t.stamp_key.empty() && !t.stamp_key_file.empty()) {
+    diagnostics.error(t.stamp_key_file_line, t.key + ".key_file", "expected at most one of key and key_file");
+    return false;
+  }
+  if (!t.stamp_key.empty() || !t.stamp_key_file.empty()) {
+    // The error never shows the key's digits.
+    auto key = t.stamp_key.empty() ? read_stamp_key_file(t.stamp_key_file) : stamp_key_from_hex(t.stamp_key);
+    if (!key) {
+      const bool file = t.stamp_key.empty();
+      diagnostics.error(file ? t.stamp_key_file_line : t.stamp_key_line, t.key + (file ? ".key_file" : ".key"),
+                        key.error());
+      return false;
+    }
+    options.key = std::move(key).value();
+  }
+  const std::size_t base = probes::stamp::base_size(options.mode());
+  if (t.size != 0 && t.size < base) {
+    diagnostics.error(t.size_line, t.key + ".size",
+                      "a STAMP packet " + std::string(options.key.empty() ? "" : "with a key ") + "is at least " +
+                          std::to_string(base) + " bytes, got " + std::to_string(t.size));
+    return false;
+  }
+  return true;
 }
 
 
@@ -417,8 +527,9 @@ void build_targets(Draft& d, cfg::Diagnostics& diagnostics) {
       ok = false;
     }
     if (t.client && !d.privacy_ok) ok = false;  // no usable key: reported once, by build_privacy
-    if (!ok) continue;
     ProbeTargetSpec spec;
+    if (!build_stamp_options(t, protocol, spec.stamp, diagnostics)) ok = false;
+    if (!ok) continue;
     spec.protocol = protocol;
     if (literal_error) {
       spec.host = t.host;
@@ -426,6 +537,7 @@ void build_targets(Draft& d, cfg::Diagnostics& diagnostics) {
       spec.address = literal;
     }
     spec.port = protocol == ProbeProtocol::kUdpEcho      ? t.port.value_or(probes::kDefaultReflectorPort)
+                : protocol == ProbeProtocol::kStamp      ? t.port.value_or(probes::stamp::kDefaultPort)
                 : protocol == ProbeProtocol::kTcpConnect ? *t.port
                                                          : 0;
     spec.rate_per_s = t.rate_per_s;

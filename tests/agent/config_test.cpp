@@ -197,14 +197,14 @@ TEST_CASE("agent config: every error is reported at once, with file, line and ke
       // wrong type
       file + ":17: targets[0].rate: expected a number in (0, 1000], got \"fast\"",
       file + ":20: targets[1].name: duplicate name \"ams1\" (targets[0], line 14)",
-      file + ":21: targets[1].protocol: expected \"udp\", \"tcp\" or \"icmp\", got \"sctp\"",
+      file + ":21: targets[1].protocol: expected \"udp\", \"tcp\", \"icmp\" or \"stamp\", got \"sctp\"",
       file + ":23: targets[1].dscp: expected an integer in 0..63, got 64",
       // unknown key inside a target, with a suggestion
       file + ":24: targets[1].rat: unknown key (did you mean 'rate'?)",
       // missing, conditionally (a tcp target needs a port) and always (a target's protocol and host)
       file + ":26: targets[2].port: missing; expected an integer in 1..65535 (a tcp target needs a port)",
       file + ":33: targets[3].port: an icmp target has no port",
-      file + ":35: targets[4].protocol: missing; expected \"udp\", \"tcp\" or \"icmp\"",
+      file + ":35: targets[4].protocol: missing; expected \"udp\", \"tcp\", \"icmp\" or \"stamp\"",
       file + ":35: targets[4].host: missing; expected an IP address or a host name",
       file + ":40: reflector.enabled: expected true or false, got \"yes\"",
       file + ":42: measurment: unknown key (did you mean 'measurement'?)",
@@ -292,7 +292,7 @@ TEST_CASE("agent config: the example file loads and the reference covers the who
   const std::string doc = agent::config_reference_markdown();
   CHECK(doc.starts_with("| key | value | default | description |\n|---|---|---|---|\n"));
   const auto keys = agent::config_keys();
-  CHECK(keys.size() == 47);
+  CHECK(keys.size() == 52);
   std::istringstream rows(doc);
   std::string row;
   std::set<std::string> documented;
@@ -381,4 +381,71 @@ TEST_CASE("agent config: targets[].paths, 1..64 and above 1 for udp only") {
   CHECK(good.options->measurement.targets[0].paths == 16);
   CHECK(good.options->measurement.targets[1].paths == 1);
   std::filesystem::remove(file);
+}
+
+TEST_CASE("agent config: stamp targets take ssid, key or key_file, timestamp_format and stateful_reflector") {
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() / "vantage-agent-stamp-test";
+  std::filesystem::create_directories(dir);
+  const std::string file = (dir / "agent.toml").string();
+  const std::string key_file = (dir / "stamp.key").string();
+  {
+    std::ofstream key(key_file);
+    key << "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n";
+  }
+  std::filesystem::permissions(key_file, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write,
+                               std::filesystem::perm_options::replace);
+  {
+    std::ofstream out(file);
+    out << "[[targets]]\nprotocol = \"stamp\"\nhost = \"192.0.2.1\"\n"                                  // 1-3
+        << "[[targets]]\nprotocol = \"stamp\"\nhost = \"192.0.2.2\"\nport = 4000\nssid = 77\n"         // 4-8
+        << "key = \"000102030405060708090a0b0c0d0e0f\"\ntimestamp_format = \"ptp\"\n"                  // 9-10
+        << "stateful_reflector = true\nsize = 200\n"                                                  // 11-12
+        << "[[targets]]\nprotocol = \"stamp\"\nhost = \"192.0.2.3\"\nkey_file = \"" << key_file << "\"\n"  // 13-16
+        << "stateful_reflector = false\n";                                                            // 17
+  }
+  const agent::AgentConfig good = agent::load_config(file);
+  REQUIRE_MESSAGE(good.options.has_value(), errors_text(good.errors));
+  const auto& t = good.options->measurement.targets;
+  REQUIRE(t.size() == 3);
+  CHECK(t[0].protocol == ProbeProtocol::kStamp);
+  CHECK(t[0].label == "192.0.2.1:862");
+  CHECK(t[0].port == 862);
+  CHECK(t[0].stamp.ssid == 0);
+  CHECK(t[0].stamp.key.empty());
+  CHECK(t[0].stamp.timestamp_format == agent::probes::stamp::TimestampFormat::kNtp);
+  CHECK(t[0].stamp.stateful_reflector == agent::probes::StampStatefulReflector::kAuto);
+  CHECK(t[1].port == 4000);
+  CHECK(t[1].stamp.ssid == 77);
+  REQUIRE(t[1].stamp.key.size() == 16);
+  CHECK(t[1].stamp.key[15] == std::byte{0x0f});
+  CHECK(t[1].stamp.timestamp_format == agent::probes::stamp::TimestampFormat::kPtp);
+  CHECK(t[1].stamp.stateful_reflector == agent::probes::StampStatefulReflector::kYes);
+  CHECK(t[1].payload_size == 200);
+  CHECK(t[2].stamp.key.size() == 32);
+  CHECK(t[2].stamp.stateful_reflector == agent::probes::StampStatefulReflector::kNo);
+
+  {
+    std::ofstream out(file);
+    out << "[[targets]]\nprotocol = \"udp\"\nhost = \"192.0.2.1\"\nssid = 5\n"                         // 1-4
+        << "[[targets]]\nprotocol = \"stamp\"\nhost = \"192.0.2.2\"\nkey = \"abcd\"\n"                   // 5-8
+        << "[[targets]]\nprotocol = \"stamp\"\nhost = \"192.0.2.3\"\nsize = 43\n"                        // 9-12
+        << "[[targets]]\nprotocol = \"stamp\"\nhost = \"192.0.2.4\"\nstateful_reflector = \"yes\"\n"     // 13-16
+        << "[[targets]]\nprotocol = \"stamp\"\nhost = \"192.0.2.5\"\nssid = 0\n"                         // 17-20
+        << "[[targets]]\nprotocol = \"stamp\"\nhost = \"192.0.2.6\"\nkey_file = \"" << key_file << "\"\n"  // 21-24
+        << "size = 100\n"                                                                             // 25
+        << "[[targets]]\nprotocol = \"stamp\"\nhost = \"192.0.2.7\"\npaths = 2\n";                       // 26-29
+  }
+  const agent::AgentConfig bad = agent::load_config(file);
+  CHECK_FALSE(bad.options.has_value());
+  const std::vector<std::string> expected = {
+      file + ":4: targets[0].ssid: only a stamp target takes it",
+      file + ":8: targets[1].key: expected 32..128 hex digits (16..64 bytes), got 4 characters",
+      file + ":12: targets[2].size: a STAMP packet is at least 44 bytes, got 43",
+      file + ":16: targets[3].stateful_reflector: expected \"auto\", true or false; stamp only, got \"yes\"",
+      file + ":20: targets[4].ssid: expected an integer in 1..65535; stamp only, got 0",
+      file + ":25: targets[5].size: a STAMP packet with a key is at least 112 bytes, got 100",
+      file + ":29: targets[6].paths: only a udp target spreads over several paths",
+  };
+  CHECK(errors_text(bad.errors) == errors_text(expected));
+  std::filesystem::remove_all(dir);
 }

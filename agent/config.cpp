@@ -56,6 +56,17 @@ struct TargetDraft {
   std::uint32_t stateful_reflector_line = 0;
 };
 
+struct StampKeyDraft {
+  std::string key;  // "stamp_reflector.keys[1]"
+  std::uint32_t line = 0;
+  std::vector<std::string> peers;
+  std::uint32_t peers_line = 0;
+  std::string hex;
+  std::uint32_t hex_line = 0;
+  std::string file;
+  std::uint32_t file_line = 0;
+};
+
 struct CollectorsDraft {
   std::string key;  // "collectors[0]"
   std::uint32_t line = 0;
@@ -76,6 +87,9 @@ struct Draft {
   std::vector<asio::ip::udp::endpoint> announce;
   bool accept_target_lists = true;
   std::optional<std::uint32_t> reflector_rate;
+  bool stamp_enabled = false;
+  probes::StampReflectorConfig stamp;
+  std::vector<StampKeyDraft> stamp_keys;
   std::optional<std::uint64_t> spool_max_kb;
   platform::LogLevel log_level = platform::LogLevel::kInfo;
   privacy::PrivacyConfig privacy;
@@ -105,6 +119,9 @@ static_assert(wire::max_bytes(wire::PeerText::kAgentId) >= 64 && wire::max_bytes
               wire::max_bytes(wire::PeerText::kPop) >= 64);
 
 bool announce_value(const Value& v) { return v.is_text() && parse_announce(v.text()).has_value(); }
+
+// Each element of a list of address prefixes.
+bool prefix_value(const Value& v) { return v.is_text() && probes::AddressPrefix::parse(v.text()).has_value(); }
 
 bool fsync_value(const Value& v) {
   return v.is_text() ? v.text() == "every" : cfg::integer_in<1, 3'600'000>(v);
@@ -328,6 +345,65 @@ const cfg::Key<Draft> kKeys[] = {
      "Probes per second answered per source address; the rest are dropped (and counted).",
      cfg::integer_in<1, 1'000'000>,
      [](Draft& d, const Value& v) { d.reflector_rate = static_cast<std::uint32_t>(v.integer()); }},
+
+    {"stamp_reflector.enabled", Kind::kBoolean, "false", "", "true or false",
+     "Answer STAMP (RFC 8762) and TWAMP-Light session-senders, e.g. routers measuring towards this agent.",
+     nullptr, [](Draft& d, const Value& v) { d.stamp_enabled = v.boolean(); }},
+    {"stamp_reflector.bind", Kind::kString, "\"::\"", "", "an IP address",
+     "The address to listen on; \"::\" serves IPv4 and IPv6.", cfg::ip_address,
+     [](Draft& d, const Value& v) { d.stamp.bind_address = v.text(); }},
+    {"stamp_reflector.port", Kind::kInteger, "862", "", "an integer in 1..65535",
+     "The UDP port to listen on (862, the STAMP port: below 1024, the unit grants CAP_NET_BIND_SERVICE).",
+     cfg::integer_in<1, 65535>, [](Draft& d, const Value& v) { d.stamp.port = static_cast<std::uint16_t>(v.integer()); }},
+    {"stamp_reflector.stateful", Kind::kBoolean, "true", "", "true or false",
+     "Number replies per session (source address, port and SSID) from 0, so senders tell outbound from "
+     "inbound loss; false: echo the sender's sequence number.",
+     nullptr, [](Draft& d, const Value& v) { d.stamp.stateful = v.boolean(); }},
+    {"stamp_reflector.timestamp_format", Kind::kString, "\"ntp\"", "", "\"ntp\" or \"ptp\"",
+     "The replies' timestamps: NTP (seconds since 1900 and a binary fraction) or PTPv2 truncated.",
+     [](const Value& v) { return cfg::one_of(v, {"ntp", "ptp"}); },
+     [](Draft& d, const Value& v) {
+       d.stamp.timestamp_format =
+           v.text() == "ptp" ? probes::stamp::TimestampFormat::kPtp : probes::stamp::TimestampFormat::kNtp;
+     }},
+    {"stamp_reflector.rate_per_s", Kind::kInteger, "100", "", "an integer in 1..1000000",
+     "Packets per second answered per source address; the rest are dropped (and counted).",
+     cfg::integer_in<1, 1'000'000>,
+     [](Draft& d, const Value& v) { d.stamp.rate_limit.rate_per_s = static_cast<std::uint32_t>(v.integer()); }},
+    {"stamp_reflector.burst", Kind::kInteger, "20", "", "an integer in 1..1000000",
+     "Packets a source may send back to back above its rate.", cfg::integer_in<1, 1'000'000>,
+     [](Draft& d, const Value& v) { d.stamp.rate_limit.burst = static_cast<std::uint32_t>(v.integer()); }},
+    {"stamp_reflector.unauthenticated", Kind::kBoolean, "true", "", "true or false",
+     "Answer unauthenticated packets from sources no keys[].peers covers; false: only keyed peers are answered.",
+     nullptr, [](Draft& d, const Value& v) { d.stamp.unauthenticated = v.boolean(); }},
+    {"stamp_reflector.keys[]", Kind::kTableArray, "", "", "an array of tables ([[stamp_reflector.keys]])",
+     "Authenticated mode (HMAC-SHA-256): sources in peers must sign with key, anything else from them is "
+     "dropped (and counted). The first table whose peers cover a source applies.",
+     nullptr,
+     [](Draft& d, const Value& v) {
+       d.stamp_keys.emplace_back();
+       d.stamp_keys.back().key = v.key;
+       d.stamp_keys.back().line = v.line;
+     }},
+    {"stamp_reflector.keys[].peers", Kind::kStringList, "", kAlways, "address prefixes, e.g. \"192.0.2.0/24\", \"::1/128\"",
+     "The sources this key applies to.", prefix_value,
+     [](Draft& d, const Value& v) {
+       d.stamp_keys.back().peers = v.strings();
+       d.stamp_keys.back().peers_line = v.line;
+     }},
+    {"stamp_reflector.keys[].key", Kind::kString, "", "", "32..128 hex digits (16..64 bytes)",
+     "The shared HMAC key (or key_file: exactly one of the two).", nullptr,
+     [](Draft& d, const Value& v) {
+       d.stamp_keys.back().hex = v.text();
+       d.stamp_keys.back().hex_line = v.line;
+     }},
+    {"stamp_reflector.keys[].key_file", Kind::kString, "", "", "a file path",
+     "A file holding the key's hex digits, readable by the agent's user only (mode 0600 or 0400).",
+     cfg::non_empty_text,
+     [](Draft& d, const Value& v) {
+       d.stamp_keys.back().file = v.text();
+       d.stamp_keys.back().file_line = v.line;
+     }},
 
     {"measurement.report_interval", Kind::kNumber, "10", "", "seconds in (0, 10000000]",
      "One report (and one batch to the collector) per interval.", cfg::number_above_at_most<0, 10'000'000>,
@@ -628,6 +704,26 @@ void build_privacy(Draft& d, cfg::Diagnostics& diagnostics) {
   }
 }
 
+void build_stamp_reflector(Draft& d, cfg::Diagnostics& diagnostics) {
+  for (const StampKeyDraft& k : d.stamp_keys) {
+    probes::StampKey key;
+    for (const std::string& p : k.peers) key.peers.push_back(*probes::AddressPrefix::parse(p));
+    if (k.hex.empty() == k.file.empty()) {
+      diagnostics.error(k.hex.empty() ? k.line : k.file_line, k.key + ".key",
+                        "expected exactly one of key and key_file");
+      continue;
+    }
+    auto bytes = k.hex.empty() ? read_stamp_key_file(k.file) : stamp_key_from_hex(k.hex);
+    if (!bytes) {
+      diagnostics.error(k.hex.empty() ? k.file_line : k.hex_line, k.key + (k.hex.empty() ? ".key_file" : ".key"),
+                        bytes.error());
+      continue;
+    }
+    key.key = std::move(bytes).value();
+    d.stamp.keys.push_back(std::move(key));
+  }
+}
+
 void build_shipping(Draft& d, cfg::Diagnostics& diagnostics) {
   if (d.collectors.empty()) return;
   ship::ShipperConfig& shipping = d.ship;
@@ -698,6 +794,7 @@ static AgentConfig load_config(const std::filesystem::path& file, std::optional<
   build_privacy(d, diagnostics);
   build_targets(d, diagnostics);
   build_shipping(d, diagnostics);
+  build_stamp_reflector(d, diagnostics);
 
   AgentConfig result;
   result.log_level = d.log_level;
@@ -716,6 +813,10 @@ static AgentConfig load_config(const std::filesystem::path& file, std::optional<
     if (d.reflector_rate) {
       m.reflector->rate_limit = reflector_rate_limit(*d.reflector_rate);
     }
+  }
+  if (d.stamp_enabled) {
+    d.stamp.kernel_timestamps = m.kernel_timestamps;
+    m.stamp_reflector = std::move(d.stamp);
   }
   ship::ShipperConfig& shipping = d.ship;
   if (d.spool_max_kb) {

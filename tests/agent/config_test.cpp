@@ -292,7 +292,7 @@ TEST_CASE("agent config: the example file loads and the reference covers the who
   const std::string doc = agent::config_reference_markdown();
   CHECK(doc.starts_with("| key | value | default | description |\n|---|---|---|---|\n"));
   const auto keys = agent::config_keys();
-  CHECK(keys.size() == 52);
+  CHECK(keys.size() == 64);
   std::istringstream rows(doc);
   std::string row;
   std::set<std::string> documented;
@@ -448,4 +448,50 @@ TEST_CASE("agent config: stamp targets take ssid, key or key_file, timestamp_for
   };
   CHECK(errors_text(bad.errors) == errors_text(expected));
   std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("agent config: [stamp_reflector] and its keys, with file, line and key in errors") {
+  const agent::AgentConfig good = agent::parse_config(
+      "[stamp_reflector]\nenabled = true\nbind = \"127.0.0.1\"\nport = 8862\nstateful = false\n"
+      "timestamp_format = \"ptp\"\nrate_per_s = 50\nburst = 7\nunauthenticated = false\n"
+      "[[stamp_reflector.keys]]\npeers = [\"127.0.0.0/8\", \"::1/128\"]\n"
+      "key = \"000102030405060708090a0b0c0d0e0f\"\n",
+      "stamp.toml");
+  REQUIRE_MESSAGE(good.options.has_value(), errors_text(good.errors));
+  REQUIRE(good.options->measurement.stamp_reflector.has_value());
+  const agent::probes::StampReflectorConfig& s = *good.options->measurement.stamp_reflector;
+  CHECK(s.bind_address == "127.0.0.1");
+  CHECK(s.port == 8862);
+  CHECK_FALSE(s.stateful);
+  CHECK(s.timestamp_format == agent::probes::stamp::TimestampFormat::kPtp);
+  CHECK(s.rate_limit.rate_per_s == 50);
+  CHECK(s.rate_limit.burst == 7);
+  CHECK_FALSE(s.unauthenticated);
+  REQUIRE(s.keys.size() == 1);
+  CHECK(s.keys[0].peers.size() == 2);
+  CHECK(s.keys[0].key.size() == 16);
+
+  // Off unless enabled; on, the defaults.
+  CHECK_FALSE(agent::parse_config("", "empty.toml").options->measurement.stamp_reflector.has_value());
+  const agent::AgentConfig on = agent::parse_config("[stamp_reflector]\nenabled = true\n", "on.toml");
+  REQUIRE(on.options->measurement.stamp_reflector.has_value());
+  CHECK(on.options->measurement.stamp_reflector->port == 862);
+  CHECK(on.options->measurement.stamp_reflector->bind_address == "::");
+  CHECK(on.options->measurement.stamp_reflector->stateful);
+  CHECK(on.options->measurement.stamp_reflector->unauthenticated);
+
+  const agent::AgentConfig bad = agent::parse_config(
+      "[stamp_reflector]\nenabled = true\ntimestamp_format = \"utc\"\n"  // 1-3
+      "[[stamp_reflector.keys]]\npeers = [\"10.0.0.0/33\"]\nkey = \"abc\"\n"  // 4-6
+      "[[stamp_reflector.keys]]\npeers = [\"::1\"]\n",                        // 7-8
+      "bad.toml");
+  REQUIRE_FALSE(bad.options.has_value());
+  const std::string errors = errors_text(bad.errors);
+  CAPTURE(errors);
+  CHECK(errors.find("bad.toml:3: stamp_reflector.timestamp_format: expected \"ntp\" or \"ptp\"") != std::string::npos);
+  CHECK(errors.find("bad.toml:5: stamp_reflector.keys[0].peers[0]: expected") != std::string::npos);
+  CHECK(errors.find("bad.toml:6: stamp_reflector.keys[0].key: expected 32..128 hex digits") != std::string::npos);
+  CHECK(errors.find("bad.toml:7: stamp_reflector.keys[1].key: expected exactly one of key and key_file") !=
+        std::string::npos);
+  CHECK(errors.find("abc") == std::string::npos);  // no key digits in errors
 }

@@ -140,6 +140,7 @@ const char* usage_text() noexcept {
          "other:\n"
          "  --reflector ADDR:PORT answer peers' probes there (default [::]:8627; off with --once)\n"
          "  --no-reflector        answer nobody's probes\n"
+         "  --stamp-reflector ADDR:PORT  answer STAMP and TWAMP-Light senders there (e.g. [::]:862)\n"
          "  --reflector-rate N    probes per second answered per source address (default 100)\n"
          "  --announce ADDR:PORT  where peers reach this reflector, told to the collector for the mesh\n"
          "                        (repeatable, IPv4 and IPv6; default: --reflector's address unless a wildcard)\n"
@@ -372,19 +373,26 @@ platform::Result<AgentOptions> parse_args(const std::vector<std::string_view>& a
       } else {
         return fail("--icmp-socket: expected auto, dgram or raw, not '" + std::string(v) + "'");
       }
-    } else if (arg == "--reflector") {
+    } else if (arg == "--reflector" || arg == "--stamp-reflector") {
+      const std::string flag(arg);
       std::string host;
       std::optional<std::uint16_t> port;
       if (!value(v)) {
-        return fail("--reflector: expected ADDR:PORT");
+        return fail(flag + ": expected ADDR:PORT");
       }
       if (!split_host_port(v, true, host, port, error)) {
-        return fail("--reflector: " + error);
+        return fail(flag + ": " + error);
       }
       std::error_code ec;
       (void)asio::ip::make_address(host, ec);
       if (ec) {
-        return fail("--reflector: '" + host + "' is not an IP address");
+        return fail(flag + ": '" + host + "' is not an IP address");
+      }
+      if (flag == "--stamp-reflector") {
+        o.measurement.stamp_reflector = probes::StampReflectorConfig{};
+        o.measurement.stamp_reflector->bind_address = host;
+        o.measurement.stamp_reflector->port = *port;
+        continue;
       }
       const bool kernel = !reflector || reflector->kernel_timestamps;
       reflector = probes::ReflectorConfig{};
@@ -557,6 +565,9 @@ platform::Result<AgentOptions> parse_args(const std::vector<std::string_view>& a
     reflector->rate_limit = reflector_rate_limit(*reflector_rate);
   }
   o.measurement.reflector = reflector;
+  if (o.measurement.stamp_reflector) {
+    o.measurement.stamp_reflector->kernel_timestamps = o.measurement.kernel_timestamps;
+  }
   if (const std::string error = set_client_labels(o.measurement, std::move(privacy), privacy_key);
       !error.empty()) {
     return fail(error);

@@ -200,6 +200,10 @@ std::optional<Running> start(const AgentOptions& options, const SelfBaseline& ba
     log(LogLevel::kInfo, "reflector listening on %s port %u", endpoint->address().to_string().c_str(),
         static_cast<unsigned>(endpoint->port()));
   }
+  if (const auto endpoint = r.measurement->stamp_reflector_endpoint()) {
+    log(LogLevel::kInfo, "STAMP reflector listening on %s port %u", endpoint->address().to_string().c_str(),
+        static_cast<unsigned>(endpoint->port()));
+  }
   return r;
 }
 

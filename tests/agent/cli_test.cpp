@@ -98,6 +98,23 @@ TEST_CASE("cli: the daemon runs the reflector on [::]:8627 unless told otherwise
   CHECK(p->measurement.host_root == "/tmp/x");
 }
 
+TEST_CASE("cli: --stamp-reflector runs the STAMP reflector there, off by default") {
+  auto p = parse({});
+  REQUIRE(p.has_value());
+  CHECK_FALSE(p->measurement.stamp_reflector.has_value());
+
+  p = parse({"--stamp-reflector", "[::1]:862", "--no-kernel-timestamps", "--once", "1"});
+  REQUIRE(p.has_value());
+  REQUIRE(p->measurement.stamp_reflector.has_value());
+  CHECK(p->measurement.stamp_reflector->bind_address == "::1");
+  CHECK(p->measurement.stamp_reflector->port == 862);
+  CHECK_FALSE(p->measurement.stamp_reflector->kernel_timestamps);
+  CHECK_FALSE(p->measurement.reflector.has_value());  // --once: the echo reflector only when asked
+
+  CHECK(error_of({"--stamp-reflector", "example.net:862"}).find("--stamp-reflector") != std::string::npos);
+  CHECK(error_of({"--stamp-reflector"}).find("--stamp-reflector: expected ADDR:PORT") != std::string::npos);
+}
+
 TEST_CASE("cli: every bad argument is named in a one-line error") {
   CHECK(error_of({"--bogus"}).find("--bogus") != std::string::npos);
   CHECK(error_of({"--once"}).find("--once") != std::string::npos);

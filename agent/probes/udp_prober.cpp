@@ -396,11 +396,20 @@ void UdpProber::send_probe(TargetState& t, std::int64_t now_ns) {
     ProbeHeader header;
     header.sequence = event.seq;
     header.sender_id = config_.sender_id;
+    // Room for the clock extension: the reflector is asked for its wall-clock stamps (one-way delay).
+    const bool one_way = t.config.payload_size >= kClockProbeSize;
+    const std::uint16_t error_estimate =
+        one_way ? platform::encode_error_estimate(platform::error_estimate_of(platform::ClockStateCell::instance().current()))
+                : 0;
     // Read as late as possible so the RTT excludes encoding; the few bytes written after the
-    // read are the send time itself.
+    // read are the send times themselves.
     event.send_ns = clock_ns(CLOCK_MONOTONIC);
+    const std::int64_t wall_ns = one_way ? clock_ns(CLOCK_REALTIME) : 0;
     header.send_ns = static_cast<std::uint64_t>(event.send_ns);
     size = encode_request(header, send_buffer_, t.config.payload_size);
+    if (one_way && size != 0) {
+      (void)write_clock_request(std::span<std::byte>(send_buffer_.data(), size), wall_ns, error_estimate);
+    }
   }
   const ssize_t n =
       size == 0 ? -1
@@ -557,6 +566,9 @@ bool UdpProber::handle_reply(std::span<const std::byte> packet, const sockaddr_s
   event.reflector_boot = reply.reflector_boot;
   event.session_id = reply.session_id;
   event.session_rx = reply.session_rx;
+  // The wall-clock arrival: the kernel's realtime stamp itself, else the read time moved by the
+  // offset taken with it.
+  fill_one_way(event, packet, event.receive_ns + realtime_offset);
   replies_.bump();
   emit(event);
   return true;

@@ -22,6 +22,8 @@
 #include "agent/probes/probe_event.hpp"
 #include "agent/probes/reflector.hpp"
 #include "agent/probes/udp_prober.hpp"
+#include "platform/clock.hpp"
+#include "platform/clock_state.hpp"
 #include "platform/spsc_ring.hpp"
 #include "tests/agent/probes/event_ring.hpp"
 #include "tests/agent/probes/running_reflector.hpp"
@@ -537,4 +539,33 @@ TEST_CASE("udp prober: more than 64 paths is refused") {
   config.targets[0].paths = 0;
   UdpProber zero(io, config, ring);
   CHECK(!zero.start());
+}
+
+TEST_CASE("udp prober: probes with room for the clock extension get one-way figures, shorter ones none") {
+  constexpr std::uint64_t kProbes = 10;
+  // The sender's clock as [clock] assume sets it: synchronised, 50 us.
+  vantage::platform::ClockStateCell::instance().assume(vantage::platform::ClockState{
+      true, 50'000, 50'000, vantage::platform::ClockSource::kConfigured});
+  RunningReflector reflector(fast_loopback("127.0.0.1"));
+  for (const std::size_t payload : {probes::kClockProbeSize, probes::kProbeHeaderSize + 36}) {
+    CAPTURE(payload);
+    RunningProber prober(one_target(reflector.endpoint(), 200, kProbes, payload));
+    REQUIRE(prober.collect_until([&] { return prober.count(ProbeEventKind::kReply) >= kProbes; }));
+    for (const ProbeEvent& e : prober.of_kind(ProbeEventKind::kReply)) {
+      if (payload < probes::kClockProbeSize) {
+        CHECK_FALSE(e.one_way);
+        continue;
+      }
+      CHECK(e.one_way);
+      CHECK(e.sender_synchronised);
+      CHECK(e.sender_error_ns >= 50'000);
+      // One host, one clock: each direction is the loopback's.
+      CHECK(e.forward_ns > -1'000'000);
+      CHECK(e.forward_ns < 10'000'000'000);
+      CHECK(e.backward_ns > -1'000'000);
+      CHECK(e.backward_ns < 10'000'000'000);
+      CHECK(e.forward_ns + e.backward_ns <= e.receive_ns - e.send_ns + 1'000'000);
+    }
+  }
+  vantage::platform::ClockStateCell::instance().assume(std::nullopt);
 }

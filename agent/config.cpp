@@ -91,6 +91,10 @@ struct Draft {
   probes::StampReflectorConfig stamp;
   std::vector<StampKeyDraft> stamp_keys;
   std::optional<std::uint64_t> spool_max_kb;
+  std::string clock_assume = "kernel";
+  std::uint32_t clock_assume_line = 0;
+  std::optional<double> clock_error_us;
+  std::uint32_t clock_error_line = 0;
   platform::LogLevel log_level = platform::LogLevel::kInfo;
   privacy::PrivacyConfig privacy;
   std::string key_file;
@@ -246,8 +250,9 @@ const cfg::Key<Draft> kKeys[] = {
      "A reply later than this many milliseconds counts as lost.", cfg::number_above_at_most<0, 60'000>,
      [](Draft& d, const Value& v) { d.targets.back().timeout_ms = v.number(); }},
     {"targets[].size", Kind::kInteger, "", "", "bytes, an integer in 1..8972",
-     "UDP/ICMP/STAMP payload size. Default: 64 for UDP (the probe header), 56 for ICMP, 44 for STAMP (112 with "
-     "a key; more is sent as an Extra Padding TLV).",
+     "UDP/ICMP/STAMP payload size. Default: 104 for UDP (the probe header and the clock extension that one-way "
+     "delay needs; 64 at least), 56 for ICMP, 44 for STAMP (112 with a key; more is sent as an Extra Padding "
+     "TLV).",
      cfg::integer_in<1, 8972>,
      [](Draft& d, const Value& v) {
        d.targets.back().size = static_cast<std::size_t>(v.integer());
@@ -449,6 +454,31 @@ const cfg::Key<Draft> kKeys[] = {
                                          : v.text() == "raw" ? probes::IcmpSocketMode::kRaw
                                                              : probes::IcmpSocketMode::kAuto;
      }},
+
+    {"clock.assume", Kind::kString, "\"kernel\"", "", "\"kernel\", \"synchronised\" or \"unsynchronised\"",
+     "The clock state one-way delay is gated on, and that batches and reflector replies carry: the kernel's "
+     "(adjtimex), or assumed, for a host whose clock daemon (e.g. ptp4l with phc2sys) does not maintain the "
+     "kernel's flags, and for tests.",
+     [](const Value& v) {
+       return cfg::one_of(v, {"kernel", "synchronised", "unsynchronised"});
+     },
+     [](Draft& d, const Value& v) {
+       d.clock_assume = v.text();
+       d.clock_assume_line = v.line;
+     }},
+    {"clock.assume_error_us", Kind::kNumber, "", "when assume is \"synchronised\"", "microseconds in [0, 16000000]",
+     "The clock's maximum error under an assumed state: what the Error Estimate of this agent's packets says.",
+     cfg::number_in<0, 16'000'000>,
+     [](Draft& d, const Value& v) {
+       d.clock_error_us = v.number();
+       d.clock_error_line = v.line;
+     }},
+    {"clock.max_error_fraction", Kind::kNumber, "0.1", "", "a number in (0, 1]",
+     "One-way delay is reported only when both clocks are synchronised and the combined error bound of both "
+     "ends is below this fraction of the smaller one-way median; otherwise the summary says why and carries "
+     "RTT only.",
+     cfg::number_above_at_most<0, 1>,
+     [](Draft& d, const Value& v) { d.options.measurement.max_error_fraction = v.number(); }},
 
     {"privacy.mode", Kind::kString, "\"hmac\"", "", "\"hmac\" or \"prefix\"",
      "How client targets are labelled: a keyed HMAC-SHA256 digest that rotates (anon:k<epoch>:<hex>), or "
@@ -724,6 +754,26 @@ void build_stamp_reflector(Draft& d, cfg::Diagnostics& diagnostics) {
   }
 }
 
+// [clock] assume: a synchronised clock needs its error stated (a bound of 0 would pass any gate).
+void build_clock(Draft& d, cfg::Diagnostics& diagnostics) {
+  if (d.clock_assume == "kernel") {
+    if (d.clock_error_us) {
+      diagnostics.error(d.clock_error_line, "clock.assume_error_us",
+                        "only with clock.assume \"synchronised\" or \"unsynchronised\" (the kernel states its own)");
+    }
+    return;
+  }
+  const bool synchronised = d.clock_assume == "synchronised";
+  if (synchronised && !d.clock_error_us) {
+    diagnostics.error(d.clock_assume_line, "clock.assume_error_us",
+                      "missing; expected microseconds in [0, 16000000] (clock.assume is \"synchronised\")");
+    return;
+  }
+  const auto error_ns = static_cast<std::int64_t>(std::llround(d.clock_error_us.value_or(0.0) * 1e3));
+  d.options.measurement.assume_clock =
+      platform::ClockState{synchronised, error_ns, error_ns, platform::ClockSource::kConfigured};
+}
+
 void build_shipping(Draft& d, cfg::Diagnostics& diagnostics) {
   if (d.collectors.empty()) return;
   ship::ShipperConfig& shipping = d.ship;
@@ -794,6 +844,7 @@ static AgentConfig load_config(const std::filesystem::path& file, std::optional<
   build_privacy(d, diagnostics);
   build_targets(d, diagnostics);
   build_shipping(d, diagnostics);
+  build_clock(d, diagnostics);
   build_stamp_reflector(d, diagnostics);
 
   AgentConfig result;

@@ -292,7 +292,7 @@ TEST_CASE("agent config: the example file loads and the reference covers the who
   const std::string doc = agent::config_reference_markdown();
   CHECK(doc.starts_with("| key | value | default | description |\n|---|---|---|---|\n"));
   const auto keys = agent::config_keys();
-  CHECK(keys.size() == 64);
+  CHECK(keys.size() == 67);
   std::istringstream rows(doc);
   std::string row;
   std::set<std::string> documented;
@@ -494,4 +494,43 @@ TEST_CASE("agent config: [stamp_reflector] and its keys, with file, line and key
   CHECK(errors.find("bad.toml:7: stamp_reflector.keys[1].key: expected exactly one of key and key_file") !=
         std::string::npos);
   CHECK(errors.find("abc") == std::string::npos);  // no key digits in errors
+}
+
+TEST_CASE("agent config: [clock] assumes a state or takes the kernel's, and sets the one-way gate") {
+  const agent::AgentConfig kernel = agent::parse_config("", "empty.toml");
+  REQUIRE(kernel.options.has_value());
+  CHECK_FALSE(kernel.options->measurement.assume_clock.has_value());
+  CHECK(kernel.options->measurement.max_error_fraction == doctest::Approx(0.1));
+
+  const agent::AgentConfig sync = agent::parse_config(
+      "[clock]\nassume = \"synchronised\"\nassume_error_us = 50\nmax_error_fraction = 0.25\n", "clock.toml");
+  REQUIRE_MESSAGE(sync.options.has_value(), errors_text(sync.errors));
+  REQUIRE(sync.options->measurement.assume_clock.has_value());
+  const vantage::platform::ClockState& s = *sync.options->measurement.assume_clock;
+  CHECK(s.synchronised);
+  CHECK(s.estimated_error_ns == 50'000);
+  CHECK(s.maximum_error_ns == 50'000);
+  CHECK(s.source == vantage::platform::ClockSource::kConfigured);
+  CHECK(sync.options->measurement.max_error_fraction == doctest::Approx(0.25));
+
+  const agent::AgentConfig unsync = agent::parse_config("[clock]\nassume = \"unsynchronised\"\n", "u.toml");
+  REQUIRE_MESSAGE(unsync.options.has_value(), errors_text(unsync.errors));
+  REQUIRE(unsync.options->measurement.assume_clock.has_value());
+  CHECK_FALSE(unsync.options->measurement.assume_clock->synchronised);
+
+  const auto errors = [](const char* text) {
+    const agent::AgentConfig c = agent::parse_config(text, "bad.toml");
+    CHECK_FALSE(c.options.has_value());
+    return errors_text(c.errors);
+  };
+  CHECK(errors("[clock]\nassume = \"synchronised\"\n") ==
+        "bad.toml:2: clock.assume_error_us: missing; expected microseconds in [0, 16000000] (clock.assume is "
+        "\"synchronised\")\n");
+  CHECK(errors("[clock]\nassume_error_us = 5\n").find("bad.toml:2: clock.assume_error_us: only with clock.assume") !=
+        std::string::npos);
+  CHECK(errors("[clock]\nassume = \"ptp\"\n").find("bad.toml:2: clock.assume: expected") != std::string::npos);
+  CHECK(errors("[clock]\nmax_error_fraction = 0\n").find("bad.toml:2: clock.max_error_fraction: expected") !=
+        std::string::npos);
+  CHECK(errors("[clock]\nassume = \"synchronised\"\nassume_error_us = -1\n")
+            .find("bad.toml:3: clock.assume_error_us: expected") != std::string::npos);
 }

@@ -496,3 +496,60 @@ TEST_CASE("pipeline: an ECMP target's reports carry its paths, each with its own
     reflector.stop();
   }
 }
+
+TEST_CASE("pipeline: a STAMP target against the agent's STAMP reflector reports loss by direction, labelled stamp") {
+  // The reflector numbers its replies per session (stateful) and the target is told so: loss
+  // on the way out shows as a gap in the reflector's numbers from the first reply on.
+  const std::set<std::uint64_t> drop_out{10, 30};
+  const std::set<std::uint64_t> drop_in{20};
+  MeasurementConfig rc = reflector_only("127.0.0.1");
+  rc.reflector.reset();
+  rc.stamp_reflector = probes::StampReflectorConfig{};
+  rc.stamp_reflector->bind_address = "127.0.0.1";
+  rc.stamp_reflector->port = 0;
+  rc.stamp_reflector->rate_limit = {.rate_per_s = 10'000, .burst = 1'000};
+  Measurement reflector(rc);
+  REQUIRE(reflector.start(nullptr));
+
+  UdpRelayConfig relay_config;
+  relay_config.upstream = *reflector.stamp_reflector_endpoint();
+  relay_config.outbound.drop = drop_out;
+  relay_config.inbound.drop = drop_in;
+  relay_config.stamp = true;
+  UdpRelay relay(relay_config);
+
+  MeasurementConfig mc;
+  ProbeTargetSpec t = udp_target(relay.endpoint(), 50, kGenerousTimeout);
+  t.protocol = ProbeProtocol::kStamp;
+  t.label = agent::target_label(t.protocol, t.address, t.port);
+  t.stamp.stateful_reflector = probes::StampStatefulReflector::kYes;
+  mc.targets.push_back(t);
+  mc.report_interval = 1h;  // one report for the whole run, from finish()
+  mc.load_interval = 0s;
+  Collected collected;
+  Measurement m(mc);
+  REQUIRE(m.start(collected.sink()));
+  constexpr std::uint64_t kProbes = 50;
+  // Every probe up to kProbes answered or dropped by the relay before finishing.
+  REQUIRE(wait_until([&] { return relay.counts(probes::test::RelayDirection::kInbound).received >= kProbes - 2; }));
+  m.finish();
+
+  const auto reports = collected.take();
+  REQUIRE(reports.size() == 1);
+  REQUIRE(reports[0].targets.size() == 1);
+  const auto& s = reports[0].targets[0];
+  CHECK(s.protocol == ProbeProtocol::kStamp);
+  CHECK(std::string(agent::protocol_name(s.protocol)) == "stamp");
+  REQUIRE(s.sent >= kProbes);
+  // finish() awaits the probes in flight: the relay's drops are the only losses, each attributed.
+  CHECK(s.lost == drop_out.size() + drop_in.size());
+  CHECK(s.received == s.sent - s.lost);
+  CHECK(s.lost_outbound == drop_out.size());
+  CHECK(s.lost_inbound == drop_in.size());
+  CHECK(s.duplicates == 0);
+  CHECK(s.invalid == 0);
+  CHECK(s.p50_ns > 0);
+  CHECK(reports[0].counters.udp.replies == s.received);
+  CHECK(reports[0].counters.udp.dropped_unexpected == 0);
+  reflector.stop();
+}

@@ -16,6 +16,7 @@
 
 #include "agent/probes/probe_packet.hpp"
 #include "agent/probes/probe_schedule.hpp"
+#include "agent/probes/stamp_packet.hpp"
 #include "platform/clock.hpp"
 #include "platform/receive_datagram.hpp"
 #include "platform/rx_timestamp.hpp"
@@ -163,7 +164,16 @@ void UdpRelay::read_from(int fd, RelayDirection direction, std::int64_t now) {
   record.direction = direction;
   ProbeHeader header;
   const ProbeKind kind = direction == RelayDirection::kOutbound ? ProbeKind::kRequest : ProbeKind::kReply;
-  if (decode_probe(bytes, kind, header) == ProbeDecodeStatus::kOk) {
+  if (config_.stamp) {
+    stamp::SenderPacket request;
+    stamp::ReflectorPacket reflector;
+    if (direction == RelayDirection::kOutbound && stamp::decode_sender(bytes, stamp::Mode::kUnauthenticated, request)) {
+      record.seq = request.seq;
+    } else if (direction == RelayDirection::kInbound &&
+               stamp::decode_reflector(bytes, stamp::Mode::kUnauthenticated, reflector)) {
+      record.seq = reflector.sender_seq;
+    }
+  } else if (decode_probe(bytes, kind, header) == ProbeDecodeStatus::kOk) {
     record.seq = header.sequence;
   }
   const bool probe = record.seq != kRelayNotAProbe;

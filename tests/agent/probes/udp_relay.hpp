@@ -42,6 +42,9 @@ struct UdpRelayConfig {
   RelayImpairment outbound;
   RelayImpairment inbound;
   std::uint64_t seed = 1;  // for the delay jitter
+  // The datagrams are unauthenticated STAMP: a probe's number is its Session-Sender Sequence
+  // Number (outbound: the sender's seq; inbound: the one the reflector echoes).
+  bool stamp = false;
   // A held-back datagram with no successor is released after this long anyway.
   std::chrono::milliseconds reorder_timeout{500};
   // The relay thread ends by itself after this long, so a failing test cannot hang.

@@ -390,7 +390,7 @@ const cfg::Key<Draft> kKeys[] = {
        d.stamp_keys.back().key = v.key;
        d.stamp_keys.back().line = v.line;
      }},
-    {"stamp_reflector.keys[].peers", Kind::kStringList, "", kAlways, "address prefixes, e.g. \"192.0.2.0/24\", \"::1/128\"",
+    {"stamp_reflector.keys[].peers", Kind::kStringList, "", kAlways, "an address prefix, e.g. \"192.0.2.0/24\" or \"::1/128\"",
      "The sources this key applies to.", prefix_value,
      [](Draft& d, const Value& v) {
        d.stamp_keys.back().peers = v.strings();

@@ -186,17 +186,18 @@ class Peer:
         assert got is not None, f"no reply to a {len(data)}-byte request within {timeout} s"
         return got[0], got[1], t0, t1
 
-    def unanswered(self, dest, bad, canary):
+    def unanswered(self, dest, bad, canary, echo_offset=24):
         """Sends bad, then the well-formed canary: replies come in order, so whatever arrives before
         the canary's reply answers bad. Returns the replies to bad (none expected), without relying
-        on a quiet period."""
+        on a quiet period. The canary's reply is the one echoing its sequence number (Session-Sender
+        Sequence Number at echo_offset: 24 unauthenticated, 48 authenticated)."""
         self.send(dest, bad)
         self.send(dest, canary)
         replies = []
         while True:
             got = self.receive(10)
             assert got is not None, "no reply to the canary within 10 s"
-            if got[0][:4] == canary[:4] and len(got[0]) == len(canary):
+            if got[0][echo_offset:echo_offset + 4] == canary[:4] and len(got[0]) == len(canary):
                 return replies
             replies.append(got[0])
 
@@ -297,9 +298,10 @@ def clock_table(clock):
     return table
 
 
-def wait_answering(peer, dest, make):
+def wait_answering(peer, dest, make, agent):
     """Until the reflector at dest answers (the agent is up); a canary each try."""
     def once():
+        assert agent.alive(), f"{agent.name} exited:\n{agent.text()[-2000:]}"
         peer.send(dest, make())
         got = peer.receive(0.5)
         while got is not None and peer.receive(0) is not None:
@@ -319,7 +321,7 @@ def reflector(world):
                                 stateful=(mode == "stateful"), timestamp_format="ptp" if ptp else "ntp")
         dest = ("127.0.0.1", port)
         peer = Peer()
-        wait_answering(peer, dest, lambda: unauth_request(0, 9, ptp))
+        wait_answering(peer, dest, lambda: unauth_request(0, 9, ptp), agent)
         peer.close()
         peer = Peer()  # a fresh session (source port): stateful counters start at 0
         clock = (True, 50e-6)
@@ -371,7 +373,7 @@ def reflector(world):
     agent = reflector_agent(world, "reflector-unsync", port, clock=("unsynchronised", 0), stateful=False)
     peer = Peer()
     dest = ("127.0.0.1", port)
-    wait_answering(peer, dest, lambda: unauth_request(0, 9))
+    wait_answering(peer, dest, lambda: unauth_request(0, 9), agent)
     req = unauth_request(3, 11)
     reply, _, t0, t1 = peer.exchange(dest, req)
     check_unauth_reply(req, reply, t0, t1, reflector_seq=3, ptp=False, clock=(False, 0), what="unsynchronised")
@@ -439,7 +441,7 @@ def auth(world):
                             keys=[{"peers": ["127.0.0.0/8", "::1/128"], "key": KEY.hex()}])
     dest = ("127.0.0.1", port)
     peer = Peer()
-    wait_answering(peer, dest, lambda: auth_request(0, 5, KEY))
+    wait_answering(peer, dest, lambda: auth_request(0, 5, KEY), agent)
     peer.close()
     peer = Peer()
     clock = (True, 50e-6)
@@ -451,7 +453,7 @@ def auth(world):
     wrong = 0
     for bad in (auth_request(20, 77, KEY, corrupt=True), auth_request(21, 77, bytes(32)),
                 auth_request(22, 77, KEY)[:96] + bytes(16), unauth_request(23, 77)):
-        replies = peer.unanswered(dest, bad, canary)
+        replies = peer.unanswered(dest, bad, canary, echo_offset=48)
         assert not replies, f"a refused request ({len(bad)} bytes) was answered with {[len(r) for r in replies]} bytes"
         wrong += 1
     peer.close()
@@ -661,7 +663,7 @@ class AsymmetricRelay(threading.Thread):
         self.heap = []
         self.n = 0
         self.seq_of = seq_of  # (front port, data, direction) -> probe sequence number
-        self.realised = {}  # front port -> {"forward": {seq: (rx_ns, delay_ns)}, "back": {...}}
+        self.realised = {}  # front port -> {"forward": {seq: (sent on ns, delay ns)}, "back": {...}}
         self.stop = threading.Event()
         self.rng = __import__("random").Random(18)
 
@@ -709,16 +711,15 @@ class AsymmetricRelay(threading.Thread):
                 done = time.time_ns()
                 seq = self.seq_of(port, data, direction)
                 if seq is not None:
-                    self.realised.setdefault(port, {"forward": {}, "back": {}})[direction][seq] = (rx, done - rx)
+                    self.realised.setdefault(port, {"forward": {}, "back": {}})[direction][seq] = (done, done - rx)
 
     def truth(self, port, start_ns, end_ns):
-        """Realised forward and backward delays (ms) of the probes whose forward packet reached the
-        relay within [start_ns, end_ns)."""
+        """Realised forward and backward delays (ms) of the probes whose reply the relay passed back
+        within [start_ns, end_ns): the agent files a probe's one-way figures in the interval its
+        reply arrives in."""
         r = self.realised.get(port, {"forward": {}, "back": {}})
-        seqs = [s for s, (rx, _) in list(r["forward"].items()) if start_ns <= rx < end_ns]
-        fwd = [r["forward"][s][1] / 1e6 for s in seqs]
-        back = [r["back"][s][1] / 1e6 for s in seqs if s in r["back"]]
-        return fwd, back
+        seqs = [s for s, (done, _) in list(r["back"].items()) if start_ns <= done < end_ns and s in r["forward"]]
+        return [r["forward"][s][1] / 1e6 for s in seqs], [r["back"][s][1] / 1e6 for s in seqs]
 
     def close(self):
         self.stop.set()
@@ -754,7 +755,7 @@ def relay_world(world, b_clock, duration_rows):
                             forward=0.030, back=0.005, jitter=0.002, seq_of=probe_seq(stamp_front))
     relay.start()
     peer = Peer()
-    wait_answering(peer, ("127.0.0.1", stamp_b), lambda: unauth_request(0, 9))
+    wait_answering(peer, ("127.0.0.1", stamp_b), lambda: unauth_request(0, 9), b)
     peer.close()
     config = world.agent_config(
         A, reflector={"enabled": False}, clock=clock_table(("synchronised", 50)),
@@ -797,7 +798,7 @@ def oneway(world):
             f_meas, b_meas = fwd_ns / 1e6, back_ns / 1e6
             assert abs(f_meas - f_true) <= tolerance, f"{target}: forward p50 {f_meas:.3f} ms, relay {f_true:.3f} ms"
             assert abs(b_meas - b_true) <= tolerance, f"{target}: backward p50 {b_meas:.3f} ms, relay {b_true:.3f} ms"
-            notes.append(f"{target} ({samples} samples): forward {f_meas:.3f} vs {f_true:.3f} ms, "
+            notes.append(f"{target} ({samples} samples, relay {len(fwd)}): forward {f_meas:.3f} vs {f_true:.3f} ms, "
                          f"backward {b_meas:.3f} vs {b_true:.3f} ms, bound {bound_ns / 1e3:.0f} us")
             checked += 1
         assert checked >= 1, f"{target}: no interval with enough relayed probes: {rs}"

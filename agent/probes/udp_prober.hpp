@@ -165,6 +165,10 @@ struct UdpProberCounters {
 // outside [send_ns, read time] or more than platform::kMaxRxStampAgeNs before the read; such a
 // stamp is replaced by the monotonic read time (platform/rx_timestamp.hpp, as everywhere). Without
 // the option (QEMU user mode), receive_ns is CLOCK_MONOTONIC read after recvmsg returns.
+// One-way delay: a Vantage echo probe of at least kClockProbeSize bytes carries the clock
+// extension (probe_packet.hpp: CLOCK_REALTIME at send, this host's Error Estimate), and a reply
+// whose reflector filled it gets the one-way fields, its arrival in CLOCK_REALTIME being the
+// kernel's stamp itself or the read time plus the realtime - monotonic offset taken with it.
 //
 // STAMP (format kStamp, RFC 8762 session-sender): the same sockets, schedule and matching by
 // source endpoint; the packet carries the low 32 bits of the target's seq, CLOCK_REALTIME in the

@@ -83,6 +83,41 @@ def icmp_error(kind, code, quoted, v4=True):
     return msg
 
 
+# ---- stamp_packet: selector byte (bit 0 authenticated, bit 1 sender packet, as the reflector
+# reads it), datagram (RFC 8762 layouts, RFC 8972 TLVs) ----
+
+def stamp_sender(seq, auth=False, tlvs=b""):
+    if auth:
+        base = struct.pack("!I12xQHH68x", seq, 0xE0000000_80000000, 0x8001, 7) + bytes(range(16))
+    else:
+        base = struct.pack("!IQHH28x", seq, 0xE0000000_80000000, 0x8001, 7)
+    return base + tlvs
+
+
+def stamp_reflector(seq, auth=False, tlvs=b"", size=None):
+    if auth:
+        base = struct.pack("!I12xQHH4xQ8xI12xQH6xB15x", seq, 2, 0x8001, 7, 1, seq, 3, 0x8001, 64) + bytes(16)
+    else:
+        base = struct.pack("!IQHHQIQH2xB3x", seq, 2, 0x8001, 7, 1, seq, 3, 0x8001, 64)
+    data = base + tlvs
+    return data if size is None else data[:size]
+
+
+def stamp_seeds():
+    cos = struct.pack("!BBH", 0x80, 4, 4) + struct.pack("!I", 46 << 26)
+    unknown = struct.pack("!BBH", 0x80, 200, 3) + b"abc"
+    overrun = struct.pack("!BBH", 0x80, 1, 400) + b"xx"
+    write("stamp_packet", "sender", b"\x02" + stamp_sender(1))
+    write("stamp_packet", "sender-tlvs", b"\x02" + stamp_sender(2, tlvs=cos + unknown))
+    write("stamp_packet", "sender-overrun", b"\x02" + stamp_sender(3, tlvs=overrun))
+    write("stamp_packet", "sender-auth", b"\x03" + stamp_sender(4, auth=True))
+    write("stamp_packet", "sender-short", b"\x02" + stamp_sender(5)[:30])
+    write("stamp_packet", "reflector", b"\x00" + stamp_reflector(1))
+    write("stamp_packet", "reflector-tlvs", b"\x00" + stamp_reflector(2, tlvs=cos))
+    write("stamp_packet", "reflector-twamp-light", b"\x00" + stamp_reflector(3, size=41))
+    write("stamp_packet", "reflector-auth", b"\x01" + stamp_reflector(4, auth=True))
+
+
 def icmp_seeds():
     prefix = lambda sel: bytes([sel]) + struct.pack("!HQ", ID, COOKIE)
     request_v4, request_v6 = echo(8, 77), echo(128, 77, with_checksum=False)
@@ -209,6 +244,7 @@ def session_seeds():
 
 if __name__ == "__main__":
     probe_seeds()
+    stamp_seeds()
     icmp_seeds()
     config_seeds()
     session_seeds()

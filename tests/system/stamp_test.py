@@ -390,9 +390,9 @@ def sizes_and_short(dest):
         bad = (unauth_request(500 + size, 1) + bytes(44))[:size]
         replies = peer.unanswered(dest, bad, canary)
         assert not replies, f"a {size}-byte request was answered with {[len(r) for r in replies]} bytes"
-    sizes = []
-    for pad in (0, 4, 16, 60, 200, 956, 1380):
-        req = unauth_request(600 + pad, 2, tlvs=[tlv(TLV_EXTRA_PADDING, bytes(pad))])
+    sizes, malformed = [], []
+    for pad in (None, 0, 4, 16, 60, 200, 956, 1380):
+        req = unauth_request(600 + (pad or 0), 2, tlvs=[] if pad is None else [tlv(TLV_EXTRA_PADDING, bytes(pad))])
         reply, _, _, _ = peer.exchange(dest, req)
         assert len(reply) == len(req), f"{len(req)}-byte request answered with {len(reply)} bytes"
         sizes.append(len(req))
@@ -401,9 +401,12 @@ def sizes_and_short(dest):
         req = unauth_request(700 + len(tail), 3) + tail
         for reply in peer.unanswered(dest, req, canary):
             assert len(reply) <= len(req), f"{len(req)}-byte malformed request answered with {len(reply)} bytes"
-            sizes.append(len(req))
+            if len(tail) > 3:  # a whole header whose length overruns: flagged M (RFC 8972 §4)
+                assert len(reply) > 44 and reply[44] & TLV_M, f"overrunning TLV back with flags {reply[44:45].hex()}"
+            malformed.append(f"{len(req)}->{len(reply)}")
     peer.close()
-    return f"no reply below 44 bytes; replies == requests for {sorted(set(sizes))} bytes"
+    return (f"no reply below 44 bytes; replies as long as requests of {sizes} bytes; malformed TLV areas "
+            f"(request->reply bytes) {malformed}")
 
 
 def twamp_light_sender(dest):

@@ -264,6 +264,12 @@ void add_tlv_flags(std::span<std::byte> tlvs, std::size_t offset, std::uint8_t f
   }
 }
 
+void clear_tlv_flags(std::span<std::byte> tlvs, std::size_t offset, std::uint8_t flags) noexcept {
+  if (offset < tlvs.size()) {
+    tlvs[offset] &= ~static_cast<std::byte>(flags);
+  }
+}
+
 bool decode_class_of_service(std::span<const std::byte> value, ClassOfService& out) noexcept {
   if (value.size() < kClassOfServiceLength) {
     return false;

@@ -139,8 +139,10 @@ class TlvWalker {
 // Writes a TLV header at out[0..4); false when out is shorter.
 bool encode_tlv_header(std::span<std::byte> out, std::uint8_t flags, std::uint8_t type,
                        std::uint16_t length) noexcept;
-// ORs flags into the flags octet of the TLV whose header is at tlvs[offset].
+// ORs flags into (or clears them from) the flags octet of the TLV whose header is at tlvs[offset].
+// RFC 8972 §4: a sender sets U on every TLV; a reflector clears it on those it understands.
 void add_tlv_flags(std::span<std::byte> tlvs, std::size_t offset, std::uint8_t flags) noexcept;
+void clear_tlv_flags(std::span<std::byte> tlvs, std::size_t offset, std::uint8_t flags) noexcept;
 
 // RFC 8972 §4.4 Class of Service TLV value (4 octets): DSCP1 (6 bits: the DSCP the reflector
 // is asked to use), DSCP2 (6: the DSCP the reflector received), ECN (2: as received), RP (2:

@@ -153,6 +153,8 @@ int StampReflector::reflect_tlvs(std::span<std::byte> tlvs, int received_tos) no
     }
     switch (tlv.type) {
       case stamp::kTlvExtraPadding:
+        // Understood: U cleared (a sender sets it on every TLV, RFC 8972 §4).
+        stamp::clear_tlv_flags(tlvs, tlv.offset, stamp::kTlvFlagU);
         break;
       case stamp::kTlvClassOfService: {
         stamp::ClassOfService cos;
@@ -163,6 +165,7 @@ int StampReflector::reflect_tlvs(std::span<std::byte> tlvs, int received_tos) no
         }
         // RFC 8972 §4.4: the reply leaves with DSCP1; DSCP2 and ECN say what arrived; RP 0
         // says DSCP1 was used on the reverse path.
+        stamp::clear_tlv_flags(tlvs, tlv.offset, stamp::kTlvFlagU);
         reply_tos = cos.dscp1 << 2;
         const int tos = received_tos < 0 ? 0 : received_tos;
         cos.dscp2 = static_cast<std::uint8_t>(tos >> 2);

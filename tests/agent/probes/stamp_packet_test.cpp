@@ -213,6 +213,8 @@ TEST_CASE("stamp: TLV walk with bounds") {
   CHECK(flagged[8] == std::byte{0x80});
   stamp::add_tlv_flags(flagged, 14, stamp::kTlvFlagM);
   CHECK(flagged[14] == std::byte{0x40});
+  stamp::clear_tlv_flags(flagged, 8, stamp::kTlvFlagU);
+  CHECK(flagged[8] == std::byte{0x00});
   Bytes header(4);
   REQUIRE(stamp::encode_tlv_header(header, stamp::kTlvFlagI, 4, 0x0102));
   CHECK(header == bytes({0x20, 0x04, 0x01, 0x02}));

@@ -274,7 +274,7 @@ TEST_CASE("stamp reflector: authenticated mode with the right and a wrong key") 
   Sender s(true);
   Bytes good = request(stamp::Mode::kAuthenticated, 11, 0x0102, 140);
   // A TLV after the base, covered by nothing but returned as it came.
-  REQUIRE(stamp::encode_tlv_header(std::span(good).subspan(112), 0, stamp::kTlvExtraPadding, 24));
+  REQUIRE(stamp::encode_tlv_header(std::span(good).subspan(112), stamp::kTlvFlagU, stamp::kTlvExtraPadding, 24));
   REQUIRE(stamp::sign(good, key_bytes(1)));
   s.send(good, reflector.port());
   const auto reply = s.receive();
@@ -326,9 +326,10 @@ TEST_CASE("stamp reflector: Class of Service, unknown and overrunning TLVs, Send
     s.set_ttl(77);
     Bytes p = request(stamp::Mode::kUnauthenticated, 1, 9, 44 + 8 + 6 + 6);
     const std::span<std::byte> tlvs = std::span(p).subspan(44);
-    REQUIRE(stamp::encode_tlv_header(tlvs, 0, stamp::kTlvClassOfService, 4));
+    // A sender sets U on every TLV (RFC 8972 §4); the reflector clears it on those it understands.
+    REQUIRE(stamp::encode_tlv_header(tlvs, stamp::kTlvFlagU, stamp::kTlvClassOfService, 4));
     REQUIRE(stamp::encode_class_of_service(tlvs.subspan(4), {.dscp1 = 46, .dscp2 = 0, .ecn = 0, .rp = 0}));
-    REQUIRE(stamp::encode_tlv_header(tlvs.subspan(8), 0, 201, 2));
+    REQUIRE(stamp::encode_tlv_header(tlvs.subspan(8), stamp::kTlvFlagU, 201, 2));
     tlvs[12] = std::byte{0xaa};
     tlvs[13] = std::byte{0xbb};
     REQUIRE(stamp::encode_tlv_header(tlvs.subspan(14), 0, 202, 100));  // overruns

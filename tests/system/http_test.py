@@ -5,7 +5,8 @@ and 170 ms of round trip, as in `make demo`), and then:
 
   prometheus   a real Prometheus (/usr/bin/prometheus, its own config and TSDB in a temp dir)
                scrapes /metrics every second; its query API must return every PoP pair's p50 RTT
-               (> 0 and < 1 s), loss 0 and batches stored > 0.
+               (> 0 and < 1 s), loss 0 and batches stored > 0; every agent's clock state, and one
+               one-way status of four set per target that carries one.
   status-page  headless Chromium loads the status page; the dumped DOM must hold a matrix cell
                with a number for every ordered PoP pair; a screenshot is left in the build tree.
   residency    an eu-central agent is refused by a collector serving only ap-southeast: the reason
@@ -178,8 +179,29 @@ scrape_configs:
     assert hist and float(hist[0]["value"][1]) > 0, hist
     up = query('up{job="vantage-collector"}')
     assert up and up[0]["value"][1] == "1", up
+    # Each agent's clock as its kernel (or [clock] assume) describes it: synchronised or not, both
+    # errors, one source. Which state depends on the host, so only its shape is checked.
+    clock = wait_for(lambda: (r := query("vantage_agent_clock_synchronised"))
+                     and {s["metric"]["pop"] for s in r} >= set(POPS) and r,
+                     30, "every agent's clock state in Prometheus")
+    assert all(s["value"][1] in ("0", "1") for s in clock), clock
+    errors = query("vantage_agent_clock_error_seconds")
+    assert {(s["metric"]["pop"], s["metric"]["kind"]) for s in errors} >= {(p, k) for p in POPS
+                                                                            for k in ("estimated", "maximum")}, errors
+    sources = query("vantage_agent_clock_source_info")
+    assert {s["metric"]["pop"] for s in sources} >= set(POPS) and all(s["value"][1] == "1" for s in sources), sources
+    # One-way status per target that carries it: exactly one of the four statuses is 1.
+    statuses = {}
+    for s in query("vantage_one_way_status"):
+        m = s["metric"]
+        assert m["status"] in ("reported", "unsynchronised", "bound_too_large", "not_measured"), m
+        statuses.setdefault((m["agent"], m["target"], m["protocol"]), []).append((m["status"], s["value"][1]))
+    for key, values in statuses.items():
+        assert len(values) == 4 and sum(v == "1" for _, v in values) == 1, (key, values)
+    shown = sorted({next(st for st, v in values if v == "1") for values in statuses.values()})
     return (f"Prometheus p50: {', '.join(lines)}; loss 0 on 6 pairs; batches stored "
-            f"{float(stored[0]['value'][1]):.0f}; sink histogram count {float(hist[0]['value'][1]):.0f}")
+            f"{float(stored[0]['value'][1]):.0f}; sink histogram count {float(hist[0]['value'][1]):.0f}; "
+            f"clock synchronised {[s['value'][1] for s in clock]}; one-way status on {len(statuses)} targets: {shown}")
 
 
 def scenario_status_page(world):

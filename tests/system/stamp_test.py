@@ -649,8 +649,10 @@ def sender(world):
 class AsymmetricRelay(threading.Thread):
     """A user-space UDP relay: each front port (the agent's target) forwards to its upstream (the
     reflector) after `forward` s ± jitter and returns replies from the same front port after `back`
-    s ± jitter. Each packet's realised delay (kernel receive stamp to just after its send) is
+    s ± jitter. Each packet's realised delay (kernel receive stamp to the clock read just before its send) is
     recorded with its probe's sequence number, so the truth is what happened, not what was asked."""
+
+    BRACKET_NS = 200_000
 
     def __init__(self, routes, forward, back, jitter, seq_of):
         super().__init__(daemon=True)
@@ -666,7 +668,7 @@ class AsymmetricRelay(threading.Thread):
         self.heap = []
         self.n = 0
         self.seq_of = seq_of  # (front port, data, direction) -> probe sequence number
-        self.realised = {}  # front port -> {"forward": {seq: (sent on ns, delay ns)}, "back": {...}}
+        self.realised = {}  # front port -> {"forward": {seq: (sent ns, delay ns, sure)}, "back": {...}}
         self.stop = threading.Event()
         self.rng = __import__("random").Random(18)
 
@@ -707,22 +709,28 @@ class AsymmetricRelay(threading.Thread):
             now = time.monotonic()
             while self.heap and self.heap[0][0] <= now:
                 _, _, sock, data, dest, port, direction, rx = heapq.heappop(self.heap)
+                # The send time is the clock read just before the system call: after it, on a busy
+                # machine, this thread may wait long for the interpreter lock (the call releases
+                # it). Brackets wider than BRACKET_NS are counted, to show how busy it was.
+                before = time.time_ns()
                 try:
                     sock.send(data) if dest is None else sock.sendto(data, dest)
                 except OSError:
                     continue
-                done = time.time_ns()
+                after = time.time_ns()
                 seq = self.seq_of(port, data, direction)
                 if seq is not None:
-                    self.realised.setdefault(port, {"forward": {}, "back": {}})[direction][seq] = (done, done - rx)
+                    self.realised.setdefault(port, {"forward": {}, "back": {}})[direction][seq] = (
+                        after, before - rx, after - before <= self.BRACKET_NS)
 
     def truth(self, port, start_ns, end_ns):
         """Realised forward and backward delays (ms) of the probes whose reply the relay passed back
         within [start_ns, end_ns): the agent files a probe's one-way figures in the interval its
         reply arrives in."""
         r = self.realised.get(port, {"forward": {}, "back": {}})
-        seqs = [s for s, (done, _) in list(r["back"].items()) if start_ns <= done < end_ns and s in r["forward"]]
-        return [r["forward"][s][1] / 1e6 for s in seqs], [r["back"][s][1] / 1e6 for s in seqs]
+        seqs = [s for s, (done, _, _) in list(r["back"].items()) if start_ns <= done < end_ns and s in r["forward"]]
+        wide = sum(1 for s in seqs if not (r["forward"][s][2] and r["back"][s][2]))
+        return [r["forward"][s][1] / 1e6 for s in seqs], [r["back"][s][1] / 1e6 for s in seqs], wide
 
     def close(self):
         self.stop.set()
@@ -792,7 +800,7 @@ def oneway(world):
         for start, end, status, samples, fwd_ns, back_ns, bound_ns, protocol in rs[1:]:  # the first is partial
             want_protocol = "stamp" if target == "b-stamp" else "udp_echo"
             assert protocol == want_protocol, f"{target}: protocol {protocol!r}"
-            fwd, back = relay.truth(ports[target], start, end)
+            fwd, back, wide = relay.truth(ports[target], start, end)
             if len(fwd) < 40 or len(back) < 40:
                 continue
             assert status == "reported", f"{target} [{start}, {end}): one-way status {status!r}"
@@ -801,7 +809,7 @@ def oneway(world):
             f_meas, b_meas = fwd_ns / 1e6, back_ns / 1e6
             assert abs(f_meas - f_true) <= tolerance, f"{target}: forward p50 {f_meas:.3f} ms, relay {f_true:.3f} ms"
             assert abs(b_meas - b_true) <= tolerance, f"{target}: backward p50 {b_meas:.3f} ms, relay {b_true:.3f} ms"
-            notes.append(f"{target} ({samples} samples, relay {len(fwd)}): forward {f_meas:.3f} vs {f_true:.3f} ms, "
+            notes.append(f"{target} ({samples} samples, relay {len(fwd)}, {wide} sent late): forward {f_meas:.3f} vs {f_true:.3f} ms, "
                          f"backward {b_meas:.3f} vs {b_true:.3f} ms, bound {bound_ns / 1e3:.0f} us")
             checked += 1
         assert checked >= 1, f"{target}: no interval with enough relayed probes: {rs}"
@@ -816,7 +824,10 @@ def unsync(world):
         for start, end, status, samples, fwd_ns, back_ns, bound_ns, protocol in rs[1:]:
             assert status == "unsynchronised", f"{target}: one-way status {status!r}"
             assert not fwd_ns and not back_ns, f"{target}: one-way figures {fwd_ns}/{back_ns} with an unsynchronised clock"
-        notes.append(f"{target}: {len(rs) - 1} intervals Unsynchronised, no one-way figures")
+        flags = world.rows("SELECT sender_synchronised, reflector_synchronised FROM latency_summaries "
+                           "WHERE agent_id = ? AND target = ? AND one_way_status = 'unsynchronised'", A, target)
+        assert flags and all(f == (1, 0) for f in flags), f"{target}: sender/reflector synchronised {flags}: B's should be 0"
+        notes.append(f"{target}: {len(rs) - 1} intervals unsynchronised (reflector's clock), no one-way figures")
     return "; ".join(notes)
 
 

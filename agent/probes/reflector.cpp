@@ -31,7 +31,7 @@ Reflector::Reflector(asio::io_context& io, ReflectorConfig config)
       socket_(io),
       // boot_id tells a restarted reflector from the old one; the seeds key the tables' hashes.
       boot_id_(platform::random_seed()),
-      rate_table_(config_.max_sources, platform::random_seed()),
+      rate_limiter_(config_.rate_limit, config_.max_sources),
       session_table_(config_.max_sources, platform::random_seed()),
       buffer_(std::min(std::max(config_.max_probe_size, kProbeHeaderSize), kMaxProbeSize) + 1) {}
 
@@ -61,7 +61,7 @@ asio::ip::udp::endpoint Reflector::local_endpoint() const { return socket_.local
 ReflectorCounters Reflector::counters() const noexcept {
   return snapshot_of<ReflectorCounters>(received_, replied_, dropped_short_, dropped_malformed_,
                                         dropped_foreign_, dropped_rate_limited_, send_errors_,
-                                        receive_errors_, source_evictions_, replied_unpinned_);
+                                        receive_errors_, rate_limiter_.evictions(), replied_unpinned_);
 }
 
 void Reflector::handle_datagram(std::size_t size, bool truncated, std::uint64_t now_mono_ns,
@@ -85,17 +85,12 @@ void Reflector::handle_datagram(std::size_t size, bool truncated, std::uint64_t 
   }
   // Rate-limit before creating a session, so an over-rate or spoofing source cannot churn
   // the session table faster than its own rate allows.
-  bool inserted = false;
-  auto& limit = rate_table_.find_or_insert(key, now_mono_ns, inserted);
-  if (inserted) {
-    limit.value.reset(config_.rate_limit, now_mono_ns);
-    source_evictions_.store(rate_table_.evictions(), std::memory_order_relaxed);
-  }
-  if (!limit.value.try_take(config_.rate_limit, now_mono_ns)) {
+  if (!rate_limiter_.try_take(key, now_mono_ns)) {
     dropped_rate_limited_.bump();
     return;
   }
   key.qualifier = probe.sender_id;
+  bool inserted = false;
   auto& session = session_table_.find_or_insert(key, now_mono_ns, inserted);
   if (inserted) {
     // 0 is never a session id, so a prober can use it as "no baseline yet".

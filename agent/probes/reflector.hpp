@@ -126,7 +126,7 @@ class Reflector {
   const std::uint64_t boot_id_;
   std::uint32_t next_session_id_ = 0;
 
-  SourceTable<TokenBucket> rate_table_;
+  SourceRateLimiter rate_limiter_;
   SourceTable<Session> session_table_;
 
   // Receive buffer one byte larger than the largest accepted probe, so that an oversized
@@ -134,7 +134,6 @@ class Reflector {
   std::vector<std::byte> buffer_;
   Counter received_, replied_, dropped_short_, dropped_malformed_, dropped_foreign_, dropped_rate_limited_,
       send_errors_, receive_errors_, replied_unpinned_;
-  std::atomic<std::uint64_t> source_evictions_{0};
 };
 
 }  // namespace vantage::agent::probes

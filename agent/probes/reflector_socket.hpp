@@ -20,6 +20,8 @@
 #include <string>
 
 #include "agent/probes/source_table.hpp"
+#include "agent/probes/token_bucket.hpp"
+#include "platform/random_seed.hpp"
 #include "platform/result.hpp"
 
 namespace vantage::agent::probes {
@@ -63,6 +65,33 @@ struct ReflectorDatagram {
 // The rate-limit key of a peer: IPv4 as ::ffff:a.b.c.d, the form a dual-stack socket reports
 // it in, qualifier 0. False for a family other than IPv4 and IPv6.
 bool source_key(const sockaddr_storage& peer, SourceKey& key) noexcept;
+
+// The per-source-address rate limit both reflectors apply before any other per-source state:
+// an over-rate or spoofing source cannot churn their session tables faster than its own rate.
+class SourceRateLimiter {
+ public:
+  SourceRateLimiter(TokenBucketConfig config, std::size_t max_sources)
+      : config_(config), table_(max_sources, platform::random_seed()) {}
+
+  // False when the source (its address; the qualifier is ignored) is over its rate.
+  bool try_take(SourceKey source, std::uint64_t now_mono_ns) noexcept {
+    source.qualifier = 0;
+    bool inserted = false;
+    auto& limit = table_.find_or_insert(source, now_mono_ns, inserted);
+    if (inserted) {
+      limit.value.reset(config_, now_mono_ns);
+      evictions_.store(table_.evictions(), std::memory_order_relaxed);
+    }
+    return limit.value.try_take(config_, now_mono_ns);
+  }
+  // Records recycled because the table was full; readable from any thread.
+  const std::atomic<std::uint64_t>& evictions() const noexcept { return evictions_; }
+
+ private:
+  TokenBucketConfig config_;
+  SourceTable<TokenBucket> table_;
+  std::atomic<std::uint64_t> evictions_{0};
+};
 
 // Thread contract: everything but the atomic accessors runs on the io_context's thread.
 class ReflectorSocket {

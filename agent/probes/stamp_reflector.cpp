@@ -95,7 +95,7 @@ bool AddressPrefix::contains(const std::array<std::uint8_t, 16>& a) const noexce
 StampReflector::StampReflector(asio::io_context& io, StampReflectorConfig config)
     : config_(std::move(config)),
       socket_(io),
-      rate_table_(config_.max_sources, platform::random_seed()),
+      rate_limiter_(config_.rate_limit, config_.max_sources),
       session_table_(config_.max_sources, platform::random_seed()),
       buffer_(std::min(std::max(config_.max_packet_size, stamp::kAuthenticatedSize), kMaxPacketSize) + 1) {}
 
@@ -126,7 +126,7 @@ asio::ip::udp::endpoint StampReflector::local_endpoint() const { return socket_.
 StampReflectorCounters StampReflector::counters() const noexcept {
   return snapshot_of<StampReflectorCounters>(received_, replied_, dropped_short_, dropped_malformed_, dropped_auth_,
                                              dropped_rate_limited_, send_errors_, receive_errors_,
-                                             source_evictions_, session_evictions_, replied_unpinned_,
+                                             rate_limiter_.evictions(), session_evictions_, replied_unpinned_,
                                              replied_authenticated_, tlvs_unrecognised_, tlvs_malformed_);
 }
 
@@ -211,13 +211,7 @@ void StampReflector::handle_datagram(const ReflectorDatagram& d, std::uint64_t n
   }
   // Rate-limit before the HMAC and the session table: an over-rate source costs neither a
   // hash nor a session slot.
-  bool inserted = false;
-  auto& limit = rate_table_.find_or_insert(key, now_mono_ns, inserted);
-  if (inserted) {
-    limit.value.reset(config_.rate_limit, now_mono_ns);
-    source_evictions_.store(rate_table_.evictions(), std::memory_order_relaxed);
-  }
-  if (!limit.value.try_take(config_.rate_limit, now_mono_ns)) {
+  if (!rate_limiter_.try_take(key, now_mono_ns)) {
     dropped_rate_limited_.bump();
     return;
   }
@@ -231,7 +225,8 @@ void StampReflector::handle_datagram(const ReflectorDatagram& d, std::uint64_t n
   stamp::ReflectorPacket reply;
   if (config_.stateful) {
     key.qualifier = (std::uint64_t{peer_port(socket_.peer())} << 16) | request.ssid;
-    auto& session = session_table_.find_or_insert(key, now_mono_ns, inserted);
+    bool inserted = false;
+  auto& session = session_table_.find_or_insert(key, now_mono_ns, inserted);
     if (inserted) {
       session_evictions_.store(session_table_.evictions(), std::memory_order_relaxed);
     }

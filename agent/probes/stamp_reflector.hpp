@@ -111,13 +111,13 @@ class StampReflector {
 
   StampReflectorConfig config_;
   ReflectorSocket socket_;
-  SourceTable<TokenBucket> rate_table_;
+  SourceRateLimiter rate_limiter_;
   SourceTable<Session> session_table_;
   std::vector<std::byte> buffer_;  // max_packet_size + 1: an oversized datagram shows as such
 
   Counter received_, replied_, dropped_short_, dropped_malformed_, dropped_auth_, dropped_rate_limited_,
       send_errors_, receive_errors_;
-  std::atomic<std::uint64_t> source_evictions_{0}, session_evictions_{0};
+  std::atomic<std::uint64_t> session_evictions_{0};
   Counter replied_unpinned_, replied_authenticated_, tlvs_unrecognised_, tlvs_malformed_;
 };
 

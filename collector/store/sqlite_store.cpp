@@ -1807,7 +1807,7 @@ void SqliteStore::Impl::bind_one_way(Binder& r, const wire::LatencySummary& l) {
     histogram_blob(backward_histogram, w->backward_histogram());
     r.i64(static_cast<std::int64_t>(w->status()))
         .i64(w->error_bound_ns())
-        .real(w->max_error_fraction())
+        .real(static_cast<double>(w->max_error_fraction()))
         .i64(w->sender_synchronised() ? 1 : 0)
         .i64(w->reflector_synchronised() ? 1 : 0)
         .i64(w->sender_error_ns())

@@ -400,3 +400,31 @@ TEST_CASE("stamp reflector: address prefixes") {
   CHECK_FALSE(probes::AddressPrefix::parse("10.0.0.0/").has_value());
   CHECK_FALSE(probes::AddressPrefix::parse("host/8").has_value());
 }
+
+TEST_CASE("stamp reflector: a port in use, a bad address or a short key fail start() with the reason") {
+  asio::io_context io;
+  probes::StampReflectorConfig first = loopback_config();
+  first.bind_address = "127.0.0.1";
+  probes::StampReflector a(io, first);
+  REQUIRE(a.start());
+  probes::StampReflectorConfig second = first;
+  second.port = a.local_endpoint().port();
+  probes::StampReflector b(io, second);
+  const platform::Status in_use = b.start();
+  CHECK_FALSE(in_use);
+  CHECK(in_use.code() == platform::Errc::kIo);
+
+  probes::StampReflectorConfig bad = loopback_config();
+  bad.bind_address = "localhost";
+  probes::StampReflector c(io, bad);
+  CHECK_FALSE(c.start());
+
+  probes::StampReflectorConfig short_key = loopback_config();
+  short_key.keys.push_back({.peers = {*probes::AddressPrefix::parse("::1")}, .key = Bytes(15, std::byte{1})});
+  probes::StampReflector d(io, short_key);
+  const platform::Status refused = d.start();
+  CHECK_FALSE(refused);
+  CHECK(refused.message().find("key length") != std::string::npos);
+  a.stop();
+  io.run();
+}

@@ -22,6 +22,8 @@ Scenarios:
              and backward medians are the relay's realised ones to 0.5 ms (2 ms under an emulator,
              which has no kernel receive timestamps).
   unsync     the same with B's clock "unsynchronised": no one-way figures, and the status says so.
+  loose      the same with B's clock synchronised to 2 ms only: the bound is above a tenth of the
+             5 ms backward delay, so the status says bound_too_large, with the bound.
 
 Run: stamp_test.py --agent BIN --collector BIN --pki tools/dev-pki.sh [--only NAME] [-- EMULATOR...]
 """
@@ -831,6 +833,21 @@ def unsync(world):
     return "; ".join(notes)
 
 
+def loose(world):
+    """B synchronised but with a 2 ms error: the combined bound (about 2.05 ms) is above a tenth of
+    the 5 ms backward delay, so the summaries say bound_too_large, with the bound, and no figures."""
+    need_scapy()
+    rows, _, _ = relay_world(world, ("synchronised", 2000), 2)
+    notes = []
+    for target, rs in rows.items():
+        for start, end, status, samples, fwd_ns, back_ns, bound_ns, protocol in rs[1:]:
+            assert status == "bound_too_large", f"{target}: one-way status {status!r}"
+            assert 2_000_000 <= bound_ns <= 4_200_000, f"{target}: error bound {bound_ns} ns (50 us + 2 ms assumed)"
+            assert not fwd_ns and not back_ns, f"{target}: one-way figures {fwd_ns}/{back_ns} with too loose clocks"
+        notes.append(f"{target}: {len(rs) - 1} intervals bound_too_large (bound {rs[-1][6] / 1e6:.3f} ms), no figures")
+    return "; ".join(notes)
+
+
 if __name__ == "__main__":
     sys.exit(harness.main({"reflector": reflector, "auth": auth, "sender": sender, "oneway": oneway,
-                           "unsync": unsync}, World))
+                           "unsync": unsync, "loose": loose}, World))

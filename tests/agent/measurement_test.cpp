@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <set>
@@ -552,4 +553,80 @@ TEST_CASE("pipeline: a STAMP target against the agent's STAMP reflector reports 
   CHECK(reports[0].counters.udp.replies == s.received);
   CHECK(reports[0].counters.udp.dropped_unexpected == 0);
   reflector.stop();
+}
+
+TEST_CASE("pipeline: one-way delay through an asymmetric relay, reported only with synchronised clocks") {
+  using vantage::agent::aggregate::OneWayStatus;
+  for (const bool synchronised : {true, false}) {
+    CAPTURE(synchronised);
+    // Both ends are this process: the assumed state reaches the prober and the reflector alike.
+    const vantage::platform::ClockState assumed{synchronised, 10'000, 10'000,
+                                                vantage::platform::ClockSource::kConfigured};
+    MeasurementConfig rc_config = reflector_only("127.0.0.1");
+    rc_config.assume_clock = assumed;
+    Measurement reflector(rc_config);
+    REQUIRE(reflector.start(nullptr));
+
+    UdpRelayConfig rc;
+    rc.upstream = *reflector.reflector_endpoint();
+    rc.outbound.base_delay = 15ms;
+    rc.outbound.jitter = 1ms;
+    rc.inbound.base_delay = 3ms;
+    rc.inbound.jitter = 1ms;
+    rc.seed = 5;
+    UdpRelay relay(rc);
+
+    MeasurementConfig mc;
+    mc.targets.push_back(udp_target(relay.endpoint(), 50, kGenerousTimeout));
+    mc.report_interval = 1h;
+    mc.load_interval = 0s;
+    mc.assume_clock = assumed;
+    Collected collected;
+    probes::test::WakeupLateness lateness;
+    Measurement measurement(mc);
+    const auto started = measurement.start(collected.sink());
+    REQUIRE_MESSAGE(started, started.message());
+    REQUIRE(wait_until([&] { return relay.counts(RelayDirection::kInbound).forwarded >= 60; }));
+    measurement.finish();
+    lateness.stop();
+    reflector.stop();
+    vantage::platform::ClockStateCell::instance().assume(std::nullopt);
+
+    const std::vector<MeasurementReport> reports = collected.take();
+    REQUIRE(reports.size() == 1);
+    const auto& s = reports.front().targets.front();
+    const auto& w = s.one_way;
+    REQUIRE(s.received >= 60);
+    CHECK(w.samples == s.received);
+    CHECK(w.error_bound_ns >= 20'000);
+    CHECK(w.error_bound_ns < 21'000);
+    if (!synchronised) {
+      CHECK(w.status == OneWayStatus::kUnsynchronised);
+      CHECK_FALSE(w.sender_synchronised);
+      CHECK_FALSE(w.reflector_synchronised);
+      CHECK(w.forward_p50_ns == 0);
+      CHECK(w.backward_p50_ns == 0);
+      continue;
+    }
+    CHECK(w.status == OneWayStatus::kReported);
+    // The truth: what the relay held each answered probe in each direction.
+    std::vector<std::int64_t> forward;
+    std::vector<std::int64_t> backward;
+    for (const auto& r : relay.records()) {
+      if (r.applied_delay_ns < 0) continue;
+      (r.direction == RelayDirection::kOutbound ? forward : backward).push_back(r.applied_delay_ns);
+    }
+    const bool kernel = s.timestamp_source == vantage::agent::aggregate::TimestampSource::kKernel;
+    CAPTURE(lateness.median());
+    const std::int64_t tolerance = kernel ? 500'000 : 2'000'000 + 2 * lateness.median();
+    const std::int64_t forward_truth = median(forward);
+    const std::int64_t backward_truth = median(backward);
+    CAPTURE(forward_truth);
+    CAPTURE(backward_truth);
+    CAPTURE(w.forward_p50_ns);
+    CAPTURE(w.backward_p50_ns);
+    CHECK(std::abs(static_cast<std::int64_t>(w.forward_p50_ns) - forward_truth) <= tolerance);
+    CHECK(std::abs(static_cast<std::int64_t>(w.backward_p50_ns) - backward_truth) <= tolerance);
+    CHECK(w.forward_p50_ns > w.backward_p50_ns);
+  }
 }

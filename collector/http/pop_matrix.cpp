@@ -96,10 +96,13 @@ struct Merge {
 };
 
 // The column a target fills: a mesh target ("POP/AGENT", another agent's reflector) its PoP's,
-// any other target its own name.
-std::string_view column_of(std::string_view target) {
+// any other target its own name. Only a known PoP before the slash folds: a target name is the
+// agent operator's free text, and a '/' in it (a URL, a markup tag) names no PoP.
+std::string_view column_of(std::string_view target, const std::unordered_set<std::string_view>& pops) {
   const std::size_t slash = target.find('/');
-  return slash == std::string_view::npos || slash == 0 ? target : target.substr(0, slash);
+  if (slash == std::string_view::npos || slash == 0) return target;
+  const std::string_view pop = target.substr(0, slash);
+  return pops.contains(pop) ? pop : target;
 }
 
 }  // namespace
@@ -108,16 +111,13 @@ PopMatrix build_pop_matrix(const LiveSnapshot& view, std::int64_t now_ns) {
   PopMatrix m;
   // Hashed while collecting (three names per entry of a 90,000-entry view), sorted once after.
   std::unordered_set<std::string_view> name_set, source_set, agent_set;
+  for (const LiveLatency& l : view.latency) source_set.insert(l.pop);
+  for (const LiveAgent& a : view.agents) source_set.insert(a.pop);
   for (const LiveLatency& l : view.latency) {
-    name_set.insert(l.pop);
-    name_set.insert(column_of(l.target));
-    source_set.insert(l.pop);
+    name_set.insert(column_of(l.target, source_set));
     agent_set.insert(l.agent_id);
   }
-  for (const LiveAgent& a : view.agents) {
-    name_set.insert(a.pop);
-    source_set.insert(a.pop);
-  }
+  name_set.insert(source_set.begin(), source_set.end());
   const auto sorted = [](const std::unordered_set<std::string_view>& set) {
     std::vector<std::string_view> v(set.begin(), set.end());
     std::sort(v.begin(), v.end());
@@ -137,7 +137,7 @@ PopMatrix build_pop_matrix(const LiveSnapshot& view, std::int64_t now_ns) {
   std::unordered_map<std::uint64_t, std::vector<const LiveLatency*>> pairs;
   pairs.reserve(view.latency.size());
   for (const LiveLatency& l : view.latency) {
-    const std::uint64_t key = std::uint64_t{name_index.at(l.pop)} << 32 | name_index.at(column_of(l.target));
+    const std::uint64_t key = std::uint64_t{name_index.at(l.pop)} << 32 | name_index.at(column_of(l.target, source_set));
     pairs[key].push_back(&l);
   }
   std::vector<std::uint64_t> keys;

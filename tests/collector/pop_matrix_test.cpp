@@ -96,6 +96,25 @@ TEST_CASE("the matrix JSON escapes names so that they never close a script eleme
   CHECK(contains(json, R"("a\"\u003c/script>")"));
 }
 
+TEST_CASE("a mesh target POP/AGENT files under its PoP, a slash in any other target's name does not") {
+  LiveSnapshot view;
+  view.latency = {cell("ams", "ams-1", "fra/fra-1", "udp_echo", 10, 12, 10, 0),
+                  cell("ams", "ams-1", "fra/fra-2", "udp_echo", 20, 22, 10, 0),
+                  cell("fra", "fra-1", "ams/ams-1", "udp_echo", 10, 12, 10, 0),
+                  cell("ams", "ams-1", "<img/src=x>", "udp_echo", 5, 6, 10, 0),
+                  cell("ams", "ams-1", "cdn.example/edge", "udp_echo", 5, 6, 10, 0)};
+  const PopMatrix m = build_pop_matrix(view, kNow);
+  CHECK(m.pops == std::vector<std::string>{"<img/src=x>", "ams", "cdn.example/edge", "fra"});
+  REQUIRE(m.cells.size() == 4);
+  CHECK(m.cells[0].dst == 0);  // ams -> the markup-named target, whole
+  CHECK(m.cells[1].dst == 2);  // ams -> cdn.example/edge, whole
+  CHECK(m.cells[2].dst == 3);  // ams -> fra: both fra agents
+  CHECK(m.cells[2].agents == 2);  // entries merged: one per fra agent probed
+  CHECK(m.cells[2].sent == 20);
+  CHECK(m.cells[3].src == 3);  // fra -> ams
+  CHECK(m.cells[3].dst == 1);
+}
+
 TEST_CASE("an empty live view is an empty matrix") {
   const std::string json = render_matrix_json(build_pop_matrix({}, kNow), kNow);
   CHECK(contains(json, R"("pops":[],"rows":[],"agent_ids":[],"protocols":[],"count":0,"src":[],)"));

@@ -445,8 +445,8 @@ std::size_t UdpProber::encode_stamp(const TargetState& t, std::uint64_t seq, std
   stamp::SenderPacket p;
   p.seq = static_cast<std::uint32_t>(seq);  // the wire's 32 bits; replies are widened again
   p.ssid = t.ssid;
-  p.error_estimate = platform::encode_error_estimate(platform::ErrorEstimate{
-      clock.synchronised, o.timestamp_format == stamp::TimestampFormat::kPtp, clock.maximum_error_ns});
+  p.error_estimate = platform::encode_error_estimate(
+      platform::error_estimate_of(clock, o.timestamp_format == stamp::TimestampFormat::kPtp));
   // Both clocks as late as possible: the RTT (monotonic) and the forward delay (realtime)
   // exclude encoding; only the timestamp field and the HMAC are written after them.
   send_ns = clock_ns(CLOCK_MONOTONIC);

@@ -113,6 +113,7 @@ platform::Status StampReflector::start() {
       !s) {
     return s;
   }
+  local_port_ = socket_.local_endpoint().port();
   socket_.serve(
       buffer_, [this](const ReflectorDatagram& d, std::uint64_t now) { handle_datagram(d, now); },
       [this] { receive_errors_.bump(); });
@@ -195,7 +196,7 @@ void StampReflector::handle_datagram(const ReflectorDatagram& d, std::uint64_t n
   }
   const std::span<std::byte> packet(buffer_.data(), d.size);
   SourceKey key;
-  if (!source_key(socket_.peer(), key)) {
+  if (!source_key(socket_.peer(), key) || ntohs(peer_port(socket_.peer())) == local_port_) {
     dropped_malformed_.bump();
     return;
   }
@@ -226,7 +227,7 @@ void StampReflector::handle_datagram(const ReflectorDatagram& d, std::uint64_t n
   if (config_.stateful) {
     key.qualifier = (std::uint64_t{peer_port(socket_.peer())} << 16) | request.ssid;
     bool inserted = false;
-  auto& session = session_table_.find_or_insert(key, now_mono_ns, inserted);
+    auto& session = session_table_.find_or_insert(key, now_mono_ns, inserted);
     if (inserted) {
       session_evictions_.store(session_table_.evictions(), std::memory_order_relaxed);
     }

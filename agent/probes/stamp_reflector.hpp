@@ -66,7 +66,11 @@ struct StampReflectorCounters {
   std::uint64_t received = 0;
   std::uint64_t replied = 0;
   std::uint64_t dropped_short = 0;         // shorter than the 44 or 112-byte base
-  std::uint64_t dropped_malformed = 0;     // longer than max_packet_size, or an unknown address family
+  // Longer than max_packet_size, an unknown address family, or sent from the reflector's own
+  // port: STAMP cannot tell a reply from a request, so a request spoofed from another reflector's
+  // address and port would start two reflectors answering each other. One on the same port (862
+  // everywhere) is refused; between different ports the per-source rate limit bounds the loop.
+  std::uint64_t dropped_malformed = 0;
   std::uint64_t dropped_auth = 0;          // wrong HMAC, or unauthenticated from a source not served so
   std::uint64_t dropped_rate_limited = 0;  // the source is over its rate
   std::uint64_t send_errors = 0;
@@ -114,6 +118,7 @@ class StampReflector {
   SourceRateLimiter rate_limiter_;
   SourceTable<Session> session_table_;
   std::vector<std::byte> buffer_;  // max_packet_size + 1: an oversized datagram shows as such
+  std::uint16_t local_port_ = 0;   // the bound port, for the loop check
 
   Counter received_, replied_, dropped_short_, dropped_malformed_, dropped_auth_, dropped_rate_limited_,
       send_errors_, receive_errors_;

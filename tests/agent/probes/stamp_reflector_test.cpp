@@ -97,6 +97,15 @@ class Sender {
                 : ::setsockopt(fd_, IPPROTO_IP, IP_TTL, &ttl, sizeof(ttl)) == 0);
   }
 
+  // IPv4 only: sends from address:port (host order) from now on.
+  void bind_to(std::uint32_t address, std::uint16_t port) {
+    sockaddr_in local{};
+    local.sin_family = AF_INET;
+    local.sin_addr.s_addr = htonl(address);
+    local.sin_port = htons(port);
+    REQUIRE(::bind(fd_, reinterpret_cast<const sockaddr*>(&local), sizeof(local)) == 0);
+  }
+
   void send(const Bytes& packet, std::uint16_t port) {
     ssize_t n = -1;
     if (v6_) {
@@ -265,6 +274,23 @@ TEST_CASE("stamp reflector: short, oversized and unauthorised packets are droppe
   v6.send(Bytes(43, std::byte{0}), open.port());
   CHECK(open.counters_after(1).dropped_short == 1);
   CHECK_FALSE(v6.receive(100).has_value());
+}
+
+TEST_CASE("stamp reflector: a request from its own port is not answered (two reflectors never loop)") {
+  probes::StampReflectorConfig config = loopback_config();
+  config.bind_address = "127.0.0.1";
+  RunningStamp reflector(config);
+  // What a spoofed request makes another reflector on the same port send: from that port.
+  Sender looped;
+  looped.bind_to(INADDR_LOOPBACK + 1, reflector.port());  // 127.0.0.2, the reflector's port
+  looped.send(request(stamp::Mode::kUnauthenticated, 1, 1), reflector.port());
+  Sender plain;
+  plain.send(request(stamp::Mode::kUnauthenticated, 2, 1), reflector.port());
+  const probes::StampReflectorCounters c = reflector.counters_after(2);
+  CHECK(c.dropped_malformed == 1);
+  CHECK(c.replied == 1);
+  CHECK(plain.receive().has_value());
+  CHECK_FALSE(looped.receive(100).has_value());
 }
 
 TEST_CASE("stamp reflector: authenticated mode with the right and a wrong key") {

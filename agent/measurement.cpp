@@ -149,6 +149,8 @@ struct Measurement::Impl {
   std::unique_ptr<NameResolver> resolver;
   std::vector<std::size_t> name_targets;
   std::vector<std::size_t> prober_position;
+  // Per target: the SSID its STAMP probes carry (0 for other protocols), for its summaries.
+  std::vector<std::uint16_t> stamp_ssids;
   std::unique_ptr<std::atomic<bool>[]> unresolved;
   std::vector<std::optional<asio::ip::address>> name_addresses;  // the resolver's thread only
 
@@ -188,6 +190,7 @@ platform::Status Measurement::Impl::open_probers() {
   icmp_config.kernel_timestamps = config.kernel_timestamps;
 
   prober_position.assign(config.targets.size(), 0);
+  stamp_ssids.assign(config.targets.size(), 0);
   for (std::size_t i = 0; i < config.targets.size(); ++i) {
     const ProbeTargetSpec& t = config.targets[i];
     const auto index = static_cast<std::uint32_t>(i);
@@ -199,6 +202,9 @@ platform::Status Measurement::Impl::open_probers() {
         const bool stamp = t.protocol == ProbeProtocol::kStamp;
         const std::size_t default_size = stamp ? probes::stamp::base_size(t.stamp.mode()) : probes::kDefaultProbeSize;
         prober_position[i] = udp_config.targets.size();
+        probes::StampSenderOptions stamp_options = t.stamp;
+        if (stamp && stamp_options.ssid == 0) stamp_options.ssid = probes::stamp_ssid(udp_config.sender_id, index);
+        if (stamp) stamp_ssids[i] = stamp_options.ssid;
         udp_config.targets.push_back(probes::UdpProbeTarget{
             .endpoint = {t.address, t.port},
             .index = index,
@@ -210,7 +216,7 @@ platform::Status Measurement::Impl::open_probers() {
             .resolved = resolved,
             .paths = stamp ? 1 : std::clamp<std::uint32_t>(t.paths, 1, ProbeTargetSpec::kMaxPaths),
             .format = stamp ? probes::UdpProbeFormat::kStamp : probes::UdpProbeFormat::kVantageEcho,
-            .stamp = t.stamp,
+            .stamp = stamp_options,
         });
         break;
       }
@@ -556,7 +562,8 @@ platform::Status Measurement::start(ReportSink sink) {
 
   impl->stats.reserve(config_.targets.size());
   const std::int64_t now = platform::monotonic_ns();
-  for (const ProbeTargetSpec& t : config_.targets) {
+  for (std::size_t i = 0; i < config_.targets.size(); ++i) {
+    const ProbeTargetSpec& t = config_.targets[i];
     impl->stats.emplace_back(
         aggregate::TargetStatsConfig{
             .protocol = t.protocol,
@@ -564,7 +571,8 @@ platform::Status Measurement::start(ReportSink sink) {
             .window = window_for(t),
             // Only the UDP prober spreads probes over paths (TCP and ICMP probe one).
             .paths = t.protocol == ProbeProtocol::kUdpEcho ? t.paths : 1,
-            .max_error_fraction = config_.max_error_fraction},
+            .max_error_fraction = config_.max_error_fraction,
+            .stamp_ssid = i < impl->stamp_ssids.size() ? impl->stamp_ssids[i] : std::uint16_t{0}},
         now);
   }
   impl->interval_start_ns = now;

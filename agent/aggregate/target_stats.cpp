@@ -108,6 +108,7 @@ TargetStats::TargetStats(const TargetStatsConfig& config, std::int64_t start_ns)
   config_.window = static_cast<std::uint32_t>(slots_.size());
   mask_ = slots_.size() - 1;
   current_.protocol = config_.protocol;
+  current_.stamp_ssid = config_.stamp_ssid;
   current_.start_ns = start_ns;
   config_.paths = std::clamp<std::uint32_t>(config_.paths, 1, TargetStatsConfig::kMaxPaths);
   if (config_.paths > 1) paths_.resize(config_.paths);
@@ -571,6 +572,7 @@ IntervalSummary TargetStats::close_interval(std::int64_t now_ns) noexcept {
 
   current_ = IntervalSummary{};
   current_.protocol = config_.protocol;
+  current_.stamp_ssid = config_.stamp_ssid;
   current_.start_ns = now_ns;
   rtt_pages.reset();
   current_.rtt = std::move(rtt_pages);
@@ -717,6 +719,7 @@ flatbuffers::Offset<wire::LatencySummary> build_latency_summary(flatbuffers::Fla
     out.add_paths(paths);  // absent with one path
   }
   if (!one_way.IsNull()) out.add_one_way(one_way);
+  if (summary.stamp_ssid != 0) out.add_stamp_ssid(summary.stamp_ssid);
   return out.Finish();
 }
 

@@ -94,6 +94,8 @@ struct TargetStatsConfig {
   // One-way figures are reported when the combined error bound is below this fraction of the
   // smaller one-way median ([clock] max_error_fraction).
   double max_error_fraction = 0.1;
+  // STAMP: the Session-Sender Identifier the target's probes carry (LatencySummary.stamp_ssid).
+  std::uint16_t stamp_ssid = 0;
 
   static constexpr std::uint32_t kMaxPaths = 64;
   static constexpr std::uint32_t kMinWindow = 16;
@@ -154,6 +156,7 @@ struct OneWaySummary {
 // wire format does not carry yet. Times are CLOCK_MONOTONIC ns.
 struct IntervalSummary {
   probes::ProbeProtocol protocol = probes::ProbeProtocol::kUdpEcho;
+  std::uint16_t stamp_ssid = 0;  // STAMP: the SSID the probes carried; 0 otherwise
   std::int64_t start_ns = 0;
   std::int64_t end_ns = 0;
 

@@ -314,3 +314,24 @@ TEST_CASE("STAMP: a stateful reflector's counters split the losses by direction"
   CHECK(s.lost_outbound == 1);
   CHECK(s.lost_inbound == 1);
 }
+
+TEST_CASE("STAMP: the summary carries the target's SSID, other protocols none") {
+  TargetStatsConfig c = config();
+  c.protocol = vantage::agent::probes::ProbeProtocol::kStamp;
+  c.stamp_ssid = 4242;
+  TargetStats stamp(c, 0);
+  vantage::test::Bytes frame;
+  flatbuffers::FlatBufferBuilder fbb;
+  const IntervalSummary s = run(stamp, Clocks{});
+  CHECK(s.stamp_ssid == 4242);
+  REQUIRE(wire_one_way(frame, fbb, s) != nullptr);
+  const wire::LatencySummary* l = vantage::test::verified_batch(frame)->latency()->Get(0);
+  CHECK(l->protocol() == wire::Protocol::Stamp);
+  CHECK(l->stamp_ssid() == 4242);
+
+  TargetStats echo(config(), 0);
+  vantage::test::Bytes echo_frame;
+  flatbuffers::FlatBufferBuilder echo_fbb;
+  (void)wire_one_way(echo_frame, echo_fbb, run(echo, Clocks{}));
+  CHECK(vantage::test::verified_batch(echo_frame)->latency()->Get(0)->stamp_ssid() == 0);
+}

@@ -292,6 +292,12 @@ def reflector_agent(world, name, port, clock=("synchronised", 50), vantage_port=
     return world.spawn(name, [world.args.agent, "--config", path])
 
 
+def stop_clean(proc):
+    """SIGTERM, and the exit status must be 0 (a sanitizer's report would make it otherwise)."""
+    code = proc.stop()
+    assert code == 0, f"{proc.name} exited {code}:\n{proc.text()[-3000:]}"
+
+
 def clock_table(clock):
     assume, error_us = clock
     table = {"assume": assume}
@@ -369,7 +375,7 @@ def reflector(world):
             notes.append(sizes_and_short(dest))
             notes.append(twamp_light_sender(dest))
         assert agent.alive(), f"{agent.name} exited"
-        agent.stop()
+        stop_clean(agent)
     # The Error Estimate follows the clock: an unsynchronised reflector says S = 0.
     port = free_port()
     agent = reflector_agent(world, "reflector-unsync", port, clock=("unsynchronised", 0), stateful=False)
@@ -379,7 +385,7 @@ def reflector(world):
     req = unauth_request(3, 11)
     reply, _, t0, t1 = peer.exchange(dest, req)
     check_unauth_reply(req, reply, t0, t1, reflector_seq=3, ptp=False, clock=(False, 0), what="unsynchronised")
-    agent.stop()
+    stop_clean(agent)
     return "; ".join(notes)
 
 
@@ -465,7 +471,7 @@ def auth(world):
     # The agent reports its reflector's totals every interval (1 s here): the one after the last refusal.
     counters = wait_for(lambda: (lambda c: c if c.get("dropped_auth", 0) + c.get("dropped_short", 0) >= 4 else None)(
         reflector_counters(agent)), 60, "the refusals in the agent's report")
-    agent.stop()
+    stop_clean(agent)
     # Three wrong HMACs (a flipped bit, another key, a zeroed HMAC); the 44-byte unauthenticated
     # packet from a keyed source is too short for authenticated mode.
     assert counters.get("dropped_auth") == 3 and counters.get("dropped_short") == 1, (
@@ -630,8 +636,8 @@ def sender(world):
     try:
         rs = wait_for(rows, 120, "4 intervals of the STAMP target in the store", interval=0.5)
     finally:
-        agent.stop()
         lossy.close()
+    stop_clean(agent)
     check_requests(lossy)
     n = len(rs)
     assert all(r[0] == "stamp" for r in rs), f"protocols {[r[0] for r in rs]}"
@@ -786,8 +792,8 @@ def relay_world(world, b_clock, duration_rows):
         rows = wait_for(enough, 180, f"{duration_rows} full intervals of both targets in the store", interval=0.5)
     finally:
         relay.stop.set()
-    a.stop()
-    b.stop()
+    stop_clean(a)
+    stop_clean(b)
     relay.close()
     return rows, relay, {"b-stamp": stamp_front, "b-udp": udp_front}
 

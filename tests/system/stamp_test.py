@@ -32,6 +32,7 @@ import heapq
 import hmac
 import json
 import os
+import random
 import re
 import select
 import socket
@@ -678,7 +679,7 @@ class AsymmetricRelay(threading.Thread):
         self.seq_of = seq_of  # (front port, data, direction) -> probe sequence number
         self.realised = {}  # front port -> {"forward": {seq: (sent ns, delay ns, sure)}, "back": {...}}
         self.stop = threading.Event()
-        self.rng = __import__("random").Random(18)
+        self.rng = random.Random(18)
 
     def read(self, s):
         data, anc, _, addr = s.recvmsg(65536, socket.CMSG_SPACE(16))

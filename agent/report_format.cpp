@@ -109,7 +109,9 @@ void write_one_way(JsonWriter& j, const aggregate::OneWaySummary& w) {
   j.end_object();
 }
 
-bool has_reflector_clock(probes::ProbeProtocol protocol) {
+// UDP echo and STAMP: a reflector answers, and its stamps and counters give one-way delay and
+// loss direction.
+bool answered_by_reflector(probes::ProbeProtocol protocol) {
   return protocol == probes::ProbeProtocol::kUdpEcho || protocol == probes::ProbeProtocol::kStamp;
 }
 
@@ -126,7 +128,7 @@ void write_target(JsonWriter& j, const ProbeTargetSpec& spec, const std::string&
   j.field("late", s.late);
   j.field("reordered", s.reordered);
   j.field("duplicates", s.duplicates);
-  if (spec.protocol == probes::ProbeProtocol::kUdpEcho) {
+  if (answered_by_reflector(spec.protocol)) {
     j.field("lost_outbound", s.lost_outbound);
     j.field("lost_inbound", s.lost_inbound);
     j.field("reflector_restarts", s.reflector_restarts);
@@ -150,7 +152,7 @@ void write_target(JsonWriter& j, const ProbeTargetSpec& spec, const std::string&
   j.field("p99", s.jitter_p99_ns);
   j.end_object();
   j.field("timestamps", s.timestamp_source == aggregate::TimestampSource::kKernel ? "kernel" : "userspace");
-  if (has_reflector_clock(spec.protocol)) {
+  if (answered_by_reflector(spec.protocol)) {
     j.key("one_way");
     write_one_way(j, s.one_way);
   }
@@ -340,14 +342,14 @@ void table_report(const MeasurementReport& report, const std::vector<ProbeTarget
     }
     out += s.timestamp_source == aggregate::TimestampSource::kKernel ? " kernel" : " user";
     std::string notes;
-    if (targets[i].protocol == probes::ProbeProtocol::kUdpEcho && s.lost > 0) {
+    if (answered_by_reflector(targets[i].protocol) && s.lost > 0) {
       notes += printf_string(" lost out/in/unknown %" PRIu64 "/%" PRIu64 "/%" PRIu64, s.lost_outbound,
                              s.lost_inbound, s.lost - std::min(s.lost, s.lost_outbound + s.lost_inbound));
     }
     if (i < report.unresolved.size() && report.unresolved[i] != 0) {
       notes += " unresolved: " + targets[i].host + " has no address (not probed, not loss)";
     }
-    if (const aggregate::OneWaySummary& w = s.one_way; has_reflector_clock(targets[i].protocol) && w.samples > 0) {
+    if (const aggregate::OneWaySummary& w = s.one_way; answered_by_reflector(targets[i].protocol) && w.samples > 0) {
       if (w.status == aggregate::OneWayStatus::kReported) {
         notes += " one-way p50 fwd/back " + ms(w.forward_p50_ns) + "/" + ms(w.backward_p50_ns);
       } else {

@@ -142,7 +142,12 @@ platform::Status UdpProber::start() {
   for (const UdpProbeTarget& t : config_.targets) {
     TargetState s;
     s.config = t;
-    s.next_seq = config_.first_seq;
+    s.first_seq = config_.first_seq;
+    if (t.format == UdpProbeFormat::kStamp && t.stamp.stateful_reflector == StampStatefulReflector::kAuto &&
+        config_.first_seq == 0) {
+      s.first_seq = (platform::random_seed() & 0xffff'ffffu) | 1u;
+    }
+    s.next_seq = s.first_seq;
     if (t.format == UdpProbeFormat::kStamp) {
       s.ssid = t.stamp.ssid != 0 ? t.stamp.ssid : stamp_ssid(config_.sender_id, t.index);
       s.stamp_stateful = t.stamp.stateful_reflector == StampStatefulReflector::kYes;
@@ -213,7 +218,7 @@ void UdpProber::set_address(std::size_t position, std::optional<asio::ip::addres
       target_v6_[position].store(a->is_v6(), std::memory_order_relaxed);
     }
     rebuild_endpoints();
-    const bool more = t.config.count == 0 || t.next_seq - config_.first_seq < t.config.count;
+    const bool more = t.config.count == 0 || t.next_seq - t.first_seq < t.config.count;
     schedule_.set_active(position, a.has_value() && more, clock_ns(CLOCK_MONOTONIC));
     if (!a) reply_wait_.forget(position);
     if (!sending_stopped_) {
@@ -323,7 +328,7 @@ void UdpProber::arm_timer() {
       [this](std::size_t i, std::int64_t now) {
         TargetState& t = targets_[i];
         send_probe(t, now);
-        if (t.config.count != 0 && t.next_seq - config_.first_seq >= t.config.count) {
+        if (t.config.count != 0 && t.next_seq - t.first_seq >= t.config.count) {
           schedule_.finish(i);
         }
       },
@@ -599,7 +604,7 @@ bool UdpProber::handle_stamp_reply(std::span<const std::byte> packet, std::uint3
   // than 2^32 probes later.
   const std::uint64_t last = target.next_seq - 1;
   const std::uint32_t back = static_cast<std::uint32_t>(last) - reply.sender_seq;
-  if (target.next_seq == config_.first_seq || back > last - config_.first_seq ||
+  if (target.next_seq == target.first_seq || back > last - target.first_seq ||
       (has_ssid && reply.ssid != 0 && reply.ssid != target.ssid)) {
     dropped_unexpected_.bump();
     return false;

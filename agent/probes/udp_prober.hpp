@@ -98,7 +98,11 @@ struct UdpProberConfig {
   // The slot grid probes are sent on (slot_ns is lowered to a quarter of the shortest probe
   // interval); the measurement gives all its probers one grid.
   SlotGrid grid;
-  // Every target's first sequence number (tests of the STAMP sender's 32-bit wrap).
+  // Every target's first sequence number (tests of the STAMP sender's 32-bit wrap). At 0, a STAMP
+  // target whose reflector's kind is detected (stateful_reflector auto) starts at a random
+  // 32-bit number instead: a stateful reflector counts each session from 0, so its first reply
+  // already differs from the sender's number and gives loss direction from the start (starting
+  // at 0 too, the two agree until an outbound loss, which only inbound-lossy paths never have).
   std::uint64_t first_seq = 0;
 };
 
@@ -234,6 +238,7 @@ class UdpProber {
 
   struct TargetState {
     UdpProbeTarget config;
+    std::uint64_t first_seq = 0;   // config first_seq, or a STAMP target's random start
     std::uint64_t next_seq = 0;
     std::uint16_t ssid = 0;        // STAMP: the SSID sent (configured or derived)
     bool stamp_stateful = false;   // STAMP: the reflector is known to number per session

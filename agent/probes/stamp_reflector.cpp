@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 
 #include <algorithm>
+#include <array>
 #include <charconv>
 #include <cstddef>
 #include <cstring>
@@ -206,7 +207,11 @@ void StampReflector::handle_datagram(const ReflectorDatagram& d, std::uint64_t n
     return;
   }
   const stamp::Mode mode = auth != nullptr ? stamp::Mode::kAuthenticated : stamp::Mode::kUnauthenticated;
-  if (packet.size() < stamp::base_size(mode)) {
+  // RFC 5357 §4.1.2: a TWAMP-Light sender pads its 14 octets to the reflector's 41, so an
+  // unauthenticated request of 41..43 octets is answered in that layout (no SSID, no TLVs).
+  const bool twamp_light = mode == stamp::Mode::kUnauthenticated && packet.size() >= stamp::kTwampLightReplySize &&
+                           packet.size() < stamp::kUnauthenticatedSize;
+  if (packet.size() < stamp::base_size(mode) && !twamp_light) {
     dropped_short_.bump();
     return;
   }
@@ -220,8 +225,14 @@ void StampReflector::handle_datagram(const ReflectorDatagram& d, std::uint64_t n
     dropped_auth_.bump();
     return;
   }
+  // A TWAMP-Light request is read and answered through a base-sized copy: its fields sit where
+  // STAMP's do, and the layout's last octets are zero.
+  std::array<std::byte, stamp::kUnauthenticatedSize> short_packet{};
+  const std::span<std::byte> base = twamp_light ? std::span<std::byte>(short_packet) : packet;
+  if (twamp_light) std::memcpy(short_packet.data(), packet.data(), packet.size());
   stamp::SenderPacket request;
-  (void)stamp::decode_sender(packet, mode, request);
+  (void)stamp::decode_sender(base, mode, request);
+  if (twamp_light) request.ssid = 0;  // padding there, not an SSID
 
   stamp::ReflectorPacket reply;
   if (config_.stateful) {
@@ -240,8 +251,11 @@ void StampReflector::handle_datagram(const ReflectorDatagram& d, std::uint64_t n
   reply.sender_timestamp = request.timestamp;
   reply.sender_error_estimate = request.error_estimate;
   reply.sender_ttl = d.ttl >= 0 && d.ttl <= 255 ? static_cast<std::uint8_t>(d.ttl) : 255;
-  const std::span<std::byte> tlvs = packet.subspan(stamp::base_size(mode));
-  const int reply_tos = reflect_tlvs(tlvs, d.tos);
+  // In authenticated mode the TLVs go back as they came and are not acted on: without the RFC
+  // 8972 HMAC TLV nothing covers them, and an on-path party must not choose the reply's DSCP.
+  const int reply_tos = twamp_light || mode == stamp::Mode::kAuthenticated
+                            ? -1
+                            : reflect_tlvs(packet.subspan(stamp::base_size(mode)), d.tos);
 
   const bool ptp = config_.timestamp_format == stamp::TimestampFormat::kPtp;
   reply.error_estimate =
@@ -252,7 +266,8 @@ void StampReflector::handle_datagram(const ReflectorDatagram& d, std::uint64_t n
   const std::int64_t tx = std::max(platform::realtime_ns(), rx.ns);
   reply.receive_timestamp = stamp::wire_timestamp(rx.ns, config_.timestamp_format);
   reply.timestamp = stamp::wire_timestamp(tx, config_.timestamp_format);
-  (void)stamp::encode_reflector(packet, mode, reply);
+  (void)stamp::encode_reflector(base, mode, reply);
+  if (twamp_light) std::memcpy(packet.data(), short_packet.data(), packet.size());
   if (auth != nullptr) {
     (void)stamp::sign(packet, auth->key);
   }

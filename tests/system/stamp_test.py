@@ -9,8 +9,9 @@ Scenarios:
   reflector  Scapy -> the agent's STAMP reflector: stateless and stateful, NTP and PTP, with and
              without TLVs (Class of Service; an unknown TLV comes back with the U flag), Error
              Estimate from [clock] assume, SSID and the sender's fields echoed, TTL, MBZ; requests
-             shorter than 44 bytes get nothing and no reply is ever longer than its request (many
-             sizes); a TWAMP-Light (RFC 5357) sender's packet is answered in the form it parses.
+             shorter than 41 bytes get nothing and no reply is ever longer than its request (many
+             sizes); a TWAMP-Light (RFC 5357) sender's packet, 41 bytes and up, is answered in the
+             form it parses.
   auth       authenticated mode: the right key gets a reply with a valid HMAC, a wrong HMAC gets
              nothing and is counted.
   sender     the agent's STAMP session-sender -> a stateful reflector written here with Scapy's
@@ -391,11 +392,11 @@ def reflector(world):
 
 
 def sizes_and_short(dest):
-    """Requests shorter than 44 bytes get nothing; every other size gets a reply no longer than it
-    (exactly as long when well formed)."""
+    """Requests shorter than 41 bytes (the TWAMP-Light reflector layout) get nothing; every other
+    size gets a reply no longer than it (exactly as long when well formed)."""
     peer = Peer()
     canary = unauth_request(999, 1)
-    for size in (0, 1, 13, 14, 40, 41, 43):
+    for size in (0, 1, 13, 14, 40):
         bad = (unauth_request(500 + size, 1) + bytes(44))[:size]
         replies = peer.unanswered(dest, bad, canary)
         assert not replies, f"a {size}-byte request was answered with {[len(r) for r in replies]} bytes"
@@ -414,7 +415,7 @@ def sizes_and_short(dest):
                 assert len(reply) > 44 and reply[44] & TLV_M, f"overrunning TLV back with flags {reply[44:45].hex()}"
             malformed.append(f"{len(req)}->{len(reply)}")
     peer.close()
-    return (f"no reply below 44 bytes; replies as long as requests of {sizes} bytes; malformed TLV areas "
+    return (f"no reply below 41 bytes; replies as long as requests of {sizes} bytes; malformed TLV areas "
             f"(request->reply bytes) {malformed}")
 
 
@@ -423,10 +424,10 @@ def twamp_light_sender(dest):
     TWAMP-Light sender reads (RFC 5357 §4.2.1: seq, timestamp, EE, MBZ, receive timestamp, sender
     seq/timestamp/EE, MBZ, sender TTL)."""
     peer = Peer()
-    for size, fill in ((44, 0), (64, 0), (44, 0xa5)):
+    for size, fill in ((41, 0), (43, 0), (44, 0), (64, 0), (44, 0xa5)):
         req = twamp_light_request(31 + size, size, fill)
         reply, _, t0, t1 = peer.exchange(dest, req)
-        assert len(reply) >= 41 and len(reply) <= len(req), f"TWAMP-Light {size}: reply {len(reply)} bytes"
+        assert len(reply) == len(req), f"TWAMP-Light {size}: reply {len(reply)} bytes"
         seq, ts, ee, _mbz, rx, s_seq, s_ts, s_ee, _mbz2, ttl = struct.unpack_from("!IQHHQIQHHB", reply, 0)
         assert (s_seq, s_ts, s_ee) == struct.unpack_from("!IQH", req, 0), f"TWAMP-Light {size}: sender fields not echoed"
         assert seq == s_seq, f"TWAMP-Light {size}: stateless reflector seq {seq} != {s_seq}"
@@ -434,7 +435,7 @@ def twamp_light_sender(dest):
         check_timestamps(timestamp_ns(rx, False), timestamp_ns(ts, False), t0, t1, f"TWAMP-Light {size}")
         assert ttl == SENDER_TTL, f"TWAMP-Light {size}: sender TTL {ttl}"
     peer.close()
-    return "TWAMP-Light 44/64-byte senders answered (41-octet layout)"
+    return "TWAMP-Light 41/43/44/64-byte senders answered (41-octet layout)"
 
 
 # --- scenario: authenticated mode ------------------------------------------------------------------

@@ -269,11 +269,27 @@ TEST_CASE("stamp reflector: short, oversized and unauthorised packets are droppe
   CHECK_FALSE(v4.receive(100).has_value());
   CHECK_FALSE(v6.receive(100).has_value());
 
-  // Unauthenticated service shorter than 44 bytes.
+  // Unauthenticated service shorter than the 41-octet TWAMP-Light layout gets nothing; 41..43
+  // octets (a TWAMP-Light sender padded to the reflector's size, RFC 5357 §4.1.2) are answered
+  // in that layout, at the request's length.
   RunningStamp open(loopback_config());
-  v6.send(Bytes(43, std::byte{0}), open.port());
+  v6.send(Bytes(40, std::byte{0}), open.port());
   CHECK(open.counters_after(1).dropped_short == 1);
   CHECK_FALSE(v6.receive(100).has_value());
+  for (const std::size_t size : {41u, 43u}) {
+    Bytes light = request(stamp::Mode::kUnauthenticated, 77, 0);
+    light.resize(size);
+    v6.send(light, open.port());
+    const auto reply = v6.receive();
+    REQUIRE(reply.has_value());
+    CHECK(reply->size() == size);
+    Bytes padded = *reply;
+    padded.resize(stamp::kUnauthenticatedSize);
+    const stamp::ReflectorPacket r = reply_of(padded, stamp::Mode::kUnauthenticated);
+    CHECK(r.sender_seq == 77);
+    CHECK(r.ssid == 0);
+    CHECK(r.sender_ttl != 0);
+  }
 }
 
 TEST_CASE("stamp reflector: a request from its own port is not answered (two reflectors never loop)") {
@@ -311,7 +327,8 @@ TEST_CASE("stamp reflector: authenticated mode with the right and a wrong key") 
   CHECK(r.seq == 0);
   CHECK(r.sender_seq == 11);
   CHECK(r.ssid == 0x0102);
-  CHECK(static_cast<std::uint8_t>((*reply)[112]) == 0);  // Extra Padding is understood: no U
+  // Authenticated: TLVs return as they came (nothing covers them without the HMAC TLV).
+  CHECK(static_cast<std::uint8_t>((*reply)[112]) == stamp::kTlvFlagU);
 
   Bytes bad = request(stamp::Mode::kAuthenticated, 12, 0x0102);
   REQUIRE(stamp::sign(bad, key_bytes(2)));

@@ -283,9 +283,11 @@ bool write_sysctl(const char* path, const char* value) {
 }
 
 // Runs body on a thread of its own inside a fresh network namespace (only lo, brought up), so
-// the sysctls it sets and the packets it injects never leave it; the namespace goes away with
-// the thread. Returns false, running nothing, where namespaces are not allowed (no root).
-bool in_private_netns(const std::function<void()>& body) {
+// the sysctls it sets and the packets it injects never leave it, and no other process's ICMP
+// reaches it; the namespace goes away with the thread. The kernel answers echo requests there
+// only when kernel_echo says so (otherwise nothing does but the test). Returns false, running
+// nothing, where namespaces are not allowed (no root).
+bool in_private_netns(const std::function<void()>& body, bool kernel_echo = false) {
   bool entered = false;
   std::thread thread([&] {
     // unshare(CLONE_NEWNET) moves only the calling thread: the rest of the test process stays.
@@ -303,10 +305,10 @@ bool in_private_netns(const std::function<void()>& body) {
     if (!up) {
       return;
     }
-    // Both socket kinds are usable in here, and nothing answers echo requests but the test.
+    // Both socket kinds are usable in here.
     write_sysctl("/proc/sys/net/ipv4/ping_group_range", "0 2147483647");
-    write_sysctl("/proc/sys/net/ipv4/icmp_echo_ignore_all", "1");
-    write_sysctl("/proc/sys/net/ipv6/icmp/echo_ignore_all", "1");
+    write_sysctl("/proc/sys/net/ipv4/icmp_echo_ignore_all", kernel_echo ? "0" : "1");
+    write_sysctl("/proc/sys/net/ipv6/icmp/echo_ignore_all", kernel_echo ? "0" : "1");
     entered = true;
     try {
       body();
@@ -680,7 +682,10 @@ TEST_CASE("IcmpProber: a target resolved late is probed from then on, and a late
   CHECK(prober.counters().dropped_malformed == 0);
 }
 
-TEST_CASE("IcmpProber: two raw-socket pingers on one host do not read each other's echo replies") {
+// Two pingers and the kernel's replies, nothing else: in a namespace of its own, since ICMP errors
+// from other processes' traffic (a closed UDP port probed by a test running beside this one) reach
+// every raw socket and are rightly read and dropped as foreign.
+void two_raw_pingers(bool isolated) {
   for (const char* address : {"127.0.0.1", "::1"}) {
     CAPTURE(address);
     const bool ipv6 = asio::ip::make_address(address).is_v6();
@@ -713,13 +718,23 @@ TEST_CASE("IcmpProber: two raw-socket pingers on one host do not read each other
     // Without the kernel-side filter each would read (and drop as foreign) the other's replies;
     // a kernel that refuses the filter (QEMU) still drops them, so say which happened.
     if (ca.dropped_foreign + cb.dropped_foreign != 0) {
-      MESSAGE("socket filter not applied here: " << ca.dropped_foreign + cb.dropped_foreign
-                                                 << " foreign replies read and dropped in user space");
+      MESSAGE("foreign ICMP read and dropped in user space: " << ca.dropped_foreign + cb.dropped_foreign
+                                                              << (isolated ? " (socket filter not applied here)"
+                                                                           : " (not isolated: maybe others' errors)"));
     }
 #if !defined(__aarch64__) && !defined(__arm__)
     // Natively the kernel applies the filter.
-    CHECK(ca.dropped_foreign == 0);
-    CHECK(cb.dropped_foreign == 0);
+    if (isolated) {
+      CHECK(ca.dropped_foreign == 0);
+      CHECK(cb.dropped_foreign == 0);
+    }
 #endif
+  }
+}
+
+TEST_CASE("IcmpProber: two raw-socket pingers on one host do not read each other's echo replies") {
+  if (!in_private_netns([] { two_raw_pingers(true); }, true)) {
+    MESSAGE("no private network namespace here: the filter's effect is not asserted");
+    two_raw_pingers(false);
   }
 }

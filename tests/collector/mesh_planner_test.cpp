@@ -1,10 +1,5 @@
 // The mesh planner: full mesh, sampled and extra rules turned into each agent's target list, and
 // the incremental updates (a join or leave changes exactly the lists that name the agent).
-// GCC 12 at -O3 (the cross builds) reports a -Wrestrict overlap inside std::string's operator+
-// once the random sequence's names are inlined: its known false positive (GCC bug 105651).
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wrestrict"
-#endif
 #include <doctest/doctest.h>
 
 #include <algorithm>

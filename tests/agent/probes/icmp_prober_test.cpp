@@ -685,6 +685,8 @@ TEST_CASE("IcmpProber: a target resolved late is probed from then on, and a late
 // Two pingers and the kernel's replies, nothing else: in a namespace of its own, since ICMP errors
 // from other processes' traffic (a closed UDP port probed by a test running beside this one) reach
 // every raw socket and are rightly read and dropped as foreign.
+namespace {
+
 void two_raw_pingers(bool isolated) {
   for (const char* address : {"127.0.0.1", "::1"}) {
     CAPTURE(address);
@@ -731,6 +733,8 @@ void two_raw_pingers(bool isolated) {
 #endif
   }
 }
+
+}  // namespace
 
 TEST_CASE("IcmpProber: two raw-socket pingers on one host do not read each other's echo replies") {
   if (!in_private_netns([] { two_raw_pingers(true); }, true)) {

@@ -65,7 +65,7 @@ prioritise_image_builds() {
 trap stop_image_builds EXIT
 trap 'exit 130' INT TERM
 
-summary=()
+summary=() failures=()
 total_pass=0 total_fail=0 bad=0
 
 # stage LABEL COMMAND...: one stage of the summary. COMMAND's exit status says whether it passed;
@@ -101,6 +101,19 @@ logged() {
   return 0
 }
 
+# failure_lines LOG: each failed test's name in a ctest log, then the first lines of its output
+# (outputOnFailure) that say what failed, cut to 300 characters.
+failure_lines() {
+  awk '
+    / Test +#[0-9]+: .*\*\*\*(Failed|Timeout|Exception)/ {
+      name = $0; sub(/^.*Test +#[0-9]+: /, "", name); sub(/ \.+.*$/, "", name)
+      print name; block = 1; shown = 0; next
+    }
+    /^ *[0-9]+\/[0-9]+ Test +#|^ +Start +[0-9]+: / { block = 0 }
+    block && shown < 8 && /FAIL|ERROR|[Ee]rror|Assertion|assert|timed out/ { print "    " substr($0, 1, 300); shown++ }
+  ' "$1" | head -n 60
+}
+
 debs() { packaging/build-debs.sh && tests/packaging/deb_test.sh; }
 
 # ctest_stage PRESET: its workflow (CMakePresets.json: configure, build, test), the test step
@@ -126,6 +139,8 @@ ctest_stage() {
   total=${total:-0} failed=${failed:-0}
   if [ "$rc" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
   counts="$((total > failed ? total - failed : 0)) $failed"
+  # What each failed test said: repeated after the summary, where a long log's tail still shows it.
+  while IFS= read -r line; do failures+=("  $preset: $line"); done < <(failure_lines "$log")
   ((rc == 0 && total > 0))
 }
 
@@ -143,4 +158,8 @@ echo
 echo "=== make test summary"
 printf '%s\n' "${summary[@]}"
 echo "$total_pass passed, $total_fail failed"
+if ((${#failures[@]})); then
+  echo "=== failed tests"
+  printf '%s\n' "${failures[@]}"
+fi
 exit "$bad"

@@ -290,7 +290,8 @@ struct HttpServer::Impl {
 
   Impl(HttpConfig c, LiveView& v, const IngestServer& i) : config(std::move(c)), view(v), ingest(i) {}
 
-  platform::Result<std::vector<store::PairPoint>> pair_history(const PairRequest& r) {
+  // The drill-down's JSON: the store's intervals go into steps as they are read, never held.
+  platform::Result<std::string> pair_json(const PairRequest& r) {
     if (config.database.empty()) {
       return platform::Status::error("no SQLite store: the drill-down reads one", platform::Errc::kUnsupported);
     }
@@ -304,10 +305,16 @@ struct HttpServer::Impl {
       if (!opened) return opened.status();
       store.emplace(std::move(*opened));
     }
-    auto points = store->pair_history({.agent_id = {}, .pop = r.from, .target = r.to, .protocol = r.protocol,
-                                       .from_ns = r.since_s * 1'000'000'000, .to_ns = r.until_s * 1'000'000'000});
-    if (!points) store.reset();  // reopened next time: the file may have been replaced
-    return points;
+    PairSteps steps(r);
+    const platform::Status read =
+        store->pair_history({.agent_id = {}, .pop = r.from, .target = r.to, .protocol = r.protocol,
+                             .from_ns = r.since_s * 1'000'000'000, .to_ns = r.until_s * 1'000'000'000},
+                            [&steps](const store::PairPoint& p) { steps.add(p); });
+    if (!read) {
+      store.reset();  // reopened next time: the file may have been replaced
+      return read;
+    }
+    return steps.render_json();
   }
 
   HttpCounters snapshot() const {
@@ -392,9 +399,9 @@ struct HttpServer::Impl {
       const PairRequestOrError parsed = parse_pair_request(req.params, platform::realtime_ns());
       if (!parsed.request) return error(400, parsed.error);
       const PairRequest& r = *parsed.request;
-      auto points = pair_history(r);
-      if (!points) return error(points.code() == platform::Errc::kUnsupported ? 404 : 503, points.error());
-      res.set_content(render_pair_json(r, *points), "application/json");
+      auto json = pair_json(r);
+      if (!json) return error(json.code() == platform::Errc::kUnsupported ? 404 : 503, json.error());
+      res.set_content(std::move(*json), "application/json");
     });
     s.Get("/", [](const httplib::Request&, httplib::Response& res) {
       const std::string_view page = status_page_html();

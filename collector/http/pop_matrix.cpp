@@ -308,30 +308,62 @@ PairRequestOrError parse_pair_request(const std::multimap<std::string, std::stri
   return out;
 }
 
-std::string render_pair_json(const PairRequest& request, std::span<const store::PairPoint> points) {
-  std::set<std::string_view> present;
-  for (const store::PairPoint& p : points) present.insert(p.protocol);
+struct PairSteps::Impl {
+  struct Step {
+    Merge merge;
+    std::vector<std::uint32_t> agents;  // indices into agent_names, sorted
+  };
+  PairRequest request;
+  std::int64_t step_s = 1;
+  std::vector<std::string> agent_names;
+  std::unordered_map<std::string, std::uint32_t> agent_index;
+  std::set<std::string, std::less<>> protocols;  // of every interval added
+  // By protocol (the request's, or each while none is asked for), then step index: at most
+  // kMaxPairPoints steps each.
+  std::map<std::string, std::map<std::int64_t, Step>, std::less<>> steps;
+
+  std::uint32_t agent(const std::string& name) {
+    const auto [it, added] = agent_index.try_emplace(name, static_cast<std::uint32_t>(agent_names.size()));
+    if (added) agent_names.push_back(name);
+    return it->second;
+  }
+};
+
+PairSteps::PairSteps(PairRequest request) : impl_(std::make_unique<Impl>()) {
+  const std::int64_t range = request.until_s - request.since_s;
+  impl_->step_s = std::max<std::int64_t>(1, (range + kMaxPairPoints - 1) / kMaxPairPoints);
+  impl_->request = std::move(request);
+}
+
+PairSteps::~PairSteps() = default;
+
+void PairSteps::add(const store::PairPoint& p) {
+  const PairRequest& r = impl_->request;
+  if (!impl_->protocols.contains(p.protocol)) impl_->protocols.emplace(p.protocol);
+  if (!r.protocol.empty() && p.protocol != r.protocol) return;
+  const std::int64_t end_s = p.interval_end_ns / 1'000'000'000;
+  if (end_s < r.since_s || end_s >= r.until_s) return;
+  auto by_protocol = impl_->steps.find(p.protocol);
+  if (by_protocol == impl_->steps.end()) by_protocol = impl_->steps.try_emplace(p.protocol).first;
+  Impl::Step& step = by_protocol->second[(end_s - r.since_s) / impl_->step_s];
+  step.merge.add(p.p50_ns, p.p99_ns, p.sent, p.received, p.lost);
+  const std::uint32_t agent = impl_->agent(p.agent_id);
+  const auto at = std::lower_bound(step.agents.begin(), step.agents.end(), agent);
+  if (at == step.agents.end() || *at != agent) step.agents.insert(at, agent);
+}
+
+std::string PairSteps::render_json() {
+  const PairRequest& request = impl_->request;
   std::string_view protocol = request.protocol;
   if (protocol.empty()) {
-    for (const std::string_view p : present) {
+    for (const std::string& p : impl_->protocols) {
       if (protocol.empty() || protocol_rank(p) < protocol_rank(protocol)) protocol = p;
     }
   }
-  const std::int64_t range = request.until_s - request.since_s;
-  const std::int64_t step = std::max<std::int64_t>(1, (range + kMaxPairPoints - 1) / kMaxPairPoints);
-  struct Bucket {
-    Merge merge;
-    std::set<std::string_view> agents;
-  };
-  std::map<std::int64_t, Bucket> buckets;  // by step index: at most kMaxPairPoints
-  for (const store::PairPoint& p : points) {
-    if (p.protocol != protocol) continue;
-    const std::int64_t end_s = p.interval_end_ns / 1'000'000'000;
-    if (end_s < request.since_s || end_s >= request.until_s) continue;
-    Bucket& b = buckets[(end_s - request.since_s) / step];
-    b.merge.add(p.p50_ns, p.p99_ns, p.sent, p.received, p.lost);
-    b.agents.insert(p.agent_id);
-  }
+  std::map<std::int64_t, Impl::Step> none;
+  const auto chosen = impl_->steps.find(protocol);
+  auto& steps = chosen == impl_->steps.end() ? none : chosen->second;
+  const std::int64_t step_s = impl_->step_s;
   platform::JsonWriter j({.escape = platform::JsonEscape::kHtmlSafe, .double_digits = 0});
   j.begin_object();
   j.field("from", request.from);
@@ -339,28 +371,35 @@ std::string render_pair_json(const PairRequest& request, std::span<const store::
   j.field("protocol", protocol);
   j.key("protocols");
   j.begin_array();
-  for (const std::string_view p : present) j.value(p);
+  for (const std::string& p : impl_->protocols) j.value(p);
   j.end_array();
   j.field("since", request.since_s);
   j.field("until", request.until_s);
-  j.field("step_s", step);
-  j.field("count", static_cast<std::uint64_t>(buckets.size()));
+  j.field("step_s", step_s);
+  j.field("count", static_cast<std::uint64_t>(steps.size()));
   const auto column = [&](std::string_view key, const auto& get) {
     j.key(key);
     j.begin_array();
-    for (auto& [index, b] : buckets) j.value(get(index, b));
+    for (auto& [index, step] : steps) j.value(get(index, step));
     j.end_array();
   };
+  using Step = Impl::Step;
   // t: the step's start, Unix seconds (with 1 s steps, the second the interval ended in).
-  column("t", [&](std::int64_t index, Bucket&) { return request.since_s + index * step; });
-  column("p50_ms", [](std::int64_t, Bucket& b) { return rounded(median(b.merge.p50s), kMicrosPerMs); });
-  column("p99_ms", [](std::int64_t, Bucket& b) { return rounded(b.merge.p99, kMicrosPerMs); });
-  column("loss", [](std::int64_t, Bucket& b) { return rounded(b.merge.loss(), kMillionths); });
-  column("sent", [](std::int64_t, Bucket& b) { return b.merge.sent; });
-  column("samples", [](std::int64_t, Bucket& b) { return b.merge.received; });
-  column("agents", [](std::int64_t, Bucket& b) { return static_cast<std::uint64_t>(b.agents.size()); });
+  column("t", [&](std::int64_t index, const Step&) { return request.since_s + index * step_s; });
+  column("p50_ms", [](std::int64_t, Step& b) { return rounded(median(b.merge.p50s), kMicrosPerMs); });
+  column("p99_ms", [](std::int64_t, const Step& b) { return rounded(b.merge.p99, kMicrosPerMs); });
+  column("loss", [](std::int64_t, const Step& b) { return rounded(b.merge.loss(), kMillionths); });
+  column("sent", [](std::int64_t, const Step& b) { return b.merge.sent; });
+  column("samples", [](std::int64_t, const Step& b) { return b.merge.received; });
+  column("agents", [](std::int64_t, const Step& b) { return static_cast<std::uint64_t>(b.agents.size()); });
   j.end_object();
   return j.take();
+}
+
+std::string render_pair_json(const PairRequest& request, std::span<const store::PairPoint> points) {
+  PairSteps steps(request);
+  for (const store::PairPoint& p : points) steps.add(p);
+  return steps.render_json();
 }
 
 }  // namespace vantage::collector::http

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -72,6 +73,25 @@ PairRequestOrError parse_pair_request(const std::multimap<std::string, std::stri
 
 // Groups the store's intervals (every agent of the PoP, every protocol) into steps of
 // ceil(range / kMaxPairPoints) seconds (at least 1) under one protocol, merged like matrix cells.
+// Intervals are added one at a time as the store reads them; what a step keeps of one is its p50
+// (8 bytes, for the step's median) and counts, so a 7-day range over a busy PoP stays small.
+class PairSteps {
+ public:
+  explicit PairSteps(PairRequest request);
+  ~PairSteps();
+  PairSteps(const PairSteps&) = delete;
+  PairSteps& operator=(const PairSteps&) = delete;
+
+  void add(const store::PairPoint& point);
+  // The JSON, under the request's protocol or else the preferred one of those added.
+  std::string render_json();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// The same for intervals already in hand.
 std::string render_pair_json(const PairRequest& request, std::span<const store::PairPoint> points);
 
 }  // namespace vantage::collector::http

@@ -2414,7 +2414,7 @@ Result<std::vector<BatchKey>> SqliteStore::batch_keys(std::string_view agent_id)
   return out;
 }
 
-Result<std::vector<PairPoint>> SqliteStore::pair_history(const PairHistoryQuery& q) {
+platform::Status SqliteStore::pair_history(const PairHistoryQuery& q, const std::function<void(const PairPoint&)>& each) {
   sqlite3* h = impl_->db.get();
   std::vector<std::pair<std::int64_t, std::string>> sources;  // agent id, agent_id
   int rc = each_row(
@@ -2438,7 +2438,7 @@ Result<std::vector<PairPoint>> SqliteStore::pair_history(const PairHistoryQuery&
         [&](sqlite3_stmt* s) { return Binder(s).i64(day_of(q.from_ns)).i64(day_of(q.to_ns)).rc(); },
         [&](sqlite3_stmt* s) { days.push_back(sqlite3_column_int64(s, 0)); });
   }
-  std::vector<PairPoint> rows;
+  PairPoint p;  // one row at a time: its strings keep their buffers from row to row
   // The agent's batches in range through the batch key index, then each batch's summaries by id
   // range (no index on the summaries: they sit together, one batch apart).
   const bool by_pop = q.agent_id.empty();
@@ -2458,15 +2458,14 @@ WHERE b.agent = ?1 AND b.interval_end_ns >= ?2 AND b.interval_end_ns < ?3 AND l.
         sqlite3_stmt* s = stmts.get(day);
         if (s == nullptr) continue;
         Binder(s).i64(agent).i64(q.from_ns).i64(q.to_ns).i64(target).text(by_pop ? q.pop : std::string_view{});
+        p.agent_id = agent_name;
+        p.protocol = protocol;
         rc = step_rows(s, [&](sqlite3_stmt* row) {
-          PairPoint p;
-          p.agent_id = agent_name;
-          p.protocol = protocol;
           p.seq = static_cast<std::uint64_t>(sqlite3_column_int64(row, 0));
           p.interval_start_ns = sqlite3_column_int64(row, 1);
           p.interval_end_ns = sqlite3_column_int64(row, 2);
           read_figures(row, 4, p);
-          rows.push_back(std::move(p));
+          each(p);
         });
       }
     }
@@ -2474,6 +2473,12 @@ WHERE b.agent = ?1 AND b.interval_end_ns >= ?2 AND b.interval_end_ns < ?3 AND l.
   if (rc != SQLITE_OK) {
     return failure(impl_->error("pair history query"));
   }
+  return {};
+}
+
+Result<std::vector<PairPoint>> SqliteStore::pair_history(const PairHistoryQuery& q) {
+  std::vector<PairPoint> rows;
+  if (platform::Status st = pair_history(q, [&rows](const PairPoint& p) { rows.push_back(p); }); !st) return st;
   std::sort(rows.begin(), rows.end(), [](const PairPoint& x, const PairPoint& y) {
     return std::tie(x.interval_end_ns, x.agent_id, x.protocol, x.seq) <
            std::tie(y.interval_end_ns, y.agent_id, y.protocol, y.seq);

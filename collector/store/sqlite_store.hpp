@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -239,6 +240,10 @@ class SqliteStore {
   Result<std::vector<BatchKey>> batch_keys(std::string_view agent_id);
   // One pair's intervals in a time range, by interval_end_ns then agent.
   Result<std::vector<PairPoint>> pair_history(const PairHistoryQuery& query);
+  // The same intervals handed to `each` one at a time, in no particular order, none of them held:
+  // a long range over a busy PoP costs what the caller keeps of them. The point is only valid
+  // during the call.
+  platform::Status pair_history(const PairHistoryQuery& query, const std::function<void(const PairPoint&)>& each);
 
   const std::string& path() const noexcept;
   // The SQLite library's version, for --version.

@@ -27,6 +27,7 @@
 #include "collector/live_view.hpp"
 #include "platform/utf8_text.hpp"
 #include "tests/collector/one_way_batches.hpp"
+#include "tests/support/eventually.hpp"
 #include "tests/support/wire_frames.hpp"
 #include "vantage/telemetry_generated.h"
 
@@ -460,15 +461,7 @@ struct Served {
   std::uint16_t port = 0;
 };
 
-template <typename F>
-bool eventually(F&& condition, std::chrono::milliseconds limit = 20s) {
-  const auto end = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < end) {
-    if (condition()) return true;
-    std::this_thread::sleep_for(20ms);
-  }
-  return condition();
-}
+using test::eventually;
 
 }  // namespace
 

@@ -20,6 +20,8 @@
 #include "platform/clock.hpp"
 #include "schemas/frame_codec.hpp"
 #include "tests/platform/tls/tls_test_support.hpp"
+#include "tests/support/eventually.hpp"
+#include "tests/support/ingest_fixture.hpp"
 
 namespace vantage::collector {
 namespace {
@@ -59,35 +61,8 @@ std::string batch_frame(std::uint64_t seq, int targets = 1, const char* agent = 
   return frame_bytes(fbb);
 }
 
-struct Server {
-  fs::path dir;
-  std::unique_ptr<IngestServer> ingest;
-  asio::ip::tcp::endpoint endpoint;
-
-  explicit Server(IngestConfig config, const std::string& name) {
-    const Pki& pki = Pki::get();
-    REQUIRE(pki.ok());
-    dir = pki.dir() / name;
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-    config.listen = {{asio::ip::make_address("127.0.0.1"), 0}};
-    config.regions = {"eu-west"};
-    config.database = (dir / "store.db").string();
-    config.tls.ca_file = pki.file("ca.crt");
-    config.tls.cert_file = pki.file("collector.crt");
-    config.tls.key_file = pki.file("collector.key");
-    config.io_threads = 2;
-    ingest = std::make_unique<IngestServer>(std::move(config));
-    const auto started = ingest->start();
-    INFO(started.message());
-    REQUIRE(started);
-    endpoint = ingest->local_endpoints().at(0);
-  }
-  ~Server() {
-    ingest.reset();
-    std::error_code ignored;
-    fs::remove_all(dir, ignored);
-  }
+struct Server : test::IngestFixture {
+  using IngestFixture::IngestFixture;
   std::vector<std::uint64_t> seqs() {
     auto store = store::SqliteStore::open((dir / "store.db").string(), {.read_only = true});
     REQUIRE(store);
@@ -97,16 +72,7 @@ struct Server {
   }
 };
 
-// Waits (bounded) until pred holds.
-template <typename Pred>
-bool eventually(Pred pred, std::chrono::seconds bound = std::chrono::seconds(60)) {
-  const auto deadline = std::chrono::steady_clock::now() + bound;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return pred();
-}
+using test::eventually;
 
 asio::ip::tcp::socket connect_from(asio::io_context& io, const std::string& source,
                                    const asio::ip::tcp::endpoint& to, int receive_buffer = 0) {

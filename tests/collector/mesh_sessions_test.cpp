@@ -21,6 +21,8 @@
 #include "platform/clock.hpp"
 #include "schemas/frame_codec.hpp"
 #include "tests/platform/tls/tls_test_support.hpp"
+#include "tests/support/eventually.hpp"
+#include "tests/support/ingest_fixture.hpp"
 
 namespace vantage::collector {
 namespace {
@@ -78,52 +80,23 @@ std::shared_ptr<mesh::MeshRules> full_mesh() {
   return rules;
 }
 
-struct Server {
-  fs::path dir;
-  std::unique_ptr<IngestServer> ingest;
-  asio::ip::tcp::endpoint endpoint;
+// The ingest fixture with what hundreds of agents from one address need, and a full mesh unless
+// the test gives its rules.
+IngestConfig mesh_config(IngestConfig config) {
+  config.max_handshakes_per_source = 1024;  // every test agent comes from 127.0.0.1
+  // Hundreds of handshakes on one client thread take long on a slow (or sanitized) build.
+  config.handshake_timeout = std::chrono::minutes(5);
+  config.idle_timeout = std::chrono::minutes(10);
+  if (!config.mesh_rules) config.mesh_rules = full_mesh();
+  return config;
+}
 
-  Server(IngestConfig config, const std::string& name) {
-    const Pki& pki = Pki::get();
-    REQUIRE(pki.ok());
-    dir = pki.dir() / name;
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-    config.listen = {{asio::ip::make_address("127.0.0.1"), 0}};
-    config.regions = {"eu-west"};
-    config.database = (dir / "store.db").string();
-    config.tls.ca_file = pki.file("ca.crt");
-    config.tls.cert_file = pki.file("collector.crt");
-    config.tls.key_file = pki.file("collector.key");
-    config.io_threads = 2;
-    config.max_handshakes_per_source = 1024;  // every test agent comes from 127.0.0.1
-    // Hundreds of handshakes on one client thread take long on a slow (or sanitized) build.
-    config.handshake_timeout = std::chrono::minutes(5);
-    config.idle_timeout = std::chrono::minutes(10);
-    if (!config.mesh_rules) config.mesh_rules = full_mesh();
-    ingest = std::make_unique<IngestServer>(std::move(config));
-    const auto started = ingest->start();
-    INFO(started.message());
-    REQUIRE(started);
-    endpoint = ingest->local_endpoints().at(0);
-  }
-  ~Server() {
-    ingest.reset();
-    std::error_code ignored;
-    fs::remove_all(dir, ignored);
-  }
+struct Server : test::IngestFixture {
+  Server(IngestConfig config, const std::string& name) : IngestFixture(mesh_config(std::move(config)), name) {}
   MeshCounters mesh() const { return ingest->counters().mesh; }
 };
 
-template <typename Pred>
-bool eventually(Pred pred, std::chrono::seconds bound = std::chrono::seconds(90)) {
-  const auto deadline = std::chrono::steady_clock::now() + bound;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return pred();
-}
+using test::eventually;
 
 std::string frame_bytes(flatbuffers::FlatBufferBuilder& fbb) {
   std::vector<std::uint8_t> out;

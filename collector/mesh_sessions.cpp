@@ -116,6 +116,9 @@ struct MeshSessions::Impl {
   std::unordered_map<std::string, Entry> entries;
   std::multimap<Clock::time_point, std::pair<std::string, std::uint64_t>> forgets;  // (agent, connection)
   std::unordered_set<std::string> dirty;  // lists to send this round
+  // This round's upserts, applied together (a reconnect storm rebuilds every list once, not once
+  // per agent); flushed before anything else changes the planner, so the order holds.
+  std::vector<mesh::MeshAgent> upserts;
   std::uint64_t lists_sent = 0;
 
   mutable std::mutex counters_mutex;
@@ -133,6 +136,12 @@ struct MeshSessions::Impl {
 
   void mark(const std::vector<std::string>& changed) { dirty.insert(changed.begin(), changed.end()); }
 
+  void flush_upserts() {
+    if (upserts.empty()) return;
+    mark(upserts.size() == 1 ? planner.upsert(upserts.front()) : planner.upsert_many(upserts));
+    upserts.clear();
+  }
+
   void apply(HelloEvent& e) {
     Entry& entry = entries[e.agent_id];
     entry.region = e.region;
@@ -147,11 +156,11 @@ struct MeshSessions::Impl {
     entry.forget_at = {};
     // An agent that neither takes lists nor answers probes has no place in the mesh.
     if (entry.accepts_lists || !e.hello.reflectors.empty()) {
-      mesh::MeshAgent agent{e.agent_id, e.region, e.pop, std::move(e.hello.reflectors)};
-      mark(planner.upsert(agent));
+      upserts.push_back({e.agent_id, e.region, e.pop, std::move(e.hello.reflectors)});
       entry.in_planner = true;
       dirty.insert(e.agent_id);
     } else if (entry.in_planner) {
+      flush_upserts();
       mark(planner.remove(e.agent_id));
       entry.in_planner = false;
     }
@@ -258,6 +267,7 @@ struct MeshSessions::Impl {
       }
       for (Event& event : round) std::visit([this](auto& e) { apply(e); }, event);
       round.clear();
+      flush_upserts();
       forget_due(Clock::now());
       send_dirty();
       publish();

@@ -47,8 +47,9 @@ std::vector<std::uint8_t> target_list_frame(const mesh::TargetListPlan& plan);
 using ListSender = std::function<void(std::vector<std::uint8_t> frame, std::uint64_t version)>;
 
 // Threads: the calls below from any thread only queue an event; one thread applies them in
-// rounds (everything queued since the last round), then sends each agent whose list changed its
-// newest list once, so a reconnect storm makes one list per agent per round, not one per join.
+// rounds (everything queued since the last round, its Hellos given to the planner together), then
+// sends each agent whose list changed its newest list once, so a reconnect storm makes one list
+// per agent per round, not one per join, and past an eighth of the fleet rebuilds each list once.
 class MeshSessions {
  public:
   MeshSessions(std::shared_ptr<const mesh::MeshRules> rules, std::chrono::milliseconds forget_after,

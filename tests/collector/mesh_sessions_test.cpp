@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <mutex>
 #include <set>
 #include <thread>
 
@@ -480,6 +481,41 @@ TEST_CASE("a peer that never reads holds at most two target lists in the collect
   CHECK(stuck.list_count() < 101);
   MESSAGE("lists received by the stalled reader: " << stuck.list_count() << " of 101; replaced unsent: "
                                                    << m.lists_replaced);
+}
+
+TEST_CASE("a round's Hellos reach the planner together: 400 joins at once build each list once") {
+  // Queued before the thread starts, all 400 Hellos make one round, as a reconnect storm does
+  // while the mesh thread is busy. One join at a time would patch every other PoP's lists per join.
+  MeshSessions sessions(full_mesh(), std::chrono::minutes(1), 1);
+  std::mutex mutex;
+  std::map<std::string, std::pair<int, std::uint64_t>> got;  // agent: lists received, last version
+  for (int i = 0; i < 400; ++i) {
+    const std::string id = "agent-" + std::to_string(i);
+    MeshHello hello;
+    hello.accepts_lists = true;
+    hello.reflectors = {{asio::ip::address_v4(0x7f000001u + static_cast<std::uint32_t>(i)), 9000}};
+    sessions.hello(id, "eu-west", "pop-" + std::to_string(i % 20), std::move(hello), static_cast<std::uint64_t>(i) + 1,
+                   [&mutex, &got, id](std::vector<std::uint8_t>, std::uint64_t version) {
+                     const std::lock_guard lock(mutex);
+                     auto& [lists, last] = got[id];
+                     ++lists;
+                     last = version;
+                   });
+  }
+  sessions.start();
+  REQUIRE(eventually([&] { return sessions.counters().lists_sent == 400; }));
+  const MeshCounters c = sessions.counters();
+  CHECK(c.agents == 400);
+  CHECK(c.pops == 20);
+  CHECK(c.planned_targets == 400 * 380);
+  CHECK(c.lists_recomputed == 400);
+  const std::lock_guard lock(mutex);
+  REQUIRE(got.size() == 400);
+  for (const auto& [id, received] : got) {
+    CAPTURE(id);
+    CHECK(received.first == 1);
+  }
+  sessions.stop();
 }
 
 TEST_CASE("200 agents in 20 PoPs connecting at once all get the other PoPs' 190 reflectors") {

@@ -129,6 +129,7 @@ def settled(world, members, want=None):
 
 
 def scenario_mesh(world):
+    began = int(time.time()) - 1
     world.start_mesh_collector()
     members = [a for a, _, _, _ in agent_ids()]
     # pop0-a0 also has a target of its own, on pop1-a0's reflector: a mesh target too, which the
@@ -150,9 +151,13 @@ def scenario_mesh(world):
     pairs = {(matrix["pops"][s], matrix["pops"][d]) for s, d in zip(matrix["src"], matrix["dst"])}
     want_pairs = {(a, b) for a in POPS for b in POPS if a != b} | {("pop0", "own")}
     assert pairs == want_pairs, sorted(pairs ^ want_pairs)[:5]
-    # A PoP pair's drill-down from the store takes in every agent of the target PoP.
-    pair = json.loads(http_get(f"http://127.0.0.1:{world.http_port}/api/pair?from=pop0&to=pop1"))
-    assert pair["count"] > 0 and max(pair["agents"]) >= PER_POP, {k: pair[k] for k in ("count", "agents")}
+    # A PoP pair's drill-down from the store takes in every agent of the source PoP (probing every
+    # agent of the target PoP): over a week from the start, steps are 168 s, and the first holds
+    # the batches of the run's first minutes.
+    pair = json.loads(http_get(f"http://127.0.0.1:{world.http_port}/api/pair?from=pop0&to=pop1"
+                               f"&since={began}&until={began + 7 * 86400}"))
+    assert pair["step_s"] == 168 and pair["t"][0] == began and pair["agents"][0] == PER_POP and pair["sent"][0] > 0, \
+        {k: pair[k] for k in ("step_s", "t", "agents", "sent")}
 
     # The list each agent runs is the one the collector planned for it: none is stale.
     text = world.metrics()

@@ -151,9 +151,8 @@ def scenario_mesh(world):
     pairs = {(matrix["pops"][s], matrix["pops"][d]) for s, d in zip(matrix["src"], matrix["dst"])}
     want_pairs = {(a, b) for a in POPS for b in POPS if a != b} | {("pop0", "own")}
     assert pairs == want_pairs, sorted(pairs ^ want_pairs)[:5]
-    # A PoP pair's drill-down from the store takes in every agent of the source PoP (probing every
-    # agent of the target PoP): over a week from the start, steps are 168 s, and the first holds
-    # the batches of the run's first minutes.
+    # A PoP pair's drill-down from the store takes in every agent of the source PoP: over a week
+    # from the start, steps are 168 s, and the first holds the batches of the run's first minutes.
     pair = json.loads(http_get(f"http://127.0.0.1:{world.http_port}/api/pair?from=pop0&to=pop1"
                                f"&since={began}&until={began + 7 * 86400}"))
     assert pair["step_s"] == 168 and pair["t"][0] == began and pair["agents"][0] == PER_POP and pair["sent"][0] > 0, \

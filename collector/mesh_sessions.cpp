@@ -138,7 +138,7 @@ struct MeshSessions::Impl {
 
   void flush_upserts() {
     if (upserts.empty()) return;
-    mark(upserts.size() == 1 ? planner.upsert(upserts.front()) : planner.upsert_many(upserts));
+    mark(planner.upsert_many(upserts));
     upserts.clear();
   }
 

@@ -311,21 +311,18 @@ PairRequestOrError parse_pair_request(const std::multimap<std::string, std::stri
 struct PairSteps::Impl {
   struct Step {
     Merge merge;
-    std::vector<std::uint32_t> agents;  // indices into agent_names, sorted
+    std::vector<std::uint32_t> agents;  // indices from agent_index, sorted
   };
   PairRequest request;
   std::int64_t step_s = 1;
-  std::vector<std::string> agent_names;
-  std::unordered_map<std::string, std::uint32_t> agent_index;
+  std::unordered_map<std::string, std::uint32_t> agent_index;  // agent id: 0, 1, ... as first seen
   std::set<std::string, std::less<>> protocols;  // of every interval added
   // By protocol (the request's, or each while none is asked for), then step index: at most
   // kMaxPairPoints steps each.
   std::map<std::string, std::map<std::int64_t, Step>, std::less<>> steps;
 
   std::uint32_t agent(const std::string& name) {
-    const auto [it, added] = agent_index.try_emplace(name, static_cast<std::uint32_t>(agent_names.size()));
-    if (added) agent_names.push_back(name);
-    return it->second;
+    return agent_index.try_emplace(name, static_cast<std::uint32_t>(agent_index.size())).first->second;
   }
 };
 
@@ -339,13 +336,11 @@ PairSteps::~PairSteps() = default;
 
 void PairSteps::add(const store::PairPoint& p) {
   const PairRequest& r = impl_->request;
-  if (!impl_->protocols.contains(p.protocol)) impl_->protocols.emplace(p.protocol);
+  impl_->protocols.insert(p.protocol);
   if (!r.protocol.empty() && p.protocol != r.protocol) return;
   const std::int64_t end_s = p.interval_end_ns / 1'000'000'000;
   if (end_s < r.since_s || end_s >= r.until_s) return;
-  auto by_protocol = impl_->steps.find(p.protocol);
-  if (by_protocol == impl_->steps.end()) by_protocol = impl_->steps.try_emplace(p.protocol).first;
-  Impl::Step& step = by_protocol->second[(end_s - r.since_s) / impl_->step_s];
+  Impl::Step& step = impl_->steps[p.protocol][(end_s - r.since_s) / impl_->step_s];
   step.merge.add(p.p50_ns, p.p99_ns, p.sent, p.received, p.lost);
   const std::uint32_t agent = impl_->agent(p.agent_id);
   const auto at = std::lower_bound(step.agents.begin(), step.agents.end(), agent);

@@ -22,6 +22,7 @@
 #include "agent/measurement.hpp"
 #include "tests/agent/probes/udp_relay.hpp"
 #include "tests/agent/probes/wakeup_lateness.hpp"
+#include "tests/support/eventually.hpp"
 
 namespace {
 
@@ -88,15 +89,8 @@ ProbeTargetSpec udp_target(const asio::ip::udp::endpoint& to, double rate, std::
 // jobs) sends fewer probes per second, never fewer in all. The deadline only turns a hang into
 // a failure and is far beyond any slowness seen.
 template <typename Pred>
-bool wait_until(Pred&& done, std::chrono::seconds deadline = 180s) {
-  const auto end = std::chrono::steady_clock::now() + deadline;
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > end) {
-      return false;
-    }
-    std::this_thread::sleep_for(20ms);
-  }
-  return true;
+bool wait_until(Pred&& done) {
+  return vantage::test::eventually(done, 180s);
 }
 
 // Probe timeouts in these tests are far longer than loopback needs: a reply held up by a busy

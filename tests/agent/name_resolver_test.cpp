@@ -17,6 +17,7 @@
 
 #include "agent/measurement.hpp"
 #include "agent/name_resolver.hpp"
+#include "tests/support/eventually.hpp"
 
 namespace {
 
@@ -27,16 +28,7 @@ using agent::NameState;
 using agent::ResolveSchedule;
 using namespace std::chrono_literals;
 
-// Waits (generously: the machine is shared) until predicate() holds.
-template <typename Predicate>
-bool eventually(Predicate predicate, std::chrono::milliseconds timeout = 20s) {
-  const auto end = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < end) {
-    if (predicate()) return true;
-    std::this_thread::sleep_for(5ms);
-  }
-  return predicate();
-}
+using vantage::test::eventually;
 
 // A lookup whose answers the test sets per name, counting the calls.
 class FakeDns {

@@ -68,8 +68,9 @@ class World(harness.World):
 
     def consume(self):
         """The stream as `vantage-collector consume` prints it: {agent: [seq, ...]} in stream order."""
+        # consume ends once caught up; the fetch timeout only has to outlast a slow (emulated) fetch.
         out = subprocess.run(self.args.emulator + [self.args.collector, "consume", "--jetstream", self.url,
-                                                   "--stream", STREAM, "--timeout", "1000"],
+                                                   "--stream", STREAM, "--timeout", "10000"],
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, f"consume exited {out.returncode}: {out.stderr[-2000:]}"
         seqs = {}

@@ -196,8 +196,9 @@ class JetStreamWorld(World):
 
     def consume(self, db):
         """`vantage-collector consume --db`: [(agent, incarnation, seq, store outcome)] in stream order."""
+        # consume ends once caught up; the fetch timeout only has to outlast a slow (emulated) fetch.
         out = subprocess.run(self.args.emulator + [self.args.collector, "consume", "--jetstream", self.url,
-                                                   "--stream", STREAM, "--timeout", "1000", "--db", db],
+                                                   "--stream", STREAM, "--timeout", "10000", "--db", db],
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, f"consume exited {out.returncode}: {out.stderr[-2000:]}"
         rows = []

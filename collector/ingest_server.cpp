@@ -71,6 +71,9 @@ thread_local std::array<std::uint8_t, 16384> t_read_buffer;
 // Reads done for one connection before the others on its thread get a turn.
 constexpr int kReadsPerTurn = 16;
 
+// How long a refused agent gets to read its answer and close before the collector closes anyway.
+constexpr std::chrono::seconds kLingerTime{2};
+
 }  // namespace
 
 // The metrics' reason labels, in the order of Reject.
@@ -475,7 +478,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     }
     if (server_.mesh) tell_mesh();
     if (session_.closed()) {
-      close();
+      close(session_.answered() ? Ending::kLinger : Ending::kNow);
       return;
     }
     write_next();
@@ -671,7 +674,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
     server_.mesh->gone(std::exchange(mesh_agent_, {}), id_);
   }
 
-  void close() {
+  // kLinger: the session's last answer (a refusal, RetryLater) is written, and the agent should
+  // read it before the connection goes: it is closed once the agent closes its side, at most
+  // kLingerTime later. The connection stays counted meanwhile, but no longer holds a session.
+  enum class Ending { kNow, kLinger };
+
+  void close(Ending ending = Ending::kNow) {
     if (closed_) {
       return;
     }
@@ -680,7 +688,19 @@ class Connection : public std::enable_shared_from_this<Connection> {
     session_.close();
     server_.admission.release(*ticket_);
     timer_.cancel();
-    stream_->close();
+    if (ending == Ending::kLinger) {
+      if (session_counted_) {
+        server_.update([](IngestCounters& c) { --c.sessions_open; });
+        session_counted_ = false;
+      }
+      timer_.expires_after(kLingerTime);
+      timer_.async_wait([self = shared_from_this()](std::error_code ec) {
+        if (!ec) self->stream_->close();
+      });
+      stream_->async_linger([self = shared_from_this()](std::error_code) { self->timer_.cancel(); });
+    } else {
+      stream_->close();
+    }
     if (hold_) asio::post(io_, [held = std::move(hold_)] {});  // not from inside a member call
   }
 

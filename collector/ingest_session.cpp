@@ -335,7 +335,10 @@ void IngestSession::on_written() {
   if (writes_.empty()) return;
   (writes_.front().target_list ? unsent_list_bytes_ : unsent_bytes_) -= writes_.front().bytes.size();
   writes_.pop_front();
-  if (writes_.empty() && closing()) close();
+  if (writes_.empty() && closing()) {
+    close();
+    answered_ = true;
+  }
 }
 
 }  // namespace vantage::collector

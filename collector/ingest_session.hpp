@@ -109,6 +109,8 @@ class IngestSession {
   // A refusal or RetryLater is queued: the session closes once its writes are done.
   bool closing() const noexcept { return phase_ == Phase::kClosing; }
   bool closed() const noexcept { return phase_ == Phase::kClosed; }
+  // Closed because its refusal or RetryLater is written: the agent should get to read it.
+  bool answered() const noexcept { return answered_; }
   std::int64_t deadline_ns() const noexcept { return deadline_ns_; }
   std::size_t pending() const noexcept { return awaiting_.size(); }
   std::size_t unsent_bytes() const noexcept { return unsent_bytes_; }
@@ -164,6 +166,7 @@ class IngestSession {
   std::int64_t deadline_ns_ = 0;
   Phase phase_ = Phase::kHandshake;
   bool resumed_ = false;
+  bool answered_ = false;
 };
 
 }  // namespace vantage::collector

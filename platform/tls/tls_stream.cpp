@@ -289,6 +289,38 @@ void TlsStream::shutdown_step(Handler handler) {
   complete(std::move(handler), ret == MBEDTLS_ERR_NET_CONN_RESET ? std::error_code{} : error_from(ret));
 }
 
+void TlsStream::async_linger(Handler handler) {
+  if (closed_) return complete<std::error_code>(std::move(handler), asio::error::operation_aborted);
+  // The alert is a courtesy: one that does not fit the socket's buffer now is not waited for.
+  (void)mbedtls_ssl_close_notify(&ssl_);
+  std::error_code ignored;
+  socket_.shutdown(asio::socket_base::shutdown_send, ignored);
+  discard_step(std::move(handler));
+}
+
+void TlsStream::discard_step(Handler handler) {
+  socket_.async_wait(asio::socket_base::wait_read, [self = shared_from_this(),
+                                                    handler = std::move(handler)](std::error_code ec) mutable {
+    if (self->closed_) return self->complete<std::error_code>(std::move(handler), asio::error::operation_aborted);
+    if (ec) {
+      self->close();
+      return self->complete(std::move(handler), ec);
+    }
+    std::array<unsigned char, 4096> scratch;
+    // A bounded number of reads per wake-up: a peer that keeps sending does not hold the thread.
+    for (int reads = 0;; ++reads) {
+      if (reads == 16) return self->discard_step(std::move(handler));
+      const ssize_t n = ::recv(self->socket_.native_handle(), scratch.data(), scratch.size(), 0);
+      if (n > 0) continue;
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return self->discard_step(std::move(handler));
+      const std::error_code end = n == 0 ? std::error_code{} : std::error_code(errno, std::system_category());
+      self->close();
+      return self->complete(std::move(handler), end);
+    }
+  });
+}
+
 void TlsStream::close() noexcept {
   if (closed_) return;
   closed_ = true;

@@ -65,6 +65,12 @@ class TlsStream : public std::enable_shared_from_this<TlsStream> {
   void async_write(asio::const_buffer buffer, IoHandler handler);
   // Sends close_notify, then closes the socket.
   void async_shutdown(Handler handler);
+  // Once the last frame is written: sends close_notify and a FIN, then reads and discards what the
+  // peer still sends until it closes its side, and closes. Closing at once with the peer's bytes
+  // unread makes the kernel send a reset, and a peer that meets the reset (writing its next
+  // frame) before reading may never see that last frame. Completes with no error on the peer's
+  // close; the caller bounds the wait with its own timer and calls close() when it fires.
+  void async_linger(Handler handler);
   // Closes the socket now; pending handlers complete with operation_aborted. Idempotent.
   void close() noexcept;
 
@@ -94,6 +100,7 @@ class TlsStream : public std::enable_shared_from_this<TlsStream> {
   void read_step(asio::mutable_buffer buffer, IoHandler handler);
   void write_step(asio::const_buffer buffer, std::size_t done, IoHandler handler);
   void shutdown_step(Handler handler);
+  void discard_step(Handler handler);
   // ret is WANT_READ or WANT_WRITE: wait for the socket to get there, then continue.
   void wait_then(int ret, Continuation next);
   std::error_code error_from(int ret) const;

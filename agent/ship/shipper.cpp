@@ -15,13 +15,34 @@
 #include "agent/ship/shipper_session.hpp"
 #include "platform/log.hpp"
 #include "platform/random_seed.hpp"
+#include "platform/tls/tls_error.hpp"
 #include "platform/tls/tls_stream.hpp"
+
+#include <mbedtls/ssl.h>
 
 namespace vantage::agent::ship {
 
 using Clock = SessionClock;
 using platform::log;
 using platform::LogLevel;
+
+namespace {
+
+// A read error, with what it most likely means when it is the connection's first answer: a TLS 1.3
+// collector that refuses the agent's certificate after the handshake (revoked, expired, another
+// CA) sends its alert under the handshake keys, which this side no longer reads (mbedTLS 3.6), so
+// the refusal arrives as a record that fails its MAC.
+std::string read_error(const std::error_code& ec, bool heard_from_collector) {
+  std::string why = ec.message();
+  if (!heard_from_collector && ec.category() == platform::tls::mbedtls_category() &&
+      ec.value() == MBEDTLS_ERR_SSL_INVALID_MAC) {
+    why += " as the collector's first answer: it most likely refused this agent's certificate (revoked, expired "
+           "or from another CA; the collector's log says which)";
+  }
+  return why;
+}
+
+}  // namespace
 
 // The I/O under the session: one TCP connection with TLS over it, and the session's timers. conn
 // tells a stale callback (from a connection the session already gave up) from a current one.
@@ -50,6 +71,7 @@ struct Shipper::Impl final : SessionIo {
   std::array<asio::steady_timer, kSessionTimers> timers;
   std::array<std::uint64_t, kSessionTimers> armed{};  // tells a stale expiry from the current one
   std::array<std::uint8_t, 4096> read_buffer{};
+  bool heard_from_collector = false;  // this connection has read bytes
   ShipperSession session;
 
   // Collector names (not IP addresses), resolved on the resolver's own thread. A connect to a
@@ -156,6 +178,7 @@ void Shipper::Impl::on_tcp(std::uint64_t gen, std::error_code ec, asio::ip::tcp:
                                                                         : hec.message());
       return;
     }
+    heard_from_collector = false;
     session.on_session(stream->protocol_version(), stream->resumed());
     if (gen == conn) {
       read(gen);
@@ -171,8 +194,9 @@ void Shipper::Impl::read(std::uint64_t gen) {
     if (ec == asio::error::eof) {
       session.on_peer_closed();
     } else if (ec) {
-      session.on_read_failed(ec.message());
+      session.on_read_failed(read_error(ec, heard_from_collector));
     } else {
+      heard_from_collector = true;
       session.on_bytes({read_buffer.data(), n});
       if (gen == conn) {
         read(gen);

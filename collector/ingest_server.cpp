@@ -401,10 +401,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   ~Connection() {
     leave_mesh();
-    if (registered_) {
-      std::lock_guard lock(server_.sessions_mutex);
-      server_.sessions.erase(this);
-    }
+    unregister();
     server_.admission.release(*ticket_);
     server_.update([this](IngestCounters& c) {
       --c.connections_open;
@@ -674,6 +671,13 @@ class Connection : public std::enable_shared_from_this<Connection> {
     server_.mesh->gone(std::exchange(mesh_agent_, {}), id_);
   }
 
+  void unregister() {
+    if (!registered_) return;
+    std::lock_guard lock(server_.sessions_mutex);
+    server_.sessions.erase(this);
+    registered_ = false;
+  }
+
   // kLinger: the session's last answer (a refusal, RetryLater) is written, and the agent should
   // read it before the connection goes: it is closed once the agent closes its side, at most
   // kLingerTime later. The connection stays counted meanwhile, but no longer holds a session.
@@ -685,6 +689,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     }
     closed_ = true;
     leave_mesh();
+    unregister();  // a lingering connection is no session: reloads, sweeps and the expiry gauge skip it
     session_.close();
     server_.admission.release(*ticket_);
     timer_.cancel();

@@ -299,25 +299,20 @@ void TlsStream::async_linger(Handler handler) {
 }
 
 void TlsStream::discard_step(Handler handler) {
-  socket_.async_wait(asio::socket_base::wait_read, [self = shared_from_this(),
-                                                    handler = std::move(handler)](std::error_code ec) mutable {
-    if (self->closed_) return self->complete<std::error_code>(std::move(handler), asio::error::operation_aborted);
-    if (ec) {
-      self->close();
-      return self->complete(std::move(handler), ec);
-    }
-    std::array<unsigned char, 4096> scratch;
-    // A bounded number of reads per wake-up: a peer that keeps sending does not hold the thread.
-    for (int reads = 0;; ++reads) {
-      if (reads == 16) return self->discard_step(std::move(handler));
-      const ssize_t n = ::recv(self->socket_.native_handle(), scratch.data(), scratch.size(), 0);
-      if (n > 0) continue;
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return self->discard_step(std::move(handler));
-      const std::error_code end = n == 0 ? std::error_code{} : std::error_code(errno, std::system_category());
-      self->close();
-      return self->complete(std::move(handler), end);
-    }
+  if (closed_) return complete<std::error_code>(std::move(handler), asio::error::operation_aborted);
+  std::array<unsigned char, 4096> scratch;
+  // A bounded number of reads per wake-up: a peer that keeps sending does not hold the thread.
+  for (int reads = 0; reads < 16; ++reads) {
+    const int got = bio_recv(this, scratch.data(), scratch.size());
+    if (got > 0) continue;
+    if (got == MBEDTLS_ERR_SSL_WANT_READ) break;
+    close();
+    return complete(std::move(handler), got == 0 ? std::error_code{} : error_from(got));
+  }
+  wait_then(MBEDTLS_ERR_SSL_WANT_READ, [this, handler = std::move(handler)](std::error_code ec) mutable {
+    if (!ec) return discard_step(std::move(handler));
+    close();
+    complete(std::move(handler), ec);
   });
 }
 

@@ -307,6 +307,34 @@ TEST_CASE("a refused agent reads the refusal, though its next batches were never
   CHECK(server.seqs().empty());
 }
 
+TEST_CASE("200 agents refused at once each read their refusal and a clean close") {
+  Server server(IngestConfig{}, "refused-linger-200");
+  constexpr int kAgents = 200;
+  std::vector<std::unique_ptr<Agent>> agents;
+  for (int i = 0; i < kAgents; ++i) {
+    agents.push_back(std::make_unique<Agent>());
+    REQUIRE_FALSE(agents.back()->connect("127.0.1." + std::to_string(1 + i % 50), server.endpoint));
+  }
+  // Every one is refused with batches unread behind its Hello, all lingering together.
+  for (auto& agent : agents) {
+    REQUIRE_FALSE(agent->send(hello_frame("agent-2")));
+    for (std::uint64_t seq = 1; seq <= 3; ++seq) REQUIRE_FALSE(agent->send(batch_frame(seq, 40)));
+  }
+  for (auto& agent : agents) agent->start_reading();
+  for (auto& agent : agents) {
+    REQUIRE(eventually([&] { return agent->closed(); }));
+    std::lock_guard lock(agent->mutex);
+    CHECK(agent->refusals.size() == 1);
+    INFO(agent->read_error.message());
+    CHECK(agent->read_error == asio::error::eof);
+  }
+  CHECK(server.seqs().empty());
+  // Once the agents close, so does every lingering connection.
+  agents.clear();
+  CHECK(eventually([&] { return server.ingest->counters().connections_open == 0; }));
+  CHECK(server.ingest->counters().sessions_open == 0);
+}
+
 TEST_CASE("a TLS reload closes the sessions its CRL revokes, keeps the others, and a failed one changes nothing") {
   const Pki& pki = Pki::get();
   REQUIRE(pki.ok());

@@ -222,10 +222,15 @@ class RunningProber {
   }
   // Waits until `sent` probes left and then for the prober to have dealt with every datagram
   // the reflector answered (received counts each, dropped or not).
+  // Waits until `sent` probes went out and `answered` datagrams came back, each with its outcome
+  // counted: the prober counts a datagram as received before it handles it, so a snapshot in
+  // between would show it received but not yet a reply or a drop.
   bool settle(std::uint64_t sent, std::uint64_t answered) {
     return collect_until([&] {
       const auto c = prober_.counters();
-      return c.sent >= sent && c.received >= answered;
+      const std::uint64_t handled =
+          c.replies + c.dropped_foreign + c.dropped_malformed + c.dropped_unexpected + c.dropped_auth;
+      return c.sent >= sent && c.received >= answered && handled >= c.received;
     }) && collect_until([&] { return count(ProbeEventKind::kSent) >= sent; });
   }
   std::vector<ProbeEvent> of_kind(ProbeEventKind kind) const {
